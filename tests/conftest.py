@@ -1,0 +1,75 @@
+"""Shared fixtures. Rules for every test module here:
+
+- Loopback only, port 0 for every server, an absolute timeout on every I/O test (pytest-timeout), no sleep used as
+  synchronisation, ``autojump_clock`` for anything timed.
+- Storage tests take ``db_url``, parametrised over SQLite and PostgreSQL. Each PostgreSQL test gets its own schema in
+  a database created for this pytest run, so concurrent runs never collide. Under ``CI=true`` an unreachable
+  PostgreSQL fails the test; elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
+
+
+def _pg_connect(dbname: str | None = None):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    url = PG_ADMIN_URL if dbname is None else PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    return psycopg.connect(url, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this pytest run; dropped at the end."""
+    try:
+        admin = _pg_connect()
+    except Exception as exc:
+        message = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: PostgreSQL tests must not be skipped)")
+        pytest.skip(message)
+    name = f"tracker_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with _pg_connect() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_url_for_schema(database: str, schema: str) -> str:
+    base = PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0]
+    return f"{base}/{database}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    database = request.getfixturevalue("pg_database")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with _pg_connect(database) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return pg_url_for_schema(database, schema)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tracker.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An empty database on each backend (not migrated: use ``migrated_url`` for that)."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))

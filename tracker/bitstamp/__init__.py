@@ -1,0 +1,1 @@
+"""Sans-IO Bitstamp protocol: wire shapes, parsing, channel names, control events, signing."""

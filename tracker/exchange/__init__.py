@@ -1,0 +1,1 @@
+"""I/O edge to Bitstamp: the httpx REST client and one trio-websocket connection."""

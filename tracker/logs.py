@@ -1,0 +1,81 @@
+"""Logging set-up: one line per state change, ``--verbose`` for frames, ``--log-format json``, secrets redacted.
+
+Redaction is a last line of defence: code never logs a secret on purpose. Values registered with ``redact()`` (the API
+key, the secret, every websocket token) are replaced by ``***`` in every record that reaches a handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def redact(value: str | None) -> None:
+    """Register a value that must never appear in a log line."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    with _lock:
+        secrets = tuple(_secrets)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            # Render the traceback now, scrubbed, so the formatter never prints the raw one.
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        record.msg = scrub(message)
+        record.args = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in getattr(record, "fields", {}).items():
+            data[key] = value
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        return json.dumps(data, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return text
+
+
+def setup_logging(*, verbose: bool = False, fmt: str = "text", stream: object = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("tracker")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

@@ -1,0 +1,1 @@
+"""Long-running work under one trio nursery: ingest, projector, backfill, reconcile."""
