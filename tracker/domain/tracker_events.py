@@ -1,0 +1,74 @@
+"""Events tracker makes itself (``source='tracker'``): connection lifecycle, gaps, backfills, discrepancies.
+
+They go through the same log as exchange frames, so an auditor can see exactly which windows were covered. The
+payload is compact JSON with sorted keys; the dedup key is ``tracker:<uuid>`` (the caller passes the uuid: pure).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Final
+
+from tracker.domain.log import NewEntry
+
+# Connection lifecycle (ingest).
+CONNECTED: Final = "connected"
+SUBSCRIBED: Final = "subscribed"
+SUBSCRIBE_FAILED: Final = "subscribe_failed"
+WS_ERROR: Final = "ws_error"
+RECONNECT_REQUESTED: Final = "reconnect_requested"
+CLOSED: Final = "closed"
+STALLED: Final = "stalled"
+# Gaps and backfill.
+GAP_DETECTED: Final = "gap_detected"
+BACKFILL_COMPLETED: Final = "backfill_completed"
+# Reconciliation.
+DISCREPANCY: Final = "discrepancy"
+DISCREPANCY_RESOLVED: Final = "discrepancy_resolved"
+RECONCILED: Final = "reconciled"
+
+TRACKER_EVENTS: Final = frozenset(
+    {
+        CONNECTED,
+        SUBSCRIBED,
+        SUBSCRIBE_FAILED,
+        WS_ERROR,
+        RECONNECT_REQUESTED,
+        CLOSED,
+        STALLED,
+        GAP_DETECTED,
+        BACKFILL_COMPLETED,
+        DISCREPANCY,
+        DISCREPANCY_RESOLVED,
+        RECONCILED,
+    }
+)
+
+
+def tracker_entry(
+    *,
+    account: str,
+    event: str,
+    data: dict[str, object],
+    received_at: datetime,
+    uid: str,
+    channel: str = "",
+    connection_id: str | None = None,
+    market: str | None = None,
+) -> NewEntry:
+    """A tracker-made log entry. ``data`` must be JSON-serialisable (decimals as strings)."""
+    if event not in TRACKER_EVENTS:
+        raise ValueError(f"unknown tracker event {event!r}")
+    payload = json.dumps({"event": event, "channel": channel, "data": data}, sort_keys=True, separators=(",", ":"))
+    return NewEntry(
+        account=account,
+        source="tracker",
+        channel=channel,
+        event=event,
+        payload=payload,
+        dedup_key=f"tracker:{uid}",
+        received_at=received_at,
+        market=market,
+        connection_id=connection_id,
+    )
