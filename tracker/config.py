@@ -232,7 +232,10 @@ def _is_loopback(host: str | None) -> bool:
 
 def check_transport(settings: Settings) -> None:
     """Plain http:// and ws:// are for loopback only (the fake exchange), unless --insecure was given."""
-    for label, url, plain in (("BITSTAMP_API_URL", settings.api_url, "http"), ("BITSTAMP_WS_URL", settings.ws_url, "ws")):
+    for label, url, plain in (
+        ("BITSTAMP_API_URL", settings.api_url, "http"),
+        ("BITSTAMP_WS_URL", settings.ws_url, "ws"),
+    ):
         parts = urlsplit(url)
         if parts.scheme not in (plain, plain + "s"):
             raise ConfigError(f"{label} must start with {plain}s:// (got {url!r})")
@@ -240,6 +243,15 @@ def check_transport(settings: Settings) -> None:
             raise ConfigError(
                 f"{label} uses unencrypted {plain}:// to a non-loopback host; use {plain}s:// or pass --insecure"
             )
+
+
+def hide_password(url: str) -> str:
+    """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``: URLs are printed, passwords never."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def describe(settings: Settings) -> list[tuple[str, str, str]]:
@@ -255,6 +267,8 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             shown = "(not set)" if f.name not in ("markets",) else "(discovered from the API)"
         elif isinstance(value, tuple):
             shown = ",".join(value)
+        elif f.name == "db_url":
+            shown = hide_password(value)
         else:
             shown = str(value)
         rows.append((ENV_NAMES.get(f.name, f.name), shown, settings.origins.get(f.name, "default")))
