@@ -1,0 +1,65 @@
+"""Prometheus metrics for a running tracker (``--metrics-port``), on a registry of our own.
+
+Names (a public contract, like the CLI and the views):
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+| tracker_frames_ingested_total | counter | channel_kind | private frames appended to the log (duplicates excluded) |
+| tracker_frames_duplicate_total | counter | | frames absorbed by the dedup key |
+| tracker_frames_quarantined_total | counter | kind | frames kept in quarantine (malformed, unknown, conflict) |
+| tracker_commit_latency_seconds | histogram | | receive → commit latency of logged frames |
+| tracker_log_head | gauge | | last seq in the event log |
+| tracker_projection_lag_events | gauge | | log head minus the projector's checkpoint |
+| tracker_reconnects_total | counter | reason | websocket reconnects |
+| tracker_connections | gauge | | open websocket connections |
+| tracker_gaps_total | counter | kind | gaps detected |
+| tracker_backfilled_events_total | counter | endpoint | facts appended from REST |
+| tracker_discrepancies_open | gauge | | unresolved discrepancies |
+
+The HTTP endpoint runs in prometheus_client's own daemon thread: it only reads these values.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from tracker.errors import TrackerError
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.frames = Counter(
+            "tracker_frames_ingested", "Private frames appended to the log", ["channel_kind"], registry=r
+        )
+        self.duplicates = Counter("tracker_frames_duplicate", "Frames absorbed by the dedup key", registry=r)
+        self.quarantined = Counter("tracker_frames_quarantined", "Frames kept in quarantine", ["kind"], registry=r)
+        self.commit_latency = Histogram(
+            "tracker_commit_latency_seconds",
+            "Receive to commit latency of logged frames",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.log_head = Gauge("tracker_log_head", "Last seq in the event log", registry=r)
+        self.projection_lag = Gauge("tracker_projection_lag_events", "Log head minus projector checkpoint", registry=r)
+        self.reconnects = Counter("tracker_reconnects", "Websocket reconnects", ["reason"], registry=r)
+        self.connections = Gauge("tracker_connections", "Open websocket connections", registry=r)
+        self.gaps = Counter("tracker_gaps", "Gaps detected", ["kind"], registry=r)
+        self.backfilled = Counter("tracker_backfilled_events", "Facts appended from REST", ["endpoint"], registry=r)
+        self.discrepancies_open = Gauge("tracker_discrepancies_open", "Unresolved discrepancies", registry=r)
+
+
+def serve_metrics(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:
+    """Start the /metrics endpoint; returns the bound port. A port in use is a one-line TrackerError."""
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise TrackerError(
+                f"metrics port {port} is already in use: pick another with --metrics-port (or 0 for any free port)"
+            ) from None
+        raise TrackerError(f"cannot serve metrics on {addr}:{port}: {exc.strerror}") from None
+    return int(server.server_port)
