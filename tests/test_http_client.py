@@ -1,0 +1,259 @@
+"""BitstampClient and BitstampAuth over ``httpx.MockTransport``: no network. Signatures are recomputed here with
+plain ``hmac`` from PROTOCOL.md §3.2, independently of ``tracker.bitstamp.signing``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from tracker.exchange.errors import (
+    ApiError,
+    AuthError,
+    ClockSkewError,
+    ExchangeUnreachable,
+    RateLimited,
+    ResponseSignatureError,
+    ServerError,
+)
+from tracker.exchange.rest import BitstampClient
+
+KEY = "k3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3"
+SECRET = "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3"
+NONCE = "0f5a3c2e-1b7d-4e8a-9c6f-3d2b1a0e9f8c"
+NOW_MS = 1_700_000_000_000
+
+
+def _hmac(message: bytes) -> str:
+    return hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signed_response(request: httpx.Request, status: int, body: bytes, content_type: str = "application/json"):
+    sig = _hmac(
+        request.headers["X-Auth-Nonce"].encode() + request.headers["X-Auth-Timestamp"].encode() + content_type.encode()
+        + body
+    )
+    return httpx.Response(
+        status, content=body, headers={"Content-Type": content_type, "X-Server-Auth-Signature": sig}
+    )
+
+
+def make_client(handler, **kw) -> BitstampClient:  # type: ignore[no-untyped-def]
+    return BitstampClient(
+        "https://www.bitstamp.net/api/v2/",
+        KEY,
+        SECRET,
+        clock=kw.pop("clock", lambda: NOW_MS),
+        nonce=kw.pop("nonce", lambda: NONCE),
+        transport=httpx.MockTransport(handler),
+        **kw,
+    )
+
+
+async def test_empty_body_post_signature_and_headers() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed_response(request, 200, b'{"token":"TOKEN_abcdefgh","user_id":314159,"valid_sec":60}')
+
+    async with make_client(handler) as client:
+        token = await client.websockets_token()
+    assert (token.token, token.user_id, token.valid_sec) == ("TOKEN_abcdefgh", "314159", 60)
+    assert "TOKEN" not in repr(token)
+    request = seen[0]
+    assert "Content-Type" not in request.headers
+    assert request.content == b""
+    expected = _hmac(
+        f"BITSTAMP {KEY}POSTwww.bitstamp.net/api/v2/websockets_token/{NONCE}{NOW_MS}v2".encode()
+    )
+    assert request.headers["X-Auth-Signature"] == expected
+    assert request.headers["X-Auth"] == f"BITSTAMP {KEY}"
+    assert request.headers["X-Auth-Nonce"] == NONCE
+    assert request.headers["X-Auth-Timestamp"] == str(NOW_MS)
+    assert request.headers["X-Auth-Version"] == "v2"
+
+
+async def test_form_body_signature_includes_content_type_and_exact_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed_response(request, 200, b'{"id":"1","status":"Open","price":1.5}')
+
+    async with make_client(handler) as client:
+        status = await client.order_status("2050558851342339", omit_transactions=True)
+    assert status["price"] == Decimal("1.5")
+    request = seen[0]
+    body = b"id=2050558851342339&omit_transactions=true"
+    assert request.content == body
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    expected = _hmac(
+        f"BITSTAMP {KEY}POSTwww.bitstamp.net/api/v2/order_status/".encode()
+        + f"application/x-www-form-urlencoded{NONCE}{NOW_MS}v2".encode()
+        + body
+    )
+    assert request.headers["X-Auth-Signature"] == expected
+
+
+async def test_get_with_query_signs_question_mark_query() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed_response(request, 200, b"[]")
+
+    async with make_client(handler) as client:
+        assert await client.trade_history("btcusd-perp", limit=10) == []
+    expected = _hmac(
+        f"BITSTAMP {KEY}GETwww.bitstamp.net/api/v2/trade_history/btcusd-perp/?limit=10{NONCE}{NOW_MS}v2".encode()
+    )
+    assert seen[0].headers["X-Auth-Signature"] == expected
+
+
+async def test_host_with_port_is_signed_as_netloc() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed_response(request, 200, b"[]")
+
+    client = BitstampClient(
+        "http://127.0.0.1:8123/api/v2", KEY, SECRET, clock=lambda: NOW_MS, nonce=lambda: NONCE,
+        transport=httpx.MockTransport(handler),
+    )
+    async with client:
+        await client.account_balances()
+    expected = _hmac(f"BITSTAMP {KEY}POST127.0.0.1:8123/api/v2/account_balances/{NONCE}{NOW_MS}v2".encode())
+    assert seen[0].headers["X-Auth-Signature"] == expected
+
+
+async def test_response_signature_mismatch_rejected() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        good = signed_response(request, 200, b"[]")
+        return httpx.Response(200, content=b'[{"tampered":1}]', headers=dict(good.headers))
+
+    async with make_client(handler) as client:
+        with pytest.raises(ResponseSignatureError, match="does not match"):
+            await client.account_balances()
+
+
+async def test_unsigned_response_rejected() -> None:
+    async with make_client(lambda request: httpx.Response(200, json=[])) as client:
+        with pytest.raises(ResponseSignatureError, match="not signed"):
+            await client.account_balances()
+
+
+@pytest.mark.parametrize(
+    ("code", "exc_type", "text"),
+    [
+        ("API0001", AuthError, "API key not found: check BITSTAMP_API_KEY"),
+        ("API0005", AuthError, "signature rejected: check BITSTAMP_API_SECRET"),
+        ("API0003", AuthError, "lacks permission for websockets_token/"),
+        ("API0004", AuthError, "nonce"),
+    ],
+)
+async def test_auth_errors_mapped_with_actionable_message(code: str, exc_type: type, text: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"status": "error", "reason": "Authentication failed", "code": code})
+
+    async with make_client(handler) as client:
+        with pytest.raises(exc_type, match=text) as info:
+            await client.websockets_token()
+    assert info.value.code == code
+    assert KEY not in str(info.value) and SECRET not in str(info.value)
+
+
+async def test_api0017_resyncs_from_date_header_and_retries_once() -> None:
+    stamps: list[int] = []
+    server_ms = NOW_MS + 600_000  # our clock is 10 minutes slow
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stamp = int(request.headers["X-Auth-Timestamp"])
+        stamps.append(stamp)
+        if abs(stamp - server_ms) > 150_000:
+            return httpx.Response(
+                403,
+                json={"status": "error", "reason": "Timestamp too old", "code": "API0017"},
+                headers={"Date": "Tue, 14 Nov 2023 22:23:20 GMT"},  # = server_ms
+            )
+        return signed_response(request, 200, b'{"token":"TOKEN_abcdefgh","user_id":"7","valid_sec":60}')
+
+    async with make_client(handler) as client:
+        token = await client.websockets_token()
+    assert token.user_id == "7"
+    assert stamps == [NOW_MS, server_ms]
+
+
+async def test_api0017_twice_gives_up() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(
+            403, json={"code": "API0017", "message": "bad"}, headers={"Date": "Tue, 14 Nov 2023 22:23:20 GMT"}
+        )
+
+    async with make_client(handler) as client:
+        with pytest.raises(ClockSkewError, match="NTP"):
+            await client.websockets_token()
+    assert calls == 2
+
+
+async def test_error_in_http_200_body_is_an_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return signed_response(request, 200, b'{"status":"error","reason":{"__all__":["Order not found."]}}')
+
+    async with make_client(handler) as client:
+        with pytest.raises(ApiError, match="Order not found"):
+            await client.order_status("1")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "exc_type"),
+    [
+        (400, {"code": "400.002", "message": "Request rate limit exceeded"}, RateLimited),
+        (400, {"response_code": "400.067", "response_explanation": "client rate limit"}, RateLimited),
+        (429, {"message": "slow down"}, RateLimited),
+        (503, None, ServerError),
+        (500, {"code": "500.001", "message": "oops"}, ServerError),
+        (404, {"code": "404.002", "message": "Order not found"}, ApiError),
+    ],
+)
+async def test_status_and_code_mapping(status: int, body: object, exc_type: type) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if body is None:
+            return httpx.Response(status, content=b"<html>bad gateway</html>")
+        return httpx.Response(status, json=body, headers={"Retry-After": "3"})
+
+    async with make_client(handler) as client:
+        with pytest.raises(exc_type) as info:
+            await client.open_orders()
+    assert type(info.value) is exc_type
+    if exc_type is RateLimited:
+        assert info.value.retry_after == 3.0
+
+
+async def test_unreachable_names_the_url_and_the_fix() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    async with make_client(handler) as client:
+        with pytest.raises(ExchangeUnreachable, match=r"cannot reach the exchange at https://www.bitstamp.net/api/v2/"):
+            await client.account_balances()
+
+
+async def test_public_markets_is_unsigned() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=[{"market_symbol": "btcusd", "name": "BTC/USD"}])
+
+    async with make_client(handler) as client:
+        assert (await client.markets())[0]["market_symbol"] == "btcusd"
+    assert "X-Auth" not in seen[0].headers

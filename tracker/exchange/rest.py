@@ -1,0 +1,219 @@
+"""``BitstampClient``: thin signed calls to the Bitstamp HTTP API v2, returning parsed JSON (floats as Decimal).
+
+One seam for tests: ``transport=`` (``httpx.MockTransport`` or the fake exchange). Every failure leaves this module as
+one of the exceptions in ``tracker.exchange.errors``. Error bodies are recognised whatever the HTTP status (order
+endpoints answer errors with HTTP 200, PROTOCOL.md §5.4). API0017 (clock skew) resyncs the clock offset from the
+response's ``Date`` header and retries once; rate limits raise ``RateLimited`` for the caller to back off.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from tracker.exchange.auth import BitstampAuth, ClockMs, NonceFactory, uuid4_nonce
+from tracker.exchange.errors import (
+    AUTH_MESSAGES,
+    RATE_LIMIT_CODES,
+    ApiError,
+    AuthError,
+    ClockSkewError,
+    ExchangeUnreachable,
+    RateLimited,
+    ServerError,
+)
+from tracker.logs import redact
+
+Params = Mapping[str, str | int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WsToken:
+    """A websocket token. ``repr`` hides the token: it must never reach a log line, a database or an exception."""
+
+    token: str
+    user_id: str
+    valid_sec: int
+
+    def __repr__(self) -> str:
+        return f"WsToken(token='***', user_id={self.user_id!r}, valid_sec={self.valid_sec})"
+
+
+def _error_code(body: object) -> tuple[bool, str | None, str]:
+    """(is_error, code, reason) of a body in any of the error envelopes of PROTOCOL.md §3.4."""
+    if not isinstance(body, dict):
+        return False, None, ""
+    code = body.get("code") or body.get("response_code")
+    reason = body.get("reason") or body.get("message") or body.get("response_explanation") or body.get("error")
+    text = str(code) if code is not None else ""
+    is_error = (
+        body.get("status") == "error"
+        or "error" in body
+        or text.startswith("API")
+        or (bool(re.fullmatch(r"[3-5]\d\d\.\d{3}", text)) and not text.startswith("2"))
+    )
+    if not is_error:
+        return False, None, ""
+    if isinstance(reason, dict):
+        reason = "; ".join(f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in reason.items())
+    return True, (str(code) if code is not None else None), str(reason or "").strip()
+
+
+class BitstampClient:
+    """Signed access to the private endpoints tracker needs. Use as ``async with BitstampClient(...) as client``."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        clock: ClockMs = wall_clock_ms,
+        nonce: NonceFactory = uuid4_nonce,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        verify_response: bool = True,
+    ) -> None:
+        redact(api_key)
+        redact(api_secret)
+        self._base = api_url if api_url.endswith("/") else api_url + "/"
+        self.auth = BitstampAuth(api_key, api_secret, clock=clock, nonce=nonce, verify_response=verify_response)
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, headers={"User-Agent": "tracker"})
+
+    def __repr__(self) -> str:
+        return f"BitstampClient({self._base!r})"
+
+    async def __aenter__(self) -> BitstampClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- the one request path ---------------------------------------------------------------------------------
+
+    async def request(
+        self, method: str, path: str, *, data: Params | None = None, params: Params | None = None, signed: bool = True
+    ) -> Any:
+        try:
+            return await self._request_once(method, path, data=data, params=params, signed=signed)
+        except ClockSkewError as exc:
+            if not self.auth.resync_from_date_header(getattr(exc, "date_header", None)):
+                raise
+            return await self._request_once(method, path, data=data, params=params, signed=signed)
+
+    async def _request_once(
+        self, method: str, path: str, *, data: Params | None, params: Params | None, signed: bool
+    ) -> Any:
+        url = self._base + path
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                data={k: str(v) for k, v in data.items()} if data else None,
+                params={k: str(v) for k, v in params.items()} if params else None,
+                auth=self.auth if signed else None,
+            )
+        except httpx.TransportError as exc:
+            raise ExchangeUnreachable(
+                f"cannot reach the exchange at {self._base}: {type(exc).__name__}"
+                f"{': ' + str(exc) if str(exc) else ''}; check BITSTAMP_API_URL and your network"
+            ) from exc
+        return self._parse(response, path)
+
+    def _parse(self, response: httpx.Response, path: str) -> Any:
+        status = response.status_code
+        try:
+            body: Any = json.loads(response.content, parse_float=Decimal) if response.content else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        is_error, code, reason = _error_code(body)
+        if not is_error and response.is_success:
+            if body is None:
+                raise ApiError(f"{path}: the exchange answered HTTP {status} without a JSON body", status=status)
+            return body
+        if status == 429 or code in RATE_LIMIT_CODES:
+            retry_after = response.headers.get("Retry-After")
+            raise RateLimited(
+                f"rate limited by the exchange on {path} ({code or status}): backing off",
+                code=code,
+                status=status,
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            )
+        if code and code.startswith("API"):
+            template = AUTH_MESSAGES.get(code, f"authentication failed ({code}{': ' + reason if reason else ''})")
+            message = template.format(path=path)
+            if code == "API0017":
+                exc = ClockSkewError(message, code=code, status=status)
+                exc.date_header = response.headers.get("Date")  # type: ignore[attr-defined]
+                raise exc
+            raise AuthError(message, code=code, status=status)
+        if status >= 500 or (code or "").startswith("500"):
+            raise ServerError(
+                f"the exchange failed on {path} (HTTP {status}{', ' + code if code else ''}): retry later",
+                code=code,
+                status=status,
+            )
+        raise ApiError(
+            f"the exchange refused {path} (HTTP {status}{', ' + code if code else ''}): {reason or 'no reason given'}",
+            code=code,
+            status=status,
+        )
+
+    # -- endpoints (thin: parsed JSON out) ---------------------------------------------------------------------
+
+    async def websockets_token(self) -> WsToken:
+        """``POST websockets_token/`` (no body). The token is registered for redaction before anything else."""
+        body = await self.request("POST", "websockets_token/")
+        try:
+            token = str(body["token"])
+            redact(token)
+            return WsToken(token=token, user_id=str(body["user_id"]), valid_sec=int(body.get("valid_sec", 60)))
+        except (KeyError, TypeError, ValueError):
+            raise ApiError("websockets_token/: unexpected response shape from the exchange") from None
+
+    async def markets(self) -> list[dict[str, Any]]:
+        """``GET markets/`` (public): every market, ``market_symbol`` is the WS form."""
+        return list(await self.request("GET", "markets/", signed=False))
+
+    async def my_markets(self) -> list[dict[str, Any]]:
+        """``GET my_markets/``: the markets enabled for the account (PROTOCOL.md §5.6: method uncertain)."""
+        return list(await self.request("GET", "my_markets/"))
+
+    async def user_transactions(self, market: str | None = None, **params: str | int) -> list[dict[str, Any]]:
+        path = f"user_transactions/{market}/" if market else "user_transactions/"
+        return list(await self.request("POST", path, data=params))
+
+    async def open_orders(self, market: str | None = None) -> list[dict[str, Any]]:
+        return list(await self.request("POST", f"open_orders/{market}/" if market else "open_orders/"))
+
+    async def order_status(self, order_id: str, *, omit_transactions: bool = False) -> dict[str, Any]:
+        data: dict[str, str | int] = {"id": order_id}
+        if omit_transactions:
+            data["omit_transactions"] = "true"
+        return dict(await self.request("POST", "order_status/", data=data))
+
+    async def account_order_data(self, order_source: str = "orderbook", **params: str | int) -> Any:
+        return await self.request("POST", "account_order_data/", data={"order_source": order_source, **params})
+
+    async def account_balances(self) -> list[dict[str, Any]]:
+        return list(await self.request("POST", "account_balances/"))
+
+    async def trade_history(self, market: str | None = None, **params: str | int) -> Any:
+        return await self.request("GET", f"trade_history/{market}/" if market else "trade_history/", params=params)
+
+    async def position_settlement_transactions(self, **params: str | int) -> Any:
+        return await self.request("GET", "position_settlement_transactions/", params=params)
