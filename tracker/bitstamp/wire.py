@@ -1,0 +1,138 @@
+"""Small wire helpers shared by frame classification, REST entry building and parsing.
+
+- ``loads_exact``: JSON with floats as ``Decimal`` (ints are exact in Python's json already).
+- ``dumps_canonical``: compact, sorted keys, ``Decimal`` written exactly in plain notation; stable text for REST rows.
+- ``id_text``: an id as text, preferring the ``*_str`` twin, else the raw JSON token.
+- time conversions: µs strings, seconds, perp milliseconds, REST ``datetime`` strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_INT_RE: Final = re.compile(r"-?[0-9]+")
+
+
+def loads_exact(text: str) -> Any:
+    """Parse JSON keeping every number exact: floats become ``Decimal``, ints stay ``int``."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def _encode(obj: object, out: list[str]) -> None:
+    if obj is None:
+        out.append("null")
+    elif obj is True:
+        out.append("true")
+    elif obj is False:
+        out.append("false")
+    elif isinstance(obj, str):
+        out.append(json.dumps(obj))
+    elif isinstance(obj, int):
+        out.append(str(obj))
+    elif isinstance(obj, Decimal):
+        if not obj.is_finite():
+            raise ValueError(f"cannot encode {obj!r} as JSON")
+        out.append(format(obj, "f"))
+    elif isinstance(obj, dict):
+        out.append("{")
+        for index, key in enumerate(sorted(obj)):
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be text, got {key!r}")
+            if index:
+                out.append(",")
+            out.append(json.dumps(key))
+            out.append(":")
+            _encode(obj[key], out)
+        out.append("}")
+    elif isinstance(obj, list | tuple):
+        out.append("[")
+        for index, item in enumerate(obj):
+            if index:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"cannot encode {type(obj).__name__} as JSON (floats are refused: inexact)")
+
+
+def dumps_canonical(obj: object) -> str:
+    """Compact JSON, sorted keys, decimals exactly in plain notation (``Decimal("1E-8")`` → ``0.00000001``)."""
+    out: list[str] = []
+    _encode(obj, out)
+    return "".join(out)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
+    """An id as text: ``obj[str_key]`` if it is a non-empty string, else the raw token of ``obj[key]``.
+
+    Accepts an int token or a string of digits (the same field is seen both ways); anything else gives ``None``.
+    """
+    if str_key is not None:
+        value = obj.get(str_key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    value = obj.get(key)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip() and value.strip() != "None":
+        return value.strip()
+    return None
+
+
+def int_text(value: object) -> int | None:
+    """An integer written as a JSON int or a string of digits; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
+
+
+def us_to_datetime(us: int) -> datetime:
+    """Unix microseconds → aware UTC datetime (exact: integer arithmetic)."""
+    seconds, micro = divmod(us, 1_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micro)
+
+
+def datetime_to_us(value: datetime) -> int:
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def parse_rest_datetime(value: object) -> datetime | None:
+    """REST ``"YYYY-MM-DD HH:MM:SS[.ffffff]"`` (UTC) or ISO-8601 with an offset → aware UTC; else ``None``."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def perp_ms_to_us(value: object) -> int | None:
+    """Perp public trades carry ``timestamp`` in milliseconds."""
+    ms = int_text(value)
+    return None if ms is None else ms * 1000
+
+
+def display_market_to_symbol(value: str) -> str:
+    """``"BTC/USD-PERP"`` → ``"btcusd-perp"``."""
+    return value.replace("/", "").lower()
