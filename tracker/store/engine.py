@@ -1,0 +1,134 @@
+"""Engine set-up for SQLite and PostgreSQL, and the one place database connection failures become ``StoreError``.
+
+SQLite: WAL (readers never block the writer), ``busy_timeout`` 30 s, foreign keys on, ``synchronous=FULL`` (a
+committed append survives power loss; NORMAL is faster but may lose the last commits). pysqlite's own transaction
+handling is switched off (``isolation_level=None``) and we emit ``BEGIN`` ourselves, the recipe in SQLAlchemy's
+"Serializable isolation / Savepoints / Transactional DDL" section. A connection with the execution option
+``tracker_write=True`` (see ``writer()``) begins with ``BEGIN IMMEDIATE``: it takes the write lock before it reads the
+head, so two appenders cannot both read the same head (a deferred transaction would fail with SQLITE_BUSY on upgrade).
+
+PostgreSQL: ``pool_pre_ping``; the appender serialises itself with a table lock (see ``event_log.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import URL, make_url
+
+from tracker.errors import StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "tracker_write"
+
+
+def display_url(url: str | URL) -> str:
+    """The URL without its password, for messages."""
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        return "(unparsable URL)"
+    return parsed.set(password=None).render_as_string(hide_password=False)
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _check_sqlite_path(url: URL, *, write: bool) -> None:
+    path = _sqlite_path(url)
+    if path is None:
+        return
+    directory = path.parent if str(path.parent) else Path()
+    if not directory.is_dir():
+        raise StoreError(f"cannot open the SQLite database {path}: the directory {directory} does not exist")
+    if not write:
+        if not path.exists():
+            raise StoreError(
+                f"the SQLite database {path} does not exist: run `tracker db upgrade` (or check TRACKER_DB_URL)"
+            )
+        return
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(
+            f"cannot write the SQLite database {path}: permission denied (check the file's owner and mode)"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # SQLite needs the directory too: for the file itself, the WAL and the shared-memory index.
+        raise StoreError(f"cannot write in {directory}, where the SQLite database {path} lives: permission denied")
+
+
+def _setup_sqlite(engine: Engine, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see the module docstring)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for ``url``, checked by one connection; failures raise ``StoreError`` with the fix in one line.
+
+    ``write=False`` (for read-only commands like ``tracker verify``) does not require write permission and does not
+    create a missing SQLite file.
+    """
+    if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA, got {sqlite_synchronous!r}")
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as error:
+        raise StoreError(
+            f"TRACKER_DB_URL is not a database URL ({error}): use sqlite:///path or postgresql://..."
+        ) from None
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        _check_sqlite_path(parsed, write=write)
+        engine = create_engine(parsed)
+        _setup_sqlite(engine, sqlite_synchronous.upper())
+    elif backend == "postgresql":
+        engine = create_engine(parsed, pool_pre_ping=True)
+    else:
+        raise StoreError(f"unsupported database {backend!r} in {display_url(parsed)}: use sqlite:/// or postgresql://")
+    try:
+        with engine.connect():
+            pass
+    except exc.DBAPIError as error:
+        engine.dispose()
+        raise StoreError(
+            f"cannot connect to the database at {display_url(parsed)}: {_reason(error, parsed)}; check TRACKER_DB_URL"
+        ) from None
+    return engine
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine (same pool) whose transactions take the write lock at BEGIN on SQLite."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def _reason(error: exc.DBAPIError, url: URL) -> str:
+    """The driver's message, one line, never the password."""
+    lines = [line.strip() for line in str(error.orig).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error.orig).__name__
+    if (
+        "failed:" in text
+    ):  # psycopg: 'connection failed: connection to server at "...", port 1 failed: Connection refused'
+        text = text.rsplit("failed:", 1)[1].strip() or text
+    if url.password:
+        text = text.replace(url.password, "***")
+    return text.rstrip(".").lower() if text[:1].isupper() and text[1:2].islower() else text.rstrip(".")

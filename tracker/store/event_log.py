@@ -1,0 +1,222 @@
+"""The append-only, hash-chained event log: append a batch in one transaction, read pages in ``seq`` order.
+
+Synchronous SQLAlchemy Core. Callers in trio use one writer thread (``trio.to_thread.run_sync(..., limiter=...)``);
+several writers (threads or processes) are still correct, because each append takes the write lock first.
+
+``seq`` is assigned here as head + 1 inside the append transaction, after taking the write lock, so it is gapless and
+its order is commit order. A tailing reader can therefore poll ``read_after(last_seen)`` and never skip a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, text
+
+from tracker.domain.chain import GENESIS, Anchor, link_hash
+from tracker.domain.log import LogEntry, NewEntry, QuarantineItem
+from tracker.store.engine import writer
+from tracker.store.schema import event_log, quarantine
+
+LOG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LogEntry))
+_LOG_COLUMNS = tuple(event_log.c[name] for name in LOG_FIELDS)
+_INSERT_LOG = event_log.insert()
+_INSERT_QUARANTINE = quarantine.insert()
+_IN_CHUNK = 500  # dedup keys per IN (...) query: well under SQLite's bound-parameter limit
+
+# On PostgreSQL a sequence or max(seq)+1 hands out numbers in *start* order, but transactions become visible in
+# *commit* order: an appender that took seq 7 may commit after another that took seq 8. A reader tailing with
+# `seq > 6` would then see 8, move its cursor to 8 and never see 7. Taking this lock before reading the head makes
+# appenders run one at a time, so seq order is commit order and the log is gapless. EXCLUSIVE mode blocks other
+# writers only: plain SELECTs (ACCESS SHARE) go on. Under READ COMMITTED the head query after the lock takes a fresh
+# snapshot, so it sees the previous appender's commit. (SQLite gets the same from BEGIN IMMEDIATE, see engine.py.)
+_PG_LOCK = text("LOCK TABLE event_log IN EXCLUSIVE MODE")
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    appended: tuple[int, ...]  # the new rows' seqs, in the order of the batch
+    duplicates: int  # same dedup_key, same payload: already stored (or earlier in the batch), not appended again
+    conflicts: int  # same dedup_key, different payload: quarantined with both payloads
+    quarantined: int  # quarantine rows written (the given items plus the conflicts)
+    head: Anchor  # the log's head after this append
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    """A stored quarantine row (``QuarantineItem`` plus what the store adds for conflicts)."""
+
+    id: int
+    kind: str
+    reason: str
+    account: str | None
+    source: str | None
+    channel: str | None
+    connection_id: str | None
+    dedup_key: str | None
+    existing_seq: int | None
+    raw: str
+    existing_payload: str | None
+    received_at: datetime
+
+
+_Q_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(QuarantineRow))
+
+
+def _quarantine_row(item: QuarantineItem) -> dict[str, Any]:
+    return {
+        "kind": item.kind,
+        "reason": item.reason,
+        "account": item.account,
+        "source": item.source,
+        "channel": item.channel,
+        "connection_id": item.connection_id,
+        "dedup_key": None,
+        "existing_seq": None,
+        "raw": item.raw,
+        "existing_payload": None,
+        "received_at": item.received_at,
+    }
+
+
+def _conflict_row(entry: NewEntry, existing_seq: int, existing_payload: str) -> dict[str, Any]:
+    return {
+        "kind": "conflict",
+        "reason": f"dedup_key {entry.dedup_key!r} is stored at seq {existing_seq} with a different payload",
+        "account": entry.account,
+        "source": entry.source,
+        "channel": entry.channel,
+        "connection_id": entry.connection_id,
+        "dedup_key": entry.dedup_key,
+        "existing_seq": existing_seq,
+        "raw": entry.payload,
+        "existing_payload": existing_payload,
+        "received_at": entry.received_at,
+    }
+
+
+class EventLog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # -- append --------------------------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[NewEntry], quarantine: Sequence[QuarantineItem] = ()) -> AppendResult:
+        """Append ``entries`` (and store ``quarantine`` items) in one transaction.
+
+        An entry whose ``dedup_key`` is stored already, or appeared earlier in the batch, is a duplicate when its
+        payload is equal (skipped) and a conflict when it differs (kept in the quarantine with both payloads).
+        """
+        with self._writer.begin() as conn:
+            if self._postgres:
+                conn.execute(_PG_LOCK)
+            head, prev = self._head_of(conn)
+            known = self._stored(conn, {entry.dedup_key for entry in entries})
+            rows: list[dict[str, Any]] = []
+            q_rows = [_quarantine_row(item) for item in quarantine]
+            appended: list[int] = []
+            duplicates = conflicts = 0
+            for entry in entries:
+                seen = known.get(entry.dedup_key)
+                if seen is not None:
+                    if seen[1] == entry.payload:
+                        duplicates += 1
+                    else:
+                        conflicts += 1
+                        q_rows.append(_conflict_row(entry, seen[0], seen[1]))
+                    continue
+                head += 1
+                link = link_hash(prev, head, entry)
+                known[entry.dedup_key] = (head, entry.payload)
+                appended.append(head)
+                rows.append(
+                    {
+                        "seq": head,
+                        "account": entry.account,
+                        "source": entry.source,
+                        "channel": entry.channel,
+                        "event": entry.event,
+                        "market": entry.market,
+                        "order_id": entry.order_id,
+                        "trade_id": entry.trade_id,
+                        "position_id": entry.position_id,
+                        "event_id": entry.event_id,
+                        "pre_event_id": entry.pre_event_id,
+                        "exchange_ts_us": entry.exchange_ts_us,
+                        "received_at": entry.received_at,
+                        "connection_id": entry.connection_id,
+                        "payload": entry.payload,
+                        "dedup_key": entry.dedup_key,
+                        "prev_hash": prev,
+                        "hash": link,
+                    }
+                )
+                prev = link
+            if rows:
+                conn.execute(_INSERT_LOG, rows)
+            if q_rows:
+                conn.execute(_INSERT_QUARANTINE, q_rows)
+        return AppendResult(tuple(appended), duplicates, conflicts, len(q_rows), Anchor(head, prev))
+
+    def _head_of(self, conn: Connection) -> tuple[int, str]:
+        row = conn.execute(select(event_log.c.seq, event_log.c.hash).order_by(event_log.c.seq.desc()).limit(1)).first()
+        return (0, GENESIS) if row is None else (row.seq, row.hash)
+
+    @staticmethod
+    def _stored(conn: Connection, keys: set[str]) -> dict[str, tuple[int, str]]:
+        """dedup_key -> (seq, payload) for the keys already stored, one IN query per chunk."""
+        found: dict[str, tuple[int, str]] = {}
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[start : start + _IN_CHUNK]
+            query = select(event_log.c.dedup_key, event_log.c.seq, event_log.c.payload).where(
+                event_log.c.dedup_key.in_(chunk)
+            )
+            for key, seq, payload in conn.execute(query):
+                found[key] = (seq, payload)
+        return found
+
+    # -- read ----------------------------------------------------------------------------------------------------
+
+    def read_after(self, seq: int, limit: int = 1000, *, account: str | None = None) -> list[LogEntry]:
+        """Up to ``limit`` entries with ``seq`` greater than the given one, in ``seq`` order."""
+        query = select(*_LOG_COLUMNS).where(event_log.c.seq > seq).order_by(event_log.c.seq).limit(limit)
+        if account is not None:
+            query = query.where(event_log.c.account == account)
+        with self.engine.connect() as conn:
+            return [LogEntry(*row) for row in conn.execute(query)]
+
+    def iter_after(self, seq: int = 0, page: int = 1000) -> Iterator[list[LogEntry]]:
+        """Pages of entries after ``seq`` until the head (as it moves), each page one short read transaction."""
+        while batch := self.read_after(seq, page):
+            yield batch
+            seq = batch[-1].seq
+
+    def head(self) -> int:
+        """The newest seq, 0 for an empty log."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(event_log.c.seq), 0))).scalar_one())
+
+    def head_anchor(self) -> Anchor:
+        """The newest seq and its hash (``0:GENESIS`` for an empty log)."""
+        with self.engine.connect() as conn:
+            seq, hash_ = self._head_of(conn)
+        return Anchor(seq, hash_)
+
+    def head_hash(self) -> str:
+        return self.head_anchor().hash
+
+    def quarantined(self, after_id: int = 0, limit: int = 1000) -> list[QuarantineRow]:
+        query = (
+            select(*(quarantine.c[name] for name in _Q_FIELDS))
+            .where(quarantine.c.id > after_id)
+            .order_by(quarantine.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [QuarantineRow(*row) for row in conn.execute(query)]

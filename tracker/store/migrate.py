@@ -1,0 +1,86 @@
+"""Schema migrations through Alembic's command API, sharing ``migrations/env.py`` with the plain ``alembic`` CLI.
+
+The migrations live in the repository's top-level ``migrations/`` directory, found relative to this package: that
+works from a checkout and an editable install (a wheel would need them packaged; not done yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+
+from tracker.errors import StoreError
+from tracker.store.engine import display_url, open_engine, writer
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config() -> Config:
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise StoreError(f"the migrations directory {MIGRATIONS_DIR} is missing: install tracker from its repository")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise StoreError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+@contextmanager
+def _engine(target: str | URL | Engine, *, write: bool = True) -> Iterator[Engine]:
+    if isinstance(target, Engine):
+        yield target
+        return
+    engine = open_engine(target, write=write)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _run(target: str | URL | Engine, action: str, revision: str) -> None:
+    config = alembic_config()
+    with _engine(target) as engine, writer(engine).begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+
+def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
+    _run(target, "upgrade", revision)
+
+
+def downgrade(target: str | URL | Engine, revision: str) -> None:
+    _run(target, "downgrade", revision)
+
+
+def current_of(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def current(target: str | URL | Engine) -> str | None:
+    """The database's revision, ``None`` when it was never migrated."""
+    with _engine(target, write=False) as engine, engine.connect() as connection:
+        return current_of(connection)
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise ``StoreError`` unless the database is at the newest revision."""
+    need = head_revision()
+    have = current(engine)
+    if have != need:
+        raise StoreError(
+            f"the database at {display_url(engine.url)} is not migrated (at revision {have or 'none'}, need {need}):"
+            " run `tracker db upgrade`"
+        )
