@@ -1,0 +1,141 @@
+"""The single writer task: every item any producer sends is appended to the event log, in batches, by one thread.
+
+- Input: ``(NewEntry | QuarantineItem, received_monotonic)`` on a bounded memory channel. The bound is the
+  back-pressure: when the database falls behind, producers (the websocket receive loops) block on ``send`` and stop
+  reading their sockets, instead of growing memory.
+- Batching is group commit: the writer takes the first item, then everything already waiting (up to ``max_batch``),
+  optionally lingering ``max_delay`` for more, and appends it in one transaction through
+  ``trio.to_thread.run_sync(append, ..., limiter=one_writer)``. While a commit runs, the next batch piles up, so
+  batches grow with load and an idle system commits each frame at once (no fixed delay added to latency).
+- Shutdown: the writer is never cancelled to stop it. Producers close their send channels (``async with``); the
+  writer then drains what is left, commits it, and returns. A commit in progress is shielded from cancellation, so a
+  batch taken off the channel is never lost half-way.
+- ``WriterStats`` counts frames, duplicates, conflicts, quarantined items and batches, and keeps receive→commit
+  latencies (a bounded sample plus fixed buckets) for the metrics exporter and the bench.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from tracker.domain.log import NewEntry, QuarantineItem
+
+log = logging.getLogger("tracker.writer")
+
+Item = tuple[NewEntry | QuarantineItem, float]
+
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class AppendResultLike(Protocol):
+    appended: tuple[int, ...]
+    duplicates: int
+    conflicts: int
+
+
+AppendFn = Callable[[Sequence[NewEntry], Sequence[QuarantineItem]], Any]
+
+
+@dataclass
+class WriterStats:
+    items: int = 0  # items committed (entries + quarantine)
+    appended: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    max_batch_seen: int = 0
+    # Histogram over LATENCY_BUCKETS_S (+Inf last) and a bounded sample for percentiles.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
+    latency_sample: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    committed: trio.Event = field(default_factory=trio.Event)  # replaced after each batch: wait for the next commit
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
+        self.latency_sample.append(seconds)
+
+    def percentile(self, q: float) -> float | None:
+        """q in [0, 1] over the recent sample; None when nothing was committed yet."""
+        if not self.latency_sample:
+            return None
+        ordered = sorted(self.latency_sample)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    async def wait_items(self, n: int) -> None:
+        """Wait until at least ``n`` items have been committed (tests and the bench)."""
+        while self.items < n:
+            await self.committed.wait()
+
+
+async def run_writer(
+    append: AppendFn,
+    receive: trio.MemoryReceiveChannel[Item],
+    *,
+    stats: WriterStats | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+    max_batch: int = 2000,
+    max_delay: float = 0.0,
+    task_status: trio.TaskStatus[WriterStats] = trio.TASK_STATUS_IGNORED,
+) -> WriterStats:
+    """Run until every sender of ``receive`` is closed and everything sent has been committed."""
+    stats = stats if stats is not None else WriterStats()
+    limiter = limiter if limiter is not None else trio.CapacityLimiter(1)
+    task_status.started(stats)
+    async with receive:
+        while True:
+            try:
+                first = await receive.receive()
+            except trio.EndOfChannel:
+                return stats
+            batch = [first]
+            _take_ready(receive, batch, max_batch)
+            if max_delay > 0 and len(batch) < max_batch:
+                with trio.move_on_after(max_delay):
+                    while len(batch) < max_batch:
+                        try:
+                            batch.append(await receive.receive())
+                        except trio.EndOfChannel:
+                            break
+                        _take_ready(receive, batch, max_batch)
+            with trio.CancelScope(shield=True):
+                await _commit(append, batch, stats, limiter)
+
+
+def _take_ready(receive: trio.MemoryReceiveChannel[Item], batch: list[Item], max_batch: int) -> None:
+    while len(batch) < max_batch:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+
+
+async def _commit(append: AppendFn, batch: list[Item], stats: WriterStats, limiter: trio.CapacityLimiter) -> None:
+    entries = [item for item, _ in batch if isinstance(item, NewEntry)]
+    quarantine = [item for item, _ in batch if isinstance(item, QuarantineItem)]
+    result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
+    now = trio.current_time()
+    for _, received in batch:
+        stats.observe_latency(now - received)
+    stats.items += len(batch)
+    stats.batches += 1
+    stats.max_batch_seen = max(stats.max_batch_seen, len(batch))
+    stats.quarantined += len(quarantine)
+    if result is not None:
+        stats.appended += len(result.appended)
+        stats.duplicates += result.duplicates
+        stats.conflicts += result.conflicts
+        if result.conflicts:
+            log.warning("%d conflicting frame(s) quarantined: same key, different text", result.conflicts)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("committed %d item(s) (%d quarantined)", len(batch), len(quarantine))
+    done, stats.committed = stats.committed, trio.Event()
+    done.set()
