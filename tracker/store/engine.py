@@ -31,7 +31,7 @@ def display_url(url: str | URL) -> str:
         parsed = make_url(url)
     except exc.ArgumentError:
         return "(unparsable URL)"
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
 def _sqlite_path(url: URL) -> Path | None:

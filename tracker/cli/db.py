@@ -1,0 +1,58 @@
+"""``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tracker.cli import add_common_flags
+from tracker.config import load_settings
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser("db", help="database schema migrations")
+    sub = parser.add_subparsers(dest="db_command", metavar="ACTION")
+    sub.required = True
+    upgrade = sub.add_parser("upgrade", help="migrate the database to the newest schema (creates it if missing)")
+    add_common_flags(upgrade)
+    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    upgrade.set_defaults(func=cmd_upgrade)
+    downgrade = sub.add_parser("downgrade", help="migrate the database back to REVISION ('base' drops everything)")
+    add_common_flags(downgrade)
+    downgrade.add_argument("revision", help="target revision, e.g. 0001 or base")
+    downgrade.set_defaults(func=cmd_downgrade)
+    current = sub.add_parser("current", help="print the database's schema revision and the newest one")
+    add_common_flags(current)
+    current.set_defaults(func=cmd_current)
+
+
+def _url(args: argparse.Namespace) -> str:
+    return load_settings(flags={"db_url": args.db_url}).db_url
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from tracker.store import migrate
+
+    url = _url(args)
+    migrate.upgrade(url, args.revision)
+    print(f"database at revision {migrate.current(url) or 'none'} (newest {migrate.head_revision()})")
+    return 0
+
+
+def cmd_downgrade(args: argparse.Namespace) -> int:
+    from tracker.store import migrate
+
+    url = _url(args)
+    migrate.downgrade(url, args.revision)
+    print(f"database at revision {migrate.current(url) or 'none'} (newest {migrate.head_revision()})")
+    return 0
+
+
+def cmd_current(args: argparse.Namespace) -> int:
+    from tracker.store import migrate
+
+    have = migrate.current(_url(args))
+    need = migrate.head_revision()
+    state = "up to date" if have == need else "run `tracker db upgrade`"
+    print(f"revision {have or 'none'} (newest {need}): {state}")
+    return 0 if have == need else 1
