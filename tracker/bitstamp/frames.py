@@ -40,6 +40,13 @@ from decimal import Decimal
 from typing import Any, Final, Literal
 
 from tracker.bitstamp.channels import Channel, parse_channel
+from tracker.bitstamp.rest_entries import (
+    entry_from_account_order_event,
+    entry_from_order_status,
+    entry_from_perp_trade,
+    entry_from_position_settlement,
+    entry_from_user_transaction,
+)
 from tracker.bitstamp.wire import dumps_canonical, id_text, int_text, loads_exact, sha256_text
 from tracker.domain.log import NewEntry, QuarantineItem
 
@@ -53,8 +60,13 @@ __all__ = [
     "Malformed",
     "classify",
     "dumps_canonical",
+    "entry_from_account_order_event",
     "entry_from_data",
     "entry_from_frame",
+    "entry_from_order_status",
+    "entry_from_perp_trade",
+    "entry_from_position_settlement",
+    "entry_from_user_transaction",
     "loads_exact",
 ]
 

@@ -1,0 +1,245 @@
+"""Typed domain events: what one log entry means. ``bitstamp.parse.parse_entry`` makes exactly one per entry.
+
+Every event carries ``seq`` and ``account`` of its log entry. Money is ``Decimal``, ids are text, times are aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from tracker.domain.log import Source
+
+Side = Literal["buy", "sell"]
+OrderEventKind = Literal["created", "changed", "deleted", "replaced", "stop_active", "stop_inactive"]
+SettlementKind = Literal["settlement", "insurance_fund_premium"]
+LiquidationKind = Literal[
+    "im_breach_warning", "im_breach", "mm_breach_warning", "liquidation_start", "liquidation_concluded"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """A ``my_orders`` event (WS) or its ``account_order_data/`` replay (REST).
+
+    ``amount_remaining`` is ``amount_str``; ``amount_traded`` is per step (not cumulative). ``price`` is ``None``
+    when the event carries a market-order placeholder (buy ``999999999…``, sell ``0``): ``price_is_placeholder``.
+    ``is_market`` marks a market order (placeholder price or subtype 1/2/7).
+    """
+
+    seq: int
+    account: str
+    source: Source
+    kind: OrderEventKind
+    order_id: str
+    market: str
+    side: Side | None
+    amount_remaining: Decimal
+    amount_traded: Decimal | None
+    amount_at_create: Decimal | None
+    price: Decimal | None
+    price_is_placeholder: bool
+    is_market: bool
+    client_order_id: str | None
+    orig_order_id: str | None
+    event_id: str | None
+    pre_event_id: str | None
+    order_source: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of one of the user's orders (``my_trades`` ``trade``, REST ``user_transactions`` type 2, or
+    derivatives ``trade_history``). ``fee`` is in the market's quote currency."""
+
+    seq: int
+    account: str
+    source: Source
+    trade_id: str
+    order_id: str | None
+    market: str | None
+    side: Side
+    amount: Decimal
+    price: Decimal
+    fee: Decimal
+    executed_at: datetime
+    position_id: str | None
+    is_liquidation: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTrade:
+    """Self-trade prevention offset between two of the user's orders: not a fill, no fee."""
+
+    seq: int
+    account: str
+    market: str
+    buy_order_id: str
+    sell_order_id: str
+    amount: Decimal
+    price: Decimal | None
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A perp settlement or insurance-fund premium (WS ``my_settlements`` or REST). Amounts are signed."""
+
+    seq: int
+    account: str
+    source: Source
+    kind: SettlementKind
+    transaction_id: str
+    position_id: str | None
+    ccy: str | None
+    amount: Decimal
+    occurred_at: datetime | None
+    price_component: Decimal | None = None
+    trading_fee_component: Decimal | None = None
+    liquidation_fee_component: Decimal | None = None
+    funding_component: Decimal | None = None
+    socialized_loss_component: Decimal | None = None
+    settlement_price: Decimal | None = None
+    strike_price: Decimal | None = None
+    settlement_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationAlert:
+    seq: int
+    account: str
+    kind: LiquidationKind
+    position_id: str
+    margin_mode: str | None
+    occurred_at: datetime
+    initial_margin_ratio: Decimal | None
+    maintenance_margin_ratio: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReady:
+    seq: int
+    account: str
+    action: str | None
+    order_id: str | None
+    instrument: str | None
+    currency: str | None
+    quantity: Decimal | None
+    occurred_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderStatusSnapshot:
+    """A REST ``order_status/`` answer (status ``Open``/``Finished``/``Canceled``/``Expired``/...)."""
+
+    seq: int
+    account: str
+    order_id: str
+    market: str | None
+    status: str
+    side: Side | None
+    amount_remaining: Decimal | None
+    client_order_id: str | None
+    transaction_count: int
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTransaction:
+    """A REST ``user_transactions/`` row that is not a fill (deposit, withdrawal, transfer, staking, ...).
+
+    Logged and counted; no projected table reads it yet.
+    """
+
+    seq: int
+    account: str
+    transaction_id: str
+    type_code: str
+    occurred_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """A tracker-made connection event: connected, subscribed, subscribe_failed, ws_error, reconnect_requested,
+    closed, stalled, reconciled."""
+
+    seq: int
+    account: str
+    kind: str
+    channel: str
+    connection_id: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GapDetected:
+    seq: int
+    account: str
+    market: str | None
+    channel: str
+    detail: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillCompleted:
+    seq: int
+    account: str
+    market: str | None
+    channel: str
+    detail: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """Tracker-made (e.g. by reconciliation). ``discrepancy_id`` names it so a later resolution can close it."""
+
+    seq: int
+    account: str
+    discrepancy_id: str
+    kind: str
+    entity: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiscrepancyResolved:
+    seq: int
+    account: str
+    discrepancy_id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """Anything the parser cannot map: an unknown event name, a payload that does not parse. Never an exception."""
+
+    seq: int
+    account: str
+    source: Source
+    channel: str
+    event: str
+    reason: str
+
+
+DomainEvent = (
+    OrderEvent
+    | Fill
+    | SelfTrade
+    | Settlement
+    | LiquidationAlert
+    | TokenReady
+    | OrderStatusSnapshot
+    | AccountTransaction
+    | Lifecycle
+    | GapDetected
+    | BackfillCompleted
+    | Discrepancy
+    | DiscrepancyResolved
+    | Unknown
+)
