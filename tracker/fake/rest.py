@@ -1,0 +1,283 @@
+"""The fake's `/api/v2/` routes over the account state (pure: requests in, status + JSON text out).
+
+Pagination follows PROTOCOL.md §5: ``user_transactions`` ``since_id`` is inclusive and forces ``limit`` 1000;
+``account_order_data`` needs ``order_source``, ``since_id`` is inclusive, ``until_id`` exclusive, at most 1000 events,
+oldest first, 404.008 when none; ``open_orders`` is cached for 10 s per URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracker.fake.auth import TokenStore
+from tracker.fake.markets import Market
+from tracker.fake.state import AccountState
+from tracker.fake.wire import dumps, fixed, plain, rest_datetime
+
+OPEN_ORDERS_CACHE_S = 10.0
+EVENT_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+PUBLIC_GET = {"markets/"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+    def body(self) -> str:
+        return dumps({"status": "error", "reason": self.reason, "response_code": self.code, "code": self.code})
+
+
+@dataclass(slots=True)
+class RestApi:
+    state: AccountState
+    tokens: TokenStore
+    user_id: int
+    clock: Callable[[], float]
+    open_orders_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def handle(self, method: str, route: str, params: Mapping[str, str]) -> str:
+        """``route`` is the path below ``/api/v2/`` (``user_transactions/btcusd/``). Returns the JSON text."""
+        parts = [p for p in route.split("/") if p]
+        if not parts:
+            raise ApiError(404, "404.001", "Not found.")
+        head, rest = parts[0], parts[1:]
+        arg = rest[0] if rest else None
+        get_only = {"markets", "trade_history", "position_settlement_transactions", "open_positions"}
+        if (head in get_only) != (method == "GET"):
+            raise ApiError(405, "405.001", "Method not allowed.")
+        handler = getattr(self, f"r_{head}", None)
+        if handler is None or len(rest) > 1:
+            raise ApiError(404, "404.001", "Not found.")
+        return str(handler(arg, params))
+
+    # ------------------------------------------------------------------ helpers
+    def _market(self, symbol: str | None) -> Market | None:
+        if symbol is None:
+            return None
+        for m in self.state.markets:
+            if m.symbol == symbol or m.name == symbol:
+                return m
+        raise ApiError(404, "404.003", "Market not found.")
+
+    @staticmethod
+    def _int(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(400, "400.001", f"Invalid {name} parameter.") from None
+        if not lo <= value <= hi:
+            raise ApiError(400, "400.001", f"{name} must be between {lo} and {hi}.")
+        return value
+
+    # ------------------------------------------------------------------ routes
+    def r_markets(self, arg: str | None, params: Mapping[str, str]) -> str:
+        return dumps([m.markets_row() for m in self.state.markets])
+
+    def r_websockets_token(self, arg: str | None, params: Mapping[str, str]) -> str:
+        token = self.tokens.issue()
+        return dumps({"token": token.value, "valid_sec": int(token.ttl), "user_id": self.user_id})
+
+    def r_user_transactions(self, arg: str | None, params: Mapping[str, str]) -> str:
+        m = self._market(arg)
+        offset = self._int(params, "offset", 0, 0, 200_000) or 0
+        limit = self._int(params, "limit", 100, 1, 1000) or 100
+        sort = params.get("sort", "desc")
+        if sort not in ("asc", "desc"):
+            raise ApiError(400, "400.001", "Invalid sort parameter.")
+        since_id = self._int(params, "since_id", None, 0, 2**64)
+        since_ts = self._int(params, "since_timestamp", None, 0, 2**40)
+        until_ts = self._int(params, "until_timestamp", None, 0, 2**40)
+        if since_id is not None:
+            limit = 1000
+        rows = [
+            (tid, row)
+            for tid, sym, row in self.state.transactions
+            if (m is None or sym == m.symbol) and (since_id is None or tid >= since_id)
+        ]
+        if since_ts is not None or until_ts is not None:
+            rows = [(tid, row) for tid, row in rows if _row_ts_ok(row, since_ts, until_ts)]
+        if sort == "desc":
+            rows.reverse()
+        return dumps([row for _, row in rows[offset : offset + limit]])
+
+    def r_open_orders(self, arg: str | None, params: Mapping[str, str]) -> str:
+        key = arg or "all"
+        now = self.clock()
+        cached = self.open_orders_cache.get(key)
+        if cached is not None and now - cached[0] < OPEN_ORDERS_CACHE_S:
+            return cached[1]
+        m = None if key == "all" else self._market(key)
+        rows = []
+        for o in sorted(self.state.orders.values(), key=lambda o: o.id):
+            if o.status != "open" or (m is not None and o.market != m):
+                continue
+            row: dict[str, Any] = {
+                "id": str(o.id),
+                "datetime": rest_datetime(o.created_us, micro=False),
+                "type": str(o.side),
+                "subtype": o.subtype,
+                "price": fixed(o.price, o.market.price_places),
+                "amount": fixed(o.remaining, o.market.amount_places),
+                "amount_at_create": fixed(o.amount, o.market.amount_places),
+                "currency_pair": o.market.name,
+                "market": o.market.name,
+            }
+            if o.client_order_id is not None:
+                row["client_order_id"] = o.client_order_id
+            if o.stop_price is not None:
+                row["stop_price"] = fixed(o.stop_price, o.market.price_places)
+            rows.append(row)
+        text = dumps(rows)
+        self.open_orders_cache[key] = (now, text)
+        return text
+
+    def r_order_status(self, arg: str | None, params: Mapping[str, str]) -> str:
+        order = None
+        if params.get("id"):
+            try:
+                order = self.state.orders.get(int(params["id"]))
+            except ValueError:
+                raise ApiError(400, "400.001", "Invalid id parameter.") from None
+        elif params.get("client_order_id"):
+            matches = [o for o in self.state.orders.values() if o.client_order_id == params["client_order_id"]]
+            order = max(matches, key=lambda o: o.created_us) if matches else None
+        else:
+            raise ApiError(400, "400.001", "Missing id or client_order_id.")
+        if order is None:
+            raise ApiError(404, "404.002", "Order not found.")
+        m = order.market
+        fills = {f.trade_id: f for f in self.state.fills if f.order_id == order.id}
+        body: dict[str, Any] = {
+            "id": str(order.id),
+            "datetime": rest_datetime(order.created_us, micro=False),
+            "type": str(order.side),
+            "subtype": order.subtype,
+            "status": order.rest_status,
+            "market": m.name,
+            "amount_remaining": fixed(order.remaining, m.amount_places),
+        }
+        if order.client_order_id is not None:
+            body["client_order_id"] = order.client_order_id
+        if params.get("omit_transactions") != "true":
+            body["transactions"] = [
+                {
+                    "tid": f.trade_id,
+                    "price": fixed(f.price, m.price_places),
+                    m.base: fixed(f.amount, m.amount_places),
+                    m.quote: plain(f.amount * f.price),
+                    "fee": fixed(f.fee, m.quote_places),
+                    "datetime": rest_datetime(f.us),
+                    "type": 2,
+                }
+                for tid, f in sorted(fills.items())
+            ]
+        return dumps(body)
+
+    def r_account_order_data(self, arg: str | None, params: Mapping[str, str]) -> str:
+        source = params.get("order_source")
+        if source not in ("orderbook", "stop_order"):
+            raise ApiError(400, "400.078", "order_source is required: orderbook or stop_order.")
+        m = self._market(params.get("market"))
+        since_id, until_id = params.get("since_id"), params.get("until_id")
+        for name, value in (("since_id", since_id), ("until_id", until_id)):
+            if value is not None and not EVENT_ID_RE.match(value):
+                raise ApiError(400, "400.079", f"Invalid {name} format.")
+        events: list[tuple[str, dict[str, Any]]] = []
+        for (sym, src), items in self.state.order_events.items():
+            if src == source and (m is None or sym == m.symbol):
+                events.extend(items)
+        events.sort(key=lambda e: e[0])
+        picked = [
+            rec for eid, rec in events if (since_id is None or eid >= since_id) and (until_id is None or eid < until_id)
+        ][:1000]
+        if not picked:
+            raise ApiError(404, "404.008", "No events found.")
+        return dumps(picked)
+
+    def r_account_balances(self, arg: str | None, params: Mapping[str, str]) -> str:
+        reserved = self.state.reserved()
+        rows = []
+        for c, total in self.state.balances.items():
+            if arg is not None and c != arg.lower():
+                continue
+            res = reserved.get(c, total * 0)
+            rows.append(
+                {"currency": c.upper(), "total": plain(total), "available": plain(total - res), "reserved": plain(res)}
+            )
+        if arg is not None and not rows:
+            raise ApiError(404, "404.004", "Currency not found.")
+        return dumps(rows[0] if arg is not None else rows)
+
+    def r_trade_history(self, arg: str | None, params: Mapping[str, str]) -> str:
+        m = self._market(arg)
+        limit = self._int(params, "limit", 100, 1, 1000) or 100
+        sort = params.get("sort", "desc")
+        order_id = params.get("order_id")
+        since_ts = self._int(params, "since_timestamp", None, 0, 2**40)
+        until_ts = self._int(params, "until_timestamp", None, 0, 2**40)
+        after_id = self._int(params, "after_id", None, 0, 2**64)
+        rows = [
+            row
+            for tid, sym, us, row in self.state.trade_history
+            if (m is None or sym == m.symbol)
+            and (order_id is None or row["order_id"] == order_id)
+            and (after_id is None or tid > after_id)
+            and (since_ts is None or us >= since_ts * 1_000_000)
+            and (until_ts is None or us < until_ts * 1_000_000)
+        ]
+        if sort == "desc":
+            rows.reverse()
+        return dumps(rows[:limit])
+
+    def r_position_settlement_transactions(self, arg: str | None, params: Mapping[str, str]) -> str:
+        since_ts = self._int(params, "since_timestamp", None, 0, 2**40)
+        until_ts = self._int(params, "until_timestamp", None, 0, 2**40)
+        rows = [
+            row
+            for us, row in self.state.settlement_rows
+            if (arg is None or row["transaction_id"] == arg)
+            and (since_ts is None or us >= since_ts * 1_000_000)
+            and (until_ts is None or us < until_ts * 1_000_000)
+        ]
+        if arg is not None:
+            if not rows:
+                raise ApiError(404, "404.001", "Transaction not found.")
+            return dumps(rows[0])
+        return dumps(rows)
+
+    def r_open_positions(self, arg: str | None, params: Mapping[str, str]) -> str:
+        m = self._market(arg)
+        rows = []
+        for p in sorted(self.state.positions.values(), key=lambda p: p.id):
+            if p.net == 0 or (m is not None and p.market != m):
+                continue
+            rows.append(
+                {
+                    "id": p.id,
+                    "market": p.market.name,
+                    "market_type": "PERPETUAL",
+                    "margin_mode": "CROSS",
+                    "side": "LONG" if p.net > 0 else "SHORT",
+                    "size": plain(abs(p.net)),
+                    "entry_price": plain(p.inc_value / p.inc_amount) if p.inc_amount else "0",
+                    "leverage": "5",
+                }
+            )
+        return dumps(rows)
+
+
+def _row_ts_ok(row: dict[str, Any], since_ts: int | None, until_ts: int | None) -> bool:
+    from datetime import UTC, datetime
+
+    dt = datetime.strptime(str(row["datetime"])[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    ts = int(dt.timestamp())
+    return (since_ts is None or ts >= since_ts) and (until_ts is None or ts < until_ts)
