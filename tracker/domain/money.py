@@ -17,7 +17,7 @@ def parse_decimal(value: object) -> Decimal:
     Accepts decimal strings in any spelling the wire uses (``"0.00000"``, ``"1e-08"``, ``"7.74E+4"``), ints, and
     ``Decimal`` (from ``json.loads(..., parse_float=Decimal)``). Floats are refused: they have already lost exactness.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise BadAmount(f"refusing inexact amount {value!r}")
     if isinstance(value, Decimal):
         result = value
