@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from bitstamp_samples import PRIVATE_SAMPLE_FILES, frame_texts, load
+from hypothesis import given
+from hypothesis import strategies as st
+from pipeline import NOW, Log, order_frame, to_log
+
+from tracker.bitstamp.frames import (
+    entry_from_account_order_event,
+    entry_from_order_status,
+    entry_from_perp_trade,
+    entry_from_position_settlement,
+    entry_from_user_transaction,
+)
+from tracker.bitstamp.parse import parse_entry
+from tracker.bitstamp.wire import loads_exact
+from tracker.domain import tracker_events as te
+from tracker.domain.events import (
+    AccountTransaction,
+    Discrepancy,
+    DiscrepancyResolved,
+    Fill,
+    GapDetected,
+    Lifecycle,
+    LiquidationAlert,
+    OrderEvent,
+    OrderStatusSnapshot,
+    SelfTrade,
+    Settlement,
+    TokenReady,
+    Unknown,
+)
+from tracker.domain.log import NewEntry
+
+EXPECTED = {
+    "my_orders_order_created.json": OrderEvent,
+    "my_orders_order_changed.json": OrderEvent,
+    "my_orders_order_deleted.json": OrderEvent,
+    "my_orders_order_replaced.json": OrderEvent,
+    "my_orders_stop_active.json": OrderEvent,
+    "my_orders_stop_inactive.json": OrderEvent,
+    "my_trades_trade.json": Fill,
+    "live_trades_self_trade.json": SelfTrade,
+    "my_settlements_settlement.json": Settlement,
+    "my_settlements_insurance_fund_premium.json": Settlement,
+    "my_liquidations_liquidation_start.json": LiquidationAlert,
+    "my_token_settlements_token_ready.json": TokenReady,
+}
+
+
+def test_expected_covers_all_private_samples() -> None:
+    assert set(EXPECTED) == set(PRIVATE_SAMPLE_FILES)
+
+
+@pytest.mark.parametrize("name", PRIVATE_SAMPLE_FILES)
+def test_private_samples_parse(name: str) -> None:
+    log = Log()
+    for text in frame_texts(name):
+        event = log.ws(text)
+        assert isinstance(event, EXPECTED[name]), event
+
+
+def test_sample_details() -> None:
+    replaced = Log().ws(frame_texts("my_orders_order_replaced.json")[0])
+    assert isinstance(replaced, OrderEvent)
+    assert replaced.kind == "replaced"
+    assert replaced.orig_order_id == "1500000001"
+    assert replaced.price == Decimal("61500.00")
+    assert replaced.occurred_at == datetime(2024, 4, 3, 8, 0, 1, tzinfo=UTC)
+    settlement = Log().ws(frame_texts("my_settlements_settlement.json")[0])
+    assert isinstance(settlement, Settlement)
+    assert settlement.amount == Decimal("-1.5")
+    assert settlement.price_component == Decimal("-1")
+    assert settlement.trading_fee_component == Decimal("-0.25")
+    assert settlement.settlement_type == "C"
+    premium = Log().ws(frame_texts("my_settlements_insurance_fund_premium.json")[0])
+    assert isinstance(premium, Settlement)
+    assert (premium.kind, premium.amount, premium.position_id) == ("insurance_fund_premium", Decimal("-0.5"), None)
+    trades = [Log().ws(t) for t in frame_texts("my_trades_trade.json")]
+    assert all(isinstance(t, Fill) for t in trades)
+    perp = trades[2]
+    assert isinstance(perp, Fill)
+    assert (perp.market, perp.amount, perp.price, perp.position_id) == (
+        "btcusd-perp",
+        Decimal("0.1"),
+        Decimal("61200.0"),
+        None,
+    )
+    self_trade = Log().ws(frame_texts("live_trades_self_trade.json")[0])
+    assert isinstance(self_trade, SelfTrade)
+    assert (self_trade.buy_order_id, self_trade.sell_order_id, self_trade.amount) == ("28", "281", Decimal("1"))
+
+
+@pytest.mark.parametrize("price", ["999999999", "999999999.00"])
+def test_market_buy_placeholder(price: str) -> None:
+    event = Log().ws(order_frame("order_created", "5", amount="0", amount_at_create="0", price=price))
+    assert isinstance(event, OrderEvent)
+    assert event.price is None
+    assert event.price_is_placeholder
+    assert event.is_market
+
+
+def test_market_sell_price_zero() -> None:
+    event = Log().ws(order_frame("order_created", "5", side=1, amount="0", amount_at_create="0", price="0"))
+    assert isinstance(event, OrderEvent)
+    assert (event.price, event.price_is_placeholder, event.side) == (None, True, "sell")
+
+
+def test_exponent_amounts_and_big_ids() -> None:
+    text = (
+        '{"event":"order_deleted","channel":"private-my_orders_btcusd-1","data":{"id":2001939623936278528,'
+        '"order_type":1,"amount":1e-8,"amount_traded":"7.74E+4","price":61200.00,"microtimestamp":"1"}}'
+    )
+    event = Log().ws(text)
+    assert isinstance(event, OrderEvent)
+    assert event.order_id == "2001939623936278528"
+    assert event.amount_remaining == Decimal("1e-8")
+    assert event.amount_traded == Decimal("77400")
+    assert event.price == Decimal("61200.00")
+
+
+def test_rest_user_transactions() -> None:
+    rows = load("rest_user_transactions.json")[0]["message"]
+    log = Log()
+    events = []
+    for row in rows:
+        row = loads_exact(json.dumps(row))
+        events.append(log.append(entry_from_user_transaction(row, account="acc", received_at=NOW, markets_by_pair={})))
+    fills = [e for e in events if isinstance(e, Fill)]
+    others = [e for e in events if isinstance(e, AccountTransaction)]
+    assert fills and others
+    assert not [e for e in events if isinstance(e, Unknown)]
+    fill = next(f for f in fills if f.trade_id == "50197020")
+    assert (fill.side, fill.amount, fill.price, fill.fee, fill.market, fill.order_id) == (
+        "buy",
+        Decimal("0.94492494"),
+        Decimal("11170.21"),
+        Decimal("26.39"),
+        "btcusd",
+        "857979733",
+    )
+    assert fill.executed_at == datetime(2018, 1, 29, 20, 22, 34, tzinfo=UTC)
+    entry = log.entries[1]
+    assert entry.dedup_key == "rest:acc:user_transactions:50197020"
+    assert entry.channel == "user_transactions/"
+
+
+def test_rest_other_endpoints() -> None:
+    log = Log()
+    order = load("rest_account_order_data.json")[0]["message"][0]
+    ev = log.append(
+        entry_from_account_order_event(loads_exact(json.dumps(order)), account="acc", market="btcusd", received_at=NOW)
+    )
+    assert isinstance(ev, OrderEvent)
+    assert ev.source == "rest"
+    assert ev.kind == "created"
+    assert log.entries[-1].dedup_key == "rest:acc:account_order_data:019f4ac8-1234-abcd-af00-3e9012000020"
+    for wrapper in load("rest_order_status.json"):
+        ev = log.append(
+            entry_from_order_status(loads_exact(json.dumps(wrapper["message"])), account="acc", received_at=NOW)
+        )
+        assert isinstance(ev, OrderStatusSnapshot)
+    row = load("rest_position_settlement_transactions.json")[0]["message"][0]
+    ev = log.append(entry_from_position_settlement(row, account="acc", received_at=NOW))
+    assert isinstance(ev, Settlement)
+    assert (ev.amount, ev.position_id, ev.settlement_type) == (Decimal("-200.00"), "123123", "PERIODIC")
+    perp = {
+        "trade_id": "2001939623936278528",
+        "order_id": "9",
+        "position_id": "p1",
+        "datetime": "2026-01-01 00:00:00.123456",
+        "fee": "0.1",
+        "market": "BTC/USD-PERP",
+        "side": "SELL",
+        "type": "LIQUIDATION",
+        "price": "60000",
+        "amount": "0.5",
+    }
+    ev = log.append(entry_from_perp_trade(perp, account="acc", received_at=NOW))
+    assert isinstance(ev, Fill)
+    assert (ev.market, ev.side, ev.is_liquidation, ev.position_id) == ("btcusd-perp", "sell", True, "p1")
+    assert ev.executed_at == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+
+
+def test_tracker_events() -> None:
+    log = Log()
+    cases: list[tuple[str, dict[str, Any], type]] = [
+        (te.CONNECTED, {}, Lifecycle),
+        (te.GAP_DETECTED, {"why": "chain"}, GapDetected),
+        (te.DISCREPANCY, {"id": "d1", "kind": "balance", "entity": "btc", "detail": "x"}, Discrepancy),
+        (te.DISCREPANCY_RESOLVED, {"id": "d1"}, DiscrepancyResolved),
+    ]
+    for index, (event, data, expected) in enumerate(cases):
+        entry = te.tracker_entry(account="acc", event=event, data=data, received_at=NOW, uid=str(index))
+        assert isinstance(log.append(entry), expected)
+
+
+def test_unknown_never_raises() -> None:
+    log = Log()
+    assert isinstance(log.ws('{"event":"order_exploded","channel":"private-my_orders_btcusd-1","data":{}}'), Unknown)
+    bad = '{"event":"trade","channel":"private-my_trades_btcusd-1","data":{"id":1,"amount":"x","side":"buy"}}'
+    ev = log.ws(bad)
+    assert isinstance(ev, Unknown)
+    assert "amount" in ev.reason or "price" in ev.reason or "decimal" in ev.reason
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=6)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=10,
+)
+ALL_SAMPLE_TEXTS = [t for name in PRIVATE_SAMPLE_FILES for t in frame_texts(name)] if True else []
+
+
+def _mutate(message: Any, path_choice: int, value: Any) -> Any:
+    if isinstance(message, dict) and message:
+        keys = sorted(message)
+        key = keys[path_choice % len(keys)]
+        copy = dict(message)
+        if path_choice % 3 == 0:
+            del copy[key]
+        elif isinstance(copy[key], dict) and path_choice % 3 == 1:
+            copy[key] = _mutate(copy[key], path_choice // 3, value)
+        else:
+            copy[key] = value
+        return copy
+    return value
+
+
+def _parse_any(entry: NewEntry, seq: int = 1) -> None:
+    event = parse_entry(to_log(entry, seq))
+    assert event.seq == seq
+
+
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=10_000), json_values)
+def test_parser_never_raises_on_mutated_samples(which: int, path_choice: int, value: Any) -> None:
+    texts = ALL_SAMPLE_TEXTS
+    message = json.loads(texts[which % len(texts)])
+    mutated = json.dumps(_mutate(message, path_choice, value))
+    log_entry = NewEntry(
+        account="acc",
+        source="ws",
+        channel=message["channel"],
+        event=message["event"],
+        payload=mutated,
+        dedup_key="k",
+        received_at=NOW,
+    )
+    _parse_any(log_entry)
+
+
+@given(
+    st.sampled_from(["ws", "rest", "tracker"]),
+    st.text(max_size=30)
+    | st.sampled_from(["private-my_orders_btcusd-1", "private-my_trades_btcusd-1", "user_transactions/"]),
+    st.text(max_size=20)
+    | st.sampled_from(
+        ["trade", "order_created", "rest_user_transaction", "rest_perp_trade", "discrepancy", "settlement"]
+    ),
+    st.text(max_size=50) | json_values.map(json.dumps),
+)
+def test_parser_never_raises_on_arbitrary_entries(source: Any, channel: str, event: str, payload: str) -> None:
+    _parse_any(
+        NewEntry(
+            account="a", source=source, channel=channel, event=event, payload=payload, dedup_key="k", received_at=NOW
+        )
+    )
