@@ -34,9 +34,8 @@ def signed_headers(
     nonce = nonce or str(uuid.uuid4())
     ts = str(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
     content_type = FORM if body else ""
-    message = (
-        "BITSTAMP " + key + method + host + u.path + ("?" + query if query else "") + content_type + nonce + ts + "v2" + body
-    )
+    message = "BITSTAMP " + key + method + host + u.path + ("?" + query if query else "")
+    message += content_type + nonce + ts + "v2" + body
     headers = {
         "X-Auth": "BITSTAMP " + key,
         "X-Auth-Signature": hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest(),

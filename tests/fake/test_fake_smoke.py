@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import trio
+from fake_helpers import subscribe, token
 from trio_websocket import open_websocket_url
 
-from fake_helpers import recv, subscribe, token
 from tracker.fake.server import open_fake_exchange
 
 
