@@ -1,0 +1,236 @@
+"""Projected rows: the read models of docs/semantics.md plus the hidden per-entity state the fold needs.
+
+Every piece of projection state is one of these rows, so the store can persist the state as tables and reload it
+(``ProjectionState.to_rows`` / ``from_rows``); a rebuild equals the incremental result row for row. Columns are
+plain values (text, ``Decimal``, int, bool, aware ``datetime``, ``None``). Each row type names its key columns in
+``KEY``; ``TABLES`` maps table name → row type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import ClassVar, Final, Literal
+
+OrderStatus = Literal["open", "filled", "cancelled", "replaced"]
+PositionStatus = Literal["open", "closed", "liquidating", "liquidated"]
+DiscrepancyStatus = Literal["open", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """``v_orders``. Columns after ``updated_at`` are hidden fold state."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "order_id")
+    account: str
+    order_id: str
+    market: str
+    side: str | None
+    amount: Decimal
+    amount_remaining: Decimal
+    amount_filled: Decimal
+    status: OrderStatus
+    price: Decimal | None
+    client_order_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    order_source: str | None
+    last_remaining: Decimal  # amount_str of the latest event
+    event_count: int
+    remaining_is_placeholder: bool  # only event so far is a market order's order_created with remaining 0
+    seen_event_ids: str  # space-separated event_ids already applied (REST replays of the same event are skipped)
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLinkRow:
+    """Hidden: what other streams say about an order, whether or not its own events arrived yet."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "order_id")
+    account: str
+    order_id: str
+    fills_count: int
+    fills_sum: Decimal
+    self_trade_offset: Decimal
+    replaced_by: str | None
+    mismatch_id: str | None  # the open order_fills_mismatch discrepancy, if any
+
+
+@dataclass(frozen=True, slots=True)
+class FillRow:
+    """``v_fills``: one row per (account, trade_id); ``source`` and the values are the first-learned ones."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "trade_id")
+    account: str
+    trade_id: str
+    order_id: str | None
+    market: str | None
+    side: str
+    amount: Decimal
+    price: Decimal
+    fee: Decimal
+    executed_at: datetime
+    position_id: str | None
+    is_liquidation: bool
+    source: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeesDailyRow:
+    """``v_fees_daily``, maintained per new fill. ``market`` is ``""`` for a fill without a known market."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "day", "market")
+    account: str
+    day: str  # YYYY-MM-DD of executed_at, UTC
+    market: str
+    fills: int
+    volume: Decimal  # sum of amount * price (quote currency)
+    base_volume: Decimal  # sum of amount
+    fees: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTradeRow:
+    KEY: ClassVar[tuple[str, ...]] = ("account", "market", "buy_order_id", "sell_order_id", "occurred_us")
+    account: str
+    market: str
+    buy_order_id: str
+    sell_order_id: str
+    occurred_us: int
+    amount: Decimal
+    price: Decimal | None
+    occurred_at: datetime
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementRow:
+    """``v_settlements``: first-learned per (account, kind, transaction_id)."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "kind", "transaction_id")
+    account: str
+    kind: str
+    transaction_id: str
+    position_id: str | None
+    ccy: str | None
+    amount: Decimal
+    occurred_at: datetime | None
+    price_component: Decimal | None
+    trading_fee_component: Decimal | None
+    liquidation_fee_component: Decimal | None
+    funding_component: Decimal | None
+    socialized_loss_component: Decimal | None
+    settlement_price: Decimal | None
+    strike_price: Decimal | None
+    settlement_type: str | None
+    source: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationRow:
+    KEY: ClassVar[tuple[str, ...]] = ("account", "position_id", "event", "occurred_us")
+    account: str
+    position_id: str
+    event: str
+    occurred_us: int
+    margin_mode: str | None
+    occurred_at: datetime
+    initial_margin_ratio: Decimal | None
+    maintenance_margin_ratio: Decimal | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    """``v_positions``. Columns after ``realised_pnl`` are hidden fold state."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "position_id")
+    account: str
+    position_id: str
+    market: str | None
+    side: str | None  # long | short; None before any fill
+    size: Decimal
+    status: PositionStatus
+    entry_price: Decimal | None
+    fees: Decimal
+    realised_pnl: Decimal
+    net_size: Decimal  # signed: sum(buy) - sum(sell)
+    first_side: str | None
+    entry_cost: Decimal  # sum of amount * price of the quantity that increased the position
+    entry_qty: Decimal
+    liquidation_state: str  # "" | "liquidating" | "liquidated"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscrepancyRow:
+    KEY: ClassVar[tuple[str, ...]] = ("account", "discrepancy_id")
+    account: str
+    discrepancy_id: str
+    kind: str
+    entity: str
+    detail: str
+    status: DiscrepancyStatus
+    opened_seq: int
+    resolved_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    """The ``event_id``/``pre_event_id`` chain of one private order stream (ws only)."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "market", "order_source")
+    account: str
+    market: str
+    order_source: str  # "" when the frame had none
+    last_event_id: str
+    events: int
+    chain_breaks: int
+    last_break_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRow:
+    """Counted things no table shows: unknown events, non-fill transactions, lifecycle events, ..."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "name")
+    account: str
+    name: str
+    value: int
+    last_seq: int
+
+
+Row = (
+    OrderRow
+    | OrderLinkRow
+    | FillRow
+    | FeesDailyRow
+    | SelfTradeRow
+    | SettlementRow
+    | LiquidationRow
+    | PositionRow
+    | DiscrepancyRow
+    | StreamRow
+    | CounterRow
+)
+
+TABLES: Final[dict[str, type]] = {
+    "orders": OrderRow,
+    "order_links": OrderLinkRow,
+    "fills": FillRow,
+    "fees_daily": FeesDailyRow,
+    "self_trades": SelfTradeRow,
+    "settlements": SettlementRow,
+    "liquidations": LiquidationRow,
+    "positions": PositionRow,
+    "discrepancies": DiscrepancyRow,
+    "streams": StreamRow,
+    "counters": CounterRow,
+}
+
+
+def row_key(row: Row) -> tuple[object, ...]:
+    return tuple(getattr(row, name) for name in row.KEY)
