@@ -34,7 +34,11 @@ def display_url(url: str | URL) -> str:
     return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
-def _sqlite_path(url: URL) -> Path | None:
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file of a SQLite URL (``None`` for other backends and in-memory databases)."""
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return None
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
@@ -42,7 +46,7 @@ def _sqlite_path(url: URL) -> Path | None:
 
 
 def _check_sqlite_path(url: URL, *, write: bool) -> None:
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return
     directory = path.parent if str(path.parent) else Path()

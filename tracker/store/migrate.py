@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
 from tracker.errors import StoreError
-from tracker.store.engine import display_url, open_engine, writer
+from tracker.store.engine import display_url, open_engine, sqlite_path, writer
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -70,7 +70,9 @@ def current_of(connection: Connection) -> str | None:
 
 
 def current(target: str | URL | Engine) -> str | None:
-    """The database's revision, ``None`` when it was never migrated."""
+    """The database's revision, ``None`` when it was never migrated (or, for SQLite, does not exist yet)."""
+    if not isinstance(target, Engine) and (path := sqlite_path(target)) is not None and not path.exists():
+        return None
     with _engine(target, write=False) as engine, engine.connect() as connection:
         return current_of(connection)
 
