@@ -1,0 +1,134 @@
+"""Settings: precedence (flags > env > file > default), secrets never shown, one-line errors. Tmp files only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracker.config import ConfigError, Secret, describe, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tracker.toml from the developer's checkout
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tracker.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings(env={})
+    assert settings.db_url == "sqlite:///tracker.db"
+    assert settings.api_key is None
+    assert settings.markets is None
+    assert set(settings.origins.values()) == {"default"}
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    path = _toml(tmp_path, '[tracker]\ndb_url = "sqlite:///file.db"\nreconcile_interval_s = 60\nmarkets = ["btcusd"]\n')
+    env = {"TRACKER_DB_URL": "sqlite:///env.db", "TRACKER_MARKETS": "ethusd"}
+    from_file = load_settings(env={}, config_file=path)
+    assert (from_file.db_url, from_file.reconcile_interval_s) == ("sqlite:///file.db", 60.0)
+    assert from_file.markets == ("btcusd",)
+    from_env = load_settings(env=env, config_file=path)
+    assert (from_env.db_url, from_env.markets, from_env.reconcile_interval_s) == ("sqlite:///env.db", ("ethusd",), 60.0)
+    flagged = load_settings({"db_url": "sqlite:///flag.db", "markets": None}, env=env, config_file=path)
+    assert flagged.db_url == "sqlite:///flag.db"
+    assert flagged.markets == ("ethusd",)  # a flag left as None does not override
+    assert flagged.origins["db_url"] == "flag"
+    assert flagged.origins["markets"] == "env"
+    assert flagged.origins["reconcile_interval_s"] == "file"
+    assert flagged.origins["api_url"] == "default"
+
+
+def test_config_file_from_env_variable(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.toml"
+    path.write_text('db_url = "sqlite:///named.db"\n', encoding="utf-8")
+    assert load_settings(env={"TRACKER_CONFIG": str(path)}).db_url == "sqlite:///named.db"
+
+
+def test_secret_never_shows() -> None:
+    settings = load_settings(env={"BITSTAMP_API_KEY": "key-abcdefghijkl", "BITSTAMP_API_SECRET": "s3cr3t-value-xyz"})
+    for text in (repr(settings), str(settings), repr(settings.api_secret), str(settings.api_key)):
+        assert "s3cr3t-value-xyz" not in text
+        assert "key-abcdefghijkl" not in text
+    assert settings.require_credentials() == ("key-abcdefghijkl", "s3cr3t-value-xyz")
+    shown = {name: value for name, value, _origin in describe(settings)}
+    assert shown["BITSTAMP_API_SECRET"] == "s3cr…***"
+    assert Secret("a") != Secret("b")
+
+
+def test_secret_from_file_warns_about_loose_permissions(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("file-secret-123\n", encoding="utf-8")
+    secret.chmod(0o644)
+    warnings: list[str] = []
+    settings = load_settings(env={"BITSTAMP_API_SECRET_FILE": str(secret)}, warnings=warnings)
+    assert settings.api_secret == Secret("file-secret-123")
+    assert warnings == [f"the API secret file {secret} is readable by group or others: chmod 600 {secret}"]
+    secret.chmod(0o600)
+    warnings.clear()
+    load_settings(env={"BITSTAMP_API_SECRET_FILE": str(secret)}, warnings=warnings)
+    assert warnings == []
+
+
+def test_secret_is_never_taken_from_a_flag_or_the_file_itself(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="never taken from the command line"):
+        load_settings({"api_secret": "x"}, env={})
+    with pytest.raises(ConfigError, match="do not put api_secret in the config file; use api_secret_file"):
+        load_settings(env={}, config_file=_toml(tmp_path, 'api_secret = "x"\n'))
+
+
+def test_missing_credentials_say_how_to_fix() -> None:
+    with pytest.raises(ConfigError, match="BITSTAMP_API_KEY is not set"):
+        load_settings(env={}).require_credentials()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("btc/usd", "TRACKER_MARKETS: 'btc/usd' is not a market symbol"),
+        (" , ", "TRACKER_MARKETS is empty"),
+        ("-btcusd", "TRACKER_MARKETS: '-btcusd' is not a market symbol"),
+    ],
+)
+def test_bad_markets_message(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"TRACKER_MARKETS": value})
+    assert str(caught.value).startswith(message)
+
+
+def test_markets_are_normalised() -> None:
+    assert load_settings(env={"TRACKER_MARKETS": "BTCUSD, ethusd,btcusd,btcusd-perp"}).markets == (
+        "btcusd",
+        "ethusd",
+        "btcusd-perp",
+    )
+
+
+def test_plain_http_only_to_loopback_unless_insecure() -> None:
+    with pytest.raises(ConfigError, match=r"BITSTAMP_API_URL uses unencrypted http:// to a non-loopback host"):
+        load_settings(env={"BITSTAMP_API_URL": "http://example.com/api/v2/"})
+    with pytest.raises(ConfigError, match=r"BITSTAMP_WS_URL uses unencrypted ws://"):
+        load_settings(env={"BITSTAMP_WS_URL": "ws://10.0.0.1:9000"})
+    assert load_settings(env={"BITSTAMP_API_URL": "http://127.0.0.1:8080/"}).api_url == "http://127.0.0.1:8080/"
+    assert load_settings(env={"BITSTAMP_WS_URL": "ws://localhost:1"}).ws_url == "ws://localhost:1"
+    insecure = load_settings({"insecure": True}, env={"BITSTAMP_API_URL": "http://example.com/"})
+    assert insecure.api_url == "http://example.com/"
+    with pytest.raises(ConfigError, match="must start with https://"):
+        load_settings(env={"BITSTAMP_API_URL": "ftp://example.com/"})
+
+
+def test_bad_numbers_and_unknown_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TRACKER_RECONCILE_INTERVAL must be a number of seconds"):
+        load_settings(env={"TRACKER_RECONCILE_INTERVAL": "soon"})
+    with pytest.raises(ConfigError, match="TRACKER_METRICS_PORT must be between 0 and 65535"):
+        load_settings(env={"TRACKER_METRICS_PORT": "70000"})
+    with pytest.raises(ConfigError, match="unknown setting 'db_ulr'"):
+        load_settings(env={}, config_file=_toml(tmp_path, 'db_ulr = "x"\n'))
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_settings(env={}, config_file=_toml(tmp_path, "db_url = \n"))
