@@ -298,69 +298,70 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
     account = event.account
     key = (account, event.order_id)
     old = state.orders.get(key)
-    if event.event_id is not None and old is not None and event.event_id in old.seen_event_ids.split(" "):
+    event_id = event.event_id
+    if event_id is not None and old is not None and f" {event_id} " in f" {old.seen_event_ids} ":
         _count(state, account, "order_event_replayed", event.seq)
         return
-    if event.source == "ws" and event.event_id is not None:
-        _follow_chain(state, event, event.event_id)
+    if event.source == "ws" and event_id is not None:
+        _follow_chain(state, event, event_id)
     at_create = event.amount_at_create
-    placeholder_zero = event.kind == "created" and event.is_market and event.amount_remaining == 0
+    link = state.order_links.get(key)
     if old is None:
+        placeholder = event.kind == "created" and event.is_market and event.amount_remaining == 0
         amount = ZERO
         if at_create is not None and at_create != 0:
             amount = at_create
-        elif at_create is None and event.kind in ("created", "stop_active", "replaced") and not placeholder_zero:
+        elif at_create is None and event.kind in ("created", "stop_active", "replaced") and not placeholder:
             amount = event.amount_remaining  # old frames without amount_at_create: remaining at creation
-        seen = event.event_id or ""
-        order = OrderRow(
-            account=account,
-            order_id=event.order_id,
-            market=event.market,
-            side=event.side,
-            amount=amount,
-            amount_remaining=ZERO,
-            amount_filled=ZERO,
-            status=_status_of(event),
-            price=event.price,
-            client_order_id=event.client_order_id,
-            created_at=event.occurred_at or event.received_at,
-            updated_at=event.received_at,
-            order_source=event.order_source,
-            last_remaining=event.amount_remaining,
-            event_count=1,
-            remaining_is_placeholder=placeholder_zero,
-            seen_event_ids=seen,
-            first_seq=event.seq,
-            last_seq=event.seq,
-        )
+        market = event.market
+        side = event.side
+        price = event.price
+        client_order_id = event.client_order_id
+        created_at = event.occurred_at or event.received_at
+        order_source = event.order_source
+        event_count = 1
+        seen = event_id or ""
+        first_seq = event.seq
     else:
+        placeholder = False
         amount = old.amount
         if amount == 0 and at_create is not None and at_create != 0:
             amount = at_create
+        market = old.market
+        side = old.side if event.side is None else event.side
+        price = old.price if event.price is None else event.price
+        client_order_id = event.client_order_id or old.client_order_id
+        created_at = old.created_at
+        order_source = event.order_source or old.order_source
+        event_count = old.event_count + 1
         seen = old.seen_event_ids
-        if event.event_id is not None:
-            seen = event.event_id if not seen else f"{seen} {event.event_id}"
-        order = OrderRow(
-            account=account,
-            order_id=event.order_id,
-            market=old.market,
-            side=old.side if event.side is None else event.side,
-            amount=amount,
-            amount_remaining=old.amount_remaining,
-            amount_filled=old.amount_filled,
-            status=_status_of(event),
-            price=old.price if event.price is None else event.price,
-            client_order_id=event.client_order_id or old.client_order_id,
-            created_at=old.created_at,
-            updated_at=event.received_at,
-            order_source=event.order_source or old.order_source,
-            last_remaining=event.amount_remaining,
-            event_count=old.event_count + 1,
-            remaining_is_placeholder=False,
-            seen_event_ids=seen,
-            first_seq=old.first_seq,
-            last_seq=event.seq,
-        )
+        if event_id is not None:
+            seen = event_id if not seen else f"{seen} {event_id}"
+        first_seq = old.first_seq
+    remaining = amount if placeholder else event.amount_remaining
+    offset = ZERO if link is None else link.self_trade_offset
+    status = "replaced" if link is not None and link.replaced_by is not None else _status_of(event)
+    order = OrderRow(
+        account,
+        event.order_id,
+        market,
+        side,
+        amount,
+        remaining,
+        amount - remaining - offset,
+        status,
+        price,
+        client_order_id,
+        created_at,
+        event.received_at,
+        order_source,
+        event.amount_remaining,
+        event_count,
+        placeholder,
+        seen,
+        first_seq,
+        event.seq,
+    )
     state.orders[key] = order
     state.dirty["orders"].add(key)
     if event.kind == "replaced" and event.orig_order_id is not None and event.orig_order_id != event.order_id:
@@ -378,7 +379,7 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
             ),
         )
         _recompute_order(state, account, event.orig_order_id, event.seq)
-    _recompute_order(state, account, event.order_id, event.seq)
+    _cross_check(state, order, link, event.seq)
 
 
 def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> None:
