@@ -312,14 +312,41 @@ def test_fees_daily_exact_sums() -> None:
     assert (fees.fills, fees.base_volume, fees.volume, fees.fees) == (10, D("1.0"), D("0.30"), D("0.10"))
 
 
-def test_chain_breaks_and_replays() -> None:
+def test_chain_breaks() -> None:
     log = Log()
     log.ws(order_frame("order_created", "1", event_id="e1", pre_event_id="e0", order_source="orderbook"))
     log.ws(order_frame("order_changed", "1", amount="0.5", event_id="e2", pre_event_id="e1", order_source="orderbook"))
     log.ws(order_frame("order_created", "2", event_id="e5", pre_event_id="e4", order_source="orderbook"))
     state = project(log)
-    (stream,) = state.streams.values()
-    assert (stream.events, stream.chain_breaks, stream.last_event_id, stream.last_break_seq) == (3, 1, "e5", 3)
+    for source in ("orderbook", "*"):
+        stream = state.streams[("acc", "btcusd", source)]
+        assert (stream.events, stream.chain_breaks, stream.last_event_id, stream.last_break_seq) == (3, 1, "e5", 3)
+
+
+def test_chain_scope_either_reading() -> None:
+    """A chain across both order sources of a market, or one per source: neither counts a break."""
+    log = Log()
+    log.ws(order_frame("order_created", "1", event_id="a1", order_source="orderbook"))
+    log.ws(order_frame("stop_active", "2", event_id="s1", pre_event_id="a1", order_source="stop_order"))  # per market
+    log.ws(order_frame("order_changed", "1", amount="0.5", event_id="a2", pre_event_id="s1", order_source="orderbook"))
+    log.ws(order_frame("stop_inactive", "2", event_id="s2", pre_event_id="s1", order_source="stop_order"))  # per source
+    log.ws(order_frame("order_deleted", "1", amount="0", event_id="a3", pre_event_id="a2", order_source="orderbook"))
+    assert all(s.chain_breaks == 0 for s in project(log).streams.values())
+
+
+def test_replayed_order_event_is_skipped() -> None:
+    from tracker.bitstamp.frames import entry_from_account_order_event
+
+    log = Log()
+    frame = order_frame("order_changed", "1", amount="0.5", event_id="e2", order_source="orderbook")
+    log.ws(order_frame("order_created", "1", event_id="e1", order_source="orderbook"))
+    log.ws(frame)
+    log.ws(order_frame("order_deleted", "1", amount="0", event_id="e3", order_source="orderbook"))
+    replay = {k: v for k, v in frame.items() if k != "channel"}
+    log.append(entry_from_account_order_event(replay, account="acc", market="btcusd", received_at=NOW))
+    state = project(log)
+    assert order(state, "1").status == "filled"
+    assert state.counters[("acc", "order_event_replayed")].value == 1
 
 
 def test_multi_account() -> None:

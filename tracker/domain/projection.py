@@ -15,8 +15,8 @@ Rules worth knowing (all from docs/semantics.md unless said):
 - a closed order (filled/cancelled/replaced) whose ``amount_filled`` differs from the sum of its fills has an open
   ``order_fills_mismatch``; re-checked whenever the order, its fills or its self-trade offsets change, and
   resolved when they agree;
-- the ``pre_event_id`` chain is followed per (account, market, order_source) on ws order events; a break is counted
-  in ``StreamRow.chain_breaks`` (gap handling is elsewhere).
+- the ``pre_event_id`` chain is followed on ws order events per (account, market, order_source) and per (account,
+  market) (``order_source`` ``"*"``); a break is counted in ``StreamRow.chain_breaks`` (gap handling is elsewhere).
 """
 
 from __future__ import annotations
@@ -382,23 +382,34 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
     _cross_check(state, order, link, event.seq)
 
 
+ALL_SOURCES: Final = "*"
+
+
 def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> None:
-    key = (event.account, event.market, event.order_source or "")
-    stream = state.streams.get(key)
-    if stream is None:
-        state.streams[key] = StreamRow(key[0], key[1], key[2], event_id, 1, 0, None)
-    else:
-        broken = event.pre_event_id is not None and event.pre_event_id != stream.last_event_id
-        state.streams[key] = StreamRow(
-            key[0],
-            key[1],
-            key[2],
-            event_id,
-            stream.events + 1,
-            stream.chain_breaks + (1 if broken else 0),
-            event.seq if broken else stream.last_break_seq,
-        )
-    state.dirty["streams"].add(key)
+    """Follow the ``pre_event_id`` chain. Its scope is undocumented (PROTOCOL.md §2.1): per market stream or per
+    (market, order_source). Both are tracked (the market-wide row has ``order_source`` ``"*"``) and a break is
+    counted only when ``pre_event_id`` matches neither last ``event_id``: right under either reading."""
+    source_key = (event.account, event.market, event.order_source or "")
+    market_key = (event.account, event.market, ALL_SOURCES)
+    source_row = state.streams.get(source_key)
+    market_row = state.streams.get(market_key)
+    lasts = {row.last_event_id for row in (source_row, market_row) if row is not None}
+    broken = event.pre_event_id is not None and bool(lasts) and event.pre_event_id not in lasts
+    for key, row in ((source_key, source_row), (market_key, market_row)):
+        if row is None:
+            new_row = StreamRow(key[0], key[1], key[2], event_id, 1, int(broken), event.seq if broken else None)
+        else:
+            new_row = StreamRow(
+                key[0],
+                key[1],
+                key[2],
+                event_id,
+                row.events + 1,
+                row.chain_breaks + int(broken),
+                event.seq if broken else row.last_break_seq,
+            )
+        state.streams[key] = new_row
+        state.dirty["streams"].add(key)
 
 
 # --- fills ----------------------------------------------------------------------------------------------------------

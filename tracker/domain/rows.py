@@ -180,12 +180,13 @@ class DiscrepancyRow:
 
 @dataclass(frozen=True, slots=True)
 class StreamRow:
-    """The ``event_id``/``pre_event_id`` chain of one private order stream (ws only)."""
+    """The ``event_id``/``pre_event_id`` chain of one private order stream (ws only); ``order_source`` ``"*"`` is the
+    market-wide stream (both sources)."""
 
     KEY: ClassVar[tuple[str, ...]] = ("account", "market", "order_source")
     account: str
     market: str
-    order_source: str  # "" when the frame had none
+    order_source: str  # "" when the frame had none; "*" for the market-wide row
     last_event_id: str
     events: int
     chain_breaks: int
