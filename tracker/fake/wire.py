@@ -1,8 +1,8 @@
-"""Exact number spelling and hand-written JSON for the fake's frames (pure).
+"""Exact number spelling and JSON writing for the fake's frames (pure).
 
 Bitstamp sends a float-looking JSON number beside a string twin (``"amount": 0.3, "amount_str": "0.30000000"``) and
 writes small floats in exponent form (``1e-08``). ``json.dumps`` cannot emit a chosen number token for a Decimal, so
-frames are written by :func:`dumps`, which copies :class:`Num` tokens verbatim.
+frames are written by :func:`dumps`, which writes :class:`Num` tokens verbatim.
 """
 
 from __future__ import annotations
@@ -12,13 +12,21 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
-
 
 class Num(str):
-    """A JSON number token written verbatim (e.g. ``1e-08``, ``19342``, ``0.28435528``)."""
+    """A JSON number token written verbatim (e.g. ``1e-08``, ``19342``, ``0.28435528``).
+
+    Stored with a ``\\x01`` marker so the C JSON encoder can do the work: :func:`dumps` then strips the quotes
+    around marked values. ``Num("1e-08").token`` is the bare token."""
 
     __slots__ = ()
+
+    def __new__(cls, token: str) -> Num:
+        return super().__new__(cls, _MARK + token)
+
+    @property
+    def token(self) -> str:
+        return str.__str__(self)[1:]
 
 
 def num(value: Decimal) -> Num:
@@ -32,8 +40,7 @@ def num(value: Decimal) -> Num:
 
 def fixed(value: Decimal, places: int) -> str:
     """``value`` with exactly ``places`` decimals (``"0.30000000"``); raises if that would round."""
-    q = Decimal(1).scaleb(-places)
-    out = value.quantize(q)
+    out = value.quantize(_QUANTA[places])
     if out != value:
         raise ValueError(f"{value} does not fit {places} decimals")
     return f"{out:f}"
@@ -48,49 +55,23 @@ def plain(value: Decimal) -> str:
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON like Bitstamp's (``", "`` / ``": "`` separators are not used by the server either way)."""
-    parts: list[str] = []
-    _write(obj, parts)
-    return "".join(parts)
+    """Compact JSON (``,`` and ``:`` separators, ASCII) with :class:`Num` tokens unquoted and Decimals as plain
+    strings. (The model never builds binary floats: every number token is a :class:`Num`.)"""
+    parts = _encoder.encode(obj).split('"\\u0001')
+    if len(parts) == 1:
+        return parts[0]
+    return parts[0] + "".join(p.replace('"', "", 1) for p in parts[1:])
 
 
-def _write(obj: Any, out: list[str]) -> None:
-    if isinstance(obj, Num):
-        out.append(str.__str__(obj))
-    elif isinstance(obj, str):
-        out.append(_encode_str(obj))
-    elif obj is None:
-        out.append("null")
-    elif obj is True:
-        out.append("true")
-    elif obj is False:
-        out.append("false")
-    elif isinstance(obj, int):
-        out.append(str(obj))
-    elif isinstance(obj, Decimal):
-        out.append(_encode_str(plain(obj)))
-    elif isinstance(obj, dict):
-        out.append("{")
-        first = True
-        for key, value in obj.items():
-            if not first:
-                out.append(",")
-            first = False
-            out.append(_encode_str(key))
-            out.append(":")
-            _write(value, out)
-        out.append("}")
-    elif isinstance(obj, list | tuple):
-        out.append("[")
-        for i, value in enumerate(obj):
-            if i:
-                out.append(",")
-            _write(value, out)
-        out.append("]")
-    elif isinstance(obj, float):
-        raise TypeError("floats are not allowed in the fake's frames; use Num")
-    else:
-        raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return plain(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+_MARK = "\x01"
+_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(19)}
+_encoder = json.JSONEncoder(separators=(",", ":"), default=_default)
 
 
 def rest_datetime(us: int, *, micro: bool = True) -> str:
