@@ -48,8 +48,12 @@ class RestApi:
             raise ApiError(404, "404.001", "Not found.")
         head, rest = parts[0], parts[1:]
         arg = rest[0] if rest else None
+        if head == "fees" and rest[:1] == ["trading"]:
+            head, rest = "fees_trading", rest[1:]
+            arg = rest[0] if rest else None
         get_only = {"markets", "trade_history", "position_settlement_transactions", "open_positions"}
-        if (head in get_only) != (method == "GET"):
+        either = {"my_markets"}  # PROTOCOL.md §5.6: the doc says GET, a client says POST
+        if head not in either and (head in get_only) != (method == "GET"):
             raise ApiError(405, "405.001", "Method not allowed.")
         handler = getattr(self, f"r_{head}", None)
         if handler is None or len(rest) > 1:
@@ -81,6 +85,18 @@ class RestApi:
     # ------------------------------------------------------------------ routes
     def r_markets(self, arg: str | None, params: Mapping[str, str]) -> str:
         return dumps([m.markets_row() for m in self.state.markets])
+
+    def r_my_markets(self, arg: str | None, params: Mapping[str, str]) -> str:
+        return dumps([{"name": m.name, "market_symbol": m.symbol} for m in self.state.markets])
+
+    def r_fees_trading(self, arg: str | None, params: Mapping[str, str]) -> str:
+        m = self._market(arg)
+        rows = [
+            {"currency_pair": x.name, "market": x.name, "fees": {"maker": "0.15", "taker": "0.3"}}
+            for x in self.state.markets
+            if m is None or x == m
+        ]
+        return dumps(rows[0] if m is not None else rows)
 
     def r_websockets_token(self, arg: str | None, params: Mapping[str, str]) -> str:
         token = self.tokens.issue()

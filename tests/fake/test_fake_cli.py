@@ -1,0 +1,107 @@
+"""``tracker fake-exchange`` as a user runs it, fault specs, and the paced generator.
+
+Rules: loopback only, port 0, absolute timeouts, no sleep as synchronisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from fake_helpers import call, subscribe, token
+from trio_websocket import open_websocket_url
+
+from tracker.fake.faults import FaultSpec, parse_fault, run_fault
+from tracker.fake.server import open_fake_exchange
+
+
+def test_parse_fault() -> None:
+    assert parse_fault("reconnect-every=10s") == FaultSpec("reconnect", 10.0)
+    assert parse_fault("stall-every=1m,for=500ms") == FaultSpec("stall", 60.0, 0.5)
+    assert parse_fault("token-ttl=5s") == FaultSpec("token-ttl", 5.0)
+    for bad in ("reconnect", "explode-every=1s", "drop-every=soon", "stall-every=1s,until=2s"):
+        with pytest.raises(ValueError):
+            parse_fault(bad)
+
+
+@pytest.mark.timeout(60)
+def test_cli_prints_env_and_writes_truth(tmp_path: Path) -> None:
+    truth_file = tmp_path / "truth.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracker",
+            "fake-exchange",
+            "--seed",
+            "4",
+            "--rate",
+            "200",
+            "--truth-out",
+            str(truth_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        env = dict(
+            proc.stdout.readline().removeprefix("export ").split("  #")[0].strip().split("=", 1) for _ in range(5)
+        )
+        assert set(env) == {
+            "BITSTAMP_API_URL",
+            "BITSTAMP_WS_URL",
+            "BITSTAMP_API_KEY",
+            "BITSTAMP_API_SECRET",
+            "TRACKER_MARKETS",
+        }
+        assert env["BITSTAMP_API_URL"].startswith("http://127.0.0.1:") and env["BITSTAMP_API_URL"].endswith("/api/v2/")
+        assert httpx.get(env["BITSTAMP_API_URL"] + "markets/", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    truth = json.loads(truth_file.read_text())
+    assert set(truth) == {"orders", "fills", "fees_daily", "self_trades", "settlements", "liquidations", "positions"}
+
+
+async def test_paced_generator_and_fees_and_my_markets() -> None:
+    with trio.fail_after(20):
+        async with open_fake_exchange(seed=2, rate=2000) as fx, httpx.AsyncClient() as client:
+            tok = await token(client, fx)
+            async with open_websocket_url(fx.ws_url) as ws:
+                ch = f"private-my_orders_btcusd-{fx.user_id}"
+                assert (await subscribe(ws, ch, tok))["event"] == "bts:subscription_succeeded"
+                for _ in range(20):
+                    assert json.loads(await ws.get_message())["channel"] == ch
+            fx.set_rate(None)
+            r = await call(client, fx, "POST", "fees/trading/btcusd/")
+            assert r.json()["fees"] == {"maker": "0.15", "taker": "0.3"}
+            r = await call(client, fx, "GET", "my_markets/")
+            assert [m["market_symbol"] for m in r.json()] == list(fx.markets)
+
+
+async def test_scheduled_faults(autojump_clock: trio.abc.Clock) -> None:
+    with trio.fail_after(600):
+        async with open_fake_exchange(seed=3) as fx:
+            await run_fault(fx, parse_fault("token-ttl=7s"))
+            assert fx.tokens.ttl == 7
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_fault, fx, parse_fault("duplicate-every=10s"))
+                nursery.start_soon(run_fault, fx, parse_fault("pause-every=100s,for=5s"))
+                await trio.sleep(35)
+                assert fx.hub.duplicate == 3
+                await trio.sleep(67)  # 102 s: inside the first pause window
+                assert fx.hub.paused
+                await trio.sleep(5)
+                assert not fx.hub.paused
+                nursery.cancel_scope.cancel()
