@@ -169,7 +169,7 @@ def test_rest_other_endpoints() -> None:
     row = load("rest_position_settlement_transactions.json")[0]["message"][0]
     ev = log.append(entry_from_position_settlement(row, account="acc", received_at=NOW))
     assert isinstance(ev, Settlement)
-    assert (ev.amount, ev.position_id, ev.settlement_type) == (Decimal("-200.00"), "123123", "PERIODIC")
+    assert (ev.amount, ev.position_id, ev.settlement_type) == (Decimal("-200.00"), "123123", "P")
     perp = {
         "trade_id": "2001939623936278528",
         "order_id": "9",

@@ -378,6 +378,7 @@ def test_idempotent_by_checkpoint() -> None:
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ORDER_IDS = ["1", "2", "3"]
+EVENT_IDS = ["e1", "e2", *(f"00065bfe-dead-95a9-0000-00000000000{i}" for i in range(4))]
 amounts = st.sampled_from([D(0), D("0.5"), D(1), D("1e-8"), D("0.25")])
 
 
@@ -401,7 +402,7 @@ def domain_events(draw: st.DrawFn) -> list[DomainEvent]:
                     price=None if placeholder else draw(amounts), price_is_placeholder=placeholder,
                     is_market=placeholder, client_order_id=draw(st.none() | st.just("c")),
                     orig_order_id=draw(st.none() | st.sampled_from(ORDER_IDS)),
-                    event_id=draw(st.none() | st.sampled_from(["e1", "e2", "e3", "e4"])),
+                    event_id=draw(st.none() | st.sampled_from(EVENT_IDS)),
                     pre_event_id=draw(st.none() | st.sampled_from(["e1", "e2", "e3"])),
                     order_source=draw(st.none() | st.just("orderbook")), occurred_at=at, received_at=at,
                 )
@@ -473,3 +474,21 @@ def test_dirty_rows_persist_everything(events: list[DomainEvent], batch_sizes: l
         state.clear_dirty()
     full = {name: {row_key(r): r for r in rows} for name, rows in state.to_rows().items() if rows}
     assert db == full
+
+
+def test_stale_replayed_event_does_not_reopen() -> None:
+    from tracker.bitstamp.frames import entry_from_account_order_event
+
+    log = Log()
+    ids = [f"00065bfe-dead-95a9-0000-00000000000{i}" for i in range(3)]
+    log.ws(order_frame("order_created", "1", event_id=ids[0], order_source="orderbook"))
+    log.ws(order_frame("order_deleted", "1", amount="0", event_id=ids[2], order_source="orderbook"))
+    missed = order_frame("order_changed", "1", amount="0.5", event_id=ids[1], order_source="orderbook")
+    log.append(
+        entry_from_account_order_event(
+            {k: v for k, v in missed.items() if k != "channel"}, account="acc", market="btcusd", received_at=NOW
+        )
+    )
+    state = project(log)
+    assert (order(state, "1").status, order(state, "1").amount_remaining) == ("filled", D(0))
+    assert state.counters[("acc", "order_event_stale")].value == 1

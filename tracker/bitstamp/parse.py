@@ -50,6 +50,7 @@ from tracker.domain.log import LogEntry
 from tracker.domain.money import BadAmount, parse_decimal
 
 MARKET_PLACEHOLDER_BUY_PRICE: Final = Decimal(999999999)
+REST_SETTLEMENT_TYPES: Final[dict[object, str]] = {"PERIODIC": "P", "CLOSED": "C"}  # REST words → WS ``typ`` codes
 MARKET_SUBTYPES: Final = frozenset({1, 2, 7})
 ORDER_KINDS: Final[dict[str, OrderEventKind]] = {
     "order_created": "created",
@@ -396,7 +397,7 @@ def _rest_settlement(entry: LogEntry, row: dict[str, Any]) -> Settlement:
         socialized_loss_component=_opt_dec(row, "pnl_component_socialized_loss"),
         settlement_price=_opt_dec(row, "settlement_price"),
         strike_price=_opt_dec(row, "strike_price"),
-        settlement_type=_opt_text(row, "settlement_type"),
+        settlement_type=REST_SETTLEMENT_TYPES.get(row.get("settlement_type"), _opt_text(row, "settlement_type")),
     )
 
 

@@ -82,9 +82,18 @@ def _us(value: datetime | None) -> int | None:
 
 
 def entry_from_user_transaction(
-    row: object, *, account: str, received_at: datetime, markets_by_pair: Mapping[str, str]
+    row: object,
+    *,
+    account: str,
+    received_at: datetime,
+    markets_by_pair: Mapping[str, str],
+    market: str | None = None,
 ) -> NewEntry | QuarantineItem:
-    """``markets_by_pair`` maps the pair-rate key (``"btc_usd"``) to the market symbol (``"btcusd"``)."""
+    """``markets_by_pair`` maps the pair-rate key (``"btc_usd"``) to the market symbol (``"btcusd"``).
+
+    ``market``: the symbol when the rows came from ``user_transactions/<market>/``; it wins over the pair key (spot
+    ``btcusd`` and perp ``btcusd-perp`` share the key ``btc_usd``).
+    """
     if not isinstance(row, dict):
         return _bad("user_transactions row is not an object", row, account, USER_TRANSACTIONS, received_at)
     tid = id_text(row, "id")
@@ -92,7 +101,8 @@ def entry_from_user_transaction(
     if tid is None or payload is None:
         return _bad("user_transactions row without id or not encodable", row, account, USER_TRANSACTIONS, received_at)
     pair = pair_key(row)
-    market = None if pair is None else markets_by_pair.get(f"{pair[0]}_{pair[1]}", pair[0] + pair[1])
+    if market is None and pair is not None:
+        market = markets_by_pair.get(f"{pair[0]}_{pair[1]}", pair[0] + pair[1])
     is_trade = str(row.get("type")).strip() == "2"
     return NewEntry(
         account=account,

@@ -304,6 +304,9 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
         return
     if event.source == "ws" and event_id is not None:
         _follow_chain(state, event, event_id)
+    if old is not None and event_id is not None and _is_stale(event_id, old.seen_event_ids):
+        _apply_stale_order_event(state, old, event, event_id)
+        return
     at_create = event.amount_at_create
     link = state.order_links.get(key)
     if old is None:
@@ -383,6 +386,56 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
 
 
 ALL_SOURCES: Final = "*"
+EVENT_ID_LENGTH: Final = 36
+
+
+def _is_stale(event_id: str, seen_event_ids: str) -> bool:
+    """An event older than one already applied to the order (a REST replay of an event missed live).
+
+    MarketEventIDs are fixed-width lowercase hex whose leading digits are the event time in µs (the 2026 captures:
+    ``00065b81-0d69-fe98-…`` is µs ``1789459694223000``), so text order is time order. Ids not in that form (some
+    were seen short or invalid) are never called stale.
+    """
+    if len(event_id) != EVENT_ID_LENGTH:
+        return False
+    return any(len(seen) == EVENT_ID_LENGTH and seen > event_id for seen in seen_event_ids.split(" "))
+
+
+def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: OrderEvent, event_id: str) -> None:
+    """A late-arriving older event fills in what is still unknown (amount, price, client id, side) but does not move
+    the order's status or remaining amount back."""
+    amount = old.amount
+    if amount == 0 and event.amount_at_create is not None and event.amount_at_create != 0:
+        amount = event.amount_at_create
+    link = state.order_links.get((old.account, old.order_id))
+    offset = ZERO if link is None else link.self_trade_offset
+    remaining = old.amount_remaining
+    order = OrderRow(
+        old.account,
+        old.order_id,
+        old.market,
+        old.side or event.side,
+        amount,
+        remaining,
+        amount - remaining - offset,
+        old.status,
+        old.price if old.price is not None else event.price,
+        old.client_order_id or event.client_order_id,
+        old.created_at,
+        old.updated_at,
+        old.order_source or event.order_source,
+        old.last_remaining,
+        old.event_count + 1,
+        old.remaining_is_placeholder,
+        f"{old.seen_event_ids} {event_id}" if old.seen_event_ids else event_id,
+        old.first_seq,
+        event.seq,
+    )
+    key = (old.account, old.order_id)
+    state.orders[key] = order
+    state.dirty["orders"].add(key)
+    _count(state, old.account, "order_event_stale", event.seq)
+    _cross_check(state, order, link, event.seq)
 
 
 def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> None:
@@ -433,6 +486,7 @@ def _apply_fill(state: ProjectionState, event: Fill) -> None:
             )
         else:
             _count(state, account, f"fill_seen_again:{event.source}", event.seq)
+        _enrich_fill(state, old, event)
         return
     state.fills[key] = FillRow(
         account=account,
@@ -452,22 +506,71 @@ def _apply_fill(state: ProjectionState, event: Fill) -> None:
     state.dirty["fills"].add(key)
     _add_fee_day(state, event)
     if event.order_id is not None:
-        link = _link(state, account, event.order_id)
-        _put_link(
-            state,
-            OrderLinkRow(
-                link.account,
-                link.order_id,
-                link.fills_count + 1,
-                link.fills_sum + event.amount,
-                link.self_trade_offset,
-                link.replaced_by,
-                link.mismatch_id,
-            ),
-        )
-        _recompute_order(state, account, event.order_id, event.seq)
+        _add_order_fill(state, account, event.order_id, event.amount, event.seq)
     if event.position_id is not None:
-        _apply_position_fill(state, event, event.position_id)
+        _apply_position_fill(
+            state, account, event.position_id, event.market, event.side, event.amount, event.price, event.fee
+        )
+
+
+def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
+    """A fill learned again fills in what the first source lacked (REST ``user_transactions`` has no position id,
+    a REST ``datetime`` may lack microseconds); amount, price, fee, side and source stay first-learned."""
+    order_id = old.order_id if old.order_id is not None else event.order_id
+    position_id = old.position_id if old.position_id is not None else event.position_id
+    executed_at = old.executed_at
+    if (
+        old.executed_at.microsecond == 0
+        and event.executed_at.microsecond != 0
+        and event.executed_at.replace(microsecond=0) == old.executed_at
+    ):
+        executed_at = event.executed_at
+    is_liquidation = old.is_liquidation or event.is_liquidation
+    if (order_id, position_id, executed_at, is_liquidation) == (
+        old.order_id,
+        old.position_id,
+        old.executed_at,
+        old.is_liquidation,
+    ):
+        return
+    key = (old.account, old.trade_id)
+    state.fills[key] = FillRow(
+        old.account,
+        old.trade_id,
+        order_id,
+        old.market,
+        old.side,
+        old.amount,
+        old.price,
+        old.fee,
+        executed_at,
+        position_id,
+        is_liquidation,
+        old.source,
+        old.seq,
+    )
+    state.dirty["fills"].add(key)
+    if old.order_id is None and order_id is not None:
+        _add_order_fill(state, old.account, order_id, old.amount, event.seq)
+    if old.position_id is None and position_id is not None:
+        _apply_position_fill(state, old.account, position_id, old.market, old.side, old.amount, old.price, old.fee)
+
+
+def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount: Decimal, seq: int) -> None:
+    link = _link(state, account, order_id)
+    _put_link(
+        state,
+        OrderLinkRow(
+            link.account,
+            link.order_id,
+            link.fills_count + 1,
+            link.fills_sum + amount,
+            link.self_trade_offset,
+            link.replaced_by,
+            link.mismatch_id,
+        ),
+    )
+    _recompute_order(state, account, order_id, seq)
 
 
 def _add_fee_day(state: ProjectionState, event: Fill) -> None:
@@ -544,21 +647,30 @@ def _put_position(
     state.dirty["positions"].add(key)
 
 
-def _apply_position_fill(state: ProjectionState, event: Fill, position_id: str) -> None:
-    old = _position(state, event.account, position_id)
-    signed = event.amount if event.side == "buy" else -event.amount
+def _apply_position_fill(
+    state: ProjectionState,
+    account: str,
+    position_id: str,
+    market: str | None,
+    side: str,
+    amount: Decimal,
+    price: Decimal,
+    fee: Decimal,
+) -> None:
+    old = _position(state, account, position_id)
+    signed = amount if side == "buy" else -amount
     net = old.net_size
     same_way = net == 0 or (net > 0) == (signed > 0)
-    increase = event.amount if same_way else max(ZERO, event.amount - abs(net))  # a flip increases by the excess
+    increase = amount if same_way else max(ZERO, amount - abs(net))  # a flip increases by the excess
     _put_position(
         state,
         old,
-        market=old.market or event.market,
-        fees=old.fees + event.fee,
+        market=old.market or market,
+        fees=old.fees + fee,
         realised_pnl=old.realised_pnl,
         net_size=net + signed,
-        first_side=old.first_side or ("long" if event.side == "buy" else "short"),
-        entry_cost=old.entry_cost + increase * event.price,
+        first_side=old.first_side or ("long" if side == "buy" else "short"),
+        entry_cost=old.entry_cost + increase * price,
         entry_qty=old.entry_qty + increase,
         liquidation_state=old.liquidation_state,
     )
