@@ -105,7 +105,7 @@ class AccountModel:
 
     # ---------------------------------------------------------------- helpers
     def _tick(self) -> int:
-        self._t += self.rng.randint(20, 400)  # µs between events; runs ahead of the wall clock only when unpaced
+        self._t += 20 + int(self.rng.random() * 381)  # µs between events; runs ahead of the wall clock when unpaced
         return self._t
 
     def _eid(self) -> str:
@@ -114,14 +114,14 @@ class AccountModel:
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def _next_tx(self) -> int:
-        self._tx_id += self.rng.randint(1, 40)
+        self._tx_id += 1 + int(self.rng.random() * 40)
         return self._tx_id
 
     def _next_oid(self, m: Market) -> int:
         if m.perp:
-            self._perp_oid += self.rng.randint(1, 5000)
+            self._perp_oid += 1 + int(self.rng.random() * 5000)
             return self._perp_oid
-        self._spot_oid += self.rng.randint(1, 2000)
+        self._spot_oid += 1 + int(self.rng.random() * 2000)
         return self._spot_oid
 
     def _amount(self, m: Market) -> Decimal:
@@ -141,7 +141,7 @@ class AccountModel:
         return (m.mid * (1 + bps / Decimal(10000))).quantize(q)
 
     def _zero(self, m: Market) -> str:
-        return self.rng.choice(("0", fixed(ZERO, m.amount_places)))
+        return "0" if self.rng.random() < 0.5 else fixed(ZERO, m.amount_places)
 
     def _amt(self, m: Market, value: Decimal) -> str:
         return self._zero(m) if value == 0 else fixed(value, m.amount_places)
