@@ -84,6 +84,18 @@ def _setup_sqlite(engine: Engine, synchronous: str) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _setup_postgres(engine: Engine) -> None:
+    @event.listens_for(engine, "connect", insert=True)
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # psycopg prepares a statement after 5 runs and PostgreSQL may then keep a generic plan made while the log
+        # was empty (a sequential scan), so the per-batch dedup lookup grew to ~30 ms at 20k rows in the benchmark.
+        # Custom plans see the real key list and use the unique index; planning these small queries is cheap.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_connection.autocommit = autocommit
+
+
 def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine for ``url``, checked by one connection; failures raise ``StoreError`` with the fix in one line.
 
@@ -107,6 +119,7 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
         _setup_sqlite(engine, sqlite_synchronous.upper())
     elif backend == "postgresql":
         engine = create_engine(parsed, pool_pre_ping=True)
+        _setup_postgres(engine)
     else:
         raise StoreError(f"unsupported database {backend!r} in {display_url(parsed)}: use sqlite:/// or postgresql://")
     try:

@@ -9,12 +9,12 @@ its order is commit order. A tailing reader can therefore poll ``read_after(last
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Dialect, Engine, func, select, text
 
 from tracker.domain.chain import GENESIS, Anchor, link_hash
 from tracker.domain.log import LogEntry, NewEntry, QuarantineItem
@@ -98,11 +98,34 @@ def _conflict_row(entry: NewEntry, existing_seq: int, existing_payload: str) -> 
     }
 
 
+def _sqlite_stamp(moment: datetime) -> str:
+    """What ``UtcDateTime`` stores on SQLite (SQLAlchemy's DateTime text, UTC, always with microseconds)."""
+    if moment.tzinfo is None:
+        raise ValueError(f"received_at must be timezone-aware (UTC), got naive {moment!r}")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"received_at must be timezone-aware (UTC), got naive {moment!r}")
+    return moment
+
+
+def _fast_insert(dialect: Dialect) -> tuple[str, Callable[[datetime], object]]:
+    """The event_log INSERT as positional driver SQL for ``dialect``, and how to bind ``received_at`` for it."""
+    positional = dialect if dialect.positional else type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+    compiled = _INSERT_LOG.compile(dialect=positional, column_keys=[c.key for c in event_log.c])
+    if list(compiled.positiontup or ()) != [c.key for c in event_log.c]:
+        raise RuntimeError(f"unexpected parameter order in {compiled}")
+    return str(compiled), (_sqlite_stamp if dialect.name == "sqlite" else _aware)
+
+
 class EventLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
+        self._insert_sql, self._stamp = _fast_insert(engine.dialect)
 
     # -- append --------------------------------------------------------------------------------------------------
 
@@ -117,10 +140,11 @@ class EventLog:
                 conn.execute(_PG_LOCK)
             head, prev = self._head_of(conn)
             known = self._stored(conn, {entry.dedup_key for entry in entries})
-            rows: list[dict[str, Any]] = []
+            rows: list[tuple[Any, ...]] = []
             q_rows = [_quarantine_row(item) for item in quarantine]
             appended: list[int] = []
             duplicates = conflicts = 0
+            stamp = self._stamp
             for entry in entries:
                 seen = known.get(entry.dedup_key)
                 if seen is not None:
@@ -134,31 +158,33 @@ class EventLog:
                 link = link_hash(prev, head, entry)
                 known[entry.dedup_key] = (head, entry.payload)
                 appended.append(head)
+                # In event_log's column order (checked in __init__).
                 rows.append(
-                    {
-                        "seq": head,
-                        "account": entry.account,
-                        "source": entry.source,
-                        "channel": entry.channel,
-                        "event": entry.event,
-                        "market": entry.market,
-                        "order_id": entry.order_id,
-                        "trade_id": entry.trade_id,
-                        "position_id": entry.position_id,
-                        "event_id": entry.event_id,
-                        "pre_event_id": entry.pre_event_id,
-                        "exchange_ts_us": entry.exchange_ts_us,
-                        "received_at": entry.received_at,
-                        "connection_id": entry.connection_id,
-                        "payload": entry.payload,
-                        "dedup_key": entry.dedup_key,
-                        "prev_hash": prev,
-                        "hash": link,
-                    }
+                    (
+                        head,
+                        entry.account,
+                        entry.source,
+                        entry.channel,
+                        entry.event,
+                        entry.market,
+                        entry.order_id,
+                        entry.trade_id,
+                        entry.position_id,
+                        entry.event_id,
+                        entry.pre_event_id,
+                        entry.exchange_ts_us,
+                        stamp(entry.received_at),
+                        entry.connection_id,
+                        entry.payload,
+                        entry.dedup_key,
+                        prev,
+                        link,
+                    )
                 )
                 prev = link
             if rows:
-                conn.execute(_INSERT_LOG, rows)
+                # The hot path: the driver's executemany with plain tuples (no per-row SQLAlchemy processing).
+                conn.exec_driver_sql(self._insert_sql, rows)
             if q_rows:
                 conn.execute(_INSERT_QUARANTINE, q_rows)
         return AppendResult(tuple(appended), duplicates, conflicts, len(q_rows), Anchor(head, prev))
