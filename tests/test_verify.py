@@ -6,6 +6,7 @@ Rules: local databases only (``db_url`` runs each test on SQLite and PostgreSQL)
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import Connection, delete, select, update
 from store_helpers import entry, open_log, tampering
 
 from tracker.cli import main
+from tracker.cli.verify import LARGE_LOG, Progress
 from tracker.domain.chain import GENESIS, link_hash
 from tracker.domain.log import LogEntry
 from tracker.store.schema import event_log
@@ -191,3 +193,31 @@ def test_bad_anchor_text_is_a_usage_error(url: str, capsys: pytest.CaptureFixtur
     code, out = verify(url, capsys, "--expect-anchor", "12:nothex")
     assert code == 2
     assert "--expect-anchor: an anchor is SEQ:HASH" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal_or_for_big_logs() -> None:
+    terminal = _Terminal()
+    progress = Progress(4000, terminal)
+    progress.show(2000)
+    progress.done()
+    assert terminal.getvalue() == "\rverifying: seq 2000/4000 (50%)\r\033[K"
+    quiet = io.StringIO()
+    Progress(4000, quiet).show(2000)
+    assert quiet.getvalue() == ""
+    loud = io.StringIO()
+    Progress(LARGE_LOG, loud).show(1)
+    assert loud.getvalue().startswith("\rverifying: seq 1/")
+
+
+def test_walks_in_pages(url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tracker.cli.verify.PAGE", 2)
+    assert verify(url, capsys)[0] == 0
+    with tampering(url) as conn:
+        _set(conn, 5, payload="{}")
+    code, out = verify(url, capsys)
+    assert (code, "the chain fails at seq 5: content does not match" in out) == (1, True)
