@@ -76,6 +76,13 @@ def test_stored_row_round_trips_every_field(log: EventLog) -> None:
         assert getattr(row, name) == getattr(new, name)
 
 
+def test_empty_append_writes_nothing(log: EventLog) -> None:
+    log.append([entry(1)])
+    result = log.append([])
+    assert (result.appended, result.duplicates, result.conflicts, result.quarantined) == ((), 0, 0, 0)
+    assert result.head == log.head_anchor()
+
+
 def test_append_is_idempotent(log: EventLog) -> None:
     batch = [entry(i) for i in range(1, 6)]
     assert log.append(batch).appended == (1, 2, 3, 4, 5)

@@ -135,6 +135,8 @@ class EventLog:
         An entry whose ``dedup_key`` is stored already, or appeared earlier in the batch, is a duplicate when its
         payload is equal (skipped) and a conflict when it differs (kept in the quarantine with both payloads).
         """
+        if not entries and not quarantine:
+            return AppendResult((), 0, 0, 0, self.head_anchor())
         with self._writer.begin() as conn:
             if self._postgres:
                 conn.execute(_PG_LOCK)
