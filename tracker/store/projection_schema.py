@@ -1,0 +1,233 @@
+"""Tables of the projection (``proj_<name>``, one per row type in ``tracker.domain.rows.TABLES``), the projector's
+checkpoint, and typed descriptions of the public views ``v_*`` (docs/sql.md) for reading them with Core.
+
+The ``proj_*`` columns are the row dataclasses' fields, in order, with these types:
+
+- money (``Decimal``) is ``Money``: ``NUMERIC`` (unconstrained) on PostgreSQL; on SQLite plain decimal ``TEXT``
+  (no exponent, e.g. ``0.00000001``), which SQLite keeps byte for byte, so every digit survives. Sums are exact too:
+  tracker registers an exact ``sum``/``decimal_sum`` on every SQLite connection (``engine.py``), and the daily
+  aggregates are maintained exactly by the fold (``proj_fees_daily``). See docs/sql.md, "Exact money".
+- times are ``UtcDateTime`` (``timestamptz`` / ISO text in UTC, see ``schema.py``); ints are ``BigInteger``;
+  ``bool`` is ``Boolean``; text is ``Text``.
+
+The key columns (``KEY`` of each row type) form the primary key. Nothing is ever deleted except by ``tracker
+rebuild``, which swaps all rows at once (``tracker/store/rebuild.py``).
+
+The view descriptions (``VIEWS``) live on their own ``MetaData``: they are not tables, the migration creates them as
+views, and autogenerate must not see them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from sqlalchemy import Boolean, Column, Dialect, Index, MetaData, Numeric, String, Table, Text
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from tracker.domain import rows as row_types
+from tracker.domain.rows import TABLES
+from tracker.store.schema import BigInt, UtcDateTime, metadata
+
+PREFIX: Final = "proj_"
+CHECKPOINT_NAME: Final = "projector"
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain decimal text without an exponent, keeping the value's scale (``Decimal('0.50')`` → ``"0.50"``).
+
+    Keeping the scale means a value reads back with the same exponent it had in the fold, on SQLite as on
+    PostgreSQL (``NUMERIC`` keeps the scale too), so a resumed fold computes exactly what an uninterrupted one does.
+    """
+    if not value.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return format(value, "f")
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact decimal: ``NUMERIC`` on PostgreSQL, plain decimal ``TEXT`` on SQLite (see the module docstring)."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(Numeric(asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money must be a Decimal, got {type(value).__name__} {value!r}")
+        if dialect.name == "sqlite":
+            return decimal_text(value)
+        if not value.is_finite():
+            raise ValueError(f"not a finite decimal: {value!r}")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, Decimal):
+            return value
+        if isinstance(value, int):
+            return Decimal(value)
+        if isinstance(value, float):
+            raise TypeError(f"inexact money value {value!r} (a float) read from the database")
+        return Decimal(str(value))
+
+
+def _column_type(hint: Any) -> tuple[TypeEngine[Any], bool]:
+    """SQL type and nullability for a dataclass field's type hint."""
+    nullable = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        nullable = len(args) != len(typing.get_args(hint))
+        if len(args) != 1:
+            raise TypeError(f"unsupported column type {hint!r}")
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return Text(), nullable
+    if hint is Decimal:
+        return Money(), nullable
+    if hint is datetime:
+        return UtcDateTime(), nullable
+    if hint is bool:
+        return Boolean(create_constraint=False), nullable
+    if hint is int:
+        return BigInt, nullable
+    if hint is str:
+        return Text(), nullable
+    raise TypeError(f"unsupported column type {hint!r}")
+
+
+def row_columns(row_type: type) -> list[Column[Any]]:
+    """Columns for a row dataclass, in field order; ``KEY`` is the primary key."""
+    hints = typing.get_type_hints(row_type, vars(row_types))
+    key = row_type.KEY  # type: ignore[attr-defined]
+    columns: list[Column[Any]] = []
+    for field in dataclasses.fields(row_type):
+        sql_type, nullable = _column_type(hints[field.name])
+        columns.append(Column(field.name, sql_type, primary_key=field.name in key, nullable=nullable))
+    return columns
+
+
+def _projection_tables(target: MetaData, prefix: str) -> dict[str, Table]:
+    return {name: Table(prefix + name, target, *row_columns(row_type)) for name, row_type in TABLES.items()}
+
+
+PROJECTION_TABLES: Final[dict[str, Table]] = _projection_tables(metadata, PREFIX)
+
+projector_checkpoint = Table(
+    "projector_checkpoint",
+    metadata,
+    Column("name", String(64), primary_key=True, comment="the projection's name ('projector')"),
+    Column("seq", BigInt, nullable=False, comment="the last event_log seq folded into the proj_* tables"),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+
+def shadow_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
+    """Fresh tables of the same shape under another prefix (``tracker rebuild`` builds into these)."""
+    target = MetaData()
+    return target, _projection_tables(target, prefix)
+
+
+# --- the public views (docs/sql.md): name → (source table, [(view column, source column)]) ------------------------
+
+VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
+    "v_orders": (
+        "orders",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "order_id", "market", "side", "status", "amount", "amount_filled", "amount_remaining",
+                "price", "client_order_id", "created_at", "updated_at", "order_source",
+            )
+        ),
+    ),
+    "v_fills": (
+        "fills",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "trade_id", "order_id", "market", "side", "amount", "price", "fee", "executed_at",
+                "source", "position_id", "is_liquidation",
+            )
+        ),
+    ),
+    "v_fees_daily": (
+        "fees_daily",
+        tuple((c, c) for c in ("account", "day", "market", "fills", "volume", "fees", "base_volume")),
+    ),
+    "v_self_trades": (
+        "self_trades",
+        tuple(
+            (c, c) for c in ("account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at")
+        ),
+    ),
+    "v_settlements": (
+        "settlements",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "position_id", "transaction_id", "ccy", "amount", "occurred_at", "kind",
+                "price_component", "trading_fee_component", "liquidation_fee_component", "funding_component",
+                "socialized_loss_component", "settlement_price", "strike_price", "settlement_type", "source",
+            )
+        ),
+    ),
+    "v_liquidations": (
+        "liquidations",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "position_id", "event", "margin_mode", "occurred_at", "initial_margin_ratio",
+                "maintenance_margin_ratio",
+            )
+        ),
+    ),
+    "v_positions": (
+        "positions",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "position_id", "market", "side", "size", "status", "entry_price", "fees", "realised_pnl",
+            )
+        ),
+    ),
+    "v_discrepancies": (
+        "discrepancies",
+        (
+            ("account", "account"),
+            ("id", "discrepancy_id"),
+            ("kind", "kind"),
+            ("entity", "entity"),
+            ("detail", "detail"),
+            ("status", "status"),
+            ("opened_seq", "opened_seq"),
+            ("resolved_seq", "resolved_seq"),
+        ),
+    ),
+}  # fmt: skip
+
+view_metadata = MetaData()
+
+
+def _view_table(name: str) -> Table:
+    source, columns = VIEW_COLUMNS[name]
+    table = PROJECTION_TABLES[source]
+    return Table(name, view_metadata, *(Column(view, table.c[src].type) for view, src in columns))
+
+
+VIEWS: Final[dict[str, Table]] = {name: _view_table(name) for name in VIEW_COLUMNS}
+
+# Indexes for the reports and the views' usual filters (the primary keys cover lookups by id).
+Index(None, PROJECTION_TABLES["fills"].c.account, PROJECTION_TABLES["fills"].c.executed_at)
+Index(None, PROJECTION_TABLES["fills"].c.account, PROJECTION_TABLES["fills"].c.order_id)
+Index(None, PROJECTION_TABLES["orders"].c.account, PROJECTION_TABLES["orders"].c.created_at)
