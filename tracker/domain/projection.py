@@ -394,10 +394,16 @@ def _is_stale(event_id: str, seen_event_ids: str) -> bool:
 
     MarketEventIDs are fixed-width lowercase hex whose leading digits are the event time in µs (the 2026 captures:
     ``00065b81-0d69-fe98-…`` is µs ``1789459694223000``), so text order is time order. Ids not in that form (some
-    were seen short or invalid) are never called stale.
+    were seen short or invalid) are never called stale. Fast path: stale ids are put at the front of
+    ``seen_event_ids`` and fresh ones at the end, so a full-length last token is the newest id.
     """
     if len(event_id) != EVENT_ID_LENGTH:
         return False
+    n = len(seen_event_ids)
+    if n >= EVENT_ID_LENGTH and (n == EVENT_ID_LENGTH or seen_event_ids[n - EVENT_ID_LENGTH - 1] == " "):
+        tail = seen_event_ids[n - EVENT_ID_LENGTH :]
+        if " " not in tail:
+            return tail > event_id
     return any(len(seen) == EVENT_ID_LENGTH and seen > event_id for seen in seen_event_ids.split(" "))
 
 
@@ -427,7 +433,7 @@ def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: Order
         old.last_remaining,
         old.event_count + 1,
         old.remaining_is_placeholder,
-        f"{old.seen_event_ids} {event_id}" if old.seen_event_ids else event_id,
+        f"{event_id} {old.seen_event_ids}" if old.seen_event_ids else event_id,  # stale ids go first
         old.first_seq,
         event.seq,
     )
@@ -446,8 +452,13 @@ def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> N
     market_key = (event.account, event.market, ALL_SOURCES)
     source_row = state.streams.get(source_key)
     market_row = state.streams.get(market_key)
-    lasts = {row.last_event_id for row in (source_row, market_row) if row is not None}
-    broken = event.pre_event_id is not None and bool(lasts) and event.pre_event_id not in lasts
+    pre = event.pre_event_id
+    broken = (
+        pre is not None
+        and (source_row is not None or market_row is not None)
+        and (source_row is None or source_row.last_event_id != pre)
+        and (market_row is None or market_row.last_event_id != pre)
+    )
     for key, row in ((source_key, source_row), (market_key, market_row)):
         if row is None:
             new_row = StreamRow(key[0], key[1], key[2], event_id, 1, int(broken), event.seq if broken else None)
