@@ -19,6 +19,7 @@ from tracker.bitstamp.frames import (
     entry_from_user_transaction,
 )
 from tracker.bitstamp.parse import parse_entry
+from tracker.bitstamp.rest_entries import REST_EVENTS
 from tracker.bitstamp.wire import loads_exact
 from tracker.domain import tracker_events as te
 from tracker.domain.events import (
@@ -268,7 +269,7 @@ def test_parser_never_raises_on_mutated_samples(which: int, path_choice: int, va
     | st.sampled_from(["private-my_orders_btcusd-1", "private-my_trades_btcusd-1", "user_transactions/"]),
     st.text(max_size=20)
     | st.sampled_from(
-        ["trade", "order_created", "rest_user_transaction", "rest_perp_trade", "discrepancy", "settlement"]
+        ["trade", "order_created", "settlement", "discrepancy", "discrepancy_resolved", "gap_detected", *REST_EVENTS]
     ),
     st.text(max_size=50) | json_values.map(json.dumps),
 )
@@ -278,3 +279,31 @@ def test_parser_never_raises_on_arbitrary_entries(source: Any, channel: str, eve
             account="a", source=source, channel=channel, event=event, payload=payload, dedup_key="k", received_at=NOW
         )
     )
+
+
+rest_rows = st.dictionaries(
+    st.sampled_from(["id", "type", "datetime", "btc", "usd", "btc_usd", "fee", "order_id", "trade_id", "side",
+                     "price", "amount", "transaction_id", "pnl_settled", "status", "event", "data", "market"])
+    | st.text(max_size=5),
+    json_values,
+    max_size=10,
+)  # fmt: skip
+
+
+@given(st.sampled_from(["ut", "aod", "os", "th", "ps"]), rest_rows | json_values, st.booleans())
+def test_rest_builders_and_parser_never_raise(which: str, row: Any, exact: bool) -> None:
+    if exact:
+        row = loads_exact(json.dumps(row))
+    match which:
+        case "ut":
+            built = entry_from_user_transaction(row, account="a", received_at=NOW, markets_by_pair={})
+        case "aod":
+            built = entry_from_account_order_event(row, account="a", market="btcusd", received_at=NOW)
+        case "os":
+            built = entry_from_order_status(row, account="a", received_at=NOW)
+        case "th":
+            built = entry_from_perp_trade(row, account="a", received_at=NOW)
+        case _:
+            built = entry_from_position_settlement(row, account="a", received_at=NOW)
+    if isinstance(built, NewEntry):
+        _parse_any(built)
