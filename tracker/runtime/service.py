@@ -1,0 +1,144 @@
+"""``run_tracker``: the service's one nursery. The writer, ingest and (later) the projector, backfill and reconciler.
+
+Shutdown order is what makes "everything received is committed" true:
+
+1. ``stop`` is set (SIGINT/SIGTERM, or the caller).
+2. Ingest closes each connection losslessly (unsubscribe, heartbeat barrier, close) and returns; every producer
+   closes its clone of the writer's send channel as it ends.
+3. The writer sees the channel end, commits what is left, and returns. Nothing cancels the writer.
+
+If ingest has not finished ``stop_grace`` seconds after the stop, its scope is cancelled (frames already read are
+still handed to the writer: those sends are shielded), and the writer drains as above.
+
+Extra tasks (projector, backfill, reconciler) plug in through ``extra_tasks``: each is called as
+``await nursery.start(task, services)`` and must honour ``services.stop`` or be cancelled at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from tracker.config import Settings
+from tracker.exchange.rest import BitstampClient
+from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
+from tracker.runtime.writer import Item, WriterStats, run_writer
+
+log = logging.getLogger("tracker.service")
+
+WRITER_BUFFER = 4096
+
+
+@dataclass
+class Services:
+    """What a running tracker exposes to extra tasks, metrics and tests."""
+
+    settings: Settings
+    stop: trio.Event
+    log: Any  # tracker.store.event_log.EventLog
+    writer_stats: WriterStats
+    ingest_stats: IngestStats
+    db_limiter: trio.CapacityLimiter
+    account: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+TaskStarter = Callable[..., Awaitable[Any]]
+
+
+async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Turn SIGINT/SIGTERM into ``stop``. Later signals are absorbed (the grace deadline bounds the shutdown), so a
+    second Ctrl-C cannot abort a commit half-way."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                log.info("received %s again: already stopping", name)
+            else:
+                log.info("received %s: stopping (committing everything received)", name)
+                stop.set()
+
+
+async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
+    await stop.wait()
+    scope.deadline = trio.current_time() + grace
+
+
+async def run_tracker(
+    settings: Settings,
+    event_log: Any,
+    *,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    client: BitstampClient | None = None,
+    ingest_options: IngestOptions | None = None,
+    extra_tasks: Sequence[TaskStarter] = (),
+    stop_grace: float = 10.0,
+    task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
+) -> Services:
+    """Run until ``stop`` is set (or a signal arrives); returns the services with final stats. Exit is clean."""
+    stop = stop or trio.Event()
+    api_key, api_secret = settings.require_credentials()
+    own_client = client is None
+    client = client or BitstampClient(settings.api_url, api_key, api_secret)
+    services = Services(
+        settings=settings,
+        stop=stop,
+        log=event_log,
+        writer_stats=WriterStats(),
+        ingest_stats=IngestStats(),
+        db_limiter=trio.CapacityLimiter(1),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            signal_scope = trio.CancelScope()
+            if handle_signals:
+
+                async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
+                    with signal_scope:
+                        await _stop_on_signals(stop, task_status=task_status)
+
+                await nursery.start(watch_signals)
+            send, receive = trio.open_memory_channel[Item](WRITER_BUFFER)
+            nursery.start_soon(
+                lambda: run_writer(event_log.append, receive, stats=services.writer_stats, limiter=services.db_limiter)
+            )
+            # The producers own the writer's channel: when they are all gone, the writer drains and returns.
+            async with send, trio.open_nursery() as producers:
+                producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
+                ingest_ctx = await producers.start(
+                    lambda task_status: run_ingest(
+                        client,
+                        settings.ws_url,
+                        send.clone(),
+                        markets=settings.markets,
+                        stop=stop,
+                        options=ingest_options,
+                        stats=services.ingest_stats,
+                        task_status=task_status,
+                    )
+                )
+                services.account = ingest_ctx.account
+                for starter in extra_tasks:
+                    await producers.start(starter, services)
+                task_status.started(services)
+            signal_scope.cancel()
+    finally:
+        if own_client:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+    stats = services.writer_stats
+    log.info(
+        "stopped: %d frames committed (%d duplicates, %d quarantined) in %d batches",
+        stats.items,
+        stats.duplicates,
+        stats.quarantined,
+        stats.batches,
+    )
+    return services
