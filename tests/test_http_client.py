@@ -33,12 +33,12 @@ def _hmac(message: bytes) -> str:
 
 def signed_response(request: httpx.Request, status: int, body: bytes, content_type: str = "application/json"):
     sig = _hmac(
-        request.headers["X-Auth-Nonce"].encode() + request.headers["X-Auth-Timestamp"].encode() + content_type.encode()
+        request.headers["X-Auth-Nonce"].encode()
+        + request.headers["X-Auth-Timestamp"].encode()
+        + content_type.encode()
         + body
     )
-    return httpx.Response(
-        status, content=body, headers={"Content-Type": content_type, "X-Server-Auth-Signature": sig}
-    )
+    return httpx.Response(status, content=body, headers={"Content-Type": content_type, "X-Server-Auth-Signature": sig})
 
 
 def make_client(handler, **kw) -> BitstampClient:  # type: ignore[no-untyped-def]
@@ -67,9 +67,7 @@ async def test_empty_body_post_signature_and_headers() -> None:
     request = seen[0]
     assert "Content-Type" not in request.headers
     assert request.content == b""
-    expected = _hmac(
-        f"BITSTAMP {KEY}POSTwww.bitstamp.net/api/v2/websockets_token/{NONCE}{NOW_MS}v2".encode()
-    )
+    expected = _hmac(f"BITSTAMP {KEY}POSTwww.bitstamp.net/api/v2/websockets_token/{NONCE}{NOW_MS}v2".encode())
     assert request.headers["X-Auth-Signature"] == expected
     assert request.headers["X-Auth"] == f"BITSTAMP {KEY}"
     assert request.headers["X-Auth-Nonce"] == NONCE
@@ -122,7 +120,11 @@ async def test_host_with_port_is_signed_as_netloc() -> None:
         return signed_response(request, 200, b"[]")
 
     client = BitstampClient(
-        "http://127.0.0.1:8123/api/v2", KEY, SECRET, clock=lambda: NOW_MS, nonce=lambda: NONCE,
+        "http://127.0.0.1:8123/api/v2",
+        KEY,
+        SECRET,
+        clock=lambda: NOW_MS,
+        nonce=lambda: NONCE,
         transport=httpx.MockTransport(handler),
     )
     async with client:

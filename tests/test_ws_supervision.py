@@ -112,7 +112,9 @@ async def collect(harness: Harness, receive: trio.MemoryReceiveChannel[Item]) ->
 
 
 @asynccontextmanager
-async def running(options: IngestOptions | None = None, *, fail_connects: int = 0) -> AsyncIterator[tuple[Harness, trio.Event]]:
+async def running(
+    options: IngestOptions | None = None, *, fail_connects: int = 0
+) -> AsyncIterator[tuple[Harness, trio.Event]]:
     async with trio.open_nursery() as nursery:
         harness = make_harness(nursery)
         harness.fail_connects = fail_connects
@@ -145,8 +147,16 @@ async def running(options: IngestOptions | None = None, *, fail_connects: int = 
 def emission(n: int, channel: str = f"private-my_trades_btcusd-{UID}") -> Emission:
     text = json.dumps(
         {
-            "data": {"id": n, "amount": "1", "price": "2", "microtimestamp": "1", "fee": "0", "order_id": "5",
-                     "side": "buy", "trade_account_id": 0},
+            "data": {
+                "id": n,
+                "amount": "1",
+                "price": "2",
+                "microtimestamp": "1",
+                "fee": "0",
+                "order_id": "5",
+                "side": "buy",
+                "trade_account_id": 0,
+            },
             "channel": channel,
             "event": "trade",
         }
