@@ -6,6 +6,7 @@ handling is switched off (``isolation_level=None``) and we emit ``BEGIN`` oursel
 "Serializable isolation / Savepoints / Transactional DDL" section. A connection with the execution option
 ``tracker_write=True`` (see ``writer()``) begins with ``BEGIN IMMEDIATE``: it takes the write lock before it reads the
 head, so two appenders cannot both read the same head (a deferred transaction would fail with SQLITE_BUSY on upgrade).
+Every SQLite connection also gets exact ``sum``/``total``/``decimal_sum`` over decimal text (``sqlite_money.py``).
 
 PostgreSQL: ``pool_pre_ping``; the appender serialises itself with a table lock (see ``event_log.py``).
 """
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 from tracker.errors import StoreError
+from tracker.store.sqlite_money import register_exact_sums
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "tracker_write"
@@ -77,6 +79,7 @@ def _setup_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
+        register_exact_sums(dbapi_connection)  # exact SUM over money stored as decimal text (docs/sql.md)
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:

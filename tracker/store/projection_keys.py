@@ -1,0 +1,121 @@
+"""Which projection rows an event will read: the keys the store prefetches before folding a batch.
+
+Pure (no I/O). It mirrors what ``tracker.domain.projection.apply`` looks up; it does not need to be perfect, because
+the store loads any row the fold asks for that was not prefetched (``projections._LazyTable``) — a miss only costs one
+query, and the tests count misses so this list does not silently drift from the fold. Rows the fold only *writes*
+(a new discrepancy, a liquidation alert) need no prefetch.
+
+Discrepancies that an order's link row points at (``OrderLinkRow.mismatch_id``) are a second step: they are known
+only once the links are loaded (``discrepancy_keys_of_links``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from tracker.domain.events import (
+    AccountTransaction,
+    BackfillCompleted,
+    Discrepancy,
+    DiscrepancyResolved,
+    DomainEvent,
+    Fill,
+    GapDetected,
+    Lifecycle,
+    LiquidationAlert,
+    OrderEvent,
+    OrderStatusSnapshot,
+    SelfTrade,
+    Settlement,
+    TokenReady,
+    Unknown,
+)
+from tracker.domain.projection import ALL_SOURCES
+from tracker.domain.rows import TABLES, OrderLinkRow
+
+Keys = dict[str, set[tuple[Any, ...]]]
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def unix_us(value: datetime) -> int:
+    """Microseconds since the epoch, exactly (the fold's ``occurred_us`` key columns)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def empty_keys() -> Keys:
+    return {name: set() for name in TABLES}
+
+
+def _order(keys: Keys, account: str, order_id: str) -> None:
+    keys["orders"].add((account, order_id))
+    keys["order_links"].add((account, order_id))
+
+
+def add_keys_for(keys: Keys, event: DomainEvent) -> None:
+    """Add the keys of the rows ``apply(state, event)`` may read to ``keys``."""
+    account = event.account
+    counters = keys["counters"]
+    match event:
+        case OrderEvent():
+            _order(keys, account, event.order_id)
+            if event.orig_order_id is not None:
+                _order(keys, account, event.orig_order_id)
+            keys["streams"].add((account, event.market, event.order_source or ""))
+            keys["streams"].add((account, event.market, ALL_SOURCES))
+            counters.add((account, "order_event_replayed"))
+            counters.add((account, "order_event_stale"))
+        case Fill():
+            keys["fills"].add((account, event.trade_id))
+            keys["fees_daily"].add((account, event.executed_at.date().isoformat(), event.market or ""))
+            if event.order_id is not None:
+                _order(keys, account, event.order_id)
+            if event.position_id is not None:
+                keys["positions"].add((account, event.position_id))
+            counters.add((account, f"fill_seen_again:{event.source}"))
+        case SelfTrade():
+            _order(keys, account, event.buy_order_id)
+            _order(keys, account, event.sell_order_id)
+            counters.add((account, "self_trade_seen_again"))
+            keys["self_trades"].add(
+                (account, event.market, event.buy_order_id, event.sell_order_id, unix_us(event.occurred_at))
+            )
+        case Settlement():
+            keys["settlements"].add((account, event.kind, event.transaction_id))
+            if event.position_id is not None:
+                keys["positions"].add((account, event.position_id))
+            counters.add((account, f"settlement_seen_again:{event.source}"))
+        case LiquidationAlert():
+            keys["positions"].add((account, event.position_id))
+        case DiscrepancyResolved():
+            keys["discrepancies"].add((account, event.discrepancy_id))
+        case Discrepancy():
+            pass
+        case TokenReady():
+            counters.add((account, "token_ready"))
+        case OrderStatusSnapshot():
+            counters.add((account, "order_status_snapshot"))
+        case AccountTransaction():
+            counters.add((account, f"account_transaction:{event.type_code}"))
+        case Lifecycle():
+            counters.add((account, f"lifecycle:{event.kind}"))
+        case GapDetected():
+            counters.add((account, "gap_detected"))
+        case BackfillCompleted():
+            counters.add((account, "backfill_completed"))
+        case Unknown():
+            counters.add((account, "unknown"))
+            counters.add((account, f"unknown:{event.source}:{event.event}"[:200]))
+
+
+def keys_for(events: Iterable[DomainEvent]) -> Keys:
+    keys = empty_keys()
+    for event in events:
+        add_keys_for(keys, event)
+    return keys
+
+
+def discrepancy_keys_of_links(links: Iterable[OrderLinkRow]) -> set[tuple[Any, ...]]:
+    return {(link.account, link.mismatch_id) for link in links if link.mismatch_id is not None}

@@ -1,0 +1,265 @@
+"""Persisting the projection fold: batches of log entries → changed rows + checkpoint, in one transaction.
+
+``ProjectionStore.project(entries)`` is the whole step: parse each entry (``parse_entry``), prefetch the rows the
+batch will read (``projection_keys``) into a fresh ``ProjectionState``, fold, then write the changed rows and the new
+checkpoint in ONE write transaction. Memory stays bounded by the batch: no state is kept between batches.
+
+Exactly-once: the write transaction first locks the checkpoint row and compares it with the checkpoint the batch was
+folded from. If it moved (another projector, or ``tracker rebuild`` swapped the tables in), nothing is written and
+``project`` returns ``None``: the caller reloads and goes on from the new checkpoint. A crash before the commit leaves
+both the rows and the checkpoint as they were; the fold also ignores events at or below its checkpoint.
+
+Reads happen before the write transaction (short write lock: the event log's appender shares it on SQLite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Executable
+
+from tracker.bitstamp.parse import parse_entry
+from tracker.domain.events import DomainEvent
+from tracker.domain.log import LogEntry
+from tracker.domain.projection import ProjectionState, apply
+from tracker.domain.rows import TABLES, OrderLinkRow, Row
+from tracker.store.engine import writer
+from tracker.store.event_log import EventLog
+from tracker.store.projection_keys import Keys, discrepancy_keys_of_links, keys_for
+from tracker.store.projection_schema import CHECKPOINT_NAME, PROJECTION_TABLES, projector_checkpoint
+
+BATCH: Final = 5000  # log entries per transaction
+_IN_CHUNK: Final = 400  # keys per IN (...) query, well under SQLite's bound-parameter limit
+_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    name: tuple(f.name for f in dataclasses.fields(row_type)) for name, row_type in TABLES.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    events: int  # entries folded (past the checkpoint)
+    checkpoint: int  # the checkpoint written
+    rows_written: int
+    misses: int  # rows the fold read that were not prefetched (see projection_keys)
+
+
+class _LazyTable(dict[Any, Any]):
+    """A state table that loads a row the fold asks for but the prefetch did not predict (one query per miss)."""
+
+    __slots__ = ("known", "load", "misses")
+
+    def __init__(self, load: Callable[[tuple[Any, ...]], Row | None]) -> None:
+        super().__init__()
+        self.known: set[tuple[Any, ...]] = set()  # keys whose stored row (or absence) is in this dict
+        self.load = load
+        self.misses = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        row = dict.get(self, key)
+        if row is not None or key in self.known:
+            return default if row is None else row
+        self.known.add(key)
+        self.misses += 1
+        row = self.load(key)
+        if row is None:
+            return default
+        dict.__setitem__(self, key, row)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None
+
+
+def _upsert(table: Table, dialect_name: str) -> Executable:
+    module = postgresql if dialect_name == "postgresql" else sqlite
+    statement = module.insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    updates = {column.name: statement.excluded[column.name] for column in table.columns if not column.primary_key}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+class ProjectionStore:
+    """The projection's tables on one database (``tables``: the live ``proj_*`` ones unless told otherwise)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        tables: Mapping[str, Table] = PROJECTION_TABLES,
+        checkpoint_name: str = CHECKPOINT_NAME,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.tables = dict(tables)
+        self.checkpoint_name = checkpoint_name
+        self.clock = clock
+        self._writer = writer(engine)
+        self._postgres = engine.dialect.name == "postgresql"
+        self._upserts = {name: _upsert(table, engine.dialect.name) for name, table in self.tables.items()}
+        self._checkpoint_upsert = _upsert(projector_checkpoint, engine.dialect.name)
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+
+    def load_checkpoint(self, conn: Connection | None = None) -> int:
+        """The last seq folded into the tables (0 when nothing was projected yet)."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.load_checkpoint(own)
+        query = select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == self.checkpoint_name)
+        return int(conn.execute(query).scalar_one_or_none() or 0)
+
+    def load_rows(
+        self, keys_by_table: Mapping[str, Iterable[tuple[Any, ...]]], conn: Connection | None = None
+    ) -> dict[str, list[Row]]:
+        """The stored rows with the given keys (absent keys are simply missing from the result)."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.load_rows(keys_by_table, own)
+        result: dict[str, list[Row]] = {}
+        for name, keys in keys_by_table.items():
+            rows = self._load_table(conn, name, keys)
+            if rows:
+                result[name] = rows
+        return result
+
+    def _load_table(self, conn: Connection, name: str, keys: Iterable[tuple[Any, ...]]) -> list[Row]:
+        table = self.tables[name]
+        row_type = TABLES[name]
+        key_columns = [table.c[column] for column in row_type.KEY]  # type: ignore[attr-defined]
+        # Group by every key column but the last: `a = ? AND b = ? AND last IN (...)` uses the primary key index.
+        groups: dict[tuple[Any, ...], list[Any]] = {}
+        for key in keys:
+            groups.setdefault(tuple(key[:-1]), []).append(key[-1])
+        rows: list[Row] = []
+        for prefix, lasts in groups.items():
+            condition = and_(*(column == value for column, value in zip(key_columns, prefix, strict=False)))
+            for start in range(0, len(lasts), _IN_CHUNK):
+                chunk = lasts[start : start + _IN_CHUNK]
+                query = select(table).where(condition, key_columns[-1].in_(chunk))
+                rows.extend(row_type(*values) for values in conn.execute(query))
+        return rows
+
+    def all_rows(self) -> dict[str, list[Row]]:
+        """Every stored row of every table, sorted by key (tests and small databases only)."""
+        with self.engine.connect() as conn:
+            result: dict[str, list[Row]] = {}
+            for name, table in self.tables.items():
+                row_type = TABLES[name]
+                order = [table.c[column] for column in row_type.KEY]  # type: ignore[attr-defined]
+                result[name] = [row_type(*values) for values in conn.execute(select(table).order_by(*order))]
+            return result
+
+    def load_state(self, keys: Keys, conn: Connection) -> ProjectionState:
+        """A fresh state holding the stored rows for ``keys`` (and their open discrepancies) at the checkpoint."""
+        state = ProjectionState()
+        state.checkpoint = self.load_checkpoint(conn)
+        links = self._load_table(conn, "order_links", keys.get("order_links", ()))
+        extra = discrepancy_keys_of_links(row for row in links if isinstance(row, OrderLinkRow))
+        for name in TABLES:
+            lazy = _LazyTable(self._loader(conn, name))
+            wanted = set(keys.get(name, ()))
+            if name == "discrepancies":
+                wanted |= extra
+            lazy.known.update(wanted)
+            rows = links if name == "order_links" else self._load_table(conn, name, wanted)
+            for row in rows:
+                dict.__setitem__(lazy, tuple(getattr(row, column) for column in row.KEY), row)
+            setattr(state, name, lazy)
+        return state
+
+    def _loader(self, conn: Connection, name: str) -> Callable[[tuple[Any, ...]], Row | None]:
+        def load(key: tuple[Any, ...]) -> Row | None:
+            rows = self._load_table(conn, name, [key])
+            return rows[0] if rows else None
+
+        return load
+
+    # -- writes ----------------------------------------------------------------------------------------------------
+
+    def write_batch(self, changed: Mapping[str, Sequence[Row]], checkpoint: int, *, expected: int) -> int | None:
+        """Upsert ``changed`` rows and set the checkpoint, in one transaction, if the stored checkpoint is still
+        ``expected``; returns the rows written, or ``None`` (nothing written) when it moved meanwhile."""
+        with self._writer.begin() as conn:
+            # Lock the checkpoint row first (SQLite: BEGIN IMMEDIATE already holds the write lock), so two writers
+            # cannot both pass the check below; the loser sees the winner's checkpoint and backs off.
+            query = select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == self.checkpoint_name)
+            if self._postgres:
+                query = query.with_for_update()
+            stored = int(conn.execute(query).scalar_one_or_none() or 0)
+            if stored != expected:
+                return None
+            written = 0
+            for name, rows in changed.items():
+                if not rows:
+                    continue
+                fields = _FIELDS[name]
+                conn.execute(self._upserts[name], [{field: getattr(row, field) for field in fields} for row in rows])
+                written += len(rows)
+            conn.execute(
+                self._checkpoint_upsert, [{"name": self.checkpoint_name, "seq": checkpoint, "updated_at": self.clock()}]
+            )
+        return written
+
+    def project(self, entries: Sequence[LogEntry]) -> BatchResult | None:
+        """Fold one batch of log entries (in seq order) into the tables; ``None`` if the checkpoint moved meanwhile
+        (nothing written: reload the checkpoint and read the log again from there)."""
+        return self.project_events([parse_entry(entry) for entry in entries])
+
+    def project_events(self, events: Sequence[DomainEvent]) -> BatchResult | None:
+        """``project`` for events already parsed (in seq order)."""
+        with self.engine.connect() as conn:
+            state = self.load_state(keys_for(events), conn)
+            expected = state.checkpoint
+            folded = 0
+            for event in events:
+                if event.seq > state.checkpoint:
+                    apply(state, event)
+                    folded += 1
+            misses = sum(table.misses for table in (state.table(name) for name in TABLES))
+        if not folded:
+            return BatchResult(0, expected, 0, misses)
+        written = self.write_batch(state.changed_rows(), state.checkpoint, expected=expected)
+        if written is None:
+            return None
+        return BatchResult(folded, state.checkpoint, written, misses)
+
+    def catch_up(
+        self,
+        log: EventLog,
+        *,
+        batch: int = BATCH,
+        until: int | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> int:
+        """Project the log from the stored checkpoint to its head (or ``until``); returns the checkpoint reached."""
+        checkpoint = self.load_checkpoint()
+        while until is None or checkpoint < until:
+            limit = batch if until is None else min(batch, until - checkpoint)
+            entries = log.read_after(checkpoint, limit)
+            if not entries:
+                break
+            result = self.project(entries)
+            if result is None:  # the checkpoint moved under us (a rebuild swapped the tables in): start from it
+                checkpoint = self.load_checkpoint()
+                continue
+            checkpoint = entries[-1].seq if result.events == 0 else result.checkpoint
+            if on_batch is not None:
+                on_batch(result)
+        return checkpoint
+
+    def count_open_discrepancies(self) -> int:
+        table = self.tables["discrepancies"]
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table).where(table.c.status == "open")).scalar_one())
+
+    def clear(self, conn: Connection) -> None:
+        """Delete every row of these tables and their checkpoint (inside the caller's transaction)."""
+        for table in self.tables.values():
+            conn.execute(delete(table))
+        conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == self.checkpoint_name))
