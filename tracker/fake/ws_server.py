@@ -180,7 +180,7 @@ class WsHub:
         try:
             with conn.cancel:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, ws, recv)
+                    nursery.start_soon(self._writer, ws, recv, nursery.cancel_scope)
                     try:
                         await self._reader(conn)
                     finally:
@@ -200,7 +200,11 @@ class WsHub:
         raise RuntimeError("connection stream not found")
 
     @staticmethod
-    async def _writer(ws: WebSocketConnection, recv: trio.MemoryReceiveChannel[str]) -> None:
+    async def _writer(
+        ws: WebSocketConnection, recv: trio.MemoryReceiveChannel[str], connection_scope: trio.CancelScope
+    ) -> None:
+        """Send queued frames, coalescing what is already queued. When the socket is gone, the queue is closed (so
+        ``deliver`` never blocks on a dead connection) and the connection's reader is cancelled."""
         try:
             async for text in recv:
                 batch = [text]
@@ -215,6 +219,9 @@ class WsHub:
                     await _send_batch(ws, batch)
         except ConnectionClosed:
             pass
+        finally:
+            recv.close()
+            connection_scope.cancel()
 
     async def _reader(self, conn: WsConn) -> None:
         while True:
