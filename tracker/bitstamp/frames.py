@@ -33,10 +33,8 @@ they are indistinguishable anyway (old-format ``my_orders`` frames always differ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Final, Literal
 
 from tracker.bitstamp.channels import Channel, parse_channel
@@ -137,7 +135,7 @@ Frame = Control | Data | Malformed
 def classify(text: str) -> Frame:
     """Classify one WebSocket text frame. Never raises."""
     try:
-        message = json.loads(text, parse_float=Decimal)
+        message = loads_exact(text)
     except (ValueError, RecursionError) as exc:
         return Malformed(reason=f"not JSON: {exc}", text=text)
     if not isinstance(message, dict):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final
 
-from tracker.bitstamp.channels import parse_channel
+from tracker.bitstamp.channels import Channel, parse_channel
 from tracker.bitstamp.rest_entries import (
     REST_ORDER_EVENT,
     REST_ORDER_STATUS,
@@ -71,6 +72,12 @@ LIFECYCLE_EVENTS: Final = frozenset(
     {te.CONNECTED, te.SUBSCRIBED, te.SUBSCRIBE_FAILED, te.WS_ERROR, te.RECONNECT_REQUESTED, te.CLOSED, te.STALLED,
      te.RECONCILED}
 )  # fmt: skip
+
+
+@lru_cache(maxsize=1024)
+def _channel(text: str) -> Channel:
+    """Channels are few; parsing each once keeps the rebuild fast. Raises ``ValueError`` like ``parse_channel``."""
+    return parse_channel(text)
 
 
 class _Bad(ValueError):
@@ -155,7 +162,7 @@ def _side_word(value: object) -> Side:
 def _market(entry: LogEntry) -> str:
     if entry.market:
         return entry.market
-    market = parse_channel(entry.channel).market
+    market = _channel(entry.channel).market
     if market is None:
         raise _Bad("no market")
     return market
@@ -305,7 +312,7 @@ def _token_ready(entry: LogEntry, d: dict[str, Any]) -> TokenReady:
 def _parse_ws(entry: LogEntry) -> DomainEvent:
     message = _obj(loads_exact(entry.payload), "frame")
     event = entry.event
-    name = parse_channel(entry.channel).name
+    name = _channel(entry.channel).name
     if name == "my_orders" and event in ORDER_KINDS:
         return _order_event(entry, message, event)
     d = message.get("data")

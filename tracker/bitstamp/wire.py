@@ -19,9 +19,13 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _INT_RE: Final = re.compile(r"-?[0-9]+")
 
 
+# One decoder for all calls: json.loads(..., parse_float=Decimal) builds a new one per call.
+_EXACT_DECODER: Final = json.JSONDecoder(parse_float=Decimal)
+
+
 def loads_exact(text: str) -> Any:
     """Parse JSON keeping every number exact: floats become ``Decimal``, ints stay ``int``."""
-    return json.loads(text, parse_float=Decimal)
+    return _EXACT_DECODER.decode(text)
 
 
 def _encode(obj: object, out: list[str]) -> None:
