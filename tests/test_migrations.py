@@ -76,8 +76,14 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
 def test_check_schema_names_the_fix(db_url: str) -> None:
     engine = open_engine(db_url)
     try:
-        with pytest.raises(StoreError, match=r"not migrated \(at revision none, need 0001\): run `tracker db upgrade`"):
+        head = migrate.head_revision()
+        with pytest.raises(
+            StoreError, match=rf"not migrated \(at revision none, need {head}\): run `tracker db upgrade`"
+        ):
             migrate.check_schema(engine)
+        migrate.upgrade(engine, "0001")
+        with pytest.raises(StoreError, match=rf"not migrated \(at revision 0001, need {head}\)"):
+            migrate.check_schema(engine)  # 0002 (projections) exists, so 0001 is behind
         migrate.upgrade(engine)
         migrate.check_schema(engine)
     finally:
@@ -85,11 +91,14 @@ def test_check_schema_names_the_fix(db_url: str) -> None:
 
 
 def test_tracker_db_commands(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    head = migrate.head_revision()
     assert main(["db", "current", "--db-url", db_url]) == 1
-    assert "revision none (newest 0001): run `tracker db upgrade`" in capsys.readouterr().out
+    assert f"revision none (newest {head}): run `tracker db upgrade`" in capsys.readouterr().out
     assert main(["db", "upgrade", "--db-url", db_url]) == 0
     assert main(["db", "current", "--db-url", db_url]) == 0
-    assert "revision 0001 (newest 0001): up to date" in capsys.readouterr().out
+    assert f"revision {head} (newest {head}): up to date" in capsys.readouterr().out
+    assert main(["db", "downgrade", "0001", "--db-url", db_url]) == 0
+    assert migrate.current(db_url) == "0001"
     assert main(["db", "downgrade", "base", "--db-url", db_url]) == 0
     assert migrate.current(db_url) is None
 
@@ -103,7 +112,7 @@ def test_plain_alembic_cli_uses_the_same_env(sqlite_url: str, monkeypatch: pytes
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
-    assert migrate.current(sqlite_url) == "0001"
+    assert migrate.current(sqlite_url) == migrate.head_revision()
     assert {"event_log", "quarantine"} <= _tables(sqlite_url)
 
 
