@@ -1,0 +1,137 @@
+"""Pure reconciliation diffs: fills and fees, open orders (10 s cache), order states, balances, and the plan
+(stable ids: a re-run opens nothing twice; a clean re-check resolves)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
+
+from tracker.domain.reconcile import (
+    Balance,
+    Diff,
+    ExchangeFill,
+    ExchangeOpenOrder,
+    ExchangeOrderStatus,
+    Finding,
+    diff_balances,
+    diff_fills,
+    diff_order_status,
+    open_order_candidates,
+    plan,
+)
+from tracker.domain.rows import DiscrepancyRow, FillRow, OrderRow
+
+T = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def fill(trade_id: str, *, market: str = "btcusd", fee: str = "0.1", amount: str = "1", source: str = "ws") -> FillRow:
+    return FillRow("acc", trade_id, "9", market, "buy", D(amount), D("100"), D(fee), T, None, False, source, 1)
+
+
+def ex_fill(trade_id: str, *, fee: str = "0.1", amount: str = "1") -> ExchangeFill:
+    return ExchangeFill(trade_id, "btcusd", "buy", D(amount), D("100"), D(fee))
+
+
+def order(order_id: str, status: str = "open", *, age_s: float = 60, remaining: str = "1") -> OrderRow:
+    at = T - timedelta(seconds=age_s)
+    return OrderRow(
+        "acc", order_id, "btcusd", "buy", D("1"), D(remaining), D(1) - D(remaining), status,  # type: ignore[arg-type]
+        D("100"), None, at, at, "orderbook", D(remaining), 1, False, "", 1, 1,
+    )  # fmt: skip
+
+
+def test_clean_fills_have_no_findings() -> None:
+    diff = diff_fills([fill("10"), fill("11")], [ex_fill("10"), ex_fill("11")], market="btcusd", from_id=0)
+    assert diff.findings == []
+    assert diff.checked == {"fill:10", "fill:11"}
+
+
+def test_fee_mismatch_missing_and_unknown_fill() -> None:
+    diff = diff_fills(
+        [fill("10", fee="0.1"), fill("12"), fill("13", amount="2")],
+        [ex_fill("10", fee="0.2"), ex_fill("11"), ex_fill("13")],
+        market="btcusd",
+        from_id=0,
+    )
+    kinds = {(f.kind, f.entity) for f in diff.findings}
+    assert kinds == {
+        ("fee_mismatch", "fill:10"),
+        ("fill_missing", "fill:11"),
+        ("fill_unknown_to_exchange", "fill:12"),
+        ("fill_mismatch", "fill:13"),
+    }
+    assert next(f for f in diff.findings if f.entity == "fill:10").id == "recon:fee_mismatch:fill:10"
+
+
+def test_fills_outside_the_window_or_market_are_not_judged() -> None:
+    diff = diff_fills(
+        [fill("5"), fill("20", market="ethusd"), fill("30")], [ex_fill("30")], market="btcusd", from_id=10
+    )
+    assert diff.findings == []
+    assert diff.checked == {"fill:30"}
+
+
+def test_open_orders_respect_the_cache_window() -> None:
+    projected = [
+        order("1"),  # open both sides
+        order("2"),  # open in projection, gone on the exchange: confirm
+        order("3", status="filled"),  # closed in projection, still listed: confirm
+        order("4", age_s=3),  # changed 3 s ago: the cached answer cannot judge it
+        order("5", status="filled", age_s=3),
+    ]
+    exchange = [
+        ExchangeOpenOrder("1", "btcusd", D("1"), T - timedelta(seconds=60)),
+        ExchangeOpenOrder("3", "btcusd", D("1"), T - timedelta(seconds=60)),
+        ExchangeOpenOrder("5", "btcusd", D("1"), T - timedelta(seconds=60)),
+        ExchangeOpenOrder("6", "btcusd", D("1"), T - timedelta(seconds=60)),  # never seen: a finding
+        ExchangeOpenOrder("7", "btcusd", D("1"), T - timedelta(seconds=2)),  # just created: grace
+        ExchangeOpenOrder("8", "ethusd", D("1"), T - timedelta(seconds=60)),  # another market
+    ]
+    diff, confirm = open_order_candidates(projected, exchange, asked_at=T, markets=["btcusd"])
+    assert confirm == ["2", "3"]
+    assert [(f.kind, f.entity) for f in diff.findings] == [("order_missing", "order:6")]
+    assert "order:1" in diff.checked and "order:4" not in diff.checked
+
+
+def test_order_status_mapping() -> None:
+    projected = {o.order_id: o for o in (order("1"), order("2", "filled"), order("3", "replaced"), order("4"))}
+    answers = [
+        ExchangeOrderStatus("1", "Canceled"),
+        ExchangeOrderStatus("2", "Finished"),
+        ExchangeOrderStatus("3", "Canceled"),
+        ExchangeOrderStatus("4", "Cancel pending"),
+        ExchangeOrderStatus("9", "Open"),  # unknown to the projection: not this function's business
+    ]
+    diff = diff_order_status(projected, answers)
+    assert [(f.kind, f.entity) for f in diff.findings] == [("order_status_mismatch", "order:1")]
+    assert diff.checked == {"order:1", "order:2", "order:3"}
+
+
+def test_open_order_remaining_differs() -> None:
+    diff = diff_order_status({"1": order("1", remaining="0.5")}, [ExchangeOrderStatus("1", "Open", D("0.4"))])
+    assert [f.kind for f in diff.findings] == ["order_remaining_mismatch"]
+
+
+def test_balances_arithmetic() -> None:
+    diff = diff_balances([Balance("USD", D(10), D(7), D(3)), Balance("BTC", D(1), D(1), D("0.1"))])
+    assert [f.entity for f in diff.findings] == ["balance:btc"]
+
+
+def row(finding: Finding, status: str = "open") -> DiscrepancyRow:
+    return DiscrepancyRow("acc", finding.id, finding.kind, finding.entity, finding.detail, status, 1, None)  # type: ignore[arg-type]
+
+
+def test_plan_is_idempotent_and_resolves_clean_rechecks() -> None:
+    fee = Finding("fee_mismatch", "fill:10", "fee differs")
+    gone = Finding("fill_unknown_to_exchange", "fill:12", "not on exchange")
+    first = plan(Diff([fee, gone], {"fill:10", "fill:12"}), [])
+    assert first.open == (fee, gone) and first.resolve == ()
+    # Same findings again: nothing new.
+    again = plan(Diff([fee, gone], {"fill:10", "fill:12"}), [row(fee), row(gone)])
+    assert again.open == () and set(again.still_open) == {fee, gone}
+    # fill:10 checked and clean now; fill:12 not checked this time: stays open.
+    later = plan(Diff([], {"fill:10"}), [row(fee), row(gone)])
+    assert [d.discrepancy_id for d in later.resolve] == [fee.id]
+    # A projector-made discrepancy is never resolved by the reconciler.
+    other = DiscrepancyRow("acc", "fill_source_mismatch:10:5", "fill_source_mismatch", "fill:10", "", "open", 5, None)
+    assert plan(Diff([], {"fill:10"}), [other]).resolve == ()
