@@ -120,6 +120,19 @@ def test_conflict_is_quarantined_with_both_payloads(log: EventLog) -> None:
     assert log.read_after(0)[0].payload == entry(1).payload  # the stored row is untouched
 
 
+def test_a_replayed_conflict_is_counted_but_stored_once(log: EventLog) -> None:
+    log.append([entry(1)])
+    for _ in range(2):
+        result = log.append([entry(1, payload="other"), entry(1, payload="other")])
+        assert (result.conflicts, result.appended) == (2, ())
+    third = log.append([entry(1, payload="third")])
+    assert third.quarantined == 1
+    assert [(item.raw, item.existing_payload) for item in log.quarantined()] == [
+        ("other", entry(1).payload),
+        ("third", entry(1).payload),
+    ]
+
+
 def test_conflict_within_one_batch(log: EventLog) -> None:
     result = log.append([entry(1), entry(1, payload="other")])
     assert (result.appended, result.conflicts) == ((1,), 1)

@@ -40,7 +40,7 @@ _PG_LOCK = text("LOCK TABLE event_log IN EXCLUSIVE MODE")
 class AppendResult:
     appended: tuple[int, ...]  # the new rows' seqs, in the order of the batch
     duplicates: int  # same dedup_key, same payload: already stored (or earlier in the batch), not appended again
-    conflicts: int  # same dedup_key, different payload: quarantined with both payloads
+    conflicts: int  # same dedup_key, different payload: quarantined with both payloads (once per distinct payload)
     quarantined: int  # quarantine rows written (the given items plus the conflicts)
     head: Anchor  # the log's head after this append
 
@@ -144,6 +144,7 @@ class EventLog:
             known = self._stored(conn, {entry.dedup_key for entry in entries})
             rows: list[tuple[Any, ...]] = []
             q_rows = [_quarantine_row(item) for item in quarantine]
+            clashes: list[dict[str, Any]] = []
             appended: list[int] = []
             duplicates = conflicts = 0
             stamp = self._stamp
@@ -154,7 +155,7 @@ class EventLog:
                         duplicates += 1
                     else:
                         conflicts += 1
-                        q_rows.append(_conflict_row(entry, seen[0], seen[1]))
+                        clashes.append(_conflict_row(entry, seen[0], seen[1]))
                     continue
                 head += 1
                 link = link_hash(prev, head, entry)
@@ -187,6 +188,8 @@ class EventLog:
             if rows:
                 # The hot path: the driver's executemany with plain tuples (no per-row SQLAlchemy processing).
                 conn.exec_driver_sql(self._insert_sql, rows)
+            if clashes:
+                q_rows += self._new_conflicts(conn, clashes)
             if q_rows:
                 conn.execute(_INSERT_QUARANTINE, q_rows)
         return AppendResult(tuple(appended), duplicates, conflicts, len(q_rows), Anchor(head, prev))
@@ -208,6 +211,23 @@ class EventLog:
             for key, seq, payload in conn.execute(query):
                 found[key] = (seq, payload)
         return found
+
+    @staticmethod
+    def _new_conflicts(conn: Connection, clashes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The conflicts not quarantined yet: a replayed frame that conflicts again is counted, not stored twice."""
+        keys = sorted({row["dedup_key"] for row in clashes})
+        kept: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), _IN_CHUNK):
+            query = select(quarantine.c.dedup_key, quarantine.c.raw).where(
+                quarantine.c.kind == "conflict", quarantine.c.dedup_key.in_(keys[start : start + _IN_CHUNK])
+            )
+            kept.update((key, raw) for key, raw in conn.execute(query))
+        fresh = []
+        for row in clashes:
+            if (row["dedup_key"], row["raw"]) not in kept:
+                kept.add((row["dedup_key"], row["raw"]))
+                fresh.append(row)
+        return fresh
 
     # -- read ----------------------------------------------------------------------------------------------------
 
