@@ -102,7 +102,7 @@ class ProjectionStore:
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
         self._upserts = {name: _upsert(table, engine.dialect.name) for name, table in self.tables.items()}
-        self._checkpoint_upsert = _upsert(projector_checkpoint, engine.dialect.name)
+        self.checkpoint_upsert = _upsert(projector_checkpoint, engine.dialect.name)
 
     # -- reads -----------------------------------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class ProjectionStore:
                 conn.execute(self._upserts[name], [{field: getattr(row, field) for field in fields} for row in rows])
                 written += len(rows)
             conn.execute(
-                self._checkpoint_upsert, [{"name": self.checkpoint_name, "seq": checkpoint, "updated_at": self.clock()}]
+                self.checkpoint_upsert, [{"name": self.checkpoint_name, "seq": checkpoint, "updated_at": self.clock()}]
             )
         return written
 
@@ -256,7 +256,8 @@ class ProjectionStore:
     def count_open_discrepancies(self) -> int:
         table = self.tables["discrepancies"]
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(table).where(table.c.status == "open")).scalar_one())
+            query = select(func.count()).select_from(table).where(table.c.status == "open")
+            return int(conn.execute(query).scalar_one())
 
     def clear(self, conn: Connection) -> None:
         """Delete every row of these tables and their checkpoint (inside the caller's transaction)."""
