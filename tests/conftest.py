@@ -72,7 +72,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest) -> str:
-    """An empty database on each backend (not migrated: use ``migrated_url`` for that)."""
+    """An empty database on each backend (not migrated: tests/store_helpers.py has open_log, which migrates)."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
