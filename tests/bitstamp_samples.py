@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "bitstamp" / "samples"
+# shared/ lies beside the clone (CI lays a copy there); TRACKER_SAMPLES_DIR overrides for other layouts.
+SAMPLES = Path(
+    os.environ.get("TRACKER_SAMPLES_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bitstamp" / "samples"
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PRIVATE_SAMPLE_FILES = (
     "my_orders_order_created.json",
