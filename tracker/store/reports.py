@@ -1,0 +1,89 @@
+"""Read the public views for ``tracker report``: one Core query per report, filtered by account, market and time.
+
+Times: ``since`` is inclusive and ``until`` exclusive (both aware UTC). The fee report filters its ``day`` column
+(``YYYY-MM-DD`` text) by the days the range touches; positions have no time of their own and are kept when one of
+their fills was executed in the range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy import ColumnElement, Engine, Select, exists, select
+
+from tracker.store.projection_schema import VIEWS
+
+ReportKind = Literal["fees", "fills", "orders", "positions"]
+REPORTS: Final[tuple[ReportKind, ...]] = ("fees", "fills", "orders", "positions")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilter:
+    account: str | None = None
+    market: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+def _day(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+def _query(kind: ReportKind, where: ReportFilter) -> Select[Any]:
+    fills = VIEWS["v_fills"]
+    conditions: list[ColumnElement[bool]] = []
+    if kind == "fees":
+        view = VIEWS["v_fees_daily"]
+        if where.since is not None:
+            conditions.append(view.c.day >= _day(where.since))
+        if where.until is not None:  # the last day that has a moment before `until`
+            conditions.append(view.c.day <= _day(where.until - timedelta(microseconds=1)))
+        order = [view.c.day, view.c.market, view.c.account]
+    elif kind == "fills":
+        view = fills
+        conditions += _time_range(view.c.executed_at, where)
+        order = [view.c.executed_at, view.c.trade_id]
+    elif kind == "orders":
+        view = VIEWS["v_orders"]
+        conditions += _time_range(view.c.created_at, where)
+        order = [view.c.created_at, view.c.order_id]
+    else:
+        view = VIEWS["v_positions"]
+        if where.since is not None or where.until is not None:
+            in_range = select(fills.c.trade_id).where(
+                fills.c.account == view.c.account,
+                fills.c.position_id == view.c.position_id,
+                *_time_range(fills.c.executed_at, where),
+            )
+            conditions.append(exists(in_range))
+        order = [view.c.account, view.c.position_id]
+    if where.account is not None:
+        conditions.append(view.c.account == where.account)
+    if where.market is not None:
+        conditions.append(view.c.market == where.market)
+    return select(view).where(*conditions).order_by(*order)
+
+
+def _time_range(column: Any, where: ReportFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if where.since is not None:
+        conditions.append(column >= where.since)
+    if where.until is not None:
+        conditions.append(column < where.until)
+    return conditions
+
+
+def read_report(engine: Engine, kind: ReportKind, where: ReportFilter) -> Report:
+    query = _query(kind, where)
+    with engine.connect() as conn:
+        result = conn.execute(query)
+        columns = tuple(result.keys())
+        return Report(columns, [tuple(row) for row in result])
