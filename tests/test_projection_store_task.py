@@ -1,0 +1,72 @@
+"""The projector task (``tracker.runtime.projector.run_projector``) against a real database: it keeps up with
+appends within a second, reports lag and open discrepancies to the metrics, and stops cleanly when cancelled.
+
+Rules: local databases only (``db_url``: SQLite and PostgreSQL); waits are on the projector's own progress events
+under ``trio.fail_after``, never sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+import trio
+from sqlalchemy import Engine
+from test_projection_store import fake_entries
+
+from tracker.domain.projection import fold
+from tracker.metrics import Metrics
+from tracker.runtime.projector import run_projector
+from tracker.store import migrate
+from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
+from tracker.store.projections import ProjectionStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = open_engine(db_url)
+    migrate.upgrade(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+async def test_projector_keeps_up_within_a_second(engine: Engine) -> None:
+    entries = fake_entries(21, 400)
+    log = EventLog(engine)
+    await trio.to_thread.run_sync(log.append, entries[:300])
+    metrics = Metrics()
+    async with trio.open_nursery() as nursery:
+        status = await nursery.start(partial(run_projector, engine, metrics=metrics))
+        with trio.fail_after(10):  # the backlog at start
+            await status.wait_caught_up(await trio.to_thread.run_sync(log.head))
+        for start in range(300, len(entries), 40):  # live appends, as ingest makes them
+            result = await trio.to_thread.run_sync(log.append, entries[start : start + 40])
+            with trio.fail_after(1.0):
+                await status.wait_caught_up(result.head.seq)
+        assert status.lag == 0
+        assert metrics.projection_lag._value.get() == 0
+        nursery.cancel_scope.cancel()
+    store = ProjectionStore(engine)
+    from tracker.bitstamp.parse import parse_entry
+
+    whole = fold(parse_entry(entry) for page in log.iter_after(0) for entry in page)
+    assert store.all_rows() == whole.to_rows()
+    open_count = sum(1 for row in whole.discrepancies.values() if row.status == "open")
+    assert metrics.discrepancies_open._value.get() == open_count
+
+
+async def test_nudge_wakes_the_projector_before_the_poll(engine: Engine) -> None:
+    log = EventLog(engine)
+    async with trio.open_nursery() as nursery:
+        status = await nursery.start(partial(run_projector, engine, poll_interval=3600))
+        result = await trio.to_thread.run_sync(log.append, fake_entries(22, 20))
+        status.nudge()
+        with trio.fail_after(5):
+            await status.wait_caught_up(result.head.seq)
+        nursery.cancel_scope.cancel()
