@@ -1,0 +1,425 @@
+"""Reconciliation: the projection against the exchange, periodically (``reconcile_interval_s``) and on demand.
+
+One run:
+
+1. a backfill (``Backfiller.run``, reason ``reconcile``) whose ``user_transactions/`` walks start at the
+   reconciliation window (the whole history for a full run, else where the previous reconciliation stopped), so every
+   REST fact it sees is in the log and the exchange's fills of the window are at hand;
+2. the projection catches up with the log (``ProjectionStore.catch_up``: exactly-once, safe beside the projector);
+3. the pure diffs of ``tracker.domain.reconcile``: fills and fees per market; open orders vs ``open_orders/`` with
+   ``order_status/`` confirming each disagreement older than the 10 s cache; order states vs ``order_status/`` for
+   orders closed since the previous run (at most ``max_status_checks``); the balances' own arithmetic;
+4. ``discrepancy`` entries for new findings, ``discrepancy_resolved`` for open reconciliation discrepancies checked
+   again and found clean (ids are stable: ``recon:<kind>:<entity>``), then one ``reconciled`` entry with the summary
+   and the cursors; the projection catches up again so ``v_discrepancies`` shows the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Final
+
+import trio
+from sqlalchemy import select
+
+from tracker.domain import tracker_events as te
+from tracker.domain.money import BadAmount, parse_decimal
+from tracker.domain.reconcile import (
+    Balance,
+    Diff,
+    Finding,
+    diff_balances,
+    diff_fills,
+    diff_order_status,
+    open_order_candidates,
+    plan,
+)
+from tracker.domain.rows import TABLES, DiscrepancyRow, FillRow, OrderRow, Row
+from tracker.exchange.errors import ApiError
+from tracker.exchange.rest import BitstampClient
+from tracker.runtime.backfill import (
+    Backfiller,
+    BackfillOptions,
+    BackfillReport,
+    LogSink,
+    PoliteApi,
+    RateLimiter,
+    ask_order_status,
+    market_names,
+    open_order_row,
+    watch_and_backfill,
+)
+from tracker.runtime.ingest import discover_markets
+from tracker.store.event_log import EventLog
+from tracker.store.projections import ProjectionStore
+
+log = logging.getLogger("tracker.reconciler")
+
+RECONCILE_CHANNEL: Final = "reconcile"
+
+
+# --- reading the projection -----------------------------------------------------------------------------------------
+
+
+class ProjectionReader:
+    """Reads the ``proj_*`` tables for one account (worker threads; catch-up behind the given limiter)."""
+
+    def __init__(self, store: ProjectionStore, event_log: EventLog, limiter: trio.CapacityLimiter) -> None:
+        self.store = store
+        self.log = event_log
+        self.limiter = limiter
+
+    async def catch_up(self) -> int:
+        head = await trio.to_thread.run_sync(self.log.head)
+        return await trio.to_thread.run_sync(partial(self.store.catch_up, self.log, until=head), limiter=self.limiter)
+
+    def _select(self, name: str, *conditions: Any) -> list[Row]:
+        table = self.store.tables[name]
+        row_type = TABLES[name]
+        order = [table.c[column] for column in row_type.KEY]  # type: ignore[attr-defined]
+        with self.store.engine.connect() as conn:
+            return [row_type(*values) for values in conn.execute(select(table).where(*conditions).order_by(*order))]
+
+    async def rows(self, name: str, account: str, **equal: Any) -> list[Any]:
+        table = self.store.tables[name]
+        conditions = [table.c.account == account, *(table.c[k] == v for k, v in equal.items())]
+        return await trio.to_thread.run_sync(lambda: self._select(name, *conditions))
+
+    async def fills(self, account: str, market: str) -> list[FillRow]:
+        return await self.rows("fills", account, market=market)
+
+    async def open_orders(self, account: str) -> list[OrderRow]:
+        return await self.rows("orders", account, status="open")
+
+    async def orders(self, account: str) -> dict[str, OrderRow]:
+        return {o.order_id: o for o in await self.rows("orders", account)}
+
+    async def discrepancies(self, account: str) -> list[DiscrepancyRow]:
+        return await self.rows("discrepancies", account)
+
+
+# --- one run --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconcileResult:
+    findings: list[Finding]
+    opened: list[Finding]
+    resolved: list[DiscrepancyRow]
+    unresolved: list[DiscrepancyRow]  # every open discrepancy of the account afterwards (any kind)
+    checked: int
+    report: BackfillReport
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileOptions:
+    max_status_checks: int = 200
+    cache_s: float = 10.0
+    grace_s: float = 5.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        backfiller: Backfiller,
+        reader: ProjectionReader,
+        *,
+        options: ReconcileOptions | None = None,
+        wall: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.backfiller = backfiller
+        self.reader = reader
+        self.options = options or ReconcileOptions()
+        self.wall = wall or backfiller.wall
+        self.runs = 0
+
+    @property
+    def account(self) -> str:
+        return self.backfiller.account
+
+    def _entry(self, event: str, data: dict[str, Any]) -> Any:
+        return te.tracker_entry(
+            account=self.account,
+            event=event,
+            data=data,
+            received_at=self.backfiller.wall(),
+            uid=self.backfiller.uid(),
+            channel=RECONCILE_CHANNEL,
+        )
+
+    async def run_once(self, *, full: bool = False) -> ReconcileResult:
+        started = trio.current_time()
+        bf = self.backfiller
+        previous = await bf.sink.latest(self.account, RECONCILE_CHANNEL, te.RECONCILED) or {}
+        prev_cursors = previous.get("user_transactions") if isinstance(previous, dict) else None
+        prev_seq = int(previous.get("checkpoint", 0)) if isinstance(previous, dict) else 0
+        if full or not isinstance(prev_cursors, dict):
+            walk_from = dict.fromkeys(bf.markets, 0)
+            prev_seq = 0
+        else:
+            walk_from = {m: int(prev_cursors.get(m, 0)) for m in bf.markets}
+        report = await bf.run("reconcile", user_transactions_from=walk_from, check_orders=False)
+        checkpoint = await self.reader.catch_up()
+        diff = Diff()
+        errors = dict(report.errors)
+        for market in bf.markets:
+            if f"user_transactions:{market}" in report.errors:
+                continue  # the window was not fully read: judge it next time
+            projected = await self.reader.fills(self.account, market)
+            diff.extend(
+                diff_fills(
+                    projected,
+                    report.fills_seen.get(market, []),
+                    market=market,
+                    from_id=report.walk_from.get(market, 0),
+                )
+            )
+        try:
+            diff.extend(await self._orders(report, prev_seq, full=full))
+        except ApiError as exc:
+            errors["orders"] = str(exc)
+        try:
+            diff.extend(await self._balances())
+        except ApiError as exc:
+            errors["account_balances"] = str(exc)
+        existing = await self.reader.discrepancies(self.account)
+        todo = plan(diff, existing)
+        entries = [
+            self._entry(te.DISCREPANCY, {"id": f.id, "kind": f.kind, "entity": f.entity, "detail": f.detail})
+            for f in todo.open
+        ]
+        entries += [
+            self._entry(
+                te.DISCREPANCY_RESOLVED, {"id": d.discrepancy_id, "detail": f"checked again: clean ({d.detail})"}
+            )
+            for d in todo.resolve
+        ]
+        summary = {
+            "full": full,
+            "checked": len(diff.checked),
+            "findings": len(diff.findings),
+            "opened": [f.id for f in todo.open],
+            "resolved": [d.discrepancy_id for d in todo.resolve],
+            "still_open": [f.id for f in todo.still_open],
+            "errors": errors,
+            "requests_total": sum(report.requests.values()),
+            "duration_s": round(trio.current_time() - started, 3),
+            "user_transactions": {m: report.cursors.user_transactions.get(m, 0) for m in bf.markets},
+            "checkpoint": checkpoint,
+        }
+        entries.append(self._entry(te.RECONCILED, summary))
+        await bf.sink.append(entries)
+        await self.reader.catch_up()
+        unresolved = [d for d in await self.reader.discrepancies(self.account) if d.status == "open"]
+        self.runs += 1
+        log.info(
+            "reconciled: %d checked, %d new discrepancies, %d resolved, %d unresolved",
+            len(diff.checked),
+            len(todo.open),
+            len(todo.resolve),
+            len(unresolved),
+        )
+        return ReconcileResult(
+            diff.findings, list(todo.open), list(todo.resolve), unresolved, len(diff.checked), report, errors
+        )
+
+    async def _orders(self, report: BackfillReport, since_seq: int, *, full: bool) -> Diff:
+        bf = self.backfiller
+        api = bf.api
+        asked_at = self.wall()
+        rows = await api.call("open_orders", api.client.open_orders)
+        exchange_open = [o for r in rows if isinstance(r, dict) and (o := open_order_row(r)) is not None]
+        orders = await self.reader.orders(self.account)
+        diff, confirm = open_order_candidates(
+            orders.values(),
+            exchange_open,
+            asked_at=asked_at,
+            markets=bf.markets,
+            cache_s=self.options.cache_s,
+            grace_s=self.options.grace_s,
+        )
+        # Orders closed since the previous run (all closed ones on a full run), newest first, within the budget.
+        recent = sorted(
+            (o for o in orders.values() if o.status != "open" and (full or o.last_seq > since_seq)),
+            key=lambda o: o.last_seq,
+            reverse=True,
+        )
+        budget = self.options.max_status_checks
+        wanted = list(dict.fromkeys([*confirm, *(o.order_id for o in recent)]))[:budget]
+        statuses = await ask_order_status(bf, report, wanted)
+        return diff.extend(diff_order_status(orders, statuses))
+
+    async def _balances(self) -> Diff:
+        api = self.backfiller.api
+        rows = await api.call("account_balances", api.client.account_balances)
+        balances = []
+        for r in rows:
+            if not isinstance(r, dict) or not r.get("currency"):
+                continue
+            try:
+                balances.append(
+                    Balance(
+                        str(r["currency"]),
+                        parse_decimal(r.get("total")),
+                        parse_decimal(r.get("available")),
+                        parse_decimal(r.get("reserved")),
+                    )
+                )
+            except BadAmount:
+                continue
+        return diff_balances(balances)
+
+
+async def run_periodic(
+    reconciler: Reconciler,
+    *,
+    interval_s: float,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Reconcile every ``interval_s`` (first run after one interval: start-up already backfills) until ``stop``."""
+    task_status.started()
+    while True:
+        with trio.move_on_after(interval_s):
+            await stop.wait()
+        if stop.is_set():
+            return
+        try:
+            await reconciler.run_once()
+        except ApiError as exc:
+            log.warning("reconciliation failed: %s (next try in %g s)", exc, interval_s)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_discrepancies(rows: Sequence[DiscrepancyRow], fmt: str = "table") -> str:
+    """Pure formatting of unresolved discrepancies (``tracker reconcile`` prints it)."""
+    import json
+
+    if fmt == "json":
+        return json.dumps(
+            [
+                {"id": d.discrepancy_id, "kind": d.kind, "entity": d.entity, "detail": d.detail, "status": d.status,
+                 "opened_seq": d.opened_seq}
+                for d in rows
+            ],
+            indent=2,
+        )  # fmt: skip
+    if not rows:
+        return "no unresolved discrepancies"
+    header = ("kind", "entity", "detail")
+    table = [header, *((d.kind, d.entity, d.detail) for d in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(2)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in table]
+    return "\n".join([*lines, f"{len(rows)} unresolved discrepanc{'y' if len(rows) == 1 else 'ies'}"])
+
+
+# --- wiring into ``run_tracker`` ------------------------------------------------------------------------------------
+
+
+def recovery_task(
+    *,
+    started_at: datetime | None = None,
+    client_factory: Callable[[Any], BitstampClient] | None = None,
+    reconcile_interval_s: float | None = None,
+    backfill_options: BackfillOptions | None = None,
+    limiter: RateLimiter | None = None,
+) -> Callable[..., Any]:
+    """An ``extra_tasks`` starter for ``run_tracker``: the backfill watcher and the periodic reconciler.
+
+    Build it just before ``run_tracker`` (``started_at`` defaults to now: the log entries of this run are the ones
+    received from then on, and the start-up window runs from the previous run's last entry). The starter makes its own
+    ``BitstampClient`` from the settings (or ``client_factory(settings)``), shares the service's ``db_limiter`` for
+    appends, and exposes the ``Backfiller`` and ``Reconciler`` as ``services.extra["backfiller"|"reconciler"]``.
+    ``reconcile_interval_s`` defaults to ``settings.reconcile_interval_s`` (0 or less: no periodic runs).
+    """
+    since = started_at or utc_now()
+
+    async def run_recovery(services: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        settings = services.settings
+        if client_factory is not None:
+            client = client_factory(settings)
+        else:
+            key, secret = settings.require_credentials()
+            client = BitstampClient(settings.api_url, key, secret)
+        async with client:
+            api = PoliteApi(client, limiter)
+            markets = tuple(settings.markets) if settings.markets else await discover_markets(client)
+            names = await market_names(api)
+            account = str(services.account)
+            reader = ProjectionReader(ProjectionStore(services.log.engine), services.log, trio.CapacityLimiter(1))
+
+            async def projected_open_orders() -> list[OrderRow]:
+                await reader.catch_up()
+                return await reader.open_orders(account)
+
+            backfiller = Backfiller(
+                api,
+                LogSink(services.log, services.db_limiter),
+                account=account,
+                markets=markets,
+                names=names,
+                options=backfill_options,
+                projected_open_orders=projected_open_orders,
+            )
+            reconciler = Reconciler(backfiller, reader)
+            services.extra["backfiller"] = backfiller
+            services.extra["reconciler"] = reconciler
+            interval = settings.reconcile_interval_s if reconcile_interval_s is None else reconcile_interval_s
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(
+                        watch_and_backfill,
+                        backfiller,
+                        stop=services.stop,
+                        committed=lambda: services.writer_stats.committed,
+                        started_at=since,
+                    )
+                )
+                if interval and interval > 0:
+                    await nursery.start(partial(run_periodic, reconciler, interval_s=interval, stop=services.stop))
+                task_status.started()
+
+    return run_recovery
+
+
+async def reconcile_once(
+    settings: Any,
+    engine: Any,
+    *,
+    full: bool = True,
+    options: ReconcileOptions | None = None,
+    client: BitstampClient | None = None,
+    wall: Callable[[], datetime] | None = None,
+) -> ReconcileResult:
+    """``tracker reconcile``: one backfill and reconciliation run outside the service (projects the log itself)."""
+    event_log = EventLog(engine)
+    own = client is None
+    if client is None:
+        key, secret = settings.require_credentials()
+        client = BitstampClient(settings.api_url, key, secret)
+    try:
+        api = PoliteApi(client)
+        token = await api.call("websockets_token", client.websockets_token)
+        account = token.user_id
+        markets = tuple(settings.markets) if settings.markets else await discover_markets(client)
+        names = await market_names(api)
+        reader = ProjectionReader(ProjectionStore(engine), event_log, trio.CapacityLimiter(1))
+        backfiller = Backfiller(
+            api,
+            LogSink(event_log, trio.CapacityLimiter(1)),
+            account=account,
+            markets=markets,
+            names=names,
+        )
+        return await Reconciler(backfiller, reader, options=options, wall=wall).run_once(full=full)
+    finally:
+        if own:
+            await client.aclose()
