@@ -20,12 +20,13 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
+from subprocess import DEVNULL
 from typing import Any
 
 import pytest
@@ -146,8 +147,8 @@ def assert_equals_truth(fx: FakeExchange, db_url: str) -> dict[str, list[Any]]:
         want = truth_fills.get(f.trade_id)
         if f.source == "rest" and executed.microsecond == 0 and want is not None:
             # the exchange's row had whole seconds only: compare to the second
-            want = {**want, "executed_at": datetime.fromisoformat(want["executed_at"]).replace(microsecond=0).isoformat()}
-            truth_fills[f.trade_id] = want
+            whole = datetime.fromisoformat(want["executed_at"]).replace(microsecond=0)
+            truth_fills[f.trade_id] = {**want, "executed_at": whole.isoformat()}
         mine_fills[f.trade_id] = {
             "trade_id": f.trade_id, "order_id": f.order_id, "market": f.market, "side": f.side, "amount": _d(f.amount),
             "price": _d(f.price), "fee": _d(f.fee), "executed_at": executed.isoformat(),
@@ -231,3 +232,58 @@ async def test_window_is_backfilled_and_projection_equals_truth(fault: str, sqli
     assert {g["gap_id"] for g in gaps} <= closed_ids, "every gap is closed by a backfill_completed"
     assert sum(d["found"].get("user_transactions", 0) for d in done) > 0
     assert sum(d["found"].get("account_order_data", 0) for d in done) > 0
+
+
+def ws_payloads(db_url: str) -> set[str]:
+    engine = open_engine(db_url)
+    try:
+        return {e.payload for page in EventLog(engine).iter_after(0) for e in page if e.source == "ws"}
+    finally:
+        engine.dispose()
+
+
+async def test_kill_9_of_tracker_run_then_restart(sqlite_url: str) -> None:
+    """``tracker run`` (a real process) is killed with SIGKILL while frames are in flight; activity goes on while it
+    is down (this stands in for "20 s later": what matters is what happened meanwhile, not the wall time); the restart
+    records the start-up window from the dead run's last entry and backfills it."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=5, markets=MARKETS) as fx:
+        env = {
+            **os.environ,
+            "TRACKER_DB_URL": sqlite_url,
+            "BITSTAMP_API_KEY": fx.api_key,
+            "BITSTAMP_API_SECRET": fx.api_secret,
+            "BITSTAMP_API_URL": fx.api_url,
+            "BITSTAMP_WS_URL": fx.ws_url,
+            "TRACKER_MARKETS": ",".join(MARKETS),
+        }
+        env.pop("TRACKER_CONFIG", None)
+        async with trio.open_nursery() as nursery:
+            command = [sys.executable, "-m", "tracker", "run"]
+            run = partial(trio.run_process, command, env=env, check=False, stdout=DEVNULL, stderr=DEVNULL)
+            proc = await nursery.start(run)
+            with trio.fail_after(30):
+                await fx.wait_subscribed(fx.private_channels())
+                wanted = {e.text for e in await fx.generate(200)}
+                # Another process writes the log: poll the database (bounded by the deadline above).
+                while not wanted <= ws_payloads(sqlite_url):  # noqa: ASYNC110 (no event crosses processes)
+                    await trio.sleep(0.05)
+            fx.pause_delivery()  # what the dead process had in flight is lost with it
+            with no_self_trades(fx):
+                await fx.generate(100)
+                proc.kill()  # SIGKILL: no lossless close, no "closed" entry
+                await proc.wait()
+                assert proc.returncode == -signal.SIGKILL
+                await fx.wait_connections(0)
+                await fx.generate(200)  # while tracker is down
+            fx.resume_delivery()
+        killed_at = datetime.now(UTC)
+        async with tracker_running(fx, sqlite_url, started_at=killed_at) as tracker:
+            await fx.wait_subscribed(fx.private_channels())
+            await tracker.backfiller.wait_runs(1)
+            await wait_logged(tracker, await fx.generate(100))
+            await tracker.backfiller.run("test")
+        assert_equals_truth(fx, sqlite_url)
+    [startup] = [g for g in tracker_events(sqlite_url, "gap_detected") if g.get("reason") == "start-up"]
+    assert startup["start"] is not None and datetime.fromisoformat(startup["start"]) < killed_at
+    assert set(startup["channels"]) == set(fx.private_channels())
