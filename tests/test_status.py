@@ -1,0 +1,160 @@
+"""``tracker status`` against a database produced by a real run: the fake exchange (loopback, port 0) → ``run_tracker``
+with the projector → SQLite; the CLI (``tracker.cli.main``) reads it while the run is live and after it stopped.
+
+Rules: loopback only, port 0, an absolute timeout; waits are on the writer's commits and the fake's hub, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tracker.cli import main
+from tracker.config import Secret, Settings
+from tracker.domain import tracker_events as te
+from tracker.fake.server import open_fake_exchange
+from tracker.runtime.ingest import IngestOptions
+from tracker.runtime.projector import run_projector
+from tracker.runtime.service import Services, run_tracker
+from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
+from tracker.store.migrate import upgrade
+
+pytestmark = pytest.mark.timeout(60)
+
+MARKETS = ("btcusd", "btcusd-perp")
+FAST = IngestOptions(heartbeat_interval=0.5, heartbeat_timeout=1.0, backoff_base=0.05, backoff_cap=0.5)
+
+
+def status(capsys: pytest.CaptureFixture[str], url: str, *extra: str) -> str:
+    code = main(["status", "--db-url", url, *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+async def status_json(capsys: pytest.CaptureFixture[str], url: str) -> dict[str, Any]:
+    # The CLI is synchronous (its own engine, its own trio-free code): run it off the trio thread, like a 2nd process.
+    out = await trio.to_thread.run_sync(partial(status, capsys, url, "--format", "json"))
+    return dict(json.loads(out))
+
+
+async def wait_committed(services: Services, predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await services.writer_stats.committed.wait()
+
+
+async def projector(engine: Any, services: Services, *, task_status: trio.TaskStatus[Any]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(await nursery.start(partial(run_projector, engine)))
+        await services.stop.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_status_of_a_live_run_and_after_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    upgrade(url)
+    engine = open_engine(url)
+    log = EventLog(engine)
+    try:
+        async with open_fake_exchange(seed=3, markets=MARKETS) as fx:
+            settings = Settings(
+                db_url=url,
+                api_key=Secret(fx.api_key),
+                api_secret=Secret(fx.api_secret),
+                api_url=fx.api_url,
+                ws_url=fx.ws_url,
+                markets=MARKETS,
+            )
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                services: Services = await nursery.start(
+                    partial(
+                        run_tracker,
+                        settings,
+                        log,
+                        stop=stop,
+                        handle_signals=False,
+                        ingest_options=FAST,
+                        extra_tasks=[partial(projector, engine)],
+                    )
+                )
+                channels = fx.private_channels()
+                await fx.wait_subscribed(channels)
+                await fx.generate(60)
+                await fx.send_malformed()
+                await wait_committed(services, lambda: services.writer_stats.quarantined >= 1)
+                await wait_committed(services, lambda: "subscribed" in {e.event for e in log.read_after(0, 10)})
+
+                live = await status_json(capsys, url)
+                assert live["log"]["head"] >= 3
+                assert [c["state"] for c in live["connections"]["live"]] == ["subscribed"]
+                connection = live["connections"]["live"][0]["id"]
+                by_channel = {c["channel"]: c for c in live["channels"]}
+                assert set(channels) <= set(by_channel)
+                for name in channels:
+                    assert by_channel[name]["state"] == "subscribed"
+                    assert by_channel[name]["connection"] == connection
+                logged = [c for c in live["channels"] if c["entries"]]
+                assert logged and all(c["last_event"] and c["age_s"] is not None for c in logged)
+                assert live["projection"]["checkpoint"] is not None and live["projection"]["lag"] >= 0
+                assert live["quarantine"]["by_kind"] == {"malformed": 1}
+                assert live["quarantine"]["latest"][0]["kind"] == "malformed"
+                stop.set()
+    finally:
+        engine.dispose()
+
+    # Gaps as the backfill task records them: gap_detected with a gap_id, closed by a backfill_completed naming it.
+    now = datetime.now(UTC)
+    account = str(fx.user_id)
+
+    def entry(event: str, data: dict[str, object], uid: str) -> Any:
+        return te.tracker_entry(account=account, event=event, data=data, received_at=now, uid=uid, channel="backfill")
+
+    engine = open_engine(url)
+    try:
+        EventLog(engine).append(
+            [
+                entry(te.GAP_DETECTED, {"gap_id": "gap:a", "trigger": "reconnect"}, "g1"),
+                entry(te.GAP_DETECTED, {"gap_id": "gap:b", "trigger": "chain_break"}, "g2"),
+                entry(te.BACKFILL_COMPLETED, {"gap_ids": ["gap:a"]}, "b1"),
+            ]
+        )
+        head = EventLog(engine).head()
+    finally:
+        engine.dispose()
+
+    after = await status_json(capsys, url)
+    assert after["log"]["head"] == head
+    assert after["connections"]["live"] == []
+    assert after["connections"]["last_closed"]["id"] == connection
+    assert after["connections"]["last_closed"]["reason"] == "stopped"
+    assert all(c["state"] == "not subscribed" and c["connection"] is None for c in after["channels"])
+    assert after["gaps"]["closed_count"] == 1
+    assert [g["gap_id"] for g in after["gaps"]["open"]] == ["gap:b"]
+    assert after["projection"]["lag"] == head - after["projection"]["checkpoint"]
+    assert isinstance(after["discrepancies"]["unresolved"], int)
+
+    text = await trio.to_thread.run_sync(partial(status, capsys, url))
+    assert f"log: head seq {head}, last entry" in text
+    assert "connections: 0 live, 1 closed" in text
+    assert f"last closed: {connection} (stopped)" in text
+    assert "gaps: 1 open, 1 closed (filled by backfill)" in text
+    assert "quarantine: 1 frame (malformed 1)" in text
+    assert "projection: checkpoint seq" in text
+
+
+def test_status_of_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    upgrade(url)
+    text = status(capsys, url)
+    assert "log: head seq 0 (empty)" in text
+    assert "projection: never ran" in text
+    assert json.loads(status(capsys, url, "--format", "json"))["channels"] == []

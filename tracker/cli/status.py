@@ -1,0 +1,197 @@
+"""``tracker status``: the tracker's state as the database records it (works while ``tracker run`` runs, or not).
+
+Per channel the last entry and its age, the connections' state, projection lag, open and closed gaps, unresolved
+discrepancies and the quarantine. ``--format json`` for machines. Read-only: it never creates or migrates anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from tracker.cli import add_common_flags
+from tracker.config import hide_password, load_settings
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status", help="channels, connections, projection lag, gaps, discrepancies and quarantine, from the database"
+    )
+    add_common_flags(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    parser.set_defaults(func=cmd_status)
+
+
+def format_age(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    seconds = max((now - moment).total_seconds(), 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} d ago"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _short(connection_id: str | None) -> str:
+    if connection_id is None:
+        return "-"
+    return connection_id if len(connection_id) <= 11 else connection_id[:11] + "…"
+
+
+def status_json(status: Any, now: datetime) -> dict[str, Any]:
+    def age(moment: datetime | None) -> float | None:
+        return None if moment is None else round(max((now - moment).total_seconds(), 0.0), 3)
+
+    return {
+        "now": _iso(now),
+        "log": {"head": status.head, "last_at": _iso(status.head_at), "age_s": age(status.head_at)},
+        "projection": {
+            "checkpoint": status.checkpoint,
+            "lag": status.projection_lag,
+            "updated_at": _iso(status.checkpoint_at),
+        },
+        "channels": [
+            {
+                "channel": c.channel,
+                "state": c.state,
+                "connection": c.connection,
+                "entries": c.entries,
+                "last_seq": c.last_seq,
+                "last_event": c.last_event,
+                "last_at": _iso(c.last_at),
+                "age_s": age(c.last_at),
+            }
+            for c in status.channels
+        ],
+        "connections": {
+            "live": [
+                {"id": c.connection_id, "state": c.state, "channels": c.channels, "since": _iso(c.since), "seq": c.seq}
+                for c in status.connections
+            ],
+            "closed": status.closed_connections,
+            "last_closed": None
+            if status.last_closed is None
+            else {
+                "id": status.last_closed.connection_id,
+                "reason": status.last_closed.reason,
+                "at": _iso(status.last_closed.since),
+            },
+        },
+        "gaps": {
+            "open": [
+                {
+                    "gap_id": g.gap_id,
+                    "seq": g.seq,
+                    "detected_at": _iso(g.detected_at),
+                    "market": g.market,
+                    "trigger": g.trigger,
+                }
+                for g in status.gaps_open
+            ],
+            "open_count": len(status.gaps_open),
+            "closed_count": status.gaps_closed,
+        },
+        "discrepancies": {
+            "unresolved": status.discrepancies_open,
+            "latest": [{k: _plain(v) for k, v in d.items()} for d in status.discrepancies],
+        },
+        "quarantine": {
+            "by_kind": status.quarantine_by_kind,
+            "total": sum(status.quarantine_by_kind.values()),
+            "latest": [
+                {
+                    "id": q.id,
+                    "kind": q.kind,
+                    "reason": q.reason,
+                    "channel": q.channel,
+                    "received_at": _iso(q.received_at),
+                }
+                for q in status.quarantine_latest
+            ],
+        },
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, datetime):
+        return _iso(value)
+    return str(value)
+
+
+def format_status(status: Any, now: datetime, where: str) -> str:
+    lines = [f"database {where}"]
+    lines.append(
+        f"log: head seq {status.head}"
+        + (f", last entry {format_age(status.head_at, now)}" if status.head else " (empty)")
+    )
+    if status.checkpoint is None:
+        lines.append("projection: never ran (`tracker run` projects as it goes; `tracker rebuild` does it at once)")
+    else:
+        lines.append(
+            f"projection: checkpoint seq {status.checkpoint}, lag {status.projection_lag} events"
+            f" (updated {format_age(status.checkpoint_at, now)})"
+        )
+    lines.append(f"connections: {len(status.connections)} live, {status.closed_connections} closed")
+    for c in status.connections:
+        lines.append(f"  {c.connection_id}  {c.state}, {c.channels} channels (since {format_age(c.since, now)})")
+    if status.last_closed is not None:
+        lc = status.last_closed
+        lines.append(f"  last closed: {lc.connection_id} ({lc.reason or 'no reason'}) {format_age(lc.since, now)}")
+    if not status.connections and status.head:
+        lines.append("  (no live connection logged: `tracker run` is not running, or has not connected yet)")
+    lines.append(f"channels: {len(status.channels)}")
+    if status.channels:
+        width = max(len(c.channel) for c in status.channels)
+        lines.append(f"  {'channel':<{width}}  {'state':<14} {'connection':<12}  {'entries':>7}  last entry")
+        for c in status.channels:
+            last = f"{c.last_event} (seq {c.last_seq}) {format_age(c.last_at, now)}" if c.last_seq else "no entry yet"
+            lines.append(f"  {c.channel:<{width}}  {c.state:<14} {_short(c.connection):<12}  {c.entries:>7}  {last}")
+    lines.append(f"gaps: {len(status.gaps_open)} open, {status.gaps_closed} closed (filled by backfill)")
+    for g in status.gaps_open:
+        detail = ", ".join(x for x in (g.market, g.trigger) if x)
+        lines.append(
+            f"  open: {g.gap_id} at seq {g.seq}, {format_age(g.detected_at, now)}{f' ({detail})' if detail else ''}"
+        )
+    lines.append(f"discrepancies: {status.discrepancies_open} unresolved")
+    for d in status.discrepancies:
+        lines.append(f"  {d.get('id')}: {d.get('kind')} {d.get('entity')} (seq {d.get('opened_seq')})")
+    total = sum(status.quarantine_by_kind.values())
+    kinds = ", ".join(f"{kind} {n}" for kind, n in status.quarantine_by_kind.items())
+    lines.append(f"quarantine: {total} frame{'' if total == 1 else 's'}" + (f" ({kinds})" if kinds else ""))
+    for q in status.quarantine_latest:
+        reason = q.reason if len(q.reason) <= 80 else q.reason[:79] + "…"
+        lines.append(f"  #{q.id} {q.kind} {format_age(q.received_at, now)} on {q.channel or '-'}: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import sys
+
+    from tracker.store.engine import open_engine
+    from tracker.store.migrate import check_schema
+    from tracker.store.status import read_status
+
+    settings = load_settings(flags={"db_url": args.db_url})
+    engine = open_engine(settings.db_url, write=False)
+    try:
+        check_schema(engine)
+        status = read_status(engine)
+    finally:
+        engine.dispose()
+    now = datetime.now(UTC)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(status_json(status, now), indent=1) + "\n")
+    else:
+        sys.stdout.write(format_status(status, now, hide_password(settings.db_url)))
+    return 0

@@ -1,0 +1,272 @@
+"""Status queries for ``tracker status``: what the database says about the tracker, whether ``run`` is running or not.
+
+Everything here is read from the log and the projection store only, in one read transaction:
+
+- per channel, the last entry received on it and when (``source = 'ws'`` frames);
+- per connection, its state from the newest lifecycle entry (``connected``, ``subscribed``, ``subscribe_failed``,
+  ``ws_error``, ``reconnect_requested``, ``stalled``, ``closed``). A connection that never logged ``closed`` (the
+  process was killed) but whose every channel was subscribed again by a newer connection is shown as superseded;
+- projection lag: the log head minus the projector's checkpoint;
+- gaps: each ``gap_detected`` (its ``data.gap_id``) is closed when a later ``backfill_completed`` lists that id in
+  ``data.gap_ids``; the rest are open;
+- unresolved discrepancies (``v_discrepancies``) and the quarantine (count by kind, the newest few).
+
+A database only knows what was logged: if ``run`` was killed, the last state stays as it was. Ages help judge that.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select
+
+from tracker.domain import tracker_events as te
+from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
+from tracker.store.schema import event_log, quarantine
+
+LIFECYCLE: tuple[str, ...] = (
+    te.CONNECTED,
+    te.SUBSCRIBED,
+    te.SUBSCRIBE_FAILED,
+    te.WS_ERROR,
+    te.RECONNECT_REQUESTED,
+    te.STALLED,
+    te.CLOSED,
+)
+STATE_OF_EVENT: dict[str, str] = {
+    te.CONNECTED: "subscribing",
+    te.SUBSCRIBED: "subscribed",
+    te.SUBSCRIBE_FAILED: "subscribing (a subscribe failed)",
+    te.WS_ERROR: "error (bts:error)",
+    te.RECONNECT_REQUESTED: "replacing (the server requested a reconnect)",
+    te.STALLED: "stalled",
+    te.CLOSED: "closed",
+}
+LATEST_SHOWN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatus:
+    channel: str
+    entries: int
+    last_seq: int | None
+    last_event: str | None
+    last_at: datetime | None
+    connection: str | None  # the live connection subscribed to it, if any
+    state: str  # subscribed, stalled, ..., or "not subscribed"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    connection_id: str
+    state: str
+    since: datetime  # the newest lifecycle entry's time
+    seq: int
+    channels: int
+    reason: str | None = None  # closed: why
+
+
+@dataclass(frozen=True, slots=True)
+class GapStatus:
+    gap_id: str
+    seq: int
+    detected_at: datetime
+    market: str | None
+    trigger: str | None
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineStatus:
+    id: int
+    kind: str
+    reason: str
+    channel: str | None
+    received_at: datetime
+
+
+@dataclass
+class Status:
+    head: int
+    head_at: datetime | None
+    checkpoint: int | None  # None: the projector never ran
+    checkpoint_at: datetime | None
+    channels: list[ChannelStatus] = field(default_factory=list)
+    connections: list[ConnectionStatus] = field(default_factory=list)  # live (not closed, not superseded)
+    closed_connections: int = 0
+    last_closed: ConnectionStatus | None = None
+    gaps_open: list[GapStatus] = field(default_factory=list)
+    gaps_closed: int = 0
+    discrepancies_open: int = 0
+    discrepancies: list[dict[str, Any]] = field(default_factory=list)  # the newest unresolved ones
+    quarantine_by_kind: dict[str, int] = field(default_factory=dict)
+    quarantine_latest: list[QuarantineStatus] = field(default_factory=list)
+
+    @property
+    def projection_lag(self) -> int | None:
+        return None if self.checkpoint is None else max(self.head - self.checkpoint, 0)
+
+
+def _data(payload: str) -> dict[str, Any]:
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return {}
+    data = message.get("data") if isinstance(message, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _head(conn: Connection) -> tuple[int, datetime | None]:
+    row = conn.execute(
+        select(event_log.c.seq, event_log.c.received_at).order_by(event_log.c.seq.desc()).limit(1)
+    ).first()
+    return (0, None) if row is None else (int(row.seq), row.received_at)
+
+
+def _checkpoint(conn: Connection) -> tuple[int | None, datetime | None]:
+    query = select(projector_checkpoint.c.seq, projector_checkpoint.c.updated_at).where(
+        projector_checkpoint.c.name == CHECKPOINT_NAME
+    )
+    row = conn.execute(query).first()
+    return (None, None) if row is None else (int(row.seq), row.updated_at)
+
+
+def _connections(
+    conn: Connection,
+) -> tuple[list[ConnectionStatus], int, ConnectionStatus | None, dict[str, str | None]]:
+    """(live connections, how many closed, the newest closed, channel -> live connection subscribed to it)."""
+    t = event_log.c
+    lifecycle = (t.source == "tracker", t.connection_id.is_not(None), t.event.in_(LIFECYCLE))
+    newest = select(func.max(t.seq)).where(*lifecycle).group_by(t.connection_id)
+    rows = conn.execute(
+        select(t.seq, t.connection_id, t.event, t.received_at, t.payload).where(t.seq.in_(newest.scalar_subquery()))
+    ).all()
+    # Which channels each connection subscribed (its newest `subscribed`), and the newest subscriber of each channel.
+    subscribed = conn.execute(
+        select(t.seq, t.connection_id, t.payload).where(t.source == "tracker", t.event == te.SUBSCRIBED).order_by(t.seq)
+    ).all()
+    channels_of: dict[str, tuple[str, ...]] = {}
+    newest_subscriber: dict[str, str] = {}
+    for row in subscribed:
+        channels = tuple(str(c) for c in _data(row.payload).get("channels", []) if isinstance(c, str))
+        channels_of[row.connection_id] = channels
+        for channel in channels:
+            newest_subscriber[channel] = row.connection_id
+    live: list[ConnectionStatus] = []
+    closed = 0
+    last_closed: ConnectionStatus | None = None
+    for row in sorted(rows, key=lambda r: r.seq):
+        data = _data(row.payload)
+        channels = channels_of.get(row.connection_id, ())
+        count = len(channels) or int(data.get("channels", 0) if isinstance(data.get("channels"), int) else 0)
+        if row.event == te.CLOSED:
+            closed += 1
+            last_closed = ConnectionStatus(
+                row.connection_id, "closed", row.received_at, row.seq, count, str(data.get("reason") or "") or None
+            )
+            continue
+        if channels and not any(newest_subscriber.get(c) == row.connection_id for c in channels):
+            closed += 1  # killed without a `closed` entry; a newer connection took every channel over
+            continue
+        live.append(ConnectionStatus(row.connection_id, STATE_OF_EVENT[row.event], row.received_at, row.seq, count))
+    live_ids = {c.connection_id for c in live}
+    # Every channel ever subscribed; mapped to its connection while that one is live.
+    channel_conn = {ch: (cid if cid in live_ids else None) for ch, cid in newest_subscriber.items()}
+    return live, closed, last_closed, channel_conn
+
+
+def _channels(conn: Connection, channel_conn: dict[str, str | None], states: dict[str, str]) -> list[ChannelStatus]:
+    t = event_log.c
+    per_channel = conn.execute(
+        select(t.channel, func.count(), func.max(t.seq)).where(t.source == "ws").group_by(t.channel)
+    ).all()
+    last_seqs = [int(seq) for _, _, seq in per_channel]
+    last: dict[int, Any] = {}
+    for start in range(0, len(last_seqs), 500):
+        chunk = last_seqs[start : start + 500]
+        for row in conn.execute(select(t.seq, t.event, t.received_at).where(t.seq.in_(chunk))):
+            last[int(row.seq)] = row
+    out: dict[str, ChannelStatus] = {}
+    for channel, count, seq in per_channel:
+        row = last.get(int(seq))
+        cid = channel_conn.get(channel)
+        out[channel] = ChannelStatus(
+            channel,
+            int(count),
+            int(seq),
+            row.event if row is not None else None,
+            row.received_at if row is not None else None,
+            cid,
+            states[cid] if cid else "not subscribed",
+        )
+    for channel, cid in channel_conn.items():
+        if channel not in out:
+            out[channel] = ChannelStatus(channel, 0, None, None, None, cid, states[cid] if cid else "not subscribed")
+    return [out[name] for name in sorted(out)]
+
+
+def _gaps(conn: Connection) -> tuple[list[GapStatus], int]:
+    t = event_log.c
+    filled: set[str] = set()
+    query = select(t.payload).where(t.source == "tracker", t.event == te.BACKFILL_COMPLETED)
+    for (payload,) in conn.execute(query):
+        filled.update(str(g) for g in _data(payload).get("gap_ids", []) or [])
+    open_gaps: list[GapStatus] = []
+    closed = 0
+    query = (
+        select(t.seq, t.received_at, t.market, t.payload)
+        .where(t.source == "tracker", t.event == te.GAP_DETECTED)
+        .order_by(t.seq)
+    )
+    for row in conn.execute(query):
+        data = _data(row.payload)
+        gap_id = str(data.get("gap_id") or f"seq {row.seq}")
+        if gap_id in filled:
+            closed += 1
+            continue
+        trigger = data.get("trigger")
+        open_gaps.append(GapStatus(gap_id, int(row.seq), row.received_at, row.market, trigger and str(trigger), False))
+    return open_gaps, closed
+
+
+def _discrepancies(conn: Connection) -> tuple[int, list[dict[str, Any]]]:
+    view = VIEWS["v_discrepancies"]
+    unresolved = view.c.status == "open"
+    count = int(conn.execute(select(func.count()).select_from(view).where(unresolved)).scalar_one())
+    rows = conn.execute(select(view).where(unresolved).order_by(view.c.opened_seq.desc()).limit(LATEST_SHOWN))
+    return count, [dict(row._mapping) for row in rows]
+
+
+def _quarantine(conn: Connection) -> tuple[dict[str, int], list[QuarantineStatus]]:
+    q = quarantine.c
+    by_kind = {kind: int(n) for kind, n in conn.execute(select(q.kind, func.count()).group_by(q.kind).order_by(q.kind))}
+    rows = conn.execute(
+        select(q.id, q.kind, q.reason, q.channel, q.received_at).order_by(q.id.desc()).limit(LATEST_SHOWN)
+    )
+    return by_kind, [QuarantineStatus(int(r.id), r.kind, r.reason, r.channel, r.received_at) for r in rows]
+
+
+def read_status(engine: Engine) -> Status:
+    """Everything ``tracker status`` shows, read in one transaction (a consistent snapshot on both backends)."""
+    with engine.connect() as conn, conn.begin():
+        head, head_at = _head(conn)
+        checkpoint, checkpoint_at = _checkpoint(conn)
+        live, closed, last_closed, channel_conn = _connections(conn)
+        states = {c.connection_id: c.state for c in live}
+        status = Status(
+            head=head,
+            head_at=head_at,
+            checkpoint=checkpoint,
+            checkpoint_at=checkpoint_at,
+            channels=_channels(conn, channel_conn, states),
+            connections=live,
+            closed_connections=closed,
+            last_closed=last_closed,
+        )
+        status.gaps_open, status.gaps_closed = _gaps(conn)
+        status.discrepancies_open, status.discrepancies = _discrepancies(conn)
+        status.quarantine_by_kind, status.quarantine_latest = _quarantine(conn)
+    return status
