@@ -18,7 +18,7 @@ from typing import Any
 
 from tracker.cli import add_common_flags
 from tracker.config import load_settings
-from tracker.domain.money import format_decimal
+from tracker.store.decimal_text import canonical_text
 
 FORMATS = ("table", "csv", "json")
 KINDS = ("fees", "fills", "orders", "positions")
@@ -73,7 +73,7 @@ def format_value(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
-        return format_decimal(value)
+        return canonical_text(value)
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     return str(value)

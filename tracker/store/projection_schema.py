@@ -31,21 +31,11 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from tracker.domain import rows as row_types
 from tracker.domain.rows import TABLES
+from tracker.store.decimal_text import decimal_text
 from tracker.store.schema import BigInt, UtcDateTime, metadata
 
 PREFIX: Final = "proj_"
 CHECKPOINT_NAME: Final = "projector"
-
-
-def decimal_text(value: Decimal) -> str:
-    """Plain decimal text without an exponent, keeping the value's scale (``Decimal('0.50')`` → ``"0.50"``).
-
-    Keeping the scale means a value reads back with the same exponent it had in the fold, on SQLite as on
-    PostgreSQL (``NUMERIC`` keeps the scale too), so a resumed fold computes exactly what an uninterrupted one does.
-    """
-    if not value.is_finite():
-        raise ValueError(f"not a finite decimal: {value!r}")
-    return format(value, "f")
 
 
 class Money(TypeDecorator[Decimal]):

@@ -6,7 +6,7 @@ same name and arity, so tracker's connections get these instead (``engine.py`` r
 
 - ``sum(x)``: NULL for no non-NULL input (like SQLite); an integer when every input is an integer (so counts stay
   integers); a float when any input is a float; otherwise the exact decimal total as canonical text
-  (``tracker.domain.money.format_decimal``), which the ``Money`` column type reads back as ``Decimal``.
+  (``decimal_text.canonical_text``), which the ``Money`` column type reads back as ``Decimal``.
 - ``total(x)``: as ``sum`` but ``0.0`` for no input and a float for all-integer input (SQLite's ``total`` contract).
 - ``decimal_sum(x)``: exact decimal text always; the same name as the function built into the ``sqlite3`` shell
   (3.38+), so one query works in both places.
@@ -17,13 +17,9 @@ Text that is not a number counts as 0, as in SQLite.
 from __future__ import annotations
 
 import sqlite3
-from decimal import Context, Decimal, InvalidOperation
-from typing import Final
+from decimal import Decimal, InvalidOperation
 
-from tracker.domain.money import format_decimal
-
-# Enough digits that no sum of stored money is ever rounded (the default context keeps 28).
-EXACT: Final = Context(prec=200, Emax=999_999, Emin=-999_999)
+from tracker.store.decimal_text import EXACT, canonical_text
 
 
 class _Sum:
@@ -71,7 +67,7 @@ class _Sum:
             return self.floats + self.integers + float(self.decimals or 0)
         if self.decimals is None:
             return self.integers
-        return format_decimal(EXACT.add(self.decimals, Decimal(self.integers)))
+        return canonical_text(EXACT.add(self.decimals, Decimal(self.integers)))
 
 
 def _negated(value: object) -> str:
@@ -111,7 +107,7 @@ class DecimalSum(_Sum):
         total = EXACT.add(self.decimals or Decimal(0), Decimal(self.integers))
         if self.floats is not None:
             total = EXACT.add(total, Decimal(repr(self.floats)))
-        return format_decimal(total)
+        return canonical_text(total)
 
 
 def register_exact_sums(connection: sqlite3.Connection) -> None:
