@@ -1,0 +1,116 @@
+"""End to end: reconciliation against the fake exchange reports nothing on a clean run, reports planted mismatches
+(a fee that differs, a fill the exchange does not have, an order whose status differs) once, and resolves them when
+the exchange agrees again; ``tracker reconcile`` exits 1 while any is unresolved.
+
+Rules: loopback only, port 0, an absolute timeout on every test, no sleep as synchronisation. The fake runs on a clock
+the test moves forward (``open_orders/`` is cached for 10 s there, as on Bitstamp), and the reconciler is told the
+time accordingly, instead of waiting 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import trio
+from test_backfill_e2e import MARKETS, settings_for, tracker_running, wait_logged
+
+from tracker.fake.server import FakeExchange, open_fake_exchange
+from tracker.runtime.reconciler import ReconcileOptions, ReconcileResult, reconcile_once
+from tracker.store.engine import open_engine
+from tracker.store.migrate import upgrade
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def fake(self) -> float:
+        return time.time() + self.offset
+
+    def wall(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+
+async def reconcile(fx: FakeExchange, db_url: str, clock: Clock) -> ReconcileResult:
+    engine = open_engine(db_url)
+    try:
+        options = ReconcileOptions(max_status_checks=1000)
+        return await reconcile_once(settings_for(fx, db_url), engine, full=True, options=options, wall=clock.wall)
+    finally:
+        engine.dispose()
+
+
+async def test_clean_run_then_planted_mismatches(sqlite_url: str) -> None:
+    upgrade(sqlite_url)
+    clock = Clock()
+    async with open_fake_exchange(seed=3, markets=MARKETS, clock=clock.fake) as fx:
+        async with tracker_running(fx, sqlite_url) as tracker:
+            await fx.wait_subscribed(fx.private_channels())
+            await tracker.backfiller.wait_runs(1)
+            await wait_logged(tracker, await fx.generate(300))
+        clock.offset = 30.0  # every order is older than the open_orders cache now
+
+        clean = await reconcile(fx, sqlite_url, clock)
+        assert clean.findings == [] and clean.unresolved == [], clean.findings
+        assert clean.checked > 300
+
+        state = fx.model.state
+        spot = [(i, tx) for i, tx in enumerate(state.transactions) if tx[2].get("type") == "2" and tx[1] == "btcusd"]
+        (_, (fee_tid, _, fee_row)), (gone_index, gone_tx) = spot[3], spot[7]
+        original_fee = fee_row["fee"]
+        fee_row["fee"] = str(Decimal(original_fee) + Decimal("0.01"))
+        del state.transactions[gone_index]
+        orders = sorted(state.orders.values(), key=lambda o: o.id)
+        order = next(o for o in orders if o.status == "open" and not o.market.perp)
+        order.status = "cancelled"
+        clock.offset = 60.0  # past the cache of the previous open_orders answer
+
+        planted = await reconcile(fx, sqlite_url, clock)
+        wanted = {
+            f"recon:fee_mismatch:fill:{fee_tid}",
+            f"recon:fill_unknown_to_exchange:fill:{gone_tx[0]}",
+            f"recon:order_status_mismatch:order:{order.id}",
+        }
+        assert {f.id for f in planted.findings} == wanted
+        assert {d.discrepancy_id for d in planted.unresolved} == wanted
+        assert {d.discrepancy_id for d in planted.unresolved if d.kind == "fee_mismatch"} == {
+            f"recon:fee_mismatch:fill:{fee_tid}"
+        }
+
+        again = await reconcile(fx, sqlite_url, clock)  # a re-run opens nothing twice
+        assert again.opened == [] and {d.discrepancy_id for d in again.unresolved} == wanted
+
+        # The command: prints them and exits 1 (cron-friendly).
+        env = {
+            **os.environ,
+            "TRACKER_DB_URL": sqlite_url,
+            "BITSTAMP_API_KEY": fx.api_key,
+            "BITSTAMP_API_SECRET": fx.api_secret,
+            "BITSTAMP_API_URL": fx.api_url,
+            "TRACKER_MARKETS": ",".join(MARKETS),
+        }
+        env.pop("TRACKER_CONFIG", None)
+        command = [sys.executable, "-m", "tracker", "reconcile"]
+        done = await trio.run_process([*command, "--format", "json"], env=env, capture_stdout=True, check=False)
+        assert done.returncode == 1
+        assert {d["id"] for d in json.loads(done.stdout)} == wanted
+
+        # The exchange agrees again: resolved, exit 0.
+        fee_row["fee"] = original_fee
+        state.transactions.insert(gone_index, gone_tx)
+        order.status = "open"
+        clock.offset = 90.0
+        fixed = await reconcile(fx, sqlite_url, clock)
+        assert {d.discrepancy_id for d in fixed.resolved} == wanted
+        assert fixed.unresolved == []
+        done = await trio.run_process(command, env=env, capture_stdout=True, check=False)
+        assert done.returncode == 0, done.stdout
+        assert b"no unresolved discrepancies" in done.stdout
