@@ -69,9 +69,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrackerError as exc:
         print(f"tracker: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BaseExceptionGroup as group:
+        # A TrackerError raised inside a nursery (e.g. the exchange refused the key) arrives wrapped: print it as one
+        # line too. A group holding anything else is a bug and keeps its traceback.
+        errors, rest = group.split(TrackerError)
+        if errors is None or rest is not None:
+            raise
+        first = _first_leaf(errors)
+        print(f"tracker: error: {first}", file=sys.stderr)
+        return first.exit_code
     except KeyboardInterrupt:
         return 130
     return int(code or 0)
+
+
+def _first_leaf(group: BaseExceptionGroup[TrackerError]) -> TrackerError:
+    inner = group.exceptions[0]
+    return _first_leaf(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 def run() -> None:
