@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import uuid
 from collections import Counter, deque
@@ -85,45 +86,38 @@ def uuid4_hex() -> str:
 
 
 class RateLimiter:
-    """≤ ``per_second`` requests in any second (token bucket, burst = ``per_second``) and ≤ ``per_window`` in any
-    ``window_s`` (sliding log of the last ``per_window`` request times). Times come from ``clock`` (trio's)."""
+    """≤ ``per_second`` requests in any 1 s and ≤ ``per_window`` in any ``window_s`` (sliding windows over the
+    times of the last requests, so the limits hold for *every* window, not on average). Times come from ``clock``
+    (trio's, so ``autojump_clock`` tests it instantly)."""
 
     def __init__(
         self,
-        per_second: float = 400.0,
+        per_second: int = 400,
         per_window: int = 10_000,
         window_s: float = 600.0,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
-        if per_second <= 0 or per_window < 1 or window_s <= 0:
+        if per_second < 1 or per_window < 1 or window_s <= 0:
             raise ValueError("rate limits must be positive")
-        self.per_second = per_second
-        self.per_window = per_window
-        self.window_s = window_s
+        self.limits = ((int(per_second), 1.0), (int(per_window), float(window_s)))
         self.clock = clock
-        self._tokens = per_second
-        self._stamp: float | None = None
-        self._recent: deque[float] = deque()
+        self._recent: deque[float] = deque(maxlen=max(n for n, _ in self.limits))
         self.waited_s = 0.0
 
-    def _delay(self, now: float) -> float:
-        if self._stamp is None:
-            self._stamp = now
-        self._tokens = min(self.per_second, self._tokens + (now - self._stamp) * self.per_second)
-        self._stamp = now
-        while self._recent and self._recent[0] <= now - self.window_s:
-            self._recent.popleft()
-        delay = 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.per_second
-        if len(self._recent) >= self.per_window:
-            delay = max(delay, self._recent[0] + self.window_s - now)
-        return delay
+    def _ready_at(self) -> float:
+        ready = -math.inf
+        for count, span in self.limits:
+            if len(self._recent) >= count:
+                ready = max(ready, self._recent[-count] + span)
+        return ready
 
     async def acquire(self) -> None:
-        while (delay := self._delay(self.clock())) > 0:
-            self.waited_s += delay
-            await trio.sleep(delay)
-        self._tokens -= 1
-        self._recent.append(self.clock())
+        # Re-checked after each wait: another task may have taken the slot meanwhile (no await between the last
+        # check and the append, so two tasks never take the same slot).
+        while (ready := self._ready_at()) > (now := self.clock()):
+            self.waited_s += ready - now
+            await trio.sleep_until(ready)
+        self._recent.append(now)
 
 
 @dataclass
