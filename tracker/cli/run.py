@@ -7,9 +7,12 @@ file (never argv). Exit code 0 after a clean stop: everything received has been 
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from tracker.cli import add_common_flags
+
+log = logging.getLogger("tracker.run")
 
 
 def register(subparsers: Any) -> None:
@@ -21,6 +24,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--api-url", dest="api_url", help="Bitstamp HTTP API base URL (env BITSTAMP_API_URL)")
     parser.add_argument("--ws-url", dest="ws_url", help="Bitstamp WebSocket URL (env BITSTAMP_WS_URL)")
     parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (env TRACKER_METRICS_PORT; 0: any free port)",
+    )
+    parser.add_argument(
         "--insecure", action="store_true", default=None, help="allow plain http:// and ws:// to non-loopback hosts"
     )
     parser.set_defaults(func=cmd_run)
@@ -30,7 +39,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from tracker.config import load_settings
-    from tracker.runtime.service import run_tracker
     from tracker.store.engine import open_engine
     from tracker.store.event_log import EventLog
     from tracker.store.migrate import check_schema
@@ -41,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "markets": args.markets,
             "api_url": args.api_url,
             "ws_url": args.ws_url,
+            "metrics_port": args.metrics_port,
             "insecure": args.insecure,
         }
     )
@@ -48,7 +57,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = open_engine(settings.db_url)
     try:
         check_schema(engine)
-        trio.run(run_tracker, settings, EventLog(engine))
+        extra_tasks = []
+        if settings.metrics_port is not None:
+            extra_tasks.append(start_metrics(engine, settings.metrics_port))
+        trio.run(run_checked, settings, EventLog(engine), extra_tasks)
     finally:
         engine.dispose()
     return 0
+
+
+def start_metrics(engine: Any, port: int) -> Any:
+    """Serve /metrics now (a port in use fails before anything connects) and return the updater task."""
+    from tracker.metrics import Metrics, serve_metrics
+    from tracker.runtime.metrics_task import metrics_task
+
+    metrics = Metrics()
+    bound = serve_metrics(metrics, port)
+    log.info("metrics at http://127.0.0.1:%d/metrics", bound)
+    return metrics_task(metrics, engine)
+
+
+async def run_checked(settings: Any, event_log: Any, extra_tasks: list[Any]) -> None:
+    from tracker.runtime.preflight import check_markets
+    from tracker.runtime.service import run_tracker
+
+    await check_markets(settings)
+    await run_tracker(settings, event_log, extra_tasks=extra_tasks)

@@ -1,0 +1,44 @@
+"""Checks ``tracker run`` makes before it subscribes anything, so a mistake is one clear line instead of silence.
+
+Markets: the server acknowledges a subscription to a channel that does not exist and then sends nothing (PROTOCOL.md
+§1.3), so a typo in ``TRACKER_MARKETS`` would look like a quiet account. Each configured market is checked against
+the public ``markets/`` list first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tracker.config import ConfigError, Settings
+from tracker.exchange.rest import BitstampClient
+
+
+def unknown_markets(wanted: Sequence[str], rows: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """(the wanted markets the exchange does not list, every market it lists)."""
+    known = sorted(
+        {str(row.get("market_symbol") or row.get("url_symbol") or "").lower() for row in rows if isinstance(row, dict)}
+        - {""}
+    )
+    return [m for m in wanted if m not in known], known
+
+
+async def check_markets(settings: Settings, client: BitstampClient | None = None) -> None:
+    """Raise ``ConfigError`` naming the first configured market the exchange does not list (no-op when discovering)."""
+    if not settings.markets:
+        return
+    key, secret = settings.require_credentials()
+    own = client is None
+    client = client or BitstampClient(settings.api_url, key, secret)
+    try:
+        rows = await client.markets()
+    finally:
+        if own:
+            await client.aclose()
+    missing, known = unknown_markets(settings.markets, rows)
+    if missing:
+        sample = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+        raise ConfigError(
+            f"unknown market {missing[0]}: the exchange does not list it (it has {sample});"
+            " fix TRACKER_MARKETS or --markets"
+        )
