@@ -18,9 +18,11 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, func, select
+from sqlalchemy import Connection, Dialect, Engine, Table, and_, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
@@ -29,10 +31,12 @@ from tracker.domain.events import DomainEvent
 from tracker.domain.log import LogEntry
 from tracker.domain.projection import ProjectionState, apply
 from tracker.domain.rows import TABLES, OrderLinkRow, Row
+from tracker.store.decimal_text import decimal_text
 from tracker.store.engine import writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_keys import Keys, discrepancy_keys_of_links, keys_for
-from tracker.store.projection_schema import CHECKPOINT_NAME, PROJECTION_TABLES, projector_checkpoint
+from tracker.store.projection_schema import CHECKPOINT_NAME, PROJECTION_TABLES, Money, projector_checkpoint
+from tracker.store.schema import UtcDateTime
 
 BATCH: Final = 5000  # log entries per transaction
 _IN_CHUNK: Final = 400  # keys per IN (...) query, well under SQLite's bound-parameter limit
@@ -76,6 +80,48 @@ class _LazyTable(dict[Any, Any]):
         return self.get(key) is not None
 
 
+def _stamp_sqlite(value: datetime | None) -> str | None:
+    """What ``UtcDateTime`` stores on SQLite (SQLAlchemy's DateTime text in UTC, always with microseconds)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: tracker stores aware UTC datetimes only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _money_sqlite(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_text(value)
+
+
+def _money_postgres(value: Decimal | None) -> Decimal | None:
+    if value is not None and not value.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return value
+
+
+def _converters(table: Table, dialect_name: str) -> tuple[Callable[[Any], Any] | None, ...]:
+    """Per column, how to turn a row value into what the driver takes (what the column types would do)."""
+    result: list[Callable[[Any], Any] | None] = []
+    for column in table.columns:
+        if isinstance(column.type, Money):
+            result.append(_money_sqlite if dialect_name == "sqlite" else _money_postgres)
+        elif isinstance(column.type, UtcDateTime) and dialect_name == "sqlite":
+            result.append(_stamp_sqlite)
+        else:
+            result.append(None)
+    return tuple(result)
+
+
+def _fast_upsert(table: Table, dialect: Dialect) -> str:
+    """The upsert as positional driver SQL (values in the table's column order), for ``exec_driver_sql``."""
+    positional = dialect if dialect.positional else type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+    keys = [column.key for column in table.columns]
+    compiled = _upsert(table, dialect.name).compile(dialect=positional, column_keys=keys)  # type: ignore[attr-defined]
+    if list(compiled.positiontup or ()) != keys:
+        raise RuntimeError(f"unexpected parameter order in {compiled}")
+    return str(compiled)
+
+
 def _upsert(table: Table, dialect_name: str) -> Executable:
     module = postgresql if dialect_name == "postgresql" else sqlite
     statement = module.insert(table)
@@ -101,7 +147,10 @@ class ProjectionStore:
         self.clock = clock
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
-        self._upserts = {name: _upsert(table, engine.dialect.name) for name, table in self.tables.items()}
+        self._upserts = {name: _fast_upsert(table, engine.dialect) for name, table in self.tables.items()}
+        self._cache: dict[str, tuple[dict[Any, Row], set[Any]]] | None = None  # see load_state
+        self._cache_checkpoint = -1
+        self._converters = {name: _converters(table, engine.dialect.name) for name, table in self.tables.items()}
         self.checkpoint_upsert = _upsert(projector_checkpoint, engine.dialect.name)
 
     # -- reads -----------------------------------------------------------------------------------------------------
@@ -156,22 +205,44 @@ class ProjectionStore:
             return result
 
     def load_state(self, keys: Keys, conn: Connection) -> ProjectionState:
-        """A fresh state holding the stored rows for ``keys`` (and their open discrepancies) at the checkpoint."""
+        """A fresh state holding the stored rows for ``keys`` (and their open discrepancies) at the checkpoint.
+
+        Rows the previous batch of this store read or wrote come from memory when the checkpoint is still the one
+        this store wrote (nobody else wrote since); at most one batch's rows are kept that way.
+        """
         state = ProjectionState()
         state.checkpoint = self.load_checkpoint(conn)
-        links = self._load_table(conn, "order_links", keys.get("order_links", ()))
-        extra = discrepancy_keys_of_links(row for row in links if isinstance(row, OrderLinkRow))
+        cache = self._cache if self._cache_checkpoint == state.checkpoint else None
+        tables: dict[str, _LazyTable] = {}
         for name in TABLES:
-            lazy = _LazyTable(self._loader(conn, name))
-            wanted = set(keys.get(name, ()))
-            if name == "discrepancies":
-                wanted |= extra
-            lazy.known.update(wanted)
-            rows = links if name == "order_links" else self._load_table(conn, name, wanted)
-            for row in rows:
-                dict.__setitem__(lazy, tuple(getattr(row, column) for column in row.KEY), row)
-            setattr(state, name, lazy)
+            tables[name] = _LazyTable(self._loader(conn, name))
+            setattr(state, name, tables[name])
+            self._fill(conn, tables[name], name, set(keys.get(name, ())), cache)
+        links = tables["order_links"].values()
+        extra = discrepancy_keys_of_links(row for row in links if isinstance(row, OrderLinkRow))
+        self._fill(conn, tables["discrepancies"], "discrepancies", extra, cache)
         return state
+
+    def _fill(
+        self,
+        conn: Connection,
+        table: _LazyTable,
+        name: str,
+        wanted: set[tuple[Any, ...]],
+        cache: dict[str, tuple[dict[Any, Row], set[Any]]] | None,
+    ) -> None:
+        missing = wanted - table.known
+        table.known |= missing
+        if cache is not None:
+            cached_rows, cached_known = cache[name]
+            hits = missing & cached_known
+            for key in hits:
+                row = cached_rows.get(key)
+                if row is not None:
+                    dict.__setitem__(table, key, row)
+            missing -= hits
+        for row in self._load_table(conn, name, missing):
+            dict.__setitem__(table, tuple(getattr(row, column) for column in row.KEY), row)
 
     def _loader(self, conn: Connection, name: str) -> Callable[[tuple[Any, ...]], Row | None]:
         def load(key: tuple[Any, ...]) -> Row | None:
@@ -198,13 +269,28 @@ class ProjectionStore:
             for name, rows in changed.items():
                 if not rows:
                     continue
-                fields = _FIELDS[name]
-                conn.execute(self._upserts[name], [{field: getattr(row, field) for field in fields} for row in rows])
+                conn.exec_driver_sql(self._upserts[name], self._values(name, rows))
                 written += len(rows)
             conn.execute(
                 self.checkpoint_upsert, [{"name": self.checkpoint_name, "seq": checkpoint, "updated_at": self.clock()}]
             )
         return written
+
+    def _values(self, name: str, rows: Sequence[Row]) -> list[Any]:
+        """Driver parameters for ``rows`` in column order (the hot path: no per-row SQLAlchemy processing)."""
+        get = attrgetter(*_FIELDS[name])
+        converted = [(i, c) for i, c in enumerate(self._converters[name]) if c is not None]
+        if not converted:
+            return [get(row) for row in rows]
+        result = []
+        for row in rows:
+            values = list(get(row))
+            for i, convert in converted:
+                value = values[i]
+                if value is not None:
+                    values[i] = convert(value)
+            result.append(tuple(values))
+        return result
 
     def project(self, entries: Sequence[LogEntry]) -> BatchResult | None:
         """Fold one batch of log entries (in seq order) into the tables; ``None`` if the checkpoint moved meanwhile
@@ -224,9 +310,15 @@ class ProjectionStore:
             misses = sum(table.misses for table in (state.table(name) for name in TABLES))
         if not folded:
             return BatchResult(0, expected, 0, misses)
+        self._cache = None  # until this write is known to have committed
         written = self.write_batch(state.changed_rows(), state.checkpoint, expected=expected)
         if written is None:
             return None
+        self._cache_checkpoint = state.checkpoint
+        self._cache = {}
+        for name in TABLES:
+            table = state.table(name)
+            self._cache[name] = (dict(table), table.known | table.keys())
         return BatchResult(folded, state.checkpoint, written, misses)
 
     def catch_up(
