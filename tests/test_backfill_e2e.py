@@ -73,12 +73,14 @@ class Tracker:
 
 
 @asynccontextmanager
-async def tracker_running(fx: FakeExchange, db_url: str, started_at: datetime | None = None) -> AsyncIterator[Tracker]:
+async def tracker_running(
+    fx: FakeExchange, db_url: str, started_at: datetime | None = None, *, reconcile_interval_s: float = 0
+) -> AsyncIterator[Tracker]:
     engine = open_engine(db_url)
     try:
         log = EventLog(engine)
         stop = trio.Event()
-        starter = recovery_task(started_at=started_at or datetime.now(UTC), reconcile_interval_s=0)
+        starter = recovery_task(started_at=started_at or datetime.now(UTC), reconcile_interval_s=reconcile_interval_s)
         async with trio.open_nursery() as nursery:
             services: Services = await nursery.start(
                 lambda task_status: run_tracker(

@@ -71,6 +71,11 @@ def test_fills_outside_the_window_or_market_are_not_judged() -> None:
     assert diff.checked == {"fill:30"}
 
 
+def test_fills_after_the_walk_are_judged_next_time() -> None:
+    diff = diff_fills([fill("10"), fill("11")], [ex_fill("10")], market="btcusd", from_id=0, to_id=10)
+    assert diff.findings == []
+
+
 def test_open_orders_respect_the_cache_window() -> None:
     projected = [
         order("1"),  # open both sides

@@ -121,13 +121,18 @@ def diff_fills(
     *,
     market: str,
     from_id: int,
+    to_id: int | None = None,
 ) -> Diff:
-    """Projected fills of ``market`` with trade id ≥ ``from_id`` against the exchange's rows of that window."""
+    """Projected fills of ``market`` with ``from_id`` ≤ trade id ≤ ``to_id`` (the last id the walk saw: fills made
+    after the walk are judged next time) against the exchange's rows of that window."""
     diff = Diff()
     mine = {
         f.trade_id: f
         for f in projected
-        if f.market == market and (n := _trade_number(f.trade_id)) is not None and n >= from_id
+        if f.market == market
+        and (n := _trade_number(f.trade_id)) is not None
+        and n >= from_id
+        and (to_id is None or n <= to_id)
     }
     theirs = {f.trade_id: f for f in exchange}
     for trade_id, ex in theirs.items():

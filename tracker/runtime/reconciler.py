@@ -155,6 +155,7 @@ class Reconciler:
     async def run_once(self, *, full: bool = False) -> ReconcileResult:
         started = trio.current_time()
         bf = self.backfiller
+        requests_before = bf.api.stats.total
         previous = await bf.sink.latest(self.account, RECONCILE_CHANNEL, te.RECONCILED) or {}
         prev_cursors = previous.get("user_transactions") if isinstance(previous, dict) else None
         prev_seq = int(previous.get("checkpoint", 0)) if isinstance(previous, dict) else 0
@@ -177,6 +178,7 @@ class Reconciler:
                     report.fills_seen.get(market, []),
                     market=market,
                     from_id=report.walk_from.get(market, 0),
+                    to_id=report.cursors.user_transactions.get(market, report.walk_from.get(market, 0)),
                 )
             )
         try:
@@ -207,7 +209,7 @@ class Reconciler:
             "resolved": [d.discrepancy_id for d in todo.resolve],
             "still_open": [f.id for f in todo.still_open],
             "errors": errors,
-            "requests_total": sum(report.requests.values()),
+            "requests_total": bf.api.stats.total - requests_before,
             "duration_s": round(trio.current_time() - started, 3),
             "user_transactions": {m: report.cursors.user_transactions.get(m, 0) for m in bf.markets},
             "checkpoint": checkpoint,
