@@ -206,3 +206,36 @@ async def test_concurrent_callers_share_the_limits(autojump_clock: trio.testing.
         assert stamps[i] - stamps[i - 10] >= 1 - 1e-9
     for i in range(25, len(stamps)):
         assert stamps[i] - stamps[i - 25] >= 5 - 1e-9
+
+
+async def test_refused_synthetic_first_cursor_falls_back_to_the_default_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    asked: list[dict[str, str]] = []
+    event = {
+        "event": "order_created",
+        "event_id": "00065b81-0d69-fe98-0000-006902000020",
+        "order_source": "orderbook",
+        "trade_account_id": 0,
+        "data": {"id": 7, "id_str": "7", "order_type": 0, "amount_str": "1", "price_str": "100",
+                 "microtimestamp": "1789459694223000", "amount_at_create": "1"},
+    }  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params = dict(httpx.QueryParams(request.content.decode()))
+        if request.url.path.endswith("user_transactions/btcusd/"):
+            return httpx.Response(200, json=[])
+        asked.append(params)
+        if "since_id" in params and params["since_id"].endswith("0000-000000000000"):
+            return httpx.Response(400, json={"status": "error", "code": "400.079", "reason": "Invalid since_id."})
+        if params["order_source"] == "orderbook" and "since_id" not in params:
+            return httpx.Response(200, json=[event])
+        return httpx.Response(404, json={"status": "error", "code": "404.008", "reason": "No events found."})
+
+    async with client_for(handler) as client:
+        sink = MemorySink()
+        backfiller = Backfiller(PoliteApi(client), sink, account="acc", markets=["btcusd"])  # type: ignore[arg-type]
+        report = await backfiller.run("first")
+    assert [e.event_id for e in sink.entries if e.event == "rest_order_event"] == [event["event_id"]]
+    assert report.cursors.order_events == {"btcusd|orderbook": event["event_id"]}
+    assert not report.errors

@@ -498,24 +498,29 @@ class Backfiller:
 
     async def _order_events(self, report: BackfillReport, market: str, source: str) -> None:
         key = f"{market}|{source}"
-        cursor = report.cursors.order_events.get(key)
+        cursor: str | None = report.cursors.order_events.get(key)
+        synthetic = cursor is None
         if cursor is None:
             first = self.wall() - timedelta(days=self.options.first_walk_days) + timedelta(hours=1)
             cursor = event_id_at(datetime_to_us(first))
         seen: set[str] = set()
         while True:
+            params: dict[str, str | int] = {"market": self._name(market)}
+            if cursor is not None:
+                params["since_id"] = cursor
             try:
-                page = await self.api.call(
-                    "account_order_data",
-                    self.api.client.account_order_data,
-                    source,
-                    market=self._name(market),
-                    since_id=cursor,
-                )
+                page = await self.api.call("account_order_data", self.api.client.account_order_data, source, **params)
             except ApiError as exc:
                 if exc.code == NO_EVENTS:
                     return
+                if synthetic and cursor is not None and (exc.code or "").startswith("400."):
+                    # The made-up "30 days ago" id was refused (the real server's rules for since_id are not
+                    # documented): fall back to the server's default window, the last 24 h.
+                    log.warning("account_order_data refused a synthetic since_id (%s): using its default window", exc)
+                    cursor = None
+                    continue
                 raise
+            synthetic = False
             rows = page if isinstance(page, list) else []
             keys = [str(r.get("event_id") or "") if isinstance(r, dict) else "" for r in rows]
             step = advance(cursor, keys, limit=self.options.page_limit, order=event_id_order, seen=seen)
