@@ -6,14 +6,18 @@ Rules: local databases only; PostgreSQL tests skip (or fail under CI=true) when 
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pipeline import NOW
-from sqlalchemy import Engine, false, select, table, text
+from sqlalchemy import Engine, false, func, select, table, text
+from sqlalchemy.exc import DBAPIError
 from test_projection_store import MARKETS, T0
 
 from tracker.bitstamp.frames import entry_from_frame
@@ -178,3 +182,54 @@ def test_views_equal_the_fake_truth(db_url: str, fake_log: tuple[list[NewEntry],
     assert len(rows("v_settlements", ("transaction_id",), ())) == len(truth["settlements"])
     assert len(rows("v_liquidations", ("event",), ())) == len(truth["liquidations"])
     assert not [r for r in rows("v_discrepancies", ("status",), ()) if r["status"] == "open"]
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
+
+
+def _doc_queries() -> list[str]:
+    blocks = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    return [block for block in blocks if "CREATE ROLE" not in block]
+
+
+def test_every_view_has_a_documented_example_that_runs(db_url: str) -> None:
+    queries = _doc_queries()
+    for name in VIEWS:
+        assert any(f"FROM {name}" in query for query in queries), f"docs/sql.md has no example query for {name}"
+    engine = _projected(db_url, list(model_log(9, 200)[0]))
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TIME ZONE 'UTC'")
+            for query in queries:
+                conn.exec_driver_sql(query.replace("'314159'", "'acc'")).all()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_reporting_role_reads_views_only(pg_url: str) -> None:
+    block = next(b for b in re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.DOTALL) if "CREATE ROLE" in b)
+    role = f"reporting_{uuid.uuid4().hex[:8]}"  # identifiers cannot be bound parameters: a generated name
+    engine = _projected(pg_url, list(model_log(9, 50)[0]))
+    try:
+        with engine.begin() as conn:
+            database = conn.exec_driver_sql("SELECT current_database()").scalar_one()
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+            script = block.replace("reporting", role).replace("DATABASE tracker", f'DATABASE "{database}"')
+            script = script.replace("SCHEMA public", f'SCHEMA "{schema}"')
+            conn.exec_driver_sql(script)
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'SET ROLE "{role}"')
+            assert conn.exec_driver_sql("SELECT count(*) FROM v_fills").scalar_one() > 0
+            for forbidden in ("event_log", "proj_fills"):
+                with pytest.raises(DBAPIError, match="permission denied"):
+                    conn.execute(select(func.count()).select_from(table(forbidden)))
+                conn.rollback()
+                conn.exec_driver_sql(f'SET ROLE "{role}"')
+            conn.exec_driver_sql("RESET ROLE")
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        engine.dispose()
