@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import NoReturn
 from urllib.parse import parse_qsl
 
@@ -114,7 +115,9 @@ async def _serve_one(app: HttpApp, stream: trio.SocketStream) -> None:
             status, out_headers, payload = app.respond(
                 request.method.decode(), request.target.decode("latin-1"), headers, bytes(body)
             )
-            out_headers = [*out_headers, ("Content-Length", str(len(payload)))]
+            # Every HTTP server sends Date (RFC 9110 §6.6.1), from its own clock: clients resync on API0017 from it.
+            date = formatdate(app.auth.clock(), usegmt=True)
+            out_headers = [*out_headers, ("Date", date), ("Content-Length", str(len(payload)))]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=out_headers)) or b"")
             await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
