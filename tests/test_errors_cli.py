@@ -127,8 +127,9 @@ def test_malformed_credentials(tmp_path: Path, db: str) -> None:
     env = clean_env(TRACKER_DB_URL=db, BITSTAMP_API_KEY="abcdefgh", BITSTAMP_API_SECRET_FILE=str(empty))
     result = tracker("run", cwd=tmp_path, env=env)
     assert result.returncode == 2
-    message = one_line(result.stderr)
-    assert message.startswith(f"the API secret file {empty} is empty")
+    assert one_line(result.stderr) == (
+        f"the API secret file {empty} is empty: write the API secret into it (or fix BITSTAMP_API_SECRET_FILE)"
+    )
 
 
 # -- the exchange ----------------------------------------------------------------------------------------------------

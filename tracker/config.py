@@ -126,7 +126,9 @@ def read_secret_file(path: Path, warn: list[str]) -> str:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn.append(f"the API secret file {path} is readable by group or others: chmod 600 {path}")
     if not text:
-        raise ConfigError(f"the API secret file {path} is empty")
+        raise ConfigError(
+            f"the API secret file {path} is empty: write the API secret into it (or fix BITSTAMP_API_SECRET_FILE)"
+        )
     return text
 
 
