@@ -22,7 +22,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Final
 
-from sqlalchemy import Connection, Dialect, Engine, Table, and_, delete, func, select
+from sqlalchemy import Connection, Dialect, Engine, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
@@ -352,7 +352,9 @@ class ProjectionStore:
             return int(conn.execute(query).scalar_one())
 
     def clear(self, conn: Connection) -> None:
-        """Delete every row of these tables and their checkpoint (inside the caller's transaction)."""
+        """Delete every row of these tables and set their checkpoint to 0 (inside the caller's transaction)."""
         for table in self.tables.values():
             conn.execute(delete(table))
-        conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == self.checkpoint_name))
+        conn.execute(
+            update(projector_checkpoint).where(projector_checkpoint.c.name == self.checkpoint_name).values(seq=0)
+        )
