@@ -75,7 +75,7 @@ async def open_ws(
     url: str,
     *,
     connect_timeout: float = 10.0,
-    disconnect_timeout: float = 5.0,
+    disconnect_timeout: float = 1.0,
     message_queue_size: int = 256,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[WsConnection]:

@@ -83,7 +83,7 @@ async def run_tracker(
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
 ) -> Services:
     """Run until ``stop`` is set (or a signal arrives); returns the services with final stats. Exit is clean."""
-    stop = stop or trio.Event()
+    stop = trio.Event() if stop is None else stop
     api_key, api_secret = settings.require_credentials()
     own_client = client is None
     client = client or BitstampClient(settings.api_url, api_key, api_secret)
