@@ -12,7 +12,8 @@ on the quarantine's ``id``, so each round reads only what is new):
 - gauges: the log head, projection lag (head minus the projector's checkpoint), unresolved discrepancies.
 
 Counting from the log rather than from hooks in each task keeps this module the only coupling: the exported numbers
-are exactly what was committed. The first round starts at the current head: counters count this process's work.
+are exactly what was committed. Counting starts at the head when the task is built (before the run connects), so
+the counters count this run.
 """
 
 from __future__ import annotations
@@ -178,11 +179,13 @@ def _apply_service(metrics: Metrics, services: Any, cursor: _Cursor) -> None:
 
 
 def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL_S) -> Any:
-    """An ``extra_tasks`` starter: ``run_tracker(..., extra_tasks=[metrics_task(metrics, engine)])``."""
+    """An ``extra_tasks`` starter: ``run_tracker(..., extra_tasks=[metrics_task(metrics, engine)])``. Build it just
+    before ``run_tracker``: the counters count what is logged from then on."""
+
+    cursor = _start(engine)  # now, before the run connects: everything this run logs is counted
 
     async def update_metrics(services: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         limiter = trio.CapacityLimiter(1)
-        cursor = await trio.to_thread.run_sync(_start, engine, limiter=limiter)
 
         async def round_() -> None:
             delta = await trio.to_thread.run_sync(partial(_read, engine, cursor), limiter=limiter)

@@ -1,0 +1,97 @@
+"""``tracker run --metrics-port 0`` (a subprocess) against the fake exchange serves Prometheus text with the metric
+names of tracker/metrics.py, and the values follow what the run did (frames by channel kind, commit latency, the
+reconnect after a drop and why, the quarantined frame, log head and projection lag).
+
+Rules: loopback only, port 0 (the bound port is read from the run's log line), an absolute timeout. The endpoint is
+read until it shows the expected values: the updater publishes once a second, and the scrape is the observable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+from test_logging import MARKETS, tracker_run
+
+from tracker.fake.server import open_fake_exchange
+
+pytestmark = pytest.mark.timeout(60)
+
+NAMES = (
+    "tracker_frames_ingested",
+    "tracker_frames_duplicate",
+    "tracker_frames_quarantined",
+    "tracker_commit_latency_seconds",
+    "tracker_log_head",
+    "tracker_projection_lag_events",
+    "tracker_reconnects",
+    "tracker_connections",
+    "tracker_gaps",
+    "tracker_backfilled_events",
+    "tracker_discrepancies_open",
+)
+SCRAPE_EVERY_S = 0.2
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def scrape_until(url: str, ready: object) -> str:
+    """GET ``url`` until ``ready(samples)`` holds (bounded by the deadline)."""
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(30):
+            while True:
+                text = (await client.get(url)).text
+                if ready(samples(text)):  # type: ignore[operator]
+                    return text
+                await trio.sleep(SCRAPE_EVERY_S)
+
+
+def value(s: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return s.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_endpoint_of_a_real_run(tmp_path: Path) -> None:
+    async with open_fake_exchange(markets=MARKETS) as fx:
+        channels = fx.private_channels()
+        async with tracker_run(fx, tmp_path, "run", "--metrics-port", "0") as proc:
+            metrics_line = re.compile(r"metrics at (http://127\.0\.0\.1:\d+/metrics)")
+            await proc.wait_lines(lambda line: bool(metrics_line.search(line)))
+            url = next(m[1] for line in proc.lines if (m := metrics_line.search(line)))
+            await fx.wait_subscribed(channels)
+            await proc.wait_lines(lambda line: f"subscribed {len(channels)} channels" in line)
+            await fx.generate(40)
+            await fx.send_malformed()
+            await proc.wait_lines(lambda line: "malformed frame on" in line)
+            await fx.drop_connections()
+            await fx.wait_connections_total(2)
+            await fx.wait_subscribed(channels)
+            await fx.generate(10)
+
+            def ready(s: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> bool:
+                return (
+                    value(s, "tracker_frames_ingested_total", channel_kind="my_orders") > 0
+                    and value(s, "tracker_reconnects_total", reason="dropped") >= 1
+                    and value(s, "tracker_frames_quarantined_total", kind="malformed") == 1
+                    and value(s, "tracker_connections") == 1
+                )
+
+            text = await scrape_until(url, ready)
+    for name in NAMES:
+        assert f"# TYPE {name}" in text, name
+    s = samples(text)
+    assert value(s, "tracker_commit_latency_seconds_count") > 0
+    assert value(s, "tracker_log_head") > 0
+    assert ("tracker_projection_lag_events", ()) in s
+    assert ("tracker_discrepancies_open", ()) in s
+    kinds = {dict(labels).get("channel_kind") for (name, labels) in s if name == "tracker_frames_ingested_total"}
+    assert kinds <= {"my_orders", "my_trades", "live_trades", "my_settlements", "my_liquidations"}
