@@ -57,11 +57,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = open_engine(settings.db_url)
     try:
         check_schema(engine)
+        from tracker.runtime.projector import projector_task
         from tracker.runtime.reconciler import recovery_task
 
-        # Backfill at start-up and after every (re)connect, reconciliation every reconcile_interval_s. Built here,
-        # before anything connects: its start time splits this run's log entries from the previous run's.
-        extra_tasks = [recovery_task()]
+        # The projector keeps the proj_* tables (the v_* views) up with the log. Backfill at start-up and after every
+        # (re)connect, reconciliation every reconcile_interval_s. Built here, before anything connects: its start time
+        # splits this run's log entries from the previous run's.
+        extra_tasks = [projector_task(engine), recovery_task()]
         if settings.metrics_port is not None:
             extra_tasks.append(start_metrics(engine, settings.metrics_port))
         trio.run(run_checked, settings, EventLog(engine), extra_tasks)

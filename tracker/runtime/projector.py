@@ -13,9 +13,10 @@ that, writes nothing, and it goes on from the new checkpoint (see ``tracker/stor
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 from sqlalchemy import Engine
@@ -102,3 +103,18 @@ async def run_projector(
         with trio.move_on_after(poll_interval):
             await status._wake.wait()
         status._wake = trio.Event()
+
+
+def projector_task(engine: Engine) -> Callable[..., Awaitable[None]]:
+    """An ``extra_tasks`` starter for ``run_tracker``: the projector beside ingest until ``services.stop`` (what is
+    committed after that is projected by the next run). Exposes its status as ``services.extra["projector"]``."""
+
+    async def start(services: Any, *, task_status: trio.TaskStatus[ProjectorStatus] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            status = await nursery.start(partial(run_projector, engine))
+            services.extra["projector"] = status
+            task_status.started(status)
+            await services.stop.wait()
+            nursery.cancel_scope.cancel()
+
+    return start
