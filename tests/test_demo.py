@@ -55,6 +55,11 @@ def test_demo_twice_continues_the_database(tmp_path: Path, capsys: pytest.Captur
     start1, head1 = int(first[1]), int(first[2])
     assert start1 == 1 and head1 > 1
     assert first[4] == str(db)
+    filled = re.search(r"(\d+) reconnects, (\d+) of (\d+) gaps filled by backfill", out1)
+    assert filled is not None
+    reconnects, gaps_filled, gaps = map(int, filled.groups())
+    assert reconnects >= 1  # the requested reconnect and the drop
+    assert gaps >= 1 and gaps_filled == gaps  # every gap (start-up, reconnect, drop, pause) filled from REST
     assert "fault: the exchange asks for a reconnect" in err1
     assert "events," in err1 and "fills," in err1 and "gaps filled" in err1  # the progress line
     # The fee report printed is the view's content, exactly.

@@ -26,7 +26,9 @@ from tracker.domain import tracker_events as te
 from tracker.domain.chain import ChainWalker
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
+from tracker.runtime.metrics_task import payload_data, reconnect_reason
 from tracker.runtime.projector import run_projector
+from tracker.runtime.reconciler import recovery_task
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import VIEWS
@@ -98,25 +100,33 @@ def _continue_ids(fx: FakeExchange, base: _Baseline) -> None:
     model._pos_seq += base.head  # position ids are small counters: any run-unique offset will do
 
 
-def _counts(engine: Engine, base: _Baseline, services: Services | None) -> DemoCounts:
+def _counts(engine: Engine, base: _Baseline) -> DemoCounts:
+    """This run's numbers, from the log: reconnects are closes other than the stop, gaps filled are the gap ids a
+    ``backfill_completed`` names."""
     t = event_log_table
+    wanted = (te.GAP_DETECTED, te.BACKFILL_COMPLETED, te.CLOSED)
+    gaps = reconnects = 0
+    filled: set[str] = set()
     with engine.connect() as conn:
         head = int(conn.execute(select(func.coalesce(func.max(t.c.seq), 0))).scalar_one())
         fills = int(conn.execute(select(func.count()).select_from(VIEWS["v_fills"])).scalar_one())
-        by_event = dict(
-            conn.execute(
-                select(t.c.event, func.count())
-                .where(t.c.seq > base.head, t.c.source == "tracker")
-                .where(t.c.event.in_((te.GAP_DETECTED, te.BACKFILL_COMPLETED)))
-                .group_by(t.c.event)
-            ).all()
+        query = select(t.c.event, t.c.payload).where(
+            t.c.seq > base.head, t.c.source == "tracker", t.c.event.in_(wanted)
         )
+        for event, payload in conn.execute(query):
+            data = payload_data(payload)
+            if event == te.GAP_DETECTED:
+                gaps += 1
+            elif event == te.BACKFILL_COMPLETED:
+                filled.update(str(g) for g in data.get("gap_ids") or [])
+            elif reconnect_reason(str(data.get("reason") or "")) is not None:
+                reconnects += 1
     return DemoCounts(
         events=head - base.head,
         fills=max(fills - base.fills, 0),
-        reconnects=services.ingest_stats.reconnects if services is not None else 0,
-        gaps=int(by_event.get(te.GAP_DETECTED, 0)),
-        gaps_filled=int(by_event.get(te.BACKFILL_COMPLETED, 0)),
+        reconnects=reconnects,
+        gaps=gaps,
+        gaps_filled=len(filled),
     )
 
 
@@ -208,7 +218,9 @@ async def run_demo(
                     event_log,
                     stop=stop,
                     ingest_options=DEMO_OPTIONS,
-                    extra_tasks=[partial(_projector_task, engine)],
+                    # The projector beside ingest; backfill at start-up and after each reconnect (no periodic
+                    # reconciliation: the run is short).
+                    extra_tasks=[partial(_projector_task, engine), recovery_task(reconcile_interval_s=0)],
                 )
             )
             fx.set_rate(rate)
@@ -219,7 +231,7 @@ async def run_demo(
 
                     async def show() -> None:
                         while True:
-                            on_progress(await trio.to_thread.run_sync(_counts, engine, base, services, limiter=db))
+                            on_progress(await trio.to_thread.run_sync(_counts, engine, base, limiter=db))
                             await trio.sleep(progress_interval)
 
                     side.start_soon(show)
@@ -231,7 +243,7 @@ async def run_demo(
             stop.set()  # run_tracker closes its connections losslessly, commits everything and returns
     seconds = time.monotonic() - started
     await trio.to_thread.run_sync(ProjectionStore(engine).catch_up, event_log, limiter=db)
-    counts = await trio.to_thread.run_sync(_counts, engine, base, services, limiter=db)
+    counts = await trio.to_thread.run_sync(_counts, engine, base, limiter=db)
     verified, broken = await trio.to_thread.run_sync(_verify, event_log, limiter=db)
     return DemoResult(
         seed=seed,

@@ -82,7 +82,7 @@ def reconnect_reason(reason: str) -> str | None:
     return "error"
 
 
-def _data(payload: str) -> dict[str, Any]:
+def payload_data(payload: str) -> dict[str, Any]:
     try:
         data = json.loads(payload).get("data")
     except (ValueError, AttributeError):
@@ -116,7 +116,7 @@ def _read(engine: Engine, cursor: _Cursor) -> _Delta:
                     *span, t.source == "tracker", t.event.in_((te.GAP_DETECTED, te.CLOSED))
                 )
             ):
-                data = _data(payload)
+                data = payload_data(payload)
                 if event == te.GAP_DETECTED:
                     gaps[str(data.get("trigger") or "unknown")] += 1
                 elif (label := reconnect_reason(str(data.get("reason") or ""))) is not None:
