@@ -52,6 +52,8 @@ class WriterStats:
     quarantined: int = 0
     batches: int = 0
     max_batch_seen: int = 0
+    first_received: float | None = None  # trio time of the first item committed
+    last_commit: float | None = None  # trio time of the newest commit
     # Histogram over LATENCY_BUCKETS_S (+Inf last) and a bounded sample for percentiles.
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
@@ -123,6 +125,9 @@ async def _commit(append: AppendFn, batch: list[Item], stats: WriterStats, limit
     quarantine = [item for item, _ in batch if isinstance(item, QuarantineItem)]
     result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
     now = trio.current_time()
+    if stats.first_received is None:
+        stats.first_received = batch[0][1]
+    stats.last_commit = now
     for _, received in batch:
         stats.observe_latency(now - received)
     stats.items += len(batch)

@@ -1,0 +1,313 @@
+"""Live ingest throughput and latency: fake exchange → tracker's ingest pipeline → SQLite / PostgreSQL, beside a
+minimal baseline on the same stack, in the same run.
+
+    .venv/bin/python bench/ingest.py [--duration 4] [--rates 1000,2000,5000,10000,max] [--no-pg] [--pg-url URL]
+
+For each offered rate (frames/s; ``max`` = unpaced, as fast as delivery allows) the fake exchange runs in this process
+and each pipeline runs as a child process of its own (so the fake's CPU is not the pipeline's):
+
+- ``tracker``: ``run_tracker`` exactly as ``tracker run`` wires it (ingest with classification and lifecycle
+  entries, the single writer, ``EventLog.append`` with the hash chain, dedup and durable commits: SQLite WAL with
+  synchronous=FULL; PostgreSQL default fsync) and SIGINT to stop (the lossless close).
+- ``baseline``: a trio-websocket client that subscribes the same channels, does ``json.loads`` on every frame and a
+  raw ``sqlite3`` ``executemany`` + commit per batch (same pragmas: WAL, synchronous=FULL), group commit from one
+  thread, no hashing, no dedup, no SQLAlchemy.
+
+Sustained events/s = frames committed / (last data commit - first data receive), wall clock. Latency = receive
+(monotonic, when the frame left the websocket) → its batch committed, p50/p99. ``ratio`` = tracker sustained /
+baseline sustained at the same offered rate. Targets: ≥ 70 % of the baseline unpaced; p99 ≤ 20 ms at 1,000
+events/s offered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
+
+
+# ---------------------------------------------------------------------------------------------------- children
+
+
+def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
+    if not latencies:
+        return None, None
+    ordered = sorted(latencies)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+async def child_tracker(db_url: str) -> dict[str, Any]:
+    from tracker.config import load_settings
+    from tracker.runtime.service import run_tracker
+    from tracker.store.engine import open_engine
+    from tracker.store.event_log import EventLog
+
+    settings = load_settings(flags={"db_url": db_url})
+    engine = open_engine(settings.db_url)
+    log = EventLog(engine)
+    span: dict[str, float] = {}
+    real_append = log.append
+
+    def append(entries: Any, quarantine: Any = ()) -> Any:
+        # Wall-clock span of the data frames only (lifecycle entries before and after the load are not throughput).
+        result = real_append(entries, quarantine)
+        ws = [e for e in entries if e.source == "ws"]
+        if ws:
+            span.setdefault("first", ws[0].received_at.timestamp())
+            span["last"] = time.time()
+        return result
+
+    log.append = append  # type: ignore[method-assign]
+    try:
+        services = await run_tracker(settings, log)
+    finally:
+        engine.dispose()
+    stats = services.writer_stats
+    p50, p99 = _percentiles(list(stats.latency_sample))
+    return {
+        "items": stats.items,
+        "ws": services.ingest_stats.data_frames,
+        "duplicates": stats.duplicates,
+        "batches": stats.batches,
+        "span": span.get("last", 0.0) - span.get("first", 0.0),
+        "p50": p50,
+        "p99": p99,
+    }
+
+
+async def child_baseline(db_path: str) -> dict[str, Any]:
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    from tracker.bitstamp.channels import channels_for
+    from tracker.exchange.rest import BitstampClient
+
+    env = os.environ
+    async with BitstampClient(env["BITSTAMP_API_URL"], env["BITSTAMP_API_KEY"], env["BITSTAMP_API_SECRET"]) as client:
+        token = await client.websockets_token()
+    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, channel TEXT, event TEXT, payload TEXT)")
+    limiter = trio.CapacityLimiter(1)
+    pending: list[tuple[str, str, str, float]] = []
+    wake = trio.Event()
+    latencies: list[float] = []
+    counters = {"items": 0, "batches": 0, "first": None, "last": None}
+    stop = trio.Event()
+
+    def write(rows: list[tuple[str, str, str, float]]) -> None:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO events (channel, event, payload) VALUES (?, ?, ?)", [r[:3] for r in rows])
+        db.execute("COMMIT")
+
+    async def writer() -> None:
+        nonlocal pending, wake
+        while True:
+            await wake.wait()
+            wake = trio.Event()
+            batch, pending = pending, []
+            if not batch:
+                if stop.is_set():
+                    return
+                continue
+            await trio.to_thread.run_sync(write, batch, limiter=limiter)
+            now = trio.current_time()
+            latencies.extend(now - r[3] for r in batch)
+            counters["items"] += len(batch)  # type: ignore[operator]
+            counters["batches"] += 1  # type: ignore[operator]
+            counters["last"] = time.time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_websocket_url(env["BITSTAMP_WS_URL"]) as ws:
+                for channel in channels_for(MARKETS, token.user_id):
+                    frame = {"event": "bts:subscribe", "data": {"channel": channel, "auth": token.token}}
+                    await ws.send_message(json.dumps(frame))
+
+                async def receive() -> None:
+                    try:
+                        while True:
+                            message = await ws.get_message()
+                            received = trio.current_time()
+                            obj = json.loads(message)
+                            if obj["event"].startswith("bts:"):
+                                continue
+                            if counters["first"] is None:
+                                counters["first"] = time.time()
+                            pending.append((obj["channel"], obj["event"], message, received))
+                            wake.set()
+                    except ConnectionClosed:
+                        pass
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(receive)
+                    async for _ in signals:
+                        inner.cancel_scope.cancel()
+                        break
+        stop.set()
+        wake.set()
+    db.close()
+    p50, p99 = _percentiles(latencies)
+    first, last = counters["first"], counters["last"]
+    return {
+        "items": counters["items"],
+        "ws": counters["items"],
+        "duplicates": 0,
+        "batches": counters["batches"],
+        "span": (last or 0) - (first or 0),  # type: ignore[operator]
+        "p50": p50,
+        "p99": p99,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- parent
+
+
+async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[str, Any]:
+    from tracker.fake.server import open_fake_exchange
+
+    async with open_fake_exchange(seed=11, markets=MARKETS) as fx:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+        env.update(
+            BITSTAMP_API_KEY=fx.api_key,
+            BITSTAMP_API_SECRET=fx.api_secret,
+            BITSTAMP_API_URL=fx.api_url,
+            BITSTAMP_WS_URL=fx.ws_url,
+            TRACKER_MARKETS=",".join(MARKETS),
+        )
+        target = db_url if kind == "tracker" else db_url.removeprefix("sqlite:///")
+        process = await trio.lowlevel.open_process(
+            [sys.executable, __file__, "--child", kind, "--db", target],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with trio.fail_after(30):
+                await fx.wait_subscribed(fx.private_channels())
+            fx.set_rate(rate)
+            await trio.sleep(duration)
+            fx.set_rate(None)
+            await trio.sleep(0.5)  # let the pipeline commit the tail before the stop
+            process.send_signal(signal.SIGINT)
+            assert process.stdout is not None
+            out = b""
+            with trio.fail_after(60):
+                async for chunk in process.stdout:
+                    out += chunk
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        result["delivered"] = fx.model.frames_emitted
+        return result
+
+
+def fresh_db(kind: str, backend: str, tmp: Path, pg_url: str | None) -> str:
+    from tracker.store import migrate
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp / f'{kind}-{uuid.uuid4().hex[:6]}.db'}"
+        if kind == "tracker":
+            migrate.upgrade(url)
+        return url
+    assert pg_url is not None
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    base = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    migrate.upgrade(url)
+    return url
+
+
+def pg_database(explicit: str | None) -> tuple[str | None, str | None]:
+    """(url of a database to use, name of a throwaway database to drop at the end)."""
+    if explicit:
+        return explicit, None
+    try:
+        import psycopg
+
+        name = f"tracker_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, name
+    except Exception as exc:
+        print(f"(PostgreSQL not reachable at {PG_ADMIN}: {exc}; skipping it)")
+        return None, None
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+async def parent(args: argparse.Namespace) -> None:
+    rates = [math.inf if r == "max" else float(r) for r in args.rates.split(",")]
+    explicit_pg = args.pg_url or os.environ.get("TRACKER_BENCH_PG_URL")
+    pg_url, throwaway = (None, None) if args.no_pg else pg_database(explicit_pg)
+    targets = [("baseline", "sqlite"), ("tracker", "sqlite")] + ([("tracker", "postgresql")] if pg_url else [])
+    header = f"{'offered':>8} {'pipeline':<20} {'sustained/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'batches':>8}"
+    print(header + f" {'ratio':>6}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for rate in rates:
+                base_rate: float | None = None
+                for kind, backend in targets:
+                    db_url = fresh_db(kind, backend, Path(tmp), pg_url)
+                    r = await measure(kind, db_url, rate, args.duration)
+                    sustained = r["ws"] / r["span"] if r["span"] > 0 else 0.0
+                    if kind == "baseline":
+                        base_rate = sustained
+                    ratio = f"{sustained / base_rate:.0%}" if base_rate and kind != "baseline" else ""
+                    offered = "max" if math.isinf(rate) else f"{rate:.0f}"
+                    print(
+                        f"{offered:>8} {kind + '/' + backend:<20} {sustained:>12.0f} {fmt_ms(r['p50']):>8} "
+                        f"{fmt_ms(r['p99']):>8} {r['batches']:>8} {ratio:>6}",
+                        flush=True,
+                    )
+    finally:
+        if throwaway:
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{throwaway}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds of offered load per measurement")
+    parser.add_argument("--rates", default="1000,2000,5000,10000,max", help="offered frames/s; max = unpaced")
+    parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument("--pg-url", help="an existing PostgreSQL database to use (or TRACKER_BENCH_PG_URL)")
+    parser.add_argument("--child", choices=("tracker", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "tracker":
+        print(json.dumps(trio.run(child_tracker, args.db)), flush=True)
+    elif args.child == "baseline":
+        print(json.dumps(trio.run(child_baseline, args.db)), flush=True)
+    else:
+        trio.run(parent, args)
+
+
+if __name__ == "__main__":
+    main()
