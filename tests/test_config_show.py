@@ -1,0 +1,70 @@
+"""``tracker config show`` through the real command (a subprocess, cwd a temp dir holding ``tracker.toml``): the
+documented precedence (flag > environment > tracker.toml > default), where each value came from, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+KEY = "keyABCDEFGH12345678"
+SECRET = "secretXYZ987654321abcdef"
+
+
+def show(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracker", "config", "show", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_precedence_origins_and_masking(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
+    (tmp_path / "tracker.toml").write_text(
+        "[tracker]\n"
+        f'db_url = "sqlite:///{tmp_path}/from-file.db"\n'
+        'markets = ["ethusd"]\n'
+        "reconcile_interval_s = 60\n"
+        f'api_secret_file = "{secret_file}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env.update(BITSTAMP_API_KEY=KEY, TRACKER_MARKETS="btcusd", TRACKER_RECONCILE_INTERVAL="30")
+
+    result = show(tmp_path, env, "--markets", "btcusd-perp", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows["TRACKER_DB_URL"] == {"value": f"sqlite:///{tmp_path}/from-file.db", "from": "file"}
+    assert rows["TRACKER_MARKETS"] == {"value": "btcusd-perp", "from": "flag"}  # flag over env over file
+    assert rows["TRACKER_RECONCILE_INTERVAL"] == {"value": "30.0", "from": "env"}  # env over file
+    assert rows["BITSTAMP_API_URL"]["from"] == "default"
+    assert rows["BITSTAMP_API_KEY"] == {"value": "keyA…***", "from": "env"}
+    assert rows["BITSTAMP_API_SECRET"] == {"value": "secr…***", "from": "file"}
+
+    table = show(tmp_path, env)
+    assert table.returncode == 0, table.stderr
+    assert "TRACKER_MARKETS" in table.stdout and "(env)" in table.stdout and "(file)" in table.stdout
+    for output in (result.stdout + result.stderr, table.stdout + table.stderr):
+        assert KEY not in output
+        assert SECRET not in output
+
+
+def test_password_in_the_database_url_is_hidden(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env["TRACKER_DB_URL"] = "postgresql://tracker:hunter22@db.example/tracker"
+    result = show(tmp_path, env, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["TRACKER_DB_URL"]["value"] == "postgresql://tracker:***@db.example/tracker"
+    assert "hunter22" not in result.stdout
