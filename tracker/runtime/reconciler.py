@@ -356,7 +356,8 @@ def recovery_task(
             markets = tuple(settings.markets) if settings.markets else await discover_markets(client)
             names = await market_names(api)
             account = str(services.account)
-            reader = ProjectionReader(ProjectionStore(services.log.engine), services.log, trio.CapacityLimiter(1))
+            # Projection catch-up behind the writer's limiter: one SQLite writer at a time, no busy-waiting.
+            reader = ProjectionReader(ProjectionStore(services.log.engine), services.log, services.db_limiter)
 
             async def projected_open_orders() -> list[OrderRow]:
                 await reader.catch_up()
@@ -413,10 +414,11 @@ async def reconcile_once(
         account = token.user_id
         markets = tuple(settings.markets) if settings.markets else await discover_markets(client)
         names = await market_names(api)
-        reader = ProjectionReader(ProjectionStore(engine), event_log, trio.CapacityLimiter(1))
+        one_writer = trio.CapacityLimiter(1)
+        reader = ProjectionReader(ProjectionStore(engine), event_log, one_writer)
         backfiller = Backfiller(
             api,
-            LogSink(event_log, trio.CapacityLimiter(1)),
+            LogSink(event_log, one_writer),
             account=account,
             markets=markets,
             names=names,
