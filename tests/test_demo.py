@@ -88,3 +88,27 @@ def test_demo_twice_continues_the_database(tmp_path: Path, capsys: pytest.Captur
     assert verify_out.startswith(f"ok: {head2} events intact")
     for text in (out1, err1, out2):
         assert DEMO_API_SECRET not in text
+
+
+def test_demo_refuses_a_database_of_another_account(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    from tracker.domain import tracker_events as te
+    from tracker.store.migrate import upgrade
+
+    db = tmp_path / "real.db"
+    upgrade(f"sqlite:///{db}")
+    engine = open_engine(f"sqlite:///{db}")
+    try:
+        entry = te.tracker_entry(
+            account="271828", event=te.CONNECTED, data={}, received_at=datetime.now(UTC), uid="real-1"
+        )
+        EventLog(engine).append([entry])
+    finally:
+        engine.dispose()
+    assert main(["demo", "--duration", "1", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"tracker: error: {db} holds account 271828, not the demo's: the demo writes fake activity only into its own"
+        " database; pick another --db"
+    )

@@ -24,7 +24,8 @@ from sqlalchemy import Engine, func, select
 from tracker.config import Secret, Settings
 from tracker.domain import tracker_events as te
 from tracker.domain.chain import ChainWalker
-from tracker.fake.server import FakeExchange, open_fake_exchange
+from tracker.errors import TrackerError
+from tracker.fake.server import DEMO_USER_ID, FakeExchange, open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.metrics_task import payload_data, reconnect_reason
 from tracker.runtime.projector import run_projector
@@ -83,6 +84,12 @@ def _baseline(engine: Engine) -> _Baseline:
     """The log head, the fills so far and the largest ids in the log (for ``_continue_ids``)."""
     t = event_log_table
     with engine.connect() as conn:
+        other = conn.execute(select(t.c.account).where(t.c.account != str(DEMO_USER_ID)).limit(1)).scalar()
+        if other is not None:
+            raise TrackerError(
+                f"{engine.url.database} holds account {other}, not the demo's: the demo writes fake activity only into"
+                " its own database; pick another --db"
+            )
         head = int(conn.execute(select(func.coalesce(func.max(t.c.seq), 0))).scalar_one())
         fills = int(conn.execute(select(func.count()).select_from(VIEWS["v_fills"])).scalar_one())
         orders = _int_ids(list(conn.execute(select(t.c.order_id).distinct()).scalars()))
