@@ -20,7 +20,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -244,10 +244,16 @@ def ws_payloads(db_url: str) -> set[str]:
         engine.dispose()
 
 
+async def until_in_db(predicate: Callable[[], bool]) -> None:
+    """Another process writes the log: poll the database (callers bound it with a deadline)."""
+    while not predicate():  # noqa: ASYNC110 (no event crosses processes)
+        await trio.sleep(0.05)
+
+
 async def test_kill_9_of_tracker_run_then_restart(sqlite_url: str) -> None:
     """``tracker run`` (a real process) is killed with SIGKILL while frames are in flight; activity goes on while it
-    is down (this stands in for "20 s later": what matters is what happened meanwhile, not the wall time); the restart
-    records the start-up window from the dead run's last entry and backfills it."""
+    is down (this stands in for "20 s later": what matters is what happened meanwhile, not the wall time); the restarted
+    ``tracker run`` records the start-up window from the dead run's last entry and backfills it, then stops cleanly."""
     upgrade(sqlite_url)
     async with open_fake_exchange(seed=5, markets=MARKETS) as fx:
         env = {
@@ -267,9 +273,7 @@ async def test_kill_9_of_tracker_run_then_restart(sqlite_url: str) -> None:
             with trio.fail_after(30):
                 await fx.wait_subscribed(fx.private_channels())
                 wanted = {e.text for e in await fx.generate(200)}
-                # Another process writes the log: poll the database (bounded by the deadline above).
-                while not wanted <= ws_payloads(sqlite_url):  # noqa: ASYNC110 (no event crosses processes)
-                    await trio.sleep(0.05)
+                await until_in_db(lambda: wanted <= ws_payloads(sqlite_url))
             fx.pause_delivery()  # what the dead process had in flight is lost with it
             with no_self_trades(fx):
                 await fx.generate(100)
@@ -280,11 +284,18 @@ async def test_kill_9_of_tracker_run_then_restart(sqlite_url: str) -> None:
                 await fx.generate(200)  # while tracker is down
             fx.resume_delivery()
         killed_at = datetime.now(UTC)
-        async with tracker_running(fx, sqlite_url, started_at=killed_at) as tracker:
-            await fx.wait_subscribed(fx.private_channels())
-            await tracker.backfiller.wait_runs(1)
-            await wait_logged(tracker, await fx.generate(100))
-            await tracker.backfiller.run("test")
+        backfills = len(tracker_events(sqlite_url, "backfill_completed"))
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(run)  # the restart: `tracker run` again
+            with trio.fail_after(30):
+                await fx.wait_subscribed(fx.private_channels())
+                await until_in_db(lambda: len(tracker_events(sqlite_url, "backfill_completed")) > backfills)
+                wanted = {e.text for e in await fx.generate(100)}
+                await until_in_db(lambda: wanted <= ws_payloads(sqlite_url))
+            proc.send_signal(signal.SIGINT)
+            with trio.fail_after(30):
+                await proc.wait()
+            assert proc.returncode == 0
         assert_equals_truth(fx, sqlite_url)
     *_, startup = [g for g in tracker_events(sqlite_url, "gap_detected") if g.get("reason") == "start-up"]
     assert startup["start"] is not None and datetime.fromisoformat(startup["start"]) < killed_at
