@@ -201,9 +201,7 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
         try:
             with trio.fail_after(30):
                 await fx.wait_subscribed(fx.private_channels())
-            fx.set_rate(rate)
-            await trio.sleep(duration)
-            fx.set_rate(None)
+            await offer(fx, rate, duration)
             await trio.sleep(0.5)  # let the pipeline commit the tail before the stop
             process.send_signal(signal.SIGINT)
             assert process.stdout is not None
@@ -218,6 +216,23 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
         result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
         result["delivered"] = fx.model.frames_emitted
         return result
+
+
+async def offer(fx: Any, rate: float, duration: float) -> None:
+    """Generate frames at ``rate``/s for ``duration`` s (catching up every couple of ms: trio's sleep granularity is
+    about 1 ms, so a sleep per model step caps near 1,000 steps/s), or as fast as delivery allows for ``inf``."""
+    start = trio.current_time()
+    sent = 0
+    while (now := trio.current_time()) - start < duration:
+        if math.isinf(rate):
+            await fx.generate(20)
+            await trio.lowlevel.checkpoint()
+            continue
+        due = int((now - start) * rate) - sent
+        if due > 0:
+            sent += len(await fx.generate_frames(due))
+        else:
+            await trio.sleep(0.002)
 
 
 def fresh_db(kind: str, backend: str, tmp: Path, pg_url: str | None) -> str:

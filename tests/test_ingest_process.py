@@ -165,3 +165,34 @@ async def test_sigint_during_burst_loses_nothing_and_leaks_nothing(tmp_path: Pat
         assert secret not in log_text
         assert secret not in dump
         assert secret.encode() not in raw
+
+
+async def test_wrong_secret_is_one_actionable_line(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    upgrade(db_url)
+    markets = tuple(MARKETS.split(","))
+    async with open_fake_exchange(seed=1, markets=markets, api_key=API_KEY, api_secret=API_SECRET) as fx:
+        env = child_env(fx, db_url)
+        env["BITSTAMP_API_SECRET"] = "wrongSECRETwrongSECRETwrongSECRET"
+        with trio.fail_after(30):
+            result = await trio.run_process(
+                [sys.executable, "-m", "tracker", "run"], env=env, capture_stdout=True, capture_stderr=True, check=False
+            )
+    err = result.stderr.decode()
+    assert result.returncode == 3, err
+    assert err.strip().splitlines()[-1] == "tracker: error: signature rejected: check BITSTAMP_API_SECRET"
+    assert "wrongSECRET" not in err and API_KEY not in err
+
+
+async def test_unmigrated_database_says_run_db_upgrade(tmp_path: Path) -> None:
+    db_path = tmp_path / "empty.db"
+    sqlite3.connect(db_path).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env.update(BITSTAMP_API_KEY=API_KEY, BITSTAMP_API_SECRET=API_SECRET, TRACKER_DB_URL=f"sqlite:///{db_path}")
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "tracker", "run"], env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+    err = result.stderr.decode().strip().splitlines()
+    assert result.returncode != 0
+    assert err[-1].startswith("tracker: error: ") and "run `tracker db upgrade`" in err[-1]

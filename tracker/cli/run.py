@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from tracker.cli import add_common_flags
+from tracker.errors import TrackerError
 
 log = logging.getLogger("tracker.run")
 
@@ -67,9 +68,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         if settings.metrics_port is not None:
             extra_tasks.append(start_metrics(engine, settings.metrics_port))
         trio.run(run_checked, settings, EventLog(engine), extra_tasks)
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap errors in groups; a single user-facing error is shown as its one-line message.
+        error = single_tracker_error(group)
+        if error is None:
+            raise
+        raise error from None
     finally:
         engine.dispose()
     return 0
+
+
+def single_tracker_error(group: BaseExceptionGroup[BaseException]) -> TrackerError | None:
+    """The one ``TrackerError`` in a (nested) exception group, or None if there is anything else in it."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], TrackerError):
+        return leaves[0]
+    return None
 
 
 def start_metrics(engine: Any, port: int) -> Any:
