@@ -315,3 +315,63 @@ async def test_malformed_and_unknown_frames_are_kept(autojump_clock: trio.testin
         quarantined = [i for i, _ in harness.items if isinstance(i, QuarantineItem)]
         assert [q.raw for q in quarantined] == ["{not json"]
         assert [e.event for e in harness.entries("ws")] == ["order_teleported"]
+
+
+async def test_other_controls_error_without_subscribe_and_unknown_bts(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (harness, _stop):
+        [conn] = harness.hub.conns
+        await conn.send.send(
+            '{"event":"bts:error","channel":"","data":{"code":null,"message":"Bad subscription string."}}'
+        )
+        await conn.send.send('{"event":"bts:subscription_failed","channel":"x","data":{}}')  # undocumented: ignored
+        await conn.send.send('{"event":"bts:unsubscription_succeeded","channel":"x","data":{}}')  # stray ack
+        await harness.wait_for(lambda: "ws_error" in [e for e, _ in harness.lifecycle()])
+        error = next(e for e in harness.entries("tracker") if e.event == "ws_error")
+        assert json.loads(error.payload)["data"] == {"code": None, "message": "Bad subscription string."}
+        assert harness.entries("ws") == []  # control frames are not data
+
+
+async def test_token_single_flight_reuse_and_expiry(autojump_clock: trio.testing.MockClock) -> None:
+    from tracker.exchange.rest import WsToken
+    from tracker.runtime.tokens import TokenSource
+
+    minted: list[float] = []
+
+    async def fetch() -> WsToken:
+        minted.append(trio.current_time())
+        await trio.sleep(0.2)  # the HTTP round trip
+        return WsToken(f"token{len(minted)}", "1", 60)
+
+    tokens = TokenSource(fetch, margin=10.0)
+    got: list[str] = []
+
+    async def get() -> None:
+        token, _ = await tokens.get()
+        got.append(token.token)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(get)
+    assert got == ["token1"] * 5 and len(minted) == 1  # a burst of subscribes mints once
+    await trio.sleep(49.0)
+    assert (await tokens.get())[0].token == "token1"  # still inside valid_sec - margin
+    await trio.sleep(1.0)
+    assert (await tokens.get())[0].token == "token2"  # 50 s after minting: a new one
+    token, number = await tokens.get()
+    assert (await tokens.get(newer_than=number))[0].token == "token3"  # a reconnect never reuses
+    tokens.invalidate(token)
+    assert (await tokens.get())[0].token == "token3"  # invalidating an older token changes nothing
+
+
+def test_backoff_equal_jitter_capped_and_reset() -> None:
+    from tracker.runtime.backoff import Backoff
+
+    backoff = Backoff(base=0.5, cap=30.0, rng=random.Random(3))
+    delays = [backoff.next_delay() for _ in range(10)]
+    for n, delay in enumerate(delays):
+        ceiling = min(30.0, 0.5 * 2**n)
+        assert ceiling / 2 <= delay <= ceiling
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+    with pytest.raises(ValueError, match="base"):
+        Backoff(base=0)
