@@ -304,6 +304,7 @@ class BackfillReport:
     # each market's walk started.
     fills_seen: dict[str, list[ExchangeFill]] = field(default_factory=dict)
     walk_from: dict[str, int] = field(default_factory=dict)
+    walk_start_at: dict[str, datetime] = field(default_factory=dict)  # datetime of the walk's first row
     statuses: list[ExchangeOrderStatus] = field(default_factory=list)
 
     def as_data(self) -> dict[str, Any]:
@@ -581,6 +582,10 @@ class Backfiller:
                 limit=self.options.page_limit,
             )
             rows = page if isinstance(page, list) else []
+            if rows and market not in report.walk_start_at and isinstance(rows[0], dict):
+                first_at = parse_rest_datetime(rows[0].get("datetime"))
+                if first_at is not None:
+                    report.walk_start_at[market] = first_at
             keys = [_int(r.get("id")) if isinstance(r, dict) else -1 for r in rows]
             fresh_or_cursor = [i for i, k in enumerate(keys) if k == cursor and k not in seen]
             step = advance(cursor, keys, limit=self.options.page_limit, seen=seen)
