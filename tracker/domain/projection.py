@@ -306,6 +306,8 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
         _follow_chain(state, event, event_id)
     if old is not None and event_id is not None and _is_stale(event_id, old.seen_event_ids):
         _apply_stale_order_event(state, old, event, event_id)
+        # e.g. a restart heard the replacement's later events live before the backfill brought its order_replaced
+        _link_replacement(state, event)
         return
     at_create = event.amount_at_create
     link = state.order_links.get(key)
@@ -367,8 +369,14 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
     )
     state.orders[key] = order
     state.dirty["orders"].add(key)
+    _link_replacement(state, event)
+    _cross_check(state, order, link, event.seq)
+
+
+def _link_replacement(state: ProjectionState, event: OrderEvent) -> None:
+    """An ``order_replaced`` marks its ``orig_order_id`` replaced, also when it arrives late (stale)."""
     if event.kind == "replaced" and event.orig_order_id is not None and event.orig_order_id != event.order_id:
-        orig = _link(state, account, event.orig_order_id)
+        orig = _link(state, event.account, event.orig_order_id)
         _put_link(
             state,
             OrderLinkRow(
@@ -381,8 +389,7 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
                 orig.mismatch_id,
             ),
         )
-        _recompute_order(state, account, event.orig_order_id, event.seq)
-    _cross_check(state, order, link, event.seq)
+        _recompute_order(state, event.account, event.orig_order_id, event.seq)
 
 
 ALL_SOURCES: Final = "*"
