@@ -215,10 +215,14 @@ class Connection:
         return f"Connection({self.id}, {len(self.channels)} channels)"
 
     async def _to_writer(self, item: NewEntry | QuarantineItem, received: float) -> None:
-        # Shielded: a frame read off the socket reaches the writer even when we are being cancelled. The writer
-        # is never cancelled before its producers are gone, so this cannot hang.
-        with trio.CancelScope(shield=True):
-            await self._writer.send((item, received))
+        # The common case costs no checkpoint (the socket read already had one). When the buffer is full we wait
+        # (back-pressure), shielded: a frame read off the socket reaches the writer even when we are being
+        # cancelled. The writer is never cancelled before its producers are gone, so this cannot hang.
+        try:
+            self._writer.send_nowait((item, received))
+        except trio.WouldBlock:
+            with trio.CancelScope(shield=True):
+                await self._writer.send((item, received))
 
     async def record(self, event: str, data: dict[str, Any]) -> None:
         await self._to_writer(self.ctx.lifecycle(event, data, self.id), trio.current_time())
