@@ -300,3 +300,21 @@ async def test_kill_9_of_tracker_run_then_restart(sqlite_url: str) -> None:
     *_, startup = [g for g in tracker_events(sqlite_url, "gap_detected") if g.get("reason") == "start-up"]
     assert startup["start"] is not None and datetime.fromisoformat(startup["start"]) < killed_at
     assert set(startup["channels"]) == set(fx.private_channels())
+
+
+async def test_backfill_backs_off_when_the_exchange_rate_limits(sqlite_url: str) -> None:
+    """The fake answers the next requests with HTTP 429 / 400.002: the backfill backs off, retries and completes."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=2, markets=MARKETS) as fx:
+        async with tracker_running(fx, sqlite_url) as tracker:
+            await fx.wait_subscribed(fx.private_channels())
+            await tracker.backfiller.wait_runs(1)
+            fx.pause_delivery()
+            with no_self_trades(fx):
+                await fx.generate(200)
+            fx.reject_next_requests(2)
+            report = await tracker.backfiller.run("test")
+            fx.resume_delivery()
+            assert not report.errors
+            assert tracker.backfiller.api.stats.rate_limited >= 2
+        assert_equals_truth(fx, sqlite_url)

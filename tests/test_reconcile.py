@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tracker.domain.reconcile import (
     Balance,
     Diff,
@@ -140,3 +143,27 @@ def test_plan_is_idempotent_and_resolves_clean_rechecks() -> None:
     # A projector-made discrepancy is never resolved by the reconciler.
     other = DiscrepancyRow("acc", "fill_source_mismatch:10:5", "fill_source_mismatch", "fill:10", "", "open", 5, None)
     assert plan(Diff([], {"fill:10"}), [other]).resolve == ()
+
+
+@given(
+    st.lists(st.integers(1, 10_000), unique=True, min_size=1, max_size=40),
+    st.data(),
+)
+def test_each_planted_difference_is_found_once(ids: list[int], data: st.DataObject) -> None:
+    """Equal sides: nothing. Then drop some exchange rows, some projected fills, change some fees: exactly those
+    entities are reported, each once, with the right kind."""
+    projected = [fill(str(i)) for i in ids]
+    exchange = [ex_fill(str(i)) for i in ids]
+    assert diff_fills(projected, exchange, market="btcusd", from_id=0).findings == []
+    chosen = data.draw(st.lists(st.sampled_from(ids), unique=True, max_size=len(ids)))
+    kinds = {
+        i: data.draw(st.sampled_from(["fill_missing", "fill_unknown_to_exchange", "fee_mismatch"])) for i in chosen
+    }
+    projected = [f for f in projected if kinds.get(int(f.trade_id)) != "fill_missing"]
+    exchange = [
+        ex_fill(e.trade_id, fee="0.2") if kinds.get(int(e.trade_id)) == "fee_mismatch" else e
+        for e in exchange
+        if kinds.get(int(e.trade_id)) != "fill_unknown_to_exchange"
+    ]
+    found = diff_fills(projected, exchange, market="btcusd", from_id=0).findings
+    assert sorted((f.entity, f.kind) for f in found) == sorted((f"fill:{i}", k) for i, k in kinds.items())
