@@ -375,3 +375,38 @@ def test_backoff_equal_jitter_capped_and_reset() -> None:
     assert backoff.next_delay() <= 0.5
     with pytest.raises(ValueError, match="base"):
         Backoff(base=0)
+
+
+async def test_channels_are_sharded_across_connections(autojump_clock: trio.testing.MockClock) -> None:
+    async with running(IngestOptions(max_channels_per_connection=3)) as (harness, _stop):
+        assert len(harness.hub.conns) == 3  # 8 channels, at most 3 per connection
+        assert sorted(len(c.subs) for c in harness.hub.conns) == [2, 3, 3]
+        assert len(harness.hub.subscribed()) == 8
+
+
+def test_shard_channels_keeps_under_the_server_cap() -> None:
+    from tracker.runtime.ingest import MAX_CHANNELS_PER_CONNECTION, shard_channels
+
+    channels = [f"c{i}" for i in range(2500)]
+    shards = shard_channels(channels, MAX_CHANNELS_PER_CONNECTION)
+    assert [len(s) for s in shards] == [1000, 1000, 500]
+    assert [c for s in shards for c in s] == channels
+    assert MAX_CHANNELS_PER_CONNECTION < 1024
+
+
+async def test_client_frames_of_512_bytes_or_more_never_leave() -> None:
+    from tracker.exchange.ws import FrameTooLarge
+
+    sent: list[str] = []
+
+    class Recorder:
+        async def send_message(self, text: str) -> None:
+            sent.append(text)
+
+    ws = WsConnection(Recorder())  # type: ignore[arg-type]
+    await ws.send("x" * 511)
+    with pytest.raises(FrameTooLarge, match="512"):
+        await ws.send("x" * 512)
+    with pytest.raises(FrameTooLarge):
+        await ws.send("é" * 256)  # 512 bytes in UTF-8
+    assert len(sent) == 1
