@@ -30,7 +30,7 @@ from tracker.fake.model import AccountModel
 from tracker.store import migrate
 from tracker.store.engine import open_engine, writer
 from tracker.store.event_log import EventLog
-from tracker.store.projection_schema import VIEWS
+from tracker.store.projection_schema import VIEWS, projector_checkpoint
 from tracker.store.projections import ProjectionStore
 
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
@@ -229,3 +229,16 @@ def test_sqlite_shell_decimal_sum_is_exact(sqlite_url: str) -> None:
     if "no such function" in shell.stderr:
         pytest.skip(f"this sqlite3 shell has no decimal extension: {shell.stderr.strip()}")
     assert Decimal(shell.stdout.strip()) == EXACT_TOTAL
+
+
+def test_first_writers_on_a_fresh_database_serialise(engine: Engine) -> None:
+    """No checkpoint row yet: the first write creates it; a second writer that also read 0 is refused, and a refused
+    write leaves no row behind (``tracker status`` reads a missing row as "the projector never ran")."""
+    first, second = ProjectionStore(engine), ProjectionStore(engine)
+    rows = fold(_fills(1, 1)).changed_rows()
+    assert first.write_batch(rows, 1, expected=5) is None
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(projector_checkpoint)).scalar_one() == 0
+    assert first.write_batch(rows, 1, expected=0) == 2
+    assert second.write_batch(fold(_fills(1, 2)).changed_rows(), 2, expected=0) is None
+    assert second.load_checkpoint() == 1

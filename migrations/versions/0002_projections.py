@@ -233,12 +233,6 @@ def upgrade() -> None:
     )
     for name, table, columns in INDEXES:
         op.create_index(op.f(name), table, columns)
-    # The projector's row exists from the start, so a writer can always lock it (SELECT ... FOR UPDATE on
-    # PostgreSQL locks nothing when the row is missing, and two first writers would both pass the checkpoint check).
-    epoch = (
-        "'1970-01-01 00:00:00+00'" if op.get_context().dialect.name == "postgresql" else "'1970-01-01 00:00:00.000000'"
-    )
-    op.execute("INSERT INTO projector_checkpoint (name, seq, updated_at) VALUES ('projector', 0, " + epoch + ")")
     for name, select in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {select}")  # static text from VIEWS above, no user input
 

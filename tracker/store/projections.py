@@ -22,7 +22,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Final
 
-from sqlalchemy import Connection, Dialect, Engine, Table, and_, delete, func, select, update
+from sqlalchemy import Connection, Dialect, Engine, Table, and_, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
@@ -51,6 +51,28 @@ class BatchResult:
     checkpoint: int  # the checkpoint written
     rows_written: int
     misses: int  # rows the fold read that were not prefetched (see projection_keys)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def lock_checkpoint(conn: Connection, name: str) -> int:
+    """Take the checkpoint row's lock in a write transaction and return its seq (0 when there is no row yet).
+
+    SQLite: the transaction's BEGIN IMMEDIATE already holds the database's write lock. PostgreSQL: ``SELECT ... FOR
+    UPDATE`` locks nothing when the row does not exist, so two first writers could both pass the check; a missing
+    row is therefore inserted first (``ON CONFLICT DO NOTHING`` waits for a concurrent inserter's commit), then
+    locked. A transaction that does not go on to write rolls back, so no row appears before the projector ran.
+    """
+    query = select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == name)
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            postgresql.insert(projector_checkpoint)
+            .values(name=name, seq=0, updated_at=_EPOCH)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        query = query.with_for_update()
+    return int(conn.execute(query).scalar_one_or_none() or 0)
 
 
 class _LazyTable(dict[Any, Any]):
@@ -256,24 +278,24 @@ class ProjectionStore:
     def write_batch(self, changed: Mapping[str, Sequence[Row]], checkpoint: int, *, expected: int) -> int | None:
         """Upsert ``changed`` rows and set the checkpoint, in one transaction, if the stored checkpoint is still
         ``expected``; returns the rows written, or ``None`` (nothing written) when it moved meanwhile."""
-        with self._writer.begin() as conn:
-            # Lock the checkpoint row first (SQLite: BEGIN IMMEDIATE already holds the write lock), so two writers
-            # cannot both pass the check below; the loser sees the winner's checkpoint and backs off.
-            query = select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == self.checkpoint_name)
-            if self._postgres:
-                query = query.with_for_update()
-            stored = int(conn.execute(query).scalar_one_or_none() or 0)
+        with self._writer.connect() as conn, conn.begin() as transaction:
+            stored = lock_checkpoint(conn, self.checkpoint_name)
             if stored != expected:
+                transaction.rollback()  # nothing of this transaction stays (not even lock_checkpoint's insert)
                 return None
-            written = 0
-            for name, rows in changed.items():
-                if not rows:
-                    continue
+            written = self._write_rows(conn, changed)
+            conn.execute(
+                self.checkpoint_upsert,
+                [{"name": self.checkpoint_name, "seq": checkpoint, "updated_at": self.clock()}],
+            )
+        return written
+
+    def _write_rows(self, conn: Connection, changed: Mapping[str, Sequence[Row]]) -> int:
+        written = 0
+        for name, rows in changed.items():
+            if rows:
                 conn.exec_driver_sql(self._upserts[name], self._values(name, rows))
                 written += len(rows)
-            conn.execute(
-                self.checkpoint_upsert, [{"name": self.checkpoint_name, "seq": checkpoint, "updated_at": self.clock()}]
-            )
         return written
 
     def _values(self, name: str, rows: Sequence[Row]) -> list[Any]:
@@ -352,9 +374,7 @@ class ProjectionStore:
             return int(conn.execute(query).scalar_one())
 
     def clear(self, conn: Connection) -> None:
-        """Delete every row of these tables and set their checkpoint to 0 (inside the caller's transaction)."""
+        """Delete every row of these tables and their checkpoint (inside the caller's transaction)."""
         for table in self.tables.values():
             conn.execute(delete(table))
-        conn.execute(
-            update(projector_checkpoint).where(projector_checkpoint.c.name == self.checkpoint_name).values(seq=0)
-        )
+        conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == self.checkpoint_name))

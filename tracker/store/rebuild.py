@@ -29,7 +29,7 @@ from tracker.store.projection_schema import (
     projector_checkpoint,
     shadow_tables,
 )
-from tracker.store.projections import BATCH, BatchResult, ProjectionStore
+from tracker.store.projections import BATCH, BatchResult, ProjectionStore, lock_checkpoint
 
 SHADOW_PREFIX: Final = "rebuild_"
 SHADOW_CHECKPOINT: Final = "rebuild"
@@ -74,10 +74,7 @@ def rebuild(
         if before_swap is not None:
             before_swap()
         with writer(engine).begin() as conn:
-            lock = select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == CHECKPOINT_NAME)
-            if engine.dialect.name == "postgresql":
-                lock = lock.with_for_update()  # the live projector's write_batch waits for us, then sees the new seq
-            conn.execute(lock)
+            lock_checkpoint(conn, CHECKPOINT_NAME)  # a live projector's write waits for us, then sees the new seq
             checkpoint = store.load_checkpoint(conn)
             rows: dict[str, int] = {}
             for name, live in PROJECTION_TABLES.items():
