@@ -1,0 +1,195 @@
+"""The writer's lease: at most one ``tracker run`` writes an account's frames at a time.
+
+- **PostgreSQL**: a session-level advisory lock, key = a stable 64-bit hash of ``tracker:<account>``, held on a
+  connection of its own for the life of the run. Several accounts can share one database (different keys); a second
+  ``tracker run`` for the same account polls ``pg_try_advisory_lock`` as a hot standby. When the holder dies, even by
+  ``kill -9``, the kernel closes its socket, PostgreSQL ends the session and releases the lock, and the standby's next
+  poll gets it. The lock is never taken inside a transaction (it would not outlive it otherwise, and a transaction
+  would pin the connection); the connection runs in autocommit.
+- **SQLite**: one writer per database file: an exclusive ``flock`` on ``<db>.lock`` (with the holder's pid written in
+  it for the message). The kernel drops a ``flock`` when the process dies, so a crash never leaves a stale lock.
+  There is no standby on SQLite: a second writer is refused at once.
+
+These are blocking calls: the runtime runs them in worker threads (``tracker/runtime/lease.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, exc, text
+
+from tracker.errors import StoreError
+from tracker.store.engine import sqlite_path
+
+
+class LeaseLost(StoreError):
+    """Another process holds the lease this run had: it must stop writing at once."""
+
+
+def lease_key(account: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock`` (the same in every process and Python version)."""
+    digest = hashlib.blake2b(f"tracker:{account}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# The holder's session as pg_locks shows it: a bigint advisory key is split into classid (high 32 bits) and objid
+# (low 32 bits), with objsubid 1.
+_HOLDER = text(
+    "SELECT a.pid, a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid) LIMIT 1"
+)
+
+
+class PgLease:
+    """The advisory lock of one account, on a dedicated autocommit connection (opened lazily, reopened after a loss)."""
+
+    def __init__(self, engine: Engine, account: str) -> None:
+        self.engine = engine
+        self.account = account
+        self.key = lease_key(account)
+        self._conn: Connection | None = None
+        self.held = False
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                # Shown to a standby (and in pg_stat_activity): which process holds the account.
+                conn.execute(text("SELECT set_config('application_name', :name, false)"), {"name": self.label()})
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def label(self) -> str:
+        return f"tracker run pid {os.getpid()} account {self.account}"
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (never blocks); True when this process holds it."""
+        if self.held:
+            return True
+        got = self._connection().execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar_one()
+        self.held = bool(got)
+        return self.held
+
+    def holder(self) -> str | None:
+        """Who holds the lock now (its ``application_name`` and backend pid), for the standby's message."""
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        params = {"hi": unsigned >> 32, "lo": unsigned & 0xFFFF_FFFF}
+        row = self._connection().execute(_HOLDER, params).first()
+        if row is None:
+            return None
+        pid, name, addr = row
+        return f"{name or 'a session'} (backend pid {pid}{', from ' + addr if addr else ''})"
+
+    def check(self) -> bool:
+        """True while the lease connection is alive and still holds the lock; False (and forgets the connection) when
+        it is gone: a session that ended has lost its advisory locks with it."""
+        if self._conn is None or not self.held:
+            return False
+        try:
+            alive = self._conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+                    " AND objsubid = 1 AND classid = CAST(:hi AS oid) AND objid = CAST(:lo AS oid)"
+                ),
+                {"hi": (self.key & 0xFFFF_FFFF_FFFF_FFFF) >> 32, "lo": self.key & 0xFFFF_FFFF},
+            ).scalar_one()
+        except exc.DBAPIError:
+            self._drop()
+            return False
+        if not alive:
+            self._drop()
+        return bool(alive)
+
+    def _drop(self) -> None:
+        self.held = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except exc.DBAPIError:
+                pass
+
+    def release(self) -> None:
+        if self._conn is not None and self.held:
+            with contextlib.suppress(exc.DBAPIError):  # the session is gone: so is the lock
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        self.held = False
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(exc.DBAPIError):
+                conn.close()
+
+
+class SqliteFileLock:
+    """One writer per SQLite file: an exclusive ``flock`` on ``<db>.lock``, released when the process ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``StoreError`` naming the process that holds it."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StoreError(
+                f"another tracker run is writing to {self.path.name}{who}: stop it first, "
+                "or use PostgreSQL for a hot standby"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # Only the holder writes the file, after it has the lock: a refused process never truncates it.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing the last descriptor drops the flock
+
+
+def file_lock_for(engine: Engine) -> SqliteFileLock | None:
+    """The per-file writer lock of a SQLite engine; None for PostgreSQL and in-memory databases."""
+    path = sqlite_path(engine.url)
+    return None if path is None else SqliteFileLock(path)
+
+
+def account_lease_for(engine: Engine, account: str) -> PgLease | None:
+    """The account lease on PostgreSQL (None elsewhere: SQLite is covered by its file lock)."""
+    return PgLease(engine, account) if engine.dialect.name == "postgresql" else None
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database failure worth retrying: the connection was lost or refused, or SQLite stayed busy (locked) beyond
+    its ``busy_timeout``. Integrity errors, missing tables and programming errors are not."""
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, (exc.OperationalError, exc.InterfaceError))
+    return False
+
+
+def describe_db_error(error: BaseException) -> str:
+    """One line about a database error, never the parameters (which may hold frames) or a password."""
+    orig: Any = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"
