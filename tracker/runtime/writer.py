@@ -10,6 +10,11 @@
 - Shutdown: the writer is never cancelled to stop it. Producers close their send channels (``async with``); the
   writer then drains what is left, commits it, and returns. A commit in progress is shielded from cancellation, so a
   batch taken off the channel is never lost half-way.
+- Database faults: with ``retry_if`` (the service passes ``tracker.store.lease.is_transient``), an append that fails
+  because the connection was lost or SQLite stayed busy is retried, the same batch, with capped backoff, until the
+  database is back. The append is idempotent (dedup keys), so a commit whose outcome was lost is harmless to repeat.
+  Meanwhile the channel keeps taking frames up to its bound, then back-pressure holds the producers: nothing is
+  dropped and memory stays bounded.
 - ``WriterStats`` counts frames, duplicates, conflicts, quarantined items and batches, and keeps receive→commit
   latencies (a bounded sample plus fixed buckets) for the metrics exporter and the bench.
 """
@@ -51,6 +56,7 @@ class WriterStats:
     conflicts: int = 0
     quarantined: int = 0
     batches: int = 0
+    retries: int = 0  # failed appends retried (database unavailable or busy)
     max_batch_seen: int = 0
     first_received: float | None = None  # trio time of the first item committed
     last_commit: float | None = None  # trio time of the newest commit
@@ -86,6 +92,7 @@ async def run_writer(
     limiter: trio.CapacityLimiter | None = None,
     max_batch: int = 2000,
     max_delay: float = 0.0,
+    retry_if: Callable[[BaseException], bool] | None = None,
     task_status: trio.TaskStatus[WriterStats] = trio.TASK_STATUS_IGNORED,
 ) -> WriterStats:
     """Run until every sender of ``receive`` is closed and everything sent has been committed."""
@@ -109,7 +116,7 @@ async def run_writer(
                             break
                         _take_ready(receive, batch, max_batch)
             with trio.CancelScope(shield=True):
-                await _commit(append, batch, stats, limiter)
+                await _commit(append, batch, stats, limiter, retry_if)
 
 
 def _take_ready(receive: trio.MemoryReceiveChannel[Item], batch: list[Item], max_batch: int) -> None:
@@ -120,10 +127,44 @@ def _take_ready(receive: trio.MemoryReceiveChannel[Item], batch: list[Item], max
             return
 
 
-async def _commit(append: AppendFn, batch: list[Item], stats: WriterStats, limiter: trio.CapacityLimiter) -> None:
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 2.0
+
+
+async def _commit(
+    append: AppendFn,
+    batch: list[Item],
+    stats: WriterStats,
+    limiter: trio.CapacityLimiter,
+    retry_if: Callable[[BaseException], bool] | None = None,
+) -> None:
     entries = [item for item, _ in batch if isinstance(item, NewEntry)]
     quarantine = [item for item, _ in batch if isinstance(item, QuarantineItem)]
-    result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
+    delay = RETRY_BASE_S
+    failures = 0
+    while True:
+        try:
+            result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
+            break
+        except Exception as error:
+            if retry_if is None or not retry_if(error):
+                raise
+            failures += 1
+            stats.retries += 1
+            if failures == 1 or failures % 10 == 0:
+                orig = getattr(error, "orig", None) or error
+                first_line = (str(orig).strip().splitlines() or [""])[0]
+                log.warning(
+                    "database unavailable (%s: %s): %d item(s) held, retrying (attempt %d)",
+                    type(orig).__name__,
+                    first_line,
+                    len(batch),
+                    failures,
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_CAP_S)
+    if failures:
+        log.info("database back: %d item(s) committed after %d failed attempt(s)", len(batch), failures)
     now = trio.current_time()
     if stats.first_received is None:
         stats.first_received = batch[0][1]
