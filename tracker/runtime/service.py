@@ -10,6 +10,12 @@ Shutdown order is what makes "everything received is committed" true:
 If ingest has not finished ``stop_grace`` seconds after the stop, its scope is cancelled (frames already read are
 still handed to the writer: those sends are shielded), and the writer drains as above.
 
+One writer per account (``tracker/runtime/lease.py``): on SQLite the database file is locked before anything connects
+(a second ``tracker run`` on it fails at once); on PostgreSQL the account's lease is taken right after a token call
+tells which account the key belongs to, before subscribing. If another process holds it, this one waits as a hot
+standby and goes on (subscribe, backfill) when it gets it. The writer appends only while the lease is held; the lease
+is released after the writer's last commit.
+
 Extra tasks (projector, backfill, reconciler) plug in through ``extra_tasks``: each is called as
 ``await nursery.start(task, services)`` and must honour ``services.stop`` or be cancelled at shutdown.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +34,9 @@ import trio
 from tracker.config import Settings
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
+from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.writer import Item, WriterStats, run_writer
+from tracker.store.lease import account_lease_for, is_transient
 
 log = logging.getLogger("tracker.service")
 
@@ -95,40 +104,63 @@ async def run_tracker(
         ingest_stats=IngestStats(),
         db_limiter=trio.CapacityLimiter(1),
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            signal_scope = trio.CancelScope()
-            if handle_signals:
+    engine = getattr(event_log, "engine", None)
+    gate = WriteGate()
+    writer_done = trio.Event()
 
-                async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
-                    with signal_scope:
-                        await _stop_on_signals(stop, task_status=task_status)
-
-                await nursery.start(watch_signals)
-            send, receive = trio.open_memory_channel[Item](WRITER_BUFFER)
-            nursery.start_soon(
-                lambda: run_writer(event_log.append, receive, stats=services.writer_stats, limiter=services.db_limiter)
+    async def write() -> None:
+        try:
+            await run_writer(
+                gate.guard(event_log.append),
+                receive,
+                stats=services.writer_stats,
+                limiter=services.db_limiter,
+                retry_if=is_transient,
             )
-            # The producers own the writer's channel: when they are all gone, the writer drains and returns.
-            async with send, trio.open_nursery() as producers:
-                producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
-                ingest_ctx = await producers.start(
-                    lambda task_status: run_ingest(
-                        client,
-                        settings.ws_url,
-                        send.clone(),
-                        markets=settings.markets,
-                        stop=stop,
-                        options=ingest_options,
-                        stats=services.ingest_stats,
-                        task_status=task_status,
-                    )
-                )
-                services.account = ingest_ctx.account
-                for starter in extra_tasks:
-                    await producers.start(starter, services)
-                task_status.started(services)
-            signal_scope.cancel()
+        finally:
+            writer_done.set()
+
+    try:
+        with open_file_lock(engine) if engine is not None else nullcontext():
+            async with trio.open_nursery() as nursery:
+                signal_scope = trio.CancelScope()
+                if handle_signals:
+
+                    async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
+                        with signal_scope:
+                            await _stop_on_signals(stop, task_status=task_status)
+
+                    await nursery.start(watch_signals)
+                send, receive = trio.open_memory_channel[Item](WRITER_BUFFER)
+                nursery.start_soon(write)
+                # The producers own the writer's channel: when they are all gone, the writer drains and returns.
+                async with send, trio.open_nursery() as producers:
+                    lease = None
+                    if engine is not None and engine.dialect.name == "postgresql":
+                        # The account is known only from a token; the lease is taken before anything subscribes.
+                        lease = account_lease_for(engine, (await client.websockets_token()).user_id)
+                    if lease is not None:
+                        acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
+                        services.extra["lease_acquired_at"] = acquired_at
+                    if lease is None or services.extra["lease_acquired_at"] is not None:  # None: stopped as a standby
+                        producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
+                        ingest_ctx = await producers.start(
+                            lambda task_status: run_ingest(
+                                client,
+                                settings.ws_url,
+                                send.clone(),
+                                markets=settings.markets,
+                                stop=stop,
+                                options=ingest_options,
+                                stats=services.ingest_stats,
+                                task_status=task_status,
+                            )
+                        )
+                        services.account = ingest_ctx.account
+                        for starter in extra_tasks:
+                            await producers.start(starter, services)
+                    task_status.started(services)
+                signal_scope.cancel()
     finally:
         if own_client:
             with trio.CancelScope(shield=True):
