@@ -47,7 +47,12 @@ class WriteGate:
 
     @property
     def is_open(self) -> bool:
-        return self._open.is_set()
+        return self._open.is_set() and self._lost is None
+
+    @property
+    def lost(self) -> str | None:
+        """Why writing is refused for good (another process took the lease), else None."""
+        return self._lost
 
     def open(self) -> None:
         self._open.set()
