@@ -414,7 +414,9 @@ def recovery_task(
                         backfiller,
                         stop=services.stop,
                         committed=lambda: services.writer_stats.committed,
-                        started_at=since,
+                        # A standby's run starts when it takes the lease: what the old holder logged until then is
+                        # the previous run's, so the start-up window starts at the holder's last entry.
+                        started_at=services.extra.get("lease_acquired_at") or since,
                     )
                 )
                 if interval and interval > 0:
