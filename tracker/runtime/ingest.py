@@ -455,6 +455,7 @@ class Shard:
         self.index = index
         self.channels = tuple(channels)
         self.current: Connection | None = None
+        self._connections: list[Connection] = []  # started ones, for the final close
         self._backoff = Backoff(base=ctx.options.backoff_base, cap=ctx.options.backoff_cap, rng=ctx.rng)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -469,16 +470,20 @@ class Shard:
                 async for event in events_recv:
                     kind: Literal["stop", "reconnect", "dead"] = event[0]
                     if kind == "stop":
-                        await current.close_and_wait()
+                        # Every connection still open (a replaced one may be mid-way through its own close) is
+                        # closed losslessly before the shard ends; nothing here is cancelled.
+                        for connection in self._connections:
+                            connection.request_close()
+                        for connection in self._connections:
+                            await connection.finished.wait()
                         nursery.cancel_scope.cancel()
                         return
                     if event[1] is not current:
                         continue  # an old connection's news after it was replaced
                     if kind == "reconnect":
                         new = await self._connect(nursery, events_send, "reconnect requested")
-                        if new is None:
-                            await current.close_and_wait()
-                            return
+                        if new is None:  # stopped while connecting: the "stop" event closes everything
+                            continue
                         nursery.start_soon(current.close_and_wait)
                         current = new
                     elif kind == "dead":
@@ -516,6 +521,7 @@ class Shard:
                 delay = self._backoff.next_delay()
                 continue
             self.current = started
+            self._connections = [c for c in self._connections if not c.finished.is_set()] + [started]
             return started
 
 
