@@ -21,7 +21,7 @@ from tracker.config import Secret, Settings
 from tracker.domain import tracker_events as te
 from tracker.fake.server import open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
-from tracker.runtime.projector import run_projector
+from tracker.runtime.projector import ProjectorStatus, run_projector
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -53,7 +53,9 @@ async def wait_committed(services: Services, predicate: Callable[[], bool]) -> N
 
 async def projector(engine: Any, services: Services, *, task_status: trio.TaskStatus[Any]) -> None:
     async with trio.open_nursery() as nursery:
-        task_status.started(await nursery.start(partial(run_projector, engine)))
+        status = await nursery.start(partial(run_projector, engine))
+        services.extra["projector"] = status
+        task_status.started(status)
         await services.stop.wait()
         nursery.cancel_scope.cancel()
 
@@ -86,12 +88,17 @@ async def test_status_of_a_live_run_and_after_it(tmp_path: Path, capsys: pytest.
                         extra_tasks=[partial(projector, engine)],
                     )
                 )
+                projection: ProjectorStatus = services.extra["projector"]
                 channels = fx.private_channels()
                 await fx.wait_subscribed(channels)
                 await fx.generate(60)
                 await fx.send_malformed()
                 await wait_committed(services, lambda: services.writer_stats.quarantined >= 1)
                 await wait_committed(services, lambda: "subscribed" in {e.event for e in log.read_after(0, 10)})
+
+                head = await trio.to_thread.run_sync(log.head)
+                projection.nudge()
+                await projection.wait_caught_up(head)  # the projector wrote its checkpoint
 
                 live = await status_json(capsys, url)
                 assert live["log"]["head"] >= 3
