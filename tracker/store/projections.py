@@ -333,7 +333,9 @@ class ProjectionStore:
         if not folded:
             return BatchResult(0, expected, 0, misses)
         self._cache = None  # until this write is known to have committed
-        written = self.write_batch(state.changed_rows(), state.checkpoint, expected=expected)
+        # The dirty rows, unsorted (``changed_rows()`` sorts them; the database does not care about the order).
+        changed = {name: [state.table(name)[key] for key in keys] for name, keys in state.dirty.items() if keys}
+        written = self.write_batch(changed, state.checkpoint, expected=expected)
         if written is None:
             return None
         self._cache_checkpoint = state.checkpoint
