@@ -45,7 +45,7 @@ from tracker.bitstamp.rest_entries import (
     entry_from_position_settlement,
     entry_from_user_transaction,
 )
-from tracker.bitstamp.wire import dumps_canonical, id_text, int_text, loads_exact, sha256_text
+from tracker.bitstamp.wire import dumps_canonical, id_text, int64_or_none, int_text, loads_exact, sha256_text
 from tracker.domain.log import NewEntry, QuarantineItem
 
 __all__ = [
@@ -136,7 +136,7 @@ def classify(text: str) -> Frame:
     """Classify one WebSocket text frame. Never raises."""
     try:
         message = loads_exact(text)
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, ArithmeticError) as exc:  # decimal.InvalidOperation: 1e9999999999999999999
         return Malformed(reason=f"not JSON: {exc}", text=text)
     if not isinstance(message, dict):
         return Malformed(reason=f"not a JSON object: {type(message).__name__}", text=text)
@@ -284,6 +284,6 @@ def entry_from_data(
         position_id=fields.get("position_id"),
         event_id=event_id,
         pre_event_id=pre_event_id,
-        exchange_ts_us=ts_us,
+        exchange_ts_us=int64_or_none(ts_us),
         connection_id=connection_id,
     )

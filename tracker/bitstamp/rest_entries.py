@@ -27,6 +27,7 @@ from tracker.bitstamp.wire import (
     display_market_to_symbol,
     dumps_canonical,
     id_text,
+    int64_or_none,
     int_text,
     parse_rest_datetime,
     sha256_text,
@@ -149,7 +150,7 @@ def entry_from_account_order_event(
         order_id=order_id,
         event_id=event_id,
         pre_event_id=pre,
-        exchange_ts_us=int_text(data.get("microtimestamp")),
+        exchange_ts_us=int64_or_none(int_text(data.get("microtimestamp"))),
     )
 
 
@@ -226,5 +227,5 @@ def entry_from_position_settlement(row: object, *, account: str, received_at: da
         received_at=received_at,
         market=market,
         position_id=id_text(row, "position_id"),
-        exchange_ts_us=None if seconds is None else seconds * 1_000_000,
+        exchange_ts_us=None if seconds is None else int64_or_none(seconds * 1_000_000),
     )

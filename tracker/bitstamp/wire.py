@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -102,14 +102,25 @@ def int_text(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        return int(value.strip())
+        try:
+            return int(value.strip())
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            return None
     return None
 
 
+def int64_or_none(value: int | None) -> int | None:
+    """``value`` if it fits a signed 64-bit column (``exchange_ts_us``), else ``None``: a frame's absurd timestamp
+    stays in its payload but must not make the append fail."""
+    if value is None or not -(2**63) <= value < 2**63:
+        return None
+    return value
+
+
 def us_to_datetime(us: int) -> datetime:
-    """Unix microseconds → aware UTC datetime (exact: integer arithmetic)."""
-    seconds, micro = divmod(us, 1_000_000)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micro)
+    """Unix microseconds → aware UTC datetime (exact: integer arithmetic). Out of datetime's range: OverflowError
+    (``datetime.fromtimestamp`` raised OSError there, which no caller expects)."""
+    return EPOCH + timedelta(microseconds=us)
 
 
 def datetime_to_us(value: datetime) -> int:
