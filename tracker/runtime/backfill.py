@@ -474,8 +474,9 @@ class Backfiller:
             done, self.completed = self.completed, trio.Event()
             done.set()
             log.info(
-                "backfill (%s): %d new facts from %d requests in %.2f s%s",
+                "backfill (%s): %d gap(s) filled, %d new facts from %d requests in %.2f s%s",
                 reason,
+                len(report.gap_ids),
                 sum(report.found.values()),
                 sum(report.requests.values()),
                 report.duration_s,
