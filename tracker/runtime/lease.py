@@ -101,6 +101,7 @@ async def _call(fn: Callable[[], T]) -> T:
 async def _acquire(lease: PgLease, stop: trio.Event, poll_s: float, *, standby_message: bool) -> bool:
     """Poll until the lock is ours (True) or ``stop`` (False). Database errors while polling are retried."""
     announced = False
+    failures = 0
     while not stop.is_set():
         try:
             if await _call(lease.try_acquire):
@@ -117,7 +118,9 @@ async def _acquire(lease: PgLease, stop: trio.Event, poll_s: float, *, standby_m
             if not is_transient(error):
                 raise
             lease._drop()
-            log.warning("lease: database unavailable (%s): retrying", describe_db_error(error))
+            failures += 1
+            if failures == 1 or failures % 20 == 0:
+                log.warning("lease: database unavailable (%s): retrying", describe_db_error(error))
         with trio.move_on_after(poll_s):
             await stop.wait()
     return False
@@ -126,6 +129,7 @@ async def _acquire(lease: PgLease, stop: trio.Event, poll_s: float, *, standby_m
 async def _reacquire(lease: PgLease, stop: trio.Event, poll_s: float) -> bool:
     """After losing the lease connection: take the lock on a new one (True; also True when ``stop`` comes first, so
     the shutdown goes on), or False when the database answers that another session holds it."""
+    failures = 0
     while not stop.is_set():
         try:
             return bool(await _call(lease.try_acquire))
@@ -133,7 +137,9 @@ async def _reacquire(lease: PgLease, stop: trio.Event, poll_s: float) -> bool:
             if not is_transient(error):
                 raise
             lease._drop()
-            log.warning("lease: database unavailable (%s): retrying", describe_db_error(error))
+            failures += 1
+            if failures == 1 or failures % 20 == 0:
+                log.warning("lease: database unavailable (%s): retrying", describe_db_error(error))
         with trio.move_on_after(poll_s):
             await stop.wait()
     return True
@@ -179,6 +185,8 @@ async def hold_account_lease(
             log.info("lease: account %s taken again: writing resumed", lease.account)
             gate.open()
     finally:
+        if not gate.is_open and gate.lost is None:
+            gate.fail(f"stopped without the lease of account {lease.account}")  # a waiting writer must not hang
         with trio.CancelScope(shield=True):
             await _call(lease.release)
 
