@@ -115,8 +115,7 @@ async def run_writer(
                         except trio.EndOfChannel:
                             break
                         _take_ready(receive, batch, max_batch)
-            with trio.CancelScope(shield=True):
-                await _commit(append, batch, stats, limiter, retry_if)
+            await _commit(append, batch, stats, limiter, retry_if)
 
 
 def _take_ready(receive: trio.MemoryReceiveChannel[Item], batch: list[Item], max_batch: int) -> None:
@@ -144,7 +143,8 @@ async def _commit(
     failures = 0
     while True:
         try:
-            result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
+            with trio.CancelScope(shield=True):  # a commit under way is never abandoned half-way
+                result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
             break
         except Exception as error:
             if retry_if is None or not retry_if(error):
@@ -161,6 +161,8 @@ async def _commit(
                     len(batch),
                     failures,
                 )
+            # Not shielded: the writer is never cancelled in a normal stop, only when the run is failing anyway;
+            # then a retry must not keep the process alive forever (the next run's backfill covers the batch).
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_CAP_S)
     if failures:
