@@ -36,7 +36,7 @@ from tracker.exchange.rest import BitstampClient
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.writer import Item, WriterStats, run_writer
-from tracker.store.lease import account_lease_for, is_transient
+from tracker.store.lease import account_lease_for, describe_db_error, is_transient
 
 log = logging.getLogger("tracker.service")
 
@@ -77,6 +77,60 @@ async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[Non
 async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
     await stop.wait()
     scope.deadline = trio.current_time() + grace
+
+
+class _StartedOnce:
+    """A task status that passes on the first ``started`` only (a restarted task reports started again)."""
+
+    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started(value)
+
+
+def _only_transient(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only_transient(inner) for inner in error.exceptions)
+    return is_transient(error)
+
+
+async def _restart_on_db_outage(
+    starter: TaskStarter, services: Services, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run an extra task (projector, backfill, reconciler, metrics); if it ends on a lost database connection only, log
+    it and start it again once the pause is over, instead of ending the run (the writer holds frames meanwhile). Each
+    of them starts from what is committed, so a restart repeats no work that matters."""
+    status = _StartedOnce(task_status)
+    delay = 0.5
+    while True:
+        try:
+            await starter(services, task_status=status)
+            return
+        except BaseException as error:
+            if not _only_transient(error):
+                raise
+            log.warning(
+                "%s stopped: database unavailable (%s): restarting it in %.1f s",
+                getattr(starter, "__qualname__", "a task").split(".")[0],
+                describe_db_error(error if not isinstance(error, BaseExceptionGroup) else _first_leaf(error)),
+                delay,
+            )
+        with trio.move_on_after(delay):
+            await services.stop.wait()
+        if services.stop.is_set():
+            status.started()
+            return
+        delay = min(delay * 2, 5.0)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def run_tracker(
@@ -158,7 +212,7 @@ async def run_tracker(
                         )
                         services.account = ingest_ctx.account
                         for starter in extra_tasks:
-                            await producers.start(starter, services)
+                            await producers.start(_restart_on_db_outage, starter, services)
                     task_status.started(services)
                 signal_scope.cancel()
     finally:
