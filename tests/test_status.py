@@ -60,8 +60,8 @@ async def projector(engine: Any, services: Services, *, task_status: trio.TaskSt
         nursery.cancel_scope.cancel()
 
 
-async def test_status_of_a_live_run_and_after_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'status.db'}"
+async def test_status_of_a_live_run_and_after_it(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = db_url
     upgrade(url)
     engine = open_engine(url)
     log = EventLog(engine)
