@@ -9,12 +9,13 @@ its order is commit order. A tailing reader can therefore poll ``read_after(last
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, func, select, text
+from sqlalchemy import Connection, Dialect, Engine, String, func, select, text
 
 from tracker.domain.chain import GENESIS, Anchor, link_hash
 from tracker.domain.log import LogEntry, NewEntry, QuarantineItem
@@ -82,6 +83,63 @@ def _quarantine_row(item: QuarantineItem) -> dict[str, Any]:
     }
 
 
+# PostgreSQL refuses text longer than a String column's width, and any text containing NUL; SQLite stores both. So
+# that one absurd frame can never stop the writer: an entry with such a field is quarantined instead (on every
+# backend, so the outcome does not depend on it), and a quarantine row is made to fit (an over-long or NUL-bearing
+# channel, account, ... becomes NULL: the raw text keeps it; on PostgreSQL a raw text with NUL is kept JSON-quoted).
+_ENTRY_WIDTHS: tuple[tuple[str, int | None], ...] = tuple(
+    (f.name, getattr(event_log.c[f.name].type, "length", None))
+    for f in fields(NewEntry)
+    if f.name in event_log.c and isinstance(event_log.c[f.name].type, String)
+)
+_QUARANTINE_WIDTHS: tuple[tuple[str, int], ...] = tuple(
+    (c.name, c.type.length)
+    for c in quarantine.c
+    if isinstance(c.type, String) and c.type.length and c.name != "kind" and c.nullable
+)
+
+
+def _unfit(entry: NewEntry) -> str | None:
+    """Why ``entry`` cannot be stored as it is (see above), or None."""
+    for name, width in _ENTRY_WIDTHS:
+        value = getattr(entry, name)
+        if value is None:
+            continue
+        if width is not None and len(value) > width:
+            return f"{name} is {len(value)} characters long; the event log keeps at most {width}"
+        if "\x00" in value:
+            return f"{name} contains NUL, which the event log cannot keep"
+    return None
+
+
+def _unfit_row(entry: NewEntry, reason: str) -> dict[str, Any]:
+    return _quarantine_row(
+        QuarantineItem(
+            kind="malformed",
+            reason=reason,
+            raw=entry.payload,
+            received_at=entry.received_at,
+            account=entry.account,
+            source=entry.source,
+            channel=entry.channel,
+            connection_id=entry.connection_id,
+        )
+    )
+
+
+def _fit(row: dict[str, Any], postgres: bool) -> dict[str, Any]:
+    for name, width in _QUARANTINE_WIDTHS:
+        value = row[name]
+        if value is not None and (len(value) > width or "\x00" in value):
+            row[name] = None
+    if postgres:
+        row["reason"] = row["reason"].replace("\x00", "\\u0000")
+        if "\x00" in row["raw"]:
+            row["raw"] = json.dumps(row["raw"])
+            row["reason"] += " (raw text kept JSON-quoted: it contains NUL, which PostgreSQL text cannot hold)"
+    return row
+
+
 def _conflict_row(entry: NewEntry, existing_seq: int, existing_payload: str) -> dict[str, Any]:
     return {
         "kind": "conflict",
@@ -144,6 +202,10 @@ class EventLog:
             known = self._stored(conn, {entry.dedup_key for entry in entries})
             rows: list[tuple[Any, ...]] = []
             q_rows = [_quarantine_row(item) for item in quarantine]
+            unfit = [(entry, _unfit(entry)) for entry in entries]
+            if any(reason is not None for _, reason in unfit):
+                q_rows += [_unfit_row(entry, reason) for entry, reason in unfit if reason is not None]
+                entries = [entry for entry, reason in unfit if reason is None]
             clashes: list[dict[str, Any]] = []
             appended: list[int] = []
             duplicates = conflicts = 0
@@ -191,7 +253,7 @@ class EventLog:
             if clashes:
                 q_rows += self._new_conflicts(conn, clashes)
             if q_rows:
-                conn.execute(_INSERT_QUARANTINE, q_rows)
+                conn.execute(_INSERT_QUARANTINE, [_fit(row, self._postgres) for row in q_rows])
         return AppendResult(tuple(appended), duplicates, conflicts, len(q_rows), Anchor(head, prev))
 
     def _head_of(self, conn: Connection) -> tuple[int, str]:
