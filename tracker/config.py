@@ -8,6 +8,7 @@ config file's ``api_secret_file``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import tomllib
@@ -229,7 +230,13 @@ def load_settings(
 
 
 def _is_loopback(host: str | None) -> bool:
-    return host in ("localhost", "::1") or (host or "").startswith("127.")
+    """``localhost`` or a loopback address; a name that merely starts with ``127.`` (``127.example.com``) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def check_transport(settings: Settings) -> None:
