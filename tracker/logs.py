@@ -10,7 +10,9 @@ import json
 import logging
 import sys
 import threading
+import traceback
 from datetime import UTC, datetime
+from types import TracebackType
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -71,6 +73,13 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+def _scrubbing_excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    """An uncaught exception's traceback goes through the same redaction as log lines (its messages may carry a
+    registered value)."""
+    sys.stderr.write(scrub("".join(traceback.format_exception(kind, value, tb))))
+    sys.stderr.flush()
+
+
 def setup_logging(*, verbose: bool = False, fmt: str = "text", stream: object = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.addFilter(RedactingFilter())
@@ -79,3 +88,4 @@ def setup_logging(*, verbose: bool = False, fmt: str = "text", stream: object = 
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    sys.excepthook = _scrubbing_excepthook
