@@ -334,13 +334,29 @@ async def test_postgres_two_accounts_into_one_database(pg_url: str, tmp_path: Pa
                             proc.kill()
                             await proc.wait()
             truths = {fx.user_id: fx.truth() for fx in fakes}
+            secrets = [s for fx in fakes for s in (fx.api_key, fx.api_secret, *fx.tokens.tokens)]
         accounts = {row[0] for row in engine.connect().execute(text("SELECT DISTINCT account FROM event_log"))}
         assert accounts == {"1001", "2002"}
         for user_id, truth in truths.items():
             assert_account_views_equal_truth(engine, str(user_id), truth)
         await tracker_verify(pg_url)
+        # No key, secret or websocket token in any table of the database (every row as text).
+        dump = await trio.to_thread.run_sync(dump_schema, engine)
+        assert len(secrets) > 4 and "1001" in dump
+        for secret in secrets:
+            assert secret not in dump
     finally:
         engine.dispose()
+
+
+def dump_schema(engine: Engine) -> str:
+    with engine.connect() as conn:
+        tables = conn.execute(
+            text("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        ).scalars()
+        return "\n".join(
+            str(row[0]) for table in list(tables) for row in conn.execute(text(f'SELECT t::text FROM "{table}" t'))
+        )
 
 
 # --- PostgreSQL: fencing ---------------------------------------------------------------------------------------------
