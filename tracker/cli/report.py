@@ -18,7 +18,7 @@ from typing import Any
 
 from tracker.cli import add_common_flags
 from tracker.config import load_settings
-from tracker.store.decimal_text import canonical_text
+from tracker.domain.money import format_decimal as canonical_text
 
 FORMATS = ("table", "csv", "json")
 KINDS = ("fees", "fills", "orders", "positions")

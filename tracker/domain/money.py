@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
+from typing import Final
 
 ZERO = Decimal(0)
+# Wide enough that no amount or sum of amounts is ever rounded (the default context keeps only 28 digits).
+EXACT: Final = Context(prec=200, Emax=999_999, Emin=-999_999)
 
 
 class BadAmount(ValueError):
@@ -36,11 +39,19 @@ def parse_decimal(value: object) -> Decimal:
 
 
 def format_decimal(value: Decimal) -> str:
-    """Canonical plain text for a decimal: no exponent, no trailing zeros, ``"0"`` for any zero.
+    """Canonical plain text for a decimal: no exponent, no trailing zeros, ``"0"`` for any zero; never rounded.
 
     ``format_decimal(parse_decimal("1e-08")) == "0.00000001"``; ``format_decimal(Decimal("300.00000000")) == "300"``.
     """
+    if not value.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
     if value.is_zero():
         return "0"
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(EXACT), "f")
+
+
+def plain_decimal(value: Decimal) -> str:
+    """Plain text without an exponent, keeping the value's scale (``Decimal("0.50")`` -> ``"0.50"``)."""
+    if not value.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return format(value, "f")

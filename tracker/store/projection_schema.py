@@ -30,8 +30,8 @@ from sqlalchemy import Boolean, Column, Dialect, Index, MetaData, Numeric, Strin
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from tracker.domain import rows as row_types
+from tracker.domain.money import plain_decimal as decimal_text
 from tracker.domain.rows import TABLES
-from tracker.store.decimal_text import decimal_text
 from tracker.store.schema import BigInt, UtcDateTime, metadata
 
 PREFIX: Final = "proj_"

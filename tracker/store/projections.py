@@ -29,9 +29,9 @@ from sqlalchemy.sql import Executable
 from tracker.bitstamp.parse import parse_entry
 from tracker.domain.events import DomainEvent
 from tracker.domain.log import LogEntry
+from tracker.domain.money import plain_decimal as decimal_text
 from tracker.domain.projection import ProjectionState, apply
 from tracker.domain.rows import TABLES, OrderLinkRow, Row
-from tracker.store.decimal_text import decimal_text
 from tracker.store.engine import writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_keys import Keys, discrepancy_keys_of_links, keys_for

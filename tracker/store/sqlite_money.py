@@ -6,7 +6,7 @@ same name and arity, so tracker's connections get these instead (``engine.py`` r
 
 - ``sum(x)``: NULL for no non-NULL input (like SQLite); an integer when every input is an integer (so counts stay
   integers); a float when any input is a float; otherwise the exact decimal total as canonical text
-  (``decimal_text.canonical_text``), which the ``Money`` column type reads back as ``Decimal``.
+  (``tracker.domain.money.format_decimal``), which the ``Money`` column type reads back as ``Decimal``.
 - ``total(x)``: as ``sum`` but ``0.0`` for no input and a float for all-integer input (SQLite's ``total`` contract).
 - ``decimal_sum(x)``: exact decimal text always; the same name as the function built into the ``sqlite3`` shell
   (3.38+), so one query works in both places.
@@ -19,7 +19,8 @@ from __future__ import annotations
 import sqlite3
 from decimal import Decimal, InvalidOperation
 
-from tracker.store.decimal_text import EXACT, canonical_text
+from tracker.domain.money import EXACT
+from tracker.domain.money import format_decimal as canonical_text
 
 
 class _Sum:
