@@ -17,6 +17,7 @@ second.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ import trio
 from tracker.config import Secret, Settings
 from tracker.domain.money import format_decimal
 from tracker.fake.server import FakeExchange, open_fake_exchange
+from tracker.runtime import backfill
 from tracker.runtime.backfill import Backfiller
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.reconciler import recovery_task
@@ -218,7 +220,12 @@ async def withheld_window(fx: FakeExchange, tracker: Tracker, fault: str) -> Non
 
 
 @pytest.mark.parametrize("fault", ["reconnect", "drop", "stall"])
-async def test_window_is_backfilled_and_projection_equals_truth(fault: str, sqlite_url: str) -> None:
+async def test_window_is_backfilled_and_projection_equals_truth(
+    fault: str, sqlite_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("tracker"), "propagate", True)  # the CLI's set-up may have cut it
+    monkeypatch.setattr(backfill, "PROGRESS_EVERY", 100)  # a small backfill shows its progress lines too
+    caplog.set_level(logging.INFO, logger="tracker.backfill")
     upgrade(sqlite_url)
     async with open_fake_exchange(seed=11, markets=MARKETS) as fx:
         async with tracker_running(fx, sqlite_url) as tracker:
@@ -234,6 +241,9 @@ async def test_window_is_backfilled_and_projection_equals_truth(fault: str, sqli
     assert {g["gap_id"] for g in gaps} <= closed_ids, "every gap is closed by a backfill_completed"
     assert sum(d["found"].get("user_transactions", 0) for d in done) > 0
     assert sum(d["found"].get("account_order_data", 0) for d in done) > 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "tracker.backfill"]
+    assert any(line.startswith("gap detected") for line in lines), lines  # one log line per gap detection
+    assert any("facts fetched so far" in line for line in lines), lines  # progress of a large backfill
 
 
 def ws_payloads(db_url: str) -> set[str]:

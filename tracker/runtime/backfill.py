@@ -65,6 +65,7 @@ from tracker.store.event_log import LOG_FIELDS, EventLog
 from tracker.store.schema import event_log as event_log_table
 
 log = logging.getLogger("tracker.backfill")
+PROGRESS_EVERY = 5_000  # facts fetched between two progress lines of one backfill
 
 BACKFILL_CHANNEL: Final = "backfill"
 ORDER_SOURCES: Final = ("orderbook", "stop_order")
@@ -418,6 +419,7 @@ class Backfiller:
             gap_id = f"gap:{self.uid()}"
             ids.append(gap_id)
             entries.append(self._entry(te.GAP_DETECTED, {"gap_id": gap_id, "trigger": reason, **window.as_data()}))
+        n_windows = len(ids)
         for brk in breaks:
             gap_id = f"gap:{self.uid()}"
             ids.append(gap_id)
@@ -433,6 +435,13 @@ class Backfiller:
             }
             entries.append(self._entry(te.GAP_DETECTED, data, market=brk.market))
         await self.sink.append(entries)
+        if ids:
+            log.info(
+                "gap detected (%s): %d window(s) not live, %d order-stream break(s); backfilling from REST",
+                reason,
+                n_windows,
+                len(ids) - n_windows,
+            )
         return ids
 
     async def run(
@@ -495,8 +504,20 @@ class Backfiller:
 
     async def _append(self, report: BackfillReport, endpoint: str, items: list[NewEntry | QuarantineItem]) -> None:
         appended, _ = await self.sink.append(items)
+        before = sum(report.fetched.values())
         report.fetched[endpoint] += len(items)
         report.found[endpoint] += appended
+        # Progress for large backfills: one line per PROGRESS_EVERY facts fetched (a log line, not a redrawn bar:
+        # `tracker run` is a service whose output is usually a journal or a file).
+        after = before + len(items)
+        if after // PROGRESS_EVERY > before // PROGRESS_EVERY:
+            log.info(
+                "backfill (%s): %s facts fetched so far, %s new (now walking %s)",
+                report.reason,
+                f"{after:,}",
+                f"{sum(report.found.values()):,}",
+                endpoint,
+            )
 
     async def _order_events(self, report: BackfillReport, market: str, source: str) -> None:
         key = f"{market}|{source}"
