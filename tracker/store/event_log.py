@@ -195,17 +195,17 @@ class EventLog:
         """
         if not entries and not quarantine:
             return AppendResult((), 0, 0, 0, self.head_anchor())
+        q_rows = [_quarantine_row(item) for item in quarantine]
+        unfit = [(entry, _unfit(entry)) for entry in entries]
+        if any(reason is not None for _, reason in unfit):  # before any query: not even a lookup may carry them
+            q_rows += [_unfit_row(entry, reason) for entry, reason in unfit if reason is not None]
+            entries = [entry for entry, reason in unfit if reason is None]
         with self._writer.begin() as conn:
             if self._postgres:
                 conn.execute(_PG_LOCK)
             head, prev = self._head_of(conn)
             known = self._stored(conn, {entry.dedup_key for entry in entries})
             rows: list[tuple[Any, ...]] = []
-            q_rows = [_quarantine_row(item) for item in quarantine]
-            unfit = [(entry, _unfit(entry)) for entry in entries]
-            if any(reason is not None for _, reason in unfit):
-                q_rows += [_unfit_row(entry, reason) for entry, reason in unfit if reason is not None]
-                entries = [entry for entry, reason in unfit if reason is None]
             clashes: list[dict[str, Any]] = []
             appended: list[int] = []
             duplicates = conflicts = 0
