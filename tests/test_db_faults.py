@@ -195,7 +195,7 @@ async def test_writer_does_not_retry_other_errors() -> None:
 
     send, receive = trio.open_memory_channel[tuple[QuarantineItem, float]](10)
     send.send_nowait(_item(1))
-    with pytest.raises(BaseExceptionGroup) as raised:
+    with trio.fail_after(10), pytest.raises(BaseExceptionGroup) as raised:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: run_writer(append, receive, retry_if=is_transient))
     assert raised.group_contains(exc.IntegrityError)
