@@ -10,6 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
+from tracker.domain.frozen import fast_init
 from tracker.domain.log import Source
 
 Side = Literal["buy", "sell"]
@@ -20,6 +21,7 @@ LiquidationKind = Literal[
 ]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderEvent:
     """A ``my_orders`` event (WS) or its ``account_order_data/`` replay (REST).
@@ -51,6 +53,7 @@ class OrderEvent:
     received_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Fill:
     """One execution of one of the user's orders (``my_trades`` ``trade``, REST ``user_transactions`` type 2, or
@@ -71,6 +74,7 @@ class Fill:
     is_liquidation: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SelfTrade:
     """Self-trade prevention offset between two of the user's orders: not a fill, no fee."""
@@ -85,6 +89,7 @@ class SelfTrade:
     occurred_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """A perp settlement or insurance-fund premium (WS ``my_settlements`` or REST). Amounts are signed."""
@@ -108,6 +113,7 @@ class Settlement:
     settlement_type: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LiquidationAlert:
     seq: int
@@ -120,6 +126,7 @@ class LiquidationAlert:
     maintenance_margin_ratio: Decimal | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TokenReady:
     seq: int
@@ -132,6 +139,7 @@ class TokenReady:
     occurred_at: datetime | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderStatusSnapshot:
     """A REST ``order_status/`` answer (status ``Open``/``Finished``/``Canceled``/``Expired``/...)."""
@@ -148,6 +156,7 @@ class OrderStatusSnapshot:
     received_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AccountTransaction:
     """A REST ``user_transactions/`` row that is not a fill (deposit, withdrawal, transfer, staking, ...).
@@ -162,6 +171,7 @@ class AccountTransaction:
     occurred_at: datetime | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """A tracker-made connection event: connected, subscribed, subscribe_failed, ws_error, reconnect_requested,
@@ -175,6 +185,7 @@ class Lifecycle:
     received_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GapDetected:
     seq: int
@@ -185,6 +196,7 @@ class GapDetected:
     received_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BackfillCompleted:
     seq: int
@@ -195,6 +207,7 @@ class BackfillCompleted:
     received_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Discrepancy:
     """Tracker-made (e.g. by reconciliation). ``discrepancy_id`` names it so a later resolution can close it."""
@@ -207,6 +220,7 @@ class Discrepancy:
     detail: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DiscrepancyResolved:
     seq: int
@@ -215,6 +229,7 @@ class DiscrepancyResolved:
     detail: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unknown:
     """Anything the parser cannot map: an unknown event name, a payload that does not parse. Never an exception."""

@@ -13,11 +13,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar, Final, Literal
 
+from tracker.domain.frozen import fast_init
+
 OrderStatus = Literal["open", "filled", "cancelled", "replaced"]
 PositionStatus = Literal["open", "closed", "liquidating", "liquidated"]
 DiscrepancyStatus = Literal["open", "resolved"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderRow:
     """``v_orders``. Columns after ``updated_at`` are hidden fold state."""
@@ -44,6 +47,7 @@ class OrderRow:
     last_seq: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderLinkRow:
     """Hidden: what other streams say about an order, whether or not its own events arrived yet."""
@@ -58,6 +62,7 @@ class OrderLinkRow:
     mismatch_id: str | None  # the open order_fills_mismatch discrepancy, if any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FillRow:
     """``v_fills``: one row per (account, trade_id); ``source`` and the values are the first-learned ones."""
@@ -78,6 +83,7 @@ class FillRow:
     seq: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FeesDailyRow:
     """``v_fees_daily``, maintained per new fill. ``market`` is ``""`` for a fill without a known market."""
@@ -92,6 +98,7 @@ class FeesDailyRow:
     fees: Decimal
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SelfTradeRow:
     KEY: ClassVar[tuple[str, ...]] = ("account", "market", "buy_order_id", "sell_order_id", "occurred_us")
@@ -106,6 +113,7 @@ class SelfTradeRow:
     seq: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SettlementRow:
     """``v_settlements``: first-learned per (account, kind, transaction_id)."""
@@ -130,6 +138,7 @@ class SettlementRow:
     seq: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LiquidationRow:
     KEY: ClassVar[tuple[str, ...]] = ("account", "position_id", "event", "occurred_us")
@@ -144,6 +153,7 @@ class LiquidationRow:
     seq: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PositionRow:
     """``v_positions``. Columns after ``realised_pnl`` are hidden fold state."""
@@ -165,6 +175,7 @@ class PositionRow:
     liquidation_state: str  # "" | "liquidating" | "liquidated"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DiscrepancyRow:
     KEY: ClassVar[tuple[str, ...]] = ("account", "discrepancy_id")
@@ -178,6 +189,7 @@ class DiscrepancyRow:
     resolved_seq: int | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StreamRow:
     """The ``event_id``/``pre_event_id`` chain of one private order stream (ws only); ``order_source`` ``"*"`` is the
@@ -193,6 +205,7 @@ class StreamRow:
     last_break_seq: int | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CounterRow:
     """Counted things no table shows: unknown events, non-fill transactions, lifecycle events, ..."""
