@@ -362,10 +362,11 @@ def dump_schema(engine: Engine) -> str:
 # --- PostgreSQL: fencing ---------------------------------------------------------------------------------------------
 
 
-def _terminate_lease_session(engine: Engine, key: int) -> int:
+def _holder_pids(engine: Engine, key: int) -> list[int]:
+    """Backend pids holding the advisory lock ``key``."""
     unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
     with engine.connect() as conn:
-        pids = [
+        return [
             row[0]
             for row in conn.execute(
                 text(
@@ -375,6 +376,11 @@ def _terminate_lease_session(engine: Engine, key: int) -> int:
                 {"hi": unsigned >> 32, "lo": unsigned & 0xFFFF_FFFF},
             )
         ]
+
+
+def _terminate_lease_session(engine: Engine, key: int) -> int:
+    pids = _holder_pids(engine, key)
+    with engine.connect() as conn:
         for pid in pids:
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
         conn.commit()
@@ -397,9 +403,13 @@ async def test_lease_connection_lost_then_taken_again_or_fenced(pg_url: str) -> 
                 )
             )
             assert acquired is not None and gate.is_open
+            (old_pid,) = await trio.to_thread.run_sync(_holder_pids, engine, lease.key)
             assert await trio.to_thread.run_sync(_terminate_lease_session, engine, lease.key) == 1
-            await poll("the loss noticed", lambda: not (lease.held and gate.is_open), within=10)
-            await poll("the lease taken again", lambda: lease.held and gate.is_open, within=10)
+            await poll(
+                "the lease taken again on a new connection",
+                lambda: _holder_pids(engine, lease.key) not in ([], [old_pid]) and lease.held and gate.is_open,
+                within=10,
+            )
             assert not await trio.to_thread.run_sync(other.try_acquire)  # held again, by the first lease
             stop.set()
             done.set()
