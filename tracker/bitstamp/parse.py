@@ -90,18 +90,39 @@ def _obj(value: object, what: str) -> dict[str, Any]:
     return value
 
 
+def _decimal(value: object) -> Decimal:
+    """``parse_decimal`` with a fast path for the usual decimal text (the rebuild parses millions): ``Decimal()``
+    strips whitespace like ``parse_decimal`` does; anything unusual goes to ``parse_decimal`` for its exact error."""
+    if type(value) is str:
+        try:
+            result = Decimal(value)
+        except ArithmeticError:
+            return parse_decimal(value)
+        if result.is_finite():
+            return result
+    elif type(value) is Decimal and value.is_finite():
+        return value
+    return parse_decimal(value)
+
+
 def _dec(d: dict[str, Any], key: str, str_key: str | None = None) -> Decimal:
-    if str_key is not None and str_key in d and d[str_key] is not None:
-        return parse_decimal(d[str_key])
-    if key not in d or d[key] is None:
+    if str_key is not None:
+        value = d.get(str_key)
+        if value is not None:
+            return _decimal(value)
+    value = d.get(key)
+    if value is None:
         raise _Bad(f"missing {key!r}")
-    return parse_decimal(d[key])
+    return _decimal(value)
 
 
 def _opt_dec(d: dict[str, Any], key: str, str_key: str | None = None) -> Decimal | None:
-    if (str_key is None or d.get(str_key) is None) and d.get(key) is None:
-        return None
-    return _dec(d, key, str_key)
+    if str_key is not None:
+        value = d.get(str_key)
+        if value is not None:
+            return _decimal(value)
+    value = d.get(key)
+    return None if value is None else _decimal(value)
 
 
 def _req_id(d: dict[str, Any], key: str, str_key: str | None = None) -> str:
@@ -117,7 +138,10 @@ def _opt_text(d: dict[str, Any], key: str) -> str | None:
 
 
 def _micro(d: dict[str, Any]) -> datetime | None:
-    us = int_text(d.get("microtimestamp"))
+    value = d.get("microtimestamp")
+    if type(value) is str and len(value) < 19 and value.isascii() and value.isdigit():  # the usual: µs digits
+        return us_to_datetime(int(value))
+    us = int_text(value)
     return None if us is None else us_to_datetime(us)
 
 

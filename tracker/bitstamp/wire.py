@@ -83,20 +83,28 @@ def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | 
     """
     if str_key is not None:
         value = obj.get(str_key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
+        if isinstance(value, str):
+            text = value.strip()
+            if text:
+                return text
     value = obj.get(key)
+    if type(value) is int:  # the usual case first (the rebuild reads millions); bool is not int here
+        return str(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and value.strip() and value.strip() != "None":
-        return value.strip()
+    if isinstance(value, str):
+        text = value.strip()
+        if text and text != "None":
+            return text
     return None
 
 
 def int_text(value: object) -> int | None:
     """An integer written as a JSON int or a string of digits; else ``None``."""
+    if type(value) is int:  # the usual case first; bool is not int here
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
