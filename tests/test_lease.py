@@ -251,6 +251,16 @@ async def test_postgres_standby_takes_over_within_5_s_of_kill_9(pg_url: str, tmp
                     assert f"tracker run pid {holder.pid}" in line, line  # names the holder
                     # The standby never connects to the exchange while the holder lives.
                     connections = fx.hub.connections_total
+                    # A standby stopped while it waits exits cleanly at once.
+                    log_c = tmp_path / "standby2.log"
+                    other = await start_run(fx, pg_url, log_c)
+                    try:
+                        await poll("second standby message", lambda: "standby: account" in text_of(log_c))
+                        await stop_run(other, log_c)
+                    finally:
+                        if other.returncode is None:
+                            other.kill()
+                            await other.wait()
                     before = subscribed_count(engine, account)
                     await poll("more frames", lambda: len(ws_payloads(engine, account)) >= 150)
                     assert fx.hub.connections_total == connections
