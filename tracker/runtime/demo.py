@@ -28,7 +28,7 @@ from tracker.errors import TrackerError
 from tracker.fake.server import DEMO_USER_ID, FakeExchange, open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.metrics_task import payload_data, reconnect_reason
-from tracker.runtime.projector import run_projector
+from tracker.runtime.projector import projector_task
 from tracker.runtime.reconciler import recovery_task
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.event_log import EventLog
@@ -183,15 +183,6 @@ async def _settle(engine: Engine, base: _Baseline, services: Services, db: trio.
             await services.writer_stats.committed.wait()
 
 
-async def _projector_task(engine: Engine, services: Services, *, task_status: trio.TaskStatus[Any]) -> None:
-    """The projector beside ingest until ``stop``; what is committed after that is projected by ``run_demo``."""
-    async with trio.open_nursery() as nursery:
-        status = await nursery.start(partial(run_projector, engine))
-        task_status.started(status)
-        await services.stop.wait()
-        nursery.cancel_scope.cancel()
-
-
 async def run_demo(
     engine: Engine,
     *,
@@ -239,7 +230,7 @@ async def run_demo(
                     ingest_options=DEMO_OPTIONS,
                     # The projector beside ingest; backfill at start-up and after each reconnect (no periodic
                     # reconciliation: the run is short).
-                    extra_tasks=[partial(_projector_task, engine), recovery_task(reconcile_interval_s=0)],
+                    extra_tasks=[projector_task(engine), recovery_task(reconcile_interval_s=0)],
                 )
             )
             fx.set_rate(rate)
