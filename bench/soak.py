@@ -1,0 +1,429 @@
+"""Soak: ``tracker run`` (a real child process) against the fake exchange at a high event rate for a long time, with
+a random fault every ~10 s; at the end, zero lost and zero doubled against the fake's ground truth, and the tracker's
+memory flat.
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--fault-every 10] [--seed 1] [--db-url URL]
+
+The fake runs in this process (its ground truth is at hand at the end); the tracker is ``python -m tracker run`` on a
+fresh database (a SQLite file in a temporary directory by default), so its RSS (``/proc/PID/status``: VmRSS, and
+VmHWM for the peak) is the tracker's alone. Faults, drawn from one seeded ``random.Random``, every
+``fault_every * U(0.5, 1.5)`` seconds:
+
+    reconnect  bts:request_reconnect (tokens invalidated, sockets closed 3 s later)
+    drop       abrupt TCP drop of every connection
+    stall      connections go silent for 2-6 s (frames reach REST only)
+    pause      delivery withheld for 2-6 s (REST only)
+    duplicate  the next 1-20 frames delivered twice
+    malformed  an invalid-JSON frame on every connection
+    unknown    a frame with an unknown event name
+    token      every websocket token invalidated (the next connection must fetch a new one)
+    reject     the next 1-5 HTTP requests answered 429 (rate limited)
+
+Self trades are switched off: no REST endpoint reports self-trade-prevention offsets, so a ``self_trade`` frame
+withheld by a fault cannot be recovered by any tracker (see tests/test_backfill_e2e.py). Periodic reconciliation runs
+every ``--reconcile-every`` seconds (default 60), as it would in production (every 300 s by default there).
+
+At the end: activity stops, one last live burst continues every order stream, the tracker catches up (every gap it
+recorded closed, its projector at the log's head), SIGINT (exit 0 expected), then the views are compared with the
+truth. "Lost": a fill or order of the truth missing from the views. "Doubled": a websocket frame or dedup key twice
+in the log, a fill counted twice in ``v_fees_daily``, or a projected fill or order the truth does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import trio
+from sqlalchemy import Engine, func, select, text
+
+from tracker.domain.money import format_decimal
+from tracker.fake.server import FakeExchange, open_fake_exchange
+from tracker.store.engine import open_engine
+from tracker.store.migrate import upgrade
+from tracker.store.projection_schema import CHECKPOINT_NAME, projector_checkpoint
+from tracker.store.schema import event_log
+
+MARKETS = ("btcusd", "ethusd", "btcusd-perp")
+FAULTS = ("reconnect", "drop", "stall", "pause", "duplicate", "malformed", "unknown", "token", "reject")
+
+
+@dataclass
+class SoakReport:
+    seconds: float = 0.0
+    rate: float = 0.0
+    frames_generated: int = 0
+    log_entries: int = 0
+    ws_entries: int = 0
+    quarantined: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    exit_code: int | None = None
+    rss_first_mb: float = 0.0  # right after subscribing, before load
+    rss_start_mb: float = 0.0  # after the warm-up (caches and buffers filled)
+    rss_end_mb: float = 0.0
+    rss_peak_mb: float = 0.0  # VmHWM
+    rss_samples_mb: list[float] = field(default_factory=list)
+    fills: int = 0
+    orders: int = 0
+    lost: int = 0
+    doubled: int = 0
+    wrong: int = 0  # present once but with different values
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rss_growth_mb(self) -> float:
+        return self.rss_end_mb - self.rss_start_mb
+
+    def summary(self) -> str:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
+        return (
+            f"soak: {self.seconds / 60:.1f} min at {self.rate:.0f} frames/s: "
+            f"{self.frames_generated:,} frames generated, "
+            f"{self.log_entries:,} log entries ({self.ws_entries:,} ws), {self.quarantined} quarantined; "
+            f"{sum(self.faults.values())} faults ({faults}); truth: {self.fills:,} fills, {self.orders:,} orders; "
+            f"lost {self.lost}, doubled {self.doubled}, wrong {self.wrong}; "
+            f"tracker RSS: {self.rss_first_mb:.1f} MB idle, "
+            f"{self.rss_start_mb:.1f} MB after warm-up, {self.rss_end_mb:.1f} MB at the end "
+            f"({self.rss_growth_mb:+.1f} MB), peak {self.rss_peak_mb:.1f} MB; exit code {self.exit_code}"
+        )
+
+
+# --- the tracker child -----------------------------------------------------------------------------------------------
+
+
+def child_env(fx: FakeExchange, db_url: str, reconcile_every: float) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env.update(
+        BITSTAMP_API_KEY=fx.api_key,
+        BITSTAMP_API_SECRET=fx.api_secret,
+        BITSTAMP_API_URL=fx.api_url,
+        BITSTAMP_WS_URL=fx.ws_url,
+        TRACKER_DB_URL=db_url,
+        TRACKER_MARKETS=",".join(MARKETS),
+        TRACKER_RECONCILE_INTERVAL=str(reconcile_every),
+    )
+    return env
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+# --- faults ----------------------------------------------------------------------------------------------------------
+
+
+async def apply_fault(fx: FakeExchange, kind: str, rng: random.Random) -> None:
+    if kind == "reconnect":
+        await fx.request_reconnect(close_after=3.0)
+    elif kind == "drop":
+        await fx.drop_connections()
+    elif kind == "stall":
+        fx.stall()
+        try:
+            await trio.sleep(rng.uniform(2, 6))
+        finally:
+            fx.unstall()
+    elif kind == "pause":
+        fx.pause_delivery()
+        try:
+            await trio.sleep(rng.uniform(2, 6))
+        finally:
+            fx.resume_delivery()
+    elif kind == "duplicate":
+        fx.duplicate_next(rng.randint(1, 20))
+    elif kind == "malformed":
+        await fx.send_malformed()
+    elif kind == "unknown":
+        await fx.send_unknown_event()
+    elif kind == "token":
+        fx.invalidate_tokens()
+    elif kind == "reject":
+        fx.reject_next_requests(rng.randint(1, 5))
+    else:
+        raise ValueError(kind)
+
+
+async def run_faults(fx: FakeExchange, rng: random.Random, every: float, counts: Counter[str]) -> None:
+    while True:
+        await trio.sleep(every * rng.uniform(0.5, 1.5))
+        kind = rng.choice(FAULTS)
+        counts[kind] += 1
+        await apply_fault(fx, kind, rng)
+
+
+# --- the database, from outside --------------------------------------------------------------------------------------
+
+
+class Probe:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def head(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(event_log.c.seq), 0))).scalar_one())
+
+    def checkpoint(self) -> int:
+        query = select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == CHECKPOINT_NAME)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one_or_none() or 0)
+
+    def caught_up(self, wanted: set[str]) -> bool:
+        """Every gap recorded is closed, the given frames are logged, and the projector is at the head."""
+        detected: set[str] = set()
+        completed: set[str] = set()
+        query = select(event_log.c.event, event_log.c.payload).where(
+            event_log.c.source == "tracker", event_log.c.event.in_(("gap_detected", "backfill_completed"))
+        )
+        with self.engine.connect() as conn:
+            for event, payload in conn.execute(query):
+                data = json.loads(payload)["data"]
+                if event == "gap_detected":
+                    detected.add(data["gap_id"])
+                else:
+                    completed.update(data["gap_ids"])
+            if detected - completed:
+                return False
+            if wanted:
+                found = conn.execute(
+                    select(func.count()).select_from(event_log).where(event_log.c.payload.in_(sorted(wanted)))
+                ).scalar_one()
+                if found < len(wanted):
+                    return False
+        return self.checkpoint() == self.head()
+
+
+async def poll(what: str, check: Callable[[], bool], *, within: float, proc: trio.Process) -> None:
+    """Another process writes the database: a bounded poll (no event crosses processes)."""
+    with trio.move_on_after(within):
+        while not await trio.to_thread.run_sync(check):
+            if proc.returncode is not None:
+                raise RuntimeError(f"{what}: tracker exited with {proc.returncode}")
+            await trio.sleep(0.2)
+        return
+    raise RuntimeError(f"{what}: not reached within {within} s")
+
+
+# --- comparison with the truth ---------------------------------------------------------------------------------------
+
+
+def _d(value: Any) -> str | None:
+    return None if value is None else format_decimal(Decimal(str(value)))
+
+
+def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport) -> None:
+    with engine.connect() as conn:
+        fills = {
+            r[0]: tuple(_d(v) for v in r[1:])
+            for r in conn.execute(text("SELECT trade_id, amount, price, fee FROM v_fills"))
+        }
+        orders = {
+            r[0]: (r[1], _d(r[2]))
+            for r in conn.execute(text("SELECT order_id, status, amount_remaining FROM v_orders"))
+        }
+        days = {
+            (str(r[0]), r[1]): (int(r[2]), _d(r[3]), _d(r[4]), _d(r[5]))
+            for r in conn.execute(text("SELECT day, market, fills, volume, fees, base_volume FROM v_fees_daily"))
+        }
+        total, keys = conn.execute(
+            select(func.count(), func.count(event_log.c.dedup_key.distinct())).select_from(event_log)
+        ).one()
+        ws_total, ws_distinct = conn.execute(
+            select(func.count(), func.count(event_log.c.payload.distinct())).where(event_log.c.source == "ws")
+        ).one()
+        report.quarantined = int(conn.execute(text("SELECT count(*) FROM quarantine")).scalar_one())
+    report.log_entries, report.ws_entries = int(total), int(ws_total)
+    want_fills = {f["trade_id"]: (_d(f["amount"]), _d(f["price"]), _d(f["fee"])) for f in truth["fills"]}
+    want_orders = {o["order_id"]: (o["status"], _d(o["amount_remaining"])) for o in truth["orders"]}
+    want_days = {
+        (d["day"], d["market"]): (d["fills"], _d(d["volume"]), _d(d["fees"]), _d(d["base_volume"]))
+        for d in truth["fees_daily"]
+    }
+    report.fills, report.orders = len(want_fills), len(want_orders)
+
+    def problem(kind: str, items: Any) -> int:
+        items = sorted(items, key=str)
+        if items:
+            report.problems.append(f"{kind}: {len(items)}, e.g. {items[:3]}")
+        return len(items)
+
+    report.lost = problem("fills lost", want_fills.keys() - fills.keys()) + problem(
+        "orders lost", want_orders.keys() - orders.keys()
+    )
+    doubled_days = [k for k, v in days.items() if k in want_days and v[0] > want_days[k][0]]
+    report.doubled = (
+        problem("dedup keys twice in the log", range(int(total) - int(keys)))
+        + problem("websocket frames twice in the log", range(int(ws_total) - int(ws_distinct)))
+        + problem("fills not in the truth", fills.keys() - want_fills.keys())
+        + problem("orders not in the truth", orders.keys() - want_orders.keys())
+        + problem("v_fees_daily days with more fills than the truth", doubled_days)
+    )
+    report.wrong = (
+        problem("fills with other values", [k for k in fills.keys() & want_fills.keys() if fills[k] != want_fills[k]])
+        + problem(
+            "orders with another status/remaining",
+            [(k, orders[k], want_orders[k]) for k in orders.keys() & want_orders.keys() if orders[k] != want_orders[k]],
+        )
+        + problem(
+            "v_fees_daily rows that differ",
+            [
+                (k, days.get(k), want_days.get(k))
+                for k in days.keys() | want_days.keys()
+                if days.get(k) != want_days.get(k)
+            ],
+        )
+    )
+
+
+# --- the soak --------------------------------------------------------------------------------------------------------
+
+
+async def soak(
+    *,
+    minutes: float,
+    rate: float = 1000,
+    fault_every: float = 10.0,
+    seed: int = 1,
+    db_url: str,
+    workdir: Path,
+    reconcile_every: float = 60,
+    sample_every: float = 5.0,
+    warm_up: float | None = None,
+    say: Callable[[str], None] = print,
+) -> SoakReport:
+    """Run the soak (see the module docstring). ``warm_up``: seconds before the "start" RSS sample; by default past
+    the first reconciliation (it walks the whole history once: a one-time peak) and at most half the run."""
+    upgrade(db_url)
+    engine = open_engine(db_url)
+    report = SoakReport(rate=rate)
+    rng = random.Random(seed)
+    counts: Counter[str] = Counter()
+    duration = minutes * 60
+    warm_up = min(reconcile_every + 15, duration / 2) if warm_up is None else warm_up
+    log_path = workdir / "tracker.log"
+    try:
+        async with open_fake_exchange(seed=seed, markets=MARKETS) as fx:
+            fx.model._self_trade = lambda: False  # type: ignore[method-assign]  (see the module docstring)
+            frames = [0]
+            deliver = fx.hub.deliver
+
+            async def counting(emissions: Any) -> Any:
+                emissions = list(emissions)
+                frames[0] += len(emissions)
+                return await deliver(emissions)
+
+            fx.hub.deliver = counting  # type: ignore[method-assign]
+            with log_path.open("ab") as out:
+                proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "tracker", "run"],
+                    env=child_env(fx, db_url, reconcile_every),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                with trio.fail_after(60):
+                    await fx.wait_subscribed(fx.private_channels())
+                report.rss_first_mb, _ = rss_mb(proc.pid)
+                started = trio.current_time()
+                generated_before = len(fx.model.state.fills)
+                fx.set_rate(rate)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_faults, fx, rng, fault_every, counts)
+                    next_sample = started + warm_up
+                    while (now := trio.current_time()) < started + duration:
+                        await trio.sleep_until(min(started + duration, now + sample_every))
+                        if proc.returncode is not None:
+                            raise RuntimeError(f"tracker exited with {proc.returncode} during the soak")
+                        rss, peak = rss_mb(proc.pid)
+                        report.rss_samples_mb.append(round(rss, 1))
+                        if not report.rss_start_mb and trio.current_time() >= next_sample:
+                            report.rss_start_mb = rss
+                        say(
+                            f"  {trio.current_time() - started:6.0f} s: RSS {rss:.1f} MB (peak {peak:.1f}), "
+                            f"{len(fx.model.state.fills) - generated_before:,} fills so far, faults {dict(counts)}"
+                        )
+                    nursery.cancel_scope.cancel()
+                fx.set_rate(None)
+                fx.unstall()
+                fx.resume_delivery()
+                report.seconds = trio.current_time() - started
+                report.faults = dict(counts)
+                report.rss_end_mb, report.rss_peak_mb = rss_mb(proc.pid)
+                # One live burst after the faults: every order stream goes on, so a frame a fault withheld shows as
+                # a chain break if nothing else noticed it; then wait for the tracker to settle.
+                await fx.wait_subscribed(fx.private_channels())
+                burst = {e.text for e in await fx.generate_frames(200)}
+                probe = Probe(engine)
+                await poll("caught up", lambda: probe.caught_up(burst), within=180, proc=proc)
+                proc.send_signal(signal.SIGINT)
+                with trio.fail_after(60):
+                    report.exit_code = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            truth = fx.truth()
+            report.frames_generated = frames[0]
+        compare_with_truth(engine, truth, report)
+    finally:
+        engine.dispose()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="frames/s from the fake (default 1000)")
+    parser.add_argument("--fault-every", type=float, default=10.0, help="mean seconds between faults (default 10)")
+    parser.add_argument("--reconcile-every", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--db-url", help="default: a SQLite file in a temporary directory")
+    parser.add_argument("--workdir", type=Path, help="keep the database and tracker log here")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON too")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tracker-soak-") as temp:
+        tmp = args.workdir or Path(temp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        db_url = args.db_url or f"sqlite:///{Path(tmp) / 'soak.db'}"
+        t0 = time.perf_counter()
+        report = trio.run(
+            lambda: soak(
+                minutes=args.minutes,
+                rate=args.rate,
+                fault_every=args.fault_every,
+                seed=args.seed,
+                db_url=db_url,
+                workdir=Path(tmp),
+                reconcile_every=args.reconcile_every,
+            )
+        )
+        print(report.summary())
+        for line in report.problems:
+            print("  PROBLEM", line)
+        print(f"wall time {time.perf_counter() - t0:.0f} s")
+        if args.json:
+            print(json.dumps({**asdict(report), "rss_growth_mb": report.rss_growth_mb}))
+    ok = report.exit_code == 0 and not (report.lost or report.doubled or report.wrong)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
