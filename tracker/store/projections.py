@@ -102,31 +102,28 @@ class _LazyTable(dict[Any, Any]):
         return self.get(key) is not None
 
 
-def _stamp_sqlite(value: datetime | None) -> str | None:
+def _stamp_sqlite(value: datetime) -> str:
     """What ``UtcDateTime`` stores on SQLite (SQLAlchemy's DateTime text in UTC, always with microseconds)."""
-    if value is None:
-        return None
+    if value.tzinfo is UTC:  # the usual case: what the parser makes (isoformat ends "+00:00")
+        return value.isoformat(" ", "microseconds")[:-6]
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: tracker stores aware UTC datetimes only")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _money_sqlite(value: Decimal | None) -> str | None:
-    return None if value is None else decimal_text(value)
-
-
-def _money_postgres(value: Decimal | None) -> Decimal | None:
-    if value is not None and not value.is_finite():
+def _money_postgres(value: Decimal) -> Decimal:
+    if not value.is_finite():
         raise ValueError(f"not a finite decimal: {value!r}")
     return value
 
 
 def _converters(table: Table, dialect_name: str) -> tuple[Callable[[Any], Any] | None, ...]:
-    """Per column, how to turn a row value into what the driver takes (what the column types would do)."""
+    """Per column, how to turn a row's value (not ``None``) into what the driver takes (what the column types
+    would do)."""
     result: list[Callable[[Any], Any] | None] = []
     for column in table.columns:
         if isinstance(column.type, Money):
-            result.append(_money_sqlite if dialect_name == "sqlite" else _money_postgres)
+            result.append(decimal_text if dialect_name == "sqlite" else _money_postgres)
         elif isinstance(column.type, UtcDateTime) and dialect_name == "sqlite":
             result.append(_stamp_sqlite)
         else:
@@ -305,13 +302,14 @@ class ProjectionStore:
         if not converted:
             return [get(row) for row in rows]
         result = []
+        append = result.append
         for row in rows:
             values = list(get(row))
             for i, convert in converted:
                 value = values[i]
                 if value is not None:
                     values[i] = convert(value)
-            result.append(tuple(values))
+            append(tuple(values))
         return result
 
     def project(self, entries: Sequence[LogEntry]) -> BatchResult | None:
