@@ -14,14 +14,16 @@ its next write sees that and it reloads from the new checkpoint (see ``projectio
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import Engine, delete, func, insert, select
 
-from tracker.store.engine import writer
+from tracker.store.engine import open_engine, writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import (
     CHECKPOINT_NAME,
@@ -33,6 +35,44 @@ from tracker.store.projections import BATCH, BatchResult, ProjectionStore, lock_
 
 SHADOW_PREFIX: Final = "rebuild_"
 SHADOW_CHECKPOINT: Final = "rebuild"
+# The rebuild allocates tens of millions of short-lived objects (events, rows, Decimals) and keeps few: with the
+# default threshold (700) the collector runs ~100,000 times over a 1M-event log, ~10% of the CPU time.
+_GC_THRESHOLD: Final = 50_000
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector less often meanwhile (nothing in the fold makes cycles)."""
+    before = gc.get_threshold()
+    gc.set_threshold(_GC_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+@contextmanager
+def _shadow_engine(engine: Engine) -> Iterator[Engine]:
+    """The engine the shadow tables are built with.
+
+    SQLite: a second engine on the same file with ``synchronous=NORMAL``: in WAL mode a commit then does not wait for
+    an fsync (one per batch, hundreds over a large log); a power loss may lose the last shadow batches but never
+    corrupts the file, and a rebuild that did not swap is simply run again (leftover shadow tables are dropped
+    first). Not ``OFF``: the shadow tables share the file with the event log, and with ``OFF`` a checkpoint copies
+    WAL pages into the file without any fsync, so a power loss could corrupt the log itself. The swap is not made
+    here: it runs on the caller's engine (its own ``synchronous``, FULL by default), so it is as durable as any
+    other write. Its own pool: no ``NORMAL`` connection goes back to the caller's pool. Other databases (and
+    in-memory SQLite): the caller's engine.
+    """
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield engine
+        return
+    shadow = open_engine(url, sqlite_synchronous="NORMAL")
+    try:
+        yield shadow
+    finally:
+        shadow.dispose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +109,10 @@ def rebuild(
             on_batch(result)
 
     try:
+        with _shadow_engine(engine) as build_engine, _fewer_collections():
+            builder = ProjectionStore(build_engine, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT)
+            builder.catch_up(EventLog(build_engine), batch=batch, on_batch=count)
         store = ProjectionStore(engine, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT)
-        store.catch_up(EventLog(engine), batch=batch, on_batch=count)
         if before_swap is not None:
             before_swap()
         with writer(engine).begin() as conn:
