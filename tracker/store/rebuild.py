@@ -110,7 +110,7 @@ def rebuild(
 
     try:
         with _shadow_engine(engine) as build_engine, _fewer_collections():
-            builder = ProjectionStore(build_engine, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT)
+            builder = ProjectionStore(build_engine, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT, fresh=True)
             builder.catch_up(EventLog(build_engine), batch=batch, on_batch=count)
         store = ProjectionStore(engine, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT)
         if before_swap is not None:
