@@ -21,11 +21,23 @@ _INT_RE: Final = re.compile(r"-?[0-9]+")
 
 # One decoder for all calls: json.loads(..., parse_float=Decimal) builds a new one per call.
 _EXACT_DECODER: Final = json.JSONDecoder(parse_float=Decimal)
+_SCAN_ONCE: Final = _EXACT_DECODER.scan_once
 
 
 def loads_exact(text: str) -> Any:
-    """Parse JSON keeping every number exact: floats become ``Decimal``, ints stay ``int``."""
-    return _EXACT_DECODER.decode(text)
+    """Parse JSON keeping every number exact: floats become ``Decimal``, ints stay ``int``.
+
+    The usual text (a frame, no surrounding whitespace) goes straight to the decoder's scanner; anything else
+    (whitespace around it, extra data, not JSON) through ``JSONDecoder.decode``, which accepts or raises as
+    ``json.loads`` does.
+    """
+    try:
+        value, end = _SCAN_ONCE(text, 0)
+    except StopIteration:
+        return _EXACT_DECODER.decode(text)
+    if end != len(text):
+        return _EXACT_DECODER.decode(text)
+    return value
 
 
 def _encode(obj: object, out: list[str]) -> None:
