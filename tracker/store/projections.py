@@ -292,7 +292,7 @@ class ProjectionStore:
             cached_rows, cached_known = cache[name]
             hits = missing & cached_known
             for key in hits:
-                row = cached_rows.get(key)
+                row = dict.get(cached_rows, key)  # no lazy load: the batch that cached it is over
                 if row is not None:
                     dict.__setitem__(table, key, row)
             missing -= hits
@@ -372,7 +372,11 @@ class ProjectionStore:
             return BatchResult(0, expected, 0, misses)
         self._cache = None  # until this write is known to have committed
         # The dirty rows, unsorted (``changed_rows()`` sorts them; the database does not care about the order).
-        changed = {name: [state.table(name)[key] for key in keys] for name, keys in state.dirty.items() if keys}
+        changed: dict[str, list[Row]] = {}
+        for name, keys in state.dirty.items():
+            if keys:
+                rows = state.table(name)
+                changed[name] = [rows[key] for key in keys]
         written = self.write_batch(changed, state.checkpoint, expected=expected)
         if written is None:
             self._written = None  # someone else writes these tables after all
@@ -384,7 +388,8 @@ class ProjectionStore:
         self._cache = {}
         for name in TABLES:
             table = state.table(name)
-            self._cache[name] = (dict(table), table.known | table.keys())
+            table.known.update(table.keys())  # the batch's tables are not used again: no copies
+            self._cache[name] = (table, table.known)
         return BatchResult(folded, state.checkpoint, written, misses)
 
     def catch_up(
