@@ -188,10 +188,12 @@ class ProjectionStore:
         fresh: bool = False,
     ) -> None:
         """``fresh``: ``tables`` are empty now and this store is their only writer (the rebuild's shadow tables), so
-        a row it never wrote does not exist: no query for it (``_WrittenKeys``). Should the checkpoint move under it
-        all the same, it goes back to querying."""
+        a row it never wrote does not exist: no query for it (``_WrittenKeys``). Should another writer move the
+        checkpoint all the same (seen when a batch starts, or when its write is refused), it goes back to querying
+        for good."""
         self.engine = engine
         self._written: _WrittenKeys | None = _WrittenKeys() if fresh else None
+        self._written_checkpoint = 0  # the checkpoint of the last batch this fresh store wrote
         self._salts = {name: hash(name) for name in TABLES}
         self.tables = dict(tables)
         self.checkpoint_name = checkpoint_name
@@ -263,6 +265,8 @@ class ProjectionStore:
         """
         state = ProjectionState()
         state.checkpoint = self.load_checkpoint(conn)
+        if self._written is not None and state.checkpoint != self._written_checkpoint:
+            self._written = None  # someone else wrote these tables after all: query as an ordinary store does
         cache = self._cache if self._cache_checkpoint == state.checkpoint else None
         tables: dict[str, _LazyTable] = {}
         for name in TABLES:
@@ -384,6 +388,7 @@ class ProjectionStore:
         if self._written is not None:
             for name, keys in state.dirty.items():
                 self._written.add_all(self._salts[name], keys)
+            self._written_checkpoint = state.checkpoint
         self._cache_checkpoint = state.checkpoint
         self._cache = {}
         for name in TABLES:

@@ -1,0 +1,75 @@
+"""``fast_init``: the faster ``__init__`` behaves as the dataclass's own (tracker.domain.frozen)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from decimal import Decimal
+
+import pytest
+
+from tracker.domain import events, rows
+from tracker.domain.frozen import fast_init
+
+
+@fast_init
+@dataclasses.dataclass(frozen=True, slots=True)
+class Point:
+    x: int
+    y: Decimal
+    label: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlainPoint:
+    x: int
+    y: Decimal
+    label: str | None = None
+
+
+def test_same_as_the_generated_init() -> None:
+    for args, kwargs in [((1, Decimal("2.50")), {}), ((1,), {"y": Decimal(0), "label": "a"}), ((), {"x": 3, "y": 4})]:
+        fast, plain = Point(*args, **kwargs), PlainPoint(*args, **kwargs)  # type: ignore[arg-type]
+        assert dataclasses.astuple(fast) == dataclasses.astuple(plain)
+        assert repr(fast) == repr(plain).replace("PlainPoint", "Point")
+    with pytest.raises(TypeError):
+        Point(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Point(1, Decimal(2), "a", "extra")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Point(1, Decimal(2), nope=1)  # type: ignore[call-arg]
+
+
+def test_still_a_frozen_dataclass() -> None:
+    point = Point(1, Decimal("2.5"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        point.x = 2  # type: ignore[misc]
+    assert dataclasses.replace(point, label="b") == Point(1, Decimal("2.5"), "b")
+    assert point == Point(1, Decimal("2.5")) and hash(point) == hash(Point(1, Decimal("2.5")))
+    assert pickle.loads(pickle.dumps(point)) == point
+    match point:
+        case Point(x, y):
+            assert (x, y) == (1, Decimal("2.5"))
+
+
+def test_refuses_what_it_cannot_do() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Mutable:
+        x: int
+
+    with pytest.raises(TypeError):
+        fast_init(Mutable)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithFactory:
+        x: list[int] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError):
+        fast_init(WithFactory)
+
+
+def test_every_row_and_event_type_has_it() -> None:
+    types = [*rows.TABLES.values(), *events.DomainEvent.__args__]  # type: ignore[attr-defined]
+    for cls in types:
+        names = cls.__init__.__code__.co_names  # the generated one calls object.__setattr__ instead
+        assert names and all(name.startswith("_set_") for name in names), cls
