@@ -252,6 +252,17 @@ def advance(
     return Step(tuple(fresh), best, done, stuck)
 
 
+def forget_passed(seen: set[K], cursor: K | None, *, order: Callable[[K], Any] = lambda k: k) -> None:
+    """Drop from a walk's ``seen`` (in place) the keys sorting before ``cursor``: ``advance`` drops those rows by
+    their order alone, so ``seen`` stays bounded by a page instead of growing with the walk. The cursor's own key is
+    kept (a walk may use it to recognise the inclusive repeat of the cursor row)."""
+    if cursor is None:
+        return
+    bound = order(cursor)
+    passed = [key for key in seen if order(key) < bound]
+    seen.difference_update(passed)
+
+
 def event_id_order(event_id: str) -> tuple[int, str]:
     """Sort key for MarketEventIDs: well-formed ids (36 chars, hex time first) by text, malformed ones first."""
     return (1 if len(event_id) == EVENT_ID_LENGTH else 0, event_id)

@@ -57,10 +57,18 @@ class Finding:
 class Diff:
     findings: list[Finding] = field(default_factory=list)
     checked: set[str] = field(default_factory=set)
+    # Entities checked but not kept in ``checked`` (a paged fills audit keeps only those an open discrepancy names:
+    # ``plan`` needs no others), counted here so that ``n_checked`` still says how much was compared.
+    uncounted: int = 0
+
+    @property
+    def n_checked(self) -> int:
+        return len(self.checked) + self.uncounted
 
     def extend(self, other: Diff) -> Diff:
         self.findings.extend(other.findings)
         self.checked |= other.checked
+        self.uncounted += other.uncounted
         return self
 
 
@@ -176,6 +184,53 @@ def diff_fills(
             )
         )
     return diff
+
+
+@dataclass
+class FillAudit:
+    """``diff_fills`` of one market's walk, page by page, so that memory is bounded by a page, not by the history.
+
+    The walk's pages cover consecutive id ranges: the first ``[from_id, cursor_1]``, each next one ``(cursor_k,
+    cursor_k+1]``. ``page`` judges one range from the exchange's rows of that page and the projected fills whose ids
+    fall in it; ``tail`` judges what is left up to the walk's end id (projected fills the exchange no longer lists
+    after its last row), in chunks. Together: the same findings as one ``diff_fills`` over ``[from_id, to_id]``.
+    Only findings, a count and the checked entities in ``watch`` (those open discrepancies name) are kept.
+    """
+
+    market: str
+    from_id: int
+    watch: frozenset[str] = frozenset()
+    next_id: int = -1  # the lowest id not judged yet (from_id until the first page)
+    findings: list[Finding] = field(default_factory=list)
+    checked: set[str] = field(default_factory=set)
+    uncounted: int = 0
+
+    def __post_init__(self) -> None:
+        if self.next_id < 0:
+            self.next_id = self.from_id
+
+    def _add(self, diff: Diff) -> None:
+        self.findings.extend(diff.findings)
+        kept = diff.checked & self.watch
+        self.checked |= kept
+        self.uncounted += len(diff.checked) - len(kept)
+
+    def page(self, projected: Iterable[FillRow], exchange: Sequence[ExchangeFill], to_id: int) -> None:
+        """One page: ``exchange`` its fills, ``to_id`` the walk's cursor after it, ``projected`` (at least) the
+        projected fills with ids in ``[next_id, to_id]``."""
+        if to_id < self.next_id and not exchange:
+            return
+        self._add(diff_fills(projected, exchange, market=self.market, from_id=self.next_id, to_id=to_id))
+        self.next_id = max(self.next_id, to_id + 1)
+
+    def tail(self, projected: Iterable[FillRow], to_id: int) -> None:
+        """After the last page: projected fills in ``[next_id, to_id]``, which the exchange did not list. Called once
+        per chunk of them (each chunk is judged alone; ``next_id`` does not move)."""
+        if to_id >= self.next_id:
+            self._add(diff_fills(projected, (), market=self.market, from_id=self.next_id, to_id=to_id))
+
+    def diff(self) -> Diff:
+        return Diff(list(self.findings), set(self.checked), self.uncounted)
 
 
 # --- orders ---------------------------------------------------------------------------------------------------------

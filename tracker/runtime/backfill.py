@@ -53,7 +53,16 @@ from tracker.bitstamp.parse import parse_entry
 from tracker.bitstamp.wire import datetime_to_us, display_market_to_symbol, loads_exact, parse_rest_datetime
 from tracker.domain import tracker_events as te
 from tracker.domain.events import Fill, OrderStatusSnapshot
-from tracker.domain.gaps import ChainBreak, ChainTracker, CoverageTracker, Window, advance, event_id_at, event_id_order
+from tracker.domain.gaps import (
+    ChainBreak,
+    ChainTracker,
+    CoverageTracker,
+    Window,
+    advance,
+    event_id_at,
+    event_id_order,
+    forget_passed,
+)
 from tracker.domain.log import LogEntry, NewEntry, QuarantineItem
 from tracker.domain.money import BadAmount, parse_decimal
 from tracker.domain.reconcile import ExchangeFill, ExchangeOpenOrder, ExchangeOrderStatus, open_order_candidates
@@ -301,9 +310,8 @@ class BackfillReport:
     errors: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     cursors: Cursors = field(default_factory=Cursors)
-    # For reconciliation: every user_transactions row of the walk per market (incl. the cursor row), and where
-    # each market's walk started.
-    fills_seen: dict[str, list[ExchangeFill]] = field(default_factory=dict)
+    # For reconciliation: where each market's user_transactions walk started (its fills go to ``FillPages`` page by
+    # page, never kept here: a report's size does not grow with the walk).
     walk_from: dict[str, int] = field(default_factory=dict)
     walk_start_at: dict[str, datetime] = field(default_factory=dict)  # datetime of the walk's first row
     statuses: list[ExchangeOrderStatus] = field(default_factory=list)
@@ -353,6 +361,10 @@ class BackfillOptions:
 
 
 ProjectedOrders = Callable[[], Awaitable[list[OrderRow]]]
+FillPages = Callable[[BackfillReport, str, list[ExchangeFill], int], Awaitable[None]]
+"""``(report, market, fills, cursor)`` after each ``user_transactions/`` page is in the log: the page's fills (with the
+walk's first row, the cursor row, on its first page) and the walk's cursor after it (every id of the page is at or
+below)."""
 
 
 class Backfiller:
@@ -452,9 +464,14 @@ class Backfiller:
         breaks: Sequence[ChainBreak] = (),
         user_transactions_from: dict[str, int] | None = None,
         check_orders: bool = True,
+        fill_pages: FillPages | None = None,
     ) -> BackfillReport:
         """One backfill: GAP_DETECTED for each window/break, the walks, BACKFILL_COMPLETED. ``user_transactions_from``
-        (reconciliation) starts those walks earlier than the cursors, e.g. ``{m: 0}`` for a full audit."""
+        (reconciliation) starts those walks earlier than the cursors, e.g. ``{m: 0}`` for a full audit; ``fill_pages``
+        (reconciliation) sees each page's fills once the page is in the log.
+
+        Memory is bounded by a page, not by the walk: each page is appended as it arrives and only counters, cursors
+        and the keys of the last page (``forget_passed``) are kept."""
         async with self.lock:
             started = trio.current_time()
             gap_ids = await self.record_gaps(windows, breaks, reason)
@@ -470,7 +487,8 @@ class Backfiller:
                 await self._guard(report, f"trade_history:{market}", self._trade_history(report, market))
             for market in self.markets:
                 start = None if user_transactions_from is None else user_transactions_from.get(market)
-                await self._guard(report, f"user_transactions:{market}", self._user_transactions(report, market, start))
+                walk = self._user_transactions(report, market, start, fill_pages)
+                await self._guard(report, f"user_transactions:{market}", walk)
             if perps:
                 await self._guard(report, "position_settlement_transactions", self._settlements(report))
             if check_orders and self.projected_open_orders is not None:
@@ -556,6 +574,7 @@ class Backfiller:
             if step.cursor is not None and len(step.cursor) == 36:
                 cursor = step.cursor
                 report.cursors.order_events[key] = cursor
+                forget_passed(seen, cursor, order=event_id_order)
             if step.done:
                 return
 
@@ -584,15 +603,17 @@ class Backfiller:
             if step.cursor is not None and step.cursor >= 0:
                 after = step.cursor
                 report.cursors.trade_history[market] = after
+                forget_passed(seen, after)
             if step.done:
                 return
 
-    async def _user_transactions(self, report: BackfillReport, market: str, start: int | None) -> None:
+    async def _user_transactions(
+        self, report: BackfillReport, market: str, start: int | None, fill_pages: FillPages | None = None
+    ) -> None:
         cursor = report.cursors.user_transactions.get(market, 0)
         if start is not None:
             cursor = min(cursor, start)
         report.walk_from[market] = cursor
-        fills = report.fills_seen.setdefault(market, [])
         seen: set[int] = set()
         while True:
             page = await self.api.call(
@@ -618,15 +639,21 @@ class Backfiller:
                 )
                 for i in sorted({*step.fresh, *fresh_or_cursor})
             }
-            for item in built.values():
-                if isinstance(item, NewEntry) and (ex := exchange_fill(item)) is not None:
-                    fills.append(ex)
             seen.update(keys[i] for i in fresh_or_cursor)
             await self._append(report, "user_transactions", [built[i] for i in step.fresh])
             if step.cursor is not None and step.cursor >= 0:
                 cursor = step.cursor
                 if cursor > report.cursors.user_transactions.get(market, -1):
                     report.cursors.user_transactions[market] = cursor
+                forget_passed(seen, cursor)
+            if fill_pages is not None:
+                fills = [
+                    ex
+                    for item in built.values()
+                    if isinstance(item, NewEntry) and (ex := exchange_fill(item)) is not None
+                ]
+                await fill_pages(report, market, fills, cursor)
+            del built, rows, page  # one page alive at a time: not this one while the next is fetched
             if step.done:
                 return
 

@@ -6,7 +6,10 @@ One run:
    reconciliation window (the whole history for a full run, else where the previous reconciliation stopped), so every
    REST fact it sees is in the log and the exchange's fills of the window are at hand;
 2. the projection catches up with the log (``ProjectionStore.catch_up``: exactly-once, safe beside the projector);
-3. the pure diffs of ``tracker.domain.reconcile``: fills and fees per market; open orders vs ``open_orders/`` with
+3. the pure diffs of ``tracker.domain.reconcile``: fills and fees per market, page by page during the walk (the
+   projection catches up after each page is logged; ``FillAudit`` compares the page's rows with the projected fills
+   whose ids fall in the page's id range, one indexed query, so memory is bounded by a page, not by the history);
+   open orders vs ``open_orders/`` with
    ``order_status/`` confirming each disagreement older than the 10 s cache; order states vs ``order_status/`` for
    orders closed since the previous run (at most ``max_status_checks``); the balances' own arithmetic;
 4. ``discrepancy`` entries for new findings, ``discrepancy_resolved`` for open reconciliation discrepancies checked
@@ -17,23 +20,25 @@ One run:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Final
 
 import trio
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from tracker.domain import tracker_events as te
 from tracker.domain.money import BadAmount, parse_decimal
 from tracker.domain.reconcile import (
+    RECON_PREFIX,
     Balance,
     Diff,
+    ExchangeFill,
+    FillAudit,
     Finding,
     diff_balances,
-    diff_fills,
     diff_order_status,
     open_order_candidates,
     plan,
@@ -65,6 +70,20 @@ RECONCILE_CHANNEL: Final = "reconcile"
 # --- reading the projection -----------------------------------------------------------------------------------------
 
 
+def id_ranges(lo: int, hi: int) -> list[tuple[int, str, str]]:
+    """``(digits, first, last)`` per digit count of the decimal texts of ``lo..hi``: for a text trade id,
+    ``lo <= int(id) <= hi`` is ``length(id) = digits and first <= id <= last`` (canonical digits, no leading zeros),
+    a range the fills' primary key index ``(account, trade_id)`` serves."""
+    lo = max(lo, 0)
+    if hi < lo:
+        return []
+    low, high = str(lo), str(hi)
+    return [
+        (n, low if n == len(low) else "1" + "0" * (n - 1), high if n == len(high) else "9" * n)
+        for n in range(len(low), len(high) + 1)
+    ]
+
+
 class ProjectionReader:
     """Reads the ``proj_*`` tables for one account (worker threads; catch-up behind the given limiter)."""
 
@@ -89,12 +108,65 @@ class ProjectionReader:
         conditions = [table.c.account == account, *(table.c[k] == v for k, v in equal.items())]
         return await trio.to_thread.run_sync(lambda: self._select(name, *conditions))
 
-    async def fills(self, account: str, market: str, *, executed_since: datetime | None = None) -> list[FillRow]:
+    def _fills_between(
+        self,
+        account: str,
+        market: str,
+        lo: int,
+        hi: int,
+        since: datetime | None,
+        after: tuple[int, str] | None,
+        limit: int | None,
+    ) -> list[FillRow]:
+        """Projected fills of ``market`` with ``lo <= trade id <= hi`` (numerically), in id order, after the key
+        ``after`` (digits, trade id), at most ``limit``."""
         table = self.store.tables["fills"]
-        conditions = [table.c.account == account, table.c.market == market]
-        if executed_since is not None:
-            conditions.append(table.c.executed_at >= executed_since)
-        return await trio.to_thread.run_sync(lambda: self._select("fills", *conditions))
+        out: list[FillRow] = []
+        with self.store.engine.connect() as conn:
+            for digits, first, last in id_ranges(lo, hi):
+                if after is not None and digits < after[0]:
+                    continue
+                conditions = [
+                    table.c.account == account,
+                    table.c.trade_id >= first,
+                    table.c.trade_id <= last,
+                    func.length(table.c.trade_id) == digits,
+                    table.c.market == market,
+                ]
+                if after is not None and digits == after[0]:
+                    conditions.append(table.c.trade_id > after[1])
+                if since is not None:
+                    conditions.append(table.c.executed_at >= since)
+                query = select(table).where(*conditions).order_by(table.c.trade_id)
+                if limit is not None:
+                    query = query.limit(limit - len(out))
+                out += [FillRow(*values) for values in conn.execute(query)]
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def fills_between(
+        self, account: str, market: str, lo: int, hi: int, *, executed_since: datetime | None = None
+    ) -> list[FillRow]:
+        """The projected fills of one page's id range (about a page of them)."""
+        return await trio.to_thread.run_sync(
+            partial(self._fills_between, account, market, lo, hi, executed_since, None, None)
+        )
+
+    async def fill_chunks(
+        self, account: str, market: str, lo: int, hi: int, *, executed_since: datetime | None = None, chunk: int
+    ) -> AsyncIterator[list[FillRow]]:
+        """The projected fills of an id range of any size, ``chunk`` at a time (keyset pages)."""
+        after: tuple[int, str] | None = None
+        while True:
+            rows = await trio.to_thread.run_sync(
+                partial(self._fills_between, account, market, lo, hi, executed_since, after, chunk)
+            )
+            if rows:
+                yield rows
+            if len(rows) < chunk:
+                return
+            after = (len(rows[-1].trade_id), rows[-1].trade_id)
 
     async def open_orders(self, account: str) -> list[OrderRow]:
         return await self.rows("orders", account, status="open")
@@ -119,7 +191,8 @@ class ProjectionReader:
         return {o.order_id: o for o in rows}
 
     async def discrepancies(self, account: str) -> list[DiscrepancyRow]:
-        return await self.rows("discrepancies", account)
+        """The account's open discrepancies (resolved ones accumulate with the history; nothing here needs them)."""
+        return await self.rows("discrepancies", account, status="open")
 
 
 # --- one run --------------------------------------------------------------------------------------------------------
@@ -184,30 +257,57 @@ class Reconciler:
             prev_seq = 0
         else:
             walk_from = {m: int(prev_cursors.get(m, 0)) for m in bf.markets}
-        report = await bf.run("reconcile", user_transactions_from=walk_from, check_orders=False)
+        # Fill entities whose "checked" matters: those of open reconciliation discrepancies (to resolve them).
+        watch = frozenset(
+            d.entity for d in await self.reader.discrepancies(self.account) if d.discrepancy_id.startswith(RECON_PREFIX)
+        )
+        audits: dict[str, FillAudit] = {}
+
+        def since_for(report: BackfillReport, market: str) -> datetime | None:
+            # Only fills from around the window on (ids grow with time; a day of margin for clock quirks).
+            start_at = report.walk_start_at.get(market)
+            return None if full or start_at is None else start_at - timedelta(days=1)
+
+        async def fill_page(report: BackfillReport, market: str, fills: list[ExchangeFill], cursor: int) -> None:
+            audit = audits.get(market)
+            if audit is None:
+                audit = audits[market] = FillAudit(market, report.walk_from.get(market, 0), watch)
+            if cursor < audit.next_id and not fills:
+                return
+            if not full and market not in report.walk_start_at:
+                audit.next_id = max(audit.next_id, cursor + 1)  # no window start known yet: not judged (as before)
+                return
+            await self.reader.catch_up()  # the page is in the log; the projection must have it too
+            since = since_for(report, market)
+            projected = await self.reader.fills_between(
+                self.account, market, audit.next_id, cursor, executed_since=since
+            )
+            audit.page(projected, fills, cursor)
+
+        report = await bf.run("reconcile", user_transactions_from=walk_from, check_orders=False, fill_pages=fill_page)
         checkpoint = await self.reader.catch_up()
         diff = Diff()
         errors = dict(report.errors)
         for market in bf.markets:
             if f"user_transactions:{market}" in report.errors:
                 continue  # the window was not fully read: judge it next time
-            if full:
-                projected = await self.reader.fills(self.account, market)
-            elif market in report.walk_start_at:
-                # Only fills from around the window on (ids grow with time; a day of margin for clock quirks).
-                since = report.walk_start_at[market] - timedelta(days=1)
-                projected = await self.reader.fills(self.account, market, executed_since=since)
-            else:
+            if not full and market not in report.walk_start_at:
                 continue  # the exchange returned nothing for the window: nothing to compare yet
-            diff.extend(
-                diff_fills(
-                    projected,
-                    report.fills_seen.get(market, []),
-                    market=market,
-                    from_id=report.walk_from.get(market, 0),
-                    to_id=report.cursors.user_transactions.get(market, report.walk_from.get(market, 0)),
-                )
+            walk_from_id = report.walk_from.get(market, 0)
+            audit = audits.get(market) or FillAudit(market, walk_from_id, watch)
+            to_id = report.cursors.user_transactions.get(market, walk_from_id)
+            # Projected fills past the exchange's last row, up to the furthest id walked before: not listed any more.
+            chunks = self.reader.fill_chunks(
+                self.account,
+                market,
+                audit.next_id,
+                to_id,
+                executed_since=since_for(report, market),
+                chunk=bf.options.page_limit,
             )
+            async for chunk in chunks:
+                audit.tail(chunk, to_id)
+            diff.extend(audit.diff())
         try:
             diff.extend(await self._orders(report, prev_seq, full=full))
         except ApiError as exc:
@@ -230,7 +330,7 @@ class Reconciler:
         ]
         summary = {
             "full": full,
-            "checked": len(diff.checked),
+            "checked": diff.n_checked,
             "findings": len(diff.findings),
             "opened": [f.id for f in todo.open],
             "resolved": [d.discrepancy_id for d in todo.resolve],
@@ -244,17 +344,17 @@ class Reconciler:
         entries.append(self._entry(te.RECONCILED, summary))
         await bf.sink.append(entries)
         await self.reader.catch_up()
-        unresolved = [d for d in await self.reader.discrepancies(self.account) if d.status == "open"]
+        unresolved = await self.reader.discrepancies(self.account)
         self.runs += 1
         log.info(
             "reconciled: %d checked, %d new discrepancies, %d resolved, %d unresolved",
-            len(diff.checked),
+            diff.n_checked,
             len(todo.open),
             len(todo.resolve),
             len(unresolved),
         )
         return ReconcileResult(
-            diff.findings, list(todo.open), list(todo.resolve), unresolved, len(diff.checked), report, errors
+            diff.findings, list(todo.open), list(todo.resolve), unresolved, diff.n_checked, report, errors
         )
 
     async def _orders(self, report: BackfillReport, since_seq: int, *, full: bool) -> Diff:
