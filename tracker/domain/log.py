@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from tracker.domain.frozen import fast_init
+
 Source = Literal["ws", "rest", "tracker"]
 SOURCES: tuple[Source, ...] = ("ws", "rest", "tracker")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NewEntry:
     """One received frame (or a tracker-made or REST-learned fact) ready to append.
@@ -39,6 +42,7 @@ class NewEntry:
     connection_id: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """A stored row of the event log: a ``NewEntry`` plus its position and hash chain links."""
