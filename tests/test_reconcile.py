@@ -15,6 +15,7 @@ from tracker.domain.reconcile import (
     ExchangeFill,
     ExchangeOpenOrder,
     ExchangeOrderStatus,
+    FillAudit,
     Finding,
     diff_balances,
     diff_fills,
@@ -23,6 +24,7 @@ from tracker.domain.reconcile import (
     plan,
 )
 from tracker.domain.rows import DiscrepancyRow, FillRow, OrderRow
+from tracker.runtime.reconciler import id_ranges
 
 T = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -167,3 +169,53 @@ def test_each_planted_difference_is_found_once(ids: list[int], data: st.DataObje
     ]
     found = diff_fills(projected, exchange, market="btcusd", from_id=0).findings
     assert sorted((f.entity, f.kind) for f in found) == sorted((f"fill:{i}", k) for i, k in kinds.items())
+
+
+@given(
+    st.sets(st.integers(1, 60)),
+    st.sets(st.integers(1, 60)),
+    st.sets(st.integers(1, 60)),
+    st.lists(st.integers(1, 12), min_size=1, max_size=8),
+    st.integers(0, 20),
+    st.integers(0, 70),
+)
+def test_fills_judged_page_by_page_equal_one_diff_of_the_window(
+    projected: set[int], listed: set[int], wrong_fee: set[int], page_sizes: list[int], from_id: int, to_id: int
+) -> None:
+    """``FillAudit`` over a walk's pages (each page: its rows, the projected fills of its id range) and the tail up to
+    ``to_id`` finds what one ``diff_fills`` over the whole window finds, and counts as many checked entities."""
+    mine = [fill(str(i), fee="0.2" if i in wrong_fee else "0.1") for i in sorted(projected)]
+    walk = sorted(i for i in listed if i >= from_id)  # a walk from from_id (inclusive): rows at or above it
+    to_id = max(to_id, walk[-1] if walk else from_id)
+    whole = diff_fills(mine, [ex_fill(str(i)) for i in walk], market="btcusd", from_id=from_id, to_id=to_id)
+
+    audit = FillAudit("btcusd", from_id, watch=frozenset({"fill:3", "fill:40"}))
+    pages: list[list[int]] = []
+    rest = walk
+    for size in page_sizes * 10:
+        if not rest:
+            break
+        pages.append(rest[:size])
+        rest = rest[size:]
+    if rest:
+        pages.append(rest)
+    for page in pages:
+        lo, hi = audit.next_id, page[-1]
+        page_projected = [f for f in mine if lo <= int(f.trade_id) <= hi]
+        assert len(page_projected) <= hi - lo + 1
+        audit.page(page_projected, [ex_fill(str(i)) for i in page], hi)
+    tail = [f for f in mine if audit.next_id <= int(f.trade_id) <= to_id]
+    for start in range(0, len(tail), 3):  # in chunks
+        audit.tail(tail[start : start + 3], to_id)
+    paged = audit.diff()
+    assert sorted(paged.findings, key=lambda f: f.id) == sorted(whole.findings, key=lambda f: f.id)
+    assert paged.n_checked == len(whole.checked)
+    assert paged.checked == whole.checked & {"fill:3", "fill:40"}
+
+
+@given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7))
+def test_id_ranges_select_exactly_the_ids_between(lo: int, hi: int, probe: int) -> None:
+    """The text conditions the paged fills query uses on the text trade ids equal the numeric range."""
+    text = str(probe)
+    inside = any(len(text) == n and first <= text <= last for n, first, last in id_ranges(lo, hi))
+    assert inside == (lo <= probe <= hi)
