@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import Engine
 from test_projection_store import fake_entries
 
+from tracker.bitstamp.parse import parse_entry
+from tracker.domain.log import LogRecord
 from tracker.store import migrate
 from tracker.store.engine import open_engine, writer
 from tracker.store.event_log import EventLog
@@ -69,3 +71,18 @@ def test_fresh_store_whose_checkpoint_moves_queries_again(engine: Engine) -> Non
     assert fresh.all_rows() == ordinary.all_rows()
     with writer(engine).begin() as conn:
         conn.execute(projector_checkpoint.delete().where(projector_checkpoint.c.name == "fresh"))
+
+
+def test_log_records_are_the_entries_fields(engine: Engine) -> None:
+    """The projector's read path (``read_records_after``: driver rows, no ``LogEntry``) gives the same values as
+    ``read_after`` (received_at: an aware UTC datetime, equal and of the same tzinfo), and the same events."""
+    log = EventLog(engine)
+    entries = log.read_after(0, 10_000)
+    records = log.read_records_after(0, 10_000)
+    assert len(records) == len(entries) > 500
+    for entry, record in zip(entries, records, strict=True):
+        assert record == LogRecord(*(getattr(entry, name) for name in LogRecord._fields))
+        assert record.received_at.tzinfo is entry.received_at.tzinfo
+        assert parse_entry(record) == parse_entry(entry)
+    assert [r.seq for r in log.read_records_after(20, 3)] == [21, 22, 23]
+    assert log.read_records_after(entries[-1].seq, 10) == []

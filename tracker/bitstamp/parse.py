@@ -47,7 +47,7 @@ from tracker.domain.events import (
     TokenReady,
     Unknown,
 )
-from tracker.domain.log import LogEntry
+from tracker.domain.log import Parseable
 from tracker.domain.money import BadAmount, parse_decimal
 
 MARKET_PLACEHOLDER_BUY_PRICE: Final = Decimal(999999999)
@@ -183,7 +183,7 @@ def _side_word(value: object) -> Side:
     raise _Bad(f"bad side {value!r}")
 
 
-def _market(entry: LogEntry) -> str:
+def _market(entry: Parseable) -> str:
     if entry.market:
         return entry.market
     market = _channel(entry.channel).market
@@ -192,7 +192,7 @@ def _market(entry: LogEntry) -> str:
     return market
 
 
-def _order_event(entry: LogEntry, message: dict[str, Any], event: str) -> OrderEvent:
+def _order_event(entry: Parseable, message: dict[str, Any], event: str) -> OrderEvent:
     kind = ORDER_KINDS.get(event)
     if kind is None:
         raise _Bad(f"unknown order event {event!r}")
@@ -229,7 +229,7 @@ def _order_event(entry: LogEntry, message: dict[str, Any], event: str) -> OrderE
     )
 
 
-def _ws_fill(entry: LogEntry, d: dict[str, Any]) -> Fill:
+def _ws_fill(entry: Parseable, d: dict[str, Any]) -> Fill:
     return Fill(
         seq=entry.seq,
         account=entry.account,
@@ -247,7 +247,7 @@ def _ws_fill(entry: LogEntry, d: dict[str, Any]) -> Fill:
     )
 
 
-def _self_trade(entry: LogEntry, d: dict[str, Any]) -> SelfTrade:
+def _self_trade(entry: Parseable, d: dict[str, Any]) -> SelfTrade:
     market = _market(entry)
     occurred = _micro(d)
     if occurred is None:
@@ -267,7 +267,7 @@ def _self_trade(entry: LogEntry, d: dict[str, Any]) -> SelfTrade:
     )
 
 
-def _ws_settlement(entry: LogEntry, d: dict[str, Any], event: str) -> Settlement:
+def _ws_settlement(entry: Parseable, d: dict[str, Any], event: str) -> Settlement:
     if event == "settlement":
         return Settlement(
             seq=entry.seq,
@@ -301,7 +301,7 @@ def _ws_settlement(entry: LogEntry, d: dict[str, Any], event: str) -> Settlement
     )
 
 
-def _liquidation(entry: LogEntry, d: dict[str, Any], event: str) -> LiquidationAlert:
+def _liquidation(entry: Parseable, d: dict[str, Any], event: str) -> LiquidationAlert:
     for kind in LIQUIDATION_KINDS:
         if kind == event:
             occurred = _micro(d)
@@ -320,7 +320,7 @@ def _liquidation(entry: LogEntry, d: dict[str, Any], event: str) -> LiquidationA
     raise _Bad(f"unknown liquidation event {event!r}")
 
 
-def _token_ready(entry: LogEntry, d: dict[str, Any]) -> TokenReady:
+def _token_ready(entry: Parseable, d: dict[str, Any]) -> TokenReady:
     return TokenReady(
         seq=entry.seq,
         account=entry.account,
@@ -333,7 +333,7 @@ def _token_ready(entry: LogEntry, d: dict[str, Any]) -> TokenReady:
     )
 
 
-def _parse_ws(entry: LogEntry) -> DomainEvent:
+def _parse_ws(entry: Parseable) -> DomainEvent:
     message = _obj(loads_exact(entry.payload), "frame")
     event = entry.event
     name = _channel(entry.channel).name
@@ -353,7 +353,7 @@ def _parse_ws(entry: LogEntry) -> DomainEvent:
     return _unknown(entry, f"unknown event {event!r} on {name!r}")
 
 
-def _user_transaction(entry: LogEntry, row: dict[str, Any]) -> DomainEvent:
+def _user_transaction(entry: Parseable, row: dict[str, Any]) -> DomainEvent:
     tid = _req_id(row, "id")
     type_code = str(row.get("type")).strip()
     occurred = parse_rest_datetime(row.get("datetime"))
@@ -388,7 +388,7 @@ def _user_transaction(entry: LogEntry, row: dict[str, Any]) -> DomainEvent:
     )
 
 
-def _perp_trade(entry: LogEntry, row: dict[str, Any]) -> Fill:
+def _perp_trade(entry: Parseable, row: dict[str, Any]) -> Fill:
     executed = _flex_time(row.get("datetime"))
     if executed is None:
         raise _Bad("trade_history row without datetime")
@@ -410,7 +410,7 @@ def _perp_trade(entry: LogEntry, row: dict[str, Any]) -> Fill:
     )
 
 
-def _rest_settlement(entry: LogEntry, row: dict[str, Any]) -> Settlement:
+def _rest_settlement(entry: Parseable, row: dict[str, Any]) -> Settlement:
     return Settlement(
         seq=entry.seq,
         account=entry.account,
@@ -432,7 +432,7 @@ def _rest_settlement(entry: LogEntry, row: dict[str, Any]) -> Settlement:
     )
 
 
-def _order_status(entry: LogEntry, obj: dict[str, Any]) -> OrderStatusSnapshot:
+def _order_status(entry: Parseable, obj: dict[str, Any]) -> OrderStatusSnapshot:
     status = obj.get("status")
     if not isinstance(status, str):
         raise _Bad("order_status without status")
@@ -451,7 +451,7 @@ def _order_status(entry: LogEntry, obj: dict[str, Any]) -> OrderStatusSnapshot:
     )
 
 
-def _parse_rest(entry: LogEntry) -> DomainEvent:
+def _parse_rest(entry: Parseable) -> DomainEvent:
     obj = _obj(loads_exact(entry.payload), "row")
     event = entry.event
     if event == REST_USER_TRANSACTION:
@@ -474,7 +474,7 @@ def _detail(data: dict[str, Any]) -> str:
     return dumps_canonical(data)
 
 
-def _parse_tracker(entry: LogEntry) -> DomainEvent:
+def _parse_tracker(entry: Parseable) -> DomainEvent:
     message = _obj(loads_exact(entry.payload), "tracker payload")
     data = _obj(message.get("data", {}), "data")
     event = entry.event
@@ -527,7 +527,7 @@ def _parse_tracker(entry: LogEntry) -> DomainEvent:
     return _unknown(entry, f"unknown tracker event {event!r}")
 
 
-def _unknown(entry: LogEntry, reason: str) -> Unknown:
+def _unknown(entry: Parseable, reason: str) -> Unknown:
     return Unknown(
         seq=entry.seq,
         account=entry.account,
@@ -538,7 +538,7 @@ def _unknown(entry: LogEntry, reason: str) -> Unknown:
     )
 
 
-def parse_entry(entry: LogEntry) -> DomainEvent:
+def parse_entry(entry: Parseable) -> DomainEvent:
     """The domain event of one log entry. Never raises: anything unreadable is ``Unknown`` with the reason."""
     try:
         match entry.source:

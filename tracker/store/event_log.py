@@ -18,12 +18,13 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Engine, String, func, select, text
 
 from tracker.domain.chain import GENESIS, Anchor, link_hash
-from tracker.domain.log import LogEntry, NewEntry, QuarantineItem
+from tracker.domain.log import LogEntry, LogRecord, NewEntry, QuarantineItem
 from tracker.store.engine import writer
 from tracker.store.schema import event_log, quarantine
 
 LOG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LogEntry))
 _LOG_COLUMNS = tuple(event_log.c[name] for name in LOG_FIELDS)
+RECORD_FIELDS: tuple[str, ...] = LogRecord._fields
 _INSERT_LOG = event_log.insert()
 _INSERT_QUARANTINE = quarantine.insert()
 _IN_CHUNK = 500  # dedup keys per IN (...) query: well under SQLite's bound-parameter limit
@@ -178,12 +179,48 @@ def _fast_insert(dialect: Dialect) -> tuple[str, Callable[[datetime], object]]:
     return str(compiled), (_sqlite_stamp if dialect.name == "sqlite" else _aware)
 
 
+def _records_query(dialect: Dialect) -> str:
+    """``read_records_after``'s query as driver SQL (two positional parameters: the seq, the limit)."""
+    marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # psycopg takes %s beside %(name)s
+    if dialect.paramstyle not in marks:
+        raise RuntimeError(f"unsupported paramstyle {dialect.paramstyle!r}")
+    mark = marks[dialect.paramstyle]
+    return f"SELECT {', '.join(RECORD_FIELDS)} FROM event_log WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
+
+
+def _received_reader(dialect: Dialect) -> Callable[[Any], datetime]:
+    """``received_at`` as the driver returns it -> what ``UtcDateTime`` makes of it (an aware UTC datetime).
+
+    SQLite stores naive UTC text (``2026-11-29 12:00:00.000000``): one ``fromisoformat`` of it with ``+00:00``
+    appended gives the same datetime (tzinfo ``UTC``) as the column type's processor (``fromisoformat``, then
+    ``replace(tzinfo=UTC)``) in a sixth of the time. Anything else goes through the column type's processor."""
+    process = event_log.c.received_at.type._cached_result_processor(dialect, None)  # type: ignore[attr-defined]
+    if process is None:
+        raise RuntimeError("received_at has no result processor")
+    from_iso = datetime.fromisoformat
+
+    def received(value: Any) -> datetime:
+        if type(value) is str:
+            try:
+                moment = from_iso(value + "+00:00")
+            except ValueError:
+                pass
+            else:
+                if moment.tzinfo is UTC:
+                    return moment
+        return process(value)  # type: ignore[no-any-return]
+
+    return received
+
+
 class EventLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
         self._insert_sql, self._stamp = _fast_insert(engine.dialect)
+        self._records_sql = _records_query(engine.dialect)
+        self._received = _received_reader(engine.dialect)
 
     # -- append --------------------------------------------------------------------------------------------------
 
@@ -300,6 +337,24 @@ class EventLog:
             query = query.where(event_log.c.account == account)
         with self.engine.connect() as conn:
             return [LogEntry(*row) for row in conn.execute(query)]
+
+    def read_records_after(self, seq: int, limit: int = 1000) -> list[LogRecord]:
+        """``read_after`` for the projector: the fields the parser reads (``LogRecord``), the same values.
+
+        Through the driver's cursor: no per-row SQLAlchemy processing and no ``LogEntry``, about a third of
+        ``read_after``'s CPU time (the rebuild reads every row of the log)."""
+        with self.engine.connect() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(self._records_sql, (seq, limit))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        received, record = self._received, LogRecord
+        return [
+            record(seq, account, source, channel, event, payload, market, received(at), connection_id)
+            for seq, account, source, channel, event, payload, market, at, connection_id in rows
+        ]
 
     def iter_after(self, seq: int = 0, page: int = 1000) -> Iterator[list[LogEntry]]:
         """Pages of entries after ``seq`` until the head (as it moves), each page one short read transaction."""

@@ -28,7 +28,7 @@ from sqlalchemy.sql import Executable
 
 from tracker.bitstamp.parse import parse_entry
 from tracker.domain.events import DomainEvent
-from tracker.domain.log import LogEntry
+from tracker.domain.log import Parseable
 from tracker.domain.money import plain_decimal as decimal_text
 from tracker.domain.projection import ProjectionState, apply
 from tracker.domain.rows import TABLES, OrderLinkRow, Row
@@ -356,7 +356,7 @@ class ProjectionStore:
             append(tuple(values))
         return result
 
-    def project(self, entries: Sequence[LogEntry]) -> BatchResult | None:
+    def project(self, entries: Sequence[Parseable]) -> BatchResult | None:
         """Fold one batch of log entries (in seq order) into the tables; ``None`` if the checkpoint moved meanwhile
         (nothing written: reload the checkpoint and read the log again from there)."""
         return self.project_events([parse_entry(entry) for entry in entries])
@@ -409,7 +409,7 @@ class ProjectionStore:
         checkpoint = self.load_checkpoint()
         while until is None or checkpoint < until:
             limit = batch if until is None else min(batch, until - checkpoint)
-            entries = log.read_after(checkpoint, limit)
+            entries = log.read_records_after(checkpoint, limit)
             if not entries:
                 break
             result = self.project(entries)
