@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
@@ -17,6 +18,7 @@ from tracker.domain.reconcile import (
     ExchangeOrderStatus,
     FillAudit,
     Finding,
+    OrderAudit,
     diff_balances,
     diff_fills,
     diff_order_status,
@@ -219,3 +221,63 @@ def test_id_ranges_select_exactly_the_ids_between(lo: int, hi: int, probe: int) 
     text = str(probe)
     inside = any(len(text) == n and first <= text <= last for n, first, last in id_ranges(lo, hi))
     assert inside == (lo <= probe <= hi)
+
+
+STATUSES = ("open", "filled", "cancelled")
+EXCHANGE_WORDS = ("Open", "Finished", "Canceled", "Cancel pending")
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(STATUSES), st.integers(0, 40), st.booleans()), min_size=3, max_size=40),
+    st.sets(st.integers(0, 45)),
+    st.one_of(st.none(), st.integers(0, 40)),
+    st.integers(1, 8),
+    st.integers(1, 15),
+    st.lists(st.sampled_from(EXCHANGE_WORDS), min_size=1),
+)
+def test_orders_judged_chunk_by_chunk_equal_the_whole(
+    rows: list[tuple[str, int, bool]],
+    exchange_ids: set[int],
+    since_seq: int | None,
+    budget: int,
+    chunk_size: int,
+    words: list[str],
+) -> None:
+    """``OrderAudit`` over chunks of the projected orders finds, asks about and counts what the one-shot judgement
+    (every projected order in memory) does."""
+    projected = []
+    for i, (status, age, other_market) in enumerate(rows):
+        o = order(f"{i:03d}", status, age_s=age)  # type: ignore[arg-type]
+        o = dataclasses.replace(o, last_seq=i * 7 % 41 + 1, market="ethusd" if other_market else "btcusd")
+        projected.append(o)
+    exchange_open = [  # created 0-50 s before the answer: some within the grace, most not
+        ExchangeOpenOrder(f"{i:03d}", "btcusd", D("1"), T - timedelta(seconds=50 - i)) for i in exchange_ids
+    ]
+    named = {o.order_id for o in projected} & {o.order_id for o in exchange_open}
+    loaded = [o for o in projected if since_seq is None or o.status == "open" or o.last_seq > since_seq]
+    loaded += [o for o in projected if o.order_id in named and o not in loaded]
+    # The one-shot judgement (what the reconciler did with every projected order in memory).
+    whole, confirm = open_order_candidates(loaded, exchange_open, asked_at=T, markets=["btcusd"])
+    recent = sorted(
+        (o for o in loaded if o.status != "open" and (since_seq is None or o.last_seq > since_seq)),
+        key=lambda o: o.last_seq,
+        reverse=True,
+    )
+    wanted = list(dict.fromkeys([*confirm, *(o.order_id for o in recent)]))[:budget]
+    statuses = [ExchangeOrderStatus(i, words[n % len(words)]) for n, i in enumerate(wanted)]
+    whole.extend(diff_order_status({o.order_id: o for o in loaded}, statuses))
+
+    watch = frozenset({"order:001", "order:005", "order:030"})
+    audit = OrderAudit(exchange_open, asked_at=T, markets=("btcusd",), budget=budget, since_seq=since_seq, watch=watch)
+    streamed = sorted(
+        (o for o in projected if since_seq is None or o.status == "open" or o.last_seq > since_seq),
+        key=lambda o: o.order_id,
+    )
+    audit.chunk([o for o in projected if o.order_id in named and o not in streamed])
+    for start in range(0, len(streamed), chunk_size):
+        audit.chunk(streamed[start : start + chunk_size])
+    assert audit.candidates(named) == wanted
+    paged = audit.statuses(statuses)
+    assert sorted(paged.findings, key=lambda f: f.id) == sorted(whole.findings, key=lambda f: f.id)
+    assert paged.checked == whole.checked & watch
+    assert paged.n_checked == len(whole.checked)

@@ -21,6 +21,7 @@ Rules (PROTOCOL.md §5, §6 gotchas 18-20):
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -328,6 +329,84 @@ def diff_order_status(
                 )
             )
     return diff
+
+
+@dataclass
+class OrderAudit:
+    """``open_order_candidates`` and the choice of orders to ask ``order_status/`` about, over the projected orders
+    chunk by chunk (each order in exactly one chunk), so that memory is bounded by a chunk and the budget, not by the
+    history: kept are the disagreements to confirm (ids and rows), the ``budget`` most recently changed closed orders
+    (``since_seq``: those changed after it; None: all), findings, a count and the checked entities in ``watch``.
+
+    ``chunk`` for each chunk; ``candidates(named)`` (the exchange-open ids the projection has) ends the candidates
+    and returns the ids to ask about; ``statuses`` judges the answers and returns the whole ``Diff``.
+    """
+
+    exchange_open: Sequence[ExchangeOpenOrder]
+    asked_at: datetime
+    markets: tuple[str, ...]
+    budget: int
+    since_seq: int | None = None
+    cache_s: float = 10.0
+    grace_s: float = 5.0
+    watch: frozenset[str] = frozenset()
+    findings: list[Finding] = field(default_factory=list)
+    checked: set[str] = field(default_factory=set)
+    counted: int = 0  # distinct entities checked so far (kept or not)
+    confirm: dict[str, OrderRow] = field(default_factory=dict)
+    recent: list[OrderRow] = field(default_factory=list)  # at most ``budget``, newest change first
+    agreed: set[str] = field(default_factory=set)  # ids in ``recent`` the candidates already counted as checked
+    wanted: list[str] = field(default_factory=list)
+
+    def _add(self, diff: Diff) -> None:
+        self.findings.extend(diff.findings)
+        self.checked |= diff.checked & self.watch
+        self.counted += len(diff.checked)
+
+    def chunk(self, projected: Sequence[OrderRow]) -> None:
+        ids = {o.order_id for o in projected}
+        theirs = [o for o in self.exchange_open if o.order_id in ids]
+        diff, confirm = open_order_candidates(
+            projected,
+            theirs,
+            asked_at=self.asked_at,
+            markets=self.markets,
+            cache_s=self.cache_s,
+            grace_s=self.grace_s,
+        )
+        self._add(diff)
+        by_id = {o.order_id: o for o in projected}
+        self.confirm.update((order_id, by_id[order_id]) for order_id in confirm)
+        since = self.since_seq
+        closed = [o for o in projected if o.status != "open" and (since is None or o.last_seq > since)]
+        self.recent = heapq.nlargest(self.budget, [*self.recent, *closed], key=lambda o: o.last_seq)
+        kept = {o.order_id for o in self.recent}
+        self.agreed = {i for i in self.agreed if i in kept} | {i for i in kept & ids if order_entity(i) in diff.checked}
+
+    def candidates(self, named: Iterable[str]) -> list[str]:
+        """Exchange-open orders the projection has never seen (``named``: the exchange-open ids it has) are findings
+        now; returns the order ids to ask ``order_status/`` about (disagreements first, then recent closes)."""
+        known = set(named)
+        diff, _ = open_order_candidates(
+            (),
+            [o for o in self.exchange_open if o.order_id not in known],
+            asked_at=self.asked_at,
+            markets=self.markets,
+            cache_s=self.cache_s,
+            grace_s=self.grace_s,
+        )
+        self._add(diff)
+        self.wanted = list(dict.fromkeys([*sorted(self.confirm), *(o.order_id for o in self.recent)]))[: self.budget]
+        return self.wanted
+
+    def statuses(self, statuses: Iterable[ExchangeOrderStatus]) -> Diff:
+        rows = {o.order_id: o for o in self.recent} | self.confirm
+        status_diff = diff_order_status({i: rows[i] for i in self.wanted if i in rows}, statuses)
+        overlap = {order_entity(i) for i in self.agreed} & status_diff.checked
+        self.findings.extend(status_diff.findings)
+        self.checked |= status_diff.checked & self.watch
+        self.counted += len(status_diff.checked) - len(overlap)
+        return Diff(list(self.findings), set(self.checked), self.counted - len(self.checked))
 
 
 # --- balances -------------------------------------------------------------------------------------------------------

@@ -38,9 +38,8 @@ from tracker.domain.reconcile import (
     ExchangeFill,
     FillAudit,
     Finding,
+    OrderAudit,
     diff_balances,
-    diff_order_status,
-    open_order_candidates,
     plan,
 )
 from tracker.domain.rows import TABLES, DiscrepancyRow, FillRow, OrderRow, Row
@@ -65,6 +64,7 @@ from tracker.store.projections import ProjectionStore
 log = logging.getLogger("tracker.reconciler")
 
 RECONCILE_CHANNEL: Final = "reconcile"
+ORDER_CHUNK: Final = 1000  # projected orders per query and per step of the orders audit
 
 
 # --- reading the projection -----------------------------------------------------------------------------------------
@@ -171,24 +171,42 @@ class ProjectionReader:
     async def open_orders(self, account: str) -> list[OrderRow]:
         return await self.rows("orders", account, status="open")
 
-    async def orders(
-        self, account: str, *, ids: Iterable[str] = (), changed_after_seq: int | None = None
-    ) -> dict[str, OrderRow]:
-        """All orders of the account (``changed_after_seq`` None), else the open ones, those named in ``ids`` and
-        those changed after that log seq."""
+    async def orders_named(self, account: str, ids: Iterable[str]) -> list[OrderRow]:
+        """The orders named in ``ids`` (the exchange's open orders), 400 per query."""
         table = self.store.tables["orders"]
-        if changed_after_seq is None:
-            rows = await self.rows("orders", account)
-        else:
-            wanted = sorted(set(ids))
-            condition = or_(table.c.status == "open", table.c.last_seq > changed_after_seq)
-            rows = await trio.to_thread.run_sync(lambda: self._select("orders", table.c.account == account, condition))
-            for start in range(0, len(wanted), 400):
-                chunk = wanted[start : start + 400]
-                rows += await trio.to_thread.run_sync(
-                    lambda chunk=chunk: self._select("orders", table.c.account == account, table.c.order_id.in_(chunk))
-                )
-        return {o.order_id: o for o in rows}
+        wanted = sorted(set(ids))
+        rows: list[OrderRow] = []
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
+            rows += await trio.to_thread.run_sync(
+                lambda chunk=chunk: self._select("orders", table.c.account == account, table.c.order_id.in_(chunk))
+            )
+        return rows
+
+    def _order_chunk(self, account: str, changed_after_seq: int | None, after: str | None, limit: int) -> list[Any]:
+        table = self.store.tables["orders"]
+        conditions = [table.c.account == account]
+        if changed_after_seq is not None:
+            conditions.append(or_(table.c.status == "open", table.c.last_seq > changed_after_seq))
+        if after is not None:
+            conditions.append(table.c.order_id > after)
+        query = select(table).where(*conditions).order_by(table.c.order_id).limit(limit)
+        with self.store.engine.connect() as conn:
+            return [OrderRow(*values) for values in conn.execute(query)]
+
+    async def order_chunks(
+        self, account: str, *, changed_after_seq: int | None, chunk: int
+    ) -> AsyncIterator[list[OrderRow]]:
+        """All orders of the account (``changed_after_seq`` None), else the open ones and those changed after that
+        log seq: ``chunk`` at a time, in order id order (keyset pages on the primary key)."""
+        after: str | None = None
+        while True:
+            rows = await trio.to_thread.run_sync(self._order_chunk, account, changed_after_seq, after, chunk)
+            if rows:
+                yield rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1].order_id
 
     async def discrepancies(self, account: str) -> list[DiscrepancyRow]:
         """The account's open discrepancies (resolved ones accumulate with the history; nothing here needs them)."""
@@ -257,7 +275,7 @@ class Reconciler:
             prev_seq = 0
         else:
             walk_from = {m: int(prev_cursors.get(m, 0)) for m in bf.markets}
-        # Fill entities whose "checked" matters: those of open reconciliation discrepancies (to resolve them).
+        # Entities whose "checked" matters: those of open reconciliation discrepancies (to resolve them).
         watch = frozenset(
             d.entity for d in await self.reader.discrepancies(self.account) if d.discrepancy_id.startswith(RECON_PREFIX)
         )
@@ -309,7 +327,7 @@ class Reconciler:
                 audit.tail(chunk, to_id)
             diff.extend(audit.diff())
         try:
-            diff.extend(await self._orders(report, prev_seq, full=full))
+            diff.extend(await self._orders(report, prev_seq, watch, full=full))
         except ApiError as exc:
             errors["orders"] = str(exc)
         try:
@@ -357,35 +375,35 @@ class Reconciler:
             diff.findings, list(todo.open), list(todo.resolve), unresolved, diff.n_checked, report, errors
         )
 
-    async def _orders(self, report: BackfillReport, since_seq: int, *, full: bool) -> Diff:
+    async def _orders(self, report: BackfillReport, since_seq: int, watch: frozenset[str], *, full: bool) -> Diff:
+        """Open orders against ``open_orders/`` and order states against ``order_status/`` for disagreements and
+        orders closed since the previous run (all closed ones on a full run), newest first, within the budget: over
+        the projected orders a chunk at a time (``OrderAudit``)."""
         bf = self.backfiller
         api = bf.api
         asked_at = self.wall()
         rows = await api.call("open_orders", api.client.open_orders)
         exchange_open = [o for r in rows if isinstance(r, dict) and (o := open_order_row(r)) is not None]
-        orders = await self.reader.orders(
-            self.account,
-            ids=[o.order_id for o in exchange_open],
-            changed_after_seq=None if full else since_seq,
-        )
-        diff, confirm = open_order_candidates(
-            orders.values(),
+        changed_after = None if full else since_seq
+        audit = OrderAudit(
             exchange_open,
             asked_at=asked_at,
             markets=bf.markets,
+            budget=self.options.max_status_checks,
+            since_seq=changed_after,
             cache_s=self.options.cache_s,
             grace_s=self.options.grace_s,
+            watch=watch,
         )
-        # Orders closed since the previous run (all closed ones on a full run), newest first, within the budget.
-        recent = sorted(
-            (o for o in orders.values() if o.status != "open" and (full or o.last_seq > since_seq)),
-            key=lambda o: o.last_seq,
-            reverse=True,
+        named = await self.reader.orders_named(self.account, [o.order_id for o in exchange_open])
+        # Orders the exchange lists that the chunks below do not bring (closed, unchanged since the previous run).
+        audit.chunk(
+            [o for o in named if changed_after is not None and o.status != "open" and o.last_seq <= changed_after]
         )
-        budget = self.options.max_status_checks
-        wanted = list(dict.fromkeys([*confirm, *(o.order_id for o in recent)]))[:budget]
-        statuses = await ask_order_status(bf, report, wanted)
-        return diff.extend(diff_order_status(orders, statuses))
+        async for chunk in self.reader.order_chunks(self.account, changed_after_seq=changed_after, chunk=ORDER_CHUNK):
+            audit.chunk(chunk)
+        wanted = audit.candidates(o.order_id for o in named)
+        return audit.statuses(await ask_order_status(bf, report, wanted))
 
     async def _balances(self) -> Diff:
         api = self.backfiller.api
