@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from operator import attrgetter
 from typing import Any, Final
 
 from sqlalchemy import Connection, Dialect, Engine, Table, and_, delete, func, select
@@ -157,6 +156,27 @@ def _converters(table: Table, dialect_name: str) -> tuple[Callable[[Any], Any] |
     return tuple(result)
 
 
+def _encoder(
+    fields: Sequence[str], converters: Sequence[Callable[[Any], Any] | None]
+) -> Callable[[Sequence[Row]], list[tuple[Any, ...]]]:
+    """``rows -> [values in column order]`` for one table: a comprehension generated from the field names (as
+    ``dataclasses`` makes ``__init__``), a converted column as ``None if v is None else convert(v)``: no per-row
+    loop over the columns."""
+    if len(fields) != len(converters) or not all(name.isidentifier() for name in fields):
+        raise RuntimeError(f"fields {fields} do not match the columns")
+    namespace: dict[str, Any] = {}
+    values: list[str] = []
+    for i, (name, convert) in enumerate(zip(fields, converters, strict=True)):
+        if convert is None:
+            values.append(f"r.{name}")
+        else:
+            namespace[f"_c{i}"] = convert
+            values.append(f"(None if (v{i} := r.{name}) is None else _c{i}(v{i}))")
+    source = f"def encode(rows):\n    return [({', '.join(values)},) for r in rows]\n"
+    exec(source, namespace)  # generated from the row type's field names
+    return namespace["encode"]  # type: ignore[no-any-return]
+
+
 def _fast_upsert(table: Table, dialect: Dialect) -> str:
     """The upsert as positional driver SQL (values in the table's column order), for ``exec_driver_sql``."""
     positional = dialect if dialect.positional else type(dialect)(paramstyle="format")  # type: ignore[call-arg]
@@ -203,7 +223,9 @@ class ProjectionStore:
         self._upserts = {name: _fast_upsert(table, engine.dialect) for name, table in self.tables.items()}
         self._cache: dict[str, tuple[dict[Any, Row], set[Any]]] | None = None  # see load_state
         self._cache_checkpoint = -1
-        self._converters = {name: _converters(table, engine.dialect.name) for name, table in self.tables.items()}
+        self._encoders = {
+            name: _encoder(_FIELDS[name], _converters(table, engine.dialect.name)) for name, table in self.tables.items()
+        }
         self.checkpoint_upsert = _upsert(projector_checkpoint, engine.dialect.name)
 
     # -- reads -----------------------------------------------------------------------------------------------------
@@ -341,20 +363,7 @@ class ProjectionStore:
 
     def _values(self, name: str, rows: Sequence[Row]) -> list[Any]:
         """Driver parameters for ``rows`` in column order (the hot path: no per-row SQLAlchemy processing)."""
-        get = attrgetter(*_FIELDS[name])
-        converted = [(i, c) for i, c in enumerate(self._converters[name]) if c is not None]
-        if not converted:
-            return [get(row) for row in rows]
-        result = []
-        append = result.append
-        for row in rows:
-            values = list(get(row))
-            for i, convert in converted:
-                value = values[i]
-                if value is not None:
-                    values[i] = convert(value)
-            append(tuple(values))
-        return result
+        return self._encoders[name](rows)
 
     def project(self, entries: Sequence[Parseable]) -> BatchResult | None:
         """Fold one batch of log entries (in seq order) into the tables; ``None`` if the checkpoint moved meanwhile
