@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
 
 from tracker.store.engine import open_engine, writer
 from tracker.store.event_log import EventLog
@@ -75,6 +75,32 @@ def _shadow_engine(engine: Engine) -> Iterator[Engine]:
         shadow.dispose()
 
 
+def _refill(conn: Connection, live: Table, shadow: Table) -> None:
+    """Replace ``live``'s rows with ``shadow``'s (in the caller's transaction).
+
+    SQLite: ``INSERT INTO live SELECT * FROM shadow`` into an empty table whose every index the shadow also has is
+    SQLite's transfer optimisation (records copied as they are, not decoded and re-encoded row by row); the shadow
+    has the primary key but not the live table's other indexes, so these are dropped first and made again after
+    (from their stored SQL, unchanged; one sort instead of an insert per row): 200k events' tables ~0.38 -> ~0.29 s.
+    Same rows either way; readers see the old table or the new one (one transaction).
+    """
+    if conn.dialect.name != "sqlite" or [c.name for c in live.columns] != [c.name for c in shadow.columns]:
+        conn.execute(delete(live))
+        columns = [column.name for column in live.columns]
+        conn.execute(insert(live).from_select(columns, select(*(shadow.c[c] for c in columns))))
+        return
+    indexes = conn.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+        (live.name,),
+    ).all()  # not the primary key's (sql IS NULL: it is the table's own)
+    for index, _ in indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{index}"')
+    conn.execute(delete(live))
+    conn.exec_driver_sql(f'INSERT INTO "{live.name}" SELECT * FROM "{shadow.name}"')
+    for _, sql in indexes:
+        conn.exec_driver_sql(sql)
+
+
 @dataclass(frozen=True, slots=True)
 class RebuildResult:
     events: int  # log entries folded
@@ -120,9 +146,7 @@ def rebuild(
             checkpoint = store.load_checkpoint(conn)
             rows: dict[str, int] = {}
             for name, live in PROJECTION_TABLES.items():
-                conn.execute(delete(live))
-                columns = [column.name for column in live.columns]
-                conn.execute(insert(live).from_select(columns, select(*(shadow[name].c[c] for c in columns))))
+                _refill(conn, live, shadow[name])
                 rows[name] = int(conn.execute(select(func.count()).select_from(live)).scalar_one())
             store_live = ProjectionStore(engine)
             conn.execute(
