@@ -224,7 +224,8 @@ class ProjectionStore:
         self._cache: dict[str, tuple[dict[Any, Row], set[Any]]] | None = None  # see load_state
         self._cache_checkpoint = -1
         self._encoders = {
-            name: _encoder(_FIELDS[name], _converters(table, engine.dialect.name)) for name, table in self.tables.items()
+            name: _encoder(_FIELDS[name], _converters(table, engine.dialect.name))
+            for name, table in self.tables.items()
         }
         self.checkpoint_upsert = _upsert(projector_checkpoint, engine.dialect.name)
 
