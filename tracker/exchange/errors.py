@@ -1,13 +1,13 @@
 """The exchange's refusals, translated once at the HTTP boundary (``rest.py``). Messages never carry a secret.
 
-    ExchangeError (tracker.errors)
-    ├── ExchangeUnreachable     connect/read failure or timeout: check BITSTAMP_API_URL and the network
-    ├── ResponseSignatureError  a 2xx response whose X-Server-Auth-Signature is missing or wrong
-    └── ApiError                an error body or status (``code``, ``status``); as such: validation, not found, ...
-        ├── AuthError           API0001-API0016, API0018-API0021: the key, secret or permissions are wrong
-        │   └── ClockSkewError  API0017: our clock is outside the server's 150 s window (resync and retry once)
-        ├── RateLimited         400.002, 400.067, 400.068, HTTP 429: back off (``retry_after`` seconds, if known)
-        └── ServerError         HTTP 5xx or 500.xxx: transient, retry later
+ExchangeError (tracker.errors)
+├── ExchangeUnreachable     connect/read failure or timeout: check BITSTAMP_API_URL and the network
+├── ResponseSignatureError  a 2xx response whose X-Server-Auth-Signature is missing or wrong
+└── ApiError                an error body or status (``code``, ``status``); as such: validation, not found, ...
+    ├── AuthError           API0001-API0016, API0018-API0021: the key, secret or permissions are wrong
+    │   └── ClockSkewError  API0017: our clock is outside the server's 150 s window (resync and retry once)
+    ├── RateLimited         400.002, 400.067, 400.068, HTTP 429: back off (``retry_after`` seconds, if known)
+    └── ServerError         HTTP 5xx or 500.xxx: transient, retry later
 """
 
 from __future__ import annotations

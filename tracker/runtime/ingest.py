@@ -339,9 +339,7 @@ class Connection:
                     else:
                         await controls.send(frame)
 
-    async def _subscribe(
-        self, ws: WsConnection, controls: trio.MemoryReceiveChannel[Control], generation: int
-    ) -> None:
+    async def _subscribe(self, ws: WsConnection, controls: trio.MemoryReceiveChannel[Control], generation: int) -> None:
         ctx = self.ctx
         opts = ctx.options
         book = SubscriptionBook(self.channels, max_in_flight=opts.max_in_flight, ack_timeout=opts.ack_timeout)
