@@ -72,3 +72,13 @@ async def subscribe(ws: WebSocketConnection, channel: str, auth: str | None = No
         data["auth"] = auth
     await ws.send_message(json.dumps({"event": "bts:subscribe", "data": data}))
     return await recv(ws)
+
+
+class ManualClock:
+    """The fake's wall clock, moved by the test (auth window, token expiry, the open_orders cache)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now

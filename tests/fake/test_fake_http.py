@@ -8,41 +8,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import trio
-from fake_helpers import FORM, call, signed_headers
+from fake_helpers import FORM, ManualClock, call, signed_headers
 
 from tracker.fake.server import FakeExchange, open_fake_exchange
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture
 async def fx(clock: ManualClock) -> AsyncIterator[FakeExchange]:
     async with open_fake_exchange(seed=7, clock=clock) as fx:
         yield fx
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 def ts_ms(clock: ManualClock) -> int:

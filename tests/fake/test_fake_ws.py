@@ -6,42 +6,22 @@ Rules: loopback only, port 0, an absolute timeout on every test, no sleep as syn
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import trio
-from fake_helpers import call, recv, subscribe, token
+from fake_helpers import ManualClock, call, recv, subscribe, token
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from tracker.fake.server import MALFORMED_FRAME, FakeExchange, open_fake_exchange
 from tracker.fake.ws_server import HEARTBEAT_REPLY
 
 
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 @pytest.fixture
 async def fx(clock: ManualClock) -> AsyncIterator[FakeExchange]:
     async with open_fake_exchange(seed=11, clock=clock) as fx:
         yield fx
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 def err(message: str, code: int | None = None) -> dict[str, object]:
