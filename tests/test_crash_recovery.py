@@ -29,10 +29,12 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,11 +46,12 @@ from test_backfill_e2e import assert_equals_truth, no_self_trades
 
 from tracker.domain.money import format_decimal
 from tracker.fake.server import FakeExchange, open_fake_exchange
-from tracker.store.engine import open_engine
+from tracker.store.engine import open_engine, sqlite_path
 from tracker.store.event_log import EventLog
 from tracker.store.migrate import upgrade
 from tracker.store.projection_schema import PROJECTION_TABLES
 from tracker.store.projections import ProjectionStore
+from tracker.store.rebuild import SCRATCH_SUFFIX
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -82,6 +85,32 @@ class Probe:
     def checkpoint(self, name: str = "projector") -> int | None:
         value = self._scalar("SELECT seq FROM projector_checkpoint WHERE name = :n", n=name)
         return None if value is None else int(value)
+
+    def rebuilding_since(self, started: datetime) -> bool:
+        """A rebuild begun at or after ``started`` has folded a batch and not swapped yet: its shadow checkpoint row
+        exists, written since ``started`` (not a row a rebuild killed earlier left behind). On SQLite the shadow is
+        the scratch file beside the database, removed after the swap."""
+        query = "SELECT updated_at FROM projector_checkpoint WHERE name = 'rebuild'"
+        scratch = sqlite_path(self.engine.url)
+        if scratch is None:
+            value = self._scalar(query)
+        else:
+            path = scratch.with_name(scratch.name + SCRATCH_SUFFIX)
+            try:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            except sqlite3.OperationalError:  # not there (yet, or any more)
+                return False
+            try:
+                row = conn.execute(query).fetchone()
+            except sqlite3.OperationalError:  # being made, or half-made by a killed rebuild
+                return False
+            finally:
+                conn.close()
+            value = None if row is None else row[0]
+        if value is None:
+            return False
+        stamp = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        return stamp.replace(tzinfo=UTC) >= started if stamp.tzinfo is None else stamp >= started
 
     def gaps_after(self, seq: int) -> tuple[set[str], set[str]]:
         """(gap ids detected, gap ids completed) in entries after ``seq``."""
@@ -199,17 +228,18 @@ async def cycle(ch: Children, probe: Probe, rng: random.Random, phase: str) -> N
         else:
             await poll("frames flowing", lambda: probe.ws_after(head0) >= 20, proc=run)
             # Small batches keep the rebuild of this small log long enough to be caught half-way (it got fast).
+            began = datetime.now(UTC)
             rebuild = await ch.start("rebuild", "--batch", str(rng.choice([10, 20, 50])))
             try:
-                # the shadow checkpoint row exists from the shadow's creation until the swap commits
+                # the shadow checkpoint row exists from the shadow's first batch until the swap commits
                 started = await poll(
-                    "rebuild started", lambda: probe.checkpoint("rebuild") is not None, proc=rebuild, exited_ok=True
+                    "rebuild started", lambda: probe.rebuilding_since(began), proc=rebuild, exited_ok=True
                 )
                 if started:
                     await trio.sleep(rng.uniform(0, 0.05))  # the random moment
                 # A rebuild that already finished is a kill that came too late: counted, not a failure.
                 await ch.kill(rebuild, phase, finished_ok=True)
-                if await trio.to_thread.run_sync(probe.checkpoint, "rebuild") is not None:
+                if await trio.to_thread.run_sync(probe.rebuilding_since, began):
                     ch.mid[phase] = ch.mid.get(phase, 0) + 1
             finally:
                 if rebuild.returncode is None:

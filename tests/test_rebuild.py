@@ -6,19 +6,22 @@ Rules: local databases only (``db_url``: SQLite and PostgreSQL); no sleeps.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, select, update
 from test_projection_store import fake_entries
 
 from tracker.cli import main
+from tracker.errors import StoreError
 from tracker.store import migrate
-from tracker.store.engine import open_engine, writer
+from tracker.store.engine import open_engine, sqlite_path, writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS
 from tracker.store.projections import ProjectionStore
-from tracker.store.rebuild import rebuild
+from tracker.store.rebuild import SCRATCH_SUFFIX, rebuild
 
 
 @pytest.fixture
@@ -32,8 +35,23 @@ def engine(db_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+def _scratch(engine: Engine) -> Path | None:
+    """The scratch database a rebuild of a SQLite file builds in (``None`` on PostgreSQL)."""
+    path = sqlite_path(engine.url)
+    return None if path is None else path.with_name(path.name + SCRATCH_SUFFIX)
+
+
 def _shadow_tables(engine: Engine) -> list[str]:
-    return [name for name in inspect(engine).get_table_names() if name.startswith("rebuild_")]
+    """The shadow tables there are now: in the scratch file on SQLite, beside the live tables on PostgreSQL."""
+    scratch = _scratch(engine)
+    names = inspect(engine).get_table_names()
+    assert not [name for name in names if name.startswith("rebuild_")] or scratch is None  # never in the log's file
+    if scratch is not None:
+        if not scratch.exists():
+            return []
+        with sqlite3.connect(f"file:{scratch}?mode=ro", uri=True) as conn:
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return [name for name in names if name.startswith("rebuild_")]
 
 
 def _tamper(engine: Engine) -> None:
@@ -130,6 +148,47 @@ def test_stale_batch_is_refused_after_a_swap(engine: Engine) -> None:
     state_rows = live.all_rows()
     assert live.write_batch({"fills": state_rows["fills"][:1]}, 101, expected=100) is None
     assert live.load_checkpoint() == log.head()
+
+
+def test_sqlite_scratch_is_removed_and_leftovers_replaced(sqlite_url: str) -> None:
+    """A crashed rebuild's scratch file (here: garbage) is replaced by the next rebuild, which removes its own."""
+    engine = open_engine(sqlite_url)
+    try:
+        migrate.upgrade(engine)
+        EventLog(engine).append(fake_entries(3, 200))
+        scratch = _scratch(engine)
+        assert scratch is not None
+        scratch.write_bytes(b"not a database, left by a rebuild killed half-way")
+        scratch.with_name(scratch.name + "-journal").write_bytes(b"stale journal")
+        seen: list[bool] = []
+        result = rebuild(engine, batch=50, before_swap=lambda: seen.append(scratch.exists()))
+        assert seen == [True]
+        assert result.checkpoint == EventLog(engine).head()
+        assert not scratch.exists()
+        assert not scratch.with_name(scratch.name + "-journal").exists()
+        assert ProjectionStore(engine).all_rows()["fills"]
+    finally:
+        engine.dispose()
+
+
+def test_second_rebuild_of_one_sqlite_file_is_refused(sqlite_url: str) -> None:
+    engine = open_engine(sqlite_url)
+    try:
+        migrate.upgrade(engine)
+        EventLog(engine).append(fake_entries(4, 100))
+        refused: list[str] = []
+
+        def second_rebuild() -> None:  # runs while the first one holds the scratch file
+            with pytest.raises(StoreError) as caught:
+                rebuild(engine)
+            refused.append(str(caught.value))
+
+        rebuild(engine, before_swap=second_rebuild)
+        assert len(refused) == 1
+        assert "another tracker rebuild is running on this database" in refused[0]
+        assert ProjectionStore(engine).load_checkpoint() == EventLog(engine).head()
+    finally:
+        engine.dispose()
 
 
 def test_tracker_rebuild_command(engine: Engine, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,6 +25,7 @@ from tracker.store.sqlite_money import register_exact_sums
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "tracker_write"
+SCRATCH_CACHE_MIB = 32  # page cache of a scratch database (SQLite's default is 2 MiB)
 
 
 def display_url(url: str | URL) -> str:
@@ -69,12 +70,22 @@ def _check_sqlite_path(url: URL, *, write: bool) -> None:
         raise StoreError(f"cannot write in {directory}, where the SQLite database {path} lives: permission denied")
 
 
-def _setup_sqlite(engine: Engine, synchronous: str) -> None:
+def open_scratch(path: Path) -> Engine:
+    """A throwaway SQLite database at ``path`` (``tracker rebuild``'s shadow tables): the rollback journal in memory
+    and no fsync, so a crash may leave it corrupt. Only for files that are deleted after use and before reuse."""
+    engine = create_engine(URL.create("sqlite", database=str(path)))
+    _setup_sqlite(engine, "OFF", journal="MEMORY", cache_mib=SCRATCH_CACHE_MIB)
+    return engine
+
+
+def _setup_sqlite(engine: Engine, synchronous: str, *, journal: str = "WAL", cache_mib: int | None = None) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see the module docstring)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA journal_mode={journal}")
+        if cache_mib is not None:
+            cursor.execute(f"PRAGMA cache_size=-{cache_mib * 1024:d}")  # negative: KiB
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
