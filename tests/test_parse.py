@@ -37,7 +37,7 @@ from tracker.domain.events import (
     TokenReady,
     Unknown,
 )
-from tracker.domain.log import NewEntry
+from tracker.domain.log import LogRecord, NewEntry
 
 EXPECTED = {
     "my_orders_order_created.json": OrderEvent,
@@ -200,6 +200,15 @@ def test_tracker_events() -> None:
     for index, (event, data, expected) in enumerate(cases):
         entry = te.tracker_entry(account="acc", event=event, data=data, received_at=NOW, uid=str(index))
         assert isinstance(log.append(entry), expected)
+
+
+def test_tracker_discrepancy_without_id_gets_one_from_its_seq() -> None:
+    """The same id whether the parser is given a LogEntry or the projector's LogRecord (which has no dedup key)."""
+    entry = te.tracker_entry(account="acc", event=te.DISCREPANCY, data={"kind": "x"}, received_at=NOW, uid="u")
+    full = to_log(entry, 42)
+    record = LogRecord(42, "acc", "tracker", full.channel, full.event, full.payload, None, NOW, None)
+    events = [parse_entry(full), parse_entry(record)]
+    assert all(isinstance(e, Discrepancy) and e.discrepancy_id == "discrepancy:42" for e in events)
 
 
 def test_unknown_never_raises() -> None:

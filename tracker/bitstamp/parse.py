@@ -12,10 +12,13 @@ Anything it cannot read becomes ``Unknown`` with a reason (counted by the projec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
+
+import orjson
 
 from tracker.bitstamp.channels import Channel, parse_channel
 from tracker.bitstamp.rest_entries import (
@@ -26,7 +29,9 @@ from tracker.bitstamp.rest_entries import (
     REST_USER_TRANSACTION,
     pair_key,
 )
-from tracker.bitstamp.wire import dumps_canonical, id_text, int_text, loads_exact, parse_rest_datetime, us_to_datetime
+from tracker.bitstamp.wire import dumps_canonical, loads_exact, parse_rest_datetime, us_to_datetime
+from tracker.bitstamp.wire import id_text as _wire_id_text
+from tracker.bitstamp.wire import int_text as _wire_int_text
 from tracker.domain import tracker_events as te
 from tracker.domain.events import (
     AccountTransaction,
@@ -84,6 +89,32 @@ class _Bad(ValueError):
     """A payload we cannot read; becomes ``Unknown``."""
 
 
+class _NeedExact(Exception):
+    """A number the parser reads came out of the fast decoder as a float: parse the entry again from ``loads_exact``.
+
+    ``orjson`` (the fast path) makes every JSON number with a fraction or an exponent a float, and also an integer
+    beyond 64 bits; ``loads_exact`` makes the former ``Decimal`` and the latter ``int``. So a float reaching the
+    parser means "this entry needs the exact decoder", never a value to use. Not a ``ValueError``: nothing else may
+    catch it."""
+
+
+def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
+    """``wire.id_text``; a float where the id should be (an integer beyond 64 bits, from the fast decoder) needs the
+    exact decoder (``_NeedExact``)."""
+    result = _wire_id_text(obj, key, str_key)
+    if result is None and type(obj.get(key)) is float:
+        raise _NeedExact
+    return result
+
+
+def int_text(value: object) -> int | None:
+    """``wire.int_text``; a float needs the exact decoder (``_NeedExact``)."""
+    result = _wire_int_text(value)
+    if result is None and type(value) is float:
+        raise _NeedExact
+    return result
+
+
 def _obj(value: object, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Bad(f"{what} is not an object")
@@ -102,6 +133,8 @@ def _decimal(value: object) -> Decimal:
             return result
     elif type(value) is Decimal and value.is_finite():
         return value
+    elif type(value) is float:
+        raise _NeedExact
     return parse_decimal(value)
 
 
@@ -333,8 +366,8 @@ def _token_ready(entry: Parseable, d: dict[str, Any]) -> TokenReady:
     )
 
 
-def _parse_ws(entry: Parseable) -> DomainEvent:
-    message = _obj(loads_exact(entry.payload), "frame")
+def _parse_ws(entry: Parseable, loads: Callable[[str], Any]) -> DomainEvent:
+    message = _obj(loads(entry.payload), "frame")
     event = entry.event
     name = _channel(entry.channel).name
     if name == "my_orders" and event in ORDER_KINDS:
@@ -509,7 +542,8 @@ def _parse_tracker(entry: Parseable) -> DomainEvent:
         return Discrepancy(
             seq=entry.seq,
             account=entry.account,
-            discrepancy_id=id_text(data, "id") or id_text(data, "discrepancy_id") or entry.dedup_key,
+            # a LogRecord (what the projector reads) has no dedup_key: an id from the seq, the same for both
+            discrepancy_id=id_text(data, "id") or id_text(data, "discrepancy_id") or f"discrepancy:{entry.seq}",
             kind=_opt_text(data, "kind") or "reconciliation",
             entity=_opt_text(data, "entity") or "",
             detail=_opt_text(data, "detail") or _detail(data),
@@ -540,10 +574,20 @@ def _unknown(entry: Parseable, reason: str) -> Unknown:
 
 def parse_entry(entry: Parseable) -> DomainEvent:
     """The domain event of one log entry. Never raises: anything unreadable is ``Unknown`` with the reason."""
+    if entry.source == "ws":
+        # The fast decoder first; the exact one when it cannot read the text or a number came out as a float.
+        try:
+            return _parse(entry, orjson.loads)
+        except (orjson.JSONDecodeError, _NeedExact):
+            pass
+    return _parse(entry, loads_exact)
+
+
+def _parse(entry: Parseable, loads: Callable[[str], Any]) -> DomainEvent:
     try:
         match entry.source:
             case "ws":
-                return _parse_ws(entry)
+                return _parse_ws(entry, loads)
             case "rest":
                 return _parse_rest(entry)
             case "tracker":
@@ -552,5 +596,12 @@ def parse_entry(entry: Parseable) -> DomainEvent:
                 return _unknown(entry, f"unknown source {entry.source!r}")
     except (_Bad, BadAmount) as exc:
         return _unknown(entry, str(exc))
+    except orjson.JSONDecodeError:
+        raise  # (a ValueError) the caller decodes again with loads_exact
+    except _NeedExact:
+        if loads is not loads_exact:
+            raise
+        # loads_exact makes floats only of the NaN and Infinity literals (json's extension): not numbers we read
+        return _unknown(entry, "NaN or Infinity where a number was expected")
     except (ValueError, TypeError, KeyError, ArithmeticError, OverflowError, RecursionError) as exc:
         return _unknown(entry, f"{type(exc).__name__}: {exc}")

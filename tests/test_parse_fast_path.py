@@ -1,0 +1,101 @@
+"""The parser's fast JSON path (``orjson``) gives exactly what the exact decoder (``loads_exact``) gives.
+
+orjson turns every number with a fraction or exponent into a float, and an integer beyond 64 bits too; the parser
+must then parse the entry again from ``loads_exact`` (Decimals, ints), never use the float.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from bitstamp_samples import PRIVATE_SAMPLE_FILES, frame_texts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pipeline import NOW, Log, to_log
+
+from tracker.bitstamp.parse import _parse, parse_entry
+from tracker.bitstamp.wire import loads_exact
+from tracker.domain.events import Fill, OrderEvent, Unknown
+from tracker.domain.log import NewEntry
+
+TRADE = '{{"event":"trade","channel":"private-my_trades_btcusd-1","data":{data}}}'
+
+
+def test_float_only_money_is_exact() -> None:
+    """No ``*_str`` twin: the number token itself, exactly (a float would be 0.1000000000000000055...)."""
+    fill = Log().ws(TRADE.format(data='{"id":1,"order_id":2,"side":"buy","amount":0.1,"price":3.3,"fee":1e-8}'))
+    assert isinstance(fill, Fill)
+    assert (fill.amount, fill.price, fill.fee) == (Decimal("0.1"), Decimal("3.3"), Decimal("1e-8"))
+
+
+def test_ids_beyond_64_bits_are_exact() -> None:
+    """orjson reads 2**64 as a float (1.8446744073709552e+19): the id must still be its exact digits."""
+    big = 2**64 + 7
+    fill = Log().ws(
+        TRADE.format(data=f'{{"id":{big},"order_id":{big + 1},"side":"sell","amount":"1","price":"2","fee":"0"}}')
+    )
+    assert isinstance(fill, Fill)
+    assert (fill.trade_id, fill.order_id) == (str(big), str(big + 1))
+
+
+def test_nan_literal_is_unknown_not_a_crash() -> None:
+    event = Log().ws(TRADE.format(data='{"id":1,"side":"buy","amount":NaN,"price":"1","fee":"0"}'))
+    assert isinstance(event, Unknown)
+    assert "NaN" in event.reason
+
+
+def test_order_event_with_float_price_token() -> None:
+    text = (
+        '{"event":"order_created","channel":"private-my_orders_btcusd-1","data":{"id":5,"order_type":0,'
+        '"amount":"1","amount_at_create":"1","price":61200.10,"microtimestamp":"1700000000000000"}}'
+    )
+    event = Log().ws(text)
+    assert isinstance(event, OrderEvent)
+    assert event.price == Decimal("61200.10")
+    assert str(event.price) == "61200.10"  # the token's own scale, as loads_exact keeps it
+
+
+numbers = (
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=8).map(str)
+    | st.none()
+    | st.booleans()
+    | st.text(max_size=4)
+)
+SAMPLES = [json.loads(t) for name in PRIVATE_SAMPLE_FILES for t in frame_texts(name)]
+
+
+def _with(message: Any, key_choice: int, value: Any) -> Any:
+    """The sample with one field of its ``data`` (or of the frame) set to ``value``."""
+    copy = dict(message)
+    target = dict(copy["data"]) if isinstance(copy.get("data"), dict) else copy
+    keys = sorted(target)
+    target[keys[key_choice % len(keys)]] = value
+    if target is not copy:
+        copy["data"] = target
+    return copy
+
+
+@settings(max_examples=400)
+@given(st.integers(min_value=0), st.integers(min_value=0), numbers, st.booleans())
+def test_fast_path_equals_exact_decoder(which: int, key_choice: int, value: Any, nan: bool) -> None:
+    message = _with(SAMPLES[which % len(SAMPLES)], key_choice, value)
+    payload = json.dumps(message)
+    if nan:
+        payload = payload.replace("null", "NaN", 1)  # json's extension literal, which orjson refuses
+    entry = to_log(
+        NewEntry(
+            account="acc",
+            source="ws",
+            channel=message["channel"],
+            event=message["event"],
+            payload=payload,
+            dedup_key="k",
+            received_at=NOW,
+        ),
+        7,
+    )
+    assert parse_entry(entry) == _parse(entry, loads_exact)
