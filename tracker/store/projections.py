@@ -142,22 +142,44 @@ def _money_postgres(value: Decimal) -> Decimal:
     return value
 
 
-def _converters(table: Table, dialect_name: str) -> tuple[Callable[[Any], Any] | None, ...]:
+@dataclass(frozen=True, slots=True)
+class _Inline:
+    """A converter written into the generated encoder as an expression (``{v}``: the value, not ``None``): no
+    Python-level call per value. ``names``: what the expression refers to."""
+
+    expression: str
+    names: Mapping[str, Any]
+
+
+# The usual cases inline, anything else through the function that says what is wrong. A row's Decimals are finite
+# (the parser refuses others; the default decimal context traps overflow and invalid operations); checked anyway.
+_SQLITE_MONEY: Final = _Inline(
+    "(_format({v}, 'f') if _is_finite({v}) else _decimal_text({v}))",
+    {"_format": format, "_is_finite": Decimal.is_finite, "_decimal_text": decimal_text},
+)
+_SQLITE_STAMP: Final = _Inline(
+    "({v}.isoformat(' ', 'microseconds')[:-6] if {v}.tzinfo is _UTC else _stamp_sqlite({v}))",
+    {"_UTC": UTC, "_stamp_sqlite": _stamp_sqlite},
+)
+Converter = Callable[[Any], Any] | _Inline | None
+
+
+def _converters(table: Table, dialect_name: str) -> tuple[Converter, ...]:
     """Per column, how to turn a row's value (not ``None``) into what the driver takes (what the column types
     would do)."""
-    result: list[Callable[[Any], Any] | None] = []
+    result: list[Converter] = []
     for column in table.columns:
         if isinstance(column.type, Money):
-            result.append(decimal_text if dialect_name == "sqlite" else _money_postgres)
+            result.append(_SQLITE_MONEY if dialect_name == "sqlite" else _money_postgres)
         elif isinstance(column.type, UtcDateTime) and dialect_name == "sqlite":
-            result.append(_stamp_sqlite)
+            result.append(_SQLITE_STAMP)
         else:
             result.append(None)
     return tuple(result)
 
 
 def _encoder(
-    fields: Sequence[str], converters: Sequence[Callable[[Any], Any] | None]
+    fields: Sequence[str], converters: Sequence[Converter]
 ) -> Callable[[Sequence[Row]], list[tuple[Any, ...]]]:
     """``rows -> [values in column order]`` for one table: a comprehension generated from the field names (as
     ``dataclasses`` makes ``__init__``), a converted column as ``None if v is None else convert(v)``: no per-row
@@ -169,6 +191,9 @@ def _encoder(
     for i, (name, convert) in enumerate(zip(fields, converters, strict=True)):
         if convert is None:
             values.append(f"r.{name}")
+        elif isinstance(convert, _Inline):
+            namespace.update(convert.names)
+            values.append(f"(None if (v{i} := r.{name}) is None else {convert.expression.format(v=f'v{i}')})")
         else:
             namespace[f"_c{i}"] = convert
             values.append(f"(None if (v{i} := r.{name}) is None else _c{i}(v{i}))")

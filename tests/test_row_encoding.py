@@ -1,0 +1,101 @@
+"""The projection store's generated row encoders give the driver exactly what the SQLAlchemy column types would.
+
+The store skips SQLAlchemy's per-value processing on its hot path (``projections._encoder``); these tests hold it to
+the column types' own bind processors, for every table and both dialects, including the unusual values (decimals
+in exponent form, non-UTC offsets) that take the slow branch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Dialect
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tracker.domain import rows as row_module
+from tracker.domain.rows import TABLES
+from tracker.store.projection_schema import PROJECTION_TABLES
+from tracker.store.projections import _FIELDS, _converters, _encoder
+
+DIALECTS: dict[str, Dialect] = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}
+
+decimals = st.decimals(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [Decimal("1E+3"), Decimal("1E-9"), Decimal("0.50"), Decimal("-0"), Decimal("123456789012345678901234567890.1")]
+)
+moments = st.datetimes(
+    min_value=datetime(1971, 1, 1),
+    max_value=datetime(2200, 1, 1),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
+)
+
+
+def _strategy(annotation: Any) -> st.SearchStrategy[Any]:
+    options = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    parts: list[st.SearchStrategy[Any]] = []
+    for option in options:
+        if option is type(None):
+            parts.append(st.none())
+        elif option is Decimal:
+            parts.append(decimals)
+        elif option is datetime:
+            parts.append(moments)
+        elif option is bool:
+            parts.append(st.booleans())
+        elif option is int:
+            parts.append(st.integers(min_value=0, max_value=2**62))
+        elif option is str or typing.get_origin(option) is typing.Literal:
+            parts.append(st.text(max_size=8))
+        else:
+            raise AssertionError(f"no strategy for {option!r}")
+    return st.one_of(parts)
+
+
+def _rows(name: str) -> st.SearchStrategy[Any]:
+    row_type = TABLES[name]
+    hints = typing.get_type_hints(row_type, vars(row_module))
+    return st.builds(row_type, **{f.name: _strategy(hints[f.name]) for f in dataclasses.fields(row_type)})
+
+
+def _expected(name: str, row: Any, dialect: Dialect) -> tuple[Any, ...]:
+    table = PROJECTION_TABLES[name]
+    out = []
+    for field, column in zip(_FIELDS[name], table.columns, strict=True):
+        value = getattr(row, field)
+        process = column.type._cached_bind_processor(dialect)  # type: ignore[attr-defined]
+        out.append(process(value) if process is not None and value is not None else value)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("dialect_name", sorted(DIALECTS))
+@pytest.mark.parametrize("name", sorted(TABLES))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_encoder_equals_the_column_types(name: str, dialect_name: str, data: st.DataObject) -> None:
+    dialect = DIALECTS[dialect_name]
+    encode = _encoder(_FIELDS[name], _converters(PROJECTION_TABLES[name], dialect_name))
+    rows = data.draw(st.lists(_rows(name), min_size=1, max_size=4))
+    assert encode(rows) == [_expected(name, row, dialect) for row in rows]
+
+
+def test_non_finite_money_and_naive_times_are_refused() -> None:
+    encode = _encoder(_FIELDS["fills"], _converters(PROJECTION_TABLES["fills"], "sqlite"))
+    good = TABLES["fills"](
+        "a", "t", None, None, "buy", Decimal(1), Decimal(2), Decimal(0), datetime.now(UTC), None, False, "ws", 1
+    )
+    encode([good])
+    with pytest.raises(ValueError, match="finite"):
+        encode([dataclasses.replace(good, fee=Decimal("NaN"))])
+    with pytest.raises(ValueError, match="naive"):
+        encode([dataclasses.replace(good, executed_at=datetime(2026, 1, 1))])
