@@ -356,6 +356,33 @@ class EventLog:
             for seq, account, source, channel, event, payload, market, at, connection_id in rows
         ]
 
+    def read_records_of_markets(
+        self, seq: int, limit: int, until: int, markets: Sequence[str], *, other_markets: bool = False
+    ) -> list[tuple[LogRecord, str | None]]:
+        """``read_records_after`` for a part of the log (``tracker rebuild`` in parallel, SQLite): entries with ``seq``
+        in (``seq``, ``until``] whose market is one of ``markets`` (with ``other_markets``: is not one of them) or
+        who have none, each with its ``position_id`` (an entry without a market goes with its position's)."""
+        if self._postgres:
+            raise NotImplementedError("read_records_of_markets is for SQLite")
+        marks = ", ".join("?" * len(markets))
+        which = "NOT IN" if other_markets else "IN"
+        sql = (
+            f"SELECT {', '.join(RECORD_FIELDS)}, position_id FROM event_log WHERE seq > ? AND seq <= ?"
+            f" AND (market {which} ({marks}) OR market IS NULL OR market = '') ORDER BY seq LIMIT ?"
+        )
+        with self.engine.connect() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(sql, (seq, until, *markets, limit))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        received, record = self._received, LogRecord
+        return [
+            (record(seq, account, source, channel, event, payload, market, received(at), connection_id), position)
+            for seq, account, source, channel, event, payload, market, at, connection_id, position in rows
+        ]
+
     def iter_after(self, seq: int = 0, page: int = 1000) -> Iterator[list[LogEntry]]:
         """Pages of entries after ``seq`` until the head (as it moves), each page one short read transaction."""
         while batch := self.read_after(seq, page):

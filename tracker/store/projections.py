@@ -231,12 +231,17 @@ class ProjectionStore:
         checkpoint_name: str = CHECKPOINT_NAME,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         fresh: bool = False,
+        touched: Mapping[str, set[int]] | None = None,
     ) -> None:
         """``fresh``: ``tables`` are empty now and this store is their only writer (the rebuild's shadow tables), so
         a row it never wrote does not exist: no query for it (``_WrittenKeys``). Should another writer move the
         checkpoint all the same (seen when a batch starts, or when its write is refused), it goes back to querying
-        for good."""
+        for good.
+
+        ``touched``: per table name, a set that gets ``hash(key)`` of every row key the fold read or wrote in the
+        batches this store wrote (the parallel rebuild proves its parts independent with them)."""
         self.engine = engine
+        self.touched = touched
         self._written: _WrittenKeys | None = _WrittenKeys() if fresh else None
         self._written_checkpoint = 0  # the checkpoint of the last batch this fresh store wrote
         self._salts = {name: hash(name) for name in TABLES}
@@ -430,6 +435,11 @@ class ProjectionStore:
             table = state.table(name)
             table.known.update(table.keys())  # the batch's tables are not used again: no copies
             self._cache[name] = (table, table.known)
+            if self.touched is not None and name in self.touched:
+                # every key the fold asked for is in ``known`` (prefetched or loaded on a miss); a key it wrote
+                # without asking (a new discrepancy, say) is dirty
+                self.touched[name].update(map(hash, table.known))
+                self.touched[name].update(map(hash, state.dirty[name]))
         return BatchResult(folded, state.checkpoint, written, misses)
 
     def catch_up(

@@ -11,6 +11,11 @@
    not renamed: SQLite rewrites view definitions on rename and PostgreSQL views follow the renamed table's OID, so
    the ``v_*`` views would end up on the wrong tables.
 
+On a SQLite file with 100,000 entries or more over two markets or more, step 2 runs in two worker processes, one
+per group of markets, each into its own scratch file, and step 3 puts the two parts together; when the parts are not
+provably independent the log is folded again in one process (``rebuild_parallel.py``). Such a rebuild folds the log
+up to the head it saw when it started (the live projector does the rest).
+
 A live projector (``tracker run``) may keep writing the live tables meanwhile; the swap moves the checkpoint under it,
 its next write sees that and it reloads from the new checkpoint (see ``projections.py``).
 """
@@ -19,10 +24,11 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -39,9 +45,20 @@ from tracker.store.projection_schema import (
     shadow_tables,
 )
 from tracker.store.projections import BATCH, BatchResult, ProjectionStore, lock_checkpoint
+from tracker.store.rebuild_parallel import (
+    MERGED,
+    PARALLEL_MIN_ENTRIES,
+    SHADOW_CHECKPOINT,
+    SHADOW_PREFIX,
+    Plan,
+    WorkerSpec,
+    build_parts,
+    make_plan,
+    overlap,
+)
 
-SHADOW_PREFIX: Final = "rebuild_"
-SHADOW_CHECKPOINT: Final = "rebuild"
+log = logging.getLogger("tracker.rebuild")
+
 # The rebuild allocates tens of millions of short-lived objects (events, rows, Decimals) and keeps few: with the
 # default threshold (700) the collector runs ~100,000 times over a 1M-event log, ~10% of the CPU time.
 _GC_THRESHOLD: Final = 50_000
@@ -79,8 +96,7 @@ def _build_target(engine: Engine) -> Iterator[_Target]:
     to survive a crash. Building there instead of in the log's own file means no WAL frames, no checkpoints and no
     fsyncs for the hundreds of thousands of shadow rows (on a 1M-event log ~3 s of commits), and the log's file does
     not grow by the shadow tables' size (SQLite keeps freed pages). The swap reads it through ``ATTACH``; it runs on
-    the caller's engine, so it is as durable as any other write. An exclusive ``flock`` on ``<db>.rebuild.lock`` keeps
-    two rebuilds of one database from sharing the scratch file.
+    the caller's engine, so it is as durable as any other write.
 
     Other databases (and in-memory SQLite): the caller's engine; the shadow tables live beside the live ones.
     """
@@ -89,14 +105,13 @@ def _build_target(engine: Engine) -> Iterator[_Target]:
         yield _Target(engine, None)
         return
     scratch = path.with_name(path.name + SCRATCH_SUFFIX)
-    with _exclusive(scratch.with_name(scratch.name + ".lock")):
+    _remove(scratch)
+    build = open_scratch(scratch)
+    try:
+        yield _Target(build, scratch)
+    finally:
+        build.dispose()
         _remove(scratch)
-        build = open_scratch(scratch)
-        try:
-            yield _Target(build, scratch)
-        finally:
-            build.dispose()
-            _remove(scratch)
 
 
 @contextmanager
@@ -120,23 +135,25 @@ def _remove(scratch: Path) -> None:
 
 
 @contextmanager
-def _attached(conn: Connection, scratch: Path | None) -> Iterator[None]:
-    """``scratch`` attached to ``conn`` as ``rebuild_scratch`` meanwhile (outside any transaction: SQLite refuses
-    ``ATTACH`` inside one, so on the driver's connection, which issues no ``BEGIN`` of its own)."""
-    if scratch is None:
-        yield
-        return
+def _attached(conn: Connection, files: Mapping[str, Path]) -> Iterator[None]:
+    """``files`` (schema name -> scratch file) attached to ``conn`` meanwhile (outside any transaction: SQLite
+    refuses ``ATTACH`` inside one, so on the driver's connection, which issues no ``BEGIN`` of its own)."""
     raw = conn.connection.driver_connection
-    raw.execute(f"ATTACH DATABASE ? AS {SCRATCH_SCHEMA}", (str(scratch),))
+    attached: list[str] = []
     try:
+        for schema, path in files.items():
+            raw.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
+            attached.append(schema)
         yield
     finally:
-        raw.execute(f"DETACH DATABASE {SCRATCH_SCHEMA}")
+        for schema in attached:
+            raw.execute(f"DETACH DATABASE {schema}")
 
 
-def _refill(conn: Connection, live: Table, shadow: Table, schema: str | None) -> None:
-    """Replace ``live``'s rows with ``shadow``'s (in the caller's transaction); ``schema``: the attached scratch
-    database the shadow is in (SQLite), else ``None``.
+def _refill(conn: Connection, live: Table, shadow: Table, schemas: Sequence[str | None]) -> None:
+    """Replace ``live``'s rows with ``shadow``'s (in the caller's transaction). ``schemas``: where the shadow is,
+    ``[None]`` for beside the live table, else the attached scratch databases; with more than one (the parallel
+    rebuild's parts) the rows are put together: disjoint except the counters, which are merged by sum and max.
 
     SQLite: ``INSERT INTO live SELECT * FROM shadow`` into an empty table whose every index the shadow also has is
     SQLite's transfer optimisation (records copied as they are, not decoded and re-encoded row by row); the shadow
@@ -144,9 +161,11 @@ def _refill(conn: Connection, live: Table, shadow: Table, schema: str | None) ->
     (from their stored SQL, unchanged; one sort instead of an insert per row): 200k events' tables ~0.38 -> ~0.29 s.
     Same rows either way; readers see the old table or the new one (one transaction).
     """
-    if conn.dialect.name != "sqlite" or [c.name for c in live.columns] != [c.name for c in shadow.columns]:
-        if schema is not None:
-            raise RuntimeError(f"{shadow.name} does not have {live.name}'s columns")
+    if [c.name for c in live.columns] != [c.name for c in shadow.columns]:
+        raise RuntimeError(f"{shadow.name} does not have {live.name}'s columns")
+    if conn.dialect.name != "sqlite":
+        if list(schemas) != [None]:
+            raise RuntimeError("a shadow in another database is for SQLite")
         conn.execute(delete(live))
         columns = [column.name for column in live.columns]
         conn.execute(insert(live).from_select(columns, select(*(shadow.c[c] for c in columns))))
@@ -158,8 +177,18 @@ def _refill(conn: Connection, live: Table, shadow: Table, schema: str | None) ->
     for index, _ in indexes:
         conn.exec_driver_sql(f'DROP INDEX "{index}"')
     conn.execute(delete(live))
-    source = f'"{shadow.name}"' if schema is None else f'{schema}."{shadow.name}"'
-    conn.exec_driver_sql(f'INSERT INTO "{live.name}" SELECT * FROM {source}')
+    sources = [f'"{shadow.name}"' if schema is None else f'{schema}."{shadow.name}"' for schema in schemas]
+    if len(sources) > 1 and live.name == PROJECTION_TABLES[MERGED].name:
+        if [c.name for c in live.columns] != ["account", "name", "value", "last_seq"]:
+            raise RuntimeError(f"{live.name}: unexpected columns for the merge")
+        union = " UNION ALL ".join(f"SELECT * FROM {source}" for source in sources)
+        conn.exec_driver_sql(
+            f'INSERT INTO "{live.name}" SELECT account, name, sum(value), max(last_seq) FROM ({union})'
+            " GROUP BY account, name"
+        )
+    else:
+        for source in sources:
+            conn.exec_driver_sql(f'INSERT INTO "{live.name}" SELECT * FROM {source}')
     for _, sql in indexes:
         conn.exec_driver_sql(sql)
 
@@ -170,6 +199,7 @@ class RebuildResult:
     checkpoint: int  # the live checkpoint after the swap
     rows: dict[str, int]  # rows per table after the swap
     seconds: float
+    workers: int = 1  # processes that folded the log (2: in parallel, see rebuild_parallel.py)
 
 
 def rebuild(
@@ -178,12 +208,38 @@ def rebuild(
     batch: int = BATCH,
     on_batch: Callable[[BatchResult], None] | None = None,
     before_swap: Callable[[], None] | None = None,
+    parallel: bool | None = None,
 ) -> RebuildResult:
     """Rebuild every projection table from the event log and swap the result in (see the module docstring).
+
+    ``parallel``: ``None`` (the default) folds in two processes on a SQLite file when the log is large enough and
+    has two markets or more (``rebuild_parallel.py``); ``True`` whenever it can (tests); ``False`` never. When the
+    parts turn out not to be independent, the log is folded again in one process.
 
     ``before_swap`` is a test seam: called after the shadow is complete, before the swap transaction.
     """
     started = time.monotonic()
+    path = sqlite_path(engine.url)
+    # One rebuild per SQLite file at a time: they would share the scratch files.
+    lock = nullcontext() if path is None else _exclusive(path.with_name(path.name + SCRATCH_SUFFIX + ".lock"))
+    with lock, _fewer_collections():
+        if path is not None and parallel is not False:
+            plan = make_plan(engine, min_entries=1 if parallel else PARALLEL_MIN_ENTRIES)
+            if plan is not None:
+                done = _rebuild_in_parts(engine, path, plan, batch, on_batch, before_swap)
+                if done is not None:
+                    events, rows = done
+                    return RebuildResult(events, plan.until, rows, time.monotonic() - started, workers=2)
+        events, checkpoint, rows = _rebuild_in_one(engine, batch, on_batch, before_swap)
+    return RebuildResult(events, checkpoint, rows, time.monotonic() - started)
+
+
+def _rebuild_in_one(
+    engine: Engine,
+    batch: int,
+    on_batch: Callable[[BatchResult], None] | None,
+    before_swap: Callable[[], None] | None,
+) -> tuple[int, int, dict[str, int]]:
     shadow_metadata, shadow = shadow_tables(SHADOW_PREFIX)
     events = 0
 
@@ -202,13 +258,13 @@ def rebuild(
                 projector_checkpoint.create(conn)  # the shadow's own checkpoint row lives in the scratch file
             conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == SHADOW_CHECKPOINT))
         try:
-            with _fewer_collections():
-                builder = ProjectionStore(build, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT, fresh=True)
-                builder.catch_up(EventLog(engine), batch=batch, on_batch=count)
+            builder = ProjectionStore(build, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT, fresh=True)
+            builder.catch_up(EventLog(engine), batch=batch, on_batch=count)
             checkpoint = builder.load_checkpoint()  # what the shadow holds (nobody else writes it)
             if before_swap is not None:
                 before_swap()
-            rows = _swap(engine, target, shadow, checkpoint)
+            files = {} if target.scratch is None else {SCRATCH_SCHEMA: target.scratch}
+            rows = _swap(engine, files, shadow, checkpoint)
             if target.scratch is None:
                 with writer(engine).begin() as conn:
                     conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == SHADOW_CHECKPOINT))
@@ -219,17 +275,54 @@ def rebuild(
                     shadow_metadata.drop_all(conn)
                     conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == SHADOW_CHECKPOINT))
             raise
-    return RebuildResult(events, checkpoint, rows, time.monotonic() - started)
+    return events, checkpoint, rows
 
 
-def _swap(engine: Engine, target: _Target, shadow: Mapping[str, Table], checkpoint: int) -> dict[str, int]:
-    """The live tables := the shadow tables, and the live checkpoint := ``checkpoint``, in one write transaction."""
-    schema = None if target.scratch is None else SCRATCH_SCHEMA
-    with writer(engine).connect() as conn, _attached(conn, target.scratch), conn.begin():
+def _rebuild_in_parts(
+    engine: Engine,
+    path: Path,
+    plan: Plan,
+    batch: int,
+    on_batch: Callable[[BatchResult], None] | None,
+    before_swap: Callable[[], None] | None,
+) -> tuple[int, dict[str, int]] | None:
+    """The parallel rebuild (``rebuild_parallel.py``): (events, rows per table), or ``None`` when its parts were
+    not independent (nothing swapped in)."""
+    scratches = [path.with_name(f"{path.name}{SCRATCH_SUFFIX}.{part}") for part in range(2)]
+    try:
+        for scratch in scratches:
+            _remove(scratch)
+        specs = [WorkerSpec(part, str(path), str(scratch), plan, batch) for part, scratch in enumerate(scratches)]
+        parts = build_parts(specs, on_batch)
+        shared = overlap(parts)
+        if shared:
+            detail = ", ".join(f"{n} in {name}" for name, n in sorted(shared.items()))
+            log.warning(
+                "rebuild: the two groups of markets share rows (%s), so they cannot be folded apart; folding the"
+                " log in one process instead",
+                detail,
+            )
+            return None
+        if before_swap is not None:
+            before_swap()
+        _, shadow = shadow_tables(SHADOW_PREFIX)
+        rows = _swap(engine, {f"rebuild_part{part}": scratch for part, scratch in enumerate(scratches)}, shadow,
+                     plan.until)  # fmt: skip
+        return sum(part.events for part in parts), rows
+    finally:
+        for scratch in scratches:
+            _remove(scratch)
+
+
+def _swap(engine: Engine, files: Mapping[str, Path], shadow: Mapping[str, Table], checkpoint: int) -> dict[str, int]:
+    """The live tables := the shadow tables (in ``files``, attached under their keys; empty: beside the live ones),
+    and the live checkpoint := ``checkpoint``, in one write transaction."""
+    schemas: list[str | None] = list(files) or [None]
+    with writer(engine).connect() as conn, _attached(conn, files), conn.begin():
         lock_checkpoint(conn, CHECKPOINT_NAME)  # a live projector's write waits for us, then sees the new seq
         rows: dict[str, int] = {}
         for name, live in PROJECTION_TABLES.items():
-            _refill(conn, live, shadow[name], schema)
+            _refill(conn, live, shadow[name], schemas)
             rows[name] = int(conn.execute(select(func.count()).select_from(live)).scalar_one())
         store_live = ProjectionStore(engine)
         conn.execute(

@@ -1,0 +1,225 @@
+"""``tracker rebuild`` in two processes (SQLite): the same rows as one process and as the incremental projector, or
+(when two groups of markets share a row) a fallback to one process that is still the same; failures and Ctrl-C stop
+both workers and leave the live tables and no scratch file.
+
+Rules: SQLite files under tmp_path only (the parallel rebuild is SQLite's); real worker processes; no sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pipeline import NOW, UID, order_frame
+from sqlalchemy import Engine
+from test_projection_store import fake_entries
+
+from tracker.bitstamp.frames import entry_from_frame
+from tracker.domain.log import NewEntry
+from tracker.errors import StoreError
+from tracker.store import migrate
+from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
+from tracker.store.projections import BatchResult, ProjectionStore
+from tracker.store.rebuild import SCRATCH_SUFFIX, rebuild
+from tracker.store.rebuild_parallel import Plan, WorkerSpec, _split, build_parts, make_plan
+
+
+def _open(path: Path, entries: list[NewEntry]) -> Engine:
+    engine = open_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    if entries:
+        EventLog(engine).append(entries)
+    return engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = _open(tmp_path / "tracker.db", fake_entries(21, 500))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if SCRATCH_SUFFIX in p.name and not p.name.endswith(".lock"))
+
+
+def _copy(engine: Engine, path: Path) -> Engine:
+    """A consistent copy of ``engine``'s database (``VACUUM INTO``: the WAL's pages included)."""
+    with engine.connect() as conn:
+        conn.connection.driver_connection.execute("VACUUM INTO ?", (str(path),))  # not in a transaction
+    return open_engine(f"sqlite:///{path}")
+
+
+def _rows_by(engine: Engine, path: Path, mode: str) -> tuple[dict[str, list[object]], int]:
+    """The projection of a copy of ``engine``'s database: incremental, or rebuilt in one process or in parallel;
+    and how many worker processes folded it."""
+    other = _copy(engine, path)
+    try:
+        store = ProjectionStore(other)
+        workers = 0
+        if mode == "incremental":
+            store.catch_up(EventLog(other), batch=97)
+        else:
+            result = rebuild(other, batch=113, parallel=mode == "parallel")
+            assert result.checkpoint == EventLog(other).head()
+            workers = result.workers
+        return store.all_rows(), workers  # type: ignore[return-value]
+    finally:
+        other.dispose()
+
+
+def test_parallel_equals_one_process_and_incremental(engine: Engine, tmp_path: Path) -> None:
+    incremental, _ = _rows_by(engine, tmp_path / "incremental.db", "incremental")
+    one, one_workers = _rows_by(engine, tmp_path / "one.db", "one")
+    parallel, parallel_workers = _rows_by(engine, tmp_path / "parallel.db", "parallel")
+    assert (one_workers, parallel_workers) == (1, 2)
+    assert parallel == one == incremental
+    assert parallel["positions"] and parallel["settlements"] and parallel["liquidations"]  # entries without market
+
+
+def test_parallel_rebuild_uses_two_workers_and_leaves_nothing(engine: Engine, tmp_path: Path) -> None:
+    batches: list[BatchResult] = []
+    result = rebuild(engine, parallel=True, batch=200, on_batch=batches.append)
+    assert result.workers == 2
+    assert result.events == EventLog(engine).head() == sum(b.events for b in batches)
+    assert ProjectionStore(engine).load_checkpoint() == result.checkpoint == EventLog(engine).head()
+    assert _leftovers(tmp_path) == []
+
+
+def _same_order_in_two_markets() -> list[NewEntry]:
+    """Order 777 under btcusd and under ethusd: the two groups of markets share its row, so they cannot be folded
+    apart."""
+    frames = [
+        order_frame("order_created", "777", market="btcusd", us=1_790_000_000_000_000, amount="2"),
+        order_frame("order_changed", "777", market="ethusd", us=1_790_000_001_000_000, amount="1"),
+        order_frame("order_created", "778", market="btcusd-perp", us=1_790_000_002_000_000),
+        order_frame("order_deleted", "777", market="btcusd", us=1_790_000_003_000_000, amount="0"),
+    ]
+    entries = []
+    for frame in frames:
+        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="c")
+        assert isinstance(entry, NewEntry)
+        entries.append(entry)
+    return entries
+
+
+def test_shared_rows_fall_back_to_one_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = _open(tmp_path / "tracker.db", fake_entries(5, 60) + _same_order_in_two_markets())
+    try:
+        plan = make_plan(engine, min_entries=1)
+        assert plan is not None
+        assert ("btcusd" in plan.markets) != ("ethusd" in plan.markets)  # 777 is in both groups
+        with caplog.at_level(logging.WARNING, logger="tracker.rebuild"):
+            result = rebuild(engine, parallel=True)
+        assert result.workers == 1
+        assert "share rows" in caplog.text and "orders" in caplog.text
+        incremental, _ = _rows_by(engine, tmp_path / "incremental.db", "incremental")
+        assert ProjectionStore(engine).all_rows() == incremental
+        assert _leftovers(tmp_path) == []
+    finally:
+        engine.dispose()
+
+
+def test_counters_of_both_groups_are_merged(tmp_path: Path) -> None:
+    """Both groups count unknown events: the merged counter is the sum, its last_seq the later one."""
+    unknown = []
+    for i, market in enumerate(["btcusd", "ethusd", "btcusd-perp", "ethusd-perp"] * 3):
+        frame = {"event": "order_exploded", "channel": f"private-my_orders_{market}-{UID}", "data": {"n": i}}
+        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="u")
+        assert isinstance(entry, NewEntry)
+        unknown.append(entry)
+    engine = _open(tmp_path / "tracker.db", fake_entries(7, 60) + unknown)
+    try:
+        one, _ = _rows_by(engine, tmp_path / "one.db", "one")
+        assert rebuild(engine, parallel=True).workers == 2
+        rows = ProjectionStore(engine).all_rows()
+        assert rows == one
+        counted = {row.name: (row.value, row.last_seq) for row in rows["counters"]}  # type: ignore[attr-defined]
+        assert counted["unknown"] == (12, EventLog(engine).head())
+    finally:
+        engine.dispose()
+
+
+def test_plan_needs_two_markets_and_enough_entries(tmp_path: Path) -> None:
+    one_market = [e for e in fake_entries(3, 80) if e.market in (None, "btcusd")]
+    engine = _open(tmp_path / "one.db", one_market)
+    try:
+        assert make_plan(engine, min_entries=1) is None
+        assert rebuild(engine, parallel=True).workers == 1
+    finally:
+        engine.dispose()
+    engine = _open(tmp_path / "two.db", fake_entries(3, 80))
+    try:
+        head = EventLog(engine).head()
+        assert make_plan(engine, min_entries=head + 1) is None
+        plan = make_plan(engine, min_entries=head)
+        assert plan is not None and plan.until == head
+        assert rebuild(engine).workers == 1  # the default threshold (100,000 entries) is far above this log
+    finally:
+        engine.dispose()
+
+
+def test_split_balances_the_groups() -> None:
+    assert _split({"a": 10}) == ()
+    assert _split({"a": 10, "b": 9}) == ("b",)
+    assert _split({"a": 50, "b": 30, "c": 25, "d": 5}) == ("b", "c")  # 55 against 55
+
+
+def test_a_failing_worker_is_a_store_error(tmp_path: Path) -> None:
+    spec = WorkerSpec(0, str(tmp_path / "missing.db"), str(tmp_path / "s.0"), Plan(10, ("btcusd",), frozenset()), 10)
+    with pytest.raises(StoreError, match=r"a rebuild worker failed: StoreError: the SQLite database .*missing\.db"):
+        build_parts([spec])
+
+
+def test_interrupt_stops_the_workers_and_keeps_the_live_tables(engine: Engine, tmp_path: Path) -> None:
+    store = ProjectionStore(engine)
+    store.catch_up(EventLog(engine))
+    before = store.all_rows()
+
+    def interrupt(_: BatchResult) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(engine, parallel=True, batch=50, on_batch=interrupt)
+    assert store.all_rows() == before
+    assert _leftovers(tmp_path) == []
+    assert rebuild(engine, parallel=True).workers == 2  # the lock was released
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    steps=st.integers(5, 80),
+    moves=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["btcusd", "ethusd", "btcusd-perp"])), max_size=3),
+)
+def test_parallel_equals_one_process_for_random_logs(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, steps: int, moves: list[tuple[int, str]]
+) -> None:
+    """Random fake logs, some with entries moved to another market's channel (rows shared across groups: the
+    parallel rebuild must notice and fall back); whichever path it takes, the rows equal one process's."""
+    entries = fake_entries(seed, steps)
+    for index, market in moves:
+        entry = entries[index % len(entries)]
+        if entry.market and entry.market != market:
+            frame = json.loads(entry.payload)
+            frame["channel"] = frame["channel"].replace(f"_{entry.market}-", f"_{market}-")
+            moved = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="m")
+            if isinstance(moved, NewEntry):
+                entries.append(moved)
+    directory = tmp_path_factory.mktemp("random")
+    engine = _open(directory / "tracker.db", entries)
+    try:
+        one, _ = _rows_by(engine, directory / "one.db", "one")
+        parallel = rebuild(engine, parallel=True)
+        assert ProjectionStore(engine).all_rows() == one
+        assert parallel.checkpoint == EventLog(engine).head()
+    finally:
+        engine.dispose()

@@ -1,0 +1,254 @@
+"""``tracker rebuild`` on two cores (SQLite): two worker processes fold two groups of markets apart, when that is
+provably the same as folding the whole log in order.
+
+Why: the fold is pure Python, ~35 µs of CPU per event end to end on one core; a 1M-event log is half a minute. A
+second process is the only way to use the second core (threads share one interpreter lock). Events cannot be sent
+between processes for less than it costs to parse them, so each worker reads and parses its own part of the log.
+
+1. Plan (``make_plan``): the head ``until``; entries per market (from the channel index); the markets in two groups
+   of about equal size (group 1: ``Plan.markets``, group 0: every other market). An entry without a market (a
+   settlement, a liquidation alert, a tracker entry) goes with its position's group: group 1 if its position has
+   entries in group 1's markets (``Plan.positions``), else group 0.
+2. Each worker (``run_worker``, a spawned process) folds its group's entries up to ``until``, in seq order, into its
+   own scratch file (``<db>.rebuild.<part>``) with a fresh ``ProjectionStore``, and records the hash of every row key
+   its fold read or wrote, per table.
+3. The proof (``overlap``): the fold of an event reads and writes only rows it names by key, so when the two groups
+   touched no common key in any table, folding them apart and putting the rows together is the same as folding the
+   log in order. The exception is ``counters`` (kept apart in the check): a counter's value is a count and its
+   ``last_seq`` a maximum, so they merge by sum and max. Both workers hash with one ``PYTHONHASHSEED`` (chosen per
+   rebuild), so equal keys have equal hashes. A hash collision between different keys can only make the check fail;
+   it never lets a real overlap through.
+4. If they overlap (say an order id that appears under two markets), the parallel result is thrown away and the
+   caller rebuilds in one process. Otherwise ``rebuild.py`` swaps the two parts in, in one transaction.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import secrets
+import signal
+import subprocess
+import sys
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+from tracker.bitstamp.channels import parse_channel
+from tracker.domain.rows import TABLES
+from tracker.errors import StoreError
+from tracker.store.engine import open_engine, open_scratch, writer
+from tracker.store.event_log import EventLog
+from tracker.store.projection_schema import projector_checkpoint, shadow_tables
+from tracker.store.projections import BatchResult, ProjectionStore
+
+PARALLEL_MIN_ENTRIES: Final = 100_000  # below this a second process costs more than it saves (~0.5 s to start)
+SHADOW_PREFIX: Final = "rebuild_"
+SHADOW_CHECKPOINT: Final = "rebuild"
+MERGED: Final = "counters"  # the table whose rows the parts share: merged, not proven apart
+_GC_THRESHOLD: Final = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    until: int  # the head when the plan was made: both parts fold the entries up to it
+    markets: tuple[str, ...]  # group 1's markets; group 0 has the others
+    positions: frozenset[str]  # positions with entries in group 1's markets: their market-less entries go there
+
+
+def make_plan(engine: Any, *, min_entries: int = PARALLEL_MIN_ENTRIES) -> Plan | None:
+    """How to split the log in two (``None``: not worth it, or only one market)."""
+    with engine.connect() as conn:
+        until = int(conn.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM event_log").scalar_one())
+        if until < max(min_entries, 1):
+            return None
+        counts: dict[str, int] = {}
+        rows = conn.exec_driver_sql(
+            "SELECT channel, count(*) FROM event_log WHERE seq <= ? GROUP BY channel", (until,)
+        ).all()  # the channel index: no table scan
+        for channel, n in rows:
+            try:
+                market = parse_channel(channel).market
+            except ValueError:  # REST and tracker channels: their entries' markets are in the rows themselves
+                continue
+            if market:
+                counts[market] = counts.get(market, 0) + int(n)
+        group1 = _split(counts)
+        if not group1:
+            return None
+        marks = ", ".join("?" * len(group1))
+        positions = frozenset(
+            str(row[0])
+            for row in conn.exec_driver_sql(
+                "SELECT DISTINCT position_id FROM event_log"
+                f" WHERE seq <= ? AND position_id IS NOT NULL AND market IN ({marks})",
+                (until, *group1),
+            )
+        )
+    return Plan(until, group1, positions)
+
+
+def _split(counts: Mapping[str, int]) -> tuple[str, ...]:
+    """Group 1 of a greedy split into two groups of about equal entries (largest market first); ``()`` for fewer
+    than two markets."""
+    if len(counts) < 2:
+        return ()
+    loads = [0, 0]
+    group1: list[str] = []
+    for market, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        part = 0 if loads[0] <= loads[1] else 1
+        loads[part] += n
+        if part == 1:
+            group1.append(market)
+    return tuple(sorted(group1))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    part: int  # 0 or 1
+    database: str  # the log's SQLite file
+    scratch: str  # the worker's own scratch file (made anew)
+    plan: Plan
+    batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    events: int
+    rows_written: int
+    touched: dict[str, bytes]  # per table: array('q') of the hashes of the keys the fold read or wrote
+
+
+def run_worker(spec: WorkerSpec, out: BinaryIO) -> None:
+    """A worker process's body: build the part, write ``("batch", events, rows, last_seq)`` per batch, then
+    ``("done", PartResult)`` or ``("error", message)``, each pickled to ``out``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
+
+    def send(message: tuple[Any, ...]) -> None:
+        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    try:
+        result = _build_part(spec, send, os.getppid())
+    except BaseException as error:  # every failure goes to the parent, which raises it
+        send(("error", f"{type(error).__name__}: {error}"))
+    else:
+        send(("done", result))
+
+
+def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], parent: int) -> PartResult:
+    gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
+    log_engine = open_engine(f"sqlite:///{spec.database}", write=False)
+    build = open_scratch(Path(spec.scratch))
+    try:
+        metadata, shadow = shadow_tables(SHADOW_PREFIX)
+        with writer(build).begin() as conn:
+            metadata.create_all(conn)
+            projector_checkpoint.create(conn)
+        touched: dict[str, set[int]] = {name: set() for name in TABLES if name != MERGED}
+        store = ProjectionStore(build, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT, fresh=True, touched=touched)
+        log = EventLog(log_engine)
+        plan, in_group1 = spec.plan, spec.part == 1
+        last = events = rows = 0
+        while last < plan.until:
+            if os.getppid() != parent:
+                raise RuntimeError("the rebuild that started this worker is gone")
+            page = log.read_records_of_markets(last, spec.batch, plan.until, plan.markets, other_markets=not in_group1)
+            if not page:
+                break
+            last = page[-1][0].seq
+            kept = [record for record, position in page if record.market or (position in plan.positions) == in_group1]
+            if kept:
+                result = store.project(kept)
+                if result is None:  # nothing else writes this file
+                    raise RuntimeError("the scratch file's checkpoint moved")
+                events += result.events
+                rows += result.rows_written
+                send(("batch", result.events, result.rows_written, last))
+        return PartResult(events, rows, {name: array("q", keys).tobytes() for name, keys in touched.items()})
+    finally:
+        build.dispose()
+        log_engine.dispose()
+
+
+def build_parts(specs: Sequence[WorkerSpec], on_batch: Callable[[BatchResult], None] | None = None) -> list[PartResult]:
+    """Run one worker process per spec to the end; their results in spec order. A worker's failure (or its death)
+    raises ``StoreError``; on any exception (Ctrl-C included) every worker is stopped before it propagates.
+
+    Workers are ``python -m tracker.store.rebuild_parallel`` children (the spec pickled on stdin, messages pickled
+    on stdout), not ``multiprocessing``'s: its "spawn" runs the parent's ``__main__`` again in the child, and
+    ``python -m tracker`` would start a second CLI. One ``PYTHONHASHSEED`` for both (see the module docstring)."""
+    env = dict(os.environ, PYTHONHASHSEED=str(secrets.randbelow(2**32)))  # PYTHONHASHSEED's range
+    processes: list[subprocess.Popen[bytes]] = []
+    results: dict[int, PartResult] = {}
+    try:
+        for spec in specs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
+            processes.append(process)
+            assert process.stdin is not None
+            pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            process.stdin.close()
+        pending = {process.stdout: index for index, process in enumerate(processes) if process.stdout is not None}
+        while pending:
+            for ready in wait(list(pending)):
+                index = pending[ready]  # type: ignore[index]
+                try:
+                    message = pickle.load(ready)  # type: ignore[arg-type]
+                except EOFError:
+                    code = processes[index].wait()
+                    raise StoreError(
+                        f"a rebuild worker process died (exit code {code}): run `tracker rebuild` again"
+                    ) from None
+                if message[0] == "batch":
+                    if on_batch is not None:
+                        _, events, rows, last = message
+                        on_batch(BatchResult(events, last, rows, 0))
+                elif message[0] == "done":
+                    results[index] = message[1]
+                    del pending[ready]
+                else:
+                    raise StoreError(f"a rebuild worker failed: {message[1]}")
+        for process in processes:
+            process.wait()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+    return [results[index] for index in range(len(specs))]
+
+
+def overlap(parts: Sequence[PartResult]) -> dict[str, int]:
+    """Per table, how many key hashes two parts share (empty: the parts are independent)."""
+    shared: dict[str, int] = {}
+    first, *others = parts
+    for name, data in first.touched.items():
+        keys = set(array("q", data))
+        for other in others:
+            common = len(keys.intersection(array("q", other.touched[name])))
+            if common:
+                shared[name] = shared.get(name, 0) + common
+    return shared
+
+
+def _main() -> None:
+    """A worker process: its spec from stdin, its messages to stdout (see ``build_parts``)."""
+    spec = pickle.load(sys.stdin.buffer)
+    if not isinstance(spec, WorkerSpec):
+        raise SystemExit("tracker.store.rebuild_parallel is started by `tracker rebuild`, not by hand")
+    run_worker(spec, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    # As the imported module, not as __main__: the spec was pickled as tracker.store.rebuild_parallel.WorkerSpec.
+    from tracker.store.rebuild_parallel import _main as main
+
+    main()
