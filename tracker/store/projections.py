@@ -106,25 +106,44 @@ class _WrittenKeys:
     does not exist), "written" may be wrong (then one query finds nothing). 2**26 bits (8 MiB), two probes: about
     0.3% false "written" at 2M keys, where a set of the keys themselves would take ~150 MB."""
 
-    __slots__ = ("bits",)
+    __slots__ = ("bits", "salts")
     SIZE: Final = 1 << 26
 
     def __init__(self) -> None:
         self.bits = bytearray(self.SIZE >> 3)
+        self.salts = {name: hash(name) for name in TABLES}
 
-    def add_all(self, salt: int, keys: Iterable[tuple[Any, ...]]) -> None:
-        bits, mask = self.bits, self.SIZE - 1
+    def add_all(self, name: str, keys: Iterable[tuple[Any, ...]]) -> None:
+        bits, mask, salt = self.bits, self.SIZE - 1, self.salts[name]
         for key in keys:
             h = hash(key) ^ salt
             first, second = h & mask, (h >> 32) & mask
             bits[first >> 3] |= 1 << (first & 7)
             bits[second >> 3] |= 1 << (second & 7)
 
-    def maybe(self, salt: int, key: tuple[Any, ...]) -> bool:
+    def maybe(self, name: str, key: tuple[Any, ...]) -> bool:
         bits, mask = self.bits, self.SIZE - 1
-        h = hash(key) ^ salt
+        h = hash(key) ^ self.salts[name]
         first, second = h & mask, (h >> 32) & mask
         return bool(bits[first >> 3] & (1 << (first & 7))) and bool(bits[second >> 3] & (1 << (second & 7)))
+
+
+class _TouchedKeys:
+    """The ``touched`` sets (see ``ProjectionStore``) as a fresh store's "written" filter, instead of the Bloom
+    filter when they are kept anyway: a key written is a key touched, so a key whose hash is not there was never
+    written (exact but for 64-bit hash collisions, which only cost a query). A table without a set: "maybe"."""
+
+    __slots__ = ("touched",)
+
+    def __init__(self, touched: Mapping[str, set[int]]) -> None:
+        self.touched = touched
+
+    def add_all(self, name: str, keys: Iterable[tuple[Any, ...]]) -> None:
+        """Nothing: ``project_events`` adds every touched key to the sets itself."""
+
+    def maybe(self, name: str, key: tuple[Any, ...]) -> bool:
+        hashes = self.touched.get(name)
+        return hashes is None or hash(key) in hashes
 
 
 def _stamp_sqlite(value: datetime) -> str:
@@ -242,9 +261,10 @@ class ProjectionStore:
         batches this store wrote (the parallel rebuild proves its parts independent with them)."""
         self.engine = engine
         self.touched = touched
-        self._written: _WrittenKeys | None = _WrittenKeys() if fresh else None
+        self._written: _WrittenKeys | _TouchedKeys | None = None
+        if fresh:
+            self._written = _WrittenKeys() if touched is None else _TouchedKeys(touched)
         self._written_checkpoint = 0  # the checkpoint of the last batch this fresh store wrote
-        self._salts = {name: hash(name) for name in TABLES}
         self.tables = dict(tables)
         self.checkpoint_name = checkpoint_name
         self.clock = clock
@@ -343,8 +363,8 @@ class ProjectionStore:
         table.known |= missing
         written = self._written
         if written is not None:
-            salt = self._salts[name]
-            missing = {key for key in missing if written.maybe(salt, key)}
+            maybe = written.maybe
+            missing = {key for key in missing if maybe(name, key)}
         if cache is not None:
             cached_rows, cached_known = cache[name]
             hits = missing & cached_known
@@ -357,10 +377,8 @@ class ProjectionStore:
             dict.__setitem__(table, tuple(getattr(row, column) for column in row.KEY), row)
 
     def _loader(self, conn: Connection, name: str) -> Callable[[tuple[Any, ...]], Row | None]:
-        salt = self._salts[name]
-
         def load(key: tuple[Any, ...]) -> Row | None:
-            if self._written is not None and not self._written.maybe(salt, key):
+            if self._written is not None and not self._written.maybe(name, key):
                 return None
             rows = self._load_table(conn, name, [key])
             return rows[0] if rows else None
@@ -427,7 +445,7 @@ class ProjectionStore:
             return None
         if self._written is not None:
             for name, keys in state.dirty.items():
-                self._written.add_all(self._salts[name], keys)
+                self._written.add_all(name, keys)
             self._written_checkpoint = state.checkpoint
         self._cache_checkpoint = state.checkpoint
         self._cache = {}
