@@ -51,10 +51,11 @@ from tracker.store.rebuild_parallel import (
     SHADOW_CHECKPOINT,
     SHADOW_PREFIX,
     Plan,
+    Workers,
     WorkerSpec,
-    build_parts,
-    make_plan,
     overlap,
+    plan_markets,
+    plan_positions,
 )
 
 log = logging.getLogger("tracker.rebuild")
@@ -224,9 +225,11 @@ def rebuild(
     lock = nullcontext() if path is None else _exclusive(path.with_name(path.name + SCRATCH_SUFFIX + ".lock"))
     with lock, _fewer_collections():
         if path is not None and parallel is not False:
-            plan = make_plan(engine, min_entries=1 if parallel else PARALLEL_MIN_ENTRIES)
-            if plan is not None:
-                done = _rebuild_in_parts(engine, path, plan, batch, on_batch, before_swap)
+            groups = plan_markets(engine, min_entries=1 if parallel else PARALLEL_MIN_ENTRIES)
+            if groups is not None:
+                with Workers(2) as workers:  # they start while the plan is finished
+                    plan = plan_positions(engine, *groups)
+                    done = _rebuild_in_parts(engine, path, plan, workers, on_batch, batch, before_swap)
                 if done is not None:
                     events, rows = done
                     return RebuildResult(events, plan.until, rows, time.monotonic() - started, workers=2)
@@ -282,8 +285,9 @@ def _rebuild_in_parts(
     engine: Engine,
     path: Path,
     plan: Plan,
-    batch: int,
+    workers: Workers,
     on_batch: Callable[[BatchResult], None] | None,
+    batch: int,
     before_swap: Callable[[], None] | None,
 ) -> tuple[int, dict[str, int]] | None:
     """The parallel rebuild (``rebuild_parallel.py``): (events, rows per table), or ``None`` when its parts were
@@ -293,7 +297,7 @@ def _rebuild_in_parts(
         for scratch in scratches:
             _remove(scratch)
         specs = [WorkerSpec(part, str(path), str(scratch), plan, batch) for part, scratch in enumerate(scratches)]
-        parts = build_parts(specs, on_batch)
+        parts = workers.run(specs, on_batch)
         shared = overlap(parts)
         if shared:
             detail = ", ".join(f"{n} in {name}" for name, n in sorted(shared.items()))
