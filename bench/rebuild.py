@@ -7,9 +7,11 @@
    the hash chain is real), and a second log of ``--fills`` (default 1,000,000) fills (``my_trades`` frames over
    4 markets and ~2 years of days).
 2. In a child process each (so peak RSS is the measured step's own): ``tracker rebuild``'s logic
-   (``tracker.store.rebuild.rebuild``) over the first log, and the baseline that only reads ``payload`` in ``seq``
-   order with raw ``sqlite3`` and ``json.loads`` it. Each reports wall and CPU seconds (on a shared machine the
-   wall time includes waiting for a core).
+   (``tracker.store.rebuild.rebuild``) over the first log, as ``tracker rebuild`` runs it (two worker processes
+   when the log allows, see ``rebuild_parallel.py``) and in one process (``parallel=False``), and the baseline that
+   only reads ``payload`` in ``seq`` order with raw ``sqlite3`` and ``json.loads`` it. Each reports wall and CPU
+   seconds (all its processes' CPU; on a shared machine the wall time includes waiting for a core) and the peak
+   RSS of its largest process.
 3. Rebuilds the fills log (also timed) and times ``SELECT * FROM v_fees_daily`` through tracker's engine (best of 5),
    beside ``SELECT day, market, SUM(fee) ... FROM v_fills GROUP BY ...`` (the exact ``sum`` over 1M rows) for scale.
 
@@ -109,18 +111,19 @@ def generate(path: Path, frames: Iterator[str]) -> int:
 # -- child steps (one process each) -----------------------------------------------------------------------------
 
 
-def step_rebuild(path: Path) -> dict[str, float]:
+def step_rebuild(path: Path, parallel: bool | None = None) -> dict[str, float]:
     engine = open_engine(f"sqlite:///{path}")
     cpu = time.process_time()
     try:
-        result = rebuild(engine)
+        result = rebuild(engine, parallel=parallel)
     finally:
         engine.dispose()
     return {
         "events": result.events,
         "seconds": result.seconds,
-        "cpu": time.process_time() - cpu,
-        "rss_mb": peak_rss_mb(),
+        "cpu": time.process_time() - cpu + result.worker_cpu_seconds,  # the workers' too (parallel rebuild)
+        "rss_mb": max(peak_rss_mb(), result.worker_peak_rss_mb),  # the largest process's
+        "workers": result.workers,
     }
 
 
@@ -167,7 +170,11 @@ def step_fees(path: Path) -> dict[str, float]:
             "rss_mb": peak_rss_mb()}  # fmt: skip
 
 
-STEPS = {"rebuild": step_rebuild, "baseline": step_baseline, "fees": step_fees}
+def step_rebuild_one(path: Path) -> dict[str, float]:
+    return step_rebuild(path, parallel=False)
+
+
+STEPS = {"rebuild": step_rebuild, "rebuild-one": step_rebuild_one, "baseline": step_baseline, "fees": step_fees}
 
 
 def child(step: str, path: Path) -> dict[str, float]:
@@ -196,25 +203,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = generate(fills, fill_frames(args.fills))
         print(f"generated {m:,} fill events in {time.perf_counter() - started:.1f} s", flush=True)
         base = child("baseline", mixed)
+        built_one = child("rebuild-one", mixed)
         built = child("rebuild", mixed)
         built_fills = child("rebuild", fills)
         fees = child("fees", fills)
         size = mixed.stat().st_size / 2**20
     rows = [
         ("baseline: sqlite3 read + json.loads", base),
+        ("tracker rebuild, one process (model log)", built_one),
         ("tracker rebuild (model log)", built),
         ("tracker rebuild (fills log)", built_fills),
     ]
     print(f"\nlog: {n:,} events, {size:,.0f} MiB on disk (SQLite)")
     # Wall seconds are what the target is about; CPU seconds (this process only) say how much of the wall time
     # was the machine being busy with something else.
-    print(f"{'step':40} {'events':>10} {'wall s':>8} {'CPU s':>7} {'events/s':>10} {'ratio':>6} {'peak RSS':>9}")
+    # CPU: all the step's processes (the parallel rebuild's workers too); peak RSS: its largest process.
+    print(
+        f"{'step':40} {'events':>10} {'wall s':>8} {'CPU s':>7} {'events/s':>10} {'ratio':>6} {'peak RSS':>9}"
+        f" {'processes':>9}"
+    )
     for label, r in rows:
         rate = r["events"] / r["seconds"]
         ratio = rate / (base["events"] / base["seconds"])
         print(
             f"{label:40} {r['events']:>10,.0f} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {rate:>10,.0f} {ratio:>6.2f}"
-            f" {r['rss_mb']:>7.0f}MB"
+            f" {r['rss_mb']:>7.0f}MB {r.get('workers', 1):>9.0f}"
         )
     print(
         f"\nv_fees_daily over {fees['fills']:,.0f} fills: {fees['rows']:,.0f} rows in {fees['seconds'] * 1000:.1f} ms"

@@ -50,6 +50,7 @@ from tracker.store.rebuild_parallel import (
     PARALLEL_MIN_ENTRIES,
     SHADOW_CHECKPOINT,
     SHADOW_PREFIX,
+    PartResult,
     Plan,
     Workers,
     WorkerSpec,
@@ -201,6 +202,8 @@ class RebuildResult:
     rows: dict[str, int]  # rows per table after the swap
     seconds: float
     workers: int = 1  # processes that folded the log (2: in parallel, see rebuild_parallel.py)
+    worker_cpu_seconds: float = 0.0  # their CPU time, together (parallel only)
+    worker_peak_rss_mb: float = 0.0  # the larger of their peak resident sets (parallel only)
 
 
 def rebuild(
@@ -231,8 +234,16 @@ def rebuild(
                     plan = plan_positions(engine, *groups)
                     done = _rebuild_in_parts(engine, path, plan, workers, on_batch, batch, before_swap)
                 if done is not None:
-                    events, rows = done
-                    return RebuildResult(events, plan.until, rows, time.monotonic() - started, workers=2)
+                    rows, parts = done
+                    return RebuildResult(
+                        sum(part.events for part in parts),
+                        plan.until,
+                        rows,
+                        time.monotonic() - started,
+                        workers=len(parts),
+                        worker_cpu_seconds=sum(part.cpu_seconds for part in parts),
+                        worker_peak_rss_mb=max(part.peak_rss_mb for part in parts),
+                    )
         events, checkpoint, rows = _rebuild_in_one(engine, batch, on_batch, before_swap)
     return RebuildResult(events, checkpoint, rows, time.monotonic() - started)
 
@@ -289,8 +300,8 @@ def _rebuild_in_parts(
     on_batch: Callable[[BatchResult], None] | None,
     batch: int,
     before_swap: Callable[[], None] | None,
-) -> tuple[int, dict[str, int]] | None:
-    """The parallel rebuild (``rebuild_parallel.py``): (events, rows per table), or ``None`` when its parts were
+) -> tuple[dict[str, int], list[PartResult]] | None:
+    """The parallel rebuild (``rebuild_parallel.py``): (rows per table, the parts), or ``None`` when its parts were
     not independent (nothing swapped in)."""
     scratches = [path.with_name(f"{path.name}{SCRATCH_SUFFIX}.{part}") for part in range(2)]
     try:
@@ -312,7 +323,7 @@ def _rebuild_in_parts(
         _, shadow = shadow_tables(SHADOW_PREFIX)
         rows = _swap(engine, {f"rebuild_part{part}": scratch for part, scratch in enumerate(scratches)}, shadow,
                      plan.until)  # fmt: skip
-        return sum(part.events for part in parts), rows
+        return rows, parts
     finally:
         for scratch in scratches:
             _remove(scratch)

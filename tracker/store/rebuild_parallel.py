@@ -31,6 +31,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,6 +132,20 @@ class PartResult:
     events: int
     rows_written: int
     touched: dict[str, bytes]  # per table: array('q') of the hashes of the keys the fold read or wrote
+    cpu_seconds: float = 0.0  # the worker's CPU time
+    peak_rss_mb: float = 0.0  # the worker's peak resident set (VmHWM)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MiB (Linux ``VmHWM``; 0 where there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def run_worker(spec: WorkerSpec, out: BinaryIO) -> None:
@@ -179,7 +194,8 @@ def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], paren
                 events += result.events
                 rows += result.rows_written
                 send(("batch", result.events, result.rows_written, last))
-        return PartResult(events, rows, {name: array("q", keys).tobytes() for name, keys in touched.items()})
+        hashes = {name: array("q", keys).tobytes() for name, keys in touched.items()}
+        return PartResult(events, rows, hashes, time.process_time(), peak_rss_mb())
     finally:
         build.dispose()
         log_engine.dispose()
