@@ -28,13 +28,15 @@ def _positive(text: str) -> int:
     return value
 
 
-def format_result(events: int, checkpoint: int, rows: dict[str, int], seconds: float) -> str:
+def format_result(events: int, checkpoint: int, rows: dict[str, int], seconds: float, workers: int = 1) -> str:
     rate = events / seconds if seconds > 0 else 0.0
+    processes = f", {workers} processes" if workers > 1 else ""
     public = ", ".join(
         f"{rows.get(name, 0):,} {name}" for name in ("orders", "fills", "positions", "settlements", "discrepancies")
     )
     return (
-        f"rebuilt {events:,} events in {seconds:.1f} s ({rate:,.0f} events/s): {public}; checkpoint at seq {checkpoint}"
+        f"rebuilt {events:,} events in {seconds:.1f} s ({rate:,.0f} events/s{processes}): {public};"
+        f" checkpoint at seq {checkpoint}"
     )
 
 
@@ -61,5 +63,5 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             progress.close()
     finally:
         engine.dispose()
-    print(format_result(result.events, result.checkpoint, result.rows, result.seconds))
+    print(format_result(result.events, result.checkpoint, result.rows, result.seconds, result.workers))
     return 0
