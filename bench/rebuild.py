@@ -74,14 +74,16 @@ def model_frames(count: int, seed: int = 1) -> Iterator[str]:
 
 
 def fill_frames(count: int) -> Iterator[str]:
-    """Fills only: 4 markets, ~1,400 fills a day (so ~700 days), exact decimal text."""
+    """Fills only: 4 markets, ~1,400 fills a day (so ~700 days), exact decimal text. As on Bitstamp, an order and a
+    position belong to one market: each order has 3 fills, each perp market its own 997 positions."""
     for i in range(count):
         market = MARKETS[i % 4]
         us = T0_US + i * 61_700_000
-        position = f'"p{i % 997}"' if market.endswith("-perp") else "null"
+        position = f'"{1000 + (i % 997) * 4 + i % 4}"' if market.endswith("-perp") else "null"
+        order = 20_000_000 + (i // 12) * 4 + i % 4
         yield (
             f'{{"event":"trade","channel":"private-my_trades_{market}-314159","data":{{"id":{10_000_000 + i},'
-            f'"order_id":{20_000_000 + i // 3},"side":"{"buy" if i % 3 else "sell"}","amount":"0.{i % 9973:08d}",'
+            f'"order_id":{order},"side":"{"buy" if i % 3 else "sell"}","amount":"0.{i % 9973:08d}",'
             f'"price":"{60000 + i % 5000}.{i % 100:02d}","fee":"0.{i % 7919:06d}","microtimestamp":"{us}",'
             f'"trade_account_id":0,"position_id":{position}}}}}'
         )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline import NOW, UID, order_frame
+from pipeline import NOW, UID, order_frame, trade_frame
 from sqlalchemy import Engine
 from test_projection_store import fake_entries
 
@@ -27,7 +28,7 @@ from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.projections import BatchResult, ProjectionStore
 from tracker.store.rebuild import SCRATCH_SUFFIX, rebuild
-from tracker.store.rebuild_parallel import Plan, WorkerSpec, _split, build_parts, make_plan
+from tracker.store.rebuild_parallel import KeyLedger, Plan, SharedRows, WorkerSpec, _split, build_parts, make_plan
 
 
 def _open(path: Path, entries: list[NewEntry]) -> Engine:
@@ -165,6 +166,53 @@ def test_plan_needs_two_markets_and_enough_entries(tmp_path: Path) -> None:
         assert rebuild(engine).workers == 1  # the default threshold (100,000 entries) is far above this log
     finally:
         engine.dispose()
+
+
+def _entries(frames: list[dict[str, object]]) -> list[NewEntry]:
+    entries = []
+    for frame in frames:
+        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="c")
+        assert isinstance(entry, NewEntry)
+        entries.append(entry)
+    return entries
+
+
+def test_markets_sharing_a_position_go_in_one_group(tmp_path: Path) -> None:
+    """Position 55 has fills under btcusd-perp and ethusd: the plan keeps the two markets together; with only those
+    two markets there is nothing to split, so no parallel attempt is wasted."""
+    shared = _entries(
+        [
+            trade_frame("9001", "8001", market="btcusd-perp", position_id="55"),
+            trade_frame("9002", "8002", market="ethusd", position_id="55"),
+        ]
+    )
+    two = [e for e in fake_entries(9, 80) if e.market in (None, "btcusd-perp", "ethusd")]
+    engine = _open(tmp_path / "two.db", two + shared)
+    try:
+        assert make_plan(engine, min_entries=1) is None
+        assert rebuild(engine, parallel=True).workers == 1
+    finally:
+        engine.dispose()
+    engine = _open(tmp_path / "four.db", fake_entries(9, 80) + shared)
+    try:
+        plan = make_plan(engine, min_entries=1)
+        assert plan is not None
+        assert ("btcusd-perp" in plan.markets) == ("ethusd" in plan.markets)
+        assert ("55" in plan.positions) == ("ethusd" in plan.markets)
+        one, _ = _rows_by(engine, tmp_path / "one.db", "one")
+        assert rebuild(engine, parallel=True).workers == 2
+        assert ProjectionStore(engine).all_rows() == one
+    finally:
+        engine.dispose()
+
+
+def test_ledger_stops_at_the_first_shared_key() -> None:
+    ledger = KeyLedger()
+    ledger.add(0, {"orders": array("q", [1, 2]).tobytes(), "fills": array("q", [7]).tobytes()})
+    ledger.add(1, {"orders": array("q", [3]).tobytes(), "fills": array("q", [8]).tobytes()})
+    ledger.add(0, {"orders": array("q", [1, 4]).tobytes()})  # a part may touch its own keys again
+    with pytest.raises(SharedRows, match="1 in orders"):
+        ledger.add(1, {"orders": array("q", [2, 9]).tobytes()})
 
 
 def test_split_balances_the_groups() -> None:

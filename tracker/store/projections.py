@@ -258,9 +258,11 @@ class ProjectionStore:
         for good.
 
         ``touched``: per table name, a set that gets ``hash(key)`` of every row key the fold read or wrote in the
-        batches this store wrote (the parallel rebuild proves its parts independent with them)."""
+        batches this store wrote (the parallel rebuild proves its parts independent with them); ``new_touched``
+        holds the hashes the last batch added."""
         self.engine = engine
         self.touched = touched
+        self.new_touched: dict[str, set[int]] = {}
         self._written: _WrittenKeys | _TouchedKeys | None = None
         if fresh:
             self._written = _WrittenKeys() if touched is None else _TouchedKeys(touched)
@@ -456,8 +458,11 @@ class ProjectionStore:
             if self.touched is not None and name in self.touched:
                 # every key the fold asked for is in ``known`` (prefetched or loaded on a miss); a key it wrote
                 # without asking (a new discrepancy, say) is dirty
-                self.touched[name].update(map(hash, table.known))
-                self.touched[name].update(map(hash, state.dirty[name]))
+                hashes = set(map(hash, table.known))
+                hashes.update(map(hash, state.dirty[name]))
+                hashes -= self.touched[name]
+                self.touched[name] |= hashes
+                self.new_touched[name] = hashes
         return BatchResult(folded, state.checkpoint, written, misses)
 
     def catch_up(

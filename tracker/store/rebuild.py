@@ -50,11 +50,12 @@ from tracker.store.rebuild_parallel import (
     PARALLEL_MIN_ENTRIES,
     SHADOW_CHECKPOINT,
     SHADOW_PREFIX,
+    KeyLedger,
     PartResult,
     Plan,
+    SharedRows,
     Workers,
     WorkerSpec,
-    overlap,
     plan_markets,
     plan_positions,
 )
@@ -228,12 +229,14 @@ def rebuild(
     lock = nullcontext() if path is None else _exclusive(path.with_name(path.name + SCRATCH_SUFFIX + ".lock"))
     with lock, _fewer_collections():
         if path is not None and parallel is not False:
-            groups = plan_markets(engine, min_entries=1 if parallel else PARALLEL_MIN_ENTRIES)
-            if groups is not None:
+            counted = plan_markets(engine, min_entries=1 if parallel else PARALLEL_MIN_ENTRIES)
+            plan = done = None
+            if counted is not None:
                 with Workers(2) as workers:  # they start while the plan is finished
-                    plan = plan_positions(engine, *groups)
-                    done = _rebuild_in_parts(engine, path, plan, workers, on_batch, batch, before_swap)
-                if done is not None:
+                    plan = plan_positions(engine, *counted)
+                    if plan is not None:
+                        done = _rebuild_in_parts(engine, path, plan, workers, on_batch, batch, before_swap)
+                if plan is not None and done is not None:
                     rows, parts = done
                     return RebuildResult(
                         sum(part.events for part in parts),
@@ -308,14 +311,13 @@ def _rebuild_in_parts(
         for scratch in scratches:
             _remove(scratch)
         specs = [WorkerSpec(part, str(path), str(scratch), plan, batch) for part, scratch in enumerate(scratches)]
-        parts = workers.run(specs, on_batch)
-        shared = overlap(parts)
-        if shared:
-            detail = ", ".join(f"{n} in {name}" for name, n in sorted(shared.items()))
+        try:
+            parts = workers.run(specs, on_batch, KeyLedger())
+        except SharedRows as shared:
             log.warning(
                 "rebuild: the two groups of markets share rows (%s), so they cannot be folded apart; folding the"
                 " log in one process instead",
-                detail,
+                shared,
             )
             return None
         if before_swap is not None:

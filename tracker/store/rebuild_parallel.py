@@ -5,21 +5,23 @@ Why: the fold is pure Python, ~35 µs of CPU per event end to end on one core; a
 second process is the only way to use the second core (threads share one interpreter lock). Events cannot be sent
 between processes for less than it costs to parse them, so each worker reads and parses its own part of the log.
 
-1. Plan (``make_plan``): the head ``until``; entries per market (from the channel index); the markets in two groups
-   of about equal size (group 1: ``Plan.markets``, group 0: every other market). An entry without a market (a
-   settlement, a liquidation alert, a tracker entry) goes with its position's group: group 1 if its position has
-   entries in group 1's markets (``Plan.positions``), else group 0.
-2. Each worker (``run_worker``, a spawned process) folds its group's entries up to ``until``, in seq order, into its
-   own scratch file (``<db>.rebuild.<part>``) with a fresh ``ProjectionStore``, and records the hash of every row key
-   its fold read or wrote, per table.
-3. The proof (``overlap``): the fold of an event reads and writes only rows it names by key, so when the two groups
-   touched no common key in any table, folding them apart and putting the rows together is the same as folding the
-   log in order. The exception is ``counters`` (kept apart in the check): a counter's value is a count and its
-   ``last_seq`` a maximum, so they merge by sum and max. Both workers hash with one ``PYTHONHASHSEED`` (chosen per
-   rebuild), so equal keys have equal hashes. A hash collision between different keys can only make the check fail;
-   it never lets a real overlap through.
-4. If they overlap (say an order id that appears under two markets), the parallel result is thrown away and the
-   caller rebuilds in one process. Otherwise ``rebuild.py`` swaps the two parts in, in one transaction.
+1. Plan (``plan_markets``, ``plan_positions``): the head ``until``; entries per market (from the channel index); the
+   markets in two groups of about equal size (group 1: ``Plan.markets``, group 0: every other market), markets that
+   share a position id in one group. An entry without a market (a settlement, a liquidation alert, a tracker entry)
+   goes with its position's group: group 1 if its position has entries in group 1's markets (``Plan.positions``),
+   else group 0.
+2. Each worker (``run_worker``, a child process) folds its group's entries up to ``until``, in seq order, into its
+   own scratch file (``<db>.rebuild.<part>``) with a fresh ``ProjectionStore``, and reports after each batch the
+   hashes of the row keys its fold read or wrote for the first time, per table.
+3. The proof (``KeyLedger``, checked batch by batch as the reports come): the fold of an event reads and writes only
+   rows it names by key, so when the two groups touched no common key in any table, folding them apart and putting
+   the rows together is the same as folding the log in order. The exception is ``counters`` (kept out of the check):
+   a counter's value is a count and its ``last_seq`` a maximum, so they merge by sum and max. Both workers hash
+   with one ``PYTHONHASHSEED`` (chosen per rebuild), so equal keys have equal hashes; a collision of different keys
+   can only make the check fail, never let a shared row through.
+4. At the first shared key (say an order id that appears under two markets, which Bitstamp's data never has), the
+   workers are stopped and the caller folds the log in one process. Otherwise ``rebuild.py`` swaps the two parts
+   in, in one transaction.
 """
 
 from __future__ import annotations
@@ -62,21 +64,22 @@ class Plan:
 
 
 def make_plan(engine: Any, *, min_entries: int = PARALLEL_MIN_ENTRIES) -> Plan | None:
-    """How to split the log in two (``None``: not worth it, or only one market)."""
-    groups = plan_markets(engine, min_entries=min_entries)
-    return None if groups is None else plan_positions(engine, *groups)
+    """How to split the log in two (``None``: not worth it, or it cannot be split)."""
+    counted = plan_markets(engine, min_entries=min_entries)
+    return None if counted is None else plan_positions(engine, *counted)
 
 
-def plan_markets(engine: Any, *, min_entries: int = PARALLEL_MIN_ENTRIES) -> tuple[int, tuple[str, ...]] | None:
-    """The plan's first, quick half (the channel index): ``(until, group 1's markets)``, or ``None``."""
+def plan_markets(engine: Any, *, min_entries: int = PARALLEL_MIN_ENTRIES) -> tuple[int, dict[str, int]] | None:
+    """The plan's first, quick half (the channel index): ``(until, entries per market)``, or ``None`` when the log
+    is too short or has fewer than two markets."""
     with engine.connect() as conn:
         until = int(conn.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM event_log").scalar_one())
         if until < max(min_entries, 1):
             return None
-        counts: dict[str, int] = {}
         rows = conn.exec_driver_sql(
             "SELECT channel, count(*) FROM event_log WHERE seq <= ? GROUP BY channel", (until,)
         ).all()  # the channel index: no table scan
+    counts: dict[str, int] = {}
     for channel, n in rows:
         try:
             market = parse_channel(channel).market
@@ -84,22 +87,41 @@ def plan_markets(engine: Any, *, min_entries: int = PARALLEL_MIN_ENTRIES) -> tup
             continue
         if market:
             counts[market] = counts.get(market, 0) + int(n)
-    group1 = _split(counts)
-    return (until, group1) if group1 else None
+    return (until, counts) if len(counts) >= 2 else None
 
 
-def plan_positions(engine: Any, until: int, group1: tuple[str, ...]) -> Plan:
-    """The plan's second half (a table scan, ~0.4 s per 1M entries): the positions of group 1's markets."""
-    marks = ", ".join("?" * len(group1))
+def plan_positions(engine: Any, until: int, counts: Mapping[str, int]) -> Plan | None:
+    """The plan's second half (a table scan, ~0.4 s per 1M entries): which markets share positions (they go in one
+    group), the split, and group 1's positions. ``None`` when everything is one group."""
     with engine.connect() as conn:
-        positions = frozenset(
-            str(row[0])
-            for row in conn.exec_driver_sql(
-                "SELECT DISTINCT position_id FROM event_log"
-                f" WHERE seq <= ? AND position_id IS NOT NULL AND market IN ({marks})",
-                (until, *group1),
-            )
-        )
+        pairs = conn.exec_driver_sql(
+            "SELECT DISTINCT position_id, market FROM event_log"
+            " WHERE seq <= ? AND position_id IS NOT NULL AND market IS NOT NULL AND market != ''",
+            (until,),
+        ).all()
+    markets_of: dict[str, set[str]] = {}
+    for position, market in pairs:
+        markets_of.setdefault(str(position), set()).add(market)
+    group_of = {market: market for market in counts}  # union-find: markets linked by a shared position
+
+    def root(market: str) -> str:
+        while group_of.setdefault(market, market) != market:
+            market = group_of[market]
+        return market
+
+    for markets in markets_of.values():
+        first, *rest = sorted(markets)
+        for market in rest:
+            group_of[root(market)] = root(first)
+    linked: dict[str, int] = {}
+    for market, n in counts.items():
+        linked[root(market)] = linked.get(root(market), 0) + n
+    roots = set(_split(linked))
+    group1 = tuple(sorted(market for market in group_of if root(market) in roots))
+    if not group1:
+        return None
+    chosen = set(group1)
+    positions = frozenset(position for position, markets in markets_of.items() if markets & chosen)
     return Plan(until, group1, positions)
 
 
@@ -131,7 +153,6 @@ class WorkerSpec:
 class PartResult:
     events: int
     rows_written: int
-    touched: dict[str, bytes]  # per table: array('q') of the hashes of the keys the fold read or wrote
     cpu_seconds: float = 0.0  # the worker's CPU time
     peak_rss_mb: float = 0.0  # the worker's peak resident set (VmHWM)
 
@@ -149,8 +170,8 @@ def peak_rss_mb() -> float:
 
 
 def run_worker(spec: WorkerSpec, out: BinaryIO) -> None:
-    """A worker process's body: build the part, write ``("batch", events, rows, last_seq)`` per batch, then
-    ``("done", PartResult)`` or ``("error", message)``, each pickled to ``out``."""
+    """A worker process's body: build the part, write ``("batch", events, rows, last_seq, new key hashes per
+    table)`` per batch, then ``("done", PartResult)`` or ``("error", message)``, each pickled to ``out``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
 
     def send(message: tuple[Any, ...]) -> None:
@@ -193,9 +214,9 @@ def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], paren
                     raise RuntimeError("the scratch file's checkpoint moved")
                 events += result.events
                 rows += result.rows_written
-                send(("batch", result.events, result.rows_written, last))
-        hashes = {name: array("q", keys).tobytes() for name, keys in touched.items()}
-        return PartResult(events, rows, hashes, time.process_time(), peak_rss_mb())
+                new = {name: array("q", hashes).tobytes() for name, hashes in store.new_touched.items() if hashes}
+                send(("batch", result.events, result.rows_written, last, new))
+        return PartResult(events, rows, time.process_time(), peak_rss_mb())
     finally:
         build.dispose()
         log_engine.dispose()
@@ -230,10 +251,14 @@ class Workers:
         self.close()
 
     def run(
-        self, specs: Sequence[WorkerSpec], on_batch: Callable[[BatchResult], None] | None = None
+        self,
+        specs: Sequence[WorkerSpec],
+        on_batch: Callable[[BatchResult], None] | None = None,
+        ledger: KeyLedger | None = None,
     ) -> list[PartResult]:
         """Give each worker its spec and wait for all; their results in spec order. A worker's failure (or its
-        death) raises ``StoreError``."""
+        death) raises ``StoreError``; ``ledger`` gets each batch's new key hashes as they come (and raises
+        ``SharedRows`` as soon as two parts touched one row, which stops the work there)."""
         if len(specs) != len(self.processes):
             raise ValueError(f"{len(specs)} specs for {len(self.processes)} workers")
         for spec, process in zip(specs, self.processes, strict=True):
@@ -253,8 +278,10 @@ class Workers:
                         f"a rebuild worker process died (exit code {code}): run `tracker rebuild` again"
                     ) from None
                 if message[0] == "batch":
+                    _, events, rows, last, new = message
+                    if ledger is not None:
+                        ledger.add(index, new)
                     if on_batch is not None:
-                        _, events, rows, last = message
                         on_batch(BatchResult(events, last, rows, 0))
                 elif message[0] == "done":
                     results[index] = message[1]
@@ -282,17 +309,26 @@ def build_parts(specs: Sequence[WorkerSpec], on_batch: Callable[[BatchResult], N
         return workers.run(specs, on_batch)
 
 
-def overlap(parts: Sequence[PartResult]) -> dict[str, int]:
-    """Per table, how many key hashes two parts share (empty: the parts are independent)."""
-    shared: dict[str, int] = {}
-    first, *others = parts
-    for name, data in first.touched.items():
-        keys = set(array("q", data))
-        for other in others:
-            common = len(keys.intersection(array("q", other.touched[name])))
-            if common:
-                shared[name] = shared.get(name, 0) + common
-    return shared
+class SharedRows(Exception):
+    """Two parts touched a row with the same key: they cannot be folded apart."""
+
+
+class KeyLedger:
+    """The hashes of the row keys each part's fold touched so far, per table (but ``counters``), checked as they
+    come: a hash that the other part has touched raises ``SharedRows`` at once, so a log that cannot be split costs
+    only the batches folded until the first shared row, not a whole parallel rebuild."""
+
+    def __init__(self, parts: int = 2) -> None:
+        self.seen: list[dict[str, set[int]]] = [{} for _ in range(parts)]
+
+    def add(self, part: int, new: Mapping[str, bytes]) -> None:
+        for name, data in new.items():
+            hashes = set(array("q", data))
+            for other, seen in enumerate(self.seen):
+                if other != part and not hashes.isdisjoint(seen.get(name, ())):
+                    shared = len(hashes.intersection(seen[name]))
+                    raise SharedRows(f"{shared} in {name}")
+            self.seen[part].setdefault(name, set()).update(hashes)
 
 
 def _main() -> None:
