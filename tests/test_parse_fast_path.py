@@ -46,6 +46,14 @@ def test_nan_literal_is_unknown_not_a_crash() -> None:
     assert "NaN" in event.reason
 
 
+def test_unknown_reasons_are_the_exact_decoders() -> None:
+    """A float where text belongs (here the side) makes the entry Unknown; its reason names the value as the exact
+    decoder read it (Decimal('0.0')), whichever decoder read it first (found by the property test below)."""
+    event = Log().ws(TRADE.format(data='{"id":1,"side":0.0,"amount":"1","price":"1","fee":"0"}'))
+    assert isinstance(event, Unknown)
+    assert event.reason == "bad side Decimal('0.0')"
+
+
 def test_order_event_with_float_price_token() -> None:
     text = (
         '{"event":"order_created","channel":"private-my_orders_btcusd-1","data":{"id":5,"order_type":0,'
@@ -79,7 +87,7 @@ def _with(message: Any, key_choice: int, value: Any) -> Any:
     return copy
 
 
-@settings(max_examples=400)
+@settings(max_examples=1000)
 @given(st.integers(min_value=0), st.integers(min_value=0), numbers, st.booleans())
 def test_fast_path_equals_exact_decoder(which: int, key_choice: int, value: Any, nan: bool) -> None:
     message = _with(SAMPLES[which % len(SAMPLES)], key_choice, value)

@@ -238,45 +238,47 @@ def _order_event(entry: Parseable, message: dict[str, Any], event: str) -> Order
     event_id = message.get("event_id")
     pre_event_id = message.get("pre_event_id")
     order_source = message.get("order_source")
+    # Positional, in field order: keyword arguments cost ~0.7 µs more a call (a rebuild makes millions).
     return OrderEvent(
-        seq=entry.seq,
-        account=entry.account,
-        source=entry.source,
-        kind=kind,
-        order_id=_req_id(d, "id", "id_str"),
-        market=_market(entry),
-        side=side,
-        amount_remaining=_dec(d, "amount", "amount_str"),
-        amount_traded=_opt_dec(d, "amount_traded"),
-        amount_at_create=_opt_dec(d, "amount_at_create"),
-        price=None if placeholder else price_raw,
-        price_is_placeholder=placeholder,
-        is_market=placeholder or subtype in MARKET_SUBTYPES,
-        client_order_id=_opt_text(d, "client_order_id"),
-        orig_order_id=id_text(d, "orig_order_id", "orig_order_id_str"),
-        event_id=event_id if isinstance(event_id, str) and event_id else None,
-        pre_event_id=pre_event_id if isinstance(pre_event_id, str) and pre_event_id else None,
-        order_source=order_source if isinstance(order_source, str) and order_source else None,
-        occurred_at=occurred,
-        received_at=entry.received_at,
+        entry.seq,
+        entry.account,
+        entry.source,
+        kind,
+        _req_id(d, "id", "id_str"),
+        _market(entry),
+        side,
+        _dec(d, "amount", "amount_str"),
+        _opt_dec(d, "amount_traded"),
+        _opt_dec(d, "amount_at_create"),
+        None if placeholder else price_raw,
+        placeholder,
+        placeholder or subtype in MARKET_SUBTYPES,
+        _opt_text(d, "client_order_id"),
+        id_text(d, "orig_order_id", "orig_order_id_str"),
+        event_id if isinstance(event_id, str) and event_id else None,
+        pre_event_id if isinstance(pre_event_id, str) and pre_event_id else None,
+        order_source if isinstance(order_source, str) and order_source else None,
+        occurred,
+        entry.received_at,
     )
 
 
 def _ws_fill(entry: Parseable, d: dict[str, Any]) -> Fill:
+    # Positional, in field order: keyword arguments cost ~0.7 µs more a call (a rebuild makes millions).
     return Fill(
-        seq=entry.seq,
-        account=entry.account,
-        source=entry.source,
-        trade_id=_req_id(d, "id", "id_str"),
-        order_id=id_text(d, "order_id", "order_id_str"),
-        market=_market(entry),
-        side=_side_word(d.get("side")),
-        amount=_dec(d, "amount", "amount_str"),
-        price=_dec(d, "price", "price_str"),
-        fee=_dec(d, "fee", "fee_str"),
-        executed_at=_micro(d) or entry.received_at,
-        position_id=id_text(d, "position_id"),
-        is_liquidation=d.get("is_liquidation") is True,
+        entry.seq,
+        entry.account,
+        entry.source,
+        _req_id(d, "id", "id_str"),
+        id_text(d, "order_id", "order_id_str"),
+        _market(entry),
+        _side_word(d.get("side")),
+        _dec(d, "amount", "amount_str"),
+        _dec(d, "price", "price_str"),
+        _dec(d, "fee", "fee_str"),
+        _micro(d) or entry.received_at,
+        id_text(d, "position_id"),
+        d.get("is_liquidation") is True,
     )
 
 
@@ -575,11 +577,15 @@ def _unknown(entry: Parseable, reason: str) -> Unknown:
 def parse_entry(entry: Parseable) -> DomainEvent:
     """The domain event of one log entry. Never raises: anything unreadable is ``Unknown`` with the reason."""
     if entry.source == "ws":
-        # The fast decoder first; the exact one when it cannot read the text or a number came out as a float.
+        # The fast decoder first; the exact one when it cannot read the text, a number came out as a float, or the
+        # entry is Unknown (so its reason is the exact decoder's: a float would show in it as 0.0, not Decimal('0.0')).
         try:
-            return _parse(entry, orjson.loads)
+            event = _parse(entry, orjson.loads)
         except (orjson.JSONDecodeError, _NeedExact):
             pass
+        else:
+            if type(event) is not Unknown:
+                return event
     return _parse(entry, loads_exact)
 
 
