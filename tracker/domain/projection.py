@@ -299,7 +299,12 @@ def _apply_order(state: ProjectionState, event: OrderEvent) -> None:
     key = (account, event.order_id)
     old = state.orders.get(key)
     event_id = event.event_id
-    if event_id is not None and old is not None and f" {event_id} " in f" {old.seen_event_ids} ":
+    if (
+        event_id is not None
+        and old is not None
+        and event_id in old.seen_event_ids  # cheap: not even a substring, so not a token (the usual case)
+        and f" {event_id} " in f" {old.seen_event_ids} "
+    ):
         _count(state, account, "order_event_replayed", event.seq)
         return
     if event.source == "ws" and event_id is not None:
