@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -42,23 +41,12 @@ from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import VIEWS
 from tracker.store.rebuild import rebuild
+from tracker.store.rebuild_parallel import peak_rss_mb  # VmHWM: ru_maxrss carries over a parent's peak
 
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
 T0_US = 1_790_000_000_000_000
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
 APPEND_BATCH = 20_000
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across
-    fork and exec, so a child would report at least the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def model_frames(count: int, seed: int = 1) -> Iterator[str]:

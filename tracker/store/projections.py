@@ -423,6 +423,7 @@ class ProjectionStore:
 
     def project_events(self, events: Sequence[DomainEvent]) -> BatchResult | None:
         """``project`` for events already parsed (in seq order)."""
+        self.new_touched = {}
         with self.engine.connect() as conn:
             state = self.load_state(keys_for(events), conn)
             expected = state.checkpoint

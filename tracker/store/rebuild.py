@@ -46,6 +46,7 @@ from tracker.store.projection_schema import (
 )
 from tracker.store.projections import BATCH, BatchResult, ProjectionStore, lock_checkpoint
 from tracker.store.rebuild_parallel import (
+    GC_THRESHOLD,
     MERGED,
     PARALLEL_MIN_ENTRIES,
     SHADOW_CHECKPOINT,
@@ -62,16 +63,12 @@ from tracker.store.rebuild_parallel import (
 
 log = logging.getLogger("tracker.rebuild")
 
-# The rebuild allocates tens of millions of short-lived objects (events, rows, Decimals) and keeps few: with the
-# default threshold (700) the collector runs ~100,000 times over a 1M-event log, ~10% of the CPU time.
-_GC_THRESHOLD: Final = 50_000
-
 
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
     """Run the cyclic garbage collector less often meanwhile (nothing in the fold makes cycles)."""
     before = gc.get_threshold()
-    gc.set_threshold(_GC_THRESHOLD, *before[1:])
+    gc.set_threshold(GC_THRESHOLD, *before[1:])
     try:
         yield
     finally:
