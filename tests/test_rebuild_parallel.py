@@ -28,7 +28,16 @@ from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.projections import BatchResult, ProjectionStore
 from tracker.store.rebuild import SCRATCH_SUFFIX, rebuild
-from tracker.store.rebuild_parallel import KeyLedger, Plan, SharedRows, WorkerSpec, _split, build_parts, make_plan
+from tracker.store.rebuild_parallel import (
+    KeyLedger,
+    Plan,
+    SharedRows,
+    WorkerSpec,
+    _split,
+    build_parts,
+    make_plan,
+    worker_environment,
+)
 
 
 def _open(path: Path, entries: list[NewEntry]) -> Engine:
@@ -95,6 +104,15 @@ def test_parallel_rebuild_uses_two_workers_and_leaves_nothing(engine: Engine, tm
     assert _leftovers(tmp_path) == []
 
 
+def _entries(frames: list[dict[str, object]]) -> list[NewEntry]:
+    entries = []
+    for frame in frames:
+        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="c")
+        assert isinstance(entry, NewEntry)
+        entries.append(entry)
+    return entries
+
+
 def _same_order_in_two_markets() -> list[NewEntry]:
     """Order 777 under btcusd and under ethusd: the two groups of markets share its row, so they cannot be folded
     apart."""
@@ -104,12 +122,7 @@ def _same_order_in_two_markets() -> list[NewEntry]:
         order_frame("order_created", "778", market="btcusd-perp", us=1_790_000_002_000_000),
         order_frame("order_deleted", "777", market="btcusd", us=1_790_000_003_000_000, amount="0"),
     ]
-    entries = []
-    for frame in frames:
-        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="c")
-        assert isinstance(entry, NewEntry)
-        entries.append(entry)
-    return entries
+    return _entries(frames)
 
 
 def test_shared_rows_fall_back_to_one_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -131,12 +144,13 @@ def test_shared_rows_fall_back_to_one_process(tmp_path: Path, caplog: pytest.Log
 
 def test_counters_of_both_groups_are_merged(tmp_path: Path) -> None:
     """Both groups count unknown events: the merged counter is the sum, its last_seq the later one."""
-    unknown = []
-    for i, market in enumerate(["btcusd", "ethusd", "btcusd-perp", "ethusd-perp"] * 3):
-        frame = {"event": "order_exploded", "channel": f"private-my_orders_{market}-{UID}", "data": {"n": i}}
-        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="u")
-        assert isinstance(entry, NewEntry)
-        unknown.append(entry)
+    markets = ["btcusd", "ethusd", "btcusd-perp", "ethusd-perp"] * 3
+    unknown = _entries(
+        [
+            {"event": "order_exploded", "channel": f"private-my_orders_{m}-{UID}", "data": {"n": i}}
+            for i, m in enumerate(markets)
+        ]
+    )
     engine = _open(tmp_path / "tracker.db", fake_entries(7, 60) + unknown)
     try:
         one, _ = _rows_by(engine, tmp_path / "one.db", "one")
@@ -166,15 +180,6 @@ def test_plan_needs_two_markets_and_enough_entries(tmp_path: Path) -> None:
         assert rebuild(engine).workers == 1  # the default threshold (100,000 entries) is far above this log
     finally:
         engine.dispose()
-
-
-def _entries(frames: list[dict[str, object]]) -> list[NewEntry]:
-    entries = []
-    for frame in frames:
-        entry = entry_from_frame(json.dumps(frame), account="acc", received_at=NOW, connection_id="c")
-        assert isinstance(entry, NewEntry)
-        entries.append(entry)
-    return entries
 
 
 def test_markets_sharing_a_position_go_in_one_group(tmp_path: Path) -> None:
@@ -219,6 +224,17 @@ def test_split_balances_the_groups() -> None:
     assert _split({"a": 10}) == ()
     assert _split({"a": 10, "b": 9}) == ("b",)
     assert _split({"a": 50, "b": 30, "c": 25, "d": 5}) == ("b", "c")  # 55 against 55
+
+
+def test_workers_get_no_secrets_and_one_hash_seed() -> None:
+    environ = {
+        "PATH": "/bin",
+        "BITSTAMP_API_KEY": "k",
+        "BITSTAMP_API_SECRET": "s",
+        "TRACKER_DB_URL": "postgresql://u:p@h/d",
+    }
+    env = worker_environment(environ, seed=7)
+    assert env == {"PATH": "/bin", "PYTHONHASHSEED": "7"}
 
 
 def test_a_failing_worker_is_a_store_error(tmp_path: Path) -> None:

@@ -350,9 +350,9 @@ class EventLog:
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
-        received, record = self._received, LogRecord
+        received, new, record = self._received, tuple.__new__, LogRecord  # (a NamedTuple's own __new__ is Python)
         return [
-            record(seq, account, source, channel, event, payload, market, received(at), connection_id)
+            new(record, (seq, account, source, channel, event, payload, market, received(at), connection_id))
             for seq, account, source, channel, event, payload, market, at, connection_id in rows
         ]
 
@@ -377,9 +377,12 @@ class EventLog:
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
-        received, record = self._received, LogRecord
+        received, new, record = self._received, tuple.__new__, LogRecord
         return [
-            (record(seq, account, source, channel, event, payload, market, received(at), connection_id), position)
+            (
+                new(record, (seq, account, source, channel, event, payload, market, received(at), connection_id)),
+                position,
+            )
             for seq, account, source, channel, event, payload, market, at, connection_id, position in rows
         ]
 

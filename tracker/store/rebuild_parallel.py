@@ -224,6 +224,17 @@ def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], paren
         log_engine.dispose()
 
 
+# What a worker is given no need of: the API credentials and a database URL (it may hold a password).
+NOT_FOR_WORKERS: Final = ("BITSTAMP_API_KEY", "BITSTAMP_API_SECRET", "BITSTAMP_API_SECRET_FILE", "TRACKER_DB_URL")
+
+
+def worker_environment(environ: Mapping[str, str], *, seed: int) -> dict[str, str]:
+    """A worker's environment: ours without the secrets it has no use for, with the rebuild's hash seed."""
+    env = {name: value for name, value in environ.items() if name not in NOT_FOR_WORKERS}
+    env["PYTHONHASHSEED"] = str(seed)
+    return env
+
+
 class Workers:
     """Worker processes, started before their specs are known (they import while the caller finishes the plan).
 
@@ -233,7 +244,7 @@ class Workers:
     ``close()`` (or leaving the ``with`` block) kills any still running."""
 
     def __init__(self, count: int) -> None:
-        env = dict(os.environ, PYTHONHASHSEED=str(secrets.randbelow(2**32)))  # PYTHONHASHSEED's range
+        env = worker_environment(os.environ, seed=secrets.randbelow(2**32))  # PYTHONHASHSEED's range
         self.processes: list[subprocess.Popen[bytes]] = []
         try:
             for _ in range(count):
