@@ -91,7 +91,7 @@ class _Target:
 def _build_target(engine: Engine) -> Iterator[_Target]:
     """The database the shadow tables are built in.
 
-    SQLite (a file): a scratch database beside it, ``<db>.rebuild``, with no journal and no fsync (``open_scratch``):
+    SQLite (a file): a scratch database beside it, ``<db>.rebuild``, journal in memory, no fsync (``open_scratch``):
     it is thrown away after the swap, and one left by a crash is deleted by the next rebuild, so nothing in it needs
     to survive a crash. Building there instead of in the log's own file means no WAL frames, no checkpoints and no
     fsyncs for the hundreds of thousands of shadow rows (on a 1M-event log ~3 s of commits), and the log's file does
