@@ -37,9 +37,9 @@ import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain.rows import TABLES
@@ -171,14 +171,11 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
-def run_worker(spec: WorkerSpec, out: BinaryIO) -> None:
-    """A worker process's body: build the part, write ``("batch", events, rows, last_seq, new key hashes per
-    table)`` per batch, then ``("done", PartResult)`` or ``("error", message)``, each pickled to ``out``."""
+def run_worker(spec: WorkerSpec, out: Connection) -> None:
+    """A worker process's body: build the part, send ``("batch", events, rows, last_seq, new key hashes per
+    table)`` per batch, then ``("done", PartResult)`` or ``("error", message)`` on ``out``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
-
-    def send(message: tuple[Any, ...]) -> None:
-        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.flush()
+    send = out.send
 
     try:
         result = _build_part(spec, send, os.getppid())
@@ -238,21 +235,25 @@ def worker_environment(environ: Mapping[str, str], *, seed: int) -> dict[str, st
 class Workers:
     """Worker processes, started before their specs are known (they import while the caller finishes the plan).
 
-    Workers are ``python -m tracker.store.rebuild_parallel`` children (the spec pickled on stdin, messages pickled
-    on stdout), not ``multiprocessing``'s: its "spawn" runs the parent's ``__main__`` again in the child, and
-    ``python -m tracker`` would start a second CLI. One ``PYTHONHASHSEED`` for all (see the module docstring).
-    ``close()`` (or leaving the ``with`` block) kills any still running."""
+    Workers are ``python -m tracker.store.rebuild_parallel`` children (the spec pickled on stdin; messages on stdout
+    as ``multiprocessing.connection`` frames: length-prefixed, read whole, so none waits in a read buffer), not
+    ``multiprocessing``'s processes: its "spawn" runs the parent's ``__main__`` again in the child, and ``python -m
+    tracker`` would start a second CLI. One ``PYTHONHASHSEED`` for all (see the module docstring). ``close()`` (or
+    leaving the ``with`` block) kills any still running."""
 
     def __init__(self, count: int) -> None:
         env = worker_environment(os.environ, seed=secrets.randbelow(2**32))  # PYTHONHASHSEED's range
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.pipes: list[Connection] = []
         try:
             for _ in range(count):
-                self.processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-                    )
+                process = subprocess.Popen(
+                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
                 )
+                self.processes.append(process)
+                assert process.stdout is not None
+                self.pipes.append(Connection(os.dup(process.stdout.fileno()), writable=False))
+                process.stdout.close()
         except BaseException:
             self.close()
             raise
@@ -279,12 +280,13 @@ class Workers:
             pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             process.stdin.close()
         results: dict[int, PartResult] = {}
-        pending = {process.stdout: index for index, process in enumerate(self.processes) if process.stdout}
+        pending = {pipe: index for index, pipe in enumerate(self.pipes)}
         while pending:
             for ready in wait(list(pending)):
-                index = pending[ready]  # type: ignore[index]
+                assert isinstance(ready, Connection)
+                index = pending[ready]
                 try:
-                    message = pickle.load(ready)  # type: ignore[arg-type]
+                    message = ready.recv()
                 except EOFError:
                     code = self.processes[index].wait()
                     raise StoreError(
@@ -310,9 +312,10 @@ class Workers:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            for pipe in (process.stdin, process.stdout):
-                if pipe is not None:
-                    pipe.close()
+            if process.stdin is not None:
+                process.stdin.close()
+        for pipe in self.pipes:
+            pipe.close()
 
 
 def build_parts(specs: Sequence[WorkerSpec], on_batch: Callable[[BatchResult], None] | None = None) -> list[PartResult]:
@@ -349,7 +352,11 @@ def _main() -> None:
     spec = pickle.load(sys.stdin.buffer)
     if not isinstance(spec, WorkerSpec):
         raise SystemExit("tracker.store.rebuild_parallel is started by `tracker rebuild`, not by hand")
-    run_worker(spec, sys.stdout.buffer)
+    out = Connection(os.dup(sys.stdout.fileno()), readable=False)
+    try:
+        run_worker(spec, out)
+    finally:
+        out.close()
 
 
 if __name__ == "__main__":
