@@ -240,45 +240,45 @@ def _order_event(entry: Parseable, message: dict[str, Any], event: str) -> Order
     order_source = message.get("order_source")
     # Positional, in field order: keyword arguments cost ~0.7 µs more a call (a rebuild makes millions).
     return OrderEvent(
-        entry.seq,
-        entry.account,
-        entry.source,
-        kind,
-        _req_id(d, "id", "id_str"),
-        _market(entry),
-        side,
-        _dec(d, "amount", "amount_str"),
-        _opt_dec(d, "amount_traded"),
-        _opt_dec(d, "amount_at_create"),
-        None if placeholder else price_raw,
-        placeholder,
-        placeholder or subtype in MARKET_SUBTYPES,
-        _opt_text(d, "client_order_id"),
-        id_text(d, "orig_order_id", "orig_order_id_str"),
-        event_id if isinstance(event_id, str) and event_id else None,
-        pre_event_id if isinstance(pre_event_id, str) and pre_event_id else None,
-        order_source if isinstance(order_source, str) and order_source else None,
-        occurred,
-        entry.received_at,
+        entry.seq,  # seq
+        entry.account,  # account
+        entry.source,  # source
+        kind,  # kind
+        _req_id(d, "id", "id_str"),  # order_id
+        _market(entry),  # market
+        side,  # side
+        _dec(d, "amount", "amount_str"),  # amount_remaining
+        _opt_dec(d, "amount_traded"),  # amount_traded
+        _opt_dec(d, "amount_at_create"),  # amount_at_create
+        None if placeholder else price_raw,  # price
+        placeholder,  # price_is_placeholder
+        placeholder or subtype in MARKET_SUBTYPES,  # is_market
+        _opt_text(d, "client_order_id"),  # client_order_id
+        id_text(d, "orig_order_id", "orig_order_id_str"),  # orig_order_id
+        event_id if isinstance(event_id, str) and event_id else None,  # event_id
+        pre_event_id if isinstance(pre_event_id, str) and pre_event_id else None,  # pre_event_id
+        order_source if isinstance(order_source, str) and order_source else None,  # order_source
+        occurred,  # occurred_at
+        entry.received_at,  # received_at
     )
 
 
 def _ws_fill(entry: Parseable, d: dict[str, Any]) -> Fill:
     # Positional, in field order: keyword arguments cost ~0.7 µs more a call (a rebuild makes millions).
     return Fill(
-        entry.seq,
-        entry.account,
-        entry.source,
-        _req_id(d, "id", "id_str"),
-        id_text(d, "order_id", "order_id_str"),
-        _market(entry),
-        _side_word(d.get("side")),
-        _dec(d, "amount", "amount_str"),
-        _dec(d, "price", "price_str"),
-        _dec(d, "fee", "fee_str"),
-        _micro(d) or entry.received_at,
-        id_text(d, "position_id"),
-        d.get("is_liquidation") is True,
+        entry.seq,  # seq
+        entry.account,  # account
+        entry.source,  # source
+        _req_id(d, "id", "id_str"),  # trade_id
+        id_text(d, "order_id", "order_id_str"),  # order_id
+        _market(entry),  # market
+        _side_word(d.get("side")),  # side
+        _dec(d, "amount", "amount_str"),  # amount
+        _dec(d, "price", "price_str"),  # price
+        _dec(d, "fee", "fee_str"),  # fee
+        _micro(d) or entry.received_at,  # executed_at
+        id_text(d, "position_id"),  # position_id
+        d.get("is_liquidation") is True,  # is_liquidation
     )
 
 
