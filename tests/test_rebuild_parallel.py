@@ -7,6 +7,7 @@ Rules: SQLite files under tmp_path only (the parallel rebuild is SQLite's); real
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from array import array
@@ -23,6 +24,7 @@ from test_projection_store import fake_entries
 from tracker.bitstamp.frames import entry_from_frame
 from tracker.domain.log import NewEntry
 from tracker.errors import StoreError
+from tracker.progress import Progress
 from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -131,9 +133,17 @@ def test_shared_rows_fall_back_to_one_process(tmp_path: Path, caplog: pytest.Log
         plan = make_plan(engine, min_entries=1)
         assert plan is not None
         assert ("btcusd" in plan.markets) != ("ethusd" in plan.markets)  # 777 is in both groups
+        progress = Progress("rebuilding", total=EventLog(engine).head(), stream=io.StringIO())
         with caplog.at_level(logging.WARNING, logger="tracker.rebuild"):
-            result = rebuild(engine, parallel=True)
+            result = rebuild(
+                engine,
+                parallel=True,
+                batch=10,
+                on_batch=lambda b: progress.advance(b.events),
+                on_restart=progress.restart,
+            )
         assert result.workers == 1
+        assert progress.done == result.events == EventLog(engine).head()  # counted once, from the restart
         assert "share rows" in caplog.text and "orders" in caplog.text
         incremental, _ = _rows_by(engine, tmp_path / "incremental.db", "incremental")
         assert ProjectionStore(engine).all_rows() == incremental

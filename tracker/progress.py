@@ -29,6 +29,11 @@ class Progress:
             self._last = now
             self._draw(now)
 
+    def restart(self) -> None:
+        """Count from zero again (the work started over); the rate too."""
+        self.done = 0
+        self._started = time.monotonic()
+
     def format(self, now: float | None = None) -> str:
         elapsed = max((now or time.monotonic()) - self._started, 1e-9)
         rate = self.done / elapsed

@@ -58,7 +58,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             progress.advance(result.events)
 
         try:
-            result = rebuild(engine, batch=args.batch, on_batch=advance)
+            result = rebuild(engine, batch=args.batch, on_batch=advance, on_restart=progress.restart)
         finally:
             progress.close()
     finally:

@@ -211,12 +211,14 @@ def rebuild(
     on_batch: Callable[[BatchResult], None] | None = None,
     before_swap: Callable[[], None] | None = None,
     parallel: bool | None = None,
+    on_restart: Callable[[], None] | None = None,
 ) -> RebuildResult:
     """Rebuild every projection table from the event log and swap the result in (see the module docstring).
 
     ``parallel``: ``None`` (the default) folds in two processes on a SQLite file when the log is large enough and
     has two markets or more (``rebuild_parallel.py``); ``True`` whenever it can (tests); ``False`` never. When the
-    parts turn out not to be independent, the log is folded again in one process.
+    parts turn out not to be independent, the log is folded again in one process, and ``on_restart`` is called
+    first (the batches ``on_batch`` was told of so far count for nothing: a progress line starts again).
 
     ``before_swap`` is a test seam: called after the shadow is complete, before the swap transaction.
     """
@@ -233,6 +235,8 @@ def rebuild(
                     plan = plan_positions(engine, *counted)
                     if plan is not None:
                         done = _rebuild_in_parts(engine, path, plan, workers, on_batch, batch, before_swap)
+                if plan is not None and done is None and on_restart is not None:
+                    on_restart()  # the parts shared rows: the one-process fold below starts from the beginning
                 if plan is not None and done is not None:
                     rows, parts = done
                     return RebuildResult(
