@@ -234,7 +234,7 @@ def rebuild(
                 with Workers(2) as workers:  # they start while the plan is finished
                     plan = plan_positions(engine, *counted)
                     if plan is not None:
-                        done = _rebuild_in_parts(engine, path, plan, workers, on_batch, batch, before_swap)
+                        done = _rebuild_in_parts(engine, path, plan, workers, batch, on_batch, before_swap)
                 if plan is not None and done is None and on_restart is not None:
                     on_restart()  # the parts shared rows: the one-process fold below starts from the beginning
                 if plan is not None and done is not None:
@@ -301,8 +301,8 @@ def _rebuild_in_parts(
     path: Path,
     plan: Plan,
     workers: Workers,
-    on_batch: Callable[[BatchResult], None] | None,
     batch: int,
+    on_batch: Callable[[BatchResult], None] | None,
     before_swap: Callable[[], None] | None,
 ) -> tuple[dict[str, int], list[PartResult]] | None:
     """The parallel rebuild (``rebuild_parallel.py``): (rows per table, the parts), or ``None`` when its parts were
