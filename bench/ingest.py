@@ -183,14 +183,7 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
     from tracker.fake.server import open_fake_exchange
 
     async with open_fake_exchange(seed=11, markets=MARKETS) as fx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-        env.update(
-            BITSTAMP_API_KEY=fx.api_key,
-            BITSTAMP_API_SECRET=fx.api_secret,
-            BITSTAMP_API_URL=fx.api_url,
-            BITSTAMP_WS_URL=fx.ws_url,
-            TRACKER_MARKETS=",".join(MARKETS),
-        )
+        env = fx.tracker_env(os.environ)
         target = db_url if kind == "tracker" else db_url.removeprefix("sqlite:///")
         process = await trio.lowlevel.open_process(
             [sys.executable, __file__, "--child", kind, "--db", target],

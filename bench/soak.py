@@ -105,17 +105,7 @@ class SoakReport:
 
 
 def child_env(fx: FakeExchange, db_url: str, reconcile_every: float) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-    env.update(
-        BITSTAMP_API_KEY=fx.api_key,
-        BITSTAMP_API_SECRET=fx.api_secret,
-        BITSTAMP_API_URL=fx.api_url,
-        BITSTAMP_WS_URL=fx.ws_url,
-        TRACKER_DB_URL=db_url,
-        TRACKER_MARKETS=",".join(MARKETS),
-        TRACKER_RECONCILE_INTERVAL=str(reconcile_every),
-    )
-    return env
+    return fx.tracker_env(os.environ, TRACKER_DB_URL=db_url, TRACKER_RECONCILE_INTERVAL=str(reconcile_every))
 
 
 def rss_mb(pid: int) -> tuple[float, float]:

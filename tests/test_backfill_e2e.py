@@ -266,16 +266,7 @@ async def test_kill_9_of_tracker_run_then_restart(sqlite_url: str) -> None:
     ``tracker run`` records the start-up window from the dead run's last entry and backfills it, then stops cleanly."""
     upgrade(sqlite_url)
     async with open_fake_exchange(seed=5, markets=MARKETS) as fx:
-        env = {
-            **os.environ,
-            "TRACKER_DB_URL": sqlite_url,
-            "BITSTAMP_API_KEY": fx.api_key,
-            "BITSTAMP_API_SECRET": fx.api_secret,
-            "BITSTAMP_API_URL": fx.api_url,
-            "BITSTAMP_WS_URL": fx.ws_url,
-            "TRACKER_MARKETS": ",".join(MARKETS),
-        }
-        env.pop("TRACKER_CONFIG", None)
+        env = fx.tracker_env(os.environ, TRACKER_DB_URL=sqlite_url)
         async with trio.open_nursery() as nursery:
             command = [sys.executable, "-m", "tracker", "run"]
             run = partial(trio.run_process, command, env=env, check=False, stdout=DEVNULL, stderr=DEVNULL)

@@ -174,17 +174,8 @@ class Children:
     finished: dict[str, int] = field(default_factory=dict)  # children that finished before the kill arrived
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-        env.update(
-            BITSTAMP_API_KEY=self.fx.api_key,
-            BITSTAMP_API_SECRET=self.fx.api_secret,
-            BITSTAMP_API_URL=self.fx.api_url,
-            BITSTAMP_WS_URL=self.fx.ws_url,
-            TRACKER_DB_URL=self.db_url,
-            TRACKER_MARKETS=",".join(MARKETS),
-            TRACKER_RECONCILE_INTERVAL="3600",  # no periodic reconciliation in the way
-        )
-        return env
+        # no periodic reconciliation in the way
+        return self.fx.tracker_env(os.environ, TRACKER_DB_URL=self.db_url, TRACKER_RECONCILE_INTERVAL="3600")
 
     async def start(self, *args: str) -> trio.Process:
         with self.log_path.open("ab") as out:

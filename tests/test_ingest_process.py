@@ -91,16 +91,7 @@ def record_written(fx: FakeExchange) -> Written:
 
 
 def child_env(fx: FakeExchange, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-    env.update(
-        BITSTAMP_API_KEY=fx.api_key,
-        BITSTAMP_API_SECRET=fx.api_secret,
-        BITSTAMP_API_URL=fx.api_url,
-        BITSTAMP_WS_URL=fx.ws_url,
-        TRACKER_DB_URL=db_url,
-        TRACKER_MARKETS=MARKETS,
-    )
-    return env
+    return fx.tracker_env(os.environ, TRACKER_DB_URL=db_url, TRACKER_MARKETS=MARKETS)
 
 
 async def run_child_through_burst(tmp_path: Path) -> tuple[FakeExchange, list[str], bytes, str, Path]:

@@ -51,17 +51,7 @@ T = TypeVar("T")
 
 
 def run_env(fx: FakeExchange, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-    env.update(
-        BITSTAMP_API_KEY=fx.api_key,
-        BITSTAMP_API_SECRET=fx.api_secret,
-        BITSTAMP_API_URL=fx.api_url,
-        BITSTAMP_WS_URL=fx.ws_url,
-        TRACKER_DB_URL=db_url,
-        TRACKER_MARKETS=",".join(fx.markets),
-        TRACKER_RECONCILE_INTERVAL="3600",
-    )
-    return env
+    return fx.tracker_env(os.environ, TRACKER_DB_URL=db_url, TRACKER_RECONCILE_INTERVAL="3600")
 
 
 async def start_run(fx: FakeExchange, db_url: str, log_path: Path) -> trio.Process:

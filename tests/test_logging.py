@@ -59,16 +59,7 @@ async def _read_lines(proc: Proc) -> None:
 
 
 def env_for(fx: FakeExchange, db: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-    env.update(
-        BITSTAMP_API_URL=fx.api_url,
-        BITSTAMP_WS_URL=fx.ws_url,
-        BITSTAMP_API_KEY=fx.api_key,
-        BITSTAMP_API_SECRET=fx.api_secret,
-        TRACKER_MARKETS=",".join(MARKETS),
-        TRACKER_DB_URL=db,
-    )
-    return env
+    return fx.tracker_env(os.environ, TRACKER_DB_URL=db)
 
 
 @asynccontextmanager

@@ -89,15 +89,7 @@ async def test_clean_run_then_planted_mismatches(sqlite_url: str) -> None:
         assert again.opened == [] and {d.discrepancy_id for d in again.unresolved} == wanted
 
         # The command: prints them and exits 1 (cron-friendly).
-        env = {
-            **os.environ,
-            "TRACKER_DB_URL": sqlite_url,
-            "BITSTAMP_API_KEY": fx.api_key,
-            "BITSTAMP_API_SECRET": fx.api_secret,
-            "BITSTAMP_API_URL": fx.api_url,
-            "TRACKER_MARKETS": ",".join(MARKETS),
-        }
-        env.pop("TRACKER_CONFIG", None)
+        env = fx.tracker_env(os.environ, TRACKER_DB_URL=sqlite_url)
         command = [sys.executable, "-m", "tracker", "reconcile"]
         done = await trio.run_process([*command, "--format", "json"], env=env, capture_stdout=True, check=False)
         assert done.returncode == 1

@@ -33,13 +33,8 @@ def register(subparsers: Any) -> None:
 
 
 def format_env(fx: Any) -> list[str]:
-    return [
-        f"export BITSTAMP_API_URL={fx.api_url}",
-        f"export BITSTAMP_WS_URL={fx.ws_url}",
-        f"export BITSTAMP_API_KEY={fx.api_key}",
-        f"export BITSTAMP_API_SECRET={fx.api_secret}  # fake credentials for the fake exchange",
-        f"export TRACKER_MARKETS={','.join(fx.markets)}",
-    ]
+    notes = {"BITSTAMP_API_SECRET": "  # fake credentials for the fake exchange"}
+    return [f"export {name}={value}{notes.get(name, '')}" for name, value in fx.tracker_variables().items()]
 
 
 def cmd_fake_exchange(args: argparse.Namespace) -> int:

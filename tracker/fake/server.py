@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +47,27 @@ class FakeExchange:
     _nursery: trio.Nursery
     _gen_scope: trio.CancelScope | None = None
     _gen_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    # ------------------------------------------------------------------ pointing a tracker at it
+    def tracker_variables(self) -> dict[str, str]:
+        """The environment variables that point a tracker at this fake: its URLs, its (fake) credentials, its
+        markets."""
+        return {
+            "BITSTAMP_API_URL": self.api_url,
+            "BITSTAMP_WS_URL": self.ws_url,
+            "BITSTAMP_API_KEY": self.api_key,
+            "BITSTAMP_API_SECRET": self.api_secret,
+            "TRACKER_MARKETS": ",".join(self.markets),
+        }
+
+    def tracker_env(self, base: Mapping[str, str], **extra: str) -> dict[str, str]:
+        """A child tracker's environment: ``base`` (say ``os.environ``) without any ``BITSTAMP_*``/``TRACKER_*``
+        variable (nothing of the caller's own configuration leaks in), then ``tracker_variables()``, then
+        ``extra`` (``TRACKER_DB_URL=...`` and the like)."""
+        env = {name: value for name, value in base.items() if not name.startswith(("BITSTAMP_", "TRACKER_"))}
+        env.update(self.tracker_variables())
+        env.update(extra)
+        return env
 
     # ------------------------------------------------------------------ activity
     async def generate(self, n_steps: int = 1) -> list[Emission]:
