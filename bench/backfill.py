@@ -24,7 +24,9 @@ import trio
 
 from tracker.exchange.rest import BitstampClient
 from tracker.fake.server import open_fake_exchange
-from tracker.runtime.backfill import Backfiller, LogSink, PoliteApi, market_names
+from tracker.runtime.backfill import Backfiller, market_names
+from tracker.runtime.log_sink import LogSink
+from tracker.runtime.polite_api import PoliteApi
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.migrate import upgrade

@@ -39,7 +39,7 @@ from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime import backfill
 from tracker.runtime.backfill import Backfiller
 from tracker.runtime.ingest import IngestOptions
-from tracker.runtime.reconciler import recovery_task
+from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -71,7 +71,8 @@ class Tracker:
 
     @property
     def backfiller(self) -> Backfiller:
-        return self.services.extra["backfiller"]  # type: ignore[no-any-return]
+        assert self.services.backfiller is not None
+        return self.services.backfiller
 
 
 @asynccontextmanager

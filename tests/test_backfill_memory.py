@@ -28,7 +28,10 @@ from typing import Any
 import pytest
 import trio
 
-from tracker.runtime.backfill import Backfiller, BackfillOptions, LogSink, PoliteApi, RateLimiter
+from tracker.domain.backfill import BackfillOptions
+from tracker.runtime.backfill import Backfiller
+from tracker.runtime.log_sink import LogSink
+from tracker.runtime.polite_api import PoliteApi, RateLimiter
 from tracker.runtime.reconciler import ProjectionReader, Reconciler
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog

@@ -20,7 +20,8 @@ import trio
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.exchange.errors import RateLimited, ServerError
 from tracker.exchange.rest import BitstampClient
-from tracker.runtime.backfill import Backfiller, PoliteApi, RateLimiter
+from tracker.runtime.backfill import Backfiller
+from tracker.runtime.polite_api import PoliteApi, RateLimiter
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -37,8 +37,8 @@ from tracker.fake.server import open_fake_exchange
 from tracker.runtime.writer import run_writer
 from tracker.store import engine as engine_module
 from tracker.store.engine import open_engine
+from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
-from tracker.store.lease import is_transient
 from tracker.store.migrate import upgrade
 
 pytestmark = pytest.mark.timeout(120)

@@ -26,7 +26,7 @@ from tracker.domain.reconcile import (
     plan,
 )
 from tracker.domain.rows import DiscrepancyRow, FillRow, OrderRow
-from tracker.runtime.reconciler import id_ranges
+from tracker.store.projection_reads import id_ranges
 
 T = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

@@ -21,8 +21,10 @@ import trio
 from test_backfill_e2e import MARKETS, settings_for, tracker_events, tracker_running, wait_logged
 
 from tracker.fake.server import FakeExchange, open_fake_exchange
-from tracker.runtime.reconciler import ReconcileOptions, ReconcileResult, reconcile_once
+from tracker.runtime.reconciler import ReconcileOptions, ReconcileResult
+from tracker.runtime.recovery import reconcile_once
 from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
 from tracker.store.migrate import upgrade
 
 pytestmark = pytest.mark.timeout(90)
@@ -43,7 +45,9 @@ async def reconcile(fx: FakeExchange, db_url: str, clock: Clock) -> ReconcileRes
     engine = open_engine(db_url)
     try:
         options = ReconcileOptions(max_status_checks=1000)
-        return await reconcile_once(settings_for(fx, db_url), engine, full=True, options=options, wall=clock.wall)
+        return await reconcile_once(
+            settings_for(fx, db_url), EventLog(engine), full=True, options=options, wall=clock.wall
+        )
     finally:
         engine.dispose()
 
@@ -118,7 +122,8 @@ async def test_periodic_reconciliation_under_live_activity_reports_nothing(sqlit
     ):
         await fx.wait_subscribed(fx.private_channels())
         fx.set_rate(400)
-        reconciler = tracker.services.extra["reconciler"]
+        reconciler = tracker.services.reconciler
+        assert reconciler is not None
         while reconciler.runs < 4:
             await tracker.backfiller.completed.wait()
         fx.set_rate(None)

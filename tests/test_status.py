@@ -21,7 +21,7 @@ from tracker.config import Secret, Settings
 from tracker.domain import tracker_events as te
 from tracker.fake.server import open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
-from tracker.runtime.projector import ProjectorStatus, run_projector
+from tracker.runtime.projector import run_projector
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -54,7 +54,7 @@ async def wait_committed(services: Services, predicate: Callable[[], bool]) -> N
 async def projector(engine: Any, services: Services, *, task_status: trio.TaskStatus[Any]) -> None:
     async with trio.open_nursery() as nursery:
         status = await nursery.start(partial(run_projector, engine))
-        services.extra["projector"] = status
+        services.projector = status
         task_status.started(status)
         await services.stop.wait()
         nursery.cancel_scope.cancel()
@@ -88,7 +88,8 @@ async def test_status_of_a_live_run_and_after_it(db_url: str, capsys: pytest.Cap
                         extra_tasks=[partial(projector, engine)],
                     )
                 )
-                projection: ProjectorStatus = services.extra["projector"]
+                projection = services.projector
+                assert projection is not None
                 channels = fx.private_channels()
                 await fx.wait_subscribed(channels)
                 await fx.generate(60)

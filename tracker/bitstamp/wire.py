@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The exact conversions live in the domain (the projection uses them too); re-exported for the wire's callers.
+from tracker.domain.timeutil import EPOCH as EPOCH
+from tracker.domain.timeutil import datetime_to_us as datetime_to_us
+from tracker.domain.timeutil import us_to_datetime as us_to_datetime
+
 _INT_RE: Final = re.compile(r"-?[0-9]+")
 
 
@@ -135,17 +139,6 @@ def int64_or_none(value: int | None) -> int | None:
     if value is None or not -(2**63) <= value < 2**63:
         return None
     return value
-
-
-def us_to_datetime(us: int) -> datetime:
-    """Unix microseconds → aware UTC datetime (exact: integer arithmetic). Out of datetime's range: OverflowError
-    (``datetime.fromtimestamp`` raised OSError there, which no caller expects)."""
-    return EPOCH + timedelta(microseconds=us)
-
-
-def datetime_to_us(value: datetime) -> int:
-    delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def parse_rest_datetime(value: object) -> datetime | None:

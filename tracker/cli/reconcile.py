@@ -8,9 +8,12 @@ reconciliation stopped) and checks closed orders with ``order_status/`` (at most
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from tracker.cli import add_common_flags
+from tracker.domain.rows import DiscrepancyRow
 
 
 def register(subparsers: Any) -> None:
@@ -34,8 +37,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     import trio
 
     from tracker.config import load_settings
-    from tracker.runtime.reconciler import ReconcileOptions, format_discrepancies, reconcile_once
+    from tracker.runtime.reconciler import ReconcileOptions
+    from tracker.runtime.recovery import reconcile_once
     from tracker.store.engine import open_engine
+    from tracker.store.event_log import EventLog
     from tracker.store.migrate import check_schema
 
     settings = load_settings(
@@ -48,7 +53,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         result = trio.run(
             lambda: reconcile_once(
                 settings,
-                engine,
+                EventLog(engine),
                 full=not args.incremental,
                 options=ReconcileOptions(max_status_checks=args.max_status_checks),
             )
@@ -57,3 +62,23 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         engine.dispose()
     print(format_discrepancies(result.unresolved, args.format))
     return 1 if result.unresolved else 0
+
+
+def format_discrepancies(rows: Sequence[DiscrepancyRow], fmt: str = "table") -> str:
+    """Unresolved discrepancies as a table (kind, entity, detail) or JSON (pure: ``cmd_reconcile`` prints it)."""
+    if fmt == "json":
+        return json.dumps(
+            [
+                {"id": d.discrepancy_id, "kind": d.kind, "entity": d.entity, "detail": d.detail, "status": d.status,
+                 "opened_seq": d.opened_seq}
+                for d in rows
+            ],
+            indent=2,
+        )  # fmt: skip
+    if not rows:
+        return "no unresolved discrepancies"
+    header = ("kind", "entity", "detail")
+    table = [header, *((d.kind, d.entity, d.detail) for d in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(2)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in table]
+    return "\n".join([*lines, f"{len(rows)} unresolved discrepanc{'y' if len(rows) == 1 else 'ies'}"])

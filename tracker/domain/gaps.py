@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
+
+from tracker.domain import tracker_events as te
 
 ALL_SOURCES: Final = "*"
 EVENT_ID_LENGTH: Final = 36
@@ -273,3 +275,80 @@ def event_id_at(us: int) -> str:
     a ``since_id`` for "from this moment" (used for the first walk, which otherwise defaults to the last 24 h)."""
     h = f"{max(us, 0):016x}{0:016x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# --- the watch: signals folded into windows and breaks ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderChainSignal:
+    """An order-stream event's place in its ``pre_event_id`` chain (read from a logged my_orders frame)."""
+
+    account: str
+    market: str
+    order_source: str | None
+    event_id: str
+    pre_event_id: str | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleSignal:
+    """A connection lifecycle entry tracker logged (``subscribed``, ``stalled``, ``reconnect_requested``,
+    ``closed``), with the fields of its data the coverage needs."""
+
+    event: str
+    connection_id: str
+    received_at: datetime
+    channels: tuple[str, ...] = ()
+    silent_for_s: float | None = None
+    reason: str = ""
+
+
+GapSignal = OrderChainSignal | LifecycleSignal
+
+
+@dataclass
+class GapWatch:
+    """Folds the log's signals into windows not live and chain breaks (pure state; the backfill task feeds it the
+    signals ``tracker.bitstamp.signals.gap_signal`` reads from the log, and takes what accumulated)."""
+
+    account: str
+    coverage: CoverageTracker = field(default_factory=CoverageTracker)
+    chain: ChainTracker = field(default_factory=ChainTracker)
+    windows: list[Window] = field(default_factory=list)
+    breaks: list[ChainBreak] = field(default_factory=list)
+    reconnects: int = 0
+
+    def feed(self, signal: GapSignal) -> None:
+        if isinstance(signal, OrderChainSignal):
+            brk = self.chain.observe(
+                signal.account,
+                signal.market,
+                signal.order_source,
+                signal.event_id,
+                signal.pre_event_id,
+                signal.seq,
+            )
+            if brk is not None:
+                self.breaks.append(brk)
+            return
+        conn = signal.connection_id
+        if signal.event == te.SUBSCRIBED:
+            self.windows.extend(self.coverage.subscribed(conn, list(signal.channels), signal.received_at))
+            self.reconnects += 1
+        elif signal.event == te.STALLED:
+            since = signal.received_at
+            if signal.silent_for_s is not None:
+                since -= timedelta(seconds=signal.silent_for_s)
+            self.coverage.stalled(conn, since, "no frame after a heartbeat")
+        elif signal.event == te.RECONNECT_REQUESTED:
+            self.coverage.reconnect_requested(conn, signal.received_at)
+        elif signal.event == te.CLOSED:
+            self.coverage.closed(conn, signal.received_at, signal.reason)
+
+    def take(self) -> tuple[list[Window], list[ChainBreak], int]:
+        """What accumulated since the last ``take``: (windows, breaks, subscriptions seen)."""
+        out = (self.windows, self.breaks, self.reconnects)
+        self.windows, self.breaks, self.reconnects = [], [], 0
+        return out

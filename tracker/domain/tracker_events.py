@@ -72,3 +72,28 @@ def tracker_entry(
         market=market,
         connection_id=connection_id,
     )
+
+
+def entry_data(payload: str) -> dict[str, object]:
+    """The ``data`` object of a tracker-made entry's payload (``tracker_entry``'s format); {} when there is none or
+    the payload is not one (a damaged or foreign row is read as empty, never raised)."""
+    try:
+        data = json.loads(payload).get("data")
+    except (ValueError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def reconnect_reason(reason: str) -> str | None:
+    """The label of a ``closed`` lifecycle reason (``requested``, ``stalled``, ``dropped``, ``error``); None for a
+    close that is not a reconnect (the stop)."""
+    text = reason.lower()
+    if text == "stopped":
+        return None
+    if text == "replaced":
+        return "requested"
+    if "stall" in text:
+        return "stalled"
+    if "drop" in text or "1006" in text or "closed by the peer" in text:
+        return "dropped"
+    return "error"

@@ -8,24 +8,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.engine import Engine
-
 from tracker.config import Settings
 from tracker.metrics import Metrics
 from tracker.runtime.metrics_task import metrics_task
 from tracker.runtime.preflight import check_markets
 from tracker.runtime.projector import projector_task
-from tracker.runtime.reconciler import recovery_task
-from tracker.runtime.service import run_tracker
+from tracker.runtime.recovery import recovery_task
+from tracker.runtime.service import TaskStarter, run_tracker
+from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
 
 
-def standard_tasks(engine: Engine, *, metrics: Metrics | None = None) -> list[Any]:
+def standard_tasks(engine: Engine, *, metrics: Metrics | None = None) -> list[TaskStarter]:
     """The ``extra_tasks`` of a normal run. Build them just before ``run_tracker``: the recovery task's creation time
     splits this run's log entries from the previous run's, and metrics count from then on."""
-    tasks: list[Any] = [projector_task(engine), recovery_task()]
+    tasks: list[TaskStarter] = [projector_task(engine), recovery_task()]
     if metrics is not None:
         tasks.append(metrics_task(metrics, engine))
     return tasks

@@ -22,342 +22,56 @@ between costs a re-walk, never a miss. The first walk ever starts at the beginni
 (a real account's whole history, once: intended for an audit tool) and ``account_order_data`` 30 days back (its
 retention).
 
-Writes: REST facts are appended by ``EventLog.append`` in a worker thread behind the service's ``db_limiter`` (the
-same limiter the single writer uses), so there is still one writer at a time; each page is one transaction.
+This module is the walk and the task that starts it. Its parts live beside it, one job each:
 
-Politeness (PROTOCOL.md §5.8): a token bucket for ≤ 400 requests/s and a sliding budget of ≤ 10,000 per 10 minutes
-(both configurable), and capped jittered back-off on 400.002/400.067/400.068/429 (``RateLimited``, honouring
-``Retry-After``), 5xx (``ServerError``) and transport errors.
+- ``runtime/polite_api.py``: the rate budget and the retry policy every REST call goes through;
+- ``runtime/log_sink.py`` over ``store/log_queries.py``: appends (one page, one transaction, behind the service's
+  one-writer limiter) and the log reads (cursors, this run's start, gap signals);
+- ``domain/gaps.py`` (``GapWatch``) with ``bitstamp/signals.py``: the signals folded into windows and chain breaks;
+- ``domain/backfill.py``: cursors, options and the report ``backfill_completed`` carries;
+- ``runtime/order_checks.py``: ``open_orders/`` and ``order_status/``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
-import random
 import uuid
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import trio
-from sqlalchemy import and_, or_, select
 
 from tracker.bitstamp import rest_entries as re_
 from tracker.bitstamp.channels import channels_for
-from tracker.bitstamp.parse import parse_entry
-from tracker.bitstamp.wire import datetime_to_us, display_market_to_symbol, loads_exact, parse_rest_datetime
+from tracker.bitstamp.rest_observations import exchange_fill, int_or_minus_one
+from tracker.bitstamp.signals import gap_signal
+from tracker.bitstamp.wire import datetime_to_us, parse_rest_datetime
 from tracker.domain import tracker_events as te
-from tracker.domain.events import Fill, OrderStatusSnapshot
-from tracker.domain.gaps import (
-    ChainBreak,
-    ChainTracker,
-    CoverageTracker,
-    Window,
-    advance,
-    event_id_at,
-    event_id_order,
-    forget_passed,
-)
-from tracker.domain.log import LogEntry, NewEntry, QuarantineItem
-from tracker.domain.money import BadAmount, parse_decimal
-from tracker.domain.reconcile import ExchangeFill, ExchangeOpenOrder, ExchangeOrderStatus, open_order_candidates
+from tracker.domain.backfill import BACKFILL_CHANNEL, ORDER_SOURCES, BackfillOptions, BackfillReport, Cursors
+from tracker.domain.gaps import ChainBreak, GapWatch, Window, advance, event_id_at, event_id_order, forget_passed
+from tracker.domain.log import NewEntry, QuarantineItem
+from tracker.domain.reconcile import ExchangeFill
 from tracker.domain.rows import OrderRow
-from tracker.exchange.errors import ApiError, AuthError, ExchangeUnreachable, RateLimited, ServerError
-from tracker.exchange.rest import BitstampClient
-from tracker.runtime.backoff import Backoff
-from tracker.store.event_log import LOG_FIELDS, EventLog
-from tracker.store.schema import event_log as event_log_table
+from tracker.domain.timeutil import utc_now
+from tracker.exchange.errors import ApiError, AuthError, ExchangeUnreachable
+from tracker.runtime.log_sink import LogSink
+from tracker.runtime.order_checks import OrderChecks
+from tracker.runtime.polite_api import PoliteApi
+from tracker.store.log_queries import SIGNAL_PAGE
 
 log = logging.getLogger("tracker.backfill")
 PROGRESS_EVERY = 5_000  # facts fetched between two progress lines of one backfill
 
-BACKFILL_CHANNEL: Final = "backfill"
-ORDER_SOURCES: Final = ("orderbook", "stop_order")
 NO_EVENTS: Final = "404.008"
-NOT_FOUND_ORDER: Final = "404.002"
 NOT_DERIVATIVES: Final = "API5506"
-T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def uuid4_hex() -> str:
     return uuid.uuid4().hex
 
 
-# --- politeness -----------------------------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """≤ ``per_second`` requests in any 1 s and ≤ ``per_window`` in any ``window_s`` (sliding windows over the
-    times of the last requests, so the limits hold for *every* window, not on average). Times come from ``clock``
-    (trio's, so ``autojump_clock`` tests it instantly)."""
-
-    def __init__(
-        self,
-        per_second: int = 400,
-        per_window: int = 10_000,
-        window_s: float = 600.0,
-        clock: Callable[[], float] = trio.current_time,
-    ) -> None:
-        if per_second < 1 or per_window < 1 or window_s <= 0:
-            raise ValueError("rate limits must be positive")
-        self.limits = ((int(per_second), 1.0), (int(per_window), float(window_s)))
-        self.clock = clock
-        self._recent: deque[float] = deque(maxlen=max(n for n, _ in self.limits))
-        self.waited_s = 0.0
-
-    def _ready_at(self) -> float:
-        ready = -math.inf
-        for count, span in self.limits:
-            if len(self._recent) >= count:
-                ready = max(ready, self._recent[-count] + span)
-        return ready
-
-    async def acquire(self) -> None:
-        # Re-checked after each wait: another task may have taken the slot meanwhile (no await between the last
-        # check and the append, so two tasks never take the same slot).
-        while (ready := self._ready_at()) > (now := self.clock()):
-            self.waited_s += ready - now
-            await trio.sleep_until(ready)
-        self._recent.append(now)
-
-
-@dataclass
-class RequestStats:
-    requests: Counter[str] = field(default_factory=Counter)
-    retries: int = 0
-    rate_limited: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
-
-
-class PoliteApi:
-    """Every REST call of backfill and reconciliation goes through ``call``: the rate limiter first, then the call,
-    with back-off and retry on rate limits, 5xx and transport errors (at most ``max_attempts`` tries)."""
-
-    def __init__(
-        self,
-        client: BitstampClient,
-        limiter: RateLimiter | None = None,
-        *,
-        max_attempts: int = 8,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.client = client
-        self.limiter = limiter or RateLimiter()
-        self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.rng = rng or random.Random()
-        self.stats = RequestStats()
-
-    async def call(self, endpoint: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        backoff = Backoff(base=self.backoff_base, cap=self.backoff_cap, rng=self.rng)
-        attempt = 0
-        while True:
-            attempt += 1
-            await self.limiter.acquire()
-            self.stats.requests[endpoint] += 1
-            try:
-                return await fn(*args, **kwargs)
-            except RateLimited as exc:
-                self.stats.rate_limited += 1
-                delay = exc.retry_after if exc.retry_after is not None else backoff.next_delay()
-                failure: Exception = exc
-            except (ServerError, ExchangeUnreachable) as exc:
-                delay = backoff.next_delay()
-                failure = exc
-            if attempt >= self.max_attempts:
-                raise failure
-            self.stats.retries += 1
-            log.info("%s: %s; retrying in %.1f s", endpoint, failure, delay)
-            await trio.sleep(delay)
-
-
-# --- the log, read and written --------------------------------------------------------------------------------------
-
-_COLUMNS = tuple(event_log_table.c[name] for name in LOG_FIELDS)
-
-
-def _latest_tracker_data(event_log: EventLog, account: str, channel: str, event: str) -> dict[str, Any] | None:
-    t = event_log_table
-    query = (
-        select(t.c.payload)
-        .where(t.c.channel == channel, t.c.account == account, t.c.event == event, t.c.source == "tracker")
-        .order_by(t.c.seq.desc())
-        .limit(1)
-    )
-    with event_log.engine.connect() as conn:
-        payload = conn.execute(query).scalar_one_or_none()
-    if payload is None:
-        return None
-    data = json.loads(payload).get("data")
-    return data if isinstance(data, dict) else None
-
-
-def _signals_after(event_log: EventLog, account: str, after: int, limit: int = 2000) -> list[LogEntry]:
-    """Entries that can reveal a gap: tracker lifecycle entries and ws entries with an event_id (my_orders)."""
-    t = event_log_table
-    query = (
-        select(*_COLUMNS)
-        .where(
-            t.c.seq > after,
-            t.c.account == account,
-            or_(t.c.source == "tracker", and_(t.c.source == "ws", t.c.event_id.is_not(None))),
-        )
-        .order_by(t.c.seq)
-        .limit(limit)
-    )
-    with event_log.engine.connect() as conn:
-        return [LogEntry(*row) for row in conn.execute(query)]
-
-
-def _run_start(event_log: EventLog, account: str, started_at: datetime) -> tuple[int, datetime | None]:
-    """(seq before this run's first entry, received_at of the previous run's last entry), scanning back from the
-    head: entries of this run have ``received_at >= started_at``."""
-    t = event_log_table
-    hi: int | None = None
-    with event_log.engine.connect() as conn:
-        while True:
-            query = select(t.c.seq, t.c.received_at).where(t.c.account == account)
-            if hi is not None:
-                query = query.where(t.c.seq < hi)
-            rows = list(conn.execute(query.order_by(t.c.seq.desc()).limit(500)))
-            if not rows:
-                return 0, None
-            for seq, received_at in rows:
-                if received_at < started_at:
-                    return seq, received_at
-            hi = rows[-1][0]
-
-
-class LogSink:
-    """Appends and reads through the service's one-writer limiter."""
-
-    def __init__(self, event_log: EventLog, limiter: trio.CapacityLimiter) -> None:
-        self.log = event_log
-        self.limiter = limiter
-
-    async def append(self, items: Sequence[NewEntry | QuarantineItem]) -> tuple[int, int]:
-        """(appended, duplicates)."""
-        entries = [i for i in items if isinstance(i, NewEntry)]
-        quarantine = [i for i in items if isinstance(i, QuarantineItem)]
-        if not entries and not quarantine:
-            return 0, 0
-        result = await trio.to_thread.run_sync(self.log.append, entries, quarantine, limiter=self.limiter)
-        return len(result.appended), result.duplicates
-
-    async def latest(self, account: str, channel: str, event: str) -> dict[str, Any] | None:
-        return await trio.to_thread.run_sync(_latest_tracker_data, self.log, account, channel, event)
-
-    async def signals_after(self, account: str, after: int) -> list[LogEntry]:
-        return await trio.to_thread.run_sync(_signals_after, self.log, account, after)
-
-    async def run_start(self, account: str, started_at: datetime) -> tuple[int, datetime | None]:
-        return await trio.to_thread.run_sync(_run_start, self.log, account, started_at)
-
-
-# --- cursors and reports --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Cursors:
-    """Where the previous backfill stopped (inclusive cursors: the row at the cursor is fetched again and dropped)."""
-
-    order_events: dict[str, str] = field(default_factory=dict)  # "<market>|<source>" -> event_id
-    user_transactions: dict[str, int] = field(default_factory=dict)  # market -> id
-    trade_history: dict[str, int] = field(default_factory=dict)  # perp market -> trade_id (after_id, exclusive)
-    settlements_since: int | None = None  # unix seconds (since_timestamp, inclusive)
-
-    def as_data(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_data(cls, data: object) -> Cursors:
-        if not isinstance(data, dict):
-            return cls()
-        out = cls()
-        try:
-            out.order_events = {str(k): str(v) for k, v in dict(data.get("order_events") or {}).items()}
-            out.user_transactions = {str(k): int(v) for k, v in dict(data.get("user_transactions") or {}).items()}
-            out.trade_history = {str(k): int(v) for k, v in dict(data.get("trade_history") or {}).items()}
-            since = data.get("settlements_since")
-            out.settlements_since = None if since is None else int(since)
-        except (TypeError, ValueError):
-            return cls()
-        return out
-
-
-@dataclass
-class BackfillReport:
-    reason: str
-    gap_ids: list[str]
-    fetched: Counter[str] = field(default_factory=Counter)  # rows the exchange returned (new to the walk)
-    found: Counter[str] = field(default_factory=Counter)  # of those, entries new to the log
-    requests: Counter[str] = field(default_factory=Counter)
-    errors: dict[str, str] = field(default_factory=dict)
-    duration_s: float = 0.0
-    cursors: Cursors = field(default_factory=Cursors)
-    # For reconciliation: where each market's user_transactions walk started (its fills go to ``FillPages`` page by
-    # page, never kept here: a report's size does not grow with the walk).
-    walk_from: dict[str, int] = field(default_factory=dict)
-    walk_start_at: dict[str, datetime] = field(default_factory=dict)  # datetime of the walk's first row
-    statuses: list[ExchangeOrderStatus] = field(default_factory=list)
-
-    def as_data(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "gap_ids": self.gap_ids,
-            "fetched": dict(sorted(self.fetched.items())),
-            "found": dict(sorted(self.found.items())),
-            "requests": dict(sorted(self.requests.items())),
-            "requests_total": sum(self.requests.values()),
-            "errors": self.errors,
-            "duration_s": round(self.duration_s, 3),
-            "cursors": self.cursors.as_data(),
-        }
-
-
-def _as_log_entry(entry: NewEntry) -> LogEntry:
-    return LogEntry(seq=0, prev_hash="", hash="", **{f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)})
-
-
-def exchange_fill(entry: NewEntry) -> ExchangeFill | None:
-    """The fill a REST entry describes, read exactly as the projection reads it (``parse_entry``)."""
-    event = parse_entry(_as_log_entry(entry))
-    if not isinstance(event, Fill):
-        return None
-    return ExchangeFill(event.trade_id, event.market, event.side, event.amount, event.price, event.fee)
-
-
-def exchange_status(entry: NewEntry) -> ExchangeOrderStatus | None:
-    event = parse_entry(_as_log_entry(entry))
-    if not isinstance(event, OrderStatusSnapshot):
-        return None
-    return ExchangeOrderStatus(event.order_id, event.status, event.amount_remaining)
-
-
 # --- the backfill ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BackfillOptions:
-    page_limit: int = 1000
-    first_walk_days: float = 30.0  # account_order_data retention
-    open_orders_cache_s: float = 10.0
-    max_status_checks: int = 200  # order_status calls per run at most
 
 
 ProjectedOrders = Callable[[], Awaitable[list[OrderRow]]]
@@ -397,6 +111,15 @@ class Backfiller:
         self.runs = 0
         self.last_report: BackfillReport | None = None
         self.completed = trio.Event()  # replaced after each run: wait on it for the next one
+        self.order_checks = OrderChecks(
+            api,
+            sink,
+            account,
+            self.markets,
+            wall,
+            cache_s=self.options.open_orders_cache_s,
+            max_status_checks=self.options.max_status_checks,
+        )
 
     async def wait_runs(self, n: int) -> BackfillReport | None:
         """Wait until at least ``n`` backfills have completed (tests, the bench)."""
@@ -492,7 +215,7 @@ class Backfiller:
             if perps:
                 await self._guard(report, "position_settlement_transactions", self._settlements(report))
             if check_orders and self.projected_open_orders is not None:
-                await self._guard(report, "open_orders", self._open_orders(report))
+                await self._guard(report, "open_orders", self._open_orders(report, self.projected_open_orders))
             report.requests = self.api.stats.requests - before
             report.duration_s = trio.current_time() - started
             await self.sink.append([self._entry(te.BACKFILL_COMPLETED, report.as_data())])
@@ -592,7 +315,7 @@ class Backfiller:
                     return
                 raise
             rows = page if isinstance(page, list) else []
-            keys = [_int(r.get("trade_id")) if isinstance(r, dict) else -1 for r in rows]
+            keys = [int_or_minus_one(r.get("trade_id")) if isinstance(r, dict) else -1 for r in rows]
             step = advance(after, keys, limit=self.options.page_limit, seen=seen)
             now = self.wall()
             items = [
@@ -629,7 +352,7 @@ class Backfiller:
                 first_at = parse_rest_datetime(rows[0].get("datetime"))
                 if first_at is not None:
                     report.walk_start_at[market] = first_at
-            keys = [_int(r.get("id")) if isinstance(r, dict) else -1 for r in rows]
+            keys = [int_or_minus_one(r.get("id")) if isinstance(r, dict) else -1 for r in rows]
             fresh_or_cursor = [i for i, k in enumerate(keys) if k == cursor and k not in seen]
             step = advance(cursor, keys, limit=self.options.page_limit, seen=seen)
             now = self.wall()
@@ -669,148 +392,16 @@ class Backfiller:
         now = self.wall()
         items = [re_.entry_from_position_settlement(r, account=self.account, received_at=now) for r in rows]
         await self._append(report, "position_settlement_transactions", items)
-        times = [t for r in rows if isinstance(r, dict) and (t := _int(r.get("settlement_time"))) >= 0]
+        times = [t for r in rows if isinstance(r, dict) and (t := int_or_minus_one(r.get("settlement_time"))) >= 0]
         if times:
             newest = max(times)
             report.cursors.settlements_since = newest if newest < 10**11 else newest // 1_000_000
 
-    async def _open_orders(self, report: BackfillReport) -> None:
-        assert self.projected_open_orders is not None
-        projected = await self.projected_open_orders()
-        report.statuses = await check_open_orders(self, report, projected)
-
-
-async def check_open_orders(
-    backfiller: Backfiller, report: BackfillReport, projected: Sequence[OrderRow]
-) -> list[ExchangeOrderStatus]:
-    """``open_orders/`` against the projected open orders; ``order_status/`` for each disagreement older than the
-    cache (logged as ``rest_order_status`` facts). Returns the statuses learned."""
-    api = backfiller.api
-    asked_at = backfiller.wall()
-    rows = await api.call("open_orders", api.client.open_orders)
-    exchange_open = [o for r in rows if isinstance(r, dict) and (o := open_order_row(r)) is not None]
-    _, confirm = open_order_candidates(
-        projected,
-        exchange_open,
-        asked_at=asked_at,
-        markets=backfiller.markets,
-        cache_s=backfiller.options.open_orders_cache_s,
-    )
-    return await ask_order_status(backfiller, report, confirm[: backfiller.options.max_status_checks])
-
-
-async def ask_order_status(
-    backfiller: Backfiller, report: BackfillReport, order_ids: Iterable[str]
-) -> list[ExchangeOrderStatus]:
-    api = backfiller.api
-    statuses: list[ExchangeOrderStatus] = []
-    items: list[NewEntry | QuarantineItem] = []
-    for order_id in order_ids:
-        try:
-            answer = await api.call("order_status", api.client.order_status, order_id, omit_transactions=True)
-        except ApiError as exc:
-            if exc.code == NOT_FOUND_ORDER:
-                statuses.append(ExchangeOrderStatus(order_id, "", found=False))
-                continue
-            raise
-        item = re_.entry_from_order_status(answer, account=backfiller.account, received_at=backfiller.wall())
-        items.append(item)
-        if isinstance(item, NewEntry) and (status := exchange_status(item)) is not None:
-            statuses.append(status)
-    appended, _ = await backfiller.sink.append(items)
-    report.fetched["order_status"] += len(items)
-    report.found["order_status"] += appended
-    return statuses
-
-
-def open_order_row(row: dict[str, Any]) -> ExchangeOpenOrder | None:
-    order_id = row.get("id")
-    if order_id is None:
-        return None
-    market = row.get("market") or row.get("currency_pair")
-    try:
-        remaining = parse_decimal(row["amount"]) if row.get("amount") is not None else None
-    except BadAmount:
-        remaining = None
-    return ExchangeOpenOrder(
-        str(order_id),
-        display_market_to_symbol(market) if isinstance(market, str) else None,
-        remaining,
-        parse_rest_datetime(row.get("datetime")),
-    )
-
-
-def _int(value: object) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return -1
+    async def _open_orders(self, report: BackfillReport, projected_open_orders: ProjectedOrders) -> None:
+        report.statuses = await self.order_checks.check_open_orders(report, await projected_open_orders())
 
 
 # --- the task -------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class GapWatch:
-    """Folds the log's signal entries into windows and chain breaks (pure state; the task feeds it)."""
-
-    account: str
-    coverage: CoverageTracker = field(default_factory=CoverageTracker)
-    chain: ChainTracker = field(default_factory=ChainTracker)
-    windows: list[Window] = field(default_factory=list)
-    breaks: list[ChainBreak] = field(default_factory=list)
-    reconnects: int = 0
-
-    def feed(self, entry: LogEntry) -> None:
-        if entry.source == "ws":
-            if entry.event_id is None or not entry.channel.startswith("private-my_orders_") or entry.market is None:
-                return
-            try:
-                message = loads_exact(entry.payload)
-            except ValueError:
-                return
-            source = message.get("order_source") if isinstance(message, dict) else None
-            brk = self.chain.observe(
-                entry.account,
-                entry.market,
-                source if isinstance(source, str) else None,
-                entry.event_id,
-                entry.pre_event_id,
-                entry.seq,
-            )
-            if brk is not None:
-                self.breaks.append(brk)
-            return
-        conn = entry.connection_id or ""
-        if entry.event == te.SUBSCRIBED:
-            channels = _data(entry).get("channels")
-            names = [str(c) for c in channels] if isinstance(channels, list) else []
-            self.windows.extend(self.coverage.subscribed(conn, names, entry.received_at))
-            self.reconnects += 1
-        elif entry.event == te.STALLED:
-            silent = _data(entry).get("silent_for_s")
-            since = entry.received_at
-            if isinstance(silent, int | float):
-                since -= timedelta(seconds=float(silent))
-            self.coverage.stalled(conn, since, "no frame after a heartbeat")
-        elif entry.event == te.RECONNECT_REQUESTED:
-            self.coverage.reconnect_requested(conn, entry.received_at)
-        elif entry.event == te.CLOSED:
-            reason = _data(entry).get("reason")
-            self.coverage.closed(conn, entry.received_at, str(reason) if reason else "")
-
-    def take(self) -> tuple[list[Window], list[ChainBreak], int]:
-        out = (self.windows, self.breaks, self.reconnects)
-        self.windows, self.breaks, self.reconnects = [], [], 0
-        return out
-
-
-def _data(entry: LogEntry) -> dict[str, Any]:
-    try:
-        data = json.loads(entry.payload).get("data")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 async def market_names(api: PoliteApi) -> dict[str, str]:
@@ -848,9 +439,10 @@ async def watch_and_backfill(
     while not stop.is_set():
         entries = await sink.signals_after(account, after)
         for entry in entries:
-            watch.feed(entry)
+            if (signal := gap_signal(entry)) is not None:
+                watch.feed(signal)
             after = entry.seq
-        if len(entries) >= 2000:
+        if len(entries) >= SIGNAL_PAGE:
             continue
         windows, breaks, subscriptions = watch.take()
         if windows or breaks or subscriptions:

@@ -19,22 +19,19 @@ from functools import partial
 from typing import Any
 
 import trio
-from sqlalchemy import Engine, func, select
 
 from tracker.config import Secret, Settings
-from tracker.domain import tracker_events as te
 from tracker.domain.chain import ChainWalker
 from tracker.errors import TrackerError
 from tracker.fake.server import DEMO_USER_ID, FakeExchange, open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
-from tracker.runtime.metrics_task import payload_data, reconnect_reason
 from tracker.runtime.projector import projector_task
-from tracker.runtime.reconciler import recovery_task
+from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, run_tracker
+from tracker.store.demo_queries import LogBaseline, log_baseline, run_counts
+from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
-from tracker.store.projection_schema import VIEWS
 from tracker.store.projections import ProjectionStore
-from tracker.store.schema import event_log as event_log_table
 
 DEMO_MARKETS = ("btcusd", "ethusd", "btcusd-perp")
 DEFAULT_RATE = 20.0  # frames per second from the fake: enough to watch, small enough to read the report
@@ -67,74 +64,36 @@ class DemoResult:
     faults: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _Baseline:
-    head: int
-    fills: int
-    max_spot_order: int
-    max_perp_order: int
-    max_trade: int
+def _baseline(engine: Engine) -> LogBaseline:
+    """The log head, the fills so far and the largest ids in the log (for ``_continue_ids``); refuses a database
+    that holds another account than the demo's."""
+    base = log_baseline(engine, str(DEMO_USER_ID), PERP_ID_FLOOR)
+    if base.other_account is not None:
+        raise TrackerError(
+            f"{engine.url.database} holds account {base.other_account}, not the demo's: the demo writes fake activity"
+            " only into its own database; pick another --db"
+        )
+    return base
 
 
-def _int_ids(values: list[Any]) -> list[int]:
-    return [int(v) for v in values if v is not None and str(v).isdigit()]
-
-
-def _baseline(engine: Engine) -> _Baseline:
-    """The log head, the fills so far and the largest ids in the log (for ``_continue_ids``)."""
-    t = event_log_table
-    with engine.connect() as conn:
-        other = conn.execute(select(t.c.account).where(t.c.account != str(DEMO_USER_ID)).limit(1)).scalar()
-        if other is not None:
-            raise TrackerError(
-                f"{engine.url.database} holds account {other}, not the demo's: the demo writes fake activity only into"
-                " its own database; pick another --db"
-            )
-        head = int(conn.execute(select(func.coalesce(func.max(t.c.seq), 0))).scalar_one())
-        fills = int(conn.execute(select(func.count()).select_from(VIEWS["v_fills"])).scalar_one())
-        orders = _int_ids(list(conn.execute(select(t.c.order_id).distinct()).scalars()))
-        trades = _int_ids(list(conn.execute(select(t.c.trade_id).distinct()).scalars()))
-    spot = [i for i in orders if i < PERP_ID_FLOOR]
-    perp = [i for i in orders if i >= PERP_ID_FLOOR]
-    return _Baseline(head, fills, max(spot, default=0), max(perp, default=0), max(trades, default=0))
-
-
-def _continue_ids(fx: FakeExchange, base: _Baseline) -> None:
+def _continue_ids(fx: FakeExchange, base: LogBaseline) -> None:
     """Move the fresh fake's id counters past every id an earlier demo run logged (see the module docstring)."""
     model: Any = fx.model
-    model._spot_oid = max(model._spot_oid, base.max_spot_order)
-    model._perp_oid = max(model._perp_oid, base.max_perp_order)
+    model._spot_oid = max(model._spot_oid, base.max_order_below)
+    model._perp_oid = max(model._perp_oid, base.max_order_from)
     model._tx_id = max(model._tx_id, base.max_trade)
     model._pos_seq += base.head  # position ids are small counters: any run-unique offset will do
 
 
-def _counts(engine: Engine, base: _Baseline) -> DemoCounts:
-    """This run's numbers, from the log: reconnects are closes other than the stop, gaps filled are the gap ids a
-    ``backfill_completed`` names."""
-    t = event_log_table
-    wanted = (te.GAP_DETECTED, te.BACKFILL_COMPLETED, te.CLOSED)
-    gaps = reconnects = 0
-    filled: set[str] = set()
-    with engine.connect() as conn:
-        head = int(conn.execute(select(func.coalesce(func.max(t.c.seq), 0))).scalar_one())
-        fills = int(conn.execute(select(func.count()).select_from(VIEWS["v_fills"])).scalar_one())
-        query = select(t.c.event, t.c.payload).where(
-            t.c.seq > base.head, t.c.source == "tracker", t.c.event.in_(wanted)
-        )
-        for event, payload in conn.execute(query):
-            data = payload_data(payload)
-            if event == te.GAP_DETECTED:
-                gaps += 1
-            elif event == te.BACKFILL_COMPLETED:
-                filled.update(str(g) for g in data.get("gap_ids") or [])
-            elif reconnect_reason(str(data.get("reason") or "")) is not None:
-                reconnects += 1
+def _counts(engine: Engine, base: LogBaseline) -> DemoCounts:
+    """This run's numbers, from the log."""
+    now = run_counts(engine, base.head)
     return DemoCounts(
-        events=head - base.head,
-        fills=max(fills - base.fills, 0),
-        reconnects=reconnects,
-        gaps=gaps,
-        gaps_filled=len(filled),
+        events=now.head - base.head,
+        fills=max(now.fills - base.fills, 0),
+        reconnects=now.reconnects,
+        gaps=now.gaps,
+        gaps_filled=now.gaps_filled,
     )
 
 
@@ -172,7 +131,7 @@ async def _faults(fx: FakeExchange, duration: float, note: Callable[[str], None]
         fx.resume_delivery()
 
 
-async def _settle(engine: Engine, base: _Baseline, services: Services, db: trio.CapacityLimiter) -> None:
+async def _settle(engine: Engine, base: LogBaseline, services: Services, db: trio.CapacityLimiter) -> None:
     """Give a backfill still running (a gap seen just before the end) up to ``SETTLE_S`` to finish, so the summary
     does not report a gap as open only because the demo stopped in the middle of filling it."""
     with trio.move_on_after(SETTLE_S):

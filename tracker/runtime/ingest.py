@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import trio
@@ -46,6 +46,7 @@ from tracker.bitstamp.frames import Control, Data, Ignored, Malformed, classify,
 from tracker.bitstamp.subscriptions import HEARTBEAT_FRAME, SubscriptionBook, subscribe_frame
 from tracker.domain import tracker_events as te
 from tracker.domain.log import NewEntry, QuarantineItem
+from tracker.domain.timeutil import utc_now
 from tracker.domain.tracker_events import tracker_entry
 from tracker.exchange.errors import ExchangeUnreachable, RateLimited, ServerError
 from tracker.exchange.rest import BitstampClient
@@ -57,10 +58,6 @@ from tracker.runtime.writer import Item
 log = logging.getLogger("tracker.ingest")
 
 MAX_CHANNELS_PER_CONNECTION = 1000  # the server's cap is 1,024; keep a margin
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def uuid4_hex() -> str:

@@ -22,12 +22,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from tracker.domain.log import NewEntry, QuarantineItem
-from tracker.store.lease import LeaseLost, PgLease, SqliteFileLock, describe_db_error, file_lock_for, is_transient
+from tracker.runtime.db_retry import Outage
+from tracker.store.errors import is_transient
+from tracker.store.event_log import EventLog
+from tracker.store.lease import LeaseLost, PgLease, SqliteFileLock, file_lock_for
 
 log = logging.getLogger("tracker.lease")
 
@@ -82,9 +85,9 @@ class WriteGate:
 
 
 @contextmanager
-def open_file_lock(engine: Any) -> Iterator[SqliteFileLock | None]:
-    """The SQLite file lock for the life of the block (nothing on PostgreSQL)."""
-    lock = file_lock_for(engine)
+def open_file_lock(event_log: EventLog) -> Iterator[SqliteFileLock | None]:
+    """The SQLite file lock of the log's database for the life of the block (nothing on PostgreSQL)."""
+    lock = file_lock_for(event_log.engine)
     if lock is not None:
         lock.acquire()
     try:
@@ -101,7 +104,7 @@ async def _call(fn: Callable[[], T]) -> T:
 async def _acquire(lease: PgLease, stop: trio.Event, poll_s: float, *, standby_message: bool) -> bool:
     """Poll until the lock is ours (True) or ``stop`` (False). Database errors while polling are retried."""
     announced = False
-    failures = 0
+    outage = Outage("lease", log_every=20)
     while not stop.is_set():
         try:
             if await _call(lease.try_acquire):
@@ -117,10 +120,7 @@ async def _acquire(lease: PgLease, stop: trio.Event, poll_s: float, *, standby_m
         except Exception as error:
             if not is_transient(error):
                 raise
-            lease._drop()
-            failures += 1
-            if failures == 1 or failures % 20 == 0:
-                log.warning("lease: database unavailable (%s): retrying", describe_db_error(error))
+            outage.failed(error)  # the lease forgot its connection: the next poll opens a new one
         with trio.move_on_after(poll_s):
             await stop.wait()
     return False
@@ -129,17 +129,14 @@ async def _acquire(lease: PgLease, stop: trio.Event, poll_s: float, *, standby_m
 async def _reacquire(lease: PgLease, stop: trio.Event, poll_s: float) -> bool:
     """After losing the lease connection: take the lock on a new one (True; also True when ``stop`` comes first, so
     the shutdown goes on), or False when the database answers that another session holds it."""
-    failures = 0
+    outage = Outage("lease", log_every=20)
     while not stop.is_set():
         try:
             return bool(await _call(lease.try_acquire))
         except Exception as error:
             if not is_transient(error):
                 raise
-            lease._drop()
-            failures += 1
-            if failures == 1 or failures % 20 == 0:
-                log.warning("lease: database unavailable (%s): retrying", describe_db_error(error))
+            outage.failed(error)  # the lease forgot its connection: the next poll opens a new one
         with trio.move_on_after(poll_s):
             await stop.wait()
     return True

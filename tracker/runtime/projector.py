@@ -13,17 +13,19 @@ that, writes nothing, and it goes on from the new checkpoint (see ``tracker/stor
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
-from sqlalchemy import Engine
 
 from tracker.metrics import Metrics
+from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
 from tracker.store.projections import BATCH, ProjectionStore
+
+if TYPE_CHECKING:  # service.py imports the task types it exposes
+    from tracker.runtime.service import Services, TaskStarter
 
 log = logging.getLogger("tracker.projector")
 
@@ -105,14 +107,16 @@ async def run_projector(
         status._wake = trio.Event()
 
 
-def projector_task(engine: Engine) -> Callable[..., Awaitable[None]]:
+def projector_task(engine: Engine) -> TaskStarter:
     """An ``extra_tasks`` starter for ``run_tracker``: the projector beside ingest until ``services.stop`` (what is
-    committed after that is projected by the next run). Exposes its status as ``services.extra["projector"]``."""
+    committed after that is projected by the next run). Exposes its status as ``services.projector``."""
 
-    async def start(services: Any, *, task_status: trio.TaskStatus[ProjectorStatus] = trio.TASK_STATUS_IGNORED) -> None:
+    async def start(
+        services: Services, *, task_status: trio.TaskStatus[ProjectorStatus] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             status = await nursery.start(partial(run_projector, engine))
-            services.extra["projector"] = status
+            services.projector = status
             task_status.started(status)
             await services.stop.wait()
             nursery.cancel_scope.cancel()

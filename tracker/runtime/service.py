@@ -24,19 +24,27 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from tracker.config import Settings
 from tracker.exchange.rest import BitstampClient
+from tracker.runtime.db_retry import Outage
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.writer import Item, WriterStats, run_writer
-from tracker.store.lease import account_lease_for, describe_db_error, is_transient
+from tracker.store.errors import is_transient
+from tracker.store.event_log import EventLog
+from tracker.store.lease import account_lease_for
+
+if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
+    from tracker.runtime.backfill import Backfiller
+    from tracker.runtime.projector import ProjectorStatus
+    from tracker.runtime.reconciler import Reconciler
 
 log = logging.getLogger("tracker.service")
 
@@ -49,15 +57,26 @@ class Services:
 
     settings: Settings
     stop: trio.Event
-    log: Any  # tracker.store.event_log.EventLog
+    log: EventLog
     writer_stats: WriterStats
     ingest_stats: IngestStats
-    db_limiter: trio.CapacityLimiter
-    account: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    db_limiter: trio.CapacityLimiter  # one writer at a time: the writer task, backfill appends, projection catch-up
+    account: str | None = None  # known once the first token call answered
+    # PostgreSQL: when this process took the account's writer lease (None: stopped while a standby, or SQLite).
+    lease_acquired_at: datetime | None = None
+    # Set by the extra tasks as they start (status, metrics and tests read them).
+    projector: ProjectorStatus | None = None
+    backfiller: Backfiller | None = None
+    reconciler: Reconciler | None = None
 
 
-TaskStarter = Callable[..., Awaitable[Any]]
+class TaskStarter(Protocol):
+    """An extra task: ``await nursery.start(starter, services)``; it reports ``started`` once ready and returns (or
+    is cancelled) after ``services.stop``."""
+
+    __qualname__: str
+
+    def __call__(self, services: Services, *, task_status: trio.TaskStatus[Any] = ...) -> Awaitable[None]: ...
 
 
 async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -92,12 +111,6 @@ class _StartedOnce:
             self.inner.started(value)
 
 
-def _only_transient(error: BaseException) -> bool:
-    if isinstance(error, BaseExceptionGroup):
-        return all(_only_transient(inner) for inner in error.exceptions)
-    return is_transient(error)
-
-
 async def _restart_on_db_outage(
     starter: TaskStarter, services: Services, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -105,37 +118,25 @@ async def _restart_on_db_outage(
     it and start it again once the pause is over, instead of ending the run (the writer holds frames meanwhile). Each
     of them starts from what is committed, so a restart repeats no work that matters."""
     status = _StartedOnce(task_status)
-    delay = 0.5
+    outage = Outage(getattr(starter, "__qualname__", "a task").split(".")[0], base_s=0.5, cap_s=5.0, log_every=1)
     while True:
         try:
             await starter(services, task_status=status)
             return
         except BaseException as error:
-            if not _only_transient(error):
+            if not is_transient(error):
                 raise
-            log.warning(
-                "%s stopped: database unavailable (%s): restarting it in %.1f s",
-                getattr(starter, "__qualname__", "a task").split(".")[0],
-                describe_db_error(error if not isinstance(error, BaseExceptionGroup) else _first_leaf(error)),
-                delay,
-            )
+            delay = outage.failed(error)
         with trio.move_on_after(delay):
             await services.stop.wait()
         if services.stop.is_set():
             status.started()
             return
-        delay = min(delay * 2, 5.0)
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 async def run_tracker(
     settings: Settings,
-    event_log: Any,
+    event_log: EventLog,
     *,
     stop: trio.Event | None = None,
     handle_signals: bool = True,
@@ -158,7 +159,7 @@ async def run_tracker(
         ingest_stats=IngestStats(),
         db_limiter=trio.CapacityLimiter(1),
     )
-    engine = getattr(event_log, "engine", None)
+    engine = event_log.engine
     gate = WriteGate()
     writer_done = trio.Event()
 
@@ -175,7 +176,7 @@ async def run_tracker(
             writer_done.set()
 
     try:
-        with open_file_lock(engine) if engine is not None else nullcontext():
+        with open_file_lock(event_log):
             async with trio.open_nursery() as nursery:
                 signal_scope = trio.CancelScope()
                 if handle_signals:
@@ -190,13 +191,13 @@ async def run_tracker(
                 # The producers own the writer's channel: when they are all gone, the writer drains and returns.
                 async with send, trio.open_nursery() as producers:
                     lease = None
-                    if engine is not None and engine.dialect.name == "postgresql":
+                    if engine.dialect.name == "postgresql":
                         # The account is known only from a token; the lease is taken before anything subscribes.
                         lease = account_lease_for(engine, (await client.websockets_token()).user_id)
                     if lease is not None:
                         acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
-                        services.extra["lease_acquired_at"] = acquired_at
-                    if lease is None or services.extra["lease_acquired_at"] is not None:  # None: stopped as a standby
+                        services.lease_acquired_at = acquired_at
+                    if lease is None or services.lease_acquired_at is not None:  # None: stopped as a standby
                         producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
                         ingest_ctx = await producers.start(
                             lambda task_status: run_ingest(

@@ -10,7 +10,7 @@
 - Shutdown: the writer is never cancelled to stop it. Producers close their send channels (``async with``); the
   writer then drains what is left, commits it, and returns. A commit in progress is shielded from cancellation, so a
   batch taken off the channel is never lost half-way.
-- Database faults: with ``retry_if`` (the service passes ``tracker.store.lease.is_transient``), an append that fails
+- Database faults: with ``retry_if`` (the service passes ``tracker.store.errors.is_transient``), an append that fails
   because the connection was lost or SQLite stayed busy is retried, the same batch, with capped backoff, until the
   database is back. The append is idempotent (dedup keys), so a commit whose outcome was lost is harmless to repeat.
   Meanwhile the channel keeps taking frames up to its bound, then back-pressure holds the producers: nothing is
@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import trio
 
 from tracker.domain.log import NewEntry, QuarantineItem
+from tracker.runtime.db_retry import Outage
 
 log = logging.getLogger("tracker.writer")
 
@@ -139,8 +140,7 @@ async def _commit(
 ) -> None:
     entries = [item for item, _ in batch if isinstance(item, NewEntry)]
     quarantine = [item for item, _ in batch if isinstance(item, QuarantineItem)]
-    delay = RETRY_BASE_S
-    failures = 0
+    outage = Outage("writer", base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S)
     while True:
         try:
             with trio.CancelScope(shield=True):  # a commit under way is never abandoned half-way
@@ -149,24 +149,12 @@ async def _commit(
         except Exception as error:
             if retry_if is None or not retry_if(error):
                 raise
-            failures += 1
             stats.retries += 1
-            if failures == 1 or failures % 10 == 0:
-                orig = getattr(error, "orig", None) or error
-                first_line = (str(orig).strip().splitlines() or [""])[0]
-                log.warning(
-                    "database unavailable (%s: %s): %d item(s) held, retrying (attempt %d)",
-                    type(orig).__name__,
-                    first_line,
-                    len(batch),
-                    failures,
-                )
+            delay = outage.failed(error, f"{len(batch)} item(s)")
             # Not shielded: the writer is never cancelled in a normal stop, only when the run is failing anyway;
             # then a retry must not keep the process alive forever (the next run's backfill covers the batch).
             await trio.sleep(delay)
-            delay = min(delay * 2, RETRY_CAP_S)
-    if failures:
-        log.info("database back: %d item(s) committed after %d failed attempt(s)", len(batch), failures)
+    outage.over(f"{len(batch)} item(s) committed")
     now = trio.current_time()
     if stats.first_received is None:
         stats.first_received = batch[0][1]

@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine as Engine  # re-exported: the database handle the other layers pass around, opaque
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 from tracker.errors import StoreError

@@ -19,13 +19,14 @@ import contextlib
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, exc, text
 
 from tracker.errors import StoreError
 from tracker.store.engine import sqlite_path
+from tracker.store.errors import translate_db_errors
 
 
 class LeaseLost(StoreError):
@@ -72,11 +73,23 @@ class PgLease:
     def label(self) -> str:
         return f"tracker run pid {os.getpid()} account {self.account}"
 
+    @contextlib.contextmanager
+    def _lease_call(self) -> Iterator[None]:
+        """A call on the lease connection: a failure forgets the connection (the next call opens a new one) and is
+        raised as ``store.errors`` judges it (``DatabaseUnavailable`` while the database is down)."""
+        try:
+            with translate_db_errors():
+                yield
+        except Exception:
+            self._drop()
+            raise
+
     def try_acquire(self) -> bool:
         """Take the lock if it is free (never blocks); True when this process holds it."""
         if self.held:
             return True
-        got = self._connection().execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar_one()
+        with self._lease_call():
+            got = self._connection().execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar_one()
         self.held = bool(got)
         return self.held
 
@@ -84,7 +97,8 @@ class PgLease:
         """Who holds the lock now (its ``application_name`` and backend pid), for the standby's message."""
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
         params = {"hi": unsigned >> 32, "lo": unsigned & 0xFFFF_FFFF}
-        row = self._connection().execute(_HOLDER, params).first()
+        with self._lease_call():
+            row = self._connection().execute(_HOLDER, params).first()
         if row is None:
             return None
         pid, name, addr = row
@@ -176,20 +190,3 @@ def file_lock_for(engine: Engine) -> SqliteFileLock | None:
 def account_lease_for(engine: Engine, account: str) -> PgLease | None:
     """The account lease on PostgreSQL (None elsewhere: SQLite is covered by its file lock)."""
     return PgLease(engine, account) if engine.dialect.name == "postgresql" else None
-
-
-def is_transient(error: BaseException) -> bool:
-    """A database failure worth retrying: the connection was lost or refused, or SQLite stayed busy (locked) beyond
-    its ``busy_timeout``. Integrity errors, missing tables and programming errors are not."""
-    if isinstance(error, exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        return isinstance(error, (exc.OperationalError, exc.InterfaceError))
-    return False
-
-
-def describe_db_error(error: BaseException) -> str:
-    """One line about a database error, never the parameters (which may hold frames) or a password."""
-    orig: Any = getattr(error, "orig", None) or error
-    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
-    return f"{type(orig).__name__}: {lines[0] if lines else ''}"

@@ -1,0 +1,163 @@
+"""Wiring backfill and reconciliation: one builder from settings, used by ``tracker run`` (``recovery_task``: the
+backfill watcher and the periodic reconciler beside ingest) and by ``tracker reconcile`` (``reconcile_once``).
+
+Both share the same pieces: a ``PoliteApi`` over a ``BitstampClient``, the account's markets (configured, else
+discovered) and their display names, a ``LogSink`` and a ``ProjectionReader`` behind one one-writer limiter (the
+service's, so there is still one SQLite writer at a time), the ``Backfiller`` and the ``Reconciler`` over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+import trio
+
+from tracker.config import Settings
+from tracker.domain.backfill import BackfillOptions
+from tracker.domain.rows import OrderRow
+from tracker.domain.timeutil import utc_now
+from tracker.exchange.rest import BitstampClient
+from tracker.runtime.backfill import Backfiller, market_names, watch_and_backfill
+from tracker.runtime.ingest import discover_markets
+from tracker.runtime.log_sink import LogSink
+from tracker.runtime.polite_api import PoliteApi, RateLimiter
+from tracker.runtime.reconciler import ProjectionReader, ReconcileOptions, Reconciler, ReconcileResult, run_periodic
+from tracker.runtime.service import Services, TaskStarter
+from tracker.store.event_log import EventLog
+from tracker.store.projections import ProjectionStore
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    backfiller: Backfiller
+    reconciler: Reconciler
+
+
+async def build_recovery(
+    client: BitstampClient,
+    settings: Settings,
+    event_log: EventLog,
+    db_limiter: trio.CapacityLimiter,
+    *,
+    account: str,
+    limiter: RateLimiter | None = None,
+    backfill_options: BackfillOptions | None = None,
+    reconcile_options: ReconcileOptions | None = None,
+    wall: Callable[[], datetime] | None = None,
+) -> Recovery:
+    """The backfiller and reconciler of ``account`` (asks the exchange for the markets and their names)."""
+    api = PoliteApi(client, limiter)
+    markets = tuple(settings.markets) if settings.markets else await discover_markets(client)
+    names = await market_names(api)
+    # Projection catch-up behind the writer's limiter: one SQLite writer at a time, no busy-waiting.
+    reader = ProjectionReader(ProjectionStore(event_log.engine), event_log, db_limiter)
+
+    async def projected_open_orders() -> list[OrderRow]:
+        await reader.catch_up()
+        return await reader.open_orders(account)
+
+    backfiller = Backfiller(
+        api,
+        LogSink(event_log, db_limiter),
+        account=account,
+        markets=markets,
+        names=names,
+        options=backfill_options,
+        projected_open_orders=projected_open_orders,
+    )
+    return Recovery(backfiller, Reconciler(backfiller, reader, options=reconcile_options, wall=wall))
+
+
+def client_from(settings: Settings) -> BitstampClient:
+    key, secret = settings.require_credentials()
+    return BitstampClient(settings.api_url, key, secret)
+
+
+def recovery_task(
+    *,
+    started_at: datetime | None = None,
+    client_factory: Callable[[Settings], BitstampClient] | None = None,
+    reconcile_interval_s: float | None = None,
+    backfill_options: BackfillOptions | None = None,
+    limiter: RateLimiter | None = None,
+) -> TaskStarter:
+    """An ``extra_tasks`` starter for ``run_tracker``: the backfill watcher and the periodic reconciler.
+
+    Build it just before ``run_tracker`` (``started_at`` defaults to now: the log entries of this run are the ones
+    received from then on, and the start-up window runs from the previous run's last entry). The starter makes its own
+    ``BitstampClient`` from the settings (or ``client_factory(settings)``), shares the service's ``db_limiter`` for
+    appends, and exposes the ``Backfiller`` and ``Reconciler`` as ``services.backfiller`` / ``services.reconciler``.
+    ``reconcile_interval_s`` defaults to ``settings.reconcile_interval_s`` (0 or less: no periodic runs).
+    """
+    since = started_at or utc_now()
+
+    async def run_recovery(
+        services: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        settings = services.settings
+        if services.account is None:
+            raise RuntimeError("recovery_task started before ingest knew the account")
+        async with (client_factory or client_from)(settings) as client:
+            recovery = await build_recovery(
+                client,
+                settings,
+                services.log,
+                services.db_limiter,
+                account=services.account,
+                limiter=limiter,
+                backfill_options=backfill_options,
+            )
+            services.backfiller = recovery.backfiller
+            services.reconciler = recovery.reconciler
+            interval = settings.reconcile_interval_s if reconcile_interval_s is None else reconcile_interval_s
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(
+                        watch_and_backfill,
+                        recovery.backfiller,
+                        stop=services.stop,
+                        committed=lambda: services.writer_stats.committed,
+                        # A standby's run starts when it takes the lease: what the old holder logged until then is
+                        # the previous run's, so the start-up window starts at the holder's last entry.
+                        started_at=services.lease_acquired_at or since,
+                    )
+                )
+                if interval and interval > 0:
+                    await nursery.start(
+                        partial(run_periodic, recovery.reconciler, interval_s=interval, stop=services.stop)
+                    )
+                task_status.started()
+
+    return run_recovery
+
+
+async def reconcile_once(
+    settings: Settings,
+    event_log: EventLog,
+    *,
+    full: bool = True,
+    options: ReconcileOptions | None = None,
+    client: BitstampClient | None = None,
+    wall: Callable[[], datetime] | None = None,
+) -> ReconcileResult:
+    """``tracker reconcile``: one backfill and reconciliation run outside the service (projects the log itself)."""
+    own = client is None
+    client = client or client_from(settings)
+    try:
+        token = await PoliteApi(client).call("websockets_token", client.websockets_token)
+        recovery = await build_recovery(
+            client,
+            settings,
+            event_log,
+            trio.CapacityLimiter(1),
+            account=token.user_id,
+            reconcile_options=options,
+            wall=wall,
+        )
+        return await recovery.reconciler.run_once(full=full)
+    finally:
+        if own:
+            await client.aclose()

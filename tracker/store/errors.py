@@ -1,0 +1,67 @@
+"""Database errors as the rest of tracker sees them: SQLAlchemy's and the drivers' exceptions are judged here, once.
+
+    TrackerError                     (tracker/errors.py) printed as one ``tracker: error:`` line
+    └── StoreError                   the database refused or is unusable: the message says what to do (exit 2)
+        ├── DatabaseUnavailable      the connection was lost or refused, or SQLite stayed locked past its busy
+        │                            timeout: transient, the runtime retries (writer, lease, restarted tasks)
+        └── LeaseLost                another process took this account's writer lease (store/lease.py)
+
+``translate_db_errors`` turns a transient ``sqlalchemy.exc.DBAPIError`` into ``DatabaseUnavailable`` (``raise ...
+from``: the original stays as ``__cause__``) at the entry points the long-running tasks call; everything else (an
+integrity error, a missing table, a damaged file) passes through unchanged, as the programming or data error it is.
+``is_transient`` answers the one question the runtime asks ("retry this?") for either form, so no code outside
+``store/`` looks at a driver's exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import exc
+
+from tracker.errors import StoreError
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached right now (connection lost or refused, or locked past the busy timeout)."""
+
+
+def _transient_dbapi(error: BaseException) -> bool:
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, (exc.OperationalError, exc.InterfaceError))
+    return False
+
+
+def describe_db_error(error: BaseException) -> str:
+    """One line about a database error, never the parameters (which may hold frames) or a password."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    if isinstance(error, DatabaseUnavailable) and error.__cause__ is not None:
+        error = error.__cause__
+    orig: Any = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database failure worth retrying: ``DatabaseUnavailable``, or an untranslated driver error of that kind. An
+    exception group is transient when every failure in it is. Integrity errors, missing tables and programming errors
+    are not."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(is_transient(inner) for inner in error.exceptions)
+    return isinstance(error, DatabaseUnavailable) or _transient_dbapi(error)
+
+
+@contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Raise a transient driver error as ``DatabaseUnavailable`` (one line, no parameters), anything else as it is."""
+    try:
+        yield
+    except exc.DBAPIError as error:
+        if _transient_dbapi(error):
+            raise DatabaseUnavailable(f"database unavailable ({describe_db_error(error)})") from error
+        raise

@@ -1,0 +1,75 @@
+"""The queries backfill runs on the event log: where this run starts, the entries that can reveal a gap, and the
+newest data of a tracker-made entry (cursors and summaries are read back from the log, never kept elsewhere).
+
+Plain functions over an ``EventLog``: synchronous, one short read transaction each; the runtime calls them in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from tracker.domain.log import LogEntry
+from tracker.store.event_log import LOG_FIELDS, EventLog
+from tracker.store.schema import event_log as event_log_table
+
+_COLUMNS = tuple(event_log_table.c[name] for name in LOG_FIELDS)
+SIGNAL_PAGE = 2000  # signal entries read per query (the watch reads again at once after a full page)
+
+
+def latest_tracker_data(event_log: EventLog, account: str, channel: str, event: str) -> dict[str, Any] | None:
+    """The ``data`` of the newest tracker-made entry ``event`` on ``channel`` (e.g. the last ``backfill_completed``,
+    whose cursors the next backfill starts from), or None."""
+    t = event_log_table
+    query = (
+        select(t.c.payload)
+        .where(t.c.channel == channel, t.c.account == account, t.c.event == event, t.c.source == "tracker")
+        .order_by(t.c.seq.desc())
+        .limit(1)
+    )
+    with event_log.engine.connect() as conn:
+        payload = conn.execute(query).scalar_one_or_none()
+    if payload is None:
+        return None
+    data = json.loads(payload).get("data")
+    return data if isinstance(data, dict) else None
+
+
+def signals_after(event_log: EventLog, account: str, after: int, limit: int = SIGNAL_PAGE) -> list[LogEntry]:
+    """Entries that can reveal a gap: tracker lifecycle entries and ws entries with an event_id (my_orders)."""
+    t = event_log_table
+    query = (
+        select(*_COLUMNS)
+        .where(
+            t.c.seq > after,
+            t.c.account == account,
+            or_(t.c.source == "tracker", and_(t.c.source == "ws", t.c.event_id.is_not(None))),
+        )
+        .order_by(t.c.seq)
+        .limit(limit)
+    )
+    with event_log.engine.connect() as conn:
+        return [LogEntry(*row) for row in conn.execute(query)]
+
+
+def run_start(event_log: EventLog, account: str, started_at: datetime) -> tuple[int, datetime | None]:
+    """(seq before this run's first entry, received_at of the previous run's last entry), scanning back from the
+    head: entries of this run have ``received_at >= started_at``."""
+    t = event_log_table
+    hi: int | None = None
+    with event_log.engine.connect() as conn:
+        while True:
+            query = select(t.c.seq, t.c.received_at).where(t.c.account == account)
+            if hi is not None:
+                query = query.where(t.c.seq < hi)
+            rows = list(conn.execute(query.order_by(t.c.seq.desc()).limit(500)))
+            if not rows:
+                return 0, None
+            for seq, received_at in rows:
+                if received_at < started_at:
+                    return seq, received_at
+            hi = rows[-1][0]
