@@ -74,6 +74,10 @@ def test_stored_row_round_trips_every_field(log: EventLog) -> None:
         assert getattr(row, name) == getattr(new, name)
     for name in ("position_id", "event_id", "pre_event_id", "exchange_ts_us", "connection_id"):
         assert getattr(row, name) == getattr(new, name)
+    # The append's hand-written row tuple, the schema and the hash chain agree: every field went to its own column
+    # (each value above is distinct), and the chain recomputed from the stored row is the stored hash.
+    assert (row.seq, row.prev_hash) == (1, GENESIS)
+    assert row.hash == link_hash(GENESIS, 1, row) == link_hash(GENESIS, 1, new)
 
 
 def test_empty_append_writes_nothing(log: EventLog) -> None:

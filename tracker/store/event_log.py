@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, String, func, select, text
+from sqlalchemy import Connection, Dialect, Engine, Integer, Select, String, bindparam, func, or_, select, text
 
 from tracker.domain.chain import GENESIS, Anchor, link_hash
 from tracker.domain.log import LogEntry, LogRecord, NewEntry, QuarantineItem
@@ -179,13 +179,41 @@ def _fast_insert(dialect: Dialect) -> tuple[str, Callable[[datetime], object]]:
     return str(compiled), (_sqlite_stamp if dialect.name == "sqlite" else _aware)
 
 
-def _records_query(dialect: Dialect) -> str:
-    """``read_records_after``'s query as driver SQL (two positional parameters: the seq, the limit)."""
-    marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # psycopg takes %s beside %(name)s
-    if dialect.paramstyle not in marks:
-        raise RuntimeError(f"unsupported paramstyle {dialect.paramstyle!r}")
-    mark = marks[dialect.paramstyle]
-    return f"SELECT {', '.join(RECORD_FIELDS)} FROM event_log WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
+class DriverQuery:
+    """A Core SELECT compiled once to positional driver SQL, for the raw cursor reads below (no per-row SQLAlchemy
+    processing): ``params(**values)`` lays the values out in the order the SQL wants them (with the statement's
+    own defaults, e.g. the ``OFFSET 0`` SQLite adds to a bound ``LIMIT``). Expanding ``IN`` lists are rendered."""
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        positional = dialect if dialect.positional else type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+        compiled = statement.compile(dialect=positional, compile_kwargs={"render_postcompile": True})
+        self.sql = str(compiled)
+        self.defaults = compiled.construct_params()
+        self.order = tuple(compiled.positiontup or ())
+
+    def params(self, **values: Any) -> tuple[Any, ...]:
+        merged = {**self.defaults, **values}
+        return tuple(merged[name] for name in self.order)
+
+
+_RECORD_COLUMNS = tuple(event_log.c[name] for name in RECORD_FIELDS)
+_SEQ = event_log.c.seq
+# read_records_after: the entries after a seq, in seq order, a page at a time.
+_RECORDS_AFTER = (
+    select(*_RECORD_COLUMNS).where(bindparam("after", 0) < _SEQ).order_by(_SEQ).limit(bindparam("limit", 1, type_=Integer))
+)
+
+
+def _records_of_markets(markets: Sequence[str], *, other_markets: bool) -> Select[Any]:
+    """read_records_of_markets: a seq range, the entries of some markets (or of the others) and those of none."""
+    market = event_log.c.market
+    chosen = market.not_in(markets) if other_markets else market.in_(markets)
+    return (
+        select(*_RECORD_COLUMNS, event_log.c.position_id)
+        .where(bindparam("after", 0) < _SEQ, bindparam("until", 0) >= _SEQ, or_(chosen, market.is_(None), market == ""))
+        .order_by(_SEQ)
+        .limit(bindparam("limit", 1, type_=Integer))
+    )
 
 
 def _received_reader(dialect: Dialect) -> Callable[[Any], datetime]:
@@ -194,7 +222,7 @@ def _received_reader(dialect: Dialect) -> Callable[[Any], datetime]:
     SQLite stores naive UTC text (``2026-11-29 12:00:00.000000``): one ``fromisoformat`` of it with ``+00:00``
     appended gives the same datetime (tzinfo ``UTC``) as the column type's processor (``fromisoformat``, then
     ``replace(tzinfo=UTC)``) in a sixth of the time. Anything else goes through the column type's processor."""
-    process = event_log.c.received_at.type._cached_result_processor(dialect, None)  # type: ignore[attr-defined]
+    process = event_log.c.received_at.type.dialect_impl(dialect).result_processor(dialect, None)
     if process is None:
         raise RuntimeError("received_at has no result processor")
     from_iso = datetime.fromisoformat
@@ -219,7 +247,7 @@ class EventLog:
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
         self._insert_sql, self._stamp = _fast_insert(engine.dialect)
-        self._records_sql = _records_query(engine.dialect)
+        self._records = DriverQuery(_RECORDS_AFTER, engine.dialect)
         self._received = _received_reader(engine.dialect)
 
     # -- append --------------------------------------------------------------------------------------------------
@@ -260,7 +288,7 @@ class EventLog:
                 link = link_hash(prev, head, entry)
                 known[entry.dedup_key] = (head, entry.payload)
                 appended.append(head)
-                # In event_log's column order (checked in __init__).
+                # In event_log's column order (tests/test_event_log.py round-trips every field and the chain).
                 rows.append(
                     (
                         head,
@@ -346,7 +374,7 @@ class EventLog:
         with self.engine.connect() as conn:
             cursor = conn.connection.cursor()
             try:
-                cursor.execute(self._records_sql, (seq, limit))
+                cursor.execute(self._records.sql, self._records.params(after=seq, limit=limit))
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
@@ -364,16 +392,11 @@ class EventLog:
         who have none, each with its ``position_id`` (an entry without a market goes with its position's)."""
         if self._postgres:
             raise NotImplementedError("read_records_of_markets is for SQLite")
-        marks = ", ".join("?" * len(markets))
-        which = "NOT IN" if other_markets else "IN"
-        sql = (
-            f"SELECT {', '.join(RECORD_FIELDS)}, position_id FROM event_log WHERE seq > ? AND seq <= ?"
-            f" AND (market {which} ({marks}) OR market IS NULL OR market = '') ORDER BY seq LIMIT ?"
-        )
+        query = DriverQuery(_records_of_markets(markets, other_markets=other_markets), self.engine.dialect)
         with self.engine.connect() as conn:
             cursor = conn.connection.cursor()
             try:
-                cursor.execute(sql, (seq, until, *markets, limit))
+                cursor.execute(query.sql, query.params(after=seq, until=until, limit=limit))
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
