@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -25,7 +26,9 @@ _INT_RE: Final = re.compile(r"-?[0-9]+")
 
 # One decoder for all calls: json.loads(..., parse_float=Decimal) builds a new one per call.
 _EXACT_DECODER: Final = json.JSONDecoder(parse_float=Decimal)
-_SCAN_ONCE: Final = _EXACT_DECODER.scan_once
+# The decoder's scanner (set by JSONDecoder.__init__, documented in the json module's source but not in typeshed):
+# one call parses a value at an index, without decode()'s whitespace handling.
+_SCAN_ONCE: Final[Callable[[str, int], tuple[Any, int]]] = _EXACT_DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads_exact(text: str) -> Any:

@@ -39,7 +39,7 @@ class Outage:
                 f": {holding} held" if holding else "",
                 self.failures,
             )
-        return min(self.base_s * 2 ** (self.failures - 1), self.cap_s)
+        return min(self.base_s * 2.0 ** (self.failures - 1), self.cap_s)
 
     def over(self, done: str = "") -> None:
         """The database answered again: log the recovery (once) and start counting afresh."""

@@ -200,7 +200,10 @@ _RECORD_COLUMNS = tuple(event_log.c[name] for name in RECORD_FIELDS)
 _SEQ = event_log.c.seq
 # read_records_after: the entries after a seq, in seq order, a page at a time.
 _RECORDS_AFTER = (
-    select(*_RECORD_COLUMNS).where(bindparam("after", 0) < _SEQ).order_by(_SEQ).limit(bindparam("limit", 1, type_=Integer))
+    select(*_RECORD_COLUMNS)
+    .where(bindparam("after", 0) < _SEQ)
+    .order_by(_SEQ)
+    .limit(bindparam("limit", 1, type_=Integer))
 )
 
 
@@ -236,7 +239,10 @@ def _received_reader(dialect: Dialect) -> Callable[[Any], datetime]:
             else:
                 if moment.tzinfo is UTC:
                     return moment
-        return process(value)  # type: ignore[no-any-return]
+        processed = process(value)
+        if not isinstance(processed, datetime):  # NOT NULL column: the processor returns a datetime
+            raise TypeError(f"received_at read as {processed!r}")
+        return processed
 
     return received
 
