@@ -14,6 +14,7 @@ from tracker.exchange.errors import (
     ApiError,
     AuthError,
     ClockSkewError,
+    EndpointUnavailable,
     ExchangeUnreachable,
     RateLimited,
     ResponseSignatureError,
@@ -143,10 +144,93 @@ async def test_response_signature_mismatch_rejected() -> None:
             await client.account_balances()
 
 
-async def test_unsigned_response_rejected() -> None:
+async def test_unsigned_response_is_accepted_counted_and_logged_once_per_endpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with make_client(lambda request: httpx.Response(200, json=[])) as client:
-        with pytest.raises(ResponseSignatureError, match="not signed"):
-            await client.account_balances()
+        for _ in range(3):
+            assert await client.account_balances() == []
+        await client.open_orders()
+    assert client.unsigned == {"account_balances": 3, "open_orders": 1}
+    warnings = [r.getMessage() for r in caplog.records if "X-Server-Auth-Signature" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[0].startswith("account_balances/")
+
+
+async def test_an_error_body_is_read_before_the_signature_whatever_the_status() -> None:
+    # An error with HTTP 200 and no signature: the error, not a signature failure (docs/bitstamp.md §5.4).
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, json={"status": "error", "reason": {"__all__": ["Order not found"]}, "code": "404.002"}
+        )
+
+    async with make_client(handler) as client:
+        with pytest.raises(ApiError, match="Order not found") as info:
+            await client.order_status("1")
+    assert type(info.value) is ApiError and info.value.code == "404.002"
+    assert not client.unsigned
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "exc_type"),
+    [
+        ("API5502", 400, ServerError),  # "Something went wrong, try again later"
+        ("API5506", 400, EndpointUnavailable),  # "Trade account does not support derivatives."
+        ("API5599", 400, EndpointUnavailable),  # an unknown derivatives code: not for this account (guess)
+        ("403.004", 403, EndpointUnavailable),
+        ("410.001", 410, EndpointUnavailable),
+        (None, 404, EndpointUnavailable),  # no such endpoint here
+        ("404.008", 404, ApiError),  # a normal "no events found" answer
+        ("400.085", 400, ApiError),  # validation: refused as such
+        ("API9999", 403, ApiError),  # an unknown code: kept, never fatal
+        ("500.010", 500, ServerError),
+        ("400.068", 400, RateLimited),
+    ],
+)
+async def test_every_code_has_one_disposition(code: str | None, status: int, exc_type: type) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"code": code, "message": "m"} if code else {"message": "m"})
+
+    async with make_client(handler) as client:
+        with pytest.raises(ApiError) as info:
+            await client.trade_history("btcusd-perp", limit=1)
+    assert type(info.value) is exc_type
+    assert not isinstance(info.value, AuthError)  # no walk's answer may look like bad credentials
+
+
+@pytest.mark.parametrize(("server_form", "switches"), [("query", True), ("?query", False)])
+async def test_get_with_a_query_retries_once_with_the_other_signing_form(server_form: str, switches: bool) -> None:
+    forms: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        query = request.url.query.decode()
+        signed_query = ("?" + query if server_form == "?query" else query) if query else ""
+        head = f"BITSTAMP {KEY}{request.method}www.bitstamp.net{request.url.path}{signed_query}"
+        body = request.content.decode()
+        content_type = request.headers.get("Content-Type", "") if body else ""
+        expected = _hmac(f"{head}{content_type}{NONCE}{NOW_MS}v2{body}".encode())
+        forms.append(client.auth.query_form)
+        if request.headers["X-Auth-Signature"] != expected:
+            return httpx.Response(403, json={"status": "error", "reason": "Invalid signature", "code": "API0005"})
+        return signed_response(request, 200, b"[]")
+
+    client = make_client(handler)
+    async with client:
+        await client.account_balances()  # a POST passes: the secret is right
+        assert await client.trade_history("btcusd-perp", limit=1, sort="asc") == []
+        assert await client.trade_history("btcusd-perp", limit=1, sort="asc") == []
+    assert client.query_form_settled
+    assert client.auth.query_form == server_form
+    assert len(forms) == (4 if switches else 3)  # one retry at most, and only the first time
+
+
+async def test_api0005_on_the_first_call_is_bad_credentials_not_a_signing_form() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"status": "error", "reason": "Invalid signature", "code": "API0005"})
+
+    async with make_client(handler) as client:
+        with pytest.raises(AuthError, match="BITSTAMP_API_SECRET"):
+            await client.trade_history("btcusd-perp", limit=1)
+    assert client.auth.query_form == "?query"
 
 
 @pytest.mark.parametrize(
@@ -154,8 +238,8 @@ async def test_unsigned_response_rejected() -> None:
     [
         ("API0001", AuthError, "API key not found: check BITSTAMP_API_KEY"),
         ("API0005", AuthError, "signature rejected: check BITSTAMP_API_SECRET"),
-        ("API0003", AuthError, "lacks permission for websockets_token/"),
-        ("API0004", AuthError, "nonce"),
+        ("API0003", AuthError, "lacks permission for websockets_token/"),  # no token, no private channel
+        ("API0004", ServerError, "nonce"),  # transient: a new nonce is made per request
     ],
 )
 async def test_auth_errors_mapped_with_actionable_message(code: str, exc_type: type, text: str) -> None:

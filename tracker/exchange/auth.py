@@ -1,11 +1,11 @@
-"""Bitstamp HTTP API v2 signing as an ``httpx.Auth`` (PROTOCOL.md §3), with the response signature checked.
+"""Bitstamp HTTP API v2 signing as an ``httpx.Auth`` (docs/bitstamp.md §3), and the response signature check.
 
 The clock (unix milliseconds) and the nonce factory are injected, so tests compute signatures independently and the
 client can shift the clock after an API0017 (``clock_offset_ms``). The string to sign comes from
 ``tracker.bitstamp.signing``; this module only maps an ``httpx.Request`` onto it:
 
 - host is the URL's ``host[:port]`` (what the ``Host`` header carries; plain ``www.bitstamp.net`` in production);
-- path is the raw path, the query is signed as ``?query`` when present;
+- path is the raw path, the query is signed as ``?query`` when present (``query_form``: the client may switch it);
 - with an empty body there is no ``Content-Type`` header and neither content type nor body is in the string
   (a Content-Type on an empty body is API0020 on the real server).
 """
@@ -15,11 +15,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Generator
 from email.utils import parsedate_to_datetime
+from typing import Final
 
 import httpx
 
-from tracker.bitstamp.signing import FORM_CONTENT_TYPE, response_signature, sign_request, signatures_equal
+from tracker.bitstamp.signing import (
+    FORM_CONTENT_TYPE,
+    QUERY_WITH_MARK,
+    QueryForm,
+    response_signature,
+    sign_request,
+    signatures_equal,
+)
 from tracker.exchange.errors import ResponseSignatureError
+
+SIGNED: Final = "tracker.signed"  # request extension: (nonce, timestamp) of a signed request, for the response check
 
 ClockMs = Callable[[], int]
 NonceFactory = Callable[[], str]
@@ -30,7 +40,8 @@ def uuid4_nonce() -> str:
 
 
 class BitstampAuth(httpx.Auth):
-    """Signs every request; on a 2xx response verifies ``X-Server-Auth-Signature`` in constant time."""
+    """Signs every request and leaves the (nonce, timestamp) used on the request (``SIGNED``): the client checks the
+    response's ``X-Server-Auth-Signature`` after it has read the body for an error (``check_response``)."""
 
     requires_request_body = True
     requires_response_body = True
@@ -48,8 +59,9 @@ class BitstampAuth(httpx.Auth):
         self._api_secret = api_secret
         self._clock = clock
         self._nonce = nonce
-        self._verify_response = verify_response
+        self.verify_response = verify_response
         self.clock_offset_ms = 0  # added to the clock; set from the server's Date header after API0017
+        self.query_form: QueryForm = QUERY_WITH_MARK  # how a GET's query is signed (see tracker.bitstamp.signing)
 
     def __repr__(self) -> str:
         return "BitstampAuth(api_key='***')"
@@ -85,23 +97,25 @@ class BitstampAuth(httpx.Auth):
             body=body,
             nonce=self._nonce(),
             timestamp_ms=self.timestamp_ms(),
+            query_form=self.query_form,
         )
         request.headers.update(signed.as_dict())
+        request.extensions[SIGNED] = (signed.nonce, signed.timestamp)
         return signed.nonce, signed.timestamp
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        nonce, timestamp = self.sign(request)
-        response = yield request
-        if self._verify_response and response.is_success:
-            self.check_response(response, nonce=nonce, timestamp=timestamp)
+        self.sign(request)
+        yield request
 
-    def check_response(self, response: httpx.Response, *, nonce: str, timestamp: str) -> None:
+    def check_response(self, response: httpx.Response) -> bool:
+        """True when the response carries a signature that matches; False when it carries none (the caller counts
+        and logs that); ``ResponseSignatureError`` when it carries a wrong one. Unsigned requests pass (True)."""
+        if not self.verify_response or SIGNED not in response.request.extensions:
+            return True
+        nonce, timestamp = response.request.extensions[SIGNED]
         got = response.headers.get("X-Server-Auth-Signature")
         if got is None:
-            raise ResponseSignatureError(
-                f"the response from {response.request.url.path} is not signed (no X-Server-Auth-Signature): "
-                "check BITSTAMP_API_URL points at Bitstamp"
-            )
+            return False
         expected = response_signature(
             api_secret=self._api_secret,
             nonce=nonce,
@@ -114,3 +128,4 @@ class BitstampAuth(httpx.Auth):
                 f"the response signature from {response.request.url.path} does not match: the response was altered "
                 "or BITSTAMP_API_URL does not point at Bitstamp"
             )
+        return True

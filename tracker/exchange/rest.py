@@ -1,16 +1,29 @@
 """``BitstampClient``: thin signed calls to the Bitstamp HTTP API v2, returning parsed JSON (floats as Decimal).
 
 One seam for tests: ``transport=`` (``httpx.MockTransport`` or the fake exchange). Every failure leaves this module as
-one of the exceptions in ``tracker.exchange.errors``. Error bodies are recognised whatever the HTTP status (order
-endpoints answer errors with HTTP 200, PROTOCOL.md §5.4). API0017 (clock skew) resyncs the clock offset from the
-response's ``Date`` header and retries once; rate limits raise ``RateLimited`` for the caller to back off.
+one of the exceptions in ``tracker.exchange.errors``, chosen by the code's disposition (``errors.disposition``).
+
+The order in which an answer is read matters (docs/bitstamp.md §3.3, §5.4):
+
+1. the body first, whatever the HTTP status: an error can come with HTTP 200 (order endpoints), and an error has no
+   signature to check;
+2. then, for a successful answer, the response signature: a wrong one is ``ResponseSignatureError`` (retried by the
+   caller, then reported); a missing one is accepted, counted per endpoint (``unsigned``) and logged once per
+   endpoint (the docs require the header, but the real exchange is the judge: refusing every unsigned answer would
+   stop a tracker that a header's absence does not endanger).
+
+API0017 (clock skew) resyncs the clock offset from the response's ``Date`` header and retries once. API0005 on a GET
+with a query, while other calls pass, retries once with the other way of signing the query (``signing.QueryForm``)
+and keeps the one that works (``query_form_settled``); rate limits raise ``RateLimited`` for the caller to back off.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,18 +31,23 @@ from typing import Any
 
 import httpx
 
+from tracker.bitstamp.signing import QUERY_BARE, QUERY_WITH_MARK
 from tracker.exchange.auth import BitstampAuth, ClockMs, NonceFactory, uuid4_nonce
 from tracker.exchange.errors import (
     AUTH_MESSAGES,
-    RATE_LIMIT_CODES,
     ApiError,
     AuthError,
     ClockSkewError,
+    Disposition,
+    EndpointUnavailable,
     ExchangeUnreachable,
     RateLimited,
     ServerError,
+    disposition,
 )
 from tracker.logs import redact
+
+log = logging.getLogger("tracker.exchange")
 
 Params = Mapping[str, str | int]
 
@@ -70,6 +88,40 @@ def _error_code(body: object) -> tuple[bool, str | None, str]:
     return True, (str(code) if code is not None else None), str(reason or "").strip()
 
 
+def _api_error(path: str, status: int, code: str | None, reason: str, headers: httpx.Headers) -> ApiError:
+    """The exception for an error answer, by its code's disposition (``errors.disposition``)."""
+    what = f"HTTP {status}{', ' + code if code else ''}"
+    match disposition(code, status):
+        case Disposition.RATE_LIMITED:
+            retry_after = headers.get("Retry-After")
+            return RateLimited(
+                f"rate limited by the exchange on {path} ({code or status}): backing off",
+                code=code,
+                status=status,
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            )
+        case Disposition.STOP:
+            template = AUTH_MESSAGES.get(code or "", f"authentication failed ({code}{': ' + reason if reason else ''})")
+            return AuthError(template.format(path=path), code=code, status=status)
+        case Disposition.RETRY if code == "API0017":
+            return ClockSkewError(AUTH_MESSAGES["API0017"], code=code, status=status, date_header=headers.get("Date"))
+        case Disposition.RETRY if code in AUTH_MESSAGES:
+            return ServerError(AUTH_MESSAGES[code or ""].format(path=path), code=code, status=status)
+        case Disposition.RETRY:
+            detail = f": {reason}" if reason else ""
+            return ServerError(
+                f"the exchange failed on {path} ({what}{detail}): retrying later", code=code, status=status
+            )
+        case Disposition.UNAVAILABLE:
+            template = AUTH_MESSAGES.get(code or "", f"{path} is not available to this account or key ({what})")
+            message = template.format(path=path) + (f": {reason}" if reason and code not in AUTH_MESSAGES else "")
+            return EndpointUnavailable(message, code=code, status=status)
+        case Disposition.REFUSED:
+            return ApiError(
+                f"the exchange refused {path} ({what}): {reason or 'no reason given'}", code=code, status=status
+            )
+
+
 class BitstampClient:
     """Signed access to the private endpoints tracker needs. Use as ``async with BitstampClient(...) as client``."""
 
@@ -90,6 +142,10 @@ class BitstampClient:
         self._base = api_url if api_url.endswith("/") else api_url + "/"
         self.auth = BitstampAuth(api_key, api_secret, clock=clock, nonce=nonce, verify_response=verify_response)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, headers={"User-Agent": "tracker"})
+        self.unsigned: Counter[str] = Counter()  # successful signed answers without X-Server-Auth-Signature
+        self.signed_ok: Counter[str] = Counter()  # ... with a matching one
+        self.query_form_settled = False  # a signed GET with a query has been accepted in the current form
+        self.answered_ok = False  # any signed call has been accepted (so the key and secret are right)
 
     def __repr__(self) -> str:
         return f"BitstampClient({self._base!r})"
@@ -109,11 +165,48 @@ class BitstampClient:
         self, method: str, path: str, *, data: Params | None = None, params: Params | None = None, signed: bool = True
     ) -> Any:
         try:
-            return await self._request_once(method, path, data=data, params=params, signed=signed)
+            body = await self._request_once(method, path, data=data, params=params, signed=signed)
         except ClockSkewError as exc:
-            if not self.auth.resync_from_date_header(getattr(exc, "date_header", None)):
+            if not self.auth.resync_from_date_header(exc.date_header):
                 raise
-            return await self._request_once(method, path, data=data, params=params, signed=signed)
+            body = await self._request_once(method, path, data=data, params=params, signed=signed)
+        except AuthError as exc:
+            if not self._may_switch_query_form(exc, method, params, signed):
+                raise
+            body = await self._retry_other_query_form(method, path, params, exc)
+        if signed:
+            self.answered_ok = True
+            if method == "GET" and params:
+                self.query_form_settled = True
+        return body
+
+    def _may_switch_query_form(self, exc: AuthError, method: str, params: Params | None, signed: bool) -> bool:
+        """API0005 on a signed GET with a query, once other calls passed and before any such GET did: the likely
+        cause is the query's form in the string to sign, not the secret (which the other calls proved)."""
+        return (
+            exc.code == "API0005"
+            and signed
+            and method == "GET"
+            and bool(params)
+            and self.answered_ok
+            and (not self.query_form_settled)
+        )
+
+    async def _retry_other_query_form(self, method: str, path: str, params: Params | None, first: AuthError) -> Any:
+        tried = self.auth.query_form
+        self.auth.query_form = QUERY_BARE if tried == QUERY_WITH_MARK else QUERY_WITH_MARK
+        try:
+            body = await self._request_once(method, path, data=None, params=params, signed=True)
+        except AuthError:
+            self.auth.query_form = tried
+            raise first from None
+        log.warning(
+            "GET signing: the exchange refused the query signed as %r and accepted %r; using %r from now on",
+            tried,
+            self.auth.query_form,
+            self.auth.query_form,
+        )
+        return body
 
     async def _request_once(
         self, method: str, path: str, *, data: Params | None, params: Params | None, signed: bool
@@ -141,43 +234,35 @@ class BitstampClient:
         except (ValueError, UnicodeDecodeError):
             body = None
         is_error, code, reason = _error_code(body)
-        if not is_error and response.is_success:
-            if body is None:
-                raise ApiError(f"{path}: the exchange answered HTTP {status} without a JSON body", status=status)
-            return body
-        if status == 429 or code in RATE_LIMIT_CODES:
-            retry_after = response.headers.get("Retry-After")
-            raise RateLimited(
-                f"rate limited by the exchange on {path} ({code or status}): backing off",
-                code=code,
-                status=status,
-                retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        if is_error or not response.is_success:
+            raise _api_error(path, status, code, reason, response.headers)
+        self._check_signature(response, path)
+        if body is None:
+            raise ApiError(f"{path}: the exchange answered HTTP {status} without a JSON body", status=status)
+        return body
+
+    def _check_signature(self, response: httpx.Response, path: str) -> None:
+        endpoint = path.split("/", 1)[0]
+        if self.auth.check_response(response):
+            self.signed_ok[endpoint] += 1
+            return
+        self.unsigned[endpoint] += 1
+        if self.unsigned[endpoint] == 1:
+            log.warning(
+                "%s/ answered without X-Server-Auth-Signature: accepted, and counted (tracker doctor shows the counts;"
+                " this is logged once per endpoint)",
+                endpoint,
             )
-        if code and code.startswith("API"):
-            template = AUTH_MESSAGES.get(code, f"authentication failed ({code}{': ' + reason if reason else ''})")
-            message = template.format(path=path)
-            if code == "API0017":
-                exc = ClockSkewError(message, code=code, status=status)
-                exc.date_header = response.headers.get("Date")  # type: ignore[attr-defined]
-                raise exc
-            raise AuthError(message, code=code, status=status)
-        if status >= 500 or (code or "").startswith("500"):
-            raise ServerError(
-                f"the exchange failed on {path} (HTTP {status}{', ' + code if code else ''}): retry later",
-                code=code,
-                status=status,
-            )
-        raise ApiError(
-            f"the exchange refused {path} (HTTP {status}{', ' + code if code else ''}): {reason or 'no reason given'}",
-            code=code,
-            status=status,
-        )
 
     # -- endpoints (thin: parsed JSON out) ---------------------------------------------------------------------
 
     async def websockets_token(self) -> WsToken:
-        """``POST websockets_token/`` (no body). The token is registered for redaction before anything else."""
-        body = await self.request("POST", "websockets_token/")
+        """``POST websockets_token/`` (no body). The token is registered for redaction before anything else. Without
+        it nothing private can be subscribed: a key not allowed to ask for it (API0003) is an ``AuthError``."""
+        try:
+            body = await self.request("POST", "websockets_token/")
+        except EndpointUnavailable as exc:
+            raise AuthError(str(exc), code=exc.code, status=exc.status) from None
         try:
             token = str(body["token"])
             redact(token)
