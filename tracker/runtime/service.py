@@ -36,6 +36,7 @@ from tracker.exchange.rest import BitstampClient
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.writer import Item, WriterStats, run_writer
+from tracker.store.integrity import unsaved_path
 from tracker.store.lease import account_lease_for, describe_db_error, is_transient
 
 log = logging.getLogger("tracker.service")
@@ -170,6 +171,7 @@ async def run_tracker(
                 stats=services.writer_stats,
                 limiter=services.db_limiter,
                 retry_if=is_transient,
+                spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
             )
         finally:
             writer_done.set()

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 from tracker.errors import StoreError
+from tracker.store.integrity import DatabaseDamaged, first_line, is_damage
 from tracker.store.sqlite_money import register_exact_sums
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -141,6 +142,10 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
             pass
     except exc.DBAPIError as error:
         engine.dispose()
+        if is_damage(error):
+            raise DatabaseDamaged(
+                f"the database at {display_url(parsed)} is damaged ({first_line(error)}): restore it from a backup"
+            ) from None
         raise StoreError(
             f"cannot connect to the database at {display_url(parsed)}: {_reason(error, parsed)}; check TRACKER_DB_URL"
         ) from None
