@@ -5,6 +5,7 @@ Rules: local databases only (``db_url`` runs each test on SQLite and PostgreSQL)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,13 +14,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.config import main as alembic_main
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, MetaData, String, Table, inspect
+from sqlalchemy import Column, MetaData, String, Table, func, inspect, select
+from store_helpers import entry, open_log
 
 from tracker.cli import main
 from tracker.errors import StoreError
 from tracker.store import migrate
 from tracker.store.engine import open_engine
-from tracker.store.schema import load_all_tables
+from tracker.store.schema import event_log, load_all_tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,3 +143,87 @@ def test_unwritable_sqlite_is_named(tmp_path: Path) -> None:
 def test_missing_sqlite_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"directory .*missing.* does not exist"):
         open_engine(f"sqlite:///{tmp_path / 'missing' / 'tracker.db'}")
+
+
+# -- the log cannot be dropped by accident (issue 14) -----------------------------------------------------------------
+
+
+def _with_events(url: str, n: int = 5) -> None:
+    with open_log(url) as log:
+        log.append([entry(i) for i in range(1, n + 1)])
+
+
+def test_downgrade_refuses_to_drop_a_non_empty_log(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _with_events(db_url)
+    with pytest.raises(migrate.LogWouldBeDropped, match=r"holds 5 event\(s\) and 0 quarantined item\(s\)"):
+        migrate.downgrade(db_url, "base")
+    assert main(["db", "downgrade", "base", "--db-url", db_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tracker: error: refusing to downgrade ") and err.count("\n") == 1
+    assert "--drop-log" in err
+    # Nothing was touched, not even the projections (the refusal comes before the first step).
+    assert migrate.current(db_url) == migrate.head_revision()
+    assert {"event_log", "quarantine", "proj_orders"} <= _tables(db_url)
+    # A downgrade that keeps the log needs no flag.
+    assert main(["db", "downgrade", "0001", "--db-url", db_url]) == 0
+    assert main(["db", "downgrade", "base", "--db-url", db_url]) == 2
+    assert _row_count(db_url) == 5
+
+
+def test_drop_log_writes_a_backup_first(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _with_events(db_url)
+    backup = tmp_path / ("backup.db" if db_url.startswith("sqlite") else "backup.jsonl")
+    assert main(["db", "downgrade", "base", "--drop-log", "--backup", str(backup), "--db-url", db_url]) == 0
+    assert f"backup of the event log written to {backup}\n" in capsys.readouterr().out
+    assert _tables(db_url) <= {"alembic_version"}
+    if db_url.startswith("sqlite"):
+        assert main(["verify", "--db-url", f"sqlite:///{backup}"]) == 0  # a consistent, self-contained copy
+        assert capsys.readouterr().out.startswith("ok: 5 events intact (seq 1..5)")
+        assert not Path(f"{backup}-wal").exists()
+    else:
+        rows = [json.loads(line) for line in backup.read_text().splitlines()]
+        assert [(row["table"], row["seq"]) for row in rows] == [("event_log", seq) for seq in range(1, 6)]
+        assert rows[2]["payload"] == entry(3).payload  # byte for byte
+
+
+def test_drop_log_default_backup_sits_beside_the_sqlite_file(sqlite_url: str) -> None:
+    _with_events(sqlite_url)
+    written = migrate.downgrade(sqlite_url, "base", drop_log=True)
+    assert written is not None and written.parent == Path(sqlite_url.removeprefix("sqlite:///")).parent
+    assert written.name.startswith("tracker.db.before-downgrade-") and written.suffix == ".db"
+
+
+def test_backup_refuses_to_overwrite(sqlite_url: str, tmp_path: Path) -> None:
+    _with_events(sqlite_url)
+    taken = tmp_path / "taken.db"
+    taken.write_text("mine")
+    with pytest.raises(StoreError, match="exists already"):
+        migrate.downgrade(sqlite_url, "base", drop_log=True, backup_to=taken)
+    assert taken.read_text() == "mine"
+    assert _row_count(sqlite_url) == 5
+
+
+def test_plain_alembic_cannot_drop_the_log_either(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0001 guards itself: the plain ``alembic`` CLI needs ``-x drop_log=yes``."""
+    _with_events(sqlite_url)
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    monkeypatch.setenv("TRACKER_DB_URL", sqlite_url)
+    try:
+        with pytest.raises(StoreError, match=r"refusing to drop the event log: it holds 5 event\(s\)"):
+            alembic_main(["-c", str(REPO / "alembic.ini"), "downgrade", "base"])
+        assert _row_count(sqlite_url) == 5
+        alembic_main(["-c", str(REPO / "alembic.ini"), "-x", "drop_log=yes", "downgrade", "base"])
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+    assert _tables(sqlite_url) <= {"alembic_version"}
+
+
+def _row_count(url: str) -> int:
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(event_log)).scalar_one())
+    finally:
+        engine.dispose()

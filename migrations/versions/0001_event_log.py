@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
+
+from tracker.errors import StoreError
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -133,7 +135,29 @@ def upgrade() -> None:
         op.execute(statement)
 
 
+def _refuse_to_drop_the_truth() -> None:
+    """The last line of defence: whoever runs this downgrade (``tracker db downgrade``, the plain ``alembic`` CLI, a
+    script) may drop a non-empty log only when told so explicitly. ``tracker db downgrade --drop-log`` writes a backup
+    first and then sets the attribute (``tracker/store/migrate.py``); plain alembic takes ``-x drop_log=yes``."""
+    allowed = context.config.attributes.get("tracker_drop_log") or (
+        context.get_x_argument(as_dictionary=True).get("drop_log") == "yes"
+    )
+    if allowed:
+        return
+    bind = op.get_bind()
+    rows = {
+        name: bind.execute(sa.text("SELECT count(*) FROM " + name)).scalar_one() for name in ("event_log", "quarantine")
+    }
+    if any(rows.values()):
+        raise StoreError(
+            f"refusing to drop the event log: it holds {rows['event_log']} event(s) and {rows['quarantine']}"
+            " quarantined item(s). `tracker db downgrade base --drop-log` writes a backup first"
+            " (plain alembic: -x drop_log=yes, after a backup of your own)"
+        )
+
+
 def downgrade() -> None:
+    _refuse_to_drop_the_truth()
     statements = PG_DROP_TRIGGERS if op.get_context().dialect.name == "postgresql" else SQLITE_DROP_TRIGGERS
     for statement in statements:
         op.execute(statement)

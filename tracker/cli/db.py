@@ -1,8 +1,13 @@
-"""``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py)."""
+"""``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py).
+
+A downgrade that would drop a non-empty event log is refused; ``--drop-log`` allows it after tracker has written a
+backup and printed its path (``tracker/store/backup.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from tracker.cli import add_common_flags
@@ -17,9 +22,23 @@ def register(subparsers: Any) -> None:
     add_common_flags(upgrade)
     upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     upgrade.set_defaults(func=cmd_upgrade)
-    downgrade = sub.add_parser("downgrade", help="migrate the database back to REVISION ('base' drops everything)")
+    downgrade = sub.add_parser(
+        "downgrade", help="migrate the database back to REVISION ('base' drops the log: refused unless it is empty)"
+    )
     add_common_flags(downgrade)
     downgrade.add_argument("revision", help="target revision, e.g. 0001 or base")
+    downgrade.add_argument(
+        "--drop-log",
+        action="store_true",
+        help="allow dropping a non-empty event log; a backup is written first and named",
+    )
+    downgrade.add_argument(
+        "--backup",
+        type=Path,
+        metavar="PATH",
+        help="where --drop-log writes the backup (default: <db>.before-downgrade-<time>.db beside a SQLite file,"
+        " ./tracker-log-<database>-<time>.jsonl for PostgreSQL)",
+    )
     downgrade.set_defaults(func=cmd_downgrade)
     current = sub.add_parser("current", help="print the database's schema revision and the newest one")
     add_common_flags(current)
@@ -43,7 +62,9 @@ def cmd_downgrade(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
     url = _url(args)
-    migrate.downgrade(url, args.revision)
+    backup = migrate.downgrade(url, args.revision, drop_log=args.drop_log, backup_to=args.backup)
+    if backup is not None:
+        print(f"backup of the event log written to {backup}")
     print(f"database at revision {migrate.current(url) or 'none'} (newest {migrate.head_revision()})")
     return 0
 

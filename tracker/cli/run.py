@@ -2,16 +2,24 @@
 
 Settings come from flags > environment > config file. The API secret is only ever read from the environment or a
 file (never argv). Exit code 0 after a clean stop: everything received has been committed.
+
+A SQLite file that fails ``PRAGMA quick_check`` is refused before anything connects (one error line: restore from a
+backup, ``tracker verify`` for details). A damaged page met while running stops the run with one such line too; the
+frames not yet committed are in the side file it names (``tracker/runtime/writer.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from tracker.errors import TrackerError
     from tracker.metrics import Metrics
 
 from tracker.cli import add_common_flags
@@ -61,11 +69,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = open_engine(settings.db_url)
     try:
         check_schema(engine)
+        refuse_damaged(engine)
         metrics = start_metrics(settings.metrics_port) if settings.metrics_port is not None else None
-        trio.run(partial(run_app, settings, engine, metrics=metrics))
+        started = time.time()
+        try:
+            trio.run(partial(run_app, settings, engine, metrics=metrics))
+        except BaseException as error:
+            damaged = damage_in(error, engine, started)
+            if damaged is None:
+                raise
+            raise damaged from None
     finally:
         engine.dispose()
     return 0
+
+
+def refuse_damaged(engine: Engine) -> None:
+    """Do not append to a damaged file: SQLite's quick check before anything connects (PostgreSQL: nothing cheap to
+    run here; ``tracker verify`` uses amcheck when installed)."""
+    from tracker.store.engine import display_url
+    from tracker.store.errors import DatabaseDamaged
+    from tracker.store.integrity import check_integrity
+
+    if engine.dialect.name != "sqlite":
+        return
+    report = check_integrity(engine, quick=True)
+    if not report.ok:
+        raise DatabaseDamaged(
+            f"the database at {display_url(engine.url)} is damaged ({report.method}: {report.problems[0]}"
+            f"{f'; {len(report.problems) - 1} more' if len(report.problems) > 1 else ''}): restore it from a backup;"
+            " `tracker verify` shows the details"
+        )
+
+
+def damage_in(error: BaseException, engine: Engine, started: float) -> TrackerError | None:
+    """A damaged page met while running, as one error line: the writer's own ``DatabaseDamaged`` (it names the side
+    file) when it has one, else the first damage error any task hit (the side file the writer wrote when it was
+    cancelled is looked up beside the database)."""
+    from tracker.store.engine import display_url
+    from tracker.store.errors import DatabaseDamaged, first_line, is_damage
+    from tracker.store.integrity import unsaved_path
+
+    leaves = _leaves(error)
+    for leaf in leaves:
+        if isinstance(leaf, DatabaseDamaged):
+            return leaf
+    hit = next((leaf for leaf in leaves if is_damage(leaf)), None)
+    if hit is None:
+        return None
+    pattern = unsaved_path(engine).name.split(".unsaved-")[0] + ".unsaved-*.jsonl"
+    spilled = [path for path in unsaved_path(engine).parent.glob(pattern) if path.stat().st_mtime >= started]
+    saved = f"; frames not committed are saved in {max(spilled)}" if spilled else ""
+    return DatabaseDamaged(
+        f"the database at {display_url(engine.url)} is damaged ({first_line(hit)}): the run stopped{saved};"
+        " restore it from a backup (`tracker verify` shows the damage)"
+    )
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 def start_metrics(port: int) -> Metrics:

@@ -2,6 +2,11 @@
 
 ``--anchor`` also prints ``SEQ:HASH`` of the head, to record somewhere else; ``--expect-anchor SEQ:HASH`` later proves
 the log was not rewritten (nor cut short) up to that point, which the chain alone cannot show.
+
+Before the chain, the database's own integrity check runs (``tracker/store/integrity.py``: SQLite ``integrity_check``,
+PostgreSQL ``amcheck`` when installed). A damaged file is reported as ``BROKEN`` with its pages and the table or index
+each belongs to, and exit 1, never a traceback; the chain is then still walked as far as it reads, so the report says
+whether the rows themselves survived.
 """
 
 from __future__ import annotations
@@ -10,12 +15,18 @@ import argparse
 import sys
 from typing import Any, TextIO
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import DatabaseError
+
 from tracker.cli import add_common_flags
 from tracker.config import ConfigError, load_settings
 from tracker.domain.chain import Anchor, Break, ChainWalker
+from tracker.store.errors import first_line, is_damage
+from tracker.store.integrity import IntegrityReport
 
 PAGE = 2000
 LARGE_LOG = 1_000_000  # above this many rows, show progress on stderr even when it is not a terminal
+MAX_SHOWN = 10  # damage lines printed; the rest are counted
 
 
 def register(subparsers: Any) -> None:
@@ -65,9 +76,30 @@ class Progress:
             self.stream.flush()
 
 
+def format_integrity(report: IntegrityReport) -> list[str]:
+    """The damage lines (BROKEN) when the database's own check failed; nothing when it passed."""
+    if report.ok:
+        return []
+    shown = list(report.problems[:MAX_SHOWN])
+    more = len(report.problems) - len(shown)
+    return [
+        f"BROKEN: the database file is damaged ({report.method} found {len(report.problems)} problem(s)):",
+        *(f"  {line}" for line in shown),
+        *([f"  … and {more} more"] if more > 0 else []),
+        "  restore the database from a backup (the hash chain below says what still reads intact)",
+    ]
+
+
+def format_integrity_ok(report: IntegrityReport) -> str:
+    if report.method:
+        return f"; {report.method} ok"
+    return f"; {report.note}" if report.note else ""
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from tracker.store.engine import open_engine
-    from tracker.store.event_log import EventLog
+    from tracker.store.errors import DatabaseDamaged
+    from tracker.store.integrity import check_integrity
     from tracker.store.migrate import check_schema
 
     try:
@@ -75,12 +107,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--expect-anchor: {exc}") from None
     settings = load_settings(flags={"db_url": args.db_url})
-    engine = open_engine(settings.db_url, write=False)
     try:
-        check_schema(engine)
-        log = EventLog(engine)
+        engine = open_engine(settings.db_url, write=False)
+    except DatabaseDamaged as damaged:
+        print(f"BROKEN: {damaged}")
+        return 1
+    try:
+        try:
+            check_schema(engine)
+        except DatabaseError as error:
+            if not is_damage(error):
+                raise
+            print(f"BROKEN: the database file is damaged: its schema cannot be read ({first_line(error)})")
+            return 1
+        report = check_integrity(engine)
+        damage_lines = format_integrity(report)
+        for line in damage_lines:
+            print(line)
+        walker, unreadable = _walk(engine, expect)
+    finally:
+        engine.dispose()
+    broken = walker.finish() if unreadable is None else None
+    if unreadable is not None:
+        print(f"BROKEN: the chain cannot be read past seq {walker.head}: {unreadable}")
+        return 1
+    if broken is not None:
+        print(format_break(broken))
+        return 1
+    if damage_lines:
+        print(f"the chain itself reads intact: {format_summary(walker, expect).removeprefix('ok: ')}")
+        return 1
+    print(format_summary(walker, expect) + format_integrity_ok(report))
+    if args.anchor:
+        print(Anchor(walker.head, walker.head_hash))
+    return 0
+
+
+def _walk(engine: Engine, expect: Anchor | None) -> tuple[ChainWalker, str | None]:
+    """Walk the chain up to the head as it is now; a damaged page stops the walk with its message (not a traceback)."""
+    from tracker.store.event_log import EventLog
+
+    log = EventLog(engine)
+    walker = ChainWalker(expect)
+    try:
         end = log.head()  # rows appended while we walk are left for the next run
-        walker = ChainWalker(expect)
         progress = Progress(end, sys.stderr)
         for page in log.iter_after(0, PAGE):
             page = [row for row in page if row.seq <= end] if page[-1].seq > end else page
@@ -88,13 +158,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 break
             progress.show(page[-1].seq)
         progress.done()
-        broken = walker.finish()
-    finally:
-        engine.dispose()
-    if broken is not None:
-        print(format_break(broken))
-        return 1
-    print(format_summary(walker, expect))
-    if args.anchor:
-        print(Anchor(walker.head, walker.head_hash))
-    return 0
+    except DatabaseError as error:
+        if not is_damage(error):
+            raise
+        return walker, first_line(error)
+    return walker, None

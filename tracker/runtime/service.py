@@ -39,6 +39,7 @@ from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
+from tracker.store.integrity import unsaved_path
 from tracker.store.lease import account_lease_for
 
 if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
@@ -171,6 +172,7 @@ async def run_tracker(
                 stats=services.writer_stats,
                 limiter=services.db_limiter,
                 retry_if=is_transient,
+                spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
             )
         finally:
             writer_done.set()

@@ -15,6 +15,11 @@
   database is back. The append is idempotent (dedup keys), so a commit whose outcome was lost is harmless to repeat.
   Meanwhile the channel keeps taking frames up to its bound, then back-pressure holds the producers: nothing is
   dropped and memory stays bounded.
+- A damaged database (``tracker.store.errors.is_damage``: SQLite "database disk image is malformed", PostgreSQL
+  ``XX001``/``XX002``) is not retried: the batch in hand and everything still buffered are written to a side file
+  (``spill``, JSON lines, beside the database: ``spill_to``) and ``DatabaseDamaged`` names it, so the run stops with
+  one error line and nothing received is lost. When the run fails elsewhere and the writer is cancelled, what waits in
+  the buffer is spilled the same way before the cancellation goes on.
 - ``WriterStats`` counts frames, duplicates, conflicts, quarantined items and batches, and keeps receive→commit
   latencies (a bounded sample plus fixed buckets) for the metrics exporter and the bench.
 """
@@ -22,16 +27,23 @@
 from __future__ import annotations
 
 import bisect
+import json
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.runtime.db_retry import Outage
+from tracker.store.errors import DatabaseDamaged, first_line, is_damage
+from tracker.store.integrity import unsaved_path
 
 log = logging.getLogger("tracker.writer")
 
@@ -94,29 +106,89 @@ async def run_writer(
     max_batch: int = 2000,
     max_delay: float = 0.0,
     retry_if: Callable[[BaseException], bool] | None = None,
+    spill_to: Callable[[], Path] | None = None,
     task_status: trio.TaskStatus[WriterStats] = trio.TASK_STATUS_IGNORED,
 ) -> WriterStats:
-    """Run until every sender of ``receive`` is closed and everything sent has been committed."""
+    """Run until every sender of ``receive`` is closed and everything sent has been committed.
+
+    ``spill_to`` names the side file for frames that cannot be committed (a damaged database, or the run failing
+    elsewhere while frames wait); without it a damaged database still spills, into ``unsaved_path(None)``."""
     stats = stats if stats is not None else WriterStats()
     limiter = limiter if limiter is not None else trio.CapacityLimiter(1)
     task_status.started(stats)
+    batch: list[Item] = []
     async with receive:
-        while True:
-            try:
-                first = await receive.receive()
-            except trio.EndOfChannel:
-                return stats
-            batch = [first]
-            _take_ready(receive, batch, max_batch)
-            if max_delay > 0 and len(batch) < max_batch:
-                with trio.move_on_after(max_delay):
-                    while len(batch) < max_batch:
-                        try:
-                            batch.append(await receive.receive())
-                        except trio.EndOfChannel:
-                            break
-                        _take_ready(receive, batch, max_batch)
-            await _commit(append, batch, stats, limiter, retry_if)
+        try:
+            while True:
+                batch = []
+                await _write_batch(append, receive, batch, stats, limiter, retry_if, max_batch, max_delay)
+        except trio.EndOfChannel:
+            return stats
+        except trio.Cancelled:
+            # The run is failing elsewhere (the writer is never cancelled in a clean stop): keep what waits here.
+            held = _take_all(receive, batch)
+            if held and spill_to is not None:
+                log.warning("run stopping: %d frame(s) not committed saved in %s", len(held), spill(held, spill_to()))
+            raise
+        except Exception as error:
+            if not is_damage(error):
+                raise
+            held = _take_all(receive, batch)
+            path = spill(held, (spill_to or partial(unsaved_path, None))())
+            raise DatabaseDamaged(
+                f"the database is damaged ({first_line(error)}): the run stopped; the {len(held)} frame(s) not"
+                f" committed are saved in {path} (JSON lines); restore the database from a backup"
+                " (`tracker verify` shows the damage)"
+            ) from error
+
+
+async def _write_batch(
+    append: AppendFn,
+    receive: trio.MemoryReceiveChannel[Item],
+    batch: list[Item],
+    stats: WriterStats,
+    limiter: trio.CapacityLimiter,
+    retry_if: Callable[[BaseException], bool] | None,
+    max_batch: int,
+    max_delay: float,
+) -> None:
+    """Take one batch into ``batch`` (the caller's list, so a failure can still see it) and commit it; raises
+    ``EndOfChannel`` when every sender is gone and nothing is left."""
+    batch.append(await receive.receive())
+    _take_ready(receive, batch, max_batch)
+    if max_delay > 0 and len(batch) < max_batch:
+        with trio.move_on_after(max_delay):
+            while len(batch) < max_batch:
+                try:
+                    batch.append(await receive.receive())
+                except trio.EndOfChannel:
+                    break
+                _take_ready(receive, batch, max_batch)
+    await _commit(append, batch, stats, limiter, retry_if)
+
+
+def _take_all(receive: trio.MemoryReceiveChannel[Item], batch: list[Item]) -> list[Item]:
+    """The batch in hand plus everything still buffered (and what blocked senders were holding: taking from the
+    channel moves a waiting sender's item into the buffer)."""
+    held = list(batch)
+    while True:
+        try:
+            held.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return held
+
+
+def spill(held: Sequence[Item], path: Path) -> Path:
+    """Append ``held`` to ``path`` as JSON lines (``{"kind": "entry"|"quarantine", ...fields}``; the frame's text
+    byte for byte, times in ISO 8601) and fsync it: the only copy of frames the database could not take."""
+    with path.open("a", encoding="utf-8") as out:
+        for item, _received in held:
+            kind = "entry" if isinstance(item, NewEntry) else "quarantine"
+            fields = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(item).items()}
+            out.write(json.dumps({"kind": kind, **fields}, ensure_ascii=False) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return path
 
 
 def _take_ready(receive: trio.MemoryReceiveChannel[Item], batch: list[Item], max_batch: int) -> None:
@@ -147,8 +219,8 @@ async def _commit(
                 result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
             break
         except Exception as error:
-            if retry_if is None or not retry_if(error):
-                raise
+            if is_damage(error) or retry_if is None or not retry_if(error):
+                raise  # a damaged page does not heal by waiting: run_writer spills and stops
             stats.retries += 1
             delay = outage.failed(error, f"{len(batch)} item(s)")
             # Not shielded: the writer is never cancelled in a normal stop, only when the run is failing anyway;

@@ -13,16 +13,26 @@ PostgreSQL: ``pool_pre_ping``; the appender serialises itself with a table lock 
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine as Engine  # re-exported: the database handle the other layers pass around, opaque
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 from tracker.errors import StoreError
+from tracker.store.errors import DatabaseDamaged, first_line, is_damage
 from tracker.store.sqlite_money import register_exact_sums
+
+log = logging.getLogger("tracker.store")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "tracker_write"
@@ -71,6 +81,52 @@ def _check_sqlite_path(url: URL, *, write: bool) -> None:
         raise StoreError(f"cannot write in {directory}, where the SQLite database {path} lives: permission denied")
 
 
+def read_only_opener(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that never write ``path`` and work where its directory is read-only (an audit copy on read-only
+    media, a snapshot): ``file:...?mode=ro``, which still needs the WAL's companions. Where they cannot be made:
+
+    - no ``-wal`` file and a directory we cannot write: ``immutable=1``. A WAL database that nobody has open has no
+      ``-wal`` file (the last connection checkpoints and removes it), so the main file is the whole database. Immutable
+      also means SQLite will not notice a writer that starts meanwhile: we say so in a warning.
+    - a ``-wal`` file but no ``-shm`` and a directory we cannot write: SQLite cannot read the WAL (and ``immutable``
+      would silently ignore the commits in it), so the two files are copied into a private temporary directory and the
+      copy is read; we say so. The copy lives as long as the engine and the process.
+    """
+    directory = path.parent if str(path.parent) else Path()
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    query = "mode=ro"
+    source = path
+    scratch = None
+    if not os.access(directory, os.W_OK | os.X_OK) and not (wal.exists() and shm.exists()):
+        if not wal.exists():
+            query = "mode=ro&immutable=1"
+            log.warning(
+                "%s: the directory is read-only and there is no -wal file: reading the file as immutable"
+                " (correct while nothing writes it; a tracker run that starts meanwhile would not be seen)",
+                path,
+            )
+        else:
+            scratch = tempfile.TemporaryDirectory(prefix="tracker-ro-")
+            source = Path(scratch.name) / path.name
+            shutil.copyfile(path, source)
+            shutil.copyfile(wal, Path(f"{source}-wal"))
+            log.warning(
+                "%s: the directory is read-only and has a -wal file but no -shm: reading a private copy in %s",
+                path,
+                scratch.name,
+            )
+    return _Opener(f"file:{quote(str(source.resolve()))}?{query}", scratch)
+
+
+@dataclass(frozen=True)
+class _Opener:
+    uri: str
+    scratch: tempfile.TemporaryDirectory[str] | None  # the private copy, kept as long as the engine can connect
+
+    def __call__(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.uri, uri=True, check_same_thread=False)
+
+
 def open_scratch(path: Path) -> Engine:
     """A throwaway SQLite database at ``path`` (``tracker rebuild``'s shadow tables): the rollback journal in memory
     and no fsync, so a crash may leave it corrupt. Only for files that are deleted after use and before reuse."""
@@ -79,12 +135,15 @@ def open_scratch(path: Path) -> Engine:
     return engine
 
 
-def _setup_sqlite(engine: Engine, synchronous: str, *, journal: str = "WAL", cache_mib: int | None = None) -> None:
+def _setup_sqlite(
+    engine: Engine, synchronous: str, *, journal: str | None = "WAL", cache_mib: int | None = None
+) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see the module docstring)
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA journal_mode={journal}")
+        if journal is not None:  # None: a read-only connection, which must not (and cannot) change the file's mode
+            cursor.execute(f"PRAGMA journal_mode={journal}")
         if cache_mib is not None:
             cursor.execute(f"PRAGMA cache_size=-{cache_mib * 1024:d}")  # negative: KiB
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
@@ -130,8 +189,13 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         _check_sqlite_path(parsed, write=write)
-        engine = create_engine(parsed)
-        _setup_sqlite(engine, sqlite_synchronous.upper())
+        path = sqlite_path(parsed)
+        if write or path is None:
+            engine = create_engine(parsed)
+            _setup_sqlite(engine, sqlite_synchronous.upper())
+        else:
+            engine = create_engine(parsed, creator=read_only_opener(path))
+            _setup_sqlite(engine, sqlite_synchronous.upper(), journal=None)
     elif backend == "postgresql":
         engine = create_engine(parsed, pool_pre_ping=True)
         _setup_postgres(engine)
@@ -142,6 +206,10 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
             pass
     except exc.DBAPIError as error:
         engine.dispose()
+        if is_damage(error):
+            raise DatabaseDamaged(
+                f"the database at {display_url(parsed)} is damaged ({first_line(error)}): restore it from a backup"
+            ) from None
         raise StoreError(
             f"cannot connect to the database at {display_url(parsed)}: {_reason(error, parsed)}; check TRACKER_DB_URL"
         ) from None

@@ -4,6 +4,8 @@
     └── StoreError                   the database refused or is unusable: the message says what to do (exit 2)
         ├── DatabaseUnavailable      the connection was lost or refused, or SQLite stayed locked past its busy
         │                            timeout: transient, the runtime retries (writer, lease, restarted tasks)
+        ├── DatabaseDamaged          a damaged file or page (``is_damage``): never retried, never written over;
+        │                            restore it from a backup (store/integrity.py checks a whole file)
         └── LeaseLost                another process took this account's writer lease (store/lease.py)
 
 ``translate_db_errors`` turns a transient ``sqlalchemy.exc.DBAPIError`` into ``DatabaseUnavailable`` (``raise ...
@@ -15,6 +17,7 @@ integrity error, a missing table, a damaged file) passes through unchanged, as t
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,9 +26,36 @@ from sqlalchemy import exc
 
 from tracker.errors import StoreError
 
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+PG_DAMAGE_STATES = ("XX001", "XX002")  # data_corrupted, index_corrupted
+
 
 class DatabaseUnavailable(StoreError):
     """The database cannot be reached right now (connection lost or refused, or locked past the busy timeout)."""
+
+
+class DatabaseDamaged(StoreError):
+    """The database file (or a page of it) is damaged: restore it from a backup."""
+
+
+def is_damage(error: BaseException) -> bool:
+    """True for a damaged file or page, on either backend (wrapped by SQLAlchemy or not)."""
+    orig = error.orig if isinstance(error, exc.DBAPIError) else error
+    if isinstance(orig, sqlite3.DatabaseError):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+        text_ = str(orig)
+        return "malformed" in text_ or "file is not a database" in text_
+    return getattr(orig, "sqlstate", None) in PG_DAMAGE_STATES
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of a (driver's) error message: no parameters, which may hold frames."""
+    orig = error.orig if isinstance(error, exc.DBAPIError) else error
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return lines[0] if lines else type(orig).__name__
 
 
 def _transient_dbapi(error: BaseException) -> bool:
@@ -43,8 +73,7 @@ def describe_db_error(error: BaseException) -> str:
     if isinstance(error, DatabaseUnavailable) and error.__cause__ is not None:
         error = error.__cause__
     orig: Any = getattr(error, "orig", None) or error
-    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
-    return f"{type(orig).__name__}: {lines[0] if lines else ''}"
+    return f"{type(orig).__name__}: {first_line(orig)}"
 
 
 def is_transient(error: BaseException) -> bool:
