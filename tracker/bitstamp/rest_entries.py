@@ -31,6 +31,7 @@ from tracker.bitstamp.wire import (
     int_text,
     parse_rest_datetime,
     sha256_text,
+    unix_us_by_magnitude,
 )
 from tracker.domain.log import NewEntry, QuarantineItem
 
@@ -216,7 +217,7 @@ def entry_from_position_settlement(row: object, *, account: str, received_at: da
     if tnx is None or payload is None:
         return _bad("settlement row without transaction_id", row, account, POSITION_SETTLEMENTS, received_at)
     market = display_market_to_symbol(row["market"]) if isinstance(row.get("market"), str) else None
-    seconds = int_text(row.get("settlement_time"))
+    when = int_text(row.get("settlement_time"))
     return NewEntry(
         account=account,
         source="rest",
@@ -227,5 +228,5 @@ def entry_from_position_settlement(row: object, *, account: str, received_at: da
         received_at=received_at,
         market=market,
         position_id=id_text(row, "position_id"),
-        exchange_ts_us=None if seconds is None else int64_or_none(seconds * 1_000_000),
+        exchange_ts_us=None if when is None else int64_or_none(unix_us_by_magnitude(when)),
     )

@@ -62,6 +62,8 @@ class BackfillReport:
     found: Counter[str] = field(default_factory=Counter)  # of those, entries new to the log
     requests: Counter[str] = field(default_factory=Counter)
     errors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # walks not asked: unavailable until restart (why)
+    corroborated: Counter[str] = field(default_factory=Counter)  # REST rows equal to a fact already logged
     duration_s: float = 0.0
     cursors: Cursors = field(default_factory=Cursors)
     # For reconciliation: where each market's user_transactions walk started (its fills go to ``FillPages`` page by
@@ -79,6 +81,8 @@ class BackfillReport:
             "requests": dict(sorted(self.requests.items())),
             "requests_total": sum(self.requests.values()),
             "errors": self.errors,
+            "skipped": self.skipped,
+            "corroborated": dict(sorted(self.corroborated.items())),
             "duration_s": round(self.duration_s, 3),
             "cursors": self.cursors.as_data(),
         }

@@ -308,10 +308,20 @@ class LifecycleSignal:
 GapSignal = OrderChainSignal | LifecycleSignal
 
 
+MARKET_WIDE_AFTER: Final = 3  # breaks with the connection up, in one market, before its chain is judged market-wide
+
+
 @dataclass
 class GapWatch:
     """Folds the log's signals into windows not live and chain breaks (pure state; the backfill task feeds it the
-    signals ``tracker.bitstamp.signals.gap_signal`` reads from the log, and takes what accumulated)."""
+    signals ``tracker.bitstamp.signals.gap_signal`` reads from the log, and takes what accumulated).
+
+    **A market-wide chain is learned, not assumed.** The public ``live_orders`` chain runs over every user's events
+    (docs/bitstamp.md §2.1); if the private one does too, our stream's ``pre_event_id`` names events we never see and
+    nearly every event looks like a break. A break between two events with no lifecycle change in between (the
+    connection never dropped, stalled or was replaced) cannot be a transport loss; after ``MARKET_WIDE_AFTER`` of
+    them in a market, its chain is taken as market-wide (``market_wide``, reported once through ``take_learned``) and
+    its breaks are no longer reported: the connection windows cover that stream, as for every other channel."""
 
     account: str
     coverage: CoverageTracker = field(default_factory=CoverageTracker)
@@ -319,20 +329,17 @@ class GapWatch:
     windows: list[Window] = field(default_factory=list)
     breaks: list[ChainBreak] = field(default_factory=list)
     reconnects: int = 0
+    market_wide: set[str] = field(default_factory=set)
+    lifecycle_changes: int = 0
+    _lifecycle_at: dict[str, int] = field(default_factory=dict)  # market -> lifecycle_changes at its last event
+    _connected_breaks: dict[str, int] = field(default_factory=dict)
+    _learned: list[str] = field(default_factory=list)
 
     def feed(self, signal: GapSignal) -> None:
         if isinstance(signal, OrderChainSignal):
-            brk = self.chain.observe(
-                signal.account,
-                signal.market,
-                signal.order_source,
-                signal.event_id,
-                signal.pre_event_id,
-                signal.seq,
-            )
-            if brk is not None:
-                self.breaks.append(brk)
+            self._order_event(signal)
             return
+        self.lifecycle_changes += 1
         conn = signal.connection_id
         if signal.event == te.SUBSCRIBED:
             self.windows.extend(self.coverage.subscribed(conn, list(signal.channels), signal.received_at))
@@ -346,6 +353,27 @@ class GapWatch:
             self.coverage.reconnect_requested(conn, signal.received_at)
         elif signal.event == te.CLOSED:
             self.coverage.closed(conn, signal.received_at, signal.reason)
+
+    def _order_event(self, signal: OrderChainSignal) -> None:
+        market = signal.market
+        quiet = self._lifecycle_at.get(market) == self.lifecycle_changes  # nothing happened to the connections
+        self._lifecycle_at[market] = self.lifecycle_changes
+        brk = self.chain.observe(
+            signal.account, market, signal.order_source, signal.event_id, signal.pre_event_id, signal.seq
+        )
+        if brk is None or market in self.market_wide:
+            return
+        if quiet:
+            self._connected_breaks[market] = self._connected_breaks.get(market, 0) + 1
+            if self._connected_breaks[market] >= MARKET_WIDE_AFTER:
+                self.market_wide.add(market)
+                self._learned.append(market)
+        self.breaks.append(brk)
+
+    def take_learned(self) -> list[str]:
+        """Markets newly judged to have a market-wide chain (each reported once)."""
+        out, self._learned = self._learned, []
+        return out
 
     def take(self) -> tuple[list[Window], list[ChainBreak], int]:
         """What accumulated since the last ``take``: (windows, breaks, subscriptions seen)."""

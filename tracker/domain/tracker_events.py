@@ -23,6 +23,8 @@ STALLED: Final = "stalled"
 # Gaps and backfill.
 GAP_DETECTED: Final = "gap_detected"
 BACKFILL_COMPLETED: Final = "backfill_completed"
+WALK_FAILED: Final = "walk_failed"  # one REST walk failed; it is retried alone (runtime/walk_health.py)
+ENDPOINT_UNAVAILABLE: Final = "endpoint_unavailable"  # a walk the exchange refuses for this account, until restart
 # Reconciliation.
 DISCREPANCY: Final = "discrepancy"
 DISCREPANCY_RESOLVED: Final = "discrepancy_resolved"
@@ -39,6 +41,8 @@ TRACKER_EVENTS: Final = frozenset(
         STALLED,
         GAP_DETECTED,
         BACKFILL_COMPLETED,
+        WALK_FAILED,
+        ENDPOINT_UNAVAILABLE,
         DISCREPANCY,
         DISCREPANCY_RESOLVED,
         RECONCILED,

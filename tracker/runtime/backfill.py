@@ -35,9 +35,12 @@ This module is the walk and the task that starts it. Its parts live beside it, o
 from __future__ import annotations
 
 import logging
+import math
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -46,7 +49,7 @@ from tracker.bitstamp import rest_entries as re_
 from tracker.bitstamp.channels import channels_for
 from tracker.bitstamp.rest_observations import exchange_fill, int_or_minus_one
 from tracker.bitstamp.signals import gap_signal
-from tracker.bitstamp.wire import datetime_to_us, parse_rest_datetime
+from tracker.bitstamp.wire import datetime_to_us, parse_rest_datetime, unix_us_by_magnitude
 from tracker.domain import tracker_events as te
 from tracker.domain.backfill import BACKFILL_CHANNEL, ORDER_SOURCES, BackfillOptions, BackfillReport, Cursors
 from tracker.domain.gaps import ChainBreak, GapWatch, Window, advance, event_id_at, event_id_order, forget_passed
@@ -54,16 +57,20 @@ from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.domain.reconcile import ExchangeFill
 from tracker.domain.rows import OrderRow
 from tracker.domain.timeutil import utc_now
-from tracker.exchange.errors import ApiError, AuthError, ExchangeUnreachable
+from tracker.errors import ExchangeError
+from tracker.exchange.errors import ApiError
 from tracker.runtime.log_sink import LogSink
 from tracker.runtime.order_checks import OrderChecks
 from tracker.runtime.polite_api import PoliteApi
+from tracker.runtime.walk_health import WalkHealth
 from tracker.store.log_queries import SIGNAL_PAGE
 
 log = logging.getLogger("tracker.backfill")
 PROGRESS_EVERY = 5_000  # facts fetched between two progress lines of one backfill
 
 NO_EVENTS: Final = "404.008"
+MAX_OFFSET: Final = 200_000  # the deepest offset the paged endpoints accept (docs/bitstamp.md §5)
+SETTLEMENT_WINDOW: Final = timedelta(days=30) - timedelta(hours=1)  # since_timestamp's reach, with a margin
 NOT_DERIVATIVES: Final = "API5506"
 
 
@@ -96,6 +103,7 @@ class Backfiller:
         wall: Callable[[], datetime] = utc_now,
         uid: Callable[[], str] = uuid4_hex,
         projected_open_orders: ProjectedOrders | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.api = api
         self.sink = sink
@@ -111,6 +119,7 @@ class Backfiller:
         self.runs = 0
         self.last_report: BackfillReport | None = None
         self.completed = trio.Event()  # replaced after each run: wait on it for the next one
+        self.health = WalkHealth(rng=rng)
         self.order_checks = OrderChecks(
             api,
             sink,
@@ -179,6 +188,34 @@ class Backfiller:
             )
         return ids
 
+    def _walks(
+        self,
+        report: BackfillReport,
+        user_transactions_from: dict[str, int] | None,
+        check_orders: bool,
+        fill_pages: FillPages | None,
+    ) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """Every walk of a full backfill, in order, each under its key (``<endpoint>[:<market>[:<source>]]``): the unit
+        that fails, is retried and is marked unavailable alone."""
+        walks: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        perps = [m for m in self.markets if m.endswith("-perp")]
+        for market in self.markets:
+            for source in ORDER_SOURCES:
+                walks.append(
+                    (f"account_order_data:{market}:{source}", partial(self._order_events, report, market, source))
+                )
+        walks += [(f"trade_history:{market}", partial(self._trade_history, report, market)) for market in perps]
+        for market in self.markets:
+            start = None if user_transactions_from is None else user_transactions_from.get(market)
+            walks.append(
+                (f"user_transactions:{market}", partial(self._user_transactions, report, market, start, fill_pages))
+            )
+        if perps:
+            walks.append(("position_settlement_transactions", partial(self._settlements, report)))
+        if check_orders and self.projected_open_orders is not None:
+            walks.append(("open_orders", partial(self._open_orders, report, self.projected_open_orders)))
+        return walks
+
     async def run(
         self,
         reason: str,
@@ -188,10 +225,12 @@ class Backfiller:
         user_transactions_from: dict[str, int] | None = None,
         check_orders: bool = True,
         fill_pages: FillPages | None = None,
+        only: Iterable[str] | None = None,
     ) -> BackfillReport:
         """One backfill: GAP_DETECTED for each window/break, the walks, BACKFILL_COMPLETED. ``user_transactions_from``
         (reconciliation) starts those walks earlier than the cursors, e.g. ``{m: 0}`` for a full audit; ``fill_pages``
-        (reconciliation) sees each page's fills once the page is in the log.
+        (reconciliation) sees each page's fills once the page is in the log; ``only`` runs just the walks with those
+        keys (a chain break's market and source, or the walks due for a retry). Walks marked unavailable are skipped.
 
         Memory is bounded by a page, not by the walk: each page is appended as it arrives and only counters, cursors
         and the keys of the last page (``forget_passed``) are kept."""
@@ -201,21 +240,14 @@ class Backfiller:
             cursors = await self._cursors()
             before = self.api.stats.requests.copy()
             report = BackfillReport(reason, gap_ids, cursors=cursors)
-            perps = [m for m in self.markets if m.endswith("-perp")]
-            for market in self.markets:
-                for source in ORDER_SOURCES:
-                    walk = self._order_events(report, market, source)
-                    await self._guard(report, f"account_order_data:{market}:{source}", walk)
-            for market in perps:
-                await self._guard(report, f"trade_history:{market}", self._trade_history(report, market))
-            for market in self.markets:
-                start = None if user_transactions_from is None else user_transactions_from.get(market)
-                walk = self._user_transactions(report, market, start, fill_pages)
-                await self._guard(report, f"user_transactions:{market}", walk)
-            if perps:
-                await self._guard(report, "position_settlement_transactions", self._settlements(report))
-            if check_orders and self.projected_open_orders is not None:
-                await self._guard(report, "open_orders", self._open_orders(report, self.projected_open_orders))
+            wanted = None if only is None else set(only)
+            for key, walk in self._walks(report, user_transactions_from, check_orders, fill_pages):
+                if wanted is not None and key not in wanted:
+                    continue
+                if key in self.health.unavailable:
+                    report.skipped[key] = self.health.unavailable[key]
+                    continue
+                await self._guard(report, key, walk)
             report.requests = self.api.stats.requests - before
             report.duration_s = trio.current_time() - started
             await self.sink.append([self._entry(te.BACKFILL_COMPLETED, report.as_data())])
@@ -234,14 +266,21 @@ class Backfiller:
             )
             return report
 
-    async def _guard(self, report: BackfillReport, what: str, walk: Awaitable[None]) -> None:
+    async def _guard(self, report: BackfillReport, key: str, walk: Callable[[], Awaitable[None]]) -> None:
+        """Run one walk; an exchange failure is recorded and judged (``WalkHealth``), never raised: live ingest and
+        the other walks go on. Its cursor stays where the walk got to, so a retry repeats nothing."""
         try:
-            await walk
-        except AuthError:
-            raise
-        except (ApiError, ExchangeUnreachable) as exc:
-            report.errors[what] = str(exc)
-            log.warning("backfill: %s failed: %s (its cursor stays; the next backfill retries)", what, exc)
+            await walk()
+        except ExchangeError as exc:
+            report.errors[key] = str(exc)
+            outcome = self.health.failed(key, exc, trio.current_time())
+            await self.sink.append([self._entry(outcome.event, outcome.as_data())])
+            if outcome.event == te.ENDPOINT_UNAVAILABLE:
+                log.warning("backfill: %s is unavailable until restart: %s", key, exc)
+            else:
+                log.warning("backfill: %s failed: %s (retried alone in %.1f s)", key, exc, outcome.retry_in_s or 0)
+        else:
+            self.health.succeeded(key)
 
     async def _append(self, report: BackfillReport, endpoint: str, items: list[NewEntry | QuarantineItem]) -> None:
         appended, _ = await self.sink.append(items)
@@ -381,21 +420,38 @@ class Backfiller:
                 return
 
     async def _settlements(self, report: BackfillReport) -> None:
-        params: dict[str, str | int] = {}
-        since = report.cursors.settlements_since
-        if since is not None:
-            params["since_timestamp"] = since
-        page = await self.api.call(
-            "position_settlement_transactions", self.api.client.position_settlement_transactions, **params
-        )
-        rows = page if isinstance(page, list) else []
-        now = self.wall()
-        items = [re_.entry_from_position_settlement(r, account=self.account, received_at=now) for r in rows]
-        await self._append(report, "position_settlement_transactions", items)
-        times = [t for r in rows if isinstance(r, dict) and (t := int_or_minus_one(r.get("settlement_time"))) >= 0]
-        if times:
-            newest = max(times)
-            report.cursors.settlements_since = newest if newest < 10**11 else newest // 1_000_000
+        """``position_settlement_transactions/`` to the end: oldest first (``sort=asc``), a page of ``page_limit`` at a
+        time by ``offset`` (at most ``MAX_OFFSET``), from the cursor's second. ``since_timestamp`` may reach 30 days
+        back at most (docs/bitstamp.md §5.7), so an older cursor (or none) starts just inside that window. The
+        cursor is the newest ``settlement_time`` seen, read as s, ms or µs by its size; the repeated rows of the
+        cursor's own second are absorbed by the log's dedup keys."""
+        floor = datetime_to_us(self.wall() - SETTLEMENT_WINDOW) // 1_000_000
+        since = max(report.cursors.settlements_since or 0, floor)
+        offset = 0
+        seen: set[str] = set()  # a page with nothing new ends the walk (a server ignoring offset cannot loop us)
+        while True:
+            page = await self.api.call(
+                "position_settlement_transactions",
+                self.api.client.position_settlement_transactions,
+                since_timestamp=since,
+                sort="asc",
+                limit=self.options.page_limit,
+                offset=offset,
+            )
+            rows = page if isinstance(page, list) else []
+            now = self.wall()
+            items = [re_.entry_from_position_settlement(r, account=self.account, received_at=now) for r in rows]
+            await self._append(report, "position_settlement_transactions", items)
+            times = [int_or_minus_one(r.get("settlement_time")) for r in rows if isinstance(r, dict)]
+            seconds = [unix_us_by_magnitude(t) // 1_000_000 for t in times if t >= 0]
+            if seconds:
+                report.cursors.settlements_since = max(max(seconds), report.cursors.settlements_since or 0)
+            ids = {str(r.get("transaction_id")) for r in rows if isinstance(r, dict)}
+            fresh = ids - seen
+            seen |= ids
+            offset += len(rows)
+            if not fresh or len(rows) < self.options.page_limit or offset + self.options.page_limit > MAX_OFFSET:
+                return
 
     async def _open_orders(self, report: BackfillReport, projected_open_orders: ProjectedOrders) -> None:
         report.statuses = await self.order_checks.check_open_orders(report, await projected_open_orders())
@@ -405,16 +461,30 @@ class Backfiller:
 
 
 async def market_names(api: PoliteApi) -> dict[str, str]:
-    """``markets/``: symbol → display name (``btcusd`` → ``BTC/USD``), for ``account_order_data``'s ``market``."""
+    """``markets/``: symbol → display name (``btcusd`` → ``BTC/USD``), for ``account_order_data``'s ``market``. Any
+    failure leaves the names unknown (the walks then send the symbol), never stops the start."""
     try:
         rows = await api.call("markets", api.client.markets)
-    except ApiError:
+    except ExchangeError as exc:
+        log.warning("markets/: %s (account_order_data/ gets market symbols instead of names)", exc)
         return {}
     return {
         str(r["market_symbol"]).lower(): str(r["name"])
         for r in rows
         if isinstance(r, dict) and r.get("market_symbol") and r.get("name")
     }
+
+
+BREAK_WALK_SPACING_S: Final = 1.0  # chain-break walks are coalesced: the next one waits at least this long
+
+
+def break_walks(breaks: Iterable[ChainBreak]) -> set[str]:
+    """The walks that cover chain breaks: only each break's market and order source (both sources when unknown)."""
+    keys: set[str] = set()
+    for brk in breaks:
+        sources = (brk.order_source,) if brk.order_source in ORDER_SOURCES else ORDER_SOURCES
+        keys.update(f"account_order_data:{brk.market}:{source}" for source in sources)
+    return keys
 
 
 async def watch_and_backfill(
@@ -426,16 +496,18 @@ async def watch_and_backfill(
     poll_s: float = 1.0,
     task_status: trio.TaskStatus[GapWatch] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Tail the log's signal entries from this run's start; backfill after each subscription (start-up and every
-    reconnect) and each chain break, recording the windows and breaks that triggered it. Returns when ``stop``."""
+    """Tail the log's signal entries from this run's start and backfill: every walk after each subscription (start-up
+    and every reconnect); only the broken market and source after chain breaks (coalesced: at most one such walk per
+    ``BREAK_WALK_SPACING_S``); a failed walk alone when its retry is due (``WalkHealth``). Returns when ``stop``."""
     sink = backfiller.sink
     account = backfiller.account
     watch = GapWatch(account)
     after, previous_last = await sink.run_start(account, started_at)
-    user_id = account
-    channels = channels_for(backfiller.markets, user_id)
+    channels = channels_for(backfiller.markets, account)
     watch.coverage.start_up(channels, previous_last, "tracker was not running" if previous_last else "first start")
     task_status.started(watch)
+    pending: list[ChainBreak] = []
+    last_break_walk = -math.inf
     while not stop.is_set():
         entries = await sink.signals_after(account, after)
         for entry in entries:
@@ -444,10 +516,30 @@ async def watch_and_backfill(
             after = entry.seq
         if len(entries) >= SIGNAL_PAGE:
             continue
+        for market in watch.take_learned():
+            log.warning(
+                "my_orders %s: pre_event_id breaks while the connection stayed up: its chain runs market-wide (over"
+                " events this account does not see); relying on connection windows for that stream",
+                market,
+            )
         windows, breaks, subscriptions = watch.take()
-        if windows or breaks or subscriptions:
-            reason = "chain_break" if breaks and not subscriptions else "subscribed"
-            await backfiller.run(reason, windows=windows, breaks=breaks)
+        pending += breaks
+        now = trio.current_time()
+        if windows or subscriptions:
+            await backfiller.run("subscribed", windows=windows, breaks=pending)
+            pending = []
             continue
-        with trio.move_on_after(poll_s):
+        if pending and now - last_break_walk >= BREAK_WALK_SPACING_S:
+            await backfiller.run("chain_break", breaks=pending, only=break_walks(pending))
+            pending, last_break_walk = [], trio.current_time()
+            continue
+        if due := backfiller.health.due_now(now):
+            await backfiller.run("retry", only=due)
+            continue
+        wake = [now + poll_s]
+        if pending:
+            wake.append(last_break_walk + BREAK_WALK_SPACING_S)
+        if (next_due := backfiller.health.next_due()) is not None:
+            wake.append(next_due)
+        with trio.move_on_at(min(wake)):
             await (committed() if committed is not None else stop).wait()
