@@ -71,7 +71,6 @@ PROGRESS_EVERY = 5_000  # facts fetched between two progress lines of one backfi
 NO_EVENTS: Final = "404.008"
 MAX_OFFSET: Final = 200_000  # the deepest offset the paged endpoints accept (docs/bitstamp.md §5)
 SETTLEMENT_WINDOW: Final = timedelta(days=30) - timedelta(hours=1)  # since_timestamp's reach, with a margin
-NOT_DERIVATIVES: Final = "API5506"
 
 
 def uuid4_hex() -> str:
@@ -347,12 +346,8 @@ class Backfiller:
             params: dict[str, str | int] = {"limit": self.options.page_limit, "sort": "asc"}
             if after is not None:
                 params["after_id"] = after
-            try:
-                page = await self.api.call("trade_history", self.api.client.trade_history, market, **params)
-            except ApiError as exc:
-                if exc.code == NOT_DERIVATIVES:
-                    return
-                raise
+            # API5506 (a spot-only account) ends this walk as unavailable: _guard and WalkHealth judge it.
+            page = await self.api.call("trade_history", self.api.client.trade_history, market, **params)
             rows = page if isinstance(page, list) else []
             keys = [int_or_minus_one(r.get("trade_id")) if isinstance(r, dict) else -1 for r in rows]
             step = advance(after, keys, limit=self.options.page_limit, seen=seen)

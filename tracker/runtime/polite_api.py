@@ -3,7 +3,8 @@
 Politeness (docs/bitstamp.md §5.8): a sliding window of ≤ 400 requests/s and a budget of ≤ 10,000 per 10 minutes
 (both configurable; the limits hold for *every* window, not on average), and capped jittered back-off on
 400.002/400.067/400.068/429 (``RateLimited``, honouring ``Retry-After``), 5xx (``ServerError``) and transport errors.
-Anything else (an API error code, a refused signature) is the caller's to judge: it is raised at once.
+A response whose signature does not match is retried the same way (a proxy or a torn read is the likely cause), then
+raised. Anything else (an API error code, bad credentials) is the caller's to judge: it is raised at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from tracker.exchange.errors import ExchangeUnreachable, RateLimited, ServerError
+from tracker.exchange.errors import ExchangeUnreachable, RateLimited, ResponseSignatureError, ServerError
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.backoff import Backoff
 
@@ -107,7 +108,7 @@ class PoliteApi:
                 self.stats.rate_limited += 1
                 delay = exc.retry_after if exc.retry_after is not None else backoff.next_delay()
                 failure: Exception = exc
-            except (ServerError, ExchangeUnreachable) as exc:
+            except (ServerError, ExchangeUnreachable, ResponseSignatureError) as exc:
                 delay = backoff.next_delay()
                 failure = exc
             if attempt >= self.max_attempts:
