@@ -146,7 +146,7 @@ async def test_sigint_during_burst_loses_nothing_and_leaks_nothing(tmp_path: Pat
 
     # Secrets: not in argv, the child's log (at DEBUG), the database file or its dump.
     log_text = (tmp_path / "child.log").read_text()
-    assert "subscribed 11 channels" in log_text
+    assert "subscribed 15 channels" in log_text
     dump = "\n".join(sqlite3.connect(db_path).iterdump())
     raw = db_path.read_bytes()
     secrets = [API_KEY, API_SECRET, *tokens.split("\n")]

@@ -176,9 +176,12 @@ def subscribes(hub: WsHub) -> list[dict]:  # type: ignore[type-arg]
 
 async def test_subscribes_every_channel_one_per_frame(autojump_clock: trio.testing.MockClock) -> None:
     async with running() as (harness, _stop):
-        expected = {
-            f"private-{name}_{m}-{UID}" for m in MARKETS for name in ("my_orders", "my_trades", "live_trades")
-        } | {f"private-my_settlements-{UID}", f"private-my_liquidations-{UID}"}
+        names = ("my_orders", "my_trades", "live_trades", "live_order_trades")  # every private channel by default
+        expected = {f"private-{name}_{m}-{UID}" for m in MARKETS for name in names} | {
+            f"private-my_settlements-{UID}",
+            f"private-my_liquidations-{UID}",
+            f"private-my_token_settlements-{UID}",
+        }
         assert harness.hub.subscribed() == expected
         frames = subscribes(harness.hub)
         assert len(frames) == len(expected)
@@ -240,7 +243,7 @@ async def test_expired_token_4009_is_tied_to_the_subscribe_and_retried(autojump_
         failed = [json.loads(e.payload)["data"] for e in harness.entries("tracker") if e.event == "subscribe_failed"]
         assert [(f["channel"], f["code"]) for f in failed] == [(f"private-my_orders_btcusd-{UID}", 4009)]
         assert harness.tokens_issued == 2
-        assert len(harness.hub.subscribed()) == 5
+        assert len(harness.hub.subscribed()) == 7  # one market: four channels, and three account-wide
         tokens = [json.loads(f)["data"].get("auth") for f in harness.hub.client_frames if "bts:subscribe" in f]
         assert tokens[0] != tokens[1] and len(set(tokens[1:])) == 1  # one new token shared by the rest of the batch
         stop.set()
@@ -301,7 +304,7 @@ async def test_stop_drains_everything_delivered(autojump_clock: trio.testing.Moc
         await harness.wait_for(lambda: not harness.hub.conns)
     assert sorted(int(e.trade_id or 0) for e in harness.entries("ws")) == list(range(500))
     unsubscribed = [f for f in harness.hub.client_frames if "bts:unsubscribe" in f]
-    assert len(unsubscribed) == 8
+    assert len(unsubscribed) == 11  # two markets: 2 x 4 channels, and three account-wide
 
 
 async def test_malformed_and_unknown_frames_are_kept(autojump_clock: trio.testing.MockClock) -> None:
@@ -379,9 +382,9 @@ def test_backoff_equal_jitter_capped_and_reset() -> None:
 
 async def test_channels_are_sharded_across_connections(autojump_clock: trio.testing.MockClock) -> None:
     async with running(IngestOptions(max_channels_per_connection=3)) as (harness, _stop):
-        assert len(harness.hub.conns) == 3  # 8 channels, at most 3 per connection
-        assert sorted(len(c.subs) for c in harness.hub.conns) == [2, 3, 3]
-        assert len(harness.hub.subscribed()) == 8
+        assert len(harness.hub.conns) == 4  # 11 channels, at most 3 per connection
+        assert sorted(len(c.subs) for c in harness.hub.conns) == [2, 3, 3, 3]
+        assert len(harness.hub.subscribed()) == 11
 
 
 def test_shard_channels_keeps_under_the_server_cap() -> None:

@@ -20,6 +20,7 @@ WS_ERROR: Final = "ws_error"
 RECONNECT_REQUESTED: Final = "reconnect_requested"
 CLOSED: Final = "closed"
 STALLED: Final = "stalled"
+CHANNEL_REFUSED: Final = "channel_refused"  # a channel set aside after repeated refusals, retried alone
 # Gaps and backfill.
 GAP_DETECTED: Final = "gap_detected"
 BACKFILL_COMPLETED: Final = "backfill_completed"
@@ -39,6 +40,7 @@ TRACKER_EVENTS: Final = frozenset(
         RECONNECT_REQUESTED,
         CLOSED,
         STALLED,
+        CHANNEL_REFUSED,
         GAP_DETECTED,
         BACKFILL_COMPLETED,
         WALK_FAILED,
