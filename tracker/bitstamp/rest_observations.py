@@ -18,13 +18,16 @@ from tracker.domain.money import BadAmount, parse_decimal
 from tracker.domain.reconcile import Balance, ExchangeFill, ExchangeOpenOrder, ExchangeOrderStatus
 
 
-def _as_log_entry(entry: NewEntry) -> LogEntry:
-    return LogEntry(seq=0, prev_hash="", hash="", **{f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)})
+def parse_new_entry(entry: NewEntry) -> object:
+    """An entry not yet in the log, read exactly as the projection will read it once it is (``parse_entry``)."""
+    return parse_entry(
+        LogEntry(seq=0, prev_hash="", hash="", **{f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)})
+    )
 
 
 def exchange_fill(entry: NewEntry) -> ExchangeFill | None:
     """The fill a REST entry describes, read exactly as the projection reads it (``parse_entry``)."""
-    event = parse_entry(_as_log_entry(entry))
+    event = parse_new_entry(entry)
     if not isinstance(event, Fill):
         return None
     return ExchangeFill(event.trade_id, event.market, event.side, event.amount, event.price, event.fee)
@@ -32,7 +35,7 @@ def exchange_fill(entry: NewEntry) -> ExchangeFill | None:
 
 def exchange_status(entry: NewEntry) -> ExchangeOrderStatus | None:
     """The order status a REST ``order_status/`` entry describes, read as the projection reads it."""
-    event = parse_entry(_as_log_entry(entry))
+    event = parse_new_entry(entry)
     if not isinstance(event, OrderStatusSnapshot):
         return None
     return ExchangeOrderStatus(event.order_id, event.status, event.amount_remaining)

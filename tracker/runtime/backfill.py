@@ -47,11 +47,14 @@ import trio
 
 from tracker.bitstamp import rest_entries as re_
 from tracker.bitstamp.channels import channels_for
-from tracker.bitstamp.rest_observations import exchange_fill, int_or_minus_one
+from tracker.bitstamp.parse import parse_entry
+from tracker.bitstamp.rest_observations import exchange_fill, int_or_minus_one, parse_new_entry
 from tracker.bitstamp.signals import gap_signal
 from tracker.bitstamp.wire import datetime_to_us, parse_rest_datetime, unix_us_by_magnitude
 from tracker.domain import tracker_events as te
 from tracker.domain.backfill import BACKFILL_CHANNEL, ORDER_SOURCES, BackfillOptions, BackfillReport, Cursors
+from tracker.domain.corroboration import adds_nothing
+from tracker.domain.events import Fill, OrderEvent
 from tracker.domain.gaps import ChainBreak, GapWatch, Window, advance, event_id_at, event_id_order, forget_passed
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.domain.reconcile import ExchangeFill
@@ -69,6 +72,7 @@ log = logging.getLogger("tracker.backfill")
 PROGRESS_EVERY = 5_000  # facts fetched between two progress lines of one backfill
 
 NO_EVENTS: Final = "404.008"
+CORROBORATED_ENDPOINTS: Final = frozenset({"user_transactions", "trade_history", "account_order_data"})
 MAX_OFFSET: Final = 200_000  # the deepest offset the paged endpoints accept (docs/bitstamp.md §5)
 SETTLEMENT_WINDOW: Final = timedelta(days=30) - timedelta(hours=1)  # since_timestamp's reach, with a margin
 
@@ -282,7 +286,11 @@ class Backfiller:
             self.health.succeeded(key)
 
     async def _append(self, report: BackfillReport, endpoint: str, items: list[NewEntry | QuarantineItem]) -> None:
-        appended, _ = await self.sink.append(items)
+        """Append a page's new facts: rows that repeat a logged fact exactly are counted as corroborated instead
+        (``domain/corroboration.py``)."""
+        corroborated = await self._corroborated(items) if endpoint in CORROBORATED_ENDPOINTS else set()
+        report.corroborated[endpoint] += len(corroborated)
+        appended, _ = await self.sink.append([item for i, item in enumerate(items) if i not in corroborated])
         before = sum(report.fetched.values())
         report.fetched[endpoint] += len(items)
         report.found[endpoint] += appended
@@ -297,6 +305,31 @@ class Backfiller:
                 f"{sum(report.found.values()):,}",
                 endpoint,
             )
+
+    async def _corroborated(self, items: Sequence[NewEntry | QuarantineItem]) -> set[int]:
+        """Indices of the REST entries whose fill or order event the log already holds, agreeing in every field."""
+        observed: dict[int, Fill | OrderEvent] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, NewEntry) and isinstance(event := parse_new_entry(item), Fill | OrderEvent):
+                observed[i] = event
+        if not observed:
+            return set()
+        trade_ids = [e.trade_id for e in observed.values() if isinstance(e, Fill)]
+        event_ids = [e.event_id for e in observed.values() if isinstance(e, OrderEvent) and e.event_id]
+        logged: dict[str, list[Fill | OrderEvent]] = {}
+        for entry in await self.sink.entries_about(self.account, trade_ids, event_ids):
+            event = parse_entry(entry)
+            if isinstance(event, Fill):
+                logged.setdefault(f"t:{event.trade_id}", []).append(event)
+            elif isinstance(event, OrderEvent) and event.event_id:
+                logged.setdefault(f"e:{event.event_id}", []).append(event)
+        return {
+            i
+            for i, event in observed.items()
+            if adds_nothing(
+                event, logged.get(f"t:{event.trade_id}" if isinstance(event, Fill) else f"e:{event.event_id}", ())
+            )
+        }
 
     async def _order_events(self, report: BackfillReport, market: str, source: str) -> None:
         key = f"{market}|{source}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import trio
@@ -38,6 +39,11 @@ class LogSink:
 
     async def signals_after(self, account: str, after: int) -> list[LogEntry]:
         return await trio.to_thread.run_sync(log_queries.signals_after, self.log, account, after)
+
+    async def entries_about(self, account: str, trade_ids: list[str], event_ids: list[str]) -> list[LogEntry]:
+        return await trio.to_thread.run_sync(
+            partial(log_queries.entries_about, self.log, account, trade_ids=trade_ids, event_ids=event_ids)
+        )
 
     async def run_start(self, account: str, started_at: datetime) -> tuple[int, datetime | None]:
         return await trio.to_thread.run_sync(log_queries.run_start, self.log, account, started_at)

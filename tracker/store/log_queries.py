@@ -8,6 +8,7 @@ worker thread.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from tracker.store.schema import event_log as event_log_table
 
 _COLUMNS = tuple(event_log_table.c[name] for name in LOG_FIELDS)
 SIGNAL_PAGE = 2000  # signal entries read per query (the watch reads again at once after a full page)
+IN_CHUNK = 500  # ids per IN (...) list
 
 
 def latest_tracker_data(event_log: EventLog, account: str, channel: str, event: str) -> dict[str, Any] | None:
@@ -73,3 +75,19 @@ def run_start(event_log: EventLog, account: str, started_at: datetime) -> tuple[
                 if received_at < started_at:
                     return seq, received_at
             hi = rows[-1][0]
+
+
+def entries_about(
+    event_log: EventLog, account: str, *, trade_ids: Iterable[str] = (), event_ids: Iterable[str] = ()
+) -> list[LogEntry]:
+    """The account's logged entries (any source) with one of these trade ids or order event ids: what a REST page's
+    rows may repeat (the ``trade_id`` and ``event_id`` indexes serve it; ``IN_CHUNK`` ids per query)."""
+    t = event_log_table
+    out: list[LogEntry] = []
+    with event_log.engine.connect() as conn:
+        for column, ids in ((t.c.trade_id, sorted(set(trade_ids))), (t.c.event_id, sorted(set(event_ids)))):
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start : start + IN_CHUNK]
+                query = select(*_COLUMNS).where(column.in_(chunk), t.c.account == account).order_by(t.c.seq)
+                out += [LogEntry(*row) for row in conn.execute(query)]
+    return out
