@@ -20,7 +20,7 @@ from tracker.bitstamp.frames import (
     entry_from_position_settlement,
     entry_from_user_transaction,
 )
-from tracker.bitstamp.parse import parse_entry
+from tracker.bitstamp.parse import order_source_of, parse_entry
 from tracker.bitstamp.rest_entries import REST_EVENTS
 from tracker.bitstamp.wire import loads_exact
 from tracker.domain import tracker_events as te
@@ -370,3 +370,30 @@ def test_rest_builders_and_parser_never_raise(which: str, row: Any, exact: bool)
             built = entry_from_position_settlement(row, account="a", received_at=NOW)
     if isinstance(built, NewEntry):
         _parse_any(built)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (frame_texts("my_orders_stop_active.json")[0], "stop_order"),
+        (frame_texts("my_orders_order_created.json")[0], "orderbook"),
+        (frame_texts("my_orders_order_created.json")[1], None),  # the old envelope has none
+        ('{"event":"order_created","order_source":"","data":{}}', None),
+        ('{"event":"order_created","order_source":7,"data":{}}', None),
+        ('{"order_source":"orderbook","data":{"amount":NaN}}', "orderbook"),  # the exact decoder's NaN literal
+        ('["order_source"]', None),
+        ("not json", None),
+        ("[" * 100_000, None),
+    ],
+)
+def test_order_source_of(payload: str, expected: str | None) -> None:
+    assert order_source_of(payload) == expected
+
+
+@pytest.mark.parametrize("corpus", corpora())
+def test_order_source_of_agrees_with_the_parser(corpus: Path) -> None:
+    for name in (n for n in PRIVATE_SAMPLE_FILES if n.startswith("my_orders_")):
+        for text in frame_texts(name, corpus):
+            event = Log().ws(text)
+            assert isinstance(event, OrderEvent)
+            assert order_source_of(text) == event.order_source

@@ -39,6 +39,12 @@ def subscribe_frame(channel: str, token: str | None) -> str:
     return json.dumps({"event": "bts:subscribe", "data": data}, separators=(",", ":"))
 
 
+def unsubscribe_frame(channel: str) -> str:
+    """The ``bts:unsubscribe`` frame of one channel. No ``auth`` even for a private channel: whether the server wants
+    one is undocumented and both forms are reported to work (docs/bitstamp.md §1.2); the token may have expired."""
+    return json.dumps({"event": "bts:unsubscribe", "data": {"channel": channel}}, separators=(",", ":"))
+
+
 HEARTBEAT_FRAME = '{"event":"bts:heartbeat"}'
 
 
