@@ -1,10 +1,10 @@
-"""Bitstamp HTTP API v2 request and response signatures (PROTOCOL.md §3). Pure: the clock and nonce are passed in.
+"""Bitstamp HTTP API v2 request and response signatures (docs/bitstamp.md §3). Pure: the clock and nonce are passed in.
 
 String to sign, concatenated with no separators::
 
     "BITSTAMP " + api_key + METHOD + host + path + query + content_type + nonce + timestamp + "v2" + body
 
-- ``query`` is ``"?" + query`` when the URL has one, else ``""``. Clients disagree here (PROTOCOL.md §3.2 calls the
+- ``query`` is ``"?" + query`` when the URL has one, else ``""``. Clients disagree here (docs/bitstamp.md §3.2 calls the
   query form uncertain); we follow the sheet's recommendation, and the fake exchange verifies the same form.
 - ``content_type`` and ``body`` are both ``""`` when the body is empty: the Content-Type header must then be absent
   (a Content-Type with an empty body is API0020 on the real server).

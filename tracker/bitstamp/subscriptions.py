@@ -1,7 +1,7 @@
 """The subscribe state machine of one connection, pure (times are passed in).
 
 Bitstamp answers each ``bts:subscribe`` with ``bts:subscription_succeeded`` naming the channel, or with a ``bts:error``
-that names **no** channel (PROTOCOL.md §1.3). So:
+that names **no** channel (docs/bitstamp.md §1.3). So:
 
 - a few subscribes at most are in flight (``max_in_flight``), one channel per frame;
 - the server answers in order, so a ``bts:error`` belongs to the **oldest** outstanding subscribe (with one in flight
