@@ -8,7 +8,8 @@ database with a bounded deadline). During a window, delivery is paused on the fa
 then exist only in its REST state.
 
 Self trades are switched off inside withheld windows: no REST endpoint reports self-trade-prevention offsets
-(PROTOCOL.md §2.3 and §5 have none), so a missed ``self_trade`` frame cannot be backfilled (see the report). And a spot
+(docs/bitstamp.md §2.3 and §5 have none), so a missed ``self_trade`` frame cannot be backfilled (see the report). And
+a spot
 fill learned only from ``user_transactions/`` has whole-second ``executed_at`` when the exchange's row has no
 microseconds (the fake omits them on half of the rows, as the real API sometimes does): such fills are compared to the
 second.

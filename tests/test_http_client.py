@@ -1,5 +1,5 @@
 """BitstampClient and BitstampAuth over ``httpx.MockTransport``: no network. Signatures are recomputed here with
-plain ``hmac`` from PROTOCOL.md §3.2, independently of ``tracker.bitstamp.signing``."""
+plain ``hmac`` from docs/bitstamp.md §3.2, independently of ``tracker.bitstamp.signing``."""
 
 from __future__ import annotations
 

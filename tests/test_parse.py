@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
-from bitstamp_samples import PRIVATE_SAMPLE_FILES, frame_texts, load
+from bitstamp_samples import DATA, PRIVATE_SAMPLE_FILES, corpora, corpus_dirs, frame_texts, load, private_frame_texts
 from hypothesis import given
 from hypothesis import strategies as st
 from pipeline import NOW, Log, order_frame, to_log
@@ -18,7 +20,7 @@ from tracker.bitstamp.frames import (
     entry_from_position_settlement,
     entry_from_user_transaction,
 )
-from tracker.bitstamp.parse import parse_entry
+from tracker.bitstamp.parse import order_source_of, parse_entry
 from tracker.bitstamp.rest_entries import REST_EVENTS
 from tracker.bitstamp.wire import loads_exact
 from tracker.domain import tracker_events as te
@@ -37,7 +39,7 @@ from tracker.domain.events import (
     TokenReady,
     Unknown,
 )
-from tracker.domain.log import LogRecord, NewEntry
+from tracker.domain.log import LogRecord, NewEntry, QuarantineItem
 
 EXPECTED = {
     "my_orders_order_created.json": OrderEvent,
@@ -59,10 +61,13 @@ def test_expected_covers_all_private_samples() -> None:
     assert set(EXPECTED) == set(PRIVATE_SAMPLE_FILES)
 
 
+@pytest.mark.parametrize("corpus", corpora())
 @pytest.mark.parametrize("name", PRIVATE_SAMPLE_FILES)
-def test_private_samples_parse(name: str) -> None:
+def test_private_samples_parse(name: str, corpus: Path) -> None:
+    texts = frame_texts(name, corpus)
+    assert texts or corpus != DATA, f"tests/data/{name} is empty"
     log = Log()
-    for text in frame_texts(name):
+    for text in texts:
         event = log.ws(text)
         assert isinstance(event, EXPECTED[name]), event
 
@@ -126,67 +131,116 @@ def test_exponent_amounts_and_big_ids() -> None:
     assert event.price == Decimal("61200.00")
 
 
+def _rest_rows(wrapper: dict[str, Any]) -> list[Any]:
+    """The rows of one REST sample, read exactly (``raw`` where present keeps the number spelling)."""
+    message = loads_exact(wrapper["raw"]) if wrapper.get("raw") else loads_exact(json.dumps(wrapper["message"]))
+    return message if isinstance(message, list) else [message]
+
+
 def test_rest_user_transactions() -> None:
-    rows = load("rest_user_transactions.json")[0]["message"]
+    rows = _rest_rows(load("rest_user_transactions.json")[0])
     log = Log()
-    events = []
-    for row in rows:
-        row = loads_exact(json.dumps(row))
-        events.append(log.append(entry_from_user_transaction(row, account="acc", received_at=NOW, markets_by_pair={})))
-    fills = [e for e in events if isinstance(e, Fill)]
-    others = [e for e in events if isinstance(e, AccountTransaction)]
-    assert fills and others
+    events = [
+        log.append(entry_from_user_transaction(row, account="acc", received_at=NOW, markets_by_pair={})) for row in rows
+    ]
     assert not [e for e in events if isinstance(e, Unknown)]
-    fill = next(f for f in fills if f.trade_id == "50197020")
+    fills = {e.trade_id: e for e in events if isinstance(e, Fill)}
+    others = {e.transaction_id: e.type_code for e in events if isinstance(e, AccountTransaction)}
+    assert sorted(fills) == ["61000001", "61000002", "61000004"]
+    assert others == {"61000005": "1", "61000003": "0", "61000000": "36", "60999999": "58"}
+    fill = fills["61000004"]
     assert (fill.side, fill.amount, fill.price, fill.fee, fill.market, fill.order_id) == (
         "buy",
-        Decimal("0.94492494"),
-        Decimal("11170.21"),
-        Decimal("26.39"),
+        Decimal("0.50000000"),
+        Decimal("63000.00"),
+        Decimal("12.60"),
         "btcusd",
-        "857979733",
+        "2050558851300001",
     )
-    assert fill.executed_at == datetime(2018, 1, 29, 20, 22, 34, tzinfo=UTC)
+    assert fill.executed_at == datetime(2026, 3, 2, 9, 10, 7, tzinfo=UTC)
+    sell = fills["61000002"]
+    assert (sell.side, sell.amount, sell.price, sell.market, sell.order_id) == (
+        "sell",
+        Decimal("0.05000000"),
+        Decimal("2050.00"),
+        "ethusd",
+        "2050558851200002",
+    )
+    assert sell.executed_at == datetime(2026, 3, 1, 12, 0, 1, 250000, tzinfo=UTC)
     entry = log.entries[1]
-    assert entry.dedup_key == "rest:acc:user_transactions:50197020"
+    assert entry.dedup_key == "rest:acc:user_transactions:61000004"
     assert entry.channel == "user_transactions/"
 
 
 def test_rest_other_endpoints() -> None:
     log = Log()
-    order = load("rest_account_order_data.json")[0]["message"][0]
-    ev = log.append(
-        entry_from_account_order_event(loads_exact(json.dumps(order)), account="acc", market="btcusd", received_at=NOW)
+    created, deleted = (
+        log.append(entry_from_account_order_event(event, account="acc", market="btcusd", received_at=NOW))
+        for event in _rest_rows(load("rest_account_order_data.json")[0])
     )
-    assert isinstance(ev, OrderEvent)
-    assert ev.source == "rest"
-    assert ev.kind == "created"
-    assert log.entries[-1].dedup_key == "rest:acc:account_order_data:019f4ac8-1234-abcd-af00-3e9012000020"
+    assert isinstance(created, OrderEvent)
+    assert isinstance(deleted, OrderEvent)
+    assert (created.source, created.kind, deleted.kind) == ("rest", "created", "deleted")
+    assert (deleted.amount_remaining, deleted.amount_at_create) == (Decimal("0E-8"), Decimal("1.00000000"))
+    assert log.entries[0].dedup_key == "rest:acc:account_order_data:019f4ac8-1234-abcd-af00-3e9012000020"
+    statuses = []
     for wrapper in load("rest_order_status.json"):
-        ev = log.append(
-            entry_from_order_status(loads_exact(json.dumps(wrapper["message"])), account="acc", received_at=NOW)
-        )
-        assert isinstance(ev, OrderStatusSnapshot)
-    row = load("rest_position_settlement_transactions.json")[0]["message"][0]
+        (row,) = _rest_rows(wrapper)
+        statuses.append(log.append(entry_from_order_status(row, account="acc", received_at=NOW)))
+    assert all(isinstance(ev, OrderStatusSnapshot) for ev in statuses)
+    assert [(s.status, s.side, s.transaction_count) for s in statuses if isinstance(s, OrderStatusSnapshot)] == [
+        ("Finished", "sell", 2),
+        ("Canceled", "sell", 0),
+        ("Open", "buy", 0),
+    ]
+    (row,) = _rest_rows(load("rest_position_settlement_transactions.json")[0])
     ev = log.append(entry_from_position_settlement(row, account="acc", received_at=NOW))
     assert isinstance(ev, Settlement)
-    assert (ev.amount, ev.position_id, ev.settlement_type) == (Decimal("-200.00"), "123123", "P")
-    perp = {
-        "trade_id": "2001939623936278528",
-        "order_id": "9",
-        "position_id": "p1",
-        "datetime": "2026-01-01 00:00:00.123456",
-        "fee": "0.1",
-        "market": "BTC/USD-PERP",
-        "side": "SELL",
-        "type": "LIQUIDATION",
-        "price": "60000",
-        "amount": "0.5",
-    }
-    ev = log.append(entry_from_perp_trade(perp, account="acc", received_at=NOW))
+    assert (ev.amount, ev.position_id, ev.settlement_type, ev.funding_component) == (
+        Decimal("-12.50"),
+        "1234567890",
+        "P",
+        Decimal("-1.50"),
+    )
+    assert ev.occurred_at == datetime(2024, 4, 3, 8, 0, tzinfo=UTC)
+    (row,) = _rest_rows(load("rest_trade_history.json")[0])
+    ev = log.append(entry_from_perp_trade(row, account="acc", received_at=NOW))
     assert isinstance(ev, Fill)
-    assert (ev.market, ev.side, ev.is_liquidation, ev.position_id) == ("btcusd-perp", "sell", True, "p1")
-    assert ev.executed_at == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+    assert (ev.trade_id, ev.market, ev.side, ev.is_liquidation, ev.position_id) == (
+        "2001939623936278601",
+        "btcusd-perp",
+        "sell",
+        True,
+        "1234567890",
+    )
+    assert ev.executed_at == datetime(2026, 9, 15, 6, 33, 20, 590000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("corpus", corpora())
+def test_rest_samples_build_and_parse(corpus: Path) -> None:
+    """Every REST row of a corpus becomes a log entry and a known event (no quarantine, no ``Unknown``)."""
+    builders: dict[str, Callable[[Any], NewEntry | QuarantineItem]] = {
+        "rest_user_transactions.json": lambda row: entry_from_user_transaction(
+            row, account="acc", received_at=NOW, markets_by_pair={}
+        ),
+        "rest_account_order_data.json": lambda row: entry_from_account_order_event(
+            row, account="acc", market="btcusd", received_at=NOW
+        ),
+        "rest_order_status.json": lambda row: entry_from_order_status(row, account="acc", received_at=NOW),
+        "rest_trade_history.json": lambda row: entry_from_perp_trade(row, account="acc", received_at=NOW),
+        "rest_position_settlement_transactions.json": lambda row: entry_from_position_settlement(
+            row, account="acc", received_at=NOW
+        ),
+    }
+    seen = 0
+    for name, build in builders.items():
+        for wrapper in load(name, corpus):
+            for row in _rest_rows(wrapper):
+                built = build(row)
+                assert isinstance(built, NewEntry), (name, built)
+                assert not isinstance(Log().append(built), Unknown), (name, row)
+                seen += 1
+    assert seen > 0
 
 
 def test_tracker_events() -> None:
@@ -232,7 +286,7 @@ json_values = st.recursive(
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=4),
     max_leaves=10,
 )
-ALL_SAMPLE_TEXTS = [t for name in PRIVATE_SAMPLE_FILES for t in frame_texts(name)] if True else []
+ALL_SAMPLE_TEXTS = [text for corpus in corpus_dirs() for text in private_frame_texts(corpus)]
 
 
 def _mutate(message: Any, path_choice: int, value: Any) -> Any:
@@ -316,3 +370,30 @@ def test_rest_builders_and_parser_never_raise(which: str, row: Any, exact: bool)
             built = entry_from_position_settlement(row, account="a", received_at=NOW)
     if isinstance(built, NewEntry):
         _parse_any(built)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (frame_texts("my_orders_stop_active.json")[0], "stop_order"),
+        (frame_texts("my_orders_order_created.json")[0], "orderbook"),
+        (frame_texts("my_orders_order_created.json")[1], None),  # the old envelope has none
+        ('{"event":"order_created","order_source":"","data":{}}', None),
+        ('{"event":"order_created","order_source":7,"data":{}}', None),
+        ('{"order_source":"orderbook","data":{"amount":NaN}}', "orderbook"),  # the exact decoder's NaN literal
+        ('["order_source"]', None),
+        ("not json", None),
+        ("[" * 100_000, None),
+    ],
+)
+def test_order_source_of(payload: str, expected: str | None) -> None:
+    assert order_source_of(payload) == expected
+
+
+@pytest.mark.parametrize("corpus", corpora())
+def test_order_source_of_agrees_with_the_parser(corpus: Path) -> None:
+    for name in (n for n in PRIVATE_SAMPLE_FILES if n.startswith("my_orders_")):
+        for text in frame_texts(name, corpus):
+            event = Log().ws(text)
+            assert isinstance(event, OrderEvent)
+            assert order_source_of(text) == event.order_source

@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from bitstamp_samples import PRIVATE_SAMPLE_FILES, frame_texts
+from bitstamp_samples import corpus_dirs, private_frame_texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NOW, Log, to_log
@@ -73,7 +73,8 @@ numbers = (
     | st.booleans()
     | st.text(max_size=4)
 )
-SAMPLES = [json.loads(t) for name in PRIVATE_SAMPLE_FILES for t in frame_texts(name)]
+# tests/data always; the shared samples too when present (see bitstamp_samples)
+SAMPLES = [json.loads(text) for corpus in corpus_dirs() for text in private_frame_texts(corpus)]
 
 
 def _with(message: Any, key_choice: int, value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Channel-name grammar (PROTOCOL.md §1.6).
+"""Channel-name grammar (docs/bitstamp.md §1.6).
 
 - Public: ``<name>_<market>`` (``live_trades_btcusd``); ``announcements`` has no market.
 - Private, per market: ``private-<name>_<market>-<user_id>``.

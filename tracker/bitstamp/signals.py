@@ -12,22 +12,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from tracker.bitstamp.wire import loads_exact
+from tracker.bitstamp.parse_ws import order_source_of
 from tracker.domain import tracker_events as te
 from tracker.domain.gaps import GapSignal, LifecycleSignal, OrderChainSignal
 from tracker.domain.log import LogEntry
 
 ORDER_CHANNEL_PREFIX: Final = "private-my_orders_"
-
-
-def order_source_of(payload: str) -> str | None:
-    """The ``order_source`` of a logged my_orders frame's payload, or None (absent, or not a JSON object)."""
-    try:
-        message = loads_exact(payload)
-    except ValueError:
-        return None
-    source = message.get("order_source") if isinstance(message, dict) else None
-    return source if isinstance(source, str) else None
 
 
 def gap_signal(entry: LogEntry) -> GapSignal | None:

@@ -1,4 +1,4 @@
-"""Bitstamp HTTP API v2 request and response signatures (PROTOCOL.md §3). Pure: the clock and nonce are passed in.
+"""Bitstamp HTTP API v2 request and response signatures (docs/bitstamp.md §3). Pure: the clock and nonce are passed in.
 
 String to sign, concatenated with no separators::
 

@@ -1,7 +1,7 @@
 """The subscribe state machine of one connection, pure (times are passed in).
 
 Bitstamp answers each ``bts:subscribe`` with ``bts:subscription_succeeded`` naming the channel, or with a ``bts:error``
-that names **no** channel (PROTOCOL.md §1.3). So:
+that names **no** channel (docs/bitstamp.md §1.3). So:
 
 - a few subscribes at most are in flight (``max_in_flight``), one channel per frame;
 - the server answers in order, so a ``bts:error`` belongs to the **oldest** outstanding subscribe (with one in flight
@@ -37,6 +37,12 @@ def subscribe_frame(channel: str, token: str | None) -> str:
     if token is not None:
         data["auth"] = token
     return json.dumps({"event": "bts:subscribe", "data": data}, separators=(",", ":"))
+
+
+def unsubscribe_frame(channel: str) -> str:
+    """The ``bts:unsubscribe`` frame of one channel. No ``auth`` even for a private channel: whether the server wants
+    one is undocumented and both forms are reported to work (docs/bitstamp.md §1.2); the token may have expired."""
+    return json.dumps({"event": "bts:unsubscribe", "data": {"channel": channel}}, separators=(",", ":"))
 
 
 HEARTBEAT_FRAME = '{"event":"bts:heartbeat"}'

@@ -5,7 +5,7 @@ all). ``plan`` turns a diff and the currently open reconciliation discrepancies 
 ``discrepancy`` entries (ids are stable, ``recon:<kind>:<entity>``, so a re-run does not duplicate an open one) and
 ``discrepancy_resolved`` entries for open ones whose entity was checked again and found clean.
 
-Rules (PROTOCOL.md §5, §6 gotchas 18-20):
+Rules (docs/bitstamp.md §5, §6 gotchas 18-20):
 
 - fills: by trade id (docs/semantics.md: the ``user_transactions/`` id of a fill is assumed to equal the websocket trade
   id). Only the window the exchange rows cover is compared: fills of that market with a trade id at or above the

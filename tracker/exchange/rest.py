@@ -69,7 +69,7 @@ class WsToken:
 
 
 def _error_code(body: object) -> tuple[bool, str | None, str]:
-    """(is_error, code, reason) of a body in any of the error envelopes of PROTOCOL.md §3.4."""
+    """(is_error, code, reason) of a body in any of the error envelopes of docs/bitstamp.md §3.4."""
     if not isinstance(body, dict):
         return False, None, ""
     code = body.get("code") or body.get("response_code")
@@ -275,7 +275,7 @@ class BitstampClient:
         return list(await self.request("GET", "markets/", signed=False))
 
     async def my_markets(self) -> list[dict[str, Any]]:
-        """``GET my_markets/``: the markets enabled for the account (PROTOCOL.md §5.6: method uncertain)."""
+        """``GET my_markets/``: the markets enabled for the account (docs/bitstamp.md §5.6: method uncertain)."""
         return list(await self.request("GET", "my_markets/"))
 
     async def user_transactions(self, market: str | None = None, **params: str | int) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """One Bitstamp WebSocket connection over trio-websocket: open, send text, receive text, close. No retry policy.
 
-Client frames are checked against the server's limit before sending (PROTOCOL.md §1.2: a frame of 512 bytes or more
+Client frames are checked against the server's limit before sending (docs/bitstamp.md §1.2: a frame of 512 bytes or more
 gets the socket closed with 1009), so an oversized frame is a local ``FrameTooLarge`` and never reaches the wire.
 Connection failures leave as ``WsUnreachable`` (handshake, DNS, refused, timeout) or ``trio_websocket.ConnectionClosed``
 (an established connection went away); the runtime's reconnect loop catches exactly these.

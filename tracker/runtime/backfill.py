@@ -2,7 +2,7 @@
 
 A websocket is not a ledger. This task watches the log (the connection lifecycle ingest records, and the
 ``pre_event_id`` chain of each my_orders stream) and, at start-up and after every (re)connect or chain break, walks
-the REST endpoints of PROTOCOL.md §5 from where the previous backfill stopped (gotcha 8):
+the REST endpoints of docs/bitstamp.md §5 from where the previous backfill stopped (gotcha 8):
 
 1. ``account_order_data/`` per market and order source (``orderbook``, ``stop_order``), inclusive ``since_id``;
 2. ``trade_history/<perp>/`` (``after_id``) for perp markets, before ``user_transactions`` so a perp fill is first

@@ -21,7 +21,13 @@ from typing import Any
 import trio
 
 from tracker.bitstamp.frames import Control, Data, Ignored, Malformed, classify, entry_from_data
-from tracker.bitstamp.subscriptions import HEARTBEAT_FRAME, SubscribeFailure, SubscriptionBook, subscribe_frame
+from tracker.bitstamp.subscriptions import (
+    HEARTBEAT_FRAME,
+    SubscribeFailure,
+    SubscriptionBook,
+    subscribe_frame,
+    unsubscribe_frame,
+)
 from tracker.domain import tracker_events as te
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.domain.tracker_events import tracker_entry
@@ -483,7 +489,7 @@ class Connection:
         self._heartbeat_scope.cancel()
         with trio.move_on_after(self.ctx.options.close_timeout):
             for channel in self.channels:
-                await ws.send(f'{{"event":"bts:unsubscribe","data":{{"channel":"{channel}"}}}}')
+                await ws.send(unsubscribe_frame(channel))
             self._heartbeat_reply = trio.Event()
             await ws.send(HEARTBEAT_FRAME)
             await self._heartbeat_reply.wait()

@@ -1,0 +1,188 @@
+"""Reading one field of a decoded wire object, exactly: the helpers every ``parse_*`` module shares.
+
+They raise ``Bad`` (becomes ``Unknown`` with the reason) for a value the parser cannot use, and ``NeedExact`` for a
+float where a number belongs: the fast decoder (``orjson``) makes every number with a fraction or an exponent a
+float, and an integer beyond 64 bits too, so a float here means "parse this entry again with ``loads_exact``", never
+a value to use (``parse.parse_entry`` does that). Money is ``Decimal`` from the ``*_str`` twin or the exact token;
+times are aware UTC (docs/bitstamp.md §0).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from tracker.bitstamp.channels import Channel, parse_channel
+from tracker.bitstamp.wire import id_text as _wire_id_text
+from tracker.bitstamp.wire import int_text as _wire_int_text
+from tracker.bitstamp.wire import parse_rest_datetime, us_to_datetime
+from tracker.domain.events import Side, Unknown
+from tracker.domain.log import Parseable
+from tracker.domain.money import parse_decimal
+
+
+class Bad(ValueError):
+    """A payload we cannot read; becomes ``Unknown``."""
+
+
+class NeedExact(Exception):
+    """A number the parser reads came out of the fast decoder as a float: parse the entry again from ``loads_exact``.
+
+    ``orjson`` (the fast path) makes every JSON number with a fraction or an exponent a float, and also an integer
+    beyond 64 bits; ``loads_exact`` makes the former ``Decimal`` and the latter ``int``. So a float reaching the
+    parser means "this entry needs the exact decoder", never a value to use. Not a ``ValueError``: nothing else may
+    catch it."""
+
+
+@lru_cache(maxsize=1024)
+def channel_of(text: str) -> Channel:
+    """Channels are few; parsing each once keeps the rebuild fast. Raises ``ValueError`` like ``parse_channel``."""
+    return parse_channel(text)
+
+
+def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
+    """``wire.id_text``; a float where the id should be (an integer beyond 64 bits, from the fast decoder) needs the
+    exact decoder (``NeedExact``)."""
+    result = _wire_id_text(obj, key, str_key)
+    if result is None and type(obj.get(key)) is float:
+        raise NeedExact
+    return result
+
+
+def int_text(value: object) -> int | None:
+    """``wire.int_text``; a float needs the exact decoder (``NeedExact``)."""
+    result = _wire_int_text(value)
+    if result is None and type(value) is float:
+        raise NeedExact
+    return result
+
+
+def obj_of(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Bad(f"{what} is not an object")
+    return value
+
+
+def decimal_of(value: object) -> Decimal:
+    """``parse_decimal`` with a fast path for the usual decimal text (the rebuild parses millions): ``Decimal()``
+    strips whitespace like ``parse_decimal`` does; anything unusual goes to ``parse_decimal`` for its exact error."""
+    if type(value) is str:
+        try:
+            result = Decimal(value)
+        except ArithmeticError:
+            return parse_decimal(value)
+        if result.is_finite():
+            return result
+    elif type(value) is Decimal and value.is_finite():
+        return value
+    elif type(value) is float:
+        raise NeedExact
+    return parse_decimal(value)
+
+
+def dec(d: dict[str, Any], key: str, str_key: str | None = None) -> Decimal:
+    """The money at ``str_key`` (the ``*_str`` twin) when present, else at ``key``; missing is ``Bad``."""
+    if str_key is not None:
+        value = d.get(str_key)
+        if value is not None:
+            return decimal_of(value)
+    value = d.get(key)
+    if value is None:
+        raise Bad(f"missing {key!r}")
+    return decimal_of(value)
+
+
+def opt_dec(d: dict[str, Any], key: str, str_key: str | None = None) -> Decimal | None:
+    """Like ``dec``, but missing is ``None``."""
+    if str_key is not None:
+        value = d.get(str_key)
+        if value is not None:
+            return decimal_of(value)
+    value = d.get(key)
+    return None if value is None else decimal_of(value)
+
+
+def req_id(d: dict[str, Any], key: str, str_key: str | None = None) -> str:
+    value = id_text(d, key, str_key)
+    if value is None:
+        raise Bad(f"missing id {key!r}")
+    return value
+
+
+def opt_text(d: dict[str, Any], key: str) -> str | None:
+    """A non-empty string at ``key``, else ``None``."""
+    value = d.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def micro(d: dict[str, Any]) -> datetime | None:
+    """``microtimestamp`` (µs, usually digits in a string) as aware UTC."""
+    value = d.get("microtimestamp")
+    if type(value) is str and len(value) < 19 and value.isascii() and value.isdigit():  # the usual: µs digits
+        return us_to_datetime(int(value))
+    us = int_text(value)
+    return None if us is None else us_to_datetime(us)
+
+
+def seconds(value: object) -> datetime | None:
+    """Unix seconds (a string or an integer) as aware UTC."""
+    number = int_text(value)
+    return None if number is None else us_to_datetime(number * 1_000_000)
+
+
+def flex_time(value: object) -> datetime | None:
+    """REST datetime text, or a unix number whose unit is guessed from its size (s, ms or µs)."""
+    parsed = parse_rest_datetime(value)
+    if parsed is not None:
+        return parsed
+    number = int_text(value)
+    if number is None:
+        return None
+    if abs(number) >= 10**14:
+        return us_to_datetime(number)
+    if abs(number) >= 10**11:
+        return us_to_datetime(number * 1000)
+    return us_to_datetime(number * 1_000_000)
+
+
+def side_code(value: object) -> Side | None:
+    """WS ``order_type`` and REST ``type``: 0 is buy, 1 is sell (an integer or its text)."""
+    code = int_text(value)
+    if code == 0:
+        return "buy"
+    if code == 1:
+        return "sell"
+    return None
+
+
+def side_word(value: object) -> Side:
+    """my_trades and trade_history ``side``: ``"buy"``/``"sell"`` in any case."""
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word == "buy":
+        return "buy"
+    if word == "sell":
+        return "sell"
+    raise Bad(f"bad side {value!r}")
+
+
+def market_of(entry: Parseable) -> str:
+    """The entry's market, else the one its channel names; none is ``Bad``."""
+    if entry.market:
+        return entry.market
+    market = channel_of(entry.channel).market
+    if market is None:
+        raise Bad("no market")
+    return market
+
+
+def unknown(entry: Parseable, reason: str) -> Unknown:
+    return Unknown(
+        seq=entry.seq,
+        account=entry.account,
+        source=entry.source,
+        channel=entry.channel,
+        event=entry.event,
+        reason=reason,
+    )
