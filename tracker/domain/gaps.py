@@ -4,8 +4,8 @@ Three independent pieces, all incremental folds or pure functions over plain val
 
 - ``ChainTracker``: the ``pre_event_id`` chain of each ``private-my_orders_<market>`` stream. Its scope on private
   channels is undocumented (docs/bitstamp.md §2.1): per market or per (market, order_source). Like the projection, a
-  break is reported only when ``pre_event_id`` matches neither the last ``event_id`` of the (market, source) stream nor the
-  last one of the market-wide stream, which is right under either reading.
+  break is reported only when ``pre_event_id`` matches neither the last ``event_id`` of the (market, source) stream
+  nor the last one of the market-wide stream, which is right under either reading.
 - ``CoverageTracker``: from the connection lifecycle (``subscribed``, ``closed``, ``stalled``,
   ``reconnect_requested``) the windows in which a channel was not live, or live but not trusted (a stall, or a
   server-requested reconnect until the replacement is subscribed). Every such window is a *potential* gap.

@@ -1,8 +1,8 @@
 """Checks ``tracker run`` makes before it subscribes anything, so a mistake is one clear line instead of silence.
 
 Markets: the server acknowledges a subscription to a channel that does not exist and then sends nothing
-(docs/bitstamp.md §1.3), so a typo in ``TRACKER_MARKETS`` would look like a quiet account. Each configured market is checked against
-the public ``markets/`` list first.
+(docs/bitstamp.md §1.3), so a typo in ``TRACKER_MARKETS`` would look like a quiet account. Each configured market is
+checked against the public ``markets/`` list first.
 """
 
 from __future__ import annotations
