@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "status",
     "report",
     "reconcile",
+    "doctor",
     "verify",
     "rebuild",
     "db",

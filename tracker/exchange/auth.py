@@ -107,11 +107,12 @@ class BitstampAuth(httpx.Auth):
         self.sign(request)
         yield request
 
-    def check_response(self, response: httpx.Response) -> bool:
+    def check_response(self, response: httpx.Response) -> bool | None:
         """True when the response carries a signature that matches; False when it carries none (the caller counts
-        and logs that); ``ResponseSignatureError`` when it carries a wrong one. Unsigned requests pass (True)."""
+        and logs that); ``ResponseSignatureError`` when it carries a wrong one; None for an unsigned request (or with
+        the check switched off)."""
         if not self.verify_response or SIGNED not in response.request.extensions:
-            return True
+            return None
         nonce, timestamp = response.request.extensions[SIGNED]
         got = response.headers.get("X-Server-Auth-Signature")
         if got is None:

@@ -146,6 +146,7 @@ class BitstampClient:
         self.signed_ok: Counter[str] = Counter()  # ... with a matching one
         self.query_form_settled = False  # a signed GET with a query has been accepted in the current form
         self.answered_ok = False  # any signed call has been accepted (so the key and secret are right)
+        self.last_date: str | None = None  # the Date header of the last answer (tracker doctor's clock check)
 
     def __repr__(self) -> str:
         return f"BitstampClient({self._base!r})"
@@ -229,6 +230,7 @@ class BitstampClient:
 
     def _parse(self, response: httpx.Response, path: str) -> Any:
         status = response.status_code
+        self.last_date = response.headers.get("Date")
         try:
             body: Any = json.loads(response.content, parse_float=Decimal) if response.content else None
         except (ValueError, UnicodeDecodeError):
@@ -243,7 +245,10 @@ class BitstampClient:
 
     def _check_signature(self, response: httpx.Response, path: str) -> None:
         endpoint = path.split("/", 1)[0]
-        if self.auth.check_response(response):
+        verdict = self.auth.check_response(response)
+        if verdict is None:
+            return
+        if verdict:
             self.signed_ok[endpoint] += 1
             return
         self.unsigned[endpoint] += 1
@@ -259,16 +264,25 @@ class BitstampClient:
     async def websockets_token(self) -> WsToken:
         """``POST websockets_token/`` (no body). The token is registered for redaction before anything else. Without
         it nothing private can be subscribed: a key not allowed to ask for it (API0003) is an ``AuthError``."""
+        body = await self.websockets_token_answer()
+        try:
+            return WsToken(
+                token=str(body["token"]), user_id=str(body["user_id"]), valid_sec=int(body.get("valid_sec", 60))
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ApiError("websockets_token/: unexpected response shape from the exchange") from None
+
+    async def websockets_token_answer(self) -> dict[str, Any]:
+        """The token call's answer as sent (``tracker doctor`` looks at its fields), its token registered for
+        redaction before the answer is returned."""
         try:
             body = await self.request("POST", "websockets_token/")
         except EndpointUnavailable as exc:
             raise AuthError(str(exc), code=exc.code, status=exc.status) from None
-        try:
-            token = str(body["token"])
-            redact(token)
-            return WsToken(token=token, user_id=str(body["user_id"]), valid_sec=int(body.get("valid_sec", 60)))
-        except (KeyError, TypeError, ValueError):
-            raise ApiError("websockets_token/: unexpected response shape from the exchange") from None
+        if not isinstance(body, dict) or "token" not in body:
+            raise ApiError("websockets_token/: unexpected response shape from the exchange")
+        redact(str(body["token"]))
+        return body
 
     async def markets(self) -> list[dict[str, Any]]:
         """``GET markets/`` (public): every market, ``market_symbol`` is the WS form."""

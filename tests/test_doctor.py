@@ -1,0 +1,105 @@
+"""``tracker doctor`` against the fake exchange over real sockets: every probe answered, the verdict, the JSON for a
+bug report without the key, the secret or the token, amounts redacted on request; and the field catalog's verdicts.
+
+Rules: loopback only, ports chosen by the OS, an absolute timeout on each test; the CLI runs as a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from tracker.bitstamp.field_catalog import FieldTally
+from tracker.cli.doctor import format_report, redact_report
+from tracker.exchange.rest import BitstampClient
+from tracker.fake.server import open_fake_exchange
+from tracker.runtime.doctor import run_doctor
+
+pytestmark = pytest.mark.timeout(60)
+MARKETS = ("btcusd", "btcusd-perp")
+
+
+async def test_doctor_probes_every_endpoint_and_channel_of_the_fake() -> None:
+    async with (
+        open_fake_exchange(seed=5, markets=MARKETS, rate=50) as fx,
+        BitstampClient(fx.api_url, fx.api_key, fx.api_secret) as client,
+    ):
+        report = await run_doctor(client, api_url=fx.api_url, ws_url=fx.ws_url, markets=MARKETS, listen_s=1.0)
+    names = {p.name for p in report.probes}
+    assert {
+        "rest:websockets_token",
+        "rest:user_transactions",
+        "rest:user_transactions/btcusd",
+        "rest:trade_history/btcusd-perp",
+        "rest:position_settlement_transactions",
+        "rest:account_order_data/btcusd",
+        "rest:account_balances",
+    } <= names
+    channels = {p.name.removeprefix("ws:") for p in report.probes if p.name.startswith("ws:")}
+    per_market = ("my_orders", "my_trades", "live_trades", "live_order_trades")
+    account_wide = ("my_settlements", "my_liquidations", "my_token_settlements")
+    assert channels == {f"private-{n}_{m}-{fx.user_id}" for n in per_market for m in MARKETS} | {
+        f"private-{n}-{fx.user_id}" for n in account_wide
+    }
+    assert all(p.ok for p in report.probes), [p for p in report.probes if not p.ok]
+    assert report.can_run and report.account == str(fx.user_id)
+    assert report.clock_skew_s is not None and abs(report.clock_skew_s) < 5
+    signed = {p.name: p.signed for p in report.probes if p.name.startswith("rest:")}
+    assert signed["rest:markets"] is None  # public: not signed, nothing to check
+    assert signed["rest:user_transactions"] is True
+    orders = next(p for p in report.probes if p.name == f"ws:private-my_orders_btcusd-{fx.user_id}")
+    assert orders.fields is not None and orders.fields.samples > 0 and not orders.fields.missing
+    text = format_report(report.as_data())
+    assert "verdict: tracker can run on this account" in text
+
+
+async def test_doctor_cli_exit_codes_and_a_report_without_secrets(tmp_path: Path) -> None:
+    async with open_fake_exchange(seed=6, markets=MARKETS, rate=50) as fx:
+        env = fx.tracker_env(os.environ)
+        out = tmp_path / "doctor.json"
+        command = [sys.executable, "-m", "tracker", "doctor", "--listen", "1", "--out", str(out), "--redact-amounts"]
+        done = await trio.run_process(command, env=env, capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        text = out.read_text(encoding="utf-8")
+        data = json.loads(text)
+        assert data["can_run"] is True
+        assert fx.api_key not in text and fx.api_secret not in text
+        assert fx.tokens.tokens and all(token not in text for token in fx.tokens.tokens)
+        samples = [p["sample"] for p in data["probes"] if p["sample"]]
+        assert samples and '"<amount>"' in json.dumps(samples)
+
+        # A wrong secret: the token probe fails with API0005, and tracker cannot run: exit 1, one verdict line.
+        env["BITSTAMP_API_SECRET"] = "x" * len(fx.api_secret)
+        done = await trio.run_process(command[:6], env=env, capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 1
+        stdout = done.stdout.decode()
+        assert "FAIL  websockets_token" in stdout and "API0005" in stdout
+        assert "verdict: tracker cannot run on this account" in stdout
+        assert "Traceback" not in done.stderr.decode()
+
+
+def test_field_tally_says_known_unknown_and_missing() -> None:
+    tally = FieldTally("rest:user_transactions")
+    tally.add({"id": 1, "datetime": "2026-01-01 00:00:00", "type": "2", "btc": "0.1", "usd": "-10", "btc_usd": "100"})
+    tally.add({"id": 2, "type": "0", "usd": "5", "brand_new_field": 1})  # no datetime: a required field missing
+    report = tally.report()
+    assert report.missing == ("datetime",)
+    assert report.unknown == ("brand_new_field",)
+    assert {"btc", "usd", "btc_usd", "id", "type", "datetime"} <= set(report.known)
+    assert report.samples == 2
+
+
+def test_redaction_removes_secrets_everywhere_and_amounts_in_samples() -> None:
+    data = {
+        "detail": "refused key K3Y and SECRET",
+        "probes": [{"sample": {"amount": "1.5", "price": 100, "id": "K3Y", "side": "buy"}, "detail": "3 row(s)"}],
+    }
+    out = redact_report(data, secrets=("K3Y", "SECRET"), amounts=True)
+    assert out["detail"] == "refused key *** and ***"
+    assert out["probes"][0]["sample"] == {"amount": "<amount>", "price": "<amount>", "id": "***", "side": "buy"}
+    assert out["probes"][0]["detail"] == "3 row(s)"  # numbers outside samples are kept

@@ -1,0 +1,160 @@
+"""``tracker doctor``: read-only, with the user's real key: what the exchange answers for everything tracker relies on.
+
+One line per endpoint and channel: answered or not, the status or code and what tracker does about it, whether the
+answer was signed, and the fields known / unknown / missing against what tracker parses. ``--out FILE`` writes the
+same as JSON for a bug report, with the key, the secret and the token removed (``--redact-amounts`` also replaces
+every number in the sample rows). Exit 0 when tracker can run on this account, 1 when it cannot (the essential probes:
+the token, ``user_transactions/``, the order and trade channels; the clock within 150 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tracker.cli import add_common_flags
+
+AMOUNT = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "doctor", help="ask the exchange, read-only, what tracker relies on; one line per endpoint and channel"
+    )
+    add_common_flags(parser)
+    parser.add_argument("--markets", help="comma-separated market symbols (env TRACKER_MARKETS; default: discover)")
+    parser.add_argument("--api-url", dest="api_url", help="Bitstamp HTTP API base URL (env BITSTAMP_API_URL)")
+    parser.add_argument("--ws-url", dest="ws_url", help="Bitstamp WebSocket URL (env BITSTAMP_WS_URL)")
+    parser.add_argument(
+        "--insecure", action="store_true", default=None, help="allow plain http:// to non-loopback hosts"
+    )
+    parser.add_argument("--listen", type=_seconds, default=5.0, metavar="SECONDS", help="seconds per channel (5)")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON (secrets removed)")
+    parser.add_argument(
+        "--redact-amounts", action="store_true", help="with --out: replace every number in the sample rows"
+    )
+    parser.set_defaults(func=cmd_doctor)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 300:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 300 seconds, got {text}")
+    return value
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import trio
+
+    from tracker.config import load_settings
+    from tracker.exchange.rest import BitstampClient
+    from tracker.logs import scrub
+    from tracker.runtime.doctor import run_doctor
+
+    settings = load_settings(
+        flags={"markets": args.markets, "api_url": args.api_url, "ws_url": args.ws_url, "insecure": args.insecure}
+    )
+    key, secret = settings.require_credentials()
+
+    async def main() -> Any:
+        async with BitstampClient(settings.api_url, key, secret) as client:
+            return await run_doctor(
+                client,
+                api_url=settings.api_url,
+                ws_url=settings.ws_url,
+                markets=settings.markets or (),
+                listen_s=args.listen,
+            )
+
+    report = trio.run(main)
+    print(format_report(report.as_data()))
+    if args.out is not None:
+        data = redact_report(report.as_data(), secrets=(key, secret), amounts=args.redact_amounts, scrub=scrub)
+        args.out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"written: {args.out} (key, secret and token removed{'; amounts too' if args.redact_amounts else ''})")
+    return 0 if report.can_run else 1
+
+
+def redact_report(
+    data: Any, *, secrets: tuple[str, ...], amounts: bool, scrub: Callable[[str], str] = lambda s: s
+) -> Any:
+    """The report with every secret (and the token, which ``scrub`` knows) replaced, and with ``amounts`` every
+    number in the sample rows."""
+
+    def walk(value: Any, in_sample: bool) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, in_sample or k == "sample") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, in_sample) for v in value]
+        if isinstance(value, str):
+            for secret in secrets:
+                if secret:
+                    value = value.replace(secret, "***")
+            value = scrub(value)
+            if amounts and in_sample and AMOUNT.fullmatch(value):
+                return "<amount>"
+            return value
+        if amounts and in_sample and isinstance(value, int | float) and not isinstance(value, bool):
+            return "<amount>"
+        return value
+
+    return walk(data, False)
+
+
+def format_report(data: dict[str, Any]) -> str:
+    """The report as lines (pure)."""
+    lines = [f"tracker doctor: {data['api_url']} and {data['ws_url']}, {data['checked_at']}"]
+    skew = data.get("clock_skew_s")
+    if skew is None:
+        lines.append("clock     unknown: the exchange sent no Date header")
+    else:
+        verdict = "ok" if abs(skew) <= 150 else "TOO FAR (API0017 beyond 150 s: sync the clock)"
+        lines.append(
+            f"clock     {verdict}: the exchange's clock is {abs(skew):g} s {'ahead of' if skew >= 0 else 'behind'} ours"
+        )
+    markets = ", ".join(data.get("markets") or []) or "none found"
+    lines.append(f"account   {data.get('account') or 'unknown (no token)'}; markets: {markets}")
+    lines.append(f"GET query signed as {data.get('get_query_signed_as')!r}")
+    for section, prefix in (("REST", "rest:"), ("channels", "ws")):
+        lines.append(section)
+        for probe in (p for p in data["probes"] if p["name"].startswith(prefix)):
+            lines.append("  " + _probe_line(probe))
+    essential = [p for p in data["probes"] if p["essential"] and not p["ok"]]
+    degraded = [p["name"] for p in data["probes"] if not p["essential"] and not p["ok"]]
+    if data["can_run"]:
+        tail = f"; degraded (tracker runs without them): {', '.join(degraded)}" if degraded else ""
+        lines.append(f"verdict: tracker can run on this account{tail}")
+    else:
+        names = ", ".join(p["name"] for p in essential) or "the clock"
+        lines.append(f"verdict: tracker cannot run on this account: {names} failed")
+    return "\n".join(lines)
+
+
+def _probe_line(probe: dict[str, Any]) -> str:
+    name = probe["name"].split(":", 1)[-1]
+    state = "ok  " if probe["ok"] else "FAIL"
+    parts = [f"{state}  {name:<48}"]
+    if not probe["ok"]:
+        code = probe.get("code") or probe.get("status")
+        how = f" → {probe['disposition']}" if probe.get("disposition") else ""
+        parts.append(f"{code or ''}{how}: {probe['detail']}".lstrip(": "))
+    else:
+        parts.append(probe["detail"])
+        if probe.get("signed") is False:
+            parts.append("UNSIGNED")
+    fields = probe.get("fields")
+    if fields:
+        text = f"fields: {len(fields['known'])} known"
+        if fields["unknown"]:
+            text += f", unknown: {', '.join(fields['unknown'])}"
+        if fields["missing"]:
+            text += f", MISSING: {', '.join(fields['missing'])}"
+        parts.append(text)
+    return "  ".join(parts)
