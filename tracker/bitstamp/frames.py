@@ -45,7 +45,15 @@ from tracker.bitstamp.rest_entries import (
     entry_from_position_settlement,
     entry_from_user_transaction,
 )
-from tracker.bitstamp.wire import dumps_canonical, id_text, int64_or_none, int_text, loads_exact, sha256_text
+from tracker.bitstamp.wire import (
+    dumps_canonical,
+    id_text,
+    int64_or_none,
+    int_text,
+    loads_exact,
+    sha256_text,
+    unix_us_by_magnitude,
+)
 from tracker.domain.log import NewEntry, QuarantineItem
 
 __all__ = [
@@ -249,9 +257,17 @@ def entry_from_data(
     elif name == "live_trades":
         buy = id_text(d, "buy_order_id", "buy_order_id_str")
         sell = id_text(d, "sell_order_id", "sell_order_id_str")
-        if buy is None or sell is None or ts_us is None:
-            return _quarantine(data, "self_trade: no order ids or microtimestamp", account, received_at, connection_id)
-        key = f"{prefix}:self_trade:{buy}:{sell}:{ts_us}"
+        if buy is None or sell is None:
+            return _quarantine(data, "self_trade: no order ids", account, received_at, connection_id)
+        if ts_us is None and (stamp := int_text(d.get("timestamp"))) is not None:
+            ts_us = unix_us_by_magnitude(stamp)  # seconds on spot; perp frames have been seen in ms
+        # Without any time the frame is still kept (docs/bitstamp.md §2.3 lists it; the parser projects it at its
+        # receipt time, flagged): its own text tells it apart from another offset between the same two orders.
+        key = (
+            f"{prefix}:self_trade:{buy}:{sell}:{ts_us}"
+            if ts_us is not None
+            else f"{prefix}:self_trade:{buy}:{sell}:sha256:{sha256_text(data.text)}"
+        )
     elif name == "my_settlements":
         tnx = id_text(d, "tnx_id")
         if tnx is None:
@@ -262,10 +278,16 @@ def entry_from_data(
         key = f"{prefix}:{event}:{tnx}"
     elif name == "my_liquidations":
         position_id = id_text(d, "position_id")
-        if position_id is None or ts_us is None:
-            return _quarantine(data, f"{event}: no position_id or microtimestamp", account, received_at, connection_id)
+        if position_id is None:
+            return _quarantine(data, f"{event}: no position_id", account, received_at, connection_id)
         fields["position_id"] = position_id
-        key = f"{prefix}:{event}:{position_id}:{ts_us}"
+        # The seed document's field list for liquidations has no timestamp at all (docs/bitstamp.md §2.6; guess
+        # either way): an alert without one is kept, keyed by its own text, and projected at its receipt time.
+        key = (
+            f"{prefix}:{event}:{position_id}:{ts_us}"
+            if ts_us is not None
+            else f"{prefix}:{event}:{position_id}:sha256:{sha256_text(data.text)}"
+        )
     elif name == "my_token_settlements":
         fields["order_id"] = id_text(d, "order_id", "order_id_str")
     if key is None:

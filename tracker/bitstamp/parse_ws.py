@@ -143,11 +143,13 @@ def _fill(entry: Parseable, d: dict[str, Any]) -> Fill:
 def _self_trade(entry: Parseable, d: dict[str, Any]) -> SelfTrade:
     market = market_of(entry)
     occurred = micro(d)
+    from_receipt = False
     if occurred is None:
         ts = int_text(d.get("timestamp"))
         if ts is None:
-            raise Bad("self_trade without a time")
-        occurred = us_to_datetime(ts * 1000 if market.endswith("-perp") else ts * 1_000_000)
+            occurred, from_receipt = entry.received_at, True  # kept, flagged: never quarantined for a missing time
+        else:
+            occurred = us_to_datetime(ts * 1000 if market.endswith("-perp") else ts * 1_000_000)
     return SelfTrade(
         seq=entry.seq,
         account=entry.account,
@@ -157,6 +159,7 @@ def _self_trade(entry: Parseable, d: dict[str, Any]) -> SelfTrade:
         amount=dec(d, "amount", "amount_str"),
         price=opt_dec(d, "price", "price_str"),
         occurred_at=occurred,
+        time_from_receipt=from_receipt,
     )
 
 
@@ -198,17 +201,16 @@ def _liquidation(entry: Parseable, d: dict[str, Any], event: str) -> Liquidation
     for kind in LIQUIDATION_KINDS:
         if kind == event:
             occurred = micro(d)
-            if occurred is None:
-                raise Bad("liquidation alert without microtimestamp")
             return LiquidationAlert(
                 seq=entry.seq,
                 account=entry.account,
                 kind=kind,
                 position_id=req_id(d, "position_id"),
                 margin_mode=opt_text(d, "margin_mode"),
-                occurred_at=occurred,
+                occurred_at=occurred or entry.received_at,  # no microtimestamp: kept, at its receipt time, flagged
                 initial_margin_ratio=opt_dec(d, "initial_margin_ratio"),
                 maintenance_margin_ratio=opt_dec(d, "maintenance_margin_ratio"),
+                time_from_receipt=occurred is None,
             )
     raise Bad(f"unknown liquidation event {event!r}")
 

@@ -87,6 +87,7 @@ class SelfTrade:
     amount: Decimal
     price: Decimal | None
     occurred_at: datetime
+    time_from_receipt: bool = False  # the frame carried no time: ``occurred_at`` is when tracker received it
 
 
 @fast_init
@@ -124,6 +125,7 @@ class LiquidationAlert:
     occurred_at: datetime
     initial_margin_ratio: Decimal | None
     maintenance_margin_ratio: Decimal | None
+    time_from_receipt: bool = False  # the alert carried no microtimestamp: ``occurred_at`` is its receipt time
 
 
 @fast_init
