@@ -101,11 +101,12 @@ def _baseline(engine: Engine) -> _Baseline:
 
 def _continue_ids(fx: FakeExchange, base: _Baseline) -> None:
     """Move the fresh fake's id counters past every id an earlier demo run logged (see the module docstring)."""
-    model: Any = fx.model
-    model._spot_oid = max(model._spot_oid, base.max_spot_order)
-    model._perp_oid = max(model._perp_oid, base.max_perp_order)
-    model._tx_id = max(model._tx_id, base.max_trade)
-    model._pos_seq += base.head  # position ids are small counters: any run-unique offset will do
+    fx.model.ids.continue_after(
+        spot_order=base.max_spot_order,
+        perp_order=base.max_perp_order,
+        transaction=base.max_trade,
+        position_offset=base.head,  # any run-unique offset will do
+    )
 
 
 def _counts(engine: Engine, base: _Baseline) -> DemoCounts:
