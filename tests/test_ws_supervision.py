@@ -19,14 +19,14 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from trio_websocket import wrap_client_stream, wrap_server_stream
+from trio_websocket import wrap_client_stream
 
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.exchange.rest import BitstampClient
 from tracker.exchange.ws import WsConnection, WsUnreachable
 from tracker.fake.auth import TokenStore
 from tracker.fake.model import Emission
-from tracker.fake.ws_server import WsConn, WsHub, _FaultStream
+from tracker.fake.ws_server import WsConn, WsHub
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.writer import Item
 
@@ -86,14 +86,7 @@ def connector(harness: Harness, nursery: trio.Nursery):  # type: ignore[no-untyp
             harness.fail_connects -= 1
             raise WsUnreachable("refused (test)")
         client_stream, server_stream = trio.testing.memory_stream_pair()
-        fault = _FaultStream(server_stream)  # type: ignore[arg-type]
-        harness.hub.pending_streams.append(fault)
-
-        async def serve() -> None:
-            request = await wrap_server_stream(nursery, fault)
-            await harness.hub.handle(request)
-
-        nursery.start_soon(serve)
+        nursery.start_soon(harness.hub.handle, server_stream)
         ws = await wrap_client_stream(nursery, client_stream, "fake", "/")
         try:
             yield WsConnection(ws)

@@ -1,4 +1,4 @@
-"""Helpers for the fake-exchange tests: an independent v2 signer (plain hmac, PROTOCOL.md §3 read literally) and
+"""Helpers for the fake-exchange tests: an independent v2 signer (plain hmac, docs/bitstamp.md §3 read literally) and
 small WebSocket helpers. Loopback only, port 0, absolute timeouts, no sleeps as synchronisation."""
 
 from __future__ import annotations

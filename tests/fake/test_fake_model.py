@@ -1,4 +1,4 @@
-"""The pure account model: deterministic per seed, covers every PROTOCOL.md §2 case, and its ground truth equals
+"""The pure account model: deterministic per seed, covers every docs/bitstamp.md §2 case, and its ground truth equals
 an independent recomputation from the frames it emitted (also when those frames travel over a real socket)."""
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import pytest
 import trio
 from fake_helpers import ManualClock, call, recv, subscribe, token
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Event, Ping, Pong, Request, TextMessage
 
 from tracker.fake.server import MALFORMED_FRAME, FakeExchange, open_fake_exchange
 from tracker.fake.ws_server import HEARTBEAT_REPLY
@@ -110,7 +112,7 @@ async def test_frame_of_512_bytes_closes_with_1009(fx: FakeExchange) -> None:
             await ws.send_message('{"event":"bts:heartbeat","pad":"' + "x" * (512 - len(base)) + '"}')  # 512 bytes
             with pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
-            assert info.value.reason.code == 1009
+            assert (info.value.reason.code, info.value.reason.reason) == (1009, "read limited at 513 bytes")
 
 
 async def test_subscription_1025_closes_connection(fx: FakeExchange) -> None:
@@ -228,3 +230,92 @@ async def test_frames_for_unsubscribed_channels_are_not_sent(fx: FakeExchange, c
             for e in [e for e in emitted if e.channel == ch]:
                 assert await ws.get_message() == e.text
             await assert_quiet(ws)
+
+
+# ---------------------------------------------------------------------- the protocol itself (a raw wsproto client)
+class RawClient:
+    """A bare wsproto client on a TCP stream: sends what trio-websocket's public API cannot (fragments, binary
+    heartbeats, pings with a payload) and sees every event the server sends, close frames included."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    @classmethod
+    async def open(cls, fx: FakeExchange) -> RawClient:
+        port = int(fx.ws_url.rsplit(":", 1)[1])
+        client = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        await client.send(Request(host=f"127.0.0.1:{port}", target="/"))
+        assert isinstance(await client.next_event(), AcceptConnection)
+        return client
+
+    async def send(self, *events: Event) -> None:
+        await self.stream.send_all(b"".join(self.ws.send(e) for e in events))
+
+    async def next_event(self) -> Event | None:
+        """The server's next event; None at the end of the TCP stream."""
+        while True:
+            for event in self.ws.events():
+                return event
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.ws.receive_data(data)
+
+
+async def test_fragments_binary_and_pings(fx: FakeExchange) -> None:
+    with trio.fail_after(10):
+        client = await RawClient.open(fx)
+        half = len('{"event":"bts:heart')
+        beat = '{"event":"bts:heartbeat"}'
+        await client.send(
+            TextMessage(data=beat[:half], message_finished=False), TextMessage(data=beat[half:], message_finished=True)
+        )
+        assert await client.next_event() == TextMessage(data=HEARTBEAT_REPLY)
+        await client.send(BytesMessage(data=beat.encode()))  # a binary frame is read as UTF-8 text
+        assert await client.next_event() == TextMessage(data=HEARTBEAT_REPLY)
+        await client.send(Ping(payload=b"are you there"))
+        assert await client.next_event() == Pong(payload=b"are you there")
+        assert fx.hub.client_frames == [beat, beat]
+        await client.stream.aclose()
+
+
+async def test_client_close_is_answered_and_the_socket_closed(fx: FakeExchange) -> None:
+    with trio.fail_after(10):
+        client = await RawClient.open(fx)
+        await fx.wait_connections(1)
+        await client.send(CloseConnection(code=1000, reason="bye"))
+        assert await client.next_event() == CloseConnection(code=1000, reason="bye")
+        assert await client.next_event() is None  # the server closed TCP: no more bytes
+        await fx.wait_connections(0)
+        await client.stream.aclose()
+
+
+async def test_server_close_waits_for_the_answer_and_drops_late_data(fx: FakeExchange) -> None:
+    with trio.fail_after(10):
+        client = await RawClient.open(fx)
+        await fx.wait_connections(1)
+        [conn] = fx.hub.conns
+        in_flight = client.ws.send(TextMessage(data='{"event":"bts:heartbeat"}'))  # written before the close came
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.aclose, 4000, "going away")
+            assert await client.next_event() == CloseConnection(code=4000, reason="going away")
+            assert len(fx.hub.conns) == 1  # still waiting for our answer
+            await client.stream.send_all(in_flight)  # arrives after the server's close frame: dropped
+            await client.send(CloseConnection(code=4000))
+        assert conn.finished.is_set() and fx.hub.client_frames == []
+        assert await client.next_event() is None
+        await client.stream.aclose()
+
+
+async def test_a_plain_http_request_is_refused(fx: FakeExchange) -> None:
+    with trio.fail_after(10):
+        port = int(fx.ws_url.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        await stream.aclose()
+        assert fx.hub.connections_total == 0

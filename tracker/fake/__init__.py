@@ -15,7 +15,9 @@ Public API (``tracker.fake.server``)::
                 fx.duplicate_next(n), await fx.send_malformed(), await fx.send_unknown_event(), fx.set_token_ttl(s),
                 fx.invalidate_tokens(), fx.pause_delivery()/fx.resume_delivery(), fx.reject_next_requests(n)
 
-Modules: ``wire`` (number spelling, JSON), ``markets``, ``model`` (pure seeded activity → frames), ``state`` (REST
-state and ground truth), ``auth`` (signature, nonce, timestamp, tokens), ``rest`` (routes), ``http_server`` (h11),
-``ws_server`` (trio-websocket), ``server`` (wiring and controls), ``faults`` (``--fault`` specs).
+Modules: ``wire`` (number spelling, JSON), ``markets``, ``model`` (pure seeded activity → frames), ``ids`` (its
+clock and ids), ``ledger`` (the REST rows and records an action leaves), ``state`` (REST state and ground truth),
+``auth`` (signature, nonce, timestamp, tokens), ``rest`` (routes), ``http_server`` (h11), ``ws_server``
+(subscriptions, delivery, wire faults), ``ws_socket`` (the WebSocket protocol: wsproto over a trio stream),
+``server`` (wiring and controls), ``faults`` (``--fault`` specs).
 """

@@ -1,4 +1,4 @@
-"""Server side of Bitstamp v2 auth (PROTOCOL.md §3) and WebSocket tokens (§1.5, §4). Pure: the clock is passed in.
+"""Server side of Bitstamp v2 auth (docs/bitstamp.md §3) and WebSocket tokens (§1.5, §4). Pure: the clock is passed in.
 
 The string to sign is built by :func:`tracker.bitstamp.signing.string_to_sign`, the very function the client uses;
 the fake never re-implements it. ``host`` is the request's ``Host`` header exactly as sent (``127.0.0.1:PORT``).

@@ -5,10 +5,13 @@ liquidation, ...) and returns the frames it produced, in wire order. Everything 
 :class:`tracker.fake.state.AccountState`, which the REST routes serve and ``truth()`` reports. Same seed, same
 markets, same ``now_us`` sequence → byte-identical frames.
 
-Modelling choices beyond PROTOCOL.md (inferred, see docs/semantics.md): a stop order keeps its id when it triggers;
+Modelling choices beyond docs/bitstamp.md (inferred, see docs/semantics.md): a stop order keeps its id when it triggers;
 a self trade is followed by ``order_changed`` for both orders with ``amount_traded`` "0"; the ``pre_event_id`` chain
 runs per ``private-my_orders_<market>`` stream (both order sources); a fill's ``user_transactions`` id equals its
 websocket trade id; ``order_replaced`` gets no ``order_deleted`` for the old order.
+
+Beside it: :mod:`tracker.fake.ids` (the event clock and every id), :mod:`tracker.fake.ledger` (balances, REST rows and
+ground-truth records an action leaves), :mod:`tracker.fake.state` (where those live).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
+from tracker.fake import ledger
+from tracker.fake.ids import IdSource
 from tracker.fake.markets import DEFAULT_MARKETS, Market, resolve_markets
 from tracker.fake.state import ZERO, AccountState, Fill, Order, Position
-from tracker.fake.wire import Num, dumps, fixed, num, rest_datetime
+from tracker.fake.wire import Num, dumps, fixed, iso_utc, num
 
 ZERO_EVENT_ID = "00000000-0000-0000-0000-000000000000"
 BUY_PLACEHOLDER = Decimal(999999999)
@@ -54,13 +59,8 @@ class AccountModel:
         self.state = AccountState(self.markets)
         for c in self.state.currencies():
             self.state.balances[c] = Decimal(START_BALANCES.get(c, "1000"))
-        self._t = start_us
-        self._eid_seq = 0
+        self.ids = IdSource(self.rng, start_us)
         self._last_eid: dict[str, str] = {}
-        self._spot_oid = 9_007_199_254_730_000 + self.rng.randint(0, 9999)  # crosses 2^53 after a few orders
-        self._perp_oid = 2_001_939_623_936_270_000 + self.rng.randint(0, 9999)  # 19 digits
-        self._tx_id = 9_007_199_254_740_000 + self.rng.randint(0, 900)
-        self._pos_seq = 1_234_567_000 + self.rng.randint(0, 999)
         self._cur_pos: dict[str, str] = {}
         self._open: list[int] = []  # open orderbook orders
         self._stops: list[int] = []  # armed stop orders
@@ -70,7 +70,7 @@ class AccountModel:
     # ---------------------------------------------------------------- public
     def step(self, now_us: int) -> list[Emission]:
         """One action; returns its frames in wire order."""
-        self._t = max(self._t, now_us)
+        self.ids.catch_up(now_us)
         self._out = []
         actions: list[tuple[Callable[[], bool], int]] = [
             (self._limit_rest, 18 if len(self._open) < 40 else 2),
@@ -104,26 +104,6 @@ class AccountModel:
         return f"private-{kind}_{market.symbol}-{self.user_id}"
 
     # ---------------------------------------------------------------- helpers
-    def _tick(self) -> int:
-        self._t += 20 + int(self.rng.random() * 381)  # µs between events; runs ahead of the wall clock when unpaced
-        return self._t
-
-    def _eid(self) -> str:
-        self._eid_seq += 1
-        h = f"{(self._t << 64) | self._eid_seq:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-    def _next_tx(self) -> int:
-        self._tx_id += 1 + int(self.rng.random() * 40)
-        return self._tx_id
-
-    def _next_oid(self, m: Market) -> int:
-        if m.perp:
-            self._perp_oid += 1 + int(self.rng.random() * 5000)
-            return self._perp_oid
-        self._spot_oid += 1 + int(self.rng.random() * 2000)
-        return self._spot_oid
-
     def _amount(self, m: Market) -> Decimal:
         q = Decimal(1).scaleb(-m.amount_places)
         r = self.rng.random()
@@ -156,9 +136,9 @@ class AccountModel:
         self._out.extend(items)
 
     def _new_order(self, m: Market, side: int, subtype: int, price: Decimal, amount: Decimal) -> Order:
-        t = self._tick()
+        t = self.ids.tick()
         cid = f"cid-{self.rng.randint(1, 40)}" if self.rng.random() < 0.3 else None
-        o = Order(self._next_oid(m), m, side, subtype, price, amount, amount, t, client_order_id=cid)
+        o = Order(self.ids.order(m), m, side, subtype, price, amount, amount, t, client_order_id=cid)
         self.state.orders[o.id] = o
         return o
 
@@ -174,7 +154,7 @@ class AccountModel:
         extra: dict[str, Any] | None = None,
     ) -> Emission:
         m = o.market
-        eid = self._eid()
+        eid = self.ids.event_id()
         pre = self._last_eid.get(m.symbol, ZERO_EVENT_ID)
         self._last_eid[m.symbol] = eid
         p = o.price if price is None else price
@@ -211,27 +191,28 @@ class AccountModel:
         self.state.order_events[(m.symbol, source)].append(
             (eid, {"event": event, "event_id": eid, "order_source": source, "trade_account_id": 0, "data": data})
         )
+        channel = self.channel("my_orders", m)
         frame = {
             "data": data,
-            "channel": self.channel("my_orders", m),
+            "channel": channel,
             "event": event,
             "trade_account_id": 0,
             "event_id": eid,
             "pre_event_id": pre,
             "order_source": source,
         }
-        return self._put(frame["channel"], frame, event)
+        return self._put(channel, frame, event)
 
     def _fill(self, o: Order, want: Decimal, price: Decimal, *, maker: bool = True) -> tuple[Decimal, Emission]:
         """Execute up to ``want`` of ``o`` at ``price``; returns the executed amount and the my_trades frame."""
         m = o.market
         side = "buy" if o.side == 0 else "sell"
-        t = self._tick()
+        t = self.ids.tick()
         position: Position | None = None
         amount = want
         if m.perp:
             position, amount = self._position_for(m, side, want, t)
-        tid = self._next_tx()
+        tid = self.ids.transaction()
         rate = Decimal("0.0015") if maker else Decimal("0.003")
         fee = (amount * price * rate).quantize(Decimal(1).scaleb(-m.quote_places), ROUND_HALF_UP)
         fill = Fill(tid, o.id, m, side, amount, price, fee, t, position.id if position else None, o.is_liquidation)
@@ -248,7 +229,7 @@ class AccountModel:
                 position.inc_value += amount * price
             position.net += signed
             position.fees += fee
-        self._book_fill(fill)
+        ledger.book_fill(self.state, fill, self.rng)
         data: dict[str, Any] = {
             "id": tid,
             "amount": fixed(amount, m.amount_places),
@@ -274,8 +255,7 @@ class AccountModel:
         pid = self._cur_pos.get(m.symbol)
         p = self.state.positions.get(pid) if pid else None
         if p is None or p.net == 0 or p.phase == "liquidated":
-            self._pos_seq += self.rng.randint(1, 99)
-            p = Position(str(self._pos_seq), m, side, opened_us=t)
+            p = Position(self.ids.position(), m, side, opened_us=t)
             self.state.positions[p.id] = p
             self._cur_pos[m.symbol] = p.id
             return p, want
@@ -283,60 +263,6 @@ class AccountModel:
         if (p.net > 0) != (signed > 0) and want > abs(p.net):
             return p, abs(p.net)  # never flip a position through zero in one fill
         return p, want
-
-    def _book_fill(self, f: Fill) -> None:
-        m = f.market
-        value = f.amount * f.price
-        bal = self.state.balances
-        if m.perp:
-            bal[m.quote] -= f.fee
-        elif f.side == "buy":
-            bal[m.base] += f.amount
-            bal[m.quote] -= value + f.fee
-        else:
-            bal[m.base] -= f.amount
-            bal[m.quote] += value - f.fee
-        sign = 1 if f.side == "buy" else -1
-        qv = (value * sign * -1).quantize(Decimal(1).scaleb(-m.quote_places), ROUND_HALF_UP)
-        pairs: list[tuple[str, Any]] = [
-            ("id", f.trade_id),
-            ("datetime", rest_datetime(f.us, micro=self.rng.random() < 0.5)),
-            ("type", "2"),
-            ("fee", fixed(f.fee, m.quote_places)),
-            ("order_id", f.order_id),
-            (m.base, fixed(f.amount * sign, m.amount_places)),
-            (m.quote, f"{qv:f}"),
-            (f"{m.base}_{m.quote}", num(f.price) if self.rng.random() < 0.5 else fixed(f.price, m.price_places)),
-        ]
-        for c in self.state.currencies():
-            if c not in (m.base, m.quote):
-                pairs.append((c, Num("0.0")))
-        if m.perp:
-            pairs += [("margin_mode", "CROSS"), ("leverage_rate", "5")]
-        head, tail = pairs[:3], pairs[3:]
-        self.rng.shuffle(tail)
-        self.state.transactions.append((f.trade_id, m.symbol, dict(head + tail)))
-        if m.perp:
-            row = {
-                "trade_id": str(f.trade_id),
-                "order_id": str(f.order_id),
-                "self_trade_order_id": None,
-                "position_id": f.position_id,
-                "datetime": rest_datetime(f.us),
-                "fee": fixed(f.fee, m.quote_places),
-                "liquidation_fee": "0",
-                "fee_currency": m.quote.upper(),
-                "market": m.name,
-                "margin_mode": "CROSS",
-                "leverage": "5",
-                "side": f.side.upper(),
-                "type": "LIQUIDATION" if f.is_liquidation else "TRADE",
-                "self_trade_type": None,
-                "price": fixed(f.price, m.price_places),
-                "amount": fixed(f.amount, m.amount_places),
-                "trade_uti": f"FAKEUTI{f.trade_id}",
-            }
-            self.state.trade_history.append((f.trade_id, m.symbol, f.us, row))
 
     def _pick_open(self) -> Order | None:
         if not self._open:
@@ -403,7 +329,7 @@ class AccountModel:
         o = self._pick_open()
         if o is None:
             return False
-        self._tick()
+        self.ids.tick()
         self._close(o, "cancelled")
         self._emit(self._order_event(o, "order_deleted", "0"))
         return True
@@ -485,7 +411,7 @@ class AccountModel:
         if not self._stops:
             return False
         o = self.state.orders[self._stops.pop(self.rng.randrange(len(self._stops)))]
-        self._tick()
+        self.ids.tick()
         o.source = "orderbook"
         self._open.append(o.id)
         self._emit(self._order_event(o, "order_created", "0"))
@@ -495,7 +421,7 @@ class AccountModel:
         if not self._stops:
             return False
         o = self.state.orders[self._stops.pop(self.rng.randrange(len(self._stops)))]
-        self._tick()
+        self.ids.tick()
         o.status = "cancelled"
         self._emit(self._order_event(o, "stop_inactive", "0"))
         return True
@@ -508,7 +434,7 @@ class AccountModel:
         self._open += [buy.id, sell.id]
         self._emit(self._order_event(buy, "order_created", "0"), self._order_event(sell, "order_created", "0"))
         x = (min(buy.remaining, sell.remaining) / 2).quantize(SAT, ROUND_DOWN)
-        t = self._tick()
+        t = self.ids.tick()
         for o in (buy, sell):
             o.remaining -= x
             o.self_offset += x
@@ -533,7 +459,7 @@ class AccountModel:
                 "market": m.symbol,
                 "amount": fixed(x, m.amount_places),
                 "price": fixed(price, m.price_places),
-                "occurred_at": _iso(t),
+                "occurred_at": iso_utc(t),
             }
         )
         self._emit(
@@ -549,56 +475,19 @@ class AccountModel:
 
     def _settle(self, p: Position, *, closing: bool, alf: Decimal = ZERO) -> None:
         m = p.market
-        t = self._tick()
+        t = self.ids.tick()
         ap, atf, afu = self._signed(-50000, 50000), -self._signed(0, 2000), self._signed(-3000, 3000)
-        asl = ZERO
-        amount = ap + atf + alf + afu + asl
-        tnx = self._next_tx()
-        ts = t // 1_000_000
+        tnx = self.ids.transaction()
         price = self._price(m, 0)
-        typ = "C" if closing else "P"
+        s = ledger.Settlement(p, tnx, t, price, closing, ap=ap, atf=atf, alf=alf, afu=afu, asl=ZERO)
         data = {
-            "id": p.id, "tnx_id": str(tnx), "ts": str(ts), "price": fixed(price, m.price_places),
-            "ccy": m.quote.upper(), "as": f"{amount:f}", "ap": f"{ap:f}", "atf": f"{atf:f}", "alf": f"{alf:f}",
-            "afu": f"{afu:f}", "asl": f"{asl:f}", "sp": fixed(m.mid, m.price_places), "typ": typ,
+            "id": p.id, "tnx_id": str(tnx), "ts": str(s.seconds), "price": fixed(price, m.price_places),
+            "ccy": m.quote.upper(), "as": f"{s.amount:f}", "ap": f"{ap:f}", "atf": f"{atf:f}", "alf": f"{alf:f}",
+            "afu": f"{afu:f}", "asl": f"{s.asl:f}", "sp": fixed(m.mid, m.price_places), "typ": s.typ,
         }  # fmt: skip
-        p.realised += amount
-        self.state.balances[m.quote] += amount
-        self.state.settlements.append(
-            {
-                "position_id": p.id, "transaction_id": str(tnx), "kind": "settlement", "ccy": m.quote.upper(),
-                "amount": f"{amount:f}", "occurred_at": _iso(ts * 1_000_000), "price_component": f"{ap:f}",
-                "trading_fee_component": f"{atf:f}", "liquidation_fee_component": f"{alf:f}",
-                "funding_component": f"{afu:f}", "socialized_loss_component": f"{asl:f}",
-                "settlement_price": fixed(price, m.price_places), "strike_price": fixed(m.mid, m.price_places),
-                "settlement_type": typ,
-            }
-        )  # fmt: skip
-        self._tx_row(tnx, t, "58", m, amount)
-        self.state.settlement_rows.append(
-            (
-                t,
-                {
-                    "transaction_id": str(tnx), "position_id": p.id, "settlement_time": ts,
-                    "settlement_type": "CLOSED" if closing else "PERIODIC",
-                    "settlement_price": fixed(price, m.price_places), "market": m.name, "market_type": "PERPETUAL",
-                    "pnl_currency": m.quote.upper(), "pnl_settled": f"{amount:f}", "pnl_component_price": f"{ap:f}",
-                    "pnl_component_fees": f"{atf + alf:f}", "pnl_component_funding": f"{afu:f}",
-                    "pnl_component_socialized_loss": f"{asl:f}", "margin_mode": "CROSS",
-                    "size": fixed(abs(p.net), m.amount_places), "strike_price": fixed(m.mid, m.price_places),
-                    "fees_component_trading": f"{atf:f}", "fees_component_liquidation": f"{alf:f}",
-                },
-            )
-        )  # fmt: skip
+        ledger.book_settlement(self.state, s)
         channel = self.channel("my_settlements")
         self._emit(self._put(channel, {"event": "settlement", "channel": channel, "data": data}, "settlement"))
-
-    def _tx_row(self, tnx: int, t: int, typ: str, m: Market, amount: Decimal) -> None:
-        row: dict[str, Any] = {"id": tnx, "datetime": rest_datetime(t), "type": typ, "fee": "0.00"}
-        for c in self.state.currencies():
-            row[c] = f"{amount:f}" if c == m.quote else Num("0.0")
-        row["margin_mode"] = "CROSS"
-        self.state.transactions.append((tnx, m.symbol, row))
 
     def _settlement(self) -> bool:
         if not self.state.positions:
@@ -609,8 +498,8 @@ class AccountModel:
 
     def _premium(self) -> bool:
         m = self.rng.choice(self.perps)
-        t = self._tick()
-        tnx = self._next_tx()
+        t = self.ids.tick()
+        tnx = self.ids.transaction()
         amount = -self._signed(1, 500)
         data: dict[str, Any] = {
             "tnx_id": str(tnx),
@@ -621,31 +510,19 @@ class AccountModel:
         pid = self._cur_pos.get(m.symbol) if self.rng.random() < 0.5 else None
         if pid is not None:
             data = {"id": pid, **data}
-        self.state.balances[m.quote] += amount
-        self.state.settlements.append(
-            {
-                "position_id": pid, "transaction_id": str(tnx), "kind": "insurance_fund_premium",
-                "ccy": m.quote.upper(), "amount": f"{amount:f}", "occurred_at": _iso((t // 1_000_000) * 1_000_000),
-            }
-        )  # fmt: skip
-        self._tx_row(tnx, t, "60", m, amount)
+        ledger.book_premium(self.state, m, pid, tnx, t, amount)
         channel = self.channel("my_settlements")
         frame = {"event": "insurance_fund_premium", "channel": channel, "data": data}
         self._emit(self._put(channel, frame, "insurance_fund_premium"))
         return True
 
     def _alert(self, p: Position, event: str) -> None:
-        t = self._tick()
+        t = self.ids.tick()
         data = {
             "position_id": p.id, "trade_account_id": 0, "microtimestamp": str(t), "alert_type": event,
             "margin_mode": "CROSS", "initial_margin_ratio": "1.2", "maintenance_margin_ratio": "0.9",
         }  # fmt: skip
-        self.state.liquidations.append(
-            {
-                "position_id": p.id, "event": event, "margin_mode": "CROSS", "occurred_at": _iso(t),
-                "initial_margin_ratio": "1.2", "maintenance_margin_ratio": "0.9",
-            }
-        )  # fmt: skip
+        ledger.record_alert(self.state, p, event, t)
         channel = self.channel("my_liquidations")
         self._emit(self._put(channel, {"event": event, "channel": channel, "data": data}, event))
 
@@ -675,9 +552,3 @@ class AccountModel:
         p.phase = "liquidated"
         self._settle(p, closing=True, alf=-self._signed(100, 5000))
         return True
-
-
-def _iso(us: int) -> str:
-    from tracker.fake.wire import iso_utc
-
-    return iso_utc(us)

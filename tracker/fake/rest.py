@@ -1,6 +1,6 @@
 """The fake's `/api/v2/` routes over the account state (pure: requests in, status + JSON text out).
 
-Pagination follows PROTOCOL.md §5: ``user_transactions`` ``since_id`` is inclusive and forces ``limit`` 1000;
+Pagination follows docs/bitstamp.md §5: ``user_transactions`` ``since_id`` is inclusive and forces ``limit`` 1000;
 ``account_order_data`` needs ``order_source``, ``since_id`` is inclusive, ``until_id`` exclusive, at most 1000 events,
 oldest first, 404.008 when none; ``open_orders`` is cached for 10 s per URL.
 """
@@ -52,7 +52,7 @@ class RestApi:
             head, rest = "fees_trading", rest[1:]
             arg = rest[0] if rest else None
         get_only = {"markets", "trade_history", "position_settlement_transactions", "open_positions"}
-        either = {"my_markets"}  # PROTOCOL.md §5.6: the doc says GET, a client says POST
+        either = {"my_markets"}  # docs/bitstamp.md §5.6: the doc says GET, a client says POST
         if head not in either and (head in get_only) != (method == "GET"):
             raise ApiError(405, "405.001", "Method not allowed.")
         handler = getattr(self, f"r_{head}", None)

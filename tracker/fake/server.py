@@ -153,7 +153,7 @@ class FakeExchange:
         async def close_later() -> None:
             await trio.sleep(close_after)
             for conn in conns:
-                await conn.ws.aclose(1000, "reconnect")
+                await conn.aclose(1000, "reconnect")
 
         self._nursery.start_soon(close_later)
 

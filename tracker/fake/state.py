@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from tracker.fake.markets import Market
 from tracker.fake.wire import day_utc, iso_utc, plain
@@ -75,6 +75,22 @@ class Position:
         return "open" if self.net != 0 else "closed"
 
 
+class TradeHistoryEntry(NamedTuple):
+    """A perp ``trade_history`` row with what its filters need (the row itself holds only text)."""
+
+    trade_id: int
+    symbol: str
+    us: int  # execution time, µs
+    row: dict[str, Any]
+
+
+class SettlementEntry(NamedTuple):
+    """A ``position_settlement_transactions`` row with its time (the row's ``settlement_time`` is in seconds)."""
+
+    us: int
+    row: dict[str, Any]
+
+
 @dataclass(slots=True)
 class AccountState:
     """Everything REST serves and truth() reports."""
@@ -88,8 +104,8 @@ class AccountState:
     )
     # user_transactions rows, ascending id: (id, market symbol or None, row)
     transactions: list[tuple[int, str | None, dict[str, Any]]] = field(default_factory=list)
-    trade_history: list[dict[str, Any]] = field(default_factory=list)  # perp, ascending
-    settlement_rows: list[dict[str, Any]] = field(default_factory=list)  # position_settlement_transactions
+    trade_history: list[TradeHistoryEntry] = field(default_factory=list)  # perp, ascending trade id
+    settlement_rows: list[SettlementEntry] = field(default_factory=list)  # position_settlement_transactions
     balances: dict[str, Decimal] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     self_trades: list[dict[str, str]] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""The fake's WebSocket API v2 (PROTOCOL.md §1): subscribe/unsubscribe with acks, token checks, heartbeats, limits,
+"""The fake's WebSocket API v2 (docs/bitstamp.md §1): subscribe/unsubscribe with acks, token checks, heartbeats, limits,
 delivery of the model's frames to subscribed connections, and wire faults.
 
 Frames for a channel nobody is subscribed to (or sent while delivery is paused, or to a stalled connection) are
@@ -11,19 +11,16 @@ import contextlib
 import json
 import logging
 import re
-import socket
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
-from wsproto.events import TextMessage
 
 from tracker.fake.auth import TokenStore
 from tracker.fake.model import Emission
 from tracker.fake.wire import dumps
+from tracker.fake.ws_socket import FaultStream, WsClosed, WsSocket
 
 log = logging.getLogger("tracker.fake.ws")
 
@@ -31,6 +28,8 @@ MAX_CLIENT_FRAME = 511  # a client frame of 512 bytes or more is closed with 100
 MAX_SUBSCRIPTIONS = 1024
 SEND_QUEUE = 4096
 WRITE_BATCH = 256  # frames coalesced into one TCP write when the queue has them
+CONNECT_TIMEOUT = 60.0  # for the opening handshake (trio-websocket's server default, which the fake used before)
+DISCONNECT_TIMEOUT = 60.0  # for the peer's answer to our close frame (the same)
 
 _MARKET = r"[a-z0-9]+(?:-perp)?"
 PUBLIC_RE = re.compile(
@@ -53,65 +52,31 @@ def ack_frame(event: str, channel: str) -> str:
 HEARTBEAT_REPLY = dumps({"event": "bts:heartbeat", "channel": "", "data": {"status": "success"}})
 
 
-class _FaultStream(trio.abc.Stream):
-    """Wraps the TCP stream so the fake can stall a connection (sends block, so pongs and replies never leave)
-    or drop it abruptly (RST)."""
-
-    def __init__(self, inner: trio.SocketStream) -> None:
-        self.inner = inner
-        self.stalled = False
-        self._resume = trio.Event()
-
-    def stall(self) -> None:
-        self.stalled = True
-        self._resume = trio.Event()
-
-    def unstall(self) -> None:
-        self.stalled = False
-        self._resume.set()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        while self.stalled:
-            await self._resume.wait()
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def abort(self) -> None:
-        """Close with SO_LINGER 0: the peer sees a TCP reset, no close frame."""
-        with contextlib.suppress(OSError):
-            self.inner.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await self.inner.aclose()
-
-
-class _FaultListener(trio.abc.Listener[trio.abc.Stream]):
-    def __init__(self, inner: trio.SocketListener, hub: WsHub) -> None:
-        self.inner = inner
-        self.hub = hub
-
-    async def accept(self) -> trio.abc.Stream:
-        stream = _FaultStream(await self.inner.accept())
-        self.hub.pending_streams.append(stream)
-        return stream
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 @dataclass(eq=False)
 class WsConn:
-    ws: WebSocketConnection
-    stream: _FaultStream
+    """One accepted connection: its protocol side, its outgoing queue (frames, acks and replies, in order) and the
+    channels it subscribed."""
+
+    ws: WsSocket
     send: trio.MemorySendChannel[str]
     subs: set[str] = field(default_factory=set)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)  # set once the stream is closed
+
+    @property
+    def stream(self) -> FaultStream:
+        return self.ws.stream
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        """Send a close frame and wait until the connection is gone (the peer answered, or left). A peer that does
+        not answer within ``DISCONNECT_TIMEOUT`` is cut off."""
+        with contextlib.suppress(WsClosed):
+            await self.ws.send_close(code, reason)
+        with trio.move_on_after(DISCONNECT_TIMEOUT) as waited:
+            await self.finished.wait()
+        if waited.cancelled_caught:
+            self.cancel.cancel()
+            await self.finished.wait()
 
 
 @dataclass(eq=False)
@@ -119,7 +84,6 @@ class WsHub:
     tokens: TokenStore
     user_id: int
     conns: set[WsConn] = field(default_factory=set)
-    pending_streams: list[_FaultStream] = field(default_factory=list)
     paused: bool = False
     duplicate: int = 0
     changed: trio.Event = field(default_factory=trio.Event)
@@ -169,11 +133,21 @@ class WsHub:
                     await conn.send.send(text)
 
     # ------------------------------------------------------------------ connection handling
-    async def handle(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        stream = self._claim_stream(ws)
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection on ``stream`` (a TCP stream from :func:`serve_ws`, or one end of a memory stream
+        pair in tests) until either side closes it; the stream is closed on return."""
+        ws = WsSocket(FaultStream(stream), max_message_bytes=MAX_CLIENT_FRAME)
+        accepted = False
+        try:
+            with trio.move_on_after(CONNECT_TIMEOUT), contextlib.suppress(WsClosed):
+                accepted = await ws.accept()
+        finally:
+            if not accepted:
+                await ws.stream.aclose()
+        if not accepted:
+            return
         send, recv = trio.open_memory_channel[str](SEND_QUEUE)
-        conn = WsConn(ws, stream, send)
+        conn = WsConn(ws, send)
         self.conns.add(conn)
         self.connections_total += 1
         self._notify()
@@ -189,47 +163,34 @@ class WsHub:
             self.conns.discard(conn)
             send.close()
             self._notify()
-
-    def _claim_stream(self, ws: WebSocketConnection) -> _FaultStream:
-        # trio-websocket does not expose the stream it was built on; find ours by identity.
-        inner = ws._stream
-        for s in self.pending_streams:
-            if s is inner:
-                self.pending_streams.remove(s)
-                return s
-        raise RuntimeError("connection stream not found")
+            try:
+                with trio.move_on_after(DISCONNECT_TIMEOUT):
+                    await ws.aclose()
+            finally:
+                conn.finished.set()
 
     @staticmethod
-    async def _writer(
-        ws: WebSocketConnection, recv: trio.MemoryReceiveChannel[str], connection_scope: trio.CancelScope
-    ) -> None:
-        """Send queued frames, coalescing what is already queued. When the socket is gone, the queue is closed (so
-        ``deliver`` never blocks on a dead connection) and the connection's reader is cancelled."""
+    async def _writer(ws: WsSocket, recv: trio.MemoryReceiveChannel[str], connection_scope: trio.CancelScope) -> None:
+        """Send queued frames, coalescing what is already queued (up to ``WRITE_BATCH``) into one TCP write. When
+        nothing more can be sent, the queue is closed (so ``deliver`` never blocks on a dead connection) and the
+        connection's reader is cancelled."""
         try:
             async for text in recv:
                 batch = [text]
                 while len(batch) < WRITE_BATCH:
                     try:
                         batch.append(recv.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                if len(batch) == 1:
-                    await ws.send_message(text)
-                else:
-                    await _send_batch(ws, batch)
-        except ConnectionClosed:
+                await ws.send_texts(batch)
+        except WsClosed:
             pass
         finally:
             recv.close()
             connection_scope.cancel()
 
     async def _reader(self, conn: WsConn) -> None:
-        while True:
-            try:
-                message = await conn.ws.get_message()
-            except ConnectionClosed:
-                return
-            text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        while (text := await conn.ws.receive_message()) is not None:
             self.client_frames.append(text)
             for hook in self.on_client_frame:
                 hook(text)
@@ -269,27 +230,14 @@ class WsHub:
             await conn.send.send(error_frame("Connection is unauthorized.", 4009))
             return True
         if channel not in conn.subs and len(conn.subs) >= MAX_SUBSCRIPTIONS:
-            await conn.ws.aclose()  # the 1,025th subscription closes the connection without a word
+            # The 1,025th subscription closes the connection without a word (no bts:error).
+            with contextlib.suppress(WsClosed):
+                await conn.ws.send_close()
             return False
         conn.subs.add(channel)
         self._notify()
         await conn.send.send(ack_frame("bts:subscription_succeeded", channel))
         return True
-
-
-async def _send_batch(ws: WebSocketConnection, texts: list[str]) -> None:
-    """Several text messages in one ``send_all``: the same bytes as one ``send_message`` each, but one syscall and
-    one scheduling round. Mirrors ``WebSocketConnection._send`` (trio-websocket 0.12), which has no batch API."""
-    if ws._close_reason:
-        raise ConnectionClosed(ws._close_reason)
-    proto = ws._wsproto
-    data = b"".join(proto.send(TextMessage(data=t)) for t in texts)
-    async with ws._stream_lock:
-        try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise ConnectionClosed(ws._close_reason) from None
 
 
 async def serve_ws(
@@ -298,10 +246,8 @@ async def serve_ws(
     """Serve until cancelled; ``task_status.started(port)`` once listening."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    wrapped = [_FaultListener(listener, hub) for listener in listeners]
-    server = WebSocketServer(hub.handle, wrapped, max_message_size=MAX_CLIENT_FRAME)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
+        await nursery.start(trio.serve_listeners, hub.handle, listeners)
         task_status.started(bound)
         await trio.sleep_forever()
     raise AssertionError("unreachable")

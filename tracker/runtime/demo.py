@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import trio
 
@@ -78,11 +77,12 @@ def _baseline(engine: Engine) -> LogBaseline:
 
 def _continue_ids(fx: FakeExchange, base: LogBaseline) -> None:
     """Move the fresh fake's id counters past every id an earlier demo run logged (see the module docstring)."""
-    model: Any = fx.model
-    model._spot_oid = max(model._spot_oid, base.max_order_below)
-    model._perp_oid = max(model._perp_oid, base.max_order_from)
-    model._tx_id = max(model._tx_id, base.max_trade)
-    model._pos_seq += base.head  # position ids are small counters: any run-unique offset will do
+    fx.model.ids.continue_after(
+        spot_order=base.max_order_below,
+        perp_order=base.max_order_from,
+        transaction=base.max_trade,
+        position_offset=base.head,  # any run-unique offset will do
+    )
 
 
 def _counts(engine: Engine, base: LogBaseline) -> DemoCounts:
