@@ -363,7 +363,7 @@ async def soak(
     the first reconciliation (it walks the whole history once: a one-time peak) and at most half the run."""
     upgrade(db_url)
     engine = open_engine(db_url)
-    modes = modes or Modes()
+    modes = modes if modes is not None else Modes()
     report = SoakReport(rate=rate, modes=modes.names())
     rest = RestCounter()
     rng = random.Random(seed)

@@ -58,7 +58,7 @@ class AccountModel:
         modes: Modes | None = None,
     ) -> None:
         self.rng = random.Random(seed)
-        self.modes = modes or Modes()
+        self.modes = modes if modes is not None else Modes()
         # Other users' order events (market-wide-chain): their own generator, so ours draws what it always drew.
         self.others = random.Random(seed * 1_000_003 + 7) if self.modes.market_wide_chain else None
         self.markets = resolve_markets(markets)
