@@ -3,6 +3,7 @@ a random fault every ~10 s; at the end, zero lost and zero doubled against the f
 memory flat.
 
     .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--fault-every 10] [--seed 1] [--db-url URL]
+                                   [--modes all | --modes unsigned,error-200,refuse-channel=my_trades_btcusd ...]
 
 The fake runs in this process (its ground truth is at hand at the end); the tracker is ``python -m tracker run`` on a
 fresh database (a SQLite file in a temporary directory by default), so its RSS (``/proc/PID/status``: VmRSS, and
@@ -18,6 +19,12 @@ VmHWM for the peak) is the tracker's alone. Faults, drawn from one seeded ``rand
     unknown    a frame with an unknown event name
     token      every websocket token invalidated (the next connection must fetch a new one)
     reject     the next 1-5 HTTP requests answered 429 (rate limited)
+
+``--modes`` switches the fake's behaviour modes on (tracker/fake/modes.py, docs/fake.md; ``all``: every one at once,
+the refused channel being ``my_token_settlements``). A refused channel is left out of the subscriptions waited for and
+of the final burst (its frames can reach the tracker only over REST). At the end the REST requests the tracker made
+are printed per endpoint, with the share of the exchange's budget of 10,000 requests per 10 minutes they used: in the
+busiest 10 minutes of the run, and at the run's mean rate (the one that matters for a run shorter than 10 minutes).
 
 Self trades are switched off: no REST endpoint reports self-trade-prevention offsets, so a ``self_trade`` frame
 withheld by a fault cannot be recovered by any tracker (see tests/test_backfill_e2e.py). Periodic reconciliation runs
@@ -51,6 +58,7 @@ import trio
 from sqlalchemy import Engine, func, select, text
 
 from tracker.domain.money import format_decimal
+from tracker.fake.modes import Modes
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.store.engine import open_engine
 from tracker.store.migrate import upgrade
@@ -59,6 +67,8 @@ from tracker.store.schema import event_log
 
 MARKETS = ("btcusd", "ethusd", "btcusd-perp")
 FAULTS = ("reconnect", "drop", "stall", "pause", "duplicate", "malformed", "unknown", "token", "reject")
+REST_BUDGET = 10_000  # requests per 10 minutes per account (docs/bitstamp.md §5.8)
+REST_WINDOW_S = 600.0
 
 
 @dataclass
@@ -82,10 +92,34 @@ class SoakReport:
     doubled: int = 0
     wrong: int = 0  # present once but with different values
     problems: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+    rest_requests: dict[str, int] = field(default_factory=dict)  # per endpoint, from the tracker's start to its exit
+    rest_seconds: float = 0.0  # how long the tracker ran (the span of rest_requests)
+    rest_busiest_window: int = 0  # the most requests in any REST_WINDOW_S
 
     @property
     def rss_growth_mb(self) -> float:
         return self.rss_end_mb - self.rss_start_mb
+
+    @property
+    def rest_total(self) -> int:
+        return sum(self.rest_requests.values())
+
+    @property
+    def rest_budget_at_mean_rate(self) -> float:
+        """The share of the 10-minute budget the run's mean request rate would use in 10 minutes."""
+        return self.rest_total / self.rest_seconds * REST_WINDOW_S / REST_BUDGET if self.rest_seconds else 0.0
+
+    def rest_summary(self) -> list[str]:
+        lines = [
+            f"REST: {self.rest_total:,} requests in {self.rest_seconds:.0f} s "
+            f"({self.rest_total / max(self.rest_seconds, 1e-9) * 60:.1f}/min); budget {REST_BUDGET:,} per 10 min: "
+            f"{self.rest_budget_at_mean_rate:.2%} at the mean rate, busiest 10 min {self.rest_busiest_window:,} "
+            f"({self.rest_busiest_window / REST_BUDGET:.2%})"
+        ]
+        width = max((len(k) for k in self.rest_requests), default=0)
+        lines += [f"  {k:<{width}} {v:>7,}" for k, v in sorted(self.rest_requests.items(), key=lambda kv: -kv[1])]
+        return lines
 
     def summary(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
@@ -98,6 +132,7 @@ class SoakReport:
             f"tracker RSS: {self.rss_first_mb:.1f} MB idle, "
             f"{self.rss_start_mb:.1f} MB after warm-up, {self.rss_end_mb:.1f} MB at the end "
             f"({self.rss_growth_mb:+.1f} MB), peak {self.rss_peak_mb:.1f} MB; exit code {self.exit_code}"
+            + (f"; modes: {', '.join(self.modes)}" if self.modes else "")
         )
 
 
@@ -158,6 +193,30 @@ async def run_faults(fx: FakeExchange, rng: random.Random, every: float, counts:
         kind = rng.choice(FAULTS)
         counts[kind] += 1
         await apply_fault(fx, kind, rng)
+
+
+# --- REST requests ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RestCounter:
+    """Every HTTP request the fake receives (the tracker is its only client), by endpoint, with its trio time."""
+
+    times: list[float] = field(default_factory=list)
+    endpoints: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self, method: str, path: str) -> None:
+        self.times.append(trio.current_time())
+        self.endpoints[path.removeprefix("/api/v2/").split("/", 1)[0] or path] += 1
+
+    def busiest(self, window: float) -> int:
+        """The most requests within any ``window`` seconds (two pointers over the sorted times)."""
+        best = start = 0
+        for end, t in enumerate(self.times):
+            while t - self.times[start] > window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
 
 
 # --- the database, from outside --------------------------------------------------------------------------------------
@@ -298,20 +357,26 @@ async def soak(
     sample_every: float = 5.0,
     warm_up: float | None = None,
     say: Callable[[str], None] = print,
+    modes: Modes | None = None,
 ) -> SoakReport:
     """Run the soak (see the module docstring). ``warm_up``: seconds before the "start" RSS sample; by default past
     the first reconciliation (it walks the whole history once: a one-time peak) and at most half the run."""
     upgrade(db_url)
     engine = open_engine(db_url)
-    report = SoakReport(rate=rate)
+    modes = modes if modes is not None else Modes()
+    report = SoakReport(rate=rate, modes=modes.names())
+    rest = RestCounter()
     rng = random.Random(seed)
     counts: Counter[str] = Counter()
     duration = minutes * 60
     warm_up = min(reconcile_every + 15, duration / 2) if warm_up is None else warm_up
     log_path = workdir / "tracker.log"
     try:
-        async with open_fake_exchange(seed=seed, markets=MARKETS) as fx:
-            fx.model._self_trade = lambda: False  # type: ignore[method-assign]  (see the module docstring)
+        async with open_fake_exchange(seed=seed, markets=MARKETS, modes=modes) as fx:
+            fx.model._self_trade = lambda: False  # type: ignore[method-assign]  # see the module docstring
+            fx.http.faults.on_request.append(rest)
+            # A refused channel is never subscribed: not waited for, and its frames reach the tracker over REST only.
+            channels = [c for c in fx.private_channels() if not modes.refuses(c)]
             frames = [0]
             deliver = fx.hub.deliver
 
@@ -321,6 +386,7 @@ async def soak(
                 return await deliver(emissions)
 
             fx.hub.deliver = counting  # type: ignore[method-assign]
+            proc_started = trio.current_time()
             with log_path.open("ab") as out:
                 proc = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "tracker", "run"],
@@ -330,7 +396,7 @@ async def soak(
                 )
             try:
                 with trio.fail_after(60):
-                    await fx.wait_subscribed(fx.private_channels())
+                    await fx.wait_subscribed(channels)
                 report.rss_first_mb, _ = rss_mb(proc.pid)
                 started = trio.current_time()
                 generated_before = len(fx.model.state.fills)
@@ -359,19 +425,22 @@ async def soak(
                 report.rss_end_mb, report.rss_peak_mb = rss_mb(proc.pid)
                 # One live burst after the faults: every order stream goes on, so a frame a fault withheld shows as
                 # a chain break if nothing else noticed it; then wait for the tracker to settle.
-                await fx.wait_subscribed(fx.private_channels())
-                burst = {e.text for e in await fx.generate_frames(200)}
+                await fx.wait_subscribed(channels)
+                burst = {e.text for e in await fx.generate_frames(200) if e.channel in channels}
                 probe = Probe(engine)
                 await poll("caught up", lambda: probe.caught_up(burst), within=180, proc=proc)
                 proc.send_signal(signal.SIGINT)
                 with trio.fail_after(60):
                     report.exit_code = await proc.wait()
+                report.rest_seconds = trio.current_time() - proc_started
             finally:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
             truth = fx.truth()
             report.frames_generated = frames[0]
+            report.rest_requests = dict(rest.endpoints)
+            report.rest_busiest_window = rest.busiest(REST_WINDOW_S)
         compare_with_truth(engine, truth, report)
     finally:
         engine.dispose()
@@ -388,7 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-url", help="default: a SQLite file in a temporary directory")
     parser.add_argument("--workdir", type=Path, help="keep the database and tracker log here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
+    parser.add_argument(
+        "--modes",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help="fake-exchange modes, comma-separated or repeated: all, or e.g. unsigned,error-200,settlement-ms,"
+        "refuse-channel=my_trades_btcusd (tracker/fake/modes.py)",
+    )
     args = parser.parse_args(argv)
+    try:
+        modes = Modes.parse(args.modes)
+    except ValueError as exc:
+        parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="tracker-soak-") as temp:
         tmp = args.workdir or Path(temp)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -403,14 +484,17 @@ def main(argv: list[str] | None = None) -> int:
                 db_url=db_url,
                 workdir=Path(tmp),
                 reconcile_every=args.reconcile_every,
+                modes=modes,
             )
         )
         print(report.summary())
+        print("\n".join(report.rest_summary()))
         for line in report.problems:
             print("  PROBLEM", line)
         print(f"wall time {time.perf_counter() - t0:.0f} s")
         if args.json:
-            print(json.dumps({**asdict(report), "rss_growth_mb": report.rss_growth_mb}))
+            extra = {"rss_growth_mb": report.rss_growth_mb, "rest_budget_at_mean_rate": report.rest_budget_at_mean_rate}
+            print(json.dumps({**asdict(report), **extra}))
     ok = report.exit_code == 0 and not (report.lost or report.doubled or report.wrong)
     return 0 if ok else 1
 

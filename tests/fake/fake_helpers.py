@@ -26,15 +26,18 @@ def signed_headers(
     secret: str,
     nonce: str | None = None,
     timestamp_ms: int | None = None,
+    bare_query: bool = False,
 ) -> dict[str, str]:
-    """X-Auth headers for one request, built from the fact sheet with nothing but hmac."""
+    """X-Auth headers for one request, built from the fact sheet with nothing but hmac. The query is signed as
+    ``"?" + query``, or without the ``?`` when ``bare_query`` (the two readings of docs/bitstamp.md §3.2)."""
     u = httpx.URL(url)
     host = u.netloc.decode("ascii")
     query = u.query.decode("ascii")
     nonce = nonce or str(uuid.uuid4())
     ts = str(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
     content_type = FORM if body else ""
-    message = "BITSTAMP " + key + method + host + u.path + ("?" + query if query else "")
+    signed_query = query if bare_query else ("?" + query if query else "")
+    message = "BITSTAMP " + key + method + host + u.path + signed_query
     message += content_type + nonce + ts + "v2" + body
     headers = {
         "X-Auth": "BITSTAMP " + key,

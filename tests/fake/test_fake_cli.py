@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from fake_helpers import call, subscribe, token
+from fake_helpers import call, signed_headers, subscribe, token
 from trio_websocket import open_websocket_url
 
 from tracker.fake.faults import FaultSpec, parse_fault, run_fault
@@ -105,3 +105,49 @@ async def test_scheduled_faults(autojump_clock: trio.abc.Clock) -> None:
                 await trio.sleep(5)
                 assert not fx.hub.paused
                 nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(60)
+def test_cli_modes(tmp_path: Path) -> None:
+    """``--mode`` (repeatable) switches modes on in the standalone fake; an unknown name is refused with exit 2."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "tracker", "fake-exchange", "--mode", "bogus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "unknown fake-exchange mode 'bogus'" in bad.stderr
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracker",
+            "fake-exchange",
+            "--rate",
+            "0",
+            *("--mode", "derivatives-refused"),
+            *("--mode", "unsigned"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        env = dict(
+            proc.stdout.readline().removeprefix("export ").split("  #")[0].strip().split("=", 1) for _ in range(5)
+        )
+        key, secret, api = env["BITSTAMP_API_KEY"], env["BITSTAMP_API_SECRET"], env["BITSTAMP_API_URL"]
+        url = api + "trade_history/?limit=1"
+        r = httpx.get(url, headers=signed_headers("GET", url, key=key, secret=secret), timeout=5)
+        assert (r.status_code, r.json()["code"]) == (400, "API5506")
+        url = api + "websockets_token/"
+        r = httpx.post(url, headers=signed_headers("POST", url, key=key, secret=secret), timeout=5)
+        assert r.status_code == 200 and "x-server-auth-signature" not in r.headers
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr is not None and "# modes: derivatives-refused, unsigned" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -75,9 +75,9 @@ def test_trade_history_by_order_id(fake: tuple[RestApi, list[dict[str, Any]], An
 def test_settlement_transactions_window_and_lookup(fake: tuple[RestApi, Any, list[dict[str, Any]]]) -> None:
     api, _, settlements = fake
     since = int(settlements[len(settlements) // 2]["ts"])
-    rows = get(api, "position_settlement_transactions/", since_timestamp=since)
+    rows = get(api, "position_settlement_transactions/", since_timestamp=since, sort="asc")  # default: desc
     assert [r["transaction_id"] for r in rows] == [s["tnx_id"] for s in settlements if int(s["ts"]) >= since]
-    rows = get(api, "position_settlement_transactions/", until_timestamp=since)
+    rows = get(api, "position_settlement_transactions/", until_timestamp=since, sort="asc")
     assert [r["transaction_id"] for r in rows] == [s["tnx_id"] for s in settlements if int(s["ts"]) < since]
     one = settlements[3]
     row = get(api, f"position_settlement_transactions/{one['tnx_id']}/")

@@ -28,6 +28,15 @@ def register(subparsers: Any) -> None:
         help="scheduled fault, repeatable: reconnect-every=10s, drop-every=30s, stall-every=60s,for=15s, "
         "pause-every=30s,for=5s, duplicate-every=5s, malformed-every=20s, unknown-every=20s, token-ttl=5s",
     )
+    parser.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="behave like the real exchange may, repeatable (docs/fake.md): derivatives-refused, derivatives-flaky, "
+        "unsigned, error-200, get-query-bare, market-wide-chain, liquidations-untimed, settlement-ms, "
+        "refuse-channel=NAME, all",
+    )
     parser.add_argument("--truth-out", type=Path, help="write the ground truth JSON here on exit")
     parser.set_defaults(func=cmd_fake_exchange)
 
@@ -42,10 +51,12 @@ def cmd_fake_exchange(args: argparse.Namespace) -> int:
 
     from tracker.errors import TrackerError
     from tracker.fake.faults import parse_fault, run_fault
+    from tracker.fake.modes import Modes
     from tracker.fake.server import open_fake_exchange
 
     try:
         faults = [parse_fault(f) for f in args.fault]
+        modes = Modes.parse(args.mode)
         markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
         from tracker.fake.markets import resolve_markets
 
@@ -60,8 +71,11 @@ def cmd_fake_exchange(args: argparse.Namespace) -> int:
             rate=args.rate or None,
             http_port=args.http_port,
             ws_port=args.ws_port,
+            modes=modes,
         ) as fx:
             print("\n".join(format_env(fx)), flush=True)
+            if modes:
+                print(f"# modes: {', '.join(modes.names())}", file=sys.stderr, flush=True)
             print("# fake exchange running; Ctrl-C stops it", file=sys.stderr, flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:

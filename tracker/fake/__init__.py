@@ -4,8 +4,8 @@ Public API (``tracker.fake.server``)::
 
     async with open_fake_exchange(seed=0, markets=("btcusd", "ethusd", "btcusd-perp"), rate=None,
                                   user_id=314159, api_key=..., api_secret=..., clock=time.time,
-                                  token_ttl=60.0, http_port=0, ws_port=0) as fx:
-        fx.api_url, fx.ws_url, fx.api_key, fx.api_secret, fx.user_id, fx.markets
+                                  token_ttl=60.0, http_port=0, ws_port=0, modes=()) as fx:
+        fx.api_url, fx.ws_url, fx.api_key, fx.api_secret, fx.user_id, fx.markets, fx.modes
         await fx.generate(n_steps) -> list[Emission]     # frames made (delivered only to live subscribers)
         fx.set_rate(frames_per_s | None)                  # paced background activity
         fx.truth() -> dict                                # ground truth, docs/semantics.md
@@ -19,5 +19,6 @@ Modules: ``wire`` (number spelling, JSON), ``markets``, ``model`` (pure seeded a
 clock and ids), ``ledger`` (the REST rows and records an action leaves), ``state`` (REST state and ground truth),
 ``auth`` (signature, nonce, timestamp, tokens), ``rest`` (routes), ``http_server`` (h11), ``ws_server``
 (subscriptions, delivery, wire faults), ``ws_socket`` (the WebSocket protocol: wsproto over a trio stream),
-``server`` (wiring and controls), ``faults`` (``--fault`` specs).
+``server`` (wiring and controls), ``faults`` (``--fault`` specs), ``modes`` (``--mode``: how the real exchange may
+differ from the default fake, e.g. ``derivatives-refused``, ``unsigned``, ``get-query-bare``; docs/fake.md).
 """

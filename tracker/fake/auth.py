@@ -1,20 +1,65 @@
 """Server side of Bitstamp v2 auth (docs/bitstamp.md §3) and WebSocket tokens (§1.5, §4). Pure: the clock is passed in.
 
-The string to sign is built by :func:`tracker.bitstamp.signing.string_to_sign`, the very function the client uses;
-the fake never re-implements it. ``host`` is the request's ``Host`` header exactly as sent (``127.0.0.1:PORT``).
+The string to sign and the response signature are written here from the protocol description (docs/bitstamp.md §3.2,
+§3.3) with plain ``hmac``/``hashlib``, never by importing the client's signing code (``tracker.bitstamp.signing``): a
+bug shared by both sides would otherwise pass every test. tests/fake/test_fake_signing.py checks these functions
+against a hand computation. ``host`` is the request's ``Host`` header exactly as sent (``127.0.0.1:PORT``).
+
+How a query is signed is unsettled (§3.2): the fake checks ``"?" + query`` by default and the bare query in the
+``get-query-bare`` mode (:mod:`tracker.fake.modes`); it accepts only the one form it was told.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-from tracker.bitstamp.signing import AUTH_VERSION, FORM_CONTENT_TYPE, hmac_hex, signatures_equal, string_to_sign
+from typing import Final, Literal
 
 TIMESTAMP_WINDOW_S = 150.0
 NONCE_MEMORY_S = 300.0
+AUTH_VERSION: Final = "v2"
+FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
+QueryForm = Literal["?query", "query"]
+
+
+def string_to_sign(
+    *,
+    api_key: str,
+    method: str,
+    host: str,
+    path: str,
+    query: str,
+    content_type: str,
+    nonce: str,
+    timestamp: str,
+    body: str,
+    query_form: QueryForm = "?query",
+) -> str:
+    """docs/bitstamp.md §3.2: ``"BITSTAMP " + key + METHOD + host + path + query + content_type + nonce + timestamp +
+    "v2" + body``, nothing between the parts. ``query`` is the raw query (no ``?``; ``""`` when none), signed with
+    the ``?`` or without it as ``query_form`` says. With an empty body both content_type and body are left out."""
+    signed_query = ("?" + query if query_form == "?query" else query) if query else ""
+    typed = content_type if body else ""
+    return "BITSTAMP " + api_key + method.upper() + host + path + signed_query + typed + nonce + timestamp + "v2" + body
+
+
+def hmac_sha256_hex(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def response_signature(*, api_secret: str, nonce: str, timestamp: str, content_type: str, body: bytes) -> str:
+    """docs/bitstamp.md §3.3: HMAC-SHA256(secret, nonce + timestamp + response Content-Type + raw body), with the
+    nonce and timestamp the client sent."""
+    return hmac_sha256_hex(api_secret, (nonce + timestamp + content_type).encode("utf-8") + body)
+
+
+def same_signature(expected: str, given: str) -> bool:
+    """Constant time; hex in either case is accepted (the docs' Java sample upper-cases)."""
+    return hmac.compare_digest(expected.lower().encode("ascii", "replace"), given.lower().encode("ascii", "replace"))
 
 
 class AuthError(Exception):
@@ -30,6 +75,7 @@ class Authenticator:
     api_key: str
     api_secret: str
     clock: Callable[[], float]  # unix seconds
+    query_form: QueryForm = "?query"  # how a query is read in the string to sign (get-query-bare: "query")
     nonces: dict[str, float] = field(default_factory=dict)
 
     def verify(
@@ -77,8 +123,9 @@ class Authenticator:
             nonce=nonce,
             timestamp=timestamp,
             body=body.decode("utf-8", "replace"),
+            query_form=self.query_form,
         )
-        if not signatures_equal(hmac_hex(self.api_secret, message), headers["x-auth-signature"]):
+        if not same_signature(hmac_sha256_hex(self.api_secret, message.encode("utf-8")), headers["x-auth-signature"]):
             raise AuthError("API0005", "Invalid signature.")
         self._forget(now)
         if nonce in self.nonces:

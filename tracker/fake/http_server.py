@@ -1,9 +1,11 @@
 """A small HTTP/1.1 server on trio + h11 serving the fake's `/api/v2/` (keep-alive, one request at a time).
 
 Authenticated routes verify the v2 signature (:mod:`tracker.fake.auth`) and sign 200 responses with
-``X-Server-Auth-Signature``. Errors are JSON: auth failures are HTTP 403
-``{"status":"error","reason":..,"code":"API0005"}``;
-others use ``response_code`` (``404.002``, ``404.008``, ``400.002`` on HTTP 429 when rate limiting is switched on).
+``X-Server-Auth-Signature`` (not in the ``unsigned`` mode, :mod:`tracker.fake.modes`). Errors are JSON and never
+signed: auth failures are HTTP 403 ``{"status":"error","reason":..,"code":"API0005"}``; others use ``response_code``
+(``404.002``, ``404.008``, ``400.002`` on HTTP 429 when rate limiting is switched on), the derivatives refusals
+``{"code":"API5506","message":..}``, and in the ``error-200`` mode order errors come with HTTP 200
+(:class:`tracker.fake.rest.ApiError`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from urllib.parse import parse_qsl
 import h11
 import trio
 
-from tracker.bitstamp.signing import response_signature
-from tracker.fake.auth import Authenticator, AuthError
+from tracker.fake.auth import Authenticator, AuthError, response_signature
+from tracker.fake.modes import Modes
 from tracker.fake.rest import PUBLIC_GET, ApiError, RestApi
 from tracker.fake.wire import dumps
 
@@ -40,6 +42,7 @@ class HttpApp:
     api: RestApi
     auth: Authenticator
     faults: HttpFaults = field(default_factory=HttpFaults)
+    modes: Modes = field(default_factory=Modes)
 
     def respond(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -80,7 +83,7 @@ class HttpApp:
             return _error(exc.status, None, exc.body())
         payload = text.encode()
         out = [("Content-Type", JSON)]
-        if not public:
+        if not public and not self.modes.unsigned:
             sig = response_signature(
                 api_secret=self.auth.api_secret, nonce=nonce, timestamp=timestamp, content_type=JSON, body=payload
             )

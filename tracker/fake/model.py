@@ -10,6 +10,10 @@ a self trade is followed by ``order_changed`` for both orders with ``amount_trad
 runs per ``private-my_orders_<market>`` stream (both order sources); a fill's ``user_transactions`` id equals its
 websocket trade id; ``order_replaced`` gets no ``order_deleted`` for the old order.
 
+Two modes (:mod:`tracker.fake.modes`) change frames, never the story: ``market-wide-chain`` makes the chain run over
+other users' events of the market (1 to 3 unseen event ids before each of ours, drawn from a generator of their own so
+the account's story stays that of the seed), ``liquidations-untimed`` leaves ``microtimestamp`` out of the alerts.
+
 Beside it: :mod:`tracker.fake.ids` (the event clock and every id), :mod:`tracker.fake.ledger` (balances, REST rows and
 ground-truth records an action leaves), :mod:`tracker.fake.state` (where those live).
 """
@@ -25,6 +29,7 @@ from typing import Any
 from tracker.fake import ledger
 from tracker.fake.ids import IdSource
 from tracker.fake.markets import DEFAULT_MARKETS, Market, resolve_markets
+from tracker.fake.modes import Modes
 from tracker.fake.state import ZERO, AccountState, Fill, Order, Position
 from tracker.fake.wire import Num, dumps, fixed, iso_utc, num
 
@@ -50,8 +55,12 @@ class AccountModel:
         markets: tuple[str, ...] | list[str] = DEFAULT_MARKETS,
         user_id: int = 314159,
         start_us: int = 1_790_000_000_000_000,
+        modes: Modes | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.modes = modes if modes is not None else Modes()
+        # Other users' order events (market-wide-chain): their own generator, so ours draws what it always drew.
+        self.others = random.Random(seed * 1_000_003 + 7) if self.modes.market_wide_chain else None
         self.markets = resolve_markets(markets)
         self.spot = [m for m in self.markets if not m.perp]
         self.perps = [m for m in self.markets if m.perp]
@@ -154,6 +163,9 @@ class AccountModel:
         extra: dict[str, Any] | None = None,
     ) -> Emission:
         m = o.market
+        if self.others is not None:  # market-wide-chain: events of other users we never see
+            for _ in range(self.others.randint(1, 3)):
+                self._last_eid[m.symbol] = self.ids.event_id()
         eid = self.ids.event_id()
         pre = self._last_eid.get(m.symbol, ZERO_EVENT_ID)
         self._last_eid[m.symbol] = eid
@@ -522,6 +534,8 @@ class AccountModel:
             "position_id": p.id, "trade_account_id": 0, "microtimestamp": str(t), "alert_type": event,
             "margin_mode": "CROSS", "initial_margin_ratio": "1.2", "maintenance_margin_ratio": "0.9",
         }  # fmt: skip
+        if self.modes.liquidations_untimed:
+            del data["microtimestamp"]  # the truth keeps the time: the event happened then, unseen or not
         ledger.record_alert(self.state, p, event, t)
         channel = self.channel("my_liquidations")
         self._emit(self._put(channel, {"event": event, "channel": channel, "data": data}, event))

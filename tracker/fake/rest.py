@@ -2,7 +2,12 @@
 
 Pagination follows docs/bitstamp.md §5: ``user_transactions`` ``since_id`` is inclusive and forces ``limit`` 1000;
 ``account_order_data`` needs ``order_source``, ``since_id`` is inclusive, ``until_id`` exclusive, at most 1000 events,
-oldest first, 404.008 when none; ``open_orders`` is cached for 10 s per URL.
+oldest first, 404.008 when none; ``open_orders`` is cached for 10 s per URL; ``position_settlement_transactions`` is
+paged like ``user_transactions`` (``sort`` default desc, ``limit`` default 100 up to 1000, ``offset`` up to 200000,
+``since_timestamp``/``until_timestamp`` in unix seconds, a ``since_timestamp`` more than 30 days old refused).
+
+The modes of :mod:`tracker.fake.modes` that concern REST answers are applied here: the derivatives refusals, the
+order errors with HTTP 200 (``error-200``) and ``settlement_time`` in milliseconds (``settlement-ms``).
 """
 
 from __future__ import annotations
@@ -10,26 +15,38 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tracker.fake.auth import TokenStore
 from tracker.fake.markets import Market
+from tracker.fake.modes import DERIVATIVES_ENDPOINTS, Modes
 from tracker.fake.state import AccountState
 from tracker.fake.wire import dumps, fixed, plain, rest_datetime
 
 OPEN_ORDERS_CACHE_S = 10.0
 EVENT_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PUBLIC_GET = {"markets/"}
+SETTLEMENT_REACH_S = 30 * 86_400  # since_timestamp may reach this far back (docs/bitstamp.md §5.1, §5.7)
+ERROR_200_ENDPOINTS = frozenset({"order_status", "open_orders"})  # "order endpoints" of docs/bitstamp.md §5.4
+# The three envelopes the fake writes (docs/bitstamp.md §3.4): "response_code" (the usual ``NNN.MMM`` one),
+# "message" (``{"code","message"}``, the derivatives endpoints) and "all" (``reason`` as ``{"__all__": [...]}``,
+# the order endpoints' errors that come with HTTP 200).
+Envelope = Literal["response_code", "message", "all"]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, reason: str) -> None:
+    def __init__(self, status: int, code: str, reason: str, envelope: Envelope = "response_code") -> None:
         super().__init__(f"{code}: {reason}")
         self.status = status
         self.code = code
         self.reason = reason
+        self.envelope: Envelope = envelope
 
     def body(self) -> str:
+        if self.envelope == "message":
+            return dumps({"code": self.code, "message": self.reason})
+        if self.envelope == "all":
+            return dumps({"status": "error", "reason": {"__all__": [self.reason.rstrip(".")]}, "code": self.code})
         return dumps({"status": "error", "reason": self.reason, "response_code": self.code, "code": self.code})
 
 
@@ -40,6 +57,8 @@ class RestApi:
     user_id: int
     clock: Callable[[], float]
     open_orders_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
+    modes: Modes = field(default_factory=Modes)
+    derivatives_calls: int = 0  # answered or refused, for derivatives-flaky
 
     def handle(self, method: str, route: str, params: Mapping[str, str]) -> str:
         """``route`` is the path below ``/api/v2/`` (``user_transactions/btcusd/``). Returns the JSON text."""
@@ -52,13 +71,32 @@ class RestApi:
             head, rest = "fees_trading", rest[1:]
             arg = rest[0] if rest else None
         get_only = {"markets", "trade_history", "position_settlement_transactions", "open_positions"}
+        get_only |= {"position_history", "position_status"}
         either = {"my_markets"}  # docs/bitstamp.md §5.6: the doc says GET, a client says POST
         if head not in either and (head in get_only) != (method == "GET"):
             raise ApiError(405, "405.001", "Method not allowed.")
+        if self.modes.derivatives_refused or self.modes.derivatives_flaky:
+            self._derivatives_mode(head)
         handler = getattr(self, f"r_{head}", None)
         if handler is None or len(rest) > 1:
             raise ApiError(404, "404.001", "Not found.")
-        return str(handler(arg, params))
+        try:
+            return str(handler(arg, params))
+        except ApiError as exc:
+            if self.modes.error_200 and head in ERROR_200_ENDPOINTS:
+                raise ApiError(200, exc.code, exc.reason, "all") from None
+            raise
+
+    def _derivatives_mode(self, head: str) -> None:
+        """derivatives-refused / derivatives-flaky: the answer of a derivatives endpoint, before it looks at
+        anything (a spot-only account is refused whatever the parameters). HTTP 400 for both: the code, not the
+        status, says what to do (API5502 is transient, API5506 is not)."""
+        if head not in DERIVATIVES_ENDPOINTS:
+            return
+        self.derivatives_calls += 1
+        refusal = self.modes.derivatives_refusal(head, self.derivatives_calls)
+        if refusal is not None:
+            raise ApiError(400, *refusal, envelope="message")
 
     # ------------------------------------------------------------------ helpers
     def _market(self, symbol: str | None) -> Market | None:
@@ -255,20 +293,35 @@ class RestApi:
         return dumps(rows[:limit])
 
     def r_position_settlement_transactions(self, arg: str | None, params: Mapping[str, str]) -> str:
+        """Paged like ``user_transactions`` (module docstring); one row by transaction id with ``<id>/``."""
+        if arg is not None:
+            found = [row for _, row in self.state.settlement_rows if row["transaction_id"] == arg]
+            if not found:
+                raise ApiError(404, "404.001", "Transaction not found.")
+            return dumps(self._settlement_row(found[0]))
+        offset = self._int(params, "offset", 0, 0, 200_000) or 0
+        limit = self._int(params, "limit", 100, 1, 1000) or 100
+        sort = params.get("sort", "desc")
+        if sort not in ("asc", "desc"):
+            raise ApiError(400, "400.001", "Invalid sort parameter.")
         since_ts = self._int(params, "since_timestamp", None, 0, 2**40)
         until_ts = self._int(params, "until_timestamp", None, 0, 2**40)
+        if since_ts is not None and since_ts < self.clock() - SETTLEMENT_REACH_S:
+            raise ApiError(400, "400.001", "since_timestamp can be at most 30 days in the past.")
         rows = [
             row
             for us, row in self.state.settlement_rows
-            if (arg is None or row["transaction_id"] == arg)
-            and (since_ts is None or us >= since_ts * 1_000_000)
-            and (until_ts is None or us < until_ts * 1_000_000)
+            if (since_ts is None or us >= since_ts * 1_000_000) and (until_ts is None or us < until_ts * 1_000_000)
         ]
-        if arg is not None:
-            if not rows:
-                raise ApiError(404, "404.001", "Transaction not found.")
-            return dumps(rows[0])
-        return dumps(rows)
+        if sort == "desc":
+            rows.reverse()
+        return dumps([self._settlement_row(row) for row in rows[offset : offset + limit]])
+
+    def _settlement_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row as sent: ``settlement_time`` in seconds as stored, or in milliseconds (``settlement-ms``)."""
+        if not self.modes.settlement_ms:
+            return row
+        return {**row, "settlement_time": int(row["settlement_time"]) * 1000}
 
     def r_open_positions(self, arg: str | None, params: Mapping[str, str]) -> str:
         m = self._market(arg)

@@ -13,10 +13,11 @@ from typing import Any
 
 import trio
 
-from tracker.fake.auth import Authenticator, TokenStore
+from tracker.fake.auth import Authenticator, QueryForm, TokenStore
 from tracker.fake.http_server import HttpApp, serve_http
 from tracker.fake.markets import DEFAULT_MARKETS
 from tracker.fake.model import AccountModel, Emission
+from tracker.fake.modes import Modes
 from tracker.fake.rest import RestApi
 from tracker.fake.wire import dumps
 from tracker.fake.ws_server import WsHub, serve_ws
@@ -45,6 +46,7 @@ class FakeExchange:
     tokens: TokenStore
     clock: Callable[[], float]
     _nursery: trio.Nursery
+    modes: Modes = field(default_factory=Modes)
     _gen_scope: trio.CancelScope | None = None
     _gen_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -221,18 +223,22 @@ async def open_fake_exchange(
     http_port: int = 0,
     ws_port: int = 0,
     host: str = "127.0.0.1",
+    modes: Modes | Iterable[str] = (),
 ) -> AsyncIterator[FakeExchange]:
     """Start the fake's HTTP and WebSocket servers (port 0 = any free port) and yield the running exchange.
 
     ``clock`` is wall-clock unix seconds (auth window, token expiry, open_orders cache, frame timestamps); pass
     ``lambda: T0 + trio.current_time()`` to run on trio's (autojump) clock. ``rate`` frames/s starts the paced
-    generator (``None``: activity only via :meth:`FakeExchange.generate`).
+    generator (``None``: activity only via :meth:`FakeExchange.generate`). ``modes``: a :class:`Modes` or mode
+    names (``["unsigned", "refuse-channel=my_token_settlements"]``, see :mod:`tracker.fake.modes`); none by default.
     """
-    model = AccountModel(seed, tuple(markets), user_id, int(clock() * 1_000_000))
+    modes = modes if isinstance(modes, Modes) else Modes.parse(modes)
+    model = AccountModel(seed, tuple(markets), user_id, int(clock() * 1_000_000), modes=modes)
     tokens = TokenStore(clock, token_ttl)
-    api = RestApi(model.state, tokens, user_id, clock)
-    http = HttpApp(api, Authenticator(api_key, api_secret, clock))
-    hub = WsHub(tokens, user_id)
+    api = RestApi(model.state, tokens, user_id, clock, modes=modes)
+    query_form: QueryForm = "query" if modes.get_query_bare else "?query"
+    http = HttpApp(api, Authenticator(api_key, api_secret, clock, query_form=query_form), modes=modes)
+    hub = WsHub(tokens, user_id, modes=modes)
     async with trio.open_nursery() as nursery:
         hp = await nursery.start(
             lambda task_status: serve_http(http, host=host, port=http_port, task_status=task_status)
@@ -251,6 +257,7 @@ async def open_fake_exchange(
             tokens=tokens,
             clock=clock,
             _nursery=nursery,
+            modes=modes,
         )
         fx.set_rate(rate)
         try:

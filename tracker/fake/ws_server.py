@@ -3,6 +3,10 @@ delivery of the model's frames to subscribed connections, and wire faults.
 
 Frames for a channel nobody is subscribed to (or sent while delivery is paused, or to a stalled connection) are
 not queued for later: they exist only in the REST state, which is the gap a tracker must backfill.
+
+In the ``refuse-channel=NAME`` mode (:mod:`tracker.fake.modes`) a subscribe to NAME is always answered with a
+channel-less ``bts:error`` (docs/bitstamp.md §1.3): 4009 "Connection is unauthorized." for a private channel (the one
+documented refusal of a well-formed private subscribe), "Invalid channel provided." for a public one.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import trio
 
 from tracker.fake.auth import TokenStore
 from tracker.fake.model import Emission
+from tracker.fake.modes import Modes
 from tracker.fake.wire import dumps
 from tracker.fake.ws_socket import FaultStream, WsClosed, WsSocket
 
@@ -90,6 +95,7 @@ class WsHub:
     connections_total: int = 0
     client_frames: list[str] = field(default_factory=list)  # every frame received, for tests
     on_client_frame: list[Callable[[str], None]] = field(default_factory=list)
+    modes: Modes = field(default_factory=Modes)
 
     def _notify(self) -> None:
         self.changed.set()
@@ -225,6 +231,12 @@ class WsHub:
             conn.subs.discard(channel)
             self._notify()
             await conn.send.send(ack_frame("bts:unsubscription_succeeded", channel))
+            return True
+        if self.modes.refuses(channel):
+            refusal: tuple[str, int | None] = (
+                ("Connection is unauthorized.", 4009) if private else ("Invalid channel provided.", None)
+            )
+            await conn.send.send(error_frame(*refusal))
             return True
         if private and (private.group(1) != str(self.user_id) or not self.tokens.valid(data.get("auth"))):
             await conn.send.send(error_frame("Connection is unauthorized.", 4009))
