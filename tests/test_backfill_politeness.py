@@ -122,6 +122,9 @@ class MemorySink:
                 new += 1
         return new, len(items) - new
 
+    async def entries_about(self, account: str, trade_ids: list[str], event_ids: list[str]) -> list[Any]:
+        return []  # nothing logged from the websocket here: every REST row is new
+
     async def latest(self, account: str, channel: str, event: str) -> dict[str, Any] | None:
         for entry in reversed(self.entries):
             if entry.channel == channel and entry.event == event:
