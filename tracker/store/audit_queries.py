@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from datetime import time as day_start
 from typing import Any, Final
@@ -150,7 +151,26 @@ def _aware(value: Any) -> datetime | None:
 def integrity(engine: Engine) -> Integrity:
     """``tracker verify``'s two checks: the database's own, then the chain from seq 1 to the head as it is now."""
     started = time.perf_counter()
-    report = check_integrity(engine)
+    # The database's check runs in SQLite's or PostgreSQL's own code (the GIL released): on a thread of its own it
+    # overlaps the chain walk, which is Python (hashing), instead of adding to it (4.5 s + 12 s on a 1M-event log).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-integrity") as pool:
+        checking = pool.submit(check_integrity, engine)
+        walker, broken = _walk_chain(engine)
+        report = checking.result()
+    return Integrity(
+        method=report.method,
+        problems=report.problems,
+        note=report.note,
+        chain_rows=walker.count,
+        head_seq=walker.head,
+        head_hash=walker.head_hash,
+        broken=broken,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _walk_chain(engine: Engine) -> tuple[ChainWalker, str | None]:
+    """``tracker verify``'s walk: seq 1 to the head as it is now; a damaged page ends it with its message."""
     log = EventLog(engine)
     walker = ChainWalker()
     end = log.head()
@@ -166,16 +186,7 @@ def integrity(engine: Engine) -> Integrity:
         broken = f"seq {walker.head + 1}: the row cannot be read ({first_line(error)})"
     if broken is None and (found := walker.finish()) is not None:
         broken = f"seq {found.seq}: {found.reason}"
-    return Integrity(
-        method=report.method,
-        problems=report.problems,
-        note=report.note,
-        chain_rows=walker.count,
-        head_seq=walker.head,
-        head_hash=walker.head_hash,
-        broken=broken,
-        seconds=time.perf_counter() - started,
-    )
+    return walker, broken
 
 
 def tracker_entries(engine: Engine, period: Period) -> tuple[tuple[TrackerEntry, ...], Query]:
