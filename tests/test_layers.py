@@ -30,14 +30,16 @@ IO_LIBRARIES = {
 SQL_LIBRARIES = {"sqlalchemy", "alembic", "psycopg"}
 SQL_LAYERS = {"store", "cli", "migrations"}
 TOP_LEVEL = {"config", "logs", "metrics", "errors", "progress"}
-EVERYTHING = {"domain", "bitstamp", "exchange", "store", "runtime", "cli", "fake", *TOP_LEVEL}
+EVERYTHING = {"domain", "bitstamp", "exchange", "store", "runtime", "cli", "fake", "audit", *TOP_LEVEL}
 # For each layer (package or top-level module): the tracker layers it must not import.
 FORBIDDEN = {
     "domain": EVERYTHING - {"domain", "errors"},
     "bitstamp": EVERYTHING - {"domain", "bitstamp", "errors"},
+    # The audit report's pure document builder (values, coverage fold, charts, HTML): store and cli import it.
+    "audit": EVERYTHING - {"domain", "audit", "errors"},
     "exchange": {"store", "runtime", "cli", "fake", "config", "metrics", "progress"},
     "store": {"exchange", "runtime", "cli", "fake", "config", "metrics"},
-    "fake": {"exchange", "store", "runtime", "cli", "metrics", "progress"},
+    "fake": {"exchange", "store", "runtime", "cli", "metrics", "progress", "audit"},
     "runtime": {"cli"},
     "cli": set(),
     "errors": EVERYTHING - {"errors"},
@@ -46,7 +48,7 @@ FORBIDDEN = {
     "config": EVERYTHING - {"config", "errors"},
     "metrics": EVERYTHING - {"metrics", "errors"},
 }
-PURE = {"domain", "bitstamp", "errors", "config"}
+PURE = {"domain", "bitstamp", "errors", "config", "audit"}
 # orjson is the parser's fast JSON decoder: a pure function of bytes, allowed in the pure wire layer.
 PURE_ALLOWED = {"bitstamp": {"orjson"}}
 

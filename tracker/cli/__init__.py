@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "reconcile",
     "doctor",
     "verify",
+    "audit",
     "rebuild",
     "db",
     "config_cmd",

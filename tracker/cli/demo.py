@@ -155,6 +155,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             open_rows = [tuple(row) for row in conn.execute(query.order_by(orders.c.created_at.desc()))]
     finally:
         engine.dispose()
+    from tracker.cli.audit import write_audit
+
+    audit = Path(db).with_name("tracker-demo-audit.html")
+    write_audit(url, audit)
+    out.write(f"Audit report (open it in a browser; `tracker audit` makes one of any database): {audit}\n")
     print_report(out, db, result, fees.columns, fees.rows, columns, open_rows)
     return 0 if result.verified is not None else 1
 
