@@ -73,7 +73,7 @@ def _expected(name: str, row: Any, dialect: Dialect) -> tuple[Any, ...]:
     out = []
     for field, column in zip(FIELDS[name], table.columns, strict=True):
         value = getattr(row, field)
-        process = column.type._cached_bind_processor(dialect)  # type: ignore[attr-defined]
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
         out.append(process(value) if process is not None and value is not None else value)
     return tuple(out)
 
