@@ -18,8 +18,8 @@ from tracker.domain.rows import TABLES, row_key
 from tracker.store import migrate
 from tracker.store.engine import open_engine, writer
 from tracker.store.event_log import EventLog
-from tracker.store.projection_schema import projector_checkpoint, shadow_tables
 from tracker.store.projection_prefetch import WrittenKeys
+from tracker.store.projection_schema import projector_checkpoint, shadow_tables
 from tracker.store.projections import ProjectionStore
 
 

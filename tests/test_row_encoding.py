@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tracker.domain import rows as row_module
 from tracker.domain.rows import TABLES
-from tracker.store.projection_schema import PROJECTION_TABLES
 from tracker.store.projection_codec import FIELDS, converters, encoder
+from tracker.store.projection_schema import PROJECTION_TABLES
 
 DIALECTS: dict[str, Dialect] = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}
 
