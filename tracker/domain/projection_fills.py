@@ -16,6 +16,8 @@ from tracker.domain.rows import FeesDailyRow, FillRow, OrderLinkRow, SelfTradeRo
 
 
 def apply_fill(state: ProjectionState, event: Fill) -> None:
+    """A new fill: its row, its fee day, its order's link, its position. One seen before: compared (a
+    disagreement opens ``fill_source_mismatch``) and enriched with what the first source lacked."""
     account = event.account
     key = (account, event.trade_id)
     old = state.fills.get(key)
@@ -140,6 +142,7 @@ def _add_fee_day(state: ProjectionState, event: Fill) -> None:
 
 
 def apply_self_trade(state: ProjectionState, event: SelfTrade) -> None:
+    """A self trade (once per key): its row, and its amount offset on both orders (their ``amount_filled``)."""
     occurred_us = unix_us(event.occurred_at)
     key = (event.account, event.market, event.buy_order_id, event.sell_order_id, occurred_us)
     if key in state.self_trades:

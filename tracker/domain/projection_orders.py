@@ -25,6 +25,7 @@ EVENT_ID_LENGTH: Final = 36
 
 
 def order_link(state: ProjectionState, account: str, order_id: str) -> OrderLinkRow:
+    """The order's link row, or an empty one (stored only when put)."""
     row = state.order_links.get((account, order_id))
     if row is None:
         return OrderLinkRow(account, order_id, 0, ZERO, ZERO, None, None)
@@ -32,6 +33,7 @@ def order_link(state: ProjectionState, account: str, order_id: str) -> OrderLink
 
 
 def put_order_link(state: ProjectionState, row: OrderLinkRow) -> None:
+    """Store a link row (a new object: rows are frozen) and mark it dirty."""
     key = (row.account, row.order_id)
     state.order_links[key] = row
     state.dirty["order_links"].add(key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from tracker.domain.events import LiquidationAlert, Settlement
+from tracker.domain.events import LiquidationAlert, Settlement, Side
 from tracker.domain.projection_state import ZERO, ProjectionState, count, unix_us
 from tracker.domain.rows import LiquidationRow, PositionRow, PositionStatus, SettlementRow
 
@@ -75,11 +75,12 @@ def apply_position_fill(
     account: str,
     position_id: str,
     market: str | None,
-    side: str,
+    side: Side,
     amount: Decimal,
     price: Decimal,
     fee: Decimal,
 ) -> None:
+    """A fill of the position: its fees, its signed size, and the cost of what increased it (the entry price)."""
     old = _position_row(state, account, position_id)
     signed = amount if side == "buy" else -amount
     net = old.net_size
@@ -100,6 +101,7 @@ def apply_position_fill(
 
 
 def apply_settlement(state: ProjectionState, event: Settlement) -> None:
+    """A settlement (first-learned per key); a position's ``settlement`` adds to its realised PnL."""
     key = (event.account, event.kind, event.transaction_id)
     if key in state.settlements:
         count(state, event.account, f"settlement_seen_again:{event.source}", event.seq)
@@ -142,6 +144,7 @@ def apply_settlement(state: ProjectionState, event: Settlement) -> None:
 
 
 def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
+    """A liquidation alert: its row, and its position's liquidation state (``liquidated`` is final)."""
     occurred_us = unix_us(event.occurred_at)
     key = (event.account, event.position_id, event.kind, occurred_us)
     state.liquidations[key] = LiquidationRow(
