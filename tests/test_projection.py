@@ -492,3 +492,16 @@ def test_stale_replayed_event_does_not_reopen() -> None:
     state = project(log)
     assert (order(state, "1").status, order(state, "1").amount_remaining) == ("filled", D(0))
     assert state.counters[("acc", "order_event_stale")].value == 1
+
+
+def test_order_side_first_learned_and_kept() -> None:
+    """An order event whose ``order_type`` is missing or unknown has no side: the row's side stays unknown until an
+    event names it, and a later event without one does not erase it (``OrderRow.side`` is the events' ``Side``)."""
+    log = Log()
+    log.ws(order_frame("order_created", "30", side=7))
+    assert order(project(log), "30").side is None
+    log.ws(order_frame("order_changed", "30", side=1, amount="0.5", amount_traded="0.5"))
+    assert order(project(log), "30").side == "sell"
+    log.ws(order_frame("order_deleted", "30", side=9, amount="0", amount_traded="0.5"))
+    row = order(project(log), "30")
+    assert (row.side, row.status) == ("sell", "filled")

@@ -132,7 +132,7 @@ TABLES_COMPARED = ("orders", "fills", "fees_daily", "positions", "settlements", 
 
 
 def _comparable(state: ProjectionState, table: str) -> dict[Any, dict[str, Any]]:
-    return {k: {f: v for f, v in asdict(r).items() if f not in IGNORED} for k, r in state.table(table).items()}
+    return {k: {f: v for f, v in asdict(r).items() if f not in IGNORED} for k, r in state.rows_of(table).items()}
 
 
 @pytest.mark.parametrize("rest_first", [False, True], ids=["ws_first", "rest_first"])

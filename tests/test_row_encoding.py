@@ -1,6 +1,6 @@
 """The projection store's generated row encoders give the driver exactly what the SQLAlchemy column types would.
 
-The store skips SQLAlchemy's per-value processing on its hot path (``projections._encoder``); these tests hold it to
+The store skips SQLAlchemy's per-value processing on its hot path (``projection_codec.encoder``); these tests hold it to
 the column types' own bind processors, for every table and both dialects, including the unusual values (decimals
 in exponent form, non-UTC offsets) that take the slow branch.
 """
@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tracker.domain import rows as row_module
 from tracker.domain.rows import TABLES
+from tracker.store.projection_codec import FIELDS, converters, encoder
 from tracker.store.projection_schema import PROJECTION_TABLES
-from tracker.store.projections import _FIELDS, _converters, _encoder
 
 DIALECTS: dict[str, Dialect] = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}
 
@@ -71,9 +71,9 @@ def _rows(name: str) -> st.SearchStrategy[Any]:
 def _expected(name: str, row: Any, dialect: Dialect) -> tuple[Any, ...]:
     table = PROJECTION_TABLES[name]
     out = []
-    for field, column in zip(_FIELDS[name], table.columns, strict=True):
+    for field, column in zip(FIELDS[name], table.columns, strict=True):
         value = getattr(row, field)
-        process = column.type._cached_bind_processor(dialect)  # type: ignore[attr-defined]
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
         out.append(process(value) if process is not None and value is not None else value)
     return tuple(out)
 
@@ -84,13 +84,13 @@ def _expected(name: str, row: Any, dialect: Dialect) -> tuple[Any, ...]:
 @given(data=st.data())
 def test_encoder_equals_the_column_types(name: str, dialect_name: str, data: st.DataObject) -> None:
     dialect = DIALECTS[dialect_name]
-    encode = _encoder(_FIELDS[name], _converters(PROJECTION_TABLES[name], dialect_name))
+    encode = encoder(FIELDS[name], converters(PROJECTION_TABLES[name], dialect_name))
     rows = data.draw(st.lists(_rows(name), min_size=1, max_size=4))
     assert encode(rows) == [_expected(name, row, dialect) for row in rows]
 
 
 def test_non_finite_money_and_naive_times_are_refused() -> None:
-    encode = _encoder(_FIELDS["fills"], _converters(PROJECTION_TABLES["fills"], "sqlite"))
+    encode = encoder(FIELDS["fills"], converters(PROJECTION_TABLES["fills"], "sqlite"))
     good = TABLES["fills"](
         "a", "t", None, None, "buy", Decimal(1), Decimal(2), Decimal(0), datetime.now(UTC), None, False, "ws", 1
     )

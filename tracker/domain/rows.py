@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar, Final, Literal
 
+from tracker.domain.events import Side
 from tracker.domain.frozen import fast_init
 
 OrderStatus = Literal["open", "filled", "cancelled", "replaced"]
@@ -29,7 +30,7 @@ class OrderRow:
     account: str
     order_id: str
     market: str
-    side: str | None
+    side: Side | None  # None until an event names it (order_type missing or unknown)
     amount: Decimal
     amount_remaining: Decimal
     amount_filled: Decimal
@@ -72,7 +73,7 @@ class FillRow:
     trade_id: str
     order_id: str | None
     market: str | None
-    side: str
+    side: Side
     amount: Decimal
     price: Decimal
     fee: Decimal

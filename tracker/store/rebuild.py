@@ -26,6 +26,7 @@ import fcntl
 import gc
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -137,11 +138,19 @@ def _remove(scratch: Path) -> None:
 @contextmanager
 def _attached(conn: Connection, files: Mapping[str, Path]) -> Iterator[None]:
     """``files`` (schema name -> scratch file) attached to ``conn`` meanwhile (outside any transaction: SQLite
-    refuses ``ATTACH`` inside one, so on the driver's connection, which issues no ``BEGIN`` of its own)."""
+    refuses ``ATTACH`` inside one, so on the driver's connection, which issues no ``BEGIN`` of its own). No files
+    (the shadow is beside the live tables, as on PostgreSQL): nothing to do."""
+    if not files:
+        yield
+        return
     raw = conn.connection.driver_connection
+    if not isinstance(raw, sqlite3.Connection):
+        raise TypeError(f"scratch databases are attached on SQLite connections only, not {type(raw).__name__}")
     attached: list[str] = []
     try:
         for schema, path in files.items():
+            if not schema.isidentifier():  # a schema name cannot be a bound parameter: ours are constants
+                raise ValueError(f"bad schema name {schema!r}")
             raw.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
             attached.append(schema)
         yield

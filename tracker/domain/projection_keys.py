@@ -1,9 +1,10 @@
 """Which projection rows an event will read: the keys the store prefetches before folding a batch.
 
-Pure (no I/O). It mirrors what ``tracker.domain.projection.apply`` looks up; it does not need to be perfect, because
-the store loads any row the fold asks for that was not prefetched (``projections._LazyTable``) — a miss only costs one
-query, and the tests count misses so this list does not silently drift from the fold. Rows the fold only *writes*
-(a new discrepancy, a liquidation alert) need no prefetch.
+Pure (no I/O), beside the fold it mirrors: what ``tracker.domain.projection.apply`` looks up (``get`` / ``in``, the
+read rule). It does not need to be perfect, because the store loads any row the fold asks for that was not
+prefetched (``tracker.store.projection_prefetch.LazyTable``): a miss only costs one query, and the tests count
+misses so this list does not silently drift from the fold. Rows the fold only *writes* (a new discrepancy, a
+liquidation alert) need no prefetch. Change it with the folding modules (``projection_orders`` and the others).
 
 Discrepancies that an order's link row points at (``OrderLinkRow.mismatch_id``) are a second step: they are known
 only once the links are loaded (``discrepancy_keys_of_links``).
@@ -12,8 +13,7 @@ only once the links are loaded (``discrepancy_keys_of_links``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, assert_never
 
 from tracker.domain.events import (
     AccountTransaction,
@@ -32,17 +32,11 @@ from tracker.domain.events import (
     TokenReady,
     Unknown,
 )
-from tracker.domain.projection import ALL_SOURCES
+from tracker.domain.projection_orders import ALL_SOURCES
+from tracker.domain.projection_state import unix_us
 from tracker.domain.rows import TABLES, OrderLinkRow
 
-Keys = dict[str, set[tuple[Any, ...]]]
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def unix_us(value: datetime) -> int:
-    """Microseconds since the epoch, exactly (the fold's ``occurred_us`` key columns)."""
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+Keys = dict[str, set[tuple[Any, ...]]]  # table name -> row keys
 
 
 def empty_keys() -> Keys:
@@ -108,9 +102,12 @@ def add_keys_for(keys: Keys, event: DomainEvent) -> None:
         case Unknown():
             counters.add((account, "unknown"))
             counters.add((account, f"unknown:{event.source}:{event.event}"[:200]))
+        case _:
+            assert_never(event)
 
 
 def keys_for(events: Iterable[DomainEvent]) -> Keys:
+    """The keys of the rows folding ``events`` may read, per table."""
     keys = empty_keys()
     for event in events:
         add_keys_for(keys, event)
@@ -118,4 +115,5 @@ def keys_for(events: Iterable[DomainEvent]) -> Keys:
 
 
 def discrepancy_keys_of_links(links: Iterable[OrderLinkRow]) -> set[tuple[Any, ...]]:
+    """The open ``order_fills_mismatch`` discrepancies the loaded link rows point at (the fold may resolve them)."""
     return {(link.account, link.mismatch_id) for link in links if link.mismatch_id is not None}

@@ -1,0 +1,177 @@
+"""Folding fills and self trades: the ``fills`` rows, the daily fee sums, and what a fill or a self trade changes
+in its order (the link row, via ``projection_orders``) and its position (via ``projection_positions``).
+
+Entry points: ``apply_fill`` and ``apply_self_trade``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from tracker.domain.events import Fill, SelfTrade
+from tracker.domain.projection_orders import order_link, put_order_link, recompute_order
+from tracker.domain.projection_positions import apply_position_fill
+from tracker.domain.projection_state import ProjectionState, count, open_discrepancy, unix_us
+from tracker.domain.rows import FeesDailyRow, FillRow, OrderLinkRow, SelfTradeRow
+
+
+def apply_fill(state: ProjectionState, event: Fill) -> None:
+    """A new fill: its row, its fee day, its order's link, its position. One seen before: compared (a
+    disagreement opens ``fill_source_mismatch``) and enriched with what the first source lacked."""
+    account = event.account
+    key = (account, event.trade_id)
+    old = state.fills.get(key)
+    if old is not None:
+        if old.amount != event.amount or old.price != event.price or old.fee != event.fee:
+            open_discrepancy(
+                state,
+                account,
+                f"fill_source_mismatch:{event.trade_id}:{event.seq}",
+                "fill_source_mismatch",
+                f"fill:{event.trade_id}",
+                f"first {old.source} amount={old.amount} price={old.price} fee={old.fee}; "
+                f"then {event.source} amount={event.amount} price={event.price} fee={event.fee}",
+                event.seq,
+            )
+        else:
+            count(state, account, f"fill_seen_again:{event.source}", event.seq)
+        _enrich_fill(state, old, event)
+        return
+    # Positional, in field order: keyword arguments cost ~0.7 µs more a call (a rebuild makes millions).
+    state.fills[key] = FillRow(
+        account,  # account
+        event.trade_id,  # trade_id
+        event.order_id,  # order_id
+        event.market,  # market
+        event.side,  # side
+        event.amount,  # amount
+        event.price,  # price
+        event.fee,  # fee
+        event.executed_at,  # executed_at
+        event.position_id,  # position_id
+        event.is_liquidation,  # is_liquidation
+        event.source,  # source
+        event.seq,  # seq
+    )
+    state.dirty["fills"].add(key)
+    _add_fee_day(state, event)
+    if event.order_id is not None:
+        _add_order_fill(state, account, event.order_id, event.amount, event.seq)
+    if event.position_id is not None:
+        apply_position_fill(
+            state, account, event.position_id, event.market, event.side, event.amount, event.price, event.fee
+        )
+
+
+def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
+    """A fill learned again fills in what the first source lacked (REST ``user_transactions`` has no position id,
+    a REST ``datetime`` may lack microseconds); amount, price, fee, side and source stay first-learned."""
+    order_id = old.order_id if old.order_id is not None else event.order_id
+    position_id = old.position_id if old.position_id is not None else event.position_id
+    executed_at = old.executed_at
+    if (
+        old.executed_at.microsecond == 0
+        and event.executed_at.microsecond != 0
+        and event.executed_at.replace(microsecond=0) == old.executed_at
+    ):
+        executed_at = event.executed_at
+    is_liquidation = old.is_liquidation or event.is_liquidation
+    if (order_id, position_id, executed_at, is_liquidation) == (
+        old.order_id,
+        old.position_id,
+        old.executed_at,
+        old.is_liquidation,
+    ):
+        return
+    key = (old.account, old.trade_id)
+    state.fills[key] = FillRow(
+        old.account,
+        old.trade_id,
+        order_id,
+        old.market,
+        old.side,
+        old.amount,
+        old.price,
+        old.fee,
+        executed_at,
+        position_id,
+        is_liquidation,
+        old.source,
+        old.seq,
+    )
+    state.dirty["fills"].add(key)
+    if old.order_id is None and order_id is not None:
+        _add_order_fill(state, old.account, order_id, old.amount, event.seq)
+    if old.position_id is None and position_id is not None:
+        apply_position_fill(state, old.account, position_id, old.market, old.side, old.amount, old.price, old.fee)
+
+
+def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount: Decimal, seq: int) -> None:
+    link = order_link(state, account, order_id)
+    put_order_link(
+        state,
+        OrderLinkRow(
+            link.account,
+            link.order_id,
+            link.fills_count + 1,
+            link.fills_sum + amount,
+            link.self_trade_offset,
+            link.replaced_by,
+            link.mismatch_id,
+        ),
+    )
+    recompute_order(state, account, order_id, seq)
+
+
+def _add_fee_day(state: ProjectionState, event: Fill) -> None:
+    day = event.executed_at.date().isoformat()
+    key = (event.account, day, event.market or "")
+    row = state.fees_daily.get(key)
+    quote = event.amount * event.price
+    if row is None:
+        row = FeesDailyRow(key[0], day, key[2], 1, quote, event.amount, event.fee)
+    else:
+        row = FeesDailyRow(
+            key[0], day, key[2], row.fills + 1, row.volume + quote, row.base_volume + event.amount, row.fees + event.fee
+        )
+    state.fees_daily[key] = row
+    state.dirty["fees_daily"].add(key)
+
+
+# --- self trades ----------------------------------------------------------------------------------------------------
+
+
+def apply_self_trade(state: ProjectionState, event: SelfTrade) -> None:
+    """A self trade (once per key): its row, and its amount offset on both orders (their ``amount_filled``)."""
+    occurred_us = unix_us(event.occurred_at)
+    key = (event.account, event.market, event.buy_order_id, event.sell_order_id, occurred_us)
+    if key in state.self_trades:
+        count(state, event.account, "self_trade_seen_again", event.seq)
+        return
+    state.self_trades[key] = SelfTradeRow(
+        event.account,
+        event.market,
+        event.buy_order_id,
+        event.sell_order_id,
+        occurred_us,
+        event.amount,
+        event.price,
+        event.occurred_at,
+        event.seq,
+    )
+    state.dirty["self_trades"].add(key)
+    for order_id in dict.fromkeys((event.buy_order_id, event.sell_order_id)):
+        link = order_link(state, event.account, order_id)
+        put_order_link(
+            state,
+            OrderLinkRow(
+                link.account,
+                link.order_id,
+                link.fills_count,
+                link.fills_sum,
+                link.self_trade_offset + event.amount,
+                link.replaced_by,
+                link.mismatch_id,
+            ),
+        )
+        recompute_order(state, event.account, order_id, event.seq)

@@ -1,0 +1,191 @@
+"""The projection's state: one table per row type, the checkpoint, the dirty keys; and the small writes all the
+folding modules share (counters, discrepancies).
+
+The tables are typed as ``StateTable``: the three operations the fold may use on them (``get``, ``in``, item
+assignment; the read rule in ``tracker.domain.projection``'s docstring says why). A plain ``dict`` is one; a store
+passes its own tables in by construction (``ProjectionState(tables=...)``, e.g. tables that load a row from the
+database when the fold asks for one that was not prefetched). Whole-table operations (``to_rows``, ``changed_rows``,
+``==``) are for in-memory states and are not part of the fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final, Protocol, TypeVar
+
+from tracker.domain.rows import (
+    TABLES,
+    CounterRow,
+    DiscrepancyRow,
+    FeesDailyRow,
+    FillRow,
+    LiquidationRow,
+    OrderLinkRow,
+    OrderRow,
+    PositionRow,
+    Row,
+    SelfTradeRow,
+    SettlementRow,
+    StreamRow,
+    row_key,
+)
+
+ZERO: Final = Decimal(0)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+K = TypeVar("K", contravariant=True)
+R = TypeVar("R")
+
+
+def unix_us(value: datetime) -> int:
+    """Microseconds since the epoch, exactly (the ``occurred_us`` key columns)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class StateTable(Protocol[K, R]):
+    """What the fold may do with a state table, and all it may do (the read rule: see ``tracker.domain.projection``).
+
+    No iteration, no ``len``, no ``table[key]`` reads, no deletes: a store may hand the fold a table that holds only
+    the rows it prefetched and loads the others on ``get`` / ``in``, so an answer from any other operation would be
+    about the prefetched rows only, not about the table. ``dict`` satisfies this protocol.
+    """
+
+    def get(self, key: K, /) -> R | None: ...
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+    def __setitem__(self, key: K, value: R, /) -> None: ...
+
+
+class ProjectionState:
+    """All projection state: one table per row type (key → row), the checkpoint and the dirty keys per table.
+
+    ``tables``: the store's own ``StateTable`` per name in ``TABLES`` (all of them); by default empty dicts.
+    """
+
+    __slots__ = (
+        "checkpoint",
+        "counters",
+        "dirty",
+        "discrepancies",
+        "fees_daily",
+        "fills",
+        "liquidations",
+        "order_links",
+        "orders",
+        "positions",
+        "self_trades",
+        "settlements",
+        "streams",
+    )
+
+    def __init__(self, tables: Mapping[str, StateTable[Any, Any]] | None = None) -> None:
+        if tables is None:
+            tables = {name: {} for name in TABLES}
+        elif tables.keys() != TABLES.keys():
+            raise ValueError(f"tables {sorted(tables)} are not the projection's {sorted(TABLES)}")
+        self.checkpoint: int = 0
+        self.orders: StateTable[tuple[str, str], OrderRow] = tables["orders"]
+        self.order_links: StateTable[tuple[str, str], OrderLinkRow] = tables["order_links"]
+        self.fills: StateTable[tuple[str, str], FillRow] = tables["fills"]
+        self.fees_daily: StateTable[tuple[str, str, str], FeesDailyRow] = tables["fees_daily"]
+        self.self_trades: StateTable[tuple[str, str, str, str, int], SelfTradeRow] = tables["self_trades"]
+        self.settlements: StateTable[tuple[str, str, str], SettlementRow] = tables["settlements"]
+        self.liquidations: StateTable[tuple[str, str, str, int], LiquidationRow] = tables["liquidations"]
+        self.positions: StateTable[tuple[str, str], PositionRow] = tables["positions"]
+        self.discrepancies: StateTable[tuple[str, str], DiscrepancyRow] = tables["discrepancies"]
+        self.streams: StateTable[tuple[str, str, str], StreamRow] = tables["streams"]
+        self.counters: StateTable[tuple[str, str], CounterRow] = tables["counters"]
+        self.dirty: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
+
+    def table(self, name: str) -> StateTable[Any, Any]:
+        if name not in TABLES:
+            raise KeyError(name)
+        result: StateTable[Any, Any] = getattr(self, name)
+        return result
+
+    def rows_of(self, name: str) -> Mapping[Any, Row]:
+        """The table ``name`` as a mapping (an in-memory table; not for the fold, see ``StateTable``)."""
+        table = self.table(name)
+        if not isinstance(table, Mapping):
+            raise TypeError(f"table {name} is a {type(table).__name__}, not a mapping")
+        return table
+
+    def to_rows(self) -> dict[str, list[Row]]:
+        """Every row of every table, in key order (deterministic)."""
+        result: dict[str, list[Row]] = {}
+        for name in TABLES:
+            table = self.rows_of(name)
+            result[name] = [table[key] for key in sorted(table, key=_sort_key)]
+        return result
+
+    @classmethod
+    def from_rows(cls, rows: Mapping[str, Iterable[Row]], checkpoint: int) -> ProjectionState:
+        """Rebuild a state from persisted rows (unknown table names are an error). Nothing is dirty."""
+        state = cls()
+        state.checkpoint = checkpoint
+        for name, items in rows.items():
+            table = state.table(name)
+            row_type = TABLES[name]
+            for row in items:
+                if not isinstance(row, row_type):
+                    raise TypeError(f"table {name} holds {row_type.__name__}, got {type(row).__name__}")
+                table[row_key(row)] = row
+        return state
+
+    def changed_rows(self) -> dict[str, list[Row]]:
+        """The rows whose keys are dirty, per table (what the persister upserts)."""
+        return {
+            name: [self.rows_of(name)[key] for key in sorted(keys, key=_sort_key)]
+            for name, keys in self.dirty.items()
+            if keys
+        }
+
+    def clear_dirty(self) -> None:
+        for keys in self.dirty.values():
+            keys.clear()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProjectionState):
+            return NotImplemented
+        return self.checkpoint == other.checkpoint and all(self.table(n) == other.table(n) for n in TABLES)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(part) for part in key)
+
+
+# --- the small writes every folding module makes --------------------------------------------------------------------
+
+
+def count(state: ProjectionState, account: str, name: str, seq: int) -> None:
+    """Count one more ``name`` (a ``CounterRow``: things no table shows)."""
+    key = (account, name)
+    row = state.counters.get(key)
+    state.counters[key] = CounterRow(account, name, 1 if row is None else row.value + 1, seq)
+    state.dirty["counters"].add(key)
+
+
+def open_discrepancy(
+    state: ProjectionState, account: str, discrepancy_id: str, kind: str, entity: str, detail: str, seq: int
+) -> None:
+    key = (account, discrepancy_id)
+    state.discrepancies[key] = DiscrepancyRow(account, discrepancy_id, kind, entity, detail, "open", seq, None)
+    state.dirty["discrepancies"].add(key)
+
+
+def resolve_discrepancy(state: ProjectionState, account: str, discrepancy_id: str, seq: int, detail: str) -> None:
+    """Resolve an open discrepancy (a missing or already resolved one: nothing to do)."""
+    key = (account, discrepancy_id)
+    row = state.discrepancies.get(key)
+    if row is None or row.status == "resolved":
+        return
+    state.discrepancies[key] = DiscrepancyRow(
+        account, discrepancy_id, row.kind, row.entity, detail or row.detail, "resolved", row.opened_seq, seq
+    )
+    state.dirty["discrepancies"].add(key)

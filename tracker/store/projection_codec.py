@@ -1,0 +1,152 @@
+"""Writing projection rows fast: rows → driver parameters (generated encoders) and the upsert statements.
+
+The hot path of a rebuild writes millions of rows. SQLAlchemy's per-value processing (``Money``, ``UtcDateTime``
+bind processors, called per value through the compiled statement) would cost more than the fold itself, so the
+store writes each table with ``exec_driver_sql`` and parameters made here:
+
+- ``upsert``: ``INSERT ... ON CONFLICT DO UPDATE`` of every non-key column (SQLite and PostgreSQL);
+  ``fast_upsert``: the same compiled once to positional driver SQL, values in the table's column order;
+- ``encoder``: one function per table, ``rows -> [tuple of column values]``, generated from the row type's field
+  names (as ``dataclasses`` makes ``__init__``), each converted column inlined as an expression: no Python-level
+  loop over the columns and no call per value in the usual cases.
+
+``tests/test_row_encoding.py`` holds every encoder, for every table and both dialects, to the column types' own
+bind processors, including the values that take the slow branch (decimals in exponent form, non-UTC offsets).
+``RowUpserts`` puts the two together for the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Executable
+
+from tracker.domain.money import plain_decimal as decimal_text
+from tracker.domain.rows import TABLES, Row
+from tracker.store.projection_schema import Money
+from tracker.store.schema import UtcDateTime
+
+FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    name: tuple(f.name for f in dataclasses.fields(row_type)) for name, row_type in TABLES.items()
+}  # per table, the row type's field names: the columns, in order
+Encoder = Callable[[Sequence[Row]], list[tuple[Any, ...]]]
+
+
+def _stamp_sqlite(value: datetime) -> str:
+    """What ``UtcDateTime`` stores on SQLite (SQLAlchemy's DateTime text in UTC, always with microseconds)."""
+    if value.tzinfo is UTC:  # the usual case: what the parser makes (isoformat ends "+00:00")
+        return value.isoformat(" ", "microseconds")[:-6]
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: tracker stores aware UTC datetimes only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _money_postgres(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Inline:
+    """A converter written into the generated encoder as an expression (``{v}``: the value, not ``None``): no
+    Python-level call per value. ``names``: what the expression refers to."""
+
+    expression: str
+    names: Mapping[str, Any]
+
+
+# The usual cases inline, anything else through the function that says what is wrong. A row's Decimals are finite
+# (the parser refuses others; the default decimal context traps overflow and invalid operations); checked anyway.
+SQLITE_MONEY: Final = Inline(
+    "(_format({v}, 'f') if _is_finite({v}) else _decimal_text({v}))",
+    {"_format": format, "_is_finite": Decimal.is_finite, "_decimal_text": decimal_text},
+)
+SQLITE_STAMP: Final = Inline(
+    "({v}.isoformat(' ', 'microseconds')[:-6] if {v}.tzinfo is _UTC else _stamp_sqlite({v}))",
+    {"_UTC": UTC, "_stamp_sqlite": _stamp_sqlite},
+)
+Converter = Callable[[Any], Any] | Inline | None
+
+
+def converters(table: Table, dialect_name: str) -> tuple[Converter, ...]:
+    """Per column, how to turn a row's value (not ``None``) into what the driver takes (what the column types
+    would do)."""
+    result: list[Converter] = []
+    for column in table.columns:
+        if isinstance(column.type, Money):
+            result.append(SQLITE_MONEY if dialect_name == "sqlite" else _money_postgres)
+        elif isinstance(column.type, UtcDateTime) and dialect_name == "sqlite":
+            result.append(SQLITE_STAMP)
+        else:
+            result.append(None)
+    return tuple(result)
+
+
+def encoder(fields: Sequence[str], converters: Sequence[Converter]) -> Encoder:
+    """``rows -> [values in column order]`` for one table: a comprehension generated from the field names (as
+    ``dataclasses`` makes ``__init__``), a converted column as ``None if v is None else convert(v)``: no per-row
+    loop over the columns."""
+    if len(fields) != len(converters) or not all(name.isidentifier() for name in fields):
+        raise RuntimeError(f"fields {fields} do not match the columns")
+    namespace: dict[str, Any] = {}
+    values: list[str] = []
+    for i, (name, convert) in enumerate(zip(fields, converters, strict=True)):
+        if convert is None:
+            values.append(f"r.{name}")
+        elif isinstance(convert, Inline):
+            namespace.update(convert.names)
+            values.append(f"(None if (v{i} := r.{name}) is None else {convert.expression.format(v=f'v{i}')})")
+        else:
+            namespace[f"_c{i}"] = convert
+            values.append(f"(None if (v{i} := r.{name}) is None else _c{i}(v{i}))")
+    source = f"def encode(rows):\n    return [({', '.join(values)},) for r in rows]\n"
+    exec(source, namespace)  # generated from the row type's field names (identifiers, checked above)
+    result: Encoder = namespace["encode"]
+    return result
+
+
+def upsert(table: Table, dialect_name: str) -> Executable:
+    """Insert, or on a key conflict update every non-key column (a projected row is replaced whole)."""
+    module = postgresql if dialect_name == "postgresql" else sqlite
+    statement = module.insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    updates = {column.name: statement.excluded[column.name] for column in table.columns if not column.primary_key}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def fast_upsert(table: Table, dialect: Dialect) -> str:
+    """The upsert as positional driver SQL (values in the table's column order), for ``exec_driver_sql``."""
+    positional = dialect if dialect.positional else type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+    keys = [column.key for column in table.columns]
+    compiled = upsert(table, dialect.name).compile(dialect=positional, column_keys=keys)  # type: ignore[attr-defined]
+    if list(compiled.positiontup or ()) != keys:
+        raise RuntimeError(f"unexpected parameter order in {compiled}")
+    return str(compiled)
+
+
+class RowUpserts:
+    """Upserts rows into a set of projection tables (``tables``: name -> table of that row type), one
+    ``executemany`` per table."""
+
+    __slots__ = ("encoders", "statements")
+
+    def __init__(self, tables: Mapping[str, Table], dialect: Dialect) -> None:
+        self.statements = {name: fast_upsert(table, dialect) for name, table in tables.items()}
+        self.encoders = {name: encoder(FIELDS[name], converters(table, dialect.name)) for name, table in tables.items()}
+
+    def write(self, conn: Connection, changed: Mapping[str, Sequence[Row]]) -> int:
+        """Upsert ``changed`` (rows per table name) in the caller's transaction; returns the rows written."""
+        written = 0
+        for name, rows in changed.items():
+            if rows:
+                conn.exec_driver_sql(self.statements[name], self.encoders[name](rows))
+                written += len(rows)
+        return written

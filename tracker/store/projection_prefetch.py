@@ -1,0 +1,249 @@
+"""Prefetching a batch's rows: the state a batch is folded into, loaded before the fold, one job in four layers.
+
+The projector keeps no state between batches (memory stays bounded by the batch), so each batch starts from the
+stored rows it will read. Reading them one query per row would cost more than the fold; these layers make it a few
+queries per batch, and each is only a speed trick (the rows folded are the stored rows either way):
+
+1. Keys: ``tracker.domain.projection_keys`` names the rows the batch's events will read; they are loaded with one
+   ``a = ? AND b = ? AND last IN (...)`` query per key prefix and chunk (``load_rows_by_key``).
+2. ``LazyTable``: the state's tables (handed to ``ProjectionState(tables=...)``, the domain's seam for this). A row
+   the fold asks for that the keys did not predict is loaded then, one query per miss; misses are counted (the tests
+   keep them near zero, so the key list does not drift from the fold). This is safe because of the fold's read rule
+   (``tracker.domain.projection``): it reads a table only through ``get`` and ``in``, which ``LazyTable`` answers
+   for the whole stored table, never by iterating or counting what happens to be in memory.
+3. The previous batch's tables: when the checkpoint is still the one this store wrote (nobody else wrote since),
+   a row that batch read or wrote is taken from memory instead of queried again (at most one batch kept).
+4. For a ``fresh`` store (the rebuild's shadow tables, empty when it started, this store their only writer): a key
+   this store never wrote has no row, so it is not queried at all. ``WrittenKeys`` (a Bloom filter) knows the
+   written keys; the parallel rebuild's workers use their ``touched`` sets instead (``TouchedKeys``).
+
+If another writer moves the checkpoint all the same, layers 3 and 4 are dropped for good (``Prefetcher.refused``,
+or seen at the next ``load``) and the store queries as an ordinary one does.
+
+``touched`` (the parallel rebuild's proof that its parts are independent): per table, ``hash(key)`` of every row
+key the fold read or wrote, from the ``LazyTable``'s ``known`` keys and the dirty ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from sqlalchemy import Connection, Table, and_, select
+
+from tracker.domain.projection import ProjectionState
+from tracker.domain.projection_keys import Keys, discrepancy_keys_of_links
+from tracker.domain.rows import TABLES, OrderLinkRow, Row
+
+IN_CHUNK: Final = 400  # keys per IN (...) query, well under SQLite's bound-parameter limit
+Key = tuple[Any, ...]
+
+
+def load_rows_by_key(conn: Connection, table: Table, name: str, keys: Iterable[Key]) -> list[Row]:
+    """The stored rows of ``table`` (holding ``TABLES[name]`` rows) with the given keys; absent keys are missing."""
+    row_type = TABLES[name]
+    key_columns = [table.c[column] for column in row_type.KEY]  # type: ignore[attr-defined]
+    # Group by every key column but the last: `a = ? AND b = ? AND last IN (...)` uses the primary key index.
+    groups: dict[Key, list[Any]] = {}
+    for key in keys:
+        groups.setdefault(tuple(key[:-1]), []).append(key[-1])
+    rows: list[Row] = []
+    for prefix, lasts in groups.items():
+        condition = and_(*(column == value for column, value in zip(key_columns, prefix, strict=False)))
+        for start in range(0, len(lasts), IN_CHUNK):
+            chunk = lasts[start : start + IN_CHUNK]
+            query = select(table).where(condition, key_columns[-1].in_(chunk))
+            rows.extend(row_type(*values) for values in conn.execute(query))
+    return rows
+
+
+class LazyTable(dict[Key, Row]):
+    """A state table (a ``StateTable``) holding the prefetched rows, that loads a row the fold asks for but the
+    prefetch did not predict (one query per miss). ``get`` and ``in`` answer for the stored table; nothing else is
+    overridden, so iterating or counting one would see the rows in memory only: the fold does neither (the read
+    rule), the store does after the fold, when it wants exactly those."""
+
+    __slots__ = ("known", "load", "misses")
+
+    def __init__(self, load: Callable[[Key], Row | None]) -> None:
+        super().__init__()
+        self.known: set[Key] = set()  # keys whose stored row (or absence) is in this dict
+        self.load = load
+        self.misses = 0
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        row = dict.get(self, key)
+        if row is not None or key in self.known:
+            return default if row is None else row
+        self.known.add(key)
+        self.misses += 1
+        row = self.load(key)
+        if row is None:
+            return default
+        dict.__setitem__(self, key, row)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None
+
+
+class WrittenKeys:
+    """A Bloom filter of the keys a ``fresh`` store has written: "not written" is certain (no query needed, the row
+    does not exist), "written" may be wrong (then one query finds nothing). 2**26 bits (8 MiB), two probes: about
+    0.3% false "written" at 2M keys, where a set of the keys themselves would take ~150 MB."""
+
+    __slots__ = ("bits", "salts")
+    SIZE: Final = 1 << 26
+
+    def __init__(self) -> None:
+        self.bits = bytearray(self.SIZE >> 3)
+        self.salts = {name: hash(name) for name in TABLES}
+
+    def add_all(self, name: str, keys: Iterable[Key]) -> None:
+        bits, mask, salt = self.bits, self.SIZE - 1, self.salts[name]
+        for key in keys:
+            h = hash(key) ^ salt
+            first, second = h & mask, (h >> 32) & mask
+            bits[first >> 3] |= 1 << (first & 7)
+            bits[second >> 3] |= 1 << (second & 7)
+
+    def maybe(self, name: str, key: Key) -> bool:
+        bits, mask = self.bits, self.SIZE - 1
+        h = hash(key) ^ self.salts[name]
+        first, second = h & mask, (h >> 32) & mask
+        return bool(bits[first >> 3] & (1 << (first & 7))) and bool(bits[second >> 3] & (1 << (second & 7)))
+
+
+class TouchedKeys:
+    """The ``touched`` sets as a fresh store's "written" filter, instead of the Bloom filter when they are kept
+    anyway: a key written is a key touched, so a key whose hash is not there was never written (exact but for
+    64-bit hash collisions, which only cost a query). A table without a set: "maybe"."""
+
+    __slots__ = ("touched",)
+
+    def __init__(self, touched: Mapping[str, set[int]]) -> None:
+        self.touched = touched
+
+    def add_all(self, name: str, keys: Iterable[Key]) -> None:
+        """Nothing: ``Prefetcher.committed`` adds every touched key to the sets itself."""
+
+    def maybe(self, name: str, key: Key) -> bool:
+        hashes = self.touched.get(name)
+        return hashes is None or hash(key) in hashes
+
+
+class WrittenFilter(Protocol):
+    def add_all(self, name: str, keys: Iterable[Key], /) -> None: ...
+
+    def maybe(self, name: str, key: Key, /) -> bool: ...
+
+
+@dataclass(slots=True)
+class Batch:
+    """One batch's state and its tables (the same objects: ``state.orders is tables["orders"]``)."""
+
+    state: ProjectionState
+    tables: dict[str, LazyTable]
+
+    @property
+    def misses(self) -> int:
+        """Rows the fold read that were not prefetched (each cost a query)."""
+        return sum(table.misses for table in self.tables.values())
+
+    def changed(self) -> dict[str, list[Row]]:
+        """The dirty rows per table, unsorted (the database does not care about the order)."""
+        return {name: [self.tables[name][key] for key in keys] for name, keys in self.state.dirty.items() if keys}
+
+
+class Prefetcher:
+    """Layers 1-4 of the module docstring for one store's ``tables``. ``fresh`` and ``touched``: as
+    ``ProjectionStore`` takes them."""
+
+    def __init__(self, tables: Mapping[str, Table], *, fresh: bool, touched: Mapping[str, set[int]] | None) -> None:
+        self.tables = tables
+        self.touched = touched
+        self.new_touched: dict[str, set[int]] = {}  # the hashes the last committed batch added to ``touched``
+        self._written: WrittenFilter | None = None
+        if fresh:
+            self._written = WrittenKeys() if touched is None else TouchedKeys(touched)
+        self._written_checkpoint = 0  # the checkpoint of the last batch this fresh store wrote
+        self._cache: dict[str, LazyTable] | None = None  # the last committed batch's tables
+        self._cache_checkpoint = -1
+
+    @property
+    def skips_unwritten(self) -> bool:
+        """Layer 4 is on: a fresh store that nobody else has written to (so far)."""
+        return self._written is not None
+
+    def load(self, conn: Connection, keys: Keys, checkpoint: int) -> Batch:
+        """A fresh state at ``checkpoint`` holding the stored rows for ``keys`` (and the open discrepancies their
+        order links point at), its tables loading any other row on demand through ``conn``."""
+        self.new_touched = {}
+        if self._written is not None and checkpoint != self._written_checkpoint:
+            self._written = None  # someone else wrote these tables after all: query as an ordinary store does
+        cache = self._cache if self._cache_checkpoint == checkpoint else None
+        self._cache = None  # until this batch's write is known to have committed
+        tables = {name: LazyTable(self._loader(conn, name)) for name in TABLES}
+        for name, table in tables.items():
+            self._fill(conn, table, name, set(keys.get(name, ())), cache)
+        links = tables["order_links"].values()
+        extra = discrepancy_keys_of_links(row for row in links if isinstance(row, OrderLinkRow))
+        self._fill(conn, tables["discrepancies"], "discrepancies", extra, cache)
+        state = ProjectionState(tables=tables)
+        state.checkpoint = checkpoint
+        return Batch(state, tables)
+
+    def _fill(
+        self, conn: Connection, table: LazyTable, name: str, wanted: set[Key], cache: dict[str, LazyTable] | None
+    ) -> None:
+        missing = wanted - table.known
+        table.known |= missing
+        written = self._written
+        if written is not None:
+            maybe = written.maybe
+            missing = {key for key in missing if maybe(name, key)}
+        if cache is not None:
+            cached = cache[name]
+            hits = missing & cached.known
+            for key in hits:
+                row = dict.get(cached, key)  # no lazy load: the batch that cached it is over
+                if row is not None:
+                    dict.__setitem__(table, key, row)
+            missing -= hits
+        for row in load_rows_by_key(conn, self.tables[name], name, missing):
+            dict.__setitem__(table, tuple(getattr(row, column) for column in row.KEY), row)
+
+    def _loader(self, conn: Connection, name: str) -> Callable[[Key], Row | None]:
+        def load(key: Key) -> Row | None:
+            if self._written is not None and not self._written.maybe(name, key):
+                return None
+            rows = load_rows_by_key(conn, self.tables[name], name, [key])
+            return rows[0] if rows else None
+
+        return load
+
+    def committed(self, batch: Batch) -> None:
+        """``batch``'s rows and checkpoint are stored: keep its tables for the next batch, note what it wrote."""
+        state = batch.state
+        if self._written is not None:
+            for name, keys in state.dirty.items():
+                self._written.add_all(name, keys)
+            self._written_checkpoint = state.checkpoint
+        for name, table in batch.tables.items():
+            table.known.update(table.keys())  # the batch's tables are not used again: no copies
+            if self.touched is not None and name in self.touched:
+                # every key the fold asked for is in ``known`` (prefetched or loaded on a miss); a key it wrote
+                # without asking (a new discrepancy, say) is dirty
+                hashes = set(map(hash, table.known))
+                hashes.update(map(hash, state.dirty[name]))
+                hashes -= self.touched[name]
+                self.touched[name].update(hashes)
+                self.new_touched[name] = hashes
+        self._cache = batch.tables
+        self._cache_checkpoint = state.checkpoint
+
+    def refused(self) -> None:
+        """The batch's write was refused (another writer moved the checkpoint): no more layers 3 and 4."""
+        self._written = None
+        self._cache = None
