@@ -15,13 +15,12 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from tracker.domain.log import LogEntry, NewEntry
+from tracker.domain.timeutil import datetime_to_us, us_to_datetime
 
 GENESIS = "0" * 64
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -29,11 +28,10 @@ def to_us(moment: datetime) -> int:
     """Aware datetime -> integer unix microseconds (exact). A naive datetime is a programming error."""
     if moment.tzinfo is None:
         raise ValueError(f"received_at must be timezone-aware (UTC), got naive {moment!r}")
-    return (moment - _EPOCH) // _ONE_US
+    return datetime_to_us(moment)
 
 
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+from_us = us_to_datetime
 
 
 def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:

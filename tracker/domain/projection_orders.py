@@ -298,7 +298,7 @@ def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: Order
 
 
 def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> None:
-    """Follow the ``pre_event_id`` chain. Its scope is undocumented (PROTOCOL.md §2.1): per market stream or per
+    """Follow the ``pre_event_id`` chain. Its scope is undocumented (docs/bitstamp.md §2.1): per market stream or per
     (market, order_source). Both are tracked (the market-wide row has ``order_source`` ``"*"``) and a break is
     counted only when ``pre_event_id`` matches neither last ``event_id``: right under either reading."""
     source_key = (event.account, event.market, event.order_source or "")

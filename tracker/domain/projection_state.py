@@ -11,7 +11,6 @@ database when the fold asks for one that was not prefetched). Whole-table operat
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Protocol, TypeVar
 
@@ -31,18 +30,16 @@ from tracker.domain.rows import (
     StreamRow,
     row_key,
 )
+from tracker.domain.timeutil import datetime_to_us
 
 ZERO: Final = Decimal(0)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 K = TypeVar("K", contravariant=True)
 R = TypeVar("R")
 
 
-def unix_us(value: datetime) -> int:
-    """Microseconds since the epoch, exactly (the ``occurred_us`` key columns)."""
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+# Microseconds since the epoch, exactly (the ``occurred_us`` key columns).
+unix_us = datetime_to_us
 
 
 class StateTable(Protocol[K, R]):

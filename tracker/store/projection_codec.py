@@ -119,7 +119,8 @@ def upsert(table: Table, dialect_name: str) -> Executable:
     statement = module.insert(table)
     keys = [column.name for column in table.primary_key.columns]
     updates = {column.name: statement.excluded[column.name] for column in table.columns if not column.primary_key}
-    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+    upserting: Executable = statement.on_conflict_do_update(index_elements=keys, set_=updates)
+    return upserting
 
 
 def fast_upsert(table: Table, dialect: Dialect) -> str:
