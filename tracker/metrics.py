@@ -22,6 +22,8 @@ The HTTP endpoint runs in prometheus_client's own daemon thread: it only reads t
 from __future__ import annotations
 
 import errno
+import platform
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -50,6 +52,23 @@ class Metrics:
         self.gaps = Counter("tracker_gaps", "Gaps detected", ["kind"], registry=r)
         self.backfilled = Counter("tracker_backfilled_events", "Facts appended from REST", ["endpoint"], registry=r)
         self.discrepancies_open = Gauge("tracker_discrepancies_open", "Unresolved discrepancies", registry=r)
+
+
+def build_info() -> dict[str, str]:
+    """What ``tracker --version`` prints and ``tracker_build_info`` exports: tracker's version and its runtime's."""
+
+    def of(distribution: str) -> str:
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": of("tracker"),
+        "python": platform.python_version(),
+        "sqlalchemy": of("sqlalchemy"),
+        "trio": of("trio"),
+    }
 
 
 def serve_metrics(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:
