@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -179,13 +180,17 @@ def test_secret_file_warning_is_logged_when_the_caller_does_not_collect_it(
     secret = tmp_path / "secret"
     secret.write_text("file-secret-123\n", encoding="utf-8")
     secret.chmod(0o644)
-    with caplog.at_level("WARNING", logger="tracker.config"):
+    logger = logging.getLogger("tracker.config")
+    logger.addHandler(caplog.handler)  # directly: `tracker` may not propagate (logs.setup_logging, run by main())
+    try:
         settings = load_settings(env={"BITSTAMP_API_SECRET_FILE": str(secret)})
+    finally:
+        logger.removeHandler(caplog.handler)
     assert settings.origins["api_secret"] == "file"
     assert settings.sources["api_secret"] == str(secret)
-    assert [r.getMessage() for r in caplog.records] == [
+    assert {r.getMessage() for r in caplog.records} == {
         f"the API secret file {secret} is readable by group or others: chmod 600 {secret}"
-    ]
+    }
 
 
 def test_unknown_toml_key_lists_the_settings_the_file_really_takes(tmp_path: Path) -> None:

@@ -228,6 +228,13 @@ def check_db_url(url: str, label: str) -> str:
             f"{label}: tracker does not support {parsed.drivername!r} (psycopg 3 and SQLite are the drivers it ships):"
             f" {fix}"
         )
+    if parsed.get_backend_name() == "sqlite" and (parsed.username or parsed.password or parsed.host or parsed.port):
+        raise ConfigError(
+            f"{label}: a SQLite URL names a file, not a host: sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.query:
+        # pysqlite would ignore them with a warning, or change how the file is opened behind store/engine.py's back.
+        raise ConfigError(f"{label}: tracker takes no ?options in a SQLite URL: use sqlite:///path/to/tracker.db")
     if parsed.port is not None and not 0 < parsed.port <= 65535:
         raise ConfigError(f"{label} has port {parsed.port}, not between 1 and 65535")
     return url

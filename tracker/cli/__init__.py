@@ -55,7 +55,7 @@ class TrackerArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         text = message.removeprefix("argument ")
-        self.exit(2, f"tracker: error: {text} (see `{self.prog} --help`)\n")
+        self.exit(2, error_line(f"{text} (see `{self.prog} --help`)"))
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         kwargs.setdefault("parser_class", partial(CommandParser, commands=self.commands))
@@ -67,9 +67,23 @@ class CommandParser(TrackerArgumentParser):
     (defaults suppressed: a flag not given after the command keeps the value given before it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []  # before argparse's __init__, which adds -h through add_argument
         super().__init__(*args, **kwargs)
         self.commands.append(self)
         add_global_flags(self, defaults=False)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse's, also recorded in ``arguments`` (what the command accepts, without argparse's internals)."""
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+
+def error_line(message: object) -> str:
+    """``tracker: error: <message>`` as ONE line: a newline or other control character in it (an argument echoed
+    back, a driver's message) is shown escaped, as ``\\n``, instead of breaking the line."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    return f"tracker: error: {text}\n"
 
 
 def add_global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -183,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except TrackerError as exc:
-        print(f"tracker: error: {exc}", file=sys.stderr)
+        sys.stderr.write(error_line(exc))
         return exc.exit_code
     except BaseExceptionGroup as group:
         # A TrackerError raised inside a nursery (e.g. the exchange refused the key) arrives wrapped: print it as one
@@ -192,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if errors is None or rest is not None:
             raise
         first = _first_leaf(errors)
-        print(f"tracker: error: {first}", file=sys.stderr)
+        sys.stderr.write(error_line(first))
         return first.exit_code
     except KeyboardInterrupt:
         return 130

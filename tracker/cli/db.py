@@ -7,6 +7,7 @@ from typing import Any
 
 from tracker.cli import add_common_flags
 from tracker.config import load_settings
+from tracker.errors import StoreError
 
 
 def register(subparsers: Any) -> None:
@@ -15,15 +16,33 @@ def register(subparsers: Any) -> None:
     sub.required = True
     upgrade = sub.add_parser("upgrade", help="migrate the database to the newest schema (creates it if missing)")
     add_common_flags(upgrade)
-    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    upgrade.add_argument("revision", nargs="?", default="head", type=_revision, help="target revision (default: head)")
     upgrade.set_defaults(func=cmd_upgrade)
     downgrade = sub.add_parser("downgrade", help="migrate the database back to REVISION ('base' drops everything)")
     add_common_flags(downgrade)
-    downgrade.add_argument("revision", help="target revision, e.g. 0001 or base")
+    downgrade.add_argument("revision", type=_revision, help="target revision, e.g. 0001 or base")
     downgrade.set_defaults(func=cmd_downgrade)
     current = sub.add_parser("current", help="print the database's schema revision and the newest one")
     add_common_flags(current)
     current.set_defaults(func=cmd_current)
+
+
+def _revision(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: name a revision such as head, base or 0001")
+    return text
+
+
+def _migrate(action: str, url: str, revision: str) -> None:
+    """Alembic's own errors (an unknown revision) are one line too."""
+    from alembic.util import CommandError
+
+    from tracker.store import migrate
+
+    try:
+        getattr(migrate, action)(url, revision)
+    except CommandError as exc:
+        raise StoreError(f"{exc} (revisions: base .. {migrate.head_revision()}, or head)") from None
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -34,7 +53,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
     url = _url(args)
-    migrate.upgrade(url, args.revision)
+    _migrate("upgrade", url, args.revision)
     print(f"database at revision {migrate.current(url) or 'none'} (newest {migrate.head_revision()})")
     return 0
 
@@ -43,7 +62,7 @@ def cmd_downgrade(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
     url = _url(args)
-    migrate.downgrade(url, args.revision)
+    _migrate("downgrade", url, args.revision)
     print(f"database at revision {migrate.current(url) or 'none'} (newest {migrate.head_revision()})")
     return 0
 

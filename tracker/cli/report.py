@@ -73,7 +73,12 @@ def parse_moment(text: str) -> datetime:
 
 def parse_until(text: str) -> datetime:
     moment = parse_moment(text)
-    return moment + timedelta(days=1) if len(text) == 10 else moment
+    if len(text) != 10:
+        return moment
+    try:
+        return moment + timedelta(days=1)
+    except OverflowError:  # 9999-12-31: the whole day is every time there is
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def format_value(value: Any) -> str | None:
