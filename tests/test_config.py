@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,71 @@ def test_bad_numbers_and_unknown_keys(tmp_path: Path) -> None:
         load_settings(env={}, config_file=_toml(tmp_path, 'db_ulr = "x"\n'))
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_settings(env={}, config_file=_toml(tmp_path, "db_url = \n"))
+
+
+# -- issue 14: errors name the value's real source; warnings reach every command; the known-settings list --------
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "message"),
+    [
+        ({"db_url": "postgresql+psycopg://u@127.0.0.1:abc/x"}, {}, None, "--db-url has a port that is not a number"),
+        ({}, {"TRACKER_DB_URL": "postgresql+psycopg2://u@h/x"}, None, "TRACKER_DB_URL: tracker does not support"),
+        ({}, {}, 'db_url = "nothing like a url"\n', "tracker.toml: db_url is not a database URL"),
+        ({"markets": "btc/usd"}, {}, None, "--markets: 'btc/usd' is not a market symbol"),
+        ({}, {}, "markets = []\n", "tracker.toml: markets is empty"),
+        ({"metrics_port": 70000}, {}, None, "--metrics-port must be between 0 and 65535"),
+        ({}, {}, "metrics_port = true\n", "tracker.toml: metrics_port must be a port number"),
+        ({}, {}, 'reconcile_interval_s = "nan"\n', "tracker.toml: reconcile_interval_s must be a positive number"),
+        ({}, {}, "reconcile_interval_s = [1]\n", "tracker.toml: reconcile_interval_s must be a number of seconds"),
+        ({"api_url": "http://example.com/"}, {}, None, "--api-url uses unencrypted http://"),
+        ({}, {}, 'ws_url = "ws://example.com/"\n', "tracker.toml: ws_url uses unencrypted ws://"),
+        ({"api_url": "https://127.0.0.1:abc/"}, {}, None, "--api-url is not a URL"),
+        ({}, {}, "tracker = 5\n", "tracker.toml: [tracker] must be a table"),
+    ],
+)
+def test_errors_name_the_flag_variable_or_file(
+    tmp_path: Path, flags: dict[str, object], env: dict[str, str], toml: str | None, message: str
+) -> None:
+    if toml is not None:
+        _toml(tmp_path, toml)  # ./tracker.toml, found because cwd is tmp_path
+    with pytest.raises(ConfigError) as caught:
+        load_settings(flags, env=env)
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_a_database_url_error_never_echoes_the_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"db_url": "postgresql+psycopg://u:hunter22@127.0.0.1:abc/x"}, env={})
+    assert "hunter22" not in str(caught.value)
+
+
+def test_secret_file_warning_is_logged_when_the_caller_does_not_collect_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6: `run` and `reconcile` call load_settings without a warnings list; the warning must still show."""
+    secret = tmp_path / "secret"
+    secret.write_text("file-secret-123\n", encoding="utf-8")
+    secret.chmod(0o644)
+    logger = logging.getLogger("tracker.config")
+    logger.addHandler(caplog.handler)  # directly: `tracker` may not propagate (logs.setup_logging, run by main())
+    try:
+        settings = load_settings(env={"BITSTAMP_API_SECRET_FILE": str(secret)})
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert settings.origins["api_secret"] == "file"
+    assert settings.sources["api_secret"] == str(secret)
+    assert {r.getMessage() for r in caplog.records} == {
+        f"the API secret file {secret} is readable by group or others: chmod 600 {secret}"
+    }
+
+
+def test_unknown_toml_key_lists_the_settings_the_file_really_takes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={}, config_file=_toml(tmp_path, 'db_ulr = "x"\n'))
+    known = str(caught.value).split("(known: ", 1)[1].rstrip(")").split(", ")
+    assert "api_secret_file" in known
+    assert "api_secret" not in known
+    assert "origins" not in known and "sources" not in known
+    assert {"db_url", "api_url", "ws_url", "markets", "reconcile_interval_s", "metrics_port", "api_key"} <= set(known)

@@ -46,16 +46,26 @@ def test_precedence_origins_and_masking(tmp_path: Path) -> None:
     result = show(tmp_path, env, "--markets", "btcusd-perp", "--format", "json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert rows["TRACKER_DB_URL"] == {"value": f"sqlite:///{tmp_path}/from-file.db", "from": "file"}
-    assert rows["TRACKER_MARKETS"] == {"value": "btcusd-perp", "from": "flag"}  # flag over env over file
-    assert rows["TRACKER_RECONCILE_INTERVAL"] == {"value": "30.0", "from": "env"}  # env over file
-    assert rows["BITSTAMP_API_URL"]["from"] == "default"
-    assert rows["BITSTAMP_API_KEY"] == {"value": "keyA…***", "from": "env"}
-    assert rows["BITSTAMP_API_SECRET"] == {"value": "secr…***", "from": "file"}
+    assert rows["TRACKER_DB_URL"] == {
+        "value": f"sqlite:///{tmp_path}/from-file.db",
+        "from": "file",
+        "source": "tracker.toml",
+    }
+    assert rows["TRACKER_MARKETS"] == {"value": "btcusd-perp", "from": "flag", "source": "--markets"}
+    assert rows["TRACKER_RECONCILE_INTERVAL"] == {
+        "value": "30.0",
+        "from": "env",
+        "source": "TRACKER_RECONCILE_INTERVAL",
+    }  # env over file
+    assert rows["BITSTAMP_API_URL"] == {"value": "https://www.bitstamp.net/api/v2/", "from": "default"}
+    assert rows["BITSTAMP_API_KEY"] == {"value": "keyA…***", "from": "env", "source": "BITSTAMP_API_KEY"}
+    assert rows["BITSTAMP_API_SECRET"] == {"value": "secr…***", "from": "file", "source": str(secret_file)}
 
     table = show(tmp_path, env)
     assert table.returncode == 0, table.stderr
-    assert "TRACKER_MARKETS" in table.stdout and "(env)" in table.stdout and "(file)" in table.stdout
+    assert "TRACKER_MARKETS" in table.stdout and "(env)" in table.stdout
+    assert "(file tracker.toml)" in table.stdout
+    assert f"(file {secret_file})" in table.stdout
     for output in (result.stdout + result.stderr, table.stdout + table.stderr):
         assert KEY not in output
         assert SECRET not in output
@@ -68,3 +78,17 @@ def test_password_in_the_database_url_is_hidden(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["TRACKER_DB_URL"]["value"] == "postgresql://tracker:***@db.example/tracker"
     assert "hunter22" not in result.stdout
+
+
+def test_a_secret_named_by_the_environment_is_labelled_with_its_file(tmp_path: Path) -> None:
+    """Issue 14.6: a secret read from BITSTAMP_API_SECRET_FILE was labelled "(env)"; it comes from the file."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env["BITSTAMP_API_SECRET_FILE"] = str(secret_file)
+    table = show(tmp_path, env)
+    assert table.returncode == 0, table.stderr
+    line = next(line for line in table.stdout.splitlines() if line.startswith("BITSTAMP_API_SECRET "))
+    assert line.endswith(f"(file {secret_file})")
+    assert SECRET not in table.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tracker.cli import main
-from tracker.cli.report import format_table
+from tracker.cli.report import display_rows, format_table
 from tracker.fake.server import DEMO_API_SECRET
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -41,7 +41,7 @@ def fee_report(db: Path) -> str:
     engine = open_engine(f"sqlite:///{db}", write=False)
     try:
         report = read_report(engine, "fees", ReportFilter())
-        return format_table(report.columns, report.rows)
+        return format_table(report.columns, display_rows(report.columns, report.rows))
     finally:
         engine.dispose()
 

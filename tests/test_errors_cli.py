@@ -226,13 +226,16 @@ async def test_metrics_port_in_use(tmp_path: Path, db: str) -> None:
 def test_database_url_wrong(tmp_path: Path) -> None:
     result = tracker("status", "--db-url", "mysql://u@h/db", cwd=tmp_path, env=clean_env())
     assert result.returncode == 2
-    assert one_line(result.stderr) == "unsupported database 'mysql' in mysql://u@h/db: use sqlite:/// or postgresql://"
+    assert one_line(result.stderr) == (
+        "--db-url: tracker does not support 'mysql' (psycopg 3 and SQLite are the drivers it ships):"
+        " use sqlite:///path/to/tracker.db or postgresql+psycopg://user@host/dbname"
+    )
 
     result = tracker("status", cwd=tmp_path, env=clean_env(TRACKER_DB_URL="tracker.db"))
     assert result.returncode == 2
-    message = one_line(result.stderr)
-    assert message.startswith("TRACKER_DB_URL is not a database URL (")
-    assert message.endswith("): use sqlite:///path or postgresql://...")
+    assert one_line(result.stderr) == (
+        "TRACKER_DB_URL is not a database URL: use sqlite:///path/to/tracker.db or postgresql+psycopg://user@host/dbname"
+    )
 
 
 def test_database_unreachable(tmp_path: Path) -> None:
@@ -242,12 +245,13 @@ def test_database_unreachable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert one_line(result.stderr) == (
         f"cannot connect to the database at postgresql+psycopg://tracker@127.0.0.1:{port}/tracker: connection refused;"
-        " check TRACKER_DB_URL"
+        " check --db-url"  # the URL came from the flag, so the message names the flag (issue 14.5)
     )
     assert "hunter22" not in result.stderr
 
 
 def test_schema_not_migrated(tmp_path: Path) -> None:
+    (tmp_path / "new.db").touch()  # an empty SQLite file: exists, but no schema
     url = f"sqlite:///{tmp_path / 'new.db'}"
     env = clean_env(TRACKER_DB_URL=url, BITSTAMP_API_KEY="abcdefgh", BITSTAMP_API_SECRET="s3cretvalue")
     result = tracker("run", cwd=tmp_path, env=env)
@@ -259,8 +263,37 @@ def test_schema_not_migrated(tmp_path: Path) -> None:
     result = tracker("status", "--db-url", f"sqlite:///{missing}", cwd=tmp_path, env=clean_env())
     assert result.returncode == 2
     assert one_line(result.stderr) == (
-        f"the SQLite database {missing} does not exist: run `tracker db upgrade` (or check TRACKER_DB_URL)"
+        f"the SQLite database {missing} (from --db-url) does not exist: point --db-url at your database,"
+        " or create an empty one with `tracker db upgrade`"
     )
+
+
+def test_run_and_status_against_a_missing_sqlite_file_create_nothing(tmp_path: Path) -> None:
+    """Issue 14.5: `run` left an empty file behind, which the next command then called "not migrated"."""
+    missing = tmp_path / "missing.db"
+    env = clean_env(
+        TRACKER_DB_URL=f"sqlite:///{missing}", BITSTAMP_API_KEY="abcdefgh", BITSTAMP_API_SECRET="s3cretvalue"
+    )
+    for command in ("run", "status", "report fees", "rebuild", "verify"):
+        result = tracker(*command.split(), cwd=tmp_path, env=env)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "does not exist" in one_line(result.stderr), command
+        assert not missing.exists(), f"`tracker {command}` created {missing}"
+
+
+def test_status_after_the_demo_points_at_the_demo_database(tmp_path: Path) -> None:
+    """Issue 14.5: after `tracker demo`, `tracker status` told the user to run `tracker db upgrade` (an empty
+    tracker.db) instead of naming the tracker-demo.db the demo wrote."""
+    upgrade(f"sqlite:///{tmp_path / 'tracker-demo.db'}")
+    result = tracker("status", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        "the SQLite database tracker.db (the default database) does not exist, but tracker-demo.db beside it does"
+        " (written by `tracker demo`): pass --db-url sqlite:///tracker-demo.db"
+    )
+    assert not (tmp_path / "tracker.db").exists()
+    result = tracker("status", "--db-url", "sqlite:///tracker-demo.db", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ read until it shows the expected values: the updater publishes once a second, an
 
 from __future__ import annotations
 
+import ast
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -33,7 +35,10 @@ NAMES = (
     "tracker_gaps",
     "tracker_backfilled_events",
     "tracker_discrepancies_open",
+    "tracker_channel_last_event_timestamp_seconds",
+    "tracker_build_info",
 )
+ROOT = Path(__file__).resolve().parents[1]
 SCRAPE_EVERY_S = 0.2
 
 
@@ -61,6 +66,7 @@ def value(s: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **
 
 
 async def test_metrics_endpoint_of_a_real_run(tmp_path: Path) -> None:
+    started = time.time()
     async with open_fake_exchange(markets=MARKETS) as fx:
         channels = fx.private_channels()
         async with tracker_run(fx, tmp_path, "run", "--metrics-port", "0") as proc:
@@ -95,3 +101,50 @@ async def test_metrics_endpoint_of_a_real_run(tmp_path: Path) -> None:
     assert ("tracker_discrepancies_open", ()) in s
     kinds = {dict(labels).get("channel_kind") for (name, labels) in s if name == "tracker_frames_ingested_total"}
     assert kinds <= {"my_orders", "my_trades", "live_trades", "my_settlements", "my_liquidations"}
+    # Issue 14.9: the per-channel "last event" gauge, build info, and no _created series.
+    last = {
+        dict(labels)["channel"]: v
+        for (name, labels), v in s.items()
+        if name == "tracker_channel_last_event_timestamp_seconds"
+    }
+    assert last and set(last) <= set(channels)
+    assert any("my_orders" in channel for channel in last)
+    assert all(started - 1 <= v <= time.time() + 1 for v in last.values())
+    info = [dict(labels) for (name, labels) in s if name == "tracker_build_info"]
+    assert len(info) == 1 and set(info[0]) == {"version", "python", "sqlalchemy", "trio"}
+    assert "_created" not in text
+
+
+def test_every_exported_metric_is_documented() -> None:
+    """docs/metrics.md names every metric the endpoint exports (tracker_frames_duplicate_total was missing)."""
+    from prometheus_client import generate_latest
+
+    from tracker.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.channel_last_event.labels(channel="private-my_orders_btcusd-1").set(1)
+    text = generate_latest(metrics.registry).decode()
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    assert exported >= set(NAMES)
+    doc = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/metrics.md" in readme
+    suffix = {"counter": "_total", "info": "_info"}
+    for family in text_string_to_metric_families(text):
+        shown = family.name + suffix.get(family.type, "")
+        assert f"`{shown}`" in doc, shown
+    assert "_created" not in text
+
+
+def test_the_metrics_updater_builds_no_sql() -> None:
+    """SQL lives in store/ (store/metrics_queries.py); runtime/metrics_task.py only labels what it returns."""
+    tree = ast.parse((ROOT / "tracker" / "runtime" / "metrics_task.py").read_text(encoding="utf-8"))
+    from_sqlalchemy = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy")
+        for alias in node.names
+    }
+    assert from_sqlalchemy <= {"Engine"}
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "tracker.store.schema" not in imported

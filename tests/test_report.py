@@ -135,3 +135,77 @@ def test_report_command_same_on_both_backends(sqlite_url: str, pg_url: str, caps
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1]
     assert "E-" not in outputs[0]
+
+
+# -- issue 14.10: markets case-insensitive, an unknown market is an error, the table at the market's decimals -------
+
+
+def _position_fill(seq: int, price: str, market: str = "btcusd-perp") -> Fill:
+    return Fill(
+        seq=seq, account="acc", source="ws", trade_id=f"t{seq}", order_id=f"o{seq}", market=market, side="buy",
+        amount=Decimal("0.1"), price=Decimal(price), fee=Decimal("0.0123"),
+        executed_at=datetime(2026, 11, 20, 12, seq, tzinfo=UTC), position_id="p1", is_liquidation=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def positions_url(sqlite_url: str) -> str:
+    """One perpetual position bought at 100, 101 and 103: its volume-weighted entry price is 101.333…"""
+    engine = open_engine(sqlite_url)
+    migrate.upgrade(engine)
+    ProjectionStore(engine).project_events(
+        [_position_fill(1, "100"), _position_fill(2, "101"), _position_fill(3, "103")]
+    )
+    engine.dispose()
+    return sqlite_url
+
+
+def report(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["report", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_market_names_are_case_insensitive(positions_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, lower, _ = report(capsys, "fills", "--db-url", positions_url, "--market", "btcusd-perp")
+    assert code == 0 and lower.endswith("(3 rows)\n")
+    for spelling in ("BTCUSD-PERP", "BTC/USD-PERP", " btcusd-perp "):
+        assert report(capsys, "fills", "--db-url", positions_url, "--market", spelling)[1] == lower
+
+
+def test_an_unknown_market_is_an_error_listing_the_known_ones(
+    positions_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = report(capsys, "fills", "--db-url", positions_url, "--market", "BTCUSD")
+    assert code == 2
+    assert out == ""
+    assert err == "tracker: error: --market BTCUSD: this database has no market 'btcusd' (known: btcusd-perp)\n"
+
+
+def test_the_table_shows_the_markets_decimals_and_the_machines_the_exact_value(
+    positions_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, table, _ = report(capsys, "positions", "--db-url", positions_url)
+    assert code == 0
+    header, _rule, row = table.splitlines()[:3]
+    shown = dict(zip(header.split(), row.split(), strict=False))
+    assert shown["entry_price"] == "101.33"  # counter decimals of btcusd-perp; was 101.3333333333333333333333333
+    assert shown["size"] == "0.30000000"  # base decimals
+    assert shown["fees"] == "0.04"  # 0.0369 in USD, at the quote currency's 2 places
+    code, text, _ = report(capsys, "positions", "--db-url", positions_url, "--format", "json")
+    exact = json.loads(text)[0]
+    assert exact["entry_price"].startswith("101.3333333333")  # the database's value, unrounded
+    assert exact["fees"] == "0.0369"
+    assert "E" not in exact["entry_price"]
+
+
+def test_display_decimals() -> None:
+    from tracker.cli.report import display_decimal, display_rows
+
+    assert display_decimal(Decimal("1E-8"), None) == "0.00000001"
+    assert display_decimal(Decimal("1E+3"), None) == "1000"
+    assert display_decimal(Decimal("-0.001"), 2) == "0.00"  # never "-0.00"
+    assert display_decimal(Decimal("2.675"), 2) == "2.68"
+    assert display_decimal(Decimal("0.3"), 8) == "0.30000000"
+    rows = display_rows(("market", "price", "amount", "fills"), [("unknownpair", Decimal("1.50"), Decimal("2E-9"), 3)])
+    assert rows == [("unknownpair", "1.5", "0.000000002", 3)]

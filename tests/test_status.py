@@ -166,3 +166,13 @@ def test_status_of_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "log: head seq 0 (empty)" in text
     assert "projection: never ran" in text
     assert json.loads(status(capsys, url, "--format", "json"))["channels"] == []
+
+
+def test_decimals_in_status_json_never_use_an_exponent() -> None:
+    """Issue 14.10: str(Decimal) prints 1E-8; every decimal the CLI prints is plain."""
+    from decimal import Decimal
+
+    from tracker.cli.status import _plain
+
+    assert _plain(Decimal("1E-8")) == "0.00000001"
+    assert _plain(Decimal("1.50E+3")) == "1500"

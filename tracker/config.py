@@ -9,6 +9,8 @@ config file's ``api_secret_file``.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import math
 import os
 import stat
 import tomllib
@@ -22,6 +24,11 @@ from tracker.errors import TrackerError
 DEFAULT_DB_URL = "sqlite:///tracker.db"
 DEFAULT_API_URL = "https://www.bitstamp.net/api/v2/"
 DEFAULT_WS_URL = "wss://ws.bitstamp.net"
+# Drivers tracker ships (``postgresql://`` means psycopg 3, see store/engine.py); any other is refused up front
+# with the fix instead of failing deep inside SQLAlchemy on a module that is not installed.
+DB_DRIVERS: tuple[str, ...] = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+
+log = logging.getLogger("tracker.config")
 
 
 class ConfigError(TrackerError):
@@ -76,6 +83,13 @@ class Settings:
     insecure: bool = False
     # Where each value came from ("default", "env", "file", "flag"), for `tracker config show`.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # Which flag, variable or file exactly ("--db-url", "TRACKER_DB_URL", "/etc/tracker.toml", the secret file's
+    # path), so that an error names the place the user has to fix.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def label(self, name: str) -> str:
+        """How errors name setting ``name``: the flag, the variable or ``file: key`` it came from."""
+        return source_label(name, self.origins.get(name, "default"), self.sources.get(name, ""))
 
     def require_credentials(self) -> tuple[str, str]:
         """The API key and secret, or a ConfigError saying how to provide them."""
@@ -100,9 +114,33 @@ ENV_NAMES: dict[str, str] = {
 }
 SECRET_FILE_ENV = "BITSTAMP_API_SECRET_FILE"
 CONFIG_FILE_ENV = "TRACKER_CONFIG"
+FLAG_NAMES: dict[str, str] = {
+    "db_url": "--db-url",
+    "markets": "--markets",
+    "api_url": "--api-url",
+    "ws_url": "--ws-url",
+    "metrics_port": "--metrics-port",
+    "insecure": "--insecure",
+}
+INTERNAL_FIELDS = frozenset({"origins", "sources"})
 
 
-def parse_markets(text: str) -> tuple[str, ...]:
+def source_label(name: str, origin: str, where: str = "") -> str:
+    """``--db-url``, ``TRACKER_DB_URL`` or ``tracker.toml: db_url``: where the user finds the value to fix."""
+    if origin == "flag":
+        return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    if origin == "file":
+        return f"{where}: {name}" if where else name
+    return ENV_NAMES.get(name, name)
+
+
+def config_file_keys() -> list[str]:
+    """The settings ``tracker.toml`` accepts: every setting, but the secret only by file (``api_secret_file``)."""
+    names = [f.name for f in fields(Settings) if f.name not in INTERNAL_FIELDS and f.name != "api_secret"]
+    return sorted([*names, "api_secret_file"])
+
+
+def parse_markets(text: str, label: str = "TRACKER_MARKETS") -> tuple[str, ...]:
     """``"btcusd, ETHUSD,btcusd-perp"`` -> ``("btcusd", "ethusd", "btcusd-perp")``; validates the symbol syntax."""
     markets: list[str] = []
     for raw in text.split(","):
@@ -110,11 +148,11 @@ def parse_markets(text: str) -> tuple[str, ...]:
         if not symbol:
             continue
         if not all(c.isalnum() or c == "-" for c in symbol) or symbol.startswith("-") or symbol.endswith("-"):
-            raise ConfigError(f"TRACKER_MARKETS: {raw.strip()!r} is not a market symbol (like btcusd or btcusd-perp)")
+            raise ConfigError(f"{label}: {raw.strip()!r} is not a market symbol (like btcusd or btcusd-perp)")
         if symbol not in markets:
             markets.append(symbol)
     if not markets:
-        raise ConfigError("TRACKER_MARKETS is empty: list market symbols like btcusd,ethusd or unset it to discover")
+        raise ConfigError(f"{label} is empty: list market symbols like btcusd,ethusd or unset it to discover")
     return tuple(markets)
 
 
@@ -124,6 +162,8 @@ def read_secret_file(path: Path, warn: list[str]) -> str:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the API secret file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the API secret file {path} is not UTF-8 text: write the API secret into it") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn.append(f"the API secret file {path} is readable by group or others: chmod 600 {path}")
     if not text:
@@ -133,12 +173,12 @@ def read_secret_file(path: Path, warn: list[str]) -> str:
     return text
 
 
-def _coerce(name: str, value: object, origin: str) -> object:
-    label = ENV_NAMES.get(name, name)
+def _coerce(name: str, value: object, label: str) -> object:
+    """``value`` as the type of setting ``name``; errors name ``label``, the flag, variable or file it came from."""
     if name == "markets":
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
-        return parse_markets(str(value))
+        return parse_markets(str(value), label)
     if name in ("api_key", "api_secret"):
         text = str(value).strip()
         if not text:
@@ -149,22 +189,70 @@ def _coerce(name: str, value: object, origin: str) -> object:
     if name == "reconcile_interval_s":
         try:
             seconds = float(value)  # type: ignore[arg-type]
-        except ValueError:
-            raise ConfigError(f"{label} must be a number of seconds, got {value!r} (from {origin})") from None
-        if seconds <= 0:
-            raise ConfigError(f"{label} must be positive, got {value!r}")
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label} must be a number of seconds, got {value!r}") from None
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigError(f"{label} must be a positive number of seconds, got {value!r}")
         return seconds
     if name == "metrics_port":
         try:
-            port = int(value)  # type: ignore[call-overload]
+            port = int(str(value).strip()) if not isinstance(value, bool) else None
         except ValueError:
-            raise ConfigError(f"{label} must be a port number, got {value!r}") from None
+            port = None
+        if port is None:
+            raise ConfigError(f"{label} must be a port number, got {value!r}")
         if not 0 <= port <= 65535:
             raise ConfigError(f"{label} must be between 0 and 65535, got {port}")
         return port
     if name == "insecure":
         return bool(value)
+    if name == "db_url":
+        return check_db_url(str(value), label)
     return str(value)
+
+
+def check_db_url(url: str, label: str) -> str:
+    """A database URL tracker can open, or a ConfigError that never echoes the URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    fix = "use sqlite:///path/to/tracker.db or postgresql+psycopg://user@host/dbname"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{label} is not a database URL: {fix}") from None
+    except ValueError:  # SQLAlchemy parses the port with int()
+        raise ConfigError(f"{label} has a port that is not a number: {fix}") from None
+    if parsed.drivername not in DB_DRIVERS:
+        raise ConfigError(
+            f"{label}: tracker does not support {parsed.drivername!r} (psycopg 3 and SQLite are the drivers it ships):"
+            f" {fix}"
+        )
+    if parsed.get_backend_name() == "sqlite" and (parsed.username or parsed.password or parsed.host or parsed.port):
+        raise ConfigError(
+            f"{label}: a SQLite URL names a file, not a host: sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.query:
+        # pysqlite would ignore them with a warning, or change how the file is opened behind store/engine.py's back.
+        raise ConfigError(f"{label}: tracker takes no ?options in a SQLite URL: use sqlite:///path/to/tracker.db")
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise ConfigError(f"{label} has port {parsed.port}, not between 1 and 65535")
+    return url
+
+
+def _read_config_file(path: Path) -> dict[str, object]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("tracker", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [tracker] must be a table of settings (known: {', '.join(config_file_keys())})")
+    return section
 
 
 def load_settings(
@@ -176,56 +264,58 @@ def load_settings(
 ) -> Settings:
     """Build the frozen settings from defaults, the config file, the environment and flags (in rising priority).
 
-    ``flags`` maps Settings field names to values (``None`` means the flag was not given).
+    ``flags`` maps Settings field names to values (``None`` means the flag was not given). Warnings (a secret file
+    others can read) go into ``warnings`` when given, else to the ``tracker.config`` logger: every command that
+    reads the secret shows them, not only the ones that remember to ask.
     """
     env = os.environ if env is None else env
-    warn = warnings if warnings is not None else []
+    warn: list[str] = []
     values: dict[str, object] = {}
-    origins: dict[str, str] = {f.name: "default" for f in fields(Settings) if f.name != "origins"}
+    origins: dict[str, str] = {f.name: "default" for f in fields(Settings) if f.name not in INTERNAL_FIELDS}
+    sources: dict[str, str] = {}
+
+    def take(name: str, raw: object, origin: str, where: str) -> None:
+        values[name] = _coerce(name, raw, source_label(name, origin, where))
+        origins[name], sources[name] = origin, where
 
     path = config_file or (Path(env[CONFIG_FILE_ENV]) if env.get(CONFIG_FILE_ENV) else None)
     if path is None and Path("tracker.toml").is_file():
         path = Path("tracker.toml")
     if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        section = data.get("tracker", data)
-        for key, value in section.items():
+        for key, value in _read_config_file(path).items():
             if key == "api_secret_file":
                 values["api_secret"] = Secret(read_secret_file(Path(str(value)), warn))
-                origins["api_secret"] = "file"
+                origins["api_secret"], sources["api_secret"] = "file", str(value)
                 continue
             if key == "api_secret":
                 raise ConfigError(f"{path}: do not put api_secret in the config file; use api_secret_file instead")
             if key not in origins:
-                raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(origins))})")
-            values[key] = _coerce(key, value, str(path))
-            origins[key] = "file"
+                raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(config_file_keys())})")
+            take(key, value, "file", str(path))
 
     for name, var in ENV_NAMES.items():
         raw = env.get(var)
         if raw is not None and raw.strip() != "":
-            values[name] = _coerce(name, raw, var)
-            origins[name] = "env"
+            take(name, raw, "env", var)
     secret_file = env.get(SECRET_FILE_ENV)
     if secret_file and not env.get(ENV_NAMES["api_secret"]):
         values["api_secret"] = Secret(read_secret_file(Path(secret_file), warn))
-        origins["api_secret"] = "env"
+        origins["api_secret"], sources["api_secret"] = "file", secret_file
 
     for name, value in (flags or {}).items():
         if value is None:
             continue
         if name == "api_secret":
             raise ConfigError("the API secret is never taken from the command line; use BITSTAMP_API_SECRET(_FILE)")
-        values[name] = _coerce(name, value, "flag")
-        origins[name] = "flag"
+        take(name, value, "flag", FLAG_NAMES.get(name, name))
 
-    settings = replace(Settings(), **values, origins=origins)  # type: ignore[arg-type]
+    settings = replace(Settings(), **values, origins=origins, sources=sources)  # type: ignore[arg-type]
     check_transport(settings)
+    if warnings is not None:
+        warnings.extend(warn)
+    else:
+        for line in warn:
+            log.warning(line)
     return settings
 
 
@@ -241,13 +331,17 @@ def _is_loopback(host: str | None) -> bool:
 
 def check_transport(settings: Settings) -> None:
     """Plain http:// and ws:// are for loopback only (the fake exchange), unless --insecure was given."""
-    for label, url, plain in (
-        ("BITSTAMP_API_URL", settings.api_url, "http"),
-        ("BITSTAMP_WS_URL", settings.ws_url, "ws"),
-    ):
-        parts = urlsplit(url)
+    for name, url, plain in (("api_url", settings.api_url, "http"), ("ws_url", settings.ws_url, "ws")):
+        label = settings.label(name)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError as exc:
+            raise ConfigError(f"{label} is not a URL ({exc}): use {plain}s://host/...") from None
         if parts.scheme not in (plain, plain + "s"):
             raise ConfigError(f"{label} must start with {plain}s:// (got {url!r})")
+        if not parts.hostname:
+            raise ConfigError(f"{label} names no host (got {url!r}): use {plain}s://host/...")
         if parts.scheme == plain and not _is_loopback(parts.hostname) and not settings.insecure:
             raise ConfigError(
                 f"{label} uses unencrypted {plain}:// to a non-loopback host; use {plain}s:// or pass --insecure"
@@ -256,10 +350,14 @@ def check_transport(settings: Settings) -> None:
 
 def hide_password(url: str) -> str:
     """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``: URLs are printed, passwords never."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(a URL that cannot be shown)"
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
 
 
@@ -267,7 +365,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
     """(setting, shown value, origin) rows for `tracker config show`, with secrets masked."""
     rows: list[tuple[str, str, str]] = []
     for f in fields(Settings):
-        if f.name == "origins":
+        if f.name in INTERNAL_FIELDS:
             continue
         value = getattr(settings, f.name)
         if isinstance(value, Secret):
@@ -282,3 +380,11 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             shown = str(value)
         rows.append((ENV_NAMES.get(f.name, f.name), shown, settings.origins.get(f.name, "default")))
     return rows
+
+
+def describe_source(settings: Settings, name: str) -> str:
+    """The origin as `config show` prints it: ``env``, ``flag``, ``default`` or ``file PATH`` (tracker.toml or the
+    secret file)."""
+    origin = settings.origins.get(name, "default")
+    where = settings.sources.get(name)
+    return f"{origin} {where}" if origin == "file" and where else origin

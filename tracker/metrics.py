@@ -15,21 +15,36 @@ Names (a public contract, like the CLI and the views):
 | tracker_gaps_total | counter | kind | gaps detected |
 | tracker_backfilled_events_total | counter | endpoint | facts appended from REST |
 | tracker_discrepancies_open | gauge | | unresolved discrepancies |
+| tracker_channel_last_event_timestamp_seconds | gauge | channel | receive time (Unix s) of the channel's newest entry |
+| tracker_build_info | gauge (info) | version, python, sqlalchemy, trio | always 1; the labels say what runs |
 
-The HTTP endpoint runs in prometheus_client's own daemon thread: it only reads these values.
+docs/metrics.md explains each one and what to alert on. Counters export no ``_created`` series (a second series per
+counter that no alert uses; ``disable_created_metrics``). The HTTP endpoint runs in prometheus_client's own daemon
+thread: it only reads these values.
 """
 
 from __future__ import annotations
 
 import errno
+import platform
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from tracker.errors import TrackerError
 
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client; tracker wants it everywhere anyway
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.frames = Counter(
@@ -50,6 +65,31 @@ class Metrics:
         self.gaps = Counter("tracker_gaps", "Gaps detected", ["kind"], registry=r)
         self.backfilled = Counter("tracker_backfilled_events", "Facts appended from REST", ["endpoint"], registry=r)
         self.discrepancies_open = Gauge("tracker_discrepancies_open", "Unresolved discrepancies", registry=r)
+        self.channel_last_event = Gauge(
+            "tracker_channel_last_event_timestamp_seconds",
+            "Receive time (Unix seconds) of the newest entry logged on each websocket channel",
+            ["channel"],
+            registry=r,
+        )
+        self.build = Info("tracker_build", "The tracker version and the versions it runs on", registry=r)
+        self.build.info(build_info())
+
+
+def build_info() -> dict[str, str]:
+    """What ``tracker --version`` prints and ``tracker_build_info`` exports: tracker's version and its runtime's."""
+
+    def of(distribution: str) -> str:
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": of("tracker"),
+        "python": platform.python_version(),
+        "sqlalchemy": of("sqlalchemy"),
+        "trio": of("trio"),
+    }
 
 
 def serve_metrics(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> int:

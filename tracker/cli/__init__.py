@@ -2,6 +2,11 @@
 
 Each sub-command lives in its own module here and exposes ``register(subparsers)``; the module adds its parser and
 sets ``func`` to a callable ``(args) -> int`` (the exit code). Add a new command by adding its module to ``COMMANDS``.
+
+Every failure a user can cause ends as ONE line on stderr, ``tracker: error: <what is wrong and what to do>``: usage
+errors too (``TrackerArgumentParser.error``), not argparse's usage block. Exit codes: 0 success, 1 "the answer is
+no" (verify found a break, reconcile found discrepancies, db current is behind), 2 usage, configuration, database and
+exchange errors, 3 credentials the exchange rejects, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,8 +16,15 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from tracker.errors import TrackerError
+from tracker.errors import StoreError, TrackerError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from tracker.config import Settings
 
 # Modules under tracker.cli that register sub-commands, in the order `tracker --help` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -30,7 +42,78 @@ COMMANDS: tuple[str, ...] = (
     "fake_exchange",
 )
 
+DEMO_DB = "tracker-demo.db"  # what `tracker demo` writes by default (cli/demo.py)
+
 log = logging.getLogger("tracker")
+
+
+class TrackerArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``tracker: error:`` line, like every other error, and sub-command parsers
+    that are ``CommandParser``s recorded in ``commands`` (the hostile-argument test walks them)."""
+
+    def __init__(self, *args: Any, commands: list[CommandParser] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[CommandParser] = commands if commands is not None else []
+
+    def error(self, message: str) -> NoReturn:
+        text = message.removeprefix("argument ")
+        self.exit(2, error_line(f"{text} (see `{self.prog} --help`)"))
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", partial(CommandParser, commands=self.commands))
+        return super().add_subparsers(**kwargs)
+
+
+class CommandParser(TrackerArgumentParser):
+    """A sub-command's parser. It accepts the global flags too, so ``tracker demo -v`` works like ``tracker -v demo``
+    (defaults suppressed: a flag not given after the command keeps the value given before it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []  # before argparse's __init__, which adds -h through add_argument
+        super().__init__(*args, **kwargs)
+        self.commands.append(self)
+        add_global_flags(self, defaults=False)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse's, also recorded in ``arguments`` (what the command accepts, without argparse's internals)."""
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+
+def error_line(message: object) -> str:
+    """``tracker: error: <message>`` as ONE line: a newline or other control character in it (an argument echoed
+    back, a driver's message) is shown escaped, as ``\\n``, instead of breaking the line."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    return f"tracker: error: {text}\n"
+
+
+def add_global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="frame-level debug logging"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=default("text"), help="log line format (default: text)"
+    )
+
+
+class VersionAction(argparse.Action):
+    """``--version``: tracker's version and the ones a bug report needs (computed only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        from tracker.metrics import build_info
+
+        info = build_info()
+        print(
+            f"tracker {info['version']} (Python {info['python']}, SQLAlchemy {info['sqlalchemy']}, trio {info['trio']})"
+        )
+        parser.exit(0)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,15 +121,59 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-url", dest="db_url", help="SQLAlchemy database URL (env TRACKER_DB_URL)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def require_existing_database(settings: Settings) -> None:
+    """A missing SQLite file is an error that says what is true and what to do; nothing is created.
+
+    Opening it would create an empty file (``run``, ``rebuild``) that the next command then calls "not migrated";
+    and after ``tracker demo`` the usual mistake is reading the default ``tracker.db`` instead of ``tracker-demo.db``.
+    """
+    from tracker.store.engine import sqlite_path
+
+    path = sqlite_path(settings.db_url)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return  # not SQLite, or there; a missing directory has its own message in store/engine.py
+    label = settings.label("db_url")
+    origin = settings.origins.get("db_url", "default")
+    where = "the default database" if origin == "default" else f"from {label}"
+    demo = path.with_name(DEMO_DB)
+    if path.name != DEMO_DB and demo.is_file():
+        fix = f"set {label} to" if origin in ("env", "file") else "pass --db-url"
+        raise StoreError(
+            f"the SQLite database {path} ({where}) does not exist, but {demo} beside it does (written by"
+            f" `tracker demo`): {fix} sqlite:///{demo}"
+        )
+    point = {"default": "--db-url (or TRACKER_DB_URL)", "flag": "--db-url"}.get(origin, label)
+    raise StoreError(
+        f"the SQLite database {path} ({where}) does not exist: point {point} at your database,"
+        " or create an empty one with `tracker db upgrade`"
+    )
+
+
+def open_database(settings: Settings, *, write: bool = False) -> Engine:
+    """``open_engine`` for the commands here, after ``require_existing_database``; its errors name the URL's source.
+
+    store/engine.py says "check TRACKER_DB_URL", the usual place; when the URL came from ``--db-url`` or
+    ``tracker.toml`` that sends the user to the wrong place, so the name is replaced by the real source.
+    """
+    from tracker.store.engine import open_engine
+
+    require_existing_database(settings)
+    try:
+        return open_engine(settings.db_url, write=write)
+    except StoreError as exc:
+        label = settings.label("db_url")
+        if label == "TRACKER_DB_URL" or "TRACKER_DB_URL" not in str(exc):
+            raise
+        raise StoreError(str(exc).replace("TRACKER_DB_URL", label)) from exc
+
+
+def build_parser() -> TrackerArgumentParser:
+    parser = TrackerArgumentParser(
         prog="tracker",
         description="Event-sourced tracker of a private Bitstamp account.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="frame-level debug logging")
-    parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log line format (default: text)"
-    )
+    parser.add_argument("--version", action=VersionAction, help="print the versions of tracker, Python and libraries")
+    add_global_flags(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -62,14 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else 0
     from tracker.logs import setup_logging
 
     setup_logging(verbose=args.verbose, fmt=args.log_format)
     try:
         code = args.func(args)
     except TrackerError as exc:
-        print(f"tracker: error: {exc}", file=sys.stderr)
+        sys.stderr.write(error_line(exc))
         return exc.exit_code
     except BaseExceptionGroup as group:
         # A TrackerError raised inside a nursery (e.g. the exchange refused the key) arrives wrapped: print it as one
@@ -78,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if errors is None or rest is not None:
             raise
         first = _first_leaf(errors)
-        print(f"tracker: error: {first}", file=sys.stderr)
+        sys.stderr.write(error_line(first))
         return first.exit_code
     except KeyboardInterrupt:
         return 130

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
-from tracker.config import describe, load_settings
-
-log = logging.getLogger("tracker.config")
+from tracker.config import ENV_NAMES, describe, describe_source, load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,16 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def show_config(args: argparse.Namespace) -> int:
-    warnings: list[str] = []
-    settings = load_settings({"db_url": args.db_url, "markets": args.markets}, warnings=warnings)
-    for warning in warnings:
-        log.warning(warning)
+    settings = load_settings({"db_url": args.db_url, "markets": args.markets})  # logs the secret file's warning
     rows = describe(settings)
+    # ``from`` is the kind of origin (a contract); ``source`` adds which flag, variable or file exactly.
+    field_of = {env: name for name, env in ENV_NAMES.items()}
+    sources = {name: settings.sources.get(field_of.get(name, name)) for name, _, _ in rows}
     if args.format == "json":
-        print(json.dumps({name: {"value": value, "from": origin} for name, value, origin in rows}, indent=2))
+        shown = {
+            name: {"value": value, "from": origin} | ({"source": source} if (source := sources[name]) else {})
+            for name, value, origin in rows
+        }
+        print(json.dumps(shown, indent=2))
         return 0
     width = max(len(name) for name, _, _ in rows)
     vwidth = max(len(value) for _, value, _ in rows)
-    for name, value, origin in rows:
-        print(f"{name:<{width}}  {value:<{vwidth}}  ({origin})")
+    for name, value, _origin in rows:
+        print(f"{name:<{width}}  {value:<{vwidth}}  ({describe_source(settings, field_of.get(name, name))})")
     return 0

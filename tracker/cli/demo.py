@@ -14,9 +14,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from tracker.cli.report import format_table
+from tracker.cli import DEMO_DB
+from tracker.cli.report import display_rows, format_table
+from tracker.errors import StoreError
 
-DEFAULT_DB = "tracker-demo.db"
+DEFAULT_DB = DEMO_DB
+MAX_DURATION_S = 24 * 3600
+MAX_RATE = 10_000
 OPEN_ORDERS_SHOWN = 10
 
 
@@ -32,17 +36,32 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=cmd_demo)
 
 
+def _number(text: str, what: str) -> float:
+    """A finite number, or the usage error argparse prints as ``--flag: not a number of seconds: 'abc'``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite
+        raise argparse.ArgumentTypeError(f"not a number of {what}: {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {text}")
+    value = _number(text, "seconds")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    if value > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DURATION_S} seconds (a day), got {text}")
     return value
 
 
 def _rate(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 10000 frames per second, got {text}")
+    value = _number(text, "frames per second")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 frame per second, got {text}")
+    if value > MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_RATE} frames per second, got {text}")
     return value
 
 
@@ -124,7 +143,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tracker.store.reports import ReportFilter, read_report
 
     db = str(args.db)
-    url = f"sqlite:///{Path(db)}"
+    path = Path(db)
+    if path.is_dir() or not (path.parent if str(path.parent) else Path()).is_dir():
+        what = "is a directory" if path.is_dir() else f"is in {path.parent}, which does not exist"
+        raise StoreError(f"--db {db} {what}: name a SQLite file in an existing directory")
+    url = f"sqlite:///{path}"
     if not args.verbose:
         # The progress line and the fault notes tell the story; log lines would break the line. -v shows them.
         logging.getLogger("tracker").setLevel(logging.WARNING)
@@ -174,11 +197,11 @@ def print_report(
     open_rows: list[tuple[Any, ...]],
 ) -> None:
     out.write("\nFees per day and market (v_fees_daily):\n")
-    out.write(format_table(fee_columns, fee_rows))
+    out.write(format_table(fee_columns, display_rows(fee_columns, fee_rows)))
     shown = open_rows[:OPEN_ORDERS_SHOWN]
     more = f", newest {len(shown)} shown" if len(open_rows) > len(shown) else ""
     out.write(f"\nOpen orders (v_orders where status = 'open'; {len(open_rows)} in all{more}):\n")
-    out.write(format_table(order_columns, shown))
+    out.write(format_table(order_columns, display_rows(order_columns, shown)))
     out.write("\nTry some SQL:\n")
     for example in sql_examples(db):
         out.write(f"  {example}\n")

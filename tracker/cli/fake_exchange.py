@@ -4,21 +4,27 @@ needs to point at it; optionally write the ground truth as JSON on exit."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from tracker.errors import TrackerError
+
+MAX_RATE = 10_000
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "fake-exchange", help="run tracker's fake Bitstamp (HTTP + WebSocket on 127.0.0.1) with scripted activity"
     )
-    parser.add_argument("--http-port", type=int, default=0, help="HTTP port (default: any free port)")
-    parser.add_argument("--ws-port", type=int, default=0, help="WebSocket port (default: any free port)")
+    parser.add_argument("--http-port", type=port, default=0, help="HTTP port (default: any free port)")
+    parser.add_argument("--ws-port", type=port, default=0, help="WebSocket port (default: any free port)")
     parser.add_argument("--seed", type=int, default=0, help="activity seed (same seed, same account story)")
-    parser.add_argument("--rate", type=float, default=5.0, help="frames per second (0: only on REST calls; default 5)")
+    parser.add_argument("--rate", type=rate, default=5.0, help="frames per second (0: only on REST calls; default 5)")
     parser.add_argument("--markets", default="btcusd,ethusd,btcusd-perp", help="comma-separated market symbols")
     parser.add_argument(
         "--fault",
@@ -41,28 +47,61 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=cmd_fake_exchange)
 
 
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 (any free port) and 65535, got {value}")
+    return value
+
+
+def rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of frames per second: {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be between 0 (only on REST calls) and {MAX_RATE}, got {text}")
+    return value
+
+
 def format_env(fx: Any) -> list[str]:
     notes = {"BITSTAMP_API_SECRET": "  # fake credentials for the fake exchange"}
     return [f"export {name}={value}{notes.get(name, '')}" for name, value in fx.tracker_variables().items()]
 
 
+async def wait_for_stop() -> None:
+    """Until SIGINT or SIGTERM (the tests replace this to stop at once)."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
 def cmd_fake_exchange(args: argparse.Namespace) -> int:
     import trio
 
-    from tracker.errors import TrackerError
     from tracker.fake.faults import parse_fault, run_fault
+    from tracker.fake.markets import resolve_markets
     from tracker.fake.modes import Modes
     from tracker.fake.server import open_fake_exchange
 
     try:
         faults = [parse_fault(f) for f in args.fault]
         modes = Modes.parse(args.mode)
-        markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
-        from tracker.fake.markets import resolve_markets
-
+        markets = tuple(m.strip().lower() for m in args.markets.split(",") if m.strip())
         resolve_markets(markets)
     except ValueError as exc:
         raise TrackerError(str(exc)) from exc
+    if not markets:
+        raise TrackerError("--markets is empty: list market symbols like btcusd,ethusd")
+    truth_out: Path | None = args.truth_out
+    if truth_out is not None and (truth_out.is_dir() or not truth_out.parent.is_dir()):
+        # Checked now, not after hours of running: the truth is written at the stop.
+        raise TrackerError(f"--truth-out {truth_out}: not a file in an existing directory")
 
     async def main() -> dict[str, Any]:
         async with open_fake_exchange(
@@ -77,17 +116,36 @@ def cmd_fake_exchange(args: argparse.Namespace) -> int:
             if modes:
                 print(f"# modes: {', '.join(modes.names())}", file=sys.stderr, flush=True)
             print("# fake exchange running; Ctrl-C stops it", file=sys.stderr, flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    for spec in faults:
-                        nursery.start_soon(run_fault, fx, spec)
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        break
+            async with trio.open_nursery() as nursery:
+                for spec in faults:
+                    nursery.start_soon(run_fault, fx, spec)
+                await wait_for_stop()
+                nursery.cancel_scope.cancel()
             return fx.truth()
 
-    truth = trio.run(main)
-    if args.truth_out is not None:
-        args.truth_out.write_text(json.dumps(truth, indent=1) + "\n")
-        print(f"# ground truth written to {args.truth_out}", file=sys.stderr)
+    try:
+        truth = trio.run(main)
+    except* OSError as group:
+        raise _listen_error(group, args.http_port, args.ws_port) from None
+    if truth_out is not None:
+        try:
+            truth_out.write_text(json.dumps(truth, indent=1) + "\n")
+        except OSError as exc:
+            raise TrackerError(f"cannot write --truth-out {truth_out}: {exc.strerror}") from None
+        print(f"# ground truth written to {truth_out}", file=sys.stderr)
     return 0
+
+
+def _listen_error(group: BaseExceptionGroup[OSError], http_port: int, ws_port: int) -> TrackerError:
+    """The servers' bind failure as one line (trio reports it inside an exception group, 44 lines of traceback)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    asked = " and ".join(f"{flag} {n}" for flag, n in (("--http-port", http_port), ("--ws-port", ws_port)) if n)
+    if isinstance(first, OSError) and first.errno == errno.EADDRINUSE:
+        return TrackerError(
+            f"cannot listen on 127.0.0.1 ({asked or 'a free port'}): the port is already in use; pick another, or 0"
+            " for any free port"
+        )
+    reason = getattr(first, "strerror", None) or str(first)
+    return TrackerError(f"cannot listen on 127.0.0.1 ({asked or 'a free port'}): {reason}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, open_database
 from tracker.config import load_settings
 
 
@@ -22,7 +22,10 @@ def register(subparsers: Any) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -42,14 +45,13 @@ def format_result(events: int, checkpoint: int, rows: dict[str, int], seconds: f
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from tracker.progress import Progress
-    from tracker.store.engine import open_engine
     from tracker.store.event_log import EventLog
     from tracker.store.migrate import check_schema
     from tracker.store.projections import BatchResult
     from tracker.store.rebuild import rebuild
 
     settings = load_settings(flags={"db_url": args.db_url})
-    engine = open_engine(settings.db_url)
+    engine = open_database(settings, write=True)
     try:
         check_schema(engine)
         progress = Progress("rebuilding", total=EventLog(engine).head())

@@ -1,8 +1,11 @@
 """``tracker report fees|fills|orders|positions``: the public views as a table for people, or CSV/JSON for machines.
 
-Every format shows money exactly: decimals as canonical text (``0.00000001``, never ``1E-8`` or a float), in JSON as
-strings. Times are ISO 8601 in UTC with a ``Z``. ``--since`` is inclusive and ``--until`` exclusive; a bare date
-``--until 2026-11-29`` means up to the end of that day.
+CSV and JSON show money exactly: decimals as canonical text (``0.00000001``, never ``1E-8`` or a float), in JSON as
+strings. The table, for people, shows each amount, price and fee with its market's decimals (``display_rows``:
+``0.30000000`` BTC, ``61000.12`` USD, a volume-weighted ``entry_price`` rounded to cents rather than 29 digits); for a
+market tracker does not know, exactly with trailing zeros stripped. Never an exponent. Times are ISO 8601 in UTC with
+a ``Z``. ``--market`` is case-insensitive (``BTCUSD``, ``btc/usd``) and must name a market the database holds.
+``--since`` is inclusive and ``--until`` exclusive; a bare date ``--until 2026-11-29`` means up to the end of that day.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, open_database
 from tracker.config import load_settings
+from tracker.domain.money import EXACT
 from tracker.domain.money import format_decimal as canonical_text
+from tracker.errors import TrackerError
+from tracker.fake.markets import KNOWN_MARKETS
 
 FORMATS = ("table", "csv", "json")
 KINDS = ("fees", "fills", "orders", "positions")
@@ -26,6 +32,10 @@ NUMERIC_COLUMNS = frozenset(
     {"fills", "volume", "fees", "base_volume", "amount", "amount_filled", "amount_remaining", "price", "fee", "size",
      "entry_price", "realised_pnl"}
 )  # fmt: skip
+# The unit of each money column of the reported views (docs/sql.md), for the market's display decimals.
+BASE_COLUMNS = frozenset({"amount", "amount_filled", "amount_remaining", "size", "base_volume"})
+PRICE_COLUMNS = frozenset({"price", "entry_price"})
+QUOTE_COLUMNS = frozenset({"fee", "fees", "volume", "realised_pnl"})
 
 
 def register(subparsers: Any) -> None:
@@ -63,7 +73,12 @@ def parse_moment(text: str) -> datetime:
 
 def parse_until(text: str) -> datetime:
     moment = parse_moment(text)
-    return moment + timedelta(days=1) if len(text) == 10 else moment
+    if len(text) != 10:
+        return moment
+    try:
+        return moment + timedelta(days=1)
+    except OverflowError:  # 9999-12-31: the whole day is every time there is
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def format_value(value: Any) -> str | None:
@@ -119,19 +134,74 @@ def format_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 
+def market_places(market: str | None, column: str) -> int | None:
+    """Display decimals of ``column`` for ``market``: Bitstamp's ``base_decimals`` for base amounts, its
+    ``counter_decimals`` for prices and the quote currency's places for fees and volumes, as tracker knows them
+    (tracker/fake/markets.py mirrors the exchange's ``markets/``); ``None`` when unknown."""
+    known = KNOWN_MARKETS.get(market or "")
+    if known is None:
+        return None
+    if column in BASE_COLUMNS:
+        return known.amount_places
+    if column in PRICE_COLUMNS:
+        return known.price_places
+    if column in QUOTE_COLUMNS:
+        return known.quote_places
+    return None
+
+
+def display_decimal(value: Decimal, places: int | None) -> str:
+    """``value`` with ``places`` decimals (rounded half-even, zero-padded), or exactly without trailing zeros when
+    ``places`` is None. Plain notation always: ``Decimal("1E-8")`` is ``0.00000001``."""
+    if places is None:
+        return canonical_text(value)
+    rounded = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=EXACT)
+    return format(abs(rounded) if rounded.is_zero() else rounded, "f")  # never "-0.00"
+
+
+def display_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Rows for the table: money as text with its market's decimals (see ``market_places``); other values as they
+    are. Rows without a ``market`` column, or of a market tracker does not know, keep exact values."""
+    if "market" not in columns:
+        return [tuple(row) for row in rows]
+    at = columns.index("market")
+    out = []
+    for row in rows:
+        market = row[at]
+        out.append(
+            tuple(
+                display_decimal(value, market_places(market, name)) if isinstance(value, Decimal) else value
+                for name, value in zip(columns, row, strict=True)
+            )
+        )
+    return out
+
+
+def normalise_market(text: str) -> str:
+    """``BTCUSD``, ``btc/usd`` and `` btcusd `` all name ``btcusd`` (the views hold the lowercase wire symbol)."""
+    return text.strip().lower().replace("/", "")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import sys
 
-    from tracker.store.engine import open_engine
     from tracker.store.migrate import check_schema
-    from tracker.store.reports import ReportFilter, read_report
+    from tracker.store.reports import ReportFilter, known_markets, read_report
 
     settings = load_settings(flags={"db_url": args.db_url})
-    engine = open_engine(settings.db_url, write=False)
+    market = normalise_market(args.market) if args.market is not None else None
+    engine = open_database(settings)
     try:
         check_schema(engine)
-        report = read_report(engine, args.kind, ReportFilter(args.account, args.market, args.since, args.until))
+        if market is not None and market not in (known := known_markets(engine)):
+            # An unknown market would print an empty report, indistinguishable from "no fills there yet".
+            raise TrackerError(
+                f"--market {args.market}: this database has no market {market!r}"
+                f" (known: {', '.join(known) if known else 'none yet'})"
+            )
+        report = read_report(engine, args.kind, ReportFilter(args.account, market, args.since, args.until))
     finally:
         engine.dispose()
-    sys.stdout.write(FORMATTERS[args.format](report.columns, report.rows))
+    rows = display_rows(report.columns, report.rows) if args.format == "table" else report.rows
+    sys.stdout.write(FORMATTERS[args.format](report.columns, rows))
     return 0

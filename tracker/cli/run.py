@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tracker.errors import TrackerError
     from tracker.metrics import Metrics
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, require_existing_database
 
 log = logging.getLogger("tracker.run")
 
@@ -66,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         }
     )
     settings.require_credentials()
+    require_existing_database(settings)  # never leave an empty SQLite file behind
     engine = open_engine(settings.db_url)
     try:
         check_schema(engine)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, open_database
 from tracker.config import hide_password, load_settings
+from tracker.domain.money import format_decimal
 
 
 def register(subparsers: Any) -> None:
@@ -126,6 +128,8 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, datetime):
         return _iso(value)
+    if isinstance(value, Decimal):
+        return format_decimal(value)  # str() would print 1E-8
     return str(value)
 
 
@@ -178,12 +182,11 @@ def format_status(status: Any, now: datetime, where: str) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import sys
 
-    from tracker.store.engine import open_engine
     from tracker.store.migrate import check_schema
     from tracker.store.status import read_status
 
     settings = load_settings(flags={"db_url": args.db_url})
-    engine = open_engine(settings.db_url, write=False)
+    engine = open_database(settings)
     try:
         check_schema(engine)
         status = read_status(engine)

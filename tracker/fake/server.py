@@ -114,13 +114,15 @@ class FakeExchange:
         return self.model.truth()
 
     def private_channels(self) -> list[str]:
-        """Every private channel the fake emits on, suffixed with the user id (what a tracker subscribes)."""
+        """Every private channel a tracker subscribes here, suffixed with the user id: those the fake emits on, and
+        ``live_order_trades`` and ``my_token_settlements`` (accepted, never sent on: their payloads are undocumented
+        or for tokenized securities, docs/bitstamp.md §2.4, §2.7)."""
         out = []
         for m in self.model.markets:
-            out += [self.model.channel(k, m) for k in ("my_orders", "my_trades", "live_trades")]
+            out += [self.model.channel(k, m) for k in ("my_orders", "my_trades", "live_trades", "live_order_trades")]
         if self.model.perps:
             out += [self.model.channel("my_settlements"), self.model.channel("my_liquidations")]
-        return out
+        return [*out, self.model.channel("my_token_settlements")]
 
     # ------------------------------------------------------------------ waiting
     async def wait_subscribed(self, channels: int | Iterable[str]) -> None:

@@ -9,7 +9,11 @@ on the quarantine's ``id``, so each round reads only what is new):
 - ``gap_detected`` → ``tracker_gaps_total{kind}`` (its trigger), a ``closed`` connection other than at the stop →
   ``tracker_reconnects_total{reason}`` (requested, dropped, stalled, error);
 - new quarantine rows → ``tracker_frames_quarantined_total{kind}``;
-- gauges: the log head, projection lag (head minus the projector's checkpoint), unresolved discrepancies.
+- gauges: the log head, projection lag (head minus the projector's checkpoint), unresolved discrepancies, and per
+  websocket channel the receive time of its newest entry (``tracker_channel_last_event_timestamp_seconds``; set from
+  the whole log at the start, so it is right from the first scrape).
+
+The SQL lives in ``store/metrics_queries.py``; this module only turns its raw facts into labels and values.
 
 Counting from the log rather than from hooks in each task keeps this module the only coupling: the exported numbers
 are exactly what was committed. Counting starts at the head when the task is built (before the run connects), so
@@ -23,22 +27,22 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 import trio
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain import tracker_events as te
 from tracker.metrics import Metrics
-from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
-from tracker.store.schema import event_log, quarantine
+from tracker.store.metrics_queries import MetricsRead, last_event_per_channel, read_metrics, start_cursors
 
 log = logging.getLogger("tracker.metrics")
 
 INTERVAL_S = 1.0
-_PAGE = 5000
+COUNTED_EVENTS = (te.GAP_DETECTED, te.CLOSED)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class _Delta:
     head: int
     checkpoint: int
     discrepancies_open: int
+    last_event: dict[str, datetime]  # ws channel -> receive time of its newest entry in this round
 
 
 def channel_kind(channel: str) -> str:
@@ -91,59 +96,55 @@ def payload_data(payload: str) -> dict[str, Any]:
 
 
 def _read(engine: Engine, cursor: _Cursor) -> _Delta:
-    t = event_log.c
+    read = read_metrics(
+        engine, after_seq=cursor.seq, after_quarantine_id=cursor.quarantine_id, tracker_events=COUNTED_EVENTS
+    )
+    cursor.seq, cursor.quarantine_id = read.head, read.last_quarantine_id
+    return delta_of(read)
+
+
+def delta_of(read: MetricsRead) -> _Delta:
+    """The labelled counts of one round's raw facts."""
     frames: Counter[str] = Counter()
     backfilled: Counter[str] = Counter()
     gaps: Counter[str] = Counter()
     reconnects: Counter[str] = Counter()
-    quarantined: Counter[str] = Counter()
-    with engine.connect() as conn:
-        head = int(conn.execute(select(func.coalesce(func.max(t.seq), 0))).scalar_one())
-        while cursor.seq < head:
-            until = min(cursor.seq + _PAGE, head)
-            span = (t.seq > cursor.seq, t.seq <= until)
-            for source, channel, n in conn.execute(
-                select(t.source, t.channel, func.count())
-                .where(*span, t.source != "tracker")
-                .group_by(t.source, t.channel)
-            ):
-                if source == "ws":
-                    frames[channel_kind(channel)] += int(n)
-                else:
-                    backfilled[channel or "other"] += int(n)
-            for event, payload in conn.execute(
-                select(t.event, t.payload).where(
-                    *span, t.source == "tracker", t.event.in_((te.GAP_DETECTED, te.CLOSED))
-                )
-            ):
-                data = payload_data(payload)
-                if event == te.GAP_DETECTED:
-                    gaps[str(data.get("trigger") or "unknown")] += 1
-                elif (label := reconnect_reason(str(data.get("reason") or ""))) is not None:
-                    reconnects[label] += 1
-            cursor.seq = until
-        q = quarantine.c
-        for kind, n, last in conn.execute(
-            select(q.kind, func.count(), func.max(q.id)).where(q.id > cursor.quarantine_id).group_by(q.kind)
-        ):
-            quarantined[kind] += int(n)
-            cursor.quarantine_id = max(cursor.quarantine_id, int(last))
-        checkpoint = conn.execute(
-            select(projector_checkpoint.c.seq).where(projector_checkpoint.c.name == CHECKPOINT_NAME)
-        ).scalar()
-        view = VIEWS["v_discrepancies"]
-        discrepancies = int(
-            conn.execute(select(func.count()).select_from(view).where(view.c.status == "open")).scalar_one()
-        )
-    return _Delta(frames, backfilled, gaps, reconnects, quarantined, head, int(checkpoint or 0), discrepancies)
+    last_event: dict[str, datetime] = {}
+    for activity in read.channels:
+        if activity.source == "ws":
+            frames[channel_kind(activity.channel)] += activity.entries
+            if activity.last_at is not None:
+                last_event[activity.channel] = activity.last_at
+        else:
+            backfilled[activity.channel or "other"] += activity.entries
+    for event, payload in read.tracker_events:
+        data = payload_data(payload)
+        if event == te.GAP_DETECTED:
+            gaps[str(data.get("trigger") or "unknown")] += 1
+        elif (label := reconnect_reason(str(data.get("reason") or ""))) is not None:
+            reconnects[label] += 1
+    return _Delta(
+        frames,
+        backfilled,
+        gaps,
+        reconnects,
+        Counter(read.quarantined),
+        read.head,
+        read.checkpoint,
+        read.discrepancies_open,
+        last_event,
+    )
 
 
 def _start(engine: Engine) -> _Cursor:
     """Counters count from now: the cursors start at the current head and quarantine id."""
-    with engine.connect() as conn:
-        seq = int(conn.execute(select(func.coalesce(func.max(event_log.c.seq), 0))).scalar_one())
-        qid = int(conn.execute(select(func.coalesce(func.max(quarantine.c.id), 0))).scalar_one())
+    seq, qid = start_cursors(engine)
     return _Cursor(seq=seq, quarantine_id=qid)
+
+
+def set_last_events(metrics: Metrics, last_event: dict[str, datetime]) -> None:
+    for channel, moment in last_event.items():
+        metrics.channel_last_event.labels(channel=channel).set(moment.timestamp())
 
 
 def _apply(metrics: Metrics, delta: _Delta) -> None:
@@ -160,6 +161,7 @@ def _apply(metrics: Metrics, delta: _Delta) -> None:
     metrics.log_head.set(delta.head)
     metrics.projection_lag.set(max(delta.head - delta.checkpoint, 0))
     metrics.discrepancies_open.set(delta.discrepancies_open)
+    set_last_events(metrics, delta.last_event)
 
 
 def _apply_service(metrics: Metrics, services: Any, cursor: _Cursor) -> None:
@@ -183,6 +185,7 @@ def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL
     before ``run_tracker``: the counters count what is logged from then on."""
 
     cursor = _start(engine)  # now, before the run connects: everything this run logs is counted
+    set_last_events(metrics, last_event_per_channel(engine))  # the gauge is right from the first scrape
 
     async def update_metrics(services: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         limiter = trio.CapacityLimiter(1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, Engine, Select, exists, select
+from sqlalchemy import ColumnElement, Engine, Select, exists, select, union
 
 from tracker.store.projection_schema import VIEWS
 
@@ -87,3 +87,11 @@ def read_report(engine: Engine, kind: ReportKind, where: ReportFilter) -> Report
         result = conn.execute(query)
         columns = tuple(result.keys())
         return Report(columns, [tuple(row) for row in result])
+
+
+def known_markets(engine: Engine) -> list[str]:
+    """Every market symbol the reported views mention, sorted: what ``--market`` can usefully name."""
+    names = ("v_orders", "v_fills", "v_fees_daily", "v_positions")
+    query = union(*(select(VIEWS[name].c.market.label("market")).distinct() for name in names))
+    with engine.connect() as conn:
+        return sorted(market for (market,) in conn.execute(query) if market)

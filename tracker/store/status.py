@@ -158,20 +158,20 @@ def _connections(
     live: list[ConnectionStatus] = []
     closed = 0
     last_closed: ConnectionStatus | None = None
-    for row in sorted(rows, key=lambda r: r.seq):
-        data = _data(row.payload)
-        channels = channels_of.get(row.connection_id, ())
+    for lc in sorted(rows, key=lambda r: r.seq):
+        data = _data(lc.payload)
+        channels = channels_of.get(lc.connection_id, ())
         count = len(channels) or int(data.get("channels", 0) if isinstance(data.get("channels"), int) else 0)
-        if row.event == te.CLOSED:
+        if lc.event == te.CLOSED:
             closed += 1
             last_closed = ConnectionStatus(
-                row.connection_id, "closed", row.received_at, row.seq, count, str(data.get("reason") or "") or None
+                lc.connection_id, "closed", lc.received_at, lc.seq, count, str(data.get("reason") or "") or None
             )
             continue
-        if channels and not any(newest_subscriber.get(c) == row.connection_id for c in channels):
+        if channels and not any(newest_subscriber.get(c) == lc.connection_id for c in channels):
             closed += 1  # killed without a `closed` entry; a newer connection took every channel over
             continue
-        live.append(ConnectionStatus(row.connection_id, STATE_OF_EVENT[row.event], row.received_at, row.seq, count))
+        live.append(ConnectionStatus(lc.connection_id, STATE_OF_EVENT[lc.event], lc.received_at, lc.seq, count))
     live_ids = {c.connection_id for c in live}
     # Every channel ever subscribed; mapped to its connection while that one is live.
     channel_conn = {ch: (cid if cid in live_ids else None) for ch, cid in newest_subscriber.items()}
@@ -191,14 +191,14 @@ def _channels(conn: Connection, channel_conn: dict[str, str | None], states: dic
             last[int(row.seq)] = row
     out: dict[str, ChannelStatus] = {}
     for channel, count, seq in per_channel:
-        row = last.get(int(seq))
+        newest = last.get(int(seq))
         cid = channel_conn.get(channel)
         out[channel] = ChannelStatus(
             channel,
             int(count),
             int(seq),
-            row.event if row is not None else None,
-            row.received_at if row is not None else None,
+            newest.event if newest is not None else None,
+            newest.received_at if newest is not None else None,
             cid,
             states[cid] if cid else "not subscribed",
         )
