@@ -531,7 +531,7 @@ async def watch_and_backfill(
     account = backfiller.account
     watch = GapWatch(account)
     after, previous_last = await sink.run_start(account, started_at)
-    channels = channels_for(backfiller.markets, account)
+    channels = channels_for(backfiller.markets, account, extras=True)  # as ingest subscribes them (by default)
     watch.coverage.start_up(channels, previous_last, "tracker was not running" if previous_last else "first start")
     task_status.started(watch)
     pending: list[ChainBreak] = []
