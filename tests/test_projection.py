@@ -505,3 +505,35 @@ def test_order_side_first_learned_and_kept() -> None:
     log.ws(order_frame("order_deleted", "30", side=9, amount="0", amount_traded="0.5"))
     row = order(project(log), "30")
     assert (row.side, row.status) == ("sell", "filled")
+
+
+def test_an_open_mismatch_shows_the_figures_of_its_last_check_in_plain_decimals() -> None:
+    """Issue 14.8: the detail is refreshed when the order is re-checked, and never uses an exponent."""
+    log = Log()
+    log.ws(order_frame("order_created", "82", amount="0.00000006", amount_at_create="0.00000006"))
+    log.ws(order_frame("order_deleted", "82", amount="0", amount_traded="0.00000006"))
+    (first,) = open_discrepancies(project(log), "order_fills_mismatch")
+    assert "amount_filled=0.00000006 fills_sum=0 fills=0" in first.detail and "E-" not in first.detail
+    log.ws(trade_frame("73", "82", amount="0.00000002"))
+    (again,) = open_discrepancies(project(log), "order_fills_mismatch")
+    assert again.discrepancy_id == first.discrepancy_id and again.opened_seq == first.opened_seq
+    assert "fills_sum=0.00000002 fills=1" in again.detail
+
+
+def test_one_trade_id_with_another_order_or_amount_is_an_identity_mismatch_never_a_merge() -> None:
+    """Issue 13.10: the websocket trade id, the user_transactions id and the perp trade_id are assumed to be one
+    counter; a collision is evidence against it, kept as its own discrepancy, the first fill untouched."""
+    log = Log()
+    log.ws(trade_frame("74", "83", amount="1", price="100"))
+    # REST: the same id under another order; then the same fill as trade 75 with another fee.
+    for row in (_rest_fill(74, 84, "1", "-100", "100", "0.1"), _rest_fill(75, 85, "1", "-100", "100", "0.2")):
+        log.append(
+            entry_from_user_transaction(row, account="acc", received_at=NOW, markets_by_pair={"btc_usd": "btcusd"})
+        )
+    log.ws(trade_frame("75", "85", amount="1", price="100", fee="0.1"))
+    state = project(log)
+    (identity,) = open_discrepancies(state, "fill_identity_mismatch")
+    assert identity.entity == "fill:74" and "order=83" in identity.detail and "order=84" in identity.detail
+    assert state.fills[("acc", "74")].order_id == "83"
+    (source,) = open_discrepancies(state, "fill_source_mismatch")
+    assert source.entity == "fill:75" and "fee=0.1" in source.detail and "fee=0.2" in source.detail

@@ -203,4 +203,4 @@ def test_tracker_rebuild_command(engine: Engine, db_url: str, capsys: pytest.Cap
 
 def test_tracker_rebuild_needs_a_migrated_database(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rebuild", "--db-url", sqlite_url]) != 0
-    assert "run `tracker db upgrade`" in capsys.readouterr().err
+    assert "`tracker db upgrade`" in capsys.readouterr().err

@@ -32,7 +32,9 @@ T = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 def fill(trade_id: str, *, market: str = "btcusd", fee: str = "0.1", amount: str = "1", source: str = "ws") -> FillRow:
-    return FillRow("acc", trade_id, "9", market, "buy", D(amount), D("100"), D(fee), T, None, False, source, 1)
+    return FillRow(
+        "acc", trade_id, "9", market, "buy", D(amount), D("100"), D(fee), T, None, False, source, 1, None, None, None
+    )
 
 
 def ex_fill(trade_id: str, *, fee: str = "0.1", amount: str = "1") -> ExchangeFill:
@@ -43,7 +45,7 @@ def order(order_id: str, status: str = "open", *, age_s: float = 60, remaining: 
     at = T - timedelta(seconds=age_s)
     return OrderRow(
         "acc", order_id, "btcusd", "buy", D("1"), D(remaining), D(1) - D(remaining), status,  # type: ignore[arg-type]
-        D("100"), None, at, at, "orderbook", D(remaining), 1, False, "", 1, 1,
+        D("100"), None, at, at, "orderbook", D(remaining), 1, False, "", 1, 1, None, None, None, None,
     )  # fmt: skip
 
 
@@ -130,7 +132,7 @@ def test_balances_arithmetic() -> None:
 
 
 def row(finding: Finding, status: str = "open") -> DiscrepancyRow:
-    return DiscrepancyRow("acc", finding.id, finding.kind, finding.entity, finding.detail, status, 1, None)  # type: ignore[arg-type]
+    return DiscrepancyRow("acc", finding.id, finding.kind, finding.entity, finding.detail, status, 1, None, None, None)  # type: ignore[arg-type]
 
 
 def test_plan_is_idempotent_and_resolves_clean_rechecks() -> None:
@@ -145,7 +147,9 @@ def test_plan_is_idempotent_and_resolves_clean_rechecks() -> None:
     later = plan(Diff([], {"fill:10"}), [row(fee), row(gone)])
     assert [d.discrepancy_id for d in later.resolve] == [fee.id]
     # A projector-made discrepancy is never resolved by the reconciler.
-    other = DiscrepancyRow("acc", "fill_source_mismatch:10:5", "fill_source_mismatch", "fill:10", "", "open", 5, None)
+    other = DiscrepancyRow(
+        "acc", "fill_source_mismatch:10:5", "fill_source_mismatch", "fill:10", "", "open", 5, None, None, None
+    )
     assert plan(Diff([], {"fill:10"}), [other]).resolve == ()
 
 

@@ -113,6 +113,35 @@ async def test_clean_run_then_planted_mismatches(sqlite_url: str) -> None:
         assert {d.discrepancy_id for d in fixed.resolved} == wanted
         # The log still holds the two answers the exchange gave for that fill: a fact, open until acknowledged.
         assert {d.discrepancy_id for d in fixed.unresolved} == source_mismatch
+        done = await trio.run_process(command, env=env, capture_stdout=True, check=False)
+        assert done.returncode == 1
+
+        # Acknowledged (who, why: in the log), it no longer counts: reconcile exits 0, the view still shows it.
+        [mismatch_id] = source_mismatch
+        ack = [
+            sys.executable,
+            "-m",
+            "tracker",
+            "discrepancies",
+            "ack",
+            mismatch_id,
+            "--note",
+            "fee corrected",
+            "--by",
+            "ops",
+        ]
+        done = await trio.run_process(ack, env=env, capture_stdout=True, check=False)
+        assert done.returncode == 0 and b"fee corrected (by ops)" in done.stdout
+        done = await trio.run_process(command, env=env, capture_stdout=True, check=False)
+        assert done.returncode == 0, done.stdout
+        assert b"no unresolved discrepancies" in done.stdout
+        listing = [sys.executable, "-m", "tracker", "discrepancies", "--status", "acknowledged", "--format", "json"]
+        done = await trio.run_process(listing, env=env, capture_stdout=True, check=False)
+        [row] = json.loads(done.stdout)
+        assert (row["id"], row["status"], row["note"]) == (mismatch_id, "acknowledged", "fee corrected (by ops)")
+        assert "E-" not in row["detail"] and "e-" not in row["detail"]
+        again = await trio.run_process(ack, env=env, capture_stdout=True, capture_stderr=True, check=False)
+        assert again.returncode == 2 and b"is acknowledged, not open" in again.stderr
 
 
 async def test_periodic_reconciliation_under_live_activity_reports_nothing(sqlite_url: str) -> None:

@@ -92,7 +92,22 @@ def test_encoder_equals_the_column_types(name: str, dialect_name: str, data: st.
 def test_non_finite_money_and_naive_times_are_refused() -> None:
     encode = encoder(FIELDS["fills"], converters(PROJECTION_TABLES["fills"], "sqlite"))
     good = TABLES["fills"](
-        "a", "t", None, None, "buy", Decimal(1), Decimal(2), Decimal(0), datetime.now(UTC), None, False, "ws", 1
+        "a",
+        "t",
+        None,
+        None,
+        "buy",
+        Decimal(1),
+        Decimal(2),
+        Decimal(0),
+        datetime.now(UTC),
+        None,
+        False,
+        "ws",
+        1,
+        None,
+        None,
+        None,
     )
     encode([good])
     with pytest.raises(ValueError, match="finite"):

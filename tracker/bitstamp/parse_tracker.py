@@ -11,6 +11,7 @@ from tracker.domain import tracker_events as te
 from tracker.domain.events import (
     BackfillCompleted,
     Discrepancy,
+    DiscrepancyAcknowledged,
     DiscrepancyResolved,
     DomainEvent,
     GapDetected,
@@ -75,5 +76,16 @@ def parse_tracker(entry: Parseable) -> DomainEvent:
             account=entry.account,
             discrepancy_id=discrepancy_id,
             detail=opt_text(data, "detail") or "",
+        )
+    if event == te.DISCREPANCY_ACKNOWLEDGED:
+        discrepancy_id = id_text(data, "id")
+        if discrepancy_id is None:
+            raise Bad("discrepancy_acknowledged without id")
+        return DiscrepancyAcknowledged(
+            seq=entry.seq,
+            account=entry.account,
+            discrepancy_id=discrepancy_id,
+            note=opt_text(data, "note") or "",
+            by=opt_text(data, "by") or "",
         )
     return unknown(entry, f"unknown tracker event {event!r}")

@@ -99,7 +99,16 @@ def order_event(entry: Parseable, message: dict[str, Any], event: str) -> OrderE
         order_source if isinstance(order_source, str) and order_source else None,  # order_source
         occurred,  # occurred_at
         entry.received_at,  # received_at
+        id_text(message, "trade_account_id") or id_text(d, "trade_account_id"),  # trade_account_id
+        _flag(d.get("is_liquidation")),  # is_liquidation
+        _flag(d.get("reduce_only")),  # reduce_only
+        opt_dec(d, "stop_price"),  # stop_price
     )
+
+
+def _flag(value: object) -> bool | None:
+    """A boolean wire field: True/False, or None when absent (or not a boolean)."""
+    return value if isinstance(value, bool) else None
 
 
 def order_source_of(payload: str) -> str | None:
@@ -137,6 +146,9 @@ def _fill(entry: Parseable, d: dict[str, Any]) -> Fill:
         micro(d) or entry.received_at,  # executed_at
         id_text(d, "position_id"),  # position_id
         d.get("is_liquidation") is True,  # is_liquidation
+        id_text(d, "trade_account_id"),  # trade_account_id
+        opt_text(d, "trade_type"),  # trade_type
+        opt_text(d, "client_order_id"),  # client_order_id
     )
 
 
@@ -160,6 +172,9 @@ def _self_trade(entry: Parseable, d: dict[str, Any]) -> SelfTrade:
         price=opt_dec(d, "price", "price_str"),
         occurred_at=occurred,
         time_from_receipt=from_receipt,
+        trade_type=int_text(d.get("type")),
+        buyers_trade_account_id=id_text(d, "buyers_trade_account_id"),
+        sellers_trade_account_id=id_text(d, "sellers_trade_account_id"),
     )
 
 
@@ -211,6 +226,8 @@ def _liquidation(entry: Parseable, d: dict[str, Any], event: str) -> Liquidation
                 initial_margin_ratio=opt_dec(d, "initial_margin_ratio"),
                 maintenance_margin_ratio=opt_dec(d, "maintenance_margin_ratio"),
                 time_from_receipt=occurred is None,
+                alert_type=opt_text(d, "alert_type"),
+                trade_account_id=id_text(d, "trade_account_id"),
             )
     raise Bad(f"unknown liquidation event {event!r}")
 

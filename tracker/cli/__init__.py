@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "status",
     "report",
     "reconcile",
+    "discrepancies",
     "doctor",
     "verify",
     "audit",

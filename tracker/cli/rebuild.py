@@ -34,9 +34,8 @@ def _positive(text: str) -> int:
 def format_result(events: int, checkpoint: int, rows: dict[str, int], seconds: float, workers: int = 1) -> str:
     rate = events / seconds if seconds > 0 else 0.0
     processes = f", {workers} processes" if workers > 1 else ""
-    public = ", ".join(
-        f"{rows.get(name, 0):,} {name}" for name in ("orders", "fills", "positions", "settlements", "discrepancies")
-    )
+    public = ", ".join(f"{rows.get(name, 0):,} {name}" for name in ("orders", "fills", "positions", "settlements"))
+    public += f", {rows.get('discrepancies', 0):,} discrepancies ({rows.get('discrepancies_open', 0):,} open)"
     return (
         f"rebuilt {events:,} events in {seconds:.1f} s ({rate:,.0f} events/s{processes}): {public};"
         f" checkpoint at seq {checkpoint}"

@@ -167,9 +167,9 @@ def format_status(status: Any, now: datetime, where: str) -> str:
         lines.append(
             f"  open: {g.gap_id} at seq {g.seq}, {format_age(g.detected_at, now)}{f' ({detail})' if detail else ''}"
         )
-    lines.append(f"discrepancies: {status.discrepancies_open} unresolved")
+    lines.append(f"discrepancies: {status.discrepancies_open} unresolved (`tracker discrepancies` lists them)")
     for d in status.discrepancies:
-        lines.append(f"  {d.get('id')}: {d.get('kind')} {d.get('entity')} (seq {d.get('opened_seq')})")
+        lines.append(f"  {d.get('kind')} on {d.get('entity')}: {d.get('detail')} (since seq {d.get('opened_seq')})")
     total = sum(status.quarantine_by_kind.values())
     kinds = ", ".join(f"{kind} {n}" for kind, n in status.quarantine_by_kind.items())
     lines.append(f"quarantine: {total} frame{'' if total == 1 else 's'}" + (f" ({kinds})" if kinds else ""))

@@ -51,6 +51,10 @@ class OrderEvent:
     order_source: str | None
     occurred_at: datetime | None
     received_at: datetime
+    trade_account_id: str | None = None  # 0 = the main account (docs/bitstamp.md §2.1)
+    is_liquidation: bool | None = None
+    reduce_only: bool | None = None  # perp only; present when true
+    stop_price: Decimal | None = None  # stop and take-profit orders
 
 
 @fast_init
@@ -72,6 +76,9 @@ class Fill:
     executed_at: datetime
     position_id: str | None
     is_liquidation: bool
+    trade_account_id: str | None = None
+    trade_type: str | None = None  # "ORDERBOOK"; REST trade_history also LIQUIDATION, ADL, ... (§2.2, §5.7)
+    client_order_id: str | None = None
 
 
 @fast_init
@@ -88,6 +95,9 @@ class SelfTrade:
     price: Decimal | None
     occurred_at: datetime
     time_from_receipt: bool = False  # the frame carried no time: ``occurred_at`` is when tracker received it
+    trade_type: int | None = None  # the frame's ``type`` (undocumented values; 0 seen)
+    buyers_trade_account_id: str | None = None
+    sellers_trade_account_id: str | None = None
 
 
 @fast_init
@@ -126,6 +136,8 @@ class LiquidationAlert:
     initial_margin_ratio: Decimal | None
     maintenance_margin_ratio: Decimal | None
     time_from_receipt: bool = False  # the alert carried no microtimestamp: ``occurred_at`` is its receipt time
+    alert_type: str | None = None  # repeats the event name (§2.6)
+    trade_account_id: str | None = None
 
 
 @fast_init
@@ -233,6 +245,18 @@ class DiscrepancyResolved:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class DiscrepancyAcknowledged:
+    """A person looked at an open discrepancy and recorded why it may stay (``tracker discrepancies ack``)."""
+
+    seq: int
+    account: str
+    discrepancy_id: str
+    note: str
+    by: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """Anything the parser cannot map: an unknown event name, a payload that does not parse. Never an exception."""
 
@@ -258,5 +282,6 @@ DomainEvent = (
     | BackfillCompleted
     | Discrepancy
     | DiscrepancyResolved
+    | DiscrepancyAcknowledged
     | Unknown
 )

@@ -48,6 +48,7 @@ from tracker.domain.events import (
     AccountTransaction,
     BackfillCompleted,
     Discrepancy,
+    DiscrepancyAcknowledged,
     DiscrepancyResolved,
     DomainEvent,
     Fill,
@@ -68,6 +69,7 @@ from tracker.domain.projection_state import (
     ZERO,
     ProjectionState,
     StateTable,
+    acknowledge_discrepancy,
     count,
     open_discrepancy,
     resolve_discrepancy,
@@ -110,6 +112,9 @@ def apply(state: ProjectionState, event: DomainEvent) -> ProjectionState:
             _apply_discrepancy(state, event)
         case DiscrepancyResolved():
             resolve_discrepancy(state, event.account, event.discrepancy_id, event.seq, event.detail)
+        case DiscrepancyAcknowledged():
+            note = f"{event.note} (by {event.by})" if event.by else event.note
+            acknowledge_discrepancy(state, event.account, event.discrepancy_id, event.seq, note)
         case TokenReady():
             count(state, event.account, "token_ready", event.seq)
         case OrderStatusSnapshot():

@@ -9,28 +9,55 @@ from __future__ import annotations
 from decimal import Decimal
 
 from tracker.domain.events import Fill, SelfTrade
+from tracker.domain.money import format_decimal
 from tracker.domain.projection_orders import order_link, put_order_link, recompute_order
 from tracker.domain.projection_positions import apply_position_fill
 from tracker.domain.projection_state import ProjectionState, count, open_discrepancy, unix_us
 from tracker.domain.rows import FeesDailyRow, FillRow, OrderLinkRow, SelfTradeRow
 
 
+def _figures(order_id: str | None, side: str | None, amount: Decimal, price: Decimal, fee: Decimal) -> str:
+    return (
+        f"order={order_id} side={side} amount={format_decimal(amount)} price={format_decimal(price)}"
+        f" fee={format_decimal(fee)}"
+    )
+
+
 def apply_fill(state: ProjectionState, event: Fill) -> None:
-    """A new fill: its row, its fee day, its order's link, its position. One seen before: compared (a
-    disagreement opens ``fill_source_mismatch``) and enriched with what the first source lacked."""
+    """A new fill: its row, its fee day, its order's link, its position. One seen before: compared.
+
+    - Another order, side, amount or price under the same trade id is not the same fill seen twice: the websocket
+      trade id, the ``user_transactions`` id and the perp ``trade_id`` are assumed to be one counter (docs/bitstamp.md
+      §5.1: plausible, not documented), and this is the evidence against it. It opens ``fill_identity_mismatch`` and
+      is never merged (the first fill stays as it was).
+    - The same fill with another fee opens ``fill_source_mismatch``; either way it is enriched with what the first
+      source lacked (a position id, a liquidation flag)."""
     account = event.account
     key = (account, event.trade_id)
     old = state.fills.get(key)
     if old is not None:
-        if old.amount != event.amount or old.price != event.price or old.fee != event.fee:
+        seen = f"first {old.source} {_figures(old.order_id, old.side, old.amount, old.price, old.fee)}"
+        then = f"then {event.source} {_figures(event.order_id, event.side, event.amount, event.price, event.fee)}"
+        other_order = old.order_id is not None and event.order_id is not None and old.order_id != event.order_id
+        if other_order or old.side != event.side or old.amount != event.amount or old.price != event.price:
+            open_discrepancy(
+                state,
+                account,
+                f"fill_identity_mismatch:{event.trade_id}:{event.seq}",
+                "fill_identity_mismatch",
+                f"fill:{event.trade_id}",
+                f"one trade id, two fills: {seen}; {then}",
+                event.seq,
+            )
+            return
+        if old.fee != event.fee:
             open_discrepancy(
                 state,
                 account,
                 f"fill_source_mismatch:{event.trade_id}:{event.seq}",
                 "fill_source_mismatch",
                 f"fill:{event.trade_id}",
-                f"first {old.source} amount={old.amount} price={old.price} fee={old.fee}; "
-                f"then {event.source} amount={event.amount} price={event.price} fee={event.fee}",
+                f"{seen}; {then}",
                 event.seq,
             )
         else:
@@ -52,6 +79,9 @@ def apply_fill(state: ProjectionState, event: Fill) -> None:
         event.is_liquidation,  # is_liquidation
         event.source,  # source
         event.seq,  # seq
+        event.trade_account_id,  # trade_account_id
+        event.trade_type,  # trade_type
+        event.client_order_id,  # client_order_id
     )
     state.dirty["fills"].add(key)
     _add_fee_day(state, event)
@@ -76,11 +106,17 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
     ):
         executed_at = event.executed_at
     is_liquidation = old.is_liquidation or event.is_liquidation
-    if (order_id, position_id, executed_at, is_liquidation) == (
+    account_id = old.trade_account_id if old.trade_account_id is not None else event.trade_account_id
+    trade_type = old.trade_type if old.trade_type is not None else event.trade_type
+    client_order_id = old.client_order_id if old.client_order_id is not None else event.client_order_id
+    if (order_id, position_id, executed_at, is_liquidation, account_id, trade_type, client_order_id) == (
         old.order_id,
         old.position_id,
         old.executed_at,
         old.is_liquidation,
+        old.trade_account_id,
+        old.trade_type,
+        old.client_order_id,
     ):
         return
     key = (old.account, old.trade_id)
@@ -98,6 +134,9 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
         is_liquidation,
         old.source,
         old.seq,
+        account_id,
+        trade_type,
+        client_order_id,
     )
     state.dirty["fills"].add(key)
     if old.order_id is None and order_id is not None:
@@ -158,6 +197,10 @@ def apply_self_trade(state: ProjectionState, event: SelfTrade) -> None:
         event.price,
         event.occurred_at,
         event.seq,
+        event.trade_type,
+        event.buyers_trade_account_id,
+        event.sellers_trade_account_id,
+        event.time_from_receipt,
     )
     state.dirty["self_trades"].add(key)
     for order_id in dict.fromkeys((event.buy_order_id, event.sell_order_id)):

@@ -19,6 +19,7 @@ from tracker.domain.events import (
     AccountTransaction,
     BackfillCompleted,
     Discrepancy,
+    DiscrepancyAcknowledged,
     DiscrepancyResolved,
     DomainEvent,
     Fill,
@@ -83,7 +84,7 @@ def add_keys_for(keys: Keys, event: DomainEvent) -> None:
             counters.add((account, f"settlement_seen_again:{event.source}"))
         case LiquidationAlert():
             keys["positions"].add((account, event.position_id))
-        case DiscrepancyResolved():
+        case DiscrepancyResolved() | DiscrepancyAcknowledged():
             keys["discrepancies"].add((account, event.discrepancy_id))
         case Discrepancy():
             pass

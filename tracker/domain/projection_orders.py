@@ -7,14 +7,17 @@ row, ``order_link`` / ``put_order_link`` / ``recompute_order``. Reads follow the
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Final, assert_never
 
 from tracker.domain.events import OrderEvent
+from tracker.domain.money import format_decimal
 from tracker.domain.projection_state import (
     ZERO,
     ProjectionState,
     count,
     open_discrepancy,
+    refresh_discrepancy,
     resolve_discrepancy,
 )
 from tracker.domain.rows import OrderLinkRow, OrderRow, OrderStatus, StreamRow
@@ -73,6 +76,10 @@ def recompute_order(state: ProjectionState, account: str, order_id: str, seq: in
             order.seen_event_ids,
             order.first_seq,
             order.last_seq,
+            order.trade_account_id,
+            order.is_liquidation,
+            order.reduce_only,
+            order.stop_price,
         )
         state.orders[key] = order
         state.dirty["orders"].add(key)
@@ -84,14 +91,17 @@ def _cross_check(state: ProjectionState, order: OrderRow, link: OrderLinkRow | N
         return
     fills_sum = ZERO if link is None else link.fills_sum
     open_id = None if link is None else link.mismatch_id
+    figures = (
+        f"status={order.status} amount_filled={format_decimal(order.amount_filled)}"
+        f" fills_sum={format_decimal(fills_sum)} fills={0 if link is None else link.fills_count}"
+    )
     if order.amount_filled == fills_sum:
         if open_id is not None and link is not None:
-            resolve_discrepancy(
-                state, order.account, open_id, seq, f"amount_filled={order.amount_filled} fills_sum={fills_sum}"
-            )
+            resolve_discrepancy(state, order.account, open_id, seq, figures)
             put_order_link(state, _with_mismatch(link, None))
         return
     if open_id is not None:
+        refresh_discrepancy(state, order.account, open_id, figures)  # the figures of this check, not the first
         return
     discrepancy_id = f"order_fills_mismatch:{order.order_id}:{seq}"
     open_discrepancy(
@@ -100,7 +110,7 @@ def _cross_check(state: ProjectionState, order: OrderRow, link: OrderLinkRow | N
         discrepancy_id,
         "order_fills_mismatch",
         f"order:{order.order_id}",
-        f"status={order.status} amount_filled={order.amount_filled} fills_sum={fills_sum}",
+        figures,
         seq,
     )
     put_order_link(state, _with_mismatch(link or order_link(state, order.account, order.order_id), discrepancy_id))
@@ -216,11 +226,26 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         seen,
         first_seq,
         event.seq,
+        *_wire_fields(old, event),
     )
     state.orders[key] = order
     state.dirty["orders"].add(key)
     _link_replacement(state, event)
     _cross_check(state, order, link, event.seq)
+
+
+def _wire_fields(
+    old: OrderRow | None, event: OrderEvent
+) -> tuple[str | None, bool | None, bool | None, Decimal | None]:
+    """trade_account_id, is_liquidation, reduce_only, stop_price: first-learned, a later event filling a gap."""
+    if old is None:
+        return event.trade_account_id, event.is_liquidation, event.reduce_only, event.stop_price
+    return (
+        old.trade_account_id if old.trade_account_id is not None else event.trade_account_id,
+        old.is_liquidation if old.is_liquidation is not None else event.is_liquidation,
+        old.reduce_only if old.reduce_only is not None else event.reduce_only,
+        old.stop_price if old.stop_price is not None else event.stop_price,
+    )
 
 
 def _link_replacement(state: ProjectionState, event: OrderEvent) -> None:
@@ -289,6 +314,7 @@ def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: Order
         f"{event_id} {old.seen_event_ids}" if old.seen_event_ids else event_id,  # stale ids go first
         old.first_seq,
         event.seq,
+        *_wire_fields(old, event),
     )
     key = (old.account, old.order_id)
     state.orders[key] = order

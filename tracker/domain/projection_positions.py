@@ -157,6 +157,9 @@ def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
         event.initial_margin_ratio,
         event.maintenance_margin_ratio,
         event.seq,
+        event.alert_type,
+        event.trade_account_id,
+        event.time_from_receipt,
     )
     state.dirty["liquidations"].add(key)
     old = _position_row(state, event.account, event.position_id)

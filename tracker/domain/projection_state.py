@@ -172,7 +172,35 @@ def open_discrepancy(
     state: ProjectionState, account: str, discrepancy_id: str, kind: str, entity: str, detail: str, seq: int
 ) -> None:
     key = (account, discrepancy_id)
-    state.discrepancies[key] = DiscrepancyRow(account, discrepancy_id, kind, entity, detail, "open", seq, None)
+    state.discrepancies[key] = DiscrepancyRow(
+        account, discrepancy_id, kind, entity, detail, "open", seq, None, None, None
+    )
+    state.dirty["discrepancies"].add(key)
+
+
+def refresh_discrepancy(state: ProjectionState, account: str, discrepancy_id: str, detail: str) -> None:
+    """Keep an open (or acknowledged) discrepancy's detail current: the figures of its last check."""
+    key = (account, discrepancy_id)
+    row = state.discrepancies.get(key)
+    if row is None or row.status == "resolved" or row.detail == detail:
+        return
+    state.discrepancies[key] = DiscrepancyRow(
+        account, discrepancy_id, row.kind, row.entity, detail, row.status, row.opened_seq, row.resolved_seq,
+        row.acknowledged_seq, row.note,
+    )  # fmt: skip
+    state.dirty["discrepancies"].add(key)
+
+
+def acknowledge_discrepancy(state: ProjectionState, account: str, discrepancy_id: str, seq: int, note: str) -> None:
+    """An open discrepancy a person acknowledged: it stays in the view, no longer counts as unresolved. A resolved,
+    missing or already acknowledged one keeps its state (the acknowledgement stays in the log either way)."""
+    key = (account, discrepancy_id)
+    row = state.discrepancies.get(key)
+    if row is None or row.status != "open":
+        return
+    state.discrepancies[key] = DiscrepancyRow(
+        account, discrepancy_id, row.kind, row.entity, row.detail, "acknowledged", row.opened_seq, None, seq, note
+    )
     state.dirty["discrepancies"].add(key)
 
 
@@ -183,6 +211,7 @@ def resolve_discrepancy(state: ProjectionState, account: str, discrepancy_id: st
     if row is None or row.status == "resolved":
         return
     state.discrepancies[key] = DiscrepancyRow(
-        account, discrepancy_id, row.kind, row.entity, detail or row.detail, "resolved", row.opened_seq, seq
-    )
+        account, discrepancy_id, row.kind, row.entity, detail or row.detail, "resolved", row.opened_seq, seq,
+        row.acknowledged_seq, row.note,
+    )  # fmt: skip
     state.dirty["discrepancies"].add(key)

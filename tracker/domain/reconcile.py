@@ -442,7 +442,8 @@ class Plan:
 
 def plan(diff: Diff, existing: Iterable[DiscrepancyRow]) -> Plan:
     """Compare this run's findings with the discrepancies already in the projection (any status)."""
-    open_by_id = {d.discrepancy_id: d for d in existing if d.status == "open"}
+    # Acknowledged ones are still found (not opened again) and still resolved when checked clean.
+    open_by_id = {d.discrepancy_id: d for d in existing if d.status in ("open", "acknowledged")}
     found_ids = set()
     new: list[Finding] = []
     again: list[Finding] = []

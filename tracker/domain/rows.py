@@ -18,7 +18,7 @@ from tracker.domain.frozen import fast_init
 
 OrderStatus = Literal["open", "filled", "cancelled", "replaced"]
 PositionStatus = Literal["open", "closed", "liquidating", "liquidated"]
-DiscrepancyStatus = Literal["open", "resolved"]
+DiscrepancyStatus = Literal["open", "acknowledged", "resolved"]
 
 
 @fast_init
@@ -46,6 +46,11 @@ class OrderRow:
     seen_event_ids: str  # space-separated event_ids already applied (REST replays of the same event are skipped)
     first_seq: int
     last_seq: int
+    # Public again (v_orders), first-learned: wire fields added after the hidden ones (docs/sql.md).
+    trade_account_id: str | None
+    is_liquidation: bool | None
+    reduce_only: bool | None
+    stop_price: Decimal | None
 
 
 @fast_init
@@ -82,6 +87,9 @@ class FillRow:
     is_liquidation: bool
     source: str
     seq: int
+    trade_account_id: str | None
+    trade_type: str | None
+    client_order_id: str | None
 
 
 @fast_init
@@ -112,6 +120,10 @@ class SelfTradeRow:
     price: Decimal | None
     occurred_at: datetime
     seq: int
+    trade_type: int | None
+    buyers_trade_account_id: str | None
+    sellers_trade_account_id: str | None
+    time_from_receipt: bool | None  # the frame carried no time: occurred_at is its receipt time (None: before 0005)
 
 
 @fast_init
@@ -152,6 +164,9 @@ class LiquidationRow:
     initial_margin_ratio: Decimal | None
     maintenance_margin_ratio: Decimal | None
     seq: int
+    alert_type: str | None
+    trade_account_id: str | None
+    time_from_receipt: bool | None  # no microtimestamp: occurred_at is its receipt time (None: before 0005)
 
 
 @fast_init
@@ -188,6 +203,8 @@ class DiscrepancyRow:
     status: DiscrepancyStatus
     opened_seq: int
     resolved_seq: int | None
+    acknowledged_seq: int | None  # the log entry of the acknowledgement (``tracker discrepancies ack``)
+    note: str | None  # its note and who wrote it
 
 
 @fast_init

@@ -29,6 +29,7 @@ ENDPOINT_UNAVAILABLE: Final = "endpoint_unavailable"  # a walk the exchange refu
 # Reconciliation.
 DISCREPANCY: Final = "discrepancy"
 DISCREPANCY_RESOLVED: Final = "discrepancy_resolved"
+DISCREPANCY_ACKNOWLEDGED: Final = "discrepancy_acknowledged"  # by a person: who, why (tracker discrepancies ack)
 RECONCILED: Final = "reconciled"
 
 TRACKER_EVENTS: Final = frozenset(
@@ -47,6 +48,7 @@ TRACKER_EVENTS: Final = frozenset(
         ENDPOINT_UNAVAILABLE,
         DISCREPANCY,
         DISCREPANCY_RESOLVED,
+        DISCREPANCY_ACKNOWLEDGED,
         RECONCILED,
     }
 )

@@ -116,8 +116,12 @@ class ProjectionReader:
             after = rows[-1].order_id
 
     async def discrepancies(self, account: str) -> list[DiscrepancyRow]:
-        """The account's open discrepancies (resolved ones accumulate with the history; nothing here needs them)."""
+        """The account's open discrepancies: the unresolved ones (acknowledged ones are not counted)."""
         return await trio.to_thread.run_sync(self.queries.open_discrepancies, account)
+
+    async def active_discrepancies(self, account: str) -> list[DiscrepancyRow]:
+        """Open and acknowledged (resolved ones accumulate with the history; nothing here needs them)."""
+        return await trio.to_thread.run_sync(self.queries.active_discrepancies, account)
 
 
 @dataclass
@@ -239,7 +243,9 @@ class Reconciler:
         walk_from, prev_seq = await self._window(full)
         # Entities whose "checked" matters: those of open reconciliation discrepancies (to resolve them).
         watch = frozenset(
-            d.entity for d in await self.reader.discrepancies(self.account) if d.discrepancy_id.startswith(RECON_PREFIX)
+            d.entity
+            for d in await self.reader.active_discrepancies(self.account)
+            if d.discrepancy_id.startswith(RECON_PREFIX)
         )
         fills = FillPager(self.reader, self.account, watch, full=full)
         report = await bf.run("reconcile", user_transactions_from=walk_from, check_orders=False, fill_pages=fills.page)
@@ -255,7 +261,7 @@ class Reconciler:
             diff.extend(diff_balances(rest_observations.balances(balances)))
         except ApiError as exc:
             errors["account_balances"] = str(exc)
-        todo = plan(diff, await self.reader.discrepancies(self.account))
+        todo = plan(diff, await self.reader.active_discrepancies(self.account))
         summary = {
             "full": full,
             "checked": diff.n_checked,

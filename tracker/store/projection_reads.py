@@ -50,6 +50,11 @@ class ProjectionQueries:
     def open_discrepancies(self, account: str) -> list[DiscrepancyRow]:
         return self._select("discrepancies", *self._equal("discrepancies", account, status="open"))
 
+    def active_discrepancies(self, account: str) -> list[DiscrepancyRow]:
+        """Open and acknowledged: the ones a reconciliation may find again or resolve."""
+        table = self.tables["discrepancies"]
+        return self._select("discrepancies", table.c.account == account, table.c.status.in_(("open", "acknowledged")))
+
     def open_orders(self, account: str) -> list[OrderRow]:
         return self._select("orders", *self._equal("orders", account, status="open"))
 

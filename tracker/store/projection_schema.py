@@ -138,6 +138,7 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
             for c in (
                 "account", "order_id", "market", "side", "status", "amount", "amount_filled", "amount_remaining",
                 "price", "client_order_id", "created_at", "updated_at", "order_source",
+                "trade_account_id", "is_liquidation", "reduce_only", "stop_price",
             )
         ),
     ),
@@ -147,7 +148,7 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
             (c, c)
             for c in (
                 "account", "trade_id", "order_id", "market", "side", "amount", "price", "fee", "executed_at",
-                "source", "position_id", "is_liquidation",
+                "source", "position_id", "is_liquidation", "trade_account_id", "trade_type", "client_order_id",
             )
         ),
     ),
@@ -158,7 +159,11 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
     "v_self_trades": (
         "self_trades",
         tuple(
-            (c, c) for c in ("account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at")
+            (c, c)
+            for c in (
+                "account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at",
+                "trade_type", "buyers_trade_account_id", "sellers_trade_account_id", "time_from_receipt",
+            )
         ),
     ),
     "v_settlements": (
@@ -178,7 +183,7 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
             (c, c)
             for c in (
                 "account", "position_id", "event", "margin_mode", "occurred_at", "initial_margin_ratio",
-                "maintenance_margin_ratio",
+                "maintenance_margin_ratio", "alert_type", "trade_account_id", "time_from_receipt",
             )
         ),
     ),
@@ -202,6 +207,8 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
             ("status", "status"),
             ("opened_seq", "opened_seq"),
             ("resolved_seq", "resolved_seq"),
+            ("acknowledged_seq", "acknowledged_seq"),
+            ("note", "note"),
         ),
     ),
 }  # fmt: skip

@@ -351,6 +351,12 @@ def _swap(engine: Engine, files: Mapping[str, Path], shadow: Mapping[str, Table]
         for name, live in PROJECTION_TABLES.items():
             _refill(conn, live, shadow[name], schemas)
             rows[name] = int(conn.execute(select(func.count()).select_from(live)).scalar_one())
+        discrepancies = PROJECTION_TABLES["discrepancies"]
+        rows["discrepancies_open"] = int(
+            conn.execute(
+                select(func.count()).select_from(discrepancies).where(discrepancies.c.status == "open")
+            ).scalar_one()
+        )
         store_live = ProjectionStore(engine)
         conn.execute(
             store_live.checkpoint_upsert,
