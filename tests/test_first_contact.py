@@ -17,7 +17,9 @@ from test_backfill_e2e import MARKETS, assert_equals_truth, tracker_events, trac
 from tracker.domain import tracker_events as te
 from tracker.domain.gaps import MARKET_WIDE_AFTER
 from tracker.fake.server import open_fake_exchange
+from tracker.store.engine import open_engine
 from tracker.store.migrate import upgrade
+from tracker.store.status import read_status
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,6 +52,19 @@ async def _run(modes: list[str], db_url: str, steps: int = 150) -> None:
         assert_equals_truth(fx, db_url)
 
 
+def _degraded(db_url: str) -> dict[str, set[str]]:
+    """What ``tracker status`` says the run goes on without: kind -> the walks, channels or markets."""
+    engine = open_engine(db_url)
+    try:
+        status = read_status(engine)
+    finally:
+        engine.dispose()
+    out: dict[str, set[str]] = {}
+    for d in status.degraded:
+        out.setdefault(d.kind, set()).add(d.what)
+    return out
+
+
 def _walks(db_url: str, event: str) -> dict[str, dict[str, Any]]:
     return {d["walk"]: d for d in tracker_events(db_url, event)}
 
@@ -60,8 +75,10 @@ async def test_each_mode_alone_loses_and_doubles_nothing(mode: str, sqlite_url: 
     unavailable = _walks(sqlite_url, te.ENDPOINT_UNAVAILABLE)
     failed = _walks(sqlite_url, te.WALK_FAILED)
     completed = tracker_events(sqlite_url, te.BACKFILL_COMPLETED)
+    degraded = _degraded(sqlite_url)
     if mode == "derivatives-refused":
         assert {"trade_history:btcusd-perp", "position_settlement_transactions"} <= set(unavailable)
+        assert degraded["endpoint_unavailable"] >= {"trade_history:btcusd-perp", "position_settlement_transactions"}
         assert {d["code"] for d in unavailable.values()} == {"API5506"}
         assert "trade_history:btcusd-perp" in completed[-1]["skipped"]  # not asked again until restart
     elif mode == "derivatives-flaky":
@@ -72,13 +89,15 @@ async def test_each_mode_alone_loses_and_doubles_nothing(mode: str, sqlite_url: 
     elif mode == "market-wide-chain":
         breaks = [d for d in completed if d["reason"] == "chain_break"]
         assert len(breaks) <= MARKET_WIDE_AFTER * len(MARKETS)  # learned, not a walk per event
+        assert degraded.get("chain_market_wide")  # logged once per market, shown by status
     elif mode.startswith("refuse-channel"):
         refused = tracker_events(sqlite_url, te.CHANNEL_REFUSED)
         assert refused and all(REFUSED in d["channel"] for d in refused)
         subscribed = tracker_events(sqlite_url, te.SUBSCRIBED)
         assert all(not any(REFUSED in ch for ch in d["channels"]) for d in subscribed)
+        assert any(REFUSED in channel for channel in degraded["channel_refused"])
     else:
-        assert not unavailable
+        assert not unavailable and "endpoint_unavailable" not in degraded
 
 
 async def test_every_mode_at_once(sqlite_url: str) -> None:

@@ -63,6 +63,18 @@ class Metrics:
         self.reconnects = Counter("tracker_reconnects", "Websocket reconnects", ["reason"], registry=r)
         self.connections = Gauge("tracker_connections", "Open websocket connections", registry=r)
         self.gaps = Counter("tracker_gaps", "Gaps detected", ["kind"], registry=r)
+        self.walk_failures = Counter(
+            "tracker_walk_failures", "REST walks that failed and are retried alone", ["endpoint", "code"], registry=r
+        )
+        self.endpoints_unavailable = Counter(
+            "tracker_endpoints_unavailable",
+            "REST walks the exchange refuses for this account, given up until restart",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.channels_refused = Counter(
+            "tracker_channels_refused", "Channels set aside after repeated refusals", ["channel_kind"], registry=r
+        )
         self.backfilled = Counter("tracker_backfilled_events", "Facts appended from REST", ["endpoint"], registry=r)
         self.discrepancies_open = Gauge("tracker_discrepancies_open", "Unresolved discrepancies", registry=r)
         self.channel_last_event = Gauge(

@@ -88,6 +88,13 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
                 "at": _iso(status.last_closed.since),
             },
         },
+        "degraded": [
+            {"kind": d.kind, "what": d.what, "detail": d.detail, "seq": d.seq, "at": _iso(d.at)}
+            for d in status.degraded
+        ],
+        "backfill_progress": None
+        if status.backfill_progress is None
+        else {k: (_iso(v) if k == "at" else v) for k, v in status.backfill_progress.items()},
         "gaps": {
             "open": [
                 {
@@ -167,6 +174,15 @@ def format_status(status: Any, now: datetime, where: str) -> str:
         lines.append(
             f"  open: {g.gap_id} at seq {g.seq}, {format_age(g.detected_at, now)}{f' ({detail})' if detail else ''}"
         )
+    if status.backfill_progress is not None:
+        p = status.backfill_progress
+        lines.append(
+            f"backfill under way ({p.get('reason')}): {p.get('fetched', 0):,} facts fetched, {p.get('new', 0):,} new,"
+            f" walking {p.get('walking')} ({format_age(p['at'], now)})"
+        )
+    lines.append(f"degraded: {len(status.degraded) or 'nothing'}")
+    for d in status.degraded:
+        lines.append(f"  {d.kind.replace('_', ' ')}: {d.what}: {d.detail} (seq {d.seq}, {format_age(d.at, now)})")
     lines.append(f"discrepancies: {status.discrepancies_open} unresolved (`tracker discrepancies` lists them)")
     for d in status.discrepancies:
         lines.append(f"  {d.get('kind')} on {d.get('entity')}: {d.get('detail')} (since seq {d.get('opened_seq')})")

@@ -24,6 +24,8 @@ CHANNEL_REFUSED: Final = "channel_refused"  # a channel set aside after repeated
 # Gaps and backfill.
 GAP_DETECTED: Final = "gap_detected"
 BACKFILL_COMPLETED: Final = "backfill_completed"
+BACKFILL_PROGRESS: Final = "backfill_progress"  # a long walk's progress (every few thousand facts)
+CHAIN_MARKET_WIDE: Final = "chain_market_wide"  # a market's order chain learned to run over other users' events
 WALK_FAILED: Final = "walk_failed"  # one REST walk failed; it is retried alone (runtime/walk_health.py)
 ENDPOINT_UNAVAILABLE: Final = "endpoint_unavailable"  # a walk the exchange refuses for this account, until restart
 # Reconciliation.
@@ -44,6 +46,8 @@ TRACKER_EVENTS: Final = frozenset(
         CHANNEL_REFUSED,
         GAP_DETECTED,
         BACKFILL_COMPLETED,
+        BACKFILL_PROGRESS,
+        CHAIN_MARKET_WIDE,
         WALK_FAILED,
         ENDPOINT_UNAVAILABLE,
         DISCREPANCY,

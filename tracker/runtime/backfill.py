@@ -55,7 +55,16 @@ from tracker.domain import tracker_events as te
 from tracker.domain.backfill import BACKFILL_CHANNEL, ORDER_SOURCES, BackfillOptions, BackfillReport, Cursors
 from tracker.domain.corroboration import adds_nothing
 from tracker.domain.events import Fill, OrderEvent
-from tracker.domain.gaps import ChainBreak, GapWatch, Window, advance, event_id_at, event_id_order, forget_passed
+from tracker.domain.gaps import (
+    MARKET_WIDE_AFTER,
+    ChainBreak,
+    GapWatch,
+    Window,
+    advance,
+    event_id_at,
+    event_id_order,
+    forget_passed,
+)
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.domain.reconcile import ExchangeFill
 from tracker.domain.rows import OrderRow
@@ -147,6 +156,10 @@ class Backfiller:
             data = await self.sink.latest(self.account, BACKFILL_CHANNEL, te.BACKFILL_COMPLETED)
             self.cursors = Cursors.from_data((data or {}).get("cursors"))
         return self.cursors
+
+    def entry(self, event: str, data: dict[str, Any], market: str | None = None) -> NewEntry:
+        """A tracker-made entry of this account on the backfill channel."""
+        return self._entry(event, data, market)
 
     def _entry(self, event: str, data: dict[str, Any], market: str | None = None) -> NewEntry:
         return te.tracker_entry(
@@ -298,13 +311,17 @@ class Backfiller:
         # `tracker run` is a service whose output is usually a journal or a file).
         after = before + len(items)
         if after // PROGRESS_EVERY > before // PROGRESS_EVERY:
+            found = sum(report.found.values())
             log.info(
                 "backfill (%s): %s facts fetched so far, %s new (now walking %s)",
                 report.reason,
                 f"{after:,}",
-                f"{sum(report.found.values()):,}",
+                f"{found:,}",
                 endpoint,
             )
+            # In the log too, so `tracker status` shows a long first walk under way (a real account's history).
+            progress = {"reason": report.reason, "fetched": after, "new": found, "walking": endpoint}
+            await self.sink.append([self._entry(te.BACKFILL_PROGRESS, progress)])
 
     async def _corroborated(self, items: Sequence[NewEntry | QuarantineItem]) -> set[int]:
         """Indices of the REST entries whose fill or order event the log already holds, agreeing in every field."""
@@ -550,6 +567,8 @@ async def watch_and_backfill(
                 " events this account does not see); relying on connection windows for that stream",
                 market,
             )
+            learned = {"market": market, "breaks_with_connection_up": MARKET_WIDE_AFTER}
+            await sink.append([backfiller.entry(te.CHAIN_MARKET_WIDE, learned, market=market)])
         windows, breaks, subscriptions = watch.take()
         pending += breaks
         now = trio.current_time()

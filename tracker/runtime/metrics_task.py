@@ -23,26 +23,25 @@ the counters count this run.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 import trio
-from sqlalchemy import Engine
 
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain import tracker_events as te
 from tracker.metrics import Metrics
+from tracker.runtime.service import Services, TaskStarter
+from tracker.store.engine import Engine
 from tracker.store.metrics_queries import MetricsRead, last_event_per_channel, read_metrics, start_cursors
 
 log = logging.getLogger("tracker.metrics")
 
 INTERVAL_S = 1.0
-COUNTED_EVENTS = (te.GAP_DETECTED, te.CLOSED)
+COUNTED_EVENTS = (te.GAP_DETECTED, te.CLOSED, te.WALK_FAILED, te.ENDPOINT_UNAVAILABLE, te.CHANNEL_REFUSED)
 
 
 @dataclass
@@ -59,6 +58,7 @@ class _Delta:
     backfilled: Counter[str]
     gaps: Counter[str]
     reconnects: Counter[str]
+    walks: Counter[tuple[str, str, str]]  # (event, endpoint or channel kind, code)
     quarantined: Counter[str]
     head: int
     checkpoint: int
@@ -71,28 +71,6 @@ def channel_kind(channel: str) -> str:
         return parse_channel(channel).name
     except ValueError:
         return "other"
-
-
-def reconnect_reason(reason: str) -> str | None:
-    """The label of a ``closed`` lifecycle reason; ``None`` for a close that is not a reconnect (the stop)."""
-    text = reason.lower()
-    if text == "stopped":
-        return None
-    if text == "replaced":
-        return "requested"
-    if "stall" in text:
-        return "stalled"
-    if "drop" in text or "1006" in text or "closed by the peer" in text:
-        return "dropped"
-    return "error"
-
-
-def payload_data(payload: str) -> dict[str, Any]:
-    try:
-        data = json.loads(payload).get("data")
-    except (ValueError, AttributeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _read(engine: Engine, cursor: _Cursor) -> _Delta:
@@ -109,6 +87,7 @@ def delta_of(read: MetricsRead) -> _Delta:
     backfilled: Counter[str] = Counter()
     gaps: Counter[str] = Counter()
     reconnects: Counter[str] = Counter()
+    walks: Counter[tuple[str, str, str]] = Counter()
     last_event: dict[str, datetime] = {}
     for activity in read.channels:
         if activity.source == "ws":
@@ -118,16 +97,21 @@ def delta_of(read: MetricsRead) -> _Delta:
         else:
             backfilled[activity.channel or "other"] += activity.entries
     for event, payload in read.tracker_events:
-        data = payload_data(payload)
+        data = te.entry_data(payload)
         if event == te.GAP_DETECTED:
             gaps[str(data.get("trigger") or "unknown")] += 1
-        elif (label := reconnect_reason(str(data.get("reason") or ""))) is not None:
+        elif event in (te.WALK_FAILED, te.ENDPOINT_UNAVAILABLE):
+            walks[(event, str(data.get("endpoint") or "other"), str(data.get("code") or data.get("status") or ""))] += 1
+        elif event == te.CHANNEL_REFUSED:
+            walks[(event, channel_kind(str(data.get("channel") or "")), "")] += 1
+        elif (label := te.reconnect_reason(str(data.get("reason") or ""))) is not None:
             reconnects[label] += 1
     return _Delta(
         frames,
         backfilled,
         gaps,
         reconnects,
+        walks,
         Counter(read.quarantined),
         read.head,
         read.checkpoint,
@@ -156,6 +140,13 @@ def _apply(metrics: Metrics, delta: _Delta) -> None:
         metrics.gaps.labels(kind=kind).inc(n)
     for reason, n in delta.reconnects.items():
         metrics.reconnects.labels(reason=reason).inc(n)
+    for (event, what, code), n in delta.walks.items():
+        if event == te.WALK_FAILED:
+            metrics.walk_failures.labels(endpoint=what, code=code).inc(n)
+        elif event == te.ENDPOINT_UNAVAILABLE:
+            metrics.endpoints_unavailable.labels(endpoint=what, code=code).inc(n)
+        else:
+            metrics.channels_refused.labels(channel_kind=what).inc(n)
     for kind, n in delta.quarantined.items():
         metrics.quarantined.labels(kind=kind).inc(n)
     metrics.log_head.set(delta.head)
@@ -164,7 +155,7 @@ def _apply(metrics: Metrics, delta: _Delta) -> None:
     set_last_events(metrics, delta.last_event)
 
 
-def _apply_service(metrics: Metrics, services: Any, cursor: _Cursor) -> None:
+def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> None:
     """What only the running service knows: duplicates, commit latencies, open connections."""
     writer = services.writer_stats
     if writer.duplicates > cursor.duplicates:
@@ -180,14 +171,16 @@ def _apply_service(metrics: Metrics, services: Any, cursor: _Cursor) -> None:
     metrics.connections.set(services.ingest_stats.connected_now)
 
 
-def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL_S) -> Any:
+def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL_S) -> TaskStarter:
     """An ``extra_tasks`` starter: ``run_tracker(..., extra_tasks=[metrics_task(metrics, engine)])``. Build it just
     before ``run_tracker``: the counters count what is logged from then on."""
 
     cursor = _start(engine)  # now, before the run connects: everything this run logs is counted
     set_last_events(metrics, last_event_per_channel(engine))  # the gauge is right from the first scrape
 
-    async def update_metrics(services: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def update_metrics(
+        services: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         limiter = trio.CapacityLimiter(1)
 
         async def round_() -> None:

@@ -88,6 +88,17 @@ class QuarantineStatus:
     received_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Degraded:
+    """Something the run goes on without: a walk failing or unavailable, a channel refused, a chain learned."""
+
+    kind: str  # walk_failing | endpoint_unavailable | channel_refused | chain_market_wide
+    what: str  # the walk key, the channel, the market
+    detail: str
+    seq: int
+    at: datetime
+
+
 @dataclass
 class Status:
     head: int
@@ -104,6 +115,8 @@ class Status:
     discrepancies: list[dict[str, Any]] = field(default_factory=list)  # the newest unresolved ones
     quarantine_by_kind: dict[str, int] = field(default_factory=dict)
     quarantine_latest: list[QuarantineStatus] = field(default_factory=list)
+    degraded: list[Degraded] = field(default_factory=list)  # what the run works without, and why
+    backfill_progress: dict[str, Any] | None = None  # a long backfill under way: its newest progress entry
 
     @property
     def projection_lag(self) -> int | None:
@@ -269,4 +282,50 @@ def read_status(engine: Engine) -> Status:
         status.gaps_open, status.gaps_closed = _gaps(conn)
         status.discrepancies_open, status.discrepancies = _discrepancies(conn)
         status.quarantine_by_kind, status.quarantine_latest = _quarantine(conn)
+        status.degraded, status.backfill_progress = _degraded(conn)
     return status
+
+
+def _latest(conn: Connection, event: str, limit: int = 200) -> list[Any]:
+    t = event_log.c
+    query = (
+        select(t.seq, t.received_at, t.payload, t.connection_id)
+        .where(t.source == "tracker", t.event == event)
+        .order_by(t.seq.desc())
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+def _degraded(conn: Connection) -> tuple[list[Degraded], dict[str, Any] | None]:
+    """From the newest ``backfill_completed`` (its ``skipped`` walks: unavailable until restart; its ``errors``:
+    failing, retried alone), the channels refused on connections whose newest subscribe still lists them, and the
+    markets whose order chain was learned as market-wide. Plus a backfill's progress when it is newer than every
+    completion (a long first walk of a real account)."""
+    out: list[Degraded] = []
+    completed = _latest(conn, te.BACKFILL_COMPLETED, 1)
+    last_completed_seq = completed[0].seq if completed else 0
+    if completed:
+        data = _data(completed[0].payload)
+        for walk, why in sorted((data.get("skipped") or {}).items()):
+            out.append(Degraded("endpoint_unavailable", walk, str(why), completed[0].seq, completed[0].received_at))
+        for walk, why in sorted((data.get("errors") or {}).items()):
+            out.append(Degraded("walk_failing", walk, str(why), completed[0].seq, completed[0].received_at))
+    refused: dict[str, Degraded] = {}
+    for row in reversed(_latest(conn, te.CHANNEL_REFUSED)):
+        data = _data(row.payload)
+        channel = str(data.get("channel") or "")
+        detail = f"{data.get('reason') or 'refused'} ({data.get('refusals')} times); retried alone"
+        refused[channel] = Degraded("channel_refused", channel, detail, row.seq, row.received_at)
+    for row in _latest(conn, te.SUBSCRIBED):  # a later subscribe of a refused channel ends it
+        for channel in _data(row.payload).get("channels") or []:
+            if channel in refused and row.seq > refused[channel].seq:
+                del refused[channel]
+    out += sorted(refused.values(), key=lambda d: d.what)
+    for row in reversed(_latest(conn, te.CHAIN_MARKET_WIDE, 50)):
+        market = str(_data(row.payload).get("market") or "")
+        out.append(Degraded("chain_market_wide", market, "order chain runs market-wide: covered by connection windows",
+                            row.seq, row.received_at))  # fmt: skip
+    progress = _latest(conn, te.BACKFILL_PROGRESS, 1)
+    newest = progress[0] if progress and progress[0].seq > last_completed_seq else None
+    return out, (None if newest is None else {**_data(newest.payload), "seq": newest.seq, "at": newest.received_at})
