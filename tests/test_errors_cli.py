@@ -264,7 +264,7 @@ def test_schema_not_migrated(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert one_line(result.stderr) == (
         f"the SQLite database {missing} (from --db-url) does not exist: point --db-url at your database,"
-        " or create an empty one with `tracker db upgrade`"
+        " or run `tracker db upgrade` to create an empty one"
     )
 
 

@@ -146,7 +146,7 @@ def require_existing_database(settings: Settings) -> None:
     point = {"default": "--db-url (or TRACKER_DB_URL)", "flag": "--db-url"}.get(origin, label)
     raise StoreError(
         f"the SQLite database {path} ({where}) does not exist: point {point} at your database,"
-        " or create an empty one with `tracker db upgrade`"
+        " or run `tracker db upgrade` to create an empty one"
     )
 
 
