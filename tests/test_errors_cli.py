@@ -28,6 +28,7 @@ import pytest
 import trio
 
 from tracker.fake.server import DEMO_API_SECRET, FakeExchange, open_fake_exchange
+from tracker.store import migrate
 from tracker.store.migrate import upgrade
 
 pytestmark = pytest.mark.timeout(60)
@@ -257,7 +258,7 @@ def test_schema_not_migrated(tmp_path: Path) -> None:
     result = tracker("run", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert one_line(result.stderr) == (
-        f"the database at {url} is not migrated (at revision none, need 0002): run `tracker db upgrade`"
+        f"the database at {url} is not migrated (at revision none, need {migrate.head_revision()}): run `tracker db upgrade`"
     )
     missing = tmp_path / "missing.db"
     result = tracker("status", "--db-url", f"sqlite:///{missing}", cwd=tmp_path, env=clean_env())

@@ -11,6 +11,7 @@ Rules: in-process (``main(argv)`` with stdout/stderr captured) for speed; a clea
 directory; loopback only. Hosts are drawn from loopback spellings and junk that never resolves, PostgreSQL database
 names always start with ``h14_nope_`` (no real database is ever migrated or dropped), and the parts that would run
 forever or contact an exchange are replaced after argument handling (``run_app``, ``run_demo``, ``reconcile_once``,
+``run_doctor``,
 the fake exchange's wait for Ctrl-C, the metrics HTTP server): ``run``, ``demo``, ``reconcile`` and
 ``fake-exchange`` get argument-level hostility only, and must fail fast when an argument is bad.
 """
@@ -193,7 +194,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
         mp.setattr("tracker.runtime.app.run_app", would_run)
         mp.setattr("tracker.runtime.demo.run_demo", would_run)
-        mp.setattr("tracker.runtime.reconciler.reconcile_once", would_run)
+        mp.setattr("tracker.runtime.recovery.reconcile_once", would_run)
+        mp.setattr("tracker.runtime.doctor.run_doctor", would_run)
         mp.setattr("tracker.cli.fake_exchange.wait_for_stop", stop_at_once)
         mp.setattr("tracker.metrics.serve_metrics", lambda _metrics, port, addr="127.0.0.1": port)
         yield root

@@ -114,10 +114,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.since is not None and args.until is not None and args.until < args.since:
         raise ConfigError(f"--until {args.until} is before --since {args.since}")
+    from tracker.cli import open_database
+    from tracker.errors import TrackerError
+    from tracker.store.migrate import check_schema
+
     settings = load_settings(flags={"db_url": args.db_url})
-    until = None if args.until is None else date.fromordinal(args.until.toordinal() + 1)  # inclusive day -> bound
+    # The inclusive last day -> an exclusive bound (the last day there is has none: open).
+    until = None if args.until is None or args.until == date.max else date.fromordinal(args.until.toordinal() + 1)
     out = Path(args.out)
-    data = write_audit(settings.db_url, out, Period(args.since, until, args.account))
+    engine = open_database(settings)
+    try:
+        check_schema(engine)
+        try:
+            data = write_audit(engine, out, Period(args.since, until, args.account))
+        except OSError as exc:
+            raise TrackerError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    finally:
+        engine.dispose()
     verdict = "ok" if data.integrity.ok else "BROKEN (see the report's integrity section)"
     print(f"audit report written to {out.resolve()} ({out.stat().st_size:,} bytes); verify: {verdict}")
     return 0 if data.integrity.ok else 1

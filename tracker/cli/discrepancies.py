@@ -44,9 +44,12 @@ def register(subparsers: Any) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from tracker.store.discrepancy_queries import STATUSES, list_discrepancies
 
+    from tracker.store.migrate import check_schema
+
     settings = load_settings(flags={"db_url": args.db_url})
     engine = open_database(settings)
     try:
+        check_schema(engine)
         statuses = STATUSES if args.status == "all" else (args.status,)
         rows = list_discrepancies(engine, statuses=statuses, kind=args.kind)
     finally:
@@ -63,9 +66,12 @@ def cmd_ack(args: argparse.Namespace) -> int:
         from tracker.config import ConfigError
 
         raise ConfigError("--note must say why the discrepancy may stay (it is kept in the log)")
+    from tracker.store.migrate import check_schema
+
     settings = load_settings(flags={"db_url": args.db_url})
     engine = open_database(settings, write=True)
     try:
+        check_schema(engine)
         row = acknowledge(engine, args.id, note=note, by=(args.by or _user()).strip())
     finally:
         engine.dispose()

@@ -39,7 +39,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from tracker.config import load_settings
     from tracker.runtime.reconciler import ReconcileOptions
     from tracker.runtime.recovery import reconcile_once
-    from tracker.store.engine import open_engine
+    from tracker.cli import open_database
     from tracker.store.event_log import EventLog
     from tracker.store.migrate import check_schema
 
@@ -47,7 +47,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         flags={"db_url": args.db_url, "markets": args.markets, "api_url": args.api_url, "insecure": args.insecure}
     )
     settings.require_credentials()
-    engine = open_engine(settings.db_url)
+    engine = open_database(settings, write=True)  # a missing SQLite file is an error, never created here
     try:
         check_schema(engine)
         result = trio.run(
