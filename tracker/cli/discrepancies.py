@@ -43,7 +43,6 @@ def register(subparsers: Any) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tracker.store.discrepancy_queries import STATUSES, list_discrepancies
-
     from tracker.store.migrate import check_schema
 
     settings = load_settings(flags={"db_url": args.db_url})

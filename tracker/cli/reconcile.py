@@ -36,10 +36,10 @@ def register(subparsers: Any) -> None:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     import trio
 
+    from tracker.cli import open_database
     from tracker.config import load_settings
     from tracker.runtime.reconciler import ReconcileOptions
     from tracker.runtime.recovery import reconcile_once
-    from tracker.cli import open_database
     from tracker.store.event_log import EventLog
     from tracker.store.migrate import check_schema
 
