@@ -257,8 +257,9 @@ def test_schema_not_migrated(tmp_path: Path) -> None:
     env = clean_env(TRACKER_DB_URL=url, BITSTAMP_API_KEY="abcdefgh", BITSTAMP_API_SECRET="s3cretvalue")
     result = tracker("run", cwd=tmp_path, env=env)
     assert result.returncode == 2
+    head = migrate.head_revision()
     assert one_line(result.stderr) == (
-        f"the database at {url} is not migrated (at revision none, need {migrate.head_revision()}): run `tracker db upgrade`"
+        f"the database at {url} is not migrated (at revision none, need {head}): run `tracker db upgrade`"
     )
     missing = tmp_path / "missing.db"
     result = tracker("status", "--db-url", f"sqlite:///{missing}", cwd=tmp_path, env=clean_env())
