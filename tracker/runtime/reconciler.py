@@ -46,6 +46,7 @@ from tracker.domain.reconcile import (
     plan,
 )
 from tracker.domain.rows import DiscrepancyRow, FillRow, OrderRow
+from tracker.errors import ExchangeError
 from tracker.exchange.errors import ApiError
 from tracker.runtime.backfill import Backfiller
 from tracker.store.event_log import EventLog
@@ -137,7 +138,10 @@ class ReconcileResult:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileOptions:
-    max_status_checks: int = 200
+    max_status_checks: int = 200  # order_status/ calls per run at most (tracker reconcile --max-status-checks)
+    # Periodic runs: order_status/ may use this share of the exchange's request budget, spread over the runs of a
+    # window (3 % of 10,000 per 10 min: 300, i.e. 150 a run every 5 min, 30 a run every minute).
+    status_share: float = 0.03
     cache_s: float = 10.0
     grace_s: float = 5.0
 
@@ -236,7 +240,13 @@ class Reconciler:
             return dict.fromkeys(markets, 0), 0
         return {m: int(cursors.get(m, 0)) for m in markets}, int(previous.get("checkpoint", 0))
 
-    async def run_once(self, *, full: bool = False) -> ReconcileResult:
+    def status_budget(self, interval_s: float) -> int:
+        """order_status/ calls one periodic run may make: its share of the request budget (at least 10)."""
+        per_window, window_s = self.backfiller.api.limiter.limits[-1]
+        share = self.options.status_share * per_window * min(interval_s, window_s) / window_s
+        return max(10, min(self.options.max_status_checks, int(share)))
+
+    async def run_once(self, *, full: bool = False, status_budget: int | None = None) -> ReconcileResult:
         started = trio.current_time()
         bf = self.backfiller
         requests_before = bf.api.stats.total
@@ -253,7 +263,8 @@ class Reconciler:
         diff = await fills.finish(report, bf.markets, bf.options.page_limit)
         errors = dict(report.errors)
         try:
-            diff.extend(await self._orders(report, prev_seq, watch, full=full))
+            budget = self.options.max_status_checks if status_budget is None else status_budget
+            diff.extend(await self._orders(report, prev_seq, watch, full=full, budget=budget))
         except ApiError as exc:
             errors["orders"] = str(exc)
         try:
@@ -303,7 +314,9 @@ class Reconciler:
         ]
         return entries
 
-    async def _orders(self, report: BackfillReport, since_seq: int, watch: frozenset[str], *, full: bool) -> Diff:
+    async def _orders(
+        self, report: BackfillReport, since_seq: int, watch: frozenset[str], *, full: bool, budget: int
+    ) -> Diff:
         """Open orders against ``open_orders/`` and order states against ``order_status/`` for disagreements and
         orders closed since the previous run (all closed ones on a full run), newest first, within the budget: over
         the projected orders a chunk at a time (``OrderAudit``)."""
@@ -315,7 +328,7 @@ class Reconciler:
             exchange_open,
             asked_at=asked_at,
             markets=bf.markets,
-            budget=self.options.max_status_checks,
+            budget=budget,
             since_seq=changed_after,
             cache_s=self.options.cache_s,
             grace_s=self.options.grace_s,
@@ -347,6 +360,6 @@ async def run_periodic(
         if stop.is_set():
             return
         try:
-            await reconciler.run_once()
-        except ApiError as exc:
+            await reconciler.run_once(status_budget=reconciler.status_budget(interval_s))
+        except ExchangeError as exc:  # no answer of the exchange ends the run: the next one tries again
             log.warning("reconciliation failed: %s (next try in %g s)", exc, interval_s)
