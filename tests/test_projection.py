@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pipeline import NOW, Log, order_frame, trade_frame
 
 from tracker.bitstamp.frames import entry_from_user_transaction
+from tracker.bitstamp.rest_entries import entry_from_order_status
 from tracker.domain.events import DomainEvent, Fill, LiquidationAlert, OrderEvent, SelfTrade, Settlement
 from tracker.domain.projection import ProjectionState, apply, fold
 from tracker.domain.rows import OrderRow, row_key
@@ -537,3 +538,28 @@ def test_one_trade_id_with_another_order_or_amount_is_an_identity_mismatch_never
     assert state.fills[("acc", "74")].order_id == "83"
     (source,) = open_discrepancies(state, "fill_source_mismatch")
     assert source.entity == "fill:75" and "fee=0.1" in source.detail and "fee=0.2" in source.detail
+
+
+def test_an_order_live_before_tracking_explains_its_missing_fills_and_order_status_confirms_it() -> None:
+    """Issue 14.7: self trades before tracking began cannot be learned; the fill offset they leave is its own kind,
+    explained, and resolved when order_status/ confirms the order's remaining amount."""
+    log = Log()
+    # First seen mid-life: 0.4 already filled before tracking (by a self trade, say), 0.6 filled while tracked.
+    log.ws(order_frame("order_changed", "86", amount="0.6", amount_at_create="1", amount_traded="0.4"))
+    log.ws(trade_frame("76", "86", amount="0.6"))
+    log.ws(order_frame("order_deleted", "86", amount="0", amount_at_create="1", amount_traded="0.6"))
+    state = project(log)
+    assert not open_discrepancies(state, "order_fills_mismatch")
+    (before,) = open_discrepancies(state, "fills_before_tracking")
+    assert "live before tracking began (first event seen: changed)" in before.detail
+    log.append(
+        entry_from_order_status(
+            {"id": 86, "status": "Finished", "amount_remaining": "0", "market": "BTC/USD", "type": "0"},
+            account="acc",
+            received_at=NOW,
+        )
+    )
+    state = project(log)
+    assert not open_discrepancies(state, "fills_before_tracking")
+    resolved = state.discrepancies[("acc", before.discrepancy_id)]
+    assert resolved.status == "resolved" and "self trades before tracking" in resolved.detail

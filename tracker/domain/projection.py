@@ -63,7 +63,7 @@ from tracker.domain.events import (
     Unknown,
 )
 from tracker.domain.projection_fills import apply_fill, apply_self_trade
-from tracker.domain.projection_orders import ALL_SOURCES, CLOSED, EVENT_ID_LENGTH, apply_order
+from tracker.domain.projection_orders import ALL_SOURCES, CLOSED, EVENT_ID_LENGTH, apply_order, confirm_by_order_status
 from tracker.domain.projection_positions import apply_liquidation, apply_settlement
 from tracker.domain.projection_state import (
     ZERO,
@@ -119,6 +119,7 @@ def apply(state: ProjectionState, event: DomainEvent) -> ProjectionState:
             count(state, event.account, "token_ready", event.seq)
         case OrderStatusSnapshot():
             count(state, event.account, "order_status_snapshot", event.seq)
+            confirm_by_order_status(state, event)
         case AccountTransaction():
             count(state, event.account, f"account_transaction:{event.type_code}", event.seq)
         case Lifecycle():

@@ -91,6 +91,7 @@ def add_keys_for(keys: Keys, event: DomainEvent) -> None:
         case TokenReady():
             counters.add((account, "token_ready"))
         case OrderStatusSnapshot():
+            _order(keys, account, event.order_id)  # it may confirm a fills_before_tracking difference
             counters.add((account, "order_status_snapshot"))
         case AccountTransaction():
             counters.add((account, f"account_transaction:{event.type_code}"))

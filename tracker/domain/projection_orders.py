@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final, assert_never
 
-from tracker.domain.events import OrderEvent
+from tracker.domain.events import OrderEvent, OrderStatusSnapshot
 from tracker.domain.money import format_decimal
 from tracker.domain.projection_state import (
     ZERO,
@@ -23,6 +23,7 @@ from tracker.domain.projection_state import (
 from tracker.domain.rows import OrderLinkRow, OrderRow, OrderStatus, StreamRow
 
 CLOSED: Final = frozenset({"filled", "cancelled", "replaced"})
+CREATION_EVENTS: Final = frozenset({"created", "stop_active", "replaced"})  # an order's first event when seen whole
 ALL_SOURCES: Final = "*"  # the market-wide chain row's order_source
 EVENT_ID_LENGTH: Final = 36
 
@@ -80,6 +81,7 @@ def recompute_order(state: ProjectionState, account: str, order_id: str, seq: in
             order.is_liquidation,
             order.reduce_only,
             order.stop_price,
+            order.first_event,
         )
         state.orders[key] = order
         state.dirty["orders"].add(key)
@@ -101,19 +103,55 @@ def _cross_check(state: ProjectionState, order: OrderRow, link: OrderLinkRow | N
             put_order_link(state, _with_mismatch(link, None))
         return
     if open_id is not None:
-        refresh_discrepancy(state, order.account, open_id, figures)  # the figures of this check, not the first
+        refresh_discrepancy(state, order.account, open_id, _detail(order, open_id, figures))
         return
-    discrepancy_id = f"order_fills_mismatch:{order.order_id}:{seq}"
+    kind = "order_fills_mismatch"
+    if order.first_event not in CREATION_EVENTS and order.amount_filled > fills_sum:
+        # More filled than its fills, on an order live before tracking began: the difference can only be self-trade
+        # offsets from before (no REST endpoint reports them). Its own kind, so it is not mistaken for a lost fill.
+        kind = "fills_before_tracking"
+    discrepancy_id = f"{kind}:{order.order_id}:{seq}"
     open_discrepancy(
         state,
         order.account,
         discrepancy_id,
-        "order_fills_mismatch",
+        kind,
         f"order:{order.order_id}",
-        figures,
+        _detail(order, discrepancy_id, figures),
         seq,
     )
     put_order_link(state, _with_mismatch(link or order_link(state, order.account, order.order_id), discrepancy_id))
+
+
+def _detail(order: OrderRow, discrepancy_id: str, figures: str) -> str:
+    if not discrepancy_id.startswith("fills_before_tracking:"):
+        return figures
+    return (
+        f"{figures}; the order was live before tracking began (first event seen: {order.first_event}), so self-trade"
+        " offsets from before cannot be learned (no REST source): order_status/ confirming its remaining amount"
+        " resolves it"
+    )
+
+
+def confirm_by_order_status(state: ProjectionState, event: OrderStatusSnapshot) -> None:
+    """``order_status/`` on a closed order whose fills fall short only because of self trades before tracking: when the
+    exchange's remaining amount equals ours, the exchange confirms how much the order filled, and the difference is
+    explained (resolved, saying so)."""
+    key = (event.account, event.order_id)
+    link = state.order_links.get(key)
+    order = state.orders.get(key)
+    if link is None or order is None or link.mismatch_id is None:
+        return
+    if not link.mismatch_id.startswith("fills_before_tracking:") or order.status not in CLOSED:
+        return
+    if event.amount_remaining is None or event.amount_remaining != order.amount_remaining:
+        return
+    detail = (
+        f"order_status/ confirms amount_remaining={format_decimal(event.amount_remaining)} ({event.status}): the"
+        f" {format_decimal(order.amount_filled - link.fills_sum)} not in its fills are self trades before tracking"
+    )
+    resolve_discrepancy(state, event.account, link.mismatch_id, event.seq, detail)
+    put_order_link(state, _with_mismatch(link, None))
 
 
 def _with_mismatch(link: OrderLinkRow, mismatch_id: str | None) -> OrderLinkRow:
@@ -227,6 +265,7 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         first_seq,
         event.seq,
         *_wire_fields(old, event),
+        event.kind if old is None else old.first_event,
     )
     state.orders[key] = order
     state.dirty["orders"].add(key)
@@ -315,6 +354,7 @@ def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: Order
         old.first_seq,
         event.seq,
         *_wire_fields(old, event),
+        old.first_event,
     )
     key = (old.account, old.order_id)
     state.orders[key] = order
