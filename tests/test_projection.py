@@ -551,7 +551,7 @@ def test_an_order_live_before_tracking_explains_its_missing_fills_and_order_stat
     state = project(log)
     assert not open_discrepancies(state, "order_fills_mismatch")
     (before,) = open_discrepancies(state, "fills_before_tracking")
-    assert "live before tracking began (first event seen: changed)" in before.detail
+    assert "live before tracking began (its creation is not in the log)" in before.detail
     log.append(
         entry_from_order_status(
             {"id": 86, "status": "Finished", "amount_remaining": "0", "market": "BTC/USD", "type": "0"},

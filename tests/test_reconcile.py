@@ -45,7 +45,7 @@ def order(order_id: str, status: str = "open", *, age_s: float = 60, remaining: 
     at = T - timedelta(seconds=age_s)
     return OrderRow(
         "acc", order_id, "btcusd", "buy", D("1"), D(remaining), D(1) - D(remaining), status,  # type: ignore[arg-type]
-        D("100"), None, at, at, "orderbook", D(remaining), 1, False, "", 1, 1, None, None, None, None, "created",
+        D("100"), None, at, at, "orderbook", D(remaining), 1, False, "", 1, 1, None, None, None, None, True,
     )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ New nullable columns, so existing rows stay valid: ``tracker rebuild`` (or the p
 fills them in for events already logged, since every payload is kept whole.
 
 - ``proj_orders``: ``trade_account_id``, ``is_liquidation``, ``reduce_only``, ``stop_price``, and the hidden
-  ``first_event`` (an order first seen mid-life was live before tracking: ``fills_before_tracking``);
+  ``creation_seen`` (an order whose creation is not in the log was live before tracking: ``fills_before_tracking``);
 - ``proj_fills``: ``trade_account_id``, ``trade_type``, ``client_order_id``;
 - ``proj_self_trades``: ``trade_type``, ``buyers_trade_account_id``, ``sellers_trade_account_id``,
   ``time_from_receipt`` (the frame carried no time);
@@ -41,7 +41,7 @@ COLUMNS: dict[str, list[sa.Column[object]]] = {
         sa.Column("is_liquidation", sa.Boolean(), nullable=True),
         sa.Column("reduce_only", sa.Boolean(), nullable=True),
         sa.Column("stop_price", MONEY, nullable=True),
-        sa.Column("first_event", sa.Text(), nullable=True),
+        sa.Column("creation_seen", sa.Boolean(), nullable=True),
     ],
     "proj_fills": [
         sa.Column("trade_account_id", sa.Text(), nullable=True),

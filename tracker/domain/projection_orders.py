@@ -81,7 +81,7 @@ def recompute_order(state: ProjectionState, account: str, order_id: str, seq: in
             order.is_liquidation,
             order.reduce_only,
             order.stop_price,
-            order.first_event,
+            order.creation_seen,
         )
         state.orders[key] = order
         state.dirty["orders"].add(key)
@@ -106,7 +106,7 @@ def _cross_check(state: ProjectionState, order: OrderRow, link: OrderLinkRow | N
         refresh_discrepancy(state, order.account, open_id, _detail(order, open_id, figures))
         return
     kind = "order_fills_mismatch"
-    if order.first_event not in CREATION_EVENTS and order.amount_filled > fills_sum:
+    if not order.creation_seen and order.amount_filled > fills_sum:
         # More filled than its fills, on an order live before tracking began: the difference can only be self-trade
         # offsets from before (no REST endpoint reports them). Its own kind, so it is not mistaken for a lost fill.
         kind = "fills_before_tracking"
@@ -127,7 +127,7 @@ def _detail(order: OrderRow, discrepancy_id: str, figures: str) -> str:
     if not discrepancy_id.startswith("fills_before_tracking:"):
         return figures
     return (
-        f"{figures}; the order was live before tracking began (first event seen: {order.first_event}), so self-trade"
+        f"{figures}; the order was live before tracking began (its creation is not in the log), so self-trade"
         " offsets from before cannot be learned (no REST source): order_status/ confirming its remaining amount"
         " resolves it"
     )
@@ -265,7 +265,7 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         first_seq,
         event.seq,
         *_wire_fields(old, event),
-        event.kind if old is None else old.first_event,
+        event.kind in CREATION_EVENTS or (old is not None and bool(old.creation_seen)),  # order-independent: an OR
     )
     state.orders[key] = order
     state.dirty["orders"].add(key)
@@ -354,7 +354,7 @@ def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: Order
         old.first_seq,
         event.seq,
         *_wire_fields(old, event),
-        old.first_event,
+        event.kind in CREATION_EVENTS or bool(old.creation_seen),
     )
     key = (old.account, old.order_id)
     state.orders[key] = order

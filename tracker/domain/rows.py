@@ -51,7 +51,7 @@ class OrderRow:
     is_liquidation: bool | None
     reduce_only: bool | None
     stop_price: Decimal | None
-    first_event: str | None  # hidden: the kind of the first event applied (not "created": live before tracking)
+    creation_seen: bool | None  # hidden: an event of its creation was applied (never: live before tracking)
 
 
 @fast_init
