@@ -373,7 +373,8 @@ async def soak(
     log_path = workdir / "tracker.log"
     try:
         async with open_fake_exchange(seed=seed, markets=MARKETS, modes=modes) as fx:
-            fx.model._self_trade = lambda: False  # type: ignore[method-assign]  # see the module docstring
+            # see the module docstring: no self trades (no REST source); patching the fake's own generator is the point
+            fx.model._self_trade = lambda: False  # type: ignore[method-assign]  # noqa: SLF001
             fx.http.faults.on_request.append(rest)
             # A refused channel is never subscribed: not waited for, and its frames reach the tracker over REST only.
             channels = [c for c in fx.private_channels() if not modes.refuses(c)]

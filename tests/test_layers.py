@@ -1,8 +1,8 @@
 """The layering rule of tracker/__init__.py, enforced: arrows point one way.
 
 cli -> runtime -> (exchange | store | fake) -> bitstamp -> domain. The pure layers import no I/O libraries. The
-top-level modules have places of their own: ``errors`` and ``logs`` import nothing of tracker, ``config``,
-``metrics`` and ``progress`` only ``errors``. Only ``store/``, ``cli/`` and ``migrations/`` talk SQL (import
+top-level modules have places of their own: ``errors`` and ``logs`` import nothing of tracker, ``metrics`` and
+``progress`` only ``errors``, ``config`` also ``store`` (a database URL is read by the store's rules). Only ``store/``, ``cli/`` and ``migrations/`` talk SQL (import
 sqlalchemy or alembic). Absolute and relative imports alike, at any depth (an import inside a function counts).
 """
 
@@ -45,10 +45,11 @@ FORBIDDEN = {
     "errors": EVERYTHING - {"errors"},
     "logs": EVERYTHING - {"logs"},
     "progress": EVERYTHING - {"progress"},
-    "config": EVERYTHING - {"config", "errors"},
+    # Settings sit beside runtime: validating a database URL reads it by the store's (SQLAlchemy's) rules.
+    "config": EVERYTHING - {"config", "errors", "store"},
     "metrics": EVERYTHING - {"metrics", "errors"},
 }
-PURE = {"domain", "bitstamp", "errors", "config", "audit"}
+PURE = {"domain", "bitstamp", "errors", "audit"}
 # orjson is the parser's fast JSON decoder: a pure function of bytes, allowed in the pure wire layer.
 PURE_ALLOWED = {"bitstamp": {"orjson"}}
 

@@ -37,7 +37,7 @@ def verify(url: str, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[i
 
 
 def _row(conn: Connection, seq: int) -> dict[str, Any]:
-    return dict(conn.execute(select(event_log).where(event_log.c.seq == seq)).one()._mapping)
+    return dict(conn.execute(select(event_log).where(event_log.c.seq == seq)).mappings().one())
 
 
 def _set(conn: Connection, seq: int, /, **values: Any) -> None:

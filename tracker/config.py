@@ -213,26 +213,24 @@ def _coerce(name: str, value: object, label: str) -> object:
 
 def check_db_url(url: str, label: str) -> str:
     """A database URL tracker can open, or a ConfigError that never echoes the URL (it may hold a password)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from tracker.store.db_urls import BadUrl, parse_db_url
 
     fix = "use sqlite:///path/to/tracker.db or postgresql+psycopg://user@host/dbname"
     try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"{label} is not a database URL: {fix}") from None
-    except ValueError:  # SQLAlchemy parses the port with int()
-        raise ConfigError(f"{label} has a port that is not a number: {fix}") from None
+        parsed = parse_db_url(url)
+    except BadUrl as exc:
+        what = "is not a database URL" if str(exc) == "not a database URL" else f"has {exc}"
+        raise ConfigError(f"{label} {what}: {fix}") from None
     if parsed.drivername not in DB_DRIVERS:
         raise ConfigError(
             f"{label}: tracker does not support {parsed.drivername!r} (psycopg 3 and SQLite are the drivers it ships):"
             f" {fix}"
         )
-    if parsed.get_backend_name() == "sqlite" and (parsed.username or parsed.password or parsed.host or parsed.port):
+    if parsed.backend == "sqlite" and (parsed.has_credentials or parsed.host or parsed.port):
         raise ConfigError(
             f"{label}: a SQLite URL names a file, not a host: sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    if parsed.get_backend_name() == "sqlite" and parsed.query:
+    if parsed.backend == "sqlite" and parsed.has_query:
         # pysqlite would ignore them with a warning, or change how the file is opened behind store/engine.py's back.
         raise ConfigError(f"{label}: tracker takes no ?options in a SQLite URL: use sqlite:///path/to/tracker.db")
     if parsed.port is not None and not 0 < parsed.port <= 65535:

@@ -52,6 +52,13 @@ class ProjectorStatus:
         """Wake the projector now (e.g. after a commit) instead of at the next poll."""
         self._wake.set()
 
+    async def wait_nudged(self) -> None:
+        """The projector's pause between rounds: until ``nudge`` (the caller bounds it with a cancel scope)."""
+        try:
+            await self._wake.wait()
+        finally:
+            self._wake = trio.Event()
+
     async def wait_caught_up(self, seq: int) -> None:
         """Wait until the checkpoint reaches ``seq``."""
         while self.checkpoint < seq:
@@ -103,8 +110,7 @@ async def run_projector(
             await trio.lowlevel.checkpoint()
             continue
         with trio.move_on_after(poll_interval):
-            await status._wake.wait()
-        status._wake = trio.Event()
+            await status.wait_nudged()
 
 
 def projector_task(engine: Engine) -> TaskStarter:

@@ -36,7 +36,7 @@ def list_discrepancies(
     if account is not None:
         query = query.where(view.c.account == account)
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]  # Row._mapping: SQLAlchemy's public mapping view
+        return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def acknowledge(
@@ -51,7 +51,7 @@ def acknowledge(
     afterwards. An unknown id, or one not open, is a ``StoreError`` saying which."""
     view = VIEWS["v_discrepancies"]
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(select(view).where(view.c.id == discrepancy_id))]
+        rows = [dict(r) for r in conn.execute(select(view).where(view.c.id == discrepancy_id)).mappings()]
     if not rows:
         raise StoreError(f"no discrepancy {discrepancy_id!r}: `tracker discrepancies --status all` lists them")
     row = rows[0]
@@ -69,4 +69,4 @@ def acknowledge(
     event_log.append([entry])
     ProjectionStore(engine).catch_up(event_log)
     with engine.connect() as conn:
-        return dict(conn.execute(select(view).where(view.c.id == discrepancy_id)).one()._mapping)
+        return dict(conn.execute(select(view).where(view.c.id == discrepancy_id)).mappings().one())

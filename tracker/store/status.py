@@ -250,7 +250,7 @@ def _discrepancies(conn: Connection) -> tuple[int, list[dict[str, Any]]]:
     unresolved = view.c.status == "open"
     count = int(conn.execute(select(func.count()).select_from(view).where(unresolved)).scalar_one())
     rows = conn.execute(select(view).where(unresolved).order_by(view.c.opened_seq.desc()).limit(LATEST_SHOWN))
-    return count, [dict(row._mapping) for row in rows]
+    return count, [dict(row) for row in rows.mappings()]
 
 
 def _quarantine(conn: Connection) -> tuple[dict[str, int], list[QuarantineStatus]]:
