@@ -216,7 +216,10 @@ def _top_text(message: dict[str, Any], key: str) -> str | None:
 def entry_from_data(
     data: Data, *, account: str, received_at: datetime, connection_id: str | None = None
 ) -> NewEntry | QuarantineItem | Ignored:
-    """The ``NewEntry`` for a ``Data`` frame on a private channel (see the module docstring for keys). Never raises."""
+    """The ``NewEntry`` for a ``Data`` frame on a private channel (see the module docstring for keys). Never raises.
+
+    One piece on purpose (~95 lines): one branch per channel kind choosing its dedup key and indexed fields, side by
+    side so the keys of all kinds can be compared at a glance (docs/bitstamp.md §2); it runs for every frame."""
     try:
         channel: Channel = parse_channel(data.channel)
     except ValueError as exc:

@@ -153,7 +153,10 @@ async def run_demo(
     progress_interval: float = 0.5,
     faults: bool = True,
 ) -> DemoResult:
-    """Run the fake and the tracker for ``duration`` seconds (or until SIGINT/SIGTERM), then project and verify."""
+    """Run the fake and the tracker for ``duration`` seconds (or until SIGINT/SIGTERM), then project and verify.
+
+    One piece on purpose (~85 lines): the demo's story in order (baseline, fake, tracker, faults, progress, settle,
+    project, verify), each step a call already; split further it would only pass its ten locals around."""
     event_log = EventLog(engine)
     db = trio.CapacityLimiter(1)
     base = await trio.to_thread.run_sync(_baseline, engine, limiter=db)

@@ -147,7 +147,11 @@ async def run_tracker(
     stop_grace: float = 10.0,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
 ) -> Services:
-    """Run until ``stop`` is set (or a signal arrives); returns the services with final stats. Exit is clean."""
+    """Run until ``stop`` is set (or a signal arrives); returns the services with final stats. Exit is clean.
+
+    One piece on purpose (~95 lines): it is the task tree of the module docstring written out, the nesting of the
+    file lock, the nursery, the producers' nursery and the writer's channel is what orders the shutdown, and pieces
+    of it in other functions would hide that order behind calls."""
     stop = trio.Event() if stop is None else stop
     api_key, api_secret = settings.require_credentials()
     own_client = client is None
