@@ -54,7 +54,11 @@ async def test_sliding_window_limit(autojump_clock: trio.testing.MockClock) -> N
 
 def client_for(handler: Any) -> BitstampClient:
     return BitstampClient(
-        "http://127.0.0.1:1/api/v2/", "key", "secret", transport=httpx.MockTransport(handler), verify_response=False
+        "http://127.0.0.1:1/api/v2/",
+        "test-key-not-a-word",
+        "test-secret-not-a-word",
+        transport=httpx.MockTransport(handler),
+        verify_response=False,
     )
 
 

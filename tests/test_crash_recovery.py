@@ -102,8 +102,8 @@ class Probe:
                 return False
             try:
                 row = conn.execute(query).fetchone()
-            except sqlite3.OperationalError:  # being made, or half-made by a killed rebuild
-                return False
+            except sqlite3.DatabaseError:  # being made, or half-made by a killed rebuild (locked, or even "malformed":
+                return False  # the scratch file has no journal on disk, by design; the next rebuild replaces it)
             finally:
                 conn.close()
             value = None if row is None else row[0]

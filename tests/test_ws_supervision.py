@@ -72,7 +72,11 @@ def make_harness(nursery: trio.Nursery) -> Harness:
         return httpx.Response(200, json={"token": token.value, "user_id": UID, "valid_sec": 60})
 
     client = BitstampClient(
-        "http://127.0.0.1:1/api/v2/", "key", "secret", transport=httpx.MockTransport(handler), verify_response=False
+        "http://127.0.0.1:1/api/v2/",
+        "test-key-not-a-word",
+        "test-secret-not-a-word",
+        transport=httpx.MockTransport(handler),
+        verify_response=False,
     )
     harness = Harness(hub, client)
     return harness
