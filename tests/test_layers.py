@@ -3,7 +3,8 @@
 cli -> runtime -> (exchange | store | fake) -> bitstamp -> domain. The pure layers import no I/O libraries. The
 top-level modules have places of their own: ``errors`` and ``logs`` import nothing of tracker, ``metrics`` and
 ``progress`` only ``errors``, ``config`` also ``store`` (a database URL is read by the store's rules). Only
-``store/``, ``cli/`` and ``migrations/`` talk SQL (import sqlalchemy or alembic). Absolute and relative imports alike, at any depth (an import inside a function counts).
+``store/``, ``cli/`` and ``migrations/`` talk SQL (import sqlalchemy or alembic). Absolute and relative imports
+alike, at any depth (an import inside a function counts).
 """
 
 from __future__ import annotations
