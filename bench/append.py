@@ -227,12 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000, help="events per measurement (batch 1: at most 300)")
     parser.add_argument("--pg-url", default=os.environ.get("TRACKER_BENCH_PG_URL"), help="existing PostgreSQL db")
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip SQLite")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is shown (default 3)")
     args = parser.parse_args(argv)
 
     rows: list[tuple[str, str, int, int, float, float | None]] = []
     with tempfile.TemporaryDirectory(prefix="tracker-bench-") as tmp:
-        for synchronous in ("FULL", "NORMAL"):
+        for synchronous in () if args.no_sqlite else ("FULL", "NORMAL"):
             for batch in BATCHES:
                 count = events_for(batch, args.events)
                 ours: list[float] = []

@@ -140,7 +140,10 @@ def test_the_tracker_index_holds_only_tracker_entries(db_url: str) -> None:
             if engine.dialect.name == "sqlite":
                 sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_event_log_tracker'"
             else:
-                sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_event_log_tracker'"
+                sql = (
+                    "SELECT indexdef FROM pg_indexes"
+                    " WHERE indexname = 'ix_event_log_tracker' AND schemaname = current_schema()"
+                )
             definition = conn.execute(text(sql)).scalar_one()
             assert "source" in definition and "tracker" in definition
             tracker_rows = conn.execute(text("SELECT count(*) FROM event_log WHERE source = 'tracker'")).scalar_one()

@@ -10,6 +10,8 @@ its order is commit order. A tailing reader can therefore poll ``read_after(last
 from __future__ import annotations
 
 import json
+import operator
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -135,6 +137,17 @@ def _unfit(entry: NewEntry) -> str | None:
         if "\x00" in value:
             return f"{name} contains NUL, which the event log cannot keep"
     return None
+
+
+_UNFIT_TEXTS = operator.attrgetter(*(name for name, _ in _ENTRY_WIDTHS))
+_UNFIT_LIMITS = tuple(sys.maxsize if width is None else width for _, width in _ENTRY_WIDTHS)
+
+
+def _maybe_unfit(entry: NewEntry) -> bool:
+    """A quick test, in C loops, that ``_unfit`` may have something to say (it rarely has): any NUL, any text
+    longer than its column. ``str(None)`` is "None", 4 characters and no NUL, shorter than every column's width."""
+    texts = tuple(map(str, _UNFIT_TEXTS(entry)))
+    return "\x00" in "".join(texts) or any(map(operator.gt, map(len, texts), _UNFIT_LIMITS))
 
 
 def _unfit_row(entry: NewEntry, reason: str) -> dict[str, Any]:
@@ -271,6 +284,56 @@ def _received_reader(dialect: Dialect) -> Callable[[Any], datetime]:
     return received
 
 
+class _Batch:
+    """One append's chain state: ``rows()`` yields the new rows in event_log's column order, hashing each onto the
+    previous, and counts what it skips (duplicates, conflicts: same dedup_key stored or earlier in the batch)."""
+
+    def __init__(self, head: int, prev: str, known: dict[str, tuple[int, str]]) -> None:
+        self.head, self.prev, self.known = head, prev, known
+        self.appended: list[int] = []
+        self.clashes: list[dict[str, Any]] = []
+        self.duplicates = self.conflicts = 0
+
+    def rows(self, entries: Sequence[NewEntry], stamp: Callable[[datetime], object]) -> Iterator[tuple[Any, ...]]:
+        known = self.known
+        for entry in entries:
+            seen = known.get(entry.dedup_key)
+            if seen is not None:
+                if seen[1] == entry.payload:
+                    self.duplicates += 1
+                else:
+                    self.conflicts += 1
+                    self.clashes.append(_conflict_row(entry, seen[0], seen[1]))
+                continue
+            head = self.head + 1
+            prev = self.prev
+            link = link_hash(prev, head, entry)
+            known[entry.dedup_key] = (head, entry.payload)
+            self.appended.append(head)
+            self.head, self.prev = head, link
+            # In event_log's column order (tests/test_event_log.py round-trips every field and the chain).
+            yield (
+                head,
+                entry.account,
+                entry.source,
+                entry.channel,
+                entry.event,
+                entry.market,
+                entry.order_id,
+                entry.trade_id,
+                entry.position_id,
+                entry.event_id,
+                entry.pre_event_id,
+                entry.exchange_ts_us,
+                stamp(entry.received_at),
+                entry.connection_id,
+                entry.payload,
+                entry.dedup_key,
+                prev,
+                link,
+            )
+
+
 class EventLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -291,78 +354,42 @@ class EventLog:
         if not entries and not quarantine:
             return AppendResult((), 0, 0, 0, self.head_anchor())
         q_rows = [_quarantine_row(item) for item in quarantine]
-        unfit = [(entry, _unfit(entry)) for entry in entries]
-        if any(reason is not None for _, reason in unfit):  # before any query: not even a lookup may carry them
+        if any(map(_maybe_unfit, entries)):  # before any query: not even a lookup may carry them
+            unfit = [(entry, _unfit(entry)) for entry in entries]
             q_rows += [_unfit_row(entry, reason) for entry, reason in unfit if reason is not None]
             entries = [entry for entry, reason in unfit if reason is None]
         with self._writer.begin() as conn:
             if self._postgres:
                 conn.execute(_PG_LOCK)
             head, prev = self._head_of(conn)
-            known = self._stored(conn, {entry.dedup_key for entry in entries})
-            rows: list[tuple[Any, ...]] = []
-            clashes: list[dict[str, Any]] = []
-            appended: list[int] = []
-            duplicates = conflicts = 0
-            stamp = self._stamp
-            for entry in entries:
-                seen = known.get(entry.dedup_key)
-                if seen is not None:
-                    if seen[1] == entry.payload:
-                        duplicates += 1
-                    else:
-                        conflicts += 1
-                        clashes.append(_conflict_row(entry, seen[0], seen[1]))
-                    continue
-                head += 1
-                link = link_hash(prev, head, entry)
-                known[entry.dedup_key] = (head, entry.payload)
-                appended.append(head)
-                # In event_log's column order (tests/test_event_log.py round-trips every field and the chain).
-                rows.append(
-                    (
-                        head,
-                        entry.account,
-                        entry.source,
-                        entry.channel,
-                        entry.event,
-                        entry.market,
-                        entry.order_id,
-                        entry.trade_id,
-                        entry.position_id,
-                        entry.event_id,
-                        entry.pre_event_id,
-                        entry.exchange_ts_us,
-                        stamp(entry.received_at),
-                        entry.connection_id,
-                        entry.payload,
-                        entry.dedup_key,
-                        prev,
-                        link,
-                    )
-                )
-                prev = link
-            if rows:
-                self._insert(conn, rows)
+            batch = _Batch(head, prev, self._stored(conn, {entry.dedup_key for entry in entries}))
+            self._insert(conn, batch.rows(entries, self._stamp))
+            head, prev, clashes = batch.head, batch.prev, batch.clashes
             if clashes:
                 q_rows += self._new_conflicts(conn, clashes)
             if q_rows:
                 conn.execute(_INSERT_QUARANTINE, [_fit(row, self._postgres) for row in q_rows])
-        return AppendResult(tuple(appended), duplicates, conflicts, len(q_rows), Anchor(head, prev))
+        return AppendResult(tuple(batch.appended), batch.duplicates, batch.conflicts, len(q_rows), Anchor(head, prev))
 
-    def _insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def _insert(self, conn: Connection, rows: Iterator[tuple[Any, ...]]) -> None:
         """The hot path: plain tuples straight to the driver, no per-row SQLAlchemy processing.
 
         PostgreSQL: ``COPY ... FROM STDIN`` through psycopg's ``Cursor.copy()``. An ``executemany`` of INSERTs (even
         pipelined) makes the server parse, plan and execute one statement per row: 77 % of an append's time was the
         wait for the server (cProfile, batch 1000). COPY streams the rows into one executor pass, the same
-        transaction, the same constraints (a duplicate ``dedup_key`` still aborts the append).
+        transaction, the same constraints (a duplicate ``dedup_key`` still aborts the append). The rows are made
+        (hashed) while the COPY is open, so the server stores the first ones while this thread hashes the next.
         SQLite: ``executemany`` of one prepared INSERT is already one statement reused in-process."""
         if not self._postgres:
-            conn.exec_driver_sql(self._insert_sql, rows)
+            if batch := list(rows):
+                conn.exec_driver_sql(self._insert_sql, batch)
+            return
+        first = next(rows, None)
+        if first is None:
             return
         try:
             with _driver_cursor(conn) as cursor, cursor.copy(_COPY_LOG) as copy:
+                copy.write_row(first)
                 for row in rows:
                     copy.write_row(row)
         except psycopg.Error as error:
