@@ -1,9 +1,9 @@
 """Migration 0003 (the event log's index layout) on a real-sized log, on both backends.
 
-A log of 20,000 entries (trades, order events, tracker entries, several accounts) is written at revision 0002, then
-migrated: ``tracker verify`` passes before and after with the same head anchor, every row's hash is unchanged, the
-append-only triggers still refuse changes, appends and dedup still work, and the index set is the new one; the
-downgrade brings the old indexes back and the log is still intact.
+A log of 20,000 entries (trades, order events, tracker entries, several accounts) is written, brought to revision
+0002's layout, then migrated: the chain walk before and ``tracker verify`` after give the same head anchor, every
+row's hash is unchanged, the append-only triggers still refuse changes, appends and dedup still work, and the index
+set is the new one; the downgrade brings the old indexes back and the log is still intact.
 
 Rules: local databases only; no sleeps; bounded by pytest-timeout.
 """
@@ -98,12 +98,13 @@ def _walk(log: EventLog) -> str:
 
 @pytest.mark.timeout(300)
 def test_migration_keeps_a_real_sized_log_intact(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    migrate.upgrade(db_url, "0002")
+    migrate.upgrade(db_url)
     engine = open_engine(db_url)
     try:
         log = EventLog(engine)
         for start in range(1, ROWS + 1, BATCH):
             log.append([_entry(i) for i in range(start, start + BATCH)])
+        migrate.downgrade(db_url, "0002")  # a log as revision 0002 keeps it (this code appends at 0003 only)
         assert _indexes(engine) == OLD_INDEXES
         before = _chain_digest(engine)
         anchor = _walk(log)
@@ -126,6 +127,7 @@ def test_migration_keeps_a_real_sized_log_intact(db_url: str, capsys: pytest.Cap
         migrate.downgrade(db_url, "0002")
         assert _indexes(engine) == OLD_INDEXES
         assert _walk(log) == str(log.head_anchor())
+        assert _chain_digest(engine)[0] == ROWS + 1
     finally:
         engine.dispose()
 
