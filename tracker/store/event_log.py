@@ -13,6 +13,7 @@ import json
 import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
 )
 
 from tracker.domain.chain import GENESIS, Anchor, link_hash
@@ -51,17 +51,23 @@ _IN_CHUNK = 500  # dedup keys per IN (...) query: well under SQLite's bound-para
 # appenders run one at a time, so seq order is commit order and the log is gapless. EXCLUSIVE mode blocks other
 # writers only: plain SELECTs (ACCESS SHARE) go on. Under READ COMMITTED the head query after the lock takes a fresh
 # snapshot, so it sees the previous appender's commit. (SQLite gets the same from BEGIN IMMEDIATE, see engine.py.)
-_PG_LOCK = text("LOCK TABLE event_log IN EXCLUSIVE MODE")
+_PG_LOCK_SQL = "LOCK TABLE event_log IN EXCLUSIVE MODE"
+_PG_HEAD = "SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1"
+_PG_LOOK = "; ".join(("LOCK TABLE event_log IN EXCLUSIVE MODE", "SELECT seq, hash ...", "SELECT dedup_key ..."))
 _PG_STORED = "SELECT dedup_key, seq, payload FROM event_log WHERE dedup_key = ANY(%s)"
 _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN"
 
 
-def _driver_cursor(conn: Connection) -> psycopg.Cursor[Any]:
-    """A psycopg cursor on ``conn``'s own DBAPI connection (so it runs inside ``conn``'s transaction)."""
+def _driver_connection(conn: Connection) -> psycopg.Connection[Any]:
+    """``conn``'s own psycopg connection (work on it runs inside ``conn``'s transaction)."""
     driver = conn.connection.driver_connection
     if not isinstance(driver, psycopg.Connection):
         raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
-    return driver.cursor()
+    return driver
+
+
+def _driver_cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    return _driver_connection(conn).cursor()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,46 @@ def _fast_insert(dialect: Dialect) -> tuple[str, Callable[[datetime], object]]:
     return str(compiled), (_sqlite_stamp if dialect.name == "sqlite" else _aware)
 
 
+@contextmanager
+def _translated(conn: Connection, statement: str) -> Iterator[None]:
+    """psycopg errors of work done on the driver connection directly, raised as what SQLAlchemy would raise had the
+    statement gone through it (IntegrityError, OperationalError, ...): the writer's retry and the lease tell failures
+    apart by these classes. A lost connection is invalidated, so the pool does not hand it out again. (The ignore:
+    psycopg.Error is this driver's DBAPI Error class, which SQLAlchemy types as a protocol mypy cannot match.)"""
+    try:
+        yield
+    except psycopg.Error as error:
+        lost = conn.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if lost:
+            conn.invalidate(error)
+        raise exc.DBAPIError.instance(
+            statement, None, error, psycopg.Error, dialect=conn.dialect, connection_invalidated=lost
+        ) from error
+
+
+def _pg_lock_and_look(conn: Connection, keys: list[str]) -> tuple[int, str, dict[str, tuple[int, str]]]:
+    """Take the write lock, read the head and look the batch's dedup keys up: (head seq, head hash, key -> (seq,
+    payload) of the stored ones). The three statements go in one psycopg pipeline, one round trip instead of three:
+    the lock is held from the first to the commit, and every round trip in between is time the other appenders
+    wait (on a busy machine, each is a wait for this process to be scheduled). The server still runs them in order,
+    each SELECT with a snapshot taken after the lock, so the head is the previous appender's commit."""
+    driver = _driver_connection(conn)
+    with _translated(conn, _PG_LOOK):
+        lock, head, stored = driver.cursor(), driver.cursor(), driver.cursor()
+        try:
+            with driver.pipeline():  # sent together; the block's end waits for the three results
+                lock.execute(_PG_LOCK_SQL)
+                head.execute(_PG_HEAD)
+                if keys:
+                    stored.execute(_PG_STORED, (keys,))
+            top = head.fetchone()
+            found = {key: (seq, payload) for key, seq, payload in stored.fetchall()} if keys else {}
+        finally:
+            for cursor in (lock, head, stored):
+                cursor.close()
+    return (0, GENESIS, found) if top is None else (top[0], top[1], found)
+
+
 class DriverQuery:
     """A Core SELECT compiled once to positional driver SQL, for the raw cursor reads below (no per-row SQLAlchemy
     processing): ``params(**values)`` lays the values out in the order the SQL wants them (with the statement's
@@ -359,10 +405,12 @@ class EventLog:
             q_rows += [_unfit_row(entry, reason) for entry, reason in unfit if reason is not None]
             entries = [entry for entry, reason in unfit if reason is None]
         with self._writer.begin() as conn:
+            keys = {entry.dedup_key for entry in entries}
             if self._postgres:
-                conn.execute(_PG_LOCK)
-            head, prev = self._head_of(conn)
-            batch = _Batch(head, prev, self._stored(conn, {entry.dedup_key for entry in entries}))
+                head, prev, known = _pg_lock_and_look(conn, sorted(keys))
+            else:
+                (head, prev), known = self._head_of(conn), self._stored(conn, keys)
+            batch = _Batch(head, prev, known)
             self._insert(conn, batch.rows(entries, self._stamp))
             head, prev, clashes = batch.head, batch.prev, batch.clashes
             if clashes:
@@ -387,22 +435,10 @@ class EventLog:
         first = next(rows, None)
         if first is None:
             return
-        try:
-            with _driver_cursor(conn) as cursor, cursor.copy(_COPY_LOG) as copy:
-                copy.write_row(first)
-                for row in rows:
-                    copy.write_row(row)
-        except psycopg.Error as error:
-            # What SQLAlchemy would raise had the statement gone through it (IntegrityError, OperationalError, ...):
-            # the writer's retry and the lease tell failures apart by these classes. A lost connection is
-            # invalidated, so the pool does not hand it out again. (The ignore: psycopg.Error is this driver's DBAPI
-            # Error class, which SQLAlchemy types as a protocol mypy cannot match.)
-            lost = conn.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
-            if lost:
-                conn.invalidate(error)
-            raise exc.DBAPIError.instance(
-                _COPY_LOG, None, error, psycopg.Error, dialect=conn.dialect, connection_invalidated=lost
-            ) from error
+        with _translated(conn, _COPY_LOG), _driver_cursor(conn) as cursor, cursor.copy(_COPY_LOG) as copy:
+            copy.write_row(first)
+            for row in rows:
+                copy.write_row(row)
 
     def _head_of(self, conn: Connection) -> tuple[int, str]:
         row = conn.execute(select(event_log.c.seq, event_log.c.hash).order_by(event_log.c.seq.desc()).limit(1)).first()
