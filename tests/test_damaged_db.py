@@ -80,13 +80,13 @@ def test_verify_names_a_damaged_data_page(sqlite_url: str, capsys: pytest.Captur
 def test_verify_sees_damaged_index_pages_the_chain_cannot(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The chain reads only the table, so it stays intact; the database's own check still fails, and so does verify."""
     path = make_log(sqlite_url)
-    page = middle(pages_of(path, "sqlite_autoindex_event_log_1"))
+    page = middle(pages_of(path, "ix_event_log_channel"))
     damage(path, page, offset=100, size=300)
     with closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.DatabaseError, match="malformed"):
         conn.execute("PRAGMA integrity_check").fetchall()  # SQLite's own check gives up without naming the page
     assert main(["verify", "--db-url", sqlite_url]) == 1
     out = capsys.readouterr().out
-    assert f"  page {page} (index sqlite_autoindex_event_log_1): " in out
+    assert f"  page {page} (index ix_event_log_channel): " in out
     assert f"the chain itself reads intact: {ROWS} events intact" in out
 
 

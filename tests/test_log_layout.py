@@ -34,7 +34,13 @@ OLD_INDEXES = {
     "ix_event_log_trade_id",
     "ix_event_log_event_id",
 }
-NEW_INDEXES = {"ix_event_log_account_seq", "ix_event_log_tracker", "ix_event_log_trade_id", "ix_event_log_event_id"}
+NEW_INDEXES = {
+    "ix_event_log_account_seq",
+    "ix_event_log_channel",
+    "ix_event_log_tracker",
+    "ix_event_log_trade_id",
+    "ix_event_log_event_id",
+}
 
 
 def _entry(i: int) -> NewEntry:

@@ -53,8 +53,8 @@ _IN_CHUNK = 500  # dedup keys per IN (...) query: well under SQLite's bound-para
 # snapshot, so it sees the previous appender's commit. (SQLite gets the same from BEGIN IMMEDIATE, see engine.py.)
 _PG_LOCK_SQL = "LOCK TABLE event_log IN EXCLUSIVE MODE"
 _PG_HEAD = "SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1"
-_PG_LOOK = "; ".join(("LOCK TABLE event_log IN EXCLUSIVE MODE", "SELECT seq, hash ...", "SELECT dedup_key ..."))
 _PG_STORED = "SELECT dedup_key, seq, payload FROM event_log WHERE dedup_key = ANY(%s)"
+_PG_LOOK = "; ".join((_PG_LOCK_SQL, _PG_HEAD, _PG_STORED))  # the pipeline, as its errors name it
 _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN"
 
 

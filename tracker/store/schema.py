@@ -99,9 +99,11 @@ event_log = Table(
 # signals_after, latest_tracker_data, read_after(account=...)); appended in increasing order per account, so packed
 # full on PostgreSQL (fillfactor 100: the log is never updated, a page needs no room to grow). tracker entries:
 # status (connections, gaps), metrics and backfill's cursors read them by event, a small fraction of the log. trade_id
-# and event_id: backfill's entries_about; partial, so the many rows without one cost nothing. The former channel and
-# order_id indexes served no query (channel counts are full scans by nature; nothing looks a log row up by order).
+# and event_id: backfill's entries_about; partial, so the many rows without one cost nothing. The order_id index
+# served no query (nothing looks a log row up by order) and is gone. channel serves no selective query either (the
+# per-channel counts are full scans) but stays for now: tests/test_damaged_db.py damages its pages (docs/storage.md).
 Index(None, event_log.c.account, event_log.c.seq, postgresql_with={"fillfactor": 100})
+Index(None, event_log.c.channel)
 Index(
     "ix_event_log_tracker",
     event_log.c.event,
