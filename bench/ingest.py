@@ -10,8 +10,9 @@ and each pipeline runs as a child process of its own (so the fake's CPU is not t
   entries, the single writer, ``EventLog.append`` with the hash chain, dedup and durable commits: SQLite WAL with
   synchronous=FULL; PostgreSQL default fsync) and SIGINT to stop (the lossless close).
 - ``baseline``: a trio-websocket client that subscribes the same channels, does ``json.loads`` on every frame and a
-  raw ``sqlite3`` ``executemany`` + commit per batch (same pragmas: WAL, synchronous=FULL), group commit from one
-  thread, no hashing, no dedup, no SQLAlchemy.
+  raw ``sqlite3`` ``executemany`` + commit per batch (same pragmas: WAL, synchronous=FULL), or on PostgreSQL a raw
+  psycopg ``COPY`` + commit per batch (same server, default fsync), group commit from one thread, no hashing, no
+  dedup, no SQLAlchemy. Each tracker row's ratio is to the baseline of its own backend.
 
 Sustained events/s = frames committed / (last data commit - first data receive), wall clock. Latency = receive
 (monotonic, when the frame left the websocket) → its batch committed, p50/p99. ``ratio`` = tracker sustained /
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +87,45 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
         "duplicates": stats.duplicates,
         "batches": stats.batches,
         "span": span.get("last", 0.0) - span.get("first", 0.0),
+        "first": span.get("first"),  # wall clock: bench/accounts.py spans several children
+        "last": span.get("last"),
         "p50": p50,
         "p99": p99,
     }
+
+
+Rows = list[tuple[str, str, str, float]]
+
+
+def baseline_writer(db: str) -> tuple[Callable[[Rows], None], Callable[[], None]]:
+    """(write a batch in one durable transaction, close): raw ``sqlite3`` ``executemany`` (WAL, synchronous=FULL) for
+    a file path, raw psycopg ``COPY`` (default fsync) for a ``postgresql://`` URL. One table, no constraints."""
+    if db.startswith("postgresql"):
+        import psycopg
+
+        pg = psycopg.connect(db, autocommit=True)
+        pg.execute(
+            "CREATE TABLE IF NOT EXISTS events (id bigserial PRIMARY KEY, channel text, event text, payload text)"
+        )
+
+        def write_pg(rows: Rows) -> None:
+            copy_sql = "COPY events (channel, event, payload) FROM STDIN"
+            with pg.transaction(), pg.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row(row[:3])
+
+        return write_pg, pg.close
+    lite = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+    lite.execute("PRAGMA journal_mode=WAL")
+    lite.execute("PRAGMA synchronous=FULL")
+    lite.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, channel TEXT, event TEXT, payload TEXT)")
+
+    def write_sqlite(rows: Rows) -> None:
+        lite.execute("BEGIN")
+        lite.executemany("INSERT INTO events (channel, event, payload) VALUES (?, ?, ?)", [r[:3] for r in rows])
+        lite.execute("COMMIT")
+
+    return write_sqlite, lite.close
 
 
 async def child_baseline(db_path: str) -> dict[str, Any]:
@@ -99,21 +137,13 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
     env = os.environ
     async with BitstampClient(env["BITSTAMP_API_URL"], env["BITSTAMP_API_KEY"], env["BITSTAMP_API_SECRET"]) as client:
         token = await client.websockets_token()
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, channel TEXT, event TEXT, payload TEXT)")
+    write, close = baseline_writer(db_path)
     limiter = trio.CapacityLimiter(1)
     pending: list[tuple[str, str, str, float]] = []
     wake = trio.Event()
     latencies: list[float] = []
     counters = {"items": 0, "batches": 0, "first": None, "last": None}
     stop = trio.Event()
-
-    def write(rows: list[tuple[str, str, str, float]]) -> None:
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO events (channel, event, payload) VALUES (?, ?, ?)", [r[:3] for r in rows])
-        db.execute("COMMIT")
 
     async def writer() -> None:
         nonlocal pending, wake
@@ -162,7 +192,7 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
                         break
         stop.set()
         wake.set()
-    db.close()
+    close()
     p50, p99 = _percentiles(latencies)
     first, last = counters["first"], counters["last"]
     return {
@@ -184,7 +214,7 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
 
     async with open_fake_exchange(seed=11, markets=MARKETS) as fx:
         env = fx.tracker_env(os.environ)
-        target = db_url if kind == "tracker" else db_url.removeprefix("sqlite:///")
+        target = db_url if kind == "tracker" else db_url.removeprefix("sqlite:///").replace("+psycopg", "", 1)
         process = await trio.lowlevel.open_process(
             [sys.executable, __file__, "--child", kind, "--db", target],
             env=env,
@@ -272,7 +302,8 @@ async def parent(args: argparse.Namespace) -> None:
     rates = [math.inf if r == "max" else float(r) for r in args.rates.split(",")]
     explicit_pg = args.pg_url or os.environ.get("TRACKER_BENCH_PG_URL")
     pg_url, throwaway = (None, None) if args.no_pg else pg_database(explicit_pg)
-    targets = [("baseline", "sqlite"), ("tracker", "sqlite")] + ([("tracker", "postgresql")] if pg_url else [])
+    targets = [("baseline", "sqlite"), ("tracker", "sqlite")]
+    targets += [("baseline", "postgresql"), ("tracker", "postgresql")] if pg_url else []
     header = f"{'offered':>8} {'pipeline':<20} {'sustained/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'batches':>8}"
     print(header + f" {'ratio':>6}")
     try:

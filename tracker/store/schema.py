@@ -94,11 +94,37 @@ event_log = Table(
     CheckConstraint("source IN ('ws', 'rest', 'tracker')", name="source"),
     CheckConstraint("seq > 0", name="seq_positive"),
 )
-Index(None, event_log.c.account, event_log.c.seq)
+# What each index pays for (migration 0003, docs/storage.md "What the log costs on disk"): the primary key (seq) and
+# the unique dedup_key are the log's guarantees. (account, seq): every per-account read (backfill's run_start,
+# signals_after, latest_tracker_data, read_after(account=...)); appended in increasing order per account, so packed
+# full on PostgreSQL (fillfactor 100: the log is never updated, a page needs no room to grow). tracker entries:
+# status (connections, gaps), metrics and backfill's cursors read them by event, a small fraction of the log. trade_id
+# and event_id: backfill's entries_about; partial, so the many rows without one cost nothing. The order_id index
+# served no query (nothing looks a log row up by order) and is gone. channel serves no selective query either (the
+# per-channel counts are full scans) but stays for now: tests/test_damaged_db.py damages its pages (docs/storage.md).
+Index(None, event_log.c.account, event_log.c.seq, postgresql_with={"fillfactor": 100})
 Index(None, event_log.c.channel)
-Index(None, event_log.c.order_id)
-Index(None, event_log.c.trade_id)
-Index(None, event_log.c.event_id)
+Index(
+    "ix_event_log_tracker",
+    event_log.c.event,
+    event_log.c.account,
+    event_log.c.channel,
+    event_log.c.seq,
+    sqlite_where=event_log.c.source == "tracker",
+    postgresql_where=event_log.c.source == "tracker",
+)
+Index(
+    None,
+    event_log.c.trade_id,
+    sqlite_where=event_log.c.trade_id.is_not(None),
+    postgresql_where=event_log.c.trade_id.is_not(None),
+)
+Index(
+    None,
+    event_log.c.event_id,
+    sqlite_where=event_log.c.event_id.is_not(None),
+    postgresql_where=event_log.c.event_id.is_not(None),
+)
 
 quarantine = Table(
     "quarantine",

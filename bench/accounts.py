@@ -1,0 +1,185 @@
+"""Many accounts on one PostgreSQL database: N tracker processes, one fake exchange (one account) each, one event log.
+
+    .venv/bin/python bench/accounts.py [--accounts 20] [--rate 100] [--duration 5] [--pg-url URL]
+
+Each account gets its own fake exchange (``open_fake_exchange(user_id=..., api_key=...)``, all in this process) and
+its own child process running ``run_tracker`` exactly as ``tracker run`` wires it (``bench/ingest.py --child
+tracker``: ingest, the single writer, ``EventLog.append`` with the hash chain and dedup, durable commits, the
+account's lease). All children write into the same database and schema. Two loads, each on a fresh schema:
+
+- paced: every fake offers ``--rate`` frames/s for ``--duration`` s (20 x 100 = 2,000 events/s aggregate);
+- unpaced (``max``): every fake generates as fast as it can.
+
+and the same two loads with 1 account alone, in the same run. Printed: aggregate events/s (every child's data frames
+/ (last data commit of any child - first data receive of any child), wall clock), and receive→commit p50 / p99 per
+account (the worst account's p99 and the median account's). Targets (issue 16): 20 accounts at 2,000 events/s with
+every account's p99 <= 20 ms; unpaced aggregate of 20 accounts >= that of 1 account alone.
+
+The fakes run in this process and share its CPU with nothing else; the children and PostgreSQL share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import uuid
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tracker.fake.server import FakeExchange, open_fake_exchange
+
+INGEST = Path(__file__).with_name("ingest.py")
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
+FIRST_USER = 700_000
+
+
+async def offer(fx: FakeExchange, rate: float, duration: float) -> None:
+    """``rate`` frames/s for ``duration`` s (caught up every 2 ms), or as fast as delivery allows for ``inf``."""
+    start = trio.current_time()
+    sent = 0
+    while (now := trio.current_time()) - start < duration:
+        if math.isinf(rate):
+            await fx.generate(5)
+            await trio.lowlevel.checkpoint()
+            continue
+        due = int((now - start) * rate) - sent
+        if due > 0:
+            sent += len(await fx.generate_frames(due))
+        else:
+            await trio.sleep(0.002)
+
+
+async def run_child(fx: FakeExchange, db_url: str, results: list[dict[str, Any]], *, stop: trio.Event) -> None:
+    """One tracker process for ``fx``'s account: runs until ``stop``, then SIGINT (the lossless close)."""
+    env = fx.tracker_env(os.environ)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(INGEST), "--child", "tracker", "--db", db_url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await stop.wait()
+        process.send_signal(signal.SIGINT)
+        if process.stdout is None:
+            raise RuntimeError("no stdout pipe")
+        out = b""
+        with trio.fail_after(120):
+            async for chunk in process.stdout:
+                out += chunk
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    results.append(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def measure(accounts: int, rate: float, duration: float, db_url: str) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    stop = trio.Event()
+    async with AsyncExitStack() as stack:
+        fakes = [
+            await stack.enter_async_context(
+                open_fake_exchange(seed=11 + i, markets=MARKETS, user_id=FIRST_USER + i, api_key=f"benchkey{i:04d}")
+            )
+            for i in range(accounts)
+        ]
+        async with trio.open_nursery() as children:
+            for fx in fakes:
+                children.start_soon(partial(run_child, fx, db_url, results, stop=stop))
+            with trio.fail_after(60 + accounts * 3):
+                for fx in fakes:
+                    await fx.wait_subscribed(fx.private_channels())
+            async with trio.open_nursery() as load:
+                for fx in fakes:
+                    load.start_soon(offer, fx, rate, duration)
+            await trio.sleep(1.0)  # let every pipeline commit its tail before the stop
+            stop.set()
+    frames = sum(r["ws"] for r in results)
+    first = min(r["first"] for r in results if r["first"])
+    last = max(r["last"] for r in results if r["last"])
+    p99s = sorted(r["p99"] for r in results if r["p99"] is not None)
+    p50s = sorted(r["p50"] for r in results if r["p50"] is not None)
+    return {
+        "accounts": accounts,
+        "frames": frames,
+        "per_s": frames / (last - first) if last > first else 0.0,
+        "p50_median": statistics.median(p50s) if p50s else None,
+        "p99_median": statistics.median(p99s) if p99s else None,
+        "p99_worst": p99s[-1] if p99s else None,
+        "batches": sum(r["batches"] for r in results),
+    }
+
+
+def fresh_schema(database: str) -> str:
+    import psycopg
+
+    from tracker.store import migrate
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    base = database.replace("postgresql://", "postgresql+psycopg://", 1)
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    migrate.upgrade(url)
+    return url
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+async def parent(args: argparse.Namespace) -> None:
+    import psycopg
+
+    given = args.pg_url or os.environ.get("TRACKER_BENCH_PG_URL")
+    name = None
+    if given:
+        database = given
+    else:
+        name = f"tracker_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        database = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    print(
+        f"{'accounts':>8} {'offered/acct':>12} {'aggregate/s':>12} {'p50 med ms':>10} {'p99 med ms':>10} "
+        f"{'p99 worst':>10} {'batches':>8}"
+    )
+    try:
+        for rate in (args.rate, math.inf):
+            for accounts in (1, args.accounts):
+                r = await measure(accounts, rate, args.duration, fresh_schema(database))
+                offered = "max" if math.isinf(rate) else f"{rate:.0f}"
+                print(
+                    f"{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
+                    f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8}",
+                    flush=True,
+                )
+    finally:
+        if name:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=100.0, help="frames/s offered per account (paced load)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of offered load per measurement")
+    parser.add_argument("--pg-url", help="an existing PostgreSQL database to use (or TRACKER_BENCH_PG_URL)")
+    trio.run(parent, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
