@@ -1,7 +1,7 @@
 """Wire fields every view shows, and acknowledged discrepancies (issues 13 and 14).
 
 Revision ID: 0005_wire_fields_and_acks
-Revises: 0002
+Revises: 0003_log_layout
 Create Date: 2026-12-06
 
 New nullable columns, so existing rows stay valid: ``tracker rebuild`` (or the projector catching up from the log)
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_wire_fields_and_acks"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_log_layout"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
