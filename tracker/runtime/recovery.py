@@ -147,7 +147,9 @@ async def reconcile_once(
     own = client is None
     client = client or client_from(settings)
     try:
-        token = await PoliteApi(client).call("websockets_token", client.websockets_token)
+        # The first call, unretried, as `tracker run` makes it: an unreachable exchange or bad credentials fail in one
+        # line at once (the walks that follow retry as usual).
+        token = await client.websockets_token()
         recovery = await build_recovery(
             client,
             settings,
