@@ -40,17 +40,9 @@ def parse_tracker(entry: Parseable) -> DomainEvent:
             connection_id=entry.connection_id,
             received_at=entry.received_at,
         )
-    if event == te.GAP_DETECTED:
-        return GapDetected(
-            seq=entry.seq,
-            account=entry.account,
-            market=entry.market,
-            channel=entry.channel,
-            detail=dumps_canonical(data),
-            received_at=entry.received_at,
-        )
-    if event == te.BACKFILL_COMPLETED:
-        return BackfillCompleted(
+    if event in (te.GAP_DETECTED, te.BACKFILL_COMPLETED):
+        kind = GapDetected if event == te.GAP_DETECTED else BackfillCompleted
+        return kind(
             seq=entry.seq,
             account=entry.account,
             market=entry.market,

@@ -169,12 +169,6 @@ def parse_rest_datetime(value: object) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def perp_ms_to_us(value: object) -> int | None:
-    """Perp public trades carry ``timestamp`` in milliseconds."""
-    ms = int_text(value)
-    return None if ms is None else ms * 1000
-
-
 def display_market_to_symbol(value: str) -> str:
     """``"BTC/USD-PERP"`` → ``"btcusd-perp"``."""
     return value.replace("/", "").lower()

@@ -117,6 +117,17 @@ class VersionAction(argparse.Action):
         parser.exit(0)
 
 
+def finite_number(text: str, what: str) -> float:
+    """A finite number, or the usage error argparse prints as ``--flag: not a number of seconds: 'abc'``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite
+        raise argparse.ArgumentTypeError(f"not a number of {what}: {text!r}")
+    return value
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """Flags every command that touches the database or the exchange accepts (flags win over env)."""
     parser.add_argument("--db-url", dest="db_url", help="SQLAlchemy database URL (env TRACKER_DB_URL)")

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from tracker.cli import DEMO_DB
+from tracker.cli import DEMO_DB, finite_number
 from tracker.cli.report import display_rows, format_table
 from tracker.errors import StoreError
 
@@ -36,19 +36,8 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=cmd_demo)
 
 
-def _number(text: str, what: str) -> float:
-    """A finite number, or the usage error argparse prints as ``--flag: not a number of seconds: 'abc'``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite
-        raise argparse.ArgumentTypeError(f"not a number of {what}: {text!r}")
-    return value
-
-
 def _seconds(text: str) -> float:
-    value = _number(text, "seconds")
+    value = finite_number(text, "seconds")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
     if value > MAX_DURATION_S:
@@ -57,7 +46,7 @@ def _seconds(text: str) -> float:
 
 
 def _rate(text: str) -> float:
-    value = _number(text, "frames per second")
+    value = finite_number(text, "frames per second")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 frame per second, got {text}")
     if value > MAX_RATE:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, finite_number
 
 AMOUNT = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
@@ -41,10 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = finite_number(text, "seconds")
     if not 0 <= value <= 300:
         raise argparse.ArgumentTypeError(f"must be between 0 and 300 seconds, got {text}")
     return value

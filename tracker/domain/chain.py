@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tracker.domain.log import LogEntry, NewEntry
-from tracker.domain.timeutil import datetime_to_us, us_to_datetime
+from tracker.domain.timeutil import datetime_to_us
 
 GENESIS = "0" * 64
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -29,9 +29,6 @@ def to_us(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError(f"received_at must be timezone-aware (UTC), got naive {moment!r}")
     return datetime_to_us(moment)
-
-
-from_us = us_to_datetime
 
 
 def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:

@@ -159,9 +159,6 @@ class Backfiller:
 
     def entry(self, event: str, data: dict[str, Any], market: str | None = None) -> NewEntry:
         """A tracker-made entry of this account on the backfill channel."""
-        return self._entry(event, data, market)
-
-    def _entry(self, event: str, data: dict[str, Any], market: str | None = None) -> NewEntry:
         return te.tracker_entry(
             account=self.account,
             event=event,
@@ -178,7 +175,7 @@ class Backfiller:
         for window in windows:
             gap_id = f"gap:{self.uid()}"
             ids.append(gap_id)
-            entries.append(self._entry(te.GAP_DETECTED, {"gap_id": gap_id, "trigger": reason, **window.as_data()}))
+            entries.append(self.entry(te.GAP_DETECTED, {"gap_id": gap_id, "trigger": reason, **window.as_data()}))
         n_windows = len(ids)
         for brk in breaks:
             gap_id = f"gap:{self.uid()}"
@@ -193,7 +190,7 @@ class Backfiller:
                 "event_id": brk.event_id,
                 "seq": brk.seq,
             }
-            entries.append(self._entry(te.GAP_DETECTED, data, market=brk.market))
+            entries.append(self.entry(te.GAP_DETECTED, data, market=brk.market))
         await self.sink.append(entries)
         if ids:
             log.info(
@@ -266,7 +263,7 @@ class Backfiller:
                 await self._guard(report, key, walk)
             report.requests = self.api.stats.requests - before
             report.duration_s = trio.current_time() - started
-            await self.sink.append([self._entry(te.BACKFILL_COMPLETED, report.as_data())])
+            await self.sink.append([self.entry(te.BACKFILL_COMPLETED, report.as_data())])
             self.runs += 1
             self.last_report = report
             done, self.completed = self.completed, trio.Event()
@@ -290,7 +287,7 @@ class Backfiller:
         except ExchangeError as exc:
             report.errors[key] = str(exc)
             outcome = self.health.failed(key, exc, trio.current_time())
-            await self.sink.append([self._entry(outcome.event, outcome.as_data())])
+            await self.sink.append([self.entry(outcome.event, outcome.as_data())])
             if outcome.event == te.ENDPOINT_UNAVAILABLE:
                 log.warning("backfill: %s is unavailable until restart: %s", key, exc)
             else:
@@ -321,7 +318,7 @@ class Backfiller:
             )
             # In the log too, so `tracker status` shows a long first walk under way (a real account's history).
             progress = {"reason": report.reason, "fetched": after, "new": found, "walking": endpoint}
-            await self.sink.append([self._entry(te.BACKFILL_PROGRESS, progress)])
+            await self.sink.append([self.entry(te.BACKFILL_PROGRESS, progress)])
 
     async def _corroborated(self, items: Sequence[NewEntry | QuarantineItem]) -> set[int]:
         """Indices of the REST entries whose fill or order event the log already holds, agreeing in every field."""
