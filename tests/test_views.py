@@ -18,6 +18,7 @@ import pytest
 from pipeline import NOW
 from sqlalchemy import Engine, false, func, select, table, text
 from sqlalchemy.exc import DBAPIError
+from ledger_helpers import sample_ledger
 from test_projection_store import MARKETS, T0
 
 from tracker.bitstamp.frames import entry_from_frame
@@ -40,11 +41,22 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "v_liquidations": ("position_id", "event", "margin_mode", "occurred_at"),
     "v_positions": ("position_id", "market", "side", "size", "status"),
     "v_discrepancies": ("id", "kind", "entity", "detail", "status", "opened_seq", "resolved_seq"),
+    # the ledger contract (issue 15)
+    "v_ledger": ("trade_account_id", "entry_id", "leg", "occurred_at", "type", "type_code", "subtype", "currency",
+                 "amount", "fee", "market", "rate", "order_id", "trade_id", "txid", "source", "seq", "balance_after"),
+    "v_balances": ("trade_account_id", "currency", "balance", "as_of", "last_entry_id", "entries", "last_seq"),
+    "v_balance_checks": ("trade_account_id", "currency", "snapshot_at", "snapshot_seq", "exchange_total",
+                         "exchange_available", "exchange_reserved", "computed_total", "difference", "status",
+                         "first_entry_id"),
+    "v_transfers": ("trade_account_id", "direction", "currency", "amount", "fee", "occurred_at", "entry_id",
+                    "entry_seq", "request_id", "request_status", "request_status_name", "request_seq", "txid",
+                    "address", "network", "crypto_seq", "matched_by"),
 }  # fmt: skip
 
 
 def model_log(seed: int, steps: int) -> tuple[list[NewEntry], dict[str, Any]]:
-    """Websocket frames of the fake model for two accounts (different seeds), plus the first account's truth."""
+    """Websocket frames of the fake model for two accounts (different seeds) and a small ledger each, plus the first
+    account's truth."""
     entries: list[NewEntry] = []
     truth: dict[str, Any] = {}
     for account, account_seed in (("acc", seed), ("other", seed + 100)):
@@ -54,6 +66,7 @@ def model_log(seed: int, steps: int) -> tuple[list[NewEntry], dict[str, Any]]:
                 entry = entry_from_frame(emission.text, account=account, received_at=NOW, connection_id="c")
                 assert isinstance(entry, NewEntry)
                 entries.append(entry)
+        entries.extend(sample_ledger(account))  # the ledger views (tests/test_ledger_views.py has the rest)
         if account == "acc":
             truth = model.truth()
     return entries, truth

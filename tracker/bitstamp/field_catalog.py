@@ -82,6 +82,11 @@ CATALOG: Final[dict[str, Expected]] = {
     ),
     "rest:account_order_data": _e("event data", "event_id pre_event_id order_source", "channel trade_account_id"),
     "rest:account_balances": _e("currency", "total available reserved", "withdrawal_fee"),
+    # the ledger endpoints of issue 15 (parse_ledger; /tmp spec extract: CryptoTransaction, WithdrawalRequestsResponse)
+    "rest:crypto_transactions": _e(
+        "amount", "currency network destinationAddress destination_address txid datetime", "id status pending_reason"
+    ),
+    "rest:withdrawal_requests": _e("id", "datetime type currency network amount status txid address transaction_id"),
     "rest:trade_history": _e(
         "trade_id order_id side amount price",
         "trade_id_str fee position_id datetime market",

@@ -1,5 +1,9 @@
 """REST rows logged by backfill and reconcile → domain events (docs/bitstamp.md §5).
 
+The ledger facts of issue 15 (``rest_ledger_row``, ``rest_balances``, ``rest_crypto_transaction``,
+``rest_withdrawal_request``) are read by ``parse_ledger``; the per-market ``rest_user_transaction`` rows stay fills
+here.
+
 Each row was stored as canonical exact JSON by ``rest_entries`` (its ``event`` says which endpoint), so it is read
 with ``loads_exact`` only: REST facts are few next to the websocket stream, and their numbers are often bare tokens
 (``"btc_usd": 11170.21``) that the fast decoder would make floats.
@@ -21,6 +25,16 @@ from tracker.bitstamp.parse_fields import (
     side_code,
     side_word,
     unknown,
+)
+from tracker.bitstamp.parse_ledger import (
+    REST_BALANCES,
+    REST_CRYPTO_TRANSACTION,
+    REST_LEDGER_ROW,
+    REST_WITHDRAWAL_REQUEST,
+    balance_snapshot,
+    crypto_transaction,
+    ledger_row,
+    withdrawal_request,
 )
 from tracker.bitstamp.parse_ws import order_event
 from tracker.bitstamp.rest_entries import (
@@ -141,8 +155,17 @@ def _order_status(entry: Parseable, obj: dict[str, Any]) -> OrderStatusSnapshot:
 
 def parse_rest(entry: Parseable) -> DomainEvent:
     """The event of one REST entry (``source == "rest"``)."""
-    obj = obj_of(loads_exact(entry.payload), "row")
     event = entry.event
+    # The ledger facts (``parse_ledger``): the balances answer is a list, the others one row each.
+    if event == REST_LEDGER_ROW:
+        return ledger_row(entry)
+    if event == REST_BALANCES:
+        return balance_snapshot(entry)
+    if event == REST_CRYPTO_TRANSACTION:
+        return crypto_transaction(entry)
+    if event == REST_WITHDRAWAL_REQUEST:
+        return withdrawal_request(entry)
+    obj = obj_of(loads_exact(entry.payload), "row")
     if event == REST_USER_TRANSACTION:
         return _user_transaction(entry, obj)
     if event == REST_ORDER_EVENT:

@@ -187,6 +187,106 @@ class AccountTransaction:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class LedgerLeg:
+    """One currency movement of a ledger row: ``leg`` ``amount`` (the signed value of one currency key) or ``fee``
+    (``amount`` = -fee, ``fee`` = fee; ``currency`` ``None`` when the fee currency cannot be told)."""
+
+    leg: Literal["amount", "fee"]
+    currency: str | None
+    amount: Decimal
+    fee: Decimal | None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One row of the account-wide ``user_transactions/`` (log event ``rest_ledger_row``) with its legs.
+
+    ``trade_account_id`` comes from the entry's channel (``ledger_channels``). ``type_code`` is the raw code as text
+    (an int and a string are the same code); ``type`` its name (``unknown`` for a code tracker does not know).
+    ``notes`` are counter names the fold counts (``ledger_type_unknown:<code>``, ``fee_currency_unknown``,
+    ``ledger_derivatives_fill``, ...): things worth knowing that no column shows."""
+
+    seq: int
+    account: str
+    trade_account_id: str
+    entry_id: str
+    type_code: str
+    type: str
+    subtype: str | None
+    occurred_at: datetime | None
+    market: str | None  # the pair as ``btcusd`` when the row has a pair-rate key
+    rate: Decimal | None
+    order_id: str | None
+    trade_id: str | None  # = entry_id for type 2
+    fee: Decimal | None
+    legs: tuple[LedgerLeg, ...]
+    notes: tuple[str, ...]
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class BalanceLine:
+    currency: str
+    total: Decimal
+    available: Decimal | None
+    reserved: Decimal | None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class BalanceSnapshot:
+    """One ``account_balances/`` answer of one trade account (log event ``rest_balances``), taken at a consistent cut
+    of the ledger (docs/semantics.md): the fold checks it against the legs with a smaller seq."""
+
+    seq: int
+    account: str
+    trade_account_id: str
+    received_at: datetime
+    lines: tuple[BalanceLine, ...]
+    notes: tuple[str, ...] = ()
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class CryptoTransaction:
+    """One row of ``crypto-transactions/`` (log event ``rest_crypto_transaction``; main account only).
+    ``list_name``: ``deposits``, ``withdrawals`` or ``ripple_iou_transactions``."""
+
+    seq: int
+    account: str
+    list_name: str
+    currency: str | None
+    network: str | None
+    address: str | None
+    txid: str | None  # the on-chain hash [D: "Transaction hash"]
+    amount: Decimal
+    occurred_at: datetime | None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class WithdrawalRequest:
+    """One state of one ``withdrawal-requests/`` row (log event ``rest_withdrawal_request``: each status change is a
+    new fact). ``txid`` is "Bitstamp's transaction id" [D]; ``transaction_id`` the on-chain id [D]."""
+
+    seq: int
+    account: str
+    trade_account_id: str
+    request_id: str
+    occurred_at: datetime | None
+    method: int | None  # the spec's ``type`` (0 SEPA, 1 BTC, ...)
+    currency: str | None
+    network: str | None
+    amount: Decimal | None
+    status: int | None
+    txid: str | None
+    address: str | None
+    transaction_id: str | None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Lifecycle:
     """A tracker-made connection event: connected, subscribed, subscribe_failed, ws_error, reconnect_requested,
     closed, stalled, reconciled."""
@@ -277,6 +377,10 @@ DomainEvent = (
     | TokenReady
     | OrderStatusSnapshot
     | AccountTransaction
+    | LedgerRow
+    | BalanceSnapshot
+    | CryptoTransaction
+    | WithdrawalRequest
     | Lifecycle
     | GapDetected
     | BackfillCompleted

@@ -23,6 +23,8 @@ Where things are (each module under ``tracker/domain/``):
 - ``projection_orders``: order events, the order link rows, the fills cross-check, the ``pre_event_id`` chain;
 - ``projection_fills``: fills, daily fees, self trades;
 - ``projection_positions``: positions, settlements, liquidation alerts;
+- ``projection_ledger``: the account ledger (legs, balances, balance checks, crypto transactions, withdrawal
+  requests), touched only by the four ledger events;
 - ``projection_keys``: which keys a batch will read (the store prefetches them); it mirrors the fold's lookups;
 - here: ``apply`` (one ``match`` over every event type, ``assert_never`` makes the type checker prove it total)
   and ``fold``.
@@ -47,12 +49,15 @@ from typing import assert_never
 from tracker.domain.events import (
     AccountTransaction,
     BackfillCompleted,
+    BalanceSnapshot,
+    CryptoTransaction,
     Discrepancy,
     DiscrepancyAcknowledged,
     DiscrepancyResolved,
     DomainEvent,
     Fill,
     GapDetected,
+    LedgerRow,
     Lifecycle,
     LiquidationAlert,
     OrderEvent,
@@ -61,8 +66,15 @@ from tracker.domain.events import (
     Settlement,
     TokenReady,
     Unknown,
+    WithdrawalRequest,
 )
 from tracker.domain.projection_fills import apply_fill, apply_self_trade
+from tracker.domain.projection_ledger import (
+    apply_balance_snapshot,
+    apply_crypto_transaction,
+    apply_ledger_row,
+    apply_withdrawal_request,
+)
 from tracker.domain.projection_orders import ALL_SOURCES, CLOSED, EVENT_ID_LENGTH, apply_order, confirm_by_order_status
 from tracker.domain.projection_positions import apply_liquidation, apply_settlement
 from tracker.domain.projection_state import (
@@ -122,6 +134,14 @@ def apply(state: ProjectionState, event: DomainEvent) -> ProjectionState:
             confirm_by_order_status(state, event)
         case AccountTransaction():
             count(state, event.account, f"account_transaction:{event.type_code}", event.seq)
+        case LedgerRow():
+            apply_ledger_row(state, event)
+        case BalanceSnapshot():
+            apply_balance_snapshot(state, event)
+        case CryptoTransaction():
+            apply_crypto_transaction(state, event)
+        case WithdrawalRequest():
+            apply_withdrawal_request(state, event)
         case Lifecycle():
             count(state, event.account, f"lifecycle:{event.kind}", event.seq)
         case GapDetected():

@@ -7,7 +7,9 @@ misses so this list does not silently drift from the fold. Rows the fold only *w
 liquidation alert) need no prefetch. Change it with the folding modules (``projection_orders`` and the others).
 
 Discrepancies that an order's link row points at (``OrderLinkRow.mismatch_id``) are a second step: they are known
-only once the links are loaded (``discrepancy_keys_of_links``).
+only once the links are loaded (``discrepancy_keys_of_links``). The ledger's are alike: the balances of a loaded
+trade account (``balance_keys_of_accounts``), then the discrepancies those balances point at
+(``discrepancy_keys_of_balances``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Any, assert_never
 from tracker.domain.events import (
     AccountTransaction,
     BackfillCompleted,
+    BalanceSnapshot,
+    CryptoTransaction,
     Discrepancy,
     DiscrepancyAcknowledged,
     DiscrepancyResolved,
     DomainEvent,
     Fill,
     GapDetected,
+    LedgerRow,
     Lifecycle,
     LiquidationAlert,
     OrderEvent,
@@ -32,10 +37,11 @@ from tracker.domain.events import (
     Settlement,
     TokenReady,
     Unknown,
+    WithdrawalRequest,
 )
 from tracker.domain.projection_orders import ALL_SOURCES
 from tracker.domain.projection_state import unix_us
-from tracker.domain.rows import TABLES, OrderLinkRow
+from tracker.domain.rows import TABLES, BalanceRow, LedgerAccountRow, OrderLinkRow
 
 Keys = dict[str, set[tuple[Any, ...]]]  # table name -> row keys
 
@@ -95,6 +101,26 @@ def add_keys_for(keys: Keys, event: DomainEvent) -> None:
             counters.add((account, "order_status_snapshot"))
         case AccountTransaction():
             counters.add((account, f"account_transaction:{event.type_code}"))
+        case LedgerRow():
+            tai = event.trade_account_id
+            keys["ledger_entries"].add((account, event.entry_id))
+            keys["ledger_accounts"].add((account, tai))
+            for leg in event.legs:
+                if leg.currency is not None:
+                    keys["balances"].add((account, tai, leg.currency))
+            for note in event.notes:
+                counters.add((account, note))
+            counters.add((account, "ledger_row_seen_again"))
+        case BalanceSnapshot():
+            keys["ledger_accounts"].add((account, event.trade_account_id))
+            for line in event.lines:
+                keys["balances"].add((account, event.trade_account_id, line.currency))
+            for note in event.notes:
+                counters.add((account, note))
+        case CryptoTransaction():
+            pass
+        case WithdrawalRequest():
+            keys["withdrawal_requests"].add((account, event.trade_account_id, event.request_id))
         case Lifecycle():
             counters.add((account, f"lifecycle:{event.kind}"))
         case GapDetected():
@@ -113,6 +139,26 @@ def keys_for(events: Iterable[DomainEvent]) -> Keys:
     keys = empty_keys()
     for event in events:
         add_keys_for(keys, event)
+    return keys
+
+
+def balance_keys_of_accounts(accounts: Iterable[LedgerAccountRow]) -> set[tuple[Any, ...]]:
+    """Every balance of the loaded trade accounts (a snapshot checks the currencies it lacks too; a few dozen)."""
+    return {
+        (row.account, row.trade_account_id, currency)
+        for row in accounts
+        for currency in row.currencies.split()
+        if currency
+    }
+
+
+def discrepancy_keys_of_balances(balances: Iterable[BalanceRow]) -> set[tuple[Any, ...]]:
+    """The open ``negative_balance`` / ``balance_mismatch`` discrepancies the loaded balances point at."""
+    keys: set[tuple[Any, ...]] = set()
+    for row in balances:
+        for discrepancy_id in (row.negative_id, row.mismatch_id):
+            if discrepancy_id is not None:
+                keys.add((row.account, discrepancy_id))
     return keys
 
 

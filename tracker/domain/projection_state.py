@@ -16,10 +16,16 @@ from typing import Any, Final, Protocol, TypeVar
 
 from tracker.domain.rows import (
     TABLES,
+    BalanceCheckRow,
+    BalanceRow,
     CounterRow,
+    CryptoTransactionRow,
     DiscrepancyRow,
     FeesDailyRow,
     FillRow,
+    LedgerAccountRow,
+    LedgerEntryRow,
+    LedgerLegRow,
     LiquidationRow,
     OrderLinkRow,
     OrderRow,
@@ -28,6 +34,7 @@ from tracker.domain.rows import (
     SelfTradeRow,
     SettlementRow,
     StreamRow,
+    WithdrawalRequestRow,
     row_key,
 )
 from tracker.domain.timeutil import datetime_to_us
@@ -64,12 +71,18 @@ class ProjectionState:
     """
 
     __slots__ = (
+        "balance_checks",
+        "balances",
         "checkpoint",
         "counters",
+        "crypto_transactions",
         "dirty",
         "discrepancies",
         "fees_daily",
         "fills",
+        "ledger_accounts",
+        "ledger_entries",
+        "ledger_legs",
         "liquidations",
         "order_links",
         "orders",
@@ -77,6 +90,7 @@ class ProjectionState:
         "self_trades",
         "settlements",
         "streams",
+        "withdrawal_requests",
     )
 
     def __init__(self, tables: Mapping[str, StateTable[Any, Any]] | None = None) -> None:
@@ -96,6 +110,13 @@ class ProjectionState:
         self.discrepancies: StateTable[tuple[str, str], DiscrepancyRow] = tables["discrepancies"]
         self.streams: StateTable[tuple[str, str, str], StreamRow] = tables["streams"]
         self.counters: StateTable[tuple[str, str], CounterRow] = tables["counters"]
+        self.ledger_entries: StateTable[tuple[str, str], LedgerEntryRow] = tables["ledger_entries"]
+        self.ledger_legs: StateTable[tuple[str, str, int], LedgerLegRow] = tables["ledger_legs"]
+        self.balances: StateTable[tuple[str, str, str], BalanceRow] = tables["balances"]
+        self.balance_checks: StateTable[tuple[str, str, int, str], BalanceCheckRow] = tables["balance_checks"]
+        self.ledger_accounts: StateTable[tuple[str, str], LedgerAccountRow] = tables["ledger_accounts"]
+        self.crypto_transactions: StateTable[tuple[str, int], CryptoTransactionRow] = tables["crypto_transactions"]
+        self.withdrawal_requests: StateTable[tuple[str, str, str], WithdrawalRequestRow] = tables["withdrawal_requests"]
         self.dirty: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
 
     def table(self, name: str) -> StateTable[Any, Any]:
@@ -169,11 +190,18 @@ def count(state: ProjectionState, account: str, name: str, seq: int) -> None:
 
 
 def open_discrepancy(
-    state: ProjectionState, account: str, discrepancy_id: str, kind: str, entity: str, detail: str, seq: int
+    state: ProjectionState,
+    account: str,
+    discrepancy_id: str,
+    kind: str,
+    entity: str,
+    detail: str,
+    seq: int,
+    trade_account_id: str | None = None,
 ) -> None:
     key = (account, discrepancy_id)
     state.discrepancies[key] = DiscrepancyRow(
-        account, discrepancy_id, kind, entity, detail, "open", seq, None, None, None
+        account, discrepancy_id, kind, entity, detail, "open", seq, None, None, None, trade_account_id
     )
     state.dirty["discrepancies"].add(key)
 
@@ -186,7 +214,7 @@ def refresh_discrepancy(state: ProjectionState, account: str, discrepancy_id: st
         return
     state.discrepancies[key] = DiscrepancyRow(
         account, discrepancy_id, row.kind, row.entity, detail, row.status, row.opened_seq, row.resolved_seq,
-        row.acknowledged_seq, row.note,
+        row.acknowledged_seq, row.note, row.trade_account_id,
     )  # fmt: skip
     state.dirty["discrepancies"].add(key)
 
@@ -199,8 +227,9 @@ def acknowledge_discrepancy(state: ProjectionState, account: str, discrepancy_id
     if row is None or row.status != "open":
         return
     state.discrepancies[key] = DiscrepancyRow(
-        account, discrepancy_id, row.kind, row.entity, row.detail, "acknowledged", row.opened_seq, None, seq, note
-    )
+        account, discrepancy_id, row.kind, row.entity, row.detail, "acknowledged", row.opened_seq, None, seq, note,
+        row.trade_account_id,
+    )  # fmt: skip
     state.dirty["discrepancies"].add(key)
 
 
@@ -212,6 +241,6 @@ def resolve_discrepancy(state: ProjectionState, account: str, discrepancy_id: st
         return
     state.discrepancies[key] = DiscrepancyRow(
         account, discrepancy_id, row.kind, row.entity, detail or row.detail, "resolved", row.opened_seq, seq,
-        row.acknowledged_seq, row.note,
+        row.acknowledged_seq, row.note, row.trade_account_id,
     )  # fmt: skip
     state.dirty["discrepancies"].add(key)

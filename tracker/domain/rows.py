@@ -206,6 +206,7 @@ class DiscrepancyRow:
     resolved_seq: int | None
     acknowledged_seq: int | None  # the log entry of the acknowledgement (``tracker discrepancies ack``)
     note: str | None  # its note and who wrote it
+    trade_account_id: str | None = None  # the ledger's discrepancies name their trade account (None: not one)
 
 
 @fast_init
@@ -236,6 +237,157 @@ class CounterRow:
     last_seq: int
 
 
+# --- the ledger (issue 15; tracker/domain/projection_ledger.py, docs/sql.md "Ledger and balances") ----------------
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class LedgerEntryRow:
+    """Hidden: one ledger row (``rest_ledger_row``) per (account, entry_id): which trade account it was applied to
+    (a second one is ``subaccount_header_ignored``), and its fee for ``v_transfers``."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "entry_id")
+    account: str
+    entry_id: str
+    trade_account_id: str
+    type_code: str
+    type: str
+    subtype: str | None
+    occurred_at: datetime | None
+    fee: Decimal | None
+    legs: int
+    seq: int
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class LedgerLegRow:
+    """``v_ledger``: one currency movement. ``balance_after`` is the running balance of its trade account and
+    currency in log order (``None`` for a leg without a currency). The last two columns are hidden (``v_transfers``
+    matches by them)."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "entry_id", "leg_no")
+    account: str
+    entry_id: str
+    leg_no: int  # 0, 1, ... within the entry
+    trade_account_id: str
+    leg: str  # amount | fee
+    occurred_at: datetime | None
+    type: str
+    type_code: str
+    subtype: str | None
+    currency: str | None
+    amount: Decimal
+    fee: Decimal | None
+    market: str | None
+    rate: Decimal | None
+    order_id: str | None
+    trade_id: str | None
+    source: str
+    seq: int
+    balance_after: Decimal | None
+    occurred_us: int | None  # hidden: occurred_at in µs (time windows in SQL, same on both backends)
+    abs_amount: Decimal  # hidden: |amount| canonical (exact equality on both backends; domain.ledger.amount_key)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class BalanceRow:
+    """``v_balances`` (rows with ``entries > 0``): the balance of one trade account and currency, maintained leg by
+    leg. Columns after ``last_seq`` are hidden check state."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "trade_account_id", "currency")
+    account: str
+    trade_account_id: str
+    currency: str
+    balance: Decimal
+    as_of: datetime | None  # occurred_at of the latest leg
+    last_entry_id: str | None
+    entries: int  # ledger entries that moved it (0: known from a snapshot only)
+    last_seq: int | None
+    negative_id: str | None  # the open negative_balance discrepancy
+    mismatch_id: str | None  # the open balance_mismatch discrepancy
+    first_entry_since_check: str | None  # the first entry that moved it after the last agreeing check
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class BalanceCheckRow:
+    """``v_balance_checks``: one (snapshot, currency). ``difference`` and ``status`` are computed exactly here."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "trade_account_id", "snapshot_seq", "currency")
+    account: str
+    trade_account_id: str
+    currency: str
+    snapshot_at: datetime
+    snapshot_seq: int
+    exchange_total: Decimal | None  # None: the snapshot lacks a currency the ledger holds
+    exchange_available: Decimal | None
+    exchange_reserved: Decimal | None
+    computed_total: Decimal
+    difference: Decimal  # exchange_total - computed_total (a missing exchange_total counts as 0)
+    status: str  # agrees | differs | missing_on_exchange
+    first_entry_id: str | None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class LedgerAccountRow:
+    """Hidden: the currencies one trade account's ledger holds (space-separated, sorted): a snapshot checks them all
+    (the fold may not iterate the balances, see the read rule), and its snapshot count."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "trade_account_id")
+    account: str
+    trade_account_id: str
+    currencies: str
+    snapshots: int
+    last_snapshot_seq: int | None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class CryptoTransactionRow:
+    """Hidden (read by ``v_transfers``): one ``crypto-transactions/`` row, per log entry."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "seq")
+    account: str
+    seq: int
+    list_name: str  # deposits | withdrawals | ripple_iou_transactions
+    currency: str | None
+    network: str | None
+    address: str | None
+    txid: str | None
+    amount: Decimal
+    occurred_at: datetime | None
+    occurred_us: int | None
+    abs_amount: Decimal
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class WithdrawalRequestRow:
+    """Hidden (read by ``v_transfers``): the latest state (by log seq) of one withdrawal request."""
+
+    KEY: ClassVar[tuple[str, ...]] = ("account", "trade_account_id", "request_id")
+    account: str
+    trade_account_id: str
+    request_id: str
+    occurred_at: datetime | None
+    method: int | None
+    currency: str | None
+    network: str | None
+    amount: Decimal | None
+    signed_amount: Decimal | None  # hidden: -amount, signed as the ledger's withdrawals (v_transfers shows it)
+    status: int | None
+    status_name: str
+    txid: str | None
+    address: str | None
+    transaction_id: str | None
+    seq: int  # the latest state's entry
+    first_seq: int
+    states: int  # distinct states logged
+
+
 Row = (
     OrderRow
     | OrderLinkRow
@@ -248,6 +400,13 @@ Row = (
     | DiscrepancyRow
     | StreamRow
     | CounterRow
+    | LedgerEntryRow
+    | LedgerLegRow
+    | BalanceRow
+    | BalanceCheckRow
+    | LedgerAccountRow
+    | CryptoTransactionRow
+    | WithdrawalRequestRow
 )
 
 TABLES: Final[dict[str, type]] = {
@@ -262,6 +421,13 @@ TABLES: Final[dict[str, type]] = {
     "discrepancies": DiscrepancyRow,
     "streams": StreamRow,
     "counters": CounterRow,
+    "ledger_entries": LedgerEntryRow,
+    "ledger_legs": LedgerLegRow,
+    "balances": BalanceRow,
+    "balance_checks": BalanceCheckRow,
+    "ledger_accounts": LedgerAccountRow,
+    "crypto_transactions": CryptoTransactionRow,
+    "withdrawal_requests": WithdrawalRequestRow,
 }
 
 

@@ -33,8 +33,13 @@ from typing import Any, Final, Protocol
 from sqlalchemy import Connection, Table, and_, select
 
 from tracker.domain.projection import ProjectionState
-from tracker.domain.projection_keys import Keys, discrepancy_keys_of_links
-from tracker.domain.rows import TABLES, OrderLinkRow, Row
+from tracker.domain.projection_keys import (
+    Keys,
+    balance_keys_of_accounts,
+    discrepancy_keys_of_balances,
+    discrepancy_keys_of_links,
+)
+from tracker.domain.rows import TABLES, BalanceRow, LedgerAccountRow, OrderLinkRow, Row
 
 IN_CHUNK: Final = 400  # keys per IN (...) query, well under SQLite's bound-parameter limit
 Key = tuple[Any, ...]
@@ -187,8 +192,13 @@ class Prefetcher:
         tables = {name: LazyTable(self._loader(conn, name)) for name in TABLES}
         for name, table in tables.items():
             self._fill(conn, table, name, set(keys.get(name, ())), cache)
+        # second steps: rows known only once others are loaded (projection_keys)
+        accounts = tables["ledger_accounts"].values()
+        balances = balance_keys_of_accounts(row for row in accounts if isinstance(row, LedgerAccountRow))
+        self._fill(conn, tables["balances"], "balances", balances, cache)
         links = tables["order_links"].values()
         extra = discrepancy_keys_of_links(row for row in links if isinstance(row, OrderLinkRow))
+        extra |= discrepancy_keys_of_balances(row for row in tables["balances"].values() if isinstance(row, BalanceRow))
         self._fill(conn, tables["discrepancies"], "discrepancies", extra, cache)
         state = ProjectionState(tables=tables)
         state.checkpoint = checkpoint

@@ -209,7 +209,60 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
             ("resolved_seq", "resolved_seq"),
             ("acknowledged_seq", "acknowledged_seq"),
             ("note", "note"),
+            ("trade_account_id", "trade_account_id"),
         ),
+    ),
+    "v_balances": (
+        "balances",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "trade_account_id", "currency", "balance", "as_of", "last_entry_id", "entries", "last_seq",
+            )
+        ),
+    ),
+    "v_balance_checks": (
+        "balance_checks",
+        tuple(
+            (c, c)
+            for c in (
+                "account", "trade_account_id", "currency", "snapshot_at", "snapshot_seq", "exchange_total",
+                "exchange_available", "exchange_reserved", "computed_total", "difference", "status", "first_entry_id",
+            )
+        ),
+    ),
+}  # fmt: skip
+
+# The ledger views that join several tables (their SQL is in migrations/versions/0006_ledger.py): view column →
+# (table, column) for its type. ``txid`` of v_ledger comes from v_transfers (crypto or request text).
+JOINED_VIEW_COLUMNS: Final[dict[str, tuple[tuple[str, str, str], ...]]] = {
+    "v_ledger": tuple(
+        (c, "crypto_transactions" if c == "txid" else "ledger_legs", c)
+        for c in (
+            "account", "trade_account_id", "entry_id", "leg", "occurred_at", "type", "type_code", "subtype",
+            "currency", "amount", "fee", "market", "rate", "order_id", "trade_id", "txid", "source", "seq",
+            "balance_after",
+        )
+    ),
+    "v_transfers": (
+        ("account", "ledger_legs", "account"),
+        ("trade_account_id", "ledger_legs", "trade_account_id"),
+        ("direction", "ledger_legs", "type"),
+        ("currency", "ledger_legs", "currency"),
+        ("amount", "ledger_legs", "amount"),
+        ("fee", "ledger_entries", "fee"),
+        ("occurred_at", "ledger_legs", "occurred_at"),
+        ("entry_id", "ledger_legs", "entry_id"),
+        ("entry_seq", "ledger_legs", "seq"),
+        ("request_id", "withdrawal_requests", "request_id"),
+        ("request_status", "withdrawal_requests", "status"),
+        ("request_status_name", "withdrawal_requests", "status_name"),
+        ("request_seq", "withdrawal_requests", "seq"),
+        ("txid", "crypto_transactions", "txid"),
+        ("address", "crypto_transactions", "address"),
+        ("network", "crypto_transactions", "network"),
+        ("crypto_seq", "crypto_transactions", "seq"),
+        ("matched_by", "ledger_legs", "type"),
     ),
 }  # fmt: skip
 
@@ -222,9 +275,23 @@ def _view_table(name: str) -> Table:
     return Table(name, view_metadata, *(Column(view, table.c[src].type) for view, src in columns))
 
 
-VIEWS: Final[dict[str, Table]] = {name: _view_table(name) for name in VIEW_COLUMNS}
+def _joined_view_table(name: str) -> Table:
+    columns = JOINED_VIEW_COLUMNS[name]
+    return Table(name, view_metadata, *(Column(view, PROJECTION_TABLES[t].c[c].type) for view, t, c in columns))
+
+
+VIEWS: Final[dict[str, Table]] = {
+    **{name: _view_table(name) for name in VIEW_COLUMNS},
+    **{name: _joined_view_table(name) for name in JOINED_VIEW_COLUMNS},
+}
 
 # Indexes for the reports and the views' usual filters (the primary keys cover lookups by id).
 Index(None, PROJECTION_TABLES["fills"].c.account, PROJECTION_TABLES["fills"].c.executed_at)
 Index(None, PROJECTION_TABLES["fills"].c.account, PROJECTION_TABLES["fills"].c.order_id)
 Index(None, PROJECTION_TABLES["orders"].c.account, PROJECTION_TABLES["orders"].c.created_at)
+# The ledger (migration 0006): a trade account's currency history, v_transfers' scans and joins.
+_legs, _crypto = PROJECTION_TABLES["ledger_legs"], PROJECTION_TABLES["crypto_transactions"]
+Index(None, _legs.c.account, _legs.c.trade_account_id, _legs.c.currency, _legs.c.seq)
+Index(None, _legs.c.type_code, _legs.c.account)
+Index(None, _crypto.c.account, _crypto.c.list_name, _crypto.c.txid)
+Index(None, PROJECTION_TABLES["withdrawal_requests"].c.account, PROJECTION_TABLES["withdrawal_requests"].c.txid)
