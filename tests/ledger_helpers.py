@@ -99,48 +99,31 @@ def sample_ledger(account: str = "acc") -> list[NewEntry]:
     """A small consistent ledger that fills every ledger view: a deposit with its crypto row, a trade, a withdrawal
     with its request (two states) and crypto row, a cancelled request, a sub-account transfer, an agreeing snapshot."""
     later = T0 + timedelta(hours=1)
+    t0 = int(T0.timestamp())
+    deposit = {"currency": "BTC", "network": "bitcoin", "destinationAddress": "bc1qdeposit", "txid": "aa11"}
+    request = {"id": 7001, "datetime": when(3), "type": 1, "currency": "BTC", "network": "bitcoin"}
+    request |= {"amount": "0.20000000", "address": "bc1qout"}
+    out = {"currency": "BTC", "network": "bitcoin", "destinationAddress": "bc1qout", "txid": "bb22"}
+    cancelled = {"id": 7002, "datetime": when(5), "type": 1, "currency": "BTC", "network": "bitcoin"}
+    cancelled |= {"amount": "0.01", "status": 3, "txid": None, "address": "bc1qother", "transaction_id": None}
+    main = [
+        {"currency": "btc", "total": "0.19990000", "available": "0.19990000", "reserved": "0.00000000"},
+        {"currency": "usd", "total": "5887.50", "available": "5000.00", "reserved": "887.50"},
+        {"currency": "eur", "total": "0.00", "available": "0.00", "reserved": "0.00"},
+    ]
+    sub = [{"currency": "usd", "total": "100.00", "available": "100.00", "reserved": "0.00"}]
     return [
         ledger_entry(movement_row(101, 0, 0, "btc", "0.50000000"), account=account),
-        crypto_entry(
-            {"currency": "BTC", "network": "bitcoin", "destinationAddress": "bc1qdeposit", "txid": "aa11",
-             "amount": Decimal("0.5"), "datetime": int(T0.timestamp()) + 30},
-            "deposits", account=account,
-        ),  # fmt: skip
+        crypto_entry({**deposit, "amount": Decimal("0.5"), "datetime": t0 + 30}, "deposits", account=account),
         ledger_entry(movement_row(102, 1, "0", "usd", "1000.00"), account=account),
         ledger_entry(trade_row(103, 2, "-0.10000000", "5000.00", "50000.00", "12.50"), account=account),
-        request_entry(
-            {"id": 7001, "datetime": when(3), "type": 1, "currency": "BTC", "network": "bitcoin", "amount": "0.20000000",
-             "status": 0, "txid": None, "address": "bc1qout", "transaction_id": None},
-            account=account,
-        ),  # fmt: skip
+        request_entry({**request, "status": 0, "txid": None, "transaction_id": None}, account=account),
         ledger_entry(movement_row(104, 4, 1, "btc", "-0.20000000", "0.00010000"), account=account),
-        request_entry(
-            {"id": 7001, "datetime": when(3), "type": 1, "currency": "BTC", "network": "bitcoin", "amount": "0.20000000",
-             "status": 2, "txid": 104, "address": "bc1qout", "transaction_id": "bb22"},
-            account=account,
-        ),  # fmt: skip
-        crypto_entry(
-            {"currency": "BTC", "network": "bitcoin", "destinationAddress": "bc1qout", "txid": "bb22",
-             "amount": Decimal("0.2"), "datetime": int(T0.timestamp()) + 300},
-            "withdrawals", account=account,
-        ),  # fmt: skip
-        request_entry(
-            {"id": 7002, "datetime": when(5), "type": 1, "currency": "BTC", "network": "bitcoin", "amount": "0.01",
-             "status": 3, "txid": None, "address": "bc1qother", "transaction_id": None},
-            account=account,
-        ),  # fmt: skip
+        request_entry({**request, "status": 2, "txid": 104, "transaction_id": "bb22"}, account=account),
+        crypto_entry({**out, "amount": Decimal("0.2"), "datetime": t0 + 300}, "withdrawals", account=account),
+        request_entry(cancelled, account=account),
         ledger_entry(movement_row(105, 6, 14, "usd", "-100.00"), account=account),
         ledger_entry(movement_row(106, 6, 14, "usd", "100.00"), account=account, tai="1234"),
-        balances_entry(
-            [
-                {"currency": "btc", "total": "0.19990000", "available": "0.19990000", "reserved": "0.00000000"},
-                {"currency": "usd", "total": "5887.50", "available": "5000.00", "reserved": "887.50"},
-                {"currency": "eur", "total": "0.00", "available": "0.00", "reserved": "0.00"},
-            ],
-            account=account, received_at=later,
-        ),  # fmt: skip
-        balances_entry(
-            [{"currency": "usd", "total": "100.00", "available": "100.00", "reserved": "0.00"}],
-            account=account, tai="1234", received_at=later,
-        ),  # fmt: skip
+        balances_entry(main, account=account, received_at=later),
+        balances_entry(sub, account=account, tai="1234", received_at=later),
     ]

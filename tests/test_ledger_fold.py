@@ -66,7 +66,9 @@ def test_sample_ledger_balances_and_checks() -> None:
     }
     checks = _rows(state, "balance_checks")
     assert {(c.trade_account_id, c.currency, c.status, c.difference) for c in checks} == {
-        ("0", "btc", "agrees", 0), ("0", "usd", "agrees", 0), ("1234", "usd", "agrees", 0),
+        ("0", "btc", "agrees", 0),
+        ("0", "usd", "agrees", 0),
+        ("1234", "usd", "agrees", 0),
     }  # fmt: skip  (eur listed at 0 and never moved: left out)
     assert _discrepancies(state) == {}
     legs = _rows(state, "ledger_legs")

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ledger_helpers import sample_ledger
 from pipeline import NOW
 from sqlalchemy import Engine, false, func, select, table, text
 from sqlalchemy.exc import DBAPIError
-from ledger_helpers import sample_ledger
 from test_projection_store import MARKETS, T0
 
 from tracker.bitstamp.frames import entry_from_frame
