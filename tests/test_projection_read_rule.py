@@ -23,9 +23,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import Log
+from test_ledger_fold import ledger_entries
 from test_projection import domain_events
 
 from tracker.domain.events import DomainEvent
+from tracker.domain.log import NewEntry
 from tracker.domain.projection import ProjectionState, apply, fold
 from tracker.domain.rows import TABLES, Row
 from tracker.fake.model import AccountModel
@@ -213,3 +215,14 @@ def test_edge_cases_on_stored_tables_equal_the_fold_on_dicts(events: list[Domain
 def test_a_stored_table_refuses_everything_else(misuse: Callable[[StoredTable], object]) -> None:
     with pytest.raises((TypeError, AttributeError)):
         misuse(StoredTable({}))
+
+
+@settings(max_examples=100, deadline=None)
+@given(ledger_entries(), st.integers(min_value=1, max_value=7))
+def test_the_ledger_on_stored_tables_equals_the_fold_on_dicts(entries: list[NewEntry], size: int) -> None:
+    """Random ledgers (legs, snapshots, rows under two trade accounts): the ledger's fold keeps the read rule too."""
+    log = Log("acc")
+    for entry in entries:
+        log.append(entry)
+    events = log.events()
+    assert fold_in_batches(events, size) == _as_dicts(fold(events))

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline import NOW, UID, order_frame, trade_frame
 from sqlalchemy import Engine
+from test_ledger_views import transfer_scenario
 from test_projection_store import fake_entries
 
 from tracker.bitstamp.frames import entry_from_frame
@@ -95,6 +96,27 @@ def test_parallel_equals_one_process_and_incremental(engine: Engine, tmp_path: P
     assert (one_workers, parallel_workers) == (1, 2)
     assert parallel == one == incremental
     assert parallel["positions"] and parallel["settlements"] and parallel["liquidations"]  # entries without market
+
+
+def test_ledger_entries_fold_in_group_0_and_the_parts_stay_independent(tmp_path: Path) -> None:
+    """Ledger entries have no market and no position: they fold with group 0, and their tables' keys are touched by
+    ledger events only, so the proof holds and the parallel rebuild equals one process and the incremental one."""
+    market = fake_entries(21, 500)
+    ledger = transfer_scenario()
+    step = len(market) // len(ledger)
+    mixed = [entry for i, item in enumerate(ledger) for entry in (*market[i * step : (i + 1) * step], item)]
+    mixed += market[len(ledger) * step :]
+    engine = _open(tmp_path / "ledger.db", mixed)
+    try:
+        incremental, _ = _rows_by(engine, tmp_path / "incremental.db", "incremental")
+        one, _ = _rows_by(engine, tmp_path / "one.db", "one")
+        parallel, workers = _rows_by(engine, tmp_path / "parallel.db", "parallel")
+    finally:
+        engine.dispose()
+    assert workers == 2  # no shared key: no fallback to one process
+    assert parallel == one == incremental
+    assert parallel["ledger_legs"] and parallel["balance_checks"] and parallel["withdrawal_requests"]
+    assert parallel["fills"] and parallel["positions"]
 
 
 def test_parallel_rebuild_uses_two_workers_and_leaves_nothing(engine: Engine, tmp_path: Path) -> None:
