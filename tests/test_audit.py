@@ -1,5 +1,6 @@
-"""``tracker audit`` without a browser: the ledger branch (throwaway views), an empty log, the coverage fold, the
-period bounds, and pygal's import hook gone. The browser test (test_audit_browser.py) covers a real run."""
+"""``tracker audit`` without a browser: the ledger branch (the ledger views of migration 0006), an empty log, the
+coverage fold, the period bounds, and pygal's import hook gone. The browser test (test_audit_browser.py) covers a
+real run."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from ledger_helpers import balances_entry, ledger_entry
 
 from tracker.audit.coverage import Interval, gaps, live_intervals
 from tracker.audit.model import Period, TrackerEntry
 from tracker.cli import main
 from tracker.cli.audit import write_audit
 from tracker.domain import tracker_events as te
+from tracker.domain.log import NewEntry
 from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
 from tracker.store.migrate import upgrade
+from tracker.store.projections import ProjectionStore
 
 T0 = datetime(2026, 11, 29, 12, tzinfo=UTC)
 
@@ -29,48 +33,45 @@ def db(tmp_path: Path) -> str:
     return url
 
 
-def test_an_empty_log_says_so_and_the_ledger_is_absent(db: str, tmp_path: Path) -> None:
+def test_an_empty_log_says_so_and_the_ledger_is_empty(db: str, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     data = write_audit(db, out)
     html = out.read_text(encoding="utf-8")
     assert data.integrity.ok and data.integrity.head_seq == 0
     assert "ok: the event log is empty" in html
-    assert "not available in this database: no ledger views (v_balances, v_balance_checks missing)" in html
+    assert "no ledger views" not in html  # migration 0006 made them: present, and empty
+    assert data.balances.series is not None and not data.balances.series.rows
     assert "No subscription in the log" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
 def test_the_ledger_views_are_shown_when_present(db: str, tmp_path: Path) -> None:
+    def row(entry_id: int, at: str, type_code: int, usd: str) -> NewEntry:
+        return ledger_entry({"id": entry_id, "datetime": at, "type": type_code, "usd": usd, "fee": "0"})
+
+    def snapshot(at: datetime, total: str) -> NewEntry:
+        return balances_entry([{"currency": "usd", "total": total}], received_at=at)
+
     engine = open_engine(db)
     try:
-        with engine.begin() as conn:  # throwaway views with the columns the ledger issue promises
-            conn.execute(
-                text(
-                    "CREATE VIEW v_balances AS"
-                    " SELECT 0 AS trade_account_id, 'USD' AS currency, '100.10' AS balance,"
-                    " '2026-11-29 10:00:00.000000' AS as_of"
-                    " UNION ALL SELECT 0, 'USD', '100.30', '2026-11-29 18:00:00.000000'"
-                    " UNION ALL SELECT 0, 'USD', '99.00000001', '2026-11-30 09:00:00.000000'"
-                )
-            )
-            conn.execute(
-                text(
-                    "CREATE VIEW v_balance_checks AS"
-                    " SELECT 0 AS trade_account_id, 'USD' AS currency, '2026-11-29 18:00:01.000000' AS snapshot_at,"
-                    " '100.30' AS exchange_total, '100.30' AS computed_total, '0' AS difference"
-                    " UNION ALL SELECT 0, 'USD', '2026-11-30 09:00:01.000000', '99', '99.00000001', '-0.00000001'"
-                )
-            )
+        log = EventLog(engine)
+        log.append(
+            [
+                row(1, "2026-11-29 10:00:00", 0, "100.10"),
+                row(2, "2026-11-29 18:00:00", 0, "0.20"),
+                snapshot(datetime(2026, 11, 29, 18, 0, 1, tzinfo=UTC), "100.30"),
+                row(3, "2026-11-30 09:00:00", 1, "-1.29999999"),
+                snapshot(datetime(2026, 11, 30, 9, 0, 1, tzinfo=UTC), "99"),
+            ]
+        )
+        ProjectionStore(engine).catch_up(log)
     finally:
         engine.dispose()
     out = tmp_path / "report.html"
     data = write_audit(db, out)
     assert data.balances.series is not None and data.balances.checks is not None
-    # The last balance of each UTC day, exact.
-    assert [(str(r[2]), r[3]) for r in data.balances.series.rows] == [
-        ("2026-11-29", Decimal("100.30")),
-        ("2026-11-30", Decimal("99.00000001")),
-    ]
+    # v_balances is the balance now (one row per trade account and currency): its day is the latest leg's, exact.
+    assert [(str(r[2]), r[3]) for r in data.balances.series.rows] == [("2026-11-30", Decimal("99.00000001"))]
     html = out.read_text(encoding="utf-8")
     assert '<span class="bad" data-figure="balance-differences">1</span>' in html
     assert "-0.00000001" in html and "99.00000001" in html
