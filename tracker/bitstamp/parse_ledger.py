@@ -41,7 +41,7 @@ from tracker.domain.events import (
     LedgerRow,
     WithdrawalRequest,
 )
-from tracker.domain.ledger import CRYPTO_LISTS, UNKNOWN_TYPE, subtype_of, type_name
+from tracker.domain.ledger import CRYPTO_LISTS, TRADE_CODES, UNKNOWN_TYPE, subtype_of, type_name
 from tracker.domain.log import Parseable
 from tracker.domain.money import BadAmount, parse_decimal
 
@@ -139,12 +139,13 @@ def ledger_row(entry: Parseable) -> LedgerRow:
             legs.append(LedgerLeg("fee", _fee_currency(pair, amounts, notes), -fee, fee))
             if fee < 0:
                 notes.append("ledger_fee_negative")
-    base_amount = None
-    if pair is not None:
-        base_amount = next((amount for currency, amount in amounts if currency == pair[0]), None)
-    elif len(amounts) == 1:
-        base_amount = amounts[0][1]
-    subtype = subtype_of(code, base_amount if pair is not None or code not in ("2", "36") else None)
+    if pair is not None:  # a trade's side: the sign of its base amount
+        signed = next((amount for currency, amount in amounts if currency == pair[0]), None)
+    elif code in TRADE_CODES:
+        signed = None  # no pair, so no base to tell a buy from a sell
+    else:  # a transfer's direction: the sign of the one amount it moves
+        signed = amounts[0][1] if len(amounts) == 1 else None
+    subtype = subtype_of(code, signed)
     return LedgerRow(
         seq=entry.seq,
         account=entry.account,
