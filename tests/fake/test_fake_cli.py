@@ -71,7 +71,10 @@ def test_cli_prints_env_and_writes_truth(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     truth = json.loads(truth_file.read_text())
-    assert set(truth) == {"orders", "fills", "fees_daily", "self_trades", "settlements", "liquidations", "positions"}
+    assert set(truth) == {
+        "orders", "fills", "fees_daily", "self_trades", "settlements", "liquidations", "positions",
+        "accounts", "crypto_transactions", "tampered",
+    }  # fmt: skip
 
 
 async def test_paced_generator_and_fees_and_my_markets() -> None:
