@@ -14,19 +14,17 @@ from fake_helpers import subscribe, token
 from trio_websocket import open_websocket_url
 from truth_from_frames import normalise, recompute
 
-BOOKS = ("accounts", "crypto_transactions", "tampered")  # the books come from REST rows, not from frames
-
-
-def frame_truth(truth: dict[str, object]) -> dict[str, object]:
-    """The part of the truth the frames can tell (the account's books are checked against REST in
-    tests/test_fake_ledger.py)."""
-    return {k: v for k, v in truth.items() if k not in BOOKS}
-
 from tracker.fake.model import AccountModel
 from tracker.fake.server import open_fake_exchange
 
 T0 = 1_790_000_000_000_000
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
+BOOKS = ("accounts", "crypto_transactions", "tampered")  # the books come from REST rows, not from frames
+
+
+def frame_truth(truth: dict[str, object]) -> dict[str, object]:
+    """The part of the truth the frames can tell (the books are checked against REST in test_fake_ledger.py)."""
+    return {k: v for k, v in truth.items() if k not in BOOKS}
 
 
 def run(seed: int, steps: int, markets: tuple[str, ...] = MARKETS) -> tuple[AccountModel, list[str]]:

@@ -4,9 +4,10 @@ rows, staking, rewards, transfers between trade accounts, instant buys and an un
 :class:`Movements` draws from a generator of its own (seeded from the model's seed), so the trading story of a seed
 (orders, fills, settlements) is what it always was; only the ids and times around it shift. It runs once per model
 step: before the step's action it funds the accounts (the first step) and tops up a main balance that runs low (a
-fill never takes the balance below zero), after it it moves the open withdrawal requests and staked amounts along,
-and with probability :data:`MOVEMENT_RATE` makes one new movement (about 60 in a 30 s demo at 20 frames/s). Every row
-goes through :func:`tracker.fake.ledger.book_row`, so each trade account's balances are the sum of its ledger.
+fill never takes the balance below zero); after it, it moves the open withdrawal requests and staked amounts along,
+and with probability :data:`MOVEMENT_RATE` makes one new movement (about 75 in a 30 s demo at 20 frames/s, some 300
+steps). Every row goes through :func:`tracker.fake.ledger.book_row`, so each trade account's balances are the sum
+of its ledger.
 
 The shapes (docs/fake.md, /tmp/spec-ledger.md; confidence in brackets):
 
@@ -39,7 +40,7 @@ from tracker.fake.state import ZERO, AccountState, TradeAccount, WithdrawalReque
 from tracker.fake.wire import num, rest_datetime
 
 SAT = Decimal("1e-8")
-MOVEMENT_RATE = 0.2  # chance of one new movement per model step
+MOVEMENT_RATE = 0.25  # chance of one new movement per model step
 OPENING = {"btc": "50", "eth": "500", "usd": "5000000", "eur": "2000000", "xrp": "1000000"}  # main account
 SUB_SHARE = Decimal("0.1")  # a sub-account is funded with this share of the main account's opening balances
 TOP_UP_BELOW = Decimal("0.4")  # a main balance under this share of its opening gets a deposit before the next step
@@ -103,11 +104,11 @@ class Movements:
             (self._crypto_withdrawal, 5),
             (self._fiat_withdrawal, 2),
             (self._stake, 2),
-            (self._referral, 1),
-            (self._subaccount_transfer, 3),
-            (self._inter_account, 1),
+            (self._referral, 2),
+            (self._subaccount_transfer, 2),
+            (self._inter_account, 2),
             (self._instant_buy, 2),
-            (self._unknown, 1),
+            (self._unknown, 2),
         ]
         kind = self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         if not kind() and not self._fiat_deposit():
