@@ -54,13 +54,14 @@ class FakeExchange:
     # ------------------------------------------------------------------ pointing a tracker at it
     def tracker_variables(self) -> dict[str, str]:
         """The environment variables that point a tracker at this fake: its URLs, its (fake) credentials, its
-        markets."""
+        markets and its sub-accounts (``TRACKER_SUBACCOUNTS``, the ledger contract's variable; empty: main only)."""
         return {
             "BITSTAMP_API_URL": self.api_url,
             "BITSTAMP_WS_URL": self.ws_url,
             "BITSTAMP_API_KEY": self.api_key,
             "BITSTAMP_API_SECRET": self.api_secret,
             "TRACKER_MARKETS": ",".join(self.markets),
+            "TRACKER_SUBACCOUNTS": ",".join(self.subaccounts),
         }
 
     def tracker_env(self, base: Mapping[str, str], **extra: str) -> dict[str, str]:
