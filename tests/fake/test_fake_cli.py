@@ -54,7 +54,7 @@ def test_cli_prints_env_and_writes_truth(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         env = dict(
-            proc.stdout.readline().removeprefix("export ").split("  #")[0].strip().split("=", 1) for _ in range(5)
+            proc.stdout.readline().removeprefix("export ").split("  #")[0].strip().split("=", 1) for _ in range(6)
         )
         assert set(env) == {
             "BITSTAMP_API_URL",
@@ -62,7 +62,9 @@ def test_cli_prints_env_and_writes_truth(tmp_path: Path) -> None:
             "BITSTAMP_API_KEY",
             "BITSTAMP_API_SECRET",
             "TRACKER_MARKETS",
+            "TRACKER_SUBACCOUNTS",
         }
+        assert env["TRACKER_SUBACCOUNTS"] == "1001,1002"
         assert env["BITSTAMP_API_URL"].startswith("http://127.0.0.1:") and env["BITSTAMP_API_URL"].endswith("/api/v2/")
         assert httpx.get(env["BITSTAMP_API_URL"] + "markets/", timeout=5).status_code == 200
         proc.send_signal(signal.SIGINT)
@@ -71,7 +73,10 @@ def test_cli_prints_env_and_writes_truth(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     truth = json.loads(truth_file.read_text())
-    assert set(truth) == {"orders", "fills", "fees_daily", "self_trades", "settlements", "liquidations", "positions"}
+    assert set(truth) == {
+        "orders", "fills", "fees_daily", "self_trades", "settlements", "liquidations", "positions",
+        "accounts", "crypto_transactions", "tampered",
+    }  # fmt: skip
 
 
 async def test_paced_generator_and_fees_and_my_markets() -> None:
@@ -136,7 +141,7 @@ def test_cli_modes(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         env = dict(
-            proc.stdout.readline().removeprefix("export ").split("  #")[0].strip().split("=", 1) for _ in range(5)
+            proc.stdout.readline().removeprefix("export ").split("  #")[0].strip().split("=", 1) for _ in range(6)
         )
         key, secret, api = env["BITSTAMP_API_KEY"], env["BITSTAMP_API_SECRET"], env["BITSTAMP_API_URL"]
         url = api + "trade_history/?limit=1"

@@ -78,7 +78,7 @@ class HttpApp:
         if body:
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         try:
-            text = self.api.handle(method, route, params)
+            text = self.api.handle(method, route, params, headers)
         except ApiError as exc:
             return _error(exc.status, None, exc.body())
         payload = text.encode()

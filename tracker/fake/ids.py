@@ -29,9 +29,11 @@ class IdSource:
         """Never behind the wall clock (it runs ahead of it when the model is stepped faster than real time)."""
         self.now_us = max(self.now_us, now_us)
 
-    def tick(self) -> int:
-        """The time of the next event: 20 to 400 µs after the previous one."""
-        self.now_us += 20 + int(self.rng.random() * 381)
+    def tick(self, rng: random.Random | None = None) -> int:
+        """The time of the next event: 20 to 400 µs after the previous one. ``rng`` draws the step instead of the
+        model's generator (the account movements draw from their own, so the trading story stays that of the
+        seed)."""
+        self.now_us += 20 + int((rng or self.rng).random() * 381)
         return self.now_us
 
     def event_id(self) -> str:
@@ -40,9 +42,10 @@ class IdSource:
         h = f"{(self.now_us << 64) | self._eid_seq:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
-    def transaction(self) -> int:
-        """A ``user_transactions`` id (a fill's is also its websocket trade id)."""
-        self._tx_id += 1 + int(self.rng.random() * 40)
+    def transaction(self, rng: random.Random | None = None) -> int:
+        """A ``user_transactions`` id (a fill's is also its websocket trade id), ascending over every trade account
+        of the user. ``rng`` as for :meth:`tick`."""
+        self._tx_id += 1 + int((rng or self.rng).random() * 40)
         return self._tx_id
 
     def order(self, m: Market) -> int:

@@ -16,30 +16,27 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from tracker.fake.markets import Market
-from tracker.fake.state import AccountState, Fill, Position, SettlementEntry, TradeHistoryEntry
+from tracker.fake.state import AccountState, Fill, LedgerRow, Position, SettlementEntry, TradeAccount, TradeHistoryEntry
 from tracker.fake.wire import Num, fixed, iso_utc, num, rest_datetime
 
+FIAT = frozenset({"usd", "eur", "gbp"})
 TYPE_TRADE = "2"
 TYPE_SETTLEMENT = "58"
 TYPE_INSURANCE_PREMIUM = "60"
 
 
 def book_fill(state: AccountState, f: Fill, rng: random.Random) -> None:
-    """Move the balances for a fill and write its ``user_transactions`` row (and for perp its ``trade_history``
-    row)."""
+    """Move the balances for a spot fill and write its ``user_transactions`` row (and for perp its ``trade_history``
+    row). A perpetual fill moves no spot balance: no delivery, and its fee reaches the balance through the settlement
+    rows (the settlement's trading-fee component) [G, medium: issue 15 "Facts"; the balance check confirms or
+    refutes it against the real exchange]."""
     m = f.market
     value = f.amount * f.price
-    bal = state.balances
-    if m.perp:
-        bal[m.quote] -= f.fee
-    elif f.side == "buy":
-        bal[m.base] += f.amount
-        bal[m.quote] -= value + f.fee
-    else:
-        bal[m.base] -= f.amount
-        bal[m.quote] += value - f.fee
     sign = 1 if f.side == "buy" else -1
     qv = (value * sign * -1).quantize(Decimal(1).scaleb(-m.quote_places), ROUND_HALF_UP)
+    if not m.perp:  # the row's own amounts: the balance is the sum of the ledger
+        state.balances[m.base] += f.amount * sign
+        state.balances[m.quote] += qv - f.fee
     pairs: list[tuple[str, Any]] = [
         ("id", f.trade_id),
         ("datetime", rest_datetime(f.us, micro=rng.random() < 0.5)),
@@ -57,7 +54,7 @@ def book_fill(state: AccountState, f: Fill, rng: random.Random) -> None:
         pairs += [("margin_mode", "CROSS"), ("leverage_rate", "5")]
     head, tail = pairs[:3], pairs[3:]
     rng.shuffle(tail)
-    state.transactions.append((f.trade_id, m.symbol, dict(head + tail)))
+    state.transactions.append(LedgerRow(f.trade_id, m.symbol, dict(head + tail)))
     if m.perp:
         state.trade_history.append(TradeHistoryEntry(f.trade_id, m.symbol, f.us, _trade_history_row(f)))
 
@@ -86,12 +83,14 @@ def _trade_history_row(f: Fill) -> dict[str, Any]:
 
 
 def book_transaction(state: AccountState, tnx: int, us: int, typ: str, m: Market, amount: Decimal) -> None:
-    """A ``user_transactions`` row that moves only the market's quote currency (settlement, premium)."""
+    """A ``user_transactions`` row that moves only the market's quote currency (settlement, premium), and the main
+    account's balance with it."""
     row: dict[str, Any] = {"id": tnx, "datetime": rest_datetime(us), "type": typ, "fee": "0.00"}
     for c in state.currencies():
         row[c] = f"{amount:f}" if c == m.quote else Num("0.0")
     row["margin_mode"] = "CROSS"
-    state.transactions.append((tnx, m.symbol, row))
+    state.balances[m.quote] += amount
+    state.transactions.append(LedgerRow(tnx, m.symbol, row))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,6 @@ def book_settlement(state: AccountState, s: Settlement) -> None:
     p, m = s.position, s.position.market
     amount = s.amount
     p.realised += amount
-    state.balances[m.quote] += amount
     state.settlements.append(
         {
             "position_id": p.id, "transaction_id": str(s.tnx), "kind": "settlement", "ccy": m.quote.upper(),
@@ -156,7 +154,6 @@ def book_settlement(state: AccountState, s: Settlement) -> None:
 
 def book_premium(state: AccountState, m: Market, position_id: str | None, tnx: int, us: int, amount: Decimal) -> None:
     """An insurance fund premium: the balance, the ground-truth record and the ``user_transactions`` row."""
-    state.balances[m.quote] += amount
     state.settlements.append(
         {
             "position_id": position_id, "transaction_id": str(tnx), "kind": "insurance_fund_premium",
@@ -164,6 +161,50 @@ def book_premium(state: AccountState, m: Market, position_id: str | None, tnx: i
         }
     )  # fmt: skip
     book_transaction(state, tnx, us, TYPE_INSURANCE_PREMIUM, m, amount)
+
+
+def places(currency: str) -> int:
+    """Decimals the fake writes a movement of ``currency`` with: 2 for fiat, 8 for crypto."""
+    return 2 if currency in FIAT else 8
+
+
+def book_row(
+    state: AccountState,
+    account: TradeAccount,
+    row_id: int,
+    us: int,
+    type_value: str | int,
+    moves: dict[str, Decimal],
+    rng: random.Random,
+    *,
+    fee: Decimal = Decimal(0),
+    rate: tuple[Market, Decimal] | None = None,
+) -> dict[str, Any]:
+    """An account movement's ``user_transactions`` row (no market: ``user_transactions/<market>/`` never lists it)
+    and its balance change, in one place so the balances are the sum of the ledger by construction: every currency
+    of ``moves`` moves by its signed amount, and ``fee`` is taken from the pair's quote currency when the row has a
+    pair-rate key (``rate``), else from the one currency it moves (the reading of docs/bitstamp.md §5.1 the ledger
+    contract takes [G]). Untouched currencies appear as the number ``0.0`` like in the other rows."""
+    fee_ccy = rate[0].quote if rate is not None else next(iter(moves))
+    pairs: list[tuple[str, Any]] = [
+        ("id", row_id),
+        ("datetime", rest_datetime(us, micro=rng.random() < 0.5)),
+        ("type", type_value),
+        ("fee", fixed(fee, places(fee_ccy))),
+    ]
+    for c in state.currencies():
+        pairs.append((c, fixed(moves[c], places(c)) if moves.get(c) else Num("0.0")))
+    if rate is not None:
+        m, price = rate
+        pairs.append((f"{m.base}_{m.quote}", fixed(price, m.price_places)))
+    head, tail = pairs[:3], pairs[3:]
+    rng.shuffle(tail)
+    row = dict(head + tail)
+    account.transactions.append(LedgerRow(row_id, None, row))
+    for c, amount in moves.items():
+        account.balances[c] += amount
+    account.balances[fee_ccy] -= fee
+    return row
 
 
 def record_alert(state: AccountState, p: Position, event: str, us: int) -> None:

@@ -15,7 +15,9 @@ other users' events of the market (1 to 3 unseen event ids before each of ours, 
 the account's story stays that of the seed), ``liquidations-untimed`` leaves ``microtimestamp`` out of the alerts.
 
 Beside it: :mod:`tracker.fake.ids` (the event clock and every id), :mod:`tracker.fake.ledger` (balances, REST rows and
-ground-truth records an action leaves), :mod:`tracker.fake.state` (where those live).
+ground-truth records an action leaves), :mod:`tracker.fake.state` (where those live), :mod:`tracker.fake.movements`
+(deposits, withdrawals, transfers, staking and the rest around each step, on the main account "0" and the
+sub-accounts, default ids 1001 and 1002; no websocket frames: Bitstamp has no channel for them).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from tracker.fake import ledger
 from tracker.fake.ids import IdSource
 from tracker.fake.markets import DEFAULT_MARKETS, Market, resolve_markets
 from tracker.fake.modes import Modes
+from tracker.fake.movements import Movements
 from tracker.fake.state import ZERO, AccountState, Fill, Order, Position
 from tracker.fake.wire import Num, dumps, fixed, iso_utc, num
 
 ZERO_EVENT_ID = "00000000-0000-0000-0000-000000000000"
 BUY_PLACEHOLDER = Decimal(999999999)
 SAT = Decimal("0.00000001")
-START_BALANCES = {"btc": "50", "eth": "500", "usd": "5000000", "eur": "2000000", "xrp": "1000000"}
+DEFAULT_SUBACCOUNTS: tuple[int, ...] = (1001, 1002)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class AccountModel:
         user_id: int = 314159,
         start_us: int = 1_790_000_000_000_000,
         modes: Modes | None = None,
+        subaccounts: tuple[int, ...] | list[int] = DEFAULT_SUBACCOUNTS,
     ) -> None:
         self.rng = random.Random(seed)
         self.modes = modes if modes is not None else Modes()
@@ -65,10 +69,11 @@ class AccountModel:
         self.spot = [m for m in self.markets if not m.perp]
         self.perps = [m for m in self.markets if m.perp]
         self.user_id = user_id
-        self.state = AccountState(self.markets)
-        for c in self.state.currencies():
-            self.state.balances[c] = Decimal(START_BALANCES.get(c, "1000"))
+        if any(int(s) <= 0 for s in subaccounts) or len(set(subaccounts)) != len(subaccounts):
+            raise ValueError(f"sub-account ids must be distinct integers > 0, not {list(subaccounts)}")
+        self.state = AccountState(self.markets, subaccounts=tuple(str(int(s)) for s in subaccounts))
         self.ids = IdSource(self.rng, start_us)
+        self.movements = Movements(self.state, self.ids, seed)
         self._last_eid: dict[str, str] = {}
         self._cur_pos: dict[str, str] = {}
         self._open: list[int] = []  # open orderbook orders
@@ -81,6 +86,7 @@ class AccountModel:
         """One action; returns its frames in wire order."""
         self.ids.catch_up(now_us)
         self._out = []
+        self.movements.before_step()
         actions: list[tuple[Callable[[], bool], int]] = [
             (self._limit_rest, 18 if len(self._open) < 40 else 2),
             (self._limit_full, 10),
@@ -101,6 +107,7 @@ class AccountModel:
         action = self.rng.choices(fns, weights)[0]
         if not action():
             self._limit_rest()
+        self.movements.after_step()
         self.frames_emitted += len(self._out)
         return self._out
 

@@ -6,8 +6,13 @@ oldest first, 404.008 when none; ``open_orders`` is cached for 10 s per URL; ``p
 paged like ``user_transactions`` (``sort`` default desc, ``limit`` default 100 up to 1000, ``offset`` up to 200000,
 ``since_timestamp``/``until_timestamp`` in unix seconds, a ``since_timestamp`` more than 30 days old refused).
 
+Trade accounts: a request acts for the sub-account its ``X-Auth-Subaccount-Id`` header names (unknown: 404.004);
+``user_transactions/``, ``account_balances/`` and ``withdrawal-requests/`` answer for that trade account,
+``crypto-transactions/`` always for the main account (:mod:`tracker.fake.rest_ledger` has those two routes).
+
 The modes of :mod:`tracker.fake.modes` that concern REST answers are applied here: the derivatives refusals, the
-order errors with HTTP 200 (``error-200``) and ``settlement_time`` in milliseconds (``settlement-ms``).
+order errors with HTTP 200 (``error-200``), ``settlement_time`` in milliseconds (``settlement-ms``) and the header
+ignored (``subaccount-header-ignored``).
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tracker.fake import rest_ledger
 from tracker.fake.auth import TokenStore
 from tracker.fake.markets import Market
 from tracker.fake.modes import DERIVATIVES_ENDPOINTS, Modes
-from tracker.fake.state import AccountState
+from tracker.fake.state import AccountState, TradeAccount
 from tracker.fake.wire import dumps, fixed, plain, rest_datetime
 
 OPEN_ORDERS_CACHE_S = 10.0
 EVENT_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PUBLIC_GET = {"markets/"}
+SUBACCOUNT_HEADER = "x-auth-subaccount-id"
+HYPHENATED = {"withdrawal-requests": "withdrawal_requests", "crypto-transactions": "crypto_transactions"}
 SETTLEMENT_REACH_S = 30 * 86_400  # since_timestamp may reach this far back (docs/bitstamp.md §5.1, §5.7)
 ERROR_200_ENDPOINTS = frozenset({"order_status", "open_orders"})  # "order endpoints" of docs/bitstamp.md §5.4
 # The three envelopes the fake writes (docs/bitstamp.md §3.4): "response_code" (the usual ``NNN.MMM`` one),
@@ -59,13 +67,24 @@ class RestApi:
     open_orders_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
     modes: Modes = field(default_factory=Modes)
     derivatives_calls: int = 0  # answered or refused, for derivatives-flaky
+    account: TradeAccount = field(init=False)  # the trade account of the request being answered (handle sets it)
 
-    def handle(self, method: str, route: str, params: Mapping[str, str]) -> str:
-        """``route`` is the path below ``/api/v2/`` (``user_transactions/btcusd/``). Returns the JSON text."""
+    def __post_init__(self) -> None:
+        self.account = self.state.main
+
+    def handle(
+        self, method: str, route: str, params: Mapping[str, str], headers: Mapping[str, str] | None = None
+    ) -> str:
+        """``route`` is the path below ``/api/v2/`` (``user_transactions/btcusd/``); ``headers`` (lowercase names)
+        may hold ``x-auth-subaccount-id``. Returns the JSON text."""
         parts = [p for p in route.split("/") if p]
         if not parts:
             raise ApiError(404, "404.001", "Not found.")
         head, rest = parts[0], parts[1:]
+        if "_" in head and head.replace("_", "-") in HYPHENATED:
+            raise ApiError(404, "404.001", "Not found.")  # only the spec's spelling, with hyphens
+        head = HYPHENATED.get(head, head)
+        self.account = self._trade_account(headers or {})
         arg = rest[0] if rest else None
         if head == "fees" and rest[:1] == ["trading"]:
             head, rest = "fees_trading", rest[1:]
@@ -81,11 +100,36 @@ class RestApi:
         if handler is None or len(rest) > 1:
             raise ApiError(404, "404.001", "Not found.")
         try:
+            if self.account.id != "0":
+                self._subaccount_refusal(head)
             return str(handler(arg, params))
         except ApiError as exc:
             if self.modes.error_200 and head in ERROR_200_ENDPOINTS:
                 raise ApiError(200, exc.code, exc.reason, "all") from None
             raise
+
+    def _trade_account(self, headers: Mapping[str, str]) -> TradeAccount:
+        """The trade account a request acts for: ``X-Auth-Subaccount-Id`` names a sub-account (not part of the signed
+        string [G]); absent, empty or ``0``: the main account [G]. An id the account does not have is HTTP 404
+        ``404.004`` "Trade account not found for provided API key." [D: the spec's code list; G that this header
+        gives it]. In the ``subaccount-header-ignored`` mode the header is ignored (formance's observation)."""
+        raw = headers.get(SUBACCOUNT_HEADER, "").strip()
+        if not raw or raw == "0" or self.modes.subaccount_header_ignored:
+            return self.state.main
+        account = self.state.accounts.get(raw)
+        if account is None:
+            raise ApiError(404, "404.004", "Trade account not found for provided API key.")
+        return account
+
+    def _subaccount_refusal(self, head: str) -> None:
+        """A sub-account has no orders and no derivatives in the fake: its order endpoints find nothing and its
+        derivatives endpoints answer like a spot-only account [G]."""
+        if head in DERIVATIVES_ENDPOINTS:
+            raise ApiError(400, "API5506", "Trade account does not support derivatives.", envelope="message")
+        if head == "order_status":
+            raise ApiError(404, "404.002", "Order not found.")
+        if head == "account_order_data":
+            raise ApiError(404, "404.008", "No events found.")
 
     def _derivatives_mode(self, head: str) -> None:
         """derivatives-refused / derivatives-flaky: the answer of a derivatives endpoint, before it looks at
@@ -154,7 +198,7 @@ class RestApi:
             limit = 1000
         rows = [
             (tid, row)
-            for tid, sym, row in self.state.transactions
+            for tid, sym, row in self.account.transactions
             if (m is None or sym == m.symbol) and (since_id is None or tid >= since_id)
         ]
         if since_ts is not None or until_ts is not None:
@@ -164,6 +208,8 @@ class RestApi:
         return dumps([row for _, row in rows[offset : offset + limit]])
 
     def r_open_orders(self, arg: str | None, params: Mapping[str, str]) -> str:
+        if self.account.id != "0":
+            return "[]"  # a sub-account has no orders in the fake
         key = arg or "all"
         now = self.clock()
         cached = self.open_orders_cache.get(key)
@@ -258,9 +304,11 @@ class RestApi:
         return dumps(picked)
 
     def r_account_balances(self, arg: str | None, params: Mapping[str, str]) -> str:
-        reserved = self.state.reserved()
+        """The trade account's balances: ``total`` is the sum of its ledger, ``reserved`` what its open orders hold
+        (main account only: the sub-accounts have no orders), ``available`` the difference."""
+        reserved = self.state.reserved() if self.account.id == "0" else {}
         rows = []
-        for c, total in self.state.balances.items():
+        for c, total in self.account.balances.items():
             if arg is not None and c != arg.lower():
                 continue
             res = reserved.get(c, total * 0)
@@ -270,6 +318,23 @@ class RestApi:
         if arg is not None and not rows:
             raise ApiError(404, "404.004", "Currency not found.")
         return dumps(rows[0] if arg is not None else rows)
+
+    def r_withdrawal_requests(self, arg: str | None, params: Mapping[str, str]) -> str:
+        if arg is not None:
+            raise ApiError(404, "404.001", "Not found.")
+        try:
+            return rest_ledger.withdrawal_requests(self.account, params, self.clock())
+        except rest_ledger.ParamError as exc:
+            raise ApiError(400, "400.001", exc.reason) from None
+
+    def r_crypto_transactions(self, arg: str | None, params: Mapping[str, str]) -> str:
+        """Main account only (spec: "This call is for your main account only."): the header is not looked at [G]."""
+        if arg is not None:
+            raise ApiError(404, "404.001", "Not found.")
+        try:
+            return rest_ledger.crypto_transactions(self.state, params, self.clock())
+        except rest_ledger.ParamError as exc:
+            raise ApiError(400, "400.001", exc.reason) from None
 
     def r_trade_history(self, arg: str | None, params: Mapping[str, str]) -> str:
         m = self._market(arg)

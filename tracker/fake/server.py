@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -16,7 +17,7 @@ import trio
 from tracker.fake.auth import Authenticator, QueryForm, TokenStore
 from tracker.fake.http_server import HttpApp, serve_http
 from tracker.fake.markets import DEFAULT_MARKETS
-from tracker.fake.model import AccountModel, Emission
+from tracker.fake.model import DEFAULT_SUBACCOUNTS, AccountModel, Emission
 from tracker.fake.modes import Modes
 from tracker.fake.rest import RestApi
 from tracker.fake.wire import dumps
@@ -53,13 +54,14 @@ class FakeExchange:
     # ------------------------------------------------------------------ pointing a tracker at it
     def tracker_variables(self) -> dict[str, str]:
         """The environment variables that point a tracker at this fake: its URLs, its (fake) credentials, its
-        markets."""
+        markets and its sub-accounts (``TRACKER_SUBACCOUNTS``, the ledger contract's variable; empty: main only)."""
         return {
             "BITSTAMP_API_URL": self.api_url,
             "BITSTAMP_WS_URL": self.ws_url,
             "BITSTAMP_API_KEY": self.api_key,
             "BITSTAMP_API_SECRET": self.api_secret,
             "TRACKER_MARKETS": ",".join(self.markets),
+            "TRACKER_SUBACCOUNTS": ",".join(self.subaccounts),
         }
 
     def tracker_env(self, base: Mapping[str, str], **extra: str) -> dict[str, str]:
@@ -111,7 +113,19 @@ class FakeExchange:
                     await trio.lowlevel.checkpoint()
 
     def truth(self) -> dict[str, Any]:
+        """Ground truth (docs/semantics.md); ``accounts`` holds each trade account's balances, ledger rows and
+        withdrawal requests (docs/fake.md)."""
         return self.model.truth()
+
+    @property
+    def subaccounts(self) -> tuple[str, ...]:
+        """The sub-account ids (``X-Auth-Subaccount-Id`` values), main account ``"0"`` not included."""
+        return self.model.state.subaccounts
+
+    def tamper_ledger_row(self, trade_account_id: str | int, row_id: int, currency: str, new_amount: Decimal) -> None:
+        """Change one served ``user_transactions`` row of a trade account without changing its balances (a
+        tracker's balance check must then show the difference); see :meth:`AccountState.tamper_ledger_row`."""
+        self.model.state.tamper_ledger_row(trade_account_id, row_id, currency, new_amount)
 
     def private_channels(self) -> list[str]:
         """Every private channel a tracker subscribes here, suffixed with the user id: those the fake emits on, and
@@ -226,6 +240,7 @@ async def open_fake_exchange(
     ws_port: int = 0,
     host: str = "127.0.0.1",
     modes: Modes | Iterable[str] = (),
+    subaccounts: tuple[int, ...] | list[int] = DEFAULT_SUBACCOUNTS,
 ) -> AsyncIterator[FakeExchange]:
     """Start the fake's HTTP and WebSocket servers (port 0 = any free port) and yield the running exchange.
 
@@ -233,9 +248,12 @@ async def open_fake_exchange(
     ``lambda: T0 + trio.current_time()`` to run on trio's (autojump) clock. ``rate`` frames/s starts the paced
     generator (``None``: activity only via :meth:`FakeExchange.generate`). ``modes``: a :class:`Modes` or mode
     names (``["unsigned", "refuse-channel=my_token_settlements"]``, see :mod:`tracker.fake.modes`); none by default.
+    ``subaccounts``: the sub-account ids beside the main account (``()``: main account only).
     """
     modes = modes if isinstance(modes, Modes) else Modes.parse(modes)
-    model = AccountModel(seed, tuple(markets), user_id, int(clock() * 1_000_000), modes=modes)
+    model = AccountModel(
+        seed, tuple(markets), user_id, int(clock() * 1_000_000), modes=modes, subaccounts=tuple(subaccounts)
+    )
     tokens = TokenStore(clock, token_ttl)
     api = RestApi(model.state, tokens, user_id, clock, modes=modes)
     query_form: QueryForm = "query" if modes.get_query_bare else "?query"

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from tracker.fake.markets import Market
-from tracker.fake.wire import day_utc, iso_utc, plain
+from tracker.fake.wire import Num, day_utc, iso_utc, json_ready, plain
 
 ZERO = Decimal(0)
 
@@ -84,6 +84,41 @@ class TradeHistoryEntry(NamedTuple):
     row: dict[str, Any]
 
 
+class LedgerRow(NamedTuple):
+    """One ``user_transactions`` row of a trade account: its id, its market symbol (fills, settlements and premiums;
+    None for the account movements, which ``user_transactions/<market>/`` does not list) and the row as sent."""
+
+    id: int
+    symbol: str | None
+    row: dict[str, Any]
+
+
+@dataclass(slots=True)
+class WithdrawalRequest:
+    """A ``withdrawal-requests/`` row as sent (``row``) and what the account's story still has to do with it."""
+
+    id: int
+    us: int  # when it was requested
+    currency: str
+    amount: Decimal
+    fee: Decimal
+    outcome: str  # finished | cancelled | failed | reversed: where it is headed
+    row: dict[str, Any]
+    due_step: int = 0  # the model step at which its status moves next
+    crypto: bool = False
+
+
+@dataclass(slots=True)
+class TradeAccount:
+    """One trade account: ``"0"`` the main account, others a sub-account (id > 0). Its balances are the sum of its
+    ledger rows by construction (every row is written together with the balance change it books)."""
+
+    id: str
+    balances: dict[str, Decimal] = field(default_factory=dict)
+    transactions: list[LedgerRow] = field(default_factory=list)  # ascending id
+    withdrawal_requests: list[WithdrawalRequest] = field(default_factory=list)  # ascending id
+
+
 class SettlementEntry(NamedTuple):
     """A ``position_settlement_transactions`` row with its time (the row's ``settlement_time`` is in seconds)."""
 
@@ -102,15 +137,63 @@ class AccountState:
     order_events: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    # user_transactions rows, ascending id: (id, market symbol or None, row)
-    transactions: list[tuple[int, str | None, dict[str, Any]]] = field(default_factory=list)
+    subaccounts: tuple[str, ...] = ()
+    # trade account id ("0" main, "1001", ...) -> its balances, user_transactions rows and withdrawal requests
+    accounts: dict[str, TradeAccount] = field(default_factory=dict)
+    # crypto-transactions/ (main account only): {"deposits": [(us, row)], "withdrawals": [(us, row)]}
+    crypto: dict[str, list[tuple[int, dict[str, Any]]]] = field(
+        default_factory=lambda: {"deposits": [], "withdrawals": []}
+    )
+    tampered: list[dict[str, str]] = field(default_factory=list)  # tamper_ledger_row calls, for the truth
     trade_history: list[TradeHistoryEntry] = field(default_factory=list)  # perp, ascending trade id
     settlement_rows: list[SettlementEntry] = field(default_factory=list)  # position_settlement_transactions
-    balances: dict[str, Decimal] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     self_trades: list[dict[str, str]] = field(default_factory=list)
     settlements: list[dict[str, str | None]] = field(default_factory=list)
     liquidations: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for tai in ("0", *self.subaccounts):
+            account = self.accounts.setdefault(tai, TradeAccount(tai))
+            for c in self.currencies():
+                account.balances.setdefault(c, ZERO)
+
+    @property
+    def main(self) -> TradeAccount:
+        return self.accounts["0"]
+
+    @property
+    def balances(self) -> dict[str, Decimal]:
+        """The main account's balances."""
+        return self.main.balances
+
+    @property
+    def transactions(self) -> list[LedgerRow]:
+        """The main account's ``user_transactions`` rows, ascending id."""
+        return self.main.transactions
+
+    def tamper_ledger_row(self, trade_account_id: str | int, row_id: int, currency: str, new_amount: Decimal) -> None:
+        """For tests: change the ``currency`` amount of one served ``user_transactions`` row WITHOUT changing the
+        balances, so the sum of the served ledger no longer equals ``account_balances/`` (recorded in the truth's
+        ``tampered``). Raises ``KeyError`` for a trade account, row or currency the account does not have."""
+        account = self.accounts[str(trade_account_id)]
+        row = next((r.row for r in account.transactions if r.id == int(row_id)), None)
+        if row is None:
+            raise KeyError(f"trade account {account.id} has no ledger row {row_id}")
+        c = currency.lower()
+        if c not in row:
+            raise KeyError(f"ledger row {row_id} has no currency {currency!r}")
+        old = row[c]
+        row[c] = f"{Decimal(new_amount):f}"
+        self.tampered.append(
+            {
+                "trade_account_id": account.id,
+                "row_id": str(row_id),
+                "currency": c,
+                "was": old.token if isinstance(old, Num) else str(old),
+                "now": row[c],
+            }
+        )
 
     def currencies(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -202,4 +285,20 @@ class AccountState:
             "settlements": list(self.settlements),
             "liquidations": list(self.liquidations),
             "positions": positions,
+            **self.books_truth(),
         }
+
+    def books_truth(self) -> dict[str, Any]:
+        """The account's books: per trade account its balances (exact decimal text), its ``user_transactions`` rows
+        and its withdrawal requests as served (numbers as their JSON token text), the main account's
+        ``crypto-transactions/`` rows, and the rows changed by ``tamper_ledger_row`` (the balances never are)."""
+        accounts = {
+            tai: {
+                "balances": {c: plain(v) for c, v in sorted(a.balances.items())},
+                "ledger": [json_ready(r.row) for r in a.transactions],
+                "withdrawal_requests": [json_ready(w.row) for w in a.withdrawal_requests],
+            }
+            for tai, a in self.accounts.items()
+        }
+        crypto = {name: [json_ready(row) for _, row in rows] for name, rows in self.crypto.items()}
+        return {"accounts": accounts, "crypto_transactions": crypto, "tampered": list(self.tampered)}

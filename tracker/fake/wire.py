@@ -63,6 +63,12 @@ def dumps(obj: Any) -> str:
     return parts[0] + "".join(p.replace('"', "", 1) for p in parts[1:])
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON data the way a client reads what :func:`dumps` wrote, except that every non-integer
+    number comes back as its exact token text (``0.0`` → ``"0.0"``): no binary float ever appears."""
+    return json.loads(dumps(obj), parse_float=str)
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, Decimal):
         return plain(obj)
