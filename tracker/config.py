@@ -164,7 +164,7 @@ def parse_markets(text: str, label: str = "TRACKER_MARKETS") -> tuple[str, ...]:
 def parse_subaccounts(value: object, label: str = "TRACKER_SUBACCOUNTS") -> tuple[str, ...]:
     """``"1234, 5678"`` (or a list of ints from the config file) -> ``("1234", "5678")``: sub-account ids, each a
     positive integer (the main account, ``0``, is always tracked and is not listed). Empty: main account only."""
-    items: list[object] = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    items: list[object] = list(value) if isinstance(value, (list, tuple)) else list(str(value).split(","))
     ids: list[str] = []
     for raw in items:
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
