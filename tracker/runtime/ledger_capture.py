@@ -37,6 +37,7 @@ from typing import Any, Final, TypeVar
 import trio
 
 from tracker.domain import tracker_events as te
+from tracker.domain.log import NewEntry
 from tracker.domain.timeutil import utc_now
 from tracker.errors import ExchangeError
 from tracker.runtime.ledger_walk import PAGE_LIMIT, LedgerStats, LedgerWalker, WalkResult
@@ -148,7 +149,7 @@ class LedgerCapture:
         self.health.succeeded(key)
         return result
 
-    def _entry(self, event: str, data: dict[str, Any]) -> Any:
+    def _entry(self, event: str, data: dict[str, Any]) -> NewEntry:
         return te.tracker_entry(
             account=self.account,
             event=event,

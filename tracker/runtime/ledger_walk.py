@@ -189,10 +189,12 @@ class LedgerWalker:
                 item = le.entry_from_balances(
                     answer, account=self.account, trade_account_id=self.trade_account_id, received_at=received_at
                 )
-                await self.sink.append([item])
+                appended, _ = await self.sink.append([item])
                 if isinstance(item, QuarantineItem):
                     log.warning("account_balances/ of trade account %s: %s", self.trade_account_id, item.reason)
                     return False
+                if not appended:
+                    return False  # the same receive time as a logged snapshot (a frozen clock): nothing new
                 self.stats.snapshots += 1
                 self.last_snapshot_at = received_at
                 return True
