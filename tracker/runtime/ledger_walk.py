@@ -25,6 +25,7 @@ these walks, when and how often, and what a failure means, is ``runtime/ledger_c
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,10 +58,12 @@ class LedgerStats:
     snapshots: int = 0
     races: int = 0  # snapshots given up after SNAPSHOT_TRIES raced movements
     walks: int = 0
-    walk_seconds: list[float] = field(default_factory=list)  # durations not yet taken by the metrics task
+    # Durations not yet taken by the metrics task (bounded: a run without metrics keeps only the newest).
+    walk_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
 
     def take_walk_seconds(self) -> list[float]:
-        taken, self.walk_seconds = self.walk_seconds, []
+        taken = list(self.walk_seconds)
+        self.walk_seconds.clear()
         return taken
 
 
