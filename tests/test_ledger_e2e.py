@@ -68,3 +68,36 @@ async def test_main_account_ledger_once_and_idempotent_restart(db_url: str) -> N
         assert [key for key, _ in rows] == [f"rest:{fx.user_id}:ledger:0:{tid}" for tid in [*truth, *more]]
         assert again.stats.rows.get("0", 0) == len(more)
         assert len(ledger_entries(db_url, le.REST_BALANCES)) == 2
+
+
+async def test_tracker_reconcile_takes_a_snapshot_with_the_ledger(sqlite_url: str) -> None:
+    """``tracker reconcile`` (``reconcile_once``) walks the ledger to the head and appends a snapshot after it; the
+    ``reconciled`` entry carries the ledger's summary."""
+    from tracker.config import Secret, Settings
+    from tracker.domain import tracker_events as te
+    from tracker.runtime.recovery import reconcile_once
+
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=6, markets=("btcusd",)) as fx:
+        await fx.generate(50)
+        settings = Settings(
+            db_url=sqlite_url,
+            api_key=Secret(fx.api_key),
+            api_secret=Secret(fx.api_secret),
+            api_url=fx.api_url,
+            ws_url=fx.ws_url,
+            markets=("btcusd",),
+        )
+        engine = open_engine(sqlite_url)
+        try:
+            await reconcile_once(settings, EventLog(engine), full=True)
+        finally:
+            engine.dispose()
+        truth = [tid for tid, _, _ in fx.model.state.transactions]
+    rows = ledger_entries(sqlite_url, le.REST_LEDGER_ROW)
+    assert [key for key, _ in rows] == [f"rest:{fx.user_id}:ledger:0:{tid}" for tid in truth]
+    assert len(ledger_entries(sqlite_url, le.REST_BALANCES)) == 1
+    [(_, reconciled)] = ledger_entries(sqlite_url, te.RECONCILED)
+    summary = json.loads(reconciled)["data"]["ledger"]
+    assert summary["snapshots"] == ["0"]
+    assert summary["cursors"] == {"0": max(truth)}

@@ -14,7 +14,7 @@ cut: ``runtime/ledger_walk.py``). A **round** walks the ledger, reads the first 
 changes) and, when the walk found a deposit or withdrawal row, ``crypto-transactions/``. Wake-ups are coalesced: many
 triggers during a round make one more round. Rounds run at least every ``interval_s`` (``TRACKER_LEDGER_INTERVAL``,
 default 5 s), so the ledger is current within 10 s. Each reconciliation (``reconcile``: the periodic reconciler and
-``tracker reconcile``) takes a snapshot of every trade account and reads ``crypto-transactions/`` again.
+``tracker reconcile``) takes a snapshot of every trade account and reads both transfer lists whole again.
 
 Failure domains (``runtime/walk_health.py``): each walk of each trade account (``ledger:<id>``,
 ``account_balances:<id>``, ``withdrawal_requests:<id>``, ``crypto_transactions:0``) fails alone, recorded as a
@@ -184,7 +184,8 @@ class LedgerCapture:
 
     async def reconcile(self) -> dict[str, Any]:
         """At a reconciliation: a balance snapshot of every trade account (its consistent cut walks the ledger to the
-        head first) and ``crypto-transactions/`` again. Returns what the ``reconciled`` entry records."""
+        head first), the whole of ``withdrawal-requests/`` and ``crypto-transactions/`` again (``tracker reconcile``
+        has no start round). Returns what the ``reconciled`` entry records."""
         errors: dict[str, str] = {}
         snapshots: list[str] = []
         raced: list[str] = []
@@ -196,7 +197,7 @@ class LedgerCapture:
                 snapshots.append(walker.trade_account_id)
             elif taken is False and f"account_balances:{walker.trade_account_id}" not in errors:
                 raced.append(walker.trade_account_id)
-            await self._guard(walker, "withdrawal_requests", partial(walker.withdrawal_requests, full=False), errors)
+            await self._guard(walker, "withdrawal_requests", partial(walker.withdrawal_requests, full=True), errors)
             if walker.is_main:
                 await self._guard(walker, "crypto_transactions", walker.crypto_transactions, errors)
         return {
