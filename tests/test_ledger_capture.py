@@ -160,6 +160,9 @@ async def test_snapshot_after_a_raced_movement_is_taken_again(autojump_clock: tr
     assert [e.dedup_key for e in of(sink, le.REST_LEDGER_ROW)][-1] == "rest:acc:ledger:0:4"
     assert json.loads(snapshot.payload)[0]["total"] == "0.4"  # it counted the raced row: the second answer
     assert (capture.stats.snapshots, capture.stats.races) == (1, 0)
+    # walk, balances, walk (a row: raced), balances, walk (nothing: the cut holds)
+    assert exchange.calls[("user_transactions/", "0")] == 3
+    assert exchange.calls[("account_balances/", "0")] == 2
 
 
 async def test_snapshot_given_up_after_three_races(autojump_clock: trio.testing.MockClock) -> None:

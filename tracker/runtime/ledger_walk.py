@@ -173,8 +173,8 @@ class LedgerWalker:
     async def snapshot(self) -> bool:
         """A balance snapshot with the consistent cut (module docstring); True when one was appended."""
         async with self.lock:
+            await self._walk()  # to the head; after a race, the walk that saw it brought us there again
             for attempt in range(1, SNAPSHOT_TRIES + 1):
-                await self._walk()
                 answer = await self.api.call(
                     "account_balances", self.api.client.account_balances, trade_account=self.header_account
                 )
