@@ -203,3 +203,40 @@ def test_unknown_toml_key_lists_the_settings_the_file_really_takes(tmp_path: Pat
     assert "api_secret" not in known
     assert "origins" not in known and "sources" not in known
     assert {"db_url", "api_url", "ws_url", "markets", "reconcile_interval_s", "metrics_port", "api_key"} <= set(known)
+
+
+# --- the ledger settings (issue 15) ---------------------------------------------------------------------------------
+
+
+def test_subaccounts_and_ledger_interval(tmp_path: Path) -> None:
+    assert load_settings(env={}).subaccounts == ()
+    assert load_settings(env={}).ledger_interval_s == 5.0
+    env = {"TRACKER_SUBACCOUNTS": " 1234, 5678,1234 ,", "TRACKER_LEDGER_INTERVAL": "2.5"}
+    settings = load_settings(env=env)
+    assert settings.subaccounts == ("1234", "5678")
+    assert settings.ledger_interval_s == 2.5
+    assert settings.origins["subaccounts"] == "env"
+    path = _toml(tmp_path, "[tracker]\nsubaccounts = [42, 7]\nledger_interval_s = 1\n")
+    from_file = load_settings(env={}, config_file=path)
+    assert (from_file.subaccounts, from_file.ledger_interval_s) == (("42", "7"), 1.0)
+    # An empty variable is unset: the file's value stands (main account only needs neither).
+    assert load_settings(env={"TRACKER_SUBACCOUNTS": ""}).subaccounts == ("42", "7")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "12 34", "\uff11\uff12"])
+def test_subaccounts_refused_in_one_line(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"TRACKER_SUBACCOUNTS: .* is not a sub-account id") as caught:
+        load_settings(env={"TRACKER_SUBACCOUNTS": f"1,{value}"})
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("toml", ["subaccounts = [true]\n", "subaccounts = [1.5]\n", "subaccounts = [[1]]\n"])
+def test_subaccounts_refused_from_file(tmp_path: Path, toml: str) -> None:
+    with pytest.raises(ConfigError, match=r"subaccounts: .* is not a sub-account id"):
+        load_settings(env={}, config_file=_toml(tmp_path, toml))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_ledger_interval_must_be_positive(value: str) -> None:
+    with pytest.raises(ConfigError, match="TRACKER_LEDGER_INTERVAL must be a"):
+        load_settings(env={"TRACKER_LEDGER_INTERVAL": value})

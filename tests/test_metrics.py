@@ -37,6 +37,10 @@ NAMES = (
     "tracker_discrepancies_open",
     "tracker_channel_last_event_timestamp_seconds",
     "tracker_build_info",
+    "tracker_ledger_rows",
+    "tracker_balance_snapshots",
+    "tracker_balance_snapshot_races",
+    "tracker_ledger_walk_seconds",
 )
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE_EVERY_S = 0.2
@@ -148,3 +152,27 @@ def test_the_metrics_updater_builds_no_sql() -> None:
     assert from_sqlalchemy <= {"Engine"}
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "tracker.store.schema" not in imported
+
+
+def test_ledger_counts_are_exported_once() -> None:
+    """The ledger capture's counts of this run reach the counters as deltas (a second look adds nothing)."""
+    from prometheus_client import generate_latest
+
+    from tracker.metrics import Metrics
+    from tracker.runtime.ledger_walk import LedgerStats
+    from tracker.runtime.metrics_task import _apply_ledger, _Cursor
+
+    metrics = Metrics()
+    stats = LedgerStats(rows={"0": 5, "7": 2}, snapshots=2, races=1)
+    stats.walk_seconds.extend([0.02, 0.3])
+    cursor = _Cursor()
+    _apply_ledger(metrics, stats, cursor)
+    _apply_ledger(metrics, stats, cursor)
+    stats.rows["0"] += 3
+    _apply_ledger(metrics, stats, cursor)
+    s = samples(generate_latest(metrics.registry).decode())
+    assert value(s, "tracker_ledger_rows_total", trade_account_id="0") == 8
+    assert value(s, "tracker_ledger_rows_total", trade_account_id="7") == 2
+    assert value(s, "tracker_balance_snapshots_total") == 2
+    assert value(s, "tracker_balance_snapshot_races_total") == 1
+    assert value(s, "tracker_ledger_walk_seconds_count") == 2

@@ -176,3 +176,34 @@ def test_decimals_in_status_json_never_use_an_exponent() -> None:
 
     assert _plain(Decimal("1E-8")) == "0.00000001"
     assert _plain(Decimal("1.50E+3")) == "1500"
+
+
+def test_status_shows_the_ledger_per_trade_account(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tracker.bitstamp import ledger_entries as le
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    items = [le.entry_from_ledger_row({"id": i, "type": 0, "btc": "1"}, account="1", trade_account_id="0",
+                                      received_at=at) for i in (3, 9)]  # fmt: skip
+    items.append(le.entry_from_ledger_row({"id": 40, "type": 14}, account="1", trade_account_id="7", received_at=at))
+    items.append(le.entry_from_balances([], account="1", trade_account_id="0", received_at=at))
+    summary = {"ledger": {"unavailable": ["crypto_transactions:0"], "errors": {}, "snapshots": ["0"]}}
+    reconciled = te.tracker_entry(account="1", event=te.RECONCILED, data=summary, received_at=at, uid="r1",
+                                  channel="reconcile")  # fmt: skip
+    engine = open_engine(url)
+    try:
+        EventLog(engine).append([*items, reconciled], [])  # type: ignore[list-item]
+    finally:
+        engine.dispose()
+    out = status(capsys, url)
+    assert "ledger (per trade account; 0 = main):" in out
+    assert "  0: 2 rows, last row 9 " in out
+    assert "balance snapshots 1, last " in out
+    assert "  7: 1 rows, last row 40 " in out
+    assert "endpoint unavailable: ledger crypto_transactions:0" in out
+    data = json.loads(status(capsys, url, "--format", "json"))
+    assert [(a["trade_account_id"], a["rows"], a["last_row_id"], a["snapshots"]) for a in data["ledger"]] == [
+        ("0", 2, "9", 1),
+        ("7", 1, "40", 0),
+    ]

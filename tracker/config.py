@@ -79,6 +79,9 @@ class Settings:
     ws_url: str = DEFAULT_WS_URL
     markets: tuple[str, ...] | None = None  # None: discovered from the API
     reconcile_interval_s: float = 300.0
+    # Sub-accounts whose ledger is walked besides the main account's ("0", always): ids > 0, as text.
+    subaccounts: tuple[str, ...] = ()
+    ledger_interval_s: float = 5.0  # the ledger walk runs at least this often (issue 15: current within 10 s)
     metrics_port: int | None = None
     insecure: bool = False
     # Where each value came from ("default", "env", "file", "flag"), for `tracker config show`.
@@ -110,6 +113,8 @@ ENV_NAMES: dict[str, str] = {
     "ws_url": "BITSTAMP_WS_URL",
     "markets": "TRACKER_MARKETS",
     "reconcile_interval_s": "TRACKER_RECONCILE_INTERVAL",
+    "subaccounts": "TRACKER_SUBACCOUNTS",
+    "ledger_interval_s": "TRACKER_LEDGER_INTERVAL",
     "metrics_port": "TRACKER_METRICS_PORT",
 }
 SECRET_FILE_ENV = "BITSTAMP_API_SECRET_FILE"
@@ -156,6 +161,28 @@ def parse_markets(text: str, label: str = "TRACKER_MARKETS") -> tuple[str, ...]:
     return tuple(markets)
 
 
+def parse_subaccounts(value: object, label: str = "TRACKER_SUBACCOUNTS") -> tuple[str, ...]:
+    """``"1234, 5678"`` (or a list of ints from the config file) -> ``("1234", "5678")``: sub-account ids, each a
+    positive integer (the main account, ``0``, is always tracked and is not listed). Empty: main account only."""
+    items: list[object] = list(value) if isinstance(value, (list, tuple)) else list(str(value).split(","))
+    ids: list[str] = []
+    for raw in items:
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            raise ConfigError(f"{label}: {raw!r} is not a sub-account id (a positive integer, like 1234)")
+        text = str(raw).strip()
+        if not text:
+            continue
+        if not text.isdigit() or not text.isascii() or len(text) > 19 or int(text) == 0:
+            raise ConfigError(
+                f"{label}: {text!r} is not a sub-account id (a positive integer, like 1234; the main account 0 is"
+                " always tracked)"
+            )
+        ident = str(int(text))
+        if ident not in ids:
+            ids.append(ident)
+    return tuple(ids)
+
+
 def read_secret_file(path: Path, warn: list[str]) -> str:
     try:
         mode = path.stat().st_mode
@@ -186,7 +213,9 @@ def _coerce(name: str, value: object, label: str) -> object:
         if any(c.isspace() for c in text):
             raise ConfigError(f"{label} contains white space: check that it was copied whole")
         return Secret(text)
-    if name == "reconcile_interval_s":
+    if name == "subaccounts":
+        return parse_subaccounts(value, label)
+    if name in ("reconcile_interval_s", "ledger_interval_s"):
         try:
             seconds = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -370,6 +399,8 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             shown = mask(value.reveal())
         elif value is None:
             shown = "(not set)" if f.name not in ("markets",) else "(discovered from the API)"
+        elif f.name == "subaccounts" and not value:
+            shown = "(none: the main account only)"
         elif isinstance(value, tuple):
             shown = ",".join(value)
         elif f.name == "db_url":

@@ -16,6 +16,10 @@ Names (a public contract, like the CLI and the views):
 | tracker_backfilled_events_total | counter | endpoint | facts appended from REST |
 | tracker_discrepancies_open | gauge | | unresolved discrepancies |
 | tracker_channel_last_event_timestamp_seconds | gauge | channel | receive time (Unix s) of the channel's newest entry |
+| tracker_ledger_rows_total | counter | trade_account_id | ledger rows (account-wide user_transactions/) appended |
+| tracker_balance_snapshots_total | counter | | account_balances/ snapshots appended (consistent cut) |
+| tracker_balance_snapshot_races_total | counter | | snapshots given up after three raced movements |
+| tracker_ledger_walk_seconds | histogram | | duration of one ledger walk (one trade account, cursor to head) |
 | tracker_build_info | gauge (info) | version, python, sqlalchemy, trio | always 1; the labels say what runs |
 
 docs/metrics.md explains each one and what to alert on. Counters export no ``_created`` series (a second series per
@@ -81,6 +85,21 @@ class Metrics:
             "tracker_channel_last_event_timestamp_seconds",
             "Receive time (Unix seconds) of the newest entry logged on each websocket channel",
             ["channel"],
+            registry=r,
+        )
+        self.ledger_rows = Counter(
+            "tracker_ledger_rows", "Ledger rows appended from user_transactions/", ["trade_account_id"], registry=r
+        )
+        self.balance_snapshots = Counter(
+            "tracker_balance_snapshots", "account_balances/ snapshots appended (consistent cut)", registry=r
+        )
+        self.balance_snapshot_races = Counter(
+            "tracker_balance_snapshot_races", "Balance snapshots given up after repeated raced movements", registry=r
+        )
+        self.ledger_walk_seconds = Histogram(
+            "tracker_ledger_walk_seconds",
+            "Duration of one ledger walk of one trade account (cursor to head)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=r,
         )
         self.build = Info("tracker_build", "The tracker version and the versions it runs on", registry=r)

@@ -10,7 +10,8 @@ ExchangeError (tracker.errors)
     ├── RateLimited         400.002, 400.067, 400.068, HTTP 429: back off (``retry_after`` seconds, if known)
     ├── ServerError         HTTP 5xx, 500.xxx, API5502, API0004: transient, retry later
     └── EndpointUnavailable this endpoint or market is not for this account or key (API5506 and the other
-                            derivatives refusals, API0003, API0009, 403.xxx, HTTP 404 without a code, 410.001)
+                            derivatives refusals, API0003, API0009, 403.xxx, HTTP 404 without a code, 410.001,
+                            404.004: a trade account this key cannot reach)
 
 Every code is judged once, here (``disposition``): what the runtime does with a failure follows from its class,
 never from a string. A code nobody listed is an ``ApiError`` (refused): kept in the record, retried later, never
@@ -112,6 +113,9 @@ API_CODES: dict[str, Disposition] = {
     "400.067": Disposition.RATE_LIMITED,  # client rate limit
     "400.068": Disposition.RATE_LIMITED,  # market rate limit
     "410.001": Disposition.UNAVAILABLE,  # gone / obsolete endpoint
+    # "Trade account not found for provided API key." [D: the spec's error list]: a sub-account asked for with
+    # X-Auth-Subaccount-Id that this key cannot reach; that trade account's walks stop until restart, nothing else.
+    "404.004": Disposition.UNAVAILABLE,
 }
 
 

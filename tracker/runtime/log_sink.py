@@ -47,3 +47,9 @@ class LogSink:
 
     async def run_start(self, account: str, started_at: datetime) -> tuple[int, datetime | None]:
         return await trio.to_thread.run_sync(log_queries.run_start, self.log, account, started_at)
+
+    async def ledger_cursor(self, account: str, channel: str, event: str) -> int | None:
+        return await trio.to_thread.run_sync(log_queries.ledger_cursor, self.log, account, channel, event)
+
+    async def ws_activity_after(self, account: str, after: int, prefixes: Sequence[str]) -> tuple[int, bool]:
+        return await trio.to_thread.run_sync(log_queries.ws_activity_after, self.log, account, after, prefixes)

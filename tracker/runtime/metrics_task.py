@@ -9,6 +9,8 @@ on the quarantine's ``id``, so each round reads only what is new):
 - ``gap_detected`` → ``tracker_gaps_total{kind}`` (its trigger), a ``closed`` connection other than at the stop →
   ``tracker_reconnects_total{reason}`` (requested, dropped, stalled, error);
 - new quarantine rows → ``tracker_frames_quarantined_total{kind}``;
+- the ledger capture's own counts (``services.ledger.stats``: ledger rows and balance snapshots it appended, snapshots
+  given up after raced movements, walk durations);
 - gauges: the log head, projection lag (head minus the projector's checkpoint), unresolved discrepancies, and per
   websocket channel the receive time of its newest entry (``tracker_channel_last_event_timestamp_seconds``; set from
   the whole log at the start, so it is right from the first scrape).
@@ -25,7 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
@@ -34,6 +36,7 @@ import trio
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain import tracker_events as te
 from tracker.metrics import Metrics
+from tracker.runtime.ledger_walk import LedgerStats
 from tracker.runtime.service import Services, TaskStarter
 from tracker.store.engine import Engine
 from tracker.store.metrics_queries import MetricsRead, last_event_per_channel, read_metrics, start_cursors
@@ -50,6 +53,9 @@ class _Cursor:
     quarantine_id: int = 0
     duplicates: int = 0
     latencies: int = 0
+    ledger_rows: dict[str, int] = field(default_factory=dict)
+    snapshots: int = 0
+    races: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,24 @@ def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> Non
             metrics.commit_latency.observe(seconds)
         cursor.latencies = observed
     metrics.connections.set(services.ingest_stats.connected_now)
+    if services.ledger is not None:
+        _apply_ledger(metrics, services.ledger.stats, cursor)
+
+
+def _apply_ledger(metrics: Metrics, stats: LedgerStats, cursor: _Cursor) -> None:
+    """The ledger capture's counts of this run (rows and snapshots it appended, races, walk durations)."""
+    for tai, rows in list(stats.rows.items()):
+        if rows > cursor.ledger_rows.get(tai, 0):
+            metrics.ledger_rows.labels(trade_account_id=tai).inc(rows - cursor.ledger_rows.get(tai, 0))
+            cursor.ledger_rows[tai] = rows
+    if stats.snapshots > cursor.snapshots:
+        metrics.balance_snapshots.inc(stats.snapshots - cursor.snapshots)
+        cursor.snapshots = stats.snapshots
+    if stats.races > cursor.races:
+        metrics.balance_snapshot_races.inc(stats.races - cursor.races)
+        cursor.races = stats.races
+    for seconds in stats.take_walk_seconds():
+        metrics.ledger_walk_seconds.observe(seconds)
 
 
 def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL_S) -> TaskStarter:

@@ -16,6 +16,10 @@ One run:
    again and found clean (ids are stable: ``recon:<kind>:<entity>``), then one ``reconciled`` entry with the summary
    and the cursors; the projection catches up again so ``v_discrepancies`` shows the result.
 
+With a ledger capture (``runtime/ledger_capture.py``), each run also takes a balance snapshot of every tracked trade
+account (the consistent cut) and reads ``crypto-transactions/`` again, before the discrepancies are planned; its
+summary is the ``ledger`` part of the ``reconciled`` entry.
+
 The wiring (building the API, the backfiller and this from settings) is ``runtime/recovery.py``; the reads of the
 projection are ``store/projection_reads.py``; printing is the CLI's.
 """
@@ -49,6 +53,7 @@ from tracker.domain.rows import DiscrepancyRow, FillRow, OrderRow
 from tracker.errors import ExchangeError
 from tracker.exchange.errors import ApiError
 from tracker.runtime.backfill import Backfiller
+from tracker.runtime.ledger_capture import LedgerCapture
 from tracker.store.event_log import EventLog
 from tracker.store.projection_reads import ProjectionQueries
 from tracker.store.projections import ProjectionStore
@@ -210,8 +215,10 @@ class Reconciler:
         *,
         options: ReconcileOptions | None = None,
         wall: Callable[[], datetime] | None = None,
+        ledger: LedgerCapture | None = None,
     ) -> None:
         self.backfiller = backfiller
+        self.ledger = ledger
         self.reader = reader
         self.options = options or ReconcileOptions()
         self.wall = wall or backfiller.wall
@@ -272,6 +279,9 @@ class Reconciler:
             diff.extend(diff_balances(rest_observations.balances(balances)))
         except ApiError as exc:
             errors["account_balances"] = str(exc)
+        ledger = await self.ledger.reconcile() if self.ledger is not None else None
+        if ledger is not None:
+            errors.update({f"ledger {key}": why for key, why in ledger["errors"].items()})
         todo = plan(diff, await self.reader.active_discrepancies(self.account))
         summary = {
             "full": full,
@@ -286,6 +296,8 @@ class Reconciler:
             "user_transactions": {m: report.cursors.user_transactions.get(m, 0) for m in bf.markets},
             "checkpoint": checkpoint,
         }
+        if ledger is not None:
+            summary["ledger"] = ledger
         await bf.sink.append([*self._discrepancy_entries(todo.open, todo.resolve), self._entry(te.RECONCILED, summary)])
         await self.reader.catch_up()
         unresolved = await self.reader.discrepancies(self.account)

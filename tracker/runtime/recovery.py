@@ -1,9 +1,11 @@
-"""Wiring backfill and reconciliation: one builder from settings, used by ``tracker run`` (``recovery_task``: the
-backfill watcher and the periodic reconciler beside ingest) and by ``tracker reconcile`` (``reconcile_once``).
+"""Wiring backfill, ledger capture and reconciliation: one builder from settings, used by ``tracker run``
+(``recovery_task``: the backfill watcher, the ledger capture and the periodic reconciler beside ingest) and by
+``tracker reconcile`` (``reconcile_once``).
 
-Both share the same pieces: a ``PoliteApi`` over a ``BitstampClient``, the account's markets (configured, else
-discovered) and their display names, a ``LogSink`` and a ``ProjectionReader`` behind one one-writer limiter (the
-service's, so there is still one SQLite writer at a time), the ``Backfiller`` and the ``Reconciler`` over them.
+All share the same pieces: a ``PoliteApi`` over a ``BitstampClient`` (one rate budget), the account's markets
+(configured, else discovered) and their display names, a ``LogSink`` and a ``ProjectionReader`` behind one one-writer
+limiter (the service's, so there is still one SQLite writer at a time), the ``Backfiller``, the ``LedgerCapture``
+(the main account and ``settings.subaccounts``) and the ``Reconciler`` over them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tracker.domain.timeutil import utc_now
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.backfill import Backfiller, market_names, watch_and_backfill
 from tracker.runtime.ingest import discover_markets
+from tracker.runtime.ledger_capture import LedgerCapture
 from tracker.runtime.log_sink import LogSink
 from tracker.runtime.polite_api import PoliteApi, RateLimiter
 from tracker.runtime.reconciler import ProjectionReader, ReconcileOptions, Reconciler, ReconcileResult, run_periodic
@@ -34,6 +37,7 @@ from tracker.store.projections import ProjectionStore
 class Recovery:
     backfiller: Backfiller
     reconciler: Reconciler
+    ledger: LedgerCapture
 
 
 async def build_recovery(
@@ -59,16 +63,26 @@ async def build_recovery(
         await reader.catch_up()
         return await reader.open_orders(account)
 
+    sink = LogSink(event_log, db_limiter)
     backfiller = Backfiller(
         api,
-        LogSink(event_log, db_limiter),
+        sink,
         account=account,
         markets=markets,
         names=names,
         options=backfill_options,
         projected_open_orders=projected_open_orders,
     )
-    return Recovery(backfiller, Reconciler(backfiller, reader, options=reconcile_options, wall=wall))
+    ledger = LedgerCapture(
+        api,
+        sink,
+        account=account,
+        trade_accounts=("0", *settings.subaccounts),
+        interval_s=settings.ledger_interval_s,
+        wall=wall or utc_now,
+    )
+    reconciler = Reconciler(backfiller, reader, options=reconcile_options, wall=wall, ledger=ledger)
+    return Recovery(backfiller, reconciler, ledger)
 
 
 def client_from(settings: Settings) -> BitstampClient:
@@ -89,7 +103,8 @@ def recovery_task(
     Build it just before ``run_tracker`` (``started_at`` defaults to now: the log entries of this run are the ones
     received from then on, and the start-up window runs from the previous run's last entry). The starter makes its own
     ``BitstampClient`` from the settings (or ``client_factory(settings)``), shares the service's ``db_limiter`` for
-    appends, and exposes the ``Backfiller`` and ``Reconciler`` as ``services.backfiller`` / ``services.reconciler``.
+    appends, and exposes the ``Backfiller``, ``Reconciler`` and ``LedgerCapture`` as ``services.backfiller`` /
+    ``services.reconciler`` / ``services.ledger``.
     ``reconcile_interval_s`` defaults to ``settings.reconcile_interval_s`` (0 or less: no periodic runs).
     """
     since = started_at or utc_now()
@@ -112,6 +127,7 @@ def recovery_task(
             )
             services.backfiller = recovery.backfiller
             services.reconciler = recovery.reconciler
+            services.ledger = recovery.ledger
             interval = settings.reconcile_interval_s if reconcile_interval_s is None else reconcile_interval_s
             async with trio.open_nursery() as nursery:
                 await nursery.start(
@@ -123,6 +139,14 @@ def recovery_task(
                         # A standby's run starts when it takes the lease: what the old holder logged until then is
                         # the previous run's, so the start-up window starts at the holder's last entry.
                         started_at=services.lease_acquired_at or since,
+                    )
+                )
+                await nursery.start(
+                    partial(
+                        recovery.ledger.run,
+                        stop=services.stop,
+                        backfill_completed=lambda: recovery.backfiller.completed,
+                        committed=lambda: services.writer_stats.committed,
                     )
                 )
                 if interval and interval > 0:

@@ -44,6 +44,7 @@ from tracker.store.lease import account_lease_for
 
 if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
     from tracker.runtime.backfill import Backfiller
+    from tracker.runtime.ledger_capture import LedgerCapture
     from tracker.runtime.projector import ProjectorStatus
     from tracker.runtime.reconciler import Reconciler
 
@@ -69,6 +70,7 @@ class Services:
     projector: ProjectorStatus | None = None
     backfiller: Backfiller | None = None
     reconciler: Reconciler | None = None
+    ledger: LedgerCapture | None = None
 
 
 class TaskStarter(Protocol):

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from tracker.domain.log import LogEntry
 from tracker.store.event_log import LOG_FIELDS, EventLog
@@ -91,3 +91,49 @@ def entries_about(
                 query = select(*_COLUMNS).where(column.in_(chunk), t.c.account == account).order_by(t.c.seq)
                 out += [LogEntry(*row) for row in conn.execute(query)]
     return out
+
+
+def ledger_cursor(event_log: EventLog, account: str, channel: str, event: str, *, scan: int = 1000) -> int | None:
+    """The highest ledger row id among the newest ``scan`` ``event`` entries on ``channel`` (a trade account's
+    ``rest_ledger_row`` entries: the walk appends them in ascending id order, so the newest page holds the highest
+    id), read from the dedup key's last part (``rest:{account}:ledger:{tai}:{id}``); None when there are none. The
+    ledger walk resumes from it: a ``kill -9`` costs a re-walk of at most one page."""
+    t = event_log_table
+    query = (
+        select(t.c.dedup_key)
+        .where(t.c.channel == channel, t.c.account == account, t.c.event == event, t.c.source == "rest")
+        .order_by(t.c.seq.desc())
+        .limit(scan)
+    )
+    with event_log.engine.connect() as conn:
+        keys = conn.execute(query).scalars().all()
+    ids = [int(tail) for key in keys if (tail := key.rsplit(":", 1)[-1]).isdigit()]
+    return max(ids, default=None)
+
+
+def ws_activity_after(
+    event_log: EventLog, account: str, after: int, channel_prefixes: Iterable[str]
+) -> tuple[int, bool]:
+    """(the account's newest seq, whether a ``ws`` entry after ``after`` is on a channel starting with one of
+    ``channel_prefixes``): what tells the ledger walker that fills or settlements arrived."""
+    t = event_log_table
+    prefixes = list(channel_prefixes)
+    with event_log.engine.connect() as conn:
+        head = conn.execute(select(func.max(t.c.seq)).where(t.c.account == account, t.c.seq > after)).scalar()
+        if head is None:
+            return after, False
+        if not prefixes:
+            return int(head), False
+        query = (
+            select(t.c.seq)
+            .where(
+                t.c.account == account,
+                t.c.seq > after,
+                t.c.seq <= head,
+                t.c.source == "ws",
+                or_(*(t.c.channel.startswith(p, autoescape=True) for p in prefixes)),
+            )
+            .limit(1)
+        )
+        found = conn.execute(query).first() is not None
+    return int(head), found

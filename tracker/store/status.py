@@ -9,7 +9,11 @@ Everything here is read from the log and the projection store only, in one read 
 - projection lag: the log head minus the projector's checkpoint;
 - gaps: each ``gap_detected`` (its ``data.gap_id``) is closed when a later ``backfill_completed`` lists that id in
   ``data.gap_ids``; the rest are open;
-- unresolved discrepancies (``v_discrepancies``) and the quarantine (count by kind, the newest few).
+- unresolved discrepancies (``v_discrepancies``) and the quarantine (count by kind, the newest few);
+- per trade account of the ledger capture (``0`` = main, else a sub-account): its ledger rows, the last row id and
+  when it was received, its balance snapshots and the newest one's time; the ledger walks the newest reconciliation
+  found unavailable or failing are under "degraded". (A walk that finds nothing logs nothing: "last row" is when the
+  ledger last moved, not when it was last walked.)
 
 A database only knows what was logged: if ``run`` was killed, the last state stays as it was. Ages help judge that.
 """
@@ -23,6 +27,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
+from tracker.bitstamp.ledger_channels import split_ledger_channel
+from tracker.bitstamp.ledger_entries import REST_BALANCES, REST_LEDGER_ROW
 from tracker.domain import tracker_events as te
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
 from tracker.store.schema import event_log, quarantine
@@ -99,6 +105,18 @@ class Degraded:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerStatus:
+    """One trade account of the ledger capture, as the log shows it."""
+
+    trade_account_id: str
+    rows: int
+    last_row_id: str | None
+    last_row_at: datetime | None  # received
+    snapshots: int
+    last_snapshot_at: datetime | None
+
+
 @dataclass
 class Status:
     head: int
@@ -117,6 +135,7 @@ class Status:
     quarantine_latest: list[QuarantineStatus] = field(default_factory=list)
     degraded: list[Degraded] = field(default_factory=list)  # what the run works without, and why
     backfill_progress: dict[str, Any] | None = None  # a long backfill under way: its newest progress entry
+    ledger: list[LedgerStatus] = field(default_factory=list)  # per trade account, "0" first
 
     @property
     def projection_lag(self) -> int | None:
@@ -283,7 +302,67 @@ def read_status(engine: Engine) -> Status:
         status.discrepancies_open, status.discrepancies = _discrepancies(conn)
         status.quarantine_by_kind, status.quarantine_latest = _quarantine(conn)
         status.degraded, status.backfill_progress = _degraded(conn)
+        status.ledger = _ledger(conn)
+        status.degraded += _ledger_degraded(conn)
     return status
+
+
+def _ledger(conn: Connection) -> list[LedgerStatus]:
+    """Per trade account: its ``rest_ledger_row`` and ``rest_balances`` entries (count, newest), by channel."""
+    t = event_log.c
+    per_channel = conn.execute(
+        select(t.channel, t.event, func.count(), func.max(t.seq))
+        .where(t.source == "rest", t.event.in_((REST_LEDGER_ROW, REST_BALANCES)))
+        .group_by(t.channel, t.event)
+    ).all()
+    newest = {
+        int(row.seq): row
+        for row in conn.execute(
+            select(t.seq, t.dedup_key, t.received_at).where(t.seq.in_([int(seq) for *_, seq in per_channel]))
+        )
+    }
+    found: dict[str, dict[str, Any]] = {}
+    for channel, event, count, seq in per_channel:
+        tai, _ = split_ledger_channel(channel)
+        slot = found.setdefault(tai, {})
+        row = newest.get(int(seq))
+        slot[event] = (int(count), row)
+    out: list[LedgerStatus] = []
+    for tai in sorted(found, key=lambda x: (len(x), x)):
+        rows, last_row = found[tai].get(REST_LEDGER_ROW, (0, None))
+        snapshots, last_snapshot = found[tai].get(REST_BALANCES, (0, None))
+        out.append(
+            LedgerStatus(
+                tai,
+                rows,
+                None if last_row is None else str(last_row.dedup_key).rsplit(":", 1)[-1],
+                None if last_row is None else last_row.received_at,
+                snapshots,
+                None if last_snapshot is None else last_snapshot.received_at,
+            )
+        )
+    return out
+
+
+def _ledger_degraded(conn: Connection) -> list[Degraded]:
+    """The ledger walks the newest ``reconciled`` entry names as unavailable (until restart) or failing."""
+    newest = _latest(conn, te.RECONCILED, 1)
+    if not newest:
+        return []
+    ledger = _data(newest[0].payload).get("ledger")
+    if not isinstance(ledger, dict):
+        return []
+    row = newest[0]
+    out = [
+        Degraded("endpoint_unavailable", f"ledger {walk}", "unavailable until restart", row.seq, row.received_at)
+        for walk in sorted(ledger.get("unavailable") or [])
+    ]
+    errors = ledger.get("errors") or {}
+    out += [
+        Degraded("walk_failing", f"ledger {walk}", str(why), row.seq, row.received_at)
+        for walk, why in sorted(errors.items())
+    ]
+    return out
 
 
 def _latest(conn: Connection, event: str, limit: int = 200) -> list[Any]:
