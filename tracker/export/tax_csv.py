@@ -129,9 +129,12 @@ def koinly(entries: Sequence[LedgerEntry]) -> Table:
     for entry in entries:
         for part in parts(entry):
             fee, fee_ccy = _fee(part)
+            sent = part.sent
+            if sent is None and part.received is None and part.fee is not None:
+                sent, fee, fee_ccy = Movement(part.fee_currency or "", -part.fee), "", ""  # the fee is what it sends
             rows.append([
                 entry.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                _qty(part.sent), _ccy(part.sent), _qty(part.received), _ccy(part.received), fee, fee_ccy, "", "",
+                _qty(sent), _ccy(sent), _qty(part.received), _ccy(part.received), fee, fee_ccy, "", "",
                 koinly_label(part), note(entry), entry.txid or "",
             ])  # fmt: skip
     return Table(KOINLY_HEADER, rows)
@@ -243,6 +246,15 @@ def rotki_event_type(part: Part) -> str:
     return _by_sign(part, "Deposit", "Withdrawal", "Withdrawal")  # staking, transfers, unknown: neutral
 
 
+def _single_asset(part: Part) -> Iterator[Part]:
+    """``part`` as rows of one asset each (rotki's events move one asset): the received one first, the fee on it."""
+    if part.sent is not None and part.received is not None:
+        yield Part(part.entry, None, part.received, part.fee, part.fee_currency)
+        yield Part(part.entry, part.sent, None, None, None)
+    else:
+        yield part
+
+
 def rotki_events(entries: Sequence[LedgerEntry]) -> Table:
     rows = []
     skipped = 0
@@ -250,7 +262,7 @@ def rotki_events(entries: Sequence[LedgerEntry]) -> Table:
         if entry.category == "trade":
             skipped += 1  # rotki's events file holds no trades: `--format rotki-trades`
             continue
-        for part in parts(entry):
+        for part in (single for whole in parts(entry) for single in _single_asset(whole)):
             fee, fee_ccy = _fee(part)
             moved = part.received or part.sent
             if moved is None and part.fee is not None:
