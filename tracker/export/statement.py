@@ -82,7 +82,7 @@ def detect(header: list[str]) -> StatementFormat | None:
 
 def parse_statement(text: str, *, name: str = "statement") -> Statement:
     """Every row of the statement ``text`` (the file's content; ``name`` is how errors call it)."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
     try:
         header = next(reader, None)
         if header is None:
