@@ -19,12 +19,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracker.bitstamp.ledger_channels import is_trade_account_id
 from tracker.cli import add_common_flags, open_database
 from tracker.config import load_settings
 from tracker.errors import TrackerError
+
+if TYPE_CHECKING:
+    from tracker.export.statement_match import ImportPlan
 
 DETAIL_LINES = 10  # differing or missing rows shown in the summary (one screen); tracker discrepancies has all
 
@@ -114,7 +117,7 @@ def cmd_import_statement(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def format_summary(source: str, fmt: str, result: Any, appended: int) -> str:
+def format_summary(source: str, fmt: str, result: ImportPlan, appended: int) -> str:
     """One screen: per trade account matched / missing / differing, what was appended, the first problems."""
     outcomes = result.outcomes
     lines = [f"statement {source}: {fmt} format, {len(outcomes)} row(s)"]

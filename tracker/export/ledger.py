@@ -111,18 +111,6 @@ class LedgerEntry:
             return "fee"  # an entry that only costs a fee
         return "unknown"
 
-    @property
-    def direction(self) -> int:
-        """+1 when the entry brings money in (its amounts sum above zero in every currency it moves), -1 when it
-        takes money out, 0 for both or neither (a trade)."""
-        if self.received and not self.sent:
-            return 1
-        if self.sent and not self.received:
-            return -1
-        if not self.movements and self.fee is not None:
-            return -1
-        return 0
-
     def base_quote(self) -> tuple[Movement | None, Movement | None]:
         """The base and quote movements of a trade with a market (``btcusd``: BTC then USD); else the received and
         the sent movement (an instant trade without a pair, or anything with two assets)."""

@@ -13,9 +13,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import Column, ColumnElement, Engine, MetaData, Select, Table, Text, or_, select
+from sqlalchemy import Column, ColumnElement, Engine, MetaData, Select, Table, Text, inspect, or_, select
 
-from tracker.errors import TrackerError
+from tracker.errors import StoreError, TrackerError
 from tracker.export.ledger import LedgerLeg
 from tracker.export.statement_match import DIFFERS, MISSING, ImportPlan
 from tracker.store.event_log import AppendResult, EventLog
@@ -67,6 +67,18 @@ def ledger_view(name: str) -> Table:
     return known if known is not None else LEDGER_VIEWS[name]
 
 
+def require_views(engine: Engine, *names: str) -> None:
+    """A ``StoreError`` that says what to do, instead of the driver's "no such table", when a view is missing."""
+    with engine.connect() as conn:
+        inspector = inspect(conn)
+        missing = [name for name in names if not inspector.has_table(name)]
+    if missing:
+        raise StoreError(
+            f"this database has no {', '.join(missing)}: run `tracker db upgrade` (the ledger views come with the"
+            " ledger migration)"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerFilter:
     account: str | None = None  # the Bitstamp account label (the log's `account`)
@@ -87,6 +99,7 @@ def _range(column: Any, since: datetime | None, until: datetime | None) -> list[
 def read_legs(engine: Engine, where: LedgerFilter, *, include_statement: bool = True) -> list[LedgerLeg]:
     """``v_ledger`` rows as ``LedgerLeg``s in log order. ``include_statement=False`` leaves out legs a statement
     contributed (``source = 'statement'``): what a statement is matched against."""
+    require_views(engine, "v_ledger")
     view = ledger_view("v_ledger")
     conditions = _range(view.c.occurred_at, where.since, where.until)
     if where.account is not None:
@@ -167,6 +180,7 @@ def read_ledger_report(engine: Engine, kind: str, where: LedgerFilter) -> Ledger
              "self-trades": "v_self_trades", "liquidations": "v_liquidations"}  # fmt: skip
     if kind not in names:
         raise ValueError(f"unknown ledger report {kind!r}")
+    require_views(engine, names[kind])
     view = ledger_view(names[kind])
     conditions = _range(view.c.occurred_at, where.since, where.until)
     if where.account is not None:
@@ -189,6 +203,7 @@ def _balances(engine: Engine, where: LedgerFilter) -> LedgerReport:
     Python)."""
     if where.since is not None:
         raise ReportUnavailable("report balances: a balance is as of a moment: use --until (without --since)")
+    require_views(engine, "v_balances")
     view = ledger_view("v_balances")
     if where.until is None:
         conditions: list[ColumnElement[bool]] = []
