@@ -17,12 +17,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
-from test_export import ACCOUNT, GOLDEN, LEGS, entries
+from test_export import ACCOUNT, GOLDEN, LEGS, entries, leg, trade
 
 from tracker.cli import main
 from tracker.export import bitstamp_csv
 from tracker.export.formats import render, table
+from tracker.export.ledger import LedgerLeg, group_entries
 from tracker.export.statement import Money, StatementError, legacy_time, parse_statement
 from tracker.export.statement_match import DIFFERS, MISSING, match, plan
 from tracker.store import migrate
@@ -252,3 +255,46 @@ def test_import_statement_errors_are_one_line(db_url: str, tmp_path: Path, capsy
     assert "--user" in capsys.readouterr().err
     assert main(["import-statement", str(good), "--db-url", db_url, "--account-name", "nameonly"]) == 2
     assert "expected NAME=ID" in capsys.readouterr().err
+
+
+# --- property: any ledger round-trips ------------------------------------------------------------------------------
+
+TYPES = [("deposit", 0), ("withdrawal", 1), ("trade", 2), ("staking_reward", 27), ("settlement_transfer", 33),
+         ("instant_trade", 36), ("unknown", 77)]  # fmt: skip
+AMOUNTS = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal(10**9), places=8)
+
+
+@st.composite
+def ledgers(draw: st.DrawFn) -> list[LedgerLeg]:
+    legs: list[LedgerLeg] = []
+    for seq in range(1, draw(st.integers(min_value=1, max_value=12)) + 1):
+        type_, code = draw(st.sampled_from(TYPES))
+        entry_id, tai = str(1000 + seq), draw(st.sampled_from(["0", "7"]))
+        minute = draw(st.integers(min_value=0, max_value=3))  # collisions in one minute on purpose (legacy matching)
+        if type_ in ("trade", "instant_trade"):
+            buy = draw(st.booleans())
+            base, quote = draw(AMOUNTS), draw(AMOUNTS)
+            moves = [("btc", str(base if buy else -base)), ("usd", str(-quote if buy else quote))]
+            fee = draw(st.one_of(st.none(), AMOUNTS.map(str)))
+            paired = type_ == "trade"
+            legs += trade(
+                seq, entry_id, moves, ("usd", fee) if fee is not None else None, type_=type_, code=code, tai=tai,
+                minutes=minute, subtype=("buy" if buy else "sell") if paired else None,
+                market="btcusd" if paired else None, rate="60000" if paired else None, order_id=str(seq),
+            )  # fmt: skip
+        else:
+            amount = -draw(AMOUNTS) if type_ == "withdrawal" else draw(AMOUNTS)
+            if type_ == "settlement_transfer" and draw(st.booleans()):
+                amount = -amount
+            currency = draw(st.sampled_from(["btc", "eth"]))
+            legs.append(leg(seq, entry_id, type_, code, currency, str(amount), tai=tai, minutes=minute))
+    return legs
+
+
+@settings(max_examples=60, deadline=None)
+@given(legs=ledgers(), fmt=st.sampled_from(["bitstamp", "bitstamp-legacy"]), plain=st.booleans())
+def test_any_ledger_round_trips_through_its_statement(legs: list[LedgerLeg], fmt: str, plain: bool) -> None:
+    ledger = group_entries(legs)
+    statement = parse_statement(render(table(fmt, ledger, plain=plain)))
+    outcomes = match(statement, ledger, {"Sub Account 7": "7"})
+    assert [(o.status, o.differences) for o in outcomes] == [("matched", ())] * len(outcomes)

@@ -181,7 +181,9 @@ def match(
         if not candidates:
             outcomes.append(Outcome(row, tai, key, "missing", None))
             continue
-        entry, expected = candidates[0]
+        # The first candidate that agrees in every field, else the first (two identical legacy rows in one minute
+        # with different fees each find their own entry).
+        entry, expected = next(((e, x) for e, x in candidates if not compare(row, x)), candidates[0])
         claimed.add((tai, entry.entry_id, id(expected)))
         differences = compare(row, expected)
         outcomes.append(Outcome(row, tai, key, "differs" if differences else "matched", entry, differences))
