@@ -216,10 +216,12 @@ def test_export_then_import_statement(db_url: str, tmp_path: Path, capsys: pytes
 
     assert main(["import-statement", str(out), "--db-url", db_url, "--user", ACCOUNT]) == 0
     summary = capsys.readouterr().out
-    assert "bitstamp format, 25 row(s)" in summary and "log: 25 new entries" in summary
+    assert "bitstamp format, 25 row(s)" in summary and "log: 25 statement row(s) appended (0 already" in summary
     head = _head(db_url)
     assert main(["import-statement", str(out), "--db-url", db_url, "--user", ACCOUNT]) == 0
-    assert "log: 0 new entries" in capsys.readouterr().out and _head(db_url) == head  # the same file: nothing new
+    assert (
+        "log: 0 statement row(s) appended (25 already" in capsys.readouterr().out and _head(db_url) == head
+    )  # the same file: nothing new
 
     tampered = tmp_path / "tampered.csv"
     tampered.write_text(_edited(out.read_text(encoding="utf-8"), {"1002": {"Fee": "75.49"}}, [

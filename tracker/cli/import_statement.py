@@ -112,23 +112,23 @@ def cmd_import_statement(args: argparse.Namespace) -> int:
         appended = append_import(engine, result_plan)
     finally:
         engine.dispose()
-    sys.stdout.write(format_summary(str(args.file), statement.fmt, result_plan, len(appended.appended)))
+    sys.stdout.write(format_summary(str(args.file), statement.fmt, result_plan, appended.duplicates))
     problems = [o for o in result_plan.outcomes if o.status != "matched"]
     return 1 if problems else 0
 
 
-def format_summary(source: str, fmt: str, result: ImportPlan, appended: int) -> str:
+def format_summary(source: str, fmt: str, result: ImportPlan, duplicates: int) -> str:
     """One screen: per trade account matched / missing / differing, what was appended, the first problems."""
     outcomes = result.outcomes
     lines = [f"statement {source}: {fmt} format, {len(outcomes)} row(s)"]
     lines.append(f"{'trade account':<14}{'matched':>9}{'missing':>9}{'differs':>9}")
     for tai, counts in sorted(result.counts().items(), key=lambda item: (len(item[0]), item[0])):
         lines.append(f"{tai:<14}{counts['matched']:>9}{counts['missing']:>9}{counts['differs']:>9}")
-    facts = len(result.facts)
+    rows = len(result.facts) - duplicates
+    opened, resolved = len(result.discrepancies), len(result.resolutions)
     lines.append(
-        f"log: {appended} new entr{'y' if appended == 1 else 'ies'} ({facts} row(s) read, the rest already there),"
-        f" {len(result.discrepancies)} discrepanc{'y' if len(result.discrepancies) == 1 else 'ies'} opened,"
-        f" {len(result.resolutions)} resolved"
+        f"log: {rows} statement row(s) appended ({duplicates} already there), {opened}"
+        f" discrepanc{'y' if opened == 1 else 'ies'} opened, {resolved} resolved"
     )
     problems = [o for o in outcomes if o.status != "matched"]
     for outcome in problems[:DETAIL_LINES]:
@@ -144,6 +144,7 @@ def format_summary(source: str, fmt: str, result: ImportPlan, appended: int) -> 
             lines.append(f"  differs  {where}: {changes}")
     if len(problems) > DETAIL_LINES:
         lines.append(f"  ... and {len(problems) - DETAIL_LINES} more")
-    if problems:
-        lines.append("all of them: tracker discrepancies --kind statement_row_missing (or statement_row_differs)")
+    kinds = sorted({f"statement_row_{o.status}" for o in problems})
+    if kinds:
+        lines.append("all of them: " + "; ".join(f"tracker discrepancies --kind {kind}" for kind in kinds))
     return "\n".join(lines) + "\n"
