@@ -31,16 +31,19 @@ IO_LIBRARIES = {
 SQL_LIBRARIES = {"sqlalchemy", "alembic", "psycopg"}
 SQL_LAYERS = {"store", "cli", "migrations"}
 TOP_LEVEL = {"config", "logs", "metrics", "errors", "progress"}
-EVERYTHING = {"domain", "bitstamp", "exchange", "store", "runtime", "cli", "fake", "audit", *TOP_LEVEL}
+EVERYTHING = {"domain", "bitstamp", "exchange", "store", "runtime", "cli", "fake", "audit", "export", *TOP_LEVEL}
 # For each layer (package or top-level module): the tracker layers it must not import.
 FORBIDDEN = {
     "domain": EVERYTHING - {"domain", "errors"},
     "bitstamp": EVERYTHING - {"domain", "bitstamp", "errors"},
     # The audit report's pure document builder (values, coverage fold, charts, HTML): store and cli import it.
     "audit": EVERYTHING - {"domain", "audit", "errors"},
-    "exchange": {"store", "runtime", "cli", "fake", "config", "metrics", "progress"},
+    # Ledger exports and Bitstamp statements (rows in, CSV text out; statement rows to log entries): store and cli
+    # import it; it reads the wire layer's canonical JSON and channel names.
+    "export": EVERYTHING - {"domain", "bitstamp", "export", "errors"},
+    "exchange": {"store", "runtime", "cli", "fake", "config", "metrics", "progress", "export"},
     "store": {"exchange", "runtime", "cli", "fake", "config", "metrics"},
-    "fake": {"exchange", "store", "runtime", "cli", "metrics", "progress", "audit"},
+    "fake": {"exchange", "store", "runtime", "cli", "metrics", "progress", "audit", "export"},
     "runtime": {"cli"},
     "cli": set(),
     "errors": EVERYTHING - {"errors"},
@@ -50,7 +53,7 @@ FORBIDDEN = {
     "config": EVERYTHING - {"config", "errors", "store"},
     "metrics": EVERYTHING - {"metrics", "errors"},
 }
-PURE = {"domain", "bitstamp", "errors", "audit"}
+PURE = {"domain", "bitstamp", "errors", "audit", "export"}
 # orjson is the parser's fast JSON decoder: a pure function of bytes, allowed in the pure wire layer.
 PURE_ALLOWED = {"bitstamp": {"orjson"}}
 

@@ -32,6 +32,8 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "status",
     "report",
+    "export",
+    "import_statement",
     "reconcile",
     "discrepancies",
     "doctor",

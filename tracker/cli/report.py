@@ -6,6 +6,13 @@ strings. The table, for people, shows each amount, price and fee with its market
 market tracker does not know, exactly with trailing zeros stripped. Never an exponent. Times are ISO 8601 in UTC with
 a ``Z``. ``--market`` is case-insensitive (``BTCUSD``, ``btc/usd``) and must name a market the database holds.
 ``--since`` is inclusive and ``--until`` exclusive; a bare date ``--until 2026-11-29`` means up to the end of that day.
+
+The ledger kinds (``ledger``, ``balances``, ``transfers``, ``settlements``, ``self-trades``, ``liquidations``,
+``discrepancies``) read ``v_ledger``, ``v_balances``, ``v_transfers`` and the other views through
+``store/ledger_queries.py``; for them ``--account`` is the trade account (``0`` the main one, else a sub-account id, as
+in the ledger contract) and ``--user`` the Bitstamp account. For ``fees``, ``fills``, ``orders`` and ``positions``
+``--account`` keeps its older meaning, the Bitstamp account (``--user`` says the same). ``balances --until T`` gives the
+balances at T (the exact sum of the ledger's legs before it).
 """
 
 from __future__ import annotations
@@ -27,10 +34,14 @@ from tracker.errors import TrackerError
 from tracker.fake.markets import KNOWN_MARKETS
 
 FORMATS = ("table", "csv", "json")
-KINDS = ("fees", "fills", "orders", "positions")
+VIEW_KINDS = ("fees", "fills", "orders", "positions")
+LEDGER_KINDS = ("ledger", "balances", "transfers", "settlements", "self-trades", "liquidations", "discrepancies")
+KINDS = (*VIEW_KINDS, *LEDGER_KINDS)
 NUMERIC_COLUMNS = frozenset(
     {"fills", "volume", "fees", "base_volume", "amount", "amount_filled", "amount_remaining", "price", "fee", "size",
-     "entry_price", "realised_pnl"}
+     "entry_price", "realised_pnl", "balance", "balance_after", "rate", "exchange_total", "exchange_available",
+     "exchange_reserved", "computed_total", "difference", "entries", "seq", "last_seq", "snapshot_seq", "entry_seq",
+     "request_seq", "crypto_seq", "opened_seq", "resolved_seq", "acknowledged_seq", "type_code"}
 )  # fmt: skip
 # The unit of each money column of the reported views (docs/sql.md), for the market's display decimals.
 BASE_COLUMNS = frozenset({"amount", "amount_filled", "amount_remaining", "size", "base_volume"})
@@ -40,12 +51,17 @@ QUOTE_COLUMNS = frozenset({"fee", "fees", "volume", "realised_pnl"})
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "report", help="print fees per day, fills, orders or positions (table, csv or json)"
+        "report", help="print fees, fills, orders, positions, the ledger, balances, transfers, ... (table, csv or json)"
     )
     add_common_flags(parser)
     parser.add_argument("kind", choices=KINDS, help="what to report")
     parser.add_argument("--market", help="only this market (e.g. btcusd)")
-    parser.add_argument("--account", help="only this account (several may share one database)")
+    parser.add_argument(
+        "--account",
+        help="ledger kinds: only this trade account (0 the main one, else a sub-account id); fees, fills, orders,"
+        " positions: only this Bitstamp account (several may share one database)",
+    )
+    parser.add_argument("--user", help="only this Bitstamp account (user id), for every kind")
     parser.add_argument(
         "--since", type=parse_moment, help="from this UTC date or datetime, inclusive (2026-11-01 or 2026-11-01T12:00)"
     )
@@ -190,18 +206,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     settings = load_settings(flags={"db_url": args.db_url})
     market = normalise_market(args.market) if args.market is not None else None
+    if args.kind in LEDGER_KINDS and market is not None:
+        raise TrackerError(f"--market applies to {', '.join(VIEW_KINDS)}; report {args.kind} has no market filter")
     engine = open_database(settings)
     try:
         check_schema(engine)
-        if market is not None and market not in (known := known_markets(engine)):
-            # An unknown market would print an empty report, indistinguishable from "no fills there yet".
-            raise TrackerError(
-                f"--market {args.market}: this database has no market {market!r}"
-                f" (known: {', '.join(known) if known else 'none yet'})"
-            )
-        report = read_report(engine, args.kind, ReportFilter(args.account, market, args.since, args.until))
+        if args.kind in LEDGER_KINDS:
+            columns, rows = _ledger_report(engine, args)
+        else:
+            if market is not None and market not in (known := known_markets(engine)):
+                # An unknown market would print an empty report, indistinguishable from "no fills there yet".
+                raise TrackerError(
+                    f"--market {args.market}: this database has no market {market!r}"
+                    f" (known: {', '.join(known) if known else 'none yet'})"
+                )
+            account = args.account if args.account is not None else args.user
+            report = read_report(engine, args.kind, ReportFilter(account, market, args.since, args.until))
+            columns, rows = report.columns, report.rows
+            if args.format == "table":
+                rows = display_rows(columns, rows)
     finally:
         engine.dispose()
-    rows = display_rows(report.columns, report.rows) if args.format == "table" else report.rows
-    sys.stdout.write(FORMATTERS[args.format](report.columns, rows))
+    sys.stdout.write(FORMATTERS[args.format](columns, rows))
     return 0
+
+
+def _ledger_report(engine: Any, args: argparse.Namespace) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """A ledger kind: exact values in every format (a leg's currency, not a market, sets its decimals)."""
+    from tracker.store.ledger_queries import LedgerFilter, read_ledger_report
+
+    where = LedgerFilter(args.user, args.account, args.since, args.until)
+    report = read_ledger_report(engine, args.kind, where)
+    return report.columns, report.rows
