@@ -101,3 +101,32 @@ async def test_tracker_reconcile_takes_a_snapshot_with_the_ledger(sqlite_url: st
     summary = json.loads(reconciled)["data"]["ledger"]
     assert summary["snapshots"] == ["0"]
     assert summary["cursors"] == {"0": max(truth)}
+
+
+async def test_tracker_run_follows_the_ledger_after_fills(sqlite_url: str) -> None:
+    """In ``tracker run`` (the recovery task), the ledger capture starts with a snapshot and follows fills as they are
+    committed from the websocket: the ledger reaches the fake's rows within about one interval (the trigger itself is
+    timed in test_ledger_capture.py, on trio's clock)."""
+    from test_backfill_e2e import tracker_running, wait_logged
+
+    upgrade(sqlite_url)
+    async with (
+        open_fake_exchange(seed=8, markets=("btcusd", "ethusd", "btcusd-perp")) as fx,
+        tracker_running(fx, sqlite_url) as tracker,
+    ):
+        await fx.wait_subscribed(fx.private_channels())
+        with trio.fail_after(30):
+            while tracker.services.ledger is None:
+                await tracker.services.writer_stats.committed.wait()
+            capture = tracker.services.ledger
+            await capture.wait_rounds(1)  # the start round (with its snapshot)
+            await wait_logged(tracker, await fx.generate(100))
+            truth = max(tid for tid, _, _ in fx.model.state.transactions)
+            started = trio.current_time()
+            while (capture.walkers["0"].cursor or 0) < truth:
+                await capture.wait_rounds(capture.rounds + 1)
+            assert trio.current_time() - started < capture.interval_s + 5.0
+    keys = [key for key, _ in ledger_entries(sqlite_url, le.REST_LEDGER_ROW)]
+    assert len(keys) == len(set(keys))
+    assert f"rest:{fx.user_id}:ledger:0:{truth}" in keys
+    assert len(ledger_entries(sqlite_url, le.REST_BALANCES)) >= 1

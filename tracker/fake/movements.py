@@ -36,6 +36,7 @@ from typing import Any
 from tracker.fake import ledger
 from tracker.fake.ids import IdSource
 from tracker.fake.ledger import FIAT, places
+from tracker.fake.markets import Market
 from tracker.fake.state import ZERO, AccountState, TradeAccount, WithdrawalRequest
 from tracker.fake.wire import num, rest_datetime
 
@@ -122,7 +123,7 @@ class Movements:
         moves: dict[str, Decimal],
         *,
         fee: Decimal = ZERO,
-        rate: tuple[Any, Decimal] | None = None,
+        rate: tuple[Market, Decimal] | None = None,
     ) -> int:
         t = self.ids.tick(self.rng)
         row_id = self.ids.transaction(self.rng)

@@ -57,7 +57,7 @@ MOVEMENT_CHANNELS: Final = (
     "private-my_liquidations",
     "private-my_token_settlements",
 )
-FILL_POLL_S: Final = 0.5  # the log is asked about new fills at most this often (coalesced wake-ups)
+FILL_POLL_S: Final = 1.0  # the log is asked about new fills at most this often (coalesced: a busy account walks 1/s)
 
 
 def uuid4_hex() -> str:
