@@ -99,6 +99,8 @@ def sql_examples(db: str) -> list[str]:
     return [
         f'sqlite3 {target} "select * from v_fees_daily"',
         f'sqlite3 {target} "select market, side, count(*) as fills from v_fills group by market, side"',
+        f'sqlite3 {target} "select trade_account_id, type, currency, amount, balance_after from v_ledger'
+        ' order by seq desc limit 10"',
         f"sqlite3 {target} \"select seq, event, received_at from event_log where source = 'tracker' "
         'order by seq desc limit 10"',
     ]
@@ -119,6 +121,24 @@ def format_summary(result: Any, db: str) -> str:
     return "\n".join(lines)
 
 
+def format_balances(rows: list[tuple[Any, ...]]) -> str:
+    """The demo's last word on the account: every computed balance beside the exchange's latest snapshot."""
+    from tracker.store.demo_queries import BALANCE_COLUMNS
+
+    checked = [r for r in rows if r[5] != "not checked"]
+    differing = [r for r in checked if r[5] != "agrees"]
+    verdict = (
+        f"all {len(checked)} checked balances agree with the exchange"
+        if checked and not differing
+        else f"{len(differing)} of {len(checked)} checked balances DIFFER from the exchange (see v_discrepancies)"
+    )
+    title = (
+        "\nBalances per trade account (v_balances, computed from the ledger) beside the exchange's latest"
+        f" account_balances/ snapshot (v_balance_checks): {verdict}:\n"
+    )
+    return title + format_table(BALANCE_COLUMNS, display_rows(BALANCE_COLUMNS, rows))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -127,6 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from tracker.runtime.demo import DEFAULT_RATE, run_demo
     from tracker.store import migrate
+    from tracker.store.demo_queries import balance_summary
     from tracker.store.engine import open_engine
     from tracker.store.projection_schema import VIEWS
     from tracker.store.reports import ReportFilter, read_report
@@ -165,6 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         query = select(*(orders.c[name] for name in columns)).where(orders.c.status == "open")
         with engine.connect() as conn:
             open_rows = [tuple(row) for row in conn.execute(query.order_by(orders.c.created_at.desc()))]
+        balances = balance_summary(engine, result.account) if result.account is not None else []
     finally:
         engine.dispose()
     from tracker.cli.audit import write_audit
@@ -172,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     audit = Path(db).with_name("tracker-demo-audit.html")
     write_audit(url, audit)
     out.write(f"Audit report (open it in a browser; `tracker audit` makes one of any database): {audit}\n")
-    print_report(out, db, result, fees.columns, fees.rows, columns, open_rows)
+    print_report(out, db, result, fees.columns, fees.rows, columns, open_rows, balances)
     return 0 if result.verified is not None else 1
 
 
@@ -184,6 +206,7 @@ def print_report(
     fee_rows: list[tuple[Any, ...]],
     order_columns: tuple[str, ...],
     open_rows: list[tuple[Any, ...]],
+    balances: list[tuple[Any, ...]] = (),  # type: ignore[assignment]
 ) -> None:
     out.write("\nFees per day and market (v_fees_daily):\n")
     out.write(format_table(fee_columns, display_rows(fee_columns, fee_rows)))
@@ -191,6 +214,8 @@ def print_report(
     more = f", newest {len(shown)} shown" if len(open_rows) > len(shown) else ""
     out.write(f"\nOpen orders (v_orders where status = 'open'; {len(open_rows)} in all{more}):\n")
     out.write(format_table(order_columns, display_rows(order_columns, shown)))
+    if balances:
+        out.write(format_balances(balances))
     out.write("\nTry some SQL:\n")
     for example in sql_examples(db):
         out.write(f"  {example}\n")

@@ -28,7 +28,7 @@ The shapes (docs/fake.md, /tmp/spec-ledger.md; confidence in brackets):
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Mapping, Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -77,16 +77,32 @@ class Movements:
         self._request_id = 3_100_000 + self.rng.randint(0, 999)
         self._requests: list[tuple[TradeAccount, WithdrawalRequest]] = []  # not yet final
         self._stakes: list[Stake] = []
+        self._funded = False  # continue_books: an earlier run's balances, no opening deposits
         currencies = state.currencies()
         self.crypto = [c for c in currencies if c not in FIAT]
         self.fiat = [c for c in currencies if c in FIAT]
         self.spot = [m for m in state.markets if not m.perp]
         self.deposit_addresses = {c: self._address(c) for c in self.crypto}  # the main account's, one per currency
 
+    def continue_books(self, balances: Mapping[str, Mapping[str, Decimal]], *, request_id_after: int = 0) -> None:
+        """Continue an earlier run's books (the demo on an existing database): each trade account starts from the
+        balances that run left (``{trade account: {currency: balance}}``) instead of being funded afresh, and
+        withdrawal request ids move past ``request_id_after``. The balances stay the sum of the whole ledger: the
+        earlier rows are in the tracker's log, this run's rows add to them."""
+        for tai, books in balances.items():
+            account = self.state.accounts.get(tai)
+            if account is None:
+                continue
+            for c, amount in books.items():
+                if c in account.balances:
+                    account.balances[c] = amount
+        self._funded = True
+        self._request_id = max(self._request_id, request_id_after + 1)
+
     # ------------------------------------------------------------------ around a step
     def before_step(self) -> None:
         self.step_no += 1
-        if self.step_no == 1:
+        if self.step_no == 1 and not self._funded:
             self._fund()
         main = self.state.main
         for c in self.state.currencies():

@@ -66,6 +66,7 @@ class DemoResult:
 def _baseline(engine: Engine) -> LogBaseline:
     """The log head, the fills so far and the largest ids in the log (for ``_continue_ids``); refuses a database
     that holds another account than the demo's."""
+    ProjectionStore(engine).catch_up(EventLog(engine))  # the balances an earlier run left (continue_books)
     base = log_baseline(engine, str(DEMO_USER_ID), PERP_ID_FLOOR)
     if base.other_account is not None:
         raise TrackerError(
@@ -83,6 +84,8 @@ def _continue_ids(fx: FakeExchange, base: LogBaseline) -> None:
         transaction=base.max_trade,
         position_offset=base.head,  # any run-unique offset will do
     )
+    if base.balances:  # an earlier run's books: this run's movements add to them (v_balance_checks stays exact)
+        fx.model.movements.continue_books(base.balances, request_id_after=base.max_request)
 
 
 def _counts(engine: Engine, base: LogBaseline) -> DemoCounts:
@@ -179,6 +182,7 @@ async def run_demo(
             api_url=fx.api_url,
             ws_url=fx.ws_url,
             markets=fx.markets,
+            subaccounts=fx.subaccounts,
             origins={},
         )
         stop = trio.Event()
@@ -214,6 +218,8 @@ async def run_demo(
             fx.resume_delivery()
             assert services is not None
             await _settle(engine, base, services, db)
+            if services.ledger is not None:  # the demo ends with each trade account's balances checked now
+                await services.ledger.reconcile()
             stop.set()  # run_tracker closes its connections losslessly, commits everything and returns
     seconds = time.monotonic() - started
     await trio.to_thread.run_sync(ProjectionStore(engine).catch_up, event_log, limiter=db)
