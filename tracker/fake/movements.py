@@ -28,7 +28,7 @@ The shapes (docs/fake.md, /tmp/spec-ledger.md; confidence in brackets):
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
