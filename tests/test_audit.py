@@ -70,8 +70,11 @@ def test_the_ledger_views_are_shown_when_present(db: str, tmp_path: Path) -> Non
     out = tmp_path / "report.html"
     data = write_audit(db, out)
     assert data.balances.series is not None and data.balances.checks is not None
-    # v_balances is the balance now (one row per trade account and currency): its day is the latest leg's, exact.
-    assert [(str(r[2]), r[3]) for r in data.balances.series.rows] == [("2026-11-30", Decimal("99.00000001"))]
+    # The series is the last balance_after of each UTC day (v_ledger), exact.
+    assert [(str(r[2]), r[3]) for r in data.balances.series.rows] == [
+        ("2026-11-29", Decimal("100.30")),
+        ("2026-11-30", Decimal("99.00000001")),
+    ]
     html = out.read_text(encoding="utf-8")
     assert '<span class="bad" data-figure="balance-differences">1</span>' in html
     assert "-0.00000001" in html and "99.00000001" in html

@@ -283,7 +283,7 @@ def balances_html(balances: Balances) -> str:
     snapshots = _balance_points(balances.checks, "snapshot_at", "exchange_total")
     chart = (
         _figure(charts.balance_lines("Balance per sub-account and currency", computed, snapshots),
-                "computed (v_balances, last balance of each UTC day) and exchange snapshots (v_balance_checks)")
+                "computed (v_ledger balance_after, last of each UTC day) and exchange snapshots (v_balance_checks)")
         if computed or snapshots
         else ""
     )  # fmt: skip

@@ -9,7 +9,7 @@ bare ``sqlite3`` shell, write ``decimal_sum`` for ``sum`` to get the same digits
 The period is whole UTC days (``Period``): times compare against midnight bounds, days (``v_fees_daily.day``) against
 the day text, so the daily table, the fill count and the lists agree on what is inside.
 
-Optional views are detected with the inspector, never assumed: ``v_balances`` and ``v_balance_checks`` (the ledger,
+Optional views are detected with the inspector, never assumed: ``v_ledger`` and ``v_balance_checks`` (the ledger,
 added by a later migration) and extra columns of ``v_discrepancies`` (``note``, ``acknowledged_at``).
 """
 
@@ -63,7 +63,7 @@ from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.schema import UtcDateTime, event_log
 
 CHAIN_PAGE: Final = 5000
-LEDGER_VIEWS: Final = ("v_balances", "v_balance_checks")
+LEDGER_VIEWS: Final = ("v_ledger", "v_balance_checks")
 TRACKER_EVENTS: Final = tuple(sorted(te.TRACKER_EVENTS))
 
 
@@ -289,33 +289,35 @@ def _reflect(conn: Connection, name: str) -> Table:
 
 
 def balances(engine: Engine, period: Period) -> Balances:
-    """The computed balance per (sub-account, currency) at the end of each UTC day, and every snapshot check."""
+    """The computed balance per (sub-account, currency) at the end of each UTC day (the ``balance_after`` of the day's
+    last ledger leg, v_ledger), and every snapshot check (v_balance_checks)."""
     with engine.connect() as conn:
         present = set(inspect(conn).get_view_names())
         missing = tuple(name for name in LEDGER_VIEWS if name not in present)
         if missing:
             return Balances(missing)
-        series_view, checks_view = _reflect(conn, "v_balances"), _reflect(conn, "v_balance_checks")
-        as_of = type_coerce(series_view.c.as_of, UtcDateTime())
+        legs, checks_view = _reflect(conn, "v_ledger"), _reflect(conn, "v_balance_checks")
+        as_of = type_coerce(legs.c.occurred_at, UtcDateTime())
         if conn.dialect.name == "postgresql":
-            day = func.to_char(func.timezone("UTC", series_view.c.as_of), "YYYY-MM-DD")
+            day = func.to_char(func.timezone("UTC", legs.c.occurred_at), "YYYY-MM-DD")
         else:
-            day = func.substr(series_view.c.as_of, 1, 10)
+            day = func.substr(legs.c.occurred_at, 1, 10)
         ranked = (
             select(
-                series_view.c.trade_account_id,
-                series_view.c.currency,
+                legs.c.trade_account_id,
+                legs.c.currency,
                 day.label("day"),
-                type_coerce(series_view.c.balance, Money()).label("balance"),
+                type_coerce(legs.c.balance_after, Money()).label("balance"),
                 as_of.label("as_of"),
                 func.row_number()
                 .over(
-                    partition_by=(series_view.c.trade_account_id, series_view.c.currency, day),
-                    order_by=series_view.c.as_of.desc(),
+                    partition_by=(legs.c.trade_account_id, legs.c.currency, day),
+                    order_by=(legs.c.seq.desc(), legs.c.leg.desc()),
                 )
                 .label("n"),
             )
-            .where(*_time_range(series_view.c.as_of, period))
+            .where(legs.c.currency.is_not(None), *_time_range(legs.c.occurred_at, period))
+            .where(*_account(legs.c.account, period))
             .subquery()
         )
         series = _table(
@@ -335,8 +337,9 @@ def balances(engine: Engine, period: Period) -> Balances:
                 type_coerce(c.exchange_total, Money()).label("exchange_total"),
                 type_coerce(c.computed_total, Money()).label("computed_total"),
                 type_coerce(c.difference, Money()).label("difference"),
+                c.status,
             )
-            .where(*_time_range(c.snapshot_at, period))
+            .where(*_time_range(c.snapshot_at, period), *_account(c.account, period))
             .order_by(c.snapshot_at, c.trade_account_id, c.currency),
             limit=LIST_LIMIT,
         )
