@@ -92,6 +92,12 @@ def test_the_report_renders_in_a_real_browser(demo_report: tuple[Path, Path]) ->
             verdict = page.locator('[data-figure="verify"]').inner_text()
             anchor = page.locator('[data-figure="anchor"]').inner_text()
             balances = page.locator('[data-figure="balances"]').inner_text()
+            shown_balances = {
+                (element.get_attribute("data-figure") or "").removeprefix("current-balance-"): Decimal(
+                    element.inner_text()
+                )
+                for element in page.locator('[data-figure^="current-balance-"]').all()
+            }
             shot = os.environ.get("TRACKER_SCREENSHOT_OUT")
             if shot:
                 page.screenshot(path=shot, full_page=False)
@@ -110,7 +116,14 @@ def test_the_report_renders_in_a_real_browser(demo_report: tuple[Path, Path]) ->
             for market, day_fees in conn.execute(text("SELECT market, fees FROM v_fees_daily")):
                 expected[market] = expected.get(market, Decimal(0)) + Decimal(day_fees)
             head, head_hash = conn.execute(text("SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1")).one()
+            books = {
+                f"{tai}-{currency}": Decimal(balance)
+                for tai, currency, balance in conn.execute(
+                    text("SELECT trade_account_id, currency, balance FROM v_balances")
+                )
+            }
     finally:
         engine.dispose()
     assert fees == expected
+    assert shown_balances == books and len(books) >= 3  # each balance of every trade account, exact
     assert anchor == f"{head}:{head_hash}"

@@ -288,7 +288,14 @@ def balances_html(balances: Balances) -> str:
         else ""
     )  # fmt: skip
     differing = sum(1 for d in balances.checks.column("difference") if decimal_of(d) != 0)
+    now = ""
+    if balances.current is not None:
+        figures = {
+            (r, 2): f"current-balance-{row[0]}-{row[1]}" for r, row in enumerate(balances.current.rows)
+        }  # the browser test reads each balance by this name
+        now = table_html(balances.current, "Each balance now, computed from the ledger (v_balances)", figures=figures)
     return (
+        f"{now}"
         f'<p data-figure="balances">{balances.checks.count} snapshot check(s), '
         f'<span class="{"bad" if differing else "ok"}" data-figure="balance-differences">{differing}</span> with a '
         f"difference.</p>{chart}{table_html(balances.checks, 'Every snapshot beside the computed balance')}"

@@ -117,6 +117,7 @@ class Balances:
     missing: tuple[str, ...]
     series: Table | None = None  # trade_account_id, currency, day, balance, as_of (the last balance of each day)
     checks: Table | None = None  # trade_account_id, currency, snapshot_at, exchange_total, computed_total, difference
+    current: Table | None = None  # v_balances: trade_account_id, currency, balance, as_of (the balance now)
 
 
 @dataclass(frozen=True, slots=True)

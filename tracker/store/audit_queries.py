@@ -9,7 +9,7 @@ bare ``sqlite3`` shell, write ``decimal_sum`` for ``sum`` to get the same digits
 The period is whole UTC days (``Period``): times compare against midnight bounds, days (``v_fees_daily.day``) against
 the day text, so the daily table, the fill count and the lists agree on what is inside.
 
-Optional views are detected with the inspector, never assumed: ``v_ledger`` and ``v_balance_checks`` (the ledger,
+Optional views are detected with the inspector, never assumed: ``v_ledger``, ``v_balances`` and ``v_balance_checks`` (the ledger,
 added by a later migration) and extra columns of ``v_discrepancies`` (``note``, ``acknowledged_at``).
 """
 
@@ -63,7 +63,7 @@ from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.schema import UtcDateTime, event_log
 
 CHAIN_PAGE: Final = 5000
-LEDGER_VIEWS: Final = ("v_ledger", "v_balance_checks")
+LEDGER_VIEWS: Final = ("v_ledger", "v_balances", "v_balance_checks")
 TRACKER_EVENTS: Final = tuple(sorted(te.TRACKER_EVENTS))
 
 
@@ -327,6 +327,19 @@ def balances(engine: Engine, period: Period) -> Balances:
             .order_by(ranked.c.trade_account_id, ranked.c.currency, ranked.c.day),
             limit=LIST_LIMIT * 4,
         )
+        books = _reflect(conn, "v_balances")
+        current = _table(
+            conn,
+            select(
+                books.c.trade_account_id,
+                books.c.currency,
+                type_coerce(books.c.balance, Money()).label("balance"),
+                type_coerce(books.c.as_of, UtcDateTime()).label("as_of"),
+            )
+            .where(*_account(books.c.account, period))
+            .order_by(books.c.trade_account_id, books.c.currency),
+            limit=LIST_LIMIT,
+        )
         c = checks_view.c
         checks = _table(
             conn,
@@ -343,7 +356,7 @@ def balances(engine: Engine, period: Period) -> Balances:
             .order_by(c.snapshot_at, c.trade_account_id, c.currency),
             limit=LIST_LIMIT,
         )
-    return Balances((), series, checks)
+    return Balances((), series, checks, current)
 
 
 # -- discrepancies ---------------------------------------------------------------------------------------------------
