@@ -278,6 +278,28 @@ def _d(value: Any) -> str | None:
     return None if value is None else format_decimal(Decimal(str(value)))
 
 
+def fake_balances(truth: dict[str, Any]) -> dict[tuple[str, str], Decimal]:
+    """The fake's balance of every trade account and currency (its books: the truth's ``accounts``)."""
+    return {
+        (str(tai), str(currency)): Decimal(str(amount))
+        for tai, account in truth["accounts"].items()
+        for currency, amount in account["balances"].items()
+    }
+
+
+def balance_gaps(engine: Engine, books: dict[tuple[str, str], Decimal]) -> dict[tuple[str, str], Any]:
+    """``{(trade account, currency): (v_balances, the fake's)}`` where they differ (a missing balance counts as 0)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT trade_account_id, currency, balance FROM v_balances")).all()
+    mine = {(str(t), str(c)): Decimal(str(b)) for t, c, b in rows}
+    zero = Decimal(0)
+    return {
+        k: (mine.get(k, zero), books.get(k, zero))
+        for k in set(mine) | set(books)
+        if mine.get(k, zero) != books.get(k, zero)
+    }
+
+
 def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport) -> None:
     with engine.connect() as conn:
         fills = {
@@ -298,6 +320,10 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
         ws_total, ws_distinct = conn.execute(
             select(func.count(), func.count(event_log.c.payload.distinct())).where(event_log.c.source == "ws")
         ).one()
+        checks = conn.execute(
+            text("SELECT trade_account_id, currency, snapshot_seq, difference FROM v_balance_checks")
+        ).all()
+        unchecked = conn.execute(text("SELECT count(*) FROM v_balance_checks WHERE status = 'agrees'")).scalar_one()
         report.quarantined = int(conn.execute(text("SELECT count(*) FROM quarantine")).scalar_one())
     report.log_entries, report.ws_entries = int(total), int(ws_total)
     want_fills = {f["trade_id"]: (_d(f["amount"]), _d(f["price"]), _d(f["fee"])) for f in truth["fills"]}
@@ -339,6 +365,9 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
                 if days.get(k) != want_days.get(k)
             ],
         )
+        + problem("balances that differ from the fake's", sorted(balance_gaps(engine, fake_balances(truth)).items()))
+        + problem("balance snapshots that differ from the ledger", [c for c in checks if Decimal(str(c[3])) != 0])
+        + problem("no balance snapshot agreed", [] if unchecked else ["v_balance_checks"])
     )
 
 
@@ -430,6 +459,9 @@ async def soak(
                 burst = {e.text for e in await fx.generate_frames(200) if e.channel in channels}
                 probe = Probe(engine)
                 await poll("caught up", lambda: probe.caught_up(burst), within=180, proc=proc)
+                # The ledger capture walks every few seconds (TRACKER_LEDGER_INTERVAL): wait for its last rows.
+                books = fake_balances(fx.truth())
+                await poll("balances caught up", lambda: balance_gaps(engine, books) == {}, within=60, proc=proc)
                 proc.send_signal(signal.SIGINT)
                 with trio.fail_after(60):
                     report.exit_code = await proc.wait()
