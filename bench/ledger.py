@@ -11,8 +11,8 @@
    exchange and the HTTP client alone), so the ratio is what the log costs.
 2. **Balances.** A SQLite log of ledger rows with two legs each (an amount and a fee) until ``--legs`` legs, folded
    by the real projector; then ``SELECT * FROM v_balances`` timed (target <= 1 s, issue 15), beside the raw
-   ``sqlite3`` baseline of counting the legs per trade account and currency (the scan it does not do), and ``v_balance_checks`` and a one-currency
-   ``v_ledger`` page.
+   ``sqlite3`` baseline of counting the legs per trade account and currency (the scan it does not do), and
+   ``v_balance_checks`` and a one-currency ``v_ledger`` page.
 """
 
 from __future__ import annotations
