@@ -9,10 +9,11 @@
    (``ceil(rows / 999) + 1``: ``since_id`` is inclusive, so a page of 1000 brings 999 new rows, and the last page
    proves the end). Baseline in the same process: the same pages fetched and parsed with nothing appended (the
    exchange and the HTTP client alone), so the ratio is what the log costs.
-2. **Balances.** A SQLite log of ledger rows with two legs each (an amount and a fee) until ``--legs`` legs, folded
-   by the real projector; then ``SELECT * FROM v_balances`` timed (target <= 1 s, issue 15), beside the raw
-   ``sqlite3`` baseline of counting the legs per trade account and currency (the scan it does not do), and
-   ``v_balance_checks`` and a one-currency ``v_ledger`` page.
+2. **Balances.** A SQLite log of ledger rows (an active trading account's mix: trades with three legs, 2 %
+   deposits and withdrawals) until ``--legs`` legs, folded by the real projector; then ``SELECT * FROM v_balances``
+   timed (target <= 1 s, issue 15), beside the raw ``sqlite3`` baseline of counting the legs per trade account and
+   currency (the scan it does not do), and ``v_balance_checks``, ``v_transfers`` and a one-currency ``v_ledger``
+   page.
 """
 
 from __future__ import annotations
@@ -117,26 +118,48 @@ async def walk(rows: int) -> dict[str, float]:
 # -- 2. balances over a million legs -----------------------------------------------------------------------------
 
 
+def _row(i: int, rng: random.Random, at: datetime) -> tuple[dict[str, Any], dict[str, Decimal]]:
+    """Ledger row ``i``: mostly trades (a base leg, a quote leg and a fee leg), every 50th a deposit and every 50th
+    (offset 25) a withdrawal with a fee (an active trading account's mix); its ``user_transactions`` row and the
+    balance change it makes."""
+    text = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if i % 50 in (0, 25):
+        currency = ("btc", "eth", "usd", "eur")[rng.randrange(4)]
+        amount = Decimal(rng.randint(10**6, 10**9)).scaleb(-6)
+        fee = Decimal(rng.randint(0, 1000)).scaleb(-6) if i % 50 == 25 else Decimal(0)
+        signed = amount if i % 50 == 0 else -amount
+        row = {"id": i, "datetime": text, "type": "0" if signed > 0 else "1", currency: f"{signed}", "fee": f"{fee}"}
+        return row, {currency: signed - fee}
+    base, quote = ("btc", "usd") if i % 2 else ("eth", "eur")
+    amount = Decimal(rng.randint(1, 10**6)).scaleb(-8)
+    price = Decimal(rng.randint(10**5, 10**7)).scaleb(-2)
+    value = (amount * price).quantize(Decimal("0.01"))
+    fee = (value * Decimal("0.003")).quantize(Decimal("0.01"))
+    sign = 1 if rng.random() < 0.5 else -1
+    row = {"id": i, "datetime": text, "type": "2", base: f"{amount * sign}", quote: f"{-value * sign}",
+           f"{base}_{quote}": f"{price}", "fee": f"{fee}", "order_id": 10**9 + i}  # fmt: skip
+    return row, {base: amount * sign, quote: -value * sign - fee}
+
+
 def ledger_log(url: str, legs: int, seed: int) -> int:
-    """A log of ledger rows with two legs each (amount and fee) over 3 trade accounts and 4 currencies, plus a balance
+    """A log of ledger rows (``_row``: about 2.97 legs each) over 3 trade accounts until ``legs`` legs, plus a balance
     snapshot per trade account every 50,000 rows; folded by the real projector. Returns the ledger rows."""
     rng = random.Random(seed)
     engine = open_engine(url)
     log = EventLog(engine)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = legs // 2
     batch: list[NewEntry] = []
     balances: dict[tuple[str, str], Decimal] = {}
+    made = i = 0
     try:
-        for i in range(1, rows + 1):
+        while made < legs:
+            i += 1
             tai = ("0", "1001", "1002")[i % 3]
-            currency = ("btc", "eth", "usd", "eur")[rng.randrange(4)]
-            amount = Decimal(rng.randint(1, 10**8)).scaleb(-6)
-            fee = Decimal(rng.randint(1, 1000)).scaleb(-6)
             at = t0 + timedelta(seconds=i)
-            row = {"id": i, "datetime": at.strftime("%Y-%m-%d %H:%M:%S.%f"), "type": "0", currency: f"{amount}",
-                   "fee": f"{fee}"}  # fmt: skip
-            balances[(tai, currency)] = balances.get((tai, currency), Decimal(0)) + amount - fee
+            row, moves = _row(i, rng, at)
+            made += len(moves) + (1 if Decimal(str(row["fee"])) > 0 and row["type"] == "2" else 0)
+            for currency, change in moves.items():
+                balances[(tai, currency)] = balances.get((tai, currency), Decimal(0)) + change
             entry = le.entry_from_ledger_row(row, account="bench", trade_account_id=tai, received_at=at)
             assert isinstance(entry, NewEntry)
             batch.append(entry)
@@ -157,10 +180,10 @@ def ledger_log(url: str, legs: int, seed: int) -> int:
             log.append(batch)
         started = time.perf_counter()
         ProjectionStore(engine).catch_up(log)
-        print(f"  folded {rows:,} ledger rows ({rows * 2:,} legs) in {time.perf_counter() - started:.1f} s")
+        print(f"  folded {i:,} ledger rows (~{made:,} legs) in {time.perf_counter() - started:.1f} s")
     finally:
         engine.dispose()
-    return rows
+    return i
 
 
 def timed(conn: sqlite3.Connection, sql: str, repeat: int = 5) -> tuple[float, int]:
@@ -185,6 +208,8 @@ def balances(legs: int) -> dict[str, float]:
             v_balances, n = timed(conn, "SELECT * FROM v_balances")
             baseline, _ = timed(conn, "SELECT trade_account_id, currency, count(*) FROM proj_ledger_legs GROUP BY 1, 2")
             checks, n_checks = timed(conn, "SELECT * FROM v_balance_checks")
+            differing = conn.execute("SELECT count(*) FROM v_balance_checks WHERE status != 'agrees'").fetchone()[0]
+            transfers, n_transfers = timed(conn, "SELECT * FROM v_transfers", repeat=2)
             one = "trade_account_id = '1001' AND currency = 'btc'"
             page, _ = timed(conn, f"SELECT * FROM v_ledger WHERE {one} ORDER BY seq DESC LIMIT 100")
         finally:
@@ -192,7 +217,8 @@ def balances(legs: int) -> dict[str, float]:
     print(f"  v_ledger rows                  : {n_legs:,}")
     print(f"  SELECT * FROM v_balances       : {v_balances * 1000:8.2f} ms ({n} rows; target <= 1000 ms)")
     print(f"  baseline: legs counted per key : {baseline * 1000:8.2f} ms (the scan a sum over legs would need)")
-    print(f"  SELECT * FROM v_balance_checks : {checks * 1000:8.2f} ms ({n_checks} rows)")
+    print(f"  SELECT * FROM v_balance_checks : {checks * 1000:8.2f} ms ({n_checks} rows, {differing} differ)")
+    print(f"  SELECT * FROM v_transfers      : {transfers * 1000:8.2f} ms ({n_transfers:,} rows)")
     print(f"  v_ledger, one currency, 100    : {page * 1000:8.2f} ms")
     return {"legs": n_legs, "v_balances_s": v_balances, "count_legs_s": baseline, "checks_s": checks}
 
