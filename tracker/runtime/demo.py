@@ -6,8 +6,12 @@ server-requested reconnect (make-before-break), an abrupt TCP drop, and a short 
 
 A second run continues the same database. The fake starts a fresh account model each time, so its order, trade and
 position id counters are moved past the largest ids already in the log (``_continue_ids``); otherwise a new order
-could reuse an old order's id and show up as a conflict in the quarantine. The seed defaults to the log head, so
-every run differs. Orders left open by an earlier run stay open in the views: that fake is gone.
+could reuse an old order's id and show up as a conflict in the quarantine. Its books continue too: each trade
+account starts from the balances the earlier runs left in ``v_balances`` (``Movements.continue_books``), with its
+withdrawal request ids after theirs, so the exchange's ``account_balances/`` still equal the sum of the whole logged
+ledger. The demo tracks the fake's sub-accounts and ends with a balance snapshot of each trade account. The seed
+defaults to the log head, so every run differs. Orders left open by an earlier run stay open in the views: that fake
+is gone.
 """
 
 from __future__ import annotations
