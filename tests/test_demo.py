@@ -74,6 +74,11 @@ def test_demo_twice_continues_the_database(tmp_path: Path, capsys: pytest.Captur
     assert start2 == head1 + 1 and head2 > head1  # continued, not started over
     assert int(second[3].replace(",", "")) == head2
     assert "\nFees per day and market (v_fees_daily):\n" + fee_report(db) in out2
+    # Both runs end with every balance of the three trade accounts checked against the exchange, and agreeing: the
+    # second run's fake continued the first run's books.
+    for out in (out1, out2):
+        assert "all 9 checked balances agree with the exchange" in out, out
+
 
     engine = open_engine(f"sqlite:///{db}", write=False)
     try:
@@ -81,6 +86,10 @@ def test_demo_twice_continues_the_database(tmp_path: Path, capsys: pytest.Captur
         assert log.head() == head2
         # The fake's ids were moved past the first run's, so no order or trade id clashed (no conflicts).
         assert [row for row in log.quarantined() if row.kind == "conflict"] == []
+        with engine.connect() as conn:
+            statuses = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT status FROM v_balance_checks")}
+            accounts = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT trade_account_id FROM v_balances")}
+        assert statuses == {"agrees"} and accounts == {"0", "1001", "1002"}
     finally:
         engine.dispose()
     assert main(["verify", "--db-url", f"sqlite:///{db}"]) == 0
