@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from collections.abc import Sequence
 from typing import Any
 
 from tracker.bitstamp.ledger_channels import ledger_channel
