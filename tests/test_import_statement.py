@@ -24,7 +24,10 @@ from ledger_helpers import log_of_legs
 from sqlalchemy import select
 from test_export import ACCOUNT, GOLDEN, LEGS, entries, leg, trade
 
+from tracker.bitstamp.parse import parse_entry
 from tracker.cli import main
+from tracker.domain.events import StatementRow
+from tracker.domain.log import LogRecord, NewEntry
 from tracker.export import bitstamp_csv
 from tracker.export.formats import render, table
 from tracker.export.ledger import LedgerLeg, group_entries
@@ -33,8 +36,9 @@ from tracker.export.statement_match import DIFFERS, MISSING, match, plan
 from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
-from tracker.store.projection_schema import VIEWS
+from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS
 from tracker.store.projections import ProjectionStore
+from tracker.store.schema import quarantine
 
 NOW = datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
 
@@ -175,6 +179,22 @@ def test_the_statement_rows_are_facts_with_stable_keys() -> None:
     assert '"Fee":"15"' in fact.payload and '"Log seq":"12"' in fact.payload
 
 
+def test_a_statement_row_is_a_known_event_that_builds_no_legs() -> None:
+    statement = parse_statement(render(table("bitstamp-legacy", entries())))
+    facts = plan(statement, entries(), account=ACCOUNT, names={}, known={}, received_at=NOW).facts
+    events = [parse_entry(_record(seq, fact)) for seq, fact in enumerate(facts, start=1)]
+    assert all(isinstance(e, StatementRow) and e.statement_format == "bitstamp-legacy" for e in events)
+    rows = {(e.trade_account_id, e.row_id) for e in events if isinstance(e, StatementRow)}
+    assert ("1234", "1003") in rows and ("0", "1002") in rows
+    odd = _record(1, dataclasses.replace(facts[0], channel="statement/csv"))
+    assert "unknown channel" in getattr(parse_entry(odd), "reason", "")  # anything else stays Unknown, counted
+
+
+def _record(seq: int, fact: NewEntry) -> LogRecord:
+    values = {name: getattr(fact, name) for name in LogRecord._fields if hasattr(fact, name)}
+    return LogRecord(seq=seq, **values)
+
+
 # --- the command, on both backends -------------------------------------------------------------------------------
 
 
@@ -275,6 +295,26 @@ def test_export_then_import_statement(db_url: str, tmp_path: Path, capsys: pytes
     assert main(["import-statement", str(out), "--db-url", db_url, "--user", ACCOUNT]) == 0
     assert "1 resolved" in capsys.readouterr().out
     assert _discrepancies(db_url) == {f"{DIFFERS}:0:1002": "resolved", f"{MISSING}:0:9999": "open"}
+
+
+def test_an_imported_statement_is_neither_unknown_nor_quarantined(db_url: str, tmp_path: Path) -> None:
+    _prepared(db_url)
+    for fmt in ("bitstamp", "bitstamp-legacy"):
+        out = tmp_path / f"{fmt}.csv"
+        assert main(["export", "--db-url", db_url, "--format", fmt, "--out", str(out)]) == 0
+        assert main(["import-statement", str(out), "--db-url", db_url]) == 0
+    engine = open_engine(db_url)
+    try:
+        counters = PROJECTION_TABLES["counters"]
+        with engine.connect() as conn:
+            names = set(conn.execute(select(counters.c.name)).scalars())
+            held = conn.execute(select(quarantine.c.id)).all()
+            legs = conn.execute(select(VIEWS["v_ledger"].c.source).distinct()).scalars().all()
+        assert _head(db_url) > len(log_of_legs(LEGS)) + len(FOLDED)  # both statements are in the log
+    finally:
+        engine.dispose()
+    assert not {n for n in names if n.startswith("unknown")} and held == []
+    assert legs == ["rest"]  # a statement adds no legs
 
 
 def test_import_statement_errors_are_one_line(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,7 @@ from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.projections import ProjectionStore
 from tracker.store.schema import BigInt, UtcDateTime, event_log
 
-ledger_metadata = MetaData()  # descriptions of views, never created by the application (tests create look-alikes)
+ledger_metadata = MetaData()  # descriptions of views (migration 0006 creates them), never created from here
 
 
 def _text(*names: str) -> list[Column[Any]]:
