@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from tracker.bitstamp.ledger_channels import ledger_channel
 from tracker.bitstamp.wire import dumps_canonical, sha256_text
 from tracker.domain.log import NewEntry
+from tracker.domain.tracker_events import CONNECTED, tracker_entry
+from tracker.export.ledger import LedgerLeg
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -127,3 +130,57 @@ def sample_ledger(account: str = "acc") -> list[NewEntry]:
         balances_entry(main, account=account, received_at=later),
         balances_entry(sub, account=account, tai="1234", received_at=later),
     ]
+
+
+def log_of_legs(legs: Sequence[LedgerLeg], *, first_seq: int = 1) -> list[NewEntry]:
+    """Log entries whose fold gives back ``legs`` (``v_ledger`` rows written by hand, e.g. ``test_export.LEGS``):
+    one ``rest_ledger_row`` per entry, appended so that it gets the entry's seq (the log's first entry has
+    ``first_seq``), a crypto row of the same currency, amount and time for each deposit or withdrawal with a txid
+    (``v_transfers`` matches it: the leg's txid), and ``connected`` lifecycle entries filling the seqs between.
+
+    The rows are what Bitstamp sends (amounts as text, the pair-rate key for a leg with a market), so the fold decides
+    what it always decides: a fee's currency when the row does not say it (two assets and no pair, or no amount at
+    all) is unknown, and the amount legs come in the fold's key order (the pair first, then sorted)."""
+    entries: dict[tuple[str, str], list[LedgerLeg]] = {}
+    for leg in legs:
+        entries.setdefault((leg.trade_account_id, leg.entry_id), []).append(leg)
+    ordered = sorted(entries.values(), key=lambda parts: parts[0].seq)
+    crypto: list[NewEntry] = []
+    out: list[NewEntry] = []
+    for parts in ordered:
+        first = parts[0]
+        account = first.account
+        row: dict[str, Any] = {
+            "id": int(first.entry_id),
+            "datetime": first.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "type": str(first.type_code),
+        }
+        amounts = [leg for leg in parts if leg.leg == "amount"]
+        for leg in amounts:
+            row[str(leg.currency)] = f"{leg.amount:f}"
+        if first.market is not None and first.rate is not None:
+            base = next(str(leg.currency) for leg in amounts if first.market.startswith(str(leg.currency)))
+            row[f"{base}_{first.market[len(base) :]}"] = f"{first.rate:f}"
+        fee = next((leg.fee for leg in parts if leg.leg == "fee"), None)
+        if fee is not None:
+            row["fee"] = f"{fee:f}"
+        if first.order_id is not None:
+            row["order_id"] = int(first.order_id)
+        while len(out) + first_seq < first.seq:
+            filler = len(out) + first_seq
+            out.append(
+                crypto.pop(0)
+                if crypto
+                else tracker_entry(account=account, event=CONNECTED, data={}, received_at=T0, uid=f"filler-{filler}")
+            )
+        if len(out) + first_seq != first.seq:
+            raise ValueError(f"entry {first.entry_id} at seq {first.seq}: the seqs of the legs are not increasing")
+        out.append(ledger_entry(row, account=account, tai=first.trade_account_id, received_at=first.occurred_at))
+        for leg in amounts:
+            if leg.txid is not None:
+                moved = {"currency": str(leg.currency).upper(), "network": "bitcoin", "txid": leg.txid}
+                moved |= {"destinationAddress": f"addr-{leg.txid}", "amount": abs(leg.amount)}
+                moved["datetime"] = int(leg.occurred_at.timestamp())
+                lists = "deposits" if str(leg.type_code) == "0" else "withdrawals"
+                crypto.append(crypto_entry(moved, lists, account=account, received_at=leg.occurred_at))
+    return out + crypto

@@ -38,10 +38,17 @@ pytestmark = pytest.mark.timeout(120)
 
 EXIT_CODES = {0, 1, 2, 3}  # README "When something is wrong"; 1 is a normal "no" (verify, reconcile, db current)
 SKELETONS: dict[str, list[list[str]]] = {
-    "report": [["fees"], ["positions"], ["fills"]],
+    "report": [["fees"], ["positions"], ["fills"], ["ledger"], ["balances"]],
     "db downgrade": [["base"], ["0001"]],
     "db upgrade": [[], ["head"]],
+    "export": [["--format", "koinly"], ["--format", "bitstamp-legacy"], []],  # --format is required
+    # a readable statement, the database itself (binary), a directory, nothing there
+    "import-statement": [["statement.csv"], ["tracker.db"], ["dir"], ["absent.csv"]],
 }
+STATEMENT = (  # a new-format statement of one deposit (tests/test_import_statement.py has the format's rules)
+    "ID,Account,Type,Subtype,Datetime,Amount,Amount currency,Value,Value currency,Rate,Rate currency,Fee,"
+    "Fee currency,Order ID\n1,Main Account,Deposit,,2024-01-05T15:04:05Z,1.5,BTC,,,,,,,\n"
+)
 EXAMPLES_PER_COMMAND = 60
 FAKE_KEY, FAKE_SECRET = "hostilekey123", "hostilesecret123"
 
@@ -129,6 +136,10 @@ def value_for(action: argparse.Action) -> st.SearchStrategy[str]:
         return PORTS
     if dest in ("db", "truth_out"):
         return PATHS
+    if dest == "out":  # hostile places to write, never over the sandbox's tracker.db or statement.csv
+        return st.one_of(
+            st.sampled_from(["", ".", "/", "..", "dir", "dir/", "/nonexistent-h14/x.csv", "out.csv"]), NAME
+        )
     return st.one_of(NUMBERS, JUNK, PATHS)
 
 
@@ -172,6 +183,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("hostile")
     (root / "dir").mkdir()
     upgrade(f"sqlite:///{root / 'tracker.db'}")
+    (root / "statement.csv").write_text(STATEMENT, encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         for name in list(os.environ):
@@ -207,7 +219,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_every_command_is_enumerated() -> None:
     names = {command_name(p) for p in leaf_commands()}
     assert {"run", "demo", "status", "report", "reconcile", "verify", "rebuild", "config show"} <= names
-    assert {"db upgrade", "db downgrade", "db current", "fake-exchange"} <= names
+    assert {"db upgrade", "db downgrade", "db current", "fake-exchange", "export", "import-statement"} <= names
     assert set(SKELETONS) <= names, "a skeleton for a command that no longer exists"
 
 

@@ -1,7 +1,8 @@
 """``tracker report`` for the ledger kinds (ledger, balances, transfers, settlements, self-trades, liquidations,
 discrepancies): filters by trade account and time, exact values, and the older kinds unchanged beside them.
 
-The ledger views are look-alike tables with the contract's columns until their migration lands (created here).
+The ledger is ``test_export.LEGS`` appended as Bitstamp's rows and projected by the real fold (``_prepared``): every
+ledger view is the real one, and the expectations are what that fold gives (``FOLDED``).
 Rules: local databases only; no network.
 """
 
@@ -15,39 +16,48 @@ from decimal import Decimal
 
 import pytest
 from test_export import LEGS
-from test_import_statement import _prepared
+from test_import_statement import FOLDED, _prepared
 
 from tracker.cli import main
 from tracker.store.engine import open_engine
-from tracker.store.ledger_queries import LEDGER_VIEWS, LedgerFilter, ledger_metadata, read_ledger_report, read_legs
+from tracker.store.ledger_queries import LedgerFilter, read_ledger_report, read_legs
 
 
 def _csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def _with_balances(url: str) -> None:
-    _prepared(url)
-    engine = open_engine(url)
-    try:
-        ledger_metadata.create_all(engine, tables=[LEDGER_VIEWS["v_balances"], LEDGER_VIEWS["v_transfers"]])
-        with engine.begin() as conn:
-            conn.execute(LEDGER_VIEWS["v_balances"].insert(), [
-                {"account": "314159", "trade_account_id": "0", "currency": "btc", "balance": Decimal("1.3995"),
-                 "as_of": datetime(2024, 1, 5, 16, tzinfo=UTC), "last_entry_id": "1022", "entries": 9, "last_seq": 31},
-                {"account": "314159", "trade_account_id": "1234", "currency": "eth", "balance": Decimal("-1.99877"),
-                 "as_of": datetime(2024, 1, 5, 16, tzinfo=UTC), "last_entry_id": "1009", "entries": 4, "last_seq": 18},
-            ])  # fmt: skip
-    finally:
-        engine.dispose()
+def _final_balances(tai: str) -> list[tuple[str, str]]:
+    """(currency, balance) of trade account ``tai`` after the last leg, from ``FOLDED``'s running balances."""
+    last: dict[str, Decimal] = {}
+    for part in FOLDED:
+        if part.trade_account_id == tai and part.currency is not None and part.balance_after is not None:
+            last[part.currency] = part.balance_after
+    return [(currency, f"{balance.normalize():f}") for currency, balance in sorted(last.items())]
+
+
+def _negative_balances() -> dict[str, tuple[str, str]]:
+    """The ``negative_balance`` discrepancies of ``FOLDED`` (docs/semantics.md): opened by the first leg that takes a
+    trade account's currency below zero, resolved when it is back at zero or more."""
+    opened: dict[tuple[str, str], str] = {}
+    out: dict[str, tuple[str, str]] = {}
+    for part in FOLDED:
+        if part.currency is None or part.balance_after is None:
+            continue
+        key = (part.trade_account_id, part.currency)
+        if part.balance_after < 0 and key not in opened:
+            opened[key] = f"negative_balance:{key[0]}:{key[1]}:{part.entry_id}"
+            out[opened[key]] = ("negative_balance", "open")
+        elif part.balance_after >= 0 and key in opened:
+            out[opened.pop(key)] = ("negative_balance", "resolved")
+    return out
 
 
 def test_legs_read_back_exactly(db_url: str) -> None:
     _prepared(db_url)
     engine = open_engine(db_url)
     try:
-        assert read_legs(engine, LedgerFilter()) == sorted(LEGS, key=lambda g: (g.seq, g.trade_account_id, g.entry_id,
-                                                                                g.leg))  # fmt: skip
+        assert read_legs(engine, LedgerFilter()) == FOLDED
         only = read_legs(engine, LedgerFilter(trade_account_id="1234", until=datetime(2024, 1, 5, 15, 21, tzinfo=UTC)))
         assert [g.entry_id for g in only] == ["1003", "1003", "1003", "1006", "1007"]
         assert read_legs(engine, LedgerFilter(account="someone else")) == []
@@ -70,9 +80,10 @@ def test_report_ledger_filters_by_trade_account(db_url: str, capsys: pytest.Capt
 
 
 def test_report_balances_now_and_at_a_moment(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _with_balances(db_url)
+    _prepared(db_url)
     assert main(["report", "balances", "--db-url", db_url, "--format", "csv", "--account", "1234"]) == 0
-    assert [(r["currency"], r["balance"]) for r in _csv(capsys.readouterr().out)] == [("eth", "-1.99877")]
+    balances = [(r["currency"], r["balance"]) for r in _csv(capsys.readouterr().out)]
+    assert balances == _final_balances("1234") == [("eth", "-1.99877"), ("usd", "6985")]
     # At a moment: the exact sum of the legs before it.
     assert main(["report", "balances", "--db-url", db_url, "--format", "csv", "--until", "2024-01-05T15:16"]) == 0
     rows = {(r["trade_account_id"], r["currency"]): r for r in _csv(capsys.readouterr().out)}
@@ -83,10 +94,17 @@ def test_report_balances_now_and_at_a_moment(db_url: str, capsys: pytest.Capture
 
 
 def test_report_kinds_over_the_older_views(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _with_balances(db_url)
-    for kind in ("transfers", "settlements", "self-trades", "liquidations", "discrepancies"):
+    _prepared(db_url)
+    for kind in ("settlements", "self-trades", "liquidations"):
         assert main(["report", kind, "--db-url", db_url, "--format", "csv"]) == 0, kind
-        assert capsys.readouterr().out.count("\n") == 1  # the header: nothing there yet
+        assert capsys.readouterr().out.count("\n") == 1  # the header: no WS events in this log
+    assert main(["report", "transfers", "--db-url", db_url, "--format", "csv"]) == 0
+    transfers = [(r["entry_id"], r["direction"], r["amount"], r["txid"]) for r in _csv(capsys.readouterr().out)]
+    moves = [g for g in FOLDED if g.type in ("deposit", "withdrawal") and g.leg == "amount"]
+    assert transfers == [(g.entry_id, g.type, f"{g.amount.normalize():f}", g.txid or "") for g in moves]
+    assert main(["report", "discrepancies", "--db-url", db_url, "--format", "csv"]) == 0
+    found = {r["id"]: (r["kind"], r["status"]) for r in _csv(capsys.readouterr().out)}
+    assert found == _negative_balances()  # the fold's own: this made-up ledger starts from nothing
     assert main(["report", "self-trades", "--db-url", db_url, "--account", "1234"]) == 0
     assert main(["report", "settlements", "--db-url", db_url, "--account", "0"]) == 2
     assert "no trade_account_id column" in capsys.readouterr().err
@@ -95,7 +113,7 @@ def test_report_kinds_over_the_older_views(db_url: str, capsys: pytest.CaptureFi
 
 
 def test_every_ledger_kind_reads(db_url: str) -> None:
-    _with_balances(db_url)
+    _prepared(db_url)
     engine = open_engine(db_url)
     try:
         for kind in ("ledger", "balances", "transfers", "settlements", "self-trades", "liquidations", "discrepancies"):
@@ -108,22 +126,20 @@ def test_every_ledger_kind_reads(db_url: str) -> None:
 def test_a_database_without_the_ledger_views_says_what_to_do(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sqlalchemy import inspect
-
     from tracker.errors import StoreError
     from tracker.store import migrate
     from tracker.store.ledger_queries import require_views
 
+    migrate.upgrade(sqlite_url, "0005_wire_fields_and_acks")  # before the ledger migration
+    assert main(["report", "ledger", "--db-url", sqlite_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "need 0006_ledger): run `tracker db upgrade`" in err
+    assert main(["export", "--format", "koinly", "--db-url", sqlite_url]) == 2
+    assert "run `tracker db upgrade`" in capsys.readouterr().err
     migrate.upgrade(sqlite_url)
     engine = open_engine(sqlite_url)
     try:
         with pytest.raises(StoreError, match="has no v_absent: run `tracker db upgrade`"):
             require_views(engine, "v_absent")
-        with engine.connect() as conn:
-            migrated = inspect(conn).has_table("v_ledger")
     finally:
         engine.dispose()
-    if not migrated:  # before the ledger migration: the commands say the same, in one line
-        assert main(["report", "ledger", "--db-url", sqlite_url]) == 2
-        assert "has no v_ledger: run `tracker db upgrade`" in capsys.readouterr().err
-        assert main(["export", "--format", "koinly", "--db-url", sqlite_url]) == 2

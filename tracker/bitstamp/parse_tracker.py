@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from tracker.bitstamp.ledger_channels import split_ledger_channel
 from tracker.bitstamp.parse_fields import Bad, id_text, obj_of, opt_text, unknown
 from tracker.bitstamp.wire import dumps_canonical, loads_exact
 from tracker.domain import tracker_events as te
@@ -16,6 +17,7 @@ from tracker.domain.events import (
     DomainEvent,
     GapDetected,
     Lifecycle,
+    StatementRow,
 )
 from tracker.domain.log import Parseable
 
@@ -26,8 +28,13 @@ LIFECYCLE_EVENTS: Final = frozenset(
 )  # fmt: skip
 
 
+STATEMENT_FORMATS: Final = frozenset({"bitstamp", "bitstamp-legacy"})
+
+
 def parse_tracker(entry: Parseable) -> DomainEvent:
     """The event of one tracker entry."""
+    if entry.event == te.STATEMENT_ROW:
+        return statement_row(entry)
     message = obj_of(loads_exact(entry.payload), "tracker payload")
     data = obj_of(message.get("data", {}), "data")
     event = entry.event
@@ -82,3 +89,20 @@ def parse_tracker(entry: Parseable) -> DomainEvent:
             by=opt_text(data, "by") or "",
         )
     return unknown(entry, f"unknown tracker event {event!r}")
+
+
+def statement_row(entry: Parseable) -> StatementRow:
+    """A statement row (``export/statement_match.fact``): channel ``[subaccount/<id>/]statement/<format>``, payload the
+    row as an object of header -> cell. Only its trade account, format and ID are read: it builds no legs."""
+    cells = obj_of(loads_exact(entry.payload), "statement row")
+    trade_account_id, endpoint = split_ledger_channel(entry.channel)
+    statement_format = endpoint.removeprefix("statement/")
+    if statement_format == endpoint or statement_format not in STATEMENT_FORMATS:
+        raise Bad(f"statement row from an unknown channel {entry.channel!r}")
+    return StatementRow(
+        seq=entry.seq,
+        account=entry.account,
+        trade_account_id=trade_account_id,
+        statement_format=statement_format,
+        row_id=id_text(cells, "ID"),
+    )

@@ -287,6 +287,21 @@ class WithdrawalRequest:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class StatementRow:
+    """One row of the user's own Bitstamp CSV statement (``tracker import-statement``, event ``statement_row``).
+
+    A witness compared with the ledger, never a ledger entry: it builds no legs (the same movement would count twice;
+    docs/export.md). The fold reads nothing from it; it is a known event so that it is not counted as unknown."""
+
+    seq: int
+    account: str
+    trade_account_id: str
+    statement_format: str  # "bitstamp" or "bitstamp-legacy" (the channel's)
+    row_id: str | None  # Bitstamp's ID column (new format; a legacy row exported by tracker has one too)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Lifecycle:
     """A tracker-made connection event: connected, subscribed, subscribe_failed, ws_error, reconnect_requested,
     closed, stalled, reconciled."""
@@ -381,6 +396,7 @@ DomainEvent = (
     | BalanceSnapshot
     | CryptoTransaction
     | WithdrawalRequest
+    | StatementRow
     | Lifecycle
     | GapDetected
     | BackfillCompleted

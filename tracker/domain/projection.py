@@ -64,6 +64,7 @@ from tracker.domain.events import (
     OrderStatusSnapshot,
     SelfTrade,
     Settlement,
+    StatementRow,
     TokenReady,
     Unknown,
     WithdrawalRequest,
@@ -142,6 +143,8 @@ def apply(state: ProjectionState, event: DomainEvent) -> ProjectionState:
             apply_crypto_transaction(state, event)
         case WithdrawalRequest():
             apply_withdrawal_request(state, event)
+        case StatementRow():
+            pass  # a witness (tracker import-statement compares it with v_ledger), never legs: docs/export.md
         case Lifecycle():
             count(state, event.account, f"lifecycle:{event.kind}", event.seq)
         case GapDetected():

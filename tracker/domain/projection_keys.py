@@ -35,6 +35,7 @@ from tracker.domain.events import (
     OrderStatusSnapshot,
     SelfTrade,
     Settlement,
+    StatementRow,
     TokenReady,
     Unknown,
     WithdrawalRequest,
@@ -121,6 +122,8 @@ def add_keys_for(keys: Keys, event: DomainEvent) -> None:
             pass
         case WithdrawalRequest():
             keys["withdrawal_requests"].add((account, event.trade_account_id, event.request_id))
+        case StatementRow():
+            pass  # the fold reads nothing for it
         case Lifecycle():
             counters.add((account, f"lifecycle:{event.kind}"))
         case GapDetected():

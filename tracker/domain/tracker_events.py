@@ -33,6 +33,9 @@ DISCREPANCY: Final = "discrepancy"
 DISCREPANCY_RESOLVED: Final = "discrepancy_resolved"
 DISCREPANCY_ACKNOWLEDGED: Final = "discrepancy_acknowledged"  # by a person: who, why (tracker discrepancies ack)
 RECONCILED: Final = "reconciled"
+# A row of the user's Bitstamp statement (tracker import-statement; export/statement_match.py makes the entry). Not
+# made by ``tracker_entry``: its payload is the row itself (header -> cell), not ``{"event", "channel", "data"}``.
+STATEMENT_ROW: Final = "statement_row"
 
 TRACKER_EVENTS: Final = frozenset(
     {

@@ -122,6 +122,8 @@ def row_of(cells: Mapping[str, str], fmt: StatementFormat, *, line: int, name: s
         currency = cells.get(currency_column, "").strip() if currency_column else ""
         if fmt == "bitstamp-legacy":  # "1.50000000 BTC"
             parts = text.split()
+            if len(parts) == 1 and column == "Fee":  # tracker's own export of a fee whose currency is unknown
+                parts.append("")
             if len(parts) != 2:
                 raise fail(column, f"expected an amount and a currency, like '1.5 BTC': {text!r}")
             text, currency = parts

@@ -38,7 +38,7 @@ from tracker.export import bitstamp_csv
 from tracker.export.ledger import MAIN_ACCOUNT, LedgerEntry
 from tracker.export.statement import Money, Statement, StatementError, StatementRow, row_of
 
-STATEMENT_ROW: Final = "statement_row"
+STATEMENT_ROW: Final = te.STATEMENT_ROW
 MISSING: Final = "statement_row_missing"
 DIFFERS: Final = "statement_row_differs"
 

@@ -23,7 +23,7 @@ from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.projections import ProjectionStore
 from tracker.store.schema import BigInt, UtcDateTime, event_log
 
-ledger_metadata = MetaData()  # descriptions of views, never created by the application (tests create look-alikes)
+ledger_metadata = MetaData()  # descriptions of views (migration 0006 creates them), never created from here
 
 
 def _text(*names: str) -> list[Column[Any]]:
@@ -110,9 +110,19 @@ def read_legs(engine: Engine, where: LedgerFilter, *, include_statement: bool = 
         conditions.append(or_(view.c.source.is_(None), view.c.source != "statement"))
     names = [column.name for column in LEDGER_VIEWS["v_ledger"].columns]
     query = select(*(view.c[name] for name in names)).where(*conditions)
-    query = query.order_by(view.c.seq, view.c.trade_account_id, view.c.entry_id, view.c.leg)
+    # v_ledger has no leg number: an entry's amount legs come by currency, the same order on both backends.
+    query = query.order_by(view.c.seq, view.c.trade_account_id, view.c.entry_id, view.c.leg, view.c.currency)
     with engine.connect() as conn:
-        return [LedgerLeg(**dict(zip(names, row, strict=True))) for row in conn.execute(query)]
+        return [_leg(dict(zip(names, row, strict=True))) for row in conn.execute(query)]
+
+
+def _leg(values: dict[str, Any]) -> LedgerLeg:
+    """A ``v_ledger`` row as a ``LedgerLeg``: ``type_code`` is text in the view (``"2"``, or an odd code the wire
+    sent as text), a number in the leg (``None`` for a code that is no number)."""
+    code = values["type_code"]
+    if isinstance(code, str):
+        values["type_code"] = int(code) if code.strip().lstrip("-").isdigit() else None
+    return LedgerLeg(**values)
 
 
 def log_accounts(engine: Engine) -> list[str]:
