@@ -79,7 +79,6 @@ def test_demo_twice_continues_the_database(tmp_path: Path, capsys: pytest.Captur
     for out in (out1, out2):
         assert "all 9 checked balances agree with the exchange" in out, out
 
-
     engine = open_engine(f"sqlite:///{db}", write=False)
     try:
         log = EventLog(engine)
