@@ -39,6 +39,8 @@ async def test_doctor_probes_every_endpoint_and_channel_of_the_fake() -> None:
         "rest:position_settlement_transactions",
         "rest:account_order_data/btcusd",
         "rest:account_balances",
+        "rest:withdrawal-requests",
+        "rest:crypto-transactions",
     } <= names
     channels = {p.name.removeprefix("ws:") for p in report.probes if p.name.startswith("ws:")}
     per_market = ("my_orders", "my_trades", "live_trades", "live_order_trades")
@@ -52,6 +54,7 @@ async def test_doctor_probes_every_endpoint_and_channel_of_the_fake() -> None:
     signed = {p.name: p.signed for p in report.probes if p.name.startswith("rest:")}
     assert signed["rest:markets"] is None  # public: not signed, nothing to check
     assert signed["rest:user_transactions"] is True
+    assert signed["rest:withdrawal-requests"] is True and signed["rest:crypto-transactions"] is True
     orders = next(p for p in report.probes if p.name == f"ws:private-my_orders_btcusd-{fx.user_id}")
     assert orders.fields is not None and orders.fields.samples > 0 and not orders.fields.missing
     text = format_report(report.as_data())
