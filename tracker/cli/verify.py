@@ -24,7 +24,6 @@ from tracker.domain.chain import Anchor, Break, ChainWalker
 from tracker.store.errors import first_line, is_damage
 from tracker.store.integrity import IntegrityReport
 
-PAGE = 2000
 LARGE_LOG = 1_000_000  # above this many rows, show progress on stderr even when it is not a terminal
 MAX_SHOWN = 10  # damage lines printed; the rest are counted
 
@@ -144,22 +143,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _walk(engine: Engine, expect: Anchor | None) -> tuple[ChainWalker, str | None]:
-    """Walk the chain up to the head as it is now; a damaged page stops the walk with its message (not a traceback)."""
+    """Walk the chain up to the head as it is now (in two processes on a big SQLite log: ``store/chain_walk.py``); a
+    damaged page stops the walk with its message (not a traceback)."""
+    from tracker.store.chain_walk import walk_chain
     from tracker.store.event_log import EventLog
 
-    log = EventLog(engine)
-    walker = ChainWalker(expect)
-    try:
-        end = log.head()  # rows appended while we walk are left for the next run
-        progress = Progress(end, sys.stderr)
-        for page in log.iter_after(0, PAGE):
-            page = [row for row in page if row.seq <= end] if page[-1].seq > end else page
-            if walker.feed(page) is not None or not page or page[-1].seq >= end:
-                break
-            progress.show(page[-1].seq)
-        progress.done()
-    except DatabaseError as error:
-        if not is_damage(error):
-            raise
-        return walker, first_line(error)
-    return walker, None
+    progress = Progress(EventLog(engine).head(), sys.stderr)
+    walked = walk_chain(engine, expect, on_progress=progress.show)
+    progress.done()
+    return walked.walker, walked.unreadable

@@ -38,7 +38,6 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.exc import DatabaseError
 
 from tracker.audit.model import (
     LIST_LIMIT,
@@ -56,13 +55,11 @@ from tracker.audit.model import (
 )
 from tracker.domain import tracker_events as te
 from tracker.domain.chain import ChainWalker
-from tracker.store.errors import first_line, is_damage
-from tracker.store.event_log import EventLog
+from tracker.store.chain_walk import walk_chain
 from tracker.store.integrity import check_integrity
 from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.schema import UtcDateTime, event_log
 
-CHAIN_PAGE: Final = 5000
 LEDGER_VIEWS: Final = ("v_balances", "v_balance_checks")
 TRACKER_EVENTS: Final = tuple(sorted(te.TRACKER_EVENTS))
 
@@ -170,21 +167,13 @@ def integrity(engine: Engine) -> Integrity:
 
 
 def _walk_chain(engine: Engine) -> tuple[ChainWalker, str | None]:
-    """``tracker verify``'s walk: seq 1 to the head as it is now; a damaged page ends it with its message."""
-    log = EventLog(engine)
-    walker = ChainWalker()
-    end = log.head()
-    broken: str | None = None
-    try:
-        for page in log.iter_after(0, CHAIN_PAGE):
-            page = [row for row in page if row.seq <= end] if page[-1].seq > end else page
-            if walker.feed(page) is not None or not page or page[-1].seq >= end:
-                break
-    except DatabaseError as error:
-        if not is_damage(error):
-            raise
-        broken = f"seq {walker.head + 1}: the row cannot be read ({first_line(error)})"
-    if broken is None and (found := walker.finish()) is not None:
+    """``tracker verify``'s walk (``chain_walk``): seq 1 to the head as it is now; a damaged page ends it with its
+    message."""
+    walked = walk_chain(engine)
+    walker, broken = walked.walker, None
+    if walked.unreadable is not None:
+        broken = f"seq {walker.head + 1}: the row cannot be read ({walked.unreadable})"
+    elif (found := walker.finish()) is not None:
         broken = f"seq {found.seq}: {found.reason}"
     return walker, broken
 

@@ -1,0 +1,278 @@
+"""The hash-chain walk of ``tracker verify`` and ``tracker audit``: every row from seq 1 to the head, in parts.
+
+Why: the walk reads and hashes every row of the log, pure Python per row (a 1M-event log was 13 s of CPU). Two things
+make it cheaper (docs/audit.md, "Tests and benchmark", has the measurements):
+
+1. Per row, as little Python as there can be: the columns a link covers (``CHAIN_COLUMNS``) through the driver's
+   cursor a page at a time (no SQLAlchemy row processing, no ``LogEntry``), and the hash input built by orjson
+   (``orjson.dumps`` of the values writes the bytes of ``chain.canonical_values``' ``json`` encoder, in a third of
+   the time; ``ChainWalker`` falls back to the reference wherever they disagree with a stored hash, so orjson can
+   only make the walk faster, never change a verdict).
+2. On SQLite, with a log of ``PARALLEL_MIN_ROWS`` or more and two cores, two worker processes walk the two halves of
+   ``(0, head]`` apart, each trusting only its first row's stored link; ``ChainWalker.join`` then checks that link
+   against the first half's last hash (and seq), so the result is the one walk would give: every row from seq 1 to
+   the head, the first break named. No stored checkpoint is trusted. Elsewhere (PostgreSQL, in-memory SQLite, small
+   logs) the same parts are walked one after another in this process, by the same code.
+
+A page the database cannot read (a damaged file) ends the walk there with its message (``unreadable``), as before.
+Workers are ``python -m tracker.store.chain_walk`` children, like ``tracker rebuild``'s (``rebuild_parallel``): the
+spec pickled on stdin, ``multiprocessing.connection`` frames on stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Final
+
+import orjson
+from sqlalchemy import Engine, Integer, bindparam, func, select
+
+from tracker.domain.chain import CHAIN_COLUMNS, Anchor, ChainWalker
+from tracker.domain.timeutil import datetime_to_us
+from tracker.errors import StoreError
+from tracker.store.engine import open_engine, sqlite_path
+from tracker.store.errors import first_line, is_damage
+from tracker.store.event_log import DriverQuery, _received_reader
+from tracker.store.schema import event_log
+
+PAGE: Final = 10_000  # rows per read (one short read transaction each)
+PARTS: Final = 2  # worker processes, at most one per core
+PARALLEL_MIN_ROWS: Final = 100_000  # below this a worker costs more than it saves (~0.3 s to start)
+_RECEIVED: Final = CHAIN_COLUMNS.index("received_at")
+
+_SEQ = event_log.c.seq
+_CHAIN_PAGE = (
+    select(*(event_log.c[name] for name in CHAIN_COLUMNS))
+    .where(bindparam("after", 0) < _SEQ, bindparam("until", 0) >= _SEQ)
+    .order_by(_SEQ)
+    .limit(bindparam("limit", 1, type_=Integer))
+)
+
+Progress = Callable[[int], None]  # called with the number of rows walked so far
+
+
+@dataclass(frozen=True, slots=True)
+class PartSpec:
+    database: str  # the SQLite file
+    after: int  # the part is the rows with seq in (after, until]
+    until: int
+    expect: Anchor | None
+    page: int = PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Walked:
+    """A walk's result: the walker (count, head, first ``Break``) and, when a page could not be read, why."""
+
+    walker: ChainWalker
+    unreadable: str | None = None
+
+
+def walk_chain(
+    engine: Engine,
+    expect: Anchor | None = None,
+    *,
+    parts: int | None = None,
+    min_rows: int = PARALLEL_MIN_ROWS,
+    page: int | None = None,
+    on_progress: Progress | None = None,
+) -> Walked:
+    """Walk seq 1 to the head as it is now (rows appended meanwhile are left for the next walk). ``parts``: how many
+    (default: ``PARTS`` when the log is big enough, capped by the cores); in worker processes on a SQLite file."""
+    end = _head(engine)
+    page = page or PAGE
+    if parts is None:
+        parts = min(PARTS, os.cpu_count() or 1) if end >= min_rows else 1
+    bounds = split(end, parts)
+    database = sqlite_path(engine.url)
+    if database is not None and len(bounds) > 1:
+        specs = [PartSpec(str(database), after, until, expect, page) for after, until in bounds]
+        walked = run_workers(specs, on_progress)
+    else:
+        walked = []
+        done = 0
+        for index, (after, until) in enumerate(bounds):
+            walker = ChainWalker(expect) if index == 0 else ChainWalker.open_part(expect)
+
+            def progress(rows: int, base: int = done) -> None:
+                if on_progress is not None:
+                    on_progress(base + rows)
+
+            walked.append(walk_part(engine, after, until, walker, page=page, on_progress=progress))
+            done += walker.count
+    return join(walked)
+
+
+def split(end: int, parts: int) -> list[tuple[int, int]]:
+    """``(0, end]`` in ``parts`` ranges ``(after, until]`` of about equal size (one empty range for an empty log)."""
+    parts = max(1, min(parts, end))
+    edges = [end * i // parts for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+def join(walked: Sequence[Walked]) -> Walked:
+    """The parts' results in seq order as one walk's (see ``ChainWalker.join``): the first break or unreadable page
+    wins, a later part counts only when every row before it held."""
+    first = walked[0]
+    walker, unreadable = first.walker, first.unreadable
+    for part in walked[1:]:
+        if unreadable is not None or walker.broken is not None:
+            break
+        if walker.join(part.walker) is not None and part.walker.broken is None:
+            break  # the link into the part failed: none of its rows count
+        unreadable = part.unreadable
+    return Walked(walker, unreadable)
+
+
+def walk_part(
+    engine: Engine,
+    after: int,
+    until: int,
+    walker: ChainWalker,
+    *,
+    page: int = PAGE,
+    on_progress: Progress | None = None,
+) -> Walked:
+    """Feed ``walker`` the rows with seq in (``after``, ``until``], a page at a time through the driver's cursor,
+    until the end or its first break; a damaged page ends the walk with its message."""
+    query = DriverQuery(_CHAIN_PAGE, engine.dialect)
+    received = _received_reader(engine.dialect)
+    encode = orjson.dumps
+    seq = after
+    try:
+        while seq < until:
+            with engine.connect() as conn:
+                cursor = conn.connection.cursor()
+                try:
+                    cursor.execute(query.sql, query.params(after=seq, until=until, limit=page))
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+            if not rows:
+                break
+            seq = rows[-1][0]
+            # received_at as integer microseconds, read as the column type reads it (the tuple rebuilt: cheaper
+            # than any per-row object)
+            chained = [(*row[:_RECEIVED], _us(received, row[_RECEIVED]), *row[_RECEIVED + 1 :]) for row in rows]
+            if walker.feed_rows(chained, encode) is not None:
+                break
+            if on_progress is not None:
+                on_progress(walker.count)
+    except Exception as error:  # SQLAlchemy's, or the driver's own (read through its cursor: not wrapped)
+        if not is_damage(error):
+            raise
+        return Walked(walker, first_line(error))
+    return Walked(walker)
+
+
+def _us(received: Callable[[Any], Any], value: Any) -> Any:
+    """Microseconds of a stored ``received_at``; a value the column type cannot read is hashed as it is (it then
+    fails its link: no writer stores one)."""
+    try:
+        return datetime_to_us(received(value))
+    except (TypeError, ValueError, OverflowError):
+        return value
+
+
+def _head(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(_SEQ), 0))).scalar_one())
+
+
+# -- worker processes --------------------------------------------------------------------------------------------------
+
+
+def run_workers(specs: Sequence[PartSpec], on_progress: Progress | None = None) -> list[Walked]:
+    """One ``python -m tracker.store.chain_walk`` per spec; their results in spec order. A worker's failure or death
+    raises ``StoreError``; on any exception (Ctrl-C too) every worker is killed."""
+    from tracker.store.rebuild_parallel import NOT_FOR_WORKERS
+
+    env = {name: value for name, value in os.environ.items() if name not in NOT_FOR_WORKERS}
+    processes: list[subprocess.Popen[bytes]] = []
+    pipes: list[Connection] = []
+    try:
+        for spec in specs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
+            processes.append(process)
+            assert process.stdin is not None and process.stdout is not None
+            pipes.append(Connection(os.dup(process.stdout.fileno()), writable=False))
+            process.stdout.close()
+            pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            process.stdin.close()
+        results: dict[int, Walked] = {}
+        counts = [0] * len(specs)
+        pending = {pipe: index for index, pipe in enumerate(pipes)}
+        while pending:
+            for ready in wait(list(pending)):
+                assert isinstance(ready, Connection)
+                index = pending[ready]
+                try:
+                    message = ready.recv()
+                except EOFError:
+                    code = processes[index].wait()
+                    raise StoreError(f"a chain walk worker died (exit code {code}): run the command again") from None
+                if message[0] == "progress":
+                    counts[index] = message[1]
+                    if on_progress is not None:
+                        on_progress(sum(counts))
+                elif message[0] == "done":
+                    results[index] = message[1]
+                    del pending[ready]
+                else:
+                    raise StoreError(f"a chain walk worker failed: {message[1]}")
+        for process in processes:
+            process.wait()
+        return [results[index] for index in range(len(specs))]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for pipe in pipes:
+            pipe.close()
+
+
+def run_part(spec: PartSpec, out: Connection) -> None:
+    """A worker's body: walk its part, send ``("progress", rows)`` per page, then ``("done", Walked)`` or
+    ``("error", message)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
+    try:
+        engine = open_engine(f"sqlite:///{spec.database}", write=False)
+        try:
+            walker = ChainWalker(spec.expect) if spec.after == 0 else ChainWalker.open_part(spec.expect)
+            walked = walk_part(
+                engine, spec.after, spec.until, walker, page=spec.page, on_progress=lambda n: out.send(("progress", n))
+            )
+        finally:
+            engine.dispose()
+    except BaseException as error:  # every failure goes to the parent, which raises it
+        out.send(("error", f"{type(error).__name__}: {error}"))
+    else:
+        out.send(("done", walked))
+
+
+def _main() -> None:
+    spec = pickle.load(sys.stdin.buffer)
+    if not isinstance(spec, PartSpec):
+        raise SystemExit("tracker.store.chain_walk is started by `tracker verify` and `tracker audit`, not by hand")
+    out = Connection(os.dup(sys.stdout.fileno()), readable=False)
+    try:
+        run_part(spec, out)
+    finally:
+        out.close()
+
+
+if __name__ == "__main__":
+    # As the imported module, not as __main__: the spec was pickled as tracker.store.chain_walk.PartSpec.
+    from tracker.store.chain_walk import _main as main
+
+    main()
