@@ -218,36 +218,59 @@ class ChainWalker:
     def feed_rows(self, rows: Iterable[Sequence[Any]], encode: Encoder | None = None) -> Break | None:
         """Check rows given as ``CHAIN_COLUMNS`` tuples. ``encode``: a faster builder of ``canonical_values``'
         bytes (the store's), checked against the reference wherever it disagrees with a stored hash."""
+
+        def links(seq: int, prev: str, stored: Any, row: Sequence[Any]) -> bool:
+            return _links(prev, row[:_N], stored, encode)
+
+        return self._walk(((row[0], row[_N], row[_N + 1], row) for row in rows), links)
+
+    def feed_encoded(
+        self, rows: Iterable[Sequence[Any]], reread: Callable[[int], Sequence[Any] | None]
+    ) -> Break | None:
+        """Check rows given as ``(seq, prev_hash, hash, text)``, where ``text`` is the row's canonical encoding as the
+        database wrote it (SQLite's ``json_array``), or ``None``. It is only a shortcut: a row whose text does not
+        give its stored hash is read again (``reread(seq)``: its ``CHAIN_COLUMNS`` tuple) and checked with the
+        reference encoding, so the verdict is always the reference's. (Text that gives the stored hash is the
+        reference's bytes, which as valid JSON read back only to the row's own values.)"""
+        sha = hashlib.sha256
+
+        def links(seq: int, prev: str, stored: Any, text: Any) -> bool:
+            if text is not None and sha((prev + text).encode("utf-8")).hexdigest() == stored:
+                return True
+            row = reread(seq)
+            return row is not None and _links(prev, row[:_N], stored, None)
+
+        return self._walk(rows, links)
+
+    def _walk(self, rows: Iterable[Sequence[Any]], links: Callable[[int, str, Any, Any], bool]) -> Break | None:
+        """Check ``(seq, prev_hash, hash, content)`` rows; ``links`` says whether a row's content gives its hash."""
         if self.broken is not None:
             return self.broken
         rows = iter(rows)
         if self._open:
             for first in rows:
                 self._open = False
-                seq, prev = first[0], first[_N]
+                seq, prev = first[0], first[1]
                 self.first = (seq, prev)
                 self.head, self.head_hash = seq - 1, prev if isinstance(prev, str) else _UNLINKABLE
-                self._feed([first], encode)
+                self._check([first], links)
                 break
         if self.broken is None:
-            self._feed(rows, encode)
+            self._check(rows, links)
         return self.broken
 
-    def _feed(self, rows: Iterable[Sequence[Any]], encode: Encoder | None) -> None:
+    def _check(self, rows: Iterable[Sequence[Any]], links: Callable[[int, str, Any, Any], bool]) -> None:
         head, head_hash, count = self.head, self.head_hash, self.count
         anchor = self.expect.seq if self.expect is not None else -1
         try:
-            for row in rows:
-                seq = row[0]
+            for seq, prev, stored, content in rows:
                 if seq != head + 1:
                     self.broken = _seq_break(head + 1, seq, head)
                     return
-                prev = row[_N]
                 if prev != head_hash:
                     self.broken = Break(seq, _PREV_MISMATCH)
                     return
-                stored = row[_N + 1]
-                if not _links(prev, row[:_N], stored, encode):
+                if not links(seq, prev, stored, content):
                     self.broken = Break(seq, _CONTENT_MISMATCH)
                     return
                 if seq == anchor:

@@ -34,12 +34,11 @@ from typing import Any, Final
 import orjson
 from sqlalchemy import Engine, Integer, bindparam, func, select
 
-from tracker.domain.chain import CHAIN_COLUMNS, Anchor, ChainWalker
+from tracker.domain.chain import CANONICAL_COLUMNS, CHAIN_COLUMNS, Anchor, ChainWalker
 from tracker.domain.timeutil import datetime_to_us
 from tracker.errors import StoreError
 from tracker.store.engine import open_engine, sqlite_path
 from tracker.store.errors import first_line, is_damage
-from tracker.store.event_log import DriverQuery, _received_reader
 from tracker.store.schema import event_log
 
 PAGE: Final = 10_000  # rows per read (one short read transaction each)
@@ -54,6 +53,21 @@ _CHAIN_PAGE = (
     .order_by(_SEQ)
     .limit(bindparam("limit", 1, type_=Integer))
 )
+
+# SQLite writes the hash input itself: json_array over the columns writes the same bytes as chain.canonical_values
+# for every row the writer made (same escapes; tests/test_chain_walk.py checks it on random text), and a row is read
+# as 4 values instead of 18. received_at becomes microseconds only where the stored text is exactly the one SQLite
+# renders back from them (else NULL: the row is then checked with the reference reading), so no other text can pass.
+_US = "CAST(strftime('%s', substr(received_at, 1, 19)) AS INTEGER)"
+_FRACTION = "CAST(substr(received_at, 21) AS INTEGER)"
+_RENDERED = f"strftime('%Y-%m-%d %H:%M:%S', {_US}, 'unixepoch') || printf('.%06d', {_FRACTION})"
+_COLUMNS = ", ".join(
+    f"CASE WHEN {_RENDERED} = received_at THEN {_US} * 1000000 + {_FRACTION} END" if name == "received_at" else name
+    for name in CANONICAL_COLUMNS
+)
+_RANGE = "FROM event_log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+_SQLITE_ENCODED = f"SELECT seq, prev_hash, hash, json_array({_COLUMNS}) {_RANGE}"  # fixed text, no input
+_SQLITE_UNENCODED = f"SELECT seq, prev_hash, hash, NULL {_RANGE}"
 
 Progress = Callable[[int], None]  # called with the number of rows walked so far
 
@@ -86,28 +100,66 @@ def walk_chain(
 ) -> Walked:
     """Walk seq 1 to the head as it is now (rows appended meanwhile are left for the next walk). ``parts``: how many
     (default: ``PARTS`` when the log is big enough, capped by the cores); in worker processes on a SQLite file."""
+    with start_walk(engine, expect, parts=parts, min_rows=min_rows, page=page) as walk:
+        return walk.result(on_progress)
+
+
+def start_walk(
+    engine: Engine,
+    expect: Anchor | None = None,
+    *,
+    parts: int | None = None,
+    min_rows: int = PARALLEL_MIN_ROWS,
+    page: int | None = None,
+) -> ChainWalk:
+    """``walk_chain`` begun: on a SQLite file in parts, the worker processes start now and walk while the caller does
+    other work (``tracker audit``'s queries); ``result()`` waits for them. Elsewhere the walk runs in ``result()``."""
     end = _head(engine)
-    page = page or PAGE
     if parts is None:
         parts = min(PARTS, os.cpu_count() or 1) if end >= min_rows else 1
     bounds = split(end, parts)
     database = sqlite_path(engine.url)
+    page = page or PAGE
+    workers = None
     if database is not None and len(bounds) > 1:
-        specs = [PartSpec(str(database), after, until, expect, page) for after, until in bounds]
-        walked = run_workers(specs, on_progress)
-    else:
+        workers = Workers([PartSpec(str(database), after, until, expect, page) for after, until in bounds])
+    return ChainWalk(engine, expect, bounds, page, workers)
+
+
+class ChainWalk:
+    """A walk under way (``start_walk``). ``result()`` once; ``close()`` (or the ``with`` block's end) stops workers
+    that are still running, e.g. when the caller failed before asking for the result."""
+
+    def __init__(
+        self, engine: Engine, expect: Anchor | None, bounds: list[tuple[int, int]], page: int, workers: Workers | None
+    ) -> None:
+        self.engine, self.expect, self.bounds, self.page, self.workers = engine, expect, bounds, page, workers
+
+    def __enter__(self) -> ChainWalk:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+
+    def result(self, on_progress: Progress | None = None) -> Walked:
+        if self.workers is not None:
+            return join(self.workers.collect(on_progress))
         walked = []
         done = 0
-        for index, (after, until) in enumerate(bounds):
-            walker = ChainWalker(expect) if index == 0 else ChainWalker.open_part(expect)
+        for index, (after, until) in enumerate(self.bounds):
+            walker = ChainWalker(self.expect) if index == 0 else ChainWalker.open_part(self.expect)
 
             def progress(rows: int, base: int = done) -> None:
                 if on_progress is not None:
                     on_progress(base + rows)
 
-            walked.append(walk_part(engine, after, until, walker, page=page, on_progress=progress))
+            walked.append(walk_part(self.engine, after, until, walker, page=self.page, on_progress=progress))
             done += walker.count
-    return join(walked)
+        return join(walked)
 
 
 def split(end: int, parts: int) -> list[tuple[int, int]]:
@@ -142,26 +194,24 @@ def walk_part(
 ) -> Walked:
     """Feed ``walker`` the rows with seq in (``after``, ``until``], a page at a time through the driver's cursor,
     until the end or its first break; a damaged page ends the walk with its message."""
-    query = DriverQuery(_CHAIN_PAGE, engine.dialect)
-    received = _received_reader(engine.dialect)
-    encode = orjson.dumps
+    reader = _Reader(engine)
+    sqlite = engine.dialect.name == "sqlite"
     seq = after
     try:
         while seq < until:
-            with engine.connect() as conn:
-                cursor = conn.connection.cursor()
-                try:
-                    cursor.execute(query.sql, query.params(after=seq, until=until, limit=page))
-                    rows = cursor.fetchall()
-                finally:
-                    cursor.close()
-            if not rows:
-                break
-            seq = rows[-1][0]
-            # received_at as integer microseconds, read as the column type reads it (the tuple rebuilt: cheaper
-            # than any per-row object)
-            chained = [(*row[:_RECEIVED], _us(received, row[_RECEIVED]), *row[_RECEIVED + 1 :]) for row in rows]
-            if walker.feed_rows(chained, encode) is not None:
+            if sqlite:
+                encoded = reader.encoded(seq, until, page)
+                if not encoded:
+                    break
+                seq = encoded[-1][0]
+                broken = walker.feed_encoded(encoded, reader.one)
+            else:
+                rows = reader.rows(seq, until, page)
+                if not rows:
+                    break
+                seq = rows[-1][0]
+                broken = walker.feed_rows(rows, orjson.dumps)
+            if broken is not None:
                 break
             if on_progress is not None:
                 on_progress(walker.count)
@@ -170,6 +220,48 @@ def walk_part(
             raise
         return Walked(walker, first_line(error))
     return Walked(walker)
+
+
+class _Reader:
+    """Pages of the log as a walk reads them, through the driver's cursor (no SQLAlchemy row processing)."""
+
+    def __init__(self, engine: Engine) -> None:
+        from tracker.store.event_log import DriverQuery, _received_reader  # not in a SQLite worker unless needed
+
+        self.engine = engine
+        self.query = DriverQuery(_CHAIN_PAGE, engine.dialect)
+        self.received = _received_reader(engine.dialect)
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self.engine.connect() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def rows(self, after: int, until: int, limit: int) -> list[tuple[Any, ...]]:
+        """``CHAIN_COLUMNS`` tuples, ``received_at`` as integer microseconds read as the column type reads it (the
+        tuple rebuilt: cheaper than any per-row object)."""
+        rows = self._fetch(self.query.sql, self.query.params(after=after, until=until, limit=limit))
+        received = self.received
+        return [(*row[:_RECEIVED], _us(received, row[_RECEIVED]), *row[_RECEIVED + 1 :]) for row in rows]
+
+    def one(self, seq: int) -> tuple[Any, ...] | None:
+        rows = self.rows(seq - 1, seq, 1)
+        return rows[0] if rows else None
+
+    def encoded(self, after: int, until: int, limit: int) -> list[tuple[Any, ...]]:
+        """SQLite: ``(seq, prev_hash, hash, canonical text)`` (see ``_SQLITE_ENCODED``); when SQLite refuses to
+        encode a page (a BLOB where text belongs: no writer stores one), the page without texts (each row is then
+        read again and checked with the reference encoding)."""
+        try:
+            return self._fetch(_SQLITE_ENCODED, (after, until, limit))
+        except Exception as error:
+            if is_damage(error):
+                raise
+            return self._fetch(_SQLITE_UNENCODED, (after, until, limit))
 
 
 def _us(received: Callable[[Any], Any], value: Any) -> Any:
@@ -189,56 +281,71 @@ def _head(engine: Engine) -> int:
 # -- worker processes --------------------------------------------------------------------------------------------------
 
 
-def run_workers(specs: Sequence[PartSpec], on_progress: Progress | None = None) -> list[Walked]:
-    """One ``python -m tracker.store.chain_walk`` per spec; their results in spec order. A worker's failure or death
-    raises ``StoreError``; on any exception (Ctrl-C too) every worker is killed."""
-    from tracker.store.rebuild_parallel import NOT_FOR_WORKERS
+class Workers:
+    """One ``python -m tracker.store.chain_walk`` per spec, started at once (the spec pickled on their stdin).
+    ``collect()`` waits for their results, in spec order; a worker's failure or death raises ``StoreError``, and on
+    any exception (Ctrl-C too) every worker is killed. ``close()`` kills any still running."""
 
-    env = {name: value for name, value in os.environ.items() if name not in NOT_FOR_WORKERS}
-    processes: list[subprocess.Popen[bytes]] = []
-    pipes: list[Connection] = []
-    try:
-        for spec in specs:
-            process = subprocess.Popen(
-                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-            )
-            processes.append(process)
-            assert process.stdin is not None and process.stdout is not None
-            pipes.append(Connection(os.dup(process.stdout.fileno()), writable=False))
-            process.stdout.close()
-            pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.close()
-        results: dict[int, Walked] = {}
-        counts = [0] * len(specs)
-        pending = {pipe: index for index, pipe in enumerate(pipes)}
-        while pending:
-            for ready in wait(list(pending)):
-                assert isinstance(ready, Connection)
-                index = pending[ready]
-                try:
-                    message = ready.recv()
-                except EOFError:
-                    code = processes[index].wait()
-                    raise StoreError(f"a chain walk worker died (exit code {code}): run the command again") from None
-                if message[0] == "progress":
-                    counts[index] = message[1]
-                    if on_progress is not None:
-                        on_progress(sum(counts))
-                elif message[0] == "done":
-                    results[index] = message[1]
-                    del pending[ready]
-                else:
-                    raise StoreError(f"a chain walk worker failed: {message[1]}")
-        for process in processes:
-            process.wait()
-        return [results[index] for index in range(len(specs))]
-    finally:
-        for process in processes:
+    def __init__(self, specs: Sequence[PartSpec]) -> None:
+        from tracker.store.rebuild_parallel import NOT_FOR_WORKERS
+
+        env = {name: value for name, value in os.environ.items() if name not in NOT_FOR_WORKERS}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.pipes: list[Connection] = []
+        try:
+            for spec in specs:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+                )
+                self.processes.append(process)
+                assert process.stdin is not None and process.stdout is not None
+                self.pipes.append(Connection(os.dup(process.stdout.fileno()), writable=False))
+                process.stdout.close()
+                pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                process.stdin.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def collect(self, on_progress: Progress | None = None) -> list[Walked]:
+        try:
+            results: dict[int, Walked] = {}
+            counts = [0] * len(self.processes)
+            pending = {pipe: index for index, pipe in enumerate(self.pipes)}
+            while pending:
+                for ready in wait(list(pending)):
+                    assert isinstance(ready, Connection)
+                    index = pending[ready]
+                    try:
+                        message = ready.recv()
+                    except EOFError:
+                        code = self.processes[index].wait()
+                        raise StoreError(
+                            f"a chain walk worker died (exit code {code}): run the command again"
+                        ) from None
+                    if message[0] == "progress":
+                        counts[index] = message[1]
+                        if on_progress is not None:
+                            on_progress(sum(counts))
+                    elif message[0] == "done":
+                        results[index] = message[1]
+                        del pending[ready]
+                    else:
+                        raise StoreError(f"a chain walk worker failed: {message[1]}")
+            for process in self.processes:
+                process.wait()
+            return [results[index] for index in range(len(self.processes))]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for process in self.processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        for pipe in pipes:
+        for pipe in self.pipes:
             pipe.close()
+        self.pipes = []
 
 
 def run_part(spec: PartSpec, out: Connection) -> None:
