@@ -57,14 +57,13 @@ _CHAIN_PAGE = (
 # SQLite writes the hash input itself: json_array over the columns writes the same bytes as chain.canonical_values
 # for every row the writer made (same escapes; tests/test_chain_walk.py checks it on random text), and a row is read
 # as 4 values instead of 18. received_at becomes microseconds only where the stored text is exactly the one SQLite
-# renders back from them (else NULL: the row is then checked with the reference reading), so no other text can pass.
+# renders back from them, in years Python can read (else NULL: the row is then checked with the reference reading), so
+# no other text can pass.
 _US = "CAST(strftime('%s', substr(received_at, 1, 19)) AS INTEGER)"
 _FRACTION = "CAST(substr(received_at, 21) AS INTEGER)"
 _RENDERED = f"strftime('%Y-%m-%d %H:%M:%S', {_US}, 'unixepoch') || printf('.%06d', {_FRACTION})"
-_COLUMNS = ", ".join(
-    f"CASE WHEN {_RENDERED} = received_at THEN {_US} * 1000000 + {_FRACTION} END" if name == "received_at" else name
-    for name in CANONICAL_COLUMNS
-)
+_RECEIVED_US = f"CASE WHEN received_at >= '0001' AND {_RENDERED} = received_at THEN {_US} * 1000000 + {_FRACTION} END"
+_COLUMNS = ", ".join(_RECEIVED_US if name == "received_at" else name for name in CANONICAL_COLUMNS)
 _RANGE = "FROM event_log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 _SQLITE_ENCODED = f"SELECT seq, prev_hash, hash, json_array({_COLUMNS}) {_RANGE}"  # fixed text, no input
 _SQLITE_UNENCODED = f"SELECT seq, prev_hash, hash, NULL {_RANGE}"
@@ -94,7 +93,7 @@ def walk_chain(
     expect: Anchor | None = None,
     *,
     parts: int | None = None,
-    min_rows: int = PARALLEL_MIN_ROWS,
+    min_rows: int | None = None,
     page: int | None = None,
     on_progress: Progress | None = None,
 ) -> Walked:
@@ -109,14 +108,14 @@ def start_walk(
     expect: Anchor | None = None,
     *,
     parts: int | None = None,
-    min_rows: int = PARALLEL_MIN_ROWS,
+    min_rows: int | None = None,
     page: int | None = None,
 ) -> ChainWalk:
     """``walk_chain`` begun: on a SQLite file in parts, the worker processes start now and walk while the caller does
     other work (``tracker audit``'s queries); ``result()`` waits for them. Elsewhere the walk runs in ``result()``."""
     end = _head(engine)
     if parts is None:
-        parts = min(PARTS, os.cpu_count() or 1) if end >= min_rows else 1
+        parts = min(PARTS, os.cpu_count() or 1) if end >= (PARALLEL_MIN_ROWS if min_rows is None else min_rows) else 1
     bounds = split(end, parts)
     database = sqlite_path(engine.url)
     page = page or PAGE
