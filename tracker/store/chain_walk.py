@@ -113,7 +113,12 @@ def start_walk(
 ) -> ChainWalk:
     """``walk_chain`` begun: on a SQLite file in parts, the worker processes start now and walk while the caller does
     other work (``tracker audit``'s queries); ``result()`` waits for them. Elsewhere the walk runs in ``result()``."""
-    end = _head(engine)
+    try:
+        end = _head(engine)
+    except Exception as error:  # a damaged file may not even give its head
+        if not is_damage(error):
+            raise
+        return ChainWalk(engine, expect, [], PAGE, None, first_line(error))
     if parts is None:
         parts = min(PARTS, os.cpu_count() or 1) if end >= (PARALLEL_MIN_ROWS if min_rows is None else min_rows) else 1
     bounds = split(end, parts)
@@ -130,9 +135,17 @@ class ChainWalk:
     that are still running, e.g. when the caller failed before asking for the result."""
 
     def __init__(
-        self, engine: Engine, expect: Anchor | None, bounds: list[tuple[int, int]], page: int, workers: Workers | None
+        self,
+        engine: Engine,
+        expect: Anchor | None,
+        bounds: list[tuple[int, int]],
+        page: int,
+        workers: Workers | None,
+        unreadable: str | None = None,
     ) -> None:
         self.engine, self.expect, self.bounds, self.page, self.workers = engine, expect, bounds, page, workers
+        self.unreadable = unreadable
+        self.end = bounds[-1][1] if bounds else 0  # the head when the walk began: it ends there
 
     def __enter__(self) -> ChainWalk:
         return self
@@ -145,6 +158,8 @@ class ChainWalk:
             self.workers.close()
 
     def result(self, on_progress: Progress | None = None) -> Walked:
+        if self.unreadable is not None:
+            return Walked(ChainWalker(self.expect), self.unreadable)
         if self.workers is not None:
             return join(self.workers.collect(on_progress))
         walked = []
