@@ -322,3 +322,24 @@ def test_json_reference_is_what_link_hash_covers() -> None:
     row = _chain(1)[0]
     values = list(chain_row(row)[: len(CANONICAL_COLUMNS)])
     assert canonical_values(values) == json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_two_parts_stop_at_a_damaged_page_in_the_second(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page the second worker cannot read ends the walk there, after every row of the first part: the report says
+    how far the chain reads, as one walk would."""
+    from test_damaged_db import damage, make_log, pages_of
+
+    path = make_log(sqlite_url)
+    rows = 600
+    pages = pages_of(path, "event_log")
+    damage(path, pages[-3], offset=100, size=300)  # near the end of the table: rows of the second half
+    monkeypatch.setattr(chain_walk, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert main(["verify", "--db-url", sqlite_url]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("BROKEN: the database file is damaged (SQLite integrity_check found ")
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("BROKEN: the chain cannot be read past seq "), out
+    assert rows // 2 <= int(last.split("past seq ")[1].split(":")[0]) < rows
