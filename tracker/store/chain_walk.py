@@ -3,11 +3,13 @@
 Why: the walk reads and hashes every row of the log, pure Python per row (a 1M-event log was 13 s of CPU). Two things
 make it cheaper (docs/audit.md, "Tests and benchmark", has the measurements):
 
-1. Per row, as little Python as there can be: the columns a link covers (``CHAIN_COLUMNS``) through the driver's
-   cursor a page at a time (no SQLAlchemy row processing, no ``LogEntry``), and the hash input built by orjson
-   (``orjson.dumps`` of the values writes the bytes of ``chain.canonical_values``' ``json`` encoder, in a third of
-   the time; ``ChainWalker`` falls back to the reference wherever they disagree with a stored hash, so orjson can
-   only make the walk faster, never change a verdict).
+1. Per row, as little Python as there can be, a page of rows at a time through the driver's cursor (no SQLAlchemy
+   row processing, no ``LogEntry``). On SQLite, SQLite itself writes each row's hash input (``_SQLITE_ENCODED``:
+   ``json_array`` over the columns), so a row arrives as 4 values instead of 18; elsewhere the columns a link covers
+   arrive as a tuple (``CHAIN_COLUMNS``) and orjson writes the input (the bytes of ``chain.canonical_values``' json
+   encoder, in a third of the time). Both are shortcuts only: ``ChainWalker`` checks any row whose fast input does not
+   give its stored hash again with the reference encoding, so they can make the walk faster, never change a verdict.
+   A worker reads SQLite pages through a memory map (less system time than a read() per page).
 2. On SQLite, with a log of ``PARALLEL_MIN_ROWS`` or more and two cores, two worker processes walk the two halves of
    ``(0, head]`` apart, each trusting only its first row's stored link; ``ChainWalker.join`` then checks that link
    against the first half's last hash (and seq), so the result is the one walk would give: every row from seq 1 to
