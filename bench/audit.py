@@ -8,7 +8,9 @@
    every 5,000 frames, so the coverage section has ~200 gaps to fold. Received times advance 20 ms per entry (~5.5 h).
    Then ``tracker rebuild``'s logic projects it, so the views are full.
 2. Times ``write_audit`` (what ``tracker audit`` runs) in a child process, best of ``--runs``, and prints the report's
-   size. The integrity section walks the whole hash chain and runs ``PRAGMA integrity_check``: both are O(log).
+   size, the CPU time of that process and of the chain walk's workers, and each section's time. The integrity section
+   walks the whole hash chain (two worker processes) and runs ``PRAGMA integrity_check`` (a thread) while the other
+   sections' queries run: all three are O(log).
 
 Targets: the report of a 1M-event log in <= 10 s and under 5 MB.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -113,13 +117,24 @@ def build(path: Path, count: int) -> None:
         engine.dispose()
 
 
-def step_report(db: Path, out: Path) -> dict[str, float]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def step_report(db: Path, out: Path) -> dict[str, Any]:
     from tracker.cli.audit import write_audit
 
     started = time.perf_counter()
-    cpu = time.process_time()
-    write_audit(f"sqlite:///{db}", out)
-    return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "bytes": out.stat().st_size}
+    cpu, workers = time.process_time(), _children_cpu()
+    data = write_audit(f"sqlite:///{db}", out)
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu": time.process_time() - cpu,
+        "workers_cpu": _children_cpu() - workers,  # the chain walk's worker processes
+        "bytes": out.stat().st_size,
+        "sections": data.seconds,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,9 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         head = EventLog(open_engine(f"sqlite:///{db}", write=False)).head()
         print(f"log: {head:,} events, {db.stat().st_size / 2**20:,.0f} MiB on disk (SQLite)")
         print(
-            f"tracker audit: best of {len(runs)} {best['seconds']:.2f} s wall, {best['cpu']:.2f} s CPU;"
+            f"tracker audit: best of {len(runs)} {best['seconds']:.2f} s wall, {best['cpu']:.2f} s CPU"
+            f" + {best['workers_cpu']:.2f} s in the chain walk's workers;"
             f" report {best['bytes'] / 2**20:.2f} MiB ({best['bytes']:,} bytes)"
         )
+        print("  runs (wall s): " + ", ".join(f"{run['seconds']:.2f}" for run in runs))
+        print("  sections of the best (wall s, overlapping): "
+              + ", ".join(f"{name} {value:.2f}" for name, value in best["sections"].items()))  # fmt: skip
         print(f"  {'PASS' if best['seconds'] <= 10 else 'MISS'}  report of a 1M-event log <= 10 s")
         print(f"  {'PASS' if best['bytes'] < 5 * 2**20 else 'MISS'}  report < 5 MB")
     return 0

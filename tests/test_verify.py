@@ -219,7 +219,7 @@ def test_progress_only_on_a_terminal_or_for_big_logs() -> None:
 
 
 def test_walks_in_pages(url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tracker.cli.verify.PAGE", 2)
+    monkeypatch.setattr("tracker.store.chain_walk.PAGE", 2)
     assert verify(url, capsys)[0] == 0
     with tampering(url) as conn:
         _set(conn, 5, payload="{}")

@@ -3,10 +3,11 @@
 ``--anchor`` also prints ``SEQ:HASH`` of the head, to record somewhere else; ``--expect-anchor SEQ:HASH`` later proves
 the log was not rewritten (nor cut short) up to that point, which the chain alone cannot show.
 
-Before the chain, the database's own integrity check runs (``tracker/store/integrity.py``: SQLite ``integrity_check``,
-PostgreSQL ``amcheck`` when installed). A damaged file is reported as ``BROKEN`` with its pages and the table or index
-each belongs to, and exit 1, never a traceback; the chain is then still walked as far as it reads, so the report says
-whether the rows themselves survived.
+Before the chain's verdict, the database's own integrity check runs (``tracker/store/integrity.py``: SQLite
+``integrity_check``, PostgreSQL ``amcheck`` when installed); on a big SQLite log the chain walk's two worker processes
+(``tracker/store/chain_walk.py``) walk meanwhile. A damaged file is reported as ``BROKEN`` with its pages and the
+table or index each belongs to, and exit 1, never a traceback; the chain is then still walked as far as it reads, so
+the report says whether the rows themselves survived.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import DatabaseError
 
 from tracker.cli import add_common_flags
@@ -24,7 +24,6 @@ from tracker.domain.chain import Anchor, Break, ChainWalker
 from tracker.store.errors import first_line, is_damage
 from tracker.store.integrity import IntegrityReport
 
-PAGE = 2000
 LARGE_LOG = 1_000_000  # above this many rows, show progress on stderr even when it is not a terminal
 MAX_SHOWN = 10  # damage lines printed; the rest are counted
 
@@ -97,6 +96,7 @@ def format_integrity_ok(report: IntegrityReport) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from tracker.store.chain_walk import start_walk
     from tracker.store.engine import open_engine
     from tracker.store.errors import DatabaseDamaged
     from tracker.store.integrity import check_integrity
@@ -120,11 +120,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 raise
             print(f"BROKEN: the database file is damaged: its schema cannot be read ({first_line(error)})")
             return 1
-        report = check_integrity(engine)
-        damage_lines = format_integrity(report)
-        for line in damage_lines:
-            print(line)
-        walker, unreadable = _walk(engine, expect)
+        # On a big SQLite log the chain walk's workers start first and walk while the database checks itself.
+        with start_walk(engine, expect) as walk:
+            report = check_integrity(engine)
+            damage_lines = format_integrity(report)
+            for line in damage_lines:
+                print(line, flush=True)
+            progress = Progress(walk.end, sys.stderr)
+            walked = walk.result(progress.show)
+            progress.done()
+        walker, unreadable = walked.walker, walked.unreadable
     finally:
         engine.dispose()
     broken = walker.finish() if unreadable is None else None
@@ -141,25 +146,3 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.anchor:
         print(Anchor(walker.head, walker.head_hash))
     return 0
-
-
-def _walk(engine: Engine, expect: Anchor | None) -> tuple[ChainWalker, str | None]:
-    """Walk the chain up to the head as it is now; a damaged page stops the walk with its message (not a traceback)."""
-    from tracker.store.event_log import EventLog
-
-    log = EventLog(engine)
-    walker = ChainWalker(expect)
-    try:
-        end = log.head()  # rows appended while we walk are left for the next run
-        progress = Progress(end, sys.stderr)
-        for page in log.iter_after(0, PAGE):
-            page = [row for row in page if row.seq <= end] if page[-1].seq > end else page
-            if walker.feed(page) is not None or not page or page[-1].seq >= end:
-                break
-            progress.show(page[-1].seq)
-        progress.done()
-    except DatabaseError as error:
-        if not is_damage(error):
-            raise
-        return walker, first_line(error)
-    return walker, None

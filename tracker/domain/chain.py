@@ -6,16 +6,20 @@ order, ``received_at`` as integer UTC microseconds. Including ``seq`` catches re
 removed or inserted row; the content catches any altered column. Removing rows from the *end* leaves a valid shorter
 chain: only an anchor (a ``seq:hash`` recorded elsewhere) catches that, or a full rewrite with recomputed hashes.
 
-Pure: no I/O. The store computes hashes with ``link_hash`` on append; ``tracker verify`` feeds rows to ``ChainWalker``.
+Pure: no I/O. The store computes hashes with ``link_hash`` on append; ``tracker verify`` feeds rows to ``ChainWalker``
+as plain tuples (``CHAIN_COLUMNS``, read by the store's driver cursor), possibly in parts walked apart and joined in
+order (``ChainWalker.open_part`` and ``join``: a part trusts its first row's stored link, the join checks it against
+the previous part's last row, so the joined result covers every row from seq 1 exactly as one walk would).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from tracker.domain.log import LogEntry, NewEntry
 from tracker.domain.timeutil import datetime_to_us
@@ -31,9 +35,41 @@ def to_us(moment: datetime) -> int:
     return datetime_to_us(moment)
 
 
+# The stored columns a link covers, in the order ``canonical`` lists them, then the two links: what a walk reads of a
+# row, as one tuple (``received_at`` as integer UTC microseconds).
+CANONICAL_COLUMNS = (
+    "seq",
+    "account",
+    "source",
+    "channel",
+    "event",
+    "market",
+    "order_id",
+    "trade_id",
+    "position_id",
+    "event_id",
+    "pre_event_id",
+    "exchange_ts_us",
+    "received_at",
+    "connection_id",
+    "dedup_key",
+    "payload",
+)
+CHAIN_COLUMNS = (*CANONICAL_COLUMNS, "prev_hash", "hash")
+_N = len(CANONICAL_COLUMNS)
+
+# A hash input builder: the canonical values of a row (``CANONICAL_COLUMNS``' order) -> the bytes its hash covers.
+Encoder = Callable[[Sequence[Any]], bytes]
+
+
+def canonical_values(values: Sequence[Any]) -> bytes:
+    """The reference encoding of a row's canonical values: compact JSON, UTF-8, non-ASCII unescaped."""
+    return _encode(list(values)).encode("utf-8")
+
+
 def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:
     """The bytes a row's hash covers (everything stored except the two hashes)."""
-    return _encode(
+    return canonical_values(
         [
             seq,
             entry.account,
@@ -52,11 +88,35 @@ def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:
             entry.dedup_key,
             entry.payload,
         ]
-    ).encode("utf-8")
+    )
 
 
 def link_hash(prev_hash: str, seq: int, entry: NewEntry | LogEntry) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical(seq, entry)).hexdigest()
+
+
+def chain_row(entry: LogEntry) -> tuple[Any, ...]:
+    """A stored row as the tuple a walk reads (``CHAIN_COLUMNS``)."""
+    return (
+        entry.seq,
+        entry.account,
+        entry.source,
+        entry.channel,
+        entry.event,
+        entry.market,
+        entry.order_id,
+        entry.trade_id,
+        entry.position_id,
+        entry.event_id,
+        entry.pre_event_id,
+        entry.exchange_ts_us,
+        to_us(entry.received_at),
+        entry.connection_id,
+        entry.dedup_key,
+        entry.payload,
+        entry.prev_hash,
+        entry.hash,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +153,46 @@ class Break:
     reason: str
 
 
+def _seq_break(expected: int, found: int, head: int) -> Break:
+    if found > expected:
+        return Break(expected, f"row missing: found seq {found} next after seq {head} (a row was removed)")
+    return Break(expected, f"found seq {found} after seq {head} (a row was inserted or reordered)")
+
+
+_PREV_MISMATCH = "prev_hash does not match the previous row's hash (a row was removed, inserted or altered)"
+_CONTENT_MISMATCH = "content does not match its hash (the row was altered or moved)"
+_UNLINKABLE = ""  # the head hash of an open part whose first stored prev_hash is not text: never equal to a row's
+
+
+def _links(prev: str, values: Sequence[Any], stored: Any, encode: Encoder | None) -> bool:
+    """Whether ``stored`` is the link hash of ``values`` after ``prev``. A faster ``encode`` is only trusted when it
+    agrees: on a mismatch (or a value it refuses) the reference encoding decides, so it can never report a row the
+    reference accepts as altered; and it cannot accept a row the reference refuses either, since both write valid
+    JSON, which reads back to the same values only from the same bytes."""
+    head = prev.encode("utf-8")  # ASCII hex for every row the writer made
+    if encode is not None:
+        try:
+            if hashlib.sha256(head + encode(values)).hexdigest() == stored:
+                return True
+        except (TypeError, ValueError, OverflowError):
+            pass
+    try:
+        return bool(hashlib.sha256(head + canonical_values(values)).hexdigest() == stored)
+    except (TypeError, ValueError, OverflowError):  # a value no writer stores (bytes, NaN...): altered
+        return False
+
+
 class ChainWalker:
     """Checks stored rows fed in ``seq`` order, in as many pages as the caller likes (constant memory).
 
-    ``feed`` returns the first ``Break`` found (and every later call returns it again); ``finish`` checks the end
-    against an optional anchor.
+    ``feed`` (``LogEntry`` rows) and ``feed_rows`` (``CHAIN_COLUMNS`` tuples) return the first ``Break`` found (and
+    every later call returns it again); ``finish`` checks the end against an optional anchor.
+
+    A log can be walked in parts (in other processes): ``open_part()`` walks the rows after some seq, taking its first
+    row's seq and stored ``prev_hash`` as given (``first``); ``join(part)`` then checks that first row against this
+    walker's last one, exactly the checks ``feed`` would have made there, and continues with the part's result. Joined
+    in order from a walker that started at seq 0, the result is the one walk would give: the same ``count``, head
+    and first ``Break``.
     """
 
     def __init__(self, expect: Anchor | None = None) -> None:
@@ -106,39 +201,108 @@ class ChainWalker:
         self.head = 0
         self.head_hash = GENESIS
         self.broken: Break | None = None
+        self.first: tuple[int, Any] | None = None  # an open part's first row: (seq, stored prev_hash)
+        self._open = False
         self._anchor_seen = expect is None or (expect.seq == 0 and expect.hash == GENESIS)
 
+    @classmethod
+    def open_part(cls, expect: Anchor | None = None) -> ChainWalker:
+        """A walker for the rows after some seq: its first row's link is taken as given, for ``join`` to check."""
+        walker = cls(expect)
+        walker._open = True
+        return walker
+
     def feed(self, rows: Iterable[LogEntry]) -> Break | None:
+        return self.feed_rows([chain_row(row) for row in rows])
+
+    def feed_rows(self, rows: Iterable[Sequence[Any]], encode: Encoder | None = None) -> Break | None:
+        """Check rows given as ``CHAIN_COLUMNS`` tuples. ``encode``: a faster builder of ``canonical_values``'
+        bytes (the store's), checked against the reference wherever it disagrees with a stored hash."""
+
+        def links(seq: int, prev: str, stored: Any, row: Sequence[Any]) -> bool:
+            return _links(prev, row[:_N], stored, encode)
+
+        return self._walk(((row[0], row[_N], row[_N + 1], row) for row in rows), links)
+
+    def feed_encoded(
+        self, rows: Iterable[Sequence[Any]], reread: Callable[[int], Sequence[Any] | None]
+    ) -> Break | None:
+        """Check rows given as ``(seq, prev_hash, hash, text)``, where ``text`` is the row's canonical encoding as the
+        database wrote it (SQLite's ``json_array``), or ``None``. It is only a shortcut: a row whose text does not
+        give its stored hash is read again (``reread(seq)``: its ``CHAIN_COLUMNS`` tuple) and checked with the
+        reference encoding, so the verdict is always the reference's. (Text that gives the stored hash is the
+        reference's bytes, which as valid JSON read back only to the row's own values.)"""
+        sha = hashlib.sha256
+
+        def links(seq: int, prev: str, stored: Any, text: Any) -> bool:
+            if text is not None and sha((prev + text).encode("utf-8")).hexdigest() == stored:
+                return True
+            row = reread(seq)
+            return row is not None and _links(prev, row[:_N], stored, None)
+
+        return self._walk(rows, links)
+
+    def _walk(self, rows: Iterable[Sequence[Any]], links: Callable[[int, str, Any, Any], bool]) -> Break | None:
+        """Check ``(seq, prev_hash, hash, content)`` rows; ``links`` says whether a row's content gives its hash."""
         if self.broken is not None:
             return self.broken
-        for row in rows:
-            expected_seq = self.head + 1
-            if row.seq != expected_seq:
-                if row.seq > expected_seq:
-                    why = f"row missing: found seq {row.seq} next after seq {self.head} (a row was removed)"
-                else:
-                    why = f"found seq {row.seq} after seq {self.head} (a row was inserted or reordered)"
-                self.broken = Break(expected_seq, why)
+        rows = iter(rows)
+        if self._open:
+            for first in rows:
+                self._open = False
+                seq, prev = first[0], first[1]
+                self.first = (seq, prev)
+                self.head, self.head_hash = seq - 1, prev if isinstance(prev, str) else _UNLINKABLE
+                self._check([first], links)
+                break
+        if self.broken is None:
+            self._check(rows, links)
+        return self.broken
+
+    def _check(self, rows: Iterable[Sequence[Any]], links: Callable[[int, str, Any, Any], bool]) -> None:
+        head, head_hash, count = self.head, self.head_hash, self.count
+        anchor = self.expect.seq if self.expect is not None else -1
+        try:
+            for seq, prev, stored, content in rows:
+                if seq != head + 1:
+                    self.broken = _seq_break(head + 1, seq, head)
+                    return
+                if prev != head_hash:
+                    self.broken = Break(seq, _PREV_MISMATCH)
+                    return
+                if not links(seq, prev, stored, content):
+                    self.broken = Break(seq, _CONTENT_MISMATCH)
+                    return
+                if seq == anchor:
+                    assert self.expect is not None
+                    if stored != self.expect.hash:
+                        self.broken = Break(
+                            seq, f"hash differs from the anchor {self.expect} (the log was rewritten up to here)"
+                        )
+                        return
+                    self._anchor_seen = True
+                head, head_hash = seq, stored
+                count += 1
+        finally:
+            self.head, self.head_hash, self.count = head, head_hash, count
+
+    def join(self, part: ChainWalker) -> Break | None:
+        """Continue with ``part``, an ``open_part`` walked over the rows after this walker's (see the class)."""
+        if self.broken is not None:
+            return self.broken
+        if part.first is not None:
+            seq, prev = part.first
+            if seq != self.head + 1:
+                self.broken = _seq_break(self.head + 1, seq, self.head)
                 return self.broken
-            if row.prev_hash != self.head_hash:
-                self.broken = Break(
-                    row.seq, "prev_hash does not match the previous row's hash (a row was removed, inserted or altered)"
-                )
+            if prev != self.head_hash:
+                self.broken = Break(seq, _PREV_MISMATCH)
                 return self.broken
-            if link_hash(row.prev_hash, row.seq, row) != row.hash:
-                self.broken = Break(row.seq, "content does not match its hash (the row was altered or moved)")
-                return self.broken
-            if self.expect is not None and row.seq == self.expect.seq:
-                if row.hash != self.expect.hash:
-                    self.broken = Break(
-                        row.seq, f"hash differs from the anchor {self.expect} (the log was rewritten up to here)"
-                    )
-                    return self.broken
-                self._anchor_seen = True
-            self.head = row.seq
-            self.head_hash = row.hash
-            self.count += 1
-        return None
+            self.head, self.head_hash = part.head, part.head_hash
+        self.count += part.count
+        self._anchor_seen = self._anchor_seen or part._anchor_seen
+        self.broken = part.broken
+        return self.broken
 
     def finish(self) -> Break | None:
         if self.broken is None and not self._anchor_seen and self.expect is not None:

@@ -39,7 +39,6 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.exc import DatabaseError
 
 from tracker.audit.model import (
     LIST_LIMIT,
@@ -57,13 +56,11 @@ from tracker.audit.model import (
 )
 from tracker.domain import tracker_events as te
 from tracker.domain.chain import ChainWalker
-from tracker.store.errors import first_line, is_damage
-from tracker.store.event_log import EventLog
+from tracker.store.chain_walk import Walked, start_walk
 from tracker.store.integrity import check_integrity
 from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.schema import UtcDateTime, event_log
 
-CHAIN_PAGE: Final = 5000
 LEDGER_VIEWS: Final = ("v_ledger", "v_balances", "v_balance_checks")
 TRACKER_EVENTS: Final = tuple(sorted(te.TRACKER_EVENTS))
 
@@ -150,42 +147,62 @@ def _aware(value: Any) -> datetime | None:
 
 
 def integrity(engine: Engine) -> Integrity:
-    """``tracker verify``'s two checks: the database's own, then the chain from seq 1 to the head as it is now."""
-    started = time.perf_counter()
-    # The database's check runs in SQLite's or PostgreSQL's own code (the GIL released): on a thread of its own it
-    # overlaps the chain walk, which is Python (hashing), instead of adding to it (4.5 s + 12 s on a 1M-event log).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-integrity") as pool:
-        checking = pool.submit(check_integrity, engine)
-        walker, broken = _walk_chain(engine)
-        report = checking.result()
-    return Integrity(
-        method=report.method,
-        problems=report.problems,
-        note=report.note,
-        chain_rows=walker.count,
-        head_seq=walker.head,
-        head_hash=walker.head_hash,
-        broken=broken,
-        seconds=time.perf_counter() - started,
-    )
+    """``tracker verify``'s two checks: the database's own, and the chain from seq 1 to the head as it is now."""
+    with start_integrity(engine) as pending:
+        return pending.result()
 
 
-def _walk_chain(engine: Engine) -> tuple[ChainWalker, str | None]:
-    """``tracker verify``'s walk: seq 1 to the head as it is now; a damaged page ends it with its message."""
-    log = EventLog(engine)
-    walker = ChainWalker()
-    end = log.head()
-    broken: str | None = None
-    try:
-        for page in log.iter_after(0, CHAIN_PAGE):
-            page = [row for row in page if row.seq <= end] if page[-1].seq > end else page
-            if walker.feed(page) is not None or not page or page[-1].seq >= end:
-                break
-    except DatabaseError as error:
-        if not is_damage(error):
+class PendingIntegrity:
+    """``integrity`` under way (``start_integrity``): the chain walk in worker processes on a big SQLite log
+    (``chain_walk``) and the database's check on a thread (it runs in SQLite's or PostgreSQL's own code, the GIL
+    released), both while the caller runs the report's other queries. ``result()`` waits for both; ``close()`` (the
+    ``with`` block's end) stops the workers if the caller failed first."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.started = time.perf_counter()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-integrity")
+        try:
+            self.checking = self.pool.submit(check_integrity, engine)
+            self.walk = start_walk(engine)
+        except BaseException:
+            self.pool.shutdown(wait=False, cancel_futures=True)
             raise
-        broken = f"seq {walker.head + 1}: the row cannot be read ({first_line(error)})"
-    if broken is None and (found := walker.finish()) is not None:
+
+    def __enter__(self) -> PendingIntegrity:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.walk.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def result(self) -> Integrity:
+        walker, broken = _chain_verdict(self.walk.result())
+        report = self.checking.result()
+        return Integrity(
+            method=report.method,
+            problems=report.problems,
+            note=report.note,
+            chain_rows=walker.count,
+            head_seq=walker.head,
+            head_hash=walker.head_hash,
+            broken=broken,
+            seconds=time.perf_counter() - self.started,
+        )
+
+
+def start_integrity(engine: Engine) -> PendingIntegrity:
+    return PendingIntegrity(engine)
+
+
+def _chain_verdict(walked: Walked) -> tuple[ChainWalker, str | None]:
+    """The walk's result as the report says it: seq 1 to the head; a damaged page ends it with its message."""
+    walker, broken = walked.walker, None
+    if walked.unreadable is not None:
+        broken = f"seq {walker.head + 1}: the row cannot be read ({walked.unreadable})"
+    elif (found := walker.finish()) is not None:
         broken = f"seq {found.seq}: {found.reason}"
     return walker, broken
 

