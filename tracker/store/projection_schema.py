@@ -160,13 +160,16 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
     ),
     "v_self_trades": (
         "self_trades",
-        tuple(
-            (c, c)
-            for c in (
-                "account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at",
-                "trade_type", "buyers_trade_account_id", "sellers_trade_account_id", "time_from_receipt",
-            )
-        ) + (("trade_account_id", "buyers_trade_account_id"),),  # both sides' account when they agree (0007)
+        (
+            *(
+                (c, c)
+                for c in (
+                    "account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at",
+                    "trade_type", "buyers_trade_account_id", "sellers_trade_account_id", "time_from_receipt",
+                )
+            ),
+            ("trade_account_id", "buyers_trade_account_id"),  # both sides' account when they agree (0007)
+        ),
     ),
     "v_liquidations": (
         "liquidations",
