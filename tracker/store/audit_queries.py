@@ -9,8 +9,9 @@ bare ``sqlite3`` shell, write ``decimal_sum`` for ``sum`` to get the same digits
 The period is whole UTC days (``Period``): times compare against midnight bounds, days (``v_fees_daily.day``) against
 the day text, so the daily table, the fill count and the lists agree on what is inside.
 
-Optional views are detected with the inspector, never assumed: ``v_ledger``, ``v_balances`` and ``v_balance_checks`` (the ledger,
-added by a later migration) and extra columns of ``v_discrepancies`` (``note``, ``acknowledged_at``).
+Optional views are detected with the inspector, never assumed: ``v_ledger``, ``v_balances`` and
+``v_balance_checks`` (the ledger, added by a later migration) and extra columns of ``v_discrepancies`` (``note``,
+``acknowledged_at``).
 """
 
 from __future__ import annotations
