@@ -66,6 +66,11 @@ from tracker.store.projection_schema import CHECKPOINT_NAME, projector_checkpoin
 from tracker.store.schema import event_log
 
 MARKETS = ("btcusd", "ethusd", "btcusd-perp")
+# v_fees_daily summed over trade accounts (a fill only REST returned has none: its own row), exactly on both backends
+# (tracker's SQLite connections sum decimal text exactly).
+FEE_DAYS = (
+    "SELECT day, market, sum(fills), sum(volume), sum(fees), sum(base_volume) FROM v_fees_daily GROUP BY day, market"
+)
 FAULTS = ("reconnect", "drop", "stall", "pause", "duplicate", "malformed", "unknown", "token", "reject")
 REST_BUDGET = 10_000  # requests per 10 minutes per account (docs/bitstamp.md §5.8)
 REST_WINDOW_S = 600.0
@@ -310,10 +315,7 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
             r[0]: (r[1], _d(r[2]))
             for r in conn.execute(text("SELECT order_id, status, amount_remaining FROM v_orders"))
         }
-        days = {
-            (str(r[0]), r[1]): (int(r[2]), _d(r[3]), _d(r[4]), _d(r[5]))
-            for r in conn.execute(text("SELECT day, market, fills, volume, fees, base_volume FROM v_fees_daily"))
-        }
+        days = {(str(r[0]), r[1]): (int(r[2]), _d(r[3]), _d(r[4]), _d(r[5])) for r in conn.execute(text(FEE_DAYS))}
         total, keys = conn.execute(
             select(func.count(), func.count(event_log.c.dedup_key.distinct())).select_from(event_log)
         ).one()

@@ -295,7 +295,8 @@ def test_reporting_role_selects_views_and_nothing_else(pg_url: str) -> None:
                 conn.rollback()
             for statement in denied:
                 conn.exec_driver_sql(f'SET ROLE "{role}"')
-                with pytest.raises(DBAPIError, match="permission denied"):
+                # A view over a join (v_settlements, v_ledger, ...) is refused as not updatable before permissions.
+                with pytest.raises(DBAPIError, match=r"permission denied|cannot (insert into|update|delete from) view"):
                     conn.exec_driver_sql(statement)
                 conn.rollback()
             conn.exec_driver_sql("RESET ROLE")

@@ -99,7 +99,7 @@ class TrackerEntry:
 
 @dataclass(frozen=True, slots=True)
 class Activity:
-    fees_daily: Table  # day, market, fills, volume, fees, base_volume
+    fees_daily: Table  # day, market, fills, volume, fees, base_volume, trade_account_id
     fees_total: Table  # market, fills, volume, fees (exact sums over fees_daily)
     fills: Table  # market, side, fills, fees (from v_fills: the count the daily table must agree with)
     orders: Table  # status, market, orders

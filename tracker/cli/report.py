@@ -9,10 +9,10 @@ a ``Z``. ``--market`` is case-insensitive (``BTCUSD``, ``btc/usd``) and must nam
 
 The ledger kinds (``ledger``, ``balances``, ``transfers``, ``settlements``, ``self-trades``, ``liquidations``,
 ``discrepancies``) read ``v_ledger``, ``v_balances``, ``v_transfers`` and the other views through
-``store/ledger_queries.py``; for them ``--account`` is the trade account (``0`` the main one, else a sub-account id, as
-in the ledger contract) and ``--user`` the Bitstamp account. For ``fees``, ``fills``, ``orders`` and ``positions``
-``--account`` keeps its older meaning, the Bitstamp account (``--user`` says the same). ``balances --until T`` gives the
-balances at T (the exact sum of the ledger's legs before it).
+``store/ledger_queries.py``. On every kind ``--account`` is the trade account (``0`` the main one, else a sub-account
+id, as in the ledger contract: every view carries ``trade_account_id``) and ``--user`` the Bitstamp account (user id).
+A row whose trade account is unknown (NULL) is left out by ``--account``. ``balances --until T`` gives the balances at T
+(the exact sum of the ledger's legs before it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from tracker.bitstamp.ledger_channels import is_trade_account_id
 from tracker.cli import add_common_flags, open_database
 from tracker.config import load_settings
 from tracker.domain.money import EXACT
@@ -58,10 +59,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--market", help="only this market (e.g. btcusd)")
     parser.add_argument(
         "--account",
-        help="ledger kinds: only this trade account (0 the main one, else a sub-account id); fees, fills, orders,"
-        " positions: only this Bitstamp account (several may share one database)",
+        help="only this trade account: 0 the main one, else a sub-account id (rows whose trade account is unknown are"
+        " left out)",
     )
-    parser.add_argument("--user", help="only this Bitstamp account (user id), for every kind")
+    parser.add_argument(
+        "--user", help="only this Bitstamp account (user id; several may share one database), for every kind"
+    )
     parser.add_argument(
         "--since", type=parse_moment, help="from this UTC date or datetime, inclusive (2026-11-01 or 2026-11-01T12:00)"
     )
@@ -208,6 +211,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     market = normalise_market(args.market) if args.market is not None else None
     if args.kind in LEDGER_KINDS and market is not None:
         raise TrackerError(f"--market applies to {', '.join(VIEW_KINDS)}; report {args.kind} has no market filter")
+    if args.account is not None and not is_trade_account_id(args.account):
+        raise TrackerError(
+            f"--account {args.account}: not a trade account id (0 the main account, else a sub-account's number);"
+            " the Bitstamp account is --user"
+        )
     engine = open_database(settings)
     try:
         check_schema(engine)
@@ -220,15 +228,29 @@ def cmd_report(args: argparse.Namespace) -> int:
                     f"--market {args.market}: this database has no market {market!r}"
                     f" (known: {', '.join(known) if known else 'none yet'})"
                 )
-            account = args.account if args.account is not None else args.user
-            report = read_report(engine, args.kind, ReportFilter(account, market, args.since, args.until))
+            where = ReportFilter(args.user, market, args.since, args.until, trade_account_id=args.account)
+            report = read_report(engine, args.kind, where)
             columns, rows = report.columns, report.rows
             if args.format == "table":
                 rows = display_rows(columns, rows)
+        if args.account is not None and not rows:
+            _refuse_a_user_id_as_account(engine, args.account)
     finally:
         engine.dispose()
     sys.stdout.write(FORMATTERS[args.format](columns, rows))
     return 0
+
+
+def _refuse_a_user_id_as_account(engine: Any, account: str) -> None:
+    """``--account`` was the Bitstamp account for fees, fills, orders and positions before every view carried the
+    trade account: an empty report for an ``--account`` that is a Bitstamp account of this database says so."""
+    from tracker.store.reports import bitstamp_accounts
+
+    if account in bitstamp_accounts(engine):
+        raise TrackerError(
+            f"--account {account} names no trade account here but is a Bitstamp account (user id) of this database:"
+            f" --account is the trade account (0 the main one); use --user {account}"
+        )
 
 
 def _ledger_report(engine: Any, args: argparse.Namespace) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:

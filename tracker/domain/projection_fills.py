@@ -11,7 +11,7 @@ from decimal import Decimal
 from tracker.domain.events import Fill, SelfTrade
 from tracker.domain.money import format_decimal
 from tracker.domain.projection_orders import order_link, put_order_link, recompute_order
-from tracker.domain.projection_positions import apply_position_fill
+from tracker.domain.projection_positions import apply_position_fill, learn_position_account
 from tracker.domain.projection_state import ProjectionState, count, open_discrepancy, unix_us
 from tracker.domain.rows import FeesDailyRow, FillRow, OrderLinkRow, SelfTradeRow
 
@@ -89,7 +89,15 @@ def apply_fill(state: ProjectionState, event: Fill) -> None:
         _add_order_fill(state, account, event.order_id, event.amount, event.seq)
     if event.position_id is not None:
         apply_position_fill(
-            state, account, event.position_id, event.market, event.side, event.amount, event.price, event.fee
+            state,
+            account,
+            event.position_id,
+            event.market,
+            event.side,
+            event.amount,
+            event.price,
+            event.fee,
+            event.trade_account_id,
         )
 
 
@@ -139,10 +147,16 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
         client_order_id,
     )
     state.dirty["fills"].add(key)
+    if old.trade_account_id is None and account_id is not None:
+        _move_fee_day(state, old, account_id)
     if old.order_id is None and order_id is not None:
         _add_order_fill(state, old.account, order_id, old.amount, event.seq)
     if old.position_id is None and position_id is not None:
-        apply_position_fill(state, old.account, position_id, old.market, old.side, old.amount, old.price, old.fee)
+        apply_position_fill(
+            state, old.account, position_id, old.market, old.side, old.amount, old.price, old.fee, account_id
+        )
+    elif position_id is not None and old.trade_account_id is None and account_id is not None:
+        learn_position_account(state, old.account, position_id, account_id)
 
 
 def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount: Decimal, seq: int) -> None:
@@ -164,14 +178,39 @@ def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount:
 
 def _add_fee_day(state: ProjectionState, event: Fill) -> None:
     day = event.executed_at.date().isoformat()
-    key = (event.account, day, event.market or "")
+    _fee_day(state, event.account, event.trade_account_id, day, event.market, event.amount, event.price, event.fee, 1)
+
+
+def _move_fee_day(state: ProjectionState, old: FillRow, trade_account_id: str) -> None:
+    """A fill's trade account learned after it was counted under "unknown": its figures move to that account's row
+    (``v_fees_daily`` stays the exact sum of ``v_fills`` grouped by trade account, day and market)."""
+    day = old.executed_at.date().isoformat()
+    _fee_day(state, old.account, None, day, old.market, old.amount, old.price, old.fee, -1)
+    _fee_day(state, old.account, trade_account_id, day, old.market, old.amount, old.price, old.fee, 1)
+
+
+def _fee_day(
+    state: ProjectionState,
+    account: str,
+    trade_account_id: str | None,
+    day: str,
+    market: str | None,
+    amount: Decimal,
+    price: Decimal,
+    fee: Decimal,
+    sign: int,
+) -> None:
+    """Add (``sign`` 1) or take away (-1) one fill from its (trade account, day, market) row."""
+    key = (account, trade_account_id or "", day, market or "")
     row = state.fees_daily.get(key)
-    quote = event.amount * event.price
+    quote = amount * price
+    if sign < 0:
+        quote, amount, fee = -quote, -amount, -fee
     if row is None:
-        row = FeesDailyRow(key[0], day, key[2], 1, quote, event.amount, event.fee)
+        row = FeesDailyRow(account, key[1], day, key[3], sign, quote, amount, fee)
     else:
         row = FeesDailyRow(
-            key[0], day, key[2], row.fills + 1, row.volume + quote, row.base_volume + event.amount, row.fees + event.fee
+            account, key[1], day, key[3], row.fills + sign, row.volume + quote, row.base_volume + amount, row.fees + fee
         )
     state.fees_daily[key] = row
     state.dirty["fees_daily"].add(key)

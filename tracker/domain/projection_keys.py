@@ -71,7 +71,10 @@ def add_keys_for(keys: Keys, event: DomainEvent) -> None:
             counters.add((account, "order_event_stale"))
         case Fill():
             keys["fills"].add((account, event.trade_id))
-            keys["fees_daily"].add((account, event.executed_at.date().isoformat(), event.market or ""))
+            day, market = event.executed_at.date().isoformat(), event.market or ""
+            keys["fees_daily"].add((account, event.trade_account_id or "", day, market))
+            if event.trade_account_id is not None:  # a fill seen before without one moves from the "" row
+                keys["fees_daily"].add((account, "", day, market))
             if event.order_id is not None:
                 _order(keys, account, event.order_id)
             if event.position_id is not None:

@@ -17,7 +17,9 @@ from tracker.domain.rows import LiquidationRow, PositionRow, PositionStatus, Set
 def _position_row(state: ProjectionState, account: str, position_id: str) -> PositionRow:
     row = state.positions.get((account, position_id))
     if row is None:
-        return PositionRow(account, position_id, None, None, ZERO, "open", None, ZERO, ZERO, ZERO, None, ZERO, ZERO, "")
+        return PositionRow(
+            account, position_id, None, None, ZERO, "open", None, ZERO, ZERO, ZERO, None, ZERO, ZERO, "", None
+        )
     return row
 
 
@@ -41,6 +43,7 @@ def _put_position(
     entry_cost: Decimal,
     entry_qty: Decimal,
     liquidation_state: str,
+    trade_account_id: str | None,
 ) -> None:
     if net_size > 0:
         side: str | None = "long"
@@ -64,6 +67,7 @@ def _put_position(
         entry_cost,
         entry_qty,
         liquidation_state,
+        trade_account_id,
     )
     key = (old.account, old.position_id)
     state.positions[key] = row
@@ -79,8 +83,10 @@ def apply_position_fill(
     amount: Decimal,
     price: Decimal,
     fee: Decimal,
+    trade_account_id: str | None,
 ) -> None:
-    """A fill of the position: its fees, its signed size, and the cost of what increased it (the entry price)."""
+    """A fill of the position: its fees, its signed size, the cost of what increased it (the entry price), and the
+    trade account it names if none was known (first-learned)."""
     old = _position_row(state, account, position_id)
     signed = amount if side == "buy" else -amount
     net = old.net_size
@@ -97,6 +103,27 @@ def apply_position_fill(
         entry_cost=old.entry_cost + increase * price,
         entry_qty=old.entry_qty + increase,
         liquidation_state=old.liquidation_state,
+        trade_account_id=old.trade_account_id if old.trade_account_id is not None else trade_account_id,
+    )
+
+
+def learn_position_account(state: ProjectionState, account: str, position_id: str, trade_account_id: str) -> None:
+    """A trade account learned for a position that had none (a fill enriched by a later source): first-learned."""
+    old = _position_row(state, account, position_id)
+    if old.trade_account_id is not None:
+        return
+    _put_position(
+        state,
+        old,
+        market=old.market,
+        fees=old.fees,
+        realised_pnl=old.realised_pnl,
+        net_size=old.net_size,
+        first_side=old.first_side,
+        entry_cost=old.entry_cost,
+        entry_qty=old.entry_qty,
+        liquidation_state=old.liquidation_state,
+        trade_account_id=trade_account_id,
     )
 
 
@@ -140,11 +167,13 @@ def apply_settlement(state: ProjectionState, event: Settlement) -> None:
             entry_cost=old.entry_cost,
             entry_qty=old.entry_qty,
             liquidation_state=old.liquidation_state,
+            trade_account_id=old.trade_account_id,
         )
 
 
 def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
-    """A liquidation alert: its row, and its position's liquidation state (``liquidated`` is final)."""
+    """A liquidation alert: its row, and its position's liquidation state (``liquidated`` is final) and trade
+    account (first-learned: the alert carries ``trade_account_id``, docs/bitstamp.md §2.6)."""
     occurred_us = unix_us(event.occurred_at)
     key = (event.account, event.position_id, event.kind, occurred_us)
     state.liquidations[key] = LiquidationRow(
@@ -168,7 +197,9 @@ def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
         liquidation_state = "liquidated"
     elif event.kind == "liquidation_start" and liquidation_state != "liquidated":
         liquidation_state = "liquidating"
-    if liquidation_state != old.liquidation_state or (event.account, event.position_id) not in state.positions:
+    account_id = old.trade_account_id if old.trade_account_id is not None else event.trade_account_id
+    changed = liquidation_state != old.liquidation_state or account_id != old.trade_account_id
+    if changed or (event.account, event.position_id) not in state.positions:
         _put_position(
             state,
             old,
@@ -180,4 +211,5 @@ def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
             entry_cost=old.entry_cost,
             entry_qty=old.entry_qty,
             liquidation_state=liquidation_state,
+            trade_account_id=account_id,
         )

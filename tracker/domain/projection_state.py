@@ -102,7 +102,7 @@ class ProjectionState:
         self.orders: StateTable[tuple[str, str], OrderRow] = tables["orders"]
         self.order_links: StateTable[tuple[str, str], OrderLinkRow] = tables["order_links"]
         self.fills: StateTable[tuple[str, str], FillRow] = tables["fills"]
-        self.fees_daily: StateTable[tuple[str, str, str], FeesDailyRow] = tables["fees_daily"]
+        self.fees_daily: StateTable[tuple[str, str, str, str], FeesDailyRow] = tables["fees_daily"]
         self.self_trades: StateTable[tuple[str, str, str, str, int], SelfTradeRow] = tables["self_trades"]
         self.settlements: StateTable[tuple[str, str, str], SettlementRow] = tables["settlements"]
         self.liquidations: StateTable[tuple[str, str, str, int], LiquidationRow] = tables["liquidations"]

@@ -96,10 +96,14 @@ class FillRow:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class FeesDailyRow:
-    """``v_fees_daily``, maintained per new fill. ``market`` is ``""`` for a fill without a known market."""
+    """``v_fees_daily``, maintained per new fill. ``market`` is ``""`` for a fill without a known market, and
+    ``trade_account_id`` ``""`` for a fill whose trade account is unknown (the view shows NULL). A fill whose trade
+    account is learned later moves from the ``""`` row to its account's; a row can so fall to ``fills`` 0 (the view
+    hides it: the fold never deletes)."""
 
-    KEY: ClassVar[tuple[str, ...]] = ("account", "day", "market")
+    KEY: ClassVar[tuple[str, ...]] = ("account", "trade_account_id", "day", "market")
     account: str
+    trade_account_id: str  # "" = unknown (NULL in v_fees_daily)
     day: str  # YYYY-MM-DD of executed_at, UTC
     market: str
     fills: int
@@ -190,6 +194,8 @@ class PositionRow:
     entry_cost: Decimal  # sum of amount * price of the quantity that increased the position
     entry_qty: Decimal
     liquidation_state: str  # "" | "liquidating" | "liquidated"
+    # Public again (v_positions, last column): first-learned from the position's fills and liquidation alerts.
+    trade_account_id: str | None
 
 
 @fast_init

@@ -239,9 +239,17 @@ def activity(engine: Engine, period: Period) -> Activity:
     with engine.connect() as conn:
         fees_daily = _table(
             conn,
-            select(fees.c.day, fees.c.market, fees.c.fills, fees.c.volume, fees.c.fees, fees.c.base_volume)
+            select(
+                fees.c.day,
+                fees.c.market,
+                fees.c.fills,
+                fees.c.volume,
+                fees.c.fees,
+                fees.c.base_volume,
+                fees.c.trade_account_id,
+            )
             .where(*fee_where)
-            .order_by(fees.c.day, fees.c.market),
+            .order_by(fees.c.day, fees.c.market, fees.c.trade_account_id),
             limit=LIST_LIMIT * 4,
         )
         fees_total = _table(

@@ -176,15 +176,17 @@ def read_ledger_report(engine: Engine, kind: str, where: LedgerFilter) -> Ledger
     if kind == "balances":
         return _balances(engine, where)
     if kind == "discrepancies":
-        if where.since is not None or where.until is not None or where.trade_account_id is not None:
+        if where.since is not None or where.until is not None:
             raise ReportUnavailable(
-                "report discrepancies: v_discrepancies has no time nor trade account: drop --since/--until/--account"
+                "report discrepancies: v_discrepancies has no time: drop --since/--until"
                 " (tracker discrepancies --status filters it)"
             )
         view = VIEWS["v_discrepancies"]
         query = select(view).order_by(view.c.opened_seq, view.c.id)
         if where.account is not None:
             query = query.where(view.c.account == where.account)
+        if where.trade_account_id is not None:  # the ledger's discrepancies name their trade account
+            query = query.where(view.c.trade_account_id == where.trade_account_id)
         return _run(engine, query)
     names = {"ledger": "v_ledger", "transfers": "v_transfers", "settlements": "v_settlements",
              "self-trades": "v_self_trades", "liquidations": "v_liquidations"}  # fmt: skip
@@ -197,10 +199,10 @@ def read_ledger_report(engine: Engine, kind: str, where: LedgerFilter) -> Ledger
         conditions.append(view.c.account == where.account)
     if where.trade_account_id is not None:
         tai = where.trade_account_id
-        if "trade_account_id" in view.c:
-            conditions.append(view.c.trade_account_id == tai)
-        elif "buyers_trade_account_id" in view.c:
+        if "buyers_trade_account_id" in view.c:  # a self trade of the account on either side
             conditions.append(or_(view.c.buyers_trade_account_id == tai, view.c.sellers_trade_account_id == tai))
+        elif "trade_account_id" in view.c:
+            conditions.append(view.c.trade_account_id == tai)
         else:
             raise ReportUnavailable(f"report {kind}: {names[kind]} has no trade_account_id column, so --account"
                                     " cannot filter it: drop --account")  # fmt: skip

@@ -154,27 +154,21 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
     ),
     "v_fees_daily": (
         "fees_daily",
-        tuple((c, c) for c in ("account", "day", "market", "fills", "volume", "fees", "base_volume")),
+        tuple(
+            (c, c) for c in ("account", "day", "market", "fills", "volume", "fees", "base_volume", "trade_account_id")
+        ),
     ),
     "v_self_trades": (
         "self_trades",
-        tuple(
-            (c, c)
-            for c in (
-                "account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at",
-                "trade_type", "buyers_trade_account_id", "sellers_trade_account_id", "time_from_receipt",
-            )
-        ),
-    ),
-    "v_settlements": (
-        "settlements",
-        tuple(
-            (c, c)
-            for c in (
-                "account", "position_id", "transaction_id", "ccy", "amount", "occurred_at", "kind",
-                "price_component", "trading_fee_component", "liquidation_fee_component", "funding_component",
-                "socialized_loss_component", "settlement_price", "strike_price", "settlement_type", "source",
-            )
+        (
+            *(
+                (c, c)
+                for c in (
+                    "account", "buy_order_id", "sell_order_id", "market", "amount", "price", "occurred_at",
+                    "trade_type", "buyers_trade_account_id", "sellers_trade_account_id", "time_from_receipt",
+                )
+            ),
+            ("trade_account_id", "buyers_trade_account_id"),  # both sides' account when they agree (0007)
         ),
     ),
     "v_liquidations": (
@@ -193,6 +187,7 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
             (c, c)
             for c in (
                 "account", "position_id", "market", "side", "size", "status", "entry_price", "fees", "realised_pnl",
+                "trade_account_id",
             )
         ),
     ),
@@ -233,9 +228,19 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, tuple[tuple[str, str], ...]]]] = {
     ),
 }  # fmt: skip
 
-# The ledger views that join several tables (their SQL is in migrations/versions/0006_ledger.py): view column →
-# (table, column) for its type. ``txid`` of v_ledger comes from v_transfers (crypto or request text).
+# The views that join several tables (their SQL is in migrations/versions/0006_ledger.py and 0007): view column →
+# (table, column) for its type. ``txid`` of v_ledger comes from v_transfers (crypto or request text);
+# ``trade_account_id`` of v_settlements is its position's (v_positions).
 JOINED_VIEW_COLUMNS: Final[dict[str, tuple[tuple[str, str, str], ...]]] = {
+    "v_settlements": tuple(
+        (c, "positions" if c == "trade_account_id" else "settlements", c)
+        for c in (
+            "account", "position_id", "transaction_id", "ccy", "amount", "occurred_at", "kind",
+            "price_component", "trading_fee_component", "liquidation_fee_component", "funding_component",
+            "socialized_loss_component", "settlement_price", "strike_price", "settlement_type", "source",
+            "trade_account_id",
+        )
+    ),
     "v_ledger": tuple(
         (c, "crypto_transactions" if c == "txid" else "ledger_legs", c)
         for c in (

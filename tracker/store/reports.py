@@ -2,7 +2,8 @@
 
 Times: ``since`` is inclusive and ``until`` exclusive (both aware UTC). The fee report filters its ``day`` column
 (``YYYY-MM-DD`` text) by the days the range touches; positions have no time of their own and are kept when one of
-their fills was executed in the range.
+their fills was executed in the range. ``account`` is the Bitstamp account, ``trade_account_id`` the trade account
+(every view carries it; NULL where unknown, which no filter matches).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import ColumnElement, Engine, Select, exists, select, union
 
 from tracker.store.projection_schema import VIEWS
+from tracker.store.schema import event_log
 
 ReportKind = Literal["fees", "fills", "orders", "positions"]
 REPORTS: Final[tuple[ReportKind, ...]] = ("fees", "fills", "orders", "positions")
@@ -21,10 +23,11 @@ REPORTS: Final[tuple[ReportKind, ...]] = ("fees", "fills", "orders", "positions"
 
 @dataclass(frozen=True, slots=True)
 class ReportFilter:
-    account: str | None = None
+    account: str | None = None  # the Bitstamp account (user id; ``tracker report --user``)
     market: str | None = None
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
+    trade_account_id: str | None = None  # ``0`` the main account, else a sub-account (``tracker report --account``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,8 @@ def _query(kind: ReportKind, where: ReportFilter) -> Select[Any]:
         order = [view.c.account, view.c.position_id]
     if where.account is not None:
         conditions.append(view.c.account == where.account)
+    if where.trade_account_id is not None:  # a row whose trade account is unknown (NULL) matches none
+        conditions.append(view.c.trade_account_id == where.trade_account_id)
     if where.market is not None:
         conditions.append(view.c.market == where.market)
     return select(view).where(*conditions).order_by(*order)
@@ -95,3 +100,13 @@ def known_markets(engine: Engine) -> list[str]:
     query = union(*(select(VIEWS[name].c.market.label("market")).distinct() for name in names))
     with engine.connect() as conn:
         return sorted(market for (market,) in conn.execute(query) if market)
+
+
+def bitstamp_accounts(engine: Engine) -> list[str]:
+    """Every Bitstamp account (user id) the log or the projected views name, sorted."""
+    query = union(
+        select(event_log.c.account).distinct(),
+        *(select(VIEWS[name].c.account).distinct() for name in ("v_orders", "v_fills", "v_positions")),
+    )
+    with engine.connect() as conn:
+        return sorted(conn.execute(query).scalars())
