@@ -135,3 +135,29 @@ def test_pygal_import_hook_is_removed() -> None:
 
 def test_period_is_whole_days() -> None:
     assert Period(date(2026, 11, 1), date(2026, 12, 1)).until == date(2026, 12, 1)
+
+
+def test_account_is_the_trade_account(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--account`` narrows the views' sections to one trade account (as report and export do); ``--user`` is the
+    Bitstamp account; a user id given as ``--account`` is refused with a line saying so."""
+    engine = open_engine(db)
+    try:
+        log = EventLog(engine)
+        log.append(
+            [
+                ledger_entry({"id": 1, "datetime": "2026-11-29 10:00:00", "type": 0, "usd": "5", "fee": "0"}),
+                ledger_entry(
+                    {"id": 2, "datetime": "2026-11-29 10:00:01", "type": 0, "eur": "7", "fee": "0"}, tai="1001"
+                ),
+            ]
+        )
+        ProjectionStore(engine).catch_up(log)
+    finally:
+        engine.dispose()
+    out = tmp_path / "sub.html"
+    assert main(["audit", "--db-url", db, "--account", "1001", "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert 'data-figure="current-balance-1001-eur"' in html and "current-balance-0-usd" not in html
+    assert "trade account 1001" in html
+    assert main(["audit", "--db-url", db, "--account", "acc-1", "--out", str(out)]) == 2
+    assert "the Bitstamp account is --user" in capsys.readouterr().err

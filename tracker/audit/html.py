@@ -327,6 +327,12 @@ def provenance_html(data: AuditData) -> str:
         ("tracker version", data.version),
         ("database", data.database),
         ("account", p.account or "every account in the database"),
+        (
+            "trade account",
+            p.trade_account
+            if p.trade_account is not None
+            else "every trade account (the main account 0 and every sub-account)",
+        ),
         ("period (UTC, whole days, end exclusive)", period),
         ("log entries in the period", f"{span.events} (seq {span.first_seq or '-'}..{span.last_seq or '-'})"),
         ("first and last entry in the period", f"{_time(span.first_at)} .. {_time(span.last_at)}"),
@@ -368,6 +374,8 @@ def render(data: AuditData) -> str:
     sections = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS)
     p = data.period
     scope = f"account {_e(p.account)}" if p.account else "every account"
+    if p.trade_account is not None:
+        scope += f", trade account {_e(p.trade_account)}"
     when = f"{p.since or 'start'} .. {p.until or 'end'}"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -49,11 +49,14 @@ class Table:
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """Whole UTC days: ``since`` inclusive, ``until`` exclusive (None: open). ``account`` None: every account."""
+    """Whole UTC days: ``since`` inclusive, ``until`` exclusive (None: open). ``account`` (the Bitstamp account, user
+    id) None: every account. ``trade_account`` (``0`` the main account, else a sub-account) None: every trade account;
+    it narrows the views that carry ``trade_account_id``, not the log's own sections (integrity, coverage)."""
 
     since: date | None = None
     until: date | None = None
     account: str | None = None
+    trade_account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

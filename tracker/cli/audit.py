@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from tracker.audit.model import AuditData, Period
+from tracker.bitstamp.ledger_channels import is_trade_account_id
 from tracker.cli import add_common_flags
 from tracker.config import load_settings
 
@@ -31,7 +32,11 @@ def register(subparsers: Any) -> None:
     add_common_flags(parser)
     parser.add_argument("--since", type=_day, help="first UTC day of the period, inclusive (2026-11-01)")
     parser.add_argument("--until", type=_day, help="last UTC day of the period, inclusive (2026-11-30)")
-    parser.add_argument("--account", help="only this Bitstamp account (default: every account in the database)")
+    parser.add_argument(
+        "--account",
+        help="only this trade account in the views' sections (0 the main account, else a sub-account; default: all)",
+    )
+    parser.add_argument("--user", help="only this Bitstamp account, user id (default: every account in the database)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"the HTML file to write (default: {DEFAULT_OUT})")
     parser.set_defaults(func=cmd_audit)
 
@@ -122,6 +127,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from tracker.errors import TrackerError
     from tracker.store.migrate import check_schema
 
+    if args.account is not None and not is_trade_account_id(args.account):
+        raise ConfigError(
+            f"--account {args.account}: not a trade account id (0 the main account, else a sub-account's number);"
+            " the Bitstamp account is --user"
+        )
     settings = load_settings(flags={"db_url": args.db_url})
     # The inclusive last day -> an exclusive bound (the last day there is has none: open).
     until = None if args.until is None or args.until == date.max else date.fromordinal(args.until.toordinal() + 1)
@@ -130,7 +140,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         check_schema(engine)
         try:
-            data = write_audit(engine, out, Period(args.since, until, args.account))
+            data = write_audit(engine, out, Period(args.since, until, args.user, args.account))
         except OSError as exc:
             raise TrackerError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     finally:

@@ -91,6 +91,14 @@ def _account(column: Any, period: Period) -> list[ColumnElement[bool]]:
     return [] if period.account is None else [column == period.account]
 
 
+def _scope(view: Any, period: Period) -> list[ColumnElement[bool]]:
+    """A view's rows of the period's Bitstamp account and trade account (every view carries both columns)."""
+    where = _account(view.c.account, period)
+    if period.trade_account is not None:
+        where.append(view.c.trade_account_id == period.trade_account)
+    return where
+
+
 def query_of(statement: Select[Any], conn: Connection) -> Query:
     """The statement as SQL for this database, parameters written in where they can be; else listed beside it."""
     try:
@@ -234,8 +242,8 @@ def activity(engine: Engine, period: Period) -> Activity:
     selfs, settlements, liqs, positions = (
         VIEWS["v_self_trades"], VIEWS["v_settlements"], VIEWS["v_liquidations"], VIEWS["v_positions"],
     )  # fmt: skip
-    fee_where = [*_day_range(fees.c.day, period), *_account(fees.c.account, period)]
-    fill_where = [*_time_range(fills.c.executed_at, period), *_account(fills.c.account, period)]
+    fee_where = [*_day_range(fees.c.day, period), *_scope(fees, period)]
+    fill_where = [*_time_range(fills.c.executed_at, period), *_scope(fills, period)]
     with engine.connect() as conn:
         fees_daily = _table(
             conn,
@@ -266,12 +274,12 @@ def activity(engine: Engine, period: Period) -> Activity:
         order_counts = _table(
             conn,
             select(orders.c.status, orders.c.market, func.count().label("orders"))
-            .where(*_time_range(orders.c.created_at, period), *_account(orders.c.account, period))
+            .where(*_time_range(orders.c.created_at, period), *_scope(orders, period))
             .group_by(orders.c.status, orders.c.market).order_by(orders.c.status, orders.c.market),
         )  # fmt: skip
         self_trades = _table(
             conn,
-            select(selfs).where(*_time_range(selfs.c.occurred_at, period), *_account(selfs.c.account, period))
+            select(selfs).where(*_time_range(selfs.c.occurred_at, period), *_scope(selfs, period))
             .order_by(selfs.c.occurred_at),
             limit=LIST_LIMIT,
         )  # fmt: skip
@@ -279,17 +287,17 @@ def activity(engine: Engine, period: Period) -> Activity:
             conn,
             select(settlements.c.kind, settlements.c.ccy, func.count().label("count"),
                    _sum(settlements.c.amount, "amount"), _sum(settlements.c.funding_component, "funding"))
-            .where(*_time_range(settlements.c.occurred_at, period), *_account(settlements.c.account, period))
+            .where(*_time_range(settlements.c.occurred_at, period), *_scope(settlements, period))
             .group_by(settlements.c.kind, settlements.c.ccy).order_by(settlements.c.kind, settlements.c.ccy),
         )  # fmt: skip
-        liq_where = [*_time_range(liqs.c.occurred_at, period), *_account(liqs.c.account, period)]
+        liq_where = [*_time_range(liqs.c.occurred_at, period), *_scope(liqs, period)]
         liq_counts = _table(
             conn,
             select(liqs.c.event, func.count().label("count")).where(*liq_where)
             .group_by(liqs.c.event).order_by(liqs.c.event),
         )  # fmt: skip
         liq_list = _table(conn, select(liqs).where(*liq_where).order_by(liqs.c.occurred_at), limit=LIST_LIMIT)
-        position_where = [*_account(positions.c.account, period)]
+        position_where = [*_scope(positions, period)]
         if period.since is not None or period.until is not None:
             in_range = select(fills.c.trade_id).where(
                 fills.c.account == positions.c.account,
@@ -343,7 +351,7 @@ def balances(engine: Engine, period: Period) -> Balances:
                 .label("n"),
             )
             .where(legs.c.currency.is_not(None), *_time_range(legs.c.occurred_at, period))
-            .where(*_account(legs.c.account, period))
+            .where(*_scope(legs, period))
             .subquery()
         )
         series = _table(
@@ -362,7 +370,7 @@ def balances(engine: Engine, period: Period) -> Balances:
                 type_coerce(books.c.balance, Money()).label("balance"),
                 type_coerce(books.c.as_of, UtcDateTime()).label("as_of"),
             )
-            .where(*_account(books.c.account, period))
+            .where(*_scope(books, period))
             .order_by(books.c.trade_account_id, books.c.currency),
             limit=LIST_LIMIT,
         )
@@ -378,7 +386,7 @@ def balances(engine: Engine, period: Period) -> Balances:
                 type_coerce(c.difference, Money()).label("difference"),
                 c.status,
             )
-            .where(*_time_range(c.snapshot_at, period), *_account(c.account, period))
+            .where(*_time_range(c.snapshot_at, period), *_scope(checks_view, period))
             .order_by(c.snapshot_at, c.trade_account_id, c.currency),
             limit=LIST_LIMIT,
         )
@@ -393,7 +401,7 @@ def discrepancies(engine: Engine, period: Period, span: LogSpan) -> Discrepancie
     those opened in the period's part of the log, and those opened before it and not resolved by its start."""
     with engine.connect() as conn:
         view = _reflect(conn, "v_discrepancies")
-        where: list[ColumnElement[bool]] = [*_account(view.c.account, period)]
+        where: list[ColumnElement[bool]] = [*_scope(view, period)]
         if span.last_seq is None:
             where.append(literal_column("1") == 0)  # nothing of the log is in the period
         elif period.since is not None or period.until is not None:
