@@ -27,9 +27,9 @@ from datetime import datetime
 from typing import Final
 
 from tracker.bitstamp.ledger_channels import MAIN, is_trade_account_id, ledger_channel
+from tracker.bitstamp.rest_entries import dump_or_none, reject
 from tracker.bitstamp.wire import (
     datetime_to_us,
-    dumps_canonical,
     id_text,
     int64_or_none,
     int_text,
@@ -52,25 +52,6 @@ REST_WITHDRAWAL_REQUEST: Final = "rest_withdrawal_request"
 LEDGER_EVENTS: Final = frozenset({REST_LEDGER_ROW, REST_BALANCES, REST_CRYPTO_TRANSACTION, REST_WITHDRAWAL_REQUEST})
 
 
-def _dump(obj: object) -> str | None:
-    try:
-        return dumps_canonical(obj)
-    except (TypeError, ValueError, RecursionError):
-        return None
-
-
-def _bad(reason: str, obj: object, account: str, channel: str, received_at: datetime) -> QuarantineItem:
-    return QuarantineItem(
-        kind="malformed",
-        reason=reason,
-        raw=_dump(obj) or repr(obj),
-        received_at=received_at,
-        account=account,
-        source="rest",
-        channel=channel,
-    )
-
-
 def _channel(endpoint: str, trade_account_id: str) -> str | None:
     return ledger_channel(endpoint, trade_account_id) if is_trade_account_id(trade_account_id) else None
 
@@ -86,13 +67,13 @@ def entry_from_ledger_row(
     """One row of the account-wide ``user_transactions/`` (no market) of trade account ``trade_account_id``."""
     channel = _channel(USER_TRANSACTIONS, trade_account_id)
     if channel is None:
-        return _bad(f"not a trade account id: {trade_account_id!r}", row, account, USER_TRANSACTIONS, received_at)
+        return reject(f"not a trade account id: {trade_account_id!r}", row, account, USER_TRANSACTIONS, received_at)
     if not isinstance(row, dict):
-        return _bad("ledger row is not an object", row, account, channel, received_at)
+        return reject("ledger row is not an object", row, account, channel, received_at)
     row_id = id_text(row, "id")
-    payload = _dump(row)
+    payload = dump_or_none(row)
     if row_id is None or payload is None:
-        return _bad("ledger row without id or not encodable", row, account, channel, received_at)
+        return reject("ledger row without id or not encodable", row, account, channel, received_at)
     # ``type`` has come as an integer and as a string (docs/bitstamp.md §5.1) [S: seen both].
     is_trade = str(row.get("type")).strip() == "2"
     return NewEntry(
@@ -117,12 +98,12 @@ def entry_from_balances(
     is its receive time: two answers are two snapshots even when they agree."""
     channel = _channel(ACCOUNT_BALANCES, trade_account_id)
     if channel is None:
-        return _bad(f"not a trade account id: {trade_account_id!r}", answer, account, ACCOUNT_BALANCES, received_at)
+        return reject(f"not a trade account id: {trade_account_id!r}", answer, account, ACCOUNT_BALANCES, received_at)
     if not isinstance(answer, list) or not all(isinstance(r, dict) for r in answer):
-        return _bad("account_balances answer is not a list of objects", answer, account, channel, received_at)
-    payload = _dump(answer)
+        return reject("account_balances answer is not a list of objects", answer, account, channel, received_at)
+    payload = dump_or_none(answer)
     if payload is None:
-        return _bad("account_balances answer not encodable", answer, account, channel, received_at)
+        return reject("account_balances answer not encodable", answer, account, channel, received_at)
     return NewEntry(
         account=account,
         source="rest",
@@ -142,13 +123,13 @@ def entry_from_crypto_transaction(
     (main account only [D: "This call is for your main account only"]). ``datetime`` is typed integer [D: spec]:
     a unix time whose unit is not stated, read by its size [G]; a text date is read as REST's."""
     if list_name not in CRYPTO_LISTS:
-        return _bad(f"unknown crypto-transactions list {list_name!r}", row, account, CRYPTO_TRANSACTIONS, received_at)
+        return reject(f"unknown crypto-transactions list {list_name!r}", row, account, CRYPTO_TRANSACTIONS, received_at)
     channel = CRYPTO_TRANSACTIONS + list_name
     if not isinstance(row, dict):
-        return _bad("crypto-transactions row is not an object", row, account, channel, received_at)
-    payload = _dump(row)
+        return reject("crypto-transactions row is not an object", row, account, channel, received_at)
+    payload = dump_or_none(row)
     if payload is None:
-        return _bad("crypto-transactions row not encodable", row, account, channel, received_at)
+        return reject("crypto-transactions row not encodable", row, account, channel, received_at)
     when = int_text(row.get("datetime"))
     exchange_us = int64_or_none(unix_us_by_magnitude(when)) if when is not None else _rest_us(row.get("datetime"))
     return NewEntry(
@@ -171,13 +152,13 @@ def entry_from_withdrawal_request(
     process, 2 finished, 3 cancelled, 4 failed, 11 reversed [D: spec]) is a new fact, a repeat is absorbed."""
     channel = _channel(WITHDRAWAL_REQUESTS, trade_account_id)
     if channel is None:
-        return _bad(f"not a trade account id: {trade_account_id!r}", row, account, WITHDRAWAL_REQUESTS, received_at)
+        return reject(f"not a trade account id: {trade_account_id!r}", row, account, WITHDRAWAL_REQUESTS, received_at)
     if not isinstance(row, dict):
-        return _bad("withdrawal-requests row is not an object", row, account, channel, received_at)
+        return reject("withdrawal-requests row is not an object", row, account, channel, received_at)
     request_id = id_text(row, "id")
-    payload = _dump(row)
+    payload = dump_or_none(row)
     if request_id is None or payload is None:
-        return _bad("withdrawal-requests row without id or not encodable", row, account, channel, received_at)
+        return reject("withdrawal-requests row without id or not encodable", row, account, channel, received_at)
     return NewEntry(
         account=account,
         source="rest",

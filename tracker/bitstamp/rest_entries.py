@@ -51,18 +51,20 @@ REST_EVENTS: Final = frozenset(
 )
 
 
-def _dump(obj: object) -> str | None:
+def dump_or_none(obj: object) -> str | None:
+    """The canonical JSON of a received row, or None when it cannot be encoded (builders never raise)."""
     try:
         return dumps_canonical(obj)
     except (TypeError, ValueError, RecursionError):
         return None
 
 
-def _bad(reason: str, obj: object, account: str, channel: str, received_at: datetime) -> QuarantineItem:
+def reject(reason: str, obj: object, account: str, channel: str, received_at: datetime) -> QuarantineItem:
+    """A REST row no builder can make a fact of: kept in the quarantine as received."""
     return QuarantineItem(
         kind="malformed",
         reason=reason,
-        raw=_dump(obj) or repr(obj),
+        raw=dump_or_none(obj) or repr(obj),
         received_at=received_at,
         account=account,
         source="rest",
@@ -97,11 +99,11 @@ def entry_from_user_transaction(
     ``btcusd`` and perp ``btcusd-perp`` share the key ``btc_usd``).
     """
     if not isinstance(row, dict):
-        return _bad("user_transactions row is not an object", row, account, USER_TRANSACTIONS, received_at)
+        return reject("user_transactions row is not an object", row, account, USER_TRANSACTIONS, received_at)
     tid = id_text(row, "id")
-    payload = _dump(row)
+    payload = dump_or_none(row)
     if tid is None or payload is None:
-        return _bad("user_transactions row without id or not encodable", row, account, USER_TRANSACTIONS, received_at)
+        return reject("user_transactions row without id or not encodable", row, account, USER_TRANSACTIONS, received_at)
     pair = pair_key(row)
     if market is None and pair is not None:
         market = markets_by_pair.get(f"{pair[0]}_{pair[1]}", pair[0] + pair[1])
@@ -126,12 +128,12 @@ def entry_from_account_order_event(
 ) -> NewEntry | QuarantineItem:
     """One element of an ``account_order_data/`` answer; ``market`` is the symbol asked for (``btcusd``)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), dict):
-        return _bad("account_order_data event without a data object", obj, account, ACCOUNT_ORDER_DATA, received_at)
+        return reject("account_order_data event without a data object", obj, account, ACCOUNT_ORDER_DATA, received_at)
     data = obj["data"]
     order_id = id_text(data, "id", "id_str")
-    payload = _dump(obj)
+    payload = dump_or_none(obj)
     if order_id is None or payload is None:
-        return _bad("account_order_data event without order id", obj, account, ACCOUNT_ORDER_DATA, received_at)
+        return reject("account_order_data event without order id", obj, account, ACCOUNT_ORDER_DATA, received_at)
     event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) and obj.get("event_id") else None
     pre = obj.get("pre_event_id") if isinstance(obj.get("pre_event_id"), str) and obj.get("pre_event_id") else None
     key = (
@@ -160,11 +162,11 @@ def entry_from_order_status(
 ) -> NewEntry | QuarantineItem:
     """An ``order_status/`` answer. ``market`` defaults to the symbol of its ``market`` field (``BTC/USD``)."""
     if not isinstance(obj, dict):
-        return _bad("order_status answer is not an object", obj, account, ORDER_STATUS, received_at)
+        return reject("order_status answer is not an object", obj, account, ORDER_STATUS, received_at)
     order_id = id_text(obj, "id")
-    payload = _dump(obj)
+    payload = dump_or_none(obj)
     if order_id is None or payload is None:
-        return _bad("order_status answer without id", obj, account, ORDER_STATUS, received_at)
+        return reject("order_status answer without id", obj, account, ORDER_STATUS, received_at)
     if market is None and isinstance(obj.get("market"), str):
         market = display_market_to_symbol(obj["market"])
     return NewEntry(
@@ -185,11 +187,11 @@ def entry_from_perp_trade(
 ) -> NewEntry | QuarantineItem:
     """A derivatives ``trade_history/`` row."""
     if not isinstance(row, dict):
-        return _bad("trade_history row is not an object", row, account, TRADE_HISTORY, received_at)
+        return reject("trade_history row is not an object", row, account, TRADE_HISTORY, received_at)
     trade_id = id_text(row, "trade_id", "trade_id_str")
-    payload = _dump(row)
+    payload = dump_or_none(row)
     if trade_id is None or payload is None:
-        return _bad("trade_history row without trade_id", row, account, TRADE_HISTORY, received_at)
+        return reject("trade_history row without trade_id", row, account, TRADE_HISTORY, received_at)
     if market is None and isinstance(row.get("market"), str):
         market = display_market_to_symbol(row["market"])
     return NewEntry(
@@ -211,11 +213,11 @@ def entry_from_perp_trade(
 def entry_from_position_settlement(row: object, *, account: str, received_at: datetime) -> NewEntry | QuarantineItem:
     """A ``position_settlement_transactions/`` row."""
     if not isinstance(row, dict):
-        return _bad("settlement row is not an object", row, account, POSITION_SETTLEMENTS, received_at)
+        return reject("settlement row is not an object", row, account, POSITION_SETTLEMENTS, received_at)
     tnx = id_text(row, "transaction_id")
-    payload = _dump(row)
+    payload = dump_or_none(row)
     if tnx is None or payload is None:
-        return _bad("settlement row without transaction_id", row, account, POSITION_SETTLEMENTS, received_at)
+        return reject("settlement row without transaction_id", row, account, POSITION_SETTLEMENTS, received_at)
     market = display_market_to_symbol(row["market"]) if isinstance(row.get("market"), str) else None
     when = int_text(row.get("settlement_time"))
     return NewEntry(

@@ -67,38 +67,10 @@ def canonical_values(values: Sequence[Any]) -> bytes:
     return _encode(list(values)).encode("utf-8")
 
 
-def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:
-    """The bytes a row's hash covers (everything stored except the two hashes)."""
-    return canonical_values(
-        [
-            seq,
-            entry.account,
-            entry.source,
-            entry.channel,
-            entry.event,
-            entry.market,
-            entry.order_id,
-            entry.trade_id,
-            entry.position_id,
-            entry.event_id,
-            entry.pre_event_id,
-            entry.exchange_ts_us,
-            to_us(entry.received_at),
-            entry.connection_id,
-            entry.dedup_key,
-            entry.payload,
-        ]
-    )
-
-
-def link_hash(prev_hash: str, seq: int, entry: NewEntry | LogEntry) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + canonical(seq, entry)).hexdigest()
-
-
-def chain_row(entry: LogEntry) -> tuple[Any, ...]:
-    """A stored row as the tuple a walk reads (``CHAIN_COLUMNS``)."""
-    return (
-        entry.seq,
+def hashed_values(seq: int, entry: NewEntry | LogEntry) -> list[Any]:
+    """What a row's hash covers, in order: everything stored except the two hashes."""
+    return [
+        seq,
         entry.account,
         entry.source,
         entry.channel,
@@ -114,9 +86,21 @@ def chain_row(entry: LogEntry) -> tuple[Any, ...]:
         entry.connection_id,
         entry.dedup_key,
         entry.payload,
-        entry.prev_hash,
-        entry.hash,
-    )
+    ]
+
+
+def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:
+    """The bytes a row's hash covers (everything stored except the two hashes)."""
+    return canonical_values(hashed_values(seq, entry))
+
+
+def link_hash(prev_hash: str, seq: int, entry: NewEntry | LogEntry) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(seq, entry)).hexdigest()
+
+
+def chain_row(entry: LogEntry) -> tuple[Any, ...]:
+    """A stored row as the tuple a walk reads (``CHAIN_COLUMNS``)."""
+    return (*hashed_values(entry.seq, entry), entry.prev_hash, entry.hash)
 
 
 @dataclass(frozen=True, slots=True)
