@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Final
 
 from tracker.bitstamp.ledger_channels import MAIN, is_trade_account_id, ledger_channel
-from tracker.bitstamp.rest_entries import dump_or_none, reject
+from tracker.bitstamp.rest_entries import USER_TRANSACTIONS, dump_or_none, reject
 from tracker.bitstamp.wire import (
     datetime_to_us,
     id_text,
@@ -39,7 +39,6 @@ from tracker.bitstamp.wire import (
 )
 from tracker.domain.log import NewEntry, QuarantineItem
 
-USER_TRANSACTIONS: Final = "user_transactions/"
 ACCOUNT_BALANCES: Final = "account_balances/"
 CRYPTO_TRANSACTIONS: Final = "crypto-transactions/"
 WITHDRAWAL_REQUESTS: Final = "withdrawal-requests/"
