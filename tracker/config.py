@@ -17,9 +17,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tracker.errors import TrackerError
+
+if TYPE_CHECKING:
+    from tracker.subaccount_keys import SubaccountKey
 
 DEFAULT_DB_URL = "sqlite:///tracker.db"
 DEFAULT_API_URL = "https://www.bitstamp.net/api/v2/"
@@ -81,6 +85,8 @@ class Settings:
     reconcile_interval_s: float = 300.0
     # Sub-accounts whose ledger is walked besides the main account's ("0", always): ids > 0, as text.
     subaccounts: tuple[str, ...] = ()
+    # Sub-accounts asked with their own API key (tracker/subaccount_keys.py); the others with the main key's header.
+    subaccount_keys: tuple[SubaccountKey, ...] = ()
     ledger_interval_s: float = 5.0  # the ledger walk runs at least this often (issue 15: current within 10 s)
     metrics_port: int | None = None
     insecure: bool = False
@@ -103,6 +109,10 @@ class Settings:
                 "BITSTAMP_API_SECRET is not set: export it or put it in a file named by BITSTAMP_API_SECRET_FILE"
             )
         return self.api_key.reveal(), self.api_secret.reveal()
+
+    def subaccount_key(self, ident: str) -> SubaccountKey | None:
+        """Sub-account ``ident``'s own key, if it has one."""
+        return next((k for k in self.subaccount_keys if k.ident == ident), None)
 
 
 ENV_NAMES: dict[str, str] = {
@@ -127,7 +137,7 @@ FLAG_NAMES: dict[str, str] = {
     "metrics_port": "--metrics-port",
     "insecure": "--insecure",
 }
-INTERNAL_FIELDS = frozenset({"origins", "sources"})
+INTERNAL_FIELDS = frozenset({"origins", "sources", "subaccount_keys"})
 
 
 def source_label(name: str, origin: str, where: str = "") -> str:
@@ -142,7 +152,7 @@ def source_label(name: str, origin: str, where: str = "") -> str:
 def config_file_keys() -> list[str]:
     """The settings ``tracker.toml`` accepts: every setting, but the secret only by file (``api_secret_file``)."""
     names = [f.name for f in fields(Settings) if f.name not in INTERNAL_FIELDS and f.name != "api_secret"]
-    return sorted([*names, "api_secret_file"])
+    return sorted([*names, "api_secret_file", "subaccount_keys"])
 
 
 def parse_markets(text: str, label: str = "TRACKER_MARKETS") -> tuple[str, ...]:
@@ -295,8 +305,11 @@ def load_settings(
     others can read) go into ``warnings`` when given, else to the ``tracker.config`` logger: every command that
     reads the secret shows them, not only the ones that remember to ask.
     """
+    from tracker import subaccount_keys as sk
+
     env = os.environ if env is None else env
     warn: list[str] = []
+    sub_keys: dict[str, SubaccountKey] = {}
     values: dict[str, object] = {}
     origins: dict[str, str] = {f.name: "default" for f in fields(Settings) if f.name not in INTERNAL_FIELDS}
     sources: dict[str, str] = {}
@@ -314,6 +327,9 @@ def load_settings(
                 values["api_secret"] = Secret(read_secret_file(Path(str(value)), warn))
                 origins["api_secret"], sources["api_secret"] = "file", str(value)
                 continue
+            if key == "subaccount_keys":
+                sub_keys = sk.from_file(value, path, warn)
+                continue
             if key == "api_secret":
                 raise ConfigError(f"{path}: do not put api_secret in the config file; use api_secret_file instead")
             if key not in origins:
@@ -328,6 +344,7 @@ def load_settings(
     if secret_file and not env.get(ENV_NAMES["api_secret"]):
         values["api_secret"] = Secret(read_secret_file(Path(secret_file), warn))
         origins["api_secret"], sources["api_secret"] = "file", secret_file
+    sub_keys.update(sk.from_env(env, warn))  # a sub-account's key from the environment replaces the file's
 
     for name, value in (flags or {}).items():
         if value is None:
@@ -336,7 +353,11 @@ def load_settings(
             raise ConfigError("the API secret is never taken from the command line; use BITSTAMP_API_SECRET(_FILE)")
         take(name, value, "flag", FLAG_NAMES.get(name, name))
 
+    for name, (origin, where) in sk.origins_of(sub_keys).items():
+        origins[name], sources[name] = origin, where
+    values["subaccount_keys"] = tuple(sub_keys[i] for i in sorted(sub_keys, key=int))
     settings = replace(Settings(), **values, origins=origins, sources=sources)  # type: ignore[arg-type]
+    sk.check_listed(sub_keys, settings.subaccounts)
     check_transport(settings)
     if warnings is not None:
         warnings.extend(warn)
@@ -408,7 +429,9 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
         else:
             shown = str(value)
         rows.append((ENV_NAMES.get(f.name, f.name), shown, settings.origins.get(f.name, "default")))
-    return rows
+    from tracker.subaccount_keys import describe_keys
+
+    return rows + describe_keys(settings.subaccount_keys, settings.origins)
 
 
 def describe_source(settings: Settings, name: str) -> str:

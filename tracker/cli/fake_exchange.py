@@ -44,6 +44,11 @@ def register(subparsers: Any) -> None:
         "refuse-channel=NAME, all",
     )
     parser.add_argument("--truth-out", type=Path, help="write the ground truth JSON here on exit")
+    parser.add_argument(
+        "--subaccount-keys",
+        action="store_true",
+        help="issue each sub-account its own API key and print BITSTAMP_SUBACCOUNT_<N>_API_KEY/_API_SECRET too",
+    )
     parser.set_defaults(func=cmd_fake_exchange)
 
 
@@ -67,9 +72,10 @@ def rate(text: str) -> float:
     return value
 
 
-def format_env(fx: Any) -> list[str]:
+def format_env(fx: Any, *, subaccount_keys: bool = False) -> list[str]:
     notes = {"BITSTAMP_API_SECRET": "  # fake credentials for the fake exchange"}
-    return [f"export {name}={value}{notes.get(name, '')}" for name, value in fx.tracker_variables().items()]
+    variables = fx.tracker_variables(subaccount_keys=subaccount_keys)
+    return [f"export {name}={value}{notes.get(name, '')}" for name, value in variables.items()]
 
 
 async def wait_for_stop() -> None:
@@ -112,7 +118,7 @@ def cmd_fake_exchange(args: argparse.Namespace) -> int:
             ws_port=args.ws_port,
             modes=modes,
         ) as fx:
-            print("\n".join(format_env(fx)), flush=True)
+            print("\n".join(format_env(fx, subaccount_keys=getattr(args, "subaccount_keys", False))), flush=True)
             if modes:
                 print(f"# modes: {', '.join(modes.names())}", file=sys.stderr, flush=True)
             print("# fake exchange running; Ctrl-C stops it", file=sys.stderr, flush=True)

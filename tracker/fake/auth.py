@@ -70,6 +70,17 @@ class AuthError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A request whose signature checked: the client's nonce and timestamp and the secret of the key it used (for
+    the response signature), and the sub-account that key is bound to (``None``: the main key)."""
+
+    nonce: str
+    timestamp: str
+    secret: str = field(repr=False)
+    bound_to: str | None = None
+
+
 @dataclass(slots=True)
 class Authenticator:
     api_key: str
@@ -77,11 +88,21 @@ class Authenticator:
     clock: Callable[[], float]  # unix seconds
     query_form: QueryForm = "?query"  # how a query is read in the string to sign (get-query-bare: "query")
     nonces: dict[str, float] = field(default_factory=dict)
+    # Sub-accounts' own keys: key -> (secret, sub-account id). A request signed with one acts for that sub-account
+    # [D: the spec's "the account ... to which the used API key is bound"].
+    subaccount_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def verify(
         self, *, method: str, host: str, path: str, query: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[str, str]:
-        """Check one request; returns the client's (nonce, timestamp) for the response signature.
+        """Check one request; returns the client's (nonce, timestamp) for the response signature."""
+        checked = self.check(method=method, host=host, path=path, query=query, headers=headers, body=body)
+        return checked.nonce, checked.timestamp
+
+    def check(
+        self, *, method: str, host: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> Verified:
+        """Check one request (signed with the main key or a sub-account's own key).
 
         ``headers`` has lowercase names. Raises :class:`AuthError` with the code the real server gives.
         """
@@ -99,7 +120,8 @@ class Authenticator:
         prefix, _, key = headers["x-auth"].partition(" ")
         if prefix != "BITSTAMP" or not key:
             raise AuthError("API0011", "Invalid API key format.")
-        if key != self.api_key:
+        secret, bound_to = (self.api_secret, None) if key == self.api_key else self.subaccount_keys.get(key, ("", None))
+        if bound_to is None and key != self.api_key:
             raise AuthError("API0001", "API key not found.")
         content_type = headers.get("content-type", "")
         if not body and content_type:
@@ -125,13 +147,13 @@ class Authenticator:
             body=body.decode("utf-8", "replace"),
             query_form=self.query_form,
         )
-        if not same_signature(hmac_sha256_hex(self.api_secret, message.encode("utf-8")), headers["x-auth-signature"]):
+        if not same_signature(hmac_sha256_hex(secret, message.encode("utf-8")), headers["x-auth-signature"]):
             raise AuthError("API0005", "Invalid signature.")
         self._forget(now)
         if nonce in self.nonces:
             raise AuthError("API0004", "Invalid nonce.")
         self.nonces[nonce] = now
-        return nonce, timestamp
+        return Verified(nonce, timestamp, secret, bound_to)
 
     def _forget(self, now: float) -> None:
         if len(self.nonces) > 10_000:

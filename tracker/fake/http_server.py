@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import h11
 import trio
 
-from tracker.fake.auth import Authenticator, AuthError, response_signature
+from tracker.fake.auth import Authenticator, AuthError, Verified, response_signature
 from tracker.fake.modes import Modes
 from tracker.fake.rest import PUBLIC_GET, ApiError, RestApi
 from tracker.fake.wire import dumps
@@ -66,10 +66,10 @@ class HttpApp:
                 },
             )
         public = method == "GET" and route in PUBLIC_GET
-        nonce = timestamp = ""
+        checked: Verified | None = None
         if not public:
             try:
-                nonce, timestamp = self.auth.verify(
+                checked = self.auth.check(
                     method=method, host=headers.get("host", ""), path=path, query=query, headers=headers, body=body
                 )
             except AuthError as exc:
@@ -78,14 +78,18 @@ class HttpApp:
         if body:
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         try:
-            text = self.api.handle(method, route, params, headers)
+            text = self.api.handle(method, route, params, headers, bound_to=checked.bound_to if checked else None)
         except ApiError as exc:
             return _error(exc.status, None, exc.body())
         payload = text.encode()
         out = [("Content-Type", JSON)]
-        if not public and not self.modes.unsigned:
+        if checked is not None and not self.modes.unsigned:
             sig = response_signature(
-                api_secret=self.auth.api_secret, nonce=nonce, timestamp=timestamp, content_type=JSON, body=payload
+                api_secret=checked.secret,
+                nonce=checked.nonce,
+                timestamp=checked.timestamp,
+                content_type=JSON,
+                body=payload,
             )
             out.append(("X-Server-Auth-Signature", sig))
         return 200, out, payload

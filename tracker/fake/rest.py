@@ -6,7 +6,9 @@ oldest first, 404.008 when none; ``open_orders`` is cached for 10 s per URL; ``p
 paged like ``user_transactions`` (``sort`` default desc, ``limit`` default 100 up to 1000, ``offset`` up to 200000,
 ``since_timestamp``/``until_timestamp`` in unix seconds, a ``since_timestamp`` more than 30 days old refused).
 
-Trade accounts: a request acts for the sub-account its ``X-Auth-Subaccount-Id`` header names (unknown: 404.004);
+Trade accounts: a request signed with a sub-account's own key (``FakeExchange.subaccount_credentials``) acts for that
+sub-account whatever the header says; one signed with the main key acts for the sub-account its
+``X-Auth-Subaccount-Id`` header names (unknown: 404.004);
 ``user_transactions/``, ``account_balances/`` and ``withdrawal-requests/`` answer for that trade account,
 ``crypto-transactions/`` always for the main account (:mod:`tracker.fake.rest_ledger` has those two routes).
 
@@ -73,10 +75,17 @@ class RestApi:
         self.account = self.state.main
 
     def handle(
-        self, method: str, route: str, params: Mapping[str, str], headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        route: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str] | None = None,
+        *,
+        bound_to: str | None = None,
     ) -> str:
         """``route`` is the path below ``/api/v2/`` (``user_transactions/btcusd/``); ``headers`` (lowercase names)
-        may hold ``x-auth-subaccount-id``. Returns the JSON text."""
+        may hold ``x-auth-subaccount-id``; ``bound_to``: the sub-account whose own key signed the request (the header
+        is then not looked at). Returns the JSON text."""
         parts = [p for p in route.split("/") if p]
         if not parts:
             raise ApiError(404, "404.001", "Not found.")
@@ -84,7 +93,7 @@ class RestApi:
         if "_" in head and head.replace("_", "-") in HYPHENATED:
             raise ApiError(404, "404.001", "Not found.")  # only the spec's spelling, with hyphens
         head = HYPHENATED.get(head, head)
-        self.account = self._trade_account(headers or {})
+        self.account = self.state.accounts[bound_to] if bound_to else self._trade_account(headers or {})
         arg = rest[0] if rest else None
         if head == "fees" and rest[:1] == ["trading"]:
             head, rest = "fees_trading", rest[1:]

@@ -52,10 +52,12 @@ class FakeExchange:
     _gen_lock: trio.Lock = field(default_factory=trio.Lock)
 
     # ------------------------------------------------------------------ pointing a tracker at it
-    def tracker_variables(self) -> dict[str, str]:
+    def tracker_variables(self, *, subaccount_keys: bool = False) -> dict[str, str]:
         """The environment variables that point a tracker at this fake: its URLs, its (fake) credentials, its
-        markets and its sub-accounts (``TRACKER_SUBACCOUNTS``, the ledger contract's variable; empty: main only)."""
-        return {
+        markets and its sub-accounts (``TRACKER_SUBACCOUNTS``, the ledger contract's variable; empty: main only).
+        With ``subaccount_keys``, also each sub-account's own key (``BITSTAMP_SUBACCOUNT_<N>_API_KEY`` and
+        ``_API_SECRET``, issued by ``subaccount_credentials``)."""
+        variables = {
             "BITSTAMP_API_URL": self.api_url,
             "BITSTAMP_WS_URL": self.ws_url,
             "BITSTAMP_API_KEY": self.api_key,
@@ -63,6 +65,22 @@ class FakeExchange:
             "TRACKER_MARKETS": ",".join(self.markets),
             "TRACKER_SUBACCOUNTS": ",".join(self.subaccounts),
         }
+        if subaccount_keys:
+            for ident in self.subaccounts:
+                key, secret = self.subaccount_credentials(ident)
+                variables[f"BITSTAMP_SUBACCOUNT_{ident}_API_KEY"] = key
+                variables[f"BITSTAMP_SUBACCOUNT_{ident}_API_SECRET"] = secret
+        return variables
+
+    def subaccount_credentials(self, ident: str | int) -> tuple[str, str]:
+        """Issue (or give again) sub-account ``ident``'s own API key and secret: a request signed with them acts for
+        that sub-account whatever its ``X-Auth-Subaccount-Id`` header says. Deterministic per id."""
+        tai = str(int(ident))
+        if tai not in self.subaccounts:
+            raise ValueError(f"the fake has no sub-account {ident} (it has {', '.join(self.subaccounts) or 'none'})")
+        key, secret = f"fakeKEYsub{tai:0>23}", f"fakeSECRETsub{tai:0>21}"
+        self.http.auth.subaccount_keys[key] = (secret, tai)
+        return key, secret
 
     def tracker_env(self, base: Mapping[str, str], **extra: str) -> dict[str, str]:
         """A child tracker's environment: ``base`` (say ``os.environ``) without any ``BITSTAMP_*``/``TRACKER_*``

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -79,7 +79,11 @@ class LedgerCapture:
         uid: Callable[[], str] = uuid4_hex,
         rng: random.Random | None = None,
         page_limit: int = PAGE_LIMIT,
+        own_apis: Mapping[str, PoliteApi] | None = None,
     ) -> None:
+        """``own_apis``: the sub-accounts asked with their own API key, each through its own ``PoliteApi`` (sharing
+        ``api``'s rate limiter); the other sub-accounts go through ``api`` with the ``X-Auth-Subaccount-Id``
+        header."""
         if interval_s <= 0:
             raise ValueError("the ledger interval must be positive")
         self.api = api
@@ -91,9 +95,17 @@ class LedgerCapture:
         self.stats = LedgerStats()
         self.health = WalkHealth(rng=rng)
         accounts = list(dict.fromkeys(["0", *trade_accounts]))
+        own = {tai: a for tai, a in (own_apis or {}).items() if tai != "0"}
         self.walkers = {
             tai: LedgerWalker(
-                api, sink, account=account, trade_account_id=tai, wall=wall, stats=self.stats, page_limit=page_limit
+                own.get(tai, api),
+                sink,
+                account=account,
+                trade_account_id=tai,
+                wall=wall,
+                stats=self.stats,
+                page_limit=page_limit,
+                own_key=tai in own,
             )
             for tai in accounts
         }

@@ -88,8 +88,12 @@ class LedgerWalker:
         wall: Callable[[], datetime],
         stats: LedgerStats | None = None,
         page_limit: int = PAGE_LIMIT,
+        own_key: bool = False,
     ) -> None:
         self.api = api
+        # The sub-account is asked with its own API key (``api`` holds its client): the key says which trade account
+        # [D: "the account ... to which the used API key is bound"], no header is sent.
+        self.own_key = own_key
         self.sink = sink
         self.account = account
         self.trade_account_id = trade_account_id
@@ -104,8 +108,9 @@ class LedgerWalker:
 
     @property
     def header_account(self) -> str | None:
-        """What the client sends as the trade account: nothing for the main account."""
-        return None if self.trade_account_id == MAIN else self.trade_account_id
+        """What the client sends as the trade account: nothing for the main account or a sub-account asked with its
+        own key."""
+        return None if self.trade_account_id == MAIN or self.own_key else self.trade_account_id
 
     @property
     def is_main(self) -> bool:

@@ -6,11 +6,16 @@ All share the same pieces: a ``PoliteApi`` over a ``BitstampClient`` (one rate b
 (configured, else discovered) and their display names, a ``LogSink`` and a ``ProjectionReader`` behind one one-writer
 limiter (the service's, so there is still one SQLite writer at a time), the ``Backfiller``, the ``LedgerCapture``
 (the main account and ``settings.subaccounts``) and the ``Reconciler`` over them.
+
+A sub-account with its own API key (``settings.subaccount_keys``) gets its own ``BitstampClient`` (no
+``X-Auth-Subaccount-Id`` header: the key says which account [D]) and its own ``PoliteApi`` over the same
+``RateLimiter`` (one rate budget per process); those clients are opened and closed with the main one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -51,9 +56,15 @@ async def build_recovery(
     backfill_options: BackfillOptions | None = None,
     reconcile_options: ReconcileOptions | None = None,
     wall: Callable[[], datetime] | None = None,
+    subaccount_clients: Mapping[str, BitstampClient] | None = None,
 ) -> Recovery:
-    """The backfiller and reconciler of ``account`` (asks the exchange for the markets and their names)."""
+    """The backfiller and reconciler of ``account`` (asks the exchange for the markets and their names).
+    ``subaccount_clients``: the clients of the sub-accounts with their own API key (``open_subaccount_clients``)."""
     api = PoliteApi(client, limiter)
+    own_apis: dict[str, PoliteApi] = {}
+    for tai, sub_client in (subaccount_clients or {}).items():
+        own_apis[tai] = PoliteApi(sub_client, api.limiter)  # one rate budget per process
+        own_apis[tai].stats = api.stats
     markets = tuple(settings.markets) if settings.markets else await discover_markets(client)
     names = await market_names(api)
     # Projection catch-up behind the writer's limiter: one SQLite writer at a time, no busy-waiting.
@@ -80,6 +91,7 @@ async def build_recovery(
         trade_accounts=("0", *settings.subaccounts),
         interval_s=settings.ledger_interval_s,
         wall=wall or utc_now,
+        own_apis=own_apis,
     )
     reconciler = Reconciler(backfiller, reader, options=reconcile_options, wall=wall, ledger=ledger)
     return Recovery(backfiller, reconciler, ledger)
@@ -88,6 +100,22 @@ async def build_recovery(
 def client_from(settings: Settings) -> BitstampClient:
     key, secret = settings.require_credentials()
     return BitstampClient(settings.api_url, key, secret)
+
+
+@asynccontextmanager
+async def open_subaccount_clients(
+    settings: Settings, make: Callable[[str, str, str], BitstampClient] | None = None
+) -> AsyncIterator[dict[str, BitstampClient]]:
+    """A ``BitstampClient`` per sub-account with its own API key (``settings.subaccount_keys``), closed on exit;
+    ``make(api_url, key, secret)`` builds one (tests)."""
+    build = make or BitstampClient
+    async with AsyncExitStack() as stack:
+        clients: dict[str, BitstampClient] = {}
+        for sub in settings.subaccount_keys:
+            if sub.ident in settings.subaccounts:
+                key, secret = sub.reveal()
+                clients[sub.ident] = await stack.enter_async_context(build(settings.api_url, key, secret))
+        yield clients
 
 
 def recovery_task(
@@ -115,7 +143,7 @@ def recovery_task(
         settings = services.settings
         if services.account is None:
             raise RuntimeError("recovery_task started before ingest knew the account")
-        async with (client_factory or client_from)(settings) as client:
+        async with (client_factory or client_from)(settings) as client, open_subaccount_clients(settings) as subs:
             recovery = await build_recovery(
                 client,
                 settings,
@@ -124,6 +152,7 @@ def recovery_task(
                 account=services.account,
                 limiter=limiter,
                 backfill_options=backfill_options,
+                subaccount_clients=subs,
             )
             services.backfiller = recovery.backfiller
             services.reconciler = recovery.reconciler
@@ -171,19 +200,35 @@ async def reconcile_once(
     own = client is None
     client = client or client_from(settings)
     try:
-        # The first call, unretried, as `tracker run` makes it: an unreachable exchange or bad credentials fail in one
-        # line at once (the walks that follow retry as usual).
-        token = await client.websockets_token()
-        recovery = await build_recovery(
-            client,
-            settings,
-            event_log,
-            trio.CapacityLimiter(1),
-            account=token.user_id,
-            reconcile_options=options,
-            wall=wall,
-        )
-        return await recovery.reconciler.run_once(full=full)
+        async with open_subaccount_clients(settings) as subs:
+            return await _reconcile(client, settings, event_log, subs, full=full, options=options, wall=wall)
     finally:
         if own:
             await client.aclose()
+
+
+async def _reconcile(
+    client: BitstampClient,
+    settings: Settings,
+    event_log: EventLog,
+    subs: Mapping[str, BitstampClient],
+    *,
+    full: bool,
+    options: ReconcileOptions | None,
+    wall: Callable[[], datetime] | None,
+) -> ReconcileResult:
+    """One run of ``reconcile_once`` with its clients open."""
+    # The first call, unretried, as `tracker run` makes it: an unreachable exchange or bad credentials fail in one
+    # line at once (the walks that follow retry as usual).
+    token = await client.websockets_token()
+    recovery = await build_recovery(
+        client,
+        settings,
+        event_log,
+        trio.CapacityLimiter(1),
+        account=token.user_id,
+        reconcile_options=options,
+        wall=wall,
+        subaccount_clients=subs,
+    )
+    return await recovery.reconciler.run_once(full=full)
