@@ -2,7 +2,8 @@
 
 cli -> runtime -> (exchange | store | fake) -> bitstamp -> domain. The pure layers import no I/O libraries. The
 top-level modules have places of their own: ``errors`` and ``logs`` import nothing of tracker, ``metrics`` and
-``progress`` only ``errors``, ``config`` also ``store`` (a database URL is read by the store's rules). Only
+``progress`` only ``errors``, ``config`` also ``store`` (a database URL is read by the store's rules) and
+``subaccount_keys`` (the sub-accounts' own keys, read with the settings; it imports only ``config``). Only
 ``store/``, ``cli/`` and ``migrations/`` talk SQL (import sqlalchemy or alembic). Absolute and relative imports
 alike, at any depth (an import inside a function counts).
 """
@@ -30,7 +31,7 @@ IO_LIBRARIES = {
 }
 SQL_LIBRARIES = {"sqlalchemy", "alembic", "psycopg"}
 SQL_LAYERS = {"store", "cli", "migrations"}
-TOP_LEVEL = {"config", "logs", "metrics", "errors", "progress"}
+TOP_LEVEL = {"config", "subaccount_keys", "logs", "metrics", "errors", "progress"}
 EVERYTHING = {"domain", "bitstamp", "exchange", "store", "runtime", "cli", "fake", "audit", "export", *TOP_LEVEL}
 # For each layer (package or top-level module): the tracker layers it must not import.
 FORBIDDEN = {
@@ -41,8 +42,8 @@ FORBIDDEN = {
     # Ledger exports and Bitstamp statements (rows in, CSV text out; statement rows to log entries): store and cli
     # import it; it reads the wire layer's canonical JSON and channel names.
     "export": EVERYTHING - {"domain", "bitstamp", "export", "errors"},
-    "exchange": {"store", "runtime", "cli", "fake", "config", "metrics", "progress", "export"},
-    "store": {"exchange", "runtime", "cli", "fake", "config", "metrics"},
+    "exchange": {"store", "runtime", "cli", "fake", "config", "subaccount_keys", "metrics", "progress", "export"},
+    "store": {"exchange", "runtime", "cli", "fake", "config", "subaccount_keys", "metrics"},
     "fake": {"exchange", "store", "runtime", "cli", "metrics", "progress", "audit", "export"},
     "runtime": {"cli"},
     "cli": set(),
@@ -50,7 +51,8 @@ FORBIDDEN = {
     "logs": EVERYTHING - {"logs"},
     "progress": EVERYTHING - {"progress"},
     # Settings sit beside runtime: validating a database URL reads it by the store's (SQLAlchemy's) rules.
-    "config": EVERYTHING - {"config", "errors", "store"},
+    "config": EVERYTHING - {"config", "errors", "store", "subaccount_keys"},
+    "subaccount_keys": EVERYTHING - {"subaccount_keys", "config", "errors"},
     "metrics": EVERYTHING - {"metrics", "errors"},
 }
 PURE = {"domain", "bitstamp", "errors", "audit", "export"}

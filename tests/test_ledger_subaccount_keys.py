@@ -185,3 +185,30 @@ async def test_a_subaccount_secret_is_in_no_output_and_not_in_the_database(tmp_p
     data = db_file.read_bytes()
     assert key.encode() not in data and secret.encode() not in data
     assert rows(db_url, "SELECT count(*) FROM v_ledger WHERE trade_account_id = '1001'")[0][0] > 0
+
+
+# --- the fake ----------------------------------------------------------------------------------------------------
+
+
+async def test_the_fake_answers_a_subaccount_key_for_its_subaccount_whatever_the_header() -> None:
+    from tracker.exchange.errors import AuthError
+    from tracker.exchange.rest import BitstampClient
+
+    async with open_fake_exchange(seed=23, markets=MARKETS) as fx:
+        await fx.generate(200)
+        unissued = BitstampClient(fx.api_url, "fakeKEYsub00000000000000000001001", "x" * 30)
+        with pytest.raises(AuthError):
+            async with unissued:
+                await unissued.user_transactions(since_id=0, sort="asc", limit=1000)
+        key, secret = fx.subaccount_credentials(1001)
+        assert fx.subaccount_credentials("1001") == (key, secret)
+        with pytest.raises(ValueError, match="no sub-account 7"):
+            fx.subaccount_credentials(7)
+        want = sorted(r.id for r in fx.model.state.accounts["1001"].transactions)
+        async with BitstampClient(fx.api_url, key, secret) as client:
+            for header in (None, "1002", "0"):
+                got = await client.user_transactions(trade_account=header, since_id=0, sort="asc", limit=1000)
+                assert sorted(int(r["id"]) for r in got) == want
+            assert client.signed_ok  # answers signed with the sub-account's secret, and they checked
+    variables = fx.tracker_variables(subaccount_keys=True)
+    assert variables["BITSTAMP_SUBACCOUNT_1001_API_KEY"] == key and "BITSTAMP_SUBACCOUNT_1002_API_SECRET" in variables

@@ -132,7 +132,8 @@ def subaccount_headers(trade_account: str | None) -> dict[str, str] | None:
     apiKey, in header, no description; docs/bitstamp.md §3.1), and formance saw it ignored. It is sent outside the
     signature: the spec's signing recipe (§3.2) names no such header, so the string to sign stays as it is [G]. The
     ledger contract's defence against an ignored header: a ledger row id seen under two trade accounts is reported
-    (``subaccount_header_ignored``), never counted twice."""
+    (``subaccount_header_ignored``), never counted twice. A sub-account with its own API key is asked with its own
+    client instead, without the header [D: the account "to which the used API key is bound"; docs/bitstamp.md §5.9]."""
     if trade_account is None or trade_account == MAIN_ACCOUNT:
         return None
     return {SUBACCOUNT_HEADER: trade_account}
