@@ -212,3 +212,46 @@ async def test_the_fake_answers_a_subaccount_key_for_its_subaccount_whatever_the
             assert client.signed_ok  # answers signed with the sub-account's secret, and they checked
     variables = fx.tracker_variables(subaccount_keys=True)
     assert variables["BITSTAMP_SUBACCOUNT_1001_API_KEY"] == key and "BITSTAMP_SUBACCOUNT_1002_API_SECRET" in variables
+
+
+async def test_subaccount_clients_are_opened_for_keyed_subaccounts_only_and_closed() -> None:
+    from tracker.exchange.rest import BitstampClient
+    from tracker.runtime.recovery import open_subaccount_clients
+
+    env = {
+        "TRACKER_SUBACCOUNTS": "1001,1002",
+        "BITSTAMP_SUBACCOUNT_1001_API_KEY": KEY,
+        "BITSTAMP_SUBACCOUNT_1001_API_SECRET": SECRET,
+    }
+    made: list[tuple[str, BitstampClient]] = []
+
+    def make(url: str, key: str, secret: str) -> BitstampClient:
+        client = BitstampClient(url, key, secret)
+        made.append((key, client))
+        return client
+
+    async with open_subaccount_clients(load_settings(env=env), make) as clients:
+        assert list(clients) == ["1001"] and [k for k, _ in made] == [KEY]
+        assert KEY not in repr(clients)
+    assert all(client._http.is_closed for _, client in made)
+
+
+def test_a_keyed_subaccount_walker_sends_no_header_and_shares_nothing_but_the_budget() -> None:
+    from tracker.exchange.rest import BitstampClient
+    from tracker.runtime.ledger_capture import LedgerCapture
+    from tracker.runtime.polite_api import PoliteApi
+
+    main = PoliteApi(BitstampClient("http://127.0.0.1:1/api/v2/", "k", "s"))
+    own = PoliteApi(BitstampClient("http://127.0.0.1:1/api/v2/", KEY, SECRET), main.limiter)
+    capture = LedgerCapture(
+        main,
+        None,  # type: ignore[arg-type]  # no walk runs here
+        account="1",
+        trade_accounts=("1001", "1002"),
+        own_apis={"1001": own},
+    )
+    walkers = capture.walkers
+    assert walkers["1001"].api is own and walkers["1001"].header_account is None
+    assert walkers["1002"].api is main and walkers["1002"].header_account == "1002"
+    assert walkers["0"].api is main and walkers["0"].header_account is None
+    assert own.limiter is main.limiter
