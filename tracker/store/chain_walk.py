@@ -24,13 +24,11 @@ spec pickled on stdin, ``multiprocessing.connection`` frames on stdout.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import orjson
@@ -38,7 +36,7 @@ from sqlalchemy import Engine, Integer, bindparam, func, select
 
 from tracker.domain.chain import CANONICAL_COLUMNS, CHAIN_COLUMNS, Anchor, ChainWalker
 from tracker.domain.timeutil import datetime_to_us
-from tracker.errors import StoreError
+from tracker.store import child_processes as children
 from tracker.store.engine import open_engine, sqlite_path
 from tracker.store.errors import first_line, is_damage
 from tracker.store.integrity import MMAP_BYTES
@@ -304,7 +302,7 @@ def _head(engine: Engine) -> int:
 
 
 class Workers:
-    """One ``python -m tracker.store.chain_walk`` per spec, started at once (the spec pickled on their stdin).
+    """One ``python -m tracker.store.chain_walk`` per spec, started at once (``store/child_processes.py``).
     ``collect()`` waits for their results, in spec order; a worker's failure or death raises ``StoreError``, and on
     any exception (Ctrl-C too) every worker is killed. ``close()`` kills any still running."""
 
@@ -316,57 +314,38 @@ class Workers:
         self.pipes: list[Connection] = []
         try:
             for spec in specs:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-                )
+                process, pipe = children.spawn(__name__, env)
                 self.processes.append(process)
-                assert process.stdin is not None and process.stdout is not None
-                self.pipes.append(Connection(os.dup(process.stdout.fileno()), writable=False))
-                process.stdout.close()
-                pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                process.stdin.close()
+                self.pipes.append(pipe)
+                children.send_spec(process, spec)
         except BaseException:
             self.close()
             raise
 
     def collect(self, on_progress: Progress | None = None) -> list[Walked]:
+        counts = [0] * len(self.processes)
+
+        def progress(index: int, message: tuple[Any, ...]) -> bool:
+            if message[0] != "progress":
+                return False
+            counts[index] = message[1]
+            if on_progress is not None:
+                on_progress(sum(counts))
+            return True
+
         try:
-            results: dict[int, Walked] = {}
-            counts = [0] * len(self.processes)
-            pending = {pipe: index for index, pipe in enumerate(self.pipes)}
-            while pending:
-                for ready in wait(list(pending)):
-                    assert isinstance(ready, Connection)
-                    index = pending[ready]
-                    try:
-                        message = ready.recv()
-                    except EOFError:
-                        code = self.processes[index].wait()
-                        raise StoreError(
-                            f"a chain walk worker died (exit code {code}): run the command again"
-                        ) from None
-                    if message[0] == "progress":
-                        counts[index] = message[1]
-                        if on_progress is not None:
-                            on_progress(sum(counts))
-                    elif message[0] == "done":
-                        results[index] = message[1]
-                        del pending[ready]
-                    else:
-                        raise StoreError(f"a chain walk worker failed: {message[1]}")
-            for process in self.processes:
-                process.wait()
-            return [results[index] for index in range(len(self.processes))]
+            return children.collect(
+                self.processes,
+                self.pipes,
+                progress,
+                died="a chain walk worker died (exit code {code}): run the command again",
+                failed="a chain walk worker failed",
+            )
         finally:
             self.close()
 
     def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for pipe in self.pipes:
-            pipe.close()
+        children.stop(self.processes, self.pipes)
         self.pipes = []
 
 
@@ -396,14 +375,9 @@ def run_part(spec: PartSpec, out: Connection) -> None:
 
 
 def _main() -> None:
-    spec = pickle.load(sys.stdin.buffer)
-    if not isinstance(spec, PartSpec):
-        raise SystemExit("tracker.store.chain_walk is started by `tracker verify` and `tracker audit`, not by hand")
-    out = Connection(os.dup(sys.stdout.fileno()), readable=False)
-    try:
-        run_part(spec, out)
-    finally:
-        out.close()
+    children.child_main(
+        PartSpec, run_part, "tracker.store.chain_walk is started by `tracker verify` and `tracker audit`"
+    )
 
 
 if __name__ == "__main__":

@@ -28,22 +28,20 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain.rows import TABLES
-from tracker.errors import StoreError
+from tracker.store import child_processes as children
 from tracker.store.engine import open_engine, open_scratch, writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import projector_checkpoint, shadow_tables
@@ -235,11 +233,9 @@ def worker_environment(environ: Mapping[str, str], *, seed: int) -> dict[str, st
 class Workers:
     """Worker processes, started before their specs are known (they import while the caller finishes the plan).
 
-    Workers are ``python -m tracker.store.rebuild_parallel`` children (the spec pickled on stdin; messages on stdout
-    as ``multiprocessing.connection`` frames: length-prefixed, read whole, so none waits in a read buffer), not
-    ``multiprocessing``'s processes: its "spawn" runs the parent's ``__main__`` again in the child, and ``python -m
-    tracker`` would start a second CLI. One ``PYTHONHASHSEED`` for all (see the module docstring). ``close()`` (or
-    leaving the ``with`` block) kills any still running."""
+    Workers are ``python -m tracker.store.rebuild_parallel`` children (``store/child_processes.py``). One
+    ``PYTHONHASHSEED`` for all (see the module docstring). ``close()`` (or leaving the ``with`` block) kills any
+    still running."""
 
     def __init__(self, count: int) -> None:
         env = worker_environment(os.environ, seed=secrets.randbelow(2**32))  # PYTHONHASHSEED's range
@@ -247,13 +243,9 @@ class Workers:
         self.pipes: list[Connection] = []
         try:
             for _ in range(count):
-                process = subprocess.Popen(
-                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-                )
+                process, pipe = children.spawn(__name__, env)
                 self.processes.append(process)
-                assert process.stdout is not None
-                self.pipes.append(Connection(os.dup(process.stdout.fileno()), writable=False))
-                process.stdout.close()
+                self.pipes.append(pipe)
         except BaseException:
             self.close()
             raise
@@ -276,46 +268,28 @@ class Workers:
         if len(specs) != len(self.processes):
             raise ValueError(f"{len(specs)} specs for {len(self.processes)} workers")
         for spec, process in zip(specs, self.processes, strict=True):
-            assert process.stdin is not None
-            pickle.dump(spec, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.close()
-        results: dict[int, PartResult] = {}
-        pending = {pipe: index for index, pipe in enumerate(self.pipes)}
-        while pending:
-            for ready in wait(list(pending)):
-                assert isinstance(ready, Connection)
-                index = pending[ready]
-                try:
-                    message = ready.recv()
-                except EOFError:
-                    code = self.processes[index].wait()
-                    raise StoreError(
-                        f"a rebuild worker process died (exit code {code}): run `tracker rebuild` again"
-                    ) from None
-                if message[0] == "batch":
-                    _, events, rows, last, new = message
-                    if ledger is not None:
-                        ledger.add(index, new)
-                    if on_batch is not None:
-                        on_batch(BatchResult(events, last, rows, 0))
-                elif message[0] == "done":
-                    results[index] = message[1]
-                    del pending[ready]
-                else:
-                    raise StoreError(f"a rebuild worker failed: {message[1]}")
-        for process in self.processes:
-            process.wait()
-        return [results[index] for index in range(len(specs))]
+            children.send_spec(process, spec)
+
+        def batch(index: int, message: tuple[Any, ...]) -> bool:
+            if message[0] != "batch":
+                return False
+            _, events, rows, last, new = message
+            if ledger is not None:
+                ledger.add(index, new)
+            if on_batch is not None:
+                on_batch(BatchResult(events, last, rows, 0))
+            return True
+
+        return children.collect(
+            self.processes,
+            self.pipes,
+            batch,
+            died="a rebuild worker process died (exit code {code}): run `tracker rebuild` again",
+            failed="a rebuild worker failed",
+        )
 
     def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            if process.stdin is not None:
-                process.stdin.close()
-        for pipe in self.pipes:
-            pipe.close()
+        children.stop(self.processes, self.pipes)
 
 
 def build_parts(specs: Sequence[WorkerSpec], on_batch: Callable[[BatchResult], None] | None = None) -> list[PartResult]:
@@ -349,14 +323,7 @@ class KeyLedger:
 
 def _main() -> None:
     """A worker process: its spec from stdin, its messages to stdout (see ``build_parts``)."""
-    spec = pickle.load(sys.stdin.buffer)
-    if not isinstance(spec, WorkerSpec):
-        raise SystemExit("tracker.store.rebuild_parallel is started by `tracker rebuild`, not by hand")
-    out = Connection(os.dup(sys.stdout.fileno()), readable=False)
-    try:
-        run_worker(spec, out)
-    finally:
-        out.close()
+    children.child_main(WorkerSpec, run_worker, "tracker.store.rebuild_parallel is started by `tracker rebuild`")
 
 
 if __name__ == "__main__":
