@@ -166,7 +166,7 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
         nursery.start_soon(writer)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_websocket_url(env["BITSTAMP_WS_URL"]) as ws:
-                for channel in channels_for(MARKETS, token.user_id):
+                for channel in channels_for(MARKETS, token.user_id, extras=True):
                     frame = {"event": "bts:subscribe", "data": {"channel": channel, "auth": token.token}}
                     await ws.send_message(json.dumps(frame))
 
@@ -219,7 +219,7 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
             [sys.executable, __file__, "--child", kind, "--db", target],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
         )
         try:
             with trio.fail_after(30):
