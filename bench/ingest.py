@@ -60,6 +60,19 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
     from tracker.store.event_log import EventLog
 
     settings = load_settings(flags={"db_url": db_url})
+    pauses: list[tuple[int, float]] = []
+    if os.environ.get("BENCH_DEBUG"):
+        import gc
+
+        started: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started.append(time.perf_counter())
+            elif started:
+                pauses.append((info["generation"], time.perf_counter() - started.pop()))
+
+        gc.callbacks.append(on_gc)
     engine = open_engine(settings.db_url)
     log = EventLog(engine)
     span: dict[str, float] = {}
@@ -81,6 +94,12 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
         engine.dispose()
     stats = services.writer_stats
     p50, p99 = _percentiles(list(stats.latency_sample))
+    if os.environ.get("BENCH_DEBUG"):
+        sample = list(stats.latency_sample)
+        slow = [(i, round(v * 1000, 1)) for i, v in enumerate(sample) if v > 0.02]
+        print(f"{len(sample)} samples; slow (index, ms): {slow[:60]}", file=sys.stderr)
+        long = sorted((round(d * 1000, 1), g) for g, d in pauses if d > 0.002)
+        print(f"gc: {len(pauses)} collections, over 2 ms (ms, generation): {long[-20:]}", file=sys.stderr)
     return {
         "items": stats.items,
         "ws": services.ingest_stats.data_frames,

@@ -98,6 +98,19 @@ def link_hash(prev_hash: str, seq: int, entry: NewEntry | LogEntry) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical(seq, entry)).hexdigest()
 
 
+def canonical_tail(entry: NewEntry) -> str:
+    """A row's canonical text without its seq: everything after the opening ``[``, so that ``"[" + str(seq) + ","
+    + canonical_tail(entry)`` is ``canonical(seq, entry)`` decoded (a JSON list is ``[`` + its items joined by ``,``
+    + ``]``, and an int is its decimal digits). What the PostgreSQL append function hashes under the lock, where the
+    seq is known (migrations/versions/0008_pg_append_function.py)."""
+    return _encode(hashed_values(0, entry)[1:])[1:]
+
+
+def tail_link(prev_hash: str, seq: int, tail: str) -> str:
+    """``link_hash`` from a ``canonical_tail``: the same bytes, the same hash."""
+    return hashlib.sha256(f"{prev_hash}[{seq},{tail}".encode()).hexdigest()
+
+
 def chain_row(entry: LogEntry) -> tuple[Any, ...]:
     """A stored row as the tuple a walk reads (``CHAIN_COLUMNS``)."""
     return (*hashed_values(entry.seq, entry), entry.prev_hash, entry.hash)

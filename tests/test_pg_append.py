@@ -1,0 +1,164 @@
+"""The PostgreSQL append function (migration 0008, ``EventLog._append_on_server``): the same rows, seqs and hashes as
+the client's append, the same duplicate counts, conflicts appended the client's way, a server that hashes otherwise
+caught, a database without the function still written.
+
+The strongest check is a comparison: the same batches appended to SQLite (hashed in Python) and to PostgreSQL
+(hashed by the function) give the same chain, link for link, for any text hypothesis makes up.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+from store_helpers import T0, entry, open_log
+
+from tracker.domain.chain import ChainWalker, canonical, canonical_tail, link_hash, tail_link
+from tracker.domain.log import NewEntry
+from tracker.store.event_log import EventLog, ServerAppendMismatch
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_log(pg_url: str) -> Iterator[EventLog]:
+    with open_log(pg_url) as log:
+        yield log
+
+
+def _walk(log: EventLog) -> ChainWalker:
+    walker = ChainWalker()
+    for page in log.iter_after(0):
+        assert walker.feed(page) is None
+    return walker
+
+
+def test_canonical_tail_is_canonical_without_the_seq() -> None:
+    for seq in (1, 9, 10, 12345678901234):
+        row = entry(seq, payload='{"x":"żółw 🐢 \\u0000","n":1e-8}')
+        assert f"[{seq},{canonical_tail(row)}".encode() == canonical(seq, row)
+        assert tail_link("ab" * 32, seq, canonical_tail(row)) == link_hash("ab" * 32, seq, row)
+
+
+def test_the_function_appends_numbers_and_links_like_the_client(pg_log: EventLog) -> None:
+    first = pg_log.append([entry(1), entry(2), entry(3)])
+    second = pg_log.append([entry(4)])
+    assert pg_log.server_appends == 2
+    assert (first.appended, second.appended) == ((1, 2, 3), (4,))
+    rows = pg_log.read_after(0)
+    assert [row.hash for row in rows][-1] == second.head.hash
+    assert all(row.hash == link_hash(row.prev_hash, row.seq, row) for row in rows)
+    assert _walk(pg_log).head == 4
+
+
+def test_duplicates_stored_and_in_the_batch_are_counted_not_appended(pg_log: EventLog) -> None:
+    pg_log.append([entry(1), entry(2)])
+    result = pg_log.append([entry(2), entry(3), entry(3), entry(1), entry(4)])
+    assert result.appended == (3, 4)
+    assert (result.duplicates, result.conflicts, result.quarantined) == (3, 0, 0)
+    assert [row.dedup_key for row in pg_log.read_after(0)] == [f"ws:order_created:{i}" for i in (1, 2, 3, 4)]
+    assert pg_log.server_appends == 2
+    assert pg_log.append([entry(1)]).appended == ()  # all duplicates: nothing written, the head unchanged
+    assert pg_log.head_anchor().seq == 4
+
+
+def test_a_conflict_is_appended_the_clients_way_and_quarantined(pg_log: EventLog) -> None:
+    pg_log.append([entry(1)])
+    changed = entry(1, payload='{"data":{"id":1,"amount_str":"0.2"}}')
+    result = pg_log.append([entry(2), changed, entry(3)])
+    assert pg_log.server_appends == 1  # the first append only: the function refused the second batch
+    assert result.appended == (2, 3)
+    assert (result.conflicts, result.quarantined) == (1, 1)
+    [kept] = pg_log.quarantined()
+    assert (kept.kind, kept.existing_seq, kept.raw) == ("conflict", 1, changed.payload)
+    within = pg_log.append([entry(5), entry(5, payload="{}")])  # a conflict inside one batch
+    assert (within.appended, within.conflicts) == ((4,), 1)
+    assert _walk(pg_log).head == 4
+
+
+def test_a_server_that_hashes_otherwise_is_caught(pg_log: EventLog) -> None:
+    with pg_log.engine.begin() as conn:  # the function, with the hash input changed by one character
+        source = conn.execute(text("SELECT pg_get_functiondef('tracker_append'::regproc)")).scalar_one()
+        conn.execute(text(source.replace("|| '[' ||", "|| '[ ' ||")))
+    with pytest.raises(ServerAppendMismatch, match="tracker verify"):
+        pg_log.append([entry(1)])
+
+
+def test_without_the_function_the_client_appends(pg_log: EventLog) -> None:
+    with pg_log.engine.begin() as conn:  # a log whose migration to 0008 is missing
+        conn.execute(text("DROP FUNCTION tracker_append"))
+    assert pg_log.append([entry(1), entry(2)]).appended == (1, 2)
+    assert pg_log.append([entry(3)]).appended == (3,)
+    assert pg_log.server_appends == 0
+    assert _walk(pg_log).head == 3
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+_ID = st.none() | st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=20)
+
+
+@st.composite
+def _entries(draw: Any) -> list[NewEntry]:
+    count = draw(st.integers(1, 6))
+    out = []
+    for _ in range(count):
+        key = draw(st.sampled_from(["a", "b", "c", "d", "e", "f", "g"]))
+        out.append(
+            NewEntry(
+                account=draw(st.sampled_from(["1001", "314159"])),
+                source=draw(st.sampled_from(["ws", "rest", "tracker"])),
+                channel=draw(_TEXT.filter(lambda t: len(t) <= 128)),
+                event=draw(_TEXT.filter(lambda t: len(t) <= 64)),
+                payload=key + draw(_TEXT),  # the same key with another payload would be a conflict: see below
+                dedup_key=key,
+                received_at=T0 + timedelta(microseconds=draw(st.integers(-(10**12), 10**12))),
+                market=draw(_ID),
+                order_id=draw(_ID),
+                trade_id=draw(_ID),
+                position_id=draw(_ID),
+                event_id=draw(_ID),
+                pre_event_id=draw(_ID),
+                exchange_ts_us=draw(st.none() | st.integers(-(2**63), 2**63 - 1)),
+                connection_id=draw(_ID),
+            )
+        )
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(_entries(), min_size=1, max_size=4))
+def test_the_same_batches_give_the_same_chain_on_both_backends(
+    batches: list[list[NewEntry]], pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('chain') / 'log.db'}"
+    with open_log(sqlite_url) as lite, open_log(pg_url) as pg:
+        with pg.engine.begin() as conn:  # one schema for every example: start from an empty log
+            conn.execute(text("ALTER TABLE event_log DISABLE TRIGGER USER"))
+            conn.execute(text("DELETE FROM quarantine"))
+            conn.execute(text("DELETE FROM event_log"))
+            conn.execute(text("ALTER TABLE event_log ENABLE TRIGGER USER"))
+        first_payload: dict[str, str] = {}
+        for batch in batches:
+            # No conflicts here (they take the client's path, tested above): a key keeps its first payload.
+            batch = [
+                e if first_payload.setdefault(e.dedup_key, e.payload) == e.payload else _with(e, first_payload)
+                for e in batch
+            ]
+            expected = lite.append(batch)
+            got = pg.append(batch)
+            assert got == expected
+        assert pg.server_appends == len(batches)
+        assert [(r.seq, r.prev_hash, r.hash) for r in pg.read_after(0)] == [
+            (r.seq, r.prev_hash, r.hash) for r in lite.read_after(0)
+        ]
+
+
+def _with(e: NewEntry, first_payload: dict[str, str]) -> NewEntry:
+    return replace(e, payload=first_payload[e.dedup_key])
