@@ -38,26 +38,14 @@ import trio
 
 from tracker.fake.server import FakeExchange, open_fake_exchange
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ingest import offer, prerender  # bench/ is not a package: the sibling script's helpers
+
 INGEST = Path(__file__).with_name("ingest.py")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
 FIRST_USER = 700_000
-
-
-async def offer(fx: FakeExchange, rate: float, duration: float) -> None:
-    """``rate`` frames/s for ``duration`` s (caught up every 2 ms), or as fast as delivery allows for ``inf``."""
-    start = trio.current_time()
-    sent = 0
-    while (now := trio.current_time()) - start < duration:
-        if math.isinf(rate):
-            await fx.generate(5)
-            await trio.lowlevel.checkpoint()
-            continue
-        due = int((now - start) * rate) - sent
-        if due > 0:
-            sent += len(await fx.generate_frames(due))
-        else:
-            await trio.sleep(0.002)
+UNPACED = 3_000  # frames made in advance per account and second of the unpaced load
 
 
 async def run_child(fx: FakeExchange, db_url: str, results: list[dict[str, Any]], *, stop: trio.Event) -> None:
@@ -101,9 +89,10 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str) -> d
             with trio.fail_after(60 + accounts * 3):
                 for fx in fakes:
                     await fx.wait_subscribed(fx.private_channels())
+            frames = [prerender(fx, int(duration * (UNPACED if math.isinf(rate) else rate)) + 20) for fx in fakes]
             async with trio.open_nursery() as load:
-                for fx in fakes:
-                    load.start_soon(offer, fx, rate, duration)
+                for fx, made in zip(fakes, frames, strict=True):
+                    load.start_soon(offer, fx, rate, duration, made)
             await trio.sleep(1.0)  # let every pipeline commit its tail before the stop
             stop.set()
     frames = sum(r["ws"] for r in results)
@@ -115,6 +104,7 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str) -> d
         "accounts": accounts,
         "frames": frames,
         "per_s": frames / (last - first) if last > first else 0.0,
+        "span": last - first,
         "p50_median": statistics.median(p50s) if p50s else None,
         "p99_median": statistics.median(p99s) if p99s else None,
         "p99_worst": p99s[-1] if p99s else None,
@@ -154,7 +144,7 @@ async def parent(args: argparse.Namespace) -> None:
         database = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     print(
         f"{'accounts':>8} {'offered/acct':>12} {'aggregate/s':>12} {'p50 med ms':>10} {'p99 med ms':>10} "
-        f"{'p99 worst':>10} {'batches':>8}"
+        f"{'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6}"
     )
     try:
         for rate in (args.rate, math.inf):
@@ -163,7 +153,8 @@ async def parent(args: argparse.Namespace) -> None:
                 offered = "max" if math.isinf(rate) else f"{rate:.0f}"
                 print(
                     f"{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
-                    f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8}",
+                    f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8} {r['frames']:>7}"
+                    f" {r['span']:>6.2f}",
                     flush=True,
                 )
     finally:
