@@ -21,6 +21,7 @@ The fakes run in this process and share its CPU with nothing else; the children 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -45,7 +46,8 @@ INGEST = Path(__file__).with_name("ingest.py")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
 FIRST_USER = 700_000
-UNPACED = 3_000  # frames made in advance per account and second of the unpaced load
+UNPACED = 3_000  # frames made in advance per account and second of the unpaced load (at least)
+UNPACED_TOTAL = 20_000  # ... and for all accounts together (more than one pipeline takes: bench/ingest.py)
 
 
 async def run_child(fx: FakeExchange, db_url: str, results: list[dict[str, Any]], *, stop: trio.Event) -> None:
@@ -89,10 +91,15 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str) -> d
             with trio.fail_after(60 + accounts * 3):
                 for fx in fakes:
                     await fx.wait_subscribed(fx.private_channels())
-            frames = [prerender(fx, int(duration * (UNPACED if math.isinf(rate) else rate)) + 20) for fx in fakes]
+            per_s = max(UNPACED, UNPACED_TOTAL // accounts) if math.isinf(rate) else rate
+            frames = [prerender(fx, int(duration * per_s) + 20) for fx in fakes]
+            waits: collections.Counter[str] = collections.Counter()
+            busy_before = machine_busy()
             async with trio.open_nursery() as load:
                 for fx, made in zip(fakes, frames, strict=True):
                     load.start_soon(offer, fx, rate, duration, made)
+                load.start_soon(sample_waits, db_url, duration, waits)
+            busy = machine_busy(busy_before)
             await trio.sleep(1.0)  # let every pipeline commit its tail before the stop
             stop.set()
     frames = sum(r["ws"] for r in results)
@@ -109,7 +116,42 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str) -> d
         "p99_median": statistics.median(p99s) if p99s else None,
         "p99_worst": p99s[-1] if p99s else None,
         "batches": sum(r["batches"] for r in results),
+        "waits": waits,
+        "busy": busy,
+        "cpu_us": sum(r["cpu"] for r in results) / frames * 1e6 if frames else 0.0,
     }
+
+
+def machine_busy(before: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(busy, total) jiffies of every core from /proc/stat; with ``before``: (busy fraction since then, cores)."""
+    with open("/proc/stat") as stat:
+        fields = [float(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    now = (sum(fields) - idle, sum(fields))
+    if before is None:
+        return now
+    return (now[0] - before[0]) / max(now[1] - before[1], 1.0), float(os.cpu_count() or 1)
+
+
+async def sample_waits(db_url: str, duration: float, waits: collections.Counter[str]) -> None:
+    """What the appenders' server processes are doing, every 20 ms of the load (``pg_stat_activity`` of this
+    database, the sampling connection left out): ``Lock:relation`` is an append waiting for the log's lock,
+    ``IO:WALSync`` a commit's fsync, ``Client:ClientRead`` a connection waiting for its client (idle between appends,
+    or, inside a transaction, a lock holder waiting for its process), ``CPU`` running."""
+    import psycopg
+
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        end = trio.current_time() + duration
+        while trio.current_time() < end:
+            rows = conn.execute(
+                "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            ).fetchall()
+            for state, kind, event in rows:
+                key = f"{kind}:{event}" if kind else "CPU"
+                waits[f"{key} ({state})" if state != "active" else key] += 1
+            await trio.sleep(0.02)
 
 
 def fresh_schema(database: str) -> str:
@@ -144,7 +186,7 @@ async def parent(args: argparse.Namespace) -> None:
         database = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     print(
         f"{'accounts':>8} {'offered/acct':>12} {'aggregate/s':>12} {'p50 med ms':>10} {'p99 med ms':>10} "
-        f"{'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6}"
+        f"{'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6} {'CPU us/ev':>9}"
     )
     try:
         for rate in (args.rate, math.inf):
@@ -154,9 +196,13 @@ async def parent(args: argparse.Namespace) -> None:
                 print(
                     f"{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
                     f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8} {r['frames']:>7}"
-                    f" {r['span']:>6.2f}",
+                    f" {r['span']:>6.2f} {r['cpu_us']:>9.0f}",
                     flush=True,
                 )
+                total = sum(r["waits"].values()) or 1
+                top = ", ".join(f"{name} {count / total:.0%}" for name, count in r["waits"].most_common(5))
+                busy, cores = r["busy"]
+                print(f"{'':>8} machine busy {busy:.0%} of {cores:.0f} cores; PostgreSQL backends: {top}", flush=True)
     finally:
         if name:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

@@ -167,7 +167,7 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
     pending: list[tuple[str, str, str, float]] = []
     wake = trio.Event()
     latencies: list[float] = []
-    counters = {"items": 0, "batches": 0, "first": None, "last": None}
+    counters: dict[str, Any] = {"items": 0, "batches": 0, "first": None, "last": None}
     stop = trio.Event()
 
     async def writer() -> None:
@@ -183,8 +183,8 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
             await trio.to_thread.run_sync(write, batch, limiter=limiter)
             now = trio.current_time()
             latencies.extend(now - r[3] for r in batch)
-            counters["items"] += len(batch)  # type: ignore[operator]
-            counters["batches"] += 1  # type: ignore[operator]
+            counters["items"] += len(batch)
+            counters["batches"] += 1
             counters["last"] = time.time()
             counters["cpu_last"] = time.process_time()
 
@@ -207,7 +207,7 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
                             if counters["first"] is None:
                                 counters["first"] = time.time()
                                 counters["cpu_first"] = time.process_time()
-                            pending.append((obj["channel"], obj["event"], message, received))
+                            pending.append((obj["channel"], obj["event"], str(message), received))
                             wake.set()
                     except ConnectionClosed:
                         pass
@@ -227,8 +227,8 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
         "ws": counters["items"],
         "duplicates": 0,
         "batches": counters["batches"],
-        "span": (last or 0) - (first or 0),  # type: ignore[operator]
-        "cpu": (counters.get("cpu_last") or 0) - (counters.get("cpu_first") or 0),  # type: ignore[operator]
+        "span": (last or 0) - (first or 0),
+        "cpu": (counters.get("cpu_last") or 0) - (counters.get("cpu_first") or 0),
         "p50": p50,
         "p99": p99,
     }
