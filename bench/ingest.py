@@ -63,6 +63,8 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
     from tracker.store.event_log import EventLog
 
     settings = load_settings(flags={"db_url": db_url})
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     pauses: list[tuple[int, float]] = []
     if os.environ.get("BENCH_DEBUG"):
         import gc
