@@ -16,6 +16,11 @@ account (the worst account's p99 and the median account's). Targets (issue 16): 
 every account's p99 <= 20 ms; unpaced aggregate of 20 accounts >= that of 1 account alone.
 
 The fakes run in this process and share its CPU with nothing else; the children and PostgreSQL share the machine.
+The frames are made by the fakes' models before each measurement (``ingest.prerender``) and paced by one loop for
+all fakes, so the load generator costs little more than delivery. Also printed: the children's CPU per frame (all
+their threads, from their first data frame to their last commit), how busy the machine's cores were during the
+load (/proc/stat), and what the PostgreSQL backends were doing (``pg_stat_activity`` sampled every 20 ms:
+``Lock:relation`` is an append waiting for the log's lock).
 """
 
 from __future__ import annotations
