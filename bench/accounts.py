@@ -90,14 +90,15 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str) -> d
             )
             for i in range(accounts)
         ]
+        # Made before the children start: the making blocks this process, which serves their tokens and websockets.
+        per_s = max(UNPACED, UNPACED_TOTAL // accounts) if math.isinf(rate) else rate
+        frames = [prerender(fx, int(duration * per_s) + 20) for fx in fakes]
         async with trio.open_nursery() as children:
             for fx in fakes:
                 children.start_soon(partial(run_child, fx, db_url, results, stop=stop))
             with trio.fail_after(60 + accounts * 3):
                 for fx in fakes:
                     await fx.wait_subscribed(fx.private_channels())
-            per_s = max(UNPACED, UNPACED_TOTAL // accounts) if math.isinf(rate) else rate
-            frames = [prerender(fx, int(duration * per_s) + 20) for fx in fakes]
             waits: collections.Counter[str] = collections.Counter()
             busy_before = machine_busy()
             async with trio.open_nursery() as load:

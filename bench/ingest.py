@@ -245,6 +245,8 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
     async with open_fake_exchange(seed=11, markets=MARKETS) as fx:
         env = fx.tracker_env(os.environ)
         target = db_url if kind == "tracker" else db_url.removeprefix("sqlite:///").replace("+psycopg", "", 1)
+        # Made before the child starts: the making blocks this process, which serves the child's token request.
+        frames = prerender(fx, int(duration * (MAX_RATE if math.isinf(rate) else rate)) + 100)
         process = await trio.lowlevel.open_process(
             [sys.executable, __file__, "--child", kind, "--db", target],
             env=env,
@@ -252,7 +254,6 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
             stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
         )
         try:
-            frames = prerender(fx, int(duration * (MAX_RATE if math.isinf(rate) else rate)) + 100)
             with trio.fail_after(30):
                 await fx.wait_subscribed(fx.private_channels())
             offered = await offer(fx, rate, duration, frames)

@@ -22,7 +22,7 @@ from store_helpers import T0, entry, open_log
 
 from tracker.domain.chain import ChainWalker, canonical, canonical_tail, link_hash, tail_link
 from tracker.domain.log import NewEntry
-from tracker.store.event_log import EventLog, ServerAppendMismatch
+from tracker.store.event_log import SERVER_APPEND_MAX, EventLog, ServerAppendMismatch
 
 pytestmark = pytest.mark.postgres
 
@@ -81,6 +81,14 @@ def test_a_conflict_is_appended_the_clients_way_and_quarantined(pg_log: EventLog
     within = pg_log.append([entry(5), entry(5, payload="{}")])  # a conflict inside one batch
     assert (within.appended, within.conflicts) == ((4,), 1)
     assert _walk(pg_log).head == 4
+
+
+def test_a_backlog_batch_goes_the_clients_way_onto_the_same_chain(pg_log: EventLog) -> None:
+    pg_log.append([entry(i) for i in range(1, SERVER_APPEND_MAX + 1)])  # the largest batch the function takes
+    pg_log.append([entry(i) for i in range(SERVER_APPEND_MAX + 1, 2 * SERVER_APPEND_MAX + 2)])  # one more: COPY
+    pg_log.append([entry(2 * SERVER_APPEND_MAX + 2)])
+    assert pg_log.server_appends == 2
+    assert _walk(pg_log).head == 2 * SERVER_APPEND_MAX + 2
 
 
 def test_a_server_that_hashes_otherwise_is_caught(pg_log: EventLog) -> None:
