@@ -93,6 +93,8 @@ def _cross_check(state: ProjectionState, order: OrderRow, link: OrderLinkRow | N
         return
     fills_sum = ZERO if link is None else link.fills_sum
     open_id = None if link is None else link.mismatch_id
+    if order.amount_filled == fills_sum and open_id is None:
+        return  # the usual case: nothing to open, refresh or resolve (so no text to make)
     figures = (
         f"status={order.status} amount_filled={format_decimal(order.amount_filled)}"
         f" fills_sum={format_decimal(fills_sum)} fills={0 if link is None else link.fills_count}"
