@@ -4,7 +4,9 @@ Synchronous SQLAlchemy Core. Callers in trio use one writer thread (``trio.to_th
 several writers (threads or processes) are still correct, because each append takes the write lock first.
 
 ``seq`` is assigned here as head + 1 inside the append transaction, after taking the write lock, so it is gapless and
-its order is commit order. A tailing reader can therefore poll ``read_after(last_seen)`` and never skip a row.
+its order is commit order. A tailing reader can therefore poll ``read_after(last_seen)`` and never skip a row. On
+PostgreSQL a small batch is appended by the server-side function ``tracker_append`` (migration 0008: the same steps,
+one statement, the lock never held while the server waits for this process); everything else is appended from here.
 """
 
 from __future__ import annotations
