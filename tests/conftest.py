@@ -76,3 +76,12 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+# The longest tests, started first: with ``-n`` (pytest-xdist, two workers in CI) a 2-minute soak collected last would
+# run alone at the end; first, the other worker runs the rest beside it. Their order among themselves is kept.
+_LONGEST = ("tests/test_soak.py", "tests/test_crash_recovery.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONGEST))
