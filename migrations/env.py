@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from tracker.config import DEFAULT_DB_URL
 from tracker.store.engine import open_engine, writer
-from tracker.store.schema import load_all_tables
+from tracker.store.schema import include_object_for, load_all_tables
 
 config = context.config
 target_metadata = load_all_tables()
@@ -45,6 +45,7 @@ def run_with(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object_for(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

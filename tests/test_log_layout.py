@@ -1,9 +1,10 @@
-"""Migration 0003 (the event log's index layout) on a real-sized log, on both backends.
+"""Migrations 0003 and 0009 (the event log's index layout) on a real-sized log, on both backends.
 
 A log of 20,000 entries (trades, order events, tracker entries, several accounts) is written, brought to revision
-0002's layout, then migrated: the chain walk before and ``tracker verify`` after give the same head anchor, every
-row's hash is unchanged, the append-only triggers still refuse changes, appends and dedup still work, and the index
-set is the new one; the downgrade brings the old indexes back and the log is still intact.
+0002's layout, then migrated to the head: the chain walk before and ``tracker verify`` after give the same head
+anchor, every row's hash is unchanged, the append-only triggers still refuse changes, appends and dedup still work
+(the database itself still refuses a second row with a stored dedup key: on PostgreSQL through the digest index of
+0009), and the index set is the new one; the downgrade brings the old indexes back and the log is still intact.
 
 Rules: local databases only; no sleeps; bounded by pytest-timeout.
 """
@@ -34,12 +35,15 @@ OLD_INDEXES = {
     "ix_event_log_trade_id",
     "ix_event_log_event_id",
 }
-NEW_INDEXES = {
-    "ix_event_log_account_seq",
-    "ix_event_log_channel",
-    "ix_event_log_tracker",
-    "ix_event_log_trade_id",
-    "ix_event_log_event_id",
+HEAD_INDEXES = {  # after 0009: no channel index; PostgreSQL's unique dedup index is on a digest of the key
+    "sqlite": {"ix_event_log_account_seq", "ix_event_log_tracker", "ix_event_log_trade_id", "ix_event_log_event_id"},
+    "postgresql": {
+        "ix_event_log_account_seq",
+        "ix_event_log_tracker",
+        "ix_event_log_trade_id",
+        "ix_event_log_event_id",
+        "ix_event_log_dedup_digest",
+    },
 }
 
 
@@ -116,8 +120,8 @@ def test_migration_keeps_a_real_sized_log_intact(db_url: str, capsys: pytest.Cap
         anchor = _walk(log)
 
         migrate.upgrade(db_url)
-        assert migrate.current(db_url) == migrate.head_revision()  # through 0003_log_layout
-        assert _indexes(engine) == NEW_INDEXES
+        assert migrate.current(db_url) == migrate.head_revision()  # through 0003_log_layout and 0009_log_indexes
+        assert _indexes(engine) == HEAD_INDEXES[engine.dialect.name]
         assert _chain_digest(engine) == before == (ROWS, before[1])
         assert _verify(db_url, capsys) == anchor
 
@@ -129,6 +133,10 @@ def test_migration_keeps_a_real_sized_log_intact(db_url: str, capsys: pytest.Cap
             conn.execute(text("DELETE FROM event_log WHERE seq = 5"))
         with pytest.raises(exc.DBAPIError), engine.begin() as conn:
             conn.execute(text("UPDATE event_log SET payload = '{}' WHERE seq = 6"))
+        # The database itself still refuses a second row with a stored key (on PostgreSQL: the digest index).
+        same_key = select(*(c + 1_000_000 if c.name == "seq" else c for c in event_log.c)).where(event_log.c.seq == 8)
+        with pytest.raises(exc.IntegrityError), engine.begin() as conn:
+            conn.execute(event_log.insert().from_select([c.name for c in event_log.c], same_key))
 
         migrate.downgrade(db_url, "0002")
         assert _indexes(engine) == OLD_INDEXES

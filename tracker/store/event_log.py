@@ -58,7 +58,11 @@ _IN_CHUNK = 500  # dedup keys per IN (...) query: well under SQLite's bound-para
 # snapshot, so it sees the previous appender's commit. (SQLite gets the same from BEGIN IMMEDIATE, see engine.py.)
 _PG_LOCK_SQL = "LOCK TABLE event_log IN EXCLUSIVE MODE"
 _PG_HEAD = "SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1"
-_PG_STORED = "SELECT dedup_key, seq, payload FROM event_log WHERE dedup_key = ANY(%s)"
+# The unique index is on a digest of the key (migration 0009): the lookup goes through it and compares the key too.
+_PG_STORED = (
+    "SELECT e.dedup_key, e.seq, e.payload FROM unnest(%s::text[]) AS k(key) JOIN event_log e"
+    " ON tracker_key_digest(e.dedup_key) = tracker_key_digest(k.key) AND e.dedup_key = k.key"
+)
 _PG_LOOK = "; ".join((_PG_LOCK_SQL, _PG_HEAD, _PG_STORED))  # the pipeline, as its errors name it
 _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN"
 # The append as one server-side function (migration 0008): lock, head, dedup, number, hash, insert and, called in
