@@ -36,9 +36,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -145,23 +146,27 @@ def step_rebuild(path: Path, parallel: bool | None = None) -> dict[str, float]:
     }
 
 
-def step_baseline(path: Path) -> dict[str, float]:
+def read_baseline(connect: Callable[[], AbstractContextManager[Any]], query: str) -> dict[str, float]:
+    """The baseline: ``payload`` in ``seq`` order, pages of 5,000 (``query``, its one parameter the last ``seq``),
+    ``json.loads`` each. ``connect()`` opens a ``sqlite3`` or psycopg connection (both have ``execute(query, params)``)
+    and closes it on exit; the time includes connecting and closing."""
     started, cpu = time.perf_counter(), time.process_time()
-    conn = sqlite3.connect(path)
     rows = last = 0
-    while True:
-        page = conn.execute(
-            "SELECT seq, payload FROM event_log WHERE seq > ? ORDER BY seq LIMIT 5000", (last,)
-        ).fetchall()
-        if not page:
-            break
-        for seq, payload in page:
-            json.loads(payload)
-            last = seq
-        rows += len(page)
-    conn.close()
+    with connect() as conn:
+        while page := conn.execute(query, (last,)).fetchall():
+            for seq, payload in page:
+                json.loads(payload)
+                last = seq
+            rows += len(page)
     return {"events": rows, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu,
             "rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+def step_baseline(path: Path) -> dict[str, float]:
+    return read_baseline(
+        lambda: closing(sqlite3.connect(path)),
+        "SELECT seq, payload FROM event_log WHERE seq > ? ORDER BY seq LIMIT 5000",
+    )
 
 
 def step_fees(path: Path) -> dict[str, float]:
@@ -250,22 +255,10 @@ def step_pg_rebuild(url: str) -> dict[str, float]:
 
 
 def step_pg_baseline(url: str) -> dict[str, float]:
-    """The SQLite baseline over psycopg: ``payload`` in ``seq`` order, pages of 5,000, ``json.loads`` each."""
-    started, cpu = time.perf_counter(), time.process_time()
-    rows = last = 0
-    with psycopg.connect(url) as conn:
-        while True:
-            page = conn.execute(
-                "SELECT seq, payload FROM event_log WHERE seq > %s ORDER BY seq LIMIT 5000", (last,)
-            ).fetchall()
-            if not page:
-                break
-            for seq, payload in page:
-                json.loads(payload)
-                last = seq
-            rows += len(page)
-    return {"events": rows, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu,
-            "rss_mb": peak_rss_mb()}  # fmt: skip
+    """The SQLite baseline over psycopg."""
+    return read_baseline(
+        lambda: psycopg.connect(url), "SELECT seq, payload FROM event_log WHERE seq > %s ORDER BY seq LIMIT 5000"
+    )
 
 
 STEPS: dict[str, Callable[[Path], dict[str, float]]] = {

@@ -2,9 +2,9 @@
 
 - Loopback only, port 0 for every server, an absolute timeout on every I/O test (pytest-timeout), no sleep used as
   synchronisation, ``autojump_clock`` for anything timed.
-- Storage tests take ``db_url``, parametrised over SQLite and PostgreSQL. Each PostgreSQL test gets its own schema in
-  a database created for this pytest run, so concurrent runs never collide. Under ``CI=true`` an unreachable
-  PostgreSQL fails the test; elsewhere it is skipped with the reason.
+- Storage tests take ``db_url``, parametrised over SQLite and PostgreSQL (or ``migrated_engine``: an engine on it,
+  migrated). Each PostgreSQL test gets its own schema in a database created for this pytest run, so concurrent runs
+  never collide. Under ``CI=true`` an unreachable PostgreSQL fails the test; elsewhere it is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+
+from tracker.store import migrate
+from tracker.store.engine import open_engine
 
 PG_ADMIN_URL = os.environ.get("TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -76,6 +80,17 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def migrated_engine(db_url: str) -> Iterator[Engine]:
+    """Tracker's engine on ``db_url``'s database, migrated to the head revision (so on each backend)."""
+    engine = open_engine(db_url)
+    migrate.upgrade(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 # The longest tests, started first: with ``-n`` (pytest-xdist, two workers in CI) a 2-minute soak collected last would

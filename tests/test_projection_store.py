@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -35,17 +34,6 @@ from tracker.store.projections import ProjectionStore
 
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
 T0 = 1_790_000_000_000_000
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """A migrated database on each backend."""
-    engine = open_engine(db_url)
-    migrate.upgrade(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def fake_entries(seed: int, steps: int, account: str = "acc") -> list[NewEntry]:
@@ -78,10 +66,10 @@ def project_in_batches(store: ProjectionStore, events: list[DomainEvent], sizes:
     return misses
 
 
-def test_fake_log_through_the_store_equals_the_pure_fold(engine: Engine) -> None:
-    log = EventLog(engine)
+def test_fake_log_through_the_store_equals_the_pure_fold(migrated_engine: Engine) -> None:
+    log = EventLog(migrated_engine)
     log.append(fake_entries(3, 800))
-    store = ProjectionStore(engine)
+    store = ProjectionStore(migrated_engine)
     misses = 0
 
     def on_batch(result: Any) -> None:
@@ -99,34 +87,36 @@ def test_fake_log_through_the_store_equals_the_pure_fold(engine: Engine) -> None
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=domain_events(), data=st.data())
-def test_incremental_equals_full_rebuild(engine: Engine, events: list[DomainEvent], data: st.DataObject) -> None:
+def test_incremental_equals_full_rebuild(
+    migrated_engine: Engine, events: list[DomainEvent], data: st.DataObject
+) -> None:
     """Random events, a random split point (a restart: a new store instance), random batch sizes on either side."""
     split = data.draw(st.integers(min_value=0, max_value=len(events)), label="split")
     sizes = st.lists(st.integers(min_value=1, max_value=12), max_size=6)
-    first = ProjectionStore(engine)
+    first = ProjectionStore(migrated_engine)
     clear(first)
     misses = project_in_batches(first, events[:split], data.draw(sizes, label="batches before"))
-    resumed = ProjectionStore(engine)  # as after a restart: nothing carried over but the database
+    resumed = ProjectionStore(migrated_engine)  # as after a restart: nothing carried over but the database
     assert resumed.load_checkpoint() == (events[split - 1].seq if split else 0)
     misses += project_in_batches(resumed, events[split:], data.draw(sizes, label="batches after"))
     incremental = resumed.all_rows()
 
     clear(resumed)
-    full = ProjectionStore(engine)
+    full = ProjectionStore(migrated_engine)
     misses += project_in_batches(full, events, [])
     assert full.all_rows() == incremental
     assert incremental == fold(events).to_rows()
     assert misses == 0
 
 
-def test_rows_and_checkpoint_commit_together(engine: Engine) -> None:
+def test_rows_and_checkpoint_commit_together(migrated_engine: Engine) -> None:
     events = [
         Fill(seq=seq, account="a", source="ws", trade_id=f"t{seq}", order_id=None, market="btcusd", side="buy",
              amount=Decimal("0.5"), price=Decimal(100), fee=Decimal("0.1"),
              executed_at=datetime(2026, 11, 29, tzinfo=UTC), position_id=None, is_liquidation=False)
         for seq in (1, 2, 3)
     ]  # fmt: skip
-    store = ProjectionStore(engine)
+    store = ProjectionStore(migrated_engine)
     store.project_events(events[:1])
     state = fold(events[1:], ProjectionState.from_rows(store.all_rows(), 1))
     # Another writer moved the checkpoint since this state was loaded: nothing is written, not even the rows.
@@ -140,8 +130,10 @@ def test_rows_and_checkpoint_commit_together(engine: Engine) -> None:
     assert store.all_rows() == fold(events).to_rows()
 
 
-def test_a_failed_write_leaves_rows_and_checkpoint_unchanged(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = ProjectionStore(engine)
+def test_a_failed_write_leaves_rows_and_checkpoint_unchanged(
+    migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ProjectionStore(migrated_engine)
     store.project_events(fold_events := _fills(1, 2))
     before = store.all_rows()
     calls = 0
@@ -172,16 +164,16 @@ FEES = ["0.1", "0.2", "0.00000001", "1e-8", "123456789.987654321", "-0.3", "0.1"
 EXACT_TOTAL = sum((Decimal(fee) for fee in FEES), Decimal(0))
 
 
-def test_sum_of_money_is_exact_in_sql(engine: Engine) -> None:
+def test_sum_of_money_is_exact_in_sql(migrated_engine: Engine) -> None:
     events = [
         Fill(seq=seq, account="a", source="ws", trade_id=f"t{seq}", order_id=None, market="btcusd", side="buy",
              amount=Decimal(1), price=Decimal(1), fee=Decimal(fee), executed_at=datetime(2026, 11, 29, tzinfo=UTC),
              position_id=None, is_liquidation=False)
         for seq, fee in enumerate(FEES, start=1)
     ]  # fmt: skip
-    ProjectionStore(engine).project_events(events)
+    ProjectionStore(migrated_engine).project_events(events)
     v_fills, v_fees = VIEWS["v_fills"], VIEWS["v_fees_daily"]
-    with engine.connect() as conn:
+    with migrated_engine.connect() as conn:
         assert conn.execute(select(func.sum(v_fills.c.fee))).scalar_one() == EXACT_TOTAL
         # What a user types: plain SQL text through tracker's engine.
         raw = conn.execute(text("SELECT SUM(fee) FROM v_fills")).scalar_one()
@@ -190,7 +182,7 @@ def test_sum_of_money_is_exact_in_sql(engine: Engine) -> None:
         # Integer sums stay integers (SQLite); a window sum works; the sum of nothing is NULL.
         count = conn.execute(text("SELECT SUM(fills) FROM v_fees_daily")).scalar_one()
         assert count == len(FEES)
-        if engine.dialect.name == "sqlite":  # PostgreSQL's SUM(bigint) is numeric by its own rules
+        if migrated_engine.dialect.name == "sqlite":  # PostgreSQL's SUM(bigint) is numeric by its own rules
             assert type(count) is int
         running = conn.execute(
             text("SELECT SUM(fee) OVER (ORDER BY trade_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM v_fills")
@@ -231,13 +223,13 @@ def test_sqlite_shell_decimal_sum_is_exact(sqlite_url: str) -> None:
     assert Decimal(shell.stdout.strip()) == EXACT_TOTAL
 
 
-def test_first_writers_on_a_fresh_database_serialise(engine: Engine) -> None:
+def test_first_writers_on_a_fresh_database_serialise(migrated_engine: Engine) -> None:
     """No checkpoint row yet: the first write creates it; a second writer that also read 0 is refused, and a refused
     write leaves no row behind (``tracker status`` reads a missing row as "the projector never ran")."""
-    first, second = ProjectionStore(engine), ProjectionStore(engine)
+    first, second = ProjectionStore(migrated_engine), ProjectionStore(migrated_engine)
     rows = fold(_fills(1, 1)).changed_rows()
     assert first.write_batch(rows, 1, expected=5) is None
-    with engine.connect() as conn:
+    with migrated_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(projector_checkpoint)).scalar_one() == 0
     assert first.write_batch(rows, 1, expected=0) == 2
     assert second.write_batch(fold(_fills(1, 2)).changed_rows(), 2, expected=0) is None

@@ -7,7 +7,6 @@ under ``trio.fail_after``, never sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -18,31 +17,19 @@ from test_projection_store import fake_entries
 from tracker.domain.projection import fold
 from tracker.metrics import Metrics
 from tracker.runtime.projector import run_projector
-from tracker.store import migrate
-from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.projections import ProjectionStore
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = open_engine(db_url)
-    migrate.upgrade(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-async def test_projector_keeps_up_within_a_second(engine: Engine) -> None:
+async def test_projector_keeps_up_within_a_second(migrated_engine: Engine) -> None:
     entries = fake_entries(21, 400)
-    log = EventLog(engine)
+    log = EventLog(migrated_engine)
     await trio.to_thread.run_sync(log.append, entries[:300])
     metrics = Metrics()
     async with trio.open_nursery() as nursery:
-        status = await nursery.start(partial(run_projector, engine, metrics=metrics))
+        status = await nursery.start(partial(run_projector, migrated_engine, metrics=metrics))
         with trio.fail_after(10):  # the backlog at start
             await status.wait_caught_up(await trio.to_thread.run_sync(log.head))
         for start in range(300, len(entries), 40):  # live appends, as ingest makes them
@@ -52,7 +39,7 @@ async def test_projector_keeps_up_within_a_second(engine: Engine) -> None:
         assert status.lag == 0
         assert metrics.projection_lag._value.get() == 0
         nursery.cancel_scope.cancel()
-    store = ProjectionStore(engine)
+    store = ProjectionStore(migrated_engine)
     from tracker.bitstamp.parse import parse_entry
 
     whole = fold(parse_entry(entry) for page in log.iter_after(0) for entry in page)
@@ -61,10 +48,10 @@ async def test_projector_keeps_up_within_a_second(engine: Engine) -> None:
     assert metrics.discrepancies_open._value.get() == open_count
 
 
-async def test_nudge_wakes_the_projector_before_the_poll(engine: Engine) -> None:
-    log = EventLog(engine)
+async def test_nudge_wakes_the_projector_before_the_poll(migrated_engine: Engine) -> None:
+    log = EventLog(migrated_engine)
     async with trio.open_nursery() as nursery:
-        status = await nursery.start(partial(run_projector, engine, poll_interval=3600))
+        status = await nursery.start(partial(run_projector, migrated_engine, poll_interval=3600))
         result = await trio.to_thread.run_sync(log.append, fake_entries(22, 20))
         status.nudge()
         with trio.fail_after(5):

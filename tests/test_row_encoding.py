@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -23,8 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tracker.domain import rows as row_module
 from tracker.domain.rows import TABLES, row_key
-from tracker.store import migrate
-from tracker.store.engine import open_engine, writer
+from tracker.store.engine import writer
 from tracker.store.projection_codec import FIELDS, RowUpserts, converters, encoder
 from tracker.store.projection_schema import PROJECTION_TABLES
 from tracker.store.projections import ProjectionStore
@@ -125,29 +123,19 @@ def test_non_finite_money_and_naive_times_are_refused() -> None:
         encode([dataclasses.replace(good, executed_at=datetime(2026, 1, 1))])
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """A migrated database on each backend."""
-    engine = open_engine(db_url)
-    migrate.upgrade(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_rows_written_read_back_equal(engine: Engine, data: st.DataObject) -> None:
+def test_rows_written_read_back_equal(migrated_engine: Engine, data: st.DataObject) -> None:
     """``RowUpserts`` (``executemany`` on SQLite, one statement of arrays per table on PostgreSQL) stores every
     table's rows exactly: read back, they equal what was written (decimals exact, times the same instants)."""
     written = {
         name: data.draw(st.lists(_rows(name, nul=False), min_size=1, max_size=5, unique_by=row_key)) for name in TABLES
     }
-    with writer(engine).begin() as conn:
+    with writer(migrated_engine).begin() as conn:
         for table in PROJECTION_TABLES.values():
             conn.execute(delete(table))
-        assert RowUpserts(PROJECTION_TABLES, engine.dialect).write(conn, written) == sum(map(len, written.values()))
-    stored = ProjectionStore(engine).all_rows()
+        upserts = RowUpserts(PROJECTION_TABLES, migrated_engine.dialect)
+        assert upserts.write(conn, written) == sum(map(len, written.values()))
+    stored = ProjectionStore(migrated_engine).all_rows()
     for name, rows in written.items():
         assert stored[name] == sorted(rows, key=row_key), name
