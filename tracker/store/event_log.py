@@ -58,10 +58,14 @@ _IN_CHUNK = 500  # dedup keys per IN (...) query: well under SQLite's bound-para
 # snapshot, so it sees the previous appender's commit. (SQLite gets the same from BEGIN IMMEDIATE, see engine.py.)
 _PG_LOCK_SQL = "LOCK TABLE event_log IN EXCLUSIVE MODE"
 _PG_HEAD = "SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1"
-# The unique index is on a digest of the key (migration 0009): the lookup goes through it and compares the key too.
+# The unique index is on a digest of the key (migration 0009): the lookup goes through it and compares the key too,
+# one index probe per key (LATERAL ... LIMIT 1): as a plain join the planner may hash the keys and scan the whole log
+# instead (a 1,000-key lookup on a 20,000-row log: 52 ms and growing with the log, against ~3 ms). The keys go in
+# binary (%b): psycopg's text format quotes them item by item in Python (3 % of an unpaced ingest).
 _PG_STORED = (
-    "SELECT e.dedup_key, e.seq, e.payload FROM unnest(%s::text[]) AS k(key) JOIN event_log e"
-    " ON tracker_key_digest(e.dedup_key) = tracker_key_digest(k.key) AND e.dedup_key = k.key"
+    "SELECT e.dedup_key, e.seq, e.payload FROM unnest(%b::text[]) AS k(key) CROSS JOIN LATERAL ("
+    "SELECT s.dedup_key, s.seq, s.payload FROM event_log s"
+    " WHERE tracker_key_digest(s.dedup_key) = tracker_key_digest(k.key) AND s.dedup_key = k.key LIMIT 1) AS e"
 )
 _PG_LOOK = "; ".join((_PG_LOCK_SQL, _PG_HEAD, _PG_STORED))  # the pipeline, as its errors name it
 _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN"
