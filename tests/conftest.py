@@ -5,6 +5,8 @@
 - Storage tests take ``db_url``, parametrised over SQLite and PostgreSQL (or ``migrated_engine``: an engine on it,
   migrated). Each PostgreSQL test gets its own schema in a database created for this pytest run, so concurrent runs
   never collide. Under ``CI=true`` an unreachable PostgreSQL fails the test; elsewhere it is skipped with the reason.
+- Every test may run beside any other: the README's command runs the suite in two pytest-xdist workers (each worker
+  its own PostgreSQL database, every test its own directory and ports), the longest tests first.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ event_log = Table(
 )
 # What each index pays for (migrations 0003 and 0009, docs/storage.md "What the log costs on disk"): the primary key
 # (seq) and the unique dedup key are the log's guarantees; on PostgreSQL the unique index holds the first 16 bytes of
-# the key's sha256 (``tracker_key_digest``, 0009): 193 -> ~60 bytes per event, the keys being inserted in random order;
+# the key's sha256 (``tracker_key_digest``, 0009): 193 -> 49 bytes per event, the keys being inserted in random order;
 # every lookup compares the digest and the key. (account, seq): every per-account read (backfill's run_start,
 # signals_after, latest_tracker_data, read_after(account=...)); appended in increasing order per account, so packed
 # full on PostgreSQL (fillfactor 100: the log is never updated, a page needs no room to grow). tracker entries:
