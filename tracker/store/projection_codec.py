@@ -135,7 +135,9 @@ def fast_upsert(table: Table, dialect: Dialect) -> str:
 
 class ArrayUpsert:
     """One table's upsert on PostgreSQL as one statement for many rows: ``INSERT INTO t (columns) SELECT * FROM
-    unnest(%s::type[], ...) ON CONFLICT ... DO UPDATE`` with one array parameter per column.
+    unnest(%b::type[], ...) ON CONFLICT ... DO UPDATE`` with one array parameter per column, sent in binary:
+    psycopg's text format quotes every item in Python, a tenth of a PostgreSQL rebuild (100,000 events: 5.3 -> 4.7-4.8
+    s wall, 3.9 -> 3.4-3.5 s CPU; tests/test_row_encoding.py reads every table back equal).
 
     An ``executemany`` of the one-row upsert (even pipelined, as psycopg does it) makes the server parse, plan and
     execute one statement per row: writing the projection rows was half of a PostgreSQL rebuild's wall time, most
@@ -154,7 +156,7 @@ class ArrayUpsert:
         _, tail = values.split(" ON CONFLICT ", 1)
         if not head.startswith("INSERT INTO ") or " VALUES " in values:
             raise RuntimeError(f"unexpected upsert statement: {one_row}")
-        arrays = ", ".join(f"%s::{column.type.compile(dialect=dialect)}[]" for column in table.columns)
+        arrays = ", ".join(f"%b::{column.type.compile(dialect=dialect)}[]" for column in table.columns)
         self.statement = f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT {tail}"
 
     def write(self, conn: Connection, params: Sequence[tuple[Any, ...]]) -> None:
