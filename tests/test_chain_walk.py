@@ -9,6 +9,7 @@ in a form no writer makes) the reference decides. Rules: local databases only; n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -25,13 +26,16 @@ from sqlalchemy import select, text, update
 from store_helpers import entry, open_log, tampering
 
 from tracker.cli import main
+from tracker.domain import chain
 from tracker.domain.chain import (
     CANONICAL_COLUMNS,
     GENESIS,
     Anchor,
     ChainWalker,
+    canonical,
     canonical_values,
     chain_row,
+    hashed_values,
     link_hash,
 )
 from tracker.domain.log import LogEntry
@@ -148,6 +152,37 @@ _value = st.one_of(st.none(), _text, st.integers(-(2**63), 2**63 - 1))
 @given(values=st.lists(_value, min_size=len(CANONICAL_COLUMNS), max_size=len(CANONICAL_COLUMNS)))
 def test_orjson_writes_the_reference_bytes(values: list[Any]) -> None:
     assert orjson.dumps(tuple(values)) == canonical_values(values)
+
+
+# The writer's own hash input (chain._fast_values, orjson with the reference behind it) is the reference's, byte for
+# byte, for any value, surrogates and integers beyond 64 bits included (those go to the reference, which writes or
+# raises as it always did).
+_any_text = st.text(max_size=40)  # lone surrogates included
+_any_value = st.one_of(
+    st.none(), _any_text, st.integers(-(2**80), 2**80), st.sampled_from([2**64 - 1, 2**64, -(2**63) - 1])
+)
+
+
+def _outcome(encode: Any, values: list[Any]) -> object:
+    try:
+        return encode(values)
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        return type(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values=st.lists(_any_value, min_size=len(CANONICAL_COLUMNS), max_size=len(CANONICAL_COLUMNS)))
+def test_the_writers_hash_input_is_the_reference(values: list[Any]) -> None:
+    assert _outcome(chain._fast_values, values) == _outcome(canonical_values, values)
+
+
+def test_the_writer_hashes_the_reference_bytes() -> None:
+    new = entry(1, payload='{"é":"\\u00e9 \\" \\n"}\n\t\x7f\u2028')
+    row = hashed_values(7, new)
+    assert canonical(7, new) == canonical_values(row)
+    assert link_hash(GENESIS, 7, new) == hashlib.sha256(GENESIS.encode() + canonical_values(row)).hexdigest()
+    with pytest.raises(TypeError):  # a datetime is no canonical value: orjson must not write it as text
+        chain._fast_values([datetime(2026, 1, 1, tzinfo=UTC)])
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from tracker.domain.log import LogEntry, NewEntry
 from tracker.domain.timeutil import datetime_to_us
 
@@ -67,6 +69,19 @@ def canonical_values(values: Sequence[Any]) -> bytes:
     return _encode(list(values)).encode("utf-8")
 
 
+def _fast_values(values: list[Any]) -> bytes:
+    """``canonical_values``' bytes, written by orjson in about a fifth of the time (the writer hashes every row).
+
+    For what a row holds (text without lone surrogates, None, integers of 64 bits) orjson writes the same bytes as
+    the reference: the same escapes (``\\"``, ``\\\\``, ``\\n`` ..., other controls as lowercase ``\\u00XX``), non-ASCII
+    as UTF-8, no spaces; tests/test_chain_walk.py checks it on random rows. Anything orjson refuses (an integer
+    beyond 64 bits, a lone surrogate) goes to the reference, which writes it or raises as it always did."""
+    try:
+        return orjson.dumps(values, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
+    except TypeError:
+        return canonical_values(values)
+
+
 def hashed_values(seq: int, entry: NewEntry | LogEntry) -> list[Any]:
     """What a row's hash covers, in order: everything stored except the two hashes."""
     return [
@@ -91,7 +106,7 @@ def hashed_values(seq: int, entry: NewEntry | LogEntry) -> list[Any]:
 
 def canonical(seq: int, entry: NewEntry | LogEntry) -> bytes:
     """The bytes a row's hash covers (everything stored except the two hashes)."""
-    return canonical_values(hashed_values(seq, entry))
+    return _fast_values(hashed_values(seq, entry))
 
 
 def link_hash(prev_hash: str, seq: int, entry: NewEntry | LogEntry) -> str:
@@ -103,7 +118,7 @@ def canonical_tail(entry: NewEntry) -> str:
     + canonical_tail(entry)`` is ``canonical(seq, entry)`` decoded (a JSON list is ``[`` + its items joined by ``,``
     + ``]``, and an int is its decimal digits). What the PostgreSQL append function hashes under the lock, where the
     seq is known (migrations/versions/0008_pg_append_function.py)."""
-    return _encode(hashed_values(0, entry)[1:])[1:]
+    return _fast_values(hashed_values(0, entry)[1:]).decode("utf-8")[1:]
 
 
 def tail_link(prev_hash: str, seq: int, tail: str) -> str:
