@@ -1,4 +1,4 @@
-"""Classification of raw WebSocket text and log entries built from private frames (pure, one ``json.loads``).
+"""Classification of raw WebSocket text and log entries built from private frames (pure, one JSON decoding).
 
 ``classify(text)`` → ``Control`` (``bts:*``), ``Data`` (an event on a channel) or ``Malformed``.
 ``entry_from_data(data, ...)`` / ``entry_from_frame(text, ...)`` → ``NewEntry`` to append, ``QuarantineItem``, or
@@ -29,6 +29,14 @@ differ in the keyed ids: an order event has a fresh ``event_id``; a trade id is 
 transaction id is unique; two alerts of one kind for one position share a µs timestamp only if they are the same
 alert. The content-hash fallback cannot merge two different facts unless their texts are identical, in which case
 they are indistinguishable anyway (old-format ``my_orders`` frames always differ in remaining amount or event name).
+
+Decoding: every frame is decoded once, by orjson when it can (a third of ``loads_exact``'s time; it runs for every
+frame received), as ``parse.parse_entry`` does. What is read from the decoded frame here is text and integers only
+(names, ids, times), never money, and orjson gives the same text and integers as ``loads_exact`` with one
+exception: an integer beyond 64 bits comes out as a float. So a float where an id or a time is read means "decode
+this frame again with ``loads_exact``" (``NeedExact``, ``entry_from_data``), and text orjson refuses (NaN, Infinity,
+1e400, a lone surrogate escape, nesting deeper than 1,024, not JSON) goes to ``loads_exact``, which accepts or
+refuses it as before. tests/test_frames_fast.py checks that both decoders give the same entries, on random frames.
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from tracker.bitstamp.channels import Channel, parse_channel
+import orjson
+
+from tracker.bitstamp.channels import Channel
+from tracker.bitstamp.parse_fields import NeedExact, channel_of
 from tracker.bitstamp.rest_entries import (
     entry_from_account_order_event,
     entry_from_order_status,
@@ -116,12 +127,15 @@ class Control:
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """An event on a channel. ``message`` is the frame parsed with ``loads_exact``; ``text`` the exact frame."""
+    """An event on a channel; ``text`` the exact frame. ``message`` is the frame decoded: by ``loads_exact`` when
+    ``exact``, else by orjson, whose numbers with a fraction or an exponent (and integers beyond 64 bits) are floats:
+    read text and integers from it, never money (the parser reads the payload again, exactly)."""
 
     channel: str
     event: str
     message: dict[str, Any]
     text: str
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +154,21 @@ class Ignored:
 Frame = Control | Data | Malformed
 
 
-def classify(text: str) -> Frame:
-    """Classify one WebSocket text frame. Never raises."""
-    try:
-        message = loads_exact(text)
-    except (ValueError, RecursionError, ArithmeticError) as exc:  # decimal.InvalidOperation: 1e9999999999999999999
-        return Malformed(reason=f"not JSON: {exc}", text=text)
+def classify(text: str, *, exact: bool = False) -> Frame:
+    """Classify one WebSocket text frame. Never raises. ``exact``: decode with ``loads_exact`` only (see the module
+    docstring; ``entry_from_data`` asks for it when the fast decoding made a float of an id or a time)."""
+    message: Any = None
+    fast = not exact
+    if fast:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:  # also for text orjson refuses that loads_exact accepts (NaN, ...)
+            fast = False
+    if not fast:
+        try:
+            message = loads_exact(text)
+        except (ValueError, RecursionError, ArithmeticError) as exc:  # decimal.InvalidOperation: 1e9999999999999999
+            return Malformed(reason=f"not JSON: {exc}", text=text)
     if not isinstance(message, dict):
         return Malformed(reason=f"not a JSON object: {type(message).__name__}", text=text)
     event = message.get("event")
@@ -153,6 +176,8 @@ def classify(text: str) -> Frame:
     if not isinstance(event, str) or not event:
         return Malformed(reason="missing or non-text 'event'", text=text)
     if event.startswith("bts:"):
+        if fast:  # few and rare: read exactly (a code beyond 64 bits would be a float from orjson)
+            return classify(text, exact=True)
         kind = CONTROL_EVENTS.get(event, "other")
         data = message.get("data")
         code: int | None = None
@@ -166,7 +191,7 @@ def classify(text: str) -> Frame:
         return Control(kind=kind, event=event, channel=channel_text, code=code, message=msg)
     if not isinstance(channel, str) or not channel:
         return Malformed(reason="missing or non-text 'channel'", text=text)
-    return Data(channel=channel, event=event, message=message, text=text)
+    return Data(channel=channel, event=event, message=message, text=text, exact=not fast)
 
 
 def entry_from_frame(
@@ -216,12 +241,44 @@ def _top_text(message: dict[str, Any], key: str) -> str | None:
 def entry_from_data(
     data: Data, *, account: str, received_at: datetime, connection_id: str | None = None
 ) -> NewEntry | QuarantineItem | Ignored:
-    """The ``NewEntry`` for a ``Data`` frame on a private channel (see the module docstring for keys). Never raises.
+    """The ``NewEntry`` for a ``Data`` frame on a private channel (see the module docstring for keys). Never raises."""
+    if not data.exact:
+        try:
+            return _entry(data, account, received_at, connection_id)
+        except NeedExact:
+            exact = classify(data.text, exact=True)
+            if not isinstance(exact, Data):  # nesting json's recursion limit refuses and orjson's (1,024) does not
+                reason = exact.reason if isinstance(exact, Malformed) else f"the exact decoder read {exact.event}"
+                return _quarantine(data, reason, account, received_at, connection_id)
+            data = exact
+    return _entry(data, account, received_at, connection_id)
+
+
+def _id_text(data: Data, obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
+    """``wire.id_text``; a float from the fast decoder (an integer beyond 64 bits) raises ``NeedExact``."""
+    result = id_text(obj, key, str_key)
+    if result is None and not data.exact and type(obj.get(key)) is float:
+        raise NeedExact
+    return result
+
+
+def _int_text(data: Data, value: object) -> int | None:
+    """``wire.int_text``; a float from the fast decoder raises ``NeedExact``."""
+    result = int_text(value)
+    if result is None and not data.exact and type(value) is float:
+        raise NeedExact
+    return result
+
+
+def _entry(
+    data: Data, account: str, received_at: datetime, connection_id: str | None
+) -> NewEntry | QuarantineItem | Ignored:
+    """``entry_from_data``'s work; raises ``NeedExact`` (fast decoding only) for a float where an id or time is read.
 
     One piece on purpose (~95 lines): one branch per channel kind choosing its dedup key and indexed fields, side by
     side so the keys of all kinds can be compared at a glance (docs/bitstamp.md §2); it runs for every frame."""
     try:
-        channel: Channel = parse_channel(data.channel)
+        channel: Channel = channel_of(data.channel)
     except ValueError as exc:
         return _quarantine(data, f"bad channel name: {exc}", account, received_at, connection_id)
     if not channel.private:
@@ -238,31 +295,31 @@ def entry_from_data(
     d: dict[str, Any] = body if isinstance(body, dict) else {}
     event_id = _top_text(message, "event_id")
     pre_event_id = _top_text(message, "pre_event_id")
-    ts_us = int_text(d.get("microtimestamp"))
+    ts_us = _int_text(data, d.get("microtimestamp"))
     name = channel.name
     if not known:
         pass
     elif name == "my_orders":
-        order_id = id_text(d, "id", "id_str")
+        order_id = _id_text(data, d, "id", "id_str")
         if order_id is None:
             return _quarantine(data, f"{event}: no order id", account, received_at, connection_id)
         fields["order_id"] = order_id
         if event_id is not None:
             key = f"{prefix}:ev:{event_id}"
     elif name == "my_trades":
-        trade_id = id_text(d, "id", "id_str")
+        trade_id = _id_text(data, d, "id", "id_str")
         if trade_id is None:
             return _quarantine(data, "trade: no trade id", account, received_at, connection_id)
         fields["trade_id"] = trade_id
-        fields["order_id"] = id_text(d, "order_id", "order_id_str")
-        fields["position_id"] = id_text(d, "position_id")
+        fields["order_id"] = _id_text(data, d, "order_id", "order_id_str")
+        fields["position_id"] = _id_text(data, d, "position_id")
         key = f"{prefix}:trade:{trade_id}"
     elif name == "live_trades":
-        buy = id_text(d, "buy_order_id", "buy_order_id_str")
-        sell = id_text(d, "sell_order_id", "sell_order_id_str")
+        buy = _id_text(data, d, "buy_order_id", "buy_order_id_str")
+        sell = _id_text(data, d, "sell_order_id", "sell_order_id_str")
         if buy is None or sell is None:
             return _quarantine(data, "self_trade: no order ids", account, received_at, connection_id)
-        if ts_us is None and (stamp := int_text(d.get("timestamp"))) is not None:
+        if ts_us is None and (stamp := _int_text(data, d.get("timestamp"))) is not None:
             ts_us = unix_us_by_magnitude(stamp)  # seconds on spot; perp frames have been seen in ms
         # Without any time the frame is still kept (docs/bitstamp.md §2.3 lists it; the parser projects it at its
         # receipt time, flagged): its own text tells it apart from another offset between the same two orders.
@@ -272,15 +329,15 @@ def entry_from_data(
             else f"{prefix}:self_trade:{buy}:{sell}:sha256:{sha256_text(data.text)}"
         )
     elif name == "my_settlements":
-        tnx = id_text(d, "tnx_id")
+        tnx = _id_text(data, d, "tnx_id")
         if tnx is None:
             return _quarantine(data, f"{event}: no tnx_id", account, received_at, connection_id)
-        fields["position_id"] = id_text(d, "id")
-        seconds = int_text(d.get("ts"))
+        fields["position_id"] = _id_text(data, d, "id")
+        seconds = _int_text(data, d.get("ts"))
         ts_us = None if seconds is None else seconds * 1_000_000
         key = f"{prefix}:{event}:{tnx}"
     elif name == "my_liquidations":
-        position_id = id_text(d, "position_id")
+        position_id = _id_text(data, d, "position_id")
         if position_id is None:
             return _quarantine(data, f"{event}: no position_id", account, received_at, connection_id)
         fields["position_id"] = position_id
@@ -292,7 +349,7 @@ def entry_from_data(
             else f"{prefix}:{event}:{position_id}:sha256:{sha256_text(data.text)}"
         )
     elif name == "my_token_settlements":
-        fields["order_id"] = id_text(d, "order_id", "order_id_str")
+        fields["order_id"] = _id_text(data, d, "order_id", "order_id_str")
     if key is None:
         key = f"{prefix}:{event}:sha256:{sha256_text(data.text)}"
     return NewEntry(
