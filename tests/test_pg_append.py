@@ -227,13 +227,32 @@ def test_the_function_runs_on_generic_plans(pg_log: EventLog) -> None:
     """Migration 0010: planned once per connection, not once per call (the per-call planning was ~30 % of the
     server's CPU for a one-row append)."""
     with pg_log.engine.connect() as conn:
-        config = conn.execute(
+        config, source = conn.execute(
             text(
-                "SELECT p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                "SELECT p.proconfig, pg_get_functiondef(p.oid) FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace"
                 " WHERE p.proname = 'tracker_append' AND n.nspname = current_schema()"
             )
-        ).scalar_one()
+        ).one()
     assert config == ["plan_cache_mode=force_generic_plan"]
-    pg_log.append([entry(1)])
-    assert pg_log.append([entry(2), entry(3)]).appended == (2, 3)
-    assert pg_log.server_appends == 2
+    assert "IF cardinality(p_dedup_key) = 1 THEN" in source  # the one-row path
+
+
+def test_one_row_batches_decide_as_larger_ones(pg_log: EventLog) -> None:
+    """The one-row path (migration 0010): new, duplicate of a stored row, conflict with one, on one chain."""
+    assert [pg_log.append([entry(i)]).appended for i in (1, 2, 3)] == [(1,), (2,), (3,)]
+    again = pg_log.append([entry(2)])
+    assert (again.appended, again.duplicates, again.conflicts) == ((), 1, 0)
+    assert pg_log.server_appends == 4
+    changed = entry(2, payload='{"data":{"id":2,"amount_str":"0.3"}}')
+    clash = pg_log.append([changed])  # refused by the function (TK001), appended the client's way: quarantined
+    assert (clash.appended, clash.conflicts, clash.quarantined) == ((), 1, 1)
+    assert pg_log.server_appends == 4
+    [kept] = pg_log.quarantined()
+    assert (kept.kind, kept.existing_seq, kept.raw) == ("conflict", 2, changed.payload)
+    assert pg_log.append([entry(4)]).appended == (4,)
+    assert pg_log.append([entry(5), entry(5), entry(1)]).appended == (5,)  # the set-based path, after
+    rows = pg_log.read_after(0)
+    assert [row.seq for row in rows] == [1, 2, 3, 4, 5]
+    assert all(row.hash == link_hash(row.prev_hash, row.seq, row) for row in rows)
+    assert _walk(pg_log).head == 5
