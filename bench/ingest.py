@@ -189,6 +189,8 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
             counters["batches"] += 1
             counters["last"] = time.time()
             counters["cpu_last"] = time.process_time()
+            if stop.is_set():  # the stop's wake-up may have been taken by this batch: look once more, then end
+                wake.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
