@@ -10,7 +10,11 @@ account's lease). All children write into the same database and schema. Two load
 - paced: every fake offers ``--rate`` frames/s for ``--duration`` s (20 x 100 = 2,000 events/s aggregate);
 - unpaced (``max``): every fake generates as fast as it can.
 
-and the same two loads with 1 account alone, in the same run. Printed: aggregate events/s (every child's data frames
+and the same two loads with 1 account alone, in the same run; then the paced load again with ``bench/ingest.py``'s
+minimal pipeline in each child instead of tracker (``--child baseline``: trio-websocket, ``json.loads``, a raw
+psycopg ``COPY`` + commit per batch into a table of its own in the same schema; ``--no-baseline`` skips it): what
+the machine can do at that load with the least a pipeline must do, so a missed target can be told from a machine
+too small for it. Printed: aggregate events/s (every child's data frames
 / (last data commit of any child - first data receive of any child), wall clock), and receive→commit p50 / p99 per
 account (the worst account's p99 and the median account's). Targets (issue 16): 20 accounts at 2,000 events/s with
 every account's p99 <= 20 ms; unpaced aggregate of 20 accounts >= that of 1 account alone.
@@ -55,11 +59,15 @@ UNPACED = 3_000  # frames made in advance per account and second of the unpaced 
 UNPACED_TOTAL = 20_000  # ... and for all accounts together (more than one pipeline takes: bench/ingest.py)
 
 
-async def run_child(fx: FakeExchange, db_url: str, results: list[dict[str, Any]], *, stop: trio.Event) -> None:
-    """One tracker process for ``fx``'s account: runs until ``stop``, then SIGINT (the lossless close)."""
+async def run_child(
+    fx: FakeExchange, db_url: str, results: list[dict[str, Any]], *, stop: trio.Event, kind: str = "tracker"
+) -> None:
+    """One pipeline process for ``fx``'s account (``kind``: ``tracker`` or ``baseline``, bench/ingest.py's children):
+    runs until ``stop``, then SIGINT (the lossless close)."""
     env = fx.tracker_env(os.environ)
+    target = db_url if kind == "tracker" else db_url.replace("postgresql+psycopg://", "postgresql://", 1)
     process = await trio.lowlevel.open_process(
-        [sys.executable, str(INGEST), "--child", "tracker", "--db", db_url],
+        [sys.executable, str(INGEST), "--child", kind, "--db", target],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -80,7 +88,7 @@ async def run_child(fx: FakeExchange, db_url: str, results: list[dict[str, Any]]
     results.append(json.loads(out.decode().strip().splitlines()[-1]))
 
 
-async def measure(accounts: int, rate: float, duration: float, db_url: str) -> dict[str, Any]:
+async def measure(accounts: int, rate: float, duration: float, db_url: str, kind: str = "tracker") -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     stop = trio.Event()
     async with AsyncExitStack() as stack:
@@ -95,7 +103,7 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str) -> d
         frames = [prerender(fx, int(duration * per_s) + 20) for fx in fakes]
         async with trio.open_nursery() as children:
             for fx in fakes:
-                children.start_soon(partial(run_child, fx, db_url, results, stop=stop))
+                children.start_soon(partial(run_child, fx, db_url, results, stop=stop, kind=kind))
             with trio.fail_after(60 + accounts * 3):
                 for fx in fakes:
                     await fx.wait_subscribed(fx.private_channels())
@@ -209,24 +217,26 @@ async def parent(args: argparse.Namespace) -> None:
             admin.execute(f'CREATE DATABASE "{name}"')
         database = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     print(
-        f"{'accounts':>8} {'offered/acct':>12} {'aggregate/s':>12} {'p50 med ms':>10} {'p99 med ms':>10} "
-        f"{'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6} {'CPU us/ev':>9}"
+        f"{'pipeline':<9}{'accounts':>8} {'offered/acct':>12} {'aggregate/s':>12} {'p50 med ms':>10} "
+        f"{'p99 med ms':>10} {'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6} {'CPU us/ev':>9}"
     )
     try:
-        for rate in (args.rate, math.inf):
-            for accounts in (1, args.accounts):
-                r = await measure(accounts, rate, args.duration, fresh_schema(database))
-                offered = "max" if math.isinf(rate) else f"{rate:.0f}"
-                print(
-                    f"{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
-                    f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8} {r['frames']:>7}"
-                    f" {r['span']:>6.2f} {r['cpu_us']:>9.0f}",
-                    flush=True,
-                )
-                total = sum(r["waits"].values()) or 1
-                top = ", ".join(f"{name} {count / total:.0%}" for name, count in r["waits"].most_common(5))
-                busy, cores = r["busy"]
-                print(f"{'':>8} machine busy {busy:.0%} of {cores:.0f} cores; PostgreSQL backends: {top}", flush=True)
+        runs = [("tracker", rate, accounts) for rate in (args.rate, math.inf) for accounts in (1, args.accounts)]
+        if not args.no_baseline:
+            runs += [("baseline", args.rate, accounts) for accounts in (1, args.accounts)]
+        for kind, rate, accounts in runs:
+            r = await measure(accounts, rate, args.duration, fresh_schema(database), kind)
+            offered = "max" if math.isinf(rate) else f"{rate:.0f}"
+            print(
+                f"{kind:<9}{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
+                f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8} {r['frames']:>7}"
+                f" {r['span']:>6.2f} {r['cpu_us']:>9.0f}",
+                flush=True,
+            )
+            total = sum(r["waits"].values()) or 1
+            top = ", ".join(f"{name} {count / total:.0%}" for name, count in r["waits"].most_common(5))
+            busy, cores = r["busy"]
+            print(f"{'':>17} machine busy {busy:.0%} of {cores:.0f} cores; PostgreSQL backends: {top}", flush=True)
     finally:
         if name:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
@@ -239,6 +249,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="frames/s offered per account (paced load)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of offered load per measurement")
     parser.add_argument("--pg-url", help="an existing PostgreSQL database to use (or TRACKER_BENCH_PG_URL)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the minimal pipelines' paced run")
     trio.run(parent, parser.parse_args())
 
 

@@ -131,12 +131,11 @@ def baseline_writer(db: str) -> tuple[Callable[[Rows], None], Callable[[], None]
         import psycopg
 
         pg = psycopg.connect(db, autocommit=True)
-        pg.execute(
-            "CREATE TABLE IF NOT EXISTS events (id bigserial PRIMARY KEY, channel text, event text, payload text)"
-        )
+        table = f"events_{os.getpid()}"  # a table each: bench/accounts.py runs 20 of these side by side
+        pg.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, channel text, event text, payload text)")
 
         def write_pg(rows: Rows) -> None:
-            copy_sql = "COPY events (channel, event, payload) FROM STDIN"
+            copy_sql = f"COPY {table} (channel, event, payload) FROM STDIN"
             with pg.transaction(), pg.cursor() as cursor, cursor.copy(copy_sql) as copy:
                 for row in rows:
                     copy.write_row(row[:3])
@@ -233,6 +232,8 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
         "batches": counters["batches"],
         "span": (last or 0) - (first or 0),
         "cpu": (counters.get("cpu_last") or 0) - (counters.get("cpu_first") or 0),
+        "first": first,  # wall clock: bench/accounts.py spans several children
+        "last": last,
         "p50": p50,
         "p99": p99,
     }
