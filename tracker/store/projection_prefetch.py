@@ -17,12 +17,13 @@ queries per batch, and each is only a speed trick (the rows folded are the store
    this store never wrote has no row, so it is not queried at all. ``WrittenKeys`` (a Bloom filter) knows the
    written keys; the parallel rebuild's workers use their ``touched`` sets instead (``TouchedKeys``).
 
-With layer 4 on, a batch is not predicted at all (no layer 1): its tables start empty and every row is looked up
-when the fold first asks for it (``lazy_loader``): in the previous batch's tables, then in the written filter, and
-only a key that may have been written and was not in the previous batch is queried (one query each). In a rebuild
-almost every key is new or in the previous batch: over the 300,000-event model log 3,448 of the 256,135 keys the
-batches would have predicted were queried, so predicting them (``keys_for``, the filter for each, the set
-arithmetic) cost ~10% of the rebuild's CPU to save ~3,400 small queries.
+On SQLite (``lazy``), with layer 4 on, a batch is not predicted at all (no layer 1): its tables start empty and
+every row is looked up when the fold first asks for it (``lazy_loader``): in the previous batch's tables, then in
+the written filter, and only a key that may have been written and was not in the previous batch is queried (one
+query each). In a rebuild almost every key is new or in the previous batch: over the 300,000-event model log 3,448
+of the 256,135 keys the batches would have predicted were queried, so predicting them (``keys_for``, the filter for
+each, the set arithmetic) cost ~10% of the rebuild's CPU to save ~3,400 small queries. Not on PostgreSQL, where
+each of those queries is a round trip: the rebuild's CPU went up (13.1-13.8 -> 13.5-14.4 s).
 
 If another writer moves the checkpoint all the same, layers 3 and 4 are dropped for good (``Prefetcher.refused``,
 or seen at the next ``load``) and the store queries as an ordinary one does.
@@ -196,8 +197,16 @@ class Prefetcher:
     """Layers 1-4 of the module docstring for one store's ``tables``. ``fresh`` and ``touched``: as
     ``ProjectionStore`` takes them."""
 
-    def __init__(self, tables: Mapping[str, Table], *, fresh: bool, touched: Mapping[str, set[int]] | None) -> None:
+    def __init__(
+        self,
+        tables: Mapping[str, Table],
+        *,
+        fresh: bool,
+        touched: Mapping[str, set[int]] | None,
+        lazy: bool = False,
+    ) -> None:
         self.tables = tables
+        self.lazy = lazy  # with layer 4 on, predict nothing (``lazy_loader``): for SQLite, where a query is cheap
         self.touched = touched
         self.new_touched: dict[str, set[int]] = {}  # the hashes the last committed batch added to ``touched``
         self._written: WrittenFilter | None = None
@@ -222,7 +231,7 @@ class Prefetcher:
             self._written = None  # someone else wrote these tables after all: query as an ordinary store does
         cache = self._cache if self._cache_checkpoint == checkpoint else None
         self._cache = None  # until this batch's write is known to have committed
-        if self._written is not None:
+        if self._written is not None and self.lazy:
             written = self._written
             lazy = {name: LazyTable(self.lazy_loader(conn, name, written, cache)) for name in TABLES}
             state = ProjectionState(tables=lazy)
@@ -249,6 +258,10 @@ class Prefetcher:
     ) -> None:
         missing = wanted - table.known
         table.known |= missing
+        written = self._written
+        if written is not None:
+            maybe = written.maybe
+            missing = {key for key in missing if maybe(name, key)}
         if cache is not None:
             cached = cache[name]
             hits = missing & cached.known
@@ -265,6 +278,8 @@ class Prefetcher:
         by_key = self._by_key[name]
 
         def load(lazy: LazyTable, key: Key) -> Row | None:
+            if self._written is not None and not self._written.maybe(name, key):
+                return None
             lazy.misses += 1
             return by_key(conn, key)
 

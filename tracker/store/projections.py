@@ -95,7 +95,7 @@ class ProjectionStore:
         self.tables = dict(tables)
         self.checkpoint_name = checkpoint_name
         self.clock = clock
-        self.prefetch = Prefetcher(self.tables, fresh=fresh, touched=touched)
+        self.prefetch = Prefetcher(self.tables, fresh=fresh, touched=touched, lazy=engine.dialect.name == "sqlite")
         self._writer = writer(engine)
         self._upserts = RowUpserts(self.tables, engine.dialect)
         self.checkpoint_upsert = upsert(projector_checkpoint, engine.dialect.name)
