@@ -9,10 +9,10 @@ times are aware UTC (docs/bitstamp.md §0).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from tracker.bitstamp.channels import Channel, parse_channel
 from tracker.bitstamp.wire import id_text as _wire_id_text
@@ -21,6 +21,8 @@ from tracker.bitstamp.wire import parse_rest_datetime, us_to_datetime
 from tracker.domain.events import Side, Unknown
 from tracker.domain.log import Parseable
 from tracker.domain.money import parse_decimal
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Bad(ValueError):
@@ -44,7 +46,17 @@ def channel_of(text: str) -> Channel:
 
 def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
     """``wire.id_text``; a float where the id should be (an integer beyond 64 bits, from the fast decoder) needs the
-    exact decoder (``NeedExact``)."""
+    exact decoder (``NeedExact``). The two usual cases (the ``*_str`` twin's text, else an int token) are answered
+    here as ``wire.id_text`` answers them, without the call (a rebuild reads millions of ids)."""
+    if str_key is not None:
+        value = obj.get(str_key)
+        if type(value) is str:
+            text = value.strip()
+            if text:
+                return text
+    value = obj.get(key)
+    if type(value) is int:
+        return str(value)
     result = _wire_id_text(obj, key, str_key)
     if result is None and type(obj.get(key)) is float:
         raise NeedExact
@@ -65,15 +77,30 @@ def obj_of(value: object, what: str) -> dict[str, Any]:
     return value
 
 
+DECIMALS_KEPT: Final = 4096
+_decimals: dict[str, Decimal] = {}  # text -> its finite Decimal (immutable, so one object may serve every use)
+
+
 def decimal_of(value: object) -> Decimal:
     """``parse_decimal`` with a fast path for the usual decimal text (the rebuild parses millions): ``Decimal()``
-    strips whitespace like ``parse_decimal`` does; anything unusual goes to ``parse_decimal`` for its exact error."""
+    strips whitespace like ``parse_decimal`` does; anything unusual goes to ``parse_decimal`` for its exact error.
+
+    The texts of the last few thousand finite values are remembered (emptied when ``DECIMALS_KEPT`` are): an order's
+    events repeat its amount and price, its fills the price, most steps ``"0"``; a dict lookup is a sixth of
+    ``Decimal()`` (~0.04 against ~0.24 us); 80% of the amounts in the first 100,000 events of bench/rebuild.py's model
+    log were hits."""
     if type(value) is str:
+        result = _decimals.get(value)
+        if result is not None:
+            return result
         try:
             result = Decimal(value)
         except ArithmeticError:
             return parse_decimal(value)
         if result.is_finite():
+            if len(_decimals) >= DECIMALS_KEPT:
+                _decimals.clear()
+            _decimals[value] = result
             return result
     elif type(value) is Decimal and value.is_finite():
         return value
@@ -121,7 +148,7 @@ def micro(d: dict[str, Any]) -> datetime | None:
     """``microtimestamp`` (µs, usually digits in a string) as aware UTC."""
     value = d.get("microtimestamp")
     if type(value) is str and len(value) < 19 and value.isascii() and value.isdigit():  # the usual: µs digits
-        return us_to_datetime(int(value))
+        return _EPOCH + timedelta(0, 0, int(value))  # us_to_datetime's value; positional: ~0.9 -> ~0.5 us
     us = int_text(value)
     return None if us is None else us_to_datetime(us)
 

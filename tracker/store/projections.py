@@ -30,7 +30,6 @@ from tracker.bitstamp.parse import parse_entry
 from tracker.domain.events import DomainEvent
 from tracker.domain.log import Parseable
 from tracker.domain.projection import apply
-from tracker.domain.projection_keys import keys_for
 from tracker.domain.rows import TABLES, Row
 from tracker.store.engine import writer
 from tracker.store.event_log import EventLog
@@ -96,7 +95,7 @@ class ProjectionStore:
         self.tables = dict(tables)
         self.checkpoint_name = checkpoint_name
         self.clock = clock
-        self.prefetch = Prefetcher(self.tables, fresh=fresh, touched=touched)
+        self.prefetch = Prefetcher(self.tables, fresh=fresh, touched=touched, lazy=engine.dialect.name == "sqlite")
         self._writer = writer(engine)
         self._upserts = RowUpserts(self.tables, engine.dialect)
         self.checkpoint_upsert = upsert(projector_checkpoint, engine.dialect.name)
@@ -179,7 +178,7 @@ class ProjectionStore:
     def project_events(self, events: Sequence[DomainEvent]) -> BatchResult | None:
         """``project`` for events already parsed (in seq order)."""
         with self.engine.connect() as conn:
-            batch = self.prefetch.load(conn, keys_for(events), self.load_checkpoint(conn))
+            batch = self.prefetch.load(conn, events, self.load_checkpoint(conn))
             state = batch.state
             expected = state.checkpoint
             folded = 0
