@@ -10,6 +10,7 @@ import pytest
 
 from tracker.domain import events, rows
 from tracker.domain.frozen import fast_init
+from tracker.domain.log import NewEntry
 
 
 @fast_init
@@ -69,7 +70,26 @@ def test_refuses_what_it_cannot_do() -> None:
 
 
 def test_every_row_and_event_type_has_it() -> None:
-    types = [*rows.TABLES.values(), *events.DomainEvent.__args__]  # type: ignore[attr-defined]
+    types = [*rows.TABLES.values(), *events.DomainEvent.__args__, NewEntry]  # type: ignore[attr-defined]
     for cls in types:
         names = cls.__init__.__code__.co_names  # the generated one calls object.__setattr__ instead
-        assert names and all(name.startswith("_set_") for name in names), cls
+        assert "_twin" in names and "__dataclass_builtins_object__" not in names, cls  # the twin, not the fallback
+        instance = cls(*[None] * len(dataclasses.fields(cls)))
+        assert type(instance) is cls  # back from the twin before __init__ returns
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(instance, dataclasses.fields(cls)[0].name, 1)
+
+
+@fast_init
+@dataclasses.dataclass(frozen=True, slots=True)
+class Labelled(Point):  # not directly on object: no twin, each slot through its descriptor
+    note: str | None = None
+
+
+def test_without_a_twin_it_sets_each_slot() -> None:
+    assert "_twin" not in Labelled.__init__.__code__.co_names
+    labelled = Labelled(1, Decimal("2"), "a", "b")
+    assert (labelled.x, labelled.y, labelled.label, labelled.note) == (1, Decimal("2"), "a", "b")
+    assert type(labelled) is Labelled
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        labelled.note = "c"  # type: ignore[misc]
