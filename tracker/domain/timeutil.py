@@ -23,5 +23,6 @@ def datetime_to_us(value: datetime) -> int:
 
 
 def us_to_datetime(us: int) -> datetime:
-    """The aware UTC datetime of unix microseconds, exactly."""
-    return EPOCH + timedelta(microseconds=us)
+    """The aware UTC datetime of unix microseconds, exactly (``timedelta(0, 0, us)``: the same value as
+    ``timedelta(microseconds=us)``, positional arguments cost about half)."""
+    return EPOCH + timedelta(0, 0, us)
