@@ -7,6 +7,8 @@ several writers (threads or processes) are still correct, because each append ta
 its order is commit order. A tailing reader can therefore poll ``read_after(last_seen)`` and never skip a row. On
 PostgreSQL a small batch is appended by the server-side function ``tracker_append`` (migration 0008: the same steps,
 one statement, the lock never held while the server waits for this process); everything else is appended from here.
+That append is also handed out as non-blocking steps (``server_append_steps``), which the writer drives on its event
+loop instead of in a thread (``tracker/runtime/loop_append.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import abc as pg_abc
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.abc import PQGen
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.waiting import Ready, Wait
 from sqlalchemy import (
     Connection,
     Dialect,
@@ -72,11 +80,14 @@ _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FRO
 # The append as one server-side function (migration 0008): lock, head, dedup, number, hash, insert and, called in
 # autocommit, commit, all inside the server: the lock is never held while the server waits for this process. The
 # arrays go in binary (%b): psycopg's text format escapes every quote of every payload with a regex, 0.7 s per 1000.
+_PG_APPEND_TYPES = ["text[]"] * 10 + ["bigint[]", "timestamptz[]"] + ["text[]"] * 4
 _PG_APPEND = (
     "SELECT appended, positions, duplicates, base_hash, head_seq, head_hash FROM tracker_append("
-    + ", ".join(["%b::text[]"] * 10 + ["%b::bigint[]", "%b::timestamptz[]"] + ["%b::text[]"] * 4)
+    + ", ".join(f"${n}::{type_}" for n, type_ in enumerate(_PG_APPEND_TYPES, 1))
     + ")"
 )
+_PG_APPEND_SQL = _PG_APPEND.encode()
+_PG_APPEND_FORMATS = [PyFormat.BINARY] * len(_PG_APPEND_TYPES)
 # Batches up to this size go to the function; larger ones (a backlog) take the client's COPY path, which writes them
 # faster: one process, this machine, ms per append server/client: 100 rows 7.2/6.9, 300 rows 24.5/14.5, 1000 rows
 # 53/34 (the function inserts from arrays and loops in PL/pgSQL; COPY streams). Live batches are small, and there
@@ -298,6 +309,50 @@ def _pg_lock_and_look(conn: Connection, keys: list[str]) -> tuple[int, str, dict
     return (0, GENESIS, found) if top is None else (top[0], top[1], found)
 
 
+_TRANSFORMER = "tracker_transformer"  # the pooled connection's ``info`` key of its psycopg Transformer (_pg_call)
+
+
+def _pg_call(
+    conn: Connection, statement: str, sql: bytes, params: Sequence[Any], formats: Sequence[PyFormat]
+) -> PQGen[tuple[Any, ...] | None]:
+    """One statement on ``conn``'s psycopg connection as non-blocking steps (psycopg's generator protocol: yield what
+    to wait for, get what is ready), its first row or None. ``sql`` has ``$n`` placeholders; the parameters are
+    adapted by psycopg (``formats``), as a cursor's ``execute`` would, whose steps these are, less the cursor: the
+    caller drives them, blocking (``psycopg.Connection.wait``) or on an event loop. Errors are raised as
+    ``_translated`` raises them (a lost connection is invalidated)."""
+    driver = _driver_connection(conn)
+    pgconn = driver.pgconn
+    with _translated(conn, statement):
+        # Kept with the pooled connection (its dumpers found once), dropped with it: psycopg's cursors keep theirs.
+        info = conn.connection.info
+        tx: pg_abc.Transformer | None = info.get(_TRANSFORMER)
+        if tx is None:
+            tx = info[_TRANSFORMER] = Transformer(driver)
+        values = tx.dump_sequence(params, formats)
+        pgconn.send_query_params(sql, values, tx.types, tx.formats)
+        while pgconn.flush():  # the rest of a large query: the server may answer (a notice) as it reads
+            if (yield Wait.RW) & Ready.R:
+                pgconn.consume_input()
+        results: list[pq.abc.PGresult] = []
+        while True:
+            while pgconn.is_busy():
+                while not (yield Wait.R):
+                    pass
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            results.append(result)
+        for result in results:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise pg_errors.error_from_result(result, encoding=driver.info.encoding)
+        if not results or results[0].status != pq.ExecStatus.TUPLES_OK or results[0].ntuples < 1:
+            return None
+        tx.set_pgresult(results[0])
+        row: tuple[Any, ...] = tx.load_row(0, tuple)
+        return row
+
+
 _SQLITE_HEAD = "SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1"
 
 
@@ -443,6 +498,10 @@ class _Batch:
             )
 
 
+def _mid_statement(conn: Connection) -> bool:
+    return _driver_connection(conn).pgconn.transaction_status == pq.TransactionStatus.ACTIVE
+
+
 class _HeldConnection:
     """One pooled connection kept checked out between appends (PostgreSQL's server-side append): the pool's
     pre-ping is a round trip on every checkout, 0.6 ms of a 1.7 ms one-row append (p50, this machine). A use that
@@ -468,10 +527,39 @@ class _HeldConnection:
             else:
                 self._kept.append(conn)
 
+    def take_nowait(self) -> Connection | None:
+        """The kept connection, taken out without waiting (None when none is kept or another use has it): for a
+        caller that cannot block (one on an event loop). Give it back with ``give_back``."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._kept.pop() if self._kept else None
+        finally:
+            self._lock.release()
+
+    def give_back(self, conn: Connection, *, failed: bool) -> None:
+        """A connection from ``take_nowait``: kept again, or given back to the pool after a failed use (as ``use``)."""
+        if failed or conn.invalidated:
+            if not conn.invalidated and _mid_statement(conn):  # left half-way (its steps were closed): unusable
+                conn.invalidate()
+            conn.close()
+            return
+        with self._lock:
+            self._kept.append(conn)
+
     def close(self) -> None:
         with self._lock:
             while self._kept:
                 self._kept.pop().close()
+
+
+class ServerAppendSteps(NamedTuple):
+    """A PostgreSQL append without its I/O (``EventLog.server_append_steps``): drive ``steps`` as psycopg drives
+    its own generators (each ``Wait`` yielded is answered with what is ``Ready`` on ``fileno``, the connection's
+    socket) to its return value, the ``AppendResult``, or None when the function refused the batch."""
+
+    fileno: int
+    steps: PQGen[AppendResult | None]
 
 
 class ServerAppendMismatch(RuntimeError):
@@ -529,12 +617,40 @@ class EventLog:
         """PostgreSQL: the whole append in one statement, in autocommit (``tracker_append``, migration 0008): one round
         trip, and the write lock is taken and released (at the commit) inside the server. None when the function
         refused the batch (a conflict: the caller appends it the client's way, which quarantines it) or cannot run
-        here at all (then never tried again by this process).
+        here at all (then never tried again by this process). Blocking; ``server_append_steps`` is the same append
+        for a caller on an event loop."""
+        with self._held.use() as conn:
+            driver = _driver_connection(conn)
+            return driver.wait(self._server_steps(conn, entries))
 
-        The server's links are checked: from the hash the new rows were linked onto, this process recomputes the
-        chain over the rows the server numbered (its own hashing of the same text) and must reach the head hash the
-        server stored. They agree unless something is badly wrong, which stops the writer loudly (the rows are
-        committed; ``tracker verify`` names the first one whose hash does not hold)."""
+    def server_append_steps(self, entries: Sequence[NewEntry]) -> ServerAppendSteps | None:
+        """``append(entries)`` as steps that never block, when it can go that way at once: on PostgreSQL with the
+        append function, a batch the function takes (1 to ``SERVER_APPEND_MAX`` entries that fit the columns) and
+        the kept connection free. Else None: call ``append`` (in a thread). Driven to its end, the steps return the
+        ``AppendResult``, or None when the function refused the batch (a conflict): then call ``append`` too, which
+        quarantines it. A failure raises what ``append`` would raise; the connection is given back either way."""
+        if not self._server_append or not 0 < len(entries) <= SERVER_APPEND_MAX or any(map(_maybe_unfit, entries)):
+            return None
+        conn = self._held.take_nowait()
+        if conn is None:
+            return None
+        return ServerAppendSteps(_driver_connection(conn).pgconn.socket, self._held_steps(conn, entries))
+
+    def _held_steps(self, conn: Connection, entries: Sequence[NewEntry]) -> PQGen[AppendResult | None]:
+        failed = True
+        try:
+            result = yield from self._server_steps(conn, entries)
+            failed = False
+        finally:
+            self._held.give_back(conn, failed=failed)
+        return result
+
+    def _server_steps(self, conn: Connection, entries: Sequence[NewEntry]) -> PQGen[AppendResult | None]:
+        """The server append on ``conn`` (autocommit), as non-blocking steps. The server's links are checked: from the
+        hash the new rows were linked onto, this process recomputes the chain over the rows the server numbered (its
+        own hashing of the same text) and must reach the head hash the server stored. They agree unless something is
+        badly wrong, which stops the writer loudly (the rows are committed; ``tracker verify`` names the first one
+        whose hash does not hold)."""
         tails = [canonical_tail(entry) for entry in entries]
         params = (
             [e.account for e in entries],
@@ -554,20 +670,16 @@ class EventLog:
             [e.dedup_key for e in entries],
             tails,
         )
-        with self._held.use() as conn:
-            driver = _driver_connection(conn)
-            try:
-                with _translated(conn, _PG_APPEND), driver.cursor() as cursor:
-                    cursor.execute(_PG_APPEND, params)
-                    row = cursor.fetchone()
-            except exc.DBAPIError as error:
-                code = getattr(error.orig, "sqlstate", None)
-                if code == _PG_CONFLICT:
-                    return None
-                if code in _PG_UNUSABLE:
-                    self._server_append = False
-                    return None
-                raise
+        try:
+            row = yield from _pg_call(conn, _PG_APPEND, _PG_APPEND_SQL, params, _PG_APPEND_FORMATS)
+        except exc.DBAPIError as error:
+            code = getattr(error.orig, "sqlstate", None)
+            if code == _PG_CONFLICT:
+                return None
+            if code in _PG_UNUSABLE:
+                self._server_append = False
+                return None
+            raise
         if row is None:
             raise RuntimeError("tracker_append returned no row")
         appended, positions, duplicates, base, head, head_hash = row
