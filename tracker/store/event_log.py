@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 import psycopg
@@ -40,6 +41,7 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
+    event,
     exc,
     func,
     or_,
@@ -520,11 +522,18 @@ def _mid_statement(conn: Connection) -> bool:
     return _driver_connection(conn).pgconn.transaction_status == pq.TransactionStatus.ACTIVE
 
 
+def _close_held(held: weakref.ref[_HeldConnection], _engine: Engine) -> None:
+    kept = held()
+    if kept is not None:
+        kept.close(disposed=True)
+
+
 class _HeldConnection:
-    """One pooled connection kept checked out between appends (PostgreSQL's server-side append): the pool's
-    pre-ping is a round trip on every checkout, 0.6 ms of a 1.7 ms one-row append (p50, this machine). A use that
-    fails gives the connection back (the pool discards it if it was invalidated: a lost connection) and the next use
-    checks a fresh one out, pinged as usual. ``close`` gives it back for good (the EventLog's finalizer calls it)."""
+    """One pooled connection kept checked out between appends (PostgreSQL's server-side append, SQLite's appends):
+    the pool's pre-ping is a round trip on every checkout, 0.6 ms of a 1.7 ms one-row append (p50, this machine). A
+    use that fails gives the connection back (the pool discards it if it was invalidated: a lost connection) and the
+    next use checks a fresh one out, pinged as usual. ``close`` gives it back for good (the EventLog's finalizer calls
+    it)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -565,10 +574,15 @@ class _HeldConnection:
         with self._lock:
             self._kept.append(conn)
 
-    def close(self) -> None:
+    def close(self, *, disposed: bool = False) -> None:
+        """Give the kept connection back for good; ``disposed``: its engine was disposed, whose pool would keep it
+        open, so its driver connection is closed now (invalidated)."""
         with self._lock:
             while self._kept:
-                self._kept.pop().close()
+                conn = self._kept.pop()
+                if disposed:
+                    conn.invalidate()
+                conn.close()
 
 
 class ServerAppendSteps(NamedTuple):
@@ -593,6 +607,16 @@ class EventLog:
         self.server_appends = 0  # appends done by the PostgreSQL function (the rest went the client's way)
         self._held = _HeldConnection(engine.execution_options(isolation_level="AUTOCOMMIT"))
         weakref.finalize(self, self._held.close)
+        # SQLite: the client's appends on one kept connection too (BEGIN IMMEDIATE on it, as ``writer`` says): a
+        # checkout, a new Connection and the check-in were a sixth of a one-row append's Python (the pool's events,
+        # the reset on return); PostgreSQL's client appends (large batches, conflicts) keep checking out.
+        self._held_writer = None if self._postgres else _HeldConnection(self._writer)
+        for held in (self._held, self._held_writer):
+            if held is not None:
+                weakref.finalize(self, held.close)
+                # ``engine.dispose()`` closes what the pool holds, not what is checked out: the kept connections go
+                # then too (a SQLite file is whole, its WAL checkpointed, once the last connection closes).
+                event.listen(engine, "engine_disposed", partial(_close_held, weakref.ref(held)))
         self._insert_sql, self._stamp = _fast_insert(engine.dialect)
         self._records = DriverQuery(_RECORDS_AFTER, engine.dialect)
         self._received = _received_reader(engine.dialect)
@@ -616,7 +640,7 @@ class EventLog:
             done = self._append_on_server(entries)
             if done is not None:
                 return done
-        with self._writer.begin() as conn:
+        with self._write_transaction() as conn:
             keys = {entry.dedup_key for entry in entries}
             if self._postgres:
                 head, prev, known = _pg_lock_and_look(conn, sorted(keys))
@@ -630,6 +654,15 @@ class EventLog:
             if q_rows:
                 conn.execute(_INSERT_QUARANTINE, [_fit(row, self._postgres) for row in q_rows])
         return AppendResult(tuple(batch.appended), batch.duplicates, batch.conflicts, len(q_rows), Anchor(head, prev))
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        if self._held_writer is None:
+            with self._writer.begin() as conn:
+                yield conn
+        else:
+            with self._held_writer.use() as conn, conn.begin():
+                yield conn
 
     def _append_on_server(self, entries: Sequence[NewEntry]) -> AppendResult | None:
         """PostgreSQL: the whole append in one statement, in autocommit (``tracker_append``, migration 0008): one round
