@@ -81,20 +81,38 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
     engine = open_engine(settings.db_url)
     log = EventLog(engine)
     span: dict[str, float] = {}
-    real_append = log.append
+    real_append, real_steps = log.append, log.server_append_steps
 
-    def append(entries: Any, quarantine: Any = ()) -> Any:
+    def committed(entries: Any) -> None:
         # Wall-clock span of the data frames only (lifecycle entries before and after the load are not throughput).
-        result = real_append(entries, quarantine)
         ws = [e for e in entries if e.source == "ws"]
         if ws:
             span.setdefault("first", ws[0].received_at.timestamp())
             span.setdefault("cpu_first", time.process_time())
             span["last"] = time.time()
             span["cpu_last"] = time.process_time()
+
+    def append(entries: Any, quarantine: Any = ()) -> Any:
+        result = real_append(entries, quarantine)
+        committed(entries)
         return result
 
+    def server_append_steps(entries: Any) -> Any:
+        # The writer's appends on the event loop (PostgreSQL, tracker/runtime/loop_append.py) bypass ``append``.
+        start = real_steps(entries)
+        if start is None:
+            return None
+
+        def steps() -> Any:
+            result = yield from start.steps
+            if result is not None:
+                committed(entries)
+            return result
+
+        return start._replace(steps=steps())
+
     log.append = append  # type: ignore[method-assign]
+    log.server_append_steps = server_append_steps  # type: ignore[method-assign]
     try:
         services = await run_tracker(settings, log)
     finally:

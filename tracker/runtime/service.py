@@ -36,6 +36,7 @@ from tracker.exchange.rest import BitstampClient
 from tracker.runtime.db_retry import Outage
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
+from tracker.runtime.loop_append import loop_append
 from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
@@ -179,6 +180,7 @@ async def run_tracker(
                 limiter=services.db_limiter,
                 retry_if=is_transient,
                 spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
+                loop_append=loop_append(event_log, gate) if engine.dialect.name == "postgresql" else None,
             )
         finally:
             writer_done.set()

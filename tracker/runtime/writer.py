@@ -5,7 +5,8 @@
   reading their sockets, instead of growing memory.
 - Batching is group commit: the writer takes the first item, then everything already waiting (up to ``max_batch``),
   optionally lingering ``max_delay`` for more, and appends it in one transaction through
-  ``trio.to_thread.run_sync(append, ..., limiter=one_writer)``. While a commit runs, the next batch piles up, so
+  ``trio.to_thread.run_sync(append, ..., limiter=one_writer)``, or on PostgreSQL, for a live batch, on the event loop
+  itself (``loop_append``: no thread hand-off, see ``loop_append.py``). While a commit runs, the next batch piles up, so
   batches grow with load and an idle system commits each frame at once (no fixed delay added to latency).
 - Shutdown: the writer is never cancelled to stop it. Producers close their send channels (``async with``); the
   writer then drains what is left, commits it, and returns. A commit in progress is shielded from cancellation, so a
@@ -31,7 +32,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
@@ -59,6 +60,8 @@ class AppendResultLike(Protocol):
 
 
 AppendFn = Callable[[Sequence[NewEntry], Sequence[QuarantineItem]], Any]
+# An append done on the event loop itself when it can go that way (``loop_append.py``), else None: then ``append``.
+LoopAppendFn = Callable[[Sequence[NewEntry]], Awaitable[Any]]
 
 
 @dataclass
@@ -107,21 +110,24 @@ async def run_writer(
     max_delay: float = 0.0,
     retry_if: Callable[[BaseException], bool] | None = None,
     spill_to: Callable[[], Path] | None = None,
+    loop_append: LoopAppendFn | None = None,
     task_status: trio.TaskStatus[WriterStats] = trio.TASK_STATUS_IGNORED,
 ) -> WriterStats:
     """Run until every sender of ``receive`` is closed and everything sent has been committed.
 
     ``spill_to`` names the side file for frames that cannot be committed (a damaged database, or the run failing
-    elsewhere while frames wait); without it a damaged database still spills, into ``unsaved_path(None)``."""
+    elsewhere while frames wait); without it a damaged database still spills, into ``unsaved_path(None)``.
+    ``loop_append`` is tried first for a batch without quarantine items (see ``LoopAppendFn``)."""
     stats = stats if stats is not None else WriterStats()
     limiter = limiter if limiter is not None else trio.CapacityLimiter(1)
     task_status.started(stats)
     batch: list[Item] = []
+    appender = _Appender(append, loop_append, limiter)
     async with receive:
         try:
             while True:
                 batch = []
-                await _write_batch(append, receive, batch, stats, limiter, retry_if, max_batch, max_delay)
+                await _write_batch(appender, receive, batch, stats, retry_if, max_batch, max_delay)
         except trio.EndOfChannel:
             return stats
         except trio.Cancelled:
@@ -143,11 +149,10 @@ async def run_writer(
 
 
 async def _write_batch(
-    append: AppendFn,
+    appender: _Appender,
     receive: trio.MemoryReceiveChannel[Item],
     batch: list[Item],
     stats: WriterStats,
-    limiter: trio.CapacityLimiter,
     retry_if: Callable[[BaseException], bool] | None,
     max_batch: int,
     max_delay: float,
@@ -164,7 +169,7 @@ async def _write_batch(
                 except trio.EndOfChannel:
                     break
                 _take_ready(receive, batch, max_batch)
-    await _commit(append, batch, stats, limiter, retry_if)
+    await _commit(appender, batch, stats, retry_if)
 
 
 def _take_all(receive: trio.MemoryReceiveChannel[Item], batch: list[Item]) -> list[Item]:
@@ -203,11 +208,25 @@ RETRY_BASE_S = 0.1
 RETRY_CAP_S = 2.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Appender:
+    append: AppendFn
+    loop_append: LoopAppendFn | None
+    limiter: trio.CapacityLimiter  # one appender at a time: backfill and the projection catch-up share it
+
+    async def __call__(self, entries: list[NewEntry], quarantine: list[QuarantineItem]) -> Any:
+        if self.loop_append is not None and entries and not quarantine:
+            async with self.limiter:
+                result = await self.loop_append(entries)
+            if result is not None:
+                return result
+        return await trio.to_thread.run_sync(self.append, entries, quarantine, limiter=self.limiter)
+
+
 async def _commit(
-    append: AppendFn,
+    appender: _Appender,
     batch: list[Item],
     stats: WriterStats,
-    limiter: trio.CapacityLimiter,
     retry_if: Callable[[BaseException], bool] | None = None,
 ) -> None:
     entries = [item for item, _ in batch if isinstance(item, NewEntry)]
@@ -216,7 +235,7 @@ async def _commit(
     while True:
         try:
             with trio.CancelScope(shield=True):  # a commit under way is never abandoned half-way
-                result = await trio.to_thread.run_sync(append, entries, quarantine, limiter=limiter)
+                result = await appender(entries, quarantine)
             break
         except Exception as error:
             if is_damage(error) or retry_if is None or not retry_if(error):

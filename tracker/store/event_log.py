@@ -7,6 +7,8 @@ several writers (threads or processes) are still correct, because each append ta
 its order is commit order. A tailing reader can therefore poll ``read_after(last_seen)`` and never skip a row. On
 PostgreSQL a small batch is appended by the server-side function ``tracker_append`` (migration 0008: the same steps,
 one statement, the lock never held while the server waits for this process); everything else is appended from here.
+That append is also handed out as non-blocking steps (``server_append_steps``), which the writer drives on its event
+loop instead of in a thread (``tracker/runtime/loop_append.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import abc as pg_abc
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.abc import PQGen
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.waiting import Ready, Wait
 from sqlalchemy import (
     Connection,
     Dialect,
@@ -32,6 +41,7 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
+    event,
     exc,
     func,
     or_,
@@ -72,11 +82,20 @@ _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FRO
 # The append as one server-side function (migration 0008): lock, head, dedup, number, hash, insert and, called in
 # autocommit, commit, all inside the server: the lock is never held while the server waits for this process. The
 # arrays go in binary (%b): psycopg's text format escapes every quote of every payload with a regex, 0.7 s per 1000.
+_PG_APPEND_TYPES = ["text[]"] * 10 + ["bigint[]", "timestamptz[]"] + ["text[]"] * 4
 _PG_APPEND = (
     "SELECT appended, positions, duplicates, base_hash, head_seq, head_hash FROM tracker_append("
-    + ", ".join(["%b::text[]"] * 10 + ["%b::bigint[]", "%b::timestamptz[]"] + ["%b::text[]"] * 4)
+    + ", ".join(f"${n}::{type_}" for n, type_ in enumerate(_PG_APPEND_TYPES, 1))
     + ")"
 )
+_PG_APPEND_SQL = _PG_APPEND.encode()
+# The function's arguments but the last (the tails), in its order: one column (array) each.
+_PG_APPEND_NAMES = (
+    "account", "source", "channel", "event", "market", "order_id", "trade_id", "position_id", "event_id",
+    "pre_event_id", "exchange_ts_us", "received_at", "connection_id", "payload", "dedup_key",
+)  # fmt: skip
+_PG_APPEND_FIELDS = operator.attrgetter(*_PG_APPEND_NAMES)
+_RECEIVED_AT = _PG_APPEND_NAMES.index("received_at")
 # Batches up to this size go to the function; larger ones (a backlog) take the client's COPY path, which writes them
 # faster: one process, this machine, ms per append server/client: 100 rows 7.2/6.9, 300 rows 24.5/14.5, 1000 rows
 # 53/34 (the function inserts from arrays and loops in PL/pgSQL; COPY streams). Live batches are small, and there
@@ -298,6 +317,62 @@ def _pg_lock_and_look(conn: Connection, keys: list[str]) -> tuple[int, str, dict
     return (0, GENESIS, found) if top is None else (top[0], top[1], found)
 
 
+_TRANSFORMER = "tracker_transformer"  # (with the SQL) the pooled connection's ``info`` key of a Transformer (_pg_call)
+_BINARY = (PyFormat.BINARY,)
+
+
+def _type_oid(driver: psycopg.Connection[Any], name: str) -> int:
+    """The oid of a built-in type (``text``, ``bigint[]``, ...)."""
+    array = name.endswith("[]")
+    info = driver.adapters.types.get(name.removesuffix("[]"))
+    if info is None:
+        raise LookupError(f"unknown PostgreSQL type {name!r}")
+    return info.array_oid if array else info.oid
+
+
+def _pg_call(
+    conn: Connection, statement: str, sql: bytes, params: Sequence[Any], types: Sequence[str]
+) -> PQGen[tuple[Any, ...] | None]:
+    """One statement on ``conn``'s psycopg connection as non-blocking steps (psycopg's generator protocol: yield what
+    to wait for, get what is ready), its first row or None. ``sql`` has ``$n`` placeholders, whose PostgreSQL types
+    are ``types``; the parameters are sent in binary, adapted by psycopg as a cursor's ``execute`` would, whose steps
+    these are, less the cursor: the caller drives them, blocking (``psycopg.Connection.wait``) or on an event loop.
+    Errors are raised as ``_translated`` raises them (a lost connection is invalidated)."""
+    driver = _driver_connection(conn)
+    pgconn = driver.pgconn
+    with _translated(conn, statement):
+        # Kept with the pooled connection, dropped with it. Its dumpers are fixed by the parameters' types, found once:
+        # looking the dumper of each list up by its items (what a cursor does) was half of the adaptation's time.
+        info = conn.connection.info
+        tx: pg_abc.Transformer | None = info.get((_TRANSFORMER, sql))
+        if tx is None:
+            tx = info[(_TRANSFORMER, sql)] = Transformer(driver)
+            tx.set_dumper_types([_type_oid(driver, name) for name in types], pq.Format.BINARY)
+        values = tx.dump_sequence(params, _BINARY * len(params))
+        pgconn.send_query_params(sql, values, tx.types, tx.formats)
+        while pgconn.flush():  # the rest of a large query: the server may answer (a notice) as it reads
+            if (yield Wait.RW) & Ready.R:
+                pgconn.consume_input()
+        results: list[pq.abc.PGresult] = []
+        while True:
+            while pgconn.is_busy():
+                while not (yield Wait.R):
+                    pass
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            results.append(result)
+        for result in results:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise pg_errors.error_from_result(result, encoding=driver.info.encoding)
+        if not results or results[0].status != pq.ExecStatus.TUPLES_OK or results[0].ntuples < 1:
+            return None
+        tx.set_pgresult(results[0])
+        row: tuple[Any, ...] = tx.load_row(0, tuple)
+        return row
+
+
 _SQLITE_HEAD = "SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1"
 
 
@@ -443,11 +518,22 @@ class _Batch:
             )
 
 
+def _mid_statement(conn: Connection) -> bool:
+    return _driver_connection(conn).pgconn.transaction_status == pq.TransactionStatus.ACTIVE
+
+
+def _close_held(held: weakref.ref[_HeldConnection], _engine: Engine) -> None:
+    kept = held()
+    if kept is not None:
+        kept.close(disposed=True)
+
+
 class _HeldConnection:
-    """One pooled connection kept checked out between appends (PostgreSQL's server-side append): the pool's
-    pre-ping is a round trip on every checkout, 0.6 ms of a 1.7 ms one-row append (p50, this machine). A use that
-    fails gives the connection back (the pool discards it if it was invalidated: a lost connection) and the next use
-    checks a fresh one out, pinged as usual. ``close`` gives it back for good (the EventLog's finalizer calls it)."""
+    """One pooled connection kept checked out between appends (PostgreSQL's server-side append, SQLite's appends):
+    the pool's pre-ping is a round trip on every checkout, 0.6 ms of a 1.7 ms one-row append (p50, this machine). A
+    use that fails gives the connection back (the pool discards it if it was invalidated: a lost connection) and the
+    next use checks a fresh one out, pinged as usual. ``close`` gives it back for good (the EventLog's finalizer calls
+    it)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -468,10 +554,44 @@ class _HeldConnection:
             else:
                 self._kept.append(conn)
 
-    def close(self) -> None:
+    def take_nowait(self) -> Connection | None:
+        """The kept connection, taken out without waiting (None when none is kept or another use has it): for a
+        caller that cannot block (one on an event loop). Give it back with ``give_back``."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._kept.pop() if self._kept else None
+        finally:
+            self._lock.release()
+
+    def give_back(self, conn: Connection, *, failed: bool) -> None:
+        """A connection from ``take_nowait``: kept again, or given back to the pool after a failed use (as ``use``)."""
+        if failed or conn.invalidated:
+            if not conn.invalidated and _mid_statement(conn):  # left half-way (its steps were closed): unusable
+                conn.invalidate()
+            conn.close()
+            return
+        with self._lock:
+            self._kept.append(conn)
+
+    def close(self, *, disposed: bool = False) -> None:
+        """Give the kept connection back for good; ``disposed``: its engine was disposed, whose pool would keep it
+        open, so its driver connection is closed now (invalidated)."""
         with self._lock:
             while self._kept:
-                self._kept.pop().close()
+                conn = self._kept.pop()
+                if disposed:
+                    conn.invalidate()
+                conn.close()
+
+
+class ServerAppendSteps(NamedTuple):
+    """A PostgreSQL append without its I/O (``EventLog.server_append_steps``): drive ``steps`` as psycopg drives
+    its own generators (each ``Wait`` yielded is answered with what is ``Ready`` on ``fileno``, the connection's
+    socket) to its return value, the ``AppendResult``, or None when the function refused the batch."""
+
+    fileno: int
+    steps: PQGen[AppendResult | None]
 
 
 class ServerAppendMismatch(RuntimeError):
@@ -487,6 +607,16 @@ class EventLog:
         self.server_appends = 0  # appends done by the PostgreSQL function (the rest went the client's way)
         self._held = _HeldConnection(engine.execution_options(isolation_level="AUTOCOMMIT"))
         weakref.finalize(self, self._held.close)
+        # SQLite: the client's appends on one kept connection too (BEGIN IMMEDIATE on it, as ``writer`` says): a
+        # checkout, a new Connection and the check-in were a sixth of a one-row append's Python (the pool's events,
+        # the reset on return); PostgreSQL's client appends (large batches, conflicts) keep checking out.
+        self._held_writer = None if self._postgres else _HeldConnection(self._writer)
+        for held in (self._held, self._held_writer):
+            if held is not None:
+                weakref.finalize(self, held.close)
+                # ``engine.dispose()`` closes what the pool holds, not what is checked out: the kept connections go
+                # then too (a SQLite file is whole, its WAL checkpointed, once the last connection closes).
+                event.listen(engine, "engine_disposed", partial(_close_held, weakref.ref(held)))
         self._insert_sql, self._stamp = _fast_insert(engine.dialect)
         self._records = DriverQuery(_RECORDS_AFTER, engine.dialect)
         self._received = _received_reader(engine.dialect)
@@ -510,7 +640,7 @@ class EventLog:
             done = self._append_on_server(entries)
             if done is not None:
                 return done
-        with self._writer.begin() as conn:
+        with self._write_transaction() as conn:
             keys = {entry.dedup_key for entry in entries}
             if self._postgres:
                 head, prev, known = _pg_lock_and_look(conn, sorted(keys))
@@ -525,49 +655,67 @@ class EventLog:
                 conn.execute(_INSERT_QUARANTINE, [_fit(row, self._postgres) for row in q_rows])
         return AppendResult(tuple(batch.appended), batch.duplicates, batch.conflicts, len(q_rows), Anchor(head, prev))
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        if self._held_writer is None:
+            with self._writer.begin() as conn:
+                yield conn
+        else:
+            with self._held_writer.use() as conn, conn.begin():
+                yield conn
+
     def _append_on_server(self, entries: Sequence[NewEntry]) -> AppendResult | None:
         """PostgreSQL: the whole append in one statement, in autocommit (``tracker_append``, migration 0008): one round
         trip, and the write lock is taken and released (at the commit) inside the server. None when the function
         refused the batch (a conflict: the caller appends it the client's way, which quarantines it) or cannot run
-        here at all (then never tried again by this process).
-
-        The server's links are checked: from the hash the new rows were linked onto, this process recomputes the
-        chain over the rows the server numbered (its own hashing of the same text) and must reach the head hash the
-        server stored. They agree unless something is badly wrong, which stops the writer loudly (the rows are
-        committed; ``tracker verify`` names the first one whose hash does not hold)."""
-        tails = [canonical_tail(entry) for entry in entries]
-        params = (
-            [e.account for e in entries],
-            [e.source for e in entries],
-            [e.channel for e in entries],
-            [e.event for e in entries],
-            [e.market for e in entries],
-            [e.order_id for e in entries],
-            [e.trade_id for e in entries],
-            [e.position_id for e in entries],
-            [e.event_id for e in entries],
-            [e.pre_event_id for e in entries],
-            [e.exchange_ts_us for e in entries],
-            [_aware(e.received_at) for e in entries],
-            [e.connection_id for e in entries],
-            [e.payload for e in entries],
-            [e.dedup_key for e in entries],
-            tails,
-        )
+        here at all (then never tried again by this process). Blocking; ``server_append_steps`` is the same append
+        for a caller on an event loop."""
         with self._held.use() as conn:
             driver = _driver_connection(conn)
-            try:
-                with _translated(conn, _PG_APPEND), driver.cursor() as cursor:
-                    cursor.execute(_PG_APPEND, params)
-                    row = cursor.fetchone()
-            except exc.DBAPIError as error:
-                code = getattr(error.orig, "sqlstate", None)
-                if code == _PG_CONFLICT:
-                    return None
-                if code in _PG_UNUSABLE:
-                    self._server_append = False
-                    return None
-                raise
+            return driver.wait(self._server_steps(conn, entries))
+
+    def server_append_steps(self, entries: Sequence[NewEntry]) -> ServerAppendSteps | None:
+        """``append(entries)`` as steps that never block, when it can go that way at once: on PostgreSQL with the
+        append function, a batch the function takes (1 to ``SERVER_APPEND_MAX`` entries that fit the columns) and
+        the kept connection free. Else None: call ``append`` (in a thread). Driven to its end, the steps return the
+        ``AppendResult``, or None when the function refused the batch (a conflict): then call ``append`` too, which
+        quarantines it. A failure raises what ``append`` would raise; the connection is given back either way."""
+        if not self._server_append or not 0 < len(entries) <= SERVER_APPEND_MAX or any(map(_maybe_unfit, entries)):
+            return None
+        conn = self._held.take_nowait()
+        if conn is None:
+            return None
+        return ServerAppendSteps(_driver_connection(conn).pgconn.socket, self._held_steps(conn, entries))
+
+    def _held_steps(self, conn: Connection, entries: Sequence[NewEntry]) -> PQGen[AppendResult | None]:
+        failed = True
+        try:
+            result = yield from self._server_steps(conn, entries)
+            failed = False
+        finally:
+            self._held.give_back(conn, failed=failed)
+        return result
+
+    def _server_steps(self, conn: Connection, entries: Sequence[NewEntry]) -> PQGen[AppendResult | None]:
+        """The server append on ``conn`` (autocommit), as non-blocking steps. The server's links are checked: from the
+        hash the new rows were linked onto, this process recomputes the chain over the rows the server numbered (its
+        own hashing of the same text) and must reach the head hash the server stored. They agree unless something is
+        badly wrong, which stops the writer loudly (the rows are committed; ``tracker verify`` names the first one
+        whose hash does not hold)."""
+        tails = [canonical_tail(entry) for entry in entries]
+        columns: list[list[Any]] = list(map(list, zip(*map(_PG_APPEND_FIELDS, entries), strict=True)))
+        columns[_RECEIVED_AT] = list(map(_aware, columns[_RECEIVED_AT]))
+        columns.append(tails)
+        try:
+            row = yield from _pg_call(conn, _PG_APPEND, _PG_APPEND_SQL, columns, _PG_APPEND_TYPES)
+        except exc.DBAPIError as error:
+            code = getattr(error.orig, "sqlstate", None)
+            if code == _PG_CONFLICT:
+                return None
+            if code in _PG_UNUSABLE:
+                self._server_append = False
+                return None
+            raise
         if row is None:
             raise RuntimeError("tracker_append returned no row")
         appended, positions, duplicates, base, head, head_hash = row
