@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import trio
-from psycopg.abc import PQGen
-from psycopg.waiting import Ready, Wait
 
 from tracker.domain.log import NewEntry
 from tracker.runtime.lease import WriteGate
 from tracker.store.event_log import AppendResult, EventLog
+from tracker.store.event_log import Steps as PQGen
+from tracker.store.event_log import StepsReady as Ready
+from tracker.store.event_log import StepsWait as Wait
 
 T = TypeVar("T")
 

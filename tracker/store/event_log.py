@@ -19,12 +19,12 @@ import sqlite3
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import abc as pg_abc
@@ -583,6 +583,15 @@ class _HeldConnection:
                 if disposed:
                     conn.invalidate()
                 conn.close()
+
+
+# The steps' protocol, psycopg's (``psycopg.waiting``): each step yields what to wait for on the socket (``Wait.R``,
+# ``W`` or ``RW``) and is sent what is ready (``Ready`` flags). Named here for the runtime, which drives the steps with
+# trio and talks no SQL library itself.
+_T = TypeVar("_T")
+StepsWait = Wait
+StepsReady = Ready
+Steps: TypeAlias = Generator[Wait, Ready | int, _T]
 
 
 class ServerAppendSteps(NamedTuple):
