@@ -81,7 +81,8 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
     engine = open_engine(settings.db_url)
     log = EventLog(engine)
     span: dict[str, float] = {}
-    real_append, real_steps = log.append, log.server_append_steps
+    # (getattr: the same bench also runs an older tracker, for before/after figures, whose log has no such method)
+    real_append, real_steps = log.append, getattr(log, "server_append_steps", None)
 
     def committed(entries: Any) -> None:
         # Wall-clock span of the data frames only (lifecycle entries before and after the load are not throughput).
@@ -112,7 +113,8 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
         return start._replace(steps=steps())
 
     log.append = append  # type: ignore[method-assign]
-    log.server_append_steps = server_append_steps  # type: ignore[method-assign]
+    if real_steps is not None:
+        log.server_append_steps = server_append_steps  # type: ignore[method-assign]
     try:
         services = await run_tracker(settings, log)
     finally:
