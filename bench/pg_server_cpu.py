@@ -23,44 +23,19 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
-from tracker.domain.log import NewEntry
 from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 
+sys.path.insert(0, str(Path(__file__).parent))
+from append import chunks, make_entries  # bench/ is not a package: the sibling script's events (~330-byte orders)
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def entry(i: int) -> NewEntry:
-    """An order event of ~330 bytes, as bench/append.py's."""
-    oid, ts = 1_800_000_000 + i, 1_764_417_600_000_000 + i
-    payload = (
-        f'{{"data":{{"id":{oid},"id_str":"{oid}","order_type":1,"datetime":"1764417600","microtimestamp":"{ts}",'
-        '"amount":0.01,"amount_str":"0.01000000","amount_traded":"0","amount_at_create":"0.01000000",'
-        '"price":95000,"price_str":"95000","client_order_id":""},"channel":"private-my_orders_btcusd-1001",'
-        '"event":"order_created"}'
-    )
-    return NewEntry(
-        account="1001",
-        source="ws",
-        channel="private-my_orders_btcusd-1001",
-        event="order_created",
-        payload=payload,
-        dedup_key=f"ws:1001:private-my_orders_btcusd-1001:ev:{i}",
-        received_at=T0 + timedelta(microseconds=i),
-        market="btcusd",
-        order_id=str(oid),
-        event_id=f"ev-{i}",
-        exchange_ts_us=ts,
-        connection_id="bench",
-    )
 
 
 def server_cpu(admin: psycopg.Connection, database: str) -> tuple[float, float]:
@@ -107,17 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine = open_engine(url)
             try:
                 log = EventLog(engine)
-                log.append([entry(i) for i in range(args.log)])
+                log.append(make_entries(args.log, "log"))
                 print(f"{'what':<34} {'wall ms':>8} {'client CPU':>11} {'server user':>12} {'server sys':>11}")
-                seq = args.log
                 for batch in (int(b) for b in args.batches.split(",")):
                     count = max(args.appends // batch, 200)  # the kernel counts CPU in ticks of 10 ms
-                    pages = [[entry(seq + k * batch + j) for j in range(batch)] for k in range(count)]
-                    seq += count * batch
+                    pages = chunks(make_entries(count * batch, f"batch{batch}"), batch)
 
-                    def run(pages: list[list[NewEntry]] = pages) -> None:
+                    def run(pages: list[Sequence[object]] = pages) -> None:
                         for page in pages:
-                            log.append(page)
+                            log.append(page)  # type: ignore[arg-type]
 
                     wall, cpu, user, system = measure(admin, database, run, count)
                     what = f"append, {batch} row{'s' if batch > 1 else ''} (function: {log.server_appends > 0})"
@@ -126,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 engine.dispose()
             with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as raw:
                 raw.execute("CREATE TABLE plain (id bigserial PRIMARY KEY, payload text)")
-                payload = entry(0).payload
+                payload = make_entries(1, "plain")[0].payload
 
                 def plain() -> None:
                     for _ in range(args.appends):
