@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from store_helpers import open_log
 
 from tracker.store import migrate
 from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
 
 PG_ADMIN_URL = os.environ.get("TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -93,6 +95,13 @@ def migrated_engine(db_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def pg_log(pg_url: str) -> Iterator[EventLog]:
+    """An event log on a freshly migrated PostgreSQL schema."""
+    with open_log(pg_url) as log:
+        yield log
 
 
 # The longest tests, started first: with ``-n`` (pytest-xdist, two workers in CI) a 2-minute soak collected last would

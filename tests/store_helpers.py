@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, create_engine, text
 
+from tracker.domain.chain import ChainWalker
 from tracker.domain.log import NewEntry
 from tracker.store import migrate
 from tracker.store.engine import open_engine
@@ -44,6 +45,14 @@ def open_log(url: str) -> Iterator[EventLog]:
         yield EventLog(engine)
     finally:
         engine.dispose()
+
+
+def walk(log: EventLog) -> ChainWalker:
+    """Every row of ``log`` walked from seq 1; each link must hold."""
+    walker = ChainWalker()
+    for page in log.iter_after(0):
+        assert walker.feed(page) is None
+    return walker
 
 
 @contextmanager

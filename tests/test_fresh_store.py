@@ -42,12 +42,13 @@ def _fresh_touched(engine: Engine, touched: dict[str, set[int]]) -> ProjectionSt
     return ProjectionStore(engine, tables=tables, checkpoint_name="fresh", fresh=True, touched=touched)
 
 
-def _fresh(engine: Engine) -> ProjectionStore:
-    metadata, tables = shadow_tables("fresh_")
+def fresh_store(engine: Engine, name: str = "fresh") -> ProjectionStore:
+    """A fresh (rebuild) store on new, empty shadow tables ``{name}_*`` (tests/test_rebuild_speed_prefetch.py too)."""
+    metadata, tables = shadow_tables(f"{name}_")
     with writer(engine).begin() as conn:
         metadata.drop_all(conn)
         metadata.create_all(conn)
-    return ProjectionStore(engine, tables=tables, checkpoint_name="fresh", fresh=True)
+    return ProjectionStore(engine, tables=tables, checkpoint_name=name, fresh=True)
 
 
 def test_written_keys_never_says_no_to_a_written_key() -> None:
@@ -75,7 +76,7 @@ def test_fresh_store_with_touched_sets_equals_ordinary_store(engine: Engine) -> 
 def test_fresh_store_equals_ordinary_store(engine: Engine) -> None:
     ordinary = ProjectionStore(engine)
     ordinary.catch_up(EventLog(engine), batch=53)
-    fresh = _fresh(engine)
+    fresh = fresh_store(engine)
     fresh.catch_up(EventLog(engine), batch=53)
     assert fresh.all_rows() == ordinary.all_rows()
     assert fresh.load_checkpoint() == ordinary.load_checkpoint()
@@ -83,7 +84,7 @@ def test_fresh_store_equals_ordinary_store(engine: Engine) -> None:
 
 def test_fresh_store_whose_checkpoint_moves_queries_again(engine: Engine) -> None:
     log = EventLog(engine)
-    fresh = _fresh(engine)
+    fresh = fresh_store(engine)
     fresh.catch_up(log, batch=50, until=200)
     other = ProjectionStore(engine, tables=fresh.tables, checkpoint_name="fresh")  # a second writer, unexpected
     other.catch_up(log, batch=50, until=300)

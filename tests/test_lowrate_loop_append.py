@@ -5,15 +5,13 @@ it on a real database. Loopback only; every test has an absolute timeout."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 from sqlalchemy import exc
-from store_helpers import entry, open_log
+from store_helpers import entry, walk
 
-from tracker.domain.chain import ChainWalker
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.runtime.lease import WriteGate
 from tracker.runtime.loop_append import drive, loop_append
@@ -22,19 +20,6 @@ from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(30)]
-
-
-@pytest.fixture
-def pg_log(pg_url: str) -> Iterator[EventLog]:
-    with open_log(pg_url) as log:
-        yield log
-
-
-def _walk(log: EventLog) -> int:
-    walker = ChainWalker()
-    for page in log.iter_after(0):
-        assert walker.feed(page) is None
-    return walker.head
 
 
 async def test_appends_on_the_loop_once_a_connection_is_kept(pg_log: EventLog) -> None:
@@ -47,7 +32,7 @@ async def test_appends_on_the_loop_once_a_connection_is_kept(pg_log: EventLog) -
     assert again is not None and (again.appended, again.duplicates) == ((4,), 1)
     assert pg_log.server_appends == 3
     assert again.head == pg_log.head_anchor()
-    assert _walk(pg_log) == 4
+    assert walk(pg_log).head == 4
 
 
 async def test_what_it_leaves_to_the_thread(pg_log: EventLog) -> None:
@@ -62,7 +47,7 @@ async def test_what_it_leaves_to_the_thread(pg_log: EventLog) -> None:
     gate.open()
     assert await append([entry(2)]) is not None
     assert pg_log.server_appends == 2
-    assert _walk(pg_log) == 2
+    assert walk(pg_log).head == 2
 
 
 async def test_a_connection_lost_half_way_is_raised_and_the_next_append_goes_on(pg_log: EventLog) -> None:
@@ -78,7 +63,7 @@ async def test_a_connection_lost_half_way_is_raised_and_the_next_append_goes_on(
     assert is_transient(raised.value)
     assert pg_log.server_append_steps([entry(2)]) is None  # the lost connection was not kept
     assert pg_log.append([entry(2)]).appended == (2,)  # a fresh one, checked out (and pinged) by the pool
-    assert _walk(pg_log) == 2
+    assert walk(pg_log).head == 2
 
 
 async def test_the_writer_appends_on_the_loop_and_the_thread_alike(pg_log: EventLog) -> None:
@@ -109,4 +94,4 @@ async def test_the_writer_appends_on_the_loop_and_the_thread_alike(pg_log: Event
     assert (stats.items, stats.appended, stats.duplicates, stats.quarantined) == (42, 40, 1, 1)
     assert loop_batches and sum(loop_batches) < 42  # most on the loop; the first and the quarantine's in the thread
     assert len(pg_log.quarantined()) == 1
-    assert _walk(pg_log) == 40
+    assert walk(pg_log).head == 40

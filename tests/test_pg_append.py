@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import string
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -19,26 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from store_helpers import T0, entry, open_log
+from store_helpers import T0, entry, open_log, walk
 
-from tracker.domain.chain import ChainWalker, canonical, canonical_tail, link_hash, tail_link
+from tracker.domain.chain import canonical, canonical_tail, link_hash, tail_link
 from tracker.domain.log import NewEntry
 from tracker.store.event_log import _PG_STORED, SERVER_APPEND_MAX, EventLog, ServerAppendMismatch
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_log(pg_url: str) -> Iterator[EventLog]:
-    with open_log(pg_url) as log:
-        yield log
-
-
-def _walk(log: EventLog) -> ChainWalker:
-    walker = ChainWalker()
-    for page in log.iter_after(0):
-        assert walker.feed(page) is None
-    return walker
 
 
 def test_canonical_tail_is_canonical_without_the_seq() -> None:
@@ -56,7 +42,7 @@ def test_the_function_appends_numbers_and_links_like_the_client(pg_log: EventLog
     rows = pg_log.read_after(0)
     assert [row.hash for row in rows][-1] == second.head.hash
     assert all(row.hash == link_hash(row.prev_hash, row.seq, row) for row in rows)
-    assert _walk(pg_log).head == 4
+    assert walk(pg_log).head == 4
 
 
 def test_duplicates_stored_and_in_the_batch_are_counted_not_appended(pg_log: EventLog) -> None:
@@ -81,7 +67,7 @@ def test_a_conflict_is_appended_the_clients_way_and_quarantined(pg_log: EventLog
     assert (kept.kind, kept.existing_seq, kept.raw) == ("conflict", 1, changed.payload)
     within = pg_log.append([entry(5), entry(5, payload="{}")])  # a conflict inside one batch
     assert (within.appended, within.conflicts) == ((4,), 1)
-    assert _walk(pg_log).head == 4
+    assert walk(pg_log).head == 4
 
 
 def test_a_backlog_batch_goes_the_clients_way_onto_the_same_chain(pg_log: EventLog) -> None:
@@ -89,7 +75,7 @@ def test_a_backlog_batch_goes_the_clients_way_onto_the_same_chain(pg_log: EventL
     pg_log.append([entry(i) for i in range(SERVER_APPEND_MAX + 1, 2 * SERVER_APPEND_MAX + 2)])  # one more: COPY
     pg_log.append([entry(2 * SERVER_APPEND_MAX + 2)])
     assert pg_log.server_appends == 2
-    assert _walk(pg_log).head == 2 * SERVER_APPEND_MAX + 2
+    assert walk(pg_log).head == 2 * SERVER_APPEND_MAX + 2
 
 
 def test_a_server_that_hashes_otherwise_is_caught(pg_log: EventLog) -> None:
@@ -106,7 +92,7 @@ def test_without_the_function_the_client_appends(pg_log: EventLog) -> None:
     assert pg_log.append([entry(1), entry(2)]).appended == (1, 2)
     assert pg_log.append([entry(3)]).appended == (3,)
     assert pg_log.server_appends == 0
-    assert _walk(pg_log).head == 3
+    assert walk(pg_log).head == 3
 
 
 _TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
@@ -255,4 +241,4 @@ def test_one_row_batches_decide_as_larger_ones(pg_log: EventLog) -> None:
     rows = pg_log.read_after(0)
     assert [row.seq for row in rows] == [1, 2, 3, 4, 5]
     assert all(row.hash == link_hash(row.prev_hash, row.seq, row) for row in rows)
-    assert _walk(pg_log).head == 5
+    assert walk(pg_log).head == 5

@@ -11,21 +11,12 @@ import gc
 
 import pytest
 from sqlalchemy import Engine
+from test_fresh_store import fresh_store
 from test_projection_store import fake_entries
 
-from tracker.store.engine import writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_prefetch import LazyTable
-from tracker.store.projection_schema import shadow_tables
 from tracker.store.projections import BatchResult, ProjectionStore
-
-
-def _fresh(engine: Engine) -> ProjectionStore:
-    metadata, tables = shadow_tables("speed_")
-    with writer(engine).begin() as conn:
-        metadata.drop_all(conn)
-        metadata.create_all(conn)
-    return ProjectionStore(engine, tables=tables, checkpoint_name="speed", fresh=True)
 
 
 def _lazy_tables() -> int:
@@ -37,7 +28,7 @@ def test_fresh_store_keeps_one_batch_and_equals_an_ordinary_one(migrated_engine:
     log.append(fake_entries(11, 600))
     ordinary = ProjectionStore(migrated_engine)
     ordinary.catch_up(log, batch=97)
-    fresh = _fresh(migrated_engine)
+    fresh = fresh_store(migrated_engine, "speed")
     results: list[BatchResult] = []
     before = _lazy_tables()
     fresh.catch_up(log, batch=97, on_batch=results.append)
@@ -54,7 +45,7 @@ def test_fresh_store_keeps_one_batch_and_equals_an_ordinary_one(migrated_engine:
 def test_a_committed_batch_is_not_loaded_from(migrated_engine: Engine) -> None:
     log = EventLog(migrated_engine)
     log.append(fake_entries(5, 60))
-    fresh = _fresh(migrated_engine)
+    fresh = fresh_store(migrated_engine, "speed")
     fresh.catch_up(log, batch=50)
     gc.collect()
     cached = [item for item in gc.get_objects() if isinstance(item, LazyTable)]
