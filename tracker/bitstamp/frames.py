@@ -49,6 +49,8 @@ import orjson
 
 from tracker.bitstamp.channels import Channel
 from tracker.bitstamp.parse_fields import NeedExact, channel_of
+from tracker.bitstamp.parse_fields import id_text as fast_id_text
+from tracker.bitstamp.parse_fields import int_text as fast_int_text
 from tracker.bitstamp.rest_entries import (
     entry_from_account_order_event,
     entry_from_order_status,
@@ -254,22 +256,6 @@ def entry_from_data(
     return _entry(data, account, received_at, connection_id)
 
 
-def _id_text(data: Data, obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
-    """``wire.id_text``; a float from the fast decoder (an integer beyond 64 bits) raises ``NeedExact``."""
-    result = id_text(obj, key, str_key)
-    if result is None and not data.exact and type(obj.get(key)) is float:
-        raise NeedExact
-    return result
-
-
-def _int_text(data: Data, value: object) -> int | None:
-    """``wire.int_text``; a float from the fast decoder raises ``NeedExact``."""
-    result = int_text(value)
-    if result is None and not data.exact and type(value) is float:
-        raise NeedExact
-    return result
-
-
 def _entry(
     data: Data, account: str, received_at: datetime, connection_id: str | None
 ) -> NewEntry | QuarantineItem | Ignored:
@@ -277,6 +263,9 @@ def _entry(
 
     One piece on purpose (~95 lines): one branch per channel kind choosing its dedup key and indexed fields, side by
     side so the keys of all kinds can be compared at a glance (docs/bitstamp.md §2); it runs for every frame."""
+    # The parser's readers for the fast decoding (a float where an id or time is read raises NeedExact), the wire's
+    # for the exact one (where a float can only be NaN or Infinity: no id, as before).
+    id_of, int_of = (id_text, int_text) if data.exact else (fast_id_text, fast_int_text)
     try:
         channel: Channel = channel_of(data.channel)
     except ValueError as exc:
@@ -295,31 +284,31 @@ def _entry(
     d: dict[str, Any] = body if isinstance(body, dict) else {}
     event_id = _top_text(message, "event_id")
     pre_event_id = _top_text(message, "pre_event_id")
-    ts_us = _int_text(data, d.get("microtimestamp"))
+    ts_us = int_of(d.get("microtimestamp"))
     name = channel.name
     if not known:
         pass
     elif name == "my_orders":
-        order_id = _id_text(data, d, "id", "id_str")
+        order_id = id_of(d, "id", "id_str")
         if order_id is None:
             return _quarantine(data, f"{event}: no order id", account, received_at, connection_id)
         fields["order_id"] = order_id
         if event_id is not None:
             key = f"{prefix}:ev:{event_id}"
     elif name == "my_trades":
-        trade_id = _id_text(data, d, "id", "id_str")
+        trade_id = id_of(d, "id", "id_str")
         if trade_id is None:
             return _quarantine(data, "trade: no trade id", account, received_at, connection_id)
         fields["trade_id"] = trade_id
-        fields["order_id"] = _id_text(data, d, "order_id", "order_id_str")
-        fields["position_id"] = _id_text(data, d, "position_id")
+        fields["order_id"] = id_of(d, "order_id", "order_id_str")
+        fields["position_id"] = id_of(d, "position_id")
         key = f"{prefix}:trade:{trade_id}"
     elif name == "live_trades":
-        buy = _id_text(data, d, "buy_order_id", "buy_order_id_str")
-        sell = _id_text(data, d, "sell_order_id", "sell_order_id_str")
+        buy = id_of(d, "buy_order_id", "buy_order_id_str")
+        sell = id_of(d, "sell_order_id", "sell_order_id_str")
         if buy is None or sell is None:
             return _quarantine(data, "self_trade: no order ids", account, received_at, connection_id)
-        if ts_us is None and (stamp := _int_text(data, d.get("timestamp"))) is not None:
+        if ts_us is None and (stamp := int_of(d.get("timestamp"))) is not None:
             ts_us = unix_us_by_magnitude(stamp)  # seconds on spot; perp frames have been seen in ms
         # Without any time the frame is still kept (docs/bitstamp.md §2.3 lists it; the parser projects it at its
         # receipt time, flagged): its own text tells it apart from another offset between the same two orders.
@@ -329,15 +318,15 @@ def _entry(
             else f"{prefix}:self_trade:{buy}:{sell}:sha256:{sha256_text(data.text)}"
         )
     elif name == "my_settlements":
-        tnx = _id_text(data, d, "tnx_id")
+        tnx = id_of(d, "tnx_id")
         if tnx is None:
             return _quarantine(data, f"{event}: no tnx_id", account, received_at, connection_id)
-        fields["position_id"] = _id_text(data, d, "id")
-        seconds = _int_text(data, d.get("ts"))
+        fields["position_id"] = id_of(d, "id")
+        seconds = int_of(d.get("ts"))
         ts_us = None if seconds is None else seconds * 1_000_000
         key = f"{prefix}:{event}:{tnx}"
     elif name == "my_liquidations":
-        position_id = _id_text(data, d, "position_id")
+        position_id = id_of(d, "position_id")
         if position_id is None:
             return _quarantine(data, f"{event}: no position_id", account, received_at, connection_id)
         fields["position_id"] = position_id
@@ -349,7 +338,7 @@ def _entry(
             else f"{prefix}:{event}:{position_id}:sha256:{sha256_text(data.text)}"
         )
     elif name == "my_token_settlements":
-        fields["order_id"] = _id_text(data, d, "order_id", "order_id_str")
+        fields["order_id"] = id_of(d, "order_id", "order_id_str")
     if key is None:
         key = f"{prefix}:{event}:sha256:{sha256_text(data.text)}"
     return NewEntry(
