@@ -615,7 +615,6 @@ class EventLog:
         self._server_append = self._postgres  # until the function says it cannot (see _append_on_server)
         self.server_appends = 0  # appends done by the PostgreSQL function (the rest went the client's way)
         self._held = _HeldConnection(engine.execution_options(isolation_level="AUTOCOMMIT"))
-        weakref.finalize(self, self._held.close)
         # SQLite: the client's appends on one kept connection too (BEGIN IMMEDIATE on it, as ``writer`` says): a
         # checkout, a new Connection and the check-in were a sixth of a one-row append's Python (the pool's events,
         # the reset on return); PostgreSQL's client appends (large batches, conflicts) keep checking out.
