@@ -18,7 +18,9 @@ Sustained events/s = frames committed / (last data commit - first data receive),
 (monotonic, when the frame left the websocket) → its batch committed, p50/p99. ``ratio`` = tracker sustained /
 baseline sustained at the same offered rate. ``CPU us/ev``: the pipeline process's CPU time (all its threads) from
 its first data frame to its last commit, per frame: unlike wall-clock figures, it hardly moves when others load the
-machine. Targets: ≥ 70 % of the baseline unpaced; p99 ≤ 20 ms at 1,000
+machine. ``server us/ev`` (PostgreSQL): the CPU time of the database's backends over the offered load and the tail
+(from ``/proc``, so for a server on this machine), per frame: on a 2-core machine the server's CPU is taken from the
+same cores as the pipeline's. Targets: ≥ 70 % of the baseline unpaced; p99 ≤ 20 ms at 1,000
 events/s offered.
 """
 
@@ -43,6 +45,7 @@ import trio
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
+TICK = os.sysconf("SC_CLK_TCK")
 MAX_RATE = 25_000  # frames made in advance per second of an unpaced measurement (more than any pipeline takes)
 
 
@@ -279,8 +282,12 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
         try:
             with trio.fail_after(30):
                 await fx.wait_subscribed(fx.private_channels())
+            pg = "postgresql" in db_url
+            server0 = backend_cpu(db_url) if pg else {}
             offered = await offer(fx, rate, duration, frames)
             await trio.sleep(0.5)  # let the pipeline commit the tail before the stop
+            server1 = backend_cpu(db_url) if pg else {}
+            server = sum(cpu - server0.get(pid, 0.0) for pid, cpu in server1.items())
             process.send_signal(signal.SIGINT)
             assert process.stdout is not None
             out = b""
@@ -293,7 +300,29 @@ async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[
                 process.kill()
         result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
         result["delivered"] = offered
+        result["server_cpu"] = server
         return result
+
+
+def backend_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds (user + system) of each PostgreSQL backend connected to ``db_url``'s database, by pid (from
+    ``/proc``: only for a server on this machine). Other databases' work (another bench, a test run) is not counted;
+    the WAL writer's and checkpointer's is not either (they serve every database)."""
+    import psycopg
+
+    database = db_url.split("?", 1)[0].rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        pids = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+        ).fetchall()
+    cpu: dict[int, float] = {}
+    for (pid,) in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a backend that ended between the query and the read
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / TICK
+    return cpu
 
 
 def prerender(fx: Any, frames: int) -> list[Any]:
@@ -378,7 +407,7 @@ async def parent(args: argparse.Namespace) -> None:
     targets = [("baseline", "sqlite"), ("tracker", "sqlite")]
     targets += [("baseline", "postgresql"), ("tracker", "postgresql")] if pg_url else []
     header = f"{'offered':>8} {'pipeline':<20} {'sustained/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'batches':>8}"
-    print(header + f" {'ratio':>6} {'CPU us/ev':>9}")
+    print(header + f" {'ratio':>6} {'CPU us/ev':>9} {'server us/ev':>12}")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for rate in rates:
@@ -392,9 +421,10 @@ async def parent(args: argparse.Namespace) -> None:
                     ratio = f"{sustained / base_rate:.0%}" if base_rate and kind != "baseline" else ""
                     offered = "max" if math.isinf(rate) else f"{rate:.0f}"
                     cpu_us = f"{r['cpu'] / r['ws'] * 1e6:.0f}" if r["ws"] else "-"
+                    server_us = f"{r['server_cpu'] / r['ws'] * 1e6:.0f}" if r["ws"] and backend != "sqlite" else ""
                     print(
                         f"{offered:>8} {kind + '/' + backend:<20} {sustained:>12.0f} {fmt_ms(r['p50']):>8} "
-                        f"{fmt_ms(r['p99']):>8} {r['batches']:>8} {ratio:>6} {cpu_us:>9}",
+                        f"{fmt_ms(r['p99']):>8} {r['batches']:>8} {ratio:>6} {cpu_us:>9} {server_us:>12}",
                         flush=True,
                     )
     finally:
