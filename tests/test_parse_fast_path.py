@@ -7,6 +7,7 @@ must then parse the entry again from ``loads_exact`` (Decimals, ints), never use
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline import NOW, Log, to_log
 
 from tracker.bitstamp.parse import _parse, parse_entry
-from tracker.bitstamp.wire import loads_exact
+from tracker.bitstamp.wire import int_text, loads_exact
 from tracker.domain.events import Fill, OrderEvent, Unknown
 from tracker.domain.log import NewEntry
 
@@ -108,3 +109,19 @@ def test_fast_path_equals_exact_decoder(which: int, key_choice: int, value: Any,
         7,
     )
     assert parse_entry(entry) == _parse(entry, loads_exact)
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789", max_size=25),
+        st.text(alphabet="0123456789-+ _\t\n٣²x.e", max_size=25),
+        st.text(max_size=8),
+        st.integers().map(str),
+    )
+)
+def test_int_text_reads_text_as_its_definition(value: str) -> None:
+    """``wire.int_text``'s quick path for the usual text (ASCII digits, no regex) answers as the definition: an
+    optional minus and ASCII digits, around spaces, else None (``int()`` alone would take "+1", "1_000", "٣")."""
+    stripped = value.strip()
+    expected = int(stripped) if re.fullmatch(r"-?[0-9]+", stripped) else None
+    assert int_text(value) == expected

@@ -124,6 +124,8 @@ def int_text(value: object) -> int | None:
     """An integer written as a JSON int or a string of digits; else ``None``."""
     if type(value) is int:  # the usual case first; bool is not int here
         return value
+    if type(value) is str and len(value) < 19 and value.isascii() and value.isdigit():  # the usual text: no regex
+        return int(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
