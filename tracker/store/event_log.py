@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import operator
 import sqlite3
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -199,15 +198,23 @@ def _unfit(entry: NewEntry) -> str | None:
     return None
 
 
-_UNFIT_TEXTS = operator.attrgetter(*(name for name, _ in _ENTRY_WIDTHS))
-_UNFIT_LIMITS = tuple(sys.maxsize if width is None else width for _, width in _ENTRY_WIDTHS)
+_SIZED = tuple((name, width) for name, width in _ENTRY_WIDTHS if width is not None)
+_SIZED_TEXTS = operator.attrgetter(*(name for name, _ in _SIZED))
+_SIZED_LIMITS = tuple(width for _, width in _SIZED)
+_UNSIZED_TEXTS = tuple(name for name, width in _ENTRY_WIDTHS if width is None)  # the payload
 
 
 def _maybe_unfit(entry: NewEntry) -> bool:
-    """A quick test, in C loops, that ``_unfit`` may have something to say (it rarely has): any NUL, any text
-    longer than its column. ``str(None)`` is "None", 4 characters and no NUL, shorter than every column's width."""
-    texts = tuple(map(str, _UNFIT_TEXTS(entry)))
-    return "\x00" in "".join(texts) or any(map(operator.gt, map(len, texts), _UNFIT_LIMITS))
+    """``_unfit(entry) is not None``, quicker (every entry is tested; ``_unfit`` says why, for the rare one): the
+    values in one C call, one loop without ``getattr`` or a message."""
+    for name in _UNSIZED_TEXTS:
+        value = getattr(entry, name)
+        if value is not None and "\x00" in value:
+            return True
+    for value, width in zip(_SIZED_TEXTS(entry), _SIZED_LIMITS, strict=True):
+        if value is not None and (len(value) > width or "\x00" in value):
+            return True
+    return False
 
 
 def _unfit_row(entry: NewEntry, reason: str) -> dict[str, Any]:
@@ -615,16 +622,16 @@ class EventLog:
         self._server_append = self._postgres  # until the function says it cannot (see _append_on_server)
         self.server_appends = 0  # appends done by the PostgreSQL function (the rest went the client's way)
         self._held = _HeldConnection(engine.execution_options(isolation_level="AUTOCOMMIT"))
-        # SQLite: the client's appends on one kept connection too (BEGIN IMMEDIATE on it, as ``writer`` says): a
-        # checkout, a new Connection and the check-in were a sixth of a one-row append's Python (the pool's events,
-        # the reset on return); PostgreSQL's client appends (large batches, conflicts) keep checking out.
-        self._held_writer = None if self._postgres else _HeldConnection(self._writer)
+        # The client's appends on one kept connection too (SQLite: BEGIN IMMEDIATE on it, as ``writer`` says): a
+        # checkout, a new Connection and the check-in were a sixth of a one-row SQLite append's Python (the pool's
+        # events, the reset on return); on PostgreSQL (large batches, conflicts) the checkout's pre-ping was a round
+        # trip before every batch.
+        self._held_writer = _HeldConnection(self._writer)
         for held in (self._held, self._held_writer):
-            if held is not None:
-                weakref.finalize(self, held.close)
-                # ``engine.dispose()`` closes what the pool holds, not what is checked out: the kept connections go
-                # then too (a SQLite file is whole, its WAL checkpointed, once the last connection closes).
-                event.listen(engine, "engine_disposed", partial(_close_held, weakref.ref(held)))
+            weakref.finalize(self, held.close)
+            # ``engine.dispose()`` closes what the pool holds, not what is checked out: the kept connections go then
+            # too (a SQLite file is whole, its WAL checkpointed, once the last connection closes).
+            event.listen(engine, "engine_disposed", partial(_close_held, weakref.ref(held)))
         self._insert_sql, self._stamp = _fast_insert(engine.dialect)
         self._records = DriverQuery(_RECORDS_AFTER, engine.dialect)
         self._received = _received_reader(engine.dialect)
@@ -665,12 +672,8 @@ class EventLog:
 
     @contextmanager
     def _write_transaction(self) -> Iterator[Connection]:
-        if self._held_writer is None:
-            with self._writer.begin() as conn:
-                yield conn
-        else:
-            with self._held_writer.use() as conn, conn.begin():
-                yield conn
+        with self._held_writer.use() as conn, conn.begin():
+            yield conn
 
     def _append_on_server(self, entries: Sequence[NewEntry]) -> AppendResult | None:
         """PostgreSQL: the whole append in one statement, in autocommit (``tracker_append``, migration 0008): one round
