@@ -16,7 +16,7 @@ from store_helpers import T0, entry, open_log
 
 from tracker.domain.chain import GENESIS, Anchor, ChainWalker, link_hash
 from tracker.domain.log import NewEntry, QuarantineItem
-from tracker.store.event_log import EventLog
+from tracker.store.event_log import SERVER_APPEND_MAX, EventLog
 
 
 @pytest.fixture
@@ -45,7 +45,10 @@ def test_append_assigns_gapless_seqs_and_chains_hashes(log: EventLog) -> None:
     assert log.head_anchor() == Anchor(3, rows[-1].hash) == second.head
 
 
-def test_stored_row_round_trips_every_field(log: EventLog) -> None:
+@pytest.mark.parametrize("before", [0, SERVER_APPEND_MAX], ids=["alone", "in a large batch"])
+def test_stored_row_round_trips_every_field(log: EventLog, before: int) -> None:
+    """Alone (on PostgreSQL: the server's append function) and last of a batch too large for it (the client's binary
+    COPY), with NULLs before it."""
     paris = timezone(timedelta(hours=1))
     new = NewEntry(
         account="1001",
@@ -64,8 +67,10 @@ def test_stored_row_round_trips_every_field(log: EventLog) -> None:
         exchange_ts_us=1_767_323_106_999_999,
         connection_id="c-1",
     )
-    log.append([new])
-    [row] = log.read_after(0)
+    nulls = [NewEntry("1", "tracker", "c", "e", "{}", f"k{i}", T0) for i in range(before)]
+    log.append([*nulls, new])
+    *_, row = log.read_after(0, limit=before + 1)
+    assert row.seq == before + 1
     assert row.payload == new.payload
     assert row.received_at == new.received_at  # the same instant, to the microsecond
     assert row.received_at.tzinfo == UTC
@@ -76,8 +81,9 @@ def test_stored_row_round_trips_every_field(log: EventLog) -> None:
         assert getattr(row, name) == getattr(new, name)
     # The append's hand-written row tuple, the schema and the hash chain agree: every field went to its own column
     # (each value above is distinct), and the chain recomputed from the stored row is the stored hash.
-    assert (row.seq, row.prev_hash) == (1, GENESIS)
-    assert row.hash == link_hash(GENESIS, 1, row) == link_hash(GENESIS, 1, new)
+    prev = GENESIS if before == 0 else log.read_after(before - 1, limit=1)[0].hash
+    assert row.prev_hash == prev
+    assert row.hash == link_hash(prev, before + 1, row) == link_hash(prev, before + 1, new)
 
 
 def test_empty_append_writes_nothing(log: EventLog) -> None:

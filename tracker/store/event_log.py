@@ -77,7 +77,12 @@ _PG_STORED = (
     " WHERE tracker_key_digest(s.dedup_key) = tracker_key_digest(k.key) AND s.dedup_key = k.key LIMIT 1) AS e"
 )
 _PG_LOOK = "; ".join((_PG_LOCK_SQL, _PG_HEAD, _PG_STORED))  # the pipeline, as its errors name it
-_COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN"
+# In binary: psycopg's text format escapes each row's texts in Python-called C, the binary one copies their UTF-8 (500
+# rows of model frames: 9.0 -> 6.7 us a row in this process, 13.9 -> 13.2 in the server: no integer or time to parse).
+_COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = [
+    {"seq": "bigint", "exchange_ts_us": "bigint", "received_at": "timestamptz"}.get(c.name, "text") for c in event_log.c
+]
 # The append as one server-side function (migration 0008): lock, head, dedup, number, hash, insert and, called in
 # autocommit, commit, all inside the server: the lock is never held while the server waits for this process. The
 # arrays go in binary (%b): psycopg's text format escapes every quote of every payload with a regex, 0.7 s per 1000.
@@ -763,6 +768,7 @@ class EventLog:
         if first is None:
             return
         with _translated(conn, _COPY_LOG), _driver_cursor(conn) as cursor, cursor.copy(_COPY_LOG) as copy:
+            copy.set_types(_COPY_TYPES)
             copy.write_row(first)
             for row in rows:
                 copy.write_row(row)
