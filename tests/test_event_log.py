@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import event, exc, text
 from store_helpers import T0, entry, open_log
 
 from tracker.domain.chain import GENESIS, Anchor, ChainWalker, link_hash
 from tracker.domain.log import NewEntry, QuarantineItem
-from tracker.store.event_log import SERVER_APPEND_MAX, EventLog
+from tracker.store.event_log import SERVER_APPEND_MAX, EventLog, _sqlite_stamp
 
 
 @pytest.fixture
@@ -286,3 +288,13 @@ def test_concurrent_appenders_leave_a_gapless_log_in_commit_order(log: EventLog)
     walker = ChainWalker()
     assert walker.feed(rows) is None
     assert walker.finish() is None
+
+
+_ZONES = [UTC, timezone(timedelta(0)), timezone(timedelta(hours=-3, minutes=-30))]  # UTC itself takes the shortcut
+
+
+@given(st.datetimes(timezones=st.sampled_from(_ZONES)))
+def test_sqlite_stamp_is_sqlalchemys_text(moment: datetime) -> None:
+    """The SQLite append's ``received_at`` text (with its shortcut for ``UTC``) is what ``UtcDateTime`` stores."""
+    expected = moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    assert _sqlite_stamp(moment) == expected
