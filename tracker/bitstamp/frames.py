@@ -67,6 +67,7 @@ from tracker.bitstamp.wire import (
     sha256_text,
     unix_us_by_magnitude,
 )
+from tracker.domain.frozen import fast_init
 from tracker.domain.log import NewEntry, QuarantineItem
 
 __all__ = [
@@ -127,6 +128,7 @@ class Control:
     message: str | None = None
 
 
+@fast_init  # one for every frame
 @dataclass(frozen=True, slots=True)
 class Data:
     """An event on a channel; ``text`` the exact frame. ``message`` is the frame decoded: by ``loads_exact`` when
