@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import exc, text
 from store_helpers import T0, entry, open_log, walk
 
 from tracker.domain.chain import canonical, canonical_tail, link_hash, tail_link
@@ -242,3 +242,65 @@ def test_one_row_batches_decide_as_larger_ones(pg_log: EventLog) -> None:
     assert [row.seq for row in rows] == [1, 2, 3, 4, 5]
     assert all(row.hash == link_hash(row.prev_hash, row.seq, row) for row in rows)
     assert walk(pg_log).head == 5
+
+
+def _batch(start: int, count: int = SERVER_APPEND_MAX + 1) -> list[NewEntry]:
+    """A batch too large for the function: the client's COPY path."""
+    return [entry(i) for i in range(start, start + count)]
+
+
+def test_large_batches_skip_the_lookup_until_a_stored_key_turns_up(pg_log: EventLog) -> None:
+    """After a lookup that found nothing, a large batch goes without one; a stored key in it makes the unique index
+    refuse the whole transaction, and the batch is appended again with the lookup: duplicates skipped and conflicts
+    quarantined exactly as with the lookup first, on one gapless chain."""
+    n = SERVER_APPEND_MAX + 1
+    assert pg_log.append(_batch(1)).appended == tuple(range(1, n + 1))  # looked up: nothing stored
+    assert pg_log.append(_batch(n + 1)).appended == tuple(range(n + 1, 2 * n + 1))  # without the lookup
+    assert pg_log.unlooked_retries == 0
+    changed = entry(2, payload='{"data":{"id":2,"amount_str":"0.3"}}')
+    mixed = [entry(1), changed, *_batch(2 * n + 1)]  # a stored duplicate, a conflict with a stored row, new rows
+    result = pg_log.append(mixed)
+    assert pg_log.unlooked_retries == 1  # refused by the index, then appended with the lookup
+    assert result.appended == tuple(range(2 * n + 1, 3 * n + 1))
+    assert (result.duplicates, result.conflicts, result.quarantined) == (1, 1, 1)
+    [kept] = pg_log.quarantined()
+    assert (kept.kind, kept.existing_seq, kept.raw) == ("conflict", 2, changed.payload)
+    # That lookup found stored keys: the next batch looks up first (no refusal), and finds nothing ...
+    assert pg_log.append(_batch(3 * n + 1)).appended == tuple(range(3 * n + 1, 4 * n + 1))
+    assert pg_log.unlooked_retries == 1
+    # ... so the one after goes without again, and a replayed batch is refused once more, then counted.
+    replay = pg_log.append(_batch(3 * n + 1))
+    assert (replay.appended, replay.duplicates) == ((), n)
+    assert pg_log.unlooked_retries == 2
+    assert pg_log.head_anchor() == replay.head
+    assert walk(pg_log).head == 4 * n
+    assert [row.seq for row in pg_log.read_after(0, limit=10 * n)] == list(range(1, 4 * n + 1))
+
+
+def test_keys_another_writer_stored_are_found_without_the_lookup(pg_url: str) -> None:
+    """Two appenders (as two processes would be) on one database, each past its first lookup: rows the other one
+    stored since are refused by the index and counted as duplicates, never stored twice."""
+    n = SERVER_APPEND_MAX + 1
+    with open_log(pg_url) as one, open_log(pg_url) as two:
+        one.append(_batch(1))
+        two.append(_batch(n + 1))
+        one.append(_batch(2 * n + 1))  # both now append without the lookup
+        result = two.append(_batch(2 * n + 1, 2 * n))  # half of it stored by the other one
+        assert (len(result.appended), result.duplicates) == (n, n)
+        assert (one.unlooked_retries, two.unlooked_retries) == (0, 1)
+        assert walk(two).head == 4 * n
+        keys = [row.dedup_key for row in two.read_after(0, limit=10 * n)]
+        assert len(keys) == len(set(keys)) == 4 * n
+
+
+def test_another_violation_without_the_lookup_is_raised_and_keeps_nothing(pg_log: EventLog) -> None:
+    """Only the dedup index's refusal is retried; a row the table refuses for another reason fails the append, as
+    with the lookup."""
+    pg_log.append(_batch(1))
+    head = pg_log.head_anchor()
+    bad = [*_batch(1_000), replace(entry(2_000), source="bogus")]  # type: ignore[arg-type]
+    with pytest.raises(exc.IntegrityError):
+        pg_log.append(bad)
+    assert pg_log.unlooked_retries == 0
+    assert pg_log.head_anchor() == head
+    assert walk(pg_log).head == head.seq
