@@ -690,8 +690,8 @@ class EventLog:
         return self._client_append(entries, q_rows, look=True)
 
     def _client_append(self, entries: Sequence[NewEntry], q_rows: list[dict[str, Any]], *, look: bool) -> AppendResult:
-        """The append in one transaction of this process's (PostgreSQL: ``look`` False skips the dedup lookup, see
-        ``_look_first``)."""
+        """The client's way: the append in one transaction on the kept connection. ``look`` False (PostgreSQL) skips
+        the dedup lookup: see ``_look_first``."""
         with self._write_transaction() as conn:
             keys = {entry.dedup_key for entry in entries}
             if self._postgres:
