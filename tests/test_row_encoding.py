@@ -24,6 +24,7 @@ from tracker.domain import rows as row_module
 from tracker.domain.rows import TABLES, row_key
 from tracker.store.engine import writer
 from tracker.store.projection_codec import FIELDS, RowUpserts, converters, encoder
+from tracker.store.projection_prefetch import RowByKey
 from tracker.store.projection_schema import PROJECTION_TABLES
 from tracker.store.projections import ProjectionStore
 
@@ -139,3 +140,12 @@ def test_rows_written_read_back_equal(migrated_engine: Engine, data: st.DataObje
     stored = ProjectionStore(migrated_engine).all_rows()
     for name, rows in written.items():
         assert stored[name] == sorted(rows, key=row_key), name
+    # One row by its key, as the fresh store's lazy loads read them (on SQLite through the driver's connection and
+    # the columns' result processors): the same rows, and None for a key that is not there.
+    with migrated_engine.connect() as conn:
+        for name, rows in written.items():
+            by_key = RowByKey(PROJECTION_TABLES[name], name)
+            for row in rows:
+                assert by_key(conn, row_key(row)) == row, name
+            absent = ("no such account", *row_key(rows[0])[1:])  # (every key starts with the account)
+            assert by_key(conn, absent) is None, name
