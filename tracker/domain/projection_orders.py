@@ -227,6 +227,11 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         event_count = 1
         seen = event_id or ""
         first_seq = event.seq
+        trade_account_id = event.trade_account_id
+        is_liquidation = event.is_liquidation
+        reduce_only = event.reduce_only
+        stop_price = event.stop_price
+        creation_seen = event.kind in CREATION_EVENTS
     else:
         placeholder = False
         amount = old.amount
@@ -243,6 +248,12 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         if event_id is not None:
             seen = event_id if not seen else f"{seen} {event_id}"
         first_seq = old.first_seq
+        # first-learned (as _wire_fields, written out: the fold's most frequent event)
+        trade_account_id = old.trade_account_id if old.trade_account_id is not None else event.trade_account_id
+        is_liquidation = old.is_liquidation if old.is_liquidation is not None else event.is_liquidation
+        reduce_only = old.reduce_only if old.reduce_only is not None else event.reduce_only
+        stop_price = old.stop_price if old.stop_price is not None else event.stop_price
+        creation_seen = event.kind in CREATION_EVENTS or bool(old.creation_seen)  # order-independent: an OR
     remaining = amount if placeholder else event.amount_remaining
     offset = ZERO if link is None else link.self_trade_offset
     status = "replaced" if link is not None and link.replaced_by is not None else _status_of(event)
@@ -266,13 +277,18 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         seen,
         first_seq,
         event.seq,
-        *_wire_fields(old, event),
-        event.kind in CREATION_EVENTS or (old is not None and bool(old.creation_seen)),  # order-independent: an OR
+        trade_account_id,
+        is_liquidation,
+        reduce_only,
+        stop_price,
+        creation_seen,
     )
     state.orders[key] = order
     state.dirty["orders"].add(key)
-    _link_replacement(state, event)
-    _cross_check(state, order, link, event.seq)
+    if event.kind == "replaced":
+        _link_replacement(state, event)
+    if status in CLOSED:
+        _cross_check(state, order, link, event.seq)
 
 
 def _wire_fields(
@@ -369,8 +385,10 @@ def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> N
     """Follow the ``pre_event_id`` chain. Its scope is undocumented (docs/bitstamp.md §2.1): per market stream or per
     (market, order_source). Both are tracked (the market-wide row has ``order_source`` ``"*"``) and a break is
     counted only when ``pre_event_id`` matches neither last ``event_id``: right under either reading."""
-    source_key = (event.account, event.market, event.order_source or "")
-    market_key = (event.account, event.market, ALL_SOURCES)
+    account, market, seq = event.account, event.market, event.seq
+    source = event.order_source or ""
+    source_key = (account, market, source)
+    market_key = (account, market, ALL_SOURCES)
     source_row = state.streams.get(source_key)
     market_row = state.streams.get(market_key)
     pre = event.pre_event_id
@@ -380,18 +398,35 @@ def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> N
         and (source_row is None or source_row.last_event_id != pre)
         and (market_row is None or market_row.last_event_id != pre)
     )
-    for key, row in ((source_key, source_row), (market_key, market_row)):
-        if row is None:
-            new_row = StreamRow(key[0], key[1], key[2], event_id, 1, int(broken), event.seq if broken else None)
-        else:
-            new_row = StreamRow(
-                key[0],
-                key[1],
-                key[2],
-                event_id,
-                row.events + 1,
-                row.chain_breaks + int(broken),
-                event.seq if broken else row.last_break_seq,
-            )
-        state.streams[key] = new_row
-        state.dirty["streams"].add(key)
+    # Both rows written out (no loop over (key, row) pairs): every ws order event comes through here.
+    source_break: int | None
+    market_break: int | None
+    break_seq: int | None
+    if broken:
+        breaks, break_seq = 1, seq
+        source_break = market_break = seq
+    else:
+        breaks, break_seq = 0, None
+        source_break = None if source_row is None else source_row.last_break_seq
+        market_break = None if market_row is None else market_row.last_break_seq
+    if source_row is None:
+        state.streams[source_key] = StreamRow(account, market, source, event_id, 1, breaks, break_seq)
+    else:
+        state.streams[source_key] = StreamRow(
+            account, market, source, event_id, source_row.events + 1, source_row.chain_breaks + breaks, source_break
+        )
+    if market_row is None:
+        state.streams[market_key] = StreamRow(account, market, ALL_SOURCES, event_id, 1, breaks, break_seq)
+    else:
+        state.streams[market_key] = StreamRow(
+            account,
+            market,
+            ALL_SOURCES,
+            event_id,
+            market_row.events + 1,
+            market_row.chain_breaks + breaks,
+            market_break,
+        )
+    dirty = state.dirty["streams"]
+    dirty.add(source_key)
+    dirty.add(market_key)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Boolean, Connection, Dialect, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
@@ -46,6 +46,15 @@ def _stamp_sqlite(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: tracker stores aware UTC datetimes only")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_bool_processor() -> Callable[[Any], Any]:
+    """SQLAlchemy's own bind processor of a ``Boolean`` column on SQLite (1, 0, None; anything else refused)."""
+    dialect = sqlite.dialect()
+    process = Boolean(create_constraint=False).dialect_impl(dialect).bind_processor(dialect)
+    if process is None:
+        raise RuntimeError("SQLite's Boolean has no bind processor")
+    return process
 
 
 def _money_postgres(value: Decimal) -> Decimal:
@@ -78,6 +87,16 @@ SQLITE_STAMP: Final = Inline(
     " if {v}.tzinfo is _UTC else _stamp_sqlite({v}))",
     {"_UTC": UTC, "_STAMP": "%04d-%02d-%02d %02d:%02d:%02d.%06d", "_stamp_sqlite": _stamp_sqlite},
 )
+
+
+# A bool as the int SQLAlchemy's Boolean writes on SQLite (1 or 0): the driver binds an int directly, a bool through
+# its adapter lookup first (~0.33 us a value: an executemany of 76,000 rows with three bool columns 3.1 -> 2.1 us a
+# row). Anything but True/False goes to the column type's own processor (which refuses it as it would).
+SQLITE_BOOL: Final = Inline(
+    "(1 if {v} is True else 0 if {v} is False else _bool_column({v}))", {"_bool_column": _sqlite_bool_processor()}
+)
+
+
 Converter = Callable[[Any], Any] | Inline | None
 
 
@@ -90,6 +109,8 @@ def converters(table: Table, dialect_name: str) -> tuple[Converter, ...]:
             result.append(SQLITE_MONEY if dialect_name == "sqlite" else _money_postgres)
         elif isinstance(column.type, UtcDateTime) and dialect_name == "sqlite":
             result.append(SQLITE_STAMP)
+        elif isinstance(column.type, Boolean) and dialect_name == "sqlite":
+            result.append(SQLITE_BOOL)
         else:
             result.append(None)
     return tuple(result)

@@ -14,8 +14,8 @@ queries per batch, and each is only a speed trick (the rows folded are the store
 3. The previous batch's tables: when the checkpoint is still the one this store wrote (nobody else wrote since),
    a row that batch read or wrote is taken from memory instead of queried again (at most one batch kept).
 4. For a ``fresh`` store (the rebuild's shadow tables, empty when it started, this store their only writer): a key
-   this store never wrote has no row, so it is not queried at all. ``WrittenKeys`` (a Bloom filter) knows the
-   written keys; the parallel rebuild's workers use their ``touched`` sets instead (``TouchedKeys``).
+   this store never wrote has no row, so it is not queried at all. ``WrittenKeys`` (the written keys'
+   hashes) knows them; the parallel rebuild's workers use their ``touched`` sets instead (``TouchedKeys``).
 
 On SQLite (``lazy``), with layer 4 on, a batch is not predicted at all (no layer 1): its tables start empty and
 every row is looked up when the fold first asks for it (``lazy_loader``): in the previous batch's tables, then in
@@ -29,16 +29,17 @@ If another writer moves the checkpoint all the same, layers 3 and 4 are dropped 
 or seen at the next ``load``) and the store queries as an ordinary one does.
 
 ``touched`` (the parallel rebuild's proof that its parts are independent): per table, ``hash(key)`` of every row
-key the fold read or wrote, from the ``LazyTable``'s ``known`` keys and the dirty ones.
+key the fold read or wrote, from the ``LazyTable``'s keys (every key it asked for) and the dirty ones.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from sqlalchemy import Connection, Table, and_, bindparam, select
+from sqlalchemy import Connection, Dialect, Table, and_, bindparam, select
 
 from tracker.domain.events import DomainEvent
 from tracker.domain.projection import ProjectionState
@@ -74,9 +75,14 @@ def load_rows_by_key(conn: Connection, table: Table, name: str, keys: Iterable[K
 
 class RowByKey:
     """One stored row by its whole key (a miss), or ``None``: the statement is built once per table, where
-    ``load_rows_by_key`` builds and compiles one per call (~310 -> ~85 us a row on SQLite)."""
+    ``load_rows_by_key`` builds and compiles one per call (~310 -> ~85 us a row on SQLite).
 
-    __slots__ = ("names", "row_type", "statement")
+    On SQLite the query goes to the driver's connection as positional SQL compiled once, and the values through the
+    columns' own result processors (what SQLAlchemy would call on them): ~70 -> ~15 us a row. A rebuild's fresh
+    store makes ~3,400 of these on the 300,000-event model log (2.5 % of its samples through ``Connection.execute``).
+    """
+
+    __slots__ = ("names", "processors", "row_type", "sql", "statement")
 
     def __init__(self, table: Table, name: str) -> None:
         self.row_type = TABLES[name]
@@ -85,10 +91,38 @@ class RowByKey:
         self.statement = select(table).where(
             *(table.c[column] == bindparam(name) for column, name in zip(columns, self.names, strict=True))
         )
+        self.sql: str | None = None  # the SQLite form, made on the first call on SQLite
+        self.processors: tuple[Callable[[Any], Any] | None, ...] = ()
 
     def __call__(self, conn: Connection, key: Key) -> Row | None:
-        values = conn.execute(self.statement, dict(zip(self.names, key, strict=True))).first()
-        return None if values is None else self.row_type(*values)
+        raw = conn.connection.driver_connection
+        if isinstance(raw, sqlite3.Connection):
+            if self.sql is None:
+                self._compile(conn.dialect)
+            found = raw.execute(self.sql, key).fetchone()  # type: ignore[arg-type]  # (just compiled)
+            if found is None:
+                return None
+            values = [
+                value if process is None else process(value)
+                for process, value in zip(self.processors, found, strict=True)
+            ]
+            row: Row = self.row_type(*values)
+            return row
+        stored = conn.execute(self.statement, dict(zip(self.names, key, strict=True))).first()
+        if stored is None:
+            return None
+        result: Row = self.row_type(*stored)
+        return result
+
+    def _compile(self, dialect: Dialect) -> None:
+        compiled = self.statement.compile(dialect=dialect)
+        if list(compiled.positiontup or ()) != list(self.names):
+            raise RuntimeError(f"unexpected parameter order in {compiled}")
+        self.processors = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in self.statement.selected_columns
+        )
+        self.sql = str(compiled)
 
 
 def _spent(table: LazyTable, key: Key) -> Row | None:
@@ -96,60 +130,60 @@ def _spent(table: LazyTable, key: Key) -> Row | None:
     raise RuntimeError(f"a lazy load of {key!r} from a batch that is over")
 
 
-class LazyTable(dict[Key, Row]):
+class LazyTable(dict[Key, Row | None]):
     """A state table (a ``StateTable``) holding the prefetched rows, that loads a row the fold asks for but the
     prefetch did not predict (``load(table, key)``: one query per miss, counted in ``misses``). ``get`` and ``in``
     answer for the stored table; nothing else is overridden, so iterating or counting one would see the rows in
-    memory only: the fold does neither (the read rule), the store does after the fold, when it wants exactly those."""
+    memory only: the fold does neither (the read rule), the store does after the fold, when it wants exactly those.
 
-    __slots__ = ("known", "load", "misses")
+    A key whose stored row (or absence) is known is a key of the dict: its row, or ``None`` for "no such row". So
+    ``get`` is ``dict.__getitem__`` itself, which answers a known key in C and calls ``__missing__`` (the load) for
+    any other: the fold asks ~4.5 times an event, three in four for a key it asked before (300,000-event model log:
+    1.35M asks, 1.09M of them known). ``get`` takes the key only, as ``StateTable.get`` does."""
+
+    __slots__ = ("load", "misses")
 
     def __init__(self, load: Callable[[LazyTable, Key], Row | None]) -> None:
         super().__init__()
-        self.known: set[Key] = set()  # keys whose stored row (or absence) is in this dict
         self.load = load
         self.misses = 0  # rows queried one at a time (the loader counts them)
 
-    def get(self, key: Key, default: Any = None) -> Any:
-        row = dict.get(self, key)
-        if row is not None or key in self.known:
-            return default if row is None else row
-        self.known.add(key)
+    if TYPE_CHECKING:
+        # narrower than dict.get on purpose: no default (StateTable.get has none; nothing passes one)
+        def get(self, key: Key, /) -> Row | None: ...  # type: ignore[override]
+
+    else:  # a known key: the dict's own lookup (C); an unknown one: __missing__ below, which stores what it learned
+        get = dict.__getitem__
+
+    def __missing__(self, key: Key) -> Row | None:
         row = self.load(self, key)
-        if row is None:
-            return default
         dict.__setitem__(self, key, row)
         return row
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, tuple) and self.get(key) is not None
+        return isinstance(key, tuple) and self[key] is not None
 
 
 class WrittenKeys:
-    """A Bloom filter of the keys a ``fresh`` store has written: "not written" is certain (no query needed, the row
-    does not exist), "written" may be wrong (then one query finds nothing). 2**26 bits (8 MiB), two probes: about
-    0.3% false "written" at 2M keys, where a set of the keys themselves would take ~150 MB."""
+    """The keys a ``fresh`` store has written, as ``hash(key)`` per table: "not written" is certain (no query needed,
+    the row does not exist), "written" may be wrong when two keys share a hash (then one query finds nothing).
 
-    __slots__ = ("bits", "salts")
-    SIZE: Final = 1 << 26
+    A set of the hashes, where this was a Bloom filter (2**26 bits, two probes): its bit arithmetic ran in Python for
+    every written key and every lookup, ~3.8 % of a one-process rebuild's samples, where ``set.update(map(hash,
+    keys))`` and ``hash(key) in set`` run in C. The price is memory: ~70 bytes a written key (~20 MB on the
+    300,000-event model log's ~255,000 rows) against the filter's fixed 8 MiB; the parallel rebuild's workers hold
+    the same kind of set already (``touched``)."""
+
+    __slots__ = ("hashes",)
 
     def __init__(self) -> None:
-        self.bits = bytearray(self.SIZE >> 3)
-        self.salts = {name: hash(name) for name in TABLES}
+        self.hashes: dict[str, set[int]] = {name: set() for name in TABLES}
 
     def add_all(self, name: str, keys: Iterable[Key]) -> None:
-        bits, mask, salt = self.bits, self.SIZE - 1, self.salts[name]
-        for key in keys:
-            h = hash(key) ^ salt
-            first, second = h & mask, (h >> 32) & mask
-            bits[first >> 3] |= 1 << (first & 7)
-            bits[second >> 3] |= 1 << (second & 7)
+        self.hashes[name].update(map(hash, keys))
 
     def maybe(self, name: str, key: Key) -> bool:
-        bits, mask = self.bits, self.SIZE - 1
-        h = hash(key) ^ self.salts[name]
-        first, second = h & mask, (h >> 32) & mask
-        return bool(bits[first >> 3] & (1 << (first & 7))) and bool(bits[second >> 3] & (1 << (second & 7)))
+        return hash(key) in self.hashes[name]
 
 
 class TouchedKeys:
@@ -190,7 +224,15 @@ class Batch:
 
     def changed(self) -> dict[str, list[Row]]:
         """The dirty rows per table, unsorted (the database does not care about the order)."""
-        return {name: [self.tables[name][key] for key in keys] for name, keys in self.state.dirty.items() if keys}
+        changed: dict[str, list[Row]] = {}
+        for name, keys in self.state.dirty.items():
+            if keys:
+                table = self.tables[name]
+                rows = [row for key in keys if (row := table[key]) is not None]
+                if len(rows) != len(keys):  # the fold marks a key dirty when it stores a row there
+                    raise RuntimeError(f"{name}: a dirty key without a row")
+                changed[name] = rows
+        return changed
 
 
 class Prefetcher:
@@ -256,19 +298,17 @@ class Prefetcher:
     def _fill(
         self, conn: Connection, table: LazyTable, name: str, wanted: set[Key], cache: dict[str, LazyTable] | None
     ) -> None:
-        missing = wanted - table.known
-        table.known |= missing
+        missing = wanted - table.keys()
+        table.update(dict.fromkeys(missing))  # known from here on: absent unless loaded below
         written = self._written
         if written is not None:
             maybe = written.maybe
             missing = {key for key in missing if maybe(name, key)}
         if cache is not None:
             cached = cache[name]
-            hits = missing & cached.known
+            hits = missing & cached.keys()  # (a spent table's keys: what it knew)
             for key in hits:
-                row = dict.get(cached, key)  # no lazy load: the batch that cached it is over
-                if row is not None:
-                    dict.__setitem__(table, key, row)
+                dict.__setitem__(table, key, dict.get(cached, key))  # no lazy load: the batch that cached it is over
             missing -= hits
         for row in load_rows_by_key(conn, self.tables[name], name, missing):
             dict.__setitem__(table, tuple(getattr(row, column) for column in row.KEY), row)
@@ -295,7 +335,7 @@ class Prefetcher:
         maybe = written.maybe
 
         def load(lazy: LazyTable, key: Key) -> Row | None:
-            if cached is not None and key in cached.known:
+            if cached is not None and dict.__contains__(cached, key):  # (not ``in``: no load of a spent table)
                 return dict.get(cached, key)  # no lazy load: the batch that cached it is over
             if not maybe(name, key):
                 return None
@@ -312,14 +352,14 @@ class Prefetcher:
                 self._written.add_all(name, keys)
             self._written_checkpoint = state.checkpoint
         for name, table in batch.tables.items():
-            table.known.update(table.keys())  # the batch's tables are not used again: no copies
-            # nor loaded from: a lazy loader holds the previous batch's tables, which would hold theirs, and so on
-            # back to the first batch (the whole rebuild in memory: 126 -> 366 MB peak on the model log)
+            # the batch's tables are not used again (no copies), nor loaded from: a lazy loader holds the previous
+            # batch's tables, which would hold theirs, and so on back to the first batch (the whole rebuild in
+            # memory: 126 -> 366 MB peak on the model log)
             table.load = _spent
             if self.touched is not None and name in self.touched:
-                # every key the fold asked for is in ``known`` (prefetched or loaded on a miss); a key it wrote
-                # without asking (a new discrepancy, say) is dirty
-                hashes = set(map(hash, table.known))
+                # every key the fold asked for is a key of the table (prefetched or loaded on a miss); a key it
+                # wrote without asking (a new discrepancy, say) is dirty
+                hashes = set(map(hash, table))
                 hashes.update(map(hash, state.dirty[name]))
                 hashes -= self.touched[name]
                 self.touched[name].update(hashes)
