@@ -14,8 +14,8 @@ queries per batch, and each is only a speed trick (the rows folded are the store
 3. The previous batch's tables: when the checkpoint is still the one this store wrote (nobody else wrote since),
    a row that batch read or wrote is taken from memory instead of queried again (at most one batch kept).
 4. For a ``fresh`` store (the rebuild's shadow tables, empty when it started, this store their only writer): a key
-   this store never wrote has no row, so it is not queried at all. ``WrittenKeys`` (the written keys'
-   hashes) knows them; the parallel rebuild's workers use their ``touched`` sets instead (``TouchedKeys``).
+   this store never wrote has no row, so it is not queried at all. ``WrittenKeys`` (a Bloom filter) knows the
+   written keys; the parallel rebuild's workers use their ``touched`` sets instead (``TouchedKeys``).
 
 On SQLite (``lazy``), with layer 4 on, a batch is not predicted at all (no layer 1): its tables start empty and
 every row is looked up when the fold first asks for it (``lazy_loader``): in the previous batch's tables, then in
@@ -165,25 +165,30 @@ class LazyTable(dict[Key, Row | None]):
 
 
 class WrittenKeys:
-    """The keys a ``fresh`` store has written, as ``hash(key)`` per table: "not written" is certain (no query needed,
-    the row does not exist), "written" may be wrong when two keys share a hash (then one query finds nothing).
+    """A Bloom filter of the keys a ``fresh`` store has written: "not written" is certain (no query needed, the row
+    does not exist), "written" may be wrong (then one query finds nothing). 2**26 bits (8 MiB), two probes: about
+    0.3% false "written" at 2M keys, where a set of the keys themselves would take ~150 MB."""
 
-    A set of the hashes, where this was a Bloom filter (2**26 bits, two probes): its bit arithmetic ran in Python for
-    every written key and every lookup, ~3.8 % of a one-process rebuild's samples, where ``set.update(map(hash,
-    keys))`` and ``hash(key) in set`` run in C. The price is memory: ~70 bytes a written key (~20 MB on the
-    300,000-event model log's ~255,000 rows) against the filter's fixed 8 MiB; the parallel rebuild's workers hold
-    the same kind of set already (``touched``)."""
-
-    __slots__ = ("hashes",)
+    __slots__ = ("bits", "salts")
+    SIZE: Final = 1 << 26
 
     def __init__(self) -> None:
-        self.hashes: dict[str, set[int]] = {name: set() for name in TABLES}
+        self.bits = bytearray(self.SIZE >> 3)
+        self.salts = {name: hash(name) for name in TABLES}
 
     def add_all(self, name: str, keys: Iterable[Key]) -> None:
-        self.hashes[name].update(map(hash, keys))
+        bits, mask, salt = self.bits, self.SIZE - 1, self.salts[name]
+        for key in keys:
+            h = hash(key) ^ salt
+            first, second = h & mask, (h >> 32) & mask
+            bits[first >> 3] |= 1 << (first & 7)
+            bits[second >> 3] |= 1 << (second & 7)
 
     def maybe(self, name: str, key: Key) -> bool:
-        return hash(key) in self.hashes[name]
+        bits, mask = self.bits, self.SIZE - 1
+        h = hash(key) ^ self.salts[name]
+        first, second = h & mask, (h >> 32) & mask
+        return bool(bits[first >> 3] & (1 << (first & 7))) and bool(bits[second >> 3] & (1 << (second & 7)))
 
 
 class TouchedKeys:
