@@ -9,8 +9,8 @@ lookup, no SQLAlchemy) in the same run, interleaved, best of ``--repeat`` runs e
 tracker / raw. Target: >= 50 % at batch 1000 with synchronous=FULL.
 
 PostgreSQL's baselines insert the same rows into the same schema with plain psycopg, one transaction per batch:
-``raw COPY`` (``cursor.copy()``, what tracker uses) and ``raw execmany`` (``executemany`` of INSERTs). Target: tracker
->= 50 % of raw COPY at batch 1000.
+``raw COPY`` (``cursor.copy()`` in binary, what tracker uses) and ``raw execmany`` (``executemany`` of INSERTs).
+Target: tracker >= 50 % of raw COPY at batch 1000.
 
 PostgreSQL: ``--pg-url`` or ``TRACKER_BENCH_PG_URL`` names an existing database to use (each measurement gets a
 throwaway schema, dropped at the end); by default a throwaway database is created on
@@ -45,7 +45,8 @@ COLUMNS = (
 )
 RAW_INSERT = "INSERT INTO event_log (" + COLUMNS + ") VALUES (" + ", ".join("?" * 18) + ")"
 PG_INSERT = "INSERT INTO event_log (" + COLUMNS + ") VALUES (" + ", ".join(["%s"] * 18) + ")"
-PG_COPY = "COPY event_log (" + COLUMNS + ") FROM STDIN"
+PG_COPY = "COPY event_log (" + COLUMNS + ") FROM STDIN (FORMAT BINARY)"
+PG_COPY_TYPES = ["bigint"] + ["text"] * 10 + ["bigint", "timestamptz"] + ["text"] * 5  # COLUMNS' types
 
 
 def make_entries(count: int, run: str) -> list[NewEntry]:
@@ -171,6 +172,7 @@ def bench_raw_postgres(url: str, batch: int, count: int, *, method: str) -> floa
                 with conn.transaction(), conn.cursor() as cursor:
                     if method == "copy":
                         with cursor.copy(PG_COPY) as copy:
+                            copy.set_types(PG_COPY_TYPES)
                             for row in page:
                                 copy.write_row(row)
                     else:
