@@ -28,7 +28,8 @@ MAX_CLIENT_FRAME_BYTES = 511  # strictly under 512
 # What one socket read may take (trio-websocket's default is 4 KiB, about 7 of our frames). When frames arrive faster
 # than they are handled, each read, its trio checkpoint and wsproto's pass over the buffer were paid every 7 frames;
 # with 64 KiB (trio's own default read) about every 100: unpaced ingest, CPU per frame 69-70 -> 56-64 us on
-# PostgreSQL, 85-96 -> 74-82 on SQLite (bench/ingest.py, two runs each). One frame at a time costs the same.
+# PostgreSQL, 85-96 -> 74-82 on SQLite (bench/ingest.py, two runs each, a loaded machine). One frame at a time costs
+# the same (docs/storage.md, "Unpaced ingest").
 RECEIVE_BUFFER = 64 * 1024
 
 __all__ = ["MAX_CLIENT_FRAME_BYTES", "ConnectionClosed", "FrameTooLarge", "WsConnection", "WsUnreachable", "open_ws"]
