@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import exc, text
 from store_helpers import T0, entry, open_log, walk
 
+import tracker.store.event_log as event_log_module
 from tracker.domain.chain import canonical, canonical_tail, link_hash, tail_link
 from tracker.domain.log import NewEntry
 from tracker.store.event_log import _PG_STORED, SERVER_APPEND_MAX, EventLog, ServerAppendMismatch
@@ -153,6 +154,36 @@ def test_the_same_batches_give_the_same_chain_on_both_backends(
         assert [(r.seq, r.prev_hash, r.hash) for r in pg.read_after(0)] == [
             (r.seq, r.prev_hash, r.hash) for r in lite.read_after(0)
         ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(_entries(), min_size=1, max_size=5))
+def test_the_clients_way_without_the_lookup_decides_as_sqlite(
+    batches: list[list[NewEntry]],
+    pg_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every batch the client's way (the function takes none here), so PostgreSQL appends without the lookup after
+    one that found nothing, and is refused by the unique index when a stored key comes back (7 keys: most batches
+    after the first hold one, duplicate or conflict). The outcome of every append, the chain and the quarantine are
+    SQLite's, which always looks up."""
+    monkeypatch.setattr(event_log_module, "SERVER_APPEND_MAX", 0)
+    sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('unlooked') / 'log.db'}"
+    with open_log(sqlite_url) as lite, open_log(pg_url) as pg:
+        with pg.engine.begin() as conn:  # one schema for every example: start from an empty log
+            for table in ("event_log", "quarantine"):
+                conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+                conn.execute(text(f"DELETE FROM {table}"))
+                conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+        for batch in batches:
+            assert pg.append(batch) == lite.append(batch)
+        assert pg.server_appends == 0
+        assert [(r.seq, r.prev_hash, r.hash) for r in pg.read_after(0)] == [
+            (r.seq, r.prev_hash, r.hash) for r in lite.read_after(0)
+        ]
+        kept = [[(q.kind, q.dedup_key, q.existing_seq, q.raw) for q in log.quarantined()] for log in (pg, lite)]
+        assert kept[0] == kept[1]
 
 
 def _with(e: NewEntry, first_payload: dict[str, str]) -> NewEntry:
