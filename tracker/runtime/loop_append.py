@@ -22,8 +22,7 @@ import trio
 
 from tracker.domain.log import NewEntry
 from tracker.runtime.lease import WriteGate
-from tracker.store.event_log import AppendResult, EventLog
-from tracker.store.event_log import Steps as PQGen
+from tracker.store.event_log import AppendResult, EventLog, Steps
 from tracker.store.event_log import StepsReady as Ready
 from tracker.store.event_log import StepsWait as Wait
 
@@ -32,7 +31,7 @@ T = TypeVar("T")
 LoopAppend = Callable[[Sequence[NewEntry]], Awaitable[AppendResult | None]]
 
 
-async def drive(fileno: int, steps: PQGen[T]) -> T:
+async def drive(fileno: int, steps: Steps[T]) -> T:
     """Run psycopg-style steps to their return value, waiting on ``fileno`` with trio between them."""
     try:
         wait = next(steps)

@@ -22,16 +22,10 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from enum import IntEnum
 from functools import partial
-from typing import Any, NamedTuple, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar
 
-import psycopg
-from psycopg import abc as pg_abc
-from psycopg import errors as pg_errors
-from psycopg import pq
-from psycopg.abc import PQGen
-from psycopg.adapt import PyFormat, Transformer
-from psycopg.waiting import Ready, Wait
 from sqlalchemy import (
     Connection,
     Dialect,
@@ -51,6 +45,15 @@ from tracker.domain.chain import GENESIS, Anchor, canonical_tail, link_hash, tai
 from tracker.domain.log import LogEntry, LogRecord, NewEntry, QuarantineItem
 from tracker.store.engine import writer
 from tracker.store.schema import event_log, quarantine
+
+# psycopg is imported where a PostgreSQL log is used, not here: a process on SQLite (the embedded default, every CLI
+# command) never loads it (importing `tracker run`'s modules: 0.50 -> 0.46 s, 60.7 -> 52.5 MB peak RSS);
+# tests/test_lazy_psycopg.py checks it stays out.
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import abc as pg_abc
+    from psycopg import pq
+    from psycopg.abc import PQGen
 
 LOG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LogEntry))
 _LOG_COLUMNS = tuple(event_log.c[name] for name in LOG_FIELDS)
@@ -111,6 +114,8 @@ _PG_UNUSABLE = ("TK002", "42883")  # not a UTF8 database; no such function (a lo
 
 def _driver_connection(conn: Connection) -> psycopg.Connection[Any]:
     """``conn``'s own psycopg connection (work on it runs inside ``conn``'s transaction)."""
+    import psycopg
+
     driver = conn.connection.driver_connection
     if not isinstance(driver, psycopg.Connection):
         raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
@@ -341,7 +346,6 @@ def _pg_lock_and_look(conn: Connection, keys: list[str]) -> tuple[int, str, dict
 
 
 _TRANSFORMER = "tracker_transformer"  # (with the SQL) the pooled connection's ``info`` key of a Transformer (_pg_call)
-_BINARY = (PyFormat.BINARY,)
 
 
 def _type_oid(driver: psycopg.Connection[Any], name: str) -> int:
@@ -361,6 +365,11 @@ def _pg_call(
     are ``types``; the parameters are sent in binary, adapted by psycopg as a cursor's ``execute`` would, whose steps
     these are, less the cursor: the caller drives them, blocking (``psycopg.Connection.wait``) or on an event loop.
     Errors are raised as ``_translated`` raises them (a lost connection is invalidated)."""
+    from psycopg import errors as pg_errors
+    from psycopg import pq
+    from psycopg.adapt import PyFormat, Transformer
+    from psycopg.waiting import Ready, Wait
+
     driver = _driver_connection(conn)
     pgconn = driver.pgconn
     with _translated(conn, statement):
@@ -371,7 +380,7 @@ def _pg_call(
         if tx is None:
             tx = info[(_TRANSFORMER, sql)] = Transformer(driver)
             tx.set_dumper_types([_type_oid(driver, name) for name in types], pq.Format.BINARY)
-        values = tx.dump_sequence(params, _BINARY * len(params))
+        values = tx.dump_sequence(params, (PyFormat.BINARY,) * len(params))
         pgconn.send_query_params(sql, values, tx.types, tx.formats)
         while pgconn.flush():  # the rest of a large query: the server may answer (a notice) as it reads
             if (yield Wait.RW) & Ready.R:
@@ -542,6 +551,8 @@ class _Batch:
 
 
 def _mid_statement(conn: Connection) -> bool:
+    from psycopg import pq
+
     return _driver_connection(conn).pgconn.transaction_status == pq.TransactionStatus.ACTIVE
 
 
@@ -608,13 +619,29 @@ class _HeldConnection:
                 conn.close()
 
 
-# The steps' protocol, psycopg's (``psycopg.waiting``): each step yields what to wait for on the socket (``Wait.R``,
-# ``W`` or ``RW``) and is sent what is ready (``Ready`` flags). Named here for the runtime, which drives the steps with
-# trio and talks no SQL library itself.
 _T = TypeVar("_T")
-StepsWait = Wait
-StepsReady = Ready
-Steps: TypeAlias = Generator[Wait, Ready | int, _T]
+
+
+class StepsWait(IntEnum):
+    """The steps' protocol, psycopg's (``psycopg.waiting.Wait``, the same values): each step yields what to wait for
+    on the socket. Named here for the runtime, which drives the steps with trio and talks no SQL library itself, and
+    defined here so that nothing imports psycopg before a PostgreSQL log is used (a test holds them to psycopg's)."""
+
+    R = 1
+    W = 2
+    RW = 3
+
+
+class StepsReady(IntEnum):
+    """What is ready on the socket, sent to a step (``psycopg.waiting.Ready``, the same values)."""
+
+    NONE = 0
+    R = 1
+    W = 2
+    RW = 3
+
+
+Steps: TypeAlias = Generator[int, int, _T]  # yields a StepsWait, is sent StepsReady flags (psycopg's PQGen)
 
 
 class ServerAppendSteps(NamedTuple):
