@@ -27,6 +27,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
+    Column,
     Connection,
     Dialect,
     Engine,
@@ -44,7 +46,7 @@ from sqlalchemy import (
 from tracker.domain.chain import GENESIS, Anchor, canonical_tail, link_hash, tail_link
 from tracker.domain.log import LogEntry, LogRecord, NewEntry, QuarantineItem
 from tracker.store.engine import writer
-from tracker.store.schema import event_log, quarantine
+from tracker.store.schema import UtcDateTime, event_log, quarantine
 
 # psycopg is imported where a PostgreSQL log is used, not here: a process on SQLite (the embedded default, every CLI
 # command) never loads it (importing `tracker run`'s modules: 0.50 -> 0.46 s, 60.7 -> 52.5 MB peak RSS);
@@ -83,9 +85,22 @@ _PG_LOOK = "; ".join((_PG_LOCK_SQL, _PG_HEAD, _PG_STORED))  # the pipeline, as i
 # In binary: psycopg's text format escapes each row's texts in Python-called C, the binary one copies their UTF-8 (500
 # rows of model frames: 9.0 -> 6.7 us a row in this process, 13.9 -> 13.2 in the server: no integer or time to parse).
 _COPY_LOG = "COPY event_log (" + ", ".join(c.name for c in event_log.c) + ") FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = [
-    {"seq": "bigint", "exchange_ts_us": "bigint", "received_at": "timestamptz"}.get(c.name, "text") for c in event_log.c
-]
+
+
+def _copy_type(column: Column[Any]) -> str:
+    """The PostgreSQL type a binary COPY sends ``column``'s values as (its column type's, so a new column of another
+    type fails here, at import, not as bytes the server misreads)."""
+    if isinstance(column.type, UtcDateTime):
+        return "timestamptz"
+    if isinstance(column.type, BigInteger):
+        return "bigint"
+    if isinstance(column.type, String):  # Text too
+        return "text"
+    raise TypeError(f"event_log.{column.name}: no binary COPY type for {column.type!r}")
+
+
+_COPY_TYPES = [_copy_type(column) for column in event_log.c]
+
 # The append as one server-side function (migration 0008): lock, head, dedup, number, hash, insert and, called in
 # autocommit, commit, all inside the server: the lock is never held while the server waits for this process. The
 # arrays go in binary (%b): psycopg's text format escapes every quote of every payload with a regex, 0.7 s per 1000.
