@@ -1,6 +1,7 @@
 """Many accounts on one PostgreSQL database: N tracker processes, one fake exchange (one account) each, one event log.
 
     .venv/bin/python bench/accounts.py [--accounts 20] [--rate 100] [--duration 5] [--pg-url URL]
+                                       [--per-process K] [--only RUN,...]
 
 Each account gets its own fake exchange (``open_fake_exchange(user_id=..., api_key=...)``, all in this process) and
 its own child process running ``run_tracker`` exactly as ``tracker run`` wires it (``bench/ingest.py --child
@@ -14,7 +15,10 @@ and the same two loads with 1 account alone, in the same run; then the paced loa
 minimal pipeline in each child instead of tracker (``--child baseline``: trio-websocket, ``json.loads``, a raw
 psycopg ``COPY`` + commit per batch into a table of its own in the same schema; ``--no-baseline`` skips it): what
 the machine can do at that load with the least a pipeline must do, so a missed target can be told from a machine
-too small for it. Printed: aggregate events/s (every child's data frames
+too small for it. ``--per-process K`` adds the two loads with the accounts K to a process (``tracker/K``: one
+``run_tracker`` per account under one trio loop, each with its own engine, writer and lease: what several accounts
+per process would save; tracker runs one account per process today). ``--only`` makes only the named runs
+(``tracker:20:100``, ``tracker:1:max``, ``tracker/20:20:100``, ``baseline:20:100``). Printed: aggregate events/s (every child's data frames
 / (last data commit of any child - first data receive of any child), wall clock), and receive→commit p50 / p99 per
 account (the worst account's p99 and the median account's). Targets (issue 16): 20 accounts at 2,000 events/s with
 every account's p99 <= 20 ms; unpaced aggregate of 20 accounts >= that of 1 account alone.
@@ -38,6 +42,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
 from contextlib import AsyncExitStack
 from functools import partial
@@ -60,14 +65,23 @@ UNPACED_TOTAL = 20_000  # ... and for all accounts together (more than one pipel
 
 
 async def run_child(
-    fx: FakeExchange, db_url: str, results: list[dict[str, Any]], *, stop: trio.Event, kind: str = "tracker"
+    fxs: list[FakeExchange], db_url: str, results: list[dict[str, Any]], *, stop: trio.Event, kind: str = "tracker"
 ) -> None:
-    """One pipeline process for ``fx``'s account (``kind``: ``tracker`` or ``baseline``, bench/ingest.py's children):
-    runs until ``stop``, then SIGINT (the lossless close)."""
-    env = fx.tracker_env(os.environ)
+    """One pipeline process for the accounts of ``fxs`` (``kind``: ``tracker`` or ``baseline``, bench/ingest.py's
+    children; several accounts: ``tracker`` only, bench/ingest.py's ``--child group``): runs until ``stop``, then
+    SIGINT (the lossless close)."""
+    env = fxs[0].tracker_env(os.environ)
     target = db_url if kind == "tracker" else db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    command = [sys.executable, str(INGEST), "--child", kind, "--db", target]
+    if len(fxs) > 1:
+        if kind != "tracker":
+            raise ValueError("several accounts per process: the tracker pipeline only")
+        fd, envs = tempfile.mkstemp(prefix="bench-accounts-", suffix=".json")  # read and removed by the child
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump([fx.tracker_env(os.environ) for fx in fxs], f)
+        command = [sys.executable, str(INGEST), "--child", "group", "--db", target, "--envs", envs]
     process = await trio.lowlevel.open_process(
-        [sys.executable, str(INGEST), "--child", kind, "--db", target],
+        command,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -85,10 +99,13 @@ async def run_child(
     finally:
         if process.returncode is None:
             process.kill()
-    results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    results.extend(result if isinstance(result, list) else [result])
 
 
-async def measure(accounts: int, rate: float, duration: float, db_url: str, kind: str = "tracker") -> dict[str, Any]:
+async def measure(
+    accounts: int, rate: float, duration: float, db_url: str, kind: str = "tracker", per_process: int = 1
+) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     stop = trio.Event()
     async with AsyncExitStack() as stack:
@@ -102,8 +119,9 @@ async def measure(accounts: int, rate: float, duration: float, db_url: str, kind
         per_s = max(UNPACED, UNPACED_TOTAL // accounts) if math.isinf(rate) else rate
         frames = [prerender(fx, int(duration * per_s) + 20) for fx in fakes]
         async with trio.open_nursery() as children:
-            for fx in fakes:
-                children.start_soon(partial(run_child, fx, db_url, results, stop=stop, kind=kind))
+            for first in range(0, len(fakes), per_process):
+                group = fakes[first : first + per_process]
+                children.start_soon(partial(run_child, group, db_url, results, stop=stop, kind=kind))
             with trio.fail_after(60 + accounts * 3):
                 for fx in fakes:
                     await fx.wait_subscribed(fx.private_channels())
@@ -200,6 +218,13 @@ def fresh_schema(database: str) -> str:
     return url
 
 
+def _run_name(kind: str, rate: float, accounts: int, per_process: int) -> str:
+    """A run's name for ``--only``: ``tracker:20:100``, ``tracker:20:max``, ``tracker/20:20:100``,
+    ``baseline:20:100``."""
+    label = kind if per_process == 1 else f"{kind}/{per_process}"
+    return f"{label}:{accounts}:{'max' if math.isinf(rate) else f'{rate:.0f}'}"
+
+
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f}"
 
@@ -221,14 +246,20 @@ async def parent(args: argparse.Namespace) -> None:
         f"{'p99 med ms':>10} {'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6} {'CPU us/ev':>9}"
     )
     try:
-        runs = [("tracker", rate, accounts) for rate in (args.rate, math.inf) for accounts in (1, args.accounts)]
+        runs = [("tracker", rate, accounts, 1) for rate in (args.rate, math.inf) for accounts in (1, args.accounts)]
+        if args.per_process > 1:
+            runs += [("tracker", rate, args.accounts, args.per_process) for rate in (args.rate, math.inf)]
         if not args.no_baseline:
-            runs += [("baseline", args.rate, accounts) for accounts in (1, args.accounts)]
-        for kind, rate, accounts in runs:
-            r = await measure(accounts, rate, args.duration, fresh_schema(database), kind)
+            runs += [("baseline", args.rate, accounts, 1) for accounts in (1, args.accounts)]
+        if args.only:
+            wanted = set(args.only.split(","))
+            runs = [run for run in runs if _run_name(*run) in wanted]
+        for kind, rate, accounts, per_process in runs:
+            r = await measure(accounts, rate, args.duration, fresh_schema(database), kind, per_process)
+            label = kind if per_process == 1 else f"{kind}/{per_process}"
             offered = "max" if math.isinf(rate) else f"{rate:.0f}"
             print(
-                f"{kind:<9}{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
+                f"{label:<9}{accounts:>8} {offered:>12} {r['per_s']:>12.0f} {fmt_ms(r['p50_median']):>10} "
                 f"{fmt_ms(r['p99_median']):>10} {fmt_ms(r['p99_worst']):>10} {r['batches']:>8} {r['frames']:>7}"
                 f" {r['span']:>6.2f} {r['cpu_us']:>9.0f}",
                 flush=True,
@@ -250,6 +281,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of offered load per measurement")
     parser.add_argument("--pg-url", help="an existing PostgreSQL database to use (or TRACKER_BENCH_PG_URL)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the minimal pipelines' paced run")
+    parser.add_argument("--only", help="comma-separated runs to make, by name (tracker:20:max, tracker/20:20:100, ...)")
+    parser.add_argument(
+        "--per-process",
+        type=int,
+        default=1,
+        help="also run the accounts K to a process (one run_tracker per account under one trio loop): tracker/K",
+    )
     trio.run(parent, parser.parse_args())
 
 

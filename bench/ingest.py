@@ -61,13 +61,65 @@ def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
 
 async def child_tracker(db_url: str) -> dict[str, Any]:
     from tracker.config import load_settings
-    from tracker.runtime.service import run_tracker
     from tracker.store.engine import open_engine
-    from tracker.store.event_log import EventLog
 
     settings = load_settings(flags={"db_url": db_url})
     if os.environ.get("BENCH_SWITCH"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
+    engine = open_engine(settings.db_url)
+    try:
+        return await _tracker_pipeline(settings, engine)
+    finally:
+        engine.dispose()
+
+
+async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Several accounts in this one process (``bench/accounts.py --per-process K``): one ``run_tracker`` per
+    account (``envs``: their environments) under one trio loop, each with its own engine, writer, lease and event
+    log, as ``tracker run`` wires one account. SIGINT stops them all (the lossless close)."""
+    import signal as signals
+
+    from tracker.config import load_settings
+    from tracker.store.engine import open_engine
+
+    settings = [load_settings(flags={"db_url": db_url}, env=env) for env in envs]
+    engines = [open_engine(one.db_url) for one in settings]  # as many connections as that many processes have
+    stop = trio.Event()
+    results: list[dict[str, Any]] = [{} for _ in settings]
+
+    async def one(index: int) -> None:
+        results[index] = await _tracker_pipeline(settings[index], engines[index], stop=stop)
+
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                with trio.open_signal_receiver(signals.SIGINT, signals.SIGTERM) as received:
+                    async for _ in received:
+                        stop.set()
+                        return
+
+            nursery.start_soon(watch)
+            async with trio.open_nursery() as accounts:
+                for index in range(len(settings)):
+                    accounts.start_soon(one, index)
+            nursery.cancel_scope.cancel()
+    finally:
+        for engine in engines:
+            engine.dispose()
+    # Each pipeline's "cpu" is the whole process's over its own span: share the group's among its accounts instead.
+    spans = [r for r in results if r.get("cpu_first") is not None]
+    if spans:
+        group_cpu = max(r["cpu_last"] for r in spans) - min(r["cpu_first"] for r in spans)
+        for r in results:
+            r["cpu"] = group_cpu / len(results)
+    return results
+
+
+async def _tracker_pipeline(settings: Any, engine: Any, *, stop: trio.Event | None = None) -> dict[str, Any]:
+    from tracker.runtime.service import run_tracker
+    from tracker.store.event_log import EventLog
+
     pauses: list[tuple[int, float]] = []
     if os.environ.get("BENCH_DEBUG"):
         import gc
@@ -81,7 +133,6 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
                 pauses.append((info["generation"], time.perf_counter() - started.pop()))
 
         gc.callbacks.append(on_gc)
-    engine = open_engine(settings.db_url)
     log = EventLog(engine)
     span: dict[str, float] = {}
     # (getattr: the same bench also runs an older tracker, for before/after figures, whose log has no such method)
@@ -118,10 +169,10 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
     log.append = append  # type: ignore[method-assign]
     if real_steps is not None:
         log.server_append_steps = server_append_steps  # type: ignore[method-assign]
-    try:
+    if stop is None:
         services = await run_tracker(settings, log)
-    finally:
-        engine.dispose()
+    else:
+        services = await run_tracker(settings, log, stop=stop, handle_signals=False)
     stats = services.writer_stats
     p50, p99 = _percentiles(list(stats.latency_sample))
     if os.environ.get("BENCH_DEBUG"):
@@ -137,6 +188,8 @@ async def child_tracker(db_url: str) -> dict[str, Any]:
         "batches": stats.batches,
         "span": span.get("last", 0.0) - span.get("first", 0.0),
         "cpu": span.get("cpu_last", 0.0) - span.get("cpu_first", 0.0),  # every thread of the process
+        "cpu_first": span.get("cpu_first"),
+        "cpu_last": span.get("cpu_last"),
         "first": span.get("first"),  # wall clock: bench/accounts.py spans several children
         "last": span.get("last"),
         "p50": p50,
@@ -441,11 +494,17 @@ def main() -> None:
     parser.add_argument("--rates", default="1000,2000,5000,10000,max", help="offered frames/s; max = unpaced")
     parser.add_argument("--no-pg", action="store_true")
     parser.add_argument("--pg-url", help="an existing PostgreSQL database to use (or TRACKER_BENCH_PG_URL)")
-    parser.add_argument("--child", choices=("tracker", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("tracker", "baseline", "group"), help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--envs", help=argparse.SUPPRESS)  # --child group: a JSON file of the accounts' environments
     args = parser.parse_args()
     if args.child == "tracker":
         print(json.dumps(trio.run(child_tracker, args.db)), flush=True)
+    elif args.child == "group":
+        envs_file = Path(args.envs)  # written by bench/accounts.py for this child: read and removed
+        envs = json.loads(envs_file.read_text(encoding="utf-8"))
+        envs_file.unlink()
+        print(json.dumps(trio.run(child_group, args.db, envs)), flush=True)
     elif args.child == "baseline":
         print(json.dumps(trio.run(child_baseline, args.db)), flush=True)
     else:
