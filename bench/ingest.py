@@ -87,8 +87,32 @@ async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str,
     stop = trio.Event()
     results: list[dict[str, Any]] = [{} for _ in settings]
 
+    shared = None
+    mode = os.environ.get("BENCH_COMBINE", "")
+    if mode == "thread":
+        from tracker.store.event_log import EventLog
+
+        shared = _Combiner(EventLog(engines[0]))
+    elif mode == "loop":
+        import tracker.runtime.service as service
+        from tracker.store.event_log import EventLog
+
+        combined = _LoopCombiner(EventLog(engines[0]))
+
+        def combined_loop_append(event_log: Any, gate: Any) -> Any:
+            async def append(entries: Any) -> Any:
+                if not gate.is_open:
+                    return None
+                result = await combined.append(entries)
+                event_log.bench_committed(entries)  # the span's hook, as the log's own appends call it
+                return result
+
+            return append
+
+        service.loop_append = combined_loop_append  # what run_tracker hands its writer (PostgreSQL)
+
     async def one(index: int) -> None:
-        results[index] = await _tracker_pipeline(settings[index], engines[index], stop=stop)
+        results[index] = await _tracker_pipeline(settings[index], engines[index], stop=stop, combiner=shared)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -116,7 +140,121 @@ async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str,
     return results
 
 
-async def _tracker_pipeline(settings: Any, engine: Any, *, stop: trio.Event | None = None) -> dict[str, Any]:
+class _Combiner:
+    """An experiment (``BENCH_COMBINE=thread`` in a group): the group's writers' appends combined, one
+    ``EventLog.append`` (one turn of the log's lock) for whatever the writers hand in while the previous one runs.
+    The results are split back by position when the combined append stored every entry (no duplicate, no conflict:
+    the bench makes none); otherwise the first caller gets the counts."""
+
+    def __init__(self, log: Any) -> None:
+        import threading
+
+        self.log = log
+        self.mu = threading.Condition()
+        self.queue: list[dict[str, Any]] = []
+        self.busy = False
+        self.appends = 0
+
+    def append(self, entries: Any, quarantine: Any = ()) -> Any:
+        mine = {"entries": list(entries), "quarantine": list(quarantine), "done": False}
+        with self.mu:
+            self.queue.append(mine)
+            while not mine["done"] and self.busy:
+                self.mu.wait()
+            if mine["done"]:
+                if "error" in mine:
+                    raise mine["error"]
+                return mine["result"]
+            self.busy, batch, self.queue = True, self.queue, []
+        try:
+            self._run(batch)
+        finally:
+            with self.mu:
+                self.busy = False
+                self.mu.notify_all()
+        if "error" in mine:
+            raise mine["error"]
+        return mine["result"]
+
+    def _run(self, batch: list[dict[str, Any]]) -> None:
+        self.appends += 1
+        try:
+            result = self.log.append(
+                [e for r in batch for e in r["entries"]], [q for r in batch for q in r["quarantine"]]
+            )
+        except BaseException as error:
+            for r in batch:
+                r["error"], r["done"] = error, True
+            return
+        _split(result, batch)
+
+
+class _LoopCombiner:
+    """An experiment (``BENCH_COMBINE=loop`` in a group): the writers' live appends combined on the event loop, as
+    one writer for the group would do it: whoever finds no append under way appends everything handed in so far
+    (``server_append_steps`` driven on the loop, else in a thread), the others wait for their part of the result.
+    Results split as in ``_Combiner``."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.queue: list[dict[str, Any]] = []
+        self.busy = False
+        self.idle = trio.Event()
+        self.appends = 0
+
+    async def append(self, entries: Any) -> Any:
+        mine: dict[str, Any] = {"entries": list(entries), "quarantine": [], "done": False}
+        self.queue.append(mine)
+        while not mine["done"]:
+            if self.busy:
+                await self.idle.wait()
+                continue
+            self.busy, batch, self.queue = True, self.queue, []
+            try:
+                await self._run(batch)
+            finally:
+                self.busy = False
+                self.idle.set()
+                self.idle = trio.Event()
+        if "error" in mine:
+            raise mine["error"]
+        return mine["result"]
+
+    async def _run(self, batch: list[dict[str, Any]]) -> None:
+        from tracker.runtime.loop_append import drive
+
+        self.appends += 1
+        merged = [e for r in batch for e in r["entries"]]
+        try:
+            start = self.log.server_append_steps(merged)
+            result = None if start is None else await drive(start.fileno, start.steps)
+            if result is None:
+                result = await trio.to_thread.run_sync(self.log.append, merged)
+        except BaseException as error:
+            for r in batch:
+                r["error"], r["done"] = error, True
+            raise
+        _split(result, batch)
+
+
+def _split(result: Any, batch: list[dict[str, Any]]) -> None:
+    from tracker.store.event_log import AppendResult
+
+    clean = result.duplicates == result.conflicts == 0 and len(result.appended) == sum(len(r["entries"]) for r in batch)
+    at = 0
+    for i, r in enumerate(batch):
+        n = len(r["entries"])
+        if clean:
+            r["result"] = AppendResult(result.appended[at : at + n], 0, 0, len(r["quarantine"]), result.head)
+        else:
+            r["result"] = result if i == 0 else AppendResult((), 0, 0, 0, result.head)
+        at += n
+        r["done"] = True
+
+
+async def _tracker_pipeline(
+    settings: Any, engine: Any, *, stop: trio.Event | None = None, combiner: _Combiner | None = None
+) -> dict[str, Any]:
     from tracker.runtime.service import run_tracker
     from tracker.store.event_log import EventLog
 
@@ -134,6 +272,10 @@ async def _tracker_pipeline(settings: Any, engine: Any, *, stop: trio.Event | No
 
         gc.callbacks.append(on_gc)
     log = EventLog(engine)
+    log.bench_committed = lambda entries: committed(entries)  # type: ignore[attr-defined]
+    if combiner is not None:
+        log.append = combiner.append  # type: ignore[method-assign]
+        log.server_append_steps = lambda entries: None  # type: ignore[method-assign]
     span: dict[str, float] = {}
     # (getattr: the same bench also runs an older tracker, for before/after figures, whose log has no such method)
     real_append, real_steps = log.append, getattr(log, "server_append_steps", None)
