@@ -176,11 +176,15 @@ def _setup_postgres(engine: Engine) -> None:
         dbapi_connection.autocommit = autocommit
 
 
-def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str = "FULL") -> Engine:
+def open_engine(
+    url: str | URL, *, write: bool = True, sqlite_synchronous: str = "FULL", accounts: int = 1
+) -> Engine:
     """An engine for ``url``, checked by one connection; failures raise ``StoreError`` with the fix in one line.
 
     ``write=False`` (for read-only commands like ``tracker verify``) does not require write permission and does not
-    create a missing SQLite file.
+    create a missing SQLite file. ``accounts``: how many accounts this process tracks (``tracker run`` with several):
+    on PostgreSQL each holds a connection for its lease while it runs, so the pool holds that many more than
+    SQLAlchemy's default (5, and 10 more when busy).
     """
     if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA, got {sqlite_synchronous!r}")
@@ -203,7 +207,7 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
             engine = create_engine(parsed, creator=read_only_opener(path))
             _setup_sqlite(engine, sqlite_synchronous.upper(), journal=None)
     elif backend == "postgresql":
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, pool_size=4 + accounts, max_overflow=10)
         _setup_postgres(engine)
     else:
         raise StoreError(f"unsupported database {backend!r} in {display_url(parsed)}: use sqlite:/// or postgresql://")

@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum
 from functools import partial
@@ -155,6 +155,33 @@ class AppendResult:
     conflicts: int  # same dedup_key, different payload: quarantined with both payloads (once per distinct payload)
     quarantined: int  # quarantine rows written (the given items plus the conflicts)
     head: Anchor  # the log's head after this append
+    # The server append only (else empty): each appended entry's position in the batch (1-based, with ``appended``'s
+    # order); the entries at the other positions were duplicates. How one combined append's outcome is split back
+    # among the batches it was made of (``split_result``, tracker/runtime/append_combiner.py). Not compared: the same
+    # append has it on one path and not on the other.
+    positions: tuple[int, ...] = field(default=(), compare=False)
+
+
+def split_result(result: AppendResult, sizes: Sequence[int]) -> list[AppendResult]:
+    """The outcome of each of the consecutive batches (of ``sizes`` entries) that one server append took together:
+    its appended seqs and duplicates (the server append refuses a conflict, so there are none); ``head`` is the
+    combined append's. ``ValueError`` for a result without positions (not a server append's)."""
+    if result.conflicts or result.quarantined or len(result.positions) != len(result.appended):
+        raise ValueError("only a server append's result (positions, no conflict, no quarantine) can be split")
+    if len(result.appended) + result.duplicates != sum(sizes):
+        raise ValueError(f"the result covers {len(result.appended) + result.duplicates} entries, not {sum(sizes)}")
+    parts: list[AppendResult] = []
+    at = first = 0
+    for size in sizes:
+        end = first + size
+        taken = at
+        while at < len(result.positions) and result.positions[at] <= end:
+            at += 1
+        appended = result.appended[taken:at]
+        positions = tuple(position - first for position in result.positions[taken:at])
+        parts.append(AppendResult(appended, size - len(appended), 0, 0, result.head, positions))
+        first = end
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -771,12 +798,23 @@ class EventLog:
         the kept connection free. Else None: call ``append`` (in a thread). Driven to its end, the steps return the
         ``AppendResult``, or None when the function refused the batch (a conflict): then call ``append`` too, which
         quarantines it. A failure raises what ``append`` would raise; the connection is given back either way."""
-        if not self._server_append or not 0 < len(entries) <= SERVER_APPEND_MAX or any(map(_maybe_unfit, entries)):
+        if not self.server_append_fits(entries):
             return None
         conn = self._held.take_nowait()
         if conn is None:
             return None
         return ServerAppendSteps(_driver_connection(conn).pgconn.socket, self._held_steps(conn, entries))
+
+    def server_append_fits(self, entries: Sequence[NewEntry]) -> bool:
+        """Whether ``entries`` can go the server's way at all (``server_append_steps`` also needs the kept connection
+        free, which ``hold_connection`` makes sure of)."""
+        return self._server_append and 0 < len(entries) <= SERVER_APPEND_MAX and not any(map(_maybe_unfit, entries))
+
+    def hold_connection(self) -> None:
+        """Check the kept connection out now if none is kept (blocking: a pool checkout and its ping), so that
+        ``server_append_steps`` finds it. Raises what a checkout raises (the database is down)."""
+        with self._held.use():
+            pass
 
     def _held_steps(self, conn: Connection, entries: Sequence[NewEntry]) -> PQGen[AppendResult | None]:
         failed = True
@@ -819,7 +857,7 @@ class EventLog:
                 f" to {head}): a bug; stop tracker and run `tracker verify`, then report it"
             )
         self.server_appends += 1
-        return AppendResult(tuple(appended), duplicates, 0, 0, Anchor(head, head_hash))
+        return AppendResult(tuple(appended), duplicates, 0, 0, Anchor(head, head_hash), tuple(positions))
 
     def _insert(self, conn: Connection, rows: Iterator[tuple[Any, ...]]) -> None:
         """The hot path: plain tuples straight to the driver, no per-row SQLAlchemy processing.
