@@ -11,6 +11,9 @@ import logging
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -43,6 +46,33 @@ class RedactingFilter(logging.Filter):
             record.exc_info = None
         record.msg = scrub(message)
         record.args = None
+        return True
+
+
+# Which of the process's accounts a line is about (``tracker run`` with several accounts: their position in the config
+# file's ``[[accounts]]``, from 1). Tasks and threads started under ``account_context`` inherit it (trio copies the
+# context into each task it starts and each ``to_thread`` call).
+_ACCOUNT: ContextVar[str | None] = ContextVar("tracker_account", default=None)
+
+
+@contextmanager
+def account_context(label: str) -> Iterator[None]:
+    """Log lines written in this block, and by the tasks and threads it starts, carry ``account=<label>``."""
+    token = _ACCOUNT.set(label)
+    try:
+        yield
+    finally:
+        _ACCOUNT.reset(token)
+
+
+class AccountFilter(logging.Filter):
+    """Adds ``account`` to a record's fields inside ``account_context`` (text: `` account=2`` at the end; JSON: a
+    key)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        label = _ACCOUNT.get()
+        if label is not None:
+            record.fields = {**getattr(record, "fields", {}), "account": label}
         return True
 
 
@@ -83,6 +113,7 @@ def _scrubbing_excepthook(kind: type[BaseException], value: BaseException, tb: T
 def setup_logging(*, verbose: bool = False, fmt: str = "text", stream: object = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.addFilter(RedactingFilter())
+    handler.addFilter(AccountFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("tracker")
     root.handlers[:] = [handler]

@@ -4,17 +4,32 @@
 - the recovery task: backfill at start-up and after every (re)connect, reconciliation every
   ``settings.reconcile_interval_s``;
 - the metrics updater, when a ``Metrics`` is given.
+
+Several accounts (the config file's ``[[accounts]]``) run in one process (``run_accounts``): one service per account,
+each with its own connections, writer, lease, backfill, reconciliation and ledger capture, exactly as a process of its
+own would run it; one projector for the database; one signal handler that stops them all; on PostgreSQL their live
+appends combined (``append_combiner.py``: one lock turn for all the accounts' frames instead of one per frame). Log
+lines carry ``account=N``, the account's place in the config file.
 """
 
 from __future__ import annotations
 
-from tracker.config import Settings
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from tracker.config import ConfigError, Settings
+from tracker.logs import account_context
 from tracker.metrics import Metrics
+from tracker.runtime.append_combiner import AppendCombiner
+from tracker.runtime.ingest import IngestOptions
+from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
 from tracker.runtime.preflight import check_markets
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
-from tracker.runtime.service import TaskStarter, run_tracker
+from tracker.runtime.service import Services, TaskStarter, run_tracker, stop_on_signals
 from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
 
@@ -32,3 +47,65 @@ async def run_app(settings: Settings, engine: Engine, *, metrics: Metrics | None
     """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed)."""
     await check_markets(settings)
     await run_tracker(settings, EventLog(engine), extra_tasks=standard_tasks(engine, metrics=metrics))
+
+
+async def run_accounts(
+    accounts: Sequence[Settings],
+    engine: Engine,
+    *,
+    metrics: Metrics | None = None,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    ingest_options: IngestOptions | None = None,
+    companions: bool = True,
+    task_status: trio.TaskStatus[list[Services]] = trio.TASK_STATUS_IGNORED,
+) -> list[Services]:
+    """``run_app`` for several accounts in this one process (the module docstring), until ``stop`` is set or
+    SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed. The markets of
+    every account are checked before any connects; the services start one after the other (each one's first
+    connection made before the next starts) and are reported in config order. A failure that ends one account's
+    service (not a transient one: those it rides out itself) ends the process, as it ends a process running that
+    account alone. ``companions`` False: the services without projector, backfill and reconciliation (benchmarks)."""
+    if len(accounts) < 2:
+        raise ValueError("run_accounts is for two accounts or more: run_app runs one")
+    if metrics is not None:
+        raise ConfigError(
+            "metrics with several [[accounts]] in one process are not supported yet: unset TRACKER_METRICS_PORT"
+            " (or metrics_port), or run one account per process"
+        )
+    for index, settings in enumerate(accounts, 1):
+        with account_context(str(index)):
+            await check_markets(settings)
+    stop = trio.Event() if stop is None else stop
+    combiner = AppendCombiner(EventLog(engine)) if engine.dialect.name == "postgresql" else None
+    # One event log for every account: their appends go one at a time through the log's lock anyway, and each
+    # EventLog keeps a connection of its own. (The combiner's is apart: its appends run on the event loop, and the
+    # accounts' thread appends must not take its connection.)
+    event_log = EventLog(engine)
+    with open_file_lock(event_log):  # SQLite: one lock on the file for every account this process writes
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(stop_on_signals, stop)
+            async with trio.open_nursery() as running:
+                started: list[Services] = []
+                for index, settings in enumerate(accounts, 1):
+                    # The projector once for the database: the first account's service runs it.
+                    tasks = [] if not companions else standard_tasks(engine) if index == 1 else [recovery_task()]
+                    with account_context(str(index)):  # the service's tasks and threads inherit it
+                        services = await running.start(
+                            partial(
+                                run_tracker,
+                                settings,
+                                event_log,
+                                stop=stop,
+                                handle_signals=False,
+                                ingest_options=ingest_options,
+                                extra_tasks=tasks,
+                                combiner=combiner,
+                                file_lock=False,
+                            )
+                        )
+                    started.append(services)
+                task_status.started(started)
+            nursery.cancel_scope.cancel()  # the signal watcher
+    return started

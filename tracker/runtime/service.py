@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +34,7 @@ import trio
 
 from tracker.config import Settings
 from tracker.exchange.rest import BitstampClient
+from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.db_retry import Outage
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
@@ -72,6 +74,7 @@ class Services:
     backfiller: Backfiller | None = None
     reconciler: Reconciler | None = None
     ledger: LedgerCapture | None = None
+    combiner: AppendCombiner | None = None  # several accounts in one process (run_accounts), PostgreSQL
 
 
 class TaskStarter(Protocol):
@@ -83,7 +86,7 @@ class TaskStarter(Protocol):
     def __call__(self, services: Services, *, task_status: trio.TaskStatus[Any] = ...) -> Awaitable[None]: ...
 
 
-async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Turn SIGINT/SIGTERM into ``stop``. Later signals are absorbed (the grace deadline bounds the shutdown), so a
     second Ctrl-C cannot abort a commit half-way."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -148,13 +151,18 @@ async def run_tracker(
     ingest_options: IngestOptions | None = None,
     extra_tasks: Sequence[TaskStarter] = (),
     stop_grace: float = 10.0,
+    combiner: AppendCombiner | None = None,
+    file_lock: bool = True,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
 ) -> Services:
     """Run until ``stop`` is set (or a signal arrives); returns the services with final stats. Exit is clean.
 
     One piece on purpose (~95 lines): it is the task tree of the module docstring written out, the nesting of the
     file lock, the nursery, the producers' nursery and the writer's channel is what orders the shutdown, and pieces
-    of it in other functions would hide that order behind calls."""
+    of it in other functions would hide that order behind calls.
+
+    ``combiner``: the live appends of this and other accounts' writers in this process go through it (PostgreSQL;
+    ``run_accounts``); ``file_lock`` False: the caller holds the SQLite file's lock for every account it runs."""
     stop = trio.Event() if stop is None else stop
     api_key, api_secret = settings.require_credentials()
     own_client = client is None
@@ -166,6 +174,7 @@ async def run_tracker(
         writer_stats=WriterStats(),
         ingest_stats=IngestStats(),
         db_limiter=trio.CapacityLimiter(1),
+        combiner=combiner,
     )
     engine = event_log.engine
     gate = WriteGate()
@@ -180,20 +189,26 @@ async def run_tracker(
                 limiter=services.db_limiter,
                 retry_if=is_transient,
                 spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
-                loop_append=loop_append(event_log, gate) if engine.dialect.name == "postgresql" else None,
+                loop_append=(
+                    None
+                    if engine.dialect.name != "postgresql"
+                    else loop_append(event_log, gate)
+                    if combiner is None
+                    else combiner.loop_append(gate)
+                ),
             )
         finally:
             writer_done.set()
 
     try:
-        with open_file_lock(event_log):
+        with open_file_lock(event_log) if file_lock else nullcontext():
             async with trio.open_nursery() as nursery:
                 signal_scope = trio.CancelScope()
                 if handle_signals:
 
                     async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
                         with signal_scope:
-                            await _stop_on_signals(stop, task_status=task_status)
+                            await stop_on_signals(stop, task_status=task_status)
 
                     await nursery.start(watch_signals)
                 send, receive = trio.open_memory_channel[Item](WRITER_BUFFER)

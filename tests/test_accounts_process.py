@@ -1,0 +1,270 @@
+"""Several accounts in one process (``run_accounts``, ``append_combiner.py``).
+
+- ``split_result``: one server append's outcome split back among the batches it took (hypothesis: the parts put
+  together are the whole, each part's seqs are its own entries').
+- ``AppendCombiner`` on PostgreSQL: writers appending at once get their own exact results from combined appends (the
+  log holds every entry once, in each writer's order, chained); what it hands back to the writers (a conflict, an
+  unfit entry, a batch too big); a failure is every waiting batch's failure.
+- ``run_accounts`` end to end over real sockets, on both backends: two fake exchanges (two accounts) tracked by one
+  process into one log; every delivered frame committed once under its own account; the chain holds; on PostgreSQL
+  the accounts' appends went through the combiner.
+- log lines carry ``account=N``.
+
+Loopback only, port 0; every test has an absolute timeout; waits are on the writers' committed events.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import exc
+from store_helpers import entry, walk
+from test_ingest_e2e import FAST, record_deliveries
+
+from tracker.config import ConfigError, Secret, Settings
+from tracker.domain.chain import GENESIS, Anchor
+from tracker.domain.log import NewEntry
+from tracker.fake.server import FakeExchange, open_fake_exchange
+from tracker.logs import account_context, setup_logging
+from tracker.metrics import Metrics
+from tracker.runtime.app import run_accounts
+from tracker.runtime.append_combiner import AppendCombiner
+from tracker.runtime.lease import WriteGate
+from tracker.store.engine import open_engine
+from tracker.store.event_log import SERVER_APPEND_MAX, AppendResult, EventLog, split_result
+from tracker.store.migrate import upgrade
+
+pytestmark = pytest.mark.timeout(60)
+
+MARKETS = ("btcusd", "ethusd")
+
+
+# -------------------------------------------------------------------------------------------------- split_result
+
+
+@given(st.lists(st.lists(st.booleans(), min_size=1, max_size=6), min_size=1, max_size=8))
+def test_split_result_gives_each_batch_its_own_part(batches: list[list[bool]]) -> None:
+    """Each bool: whether that entry was appended (else a duplicate)."""
+    flat = [appended for batch in batches for appended in batch]
+    positions = tuple(i + 1 for i, appended in enumerate(flat) if appended)
+    seqs = tuple(100 + n for n in range(len(positions)))
+    head = Anchor(seqs[-1] if seqs else 99, "h")
+    whole = AppendResult(seqs, len(flat) - len(positions), 0, 0, head, positions)
+    parts = split_result(whole, [len(batch) for batch in batches])
+    assert tuple(seq for part in parts for seq in part.appended) == seqs
+    for batch, part in zip(batches, parts, strict=True):
+        assert len(part.appended) == sum(batch)
+        assert part.duplicates == len(batch) - sum(batch)
+        assert part.positions == tuple(i + 1 for i, appended in enumerate(batch) if appended)
+        assert part.head == head and part.conflicts == part.quarantined == 0
+
+
+def test_split_result_refuses_what_it_cannot_split() -> None:
+    head = Anchor(0, GENESIS)
+    with pytest.raises(ValueError, match="server append"):
+        split_result(AppendResult((1,), 0, 0, 0, head), [1])  # no positions: the client's append
+    with pytest.raises(ValueError, match="server append"):
+        split_result(AppendResult((1,), 0, 1, 1, head, (1,)), [2])
+    with pytest.raises(ValueError, match="covers 1 entries, not 2"):
+        split_result(AppendResult((1,), 0, 0, 0, head, (1,)), [2])
+
+
+# ------------------------------------------------------------------------------------------------ AppendCombiner
+
+
+def _batches(account: str, first: int, count: int, size: int) -> list[list[NewEntry]]:
+    numbers = iter(range(first, first + count * size))
+    return [
+        [entry(n, account=account, key=f"ws:{account}:order_created:{n}") for n in (next(numbers) for _ in range(size))]
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.postgres
+async def test_writers_at_once_get_their_own_results(pg_log: EventLog) -> None:
+    combiner = AppendCombiner(pg_log)
+    writers = {str(1000 + w): _batches(str(1000 + w), 1 + 1000 * w, 6, 1 + w % 3) for w in range(8)}
+    results: dict[str, list[AppendResult | None]] = {account: [] for account in writers}
+
+    async def writer(account: str, batches: list[list[NewEntry]]) -> None:
+        for batch in batches:
+            results[account].append(await combiner.append(batch))
+
+    async with trio.open_nursery() as nursery:
+        for account, batches in writers.items():
+            nursery.start_soon(writer, account, batches)
+    assert combiner.stats.batches == 48 and combiner.stats.appends < 48  # combined
+    rows = [e for page in pg_log.iter_after(0) for e in page]
+    assert walk(pg_log).head == len(rows) == sum(len(b) for bs in writers.values() for b in bs)
+    seq_of = {row.dedup_key: row.seq for row in rows}
+    for account, batches in writers.items():
+        for batch, result in zip(batches, results[account], strict=True):
+            assert result is not None
+            assert result.appended == tuple(seq_of[e.dedup_key] for e in batch)  # its own entries' seqs
+            assert result.duplicates == 0
+        mine = [row.seq for row in rows if row.account == account]
+        assert mine == sorted(mine)  # each writer's entries in its order
+
+    # A writer's batch again (its commit's answer lost, say): duplicates, its own.
+    again = writers["1001"][0]
+    others = _batches("1002", 90_000, 1, 2)[0]
+    both = await _at_once(combiner, [again, others])
+    assert (both[0].appended, both[0].duplicates) == ((), len(again))
+    assert len(both[1].appended) == 2 and both[1].duplicates == 0
+
+
+async def _at_once(combiner: AppendCombiner, batches: Sequence[list[NewEntry]]) -> list[AppendResult]:
+    out = await _in_one_turn(combiner, batches)
+    results = [result for result in out if isinstance(result, AppendResult)]
+    assert len(results) == len(out)
+    return results
+
+
+async def _in_one_turn(
+    combiner: AppendCombiner, batches: Sequence[list[NewEntry]]
+) -> list[AppendResult | BaseException | None]:
+    """The batches handed in by writers at once while an append runs, then appended in one turn: each writer's
+    result (or what it raised)."""
+    out: list[AppendResult | BaseException | None] = [None] * len(batches)
+
+    async def one(i: int) -> None:
+        try:
+            out[i] = await combiner.append(batches[i])
+        except Exception as error:
+            out[i] = error
+
+    combiner._busy = True  # an append under way: the writers queue
+    async with trio.open_nursery() as nursery:
+        for i in range(len(batches)):
+            nursery.start_soon(one, i)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(combiner._queue) == len(batches)
+        combiner._busy = False
+        await combiner._turn()  # as the append under way would end: the next turn takes them all
+    return out
+
+
+@pytest.mark.postgres
+async def test_what_it_hands_back_to_the_writers(pg_log: EventLog) -> None:
+    combiner = AppendCombiner(pg_log)
+    assert (await combiner.append([entry(1)])).appended == (1,)  # type: ignore[union-attr]
+    changed = entry(1, payload='{"data":{"id":1,"amount_str":"0.2"}}')  # same key, other text: a conflict
+    results = await _in_one_turn(combiner, [[changed], [entry(2)]])
+    assert results == [None, None]  # refused together: each writer appends its own (the thread quarantines it)
+    assert await combiner.append([entry(3, payload="bad\x00text")]) is None  # unfit
+    assert await combiner.append([entry(n) for n in range(10, 11 + SERVER_APPEND_MAX)]) is None  # too big
+    gate = WriteGate()
+    gate.close()
+    assert await combiner.loop_append(gate)([entry(4)]) is None  # a closed gate: the writer's thread waits for it
+    assert combiner.stats.handed_back == 4
+    assert walk(pg_log).head == 1
+
+
+@pytest.mark.postgres
+async def test_a_failure_is_every_waiting_batchs_failure(pg_log: EventLog) -> None:
+    combiner = AppendCombiner(pg_log)
+    await combiner.append([entry(1)])
+    [kept] = pg_log._held._kept
+    backend = kept.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    with pg_log.engine.connect() as other:  # the combined log's connection ends, from outside
+        assert other.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})").scalar_one()
+    raised = await _in_one_turn(combiner, [[entry(2)], [entry(3, account="1002", key="ws:1002:3")]])
+    assert all(isinstance(error, exc.DBAPIError) for error in raised)
+    # The next append checks a fresh connection out (in a thread) and goes on.
+    assert (await combiner.append([entry(2)])).appended == (2,)  # type: ignore[union-attr]
+    assert walk(pg_log).head == 2
+
+
+# -------------------------------------------------------------------------------------------------- run_accounts
+
+
+def _settings(fx: FakeExchange, db_url: str) -> Settings:
+    return Settings(
+        db_url=db_url,
+        api_key=Secret(fx.api_key),
+        api_secret=Secret(fx.api_secret),
+        api_url=fx.api_url,
+        ws_url=fx.ws_url,
+        markets=MARKETS,
+    )
+
+
+def _payloads(log: EventLog, account: int) -> list[str]:
+    return [e.payload for page in log.iter_after(0) for e in page if e.source == "ws" and e.account == str(account)]
+
+
+async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
+    upgrade(db_url)
+    engine = open_engine(db_url)
+    try:
+        async with (
+            open_fake_exchange(seed=3, markets=MARKETS, user_id=710001, api_key="keyaccountone") as one,
+            open_fake_exchange(seed=4, markets=MARKETS, user_id=710002, api_key="keyaccounttwo") as two,
+        ):
+            fakes = (one, two)
+            delivered = [record_deliveries(fx) for fx in fakes]
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                services = await nursery.start(
+                    lambda task_status: run_accounts(
+                        [_settings(fx, db_url) for fx in fakes],
+                        engine,
+                        stop=stop,
+                        handle_signals=False,
+                        ingest_options=FAST,
+                        task_status=task_status,
+                    )
+                )
+                for fx in fakes:
+                    await fx.wait_subscribed(fx.private_channels())
+                for _ in range(5):
+                    for fx in fakes:
+                        await fx.generate(8)
+                log = EventLog(engine)
+                for fx, sent, service in zip(fakes, delivered, services, strict=True):
+                    while not set(sent) <= set(_payloads(log, fx.user_id)):
+                        await service.writer_stats.committed.wait()
+                stop.set()
+        for fx, sent in zip(fakes, delivered, strict=True):
+            stored = _payloads(log, fx.user_id)
+            assert sent and len(stored) == len(set(stored)) and set(stored) == set(sent)
+        assert walk(log).head == log.head()
+        if engine.dialect.name == "postgresql":  # the accounts' live appends went through one combiner
+            [combiner] = {id(s.combiner): s.combiner for s in services}.values()
+            assert combiner is not None and combiner.stats.batches > 10
+    finally:
+        engine.dispose()
+
+
+async def test_run_accounts_refuses_what_it_cannot_do(sqlite_url: str) -> None:
+    engine = open_engine(sqlite_url)
+    try:
+        settings = Settings(db_url=sqlite_url, api_key=Secret("k"), api_secret=Secret("s"))
+        with pytest.raises(ValueError, match="two accounts or more"):
+            await run_accounts([settings], engine)
+        with pytest.raises(ConfigError, match="metrics with several"):
+            await run_accounts([settings, settings], engine, metrics=Metrics())
+    finally:
+        engine.dispose()
+
+
+def test_log_lines_carry_the_account() -> None:
+    stream = io.StringIO()
+    setup_logging(stream=stream)
+    logger = logging.getLogger("tracker.test")
+    try:
+        with account_context("2"):
+            logger.info("connected")
+        logger.info("alone")
+    finally:
+        setup_logging()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("tracker.test: connected account=2")
+    assert lines[1].endswith("tracker.test: alone")
