@@ -15,19 +15,20 @@ and the same two loads with 1 account alone, in the same run; then the paced loa
 minimal pipeline in each child instead of tracker (``--child baseline``: trio-websocket, ``json.loads``, a raw
 psycopg ``COPY`` + commit per batch into a table of its own in the same schema; ``--no-baseline`` skips it): what
 the machine can do at that load with the least a pipeline must do, so a missed target can be told from a machine
-too small for it. ``--per-process K`` adds the two loads with the accounts K to a process (``tracker/K``: one
-``run_tracker`` per account under one trio loop, each with its own engine, writer and lease: what several accounts
-per process would save; tracker runs one account per process today). ``--only`` makes only the named runs
-(``tracker:20:100``, ``tracker:1:max``, ``tracker/20:20:100``, ``baseline:20:100``). Printed: aggregate events/s (every child's data frames
-/ (last data commit of any child - first data receive of any child), wall clock), and receive→commit p50 / p99 per
-account (the worst account's p99 and the median account's). Targets (issue 16): 20 accounts at 2,000 events/s with
-every account's p99 <= 20 ms; unpaced aggregate of 20 accounts >= that of 1 account alone.
+too small for it. ``--per-process K`` adds the two loads with the accounts K to a process (``tracker/K``:
+``run_accounts``, as ``tracker run`` runs a config file's ``[[accounts]]``: a service per account under one trio
+loop, their live appends combined; bench/ingest.py's ``--child group``). ``--only`` makes only the named runs
+(``tracker:20:100``, ``tracker:1:max``, ``tracker/20:20:100``, ``baseline:20:100``). ``BENCH_DEBUG=1`` shows the
+children's errors. Printed: aggregate events/s (every child's data frames / (last data commit of any child - first
+data receive of any child), wall clock), and receive→commit p50 / p99 per account (the worst account's p99 and the
+median account's). Targets (issue 16): 20 accounts at 2,000 events/s with every account's p99 <= 20 ms; unpaced
+aggregate of 20 accounts >= that of 1 account alone.
 
 The fakes run in this process and share its CPU with nothing else; the children and PostgreSQL share the machine.
 The frames are made by the fakes' models before each measurement (``ingest.prerender``) and paced by one loop for
 all fakes, so the load generator costs little more than delivery. Also printed: the children's CPU per frame (all
-their threads, from their first data frame to their last commit), how busy the machine's cores were during the
-load (/proc/stat), and what the PostgreSQL backends were doing (``pg_stat_activity`` sampled every 20 ms:
+their threads, from their first data frame to their last commit), how busy the machine's cores were during the load
+(/proc/stat), and what the PostgreSQL backends were doing (``pg_stat_activity`` sampled every 20 ms:
 ``Lock:relation`` is an append waiting for the log's lock).
 """
 
@@ -84,7 +85,7 @@ async def run_child(
         command,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
     )
     try:
         await stop.wait()

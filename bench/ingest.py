@@ -61,203 +61,13 @@ def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
 
 async def child_tracker(db_url: str) -> dict[str, Any]:
     from tracker.config import load_settings
+    from tracker.runtime.service import run_tracker
     from tracker.store.engine import open_engine
+    from tracker.store.event_log import EventLog
 
     settings = load_settings(flags={"db_url": db_url})
     if os.environ.get("BENCH_SWITCH"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
-    engine = open_engine(settings.db_url)
-    try:
-        return await _tracker_pipeline(settings, engine)
-    finally:
-        engine.dispose()
-
-
-async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Several accounts in this one process (``bench/accounts.py --per-process K``): one ``run_tracker`` per
-    account (``envs``: their environments) under one trio loop, each with its own engine, writer, lease and event
-    log, as ``tracker run`` wires one account. SIGINT stops them all (the lossless close)."""
-    import signal as signals
-
-    from tracker.config import load_settings
-    from tracker.store.engine import open_engine
-
-    settings = [load_settings(flags={"db_url": db_url}, env=env) for env in envs]
-    engines = [open_engine(one.db_url) for one in settings]  # as many connections as that many processes have
-    stop = trio.Event()
-    results: list[dict[str, Any]] = [{} for _ in settings]
-
-    shared = None
-    mode = os.environ.get("BENCH_COMBINE", "")
-    if mode == "thread":
-        from tracker.store.event_log import EventLog
-
-        shared = _Combiner(EventLog(engines[0]))
-    elif mode == "loop":
-        import tracker.runtime.service as service
-        from tracker.store.event_log import EventLog
-
-        combined = _LoopCombiner(EventLog(engines[0]))
-
-        def combined_loop_append(event_log: Any, gate: Any) -> Any:
-            async def append(entries: Any) -> Any:
-                if not gate.is_open:
-                    return None
-                result = await combined.append(entries)
-                event_log.bench_committed(entries)  # the span's hook, as the log's own appends call it
-                return result
-
-            return append
-
-        service.loop_append = combined_loop_append  # what run_tracker hands its writer (PostgreSQL)
-
-    async def one(index: int) -> None:
-        results[index] = await _tracker_pipeline(settings[index], engines[index], stop=stop, combiner=shared)
-
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                with trio.open_signal_receiver(signals.SIGINT, signals.SIGTERM) as received:
-                    async for _ in received:
-                        stop.set()
-                        return
-
-            nursery.start_soon(watch)
-            async with trio.open_nursery() as accounts:
-                for index in range(len(settings)):
-                    accounts.start_soon(one, index)
-            nursery.cancel_scope.cancel()
-    finally:
-        for engine in engines:
-            engine.dispose()
-    # Each pipeline's "cpu" is the whole process's over its own span: share the group's among its accounts instead.
-    spans = [r for r in results if r.get("cpu_first") is not None]
-    if spans:
-        group_cpu = max(r["cpu_last"] for r in spans) - min(r["cpu_first"] for r in spans)
-        for r in results:
-            r["cpu"] = group_cpu / len(results)
-    return results
-
-
-class _Combiner:
-    """An experiment (``BENCH_COMBINE=thread`` in a group): the group's writers' appends combined, one
-    ``EventLog.append`` (one turn of the log's lock) for whatever the writers hand in while the previous one runs.
-    The results are split back by position when the combined append stored every entry (no duplicate, no conflict:
-    the bench makes none); otherwise the first caller gets the counts."""
-
-    def __init__(self, log: Any) -> None:
-        import threading
-
-        self.log = log
-        self.mu = threading.Condition()
-        self.queue: list[dict[str, Any]] = []
-        self.busy = False
-        self.appends = 0
-
-    def append(self, entries: Any, quarantine: Any = ()) -> Any:
-        mine = {"entries": list(entries), "quarantine": list(quarantine), "done": False}
-        with self.mu:
-            self.queue.append(mine)
-            while not mine["done"] and self.busy:
-                self.mu.wait()
-            if mine["done"]:
-                if "error" in mine:
-                    raise mine["error"]
-                return mine["result"]
-            self.busy, batch, self.queue = True, self.queue, []
-        try:
-            self._run(batch)
-        finally:
-            with self.mu:
-                self.busy = False
-                self.mu.notify_all()
-        if "error" in mine:
-            raise mine["error"]
-        return mine["result"]
-
-    def _run(self, batch: list[dict[str, Any]]) -> None:
-        self.appends += 1
-        try:
-            result = self.log.append(
-                [e for r in batch for e in r["entries"]], [q for r in batch for q in r["quarantine"]]
-            )
-        except BaseException as error:
-            for r in batch:
-                r["error"], r["done"] = error, True
-            return
-        _split(result, batch)
-
-
-class _LoopCombiner:
-    """An experiment (``BENCH_COMBINE=loop`` in a group): the writers' live appends combined on the event loop, as
-    one writer for the group would do it: whoever finds no append under way appends everything handed in so far
-    (``server_append_steps`` driven on the loop, else in a thread), the others wait for their part of the result.
-    Results split as in ``_Combiner``."""
-
-    def __init__(self, log: Any) -> None:
-        self.log = log
-        self.queue: list[dict[str, Any]] = []
-        self.busy = False
-        self.idle = trio.Event()
-        self.appends = 0
-
-    async def append(self, entries: Any) -> Any:
-        mine: dict[str, Any] = {"entries": list(entries), "quarantine": [], "done": False}
-        self.queue.append(mine)
-        while not mine["done"]:
-            if self.busy:
-                await self.idle.wait()
-                continue
-            self.busy, batch, self.queue = True, self.queue, []
-            try:
-                await self._run(batch)
-            finally:
-                self.busy = False
-                self.idle.set()
-                self.idle = trio.Event()
-        if "error" in mine:
-            raise mine["error"]
-        return mine["result"]
-
-    async def _run(self, batch: list[dict[str, Any]]) -> None:
-        from tracker.runtime.loop_append import drive
-
-        self.appends += 1
-        merged = [e for r in batch for e in r["entries"]]
-        try:
-            start = self.log.server_append_steps(merged)
-            result = None if start is None else await drive(start.fileno, start.steps)
-            if result is None:
-                result = await trio.to_thread.run_sync(self.log.append, merged)
-        except BaseException as error:
-            for r in batch:
-                r["error"], r["done"] = error, True
-            raise
-        _split(result, batch)
-
-
-def _split(result: Any, batch: list[dict[str, Any]]) -> None:
-    from tracker.store.event_log import AppendResult
-
-    clean = result.duplicates == result.conflicts == 0 and len(result.appended) == sum(len(r["entries"]) for r in batch)
-    at = 0
-    for i, r in enumerate(batch):
-        n = len(r["entries"])
-        if clean:
-            r["result"] = AppendResult(result.appended[at : at + n], 0, 0, len(r["quarantine"]), result.head)
-        else:
-            r["result"] = result if i == 0 else AppendResult((), 0, 0, 0, result.head)
-        at += n
-        r["done"] = True
-
-
-async def _tracker_pipeline(
-    settings: Any, engine: Any, *, stop: trio.Event | None = None, combiner: _Combiner | None = None
-) -> dict[str, Any]:
-    from tracker.runtime.service import run_tracker
-    from tracker.store.event_log import EventLog
-
     pauses: list[tuple[int, float]] = []
     if os.environ.get("BENCH_DEBUG"):
         import gc
@@ -271,11 +81,8 @@ async def _tracker_pipeline(
                 pauses.append((info["generation"], time.perf_counter() - started.pop()))
 
         gc.callbacks.append(on_gc)
+    engine = open_engine(settings.db_url)
     log = EventLog(engine)
-    log.bench_committed = lambda entries: committed(entries)  # type: ignore[attr-defined]
-    if combiner is not None:
-        log.append = combiner.append  # type: ignore[method-assign]
-        log.server_append_steps = lambda entries: None  # type: ignore[method-assign]
     span: dict[str, float] = {}
     # (getattr: the same bench also runs an older tracker, for before/after figures, whose log has no such method)
     real_append, real_steps = log.append, getattr(log, "server_append_steps", None)
@@ -311,10 +118,10 @@ async def _tracker_pipeline(
     log.append = append  # type: ignore[method-assign]
     if real_steps is not None:
         log.server_append_steps = server_append_steps  # type: ignore[method-assign]
-    if stop is None:
+    try:
         services = await run_tracker(settings, log)
-    else:
-        services = await run_tracker(settings, log, stop=stop, handle_signals=False)
+    finally:
+        engine.dispose()
     stats = services.writer_stats
     p50, p99 = _percentiles(list(stats.latency_sample))
     if os.environ.get("BENCH_DEBUG"):
@@ -330,13 +137,81 @@ async def _tracker_pipeline(
         "batches": stats.batches,
         "span": span.get("last", 0.0) - span.get("first", 0.0),
         "cpu": span.get("cpu_last", 0.0) - span.get("cpu_first", 0.0),  # every thread of the process
-        "cpu_first": span.get("cpu_first"),
-        "cpu_last": span.get("cpu_last"),
         "first": span.get("first"),  # wall clock: bench/accounts.py spans several children
         "last": span.get("last"),
         "p50": p50,
         "p99": p99,
     }
+
+
+async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Several accounts in this one process (``bench/accounts.py --per-process K``): ``run_accounts`` exactly as
+    ``tracker run`` runs the config file's ``[[accounts]]`` (``envs``: each account's environment), but without the
+    companions (projector, backfill, reconciliation), as ``child_tracker`` runs ``run_tracker`` without them. SIGINT
+    stops them all (the lossless close). The span hooks wrap the appends at class level: the accounts' event logs and
+    the combiner are made inside ``run_accounts``."""
+    import tracker.runtime.app as app
+    from tracker.config import load_settings
+    from tracker.runtime.append_combiner import AppendCombiner
+    from tracker.store.engine import open_engine
+    from tracker.store.event_log import EventLog
+
+    settings = [load_settings(flags={"db_url": db_url}, env=env) for env in envs]
+    spans: dict[str, dict[str, float]] = {}
+    process: dict[str, float] = {}  # this process's CPU at its first and last data commit
+
+    def committed(entries: Any) -> None:
+        for e in entries:
+            if e.source == "ws":
+                span = spans.setdefault(e.account, {})
+                span.setdefault("first", e.received_at.timestamp())
+                span["last"] = time.time()
+                process.setdefault("cpu_first", time.process_time())
+                process["cpu_last"] = time.process_time()
+
+    real_append, real_combined = EventLog.append, AppendCombiner.append
+
+    def append(self: Any, entries: Any, quarantine: Any = ()) -> Any:
+        result = real_append(self, entries, quarantine)
+        committed(entries)
+        return result
+
+    async def combined(self: Any, entries: Any) -> Any:
+        result = await real_combined(self, entries)
+        if result is not None:
+            committed(entries)
+        return result
+
+    EventLog.append = append  # type: ignore[method-assign]
+    AppendCombiner.append = combined  # type: ignore[method-assign]
+    engine = open_engine(settings[0].db_url, accounts=len(settings))
+    try:
+        services = await app.run_accounts(settings, engine, companions=False)
+    finally:
+        engine.dispose()
+    results: list[dict[str, Any]] = []
+    for one in services:
+        stats = one.writer_stats
+        p50, p99 = _percentiles(list(stats.latency_sample))
+        span = spans.get(one.account or "", {})
+        results.append(
+            {
+                "items": stats.items,
+                "ws": one.ingest_stats.data_frames,
+                "duplicates": stats.duplicates,
+                "batches": stats.batches,
+                "span": span.get("last", 0.0) - span.get("first", 0.0),
+                "cpu": 0.0,
+                "first": span.get("first"),
+                "last": span.get("last"),
+                "p50": p50,
+                "p99": p99,
+            }
+        )
+    # The process's CPU (every thread) from its first data commit to its last, shared among its accounts.
+    for r in results:
+        r["cpu"] = (process.get("cpu_last", 0.0) - process.get("cpu_first", 0.0)) / len(results)
+    return results
 
 
 Rows = list[tuple[str, str, str, float]]
