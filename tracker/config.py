@@ -4,6 +4,25 @@ Precedence, highest first: command-line flags, environment variables, ``tracker.
 ``TRACKER_CONFIG``, else ``./tracker.toml`` when it exists), built-in defaults. The API secret is never taken from a
 flag (it would show in the process list): only from ``BITSTAMP_API_SECRET``, ``BITSTAMP_API_SECRET_FILE`` or the
 config file's ``api_secret_file``.
+
+Several Bitstamp accounts, one ``tracker run``: the config file lists them as an array of tables, each holding what
+belongs to one account and nothing else::
+
+    [[accounts]]                        # [[tracker.accounts]] when the settings are under [tracker]
+    api_key = "..."
+    api_secret_file = "/run/secrets/bitstamp-main"
+    markets = ["btcusd"]                # optional: this account's own, over the shared value
+    subaccounts = [1234]                # optional: this account's sub-accounts
+    [accounts.subaccount_keys.1234]     # optional: as [tracker.subaccount_keys.N], for this account only
+    api_key = "..."
+    api_secret_file = "/run/secrets/bitstamp-1234"
+
+``load_accounts`` gives one ``Settings`` per table, in file order: the shared settings (the same precedence) with the
+account's own. One account's settings given for all (``api_key``, ``api_secret_file``, ``subaccounts`` or
+``subaccount_keys`` at the file's top level; ``BITSTAMP_API_KEY``, ``BITSTAMP_API_SECRET(_FILE)``,
+``TRACKER_SUBACCOUNTS`` or ``BITSTAMP_SUBACCOUNT_*`` in the environment) beside ``[[accounts]]`` would be ambiguous and
+is an error. Commands that take one account use ``load_settings``: it never picks one of the listed accounts; the
+environment's ``BITSTAMP_API_KEY`` and ``BITSTAMP_API_SECRET(_FILE)`` name the account they work on.
 """
 
 from __future__ import annotations
@@ -95,6 +114,8 @@ class Settings:
     # Which flag, variable or file exactly ("--db-url", "TRACKER_DB_URL", "/etc/tracker.toml", the secret file's
     # path), so that an error names the place the user has to fix.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # How many accounts the config file lists ([[accounts]]), so that a command taking one account says how to pick.
+    accounts_in_file: int = field(default=0, compare=False)
 
     def label(self, name: str) -> str:
         """How errors name setting ``name``: the flag, the variable or ``file: key`` it came from."""
@@ -102,6 +123,13 @@ class Settings:
 
     def require_credentials(self) -> tuple[str, str]:
         """The API key and secret, or a ConfigError saying how to provide them."""
+        if not self.api_key and self.accounts_in_file:
+            listed = f"{self.accounts_in_file} account" + ("s" if self.accounts_in_file > 1 else "")
+            raise ConfigError(
+                f"{self.sources.get('accounts', 'the config file')} lists {listed}: `tracker run`"
+                " tracks them all; a command that takes one account needs BITSTAMP_API_KEY and BITSTAMP_API_SECRET"
+                " (or BITSTAMP_API_SECRET_FILE) set to that account's key and secret"
+            )
         if not self.api_key:
             raise ConfigError("BITSTAMP_API_KEY is not set: export your Bitstamp API key (or run `tracker demo`)")
         if not self.api_secret:
@@ -137,7 +165,16 @@ FLAG_NAMES: dict[str, str] = {
     "metrics_port": "--metrics-port",
     "insecure": "--insecure",
 }
-INTERNAL_FIELDS = frozenset({"origins", "sources", "subaccount_keys"})
+INTERNAL_FIELDS = frozenset({"origins", "sources", "subaccount_keys", "accounts_in_file"})
+# One account's alone: with [[accounts]] in the file, only its tables set them, never the file's top level.
+ONE_ACCOUNT_KEYS: tuple[str, ...] = ("api_key", "api_secret_file", "subaccounts", "subaccount_keys")
+ACCOUNT_KEYS: tuple[str, ...] = (*ONE_ACCOUNT_KEYS, "markets")  # what one [[accounts]] table may set
+ONE_ACCOUNT_ENV: tuple[str, ...] = (
+    ENV_NAMES["api_key"],
+    ENV_NAMES["api_secret"],
+    SECRET_FILE_ENV,
+    ENV_NAMES["subaccounts"],
+)
 
 
 def source_label(name: str, origin: str, where: str = "") -> str:
@@ -152,7 +189,7 @@ def source_label(name: str, origin: str, where: str = "") -> str:
 def config_file_keys() -> list[str]:
     """The settings ``tracker.toml`` accepts: every setting, but the secret only by file (``api_secret_file``)."""
     names = [f.name for f in fields(Settings) if f.name not in INTERNAL_FIELDS and f.name != "api_secret"]
-    return sorted([*names, "api_secret_file", "subaccount_keys"])
+    return sorted([*names, "accounts", "api_secret_file", "subaccount_keys"])
 
 
 def parse_markets(text: str, label: str = "TRACKER_MARKETS") -> tuple[str, ...]:
@@ -193,7 +230,8 @@ def parse_subaccounts(value: object, label: str = "TRACKER_SUBACCOUNTS") -> tupl
     return tuple(ids)
 
 
-def read_secret_file(path: Path, warn: list[str]) -> str:
+def read_secret_file(path: Path, warn: list[str], named_by: str = SECRET_FILE_ENV) -> str:
+    """The secret in file ``path`` (named by ``named_by``); a warning into ``warn`` if others may read it."""
     try:
         mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8").strip()
@@ -204,9 +242,7 @@ def read_secret_file(path: Path, warn: list[str]) -> str:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn.append(f"the API secret file {path} is readable by group or others: chmod 600 {path}")
     if not text:
-        raise ConfigError(
-            f"the API secret file {path} is empty: write the API secret into it (or fix BITSTAMP_API_SECRET_FILE)"
-        )
+        raise ConfigError(f"the API secret file {path} is empty: write the API secret into it (or fix {named_by})")
     return text
 
 
@@ -277,7 +313,9 @@ def check_db_url(url: str, label: str) -> str:
     return url
 
 
-def _read_config_file(path: Path) -> dict[str, object]:
+def _read_config_file(path: Path) -> tuple[dict[str, object], str]:
+    """The settings' table of file ``path`` and how it spells the accounts array (``accounts`` or
+    ``tracker.accounts``)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -289,7 +327,92 @@ def _read_config_file(path: Path) -> dict[str, object]:
     section = data.get("tracker", data)
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [tracker] must be a table of settings (known: {', '.join(config_file_keys())})")
-    return section
+    return section, "tracker.accounts" if "tracker" in data else "accounts"
+
+
+def _find_config(env: Mapping[str, str], config_file: Path | None) -> tuple[Path | None, dict[str, object], str]:
+    """The config file (``config_file``, else ``TRACKER_CONFIG``, else ``./tracker.toml`` if it exists) read."""
+    path = config_file or (Path(env[CONFIG_FILE_ENV]) if env.get(CONFIG_FILE_ENV) else None)
+    if path is None and Path("tracker.toml").is_file():
+        path = Path("tracker.toml")
+    if path is None:
+        return None, {}, "accounts"
+    return (path, *_read_config_file(path))
+
+
+def _account_tables(raw: object, path: Path, name: str) -> list[tuple[str, dict[str, object]]]:
+    """The ``[[accounts]]`` tables, each with how errors name it (``tracker.toml [[accounts]] #2``), checked without
+    reading any other file: their keys, the two required ones, the values' syntax, no account twice."""
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        raise ConfigError(
+            f"{path}: accounts must be an array of tables: one [[{name}]] (double brackets) per Bitstamp account,"
+            " each with api_key and api_secret_file"
+        )
+    if not raw:
+        raise ConfigError(
+            f"{path}: accounts is empty: add one [[{name}]] table per Bitstamp account (api_key, api_secret_file),"
+            " or remove accounts to track the one account of BITSTAMP_API_KEY"
+        )
+    tables: list[tuple[str, dict[str, object]]] = []
+    seen: dict[str, int] = {}
+    for number, table in enumerate(raw, 1):
+        where = f"{path} [[{name}]] #{number}"
+        if "api_secret" in table:
+            raise ConfigError(f"{where}: do not put api_secret in the config file; use api_secret_file instead")
+        unknown = sorted(set(table) - set(ACCOUNT_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown setting {unknown[0]!r} (an account takes: {', '.join(sorted(ACCOUNT_KEYS))})"
+            )
+        for key in ("api_key", "api_secret_file"):
+            value = table.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{where}: {key} must be a string (in quotes)")
+            if not value or not value.strip():
+                raise ConfigError(
+                    f"{where} has no {key}: give each account its api_key and api_secret_file (the file holding"
+                    " its API secret)"
+                )
+        for key in ("api_key", "markets", "subaccounts"):
+            if key in table:
+                _coerce(key, table[key], f"{where}: {key}")
+        api_key = str(table["api_key"]).strip()
+        if (first := seen.setdefault(api_key, number)) != number:
+            raise ConfigError(
+                f"{path}: [[{name}]] #{first} and #{number} have the same api_key {mask(api_key)}: list each"
+                " Bitstamp account once"
+            )
+        tables.append((where, table))
+    return tables
+
+
+def _refuse_shared_account_keys(section: Mapping[str, object], path: Path, name: str) -> None:
+    """One account's settings at the file's top level beside [[accounts]]: which account would they be?"""
+    given = [key for key in ONE_ACCOUNT_KEYS if key in section]
+    if given:
+        keys = ", ".join(given)
+        raise ConfigError(
+            f"{path} lists [[{name}]] but also sets {keys} at the top level: use one or the other (move {keys} into"
+            f" the [[{name}]] table of the account {'it belongs' if len(given) == 1 else 'they belong'} to)"
+        )
+
+
+def _refuse_one_account_env(env: Mapping[str, str], path: Path, name: str) -> None:
+    """One account's variables beside [[accounts]] (``tracker run``): track that account or the listed ones?"""
+    given = [var for var in ONE_ACCOUNT_ENV if env.get(var, "").strip()]
+    given += sorted(
+        var
+        for var, value in env.items()
+        if var.startswith("BITSTAMP_SUBACCOUNT_")
+        and var.endswith(("_API_KEY", "_API_SECRET", "_API_SECRET_FILE"))
+        and value.strip()
+    )
+    if given:
+        them = "it" if len(given) == 1 else "them"
+        raise ConfigError(
+            f"{path} lists [[{name}]] but {', '.join(given)} {'is' if len(given) == 1 else 'are'} also set: use one"
+            f" or the other (unset {them} to track the listed accounts, or remove [[{name}]] to track one account)"
+        )
 
 
 def load_settings(
@@ -305,10 +428,83 @@ def load_settings(
     others can read) go into ``warnings`` when given, else to the ``tracker.config`` logger: every command that
     reads the secret shows them, not only the ones that remember to ask.
     """
-    from tracker import subaccount_keys as sk
-
     env = os.environ if env is None else env
     warn: list[str] = []
+    settings = _shared_settings(flags, env, _find_config(env, config_file), warn)
+    _report(warn, warnings)
+    return settings
+
+
+def load_accounts(
+    flags: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    config_file: Path | None = None,
+    warnings: list[str] | None = None,
+) -> tuple[Settings, ...]:
+    """The settings of every account ``tracker run`` tracks: one per ``[[accounts]]`` table of the config file, in
+    file order, each the shared settings (as ``load_settings`` builds them) with the account's own key, secret and,
+    where the table sets them, markets, sub-accounts and sub-account keys. Without ``[[accounts]]``:
+    ``(load_settings(...),)``. Parameters as ``load_settings``'s."""
+    env = os.environ if env is None else env
+    warn: list[str] = []
+    found = _find_config(env, config_file)
+    path, section, name = found
+    if path is None or "accounts" not in section:
+        accounts: tuple[Settings, ...] = (_shared_settings(flags, env, found, warn),)
+    else:
+        tables = _account_tables(section["accounts"], path, name)
+        _refuse_shared_account_keys(section, path, name)
+        _refuse_one_account_env(env, path, name)  # before the shared settings read BITSTAMP_API_SECRET_FILE
+        shared = _shared_settings(flags, env, found, warn)
+        accounts = tuple(_account_settings(shared, where, table, warn) for where, table in tables)
+    _report(warn, warnings)
+    return accounts
+
+
+def _report(warn: list[str], warnings: list[str] | None) -> None:
+    if warnings is not None:
+        warnings.extend(warn)
+    else:
+        for line in warn:
+            log.warning(line)
+
+
+def _account_settings(shared: Settings, where: str, table: Mapping[str, object], warn: list[str]) -> Settings:
+    """``shared`` with the account of table ``where``'s own settings; its secret and sub-account keys read."""
+    from tracker import subaccount_keys as sk
+
+    origins, sources = dict(shared.origins), dict(shared.sources)
+    values: dict[str, object] = {"subaccounts": ()}
+    for key in ("api_key", "markets", "subaccounts"):
+        if key in table:
+            values[key] = _coerce(key, table[key], f"{where}: {key}")
+            origins[key], sources[key] = "file", where
+    secret_file = str(table["api_secret_file"]).strip()
+    try:
+        values["api_secret"] = Secret(read_secret_file(Path(secret_file), warn, named_by="api_secret_file"))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    origins["api_secret"], sources["api_secret"] = "file", secret_file
+    sub_keys = sk.from_file(table["subaccount_keys"], where, warn) if "subaccount_keys" in table else {}
+    for name, (origin, source) in sk.origins_of(sub_keys).items():
+        origins[name], sources[name] = origin, source
+    values["subaccount_keys"] = tuple(sub_keys[i] for i in sorted(sub_keys, key=int))
+    settings = replace(shared, **values, origins=origins, sources=sources)  # type: ignore[arg-type]
+    sk.check_listed(sub_keys, settings.subaccounts, account=where)
+    return settings
+
+
+def _shared_settings(
+    flags: Mapping[str, object] | None,
+    env: Mapping[str, str],
+    found: tuple[Path | None, dict[str, object], str],
+    warn: list[str],
+) -> Settings:
+    """``load_settings``'s work: with ``[[accounts]]`` in the file, the settings the accounts share (no API key
+    unless the environment names one, for a command that takes one account)."""
+    from tracker import subaccount_keys as sk
+
     sub_keys: dict[str, SubaccountKey] = {}
     values: dict[str, object] = {}
     origins: dict[str, str] = {f.name: "default" for f in fields(Settings) if f.name not in INTERNAL_FIELDS}
@@ -318,11 +514,16 @@ def load_settings(
         values[name] = _coerce(name, raw, source_label(name, origin, where))
         origins[name], sources[name] = origin, where
 
-    path = config_file or (Path(env[CONFIG_FILE_ENV]) if env.get(CONFIG_FILE_ENV) else None)
-    if path is None and Path("tracker.toml").is_file():
-        path = Path("tracker.toml")
+    accounts = 0
+    path, section, accounts_name = found
     if path is not None:
-        for key, value in _read_config_file(path).items():
+        if "accounts" in section:
+            accounts = len(_account_tables(section["accounts"], path, accounts_name))
+            _refuse_shared_account_keys(section, path, accounts_name)
+        for key, value in section.items():
+            if key == "accounts":
+                origins[key], sources[key] = "file", str(path)
+                continue
             if key == "api_secret_file":
                 values["api_secret"] = Secret(read_secret_file(Path(str(value)), warn))
                 origins["api_secret"], sources["api_secret"] = "file", str(value)
@@ -356,14 +557,15 @@ def load_settings(
     for name, (origin, where) in sk.origins_of(sub_keys).items():
         origins[name], sources[name] = origin, where
     values["subaccount_keys"] = tuple(sub_keys[i] for i in sorted(sub_keys, key=int))
-    settings = replace(Settings(), **values, origins=origins, sources=sources)  # type: ignore[arg-type]
+    settings = replace(
+        Settings(),
+        **values,  # type: ignore[arg-type]
+        origins=origins,
+        sources=sources,
+        accounts_in_file=accounts,
+    )
     sk.check_listed(sub_keys, settings.subaccounts)
     check_transport(settings)
-    if warnings is not None:
-        warnings.extend(warn)
-    else:
-        for line in warn:
-            log.warning(line)
     return settings
 
 
@@ -429,6 +631,8 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
         else:
             shown = str(value)
         rows.append((ENV_NAMES.get(f.name, f.name), shown, settings.origins.get(f.name, "default")))
+    if settings.accounts_in_file:
+        rows.append(("accounts", f"{settings.accounts_in_file}, each tracked by `tracker run`", "file"))
     from tracker.subaccount_keys import describe_keys
 
     return rows + describe_keys(settings.subaccount_keys, settings.origins)

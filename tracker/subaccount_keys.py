@@ -71,8 +71,11 @@ def _pair(
     return SubaccountKey(ident, Secret(key), Secret(secret), sources[0], sources[1])
 
 
-def from_file(section: object, path: Path, warn: list[str]) -> dict[str, SubaccountKey]:
-    """``[tracker.subaccount_keys.<N>]`` tables of ``tracker.toml``: ``api_key`` and ``api_secret_file``."""
+def from_file(section: object, path: Path | str, warn: list[str]) -> dict[str, SubaccountKey]:
+    """``[tracker.subaccount_keys.<N>]`` tables of ``tracker.toml``: ``api_key`` and ``api_secret_file``.
+
+    ``path`` is how errors and ``config show`` name the place: the file, or the file and its ``[[accounts]]`` table
+    (config.py's ``load_accounts``) for an account's own sub-account keys."""
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: subaccount_keys must be tables like [tracker.subaccount_keys.1234]")
     keys: dict[str, SubaccountKey] = {}
@@ -147,9 +150,15 @@ def from_env(env: Mapping[str, str], warn: list[str]) -> dict[str, SubaccountKey
     return keys
 
 
-def check_listed(keys: Mapping[str, SubaccountKey], subaccounts: tuple[str, ...]) -> None:
-    """A key for a sub-account that is not tracked is a mistake: say which and how to fix it."""
+def check_listed(keys: Mapping[str, SubaccountKey], subaccounts: tuple[str, ...], account: str = "") -> None:
+    """A key for a sub-account that is not tracked is a mistake: say which and how to fix it. ``account`` names the
+    config file's ``[[accounts]]`` table both came from, if they did."""
     for ident in keys:
+        if ident not in subaccounts and account:
+            raise ConfigError(
+                f"{account}: subaccount_keys.{ident} is set but {ident} is not in this account's subaccounts: add"
+                f" {ident} to them (or remove the key)"
+            )
         if ident not in subaccounts:
             raise ConfigError(
                 f"{env_name(ident, 'API_KEY')} is set but {ident} is not in TRACKER_SUBACCOUNTS: add {ident} to it"
