@@ -176,7 +176,7 @@ def test_an_unknown_key_is_named_with_the_allowed_ones(tmp_path: Path) -> None:
     message = _error(tmp_path, _account(tmp_path, 0) + _account(tmp_path, 1, 'db_url = "sqlite:///b.db"\n'))
     assert message == (
         f"{tmp_path / 'tracker.toml'} [[accounts]] #2: unknown setting 'db_url' (an account takes: api_key,"
-        " api_secret_file, markets, subaccount_keys, subaccounts)"
+        " api_secret_file, api_url, markets, subaccount_keys, subaccounts, ws_url)"
     )
 
 
@@ -337,3 +337,15 @@ def test_no_key_or_secret_in_any_repr(tmp_path: Path) -> None:
     shown += repr([describe(s) for s in accounts])
     for secret in (*KEYS, *SECRETS, SUB_KEY, SUB_SECRET):
         assert secret not in shown
+
+
+def test_an_accounts_own_endpoints_win_and_are_checked(tmp_path: Path) -> None:
+    own = 'api_url = "http://127.0.0.1:8001/api/v2/"\nws_url = "ws://127.0.0.1:8002"\n'
+    path = _toml(tmp_path, 'api_url = "https://api.example/v2/"\n' + _account(tmp_path, 0, own) + _account(tmp_path, 1))
+    first, second = load_accounts(env={}, config_file=path)
+    assert (first.api_url, first.ws_url) == ("http://127.0.0.1:8001/api/v2/", "ws://127.0.0.1:8002")
+    assert first.origins["api_url"] == "file" and "#1" in first.sources["api_url"]
+    assert second.api_url == "https://api.example/v2/"
+    plain = _account(tmp_path, 0, 'ws_url = "ws://exchange.example"\n')
+    message = _error(tmp_path, plain)
+    assert "#1" in message and "unencrypted ws://" in message

@@ -12,6 +12,7 @@ belongs to one account and nothing else::
     api_key = "..."
     api_secret_file = "/run/secrets/bitstamp-main"
     markets = ["btcusd"]                # optional: this account's own, over the shared value
+    api_url = "https://..."             # optional, and ws_url: this account's own endpoints (a proxy, a test exchange)
     subaccounts = [1234]                # optional: this account's sub-accounts
     [accounts.subaccount_keys.1234]     # optional: as [tracker.subaccount_keys.N], for this account only
     api_key = "..."
@@ -168,7 +169,9 @@ FLAG_NAMES: dict[str, str] = {
 INTERNAL_FIELDS = frozenset({"origins", "sources", "subaccount_keys", "accounts_in_file"})
 # One account's alone: with [[accounts]] in the file, only its tables set them, never the file's top level.
 ONE_ACCOUNT_KEYS: tuple[str, ...] = ("api_key", "api_secret_file", "subaccounts", "subaccount_keys")
-ACCOUNT_KEYS: tuple[str, ...] = (*ONE_ACCOUNT_KEYS, "markets")  # what one [[accounts]] table may set
+# What one [[accounts]] table may set. Its own api_url / ws_url: an account behind another endpoint (a proxy, a test
+# exchange: the tests' fake exchanges are one account each); the shared ones otherwise.
+ACCOUNT_KEYS: tuple[str, ...] = (*ONE_ACCOUNT_KEYS, "markets", "api_url", "ws_url")
 ONE_ACCOUNT_ENV: tuple[str, ...] = (
     ENV_NAMES["api_key"],
     ENV_NAMES["api_secret"],
@@ -373,7 +376,7 @@ def _account_tables(raw: object, path: Path, name: str) -> list[tuple[str, dict[
                     f"{where} has no {key}: give each account its api_key and api_secret_file (the file holding"
                     " its API secret)"
                 )
-        for key in ("api_key", "markets", "subaccounts"):
+        for key in ("api_key", "markets", "subaccounts", "api_url", "ws_url"):
             if key in table:
                 _coerce(key, table[key], f"{where}: {key}")
         api_key = str(table["api_key"]).strip()
@@ -476,7 +479,7 @@ def _account_settings(shared: Settings, where: str, table: Mapping[str, object],
 
     origins, sources = dict(shared.origins), dict(shared.sources)
     values: dict[str, object] = {"subaccounts": ()}
-    for key in ("api_key", "markets", "subaccounts"):
+    for key in ("api_key", "markets", "subaccounts", "api_url", "ws_url"):
         if key in table:
             values[key] = _coerce(key, table[key], f"{where}: {key}")
             origins[key], sources[key] = "file", where
@@ -492,6 +495,7 @@ def _account_settings(shared: Settings, where: str, table: Mapping[str, object],
     values["subaccount_keys"] = tuple(sub_keys[i] for i in sorted(sub_keys, key=int))
     settings = replace(shared, **values, origins=origins, sources=sources)  # type: ignore[arg-type]
     sk.check_listed(sub_keys, settings.subaccounts, account=where)
+    check_transport(settings)
     return settings
 
 
