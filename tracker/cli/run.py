@@ -1,5 +1,8 @@
 """``tracker run``: live ingest of the account's private channels into the event log, until SIGINT/SIGTERM.
 
+Several accounts (the config file's ``[[accounts]]``, ``config.load_accounts``) are tracked by this one process
+(``runtime/app.py``: ``run_accounts``).
+
 Settings come from flags > environment > config file. The API secret is only ever read from the environment or a
 file (never argv). Exit code 0 after a clean stop: everything received has been committed.
 
@@ -17,6 +20,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sqlalchemy import Engine
 
     from tracker.errors import TrackerError
@@ -50,12 +55,12 @@ def register(subparsers: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from tracker.config import load_settings
-    from tracker.runtime.app import run_app
+    from tracker.config import ConfigError, load_accounts
+    from tracker.runtime.app import run_accounts, run_app
     from tracker.store.engine import open_engine
     from tracker.store.migrate import check_schema
 
-    settings = load_settings(
+    accounts = load_accounts(
         flags={
             "db_url": args.db_url,
             "markets": args.markets,
@@ -65,16 +70,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             "insecure": args.insecure,
         }
     )
-    settings.require_credentials()
+    for one in accounts:
+        one.require_credentials()
+    settings = accounts[0]  # what they share: the database, the URLs, the intervals
+    if len(accounts) > 1 and settings.metrics_port is not None:
+        raise ConfigError(
+            "metrics with several [[accounts]] in one process are not supported yet: unset TRACKER_METRICS_PORT"
+            " (or metrics_port, --metrics-port), or run one account per process"
+        )
     require_existing_database(settings)  # never leave an empty SQLite file behind
-    engine = open_engine(settings.db_url)
+    engine = open_engine(settings.db_url, accounts=len(accounts))
     try:
         check_schema(engine)
         refuse_damaged(engine)
         metrics = start_metrics(settings.metrics_port) if settings.metrics_port is not None else None
         started = time.time()
+        main: Callable[[], Awaitable[object]] = partial(run_app, settings, engine, metrics=metrics)
+        if len(accounts) > 1:
+            log.info("tracking %d accounts in this process (the config file's [[accounts]])", len(accounts))
+            main = partial(run_accounts, accounts, engine)
         try:
-            trio.run(partial(run_app, settings, engine, metrics=metrics))
+            trio.run(main)
         except BaseException as error:
             damaged = damage_in(error, engine, started)
             if damaged is None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import trio
 
 from tracker.config import ConfigError, Settings
+from tracker.errors import TrackerError
 from tracker.logs import account_context
 from tracker.metrics import Metrics
 from tracker.runtime.append_combiner import AppendCombiner
@@ -75,7 +77,11 @@ async def run_accounts(
         )
     for index, settings in enumerate(accounts, 1):
         with account_context(str(index)):
-            await check_markets(settings)
+            try:
+                await check_markets(settings)
+            except BaseException as error:
+                _name_account(error, f"account {index} of [[accounts]]")
+                raise
     stop = trio.Event() if stop is None else stop
     combiner = AppendCombiner(EventLog(engine)) if engine.dialect.name == "postgresql" else None
     # One event log for every account: their appends go one at a time through the log's lock anyway, and each
@@ -94,7 +100,8 @@ async def run_accounts(
                     with account_context(str(index)):  # the service's tasks and threads inherit it
                         services = await running.start(
                             partial(
-                                run_tracker,
+                                _run_account,
+                                index,
                                 settings,
                                 event_log,
                                 stop=stop,
@@ -109,3 +116,25 @@ async def run_accounts(
                 task_status.started(started)
             nursery.cancel_scope.cancel()  # the signal watcher
     return started
+
+
+async def _run_account(
+    index: int, *args: Any, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED, **kwargs: Any
+) -> Services:
+    """``run_tracker(*args, **kwargs)`` for the config file's account ``index``: an error that ends it names the
+    account (``tracker: error: account 2 of [[accounts]]: signature rejected: ...``)."""
+    try:
+        return await run_tracker(*args, task_status=task_status, **kwargs)
+    except BaseException as error:
+        _name_account(error, f"account {index} of [[accounts]]")
+        raise
+
+
+def _name_account(error: BaseException, label: str) -> None:
+    """Prefix every ``TrackerError`` in ``error`` (a group's leaves too) with ``label``, once: the CLI prints the
+    first one's message."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            _name_account(inner, label)
+    elif isinstance(error, TrackerError) and error.args and not str(error.args[0]).startswith(label):
+        error.args = (f"{label}: {error.args[0]}", *error.args[1:])
