@@ -207,3 +207,25 @@ def test_status_shows_the_ledger_per_trade_account(tmp_path: Path, capsys: pytes
         ("0", 2, "9", 1),
         ("7", 1, "40", 0),
     ]
+
+
+def test_status_keeps_each_accounts_ledger_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Several Bitstamp accounts in one log (``tracker run`` with [[accounts]]): trade account 0 of each is its own."""
+    from tracker.bitstamp import ledger_entries as le
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    items = [le.entry_from_ledger_row({"id": i, "type": 0, "btc": "1"}, account=account, trade_account_id="0",
+                                      received_at=at) for account, i in (("1", 3), ("1", 9), ("22", 5))]  # fmt: skip
+    engine = open_engine(url)
+    try:
+        EventLog(engine).append(items, [])
+    finally:
+        engine.dispose()
+    out = status(capsys, url)
+    assert "ledger (per account / trade account; 0 = main):" in out
+    assert "  1 / 0: 2 rows, last row 9 " in out
+    assert "  22 / 0: 1 rows, last row 5 " in out
+    data = json.loads(status(capsys, url, "--format", "json"))
+    assert [(a["account"], a["trade_account_id"], a["rows"]) for a in data["ledger"]] == [("1", "0", 2), ("22", "0", 1)]

@@ -97,6 +97,7 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
         else {k: (_iso(v) if k == "at" else v) for k, v in status.backfill_progress.items()},
         "ledger": [
             {
+                "account": a.account,
                 "trade_account_id": a.trade_account_id,
                 "rows": a.rows,
                 "last_row_id": a.last_row_id,
@@ -192,12 +193,14 @@ def format_status(status: Any, now: datetime, where: str) -> str:
             f"backfill under way ({p.get('reason')}): {p.get('fetched', 0):,} facts fetched, {p.get('new', 0):,} new,"
             f" walking {p.get('walking')} ({format_age(p['at'], now)})"
         )
+    several = len({a.account for a in status.ledger}) > 1  # then each line names its Bitstamp account too
     if status.ledger:
-        lines.append("ledger (per trade account; 0 = main):")
+        lines.append(f"ledger (per {'account / ' if several else ''}trade account; 0 = main):")
     for a in status.ledger:
         last_row = f"last row {a.last_row_id} {format_age(a.last_row_at, now)}" if a.rows else "no row yet"
         snapshot = f"last {format_age(a.last_snapshot_at, now)}" if a.snapshots else "none yet"
-        lines.append(f"  {a.trade_account_id}: {a.rows} rows, {last_row}; balance snapshots {a.snapshots}, {snapshot}")
+        name = f"{a.account} / {a.trade_account_id}" if several else a.trade_account_id
+        lines.append(f"  {name}: {a.rows} rows, {last_row}; balance snapshots {a.snapshots}, {snapshot}")
     lines.append(f"degraded: {len(status.degraded) or 'nothing'}")
     for d in status.degraded:
         lines.append(f"  {d.kind.replace('_', ' ')}: {d.what}: {d.detail} (seq {d.seq}, {format_age(d.at, now)})")

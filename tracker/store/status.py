@@ -115,6 +115,7 @@ class LedgerStatus:
     last_row_at: datetime | None  # received
     snapshots: int
     last_snapshot_at: datetime | None
+    account: str = ""  # the Bitstamp account (user id) it belongs to: a log can hold several (run_accounts)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class Status:
     quarantine_latest: list[QuarantineStatus] = field(default_factory=list)
     degraded: list[Degraded] = field(default_factory=list)  # what the run works without, and why
     backfill_progress: dict[str, Any] | None = None  # a long backfill under way: its newest progress entry
-    ledger: list[LedgerStatus] = field(default_factory=list)  # per trade account, "0" first
+    ledger: list[LedgerStatus] = field(default_factory=list)  # per account and trade account, "0" first
 
     @property
     def projection_lag(self) -> int | None:
@@ -308,12 +309,13 @@ def read_status(engine: Engine) -> Status:
 
 
 def _ledger(conn: Connection) -> list[LedgerStatus]:
-    """Per trade account: its ``rest_ledger_row`` and ``rest_balances`` entries (count, newest), by channel."""
+    """Per Bitstamp account and trade account: its ``rest_ledger_row`` and ``rest_balances`` entries (count,
+    newest), by channel."""
     t = event_log.c
     per_channel = conn.execute(
-        select(t.channel, t.event, func.count(), func.max(t.seq))
+        select(t.account, t.channel, t.event, func.count(), func.max(t.seq))
         .where(t.source == "rest", t.event.in_((REST_LEDGER_ROW, REST_BALANCES)))
-        .group_by(t.channel, t.event)
+        .group_by(t.account, t.channel, t.event)
     ).all()
     newest = {
         int(row.seq): row
@@ -321,16 +323,16 @@ def _ledger(conn: Connection) -> list[LedgerStatus]:
             select(t.seq, t.dedup_key, t.received_at).where(t.seq.in_([int(seq) for *_, seq in per_channel]))
         )
     }
-    found: dict[str, dict[str, Any]] = {}
-    for channel, event, count, seq in per_channel:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for account, channel, event, count, seq in per_channel:
         tai, _ = split_ledger_channel(channel)
-        slot = found.setdefault(tai, {})
+        slot = found.setdefault((str(account), tai), {})
         row = newest.get(int(seq))
         slot[event] = (int(count), row)
     out: list[LedgerStatus] = []
-    for tai in sorted(found, key=lambda x: (len(x), x)):
-        rows, last_row = found[tai].get(REST_LEDGER_ROW, (0, None))
-        snapshots, last_snapshot = found[tai].get(REST_BALANCES, (0, None))
+    for account, tai in sorted(found, key=lambda x: (len(x[0]), x[0], len(x[1]), x[1])):
+        rows, last_row = found[account, tai].get(REST_LEDGER_ROW, (0, None))
+        snapshots, last_snapshot = found[account, tai].get(REST_BALANCES, (0, None))
         out.append(
             LedgerStatus(
                 tai,
@@ -339,6 +341,7 @@ def _ledger(conn: Connection) -> list[LedgerStatus]:
                 None if last_row is None else last_row.received_at,
                 snapshots,
                 None if last_snapshot is None else last_snapshot.received_at,
+                account,
             )
         )
     return out
