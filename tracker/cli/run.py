@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from tracker.config import ConfigError, load_accounts
+    from tracker.config import load_accounts
     from tracker.runtime.app import run_accounts, run_app
     from tracker.store.engine import open_engine
     from tracker.store.migrate import check_schema
@@ -73,11 +73,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     for one in accounts:
         one.require_credentials()
     settings = accounts[0]  # what they share: the database, the URLs, the intervals
-    if len(accounts) > 1 and settings.metrics_port is not None:
-        raise ConfigError(
-            "metrics with several [[accounts]] in one process are not supported yet: unset TRACKER_METRICS_PORT"
-            " (or metrics_port, --metrics-port), or run one account per process"
-        )
     require_existing_database(settings)  # never leave an empty SQLite file behind
     engine = open_engine(settings.db_url, accounts=len(accounts))
     try:
@@ -88,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         main: Callable[[], Awaitable[object]] = partial(run_app, settings, engine, metrics=metrics)
         if len(accounts) > 1:
             log.info("tracking %d accounts in this process (the config file's [[accounts]])", len(accounts))
-            main = partial(run_accounts, accounts, engine)
+            main = partial(run_accounts, accounts, engine, metrics=metrics)
         try:
             trio.run(main)
         except BaseException as error:

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from tracker.config import ConfigError, Settings
+from tracker.config import Settings
 from tracker.errors import TrackerError
 from tracker.logs import account_context
 from tracker.metrics import Metrics
@@ -67,14 +67,10 @@ async def run_accounts(
     every account are checked before any connects; the services start one after the other (each one's first
     connection made before the next starts) and are reported in config order. A failure that ends one account's
     service (not a transient one: those it rides out itself) ends the process, as it ends a process running that
-    account alone. ``companions`` False: the services without projector, backfill and reconciliation (benchmarks)."""
+    account alone. ``companions`` False: the services without projector, backfill, reconciliation and metrics
+    (benchmarks). ``metrics``: one set for the process (``metrics_task``'s ``services_of``)."""
     if len(accounts) < 2:
         raise ValueError("run_accounts is for two accounts or more: run_app runs one")
-    if metrics is not None:
-        raise ConfigError(
-            "metrics with several [[accounts]] in one process are not supported yet: unset TRACKER_METRICS_PORT"
-            " (or metrics_port), or run one account per process"
-        )
     for index, settings in enumerate(accounts, 1):
         with account_context(str(index)):
             try:
@@ -95,8 +91,15 @@ async def run_accounts(
             async with trio.open_nursery() as running:
                 started: list[Services] = []
                 for index, settings in enumerate(accounts, 1):
-                    # The projector once for the database: the first account's service runs it.
-                    tasks = [] if not companions else standard_tasks(engine) if index == 1 else [recovery_task()]
+                    # The projector and the metrics once for the process: the first account's service runs them
+                    # (the metrics read every account's service: ``started``, as they start).
+                    tasks: list[TaskStarter] = []
+                    if companions and index == 1:
+                        tasks = [projector_task(engine), recovery_task()]
+                        if metrics is not None:
+                            tasks.append(metrics_task(metrics, engine, services_of=lambda: started))
+                    elif companions:
+                        tasks = [recovery_task()]
                     with account_context(str(index)):  # the service's tasks and threads inherit it
                         services = await running.start(
                             partial(

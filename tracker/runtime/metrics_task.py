@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -162,7 +163,8 @@ def _apply(metrics: Metrics, delta: _Delta) -> None:
 
 
 def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> None:
-    """What only the running service knows: duplicates, commit latencies, open connections."""
+    """What only the running service knows: duplicates, commit latencies, the ledger capture's counts (open
+    connections: ``_apply_connections``)."""
     writer = services.writer_stats
     if writer.duplicates > cursor.duplicates:
         metrics.duplicates.inc(writer.duplicates - cursor.duplicates)
@@ -174,7 +176,6 @@ def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> Non
         for seconds in itertools.islice(sample, max(len(sample) - new, 0), None):
             metrics.commit_latency.observe(seconds)
         cursor.latencies = observed
-    metrics.connections.set(services.ingest_stats.connected_now)
     if services.ledger is not None:
         _apply_ledger(metrics, services.ledger.stats, cursor)
 
@@ -195,12 +196,24 @@ def _apply_ledger(metrics: Metrics, stats: LedgerStats, cursor: _Cursor) -> None
         metrics.ledger_walk_seconds.observe(seconds)
 
 
-def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL_S) -> TaskStarter:
+def metrics_task(
+    metrics: Metrics,
+    engine: Engine,
+    *,
+    interval: float = INTERVAL_S,
+    services_of: Callable[[], Sequence[Services]] | None = None,
+) -> TaskStarter:
     """An ``extra_tasks`` starter: ``run_tracker(..., extra_tasks=[metrics_task(metrics, engine)])``. Build it just
-    before ``run_tracker``: the counters count what is logged from then on."""
+    before ``run_tracker``: the counters count what is logged from then on.
+
+    ``services_of``: several accounts in this process (``run_accounts``): every account's running service, asked
+    each round (they start one after the other). The service-side figures are then this process's: duplicates and
+    commit latencies of every account's writer, their open connections summed, their ledger captures' counts
+    together (per trade account id, as the metric's label has it). Without it: the service the task runs in."""
 
     cursor = _start(engine)  # now, before the run connects: everything this run logs is counted
     set_last_events(metrics, last_event_per_channel(engine))  # the gauge is right from the first scrape
+    cursors: dict[int, _Cursor] = {}  # per service (id), its own duplicates, latencies and ledger counts
 
     async def update_metrics(
         services: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -210,7 +223,10 @@ def metrics_task(metrics: Metrics, engine: Engine, *, interval: float = INTERVAL
         async def round_() -> None:
             delta = await trio.to_thread.run_sync(partial(_read, engine, cursor), limiter=limiter)
             _apply(metrics, delta)
-            _apply_service(metrics, services, cursor)
+            running = [services] if services_of is None else list(services_of())
+            for one in running:
+                _apply_service(metrics, one, cursor if one is services else cursors.setdefault(id(one), _Cursor()))
+            metrics.connections.set(sum(one.ingest_stats.connected_now for one in running))
 
         await round_()
         task_status.started()

@@ -176,9 +176,7 @@ def _setup_postgres(engine: Engine) -> None:
         dbapi_connection.autocommit = autocommit
 
 
-def open_engine(
-    url: str | URL, *, write: bool = True, sqlite_synchronous: str = "FULL", accounts: int = 1
-) -> Engine:
+def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str = "FULL", accounts: int = 1) -> Engine:
     """An engine for ``url``, checked by one connection; failures raise ``StoreError`` with the fix in one line.
 
     ``write=False`` (for read-only commands like ``tracker verify``) does not require write permission and does not
