@@ -3,9 +3,10 @@
 Every append to a PostgreSQL log takes the log's one lock, inside the server, to its commit (the global ``seq`` and
 hash chain: docs/storage.md "Many accounts on one PostgreSQL database"). With one writer per account, 20 accounts at
 100 frames/s each are 2,000 one-frame appends a second, one after another through that lock: in one process on this
-2-core machine, p99 receive→commit 64-67 ms with the backends waiting for the lock in 43 % of the samples
+2-core machine, p99 receive→commit 64-69 ms with the backends waiting for the lock in 43 % of the samples
 (``bench/accounts.py --per-process 20``). Combined, the frames the writers hand in while an append runs go into the
-next one: one lock turn and one commit for all of them, and the p99 falls to 15-20 ms.
+next one: one lock turn and one commit for all of them, and the p99 falls to 8.5-16.9 ms (docs/storage.md "Several
+accounts in one process").
 
 How: each writer's ``loop_append`` (``AppendCombiner.loop_append``) queues its batch and waits. Whoever finds no
 append under way takes the queue (up to ``SERVER_APPEND_MAX`` entries, whole batches, in queue order) and appends it

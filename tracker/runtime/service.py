@@ -38,7 +38,7 @@ from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.db_retry import Outage
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
-from tracker.runtime.loop_append import loop_append
+from tracker.runtime.loop_append import LoopAppend, loop_append
 from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
@@ -98,6 +98,13 @@ async def stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None
             else:
                 log.info("received %s: stopping (committing everything received)", name)
                 stop.set()
+
+
+def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner | None) -> LoopAppend | None:
+    """The writer's appends on the event loop (PostgreSQL): its own, or combined with the process's other accounts'."""
+    if event_log.engine.dialect.name != "postgresql":
+        return None
+    return loop_append(event_log, gate) if combiner is None else combiner.loop_append(gate)
 
 
 async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
@@ -189,13 +196,7 @@ async def run_tracker(
                 limiter=services.db_limiter,
                 retry_if=is_transient,
                 spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
-                loop_append=(
-                    None
-                    if engine.dialect.name != "postgresql"
-                    else loop_append(event_log, gate)
-                    if combiner is None
-                    else combiner.loop_append(gate)
-                ),
+                loop_append=_loop_append(event_log, gate, combiner),
             )
         finally:
             writer_done.set()
