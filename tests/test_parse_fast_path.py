@@ -11,12 +11,16 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from bitstamp_samples import corpus_dirs, private_frame_texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NOW, Log, to_log
 
 from tracker.bitstamp.parse import _parse, parse_entry
+from tracker.bitstamp.parse_fields import NeedExact
+from tracker.bitstamp.parse_fields import id_text as fields_id_text
+from tracker.bitstamp.wire import id_text as wire_id_text
 from tracker.bitstamp.wire import int_text, loads_exact
 from tracker.domain.events import Fill, OrderEvent, Unknown
 from tracker.domain.log import NewEntry
@@ -125,3 +129,21 @@ def test_int_text_reads_text_as_its_definition(value: str) -> None:
     stripped = value.strip()
     expected = int(stripped) if re.fullmatch(r"-?[0-9]+", stripped) else None
     assert int_text(value) == expected
+
+
+ID_VALUES = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6) | st.sampled_from([" 12 ", "None"])
+)
+
+
+@given(st.dictionaries(st.sampled_from(["id", "id_str", "other"]), ID_VALUES), st.booleans())
+def test_id_text_answers_as_wire_id_text(obj: dict[str, Any], with_str_key: bool) -> None:
+    """``parse_fields.id_text``'s quick paths (the ``*_str`` text, an int token, no value at all) answer as
+    ``wire.id_text``; a float where the id belongs asks for the exact decoder instead."""
+    str_key = "id_str" if with_str_key else None
+    expected = wire_id_text(obj, "id", str_key)
+    if expected is None and type(obj.get("id")) is float:
+        with pytest.raises(NeedExact):
+            fields_id_text(obj, "id", str_key)
+    else:
+        assert fields_id_text(obj, "id", str_key) == expected

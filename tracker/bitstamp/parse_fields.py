@@ -46,8 +46,8 @@ def channel_of(text: str) -> Channel:
 
 def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
     """``wire.id_text``; a float where the id should be (an integer beyond 64 bits, from the fast decoder) needs the
-    exact decoder (``NeedExact``). The two usual cases (the ``*_str`` twin's text, else an int token) are answered
-    here as ``wire.id_text`` answers them, without the call (a rebuild reads millions of ids)."""
+    exact decoder (``NeedExact``). The three usual cases (the ``*_str`` twin's text, else an int token, else no value
+    at all) are answered here as ``wire.id_text`` answers them, without the call (a rebuild reads millions of ids)."""
     if str_key is not None:
         value = obj.get(str_key)
         if type(value) is str:
@@ -57,6 +57,8 @@ def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | 
     value = obj.get(key)
     if type(value) is int:
         return str(value)
+    if value is None:  # absent (an order's orig_order_id, a spot fill's position_id): wire.id_text's None, no call
+        return None
     result = _wire_id_text(obj, key, str_key)
     if result is None and type(obj.get(key)) is float:
         raise NeedExact
