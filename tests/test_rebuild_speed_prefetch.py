@@ -8,14 +8,17 @@ Rules: local databases only (``migrated_engine`` runs each test on SQLite and Po
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 from test_fresh_store import fresh_store
 from test_projection_store import fake_entries
 
+from tracker.domain.projection import ProjectionState
+from tracker.domain.rows import TABLES, CounterRow, Row
 from tracker.store.event_log import EventLog
-from tracker.store.projection_prefetch import LazyTable
+from tracker.store.projection_prefetch import Batch, LazyTable
 from tracker.store.projections import BatchResult, ProjectionStore
 
 
@@ -53,3 +56,25 @@ def test_a_committed_batch_is_not_loaded_from(migrated_engine: Engine) -> None:
     for table in cached:
         with pytest.raises(RuntimeError, match="over"):
             table.get(("nobody", "nothing"))
+
+
+def test_batch_changed_is_every_dirty_row_and_refuses_a_dirty_key_without_one() -> None:
+    """``Batch.changed`` (the rows a batch writes, looked up and checked in C): exactly the dirty keys' rows, a row
+    per key; a dirty key whose table holds ``None`` (no row) is an error, not a row left out."""
+
+    def nothing(table: LazyTable, key: tuple[Any, ...]) -> Row | None:
+        return None
+
+    tables = {name: LazyTable(nothing) for name in TABLES}
+    batch = Batch(ProjectionState(tables=tables), tables)
+    rows = [CounterRow("acc", f"c{i}", i, i) for i in range(5)]
+    for row in rows:
+        tables["counters"][("acc", row.name)] = row
+        batch.state.dirty["counters"].add(("acc", row.name))
+    tables["counters"][("acc", "clean")] = CounterRow("acc", "clean", 1, 1)  # not dirty: not written
+    changed = batch.changed()
+    assert list(changed) == ["counters"]
+    assert sorted(changed["counters"], key=lambda row: row.name) == rows
+    batch.state.dirty["orders"].add(("acc", "o1"))  # dirty, but the table has no row for it
+    with pytest.raises(RuntimeError, match="orders: a dirty key without a row"):
+        batch.changed()

@@ -37,7 +37,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from itertools import repeat
+from operator import is_
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from sqlalchemy import Connection, Dialect, Table, and_, bindparam, select
 
@@ -232,11 +234,12 @@ class Batch:
         changed: dict[str, list[Row]] = {}
         for name, keys in self.state.dirty.items():
             if keys:
-                table = self.tables[name]
-                rows = [row for key in keys if (row := table[key]) is not None]
-                if len(rows) != len(keys):  # the fold marks a key dirty when it stores a row there
+                # in C: the rows (``map`` of the dict's lookup), then "is any of them None" (``is_``, not ``in``:
+                # ``None in rows`` would call each row's dataclass ``__eq__``)
+                rows = list(map(self.tables[name].__getitem__, keys))
+                if any(map(is_, rows, repeat(None))):  # the fold marks a key dirty when it stores a row there
                     raise RuntimeError(f"{name}: a dirty key without a row")
-                changed[name] = rows
+                changed[name] = cast("list[Row]", rows)  # (no None: checked above)
         return changed
 
 
