@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -18,10 +19,10 @@ from hypothesis import strategies as st
 from pipeline import NOW, Log, to_log
 
 from tracker.bitstamp.parse import _parse, parse_entry
-from tracker.bitstamp.parse_fields import NeedExact
+from tracker.bitstamp.parse_fields import NeedExact, micro
 from tracker.bitstamp.parse_fields import id_text as fields_id_text
 from tracker.bitstamp.wire import id_text as wire_id_text
-from tracker.bitstamp.wire import int_text, loads_exact
+from tracker.bitstamp.wire import int_text, loads_exact, us_to_datetime
 from tracker.domain.events import Fill, OrderEvent, Unknown
 from tracker.domain.log import NewEntry
 
@@ -147,3 +148,18 @@ def test_id_text_answers_as_wire_id_text(obj: dict[str, Any], with_str_key: bool
             fields_id_text(obj, "id", str_key)
     else:
         assert fields_id_text(obj, "id", str_key) == expected
+
+
+@given(st.integers(min_value=0, max_value=10**18 - 1) | st.integers(min_value=0, max_value=2 * 10**15))
+def test_micro_is_us_to_datetime(us: int) -> None:
+    """``micro``'s quick path (µs digits: the epoch plus ``us`` one-µs steps) is ``us_to_datetime``'s value, or the
+    same error beyond year 9999."""
+    try:
+        expected = us_to_datetime(us)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            micro({"microtimestamp": str(us)})
+        return
+    got = micro({"microtimestamp": str(us)})
+    assert got == expected
+    assert got is not None and got.tzinfo is UTC and got.utcoffset() == expected.utcoffset()
