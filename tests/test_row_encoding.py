@@ -37,7 +37,10 @@ moments = st.datetimes(
     min_value=datetime(1971, 1, 1),
     max_value=datetime(2200, 1, 1),
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
-)
+) | st.sampled_from(  # the ends of every field (the SQLite encoder's digit tables)
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+     datetime(2026, 10, 9, 9, 9, 9, 1000, tzinfo=UTC), datetime(2026, 1, 1, 0, 0, 0, 999, tzinfo=UTC)]
+)  # fmt: skip
 
 
 def _strategy(annotation: Any, *, nul: bool = True) -> st.SearchStrategy[Any]:
