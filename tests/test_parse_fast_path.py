@@ -21,6 +21,7 @@ from pipeline import NOW, Log, to_log
 from tracker.bitstamp.parse import _parse, parse_entry
 from tracker.bitstamp.parse_fields import NeedExact, micro
 from tracker.bitstamp.parse_fields import id_text as fields_id_text
+from tracker.bitstamp.parse_fields import int_text as fields_int_text
 from tracker.bitstamp.wire import id_text as wire_id_text
 from tracker.bitstamp.wire import int_text, loads_exact, us_to_datetime
 from tracker.domain.events import Fill, OrderEvent, Unknown
@@ -163,3 +164,16 @@ def test_micro_is_us_to_datetime(us: int) -> None:
     got = micro({"microtimestamp": str(us)})
     assert got == expected
     assert got is not None and got.tzinfo is UTC and got.utcoffset() == expected.utcoffset()
+
+
+@given(ID_VALUES | st.integers(min_value=-(2**70), max_value=2**70))
+def test_fields_int_text_answers_as_wire_int_text(value: Any) -> None:
+    """``parse_fields.int_text``'s quick path (an int token) answers as ``wire.int_text``; a float asks for the exact
+    decoder instead."""
+    expected = int_text(value)
+    if expected is None and type(value) is float:
+        with pytest.raises(NeedExact):
+            fields_int_text(value)
+    else:
+        assert fields_int_text(value) == expected
+        assert type(fields_int_text(value)) is type(expected)

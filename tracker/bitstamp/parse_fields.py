@@ -67,7 +67,10 @@ def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | 
 
 
 def int_text(value: object) -> int | None:
-    """``wire.int_text``; a float needs the exact decoder (``NeedExact``)."""
+    """``wire.int_text``; a float needs the exact decoder (``NeedExact``). An int token, the usual case (an order's
+    ``order_type`` and ``order_subtype``), is answered here as ``wire.int_text`` answers it, without the call."""
+    if type(value) is int:
+        return value
     result = _wire_int_text(value)
     if result is None and type(value) is float:
         raise NeedExact
