@@ -342,12 +342,13 @@ class Prefetcher:
         """Layer 4's loader (nothing predicted): the previous batch's row (or its absence) when that batch knew the
         key, none when this store never wrote it, else one query (a miss).
 
-        It runs for every key a batch asks for first (~4 in 10 of the fold's asks over the 300,000-event model log):
+        It runs for every key a batch asks for first (~1 in 5 of the fold's asks over the 300,000-event model log):
         the previous batch's answer in one lookup (a sentinel for "not known there", not ``in`` then ``get``), and
         with the Bloom filter (``WrittenKeys``) its test written out here, not a ``maybe`` call
         (``tests/test_rebuild_speed_prefetch.py`` holds the two to the same answers)."""
         by_key = self._by_key[name]
-        known: dict[Key, Row | None] = {} if cache is None else cache[name]
+        # Any, not Row | None: a row, None or the sentinel comes out (a ``cast`` would be a call per lookup)
+        known: dict[Key, Any] = {} if cache is None else cache[name]
         get = dict.get  # (not the table's own ``get``, which would load: the batch that cached it is over)
         if isinstance(written, WrittenKeys):
             bits, mask, salt = written.bits, written.SIZE - 1, written.salts[name]
@@ -355,7 +356,7 @@ class Prefetcher:
             def load_filtered(lazy: LazyTable, key: Key) -> Row | None:
                 row = get(known, key, _UNKNOWN)
                 if row is not _UNKNOWN:
-                    return cast("Row | None", row)
+                    return row  # type: ignore[no-any-return]  # (a row or None: not the sentinel)
                 h = hash(key) ^ salt  # WrittenKeys.maybe, written out
                 first, second = h & mask, (h >> 32) & mask
                 if not (bits[first >> 3] & (1 << (first & 7)) and bits[second >> 3] & (1 << (second & 7))):
@@ -369,7 +370,7 @@ class Prefetcher:
         def load(lazy: LazyTable, key: Key) -> Row | None:
             row = get(known, key, _UNKNOWN)
             if row is not _UNKNOWN:
-                return cast("Row | None", row)
+                return row  # type: ignore[no-any-return]  # (a row or None: not the sentinel)
             if not maybe(name, key):
                 return None
             lazy.misses += 1
