@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from bitstamp_samples import corpus_dirs, private_frame_texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NOW, Log, to_log
 
 from tracker.bitstamp.parse import _parse, parse_entry
-from tracker.bitstamp.wire import int_text, loads_exact
+from tracker.bitstamp.parse_fields import NeedExact, micro
+from tracker.bitstamp.parse_fields import id_text as fields_id_text
+from tracker.bitstamp.parse_fields import int_text as fields_int_text
+from tracker.bitstamp.wire import id_text as wire_id_text
+from tracker.bitstamp.wire import int_text, loads_exact, us_to_datetime
 from tracker.domain.events import Fill, OrderEvent, Unknown
 from tracker.domain.log import NewEntry
 
@@ -125,3 +131,49 @@ def test_int_text_reads_text_as_its_definition(value: str) -> None:
     stripped = value.strip()
     expected = int(stripped) if re.fullmatch(r"-?[0-9]+", stripped) else None
     assert int_text(value) == expected
+
+
+ID_VALUES = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6) | st.sampled_from([" 12 ", "None"])
+)
+
+
+@given(st.dictionaries(st.sampled_from(["id", "id_str", "other"]), ID_VALUES), st.booleans())
+def test_id_text_answers_as_wire_id_text(obj: dict[str, Any], with_str_key: bool) -> None:
+    """``parse_fields.id_text``'s quick paths (the ``*_str`` text, an int token, no value at all) answer as
+    ``wire.id_text``; a float where the id belongs asks for the exact decoder instead."""
+    str_key = "id_str" if with_str_key else None
+    expected = wire_id_text(obj, "id", str_key)
+    if expected is None and type(obj.get("id")) is float:
+        with pytest.raises(NeedExact):
+            fields_id_text(obj, "id", str_key)
+    else:
+        assert fields_id_text(obj, "id", str_key) == expected
+
+
+@given(st.integers(min_value=0, max_value=10**18 - 1) | st.integers(min_value=0, max_value=2 * 10**15))
+def test_micro_is_us_to_datetime(us: int) -> None:
+    """``micro``'s quick path (µs digits: the epoch plus ``us`` one-µs steps) is ``us_to_datetime``'s value, or the
+    same error beyond year 9999."""
+    try:
+        expected = us_to_datetime(us)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            micro({"microtimestamp": str(us)})
+        return
+    got = micro({"microtimestamp": str(us)})
+    assert got == expected
+    assert got is not None and got.tzinfo is UTC and got.utcoffset() == expected.utcoffset()
+
+
+@given(ID_VALUES | st.integers(min_value=-(2**70), max_value=2**70))
+def test_fields_int_text_answers_as_wire_int_text(value: Any) -> None:
+    """``parse_fields.int_text``'s quick path (an int token) answers as ``wire.int_text``; a float asks for the exact
+    decoder instead."""
+    expected = int_text(value)
+    if expected is None and type(value) is float:
+        with pytest.raises(NeedExact):
+            fields_int_text(value)
+    else:
+        assert fields_int_text(value) == expected
+        assert type(fields_int_text(value)) is type(expected)

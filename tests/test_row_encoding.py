@@ -37,7 +37,10 @@ moments = st.datetimes(
     min_value=datetime(1971, 1, 1),
     max_value=datetime(2200, 1, 1),
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
-)
+) | st.sampled_from(  # the ends of every field (the SQLite encoder's digit tables)
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+     datetime(2026, 10, 9, 9, 9, 9, 1000, tzinfo=UTC), datetime(2026, 1, 1, 0, 0, 0, 999, tzinfo=UTC)]
+)  # fmt: skip
 
 
 def _strategy(annotation: Any, *, nul: bool = True) -> st.SearchStrategy[Any]:
@@ -132,15 +135,19 @@ def test_non_finite_money_and_naive_times_are_refused() -> None:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_rows_written_read_back_equal(migrated_engine: Engine, data: st.DataObject) -> None:
-    """``RowUpserts`` (``executemany`` on SQLite, one statement of arrays per table on PostgreSQL) stores every
-    table's rows exactly: read back, they equal what was written (decimals exact, times the same instants)."""
+    """``RowUpserts`` (``executemany`` of many-row statements on SQLite, one statement of arrays a table on
+    PostgreSQL) stores every table's rows exactly: read back, they equal what was written (decimals exact, times the
+    same instants)."""
     written = {
         name: data.draw(st.lists(_rows(name, nul=False), min_size=1, max_size=5, unique_by=row_key)) for name in TABLES
     }
     with writer(migrated_engine).begin() as conn:
         for table in PROJECTION_TABLES.values():
             conn.execute(delete(table))
-        upserts = RowUpserts(PROJECTION_TABLES, migrated_engine.dialect)
+        # on SQLite 2 rows a statement, so up to 5 rows a table take both the many-row statement and the one-row one
+        upserts = RowUpserts(PROJECTION_TABLES, migrated_engine.dialect, rows_per_statement=2)
+        assert upserts.write(conn, written) == sum(map(len, written.values()))
+        # again: every row a conflict now (the DO UPDATE of each statement), the same rows stored
         assert upserts.write(conn, written) == sum(map(len, written.values()))
     stored = ProjectionStore(migrated_engine).all_rows()
     for name, rows in written.items():
@@ -154,3 +161,16 @@ def test_rows_written_read_back_equal(migrated_engine: Engine, data: st.DataObje
                 assert by_key(conn, row_key(row)) == row, name
             absent = ("no such account", *row_key(rows[0])[1:])  # (every key starts with the account)
             assert by_key(conn, absent) is None, name
+
+
+def test_many_row_statements_stay_within_sqlite_parameter_limit() -> None:
+    """Every table's many-row statement has at most 999 parameters (any SQLite's limit) and is the one-row statement
+    with its ``VALUES`` group repeated."""
+    upserts = RowUpserts(PROJECTION_TABLES, DIALECTS["sqlite"])
+    for name, table in PROJECTION_TABLES.items():
+        multi = upserts.multi[name]
+        assert multi.rows >= 1 and multi.rows * len(table.columns) <= 999
+        assert multi.statement.count("?") == multi.rows * len(table.columns)
+        assert multi.statement.replace(
+            ", ".join(["(" + ", ".join("?" * len(table.columns)) + ")"] * multi.rows), "X"
+        ) == (upserts.statements[name].replace("(" + ", ".join("?" * len(table.columns)) + ")", "X"))

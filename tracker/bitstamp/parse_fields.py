@@ -23,6 +23,7 @@ from tracker.domain.log import Parseable
 from tracker.domain.money import parse_decimal
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
 
 
 class Bad(ValueError):
@@ -46,8 +47,8 @@ def channel_of(text: str) -> Channel:
 
 def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | None:
     """``wire.id_text``; a float where the id should be (an integer beyond 64 bits, from the fast decoder) needs the
-    exact decoder (``NeedExact``). The two usual cases (the ``*_str`` twin's text, else an int token) are answered
-    here as ``wire.id_text`` answers them, without the call (a rebuild reads millions of ids)."""
+    exact decoder (``NeedExact``). The three usual cases (the ``*_str`` twin's text, else an int token, else no value
+    at all) are answered here as ``wire.id_text`` answers them, without the call (a rebuild reads millions of ids)."""
     if str_key is not None:
         value = obj.get(str_key)
         if type(value) is str:
@@ -57,6 +58,8 @@ def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | 
     value = obj.get(key)
     if type(value) is int:
         return str(value)
+    if value is None:  # absent (an order's orig_order_id, a spot fill's position_id): wire.id_text's None, no call
+        return None
     result = _wire_id_text(obj, key, str_key)
     if result is None and type(obj.get(key)) is float:
         raise NeedExact
@@ -64,7 +67,10 @@ def id_text(obj: dict[str, Any], key: str, str_key: str | None = None) -> str | 
 
 
 def int_text(value: object) -> int | None:
-    """``wire.int_text``; a float needs the exact decoder (``NeedExact``)."""
+    """``wire.int_text``; a float needs the exact decoder (``NeedExact``). An int token, the usual case (an order's
+    ``order_type`` and ``order_subtype``), is answered here as ``wire.int_text`` answers it, without the call."""
+    if type(value) is int:
+        return value
     result = _wire_int_text(value)
     if result is None and type(value) is float:
         raise NeedExact
@@ -148,7 +154,9 @@ def micro(d: dict[str, Any]) -> datetime | None:
     """``microtimestamp`` (µs, usually digits in a string) as aware UTC."""
     value = d.get("microtimestamp")
     if type(value) is str and len(value) < 19 and value.isascii() and value.isdigit():  # the usual: µs digits
-        return _EPOCH + timedelta(0, 0, int(value))  # us_to_datetime's value; positional: ~0.9 -> ~0.5 us
+        # us_to_datetime's value: a µs times an int is the exact integer timedelta, and ~1,450 of ~5,000 machine
+        # instructions fewer than timedelta(0, 0, n) (which parses its arguments and sums three products)
+        return _EPOCH + _ONE_US * int(value)
     us = int_text(value)
     return None if us is None else us_to_datetime(us)
 

@@ -173,7 +173,7 @@ class ProjectionStore:
     def project(self, entries: Sequence[Parseable]) -> BatchResult | None:
         """Fold one batch of log entries (in seq order) into the tables; ``None`` if the checkpoint moved meanwhile
         (nothing written: reload the checkpoint and read the log again from there)."""
-        return self.project_events([parse_entry(entry) for entry in entries])
+        return self.project_events(list(map(parse_entry, entries)))
 
     def project_events(self, events: Sequence[DomainEvent]) -> BatchResult | None:
         """``project`` for events already parsed (in seq order)."""
