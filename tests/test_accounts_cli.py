@@ -10,6 +10,7 @@ Rules: loopback only, port 0, an absolute timeout on every test, no sleep as syn
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,3 +141,24 @@ async def test_a_wrong_secret_names_its_account(tmp_path: Path) -> None:
     last = err.strip().splitlines()[-1]
     assert last.startswith("tracker: error: account 2 of [[accounts]]: signature rejected"), last
     assert "wrongSECRET" not in err and KEYS[1][0] not in err
+
+
+async def test_doctor_checks_every_listed_account(tmp_path: Path) -> None:
+    async with (
+        open_fake_exchange(seed=7, markets=MARKETS, user_id=720001, api_key=KEYS[0][0], api_secret=KEYS[0][1]) as one,
+        open_fake_exchange(seed=8, markets=MARKETS, user_id=720002, api_key=KEYS[1][0], api_secret=KEYS[1][1]) as two,
+    ):
+        config = write_config(tmp_path, (one, two), (KEYS[0][1], KEYS[1][1]))
+        out = tmp_path / "doctor.json"
+        command = [sys.executable, "-m", "tracker", "doctor", "--listen", "0.5", "--out", str(out)]
+        env = child_env(config, f"sqlite:///{tmp_path / 'unused.db'}")
+        with trio.fail_after(60):
+            done = await trio.run_process(command, env=env, capture_stdout=True, capture_stderr=True, check=False)
+    stdout = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "== account 1 of [[accounts]]" in stdout and "== account 2 of [[accounts]]" in stdout
+    assert stdout.count("verdict: tracker can run on this account") == 2
+    reports = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["account"] for r in reports] == ["720001", "720002"]
+    text = out.read_text(encoding="utf-8")
+    assert all(secret not in text and secret not in stdout for pair in KEYS for secret in pair)

@@ -4,7 +4,9 @@ One line per endpoint and channel: answered or not, the status or code and what 
 answer was signed, and the fields known / unknown / missing against what tracker parses. ``--out FILE`` writes the
 same as JSON for a bug report, with the key, the secret and the token removed (``--redact-amounts`` also replaces
 every number in the sample rows). Exit 0 when tracker can run on this account, 1 when it cannot (the essential probes:
-the token, ``user_transactions/``, the order and trade channels; the clock within 150 s).
+the token, ``user_transactions/``, the order and trade channels; the clock within 150 s). With the config file's
+``[[accounts]]`` (and no key in the environment): every listed account in turn, one report each (``--out``: a JSON
+list of them), exit 0 when tracker can run on all.
 """
 
 from __future__ import annotations
@@ -50,33 +52,42 @@ def _seconds(text: str) -> float:
 def cmd_doctor(args: argparse.Namespace) -> int:
     import trio
 
-    from tracker.config import load_settings
+    from tracker.config import load_accounts, load_settings
     from tracker.exchange.rest import BitstampClient
     from tracker.logs import scrub
     from tracker.runtime.doctor import run_doctor
 
-    settings = load_settings(
-        flags={"markets": args.markets, "api_url": args.api_url, "ws_url": args.ws_url, "insecure": args.insecure}
-    )
-    key, secret = settings.require_credentials()
+    flags = {"markets": args.markets, "api_url": args.api_url, "ws_url": args.ws_url, "insecure": args.insecure}
+    settings = load_settings(flags=flags)
+    # The config file's [[accounts]] (no key in the environment): every listed account in turn, as `tracker run`
+    # would track them.
+    accounts = load_accounts(flags=flags) if not settings.api_key and settings.accounts_in_file else (settings,)
+    reports: list[dict[str, Any]] = []
+    can_run = True
+    for number, one in enumerate(accounts, 1):
+        key, secret = one.require_credentials()
 
-    async def main() -> Any:
-        async with BitstampClient(settings.api_url, key, secret) as client:
-            return await run_doctor(
-                client,
-                api_url=settings.api_url,
-                ws_url=settings.ws_url,
-                markets=settings.markets or (),
-                listen_s=args.listen,
-            )
+        async def main(one: Any = one, key: str = key, secret: str = secret) -> Any:
+            async with BitstampClient(one.api_url, key, secret) as client:
+                return await run_doctor(
+                    client,
+                    api_url=one.api_url,
+                    ws_url=one.ws_url,
+                    markets=one.markets or (),
+                    listen_s=args.listen,
+                )
 
-    report = trio.run(main)
-    print(format_report(report.as_data()))
+        report = trio.run(main)
+        if len(accounts) > 1:
+            print(f"{'' if number == 1 else chr(10)}== account {number} of [[accounts]]")
+        print(format_report(report.as_data()))
+        reports.append(redact_report(report.as_data(), secrets=(key, secret), amounts=args.redact_amounts, scrub=scrub))
+        can_run = can_run and report.can_run
     if args.out is not None:
-        data = redact_report(report.as_data(), secrets=(key, secret), amounts=args.redact_amounts, scrub=scrub)
+        data: Any = reports[0] if len(reports) == 1 else reports  # several accounts: a list, in the file's order
         args.out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"written: {args.out} (key, secret and token removed{'; amounts too' if args.redact_amounts else ''})")
-    return 0 if report.can_run else 1
+    return 0 if can_run else 1
 
 
 def redact_report(
