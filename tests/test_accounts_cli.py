@@ -162,3 +162,28 @@ async def test_doctor_checks_every_listed_account(tmp_path: Path) -> None:
     assert [r["account"] for r in reports] == ["720001", "720002"]
     text = out.read_text(encoding="utf-8")
     assert all(secret not in text and secret not in stdout for pair in KEYS for secret in pair)
+
+
+async def test_reconcile_goes_through_every_listed_account(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    upgrade(db_url)
+    async with (
+        open_fake_exchange(seed=9, markets=MARKETS, user_id=720001, api_key=KEYS[0][0], api_secret=KEYS[0][1]) as one,
+        open_fake_exchange(seed=10, markets=MARKETS, user_id=720002, api_key=KEYS[1][0], api_secret=KEYS[1][1]) as two,
+    ):
+        for fx in (one, two):
+            await fx.generate(20)  # nobody subscribed: the exchange's REST answers are all there is
+        config = write_config(tmp_path, (one, two), (KEYS[0][1], KEYS[1][1]))
+        command = [sys.executable, "-m", "tracker", "reconcile", "--format", "json"]
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                command, env=child_env(config, db_url), capture_stdout=True, capture_stderr=True, check=False
+            )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads(done.stdout) == []
+    engine = open_engine(db_url)
+    try:
+        accounts = {e.account for page in EventLog(engine).iter_after(0) for e in page if e.source == "rest"}
+    finally:
+        engine.dispose()
+    assert accounts == {"720001", "720002"}  # each account's facts, backfilled under its own id

@@ -1,5 +1,7 @@
 """``tracker reconcile``: one backfill and one full reconciliation against the exchange, then the unresolved
 discrepancies. Exit 0 when there are none, 1 while any is unresolved (cron-friendly; errors keep their own codes).
+With the config file's ``[[accounts]]`` (and no key in the environment): every listed account in turn, their
+unresolved discrepancies together.
 
 A full run walks ``user_transactions/`` from the beginning per market (``--incremental``: from where the previous
 reconciliation stopped) and checks closed orders with ``order_status/`` (at most ``--max-status-checks``).
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from tracker.cli import add_common_flags
@@ -37,31 +40,37 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     import trio
 
     from tracker.cli import open_database
-    from tracker.config import load_settings
+    from tracker.config import load_accounts, load_settings
     from tracker.runtime.reconciler import ReconcileOptions
     from tracker.runtime.recovery import reconcile_once
     from tracker.store.event_log import EventLog
     from tracker.store.migrate import check_schema
 
-    settings = load_settings(
-        flags={"db_url": args.db_url, "markets": args.markets, "api_url": args.api_url, "insecure": args.insecure}
-    )
-    settings.require_credentials()
+    flags = {"db_url": args.db_url, "markets": args.markets, "api_url": args.api_url, "insecure": args.insecure}
+    settings = load_settings(flags=flags)
+    # The config file's [[accounts]] (no key in the environment): every listed account in turn.
+    accounts = load_accounts(flags=flags) if not settings.api_key and settings.accounts_in_file else (settings,)
+    for one in accounts:
+        one.require_credentials()
     engine = open_database(settings, write=True)  # a missing SQLite file is an error, never created here
+    unresolved: list[DiscrepancyRow] = []
     try:
         check_schema(engine)
-        result = trio.run(
-            lambda: reconcile_once(
-                settings,
-                EventLog(engine),
-                full=not args.incremental,
-                options=ReconcileOptions(max_status_checks=args.max_status_checks),
+        for one in accounts:
+            result = trio.run(
+                partial(
+                    reconcile_once,
+                    one,
+                    EventLog(engine),
+                    full=not args.incremental,
+                    options=ReconcileOptions(max_status_checks=args.max_status_checks),
+                )
             )
-        )
+            unresolved += result.unresolved  # each account's own
     finally:
         engine.dispose()
-    print(format_discrepancies(result.unresolved, args.format))
-    return 1 if result.unresolved else 0
+    print(format_discrepancies(unresolved, args.format))
+    return 1 if unresolved else 0
 
 
 def format_discrepancies(rows: Sequence[DiscrepancyRow], fmt: str = "table") -> str:
