@@ -37,8 +37,10 @@ from tracker.metrics import Metrics
 from tracker.runtime.app import run_accounts
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.lease import WriteGate
+from tracker.runtime.service import Services
 from tracker.store.engine import open_engine
 from tracker.store.event_log import SERVER_APPEND_MAX, AppendResult, EventLog, split_result
+from tracker.store.lease import account_lease_for
 from tracker.store.migrate import upgrade
 
 pytestmark = pytest.mark.timeout(60)
@@ -248,6 +250,51 @@ async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
             [combiner] = {id(s.combiner): s.combiner for s in services}.values()
             assert combiner is not None and combiner.stats.batches > 10
     finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_standby_account_holds_the_others_up_in_nothing(pg_url: str) -> None:
+    """Account 1's lease is held by another process: account 2 starts and commits meanwhile, the projector runs;
+    account 1 takes over when the lease is free."""
+    upgrade(pg_url)
+    engine = open_engine(pg_url)
+    holder = open_engine(pg_url)
+    try:
+        async with (
+            open_fake_exchange(seed=5, markets=MARKETS, user_id=710011, api_key="keystandbyone") as one,
+            open_fake_exchange(seed=6, markets=MARKETS, user_id=710012, api_key="keystandbytwo") as two,
+        ):
+            elsewhere = account_lease_for(holder, "710011")
+            assert elsewhere is not None and elsewhere.try_acquire()
+            stop = trio.Event()
+            reported: list[list[Services]] = []
+
+            async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                reported.append(
+                    await run_accounts(
+                        [_settings(fx, pg_url) for fx in (one, two)],
+                        engine,
+                        stop=stop,
+                        handle_signals=False,
+                        ingest_options=FAST,
+                    )
+                )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await two.wait_subscribed(two.private_channels())  # account 2 runs while account 1 waits
+                assert not one.hub.conns  # the standby connects nowhere
+                await two.generate(5)
+                await trio.to_thread.run_sync(elsewhere.release)  # the other process stops
+                await one.wait_subscribed(one.private_channels())  # account 1 takes over
+                stop.set()
+        [services] = reported
+        assert [s.account for s in services] == ["710011", "710012"]
+        assert all(s.lease_acquired_at is not None for s in services)
+        assert {e.account for p in EventLog(engine).iter_after(0) for e in p if e.source == "ws"} >= {"710012"}
+    finally:
+        holder.dispose()
         engine.dispose()
 
 

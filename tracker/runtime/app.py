@@ -25,13 +25,14 @@ from tracker.errors import TrackerError
 from tracker.logs import account_context
 from tracker.metrics import Metrics
 from tracker.runtime.append_combiner import AppendCombiner
-from tracker.runtime.ingest import IngestOptions
+from tracker.runtime.ingest import IngestOptions, IngestStats
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
 from tracker.runtime.preflight import check_markets
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
-from tracker.runtime.service import Services, TaskStarter, run_tracker, stop_on_signals
+from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, stop_on_signals
+from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
 
@@ -64,11 +65,13 @@ async def run_accounts(
 ) -> list[Services]:
     """``run_app`` for several accounts in this one process (the module docstring), until ``stop`` is set or
     SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed. The markets of
-    every account are checked before any connects; the services start one after the other (each one's first
-    connection made before the next starts) and are reported in config order. A failure that ends one account's
+    every account are checked before any connects; the services start together and are reported in config order
+    once all have started. A failure that ends one account's
     service (not a transient one: those it rides out itself) ends the process, as it ends a process running that
-    account alone. ``companions`` False: the services without projector, backfill, reconciliation and metrics
-    (benchmarks). ``metrics``: one set for the process (``metrics_task``'s ``services_of``)."""
+    account alone. The projector and the metrics run once for the process, beside the accounts (a standby account
+    waiting for its lease holds nothing up). ``companions`` False: the services without projector, backfill,
+    reconciliation and metrics (benchmarks). ``metrics``: one set for the process (``metrics_task``'s
+    ``services_of``)."""
     if len(accounts) < 2:
         raise ValueError("run_accounts is for two accounts or more: run_app runs one")
     for index, settings in enumerate(accounts, 1):
@@ -84,41 +87,66 @@ async def run_accounts(
     # EventLog keeps a connection of its own. (The combiner's is apart: its appends run on the event loop, and the
     # accounts' thread appends must not take its connection.)
     event_log = EventLog(engine)
+    # What the process runs once, beside the accounts (the projector, the metrics): under a service of its own, not
+    # an account's, so that they run whether or not a given account is a standby waiting for its lease.
+    process = Services(
+        settings=accounts[0],
+        stop=stop,
+        log=event_log,
+        writer_stats=WriterStats(),
+        ingest_stats=IngestStats(),
+        db_limiter=trio.CapacityLimiter(1),
+        combiner=combiner,
+    )
+    started: list[Services | None] = [None] * len(accounts)
+    all_started = trio.Event()
+
+    def running_services() -> list[Services]:
+        return [services for services in started if services is not None]
+
+    async def launch(index: int, settings: Settings) -> None:
+        """Start account ``index``'s service (a standby's start waits for its lease: the others go on meanwhile)."""
+        with account_context(str(index)):  # the service's tasks and threads inherit it
+            started[index - 1] = await running.start(
+                partial(
+                    _run_account,
+                    index,
+                    settings,
+                    event_log,
+                    stop=stop,
+                    handle_signals=False,
+                    ingest_options=ingest_options,
+                    extra_tasks=[recovery_task()] if companions else [],
+                    combiner=combiner,
+                    file_lock=False,
+                )
+            )
+        if all(services is not None for services in started):
+            all_started.set()
+
     with open_file_lock(event_log):  # SQLite: one lock on the file for every account this process writes
         async with trio.open_nursery() as nursery:
+            signals = trio.CancelScope()
             if handle_signals:
-                await nursery.start(stop_on_signals, stop)
+
+                async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
+                    with signals:
+                        await stop_on_signals(stop, task_status=task_status)
+
+                await nursery.start(watch_signals)
+            if companions:
+                once = [projector_task(engine)]
+                if metrics is not None:
+                    once.append(metrics_task(metrics, engine, services_of=running_services))
+                for starter in once:
+                    await nursery.start(restart_on_db_outage, starter, process)
             async with trio.open_nursery() as running:
-                started: list[Services] = []
                 for index, settings in enumerate(accounts, 1):
-                    # The projector and the metrics once for the process: the first account's service runs them
-                    # (the metrics read every account's service: ``started``, as they start).
-                    tasks: list[TaskStarter] = []
-                    if companions and index == 1:
-                        tasks = [projector_task(engine), recovery_task()]
-                        if metrics is not None:
-                            tasks.append(metrics_task(metrics, engine, services_of=lambda: started))
-                    elif companions:
-                        tasks = [recovery_task()]
-                    with account_context(str(index)):  # the service's tasks and threads inherit it
-                        services = await running.start(
-                            partial(
-                                _run_account,
-                                index,
-                                settings,
-                                event_log,
-                                stop=stop,
-                                handle_signals=False,
-                                ingest_options=ingest_options,
-                                extra_tasks=tasks,
-                                combiner=combiner,
-                                file_lock=False,
-                            )
-                        )
-                    started.append(services)
-                task_status.started(started)
-            nursery.cancel_scope.cancel()  # the signal watcher
-    return started
+                    running.start_soon(launch, index, settings)
+                await all_started.wait()
+                task_status.started(running_services())
+            signals.cancel()  # the projector and the metrics end at the stop by themselves
+    return running_services()
 
 
 async def _run_account(

@@ -125,7 +125,7 @@ class _StartedOnce:
             self.inner.started(value)
 
 
-async def _restart_on_db_outage(
+async def restart_on_db_outage(
     starter: TaskStarter, services: Services, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run an extra task (projector, backfill, reconciler, metrics); if it ends on a lost database connection only, log
@@ -239,7 +239,7 @@ async def run_tracker(
                         )
                         services.account = ingest_ctx.account
                         for starter in extra_tasks:
-                            await producers.start(_restart_on_db_outage, starter, services)
+                            await producers.start(restart_on_db_outage, starter, services)
                     task_status.started(services)
                 signal_scope.cancel()
     finally:
