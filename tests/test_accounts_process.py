@@ -28,7 +28,7 @@ from sqlalchemy import exc
 from store_helpers import entry, walk
 from test_ingest_e2e import FAST, record_deliveries
 
-from tracker.config import Secret, Settings
+from tracker.config import ConfigError, Secret, Settings
 from tracker.domain.chain import GENESIS, Anchor
 from tracker.domain.log import NewEntry
 from tracker.fake.server import FakeExchange, open_fake_exchange
@@ -295,6 +295,25 @@ async def test_a_standby_account_holds_the_others_up_in_nothing(pg_url: str) -> 
         assert {e.account for p in EventLog(engine).iter_after(0) for e in p if e.source == "ws"} >= {"710012"}
     finally:
         holder.dispose()
+        engine.dispose()
+
+
+async def test_two_keys_of_one_account_are_refused_before_anything_starts(sqlite_url: str) -> None:
+    upgrade(sqlite_url)
+    engine = open_engine(sqlite_url)
+    try:
+        async with (
+            open_fake_exchange(seed=1, markets=MARKETS, user_id=710021, api_key="keysameone") as one,
+            open_fake_exchange(seed=2, markets=MARKETS, user_id=710021, api_key="keysametwo") as two,
+        ):
+            with pytest.raises(ConfigError) as refused:
+                await run_accounts([_settings(fx, sqlite_url) for fx in (one, two)], engine, handle_signals=False)
+            assert not one.hub.conns and not two.hub.conns
+        assert str(refused.value) == (
+            "accounts 1 and 2 of [[accounts]] have keys of one Bitstamp account (user 710021): list each account once"
+        )
+        assert EventLog(engine).head() == 0
+    finally:
         engine.dispose()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from tracker.config import Settings
+from tracker.config import ConfigError, Settings
 from tracker.errors import TrackerError
 from tracker.logs import account_context
 from tracker.metrics import Metrics
@@ -28,7 +28,7 @@ from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.ingest import IngestOptions, IngestStats
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
-from tracker.runtime.preflight import check_markets
+from tracker.runtime.preflight import account_of, check_markets, same_accounts
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, stop_on_signals
@@ -64,23 +64,27 @@ async def run_accounts(
     task_status: trio.TaskStatus[list[Services]] = trio.TASK_STATUS_IGNORED,
 ) -> list[Services]:
     """``run_app`` for several accounts in this one process (the module docstring), until ``stop`` is set or
-    SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed. The markets of
-    every account are checked before any connects; the services start together and are reported in config order
-    once all have started. A failure that ends one account's
-    service (not a transient one: those it rides out itself) ends the process, as it ends a process running that
-    account alone. The projector and the metrics run once for the process, beside the accounts (a standby account
-    waiting for its lease holds nothing up). ``companions`` False: the services without projector, backfill,
-    reconciliation and metrics (benchmarks). ``metrics``: one set for the process (``metrics_task``'s
+    SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed. The markets and
+    credentials of every account are checked before any connects (two keys of one Bitstamp account: an error); the
+    services start together and are reported in config order once all have started. A failure that ends one
+    account's service (not a transient one: those it rides out itself) ends the process, as it ends a process
+    running that account alone. The projector and the metrics run once for the process, beside the accounts (a
+    standby account waiting for its lease holds nothing up). ``companions`` False: the services without projector,
+    backfill, reconciliation and metrics (benchmarks). ``metrics``: one set for the process (``metrics_task``'s
     ``services_of``)."""
     if len(accounts) < 2:
         raise ValueError("run_accounts is for two accounts or more: run_app runs one")
+    users: list[str] = []
     for index, settings in enumerate(accounts, 1):
         with account_context(str(index)):
             try:
                 await check_markets(settings)
+                users.append(await account_of(settings))  # the credentials checked before anything starts
             except BaseException as error:
                 _name_account(error, f"account {index} of [[accounts]]")
                 raise
+    if (same := same_accounts(users)) is not None:
+        raise ConfigError(same)
     stop = trio.Event() if stop is None else stop
     combiner = AppendCombiner(EventLog(engine)) if engine.dialect.name == "postgresql" else None
     # One event log for every account: their appends go one at a time through the log's lock anyway, and each

@@ -42,3 +42,23 @@ async def check_markets(settings: Settings, client: BitstampClient | None = None
             f"unknown market {missing[0]}: the exchange does not list it (it has {sample});"
             " fix TRACKER_MARKETS or --markets"
         )
+
+
+async def account_of(settings: Settings) -> str:
+    """The Bitstamp account (user id) ``settings``' key belongs to: one signed token call (its errors are the run's:
+    a wrong secret is an ``AuthError`` saying so)."""
+    key, secret = settings.require_credentials()
+    async with BitstampClient(settings.api_url, key, secret) as client:
+        return (await client.websockets_token()).user_id
+
+
+def same_accounts(users: Sequence[str]) -> str | None:
+    """The error for config entries (numbered from 1) whose keys belong to one Bitstamp account, else None."""
+    first: dict[str, int] = {}
+    for number, user in enumerate(users, 1):
+        if (earlier := first.setdefault(user, number)) != number:
+            return (
+                f"accounts {earlier} and {number} of [[accounts]] have keys of one Bitstamp account (user {user}):"
+                " list each account once"
+            )
+    return None
