@@ -92,3 +92,27 @@ def test_a_secret_named_by_the_environment_is_labelled_with_its_file(tmp_path: P
     line = next(line for line in table.stdout.splitlines() if line.startswith("BITSTAMP_API_SECRET "))
     assert line.endswith(f"(file {secret_file})")
     assert SECRET not in table.stdout
+
+
+def test_each_listed_account_is_shown_masked(tmp_path: Path) -> None:
+    secrets = []
+    for n in (1, 2):
+        secret = tmp_path / f"secret{n}"
+        secret.write_text(f"{SECRET}{n}\n")
+        secret.chmod(0o600)
+        secrets.append(secret)
+    (tmp_path / "tracker.toml").write_text(
+        f'[[accounts]]\napi_key = "{KEY}1"\napi_secret_file = "{secrets[0]}"\nmarkets = ["btcusd"]\n'
+        f'[[accounts]]\napi_key = "{KEY}2"\napi_secret_file = "{secrets[1]}"\nsubaccounts = [7]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    text = show(tmp_path, env)
+    assert text.returncode == 0, text.stderr
+    lines = {line.split()[0]: line for line in text.stdout.splitlines()}
+    assert "keyA…***" in lines["accounts[1].api_key"] and "[[accounts]] #1" in lines["accounts[1].api_key"]
+    assert f"(file {secrets[1]})" in lines["accounts[2].api_secret"]
+    assert "btcusd" in lines["accounts[1].markets"] and "accounts[2].markets" not in lines  # the shared one
+    assert lines["accounts[2].subaccounts"].split()[1] == "7"
+    data = json.loads(show(tmp_path, env, "--format", "json").stdout)
+    assert data["accounts[1].api_secret"] == {"value": "***", "from": "file", "source": str(secrets[0])}
+    assert SECRET not in text.stdout and KEY not in text.stdout

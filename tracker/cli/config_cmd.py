@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tracker.config import ENV_NAMES, describe, describe_source, load_settings
+from tracker.config import ENV_NAMES, Settings, describe, describe_source, load_accounts, load_settings, mask
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,11 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def show_config(args: argparse.Namespace) -> int:
-    settings = load_settings({"db_url": args.db_url, "markets": args.markets})  # logs the secret file's warning
+    flags = {"db_url": args.db_url, "markets": args.markets}
+    settings = load_settings(flags)  # logs the secret file's warning
     rows = describe(settings)
     # ``from`` is the kind of origin (a contract); ``source`` adds which flag, variable or file exactly.
     field_of = {env: name for name, env in ENV_NAMES.items()}
     sources = {name: settings.sources.get(field_of.get(name, name)) for name, _, _ in rows}
+    shown_by: dict[str, str] = {}  # an account's row: how the text table names its source
+    if settings.accounts_in_file and not settings.api_key:  # what `tracker run` would track: each listed account
+        for number, one in enumerate(load_accounts(flags), 1):
+            for name, value, origin, source in _account_rows(one, settings):
+                row = f"accounts[{number}].{name}"
+                rows.append((row, value, origin))
+                sources[row] = source
+                shown_by[row] = f"{origin} {source}" if origin == "file" and source else origin
     if args.format == "json":
         shown = {
             name: {"value": value, "from": origin} | ({"source": source} if (source := sources[name]) else {})
@@ -35,5 +44,23 @@ def show_config(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _, _ in rows)
     vwidth = max(len(value) for _, value, _ in rows)
     for name, value, _origin in rows:
-        print(f"{name:<{width}}  {value:<{vwidth}}  ({describe_source(settings, field_of.get(name, name))})")
+        where = shown_by.get(name) or describe_source(settings, field_of.get(name, name))
+        print(f"{name:<{width}}  {value:<{vwidth}}  ({where})")
     return 0
+
+
+def _account_rows(one: Settings, shared: Settings) -> list[tuple[str, str, str, str | None]]:
+    """(name, shown value, origin, source) of what one listed account sets itself (secrets masked)."""
+    rows: list[tuple[str, str, str, str | None]] = []
+    for name in ("api_key", "api_secret", "markets", "subaccounts", "api_url", "ws_url"):
+        value = getattr(one, name)
+        if name in ("api_url", "ws_url", "markets") and value == getattr(shared, name):
+            continue  # the shared value, shown above
+        if name in ("api_key", "api_secret"):
+            shown = mask(value.reveal() if value else None) if name == "api_key" else "***"
+        elif isinstance(value, tuple):
+            shown = ",".join(value) or "(none: the main account only)"
+        else:
+            shown = "(discovered from the API)" if value is None else str(value)
+        rows.append((name, shown, one.origins.get(name, "default"), one.sources.get(name)))
+    return rows
