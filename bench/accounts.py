@@ -18,11 +18,12 @@ the machine can do at that load with the least a pipeline must do, so a missed t
 too small for it. ``--per-process K`` adds the two loads with the accounts K to a process (``tracker/K``:
 ``run_accounts``, as ``tracker run`` runs a config file's ``[[accounts]]``: a service per account under one trio
 loop, their live appends combined; bench/ingest.py's ``--child group``). ``--only`` makes only the named runs
-(``tracker:20:100``, ``tracker:1:max``, ``tracker/20:20:100``, ``baseline:20:100``). ``BENCH_DEBUG=1`` shows the
-children's errors. Printed: aggregate events/s (every child's data frames / (last data commit of any child - first
-data receive of any child), wall clock), and receive→commit p50 / p99 per account (the worst account's p99 and the
-median account's). Targets (issue 16): 20 accounts at 2,000 events/s with every account's p99 <= 20 ms; unpaced
-aggregate of 20 accounts >= that of 1 account alone.
+(``tracker:20:100``, ``tracker:1:max``, ``tracker/20:20:100``, ``baseline:20:100``). ``--sqlite DIR``: into a SQLite
+file instead (the grouped runs and single accounts only). ``BENCH_DEBUG=1`` shows the children's errors;
+``BENCH_NO_COMBINE=1`` makes the grouped children's writers append alone. Printed: aggregate events/s (every child's
+data frames / (last data commit of any child - first data receive of any child), wall clock), and receive→commit p50
+/ p99 per account (the worst account's p99 and the median account's). Targets (issue 16): 20 accounts at 2,000
+events/s with every account's p99 <= 20 ms; unpaced aggregate of 20 accounts >= that of 1 account alone.
 
 The fakes run in this process and share its CPU with nothing else; the children and PostgreSQL share the machine.
 The frames are made by the fakes' models before each measurement (``ingest.prerender``) and paced by one loop for
@@ -134,7 +135,8 @@ async def measure(
                         load.start_soon(offer, fx, rate, duration, made)
                 else:
                     load.start_soon(offer_paced, fakes, frames, rate, duration)
-                load.start_soon(sample_waits, db_url, duration, waits)
+                if db_url.startswith("postgresql"):
+                    load.start_soon(sample_waits, db_url, duration, waits)
             busy = machine_busy(busy_before)
             await trio.sleep(1.0)  # let every pipeline commit its tail before the stop
             stop.set()
@@ -219,6 +221,15 @@ def fresh_schema(database: str) -> str:
     return url
 
 
+def fresh_sqlite(directory: str) -> str:
+    """A new migrated SQLite file in ``directory`` (``--sqlite``)."""
+    from tracker.store import migrate
+
+    url = f"sqlite:///{Path(directory) / f'bench_{uuid.uuid4().hex[:8]}.db'}"
+    migrate.upgrade(url)
+    return url
+
+
 def _run_name(kind: str, rate: float, accounts: int, per_process: int) -> str:
     """A run's name for ``--only``: ``tracker:20:100``, ``tracker:20:max``, ``tracker/20:20:100``,
     ``baseline:20:100``."""
@@ -256,7 +267,8 @@ async def parent(args: argparse.Namespace) -> None:
             wanted = set(args.only.split(","))
             runs = [run for run in runs if _run_name(*run) in wanted]
         for kind, rate, accounts, per_process in runs:
-            r = await measure(accounts, rate, args.duration, fresh_schema(database), kind, per_process)
+            target = fresh_sqlite(args.sqlite) if args.sqlite else fresh_schema(database)
+            r = await measure(accounts, rate, args.duration, target, kind, per_process)
             label = kind if per_process == 1 else f"{kind}/{per_process}"
             offered = "max" if math.isinf(rate) else f"{rate:.0f}"
             print(
@@ -282,6 +294,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of offered load per measurement")
     parser.add_argument("--pg-url", help="an existing PostgreSQL database to use (or TRACKER_BENCH_PG_URL)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the minimal pipelines' paced run")
+    parser.add_argument(
+        "--sqlite",
+        metavar="DIR",
+        help="into a new SQLite file in DIR instead (only the grouped runs can: one process writes a SQLite file)",
+    )
     parser.add_argument("--only", help="comma-separated runs to make, by name (tracker:20:max, tracker/20:20:100, ...)")
     parser.add_argument(
         "--per-process",

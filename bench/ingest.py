@@ -177,6 +177,8 @@ async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str,
         return result
 
     async def combined(self: Any, entries: Any) -> Any:
+        if os.environ.get("BENCH_NO_COMBINE"):  # each writer appends alone (how much the combining saves)
+            return None
         result = await real_combined(self, entries)
         if result is not None:
             committed(entries)

@@ -18,15 +18,17 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import exc
-from store_helpers import entry, walk
+from store_helpers import entry, open_log, walk
 from test_ingest_e2e import FAST, record_deliveries
+from test_pg_append import _entries as pg_append_entries
 
 from tracker.config import ConfigError, Secret, Settings
 from tracker.domain.chain import GENESIS, Anchor
@@ -246,9 +248,9 @@ async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
         # Every account's commits (the writers' last ones, after the stop, may come after the task's last round).
         commits = [sum(s.writer_stats.latency_counts) for s in services]
         assert max(commits) < _total(metrics, "tracker_commit_latency_seconds_count") <= sum(commits)
-        if engine.dialect.name == "postgresql":  # the accounts' live appends went through one combiner
-            [combiner] = {id(s.combiner): s.combiner for s in services}.values()
-            assert combiner is not None and combiner.stats.batches > 10
+        # The accounts' live appends went through one combiner (on either backend).
+        [combiner] = {id(s.combiner): s.combiner for s in services}.values()
+        assert combiner is not None and combiner.stats.batches > 10
     finally:
         engine.dispose()
 
@@ -346,3 +348,46 @@ def test_log_lines_carry_the_account() -> None:
     lines = stream.getvalue().splitlines()
     assert lines[0].endswith("tracker.test: connected account=2")
     assert lines[1].endswith("tracker.test: alone")
+
+
+# ------------------------------------------------------------------------------------- append_parts (SQLite's way)
+
+
+def _outcome(result: AppendResult) -> tuple[tuple[int, ...], int, int, int]:
+    return result.appended, result.duplicates, result.conflicts, result.quarantined
+
+
+def _log_state(log: EventLog) -> tuple[list[tuple[int, str, str, str]], list[tuple[str, str | None, int | None, str]]]:
+    rows = [(r.seq, r.dedup_key, r.payload, r.hash) for page in log.iter_after(0) for r in page]
+    kept = [(q.kind, q.dedup_key, q.existing_seq, q.raw) for q in log.quarantined()]
+    return rows, kept
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=st.lists(st.lists(pg_append_entries(), min_size=1, max_size=4), min_size=1, max_size=3))
+def test_append_parts_is_each_part_appended_in_turn(
+    rounds: list[list[list[NewEntry]]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Rounds of parts (7 keys over every part and round: duplicates and conflicts within a part, across parts and
+    with what earlier rounds stored): each part's result, the rows, the chain and the quarantine are what appending
+    the parts one after the other gives."""
+    assume(all(EventLog.entries_fit(part) for parts in rounds for part in parts))
+    where = tmp_path_factory.mktemp("parts")
+    with open_log(f"sqlite:///{where / 'turns.db'}") as turns, open_log(f"sqlite:///{where / 'parts.db'}") as combined:
+        for parts in rounds:
+            expected = [_outcome(turns.append(part)) for part in parts]
+            got = combined.append_parts(parts)
+            assert [_outcome(result) for result in got] == expected
+            assert all(result.head == combined.head_anchor() for result in got)
+        assert _log_state(combined) == _log_state(turns)
+
+
+@pytest.mark.postgres
+async def test_append_parts_on_postgresql_is_sqlites(pg_log: EventLog, tmp_path: Path) -> None:
+    changed = entry(2, payload='{"data":{"id":2,"amount_str":"0.3"}}')  # key of entry 2, another text: a conflict
+    rounds = [[[entry(1), entry(2)], [entry(3, account="1002", key="ws:1002:3")]], [[entry(2), changed], [entry(4)]]]
+    with open_log(f"sqlite:///{tmp_path / 'lite.db'}") as lite:
+        for parts in rounds:
+            assert [_outcome(r) for r in pg_log.append_parts(parts)] == [_outcome(r) for r in lite.append_parts(parts)]
+        assert _log_state(pg_log) == _log_state(lite)
+    assert [_outcome(r) for r in pg_log.append_parts([[changed], [entry(5)]])] == [((), 0, 1, 0), ((5,), 0, 0, 0)]

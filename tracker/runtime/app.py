@@ -7,9 +7,9 @@
 
 Several accounts (the config file's ``[[accounts]]``) run in one process (``run_accounts``): one service per account,
 each with its own connections, writer, lease, backfill, reconciliation and ledger capture, exactly as a process of its
-own would run it; one projector for the database; one signal handler that stops them all; on PostgreSQL their live
-appends combined (``append_combiner.py``: one lock turn for all the accounts' frames instead of one per frame). Log
-lines carry ``account=N``, the account's place in the config file.
+own would run it; one projector for the database; one signal handler that stops them all; their live appends
+combined (``append_combiner.py``: one lock turn and one commit for all the accounts' frames instead of one per
+frame). Log lines carry ``account=N``, the account's place in the config file.
 """
 
 from __future__ import annotations
@@ -86,10 +86,10 @@ async def run_accounts(
     if (same := same_accounts(users)) is not None:
         raise ConfigError(same)
     stop = trio.Event() if stop is None else stop
-    combiner = AppendCombiner(EventLog(engine)) if engine.dialect.name == "postgresql" else None
+    combiner = AppendCombiner(EventLog(engine))
     # One event log for every account: their appends go one at a time through the log's lock anyway, and each
-    # EventLog keeps a connection of its own. (The combiner's is apart: its appends run on the event loop, and the
-    # accounts' thread appends must not take its connection.)
+    # EventLog keeps a connection of its own. (The combiner's is apart: its turns must not wait for the accounts'
+    # own thread appends, a backfill's say, on that connection.)
     event_log = EventLog(engine)
     # What the process runs once, beside the accounts (the projector, the metrics): under a service of its own, not
     # an account's, so that they run whether or not a given account is a standby waiting for its lease.

@@ -16,11 +16,16 @@ batch stay together and in order, so each account's frames are appended in the o
 before; the accounts' batches are in the order they were handed in. Nothing about the log changes: one append is
 one transaction, deduplicated and chained as any other.
 
-Whatever cannot go that way goes back to each writer (``None``: the writer appends its own batch in its thread, as
-it does on SQLite): a batch too big for the server append on its own, an entry that does not fit the columns, a
-batch with quarantine items, a conflict the function refused (the thread's append quarantines it), the function
-unusable. When the combined log's connection is not checked out yet (the first append, or after a failure), it is
-checked out in a thread first (``hold_connection``).
+On SQLite (no server append, one writer at a time through the file's lock, a commit is an fsync) a turn is
+``EventLog.append_parts`` in a thread: the batches appended in one transaction, each with the result appending it
+alone would have given (duplicates, conflicts and their quarantine included): one commit for every account's
+frames instead of one each.
+
+Whatever cannot go that way goes back to each writer (``None``: the writer appends its own batch in its thread, as a
+writer of a single-account process does on SQLite): a batch too big for the server append on its own, an entry that
+does not fit the columns, a batch with quarantine items, a conflict the function refused (the thread's append
+quarantines it), the function unusable. When the combined log's connection is not checked out yet (the first append,
+or after a failure), it is checked out in a thread first (``hold_connection``).
 
 A failure of the combined append (the database went away) is every waiting batch's failure: each writer retries its
 own batch after its back-off, as it would have retried its own append; an append whose commit's answer was lost is
@@ -62,9 +67,9 @@ class CombinerStats:
 
 
 class AppendCombiner:
-    """One event log's live appends for several writers in one process (see the module docstring). Its own
-    ``EventLog`` (its own kept connection); PostgreSQL only (SQLite has no server append: its writers append in
-    their threads, one at a time through SQLite's write lock)."""
+    """One event log's live appends for several writers in one process (see the module docstring), with its own
+    ``EventLog`` (its own kept connection). On SQLite a turn is ``EventLog.append_parts`` in a thread: one
+    transaction and one commit (one fsync) for every batch taken, each its own result."""
 
     def __init__(self, event_log: EventLog, *, max_entries: int = SERVER_APPEND_MAX) -> None:
         self.log = event_log
@@ -73,6 +78,7 @@ class AppendCombiner:
         self._queue: deque[_Batch] = deque()
         self._busy = False
         self._idle = trio.Event()  # set (and replaced) at the end of each turn
+        self._postgres = event_log.engine.dialect.name == "postgresql"
 
     def loop_append(self, gate: WriteGate) -> LoopAppend:
         """A writer's ``loop_append`` (``run_writer``): its batch combined with the others', or None (append it
@@ -88,7 +94,8 @@ class AppendCombiner:
     async def append(self, entries: Sequence[NewEntry]) -> AppendResult | None:
         """``entries`` appended with whatever else is handed in meanwhile: their own ``AppendResult``, or None when
         they must be appended the writer's own way. Raises what the combined append raised."""
-        if not 0 < len(entries) <= self.max_entries or not self.log.server_append_fits(entries):
+        fits = self.log.server_append_fits if self._postgres else self.log.entries_fit
+        if not 0 < len(entries) <= self.max_entries or not fits(entries):
             self.stats.handed_back += 1
             return None
         mine = _Batch(entries)
@@ -114,17 +121,17 @@ class AppendCombiner:
                 taken.append(batch)
                 size += len(batch.entries)
             try:
-                result = await self._append([entry for batch in taken for entry in batch.entries])
+                results = await self._append([batch.entries for batch in taken])
             except BaseException as error:  # every batch's failure: each writer retries its own (module docstring)
                 for batch in taken:
                     batch.error = error
                 return
-            if result is None:
+            if results is None:
                 self.stats.handed_back += len(taken)
                 return  # each batch's result stays None: its writer appends it in its thread
             self.stats.appends += 1
             self.stats.batches += len(taken)
-            for batch, part in zip(taken, split_result(result, [len(b.entries) for b in taken]), strict=True):
+            for batch, part in zip(taken, results, strict=True):
                 batch.result = part
         finally:
             for batch in taken:
@@ -133,7 +140,11 @@ class AppendCombiner:
             self._idle.set()
             self._idle = trio.Event()
 
-    async def _append(self, merged: list[NewEntry]) -> AppendResult | None:
+    async def _append(self, parts: list[Sequence[NewEntry]]) -> list[AppendResult] | None:
+        """The parts appended as one, each its result; None: not this way (each writer appends its own)."""
+        if not self._postgres:  # SQLite: the client's append of the parts, in a thread (one hop a turn)
+            return await trio.to_thread.run_sync(self.log.append_parts, parts)
+        merged = [entry for part in parts for entry in part]
         start = self.log.server_append_steps(merged)
         if start is None:
             if not self.log.server_append_fits(merged):
@@ -142,4 +153,5 @@ class AppendCombiner:
             start = self.log.server_append_steps(merged)
             if start is None:
                 return None
-        return await drive(start.fileno, start.steps)
+        result = await drive(start.fileno, start.steps)
+        return None if result is None else split_result(result, [len(part) for part in parts])

@@ -74,7 +74,7 @@ class Services:
     backfiller: Backfiller | None = None
     reconciler: Reconciler | None = None
     ledger: LedgerCapture | None = None
-    combiner: AppendCombiner | None = None  # several accounts in one process (run_accounts), PostgreSQL
+    combiner: AppendCombiner | None = None  # several accounts in one process (run_accounts)
 
 
 class TaskStarter(Protocol):
@@ -101,10 +101,11 @@ async def stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None
 
 
 def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner | None) -> LoopAppend | None:
-    """The writer's appends on the event loop (PostgreSQL): its own, or combined with the process's other accounts'."""
-    if event_log.engine.dialect.name != "postgresql":
-        return None
-    return loop_append(event_log, gate) if combiner is None else combiner.loop_append(gate)
+    """The writer's appends driven from the event loop: combined with the process's other accounts' (either backend),
+    else its own on PostgreSQL (SQLite's are the thread's)."""
+    if combiner is not None:
+        return combiner.loop_append(gate)
+    return loop_append(event_log, gate) if event_log.engine.dialect.name == "postgresql" else None
 
 
 async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
@@ -168,8 +169,8 @@ async def run_tracker(
     file lock, the nursery, the producers' nursery and the writer's channel is what orders the shutdown, and pieces
     of it in other functions would hide that order behind calls.
 
-    ``combiner``: the live appends of this and other accounts' writers in this process go through it (PostgreSQL;
-    ``run_accounts``); ``file_lock`` False: the caller holds the SQLite file's lock for every account it runs."""
+    ``combiner``: the live appends of this and other accounts' writers in this process go through it
+    (``run_accounts``); ``file_lock`` False: the caller holds the SQLite file's lock for every account it runs."""
     stop = trio.Event() if stop is None else stop
     api_key, api_secret = settings.require_credentials()
     own_client = client is None

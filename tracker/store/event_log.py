@@ -758,6 +758,54 @@ class EventLog:
                 self.unlooked_retries += 1
         return self._client_append(entries, q_rows, look=True)
 
+    def append_parts(self, parts: Sequence[Sequence[NewEntry]]) -> list[AppendResult]:
+        """Several writers' batches appended as one (one transaction, one commit), each with its own result: what
+        ``append`` of each in turn would have returned (the same rows, chain and quarantine; ``head`` is the combined
+        append's). The client's way on both backends; every entry must fit (``entries_fit``). For the combined
+        appends of several accounts in one process on SQLite (tracker/runtime/append_combiner.py)."""
+        if any(map(_maybe_unfit, (entry for part in parts for entry in part))):
+            raise ValueError("append_parts takes entries that fit the columns only (see entries_fit)")
+        with self._write_transaction() as conn:
+            keys = {entry.dedup_key for part in parts for entry in part}
+            if self._postgres:
+                head, prev, known = _pg_lock_and_look(conn, sorted(keys))
+            else:
+                head, prev, known = _sqlite_look(conn, keys)
+            batch = _Batch(head, prev, known)
+            marks: list[tuple[int, int, int, int]] = []  # each part's end: appended, duplicates, conflicts, clashes
+
+            def rows() -> Iterator[tuple[Any, ...]]:
+                for part in parts:
+                    yield from batch.rows(part, self._stamp)
+                    marks.append((len(batch.appended), batch.duplicates, batch.conflicts, len(batch.clashes)))
+
+            self._insert(conn, rows())
+            fresh = {id(row) for row in self._new_conflicts(conn, batch.clashes)} if batch.clashes else set()
+            if fresh:
+                stored = [row for row in batch.clashes if id(row) in fresh]
+                conn.execute(_INSERT_QUARANTINE, [_fit(dict(row), self._postgres) for row in stored])
+        anchor = Anchor(batch.head, batch.prev)
+        results: list[AppendResult] = []
+        before = (0, 0, 0, 0)
+        for mark in marks:
+            clashes = batch.clashes[before[3] : mark[3]]
+            results.append(
+                AppendResult(
+                    tuple(batch.appended[before[0] : mark[0]]),
+                    mark[1] - before[1],
+                    mark[2] - before[2],
+                    sum(id(row) in fresh for row in clashes),
+                    anchor,
+                )
+            )
+            before = mark
+        return results
+
+    @staticmethod
+    def entries_fit(entries: Sequence[NewEntry]) -> bool:
+        """Whether every entry fits the log's columns (else ``append`` quarantines it: ``append_parts`` refuses)."""
+        return not any(map(_maybe_unfit, entries))
+
     def _client_append(self, entries: Sequence[NewEntry], q_rows: list[dict[str, Any]], *, look: bool) -> AppendResult:
         """The client's way: the append in one transaction on the kept connection. ``look`` False (PostgreSQL) skips
         the dedup lookup: see ``_look_first``."""
