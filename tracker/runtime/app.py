@@ -166,10 +166,12 @@ async def _run_account(
 
 
 def _name_account(error: BaseException, label: str) -> None:
-    """Prefix every ``TrackerError`` in ``error`` (a group's leaves too) with ``label``, once: the CLI prints the
+    """Prefix every ``TrackerError`` in ``error`` (a group's leaves too) with ``label``, once (an error the combined
+    append raised in several accounts' writers is one object: it keeps the first account's name): the CLI prints the
     first one's message."""
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
             _name_account(inner, label)
-    elif isinstance(error, TrackerError) and error.args and not str(error.args[0]).startswith(label):
+    elif isinstance(error, TrackerError) and error.args and not getattr(error, "account_named", False):
         error.args = (f"{label}: {error.args[0]}", *error.args[1:])
+        error.account_named = True  # type: ignore[attr-defined]
