@@ -31,7 +31,7 @@ from tracker.runtime.metrics_task import metrics_task
 from tracker.runtime.preflight import account_of, check_markets, same_accounts
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
-from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, stop_on_signals
+from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, watch_signals
 from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
@@ -132,12 +132,7 @@ async def run_accounts(
         async with trio.open_nursery() as nursery:
             signals = trio.CancelScope()
             if handle_signals:
-
-                async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
-                    with signals:
-                        await stop_on_signals(stop, task_status=task_status)
-
-                await nursery.start(watch_signals)
+                await nursery.start(watch_signals, stop, signals)
             if companions:
                 once = [projector_task(engine)]
                 if metrics is not None:

@@ -86,7 +86,7 @@ class TaskStarter(Protocol):
     def __call__(self, services: Services, *, task_status: trio.TaskStatus[Any] = ...) -> Awaitable[None]: ...
 
 
-async def stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Turn SIGINT/SIGTERM into ``stop``. Later signals are absorbed (the grace deadline bounds the shutdown), so a
     second Ctrl-C cannot abort a commit half-way."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -106,6 +106,14 @@ def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner 
     if combiner is not None:
         return combiner.loop_append(gate)
     return loop_append(event_log, gate) if event_log.engine.dialect.name == "postgresql" else None
+
+
+async def watch_signals(
+    stop: trio.Event, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """``_stop_on_signals`` until ``scope`` is cancelled (when the run is over)."""
+    with scope:
+        await _stop_on_signals(stop, task_status=task_status)
 
 
 async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
@@ -207,12 +215,7 @@ async def run_tracker(
             async with trio.open_nursery() as nursery:
                 signal_scope = trio.CancelScope()
                 if handle_signals:
-
-                    async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
-                        with signal_scope:
-                            await stop_on_signals(stop, task_status=task_status)
-
-                    await nursery.start(watch_signals)
+                    await nursery.start(watch_signals, stop, signal_scope)
                 send, receive = trio.open_memory_channel[Item](WRITER_BUFFER)
                 nursery.start_soon(write)
                 # The producers own the writer's channel: when they are all gone, the writer drains and returns.
