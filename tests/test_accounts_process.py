@@ -190,14 +190,7 @@ async def test_a_failure_is_every_waiting_batchs_failure(pg_log: EventLog) -> No
 
 
 def _settings(fx: FakeExchange, db_url: str) -> Settings:
-    return Settings(
-        db_url=db_url,
-        api_key=Secret(fx.api_key),
-        api_secret=Secret(fx.api_secret),
-        api_url=fx.api_url,
-        ws_url=fx.ws_url,
-        markets=MARKETS,
-    )
+    return fx.settings(db_url, markets=MARKETS)
 
 
 def _payloads(log: EventLog, account: int) -> list[str]:

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import trio
 
-from tracker.config import Secret, Settings
+from tracker.config import Settings
 from tracker.domain.money import format_decimal
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime import backfill
@@ -68,15 +68,7 @@ def _fee_days(rows: Any) -> list[Any]:
 
 
 def settings_for(fx: FakeExchange, db_url: str) -> Settings:
-    return Settings(
-        db_url=db_url,
-        api_key=Secret(fx.api_key),
-        api_secret=Secret(fx.api_secret),
-        api_url=fx.api_url,
-        ws_url=fx.ws_url,
-        markets=MARKETS,
-        reconcile_interval_s=0,
-    )
+    return fx.settings(db_url, markets=MARKETS, subaccounts=(), reconcile_interval_s=0)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pytest
 from ledger_truth import assert_balances_equal_fake, balances_in_db, fake_balances
 from sqlalchemy import text
 
-from tracker.config import Secret, Settings
+from tracker.config import Settings
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.recovery import reconcile_once
 from tracker.store.engine import open_engine
@@ -34,15 +34,7 @@ MARKETS = ("btcusd", "ethusd", "btcusd-perp")
 
 
 def settings_for(fx: FakeExchange, db_url: str) -> Settings:
-    return Settings(
-        db_url=db_url,
-        api_key=Secret(fx.api_key),
-        api_secret=Secret(fx.api_secret),
-        api_url=fx.api_url,
-        ws_url=fx.ws_url,
-        markets=MARKETS,
-        subaccounts=fx.subaccounts,
-    )
+    return fx.settings(db_url, markets=MARKETS)
 
 
 async def reconcile_and_project(fx: FakeExchange, db_url: str) -> None:

@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from tracker.config import Settings
 
 from tracker.fake.auth import Authenticator, QueryForm, TokenStore
 from tracker.fake.http_server import HttpApp, serve_http
@@ -81,6 +84,24 @@ class FakeExchange:
         key, secret = f"fakeKEYsub{tai:0>23}", f"fakeSECRETsub{tai:0>21}"
         self.http.auth.subaccount_keys[key] = (secret, tai)
         return key, secret
+
+    def settings(self, db_url: str, **overrides: Any) -> Settings:
+        """A tracker's ``Settings`` pointed at this fake (its URLs, its fake credentials, its markets and
+        sub-accounts), with ``overrides`` (``markets=...``, ``reconcile_interval_s=...``) on top."""
+        from dataclasses import replace
+
+        from tracker.config import Secret, Settings
+
+        settings = Settings(
+            db_url=db_url,
+            api_key=Secret(self.api_key),
+            api_secret=Secret(self.api_secret),
+            api_url=self.api_url,
+            ws_url=self.ws_url,
+            markets=tuple(self.markets),
+            subaccounts=tuple(self.subaccounts),
+        )
+        return replace(settings, **overrides)
 
     def tracker_env(self, base: Mapping[str, str], **extra: str) -> dict[str, str]:
         """A child tracker's environment: ``base`` (say ``os.environ``) without any ``BITSTAMP_*``/``TRACKER_*``

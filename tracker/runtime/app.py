@@ -25,14 +25,13 @@ from tracker.errors import TrackerError
 from tracker.logs import account_context
 from tracker.metrics import Metrics
 from tracker.runtime.append_combiner import AppendCombiner
-from tracker.runtime.ingest import IngestOptions, IngestStats
+from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
 from tracker.runtime.preflight import account_of, check_markets, same_accounts
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, watch_signals
-from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
 
@@ -93,15 +92,7 @@ async def run_accounts(
     event_log = EventLog(engine)
     # What the process runs once, beside the accounts (the projector, the metrics): under a service of its own, not
     # an account's, so that they run whether or not a given account is a standby waiting for its lease.
-    process = Services(
-        settings=accounts[0],
-        stop=stop,
-        log=event_log,
-        writer_stats=WriterStats(),
-        ingest_stats=IngestStats(),
-        db_limiter=trio.CapacityLimiter(1),
-        combiner=combiner,
-    )
+    process = Services.starting(accounts[0], stop, event_log, combiner)
     started: list[Services | None] = [None] * len(accounts)
     all_started = trio.Event()
 

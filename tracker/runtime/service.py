@@ -76,6 +76,21 @@ class Services:
     ledger: LedgerCapture | None = None
     combiner: AppendCombiner | None = None  # several accounts in one process (run_accounts)
 
+    @classmethod
+    def starting(
+        cls, settings: Settings, stop: trio.Event, log: EventLog, combiner: AppendCombiner | None = None
+    ) -> Services:
+        """A service's state before anything runs: empty stats, its own database limiter."""
+        return cls(
+            settings=settings,
+            stop=stop,
+            log=log,
+            writer_stats=WriterStats(),
+            ingest_stats=IngestStats(),
+            db_limiter=trio.CapacityLimiter(1),
+            combiner=combiner,
+        )
+
 
 class TaskStarter(Protocol):
     """An extra task: ``await nursery.start(starter, services)``; it reports ``started`` once ready and returns (or
@@ -183,15 +198,7 @@ async def run_tracker(
     api_key, api_secret = settings.require_credentials()
     own_client = client is None
     client = client or BitstampClient(settings.api_url, api_key, api_secret)
-    services = Services(
-        settings=settings,
-        stop=stop,
-        log=event_log,
-        writer_stats=WriterStats(),
-        ingest_stats=IngestStats(),
-        db_limiter=trio.CapacityLimiter(1),
-        combiner=combiner,
-    )
+    services = Services.starting(settings, stop, event_log, combiner)
     engine = event_log.engine
     gate = WriteGate()
     writer_done = trio.Event()
