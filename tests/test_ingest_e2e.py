@@ -18,7 +18,6 @@ import pytest
 import trio
 
 from tracker.bitstamp.channels import parse_channel
-from tracker.config import Secret, Settings
 from tracker.domain.log import LogEntry
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
@@ -102,14 +101,7 @@ async def tracker_running(
     try:
         async with open_fake_exchange(seed=seed, markets=MARKETS) as fx:
             delivered = record_deliveries(fx)
-            settings = Settings(
-                db_url=db_url,
-                api_key=Secret(fx.api_key),
-                api_secret=Secret(fx.api_secret),
-                api_url=fx.api_url,
-                ws_url=fx.ws_url,
-                markets=markets,
-            )
+            settings = fx.settings(db_url, markets=markets, subaccounts=())
             log = EventLog(engine)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
