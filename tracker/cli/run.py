@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for one in accounts:
         one.require_credentials()
-    settings = accounts[0]  # what they share: the database, the URLs, the intervals
+    settings = accounts[0]  # what they share: the database, the metrics port
     require_existing_database(settings)  # never leave an empty SQLite file behind
     engine = open_engine(settings.db_url, accounts=len(accounts))
     try:
