@@ -73,21 +73,13 @@ async def test_main_account_ledger_once_and_idempotent_restart(db_url: str) -> N
 async def test_tracker_reconcile_takes_a_snapshot_with_the_ledger(sqlite_url: str) -> None:
     """``tracker reconcile`` (``reconcile_once``) walks the ledger to the head and appends a snapshot after it; the
     ``reconciled`` entry carries the ledger's summary."""
-    from tracker.config import Secret, Settings
     from tracker.domain import tracker_events as te
     from tracker.runtime.recovery import reconcile_once
 
     upgrade(sqlite_url)
     async with open_fake_exchange(seed=6, markets=("btcusd",)) as fx:
         await fx.generate(50)
-        settings = Settings(
-            db_url=sqlite_url,
-            api_key=Secret(fx.api_key),
-            api_secret=Secret(fx.api_secret),
-            api_url=fx.api_url,
-            ws_url=fx.ws_url,
-            markets=("btcusd",),
-        )
+        settings = fx.settings(sqlite_url, markets=("btcusd",), subaccounts=())
         engine = open_engine(sqlite_url)
         try:
             await reconcile_once(settings, EventLog(engine), full=True)

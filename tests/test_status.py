@@ -17,7 +17,6 @@ import pytest
 import trio
 
 from tracker.cli import main
-from tracker.config import Secret, Settings
 from tracker.domain import tracker_events as te
 from tracker.fake.server import open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
@@ -67,14 +66,7 @@ async def test_status_of_a_live_run_and_after_it(db_url: str, capsys: pytest.Cap
     log = EventLog(engine)
     try:
         async with open_fake_exchange(seed=3, markets=MARKETS) as fx:
-            settings = Settings(
-                db_url=url,
-                api_key=Secret(fx.api_key),
-                api_secret=Secret(fx.api_secret),
-                api_url=fx.api_url,
-                ws_url=fx.ws_url,
-                markets=MARKETS,
-            )
+            settings = fx.settings(url, markets=MARKETS, subaccounts=())
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 services: Services = await nursery.start(
