@@ -13,12 +13,15 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain.log import LogEntry
+from tracker.exchange.errors import AuthError
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.service import Services, run_tracker
@@ -253,3 +256,58 @@ async def test_stop_during_burst_loses_nothing(sqlite_url: str) -> None:
         run.stop.set()  # while the fake is still generating
         await run.fx.wait_connections(0)
         run.fx.set_rate(None)
+
+
+async def test_a_failing_run_commits_what_it_received_first(sqlite_url: str, tmp_path: Path) -> None:
+    """A run that fails (here an extra task raising a refused key, as a reconnect's token call would) ends as a stop
+    does: the writer commits every frame it was handed before the error goes on; nothing is left for the side
+    file. The writer is held (its database limiter taken) until the error has reached the service, so the frames
+    are still waiting when it does."""
+    upgrade(sqlite_url)
+    engine = open_engine(sqlite_url)
+    fail = trio.Event()
+
+    async def failing(services: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await fail.wait()
+        raise AuthError("API key not found: check BITSTAMP_API_KEY", code="API0001", status=403)
+
+    errors: list[BaseException] = []
+    try:
+        async with open_fake_exchange(seed=2, markets=MARKETS) as fx:
+            delivered = record_deliveries(fx)
+            log = EventLog(engine)
+
+            async def run(task_status: trio.TaskStatus[Services]) -> None:
+                try:
+                    await run_tracker(
+                        fx.settings(sqlite_url, markets=MARKETS, subaccounts=()),
+                        log,
+                        handle_signals=False,
+                        ingest_options=FAST,
+                        extra_tasks=[failing],
+                        task_status=task_status,
+                    )
+                except Exception as error:
+                    errors.append(error)
+
+            async with trio.open_nursery() as nursery:
+                services: Services = await nursery.start(run)
+                await fx.wait_subscribed(fx.private_channels())
+                held = object()
+                await services.db_limiter.acquire_on_behalf_of(held)
+                await fx.generate(20)
+                while services.ingest_stats.data_frames < len(delivered):
+                    await trio.testing.wait_all_tasks_blocked()
+                committed = services.writer_stats.items
+                fail.set()
+                await trio.testing.wait_all_tasks_blocked()  # the error is in the service: the writer still waits
+                services.db_limiter.release_on_behalf_of(held)
+        [error] = errors
+        assert isinstance(error, ExceptionGroup) and error.subgroup(AuthError) is not None, error
+        assert services.writer_stats.items > committed
+        payloads = [e.payload for page in log.iter_after(0) for e in page if e.source == "ws"]
+        assert delivered and sorted(payloads) == sorted(delivered)
+        assert not list(await trio.Path(tmp_path).glob("*.unsaved-*")), "frames spilled instead of committed"
+    finally:
+        engine.dispose()

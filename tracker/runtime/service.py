@@ -10,6 +10,10 @@ Shutdown order is what makes "everything received is committed" true:
 If ingest has not finished ``stop_grace`` seconds after the stop, its scope is cancelled (frames already read are
 still handed to the writer: those sends are shielded), and the writer drains as above.
 
+A run that fails (a refused key on a reconnect's token call, a bug in a task) ends the same way before the error goes
+on: the producers are gone, so the writer commits what it was handed and returns (within ``stop_grace``; a writer
+that cannot commit in that time, the database gone too, is cancelled and spills to the side file, ``writer.py``).
+
 One writer per account (``tracker/runtime/lease.py``): on SQLite the database file is locked before anything connects
 (a second ``tracker run`` on it fails at once); on PostgreSQL the account's lease is taken right after a token call
 tells which account the key belongs to, before subscribing. If another process holds it, this one waits as a hot
@@ -226,32 +230,41 @@ async def run_tracker(
                 send, receive = trio.open_memory_channel[Item](WRITER_BUFFER)
                 nursery.start_soon(write)
                 # The producers own the writer's channel: when they are all gone, the writer drains and returns.
-                async with send, trio.open_nursery() as producers:
-                    lease = None
-                    if engine.dialect.name == "postgresql":
-                        # The account is known only from a token; the lease is taken before anything subscribes.
-                        lease = account_lease_for(engine, (await client.websockets_token()).user_id)
-                    if lease is not None:
-                        acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
-                        services.lease_acquired_at = acquired_at
-                    if lease is None or services.lease_acquired_at is not None:  # None: stopped as a standby
-                        producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
-                        ingest_ctx = await producers.start(
-                            lambda task_status: run_ingest(
-                                client,
-                                settings.ws_url,
-                                send.clone(),
-                                markets=settings.markets,
-                                stop=stop,
-                                options=ingest_options,
-                                stats=services.ingest_stats,
-                                task_status=task_status,
+                try:
+                    async with send, trio.open_nursery() as producers:
+                        lease = None
+                        if engine.dialect.name == "postgresql":
+                            # The account is known only from a token; the lease is taken before anything subscribes.
+                            lease = account_lease_for(engine, (await client.websockets_token()).user_id)
+                        if lease is not None:
+                            acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
+                            services.lease_acquired_at = acquired_at
+                        if lease is None or services.lease_acquired_at is not None:  # None: stopped as a standby
+                            producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
+                            ingest_ctx = await producers.start(
+                                lambda task_status: run_ingest(
+                                    client,
+                                    settings.ws_url,
+                                    send.clone(),
+                                    markets=settings.markets,
+                                    stop=stop,
+                                    options=ingest_options,
+                                    stats=services.ingest_stats,
+                                    task_status=task_status,
+                                )
                             )
-                        )
-                        services.account = ingest_ctx.account
-                        for starter in extra_tasks:
-                            await producers.start(restart_on_db_outage, starter, services)
-                    task_status.started(services)
+                            services.account = ingest_ctx.account
+                            for starter in extra_tasks:
+                                await producers.start(restart_on_db_outage, starter, services)
+                        task_status.started(services)
+                except BaseException:
+                    # The run fails (a refused key, a bug; not a stop): the producers are gone and the channel is
+                    # closed, so the writer commits what it holds and returns, as at a stop. Bounded: a writer that
+                    # cannot commit (the database gone too) is cancelled with the run and spills (writer.py).
+                    with trio.move_on_after(stop_grace) as drain:
+                        drain.shield = True
+                        await writer_done.wait()
+                    raise
                 signal_scope.cancel()
     finally:
         if own_client:

@@ -19,8 +19,10 @@
 - A damaged database (``tracker.store.errors.is_damage``: SQLite "database disk image is malformed", PostgreSQL
   ``XX001``/``XX002``) is not retried: the batch in hand and everything still buffered are written to a side file
   (``spill``, JSON lines, beside the database: ``spill_to``) and ``DatabaseDamaged`` names it, so the run stops with
-  one error line and nothing received is lost. When the run fails elsewhere and the writer is cancelled, what waits in
-  the buffer is spilled the same way before the cancellation goes on.
+  one error line and nothing received is lost. When the run fails elsewhere (a refused key, say), the service lets
+  the writer drain and commit as at a stop before the error goes on (``run_tracker``); only a writer that cannot
+  commit within the grace is cancelled, and what waits in the buffer is spilled the same way before the cancellation
+  goes on.
 - ``WriterStats`` counts frames, duplicates, conflicts, quarantined items and batches, and keeps receive→commit
   latencies (a bounded sample plus fixed buckets) for the metrics exporter and the bench.
 """
