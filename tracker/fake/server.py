@@ -259,6 +259,15 @@ class FakeExchange:
     def resume_delivery(self) -> None:
         self.hub.paused = False
 
+    def revoke_key(self) -> None:
+        """Delete the account's API key: every request signed with it is refused (API0001) until
+        :meth:`restore_key`. Sockets already open stay open (their tokens were issued): drop them to make a tracker
+        ask for a new token."""
+        self.http.auth.revoked = True
+
+    def restore_key(self) -> None:
+        self.http.auth.revoked = False
+
     def reject_next_requests(self, n: int = 1) -> None:
         """Answer the next ``n`` HTTP requests with HTTP 429 ``400.002`` (rate limit exceeded)."""
         self.http.faults.reject_next += n
