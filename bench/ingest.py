@@ -188,7 +188,8 @@ async def child_group(db_url: str, envs: list[dict[str, str]]) -> list[dict[str,
     AppendCombiner.append = combined  # type: ignore[method-assign]
     engine = open_engine(settings[0].db_url, accounts=len(settings))
     try:
-        services = await app.run_accounts(settings, engine, companions=False)
+        states = await app.run_accounts(settings, engine, companions=False)
+        services = [state.services for state in states if state.services is not None]
     finally:
         engine.dispose()
     results: list[dict[str, Any]] = []

@@ -3,7 +3,8 @@ exchanges (one account each; real sockets on 127.0.0.1, port 0):
 
 - SIGINT mid-burst: exit 0, every frame either fake wrote is in the log once, under its own account; log lines name
   the account (``account=N``); no key, secret or token in the log, the database or the command line;
-- a wrong secret for the second account: one error line naming that account.
+- a wrong secret for the second account: the first is tracked, one error line says the second is not and why;
+- every account's secret wrong: the start fails with one error line naming the first account;
 
 Rules: loopback only, port 0, an absolute timeout on every test, no sleep as synchronisation.
 """
@@ -120,14 +121,62 @@ async def test_sigint_mid_burst_keeps_every_accounts_frames_once(tmp_path: Path)
         assert secret.encode() not in raw
 
 
-async def test_a_wrong_secret_names_its_account(tmp_path: Path) -> None:
+async def test_a_wrong_secret_leaves_the_other_account_tracked(tmp_path: Path) -> None:
+    """Account 2's secret is wrong: the run starts anyway, tracks account 1, and says in one ERROR line (again at the
+    stop) that account 2 is not tracked and why; SIGINT: exit 0 with account 1's frames all logged."""
+    db_url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    upgrade(db_url)
+    log_path = tmp_path / "child.log"
+    async with (
+        open_fake_exchange(seed=1, markets=MARKETS, user_id=720001, api_key=KEYS[0][0], api_secret=KEYS[0][1]) as one,
+        open_fake_exchange(seed=2, markets=MARKETS, user_id=720002, api_key=KEYS[1][0], api_secret=KEYS[1][1]) as two,
+    ):
+        written = record_written(one)
+        config = write_config(tmp_path, (one, two), (KEYS[0][1], "wrongSECRETwrongSECRETwrong"))
+        with log_path.open("wb") as log_file:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "tracker", "run"],
+                env=child_env(config, db_url),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                with trio.fail_after(40):
+                    await one.wait_subscribed(one.private_channels())
+                    await one.generate(20)
+                    await written.wait_count(1)
+                process.send_signal(signal.SIGINT)
+                with trio.fail_after(30):
+                    code = await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        assert not two.hub.conns
+    log_text = log_path.read_text()
+    assert code == 0, log_text
+    assert "account 2 of [[accounts]] is not tracked: signature rejected: check its api_secret_file" in log_text, (
+        log_text
+    )
+    assert "the other accounts go on" in log_text
+    assert "account 2 of [[accounts]] was not tracked at the stop: signature rejected" in log_text
+    engine = open_engine(db_url)
+    try:
+        payloads = {e.payload for page in EventLog(engine).iter_after(0) for e in page if e.source == "ws"}
+    finally:
+        engine.dispose()
+    assert set(written) <= payloads
+    assert "wrongSECRET" not in log_text and KEYS[1][0] not in log_text
+
+
+async def test_every_account_failing_its_check_ends_the_start(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'tracker.db'}"
     upgrade(db_url)
     async with (
         open_fake_exchange(seed=1, markets=MARKETS, user_id=720001, api_key=KEYS[0][0], api_secret=KEYS[0][1]) as one,
         open_fake_exchange(seed=2, markets=MARKETS, user_id=720002, api_key=KEYS[1][0], api_secret=KEYS[1][1]) as two,
     ):
-        config = write_config(tmp_path, (one, two), (KEYS[0][1], "wrongSECRETwrongSECRETwrong"))
+        config = write_config(tmp_path, (one, two), ("wrongSECRETwrongSECRETone", "wrongSECRETwrongSECRETtwo"))
         with trio.fail_after(40):
             result = await trio.run_process(
                 [sys.executable, "-m", "tracker", "run"],
@@ -139,8 +188,8 @@ async def test_a_wrong_secret_names_its_account(tmp_path: Path) -> None:
     err = result.stderr.decode()
     assert result.returncode == 3, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("tracker: error: account 2 of [[accounts]]: signature rejected"), last
-    assert "wrongSECRET" not in err and KEYS[1][0] not in err
+    assert last.startswith("tracker: error: account 1 of [[accounts]]: signature rejected"), last
+    assert "wrongSECRET" not in err and KEYS[0][0] not in err and KEYS[1][0] not in err
 
 
 async def test_doctor_checks_every_listed_account(tmp_path: Path) -> None:

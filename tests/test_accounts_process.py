@@ -16,6 +16,7 @@ Loopback only, port 0; every test has an absolute timeout; waits are on the writ
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,9 +34,11 @@ from test_pg_append import _entries as pg_append_entries
 from tracker.config import ConfigError, Secret, Settings
 from tracker.domain.chain import GENESIS, Anchor
 from tracker.domain.log import NewEntry
+from tracker.fake.model import Emission
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.logs import account_context, setup_logging
 from tracker.metrics import Metrics
+from tracker.runtime.account_supervisor import AccountState
 from tracker.runtime.app import run_accounts
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.lease import WriteGate
@@ -193,6 +196,12 @@ def _settings(fx: FakeExchange, db_url: str) -> Settings:
     return fx.settings(db_url, markets=MARKETS)
 
 
+def _running(states: Sequence[AccountState]) -> list[Services]:
+    services = [state.services for state in states]
+    assert None not in services, [state.down for state in states]
+    return [one for one in services if one is not None]
+
+
 def _payloads(log: EventLog, account: int) -> list[str]:
     return [e.payload for page in log.iter_after(0) for e in page if e.source == "ws" and e.account == str(account)]
 
@@ -210,7 +219,7 @@ async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
             stop = trio.Event()
             metrics = Metrics()
             async with trio.open_nursery() as nursery:
-                services = await nursery.start(
+                states = await nursery.start(
                     lambda task_status: run_accounts(
                         [_settings(fx, db_url) for fx in fakes],
                         engine,
@@ -221,6 +230,7 @@ async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
                         task_status=task_status,
                     )
                 )
+                services = _running(states)
                 for fx in fakes:
                     await fx.wait_subscribed(fx.private_channels())
                 for _ in range(5):
@@ -263,7 +273,7 @@ async def test_a_standby_account_holds_the_others_up_in_nothing(pg_url: str) -> 
             elsewhere = account_lease_for(holder, "710011")
             assert elsewhere is not None and elsewhere.try_acquire()
             stop = trio.Event()
-            reported: list[list[Services]] = []
+            reported: list[list[AccountState]] = []
 
             async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 reported.append(
@@ -284,12 +294,77 @@ async def test_a_standby_account_holds_the_others_up_in_nothing(pg_url: str) -> 
                 await trio.to_thread.run_sync(elsewhere.release)  # the other process stops
                 await one.wait_subscribed(one.private_channels())  # account 1 takes over
                 stop.set()
-        [services] = reported
+        [states] = reported
+        services = _running(states)
         assert [s.account for s in services] == ["710011", "710012"]
         assert all(s.lease_acquired_at is not None for s in services)
         assert {e.account for p in EventLog(engine).iter_after(0) for e in p if e.source == "ws"} >= {"710012"}
     finally:
         holder.dispose()
+        engine.dispose()
+
+
+def _trade_ids(emissions: Sequence[Emission]) -> set[str]:
+    return {str(json.loads(e.text)["data"]["id"]) for e in emissions if e.channel.startswith("private-my_trades")}
+
+
+async def test_one_accounts_failure_is_its_own(db_url: str) -> None:
+    """Account 1's key is deleted while it runs: its service ends when its reconnect's token call is refused (the
+    error a process of its own would end on); it is down (``tracker_account_up`` 0, one failure counted) while
+    account 2 goes on committing. Once the key is back it is tracked again, and its backfill brings what it traded
+    meanwhile."""
+    upgrade(db_url)
+    engine = open_engine(db_url)
+    try:
+        async with (
+            open_fake_exchange(seed=7, markets=MARKETS, user_id=710031, api_key="keyfailsone") as one,
+            open_fake_exchange(seed=8, markets=MARKETS, user_id=710032, api_key="keyfailstwo") as two,
+        ):
+            delivered = record_deliveries(two)
+            stop = trio.Event()
+            metrics = Metrics()
+            log = EventLog(engine)
+            async with trio.open_nursery() as nursery:
+                first, second = await nursery.start(
+                    lambda task_status: run_accounts(
+                        [_settings(fx, db_url) for fx in (one, two)],
+                        engine,
+                        metrics=metrics,
+                        stop=stop,
+                        handle_signals=False,
+                        ingest_options=FAST,
+                        retry_base_s=0.05,
+                        task_status=task_status,
+                    )
+                )
+                for fx in (one, two):
+                    await fx.wait_subscribed(fx.private_channels())
+                assert _up(metrics) == {"1": 1.0, "2": 1.0}
+                failed = first.services
+                one.revoke_key()
+                await one.drop_connections()
+                while first.down is None:
+                    await first.changed.wait()
+                assert first.down.startswith("API key not found"), first.down
+                assert _up(metrics)["1"] == 0.0
+                missed = await one.generate(30)  # account 1's trades while it is down: nobody receives them
+                await two.generate(30)  # account 2 goes on
+                assert second.down is None and second.services is not None
+                while not set(delivered) <= set(_payloads(log, two.user_id)):
+                    await second.services.writer_stats.committed.wait()
+                one.restore_key()
+                while first.down is not None or first.services is failed:
+                    await first.changed.wait()
+                assert first.services is not None and first.services.backfiller is not None
+                await one.wait_subscribed(one.private_channels())
+                await first.services.backfiller.wait_runs(1)  # the new service's start-up backfill
+                stop.set()
+        assert _trade_ids(missed) and _trade_ids(missed) <= {e.trade_id for p in log.iter_after(0) for e in p}
+        assert first.failures >= 1 and second.failures == 0
+        assert _up(metrics) == {"1": 1.0, "2": 1.0}
+        assert metrics.registry.get_sample_value("tracker_account_failures_total", {"account": "1"}) == first.failures
+        assert walk(log).head == log.head()
+    finally:
         engine.dispose()
 
 
@@ -320,6 +395,15 @@ async def test_run_accounts_is_for_several(sqlite_url: str) -> None:
             await run_accounts([settings], engine)
     finally:
         engine.dispose()
+
+
+def _up(metrics: Metrics) -> dict[str, float]:
+    return {
+        sample.labels["account"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "tracker_account_up"
+    }
 
 
 def _total(metrics: Metrics, name: str) -> float:

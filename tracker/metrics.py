@@ -102,6 +102,16 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=r,
         )
+        # Several accounts in one process only (``[[accounts]]``): the label is the account's place in the file.
+        self.account_up = Gauge(
+            "tracker_account_up", "1 while the account is tracked, 0 while it is down", ["account"], registry=r
+        )
+        self.account_failures = Counter(
+            "tracker_account_failures",
+            "Times the account's service ended on an error of its own",
+            ["account"],
+            registry=r,
+        )
         self.build = Info("tracker_build", "The tracker version and the versions it runs on", registry=r)
         self.build.info(build_info())
 

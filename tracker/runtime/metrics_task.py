@@ -206,14 +206,17 @@ def metrics_task(
     """An ``extra_tasks`` starter: ``run_tracker(..., extra_tasks=[metrics_task(metrics, engine)])``. Build it just
     before ``run_tracker``: the counters count what is logged from then on.
 
-    ``services_of``: several accounts in this process (``run_accounts``): every account's running service, asked
+    ``services_of``: several accounts in this process (``run_accounts``): every account's newest service, asked
     each round (they start one after the other). The service-side figures are then this process's: duplicates and
     commit latencies of every account's writer, their open connections summed, their ledger captures' counts
     together (per trade account id, as the metric's label has it). Without it: the service the task runs in."""
 
     cursor = _start(engine)  # now, before the run connects: everything this run logs is counted
     set_last_events(metrics, last_event_per_channel(engine))  # the gauge is right from the first scrape
-    cursors: dict[int, _Cursor] = {}  # per service (id), its own duplicates, latencies and ledger counts
+    # Per service (by id), its own duplicates, latencies and ledger counts. The service is kept beside its cursor, so
+    # that its id cannot be another's while the entry exists; a service no longer running (an account's failed one,
+    # replaced by a new service) is dropped at the next round.
+    cursors: dict[int, tuple[Services, _Cursor]] = {}
 
     async def update_metrics(
         services: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -225,7 +228,12 @@ def metrics_task(
             _apply(metrics, delta)
             running = [services] if services_of is None else list(services_of())
             for one in running:
-                _apply_service(metrics, one, cursor if one is services else cursors.setdefault(id(one), _Cursor()))
+                if one is services:
+                    _apply_service(metrics, one, cursor)
+                else:
+                    _apply_service(metrics, one, cursors.setdefault(id(one), (one, _Cursor()))[1])
+            for gone in cursors.keys() - {id(one) for one in running}:
+                del cursors[gone]
             metrics.connections.set(sum(one.ingest_stats.connected_now for one in running))
 
         await round_()

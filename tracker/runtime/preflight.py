@@ -52,10 +52,13 @@ async def account_of(settings: Settings) -> str:
         return (await client.websockets_token()).user_id
 
 
-def same_accounts(users: Sequence[str]) -> str | None:
-    """The error for config entries (numbered from 1) whose keys belong to one Bitstamp account, else None."""
+def same_accounts(users: Sequence[str | None]) -> str | None:
+    """The error for config entries (numbered from 1) whose keys belong to one Bitstamp account, else None (None: an
+    entry whose account is not known)."""
     first: dict[str, int] = {}
     for number, user in enumerate(users, 1):
+        if user is None:
+            continue
         if (earlier := first.setdefault(user, number)) != number:
             return (
                 f"accounts {earlier} and {number} of [[accounts]] have keys of one Bitstamp account (user {user}):"

@@ -1,0 +1,195 @@
+"""Several accounts in one process: one account's failure is that account's, not the process's.
+
+An account whose service ends on an error of its own (``ACCOUNT_ONLY``: the exchange refused its key or could not be
+reached at its URL, one of its markets is unknown, another process took its writer lease) is marked down, logged at
+ERROR with the reason, and started again after a back-off (``RETRY_BASE_S`` doubling to ``RETRY_CAP_S``, jittered),
+while every other account goes on. Started again means from the start: its credentials and markets are checked anew,
+its service (connections, writer, lease, backfill) is a new one, and backfill fills from the log what the account
+missed while it was down. Before it ends, the failed service's writer commits what it had received
+(``run_tracker``).
+
+What is not one account's still ends the process, as it ends a process of one account: the database damaged, or
+failing in a way that is not the outage the tasks ride out themselves; a bug (an exception tracker does not know).
+
+Why retry at all when a key was revoked: most account-only failures pass (the exchange unreachable at the account's
+own URL, a clock skew corrected by NTP, a lease lost while the database connection blinked, a key whose permissions
+are being edited), and one token call every few minutes costs nothing. A key that stays wrong is logged at every
+try; ``tracker doctor`` names what is wrong with it. Fixing it in the config file needs a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from tracker.config import ConfigError, Settings
+from tracker.errors import ExchangeError, TrackerError
+from tracker.metrics import Metrics
+from tracker.runtime.backoff import Backoff
+from tracker.runtime.service import Services
+from tracker.store.errors import first_line
+from tracker.store.lease import LeaseLost
+
+log = logging.getLogger("tracker.service")
+
+ACCOUNT_ONLY: tuple[type[BaseException], ...] = (ExchangeError, ConfigError, LeaseLost)
+RETRY_BASE_S = 10.0
+RETRY_CAP_S = 300.0
+# A service that ran this long before failing was healthy: its next failure starts the back-off afresh.
+HEALTHY_AFTER_S = 600.0
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in ``error``, exception groups flattened."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+def account_only(error: BaseException) -> bool:
+    """Whether ``error`` ends one account's service and nothing else: every exception in it is one of
+    ``ACCOUNT_ONLY`` (a group with a bug or a database failure beside them is not)."""
+    found = leaves(error)
+    return bool(found) and all(isinstance(leaf, ACCOUNT_ONLY) for leaf in found)
+
+
+# The exchange layer's hints name the environment variables of a one-account run; an account of the file has keys of
+# its own table instead (``config.load_accounts``).
+_IN_FILE_TERMS = (
+    ("BITSTAMP_API_KEY and BITSTAMP_API_SECRET", "its api_key and api_secret_file"),
+    ("BITSTAMP_API_KEY", "its api_key"),
+    ("BITSTAMP_API_SECRET", "its api_secret_file"),
+    ("BITSTAMP_API_URL", "its api_url (or the api_url all accounts share)"),
+    ("TRACKER_MARKETS or --markets", "its markets (or the markets all accounts share)"),
+)
+
+
+def in_file_terms(message: str) -> str:
+    """``message`` with the one-account settings' names it gives as hints replaced by an ``[[accounts]]`` table's."""
+    for env, key in _IN_FILE_TERMS:
+        message = message.replace(env, key)
+    return message
+
+
+def name_account(error: BaseException, label: str) -> None:
+    """Prefix every ``TrackerError`` in ``error`` (a group's leaves too) with ``label``, once (an error the combined
+    append raised in several accounts' writers is one object: it keeps the first account's name): the CLI prints the
+    first one's message (``tracker: error: account 2 of [[accounts]]: signature rejected: ...``)."""
+    for leaf in leaves(error):
+        if isinstance(leaf, TrackerError) and leaf.args and not getattr(leaf, "account_named", False):
+            leaf.args = (f"{label}: {in_file_terms(str(leaf.args[0]))}", *leaf.args[1:])
+            leaf.account_named = True  # type: ignore[attr-defined]
+
+
+def reason_of(error: BaseException) -> str:
+    """The one line that says why: the first tracker error's message (``ExchangeError`` and the like say what to
+    do), else the first exception's first line."""
+    found = leaves(error)
+    first = next((leaf for leaf in found if isinstance(leaf, TrackerError)), found[0])
+    return in_file_terms(first_line(first))
+
+
+@dataclass
+class AccountState:
+    """One account of the config file (numbered from 1) in this process: what runs for it, or why nothing does."""
+
+    index: int
+    settings: Settings
+    user: str | None = None  # the Bitstamp account its key belongs to, once a token call said so
+    services: Services | None = None  # its newest service (a failed one stays until the next one starts)
+    down: str | None = None  # why it is not running; None while it runs or starts
+    failures: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)  # set (and replaced) at every up or down
+
+    @property
+    def label(self) -> str:
+        return f"account {self.index} of [[accounts]]"
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def mark_up(self, services: Services, metrics: Metrics | None) -> None:
+        if self.down is not None:
+            log.info("%s is tracked again (user %s)", self.label, self.user)
+        self.services, self.down = services, None
+        if metrics is not None:
+            metrics.account_up.labels(account=str(self.index)).set(1)
+        self._changed()
+
+    def mark_down(self, error: BaseException, metrics: Metrics | None) -> None:
+        self.down = reason_of(error)
+        self.failures += 1
+        if metrics is not None:
+            metrics.account_up.labels(account=str(self.index)).set(0)
+            metrics.account_failures.labels(account=str(self.index)).inc()
+        self._changed()
+
+
+class _ReportOnce:
+    """Passes the first ``started`` on (the account runs, or is down for now), not the later ones."""
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started()
+
+
+async def supervise_account(
+    state: AccountState,
+    check: Callable[[AccountState], Awaitable[None]],
+    run: Callable[..., Awaitable[Services]],
+    stop: trio.Event,
+    *,
+    metrics: Metrics | None = None,
+    backoff: Backoff | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run account ``state``'s service until ``stop``, starting it again after each account-only failure.
+
+    ``check(state)`` checks its markets and credentials and sets ``state.user`` (run when the user is not known yet:
+    at the first start if the caller has not, and after every failure); ``run(task_status=...)`` is its service
+    (``run_tracker``), started with ``nursery.start``. Reports started once the account runs or is down (an account
+    already down when this starts, ``state.down`` set, waits one back-off first). Returns at the stop; an error that
+    is not one account's (``account_only``) is raised."""
+    backoff = backoff or Backoff(base=RETRY_BASE_S, cap=RETRY_CAP_S)
+    report = _ReportOnce(task_status)
+    while True:
+        if state.down is not None:
+            delay = backoff.next_delay()
+            log.error(
+                "%s is not tracked: %s; the other accounts go on; trying it again in %.3g s",
+                state.label,
+                state.down,
+                delay,
+            )
+            report.started()
+            with trio.move_on_after(delay):
+                await stop.wait()
+        if stop.is_set():
+            report.started()
+            return
+        began = trio.current_time()
+        try:
+            if state.user is None:
+                await check(state)
+            async with trio.open_nursery() as nursery:
+                services = await nursery.start(run)
+                state.mark_up(services, metrics)
+                report.started()
+            return  # stopped
+        except BaseException as error:
+            if not account_only(error):
+                name_account(error, state.label)
+                raise
+            if trio.current_time() - began >= HEALTHY_AFTER_S:
+                backoff.reset()
+            state.user = None  # checked again before the next start (the key may now be another account's)
+            state.mark_down(error, metrics)
