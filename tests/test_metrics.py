@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -17,9 +18,14 @@ import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from store_helpers import entry, open_log
 from test_logging import MARKETS, tracker_run
 
+from tracker.config import Secret, Settings
 from tracker.fake.server import open_fake_exchange
+from tracker.metrics import Metrics
+from tracker.runtime import metrics_task as task_module
+from tracker.runtime.service import Services
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,3 +182,36 @@ def test_ledger_counts_are_exported_once() -> None:
     assert value(s, "tracker_balance_snapshots_total") == 2
     assert value(s, "tracker_balance_snapshot_races_total") == 1
     assert value(s, "tracker_ledger_walk_seconds_count") == 2
+
+
+async def test_the_last_round_begins_after_the_stop(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop that arrives while a round is under way (its read of the log done) is followed by one more round: what
+    was committed just before the stop is counted. The round is held after its read until the test has appended and
+    stopped."""
+    real_read = task_module._read
+    read_done = trio.Event()
+    go = threading.Event()
+    hold = {"on": False}
+    token = trio.lowlevel.current_trio_token()
+
+    def held_read(engine: object, cursor: object) -> object:
+        delta = real_read(engine, cursor)  # type: ignore[arg-type]
+        if hold["on"]:
+            hold["on"] = False
+            trio.from_thread.run_sync(read_done.set, trio_token=token)
+            go.wait(10)
+        return delta
+
+    monkeypatch.setattr(task_module, "_read", held_read)
+    with open_log(sqlite_url) as log:
+        settings = Settings(db_url=sqlite_url, api_key=Secret("k"), api_secret=Secret("s"))
+        services = Services.starting(settings, trio.Event(), log)
+        metrics = Metrics()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(task_module.metrics_task(metrics, log.engine, interval=0.01), services)
+            hold["on"] = True
+            await read_done.wait()
+            await trio.to_thread.run_sync(log.append, [entry(i) for i in range(1, 6)])
+            services.stop.set()
+            go.set()
+    assert metrics.registry.get_sample_value("tracker_frames_ingested_total", {"channel_kind": "my_orders"}) == 5

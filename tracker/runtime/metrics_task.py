@@ -238,9 +238,14 @@ def metrics_task(
 
         await round_()
         task_status.started()
-        while not services.stop.is_set():
+        while True:
             with trio.move_on_after(interval):
                 await services.stop.wait()
+            # The last round is one that began after the stop: a stop during a round (its read already done) would
+            # otherwise leave out what was committed just before the stop.
+            stopping = services.stop.is_set()
             await round_()
+            if stopping:
+                return
 
     return update_metrics
