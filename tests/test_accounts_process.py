@@ -347,6 +347,7 @@ async def test_one_accounts_failure_is_its_own(db_url: str) -> None:
                     await first.changed.wait()
                 assert first.down.startswith("API key not found"), first.down
                 assert _up(metrics)["1"] == 0.0
+                assert _by_account(metrics, "tracker_account_connections")["1"] == 0.0
                 missed = await one.generate(30)  # account 1's trades while it is down: nobody receives them
                 await two.generate(30)  # account 2 goes on
                 assert second.down is None and second.services is not None
@@ -362,6 +363,7 @@ async def test_one_accounts_failure_is_its_own(db_url: str) -> None:
         assert _trade_ids(missed) and _trade_ids(missed) <= {e.trade_id for p in log.iter_after(0) for e in p}
         assert first.failures >= 1 and second.failures == 0
         assert _up(metrics) == {"1": 1.0, "2": 1.0}
+        assert set(_by_account(metrics, "tracker_account_connections")) == {"1", "2"}  # the metrics task's, per account
         assert metrics.registry.get_sample_value("tracker_account_failures_total", {"account": "1"}) == first.failures
         assert walk(log).head == log.head()
     finally:
@@ -397,13 +399,17 @@ async def test_run_accounts_is_for_several(sqlite_url: str) -> None:
         engine.dispose()
 
 
-def _up(metrics: Metrics) -> dict[str, float]:
+def _by_account(metrics: Metrics, name: str) -> dict[str, float]:
     return {
         sample.labels["account"]: sample.value
         for family in metrics.registry.collect()
         for sample in family.samples
-        if sample.name == "tracker_account_up"
+        if sample.name == name
     }
+
+
+def _up(metrics: Metrics) -> dict[str, float]:
+    return _by_account(metrics, "tracker_account_up")
 
 
 def _total(metrics: Metrics, name: str) -> float:

@@ -112,6 +112,9 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.account_connections = Gauge(
+            "tracker_account_connections", "Open websocket connections of the account", ["account"], registry=r
+        )
         self.build = Info("tracker_build", "The tracker version and the versions it runs on", registry=r)
         self.build.info(build_info())
 

@@ -116,6 +116,7 @@ class AccountState:
         if self.down is not None:
             log.info("%s is tracked again (user %s)", self.label, self.user)
         self.services, self.down = services, None
+        services.config_index = self.index
         if metrics is not None:
             metrics.account_up.labels(account=str(self.index)).set(1)
         self._changed()
@@ -125,6 +126,7 @@ class AccountState:
         self.failures += 1
         if metrics is not None:
             metrics.account_up.labels(account=str(self.index)).set(0)
+            metrics.account_connections.labels(account=str(self.index)).set(0)
             metrics.account_failures.labels(account=str(self.index)).inc()
         self._changed()
 

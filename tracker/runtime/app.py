@@ -83,10 +83,10 @@ async def run_accounts(
     again after a back-off from ``retry_base_s``, while the others go on (``account_supervisor.py``). An error that
     is not one account's (the database, a bug) ends the process. The services start together; the accounts' states
     (``AccountState``: its service, or why it is down) are reported in config order once every account runs or is
-    down, and returned at the end. The projector and the metrics run once for the
-    process, beside the accounts (a standby account waiting for its lease holds nothing up). ``companions`` False:
-    the services without projector, backfill, reconciliation and metrics (benchmarks). ``metrics``: one set for the
-    process (``metrics_task``'s ``services_of``)."""
+    down, and returned at the end. The projector and the metrics run once for the process, beside the accounts (a
+    standby account waiting for its lease holds nothing up). ``companions`` False: the services without projector,
+    backfill, reconciliation and metrics (benchmarks). ``metrics``: one set for the process (``metrics_task``'s
+    ``services_of``)."""
     if len(accounts) < 2:
         raise ValueError("run_accounts is for two accounts or more: run_app runs one")
     states = [AccountState(index, settings) for index, settings in enumerate(accounts, 1)]

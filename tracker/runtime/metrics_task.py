@@ -235,6 +235,11 @@ def metrics_task(
             for gone in cursors.keys() - {id(one) for one in running}:
                 del cursors[gone]
             metrics.connections.set(sum(one.ingest_stats.connected_now for one in running))
+            for one in running:
+                if one.config_index is not None:  # several accounts: each one's own too
+                    metrics.account_connections.labels(account=str(one.config_index)).set(
+                        one.ingest_stats.connected_now
+                    )
 
         await round_()
         task_status.started()

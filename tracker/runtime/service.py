@@ -79,6 +79,7 @@ class Services:
     reconciler: Reconciler | None = None
     ledger: LedgerCapture | None = None
     combiner: AppendCombiner | None = None  # several accounts in one process (run_accounts)
+    config_index: int | None = None  # and the account's place in the config file (metrics' ``account`` label)
 
     @classmethod
     def starting(
