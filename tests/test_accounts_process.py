@@ -360,7 +360,16 @@ async def test_one_accounts_failure_is_its_own(db_url: str) -> None:
                 await one.wait_subscribed(one.private_channels())
                 await first.services.backfiller.wait_runs(1)  # the new service's start-up backfill
                 stop.set()
-        assert _trade_ids(missed) and _trade_ids(missed) <= {e.trade_id for p in log.iter_after(0) for e in p}
+        entries = [e for page in log.iter_after(0) for e in page]
+        assert _trade_ids(missed) and _trade_ids(missed) <= {e.trade_id for e in entries}
+        # The new service's start-up window runs from the failed one's last entry, not from the process's start.
+        start_ups = [
+            json.loads(e.payload)["data"]
+            for e in entries
+            if e.account == "710031" and e.event == "gap_detected" and e.source == "tracker"
+        ]
+        details = [gap["detail"] for gap in start_ups if gap["reason"] == "start-up"]
+        assert details and details[0] == "first start" and set(details[1:]) == {"tracker was not running"}, details
         assert first.failures >= 1 and second.failures == 0
         assert _up(metrics) == {"1": 1.0, "2": 1.0}
         assert set(_by_account(metrics, "tracker_account_connections")) == {"1", "2"}  # the metrics task's, per account

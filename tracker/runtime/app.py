@@ -116,9 +116,12 @@ async def run_accounts(
     async def launch(state: AccountState) -> None:
         """Supervise account ``state`` (a standby's start waits for its lease: the others go on meanwhile)."""
         nonlocal reported
-        with account_context(str(state.index)):  # the service's tasks and threads inherit it
-            service = partial(
-                run_tracker,
+
+        async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
+            """One start of the account's service. Its recovery task is made here, at each start: its creation time
+            splits this run's log entries from the previous run's (a failed one's), so the start-up backfill walks
+            from that run's last entry (``recovery_task``)."""
+            return await run_tracker(
                 state.settings,
                 event_log,
                 stop=stop,
@@ -127,7 +130,10 @@ async def run_accounts(
                 extra_tasks=[recovery_task()] if companions else [],
                 combiner=combiner,
                 file_lock=False,
+                task_status=task_status,
             )
+
+        with account_context(str(state.index)):  # the service's tasks and threads inherit it
             backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
             await running.start(
                 partial(supervise_account, state, check, service, stop, metrics=metrics, backoff=backoff)
