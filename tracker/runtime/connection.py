@@ -12,7 +12,7 @@ import math
 import random
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +31,7 @@ from tracker.bitstamp.subscriptions import (
 from tracker.domain import tracker_events as te
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.domain.tracker_events import tracker_entry
+from tracker.errors import TrackerError
 from tracker.exchange.errors import ExchangeUnreachable, RateLimited, ServerError
 from tracker.exchange.ws import ConnectionClosed, WsConnection, WsUnreachable, open_ws
 from tracker.runtime.backoff import Backoff
@@ -150,6 +151,21 @@ class IngestContext:
         )
 
 
+def _describe_fatal(group: BaseExceptionGroup[Exception]) -> str:
+    """The ``closed`` reason of a connection ended by an error the run ends on: a tracker error's own message (it says
+    what to do and holds no secret), else only the exception's type (a bug's text may hold anything)."""
+    first = next(_leaves(group))
+    return f"{type(first).__name__}: {first}" if isinstance(first, TrackerError) else type(first).__name__
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
 def _describe(group: BaseException) -> str:
     leaves: list[BaseException] = []
 
@@ -226,15 +242,22 @@ class Connection:
     async def run(self, *, task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, subscribe, report started, then run until closed. Raises ``ConnectionFailed`` on failure."""
         failure: str | None = None
+        fatal: BaseExceptionGroup[Exception] | None = None
         try:
             async with self._writer:
                 try:
                     await self._run(task_status)
                 except* RECOVERABLE as group:
                     failure = _describe(group)
+                except* Exception as group:  # a refusal the run ends on (a deleted key) or a bug: logged, then raised
+                    fatal = group
                 with trio.CancelScope(shield=True):
                     reason = failure or ("stopped" if self.ctx.stop.is_set() else "replaced")
+                    if fatal is not None:
+                        reason = _describe_fatal(fatal)
                     await self.record(te.CLOSED, {"reason": reason, "channels": len(self.channels)})
+            if fatal is not None:  # as it came (``except*`` wrapped a lone exception in a group)
+                raise fatal.exceptions[0] if len(fatal.exceptions) == 1 else fatal
         finally:
             if self.started:
                 self.ctx.stats.connected_now -= 1
