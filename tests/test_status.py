@@ -19,6 +19,7 @@ import trio
 from tracker.cli import main
 from tracker.domain import tracker_events as te
 from tracker.fake.server import open_fake_exchange
+from tracker.runtime.app import run_accounts
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.projector import run_projector
 from tracker.runtime.service import Services, run_tracker
@@ -221,3 +222,68 @@ def test_status_keeps_each_accounts_ledger_apart(tmp_path: Path, capsys: pytest.
     assert "  22 / 0: 1 rows, last row 5 " in out
     data = json.loads(status(capsys, url, "--format", "json"))
     assert [(a["account"], a["trade_account_id"], a["rows"]) for a in data["ledger"]] == [("1", "0", 2), ("22", "0", 1)]
+
+
+async def test_status_shows_each_account_of_a_several_accounts_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tracker run`` with two accounts, the first one's key deleted while it runs: ``tracker status`` (read while
+    the run goes on) shows per account its live connections and subscribed channels, so the one not tracked stands
+    out; channel lines name their account."""
+    url = f"sqlite:///{tmp_path / 'accounts.db'}"
+    upgrade(url)
+    engine = open_engine(url)
+    try:
+        async with (
+            open_fake_exchange(seed=3, markets=MARKETS, user_id=710041, api_key="keystatusone") as one,
+            open_fake_exchange(seed=4, markets=MARKETS, user_id=710042, api_key="keystatustwo") as two,
+        ):
+            stop = trio.Event()
+            log = EventLog(engine)
+            async with trio.open_nursery() as nursery:
+                first, second = await nursery.start(
+                    lambda task_status: run_accounts(
+                        [fx.settings(url, markets=MARKETS, subaccounts=()) for fx in (one, two)],
+                        engine,
+                        stop=stop,
+                        handle_signals=False,
+                        ingest_options=FAST,
+                        companions=False,
+                        retry_base_s=600,  # it stays down while the test looks
+                        task_status=task_status,
+                    )
+                )
+                for fx in (one, two):
+                    await fx.wait_subscribed(fx.private_channels())
+                    await fx.generate(5)
+                for state, fx in ((first, one), (second, two)):
+                    await wait_committed(state.services, partial(_has_ws_entries, log, str(fx.user_id)))
+                one.revoke_key()
+                await one.drop_connections()
+                while first.down is None:
+                    await first.changed.wait()
+                data = await status_json(capsys, url)
+                text = await trio.to_thread.run_sync(partial(status, capsys, url))
+                stop.set()
+    finally:
+        engine.dispose()
+    accounts = {a["account"]: a for a in data["accounts"]}
+    assert list(accounts) == ["710041", "710042"]
+    down, up = accounts["710041"], accounts["710042"]
+    assert (down["live_connections"], down["subscribed"]) == (0, 0), data["connections"]["live"]
+    assert down["channels"] > 0 and down["entries"] > 0
+    assert up["live_connections"] == 1 and up["subscribed"] == up["channels"] == len(two.private_channels())
+    assert {c["account"] for c in data["connections"]["live"]} == {"710042"}
+    # The reconnect refused its token: that connection is logged closed, with why (not left "subscribing").
+    assert data["connections"]["last_closed"]["reason"].startswith("AuthError: API key not found"), data["connections"]
+    assert {(c["account"], c["state"]) for c in data["channels"] if c["account"] == "710041"} == {
+        ("710041", "not subscribed")
+    }
+    assert "accounts: 2 in this log" in text
+    assert f"  710041  0 live connections, 0 of {down['channels']} channels subscribed, last entry" in text
+    assert f"  710042  1 live connection, {up['channels']} of {up['channels']} channels subscribed" in text
+    assert "  account channel" in text and "  710042 private-my_orders_btcusd-710042" in text
+
+
+def _has_ws_entries(log: EventLog, account: str) -> bool:
+    return any(e.account == account for page in log.iter_after(0) for e in page if e.source == "ws")

@@ -64,6 +64,7 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
         "channels": [
             {
                 "channel": c.channel,
+                "account": c.account,
                 "state": c.state,
                 "connection": c.connection,
                 "entries": c.entries,
@@ -76,7 +77,14 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
         ],
         "connections": {
             "live": [
-                {"id": c.connection_id, "state": c.state, "channels": c.channels, "since": _iso(c.since), "seq": c.seq}
+                {
+                    "id": c.connection_id,
+                    "account": c.account,
+                    "state": c.state,
+                    "channels": c.channels,
+                    "since": _iso(c.since),
+                    "seq": c.seq,
+                }
                 for c in status.connections
             ],
             "closed": status.closed_connections,
@@ -95,6 +103,18 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
         "backfill_progress": None
         if status.backfill_progress is None
         else {k: (_iso(v) if k == "at" else v) for k, v in status.backfill_progress.items()},
+        "accounts": [
+            {
+                "account": a.account,
+                "live_connections": a.live_connections,
+                "channels": a.channels,
+                "subscribed": a.subscribed,
+                "entries": a.entries,
+                "last_at": _iso(a.last_at),
+                "age_s": age(a.last_at),
+            }
+            for a in status.accounts
+        ],
         "ledger": [
             {
                 "account": a.account,
@@ -174,13 +194,22 @@ def format_status(status: Any, now: datetime, where: str) -> str:
         lines.append(f"  last closed: {lc.connection_id} ({lc.reason or 'no reason'}) {format_age(lc.since, now)}")
     if not status.connections and status.head:
         lines.append("  (no live connection logged: `tracker run` is not running, or has not connected yet)")
+    several = len(status.accounts) > 1  # then per account at a glance, and each channel line names its account
+    if several:
+        lines.append(f"accounts: {len(status.accounts)} in this log")
+        for a in status.accounts:
+            last = f"last entry {format_age(a.last_at, now)}" if a.last_at is not None else "no entry yet"
+            live = f"{a.live_connections} live connection{'' if a.live_connections == 1 else 's'}"
+            lines.append(f"  {a.account}  {live}, {a.subscribed} of {a.channels} channels subscribed, {last}")
     lines.append(f"channels: {len(status.channels)}")
     if status.channels:
-        width = max(len(c.channel) for c in status.channels)
-        lines.append(f"  {'channel':<{width}}  {'state':<14} {'connection':<12}  {'entries':>7}  last entry")
-        for c in status.channels:
+        names = [f"{c.account} {c.channel}" if several else c.channel for c in status.channels]
+        width = max(len(name) for name in names)
+        heading = "account channel" if several else "channel"
+        lines.append(f"  {heading:<{width}}  {'state':<14} {'connection':<12}  {'entries':>7}  last entry")
+        for name, c in zip(names, status.channels, strict=True):
             last = f"{c.last_event} (seq {c.last_seq}) {format_age(c.last_at, now)}" if c.last_seq else "no entry yet"
-            lines.append(f"  {c.channel:<{width}}  {c.state:<14} {_short(c.connection):<12}  {c.entries:>7}  {last}")
+            lines.append(f"  {name:<{width}}  {c.state:<14} {_short(c.connection):<12}  {c.entries:>7}  {last}")
     lines.append(f"gaps: {len(status.gaps_open)} open, {status.gaps_closed} closed (filled by backfill)")
     for g in status.gaps_open:
         detail = ", ".join(x for x in (g.market, g.trigger) if x)
@@ -193,7 +222,7 @@ def format_status(status: Any, now: datetime, where: str) -> str:
             f"backfill under way ({p.get('reason')}): {p.get('fetched', 0):,} facts fetched, {p.get('new', 0):,} new,"
             f" walking {p.get('walking')} ({format_age(p['at'], now)})"
         )
-    several = len({a.account for a in status.ledger}) > 1  # then each line names its Bitstamp account too
+    several = len({a.account for a in status.ledger}) > 1  # then each ledger line names its Bitstamp account too
     if status.ledger:
         lines.append(f"ledger (per {'account / ' if several else ''}trade account; 0 = main):")
     for a in status.ledger:

@@ -63,6 +63,7 @@ class ChannelStatus:
     last_at: datetime | None
     connection: str | None  # the live connection subscribed to it, if any
     state: str  # subscribed, stalled, ..., or "not subscribed"
+    account: str = ""  # the Bitstamp account (user id) whose channel it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class ConnectionStatus:
     seq: int
     channels: int
     reason: str | None = None  # closed: why
+    account: str = ""  # the Bitstamp account (user id) it ran for
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,18 @@ class LedgerStatus:
     account: str = ""  # the Bitstamp account (user id) it belongs to: a log can hold several (run_accounts)
 
 
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """One Bitstamp account of the log, at a glance: a log can hold several (``tracker run`` with ``[[accounts]]``)."""
+
+    account: str
+    live_connections: int
+    channels: int  # its channels with an entry or a subscription
+    subscribed: int  # of which a live connection is subscribed to
+    entries: int  # its websocket entries
+    last_at: datetime | None  # the newest one's receive time
+
+
 @dataclass
 class Status:
     head: int
@@ -137,6 +151,7 @@ class Status:
     degraded: list[Degraded] = field(default_factory=list)  # what the run works without, and why
     backfill_progress: dict[str, Any] | None = None  # a long backfill under way: its newest progress entry
     ledger: list[LedgerStatus] = field(default_factory=list)  # per account and trade account, "0" first
+    accounts: list[AccountStatus] = field(default_factory=list)  # per Bitstamp account with a channel or connection
 
     @property
     def projection_lag(self) -> int | None:
@@ -169,22 +184,30 @@ def _checkpoint(conn: Connection) -> tuple[int | None, datetime | None]:
 
 def _connections(
     conn: Connection,
-) -> tuple[list[ConnectionStatus], int, ConnectionStatus | None, dict[str, str | None]]:
-    """(live connections, how many closed, the newest closed, channel -> live connection subscribed to it)."""
+) -> tuple[list[ConnectionStatus], int, ConnectionStatus | None, dict[tuple[str, str], str | None]]:
+    """(live connections, how many closed, the newest closed, (account, channel) -> live connection subscribed to
+    it)."""
     t = event_log.c
     lifecycle = (t.source == "tracker", t.connection_id.is_not(None), t.event.in_(LIFECYCLE))
     newest = select(func.max(t.seq)).where(*lifecycle).group_by(t.connection_id)
     rows = conn.execute(
-        select(t.seq, t.connection_id, t.event, t.received_at, t.payload).where(t.seq.in_(newest.scalar_subquery()))
+        select(t.seq, t.connection_id, t.event, t.received_at, t.payload, t.account).where(
+            t.seq.in_(newest.scalar_subquery())
+        )
     ).all()
     # Which channels each connection subscribed (its newest `subscribed`), and the newest subscriber of each channel.
+    # Keyed by (account, channel): accounts of one log may share a public channel's name.
     subscribed = conn.execute(
-        select(t.seq, t.connection_id, t.payload).where(t.source == "tracker", t.event == te.SUBSCRIBED).order_by(t.seq)
+        select(t.seq, t.connection_id, t.payload, t.account)
+        .where(t.source == "tracker", t.event == te.SUBSCRIBED)
+        .order_by(t.seq)
     ).all()
-    channels_of: dict[str, tuple[str, ...]] = {}
-    newest_subscriber: dict[str, str] = {}
+    channels_of: dict[str, tuple[tuple[str, str], ...]] = {}
+    newest_subscriber: dict[tuple[str, str], str] = {}
     for row in subscribed:
-        channels = tuple(str(c) for c in _data(row.payload).get("channels", []) if isinstance(c, str))
+        channels = tuple(
+            (str(row.account), str(c)) for c in _data(row.payload).get("channels", []) if isinstance(c, str)
+        )
         channels_of[row.connection_id] = channels
         for channel in channels:
             newest_subscriber[channel] = row.connection_id
@@ -198,35 +221,51 @@ def _connections(
         if lc.event == te.CLOSED:
             closed += 1
             last_closed = ConnectionStatus(
-                lc.connection_id, "closed", lc.received_at, lc.seq, count, str(data.get("reason") or "") or None
+                lc.connection_id,
+                "closed",
+                lc.received_at,
+                lc.seq,
+                count,
+                str(data.get("reason") or "") or None,
+                str(lc.account),
             )
             continue
         if channels and not any(newest_subscriber.get(c) == lc.connection_id for c in channels):
             closed += 1  # killed without a `closed` entry; a newer connection took every channel over
             continue
-        live.append(ConnectionStatus(lc.connection_id, STATE_OF_EVENT[lc.event], lc.received_at, lc.seq, count))
+        live.append(
+            ConnectionStatus(
+                lc.connection_id, STATE_OF_EVENT[lc.event], lc.received_at, lc.seq, count, account=str(lc.account)
+            )
+        )
     live_ids = {c.connection_id for c in live}
     # Every channel ever subscribed; mapped to its connection while that one is live.
     channel_conn = {ch: (cid if cid in live_ids else None) for ch, cid in newest_subscriber.items()}
     return live, closed, last_closed, channel_conn
 
 
-def _channels(conn: Connection, channel_conn: dict[str, str | None], states: dict[str, str]) -> list[ChannelStatus]:
+def _channels(
+    conn: Connection, channel_conn: dict[tuple[str, str], str | None], states: dict[str, str]
+) -> list[ChannelStatus]:
+    """Per account and channel, its entries, its newest one and the live connection on it; by channel, then
+    account."""
     t = event_log.c
     per_channel = conn.execute(
-        select(t.channel, func.count(), func.max(t.seq)).where(t.source == "ws").group_by(t.channel)
+        select(t.account, t.channel, func.count(), func.max(t.seq))
+        .where(t.source == "ws")
+        .group_by(t.account, t.channel)
     ).all()
-    last_seqs = [int(seq) for _, _, seq in per_channel]
+    last_seqs = [int(seq) for _, _, _, seq in per_channel]
     last: dict[int, Any] = {}
     for start in range(0, len(last_seqs), 500):
         chunk = last_seqs[start : start + 500]
         for row in conn.execute(select(t.seq, t.event, t.received_at).where(t.seq.in_(chunk))):
             last[int(row.seq)] = row
-    out: dict[str, ChannelStatus] = {}
-    for channel, count, seq in per_channel:
+    out: dict[tuple[str, str], ChannelStatus] = {}
+    for account, channel, count, seq in per_channel:
         newest = last.get(int(seq))
-        cid = channel_conn.get(channel)
-        out[channel] = ChannelStatus(
+        cid = channel_conn.get((str(account), channel))
+        out[str(account), channel] = ChannelStatus(
             channel,
             int(count),
             int(seq),
@@ -234,11 +273,13 @@ def _channels(conn: Connection, channel_conn: dict[str, str | None], states: dic
             newest.received_at if newest is not None else None,
             cid,
             states[cid] if cid else "not subscribed",
+            str(account),
         )
-    for channel, cid in channel_conn.items():
-        if channel not in out:
-            out[channel] = ChannelStatus(channel, 0, None, None, None, cid, states[cid] if cid else "not subscribed")
-    return [out[name] for name in sorted(out)]
+    for (account, channel), cid in channel_conn.items():
+        if (account, channel) not in out:
+            state = states[cid] if cid else "not subscribed"
+            out[account, channel] = ChannelStatus(channel, 0, None, None, None, cid, state, account)
+    return [out[key] for key in sorted(out, key=lambda key: (key[1], len(key[0]), key[0]))]
 
 
 def _gaps(conn: Connection) -> tuple[list[GapStatus], int]:
@@ -305,7 +346,29 @@ def read_status(engine: Engine) -> Status:
         status.degraded, status.backfill_progress = _degraded(conn)
         status.ledger = _ledger(conn)
         status.degraded += _ledger_degraded(conn)
+    status.accounts = accounts_of(status.channels, status.connections)
     return status
+
+
+def accounts_of(channels: list[ChannelStatus], live: list[ConnectionStatus]) -> list[AccountStatus]:
+    """Per Bitstamp account (by user id, numerically), its live connections and channels, from the rest of the
+    status: the account that is not connected among several stands out."""
+    names = sorted({c.account for c in channels} | {c.account for c in live}, key=lambda a: (len(a), a))
+    out = []
+    for name in names:
+        mine = [c for c in channels if c.account == name]
+        times = [c.last_at for c in mine if c.last_at is not None]
+        out.append(
+            AccountStatus(
+                account=name,
+                live_connections=sum(1 for c in live if c.account == name),
+                channels=len(mine),
+                subscribed=sum(1 for c in mine if c.connection is not None),
+                entries=sum(c.entries for c in mine),
+                last_at=max(times) if times else None,
+            )
+        )
+    return out
 
 
 def _ledger(conn: Connection) -> list[LedgerStatus]:
