@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,28 @@ def child_env(config: Path, db_url: str) -> dict[str, str]:
     return env
 
 
+@asynccontextmanager
+async def tracker_child(argv: list[str], env: dict[str, str], log_path: Path) -> AsyncIterator[trio.Process]:
+    """``python -m tracker *argv`` with its output in ``log_path``; killed on the way out if it still runs."""
+    with log_path.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tracker", *argv], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            yield process
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def interrupt(process: trio.Process) -> int:
+    """SIGINT, then its exit code (within 30 s)."""
+    process.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        return await process.wait()
+
+
 async def test_sigint_mid_burst_keeps_every_accounts_frames_once(tmp_path: Path) -> None:
     db_path = tmp_path / "tracker.db"
     db_url = f"sqlite:///{db_path}"
@@ -73,33 +97,20 @@ async def test_sigint_mid_burst_keeps_every_accounts_frames_once(tmp_path: Path)
         fakes = (one, two)
         written = [record_written(fx) for fx in fakes]
         config = write_config(tmp_path, fakes, (KEYS[0][1], KEYS[1][1]))
-        with log_path.open("wb") as log_file:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "tracker", "--verbose", "run"],
-                env=child_env(config, db_url),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                with trio.fail_after(40):
-                    for fx in fakes:
-                        await fx.wait_subscribed(fx.private_channels())
-                cmdline = await trio.Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        async with tracker_child(["--verbose", "run"], child_env(config, db_url), log_path) as process:
+            with trio.fail_after(40):
                 for fx in fakes:
-                    fx.set_rate(1500)
-                with trio.fail_after(30):
-                    for frames in written:
-                        await frames.wait_count(600)
-                process.send_signal(signal.SIGINT)  # mid-burst: the generators keep going
-                with trio.fail_after(30):
-                    code = await process.wait()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+                    await fx.wait_subscribed(fx.private_channels())
+            cmdline = await trio.Path(f"/proc/{process.pid}/cmdline").read_bytes()
             for fx in fakes:
-                fx.set_rate(None)
-            tokens = [token for fx in fakes for token in fx.tokens.tokens]
+                fx.set_rate(1500)
+            with trio.fail_after(30):
+                for frames in written:
+                    await frames.wait_count(600)
+            code = await interrupt(process)  # mid-burst: the generators keep going
+        for fx in fakes:
+            fx.set_rate(None)
+        tokens = [token for fx in fakes for token in fx.tokens.tokens]
     log_text = log_path.read_text()
     assert code == 0, log_text
     engine = open_engine(db_url)
@@ -133,25 +144,12 @@ async def test_a_wrong_secret_leaves_the_other_account_tracked(tmp_path: Path) -
     ):
         written = record_written(one)
         config = write_config(tmp_path, (one, two), (KEYS[0][1], "wrongSECRETwrongSECRETwrong"))
-        with log_path.open("wb") as log_file:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "tracker", "run"],
-                env=child_env(config, db_url),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                with trio.fail_after(40):
-                    await one.wait_subscribed(one.private_channels())
-                    await one.generate(20)
-                    await written.wait_count(1)
-                process.send_signal(signal.SIGINT)
-                with trio.fail_after(30):
-                    code = await process.wait()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+        async with tracker_child(["run"], child_env(config, db_url), log_path) as process:
+            with trio.fail_after(40):
+                await one.wait_subscribed(one.private_channels())
+                await one.generate(20)
+                await written.wait_count(1)
+            code = await interrupt(process)
         assert not two.hub.conns
     log_text = log_path.read_text()
     assert code == 0, log_text

@@ -19,7 +19,9 @@ import io
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -43,7 +45,7 @@ from tracker.runtime.app import run_accounts
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.lease import WriteGate
 from tracker.runtime.service import Services
-from tracker.store.engine import open_engine
+from tracker.store.engine import Engine, open_engine
 from tracker.store.event_log import SERVER_APPEND_MAX, AppendResult, EventLog, split_result
 from tracker.store.lease import account_lease_for
 from tracker.store.migrate import upgrade
@@ -196,6 +198,17 @@ def _settings(fx: FakeExchange, db_url: str) -> Settings:
     return fx.settings(db_url, markets=MARKETS)
 
 
+async def start_accounts(
+    nursery: trio.Nursery, accounts: Sequence[Settings], engine: Engine, stop: trio.Event, **options: Any
+) -> list[AccountState]:
+    """``run_accounts`` started in ``nursery`` as the tests run it (no signal handling, short ingest intervals), until
+    ``stop``; its accounts' states once each runs or is down."""
+    states: list[AccountState] = await nursery.start(
+        partial(run_accounts, accounts, engine, stop=stop, handle_signals=False, ingest_options=FAST, **options)
+    )
+    return states
+
+
 def _running(states: Sequence[AccountState]) -> list[Services]:
     services = [state.services for state in states]
     assert None not in services, [state.down for state in states]
@@ -219,16 +232,8 @@ async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
             stop = trio.Event()
             metrics = Metrics()
             async with trio.open_nursery() as nursery:
-                states = await nursery.start(
-                    lambda task_status: run_accounts(
-                        [_settings(fx, db_url) for fx in fakes],
-                        engine,
-                        metrics=metrics,
-                        stop=stop,
-                        handle_signals=False,
-                        ingest_options=FAST,
-                        task_status=task_status,
-                    )
+                states = await start_accounts(
+                    nursery, [_settings(fx, db_url) for fx in fakes], engine, stop, metrics=metrics
                 )
                 services = _running(states)
                 for fx in fakes:
@@ -325,17 +330,13 @@ async def test_one_accounts_failure_is_its_own(db_url: str) -> None:
             metrics = Metrics()
             log = EventLog(engine)
             async with trio.open_nursery() as nursery:
-                first, second = await nursery.start(
-                    lambda task_status: run_accounts(
-                        [_settings(fx, db_url) for fx in (one, two)],
-                        engine,
-                        metrics=metrics,
-                        stop=stop,
-                        handle_signals=False,
-                        ingest_options=FAST,
-                        retry_base_s=0.05,
-                        task_status=task_status,
-                    )
+                first, second = await start_accounts(
+                    nursery,
+                    [_settings(fx, db_url) for fx in (one, two)],
+                    engine,
+                    stop,
+                    metrics=metrics,
+                    retry_base_s=0.05,
                 )
                 for fx in (one, two):
                     await fx.wait_subscribed(fx.private_channels())

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import trio
+from test_accounts_process import start_accounts
 
 from tracker.cli import main
 from tracker.domain import tracker_events as te
 from tracker.fake.server import open_fake_exchange
-from tracker.runtime.app import run_accounts
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.projector import run_projector
 from tracker.runtime.service import Services, run_tracker
@@ -241,17 +241,13 @@ async def test_status_shows_each_account_of_a_several_accounts_run(
             stop = trio.Event()
             log = EventLog(engine)
             async with trio.open_nursery() as nursery:
-                first, second = await nursery.start(
-                    lambda task_status: run_accounts(
-                        [fx.settings(url, markets=MARKETS, subaccounts=()) for fx in (one, two)],
-                        engine,
-                        stop=stop,
-                        handle_signals=False,
-                        ingest_options=FAST,
-                        companions=False,
-                        retry_base_s=600,  # it stays down while the test looks
-                        task_status=task_status,
-                    )
+                first, second = await start_accounts(
+                    nursery,
+                    [fx.settings(url, markets=MARKETS, subaccounts=()) for fx in (one, two)],
+                    engine,
+                    stop,
+                    companions=False,
+                    retry_base_s=600,  # it stays down while the test looks
                 )
                 for fx in (one, two):
                     await fx.wait_subscribed(fx.private_channels())
