@@ -29,7 +29,7 @@ from tracker.config import ConfigError, Settings
 from tracker.errors import ExchangeError, TrackerError
 from tracker.metrics import Metrics
 from tracker.runtime.backoff import Backoff
-from tracker.runtime.service import Services
+from tracker.runtime.service import Services, StartedOnce
 from tracker.store.errors import first_line
 from tracker.store.lease import LeaseLost
 
@@ -131,19 +131,6 @@ class AccountState:
         self._changed()
 
 
-class _ReportOnce:
-    """Passes the first ``started`` on (the account runs, or is down for now), not the later ones."""
-
-    def __init__(self, inner: trio.TaskStatus[None]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self) -> None:
-        if not self.done:
-            self.done = True
-            self.inner.started()
-
-
 async def supervise_account(
     state: AccountState,
     check: Callable[[AccountState], Awaitable[None]],
@@ -162,7 +149,7 @@ async def supervise_account(
     already down when this starts, ``state.down`` set, waits one back-off first). Returns at the stop; an error that
     is not one account's (``account_only``) is raised."""
     backoff = backoff or Backoff(base=RETRY_BASE_S, cap=RETRY_CAP_S)
-    report = _ReportOnce(task_status)
+    report = StartedOnce(task_status)  # the account runs, or is down for now
     while True:
         if state.down is not None:
             delay = backoff.next_delay()

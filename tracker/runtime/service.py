@@ -141,7 +141,7 @@ async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace:
     scope.deadline = trio.current_time() + grace
 
 
-class _StartedOnce:
+class StartedOnce:
     """A task status that passes on the first ``started`` only (a restarted task reports started again)."""
 
     def __init__(self, inner: trio.TaskStatus[Any]) -> None:
@@ -160,7 +160,7 @@ async def restart_on_db_outage(
     """Run an extra task (projector, backfill, reconciler, metrics); if it ends on a lost database connection only, log
     it and start it again once the pause is over, instead of ending the run (the writer holds frames meanwhile). Each
     of them starts from what is committed, so a restart repeats no work that matters."""
-    status = _StartedOnce(task_status)
+    status = StartedOnce(task_status)
     outage = Outage(getattr(starter, "__qualname__", "a task").split(".")[0], base_s=0.5, cap_s=5.0, log_every=1)
     while True:
         try:
