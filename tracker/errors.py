@@ -22,3 +22,10 @@ class StoreError(TrackerError):
 
 class ExchangeError(TrackerError):
     pass
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in ``error``, exception groups flattened (trio's nurseries wrap what their tasks raise)."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]

@@ -118,15 +118,16 @@ def damage_in(error: BaseException, engine: Engine, started: float) -> TrackerEr
     """A damaged page met while running, as one error line: the writer's own ``DatabaseDamaged`` (it names the side
     file) when it has one, else the first damage error any task hit (the side file the writer wrote when it was
     cancelled is looked up beside the database)."""
+    from tracker.errors import leaves
     from tracker.store.engine import display_url
     from tracker.store.errors import DatabaseDamaged, first_line, is_damage
     from tracker.store.integrity import unsaved_path
 
-    leaves = _leaves(error)
-    for leaf in leaves:
+    found = leaves(error)
+    for leaf in found:
         if isinstance(leaf, DatabaseDamaged):
             return leaf
-    hit = next((leaf for leaf in leaves if is_damage(leaf)), None)
+    hit = next((leaf for leaf in found if is_damage(leaf)), None)
     if hit is None:
         return None
     pattern = unsaved_path(engine).name.split(".unsaved-")[0] + ".unsaved-*.jsonl"
@@ -136,12 +137,6 @@ def damage_in(error: BaseException, engine: Engine, started: float) -> TrackerEr
         f"the database at {display_url(engine.url)} is damaged ({first_line(hit)}): the run stopped{saved};"
         " restore it from a backup (`tracker verify` shows the damage)"
     )
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]
 
 
 def start_metrics(port: int) -> Metrics:

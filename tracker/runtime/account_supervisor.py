@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import trio
 
 from tracker.config import ConfigError, Settings
-from tracker.errors import ExchangeError, TrackerError
+from tracker.errors import ExchangeError, TrackerError, leaves
 from tracker.metrics import Metrics
 from tracker.runtime.backoff import Backoff
 from tracker.runtime.service import Services, StartedOnce
@@ -40,13 +40,6 @@ RETRY_BASE_S = 10.0
 RETRY_CAP_S = 300.0
 # A service that ran this long before failing was healthy: its next failure starts the back-off afresh.
 HEALTHY_AFTER_S = 600.0
-
-
-def leaves(error: BaseException) -> list[BaseException]:
-    """The exceptions in ``error``, exception groups flattened."""
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
-    return [error]
 
 
 def account_only(error: BaseException) -> bool:

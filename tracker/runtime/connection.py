@@ -12,7 +12,7 @@ import math
 import random
 import ssl
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +31,7 @@ from tracker.bitstamp.subscriptions import (
 from tracker.domain import tracker_events as te
 from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.domain.tracker_events import tracker_entry
-from tracker.errors import TrackerError
+from tracker.errors import TrackerError, leaves
 from tracker.exchange.errors import ExchangeUnreachable, RateLimited, ServerError
 from tracker.exchange.ws import ConnectionClosed, WsConnection, WsUnreachable, open_ws
 from tracker.runtime.backoff import Backoff
@@ -154,31 +154,13 @@ class IngestContext:
 def _describe_fatal(group: BaseExceptionGroup[Exception]) -> str:
     """The ``closed`` reason of a connection ended by an error the run ends on: a tracker error's own message (it says
     what to do and holds no secret), else only the exception's type (a bug's text may hold anything)."""
-    first = next(_leaves(group))
+    first = leaves(group)[0]
     return f"{type(first).__name__}: {first}" if isinstance(first, TrackerError) else type(first).__name__
 
 
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
-
-
 def _describe(group: BaseException) -> str:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
     parts = []
-    for exc in leaves:
+    for exc in leaves(group):
         text = str(exc)
         parts.append(f"{type(exc).__name__.lstrip('_')}{': ' + text if text else ''}")
     return "; ".join(parts) or type(group).__name__
