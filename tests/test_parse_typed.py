@@ -70,8 +70,8 @@ def _check(entry: LogEntry) -> DomainEvent | None:
         assert type(typed) is type(reference)
         assert typed == reference
         # the same value types too (== takes 1 for True, Decimal("1") for 1)
-        assert [type(getattr(typed, name)) for name in typed.__slots__] == [
-            type(getattr(reference, name)) for name in reference.__slots__
+        assert [type(getattr(typed, name)) for name in typed.__struct_fields__] == [
+            type(getattr(reference, name)) for name in reference.__struct_fields__
         ]
     assert parse_entry(entry) == reference
     return typed
