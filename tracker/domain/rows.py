@@ -8,8 +8,8 @@ plain values (text, ``Decimal``, int, bool, aware ``datetime``, ``None``). Each 
 Rows are frozen ``msgspec.Struct``s, not frozen dataclasses: the fold makes a new row for every change (an order
 event an ``OrderRow`` and two ``StreamRow``s, a fill three rows), and a struct's ``__init__`` is C: a 24-field
 ``OrderRow`` ~2.4k machine instructions against ~7.7k for the dataclass even with ``frozen.fast_init`` (a rebuild
--10.6 %, docs/storage.md "Rebuild, fifth round"). The same semantics where the fold and the store use them:
-positional and keyword construction, ``==`` and ``hash`` by type and values, assignment refused
+-8.1 % in machine instructions, docs/storage.md "Rebuild, fifth round"). The same semantics where the fold and the
+store use them: positional and keyword construction, ``==`` and ``hash`` by type and values, assignment refused
 (``AttributeError``), ``msgspec.structs.fields`` / ``replace`` for ``dataclasses.fields`` / ``replace``.
 ``gc=False``: their values are text, numbers, times and ``None``, so no reference cycle can pass through a row, and
 the cyclic collector need not track the millions a rebuild makes.

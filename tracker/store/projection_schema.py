@@ -73,7 +73,7 @@ class Money(TypeDecorator[Decimal]):
 
 
 def _column_type(hint: Any) -> tuple[TypeEngine[Any], bool]:
-    """SQL type and nullability for a dataclass field's type hint."""
+    """SQL type and nullability for a row field's type hint."""
     nullable = False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
