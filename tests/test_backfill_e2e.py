@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 import trio
+from msgspec.structs import replace
 
 from tracker.config import Settings
 from tracker.domain.money import format_decimal

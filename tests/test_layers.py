@@ -28,6 +28,7 @@ IO_LIBRARIES = {
     "wsproto",
     "prometheus_client",
     "orjson",
+    "msgspec",
 }
 SQL_LIBRARIES = {"sqlalchemy", "alembic", "psycopg"}
 SQL_LAYERS = {"store", "cli", "migrations"}
@@ -57,8 +58,9 @@ FORBIDDEN = {
 }
 PURE = {"domain", "bitstamp", "errors", "audit", "export"}
 # orjson is a pure function of bytes: the parser's fast JSON decoder in the wire layer, and in the domain the writer of
-# the hash chain's input (chain._fast_values, the reference's bytes).
-PURE_ALLOWED = {"bitstamp": {"orjson"}, "domain": {"orjson"}}
+# the hash chain's input (chain._fast_values, the reference's bytes). msgspec likewise: the typed decoder of the hot
+# frames (bitstamp/parse_typed.py), and the structs the projected rows are (domain/rows.py).
+PURE_ALLOWED = {"bitstamp": {"orjson", "msgspec"}, "domain": {"orjson", "msgspec"}}
 
 
 def _module_name(path: Path) -> str:

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NOW, Log, order_frame, trade_frame
@@ -361,9 +362,7 @@ def test_multi_account() -> None:
 
 
 def _reseq(event: DomainEvent, offset: int) -> DomainEvent:
-    import dataclasses
-
-    return dataclasses.replace(event, seq=event.seq + offset)
+    return msgspec.structs.replace(event, seq=event.seq + offset)
 
 
 def test_idempotent_by_checkpoint() -> None:

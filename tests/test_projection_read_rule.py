@@ -14,11 +14,11 @@ on it: its tables hold only a batch's prefetched rows and load the others on ``g
 from __future__ import annotations
 
 import ast
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -189,7 +189,7 @@ def model_events(seed: int, steps: int) -> list[DomainEvent]:
         for emission in model.step(1_790_000_000_000_000 + i * 250_000):
             log.ws(emission.text)
     events = log.events()
-    return events + [dataclasses.replace(event, seq=event.seq + len(events)) for event in events[:300]]
+    return events + [msgspec.structs.replace(event, seq=event.seq + len(events)) for event in events[:300]]
 
 
 @pytest.mark.parametrize("size", [1, 97, 100_000])

@@ -6,12 +6,12 @@ thousands of generated frames is the check that both read the contract the same 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from msgspec.structs import asdict
 from pipeline import NOW, Log
 
 from tracker.bitstamp.frames import (

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -252,7 +252,7 @@ def test_orders_judged_chunk_by_chunk_equal_the_whole(
     projected = []
     for i, (status, age, other_market) in enumerate(rows):
         o = order(f"{i:03d}", status, age_s=age)  # type: ignore[arg-type]
-        o = dataclasses.replace(o, last_seq=i * 7 % 41 + 1, market="ethusd" if other_market else "btcusd")
+        o = msgspec.structs.replace(o, last_seq=i * 7 % 41 + 1, market="ethusd" if other_market else "btcusd")
         projected.append(o)
     exchange_open = [  # created 0-50 s before the answer: some within the grace, most not
         ExchangeOpenOrder(f"{i:03d}", "btcusd", D("1"), T - timedelta(seconds=50 - i)) for i in exchange_ids

@@ -7,13 +7,13 @@ in exponent form, non-UTC offsets) that take the slow branch.
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,7 +76,7 @@ def _strategy(annotation: Any, *, nul: bool = True) -> st.SearchStrategy[Any]:
 def _rows(name: str, *, nul: bool = True) -> st.SearchStrategy[Any]:
     row_type = TABLES[name]
     hints = typing.get_type_hints(row_type, vars(row_module))
-    return st.builds(row_type, **{f.name: _strategy(hints[f.name], nul=nul) for f in dataclasses.fields(row_type)})
+    return st.builds(row_type, **{f.name: _strategy(hints[f.name], nul=nul) for f in msgspec.structs.fields(row_type)})
 
 
 def _expected(name: str, row: Any, dialect: Dialect) -> tuple[Any, ...]:
@@ -127,9 +127,9 @@ def test_non_finite_money_and_naive_times_are_refused() -> None:
     )
     encode([good])
     with pytest.raises(ValueError, match="finite"):
-        encode([dataclasses.replace(good, fee=Decimal("NaN"))])
+        encode([msgspec.structs.replace(good, fee=Decimal("NaN"))])
     with pytest.raises(ValueError, match="naive"):
-        encode([dataclasses.replace(good, executed_at=datetime(2026, 1, 1))])
+        encode([msgspec.structs.replace(good, executed_at=datetime(2026, 1, 1))])
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -18,9 +18,10 @@ per endpoint, so the log still says what REST confirmed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import fields
 from datetime import datetime
 from typing import Final
+
+from msgspec.structs import fields
 
 from tracker.domain.events import Fill, OrderEvent
 

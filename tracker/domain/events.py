@@ -1,16 +1,20 @@
 """Typed domain events: what one log entry means. ``bitstamp.parse.parse_entry`` makes exactly one per entry.
 
 Every event carries ``seq`` and ``account`` of its log entry. Money is ``Decimal``, ids are text, times are aware UTC.
+
+Events are frozen ``msgspec.Struct``s, as the projected rows are (``rows.py`` says why: a struct's ``__init__`` is C,
+a third of a ``frozen.fast_init`` dataclass's; the parser makes one per log entry). ``gc=False``: their values are
+text, numbers, times, ``None`` and tuples of other events' parts, so no reference cycle can pass through one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from tracker.domain.frozen import fast_init
+import msgspec
+
 from tracker.domain.log import Source
 
 Side = Literal["buy", "sell"]
@@ -21,9 +25,7 @@ LiquidationKind = Literal[
 ]
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OrderEvent:
+class OrderEvent(msgspec.Struct, frozen=True, gc=False):
     """A ``my_orders`` event (WS) or its ``account_order_data/`` replay (REST).
 
     ``amount_remaining`` is ``amount_str``; ``amount_traded`` is per step (not cumulative). ``price`` is ``None``
@@ -57,9 +59,7 @@ class OrderEvent:
     stop_price: Decimal | None = None  # stop and take-profit orders
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Fill:
+class Fill(msgspec.Struct, frozen=True, gc=False):
     """One execution of one of the user's orders (``my_trades`` ``trade``, REST ``user_transactions`` type 2, or
     derivatives ``trade_history``). ``fee`` is in the market's quote currency."""
 
@@ -81,9 +81,7 @@ class Fill:
     client_order_id: str | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SelfTrade:
+class SelfTrade(msgspec.Struct, frozen=True, gc=False):
     """Self-trade prevention offset between two of the user's orders: not a fill, no fee."""
 
     seq: int
@@ -100,9 +98,7 @@ class SelfTrade:
     sellers_trade_account_id: str | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(msgspec.Struct, frozen=True, gc=False):
     """A perp settlement or insurance-fund premium (WS ``my_settlements`` or REST). Amounts are signed."""
 
     seq: int
@@ -124,9 +120,7 @@ class Settlement:
     settlement_type: str | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class LiquidationAlert:
+class LiquidationAlert(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str
     kind: LiquidationKind
@@ -140,9 +134,7 @@ class LiquidationAlert:
     trade_account_id: str | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class TokenReady:
+class TokenReady(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str
     action: str | None
@@ -153,9 +145,7 @@ class TokenReady:
     occurred_at: datetime | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OrderStatusSnapshot:
+class OrderStatusSnapshot(msgspec.Struct, frozen=True, gc=False):
     """A REST ``order_status/`` answer (status ``Open``/``Finished``/``Canceled``/``Expired``/...)."""
 
     seq: int
@@ -170,9 +160,7 @@ class OrderStatusSnapshot:
     received_at: datetime
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AccountTransaction:
+class AccountTransaction(msgspec.Struct, frozen=True, gc=False):
     """A REST ``user_transactions/`` row that is not a fill (deposit, withdrawal, transfer, staking, ...).
 
     Logged and counted; no projected table reads it yet.
@@ -185,9 +173,7 @@ class AccountTransaction:
     occurred_at: datetime | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class LedgerLeg:
+class LedgerLeg(msgspec.Struct, frozen=True, gc=False):
     """One currency movement of a ledger row: ``leg`` ``amount`` (the signed value of one currency key) or ``fee``
     (``amount`` = -fee, ``fee`` = fee; ``currency`` ``None`` when the fee currency cannot be told)."""
 
@@ -197,9 +183,7 @@ class LedgerLeg:
     fee: Decimal | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
+class LedgerRow(msgspec.Struct, frozen=True, gc=False):
     """One row of the account-wide ``user_transactions/`` (log event ``rest_ledger_row``) with its legs.
 
     ``trade_account_id`` comes from the entry's channel (``ledger_channels``). ``type_code`` is the raw code as text
@@ -224,18 +208,14 @@ class LedgerRow:
     notes: tuple[str, ...]
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class BalanceLine:
+class BalanceLine(msgspec.Struct, frozen=True, gc=False):
     currency: str
     total: Decimal
     available: Decimal | None
     reserved: Decimal | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class BalanceSnapshot:
+class BalanceSnapshot(msgspec.Struct, frozen=True, gc=False):
     """One ``account_balances/`` answer of one trade account (log event ``rest_balances``), taken at a consistent cut
     of the ledger (docs/semantics.md): the fold checks it against the legs with a smaller seq."""
 
@@ -247,9 +227,7 @@ class BalanceSnapshot:
     notes: tuple[str, ...] = ()
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class CryptoTransaction:
+class CryptoTransaction(msgspec.Struct, frozen=True, gc=False):
     """One row of ``crypto-transactions/`` (log event ``rest_crypto_transaction``; main account only).
     ``list_name``: ``deposits``, ``withdrawals`` or ``ripple_iou_transactions``."""
 
@@ -264,9 +242,7 @@ class CryptoTransaction:
     occurred_at: datetime | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class WithdrawalRequest:
+class WithdrawalRequest(msgspec.Struct, frozen=True, gc=False):
     """One state of one ``withdrawal-requests/`` row (log event ``rest_withdrawal_request``: each status change is a
     new fact). ``txid`` is "Bitstamp's transaction id" [D]; ``transaction_id`` the on-chain id [D]."""
 
@@ -285,9 +261,7 @@ class WithdrawalRequest:
     transaction_id: str | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class StatementRow:
+class StatementRow(msgspec.Struct, frozen=True, gc=False):
     """One row of the user's own Bitstamp CSV statement (``tracker import-statement``, event ``statement_row``).
 
     A witness compared with the ledger, never a ledger entry: it builds no legs (the same movement would count twice;
@@ -300,9 +274,7 @@ class StatementRow:
     row_id: str | None  # Bitstamp's ID column (new format; a legacy row exported by tracker has one too)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Lifecycle:
+class Lifecycle(msgspec.Struct, frozen=True, gc=False):
     """A tracker-made connection event: connected, subscribed, subscribe_failed, ws_error, reconnect_requested,
     closed, stalled, reconciled."""
 
@@ -314,9 +286,7 @@ class Lifecycle:
     received_at: datetime
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class GapDetected:
+class GapDetected(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str
     market: str | None
@@ -325,9 +295,7 @@ class GapDetected:
     received_at: datetime
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class BackfillCompleted:
+class BackfillCompleted(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str
     market: str | None
@@ -336,9 +304,7 @@ class BackfillCompleted:
     received_at: datetime
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Discrepancy:
+class Discrepancy(msgspec.Struct, frozen=True, gc=False):
     """Tracker-made (e.g. by reconciliation). ``discrepancy_id`` names it so a later resolution can close it."""
 
     seq: int
@@ -349,18 +315,14 @@ class Discrepancy:
     detail: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DiscrepancyResolved:
+class DiscrepancyResolved(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str
     discrepancy_id: str
     detail: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DiscrepancyAcknowledged:
+class DiscrepancyAcknowledged(msgspec.Struct, frozen=True, gc=False):
     """A person looked at an open discrepancy and recorded why it may stay (``tracker discrepancies ack``)."""
 
     seq: int
@@ -370,9 +332,7 @@ class DiscrepancyAcknowledged:
     by: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Unknown:
+class Unknown(msgspec.Struct, frozen=True, gc=False):
     """Anything the parser cannot map: an unknown event name, a payload that does not parse. Never an exception."""
 
     seq: int

@@ -17,7 +17,6 @@ bind processors, including the values that take the slow branch (decimals in exp
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from decimal import Decimal
 from itertools import chain
 from typing import Any, Final
 
+import msgspec
 from sqlalchemy import Boolean, Connection, Dialect, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
@@ -35,7 +35,7 @@ from tracker.store.projection_schema import Money
 from tracker.store.schema import UtcDateTime
 
 FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    name: tuple(f.name for f in dataclasses.fields(row_type)) for name, row_type in TABLES.items()
+    name: tuple(f.name for f in msgspec.structs.fields(row_type)) for name, row_type in TABLES.items()
 }  # per table, the row type's field names: the columns, in order
 Encoder = Callable[[Sequence[Row]], list[tuple[Any, ...]]]
 

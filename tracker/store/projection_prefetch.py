@@ -238,7 +238,7 @@ class Batch:
         for name, keys in self.state.dirty.items():
             if keys:
                 # in C: the rows (``map`` of the dict's lookup), then "is any of them None" (``is_``, not ``in``:
-                # ``None in rows`` would call each row's dataclass ``__eq__``)
+                # ``None in rows`` would call each row's ``__eq__``)
                 rows = list(map(self.tables[name].__getitem__, keys))
                 if any(map(is_, rows, repeat(None))):  # the fold marks a key dirty when it stores a row there
                     raise RuntimeError(f"{name}: a dirty key without a row")

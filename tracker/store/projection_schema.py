@@ -1,7 +1,7 @@
 """Tables of the projection (``proj_<name>``, one per row type in ``tracker.domain.rows.TABLES``), the projector's
 checkpoint, and typed descriptions of the public views ``v_*`` (docs/sql.md) for reading them with Core.
 
-The ``proj_*`` columns are the row dataclasses' fields, in order, with these types:
+The ``proj_*`` columns are the row structs' fields, in order, with these types:
 
 - money (``Decimal``) is ``Money``: ``NUMERIC`` (unconstrained) on PostgreSQL; on SQLite plain decimal ``TEXT``
   (no exponent, e.g. ``0.00000001``), which SQLite keeps byte for byte, so every digit survives. Sums are exact too:
@@ -19,13 +19,13 @@ views, and autogenerate must not see them.
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
+import msgspec
 from sqlalchemy import Boolean, Column, Dialect, Index, MetaData, Numeric, String, Table, Text
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -73,7 +73,7 @@ class Money(TypeDecorator[Decimal]):
 
 
 def _column_type(hint: Any) -> tuple[TypeEngine[Any], bool]:
-    """SQL type and nullability for a dataclass field's type hint."""
+    """SQL type and nullability for a row field's type hint."""
     nullable = False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
@@ -97,11 +97,11 @@ def _column_type(hint: Any) -> tuple[TypeEngine[Any], bool]:
 
 
 def row_columns(row_type: type) -> list[Column[Any]]:
-    """Columns for a row dataclass, in field order; ``KEY`` is the primary key."""
+    """Columns for a row struct, in field order; ``KEY`` is the primary key."""
     hints = typing.get_type_hints(row_type, vars(row_types))
     key = row_type.KEY  # type: ignore[attr-defined]
     columns: list[Column[Any]] = []
-    for field in dataclasses.fields(row_type):
+    for field in msgspec.structs.fields(row_type):
         sql_type, nullable = _column_type(hints[field.name])
         columns.append(Column(field.name, sql_type, primary_key=field.name in key, nullable=nullable))
     return columns
