@@ -40,7 +40,7 @@ def _pg_connect(dbname: str | None = None):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+def pg_database() -> str:
     """A fresh PostgreSQL database for this pytest run; dropped at the end."""
     try:
         admin = _pg_connect()
@@ -52,11 +52,20 @@ def pg_database() -> Iterator[str]:
     name = f"tracker_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
+    _CREATED.append(name)
+    return name
+
+
+# Dropped in ``pytest_sessionfinish``, not in the fixture's teardown: a session fixture's teardown runs inside the last
+# test's, under that test's pytest-timeout, and ``DROP DATABASE`` waits for a checkpoint, which took over 20 s on a
+# loaded machine (the last test then failed at its teardown).
+_CREATED: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    while _CREATED:
         with _pg_connect() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP DATABASE IF EXISTS "{_CREATED.pop()}" WITH (FORCE)')
 
 
 def pg_url_for_schema(database: str, schema: str) -> str:
