@@ -37,8 +37,9 @@ from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.lease import WriteGate, hold_account_lease
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
-from tracker.store.lease import LeaseLost, PgLease, file_lock_for, lease_key
+from tracker.store.lease import LeaseLost, PgLease, Writer, file_lock_for, lease_key, lease_writers
 from tracker.store.migrate import upgrade
+from tracker.store.status import read_status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -243,6 +244,9 @@ async def test_postgres_standby_takes_over_within_5_s_of_kill_9(pg_url: str, tmp
                     line = next(x for x in log_b.read_text().splitlines() if "standby:" in x)
                     assert f"account {account} is tracked by another process" in line
                     assert f"tracker run pid {holder.pid}" in line, line  # names the holder
+                    # `tracker status` names both: the holder of the account's lease, and the standby.
+                    writer = writer_of(engine, account)
+                    assert (writer.pid, writer.standbys) == (holder.pid, (standby.pid,)), writer
                     # The standby never connects to the exchange while the holder lives.
                     connections = fx.hub.connections_total
                     # A standby stopped while it waits exits cleanly at once.
@@ -269,6 +273,8 @@ async def test_postgres_standby_takes_over_within_5_s_of_kill_9(pg_url: str, tmp
                     )
                     assert failover < FAILOVER_LIMIT_S
                     assert "took over account" in log_b.read_text()
+                    writer = writer_of(engine, account)
+                    assert (writer.pid, writer.standbys) == (standby.pid, ()), writer
 
                     # The window without a subscriber is backfilled; the live frames after it land too.
                     fx.set_rate(None)
@@ -440,6 +446,82 @@ async def test_lease_connection_lost_then_taken_again_or_fenced(pg_url: str) -> 
     finally:
         thief.release()
         other.release()
+        engine.dispose()
+
+
+def writer_of(engine: Engine, account: str) -> Writer:
+    """The account's writer as ``tracker status`` reads it."""
+    found = [a.writer for a in read_status(engine).accounts if a.account == account]
+    assert len(found) == 1 and found[0] is not None, found
+    return found[0]
+
+
+def test_status_names_the_sqlite_files_writer_until_it_is_killed(sqlite_url: str) -> None:
+    """The process holding the file's lock is named; after its ``kill -9`` nobody is, though its pid stays written in
+    the lock file (the kernel dropped the lock: ``file_writer`` asks ``/proc/locks``, not the file)."""
+    upgrade(sqlite_url)
+    engine = open_engine(sqlite_url)
+    lock = file_lock_for(engine)
+    assert lock is not None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert read_status(engine).writer == Writer(holder.pid)
+        holder.kill()
+        holder.wait(timeout=10)
+        assert lock.lock_path.read_text().strip() == str(holder.pid)  # what a killed holder leaves behind
+        assert read_status(engine).writer == Writer(None)
+        lock.acquire()  # and the lock is free, as the status says
+        try:
+            assert read_status(engine).writer == Writer(os.getpid())
+        finally:
+            lock.release()
+        assert read_status(engine).writer == Writer(None)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        engine.dispose()
+
+
+_HOLD_LOCK = """
+import sys
+from pathlib import Path
+from tracker.store.lease import SqliteFileLock
+SqliteFileLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.postgres
+def test_status_names_each_accounts_lease_holder_and_standbys(pg_url: str) -> None:
+    """In-process leases: the holder's pid and backend, a standby (its lease connection open, the lock refused), and
+    nobody once both let go (the released connection goes back to the pool unnamed: not a standby)."""
+    upgrade(pg_url)
+    engine = open_engine(pg_url)
+    holder, standby, other = PgLease(engine, "4101"), PgLease(engine, "4101"), PgLease(engine, "4102")
+
+    def writers(*accounts: str) -> dict[str, Writer]:
+        with engine.connect() as conn:  # a transaction of its own: PostgreSQL reads its activity once per transaction
+            return lease_writers(conn, accounts)
+
+    try:
+        assert writers("4101", "4102") == {"4101": Writer(None), "4102": Writer(None)}
+        assert holder.try_acquire() and not standby.try_acquire() and other.try_acquire()
+        found = writers("4101", "4102", "4103")
+        mine = found["4101"]
+        assert (mine.pid, mine.standbys) == (os.getpid(), (os.getpid(),)) and mine.backend_pid, mine
+        assert found["4102"].pid == os.getpid() and found["4102"].backend_pid != mine.backend_pid
+        assert found["4103"] == Writer(None)
+        for lease in (holder, standby, other):
+            lease.release()
+        assert writers("4101", "4102") == {"4101": Writer(None), "4102": Writer(None)}
+    finally:
+        for lease in (holder, standby, other):
+            lease.release()
         engine.dispose()
 
 

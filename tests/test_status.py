@@ -7,6 +7,7 @@ Rules: loopback only, port 0, an absolute timeout; waits are on the writer's com
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -225,12 +226,13 @@ def test_status_keeps_each_accounts_ledger_apart(tmp_path: Path, capsys: pytest.
 
 
 async def test_status_shows_each_account_of_a_several_accounts_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``tracker run`` with two accounts, the first one's key deleted while it runs: ``tracker status`` (read while
     the run goes on) shows per account its live connections and subscribed channels, so the one not tracked stands
-    out; channel lines name their account."""
-    url = f"sqlite:///{tmp_path / 'accounts.db'}"
+    out; channel lines name their account. Who writes: SQLite, this process holds the file's lock; PostgreSQL, it
+    holds the lease of the account it tracks, and nobody holds the down account's."""
+    url = db_url
     upgrade(url)
     engine = open_engine(url)
     try:
@@ -279,6 +281,16 @@ async def test_status_shows_each_account_of_a_several_accounts_run(
     assert f"  710041  0 live connections, 0 of {down['channels']} channels subscribed, last entry" in text
     assert f"  710042  1 live connection, {up['channels']} of {up['channels']} channels subscribed" in text
     assert "  account channel" in text and "  710042 private-my_orders_btcusd-710042" in text
+    me = os.getpid()
+    if url.startswith("sqlite"):
+        assert data["writer"] == {"pid": me, "backend_pid": None, "standbys": []}
+        assert f"writer: tracker run pid {me}\n" in text
+        assert down["writer"] is None and up["writer"] is None
+    else:
+        assert data["writer"] is None and down["writer"] == {"pid": None, "backend_pid": None, "standbys": []}
+        assert up["writer"]["pid"] == me and up["writer"]["backend_pid"] > 0, up
+        assert "; writer: none (no tracker run holds its writer lease)" in text
+        assert f"; writer: tracker run pid {me} (backend pid {up['writer']['backend_pid']})" in text
 
 
 def _has_ws_entries(log: EventLog, account: str) -> bool:

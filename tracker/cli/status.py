@@ -112,9 +112,11 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
                 "entries": a.entries,
                 "last_at": _iso(a.last_at),
                 "age_s": age(a.last_at),
+                "writer": _writer_json(a.writer),
             }
             for a in status.accounts
         ],
+        "writer": _writer_json(status.writer),
         "ledger": [
             {
                 "account": a.account,
@@ -173,6 +175,26 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def describe_writer(writer: Any, lock: str) -> str:
+    """Who holds a writer lock (``lock``: what it is, for the "nobody" case), in words."""
+    if writer.pid is None and writer.backend_pid is None:
+        text = f"none (no tracker run holds {lock})"
+    elif writer.pid is None:
+        text = f"backend pid {writer.backend_pid} (its session's name is hidden from this database role)"
+    else:
+        backend = f" (backend pid {writer.backend_pid})" if writer.backend_pid is not None else ""
+        text = f"tracker run pid {writer.pid}{backend}"
+    if writer.standbys:
+        text += f"; standby: pid {', '.join(str(pid) for pid in writer.standbys)}"
+    return text
+
+
+def _writer_json(writer: Any) -> dict[str, Any] | None:
+    if writer is None:
+        return None
+    return {"pid": writer.pid, "backend_pid": writer.backend_pid, "standbys": list(writer.standbys)}
+
+
 def format_status(status: Any, now: datetime, where: str) -> str:
     lines = [f"database {where}"]
     lines.append(
@@ -194,13 +216,19 @@ def format_status(status: Any, now: datetime, where: str) -> str:
         lines.append(f"  last closed: {lc.connection_id} ({lc.reason or 'no reason'}) {format_age(lc.since, now)}")
     if not status.connections and status.head:
         lines.append("  (no live connection logged: `tracker run` is not running, or has not connected yet)")
+    if status.writer is not None:
+        lines.append("writer: " + describe_writer(status.writer, "the file's writer lock"))
     several = len(status.accounts) > 1  # then per account at a glance, and each channel line names its account
     if several:
         lines.append(f"accounts: {len(status.accounts)} in this log")
         for a in status.accounts:
             last = f"last entry {format_age(a.last_at, now)}" if a.last_at is not None else "no entry yet"
             live = f"{a.live_connections} live connection{'' if a.live_connections == 1 else 's'}"
-            lines.append(f"  {a.account}  {live}, {a.subscribed} of {a.channels} channels subscribed, {last}")
+            writer = f"; writer: {describe_writer(a.writer, 'its writer lease')}" if a.writer is not None else ""
+            lines.append(f"  {a.account}  {live}, {a.subscribed} of {a.channels} channels subscribed, {last}{writer}")
+    elif status.accounts and status.accounts[0].writer is not None:
+        a = status.accounts[0]
+        lines.append(f"writer (account {a.account}): {describe_writer(a.writer, 'its writer lease')}")
     lines.append(f"channels: {len(status.channels)}")
     if status.channels:
         names = [f"{c.account} {c.channel}" if several else c.channel for c in status.channels]

@@ -19,7 +19,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, exc, text
@@ -142,6 +144,10 @@ class PgLease:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(exc.DBAPIError):
+                # The connection goes back to the engine's pool: without its name, which says "a tracker run's lease
+                # connection" to `tracker status` (a standby) and to a standby (the holder).
+                conn.execute(text("RESET application_name"))
+            with contextlib.suppress(exc.DBAPIError):
                 conn.close()
 
 
@@ -179,6 +185,88 @@ class SqliteFileLock:
             fd, self._fd = self._fd, None
             os.ftruncate(fd, 0)
             os.close(fd)  # closing the last descriptor drops the flock
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who holds a writer lock now, as ``tracker status`` shows it: the SQLite file's, or an account's lease on
+    PostgreSQL. ``pid`` and ``backend_pid`` None: nobody does (no ``tracker run`` writes it)."""
+
+    pid: int | None  # the holding ``tracker run`` (None with a ``backend_pid``: a session whose name is hidden)
+    backend_pid: int | None = None  # PostgreSQL: the holder's session
+    standbys: tuple[int, ...] = ()  # PostgreSQL: ``tracker run`` processes waiting for the lease (their pids)
+
+
+_TRACKER_SESSION = re.compile(r"^tracker run pid (\d+) account (\S+)$")  # ``PgLease.label``
+
+
+def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer]:
+    """Per account, who holds its lease now and which ``tracker run`` sessions wait for it (their lease connections
+    are named by ``PgLease.label``). Read from ``pg_locks`` and ``pg_stat_activity`` in one query each: a holder
+    whose session name another role cannot read (``pg_stat_activity`` hides it) shows with its backend pid only."""
+    wanted = {lease_key(account) & 0xFFFF_FFFF_FFFF_FFFF: account for account in accounts}
+    held = conn.execute(
+        text(
+            "SELECT l.classid::bigint, l.objid::bigint, l.pid, a.application_name"
+            " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        )
+    ).all()
+    holders: dict[str, tuple[int | None, int]] = {}
+    for hi, lo, backend, name in held:
+        account = wanted.get((int(hi) << 32) | int(lo))
+        if account is not None:
+            found = _TRACKER_SESSION.match(name or "")
+            holders[account] = (int(found.group(1)) if found else None, int(backend))
+    waiting: dict[str, list[int]] = {}
+    holder_backends = {backend for _, backend in holders.values()}
+    sessions = conn.execute(
+        text("SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE 'tracker run pid %'")
+    ).all()
+    for backend, name in sessions:
+        found = _TRACKER_SESSION.match(name or "")
+        if found and backend not in holder_backends and found.group(2) in wanted.values():
+            waiting.setdefault(found.group(2), []).append(int(found.group(1)))
+    out = {}
+    for account in wanted.values():
+        pid, backend = holders.get(account, (None, None))
+        out[account] = Writer(pid, backend, tuple(sorted(waiting.get(account, ()))))
+    return out
+
+
+def file_writer(path: Path) -> Writer:
+    """Who holds the SQLite file's writer lock now (``SqliteFileLock``). The holder writes its pid in the lock file
+    and empties it at its stop; after a ``kill -9`` the pid stays but the kernel has dropped the lock, so the lock
+    itself is looked up in ``/proc/locks`` (Linux); elsewhere, whether that pid is still a process."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        written = lock_path.read_text(errors="replace").strip()
+        stat = lock_path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return Writer(None)
+    pid = int(written) if written.isdigit() else None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return Writer(pid if pid is not None and _alive(pid) else None)
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (a blocked waiter's line has "->" after the number)
+        if "FLOCK" in fields and where in fields and "->" not in fields:
+            holder = fields[fields.index(where) - 1]
+            return Writer(int(holder) if holder.isdigit() else pid)
+    return Writer(None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def file_lock_for(engine: Engine) -> SqliteFileLock | None:

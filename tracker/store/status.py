@@ -16,12 +16,15 @@ Everything here is read from the log and the projection store only, in one read 
   ledger last moved, not when it was last walked.)
 
 A database only knows what was logged: if ``run`` was killed, the last state stays as it was. Ages help judge that.
+What is not logged but asked of the database's locks: who writes now. SQLite: which process holds the file's writer
+lock; PostgreSQL: per account, which process holds its writer lease and which wait for it as standbys. An account a
+running ``tracker run`` has given up as down (``[[accounts]]``) holds no lease: no writer, whatever the log says.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +33,8 @@ from sqlalchemy import Connection, Engine, func, select
 from tracker.bitstamp.ledger_channels import split_ledger_channel
 from tracker.bitstamp.ledger_entries import REST_BALANCES, REST_LEDGER_ROW
 from tracker.domain import tracker_events as te
+from tracker.store.engine import sqlite_path
+from tracker.store.lease import Writer, file_writer, lease_writers
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
 from tracker.store.schema import event_log, quarantine
 
@@ -130,6 +135,7 @@ class AccountStatus:
     subscribed: int  # of which a live connection is subscribed to
     entries: int  # its websocket entries
     last_at: datetime | None  # the newest one's receive time
+    writer: Writer | None = None  # PostgreSQL: who holds its writer lease now (SQLite: ``Status.writer``)
 
 
 @dataclass
@@ -152,6 +158,7 @@ class Status:
     backfill_progress: dict[str, Any] | None = None  # a long backfill under way: its newest progress entry
     ledger: list[LedgerStatus] = field(default_factory=list)  # per account and trade account, "0" first
     accounts: list[AccountStatus] = field(default_factory=list)  # per Bitstamp account with a channel or connection
+    writer: Writer | None = None  # SQLite: who holds the file's writer lock now (PostgreSQL: per account)
 
     @property
     def projection_lag(self) -> int | None:
@@ -346,7 +353,12 @@ def read_status(engine: Engine) -> Status:
         status.degraded, status.backfill_progress = _degraded(conn)
         status.ledger = _ledger(conn)
         status.degraded += _ledger_degraded(conn)
-    status.accounts = accounts_of(status.channels, status.connections)
+        status.accounts = accounts_of(status.channels, status.connections)
+        if conn.dialect.name == "postgresql":
+            writers = lease_writers(conn, [a.account for a in status.accounts])
+            status.accounts = [replace(a, writer=writers[a.account]) for a in status.accounts]
+    if (path := sqlite_path(engine.url)) is not None:
+        status.writer = file_writer(path)
     return status
 
 
