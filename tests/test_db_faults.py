@@ -91,6 +91,9 @@ async def test_postgres_restart_mid_run_loses_nothing(own_pg, tmp_path: Path) ->
                 await trio.to_thread.run_sync(own_pg.stop)  # -m fast: every client is disconnected
                 with trio.fail_after(30):
                     await written.wait_count(len(written) + 500)  # the tracker keeps receiving meanwhile
+                # The restart comes once the writer has met the outage (on a loaded machine the frames written above
+                # can still be in the socket's buffer when the server is back, and the test would prove nothing).
+                await poll("the writer met the outage", lambda: "database unavailable" in log_path.read_text())
                 assert proc.returncode is None, log_path.read_text()
                 await trio.to_thread.run_sync(own_pg.start)
                 fx.set_rate(None)
