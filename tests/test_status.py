@@ -109,6 +109,9 @@ async def test_status_of_a_live_run_and_after_it(db_url: str, capsys: pytest.Cap
                 assert live["projection"]["checkpoint"] is not None and live["projection"]["lag"] >= 0
                 assert live["quarantine"]["by_kind"] == {"malformed": 1}
                 assert live["quarantine"]["latest"][0]["kind"] == "malformed"
+                # Who writes: this process, holding the file's lock (SQLite) or the account's lease (PostgreSQL).
+                holds = live["writer"] if url.startswith("sqlite") else live["accounts"][0]["writer"]
+                assert holds["pid"] == os.getpid(), live
                 stop.set()
     finally:
         engine.dispose()
@@ -151,6 +154,12 @@ async def test_status_of_a_live_run_and_after_it(db_url: str, capsys: pytest.Cap
     assert "gaps: 1 open, 1 closed (filled by backfill)" in text
     assert "quarantine: 1 frame (malformed 1)" in text
     assert "projection: checkpoint seq" in text
+    if url.startswith("sqlite"):
+        assert after["writer"]["pid"] is None
+        assert "writer: none (no tracker run holds the file's writer lock)" in text
+    else:
+        assert after["writer"] is None and after["accounts"][0]["writer"]["pid"] is None
+        assert f"writer (account {account}): none (no tracker run holds its writer lease)" in text
 
 
 def test_status_of_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
