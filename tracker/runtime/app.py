@@ -16,7 +16,9 @@ is down and tried again later while the others go on (``account_supervisor.py``)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import trio
@@ -34,6 +36,7 @@ from tracker.runtime.account_supervisor import (
 )
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
+from tracker.runtime.config_reload import Reloads, diff_accounts, watch_hangups
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
@@ -42,6 +45,7 @@ from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, watch_signals
 from tracker.store.engine import Engine
+from tracker.store.errors import first_line
 from tracker.store.event_log import EventLog
 
 log = logging.getLogger("tracker.service")
@@ -57,9 +61,19 @@ def standard_tasks(engine: Engine, *, metrics: Metrics | None = None) -> list[Ta
 
 
 async def run_app(settings: Settings, engine: Engine, *, metrics: Metrics | None = None) -> None:
-    """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed)."""
-    await check_markets(settings)
-    await run_tracker(settings, EventLog(engine), extra_tasks=standard_tasks(engine, metrics=metrics))
+    """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed). A
+    SIGHUP has nothing to reload (the account is the environment's and the flags'): one WARNING line, and it goes
+    on."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        await check_markets(settings)
+        async with trio.open_nursery() as nursery:
+            hangup_scope = trio.CancelScope()
+            await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
+            await run_tracker(
+                settings, EventLog(engine), stop=stop, extra_tasks=standard_tasks(engine, metrics=metrics)
+            )
+            hangup_scope.cancel()
 
 
 async def run_accounts(
@@ -72,10 +86,12 @@ async def run_accounts(
     ingest_options: IngestOptions | None = None,
     companions: bool = True,
     retry_base_s: float = RETRY_BASE_S,
+    reload_from: Callable[[], Sequence[Settings]] | None = None,
+    reloads: Reloads | None = None,
     task_status: trio.TaskStatus[list[AccountState]] = trio.TASK_STATUS_IGNORED,
 ) -> list[AccountState]:
-    """``run_app`` for several accounts in this one process (the module docstring), until ``stop`` is set or
-    SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed.
+    """``run_app`` for the accounts of the config file in this one process (the module docstring), until ``stop`` is
+    set or SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed.
 
     The markets and credentials of every account are checked (at once) before any connects: two keys of one
     Bitstamp account are refused, and so is a start at which every account fails its check. An account that fails
@@ -83,12 +99,18 @@ async def run_accounts(
     again after a back-off from ``retry_base_s``, while the others go on (``account_supervisor.py``). An error that
     is not one account's (the database, a bug) ends the process. The services start together; the accounts' states
     (``AccountState``: its service, or why it is down) are reported in config order once every account runs or is
-    down, and returned at the end. The projector and the metrics run once for the process, beside the accounts (a
-    standby account waiting for its lease holds nothing up). ``companions`` False: the services without projector,
-    backfill, reconciliation and metrics (benchmarks). ``metrics``: one set for the process (``metrics_task``'s
-    ``services_of``)."""
-    if len(accounts) < 2:
-        raise ValueError("run_accounts is for two accounts or more: run_app runs one")
+    down (the list is kept current by reloads), and returned at the end. The projector and the metrics run once for
+    the process, beside the accounts (a standby account waiting for its lease holds nothing up). ``companions``
+    False: the services without projector, backfill, reconciliation and metrics (benchmarks). ``metrics``: one set
+    for the process (``metrics_task``'s ``services_of``).
+
+    ``reload_from``: how the accounts are read again (``load_accounts`` with the start's flags); each request of
+    ``reloads`` (SIGHUP with ``handle_signals``; a test's ``reloads.request()``) applies the file as it is then
+    (``_reload``). Without it a SIGHUP is logged as having nothing to reload."""
+    if not accounts:
+        raise ValueError("run_accounts needs one account or more")
+    if reload_from is not None and reloads is None:
+        reloads = Reloads()
     states = [AccountState(index, settings) for index, settings in enumerate(accounts, 1)]
     await _check_at_start(states, metrics)
     stop = trio.Event() if stop is None else stop
@@ -102,6 +124,7 @@ async def run_accounts(
     process = Services.starting(accounts[0], stop, event_log, combiner)
     reported = 0
     all_reported = trio.Event()
+    reloading = trio.CancelScope()
 
     def running_services() -> list[Services]:
         return [state.services for state in states if state.services is not None]
@@ -113,9 +136,9 @@ async def run_accounts(
             state.user = None
             raise ConfigError(same)
 
-    async def launch(state: AccountState) -> None:
-        """Supervise account ``state`` (a standby's start waits for its lease: the others go on meanwhile)."""
-        nonlocal reported
+    async def supervise(state: AccountState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise account ``state`` until its own stop (a standby's start waits for its lease: the others go on
+        meanwhile); ``state.ended`` once it returned, its writer drained."""
 
         async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
             """One start of the account's service. Its recovery task is made here, at each start: its creation time
@@ -124,7 +147,7 @@ async def run_accounts(
             return await run_tracker(
                 state.settings,
                 event_log,
-                stop=stop,
+                stop=state.stop,
                 handle_signals=False,
                 ingest_options=ingest_options,
                 extra_tasks=[recovery_task()] if companions else [],
@@ -133,20 +156,44 @@ async def run_accounts(
                 task_status=task_status,
             )
 
-        with account_context(str(state.index)):  # the service's tasks and threads inherit it
-            backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
-            await running.start(
-                partial(supervise_account, state, check, service, stop, metrics=metrics, backoff=backoff)
-            )
+        try:
+            with account_context(state):  # the service's tasks and threads inherit it (read at each line)
+                backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
+                await supervise_account(
+                    state, check, service, state.stop, metrics=metrics, backoff=backoff, task_status=task_status
+                )
+        finally:
+            state.ended.set()
+
+    async def launch(state: AccountState) -> None:
+        nonlocal reported
+        await running.start(supervise, state)
         reported += 1
-        if reported == len(states):
+        if reported == len(accounts):
             all_reported.set()
 
-    with open_file_lock(event_log):  # SQLite: one lock on the file for every account this process writes
+    async def stop_all() -> None:
+        """The process's stop is every account's (a reload under way is abandoned: the accounts it stopped are
+        draining, the ones it had not started yet never start)."""
+        await stop.wait()
+        reloading.cancel()
+        for state in states:
+            state.stop.set()
+
+    async def reloader() -> None:
+        assert reload_from is not None and reloads is not None
+        with reloading:
+            while True:
+                await reloads.next()
+                await _reload(states, reload_from, reloads, check, partial(running.start, supervise), stop, metrics)
+
+    with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
         async with trio.open_nursery() as nursery:
-            signals = trio.CancelScope()
+            signals, hangup_scope = trio.CancelScope(), trio.CancelScope()
             if handle_signals:
+                assert hangups is not None
                 await nursery.start(watch_signals, stop, signals)
+                await nursery.start(watch_hangups, hangups, stop, reloads, hangup_scope)
             if companions:
                 once = [projector_task(engine)]
                 if metrics is not None:
@@ -154,21 +201,84 @@ async def run_accounts(
                 for starter in once:
                     await nursery.start(restart_on_db_outage, starter, process)
             async with trio.open_nursery() as running:
+                running.start_soon(stop_all)
                 for state in states:
                     running.start_soon(launch, state)
                 await all_reported.wait()
+                if reload_from is not None:
+                    running.start_soon(reloader)
                 task_status.started(states)
             signals.cancel()  # the projector and the metrics end at the stop by themselves
+            hangup_scope.cancel()
     for state in states:
         if state.down is not None:
             log.warning("%s was not tracked at the stop: %s", state.label, state.down)
     return states
 
 
+def _hangup_receiver(handle_signals: bool) -> AbstractContextManager[AsyncIterator[int] | None]:
+    """SIGHUP caught for the whole run (its default would end the process), when this run handles signals."""
+    return trio.open_signal_receiver(signal.SIGHUP) if handle_signals else nullcontext()
+
+
+async def _reload(
+    states: list[AccountState],
+    reload_from: Callable[[], Sequence[Settings]],
+    reloads: Reloads,
+    check: Callable[[AccountState], Awaitable[None]],
+    start: Callable[[AccountState], Awaitable[object]],
+    stop: trio.Event,
+    metrics: Metrics | None,
+) -> None:
+    """One reload: the config read again off the event loop, exactly as at the start; what changed
+    (``diff_accounts``) applied to ``states`` (the accounts running, in file order: kept so). Removed and restarted
+    accounts are stopped, each one's writer drained, before any new one starts (a rotated key of one Bitstamp account
+    must not meet its old key); unchanged ones run on, taking their new place as label; new ones are checked, as at
+    the start (a failure, or a key of an account already tracked, makes one down: its supervisor tries it again
+    after a back-off), then started (``start``). Anything wrong with the new file: one ERROR line, nothing changed.
+    """
+    refused = None
+    try:
+        new = tuple(await trio.to_thread.run_sync(reload_from))
+        for one in new:
+            one.require_credentials()
+        diff = diff_accounts([state.settings for state in states], new)
+    except Exception as error:  # a file that fails to load in any way (bad TOML, a secret file gone...): never a crash
+        refused = f"config not reloaded: {first_line(error)}; kept the running config"
+    if refused is not None:
+        log.error("%s", refused)
+        reloads.finished(refused)
+        return
+    at = {state.index: state for state in states}
+    going = [at[place] for place in diff.stopping]
+    kept = [at[old] for old, _ in diff.unchanged]
+    states[:] = kept  # the process's stop meanwhile stops what runs; the going ones are stopping already
+    for state in going:
+        state.stop.set()
+    for state in going:
+        await state.ended.wait()  # its writer committed everything it received
+    for state in going:
+        state.forget_metrics(metrics)
+    moves = [(at[old], new_place) for old, new_place in diff.unchanged if old != new_place]
+    for state, _ in moves:
+        state.forget_metrics(metrics)  # all first: one's old number may be another's new one
+    for state, place in moves:
+        state.move_to(place, metrics)
+    fresh = [AccountState(place, new[place - 1]) for place in diff.starting]
+    states[:] = sorted([*kept, *fresh], key=lambda state: state.index)
+    await _check_new(fresh, check, metrics)
+    async with trio.open_nursery() as starting:  # at once; each runs or is down when this ends
+        for state in fresh:
+            starting.start_soon(start, state)
+    outcome = diff.summary()
+    log.info("%s", outcome)
+    reloads.finished(outcome)
+
+
 async def _check(state: AccountState) -> None:
     """Account ``state``'s markets and credentials: one call to the markets list, one token call (which tells
     ``state.user``)."""
-    with account_context(str(state.index)):
+    with account_context(state):
         await check_markets(state.settings)
         state.user = await account_of(state.settings)
 
@@ -197,3 +307,24 @@ async def _check_at_start(states: Sequence[AccountState], metrics: Metrics | Non
         raise ConfigError(same)
     if len(failed) == len(states):
         raise failed[min(failed)]
+
+
+async def _check_new(
+    fresh: Sequence[AccountState], check: Callable[[AccountState], Awaitable[None]], metrics: Metrics | None
+) -> None:
+    """The check of accounts a reload adds or restarts, at once: one that fails it on an error of its own is down (its
+    supervisor waits a back-off, then checks it again); an error that is not one account's ends the process, as at
+    the start."""
+
+    async def one(state: AccountState) -> None:
+        try:
+            await check(state)
+        except BaseException as error:
+            if not account_only(error):
+                name_account(error, state.label)
+                raise
+            state.mark_down(error, metrics)
+
+    async with trio.open_nursery() as nursery:
+        for state in fresh:
+            nursery.start_soon(one, state)
