@@ -156,6 +156,8 @@ async def run_accounts(
                 task_status=task_status,
             )
 
+        if stop.is_set():  # started by a reload the process's stop overtook
+            state.stop.set()
         try:
             with account_context(state):  # the service's tasks and threads inherit it (read at each line)
                 backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
@@ -185,7 +187,14 @@ async def run_accounts(
         with reloading:
             while True:
                 await reloads.next()
-                await _reload(states, reload_from, reloads, check, partial(running.start, supervise), stop, metrics)
+                await _reload(states, reload_from, reloads, check, start, metrics)
+
+    def start(state: AccountState) -> trio.Event:
+        """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
+        meanwhile must not cancel its service's start), the event set once it runs or is down."""
+        reported = Reported()
+        running.start_soon(partial(supervise, state, task_status=reported))
+        return reported.event
 
     with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
         async with trio.open_nursery() as nursery:
@@ -226,8 +235,7 @@ async def _reload(
     reload_from: Callable[[], Sequence[Settings]],
     reloads: Reloads,
     check: Callable[[AccountState], Awaitable[None]],
-    start: Callable[[AccountState], Awaitable[object]],
-    stop: trio.Event,
+    start: Callable[[AccountState], trio.Event],
     metrics: Metrics | None,
 ) -> None:
     """One reload: the config read again off the event loop, exactly as at the start; what changed
@@ -267,12 +275,22 @@ async def _reload(
     fresh = [AccountState(place, new[place - 1]) for place in diff.starting]
     states[:] = sorted([*kept, *fresh], key=lambda state: state.index)
     await _check_new(fresh, check, metrics)
-    async with trio.open_nursery() as starting:  # at once; each runs or is down when this ends
-        for state in fresh:
-            starting.start_soon(start, state)
+    reported = [start(state) for state in fresh]  # at once
     outcome = diff.summary()
-    log.info("%s", outcome)
+    log.info("%s", outcome)  # applied: what follows only waits
+    for event in reported:
+        await event.wait()
     reloads.finished(outcome)
+
+
+class Reported:
+    """A task status for a task started with ``start_soon``: ``event`` is set at its ``started``."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def started(self, value: object = None) -> None:
+        self.event.set()
 
 
 async def _check(state: AccountState) -> None:
