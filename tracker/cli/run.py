@@ -33,6 +33,9 @@ from tracker.cli import add_common_flags, require_existing_database
 
 log = logging.getLogger("tracker.run")
 
+# How many accounts a SIGHUP may add to those ``tracker run`` started with (the database pool is sized for them).
+RELOAD_SPARE = 16
+
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -75,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         one.require_credentials()
     settings = accounts[0]  # what they share: the database, the metrics port
     require_existing_database(settings)  # never leave an empty SQLite file behind
-    engine = open_engine(settings.db_url, accounts=len(accounts))
+    engine = open_engine(settings.db_url, accounts=len(accounts) + (RELOAD_SPARE if settings.accounts_in_file else 0))
     try:
         check_schema(engine)
         refuse_damaged(engine)
@@ -86,7 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             count = f"{len(accounts)} account" + ("s" if len(accounts) > 1 else "")
             log.info("tracking %s in this process (the config file's [[accounts]])", count)
             reload_from = partial(load_accounts, flags=flags)
-            main = partial(run_accounts, accounts, engine, metrics=metrics, reload_from=reload_from)
+            # PostgreSQL: each account holds a connection for its lease; the pool has room for RELOAD_SPARE more
+            # accounts than the start's (opened only when used), and a reload listing more needs a restart.
+            spare = len(accounts) + RELOAD_SPARE if engine.dialect.name == "postgresql" else None
+            main = partial(run_accounts, accounts, engine, metrics=metrics, reload_from=reload_from, max_accounts=spare)
         try:
             trio.run(main)
         except BaseException as error:

@@ -36,7 +36,7 @@ from tracker.runtime.account_supervisor import (
 )
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
-from tracker.runtime.config_reload import Reloads, diff_accounts, watch_hangups
+from tracker.runtime.config_reload import AccountsDiff, Reloads, diff_accounts, watch_hangups
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
@@ -88,6 +88,7 @@ async def run_accounts(
     retry_base_s: float = RETRY_BASE_S,
     reload_from: Callable[[], Sequence[Settings]] | None = None,
     reloads: Reloads | None = None,
+    max_accounts: int | None = None,
     task_status: trio.TaskStatus[list[AccountState]] = trio.TASK_STATUS_IGNORED,
 ) -> list[AccountState]:
     """``run_app`` for the accounts of the config file in this one process (the module docstring), until ``stop`` is
@@ -106,7 +107,8 @@ async def run_accounts(
 
     ``reload_from``: how the accounts are read again (``load_accounts`` with the start's flags); each request of
     ``reloads`` (SIGHUP with ``handle_signals``; a test's ``reloads.request()``) applies the file as it is then
-    (``_reload``). Without it a SIGHUP is logged as having nothing to reload."""
+    (``_reload``); one listing more than ``max_accounts`` is refused. Without it a SIGHUP is logged as having nothing
+    to reload."""
     if not accounts:
         raise ValueError("run_accounts needs one account or more")
     if reload_from is not None and reloads is None:
@@ -187,7 +189,7 @@ async def run_accounts(
         with reloading:
             while True:
                 await reloads.next()
-                await _reload(states, reload_from, reloads, check, start, metrics)
+                await _reload(states, partial(_read_again, reload_from, max_accounts), reloads, check, start, metrics)
 
     def start(state: AccountState) -> trio.Event:
         """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
@@ -232,7 +234,7 @@ def _hangup_receiver(handle_signals: bool) -> AbstractContextManager[AsyncIterat
 
 async def _reload(
     states: list[AccountState],
-    reload_from: Callable[[], Sequence[Settings]],
+    read_again: Callable[[Sequence[Settings]], Awaitable[tuple[tuple[Settings, ...], AccountsDiff]]],
     reloads: Reloads,
     check: Callable[[AccountState], Awaitable[None]],
     start: Callable[[AccountState], trio.Event],
@@ -247,10 +249,7 @@ async def _reload(
     """
     refused = None
     try:
-        new = tuple(await trio.to_thread.run_sync(reload_from))
-        for one in new:
-            one.require_credentials()
-        diff = diff_accounts([state.settings for state in states], new)
+        new, diff = await read_again([state.settings for state in states])
     except Exception as error:  # a file that fails to load in any way (bad TOML, a secret file gone...): never a crash
         refused = f"config not reloaded: {first_line(error)}; kept the running config"
     if refused is not None:
@@ -281,6 +280,17 @@ async def _reload(
     for event in reported:
         await event.wait()
     reloads.finished(outcome)
+
+
+async def _read_again(
+    reload_from: Callable[[], Sequence[Settings]], max_accounts: int | None, running: Sequence[Settings]
+) -> tuple[tuple[Settings, ...], AccountsDiff]:
+    """The accounts read again (in a thread: the file and the secret files are read) and what changed from
+    ``running``; the loader's or the diff's error raised."""
+    new = tuple(await trio.to_thread.run_sync(reload_from))
+    for one in new:
+        one.require_credentials()
+    return new, diff_accounts(running, new, max_accounts=max_accounts)
 
 
 class Reported:

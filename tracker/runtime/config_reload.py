@@ -8,9 +8,10 @@ again (``config.load_accounts``, exactly as at the start: the same flags, enviro
 - same key, other settings: that account is restarted (stopped, its writer drained, started with the new ones);
 - a key no longer listed: stopped; a new key: started (checked first, as at the start).
 
-What the process set up once cannot change without a restart: ``RESTART_ONLY`` (the database and its pool, the
-metrics server's port). A change there refuses the whole reload (``RestartNeeded``), as does a file that no longer
-lists ``[[accounts]]``. ``diff_accounts`` is pure (no I/O): ``app.run_accounts`` applies what it finds.
+What the process set up once cannot change without a restart: ``RESTART_ONLY`` (the database, the metrics server's
+port). A change there refuses the whole reload (``RestartNeeded``), as does a file that no longer lists
+``[[accounts]]``, or one listing more accounts than the database pool was sized for (``max_accounts``).
+``diff_accounts`` is pure (no I/O): ``app.run_accounts`` applies what it finds.
 
 Requests (``Reloads``) are coalesced: any number of SIGHUPs while a reload is applied make one more reload after it.
 """
@@ -75,11 +76,13 @@ def _key(settings: Settings) -> str:
     return settings.api_key.reveal()
 
 
-def diff_accounts(old: Sequence[Settings], new: Sequence[Settings]) -> AccountsDiff:
+def diff_accounts(old: Sequence[Settings], new: Sequence[Settings], *, max_accounts: int | None = None) -> AccountsDiff:
     """What changed from accounts ``old`` (running) to ``new`` (the file read again), both ``load_accounts``'s.
 
     Raises ``RestartNeeded`` naming every ``RESTART_ONLY`` setting that changed (never its value: a database URL
-    may hold a password), or when the file no longer lists ``[[accounts]]``."""
+    may hold a password), when the file no longer lists ``[[accounts]]``, or when it lists more than
+    ``max_accounts`` (on PostgreSQL each account holds a connection for its lease: the pool was sized at the
+    start)."""
     if not old:
         raise ValueError("no accounts running")
     if not new or not new[0].accounts_in_file:
@@ -93,6 +96,11 @@ def diff_accounts(old: Sequence[Settings], new: Sequence[Settings]) -> AccountsD
         what = "is a setting" if len(changed) == 1 else "are settings"
         raise RestartNeeded(
             f"{names} changed, and {what} the process set up once at its start: restart tracker to change it"
+        )
+    if max_accounts is not None and len(new) > max_accounts:
+        raise RestartNeeded(
+            f"the config file lists {len(new)} accounts, more than the {max_accounts} the database connections were"
+            " set up for at the start: restart tracker to change it"
         )
     old_at = {_key(settings): place for place, settings in enumerate(old, 1)}
     unchanged: list[tuple[int, int]] = []
