@@ -186,3 +186,11 @@ async def test_sighup_is_a_request_or_a_line_saying_why_not(caplog: pytest.LogCa
     [line] = caplog.records
     assert line.levelno == logging.WARNING
     assert line.getMessage().startswith("received SIGHUP: nothing to reload: this tracker run tracks the account of")
+
+
+def test_more_accounts_than_the_pool_was_sized_for_need_a_restart() -> None:
+    old = [_account("ka")]
+    new = [_account("ka"), _account("kb"), _account("kc")]
+    assert diff_accounts(old, new, max_accounts=3) == AccountsDiff(unchanged=((1, 1),), added=(2, 3))
+    with pytest.raises(RestartNeeded, match=r"^the config file lists 3 accounts, more than the 2 .*restart tracker"):
+        diff_accounts(old, new, max_accounts=2)
