@@ -5,12 +5,19 @@
   ``settings.reconcile_interval_s``;
 - the metrics updater, when a ``Metrics`` is given.
 
-Several accounts (the config file's ``[[accounts]]``) run in one process (``run_accounts``): one service per account,
-each with its own connections, writer, lease, backfill, reconciliation and ledger capture, exactly as a process of its
-own would run it; one projector for the database; one signal handler that stops them all; their live appends
-combined (``append_combiner.py``: one lock turn and one commit for all the accounts' frames instead of one per
-frame). Log lines carry ``account=N``, the account's place in the config file. One account's failure is its own: it
-is down and tried again later while the others go on (``account_supervisor.py``).
+The accounts of the config file's ``[[accounts]]`` (one or several) run in one process (``run_accounts``): one
+service per account, each with its own connections, writer, lease, backfill, reconciliation and ledger capture,
+exactly as a process of its own would run it; one projector for the database; one signal handler whose stop is every
+account's (each account has a stop of its own besides); their live appends combined (``append_combiner.py``: one lock
+turn and one commit for all the accounts' frames instead of one per frame). Log lines carry ``account=N``, the
+account's place in the config file. One account's failure is its own: it is down and tried again later while the
+others go on (``account_supervisor.py``).
+
+SIGHUP reloads the config file (``config_reload.py`` says what changed, ``_reload`` applies it): removed and changed
+accounts are stopped, their writers drained, before added and changed ones are checked and started; unchanged ones
+run on untouched, an account moved in the file taking its new place as label. A file that does not load, or changes
+what only a restart can, changes nothing (one ERROR line). A run of the environment's one account (``run_app``) has
+nothing to reload: SIGHUP is one warning line.
 """
 
 from __future__ import annotations
