@@ -238,7 +238,16 @@ async def test_a_bad_reload_changes_nothing(sqlite_url: str, tmp_path: Path, cap
                 reloads.request()
                 with trio.fail_after(20):
                     await reloads.wait_finished(3)
-                not_toml, no_secret, restart = reloads.outcomes
+                config.write_text("insecure = false\n")  # no [[accounts]] left: the environment's one account?
+                reloads.request()
+                with trio.fail_after(20):
+                    await reloads.wait_finished(4)
+                config.write_text(good)
+                not_toml, no_secret, restart, no_accounts = reloads.outcomes
+                assert no_accounts == (
+                    "config not reloaded: the config file no longer lists [[accounts]] (tracker run would track the"
+                    " environment's one account): restart tracker to change it; kept the running config"
+                )
                 assert not_toml.startswith(f"config not reloaded: config file {config} is not valid TOML: ")
                 assert no_secret.startswith(
                     f"config not reloaded: {config} [[accounts]] #2: cannot read the API secret"
@@ -259,8 +268,8 @@ async def test_a_bad_reload_changes_nothing(sqlite_url: str, tmp_path: Path, cap
                                       keys=(KEYS[0][0], KEYS[1][0], ROTATED[0]))  # fmt: skip
                 reloads.request()
                 with trio.fail_after(20):
-                    await reloads.wait_finished(4)
-                assert reloads.outcomes[3] == "config reloaded: account 3 added, 2 unchanged"
+                    await reloads.wait_finished(5)
+                assert reloads.outcomes[4] == "config reloaded: account 3 added, 2 unchanged"
                 third = states[2]
                 assert third.down == (
                     "accounts 1 and 3 of [[accounts]] have keys of one Bitstamp account (user 730021): list each"

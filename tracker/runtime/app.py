@@ -295,9 +295,10 @@ async def _read_again(
     """The accounts read again (in a thread: the file and the secret files are read) and what changed from
     ``running``; the loader's or the diff's error raised."""
     new = tuple(await trio.to_thread.run_sync(reload_from))
+    diff = diff_accounts(running, new, max_accounts=max_accounts)  # first: a file without [[accounts]] says so
     for one in new:
         one.require_credentials()
-    return new, diff_accounts(running, new, max_accounts=max_accounts)
+    return new, diff
 
 
 class Reported:
