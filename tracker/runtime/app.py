@@ -201,9 +201,9 @@ async def run_accounts(
     def start(state: AccountState) -> trio.Event:
         """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
         meanwhile must not cancel its service's start), the event set once it runs or is down."""
-        reported = Reported()
-        running.start_soon(partial(supervise, state, task_status=reported))
-        return reported.event
+        status = Reported()
+        running.start_soon(partial(supervise, state, task_status=status))
+        return status.event
 
     with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
         async with trio.open_nursery() as nursery:
