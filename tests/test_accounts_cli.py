@@ -38,15 +38,20 @@ KEYS = (
 )
 
 
-def write_config(tmp_path: Path, fakes: tuple[FakeExchange, ...], secrets: tuple[str, ...]) -> Path:
+def write_config(
+    tmp_path: Path, fakes: tuple[FakeExchange, ...], secrets: tuple[str, ...], keys: tuple[str, ...] | None = None
+) -> Path:
+    """``tmp_path/tracker.toml`` (written anew) with one ``[[accounts]]`` table per fake, in order: its key (or that
+    of ``keys``), a secret file holding ``secrets``' (``secretN``, N its place), its URLs."""
     lines = []
-    for number, (fx, secret) in enumerate(zip(fakes, secrets, strict=True), 1):
+    keys = keys or tuple(fx.api_key for fx in fakes)
+    for number, (fx, secret, key) in enumerate(zip(fakes, secrets, keys, strict=True), 1):
         secret_file = tmp_path / f"secret{number}"
         secret_file.write_text(secret + "\n")
         secret_file.chmod(0o600)
         lines += [
             "[[accounts]]",
-            f'api_key = "{fx.api_key}"',
+            f'api_key = "{key}"',
             f'api_secret_file = "{secret_file}"',
             f'api_url = "{fx.api_url}"',
             f'ws_url = "{fx.ws_url}"',

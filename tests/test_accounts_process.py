@@ -33,7 +33,7 @@ from store_helpers import entry, open_log, walk
 from test_ingest_e2e import FAST, record_deliveries
 from test_pg_append import _entries as pg_append_entries
 
-from tracker.config import ConfigError, Secret, Settings
+from tracker.config import ConfigError, Settings
 from tracker.domain.chain import GENESIS, Anchor
 from tracker.domain.log import NewEntry
 from tracker.fake.model import Emission
@@ -399,12 +399,12 @@ async def test_two_keys_of_one_account_are_refused_before_anything_starts(sqlite
         engine.dispose()
 
 
-async def test_run_accounts_is_for_several(sqlite_url: str) -> None:
+async def test_run_accounts_needs_an_account(sqlite_url: str) -> None:
+    """One account is fine (a config file of one ``[[accounts]]`` table: ``test_accounts_reload.py``); none is not."""
     engine = open_engine(sqlite_url)
     try:
-        settings = Settings(db_url=sqlite_url, api_key=Secret("k"), api_secret=Secret("s"))
-        with pytest.raises(ValueError, match="two accounts or more"):
-            await run_accounts([settings], engine)
+        with pytest.raises(ValueError, match="one account or more"):
+            await run_accounts([], engine)
     finally:
         engine.dispose()
 

@@ -51,13 +51,14 @@ class RedactingFilter(logging.Filter):
 
 # Which of the process's accounts a line is about (``tracker run`` with several accounts: their position in the config
 # file's ``[[accounts]]``, from 1). Tasks and threads started under ``account_context`` inherit it (trio copies the
-# context into each task it starts and each ``to_thread`` call).
-_ACCOUNT: ContextVar[str | None] = ContextVar("tracker_account", default=None)
+# context into each task it starts and each ``to_thread`` call). The label is read (``str``) at each line: an account
+# whose place changes while it runs (a config reload moved it) is named by its new place from then on.
+_ACCOUNT: ContextVar[object | None] = ContextVar("tracker_account", default=None)
 
 
 @contextmanager
-def account_context(label: str) -> Iterator[None]:
-    """Log lines written in this block, and by the tasks and threads it starts, carry ``account=<label>``."""
+def account_context(label: object) -> Iterator[None]:
+    """Log lines written in this block, and by the tasks and threads it starts, carry ``account=<str(label)>``."""
     token = _ACCOUNT.set(label)
     try:
         yield
@@ -72,7 +73,7 @@ class AccountFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         label = _ACCOUNT.get()
         if label is not None:
-            record.fields = {**getattr(record, "fields", {}), "account": label}
+            record.fields = {**getattr(record, "fields", {}), "account": str(label)}
         return True
 
 

@@ -1,7 +1,9 @@
 """``tracker run``: live ingest of the account's private channels into the event log, until SIGINT/SIGTERM.
 
-Several accounts (the config file's ``[[accounts]]``, ``config.load_accounts``) are tracked by this one process
-(``runtime/app.py``: ``run_accounts``).
+The accounts of the config file's ``[[accounts]]`` (``config.load_accounts``; one or several) are tracked by this one
+process (``runtime/app.py``: ``run_accounts``), and SIGHUP applies the file as edited since: accounts added, removed
+or changed are started, stopped or restarted, the others untouched (``runtime/config_reload.py``). A run configured
+by the environment and flags has nothing to reload: SIGHUP logs a warning.
 
 Settings come from flags > environment > config file. The API secret is only ever read from the environment or a
 file (never argv). Exit code 0 after a clean stop: everything received has been committed.
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 from tracker.cli import add_common_flags, require_existing_database
 
 log = logging.getLogger("tracker.run")
+
+# How many accounts a SIGHUP may add to those ``tracker run`` started with (the database pool is sized for them).
+RELOAD_SPARE = 16
 
 
 def register(subparsers: Any) -> None:
@@ -60,30 +65,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tracker.store.engine import open_engine
     from tracker.store.migrate import check_schema
 
-    accounts = load_accounts(
-        flags={
-            "db_url": args.db_url,
-            "markets": args.markets,
-            "api_url": args.api_url,
-            "ws_url": args.ws_url,
-            "metrics_port": args.metrics_port,
-            "insecure": args.insecure,
-        }
-    )
+    flags = {
+        "db_url": args.db_url,
+        "markets": args.markets,
+        "api_url": args.api_url,
+        "ws_url": args.ws_url,
+        "metrics_port": args.metrics_port,
+        "insecure": args.insecure,
+    }
+    accounts = load_accounts(flags=flags)
     for one in accounts:
         one.require_credentials()
     settings = accounts[0]  # what they share: the database, the metrics port
     require_existing_database(settings)  # never leave an empty SQLite file behind
-    engine = open_engine(settings.db_url, accounts=len(accounts))
+    engine = open_engine(settings.db_url, accounts=len(accounts) + (RELOAD_SPARE if settings.accounts_in_file else 0))
     try:
         check_schema(engine)
         refuse_damaged(engine)
         metrics = start_metrics(settings.metrics_port) if settings.metrics_port is not None else None
         started = time.time()
         main: Callable[[], Awaitable[object]] = partial(run_app, settings, engine, metrics=metrics)
-        if len(accounts) > 1:
-            log.info("tracking %d accounts in this process (the config file's [[accounts]])", len(accounts))
-            main = partial(run_accounts, accounts, engine, metrics=metrics)
+        if settings.accounts_in_file:  # SIGHUP reloads the file: read again as now, with the same flags
+            count = f"{len(accounts)} account" + ("s" if len(accounts) > 1 else "")
+            log.info("tracking %s in this process (the config file's [[accounts]])", count)
+            reload_from = partial(load_accounts, flags=flags)
+            # PostgreSQL: each account holds a connection for its lease; the pool has room for RELOAD_SPARE more
+            # accounts than the start's (opened only when used), and a reload listing more needs a restart.
+            spare = len(accounts) + RELOAD_SPARE if engine.dialect.name == "postgresql" else None
+            main = partial(run_accounts, accounts, engine, metrics=metrics, reload_from=reload_from, max_accounts=spare)
         try:
             trio.run(main)
         except BaseException as error:

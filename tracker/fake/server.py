@@ -268,6 +268,11 @@ class FakeExchange:
     def restore_key(self) -> None:
         self.http.auth.revoked = False
 
+    def add_key(self, api_key: str, api_secret: str) -> None:
+        """Create another API key of the main account (a key rotation's new one): it acts as the first does, and
+        stays valid when :meth:`revoke_key` deletes the first."""
+        self.http.auth.more_keys[api_key] = api_secret
+
     def reject_next_requests(self, n: int = 1) -> None:
         """Answer the next ``n`` HTTP requests with HTTP 429 ``400.002`` (rate limit exceeded)."""
         self.http.faults.reject_next += n

@@ -14,7 +14,8 @@ failing in a way that is not the outage the tasks ride out themselves; a bug (an
 Why retry at all when a key was revoked: most account-only failures pass (the exchange unreachable at the account's
 own URL, a clock skew corrected by NTP, a lease lost while the database connection blinked, a key whose permissions
 are being edited), and one token call every few minutes costs nothing. A key that stays wrong is logged at every
-try; ``tracker doctor`` names what is wrong with it. Fixing it in the config file needs a restart.
+try; ``tracker doctor`` names what is wrong with it. Fixing it in the config file and sending ``tracker run`` SIGHUP
+restarts that account alone with its new settings (``config_reload.py``), the others untouched.
 """
 
 from __future__ import annotations
@@ -85,9 +86,13 @@ def reason_of(error: BaseException) -> str:
     return in_file_terms(first_line(first))
 
 
-@dataclass
+@dataclass(eq=False)
 class AccountState:
-    """One account of the config file (numbered from 1) in this process: what runs for it, or why nothing does."""
+    """One account of the config file (numbered from 1) in this process: what runs for it, or why nothing does.
+
+    ``index`` is its place in the file: as of its start, or the new place a config reload moved it to while it ran
+    unchanged (``move_to``). ``str(state)`` is that number: the ``account=N`` of its log lines (``account_context``
+    reads it at each line) and its metrics' ``account`` label."""
 
     index: int
     settings: Settings
@@ -96,10 +101,35 @@ class AccountState:
     down: str | None = None  # why it is not running; None while it runs or starts
     failures: int = 0
     changed: trio.Event = field(default_factory=trio.Event)  # set (and replaced) at every up or down
+    stop: trio.Event = field(default_factory=trio.Event)  # this account's own: the process's stop, or its removal
+    ended: trio.Event = field(default_factory=trio.Event)  # set once its supervisor returned (its writer drained)
+
+    def __str__(self) -> str:
+        return str(self.index)
 
     @property
     def label(self) -> str:
         return f"account {self.index} of [[accounts]]"
+
+    def forget_metrics(self, metrics: Metrics | None) -> None:
+        """Remove its series (``tracker_account_*{account="N"}``): it left the file, was restarted or moved."""
+        if metrics is not None:
+            for family in (metrics.account_up, metrics.account_connections, metrics.account_failures):
+                family.remove(str(self.index))
+
+    def move_to(self, index: int, metrics: Metrics | None) -> None:
+        """Take place ``index`` in the file (a reload moved it, unchanged, while it runs): its log lines and metrics
+        say ``account=index`` from now on. The caller has forgotten every moved account's old series first (one's
+        old number may be another's new one)."""
+        self.index = index
+        if self.services is not None:
+            self.services.config_index = index
+        if metrics is not None:
+            label = str(index)
+            metrics.account_up.labels(account=label).set(0 if self.down is not None or self.services is None else 1)
+            metrics.account_failures.labels(account=label).inc(self.failures)
+            if self.services is not None:
+                metrics.account_connections.labels(account=label).set(self.services.ingest_stats.connected_now)
 
     def _changed(self) -> None:
         self.changed.set()

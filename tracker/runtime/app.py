@@ -5,18 +5,27 @@
   ``settings.reconcile_interval_s``;
 - the metrics updater, when a ``Metrics`` is given.
 
-Several accounts (the config file's ``[[accounts]]``) run in one process (``run_accounts``): one service per account,
-each with its own connections, writer, lease, backfill, reconciliation and ledger capture, exactly as a process of its
-own would run it; one projector for the database; one signal handler that stops them all; their live appends
-combined (``append_combiner.py``: one lock turn and one commit for all the accounts' frames instead of one per
-frame). Log lines carry ``account=N``, the account's place in the config file. One account's failure is its own: it
-is down and tried again later while the others go on (``account_supervisor.py``).
+The accounts of the config file's ``[[accounts]]`` (one or several) run in one process (``run_accounts``): one
+service per account, each with its own connections, writer, lease, backfill, reconciliation and ledger capture,
+exactly as a process of its own would run it; one projector for the database; one signal handler whose stop is every
+account's (each account has a stop of its own besides); their live appends combined (``append_combiner.py``: one lock
+turn and one commit for all the accounts' frames instead of one per frame). Log lines carry ``account=N``, the
+account's place in the config file. One account's failure is its own: it is down and tried again later while the
+others go on (``account_supervisor.py``).
+
+SIGHUP reloads the config file (``config_reload.py`` says what changed, ``_reload`` applies it): removed and changed
+accounts are stopped, their writers drained, before added and changed ones are checked and started; unchanged ones
+run on untouched, an account moved in the file taking its new place as label. A file that does not load, or changes
+what only a restart can, changes nothing (one ERROR line). A run of the environment's one account (``run_app``) has
+nothing to reload: SIGHUP is one warning line.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import trio
@@ -34,6 +43,7 @@ from tracker.runtime.account_supervisor import (
 )
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
+from tracker.runtime.config_reload import AccountsDiff, Reloads, diff_accounts, watch_hangups
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
@@ -42,6 +52,7 @@ from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, watch_signals
 from tracker.store.engine import Engine
+from tracker.store.errors import first_line
 from tracker.store.event_log import EventLog
 
 log = logging.getLogger("tracker.service")
@@ -57,9 +68,19 @@ def standard_tasks(engine: Engine, *, metrics: Metrics | None = None) -> list[Ta
 
 
 async def run_app(settings: Settings, engine: Engine, *, metrics: Metrics | None = None) -> None:
-    """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed)."""
-    await check_markets(settings)
-    await run_tracker(settings, EventLog(engine), extra_tasks=standard_tasks(engine, metrics=metrics))
+    """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed). A
+    SIGHUP has nothing to reload (the account is the environment's and the flags'): one WARNING line, and it goes
+    on."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        await check_markets(settings)
+        async with trio.open_nursery() as nursery:
+            hangup_scope = trio.CancelScope()
+            await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
+            await run_tracker(
+                settings, EventLog(engine), stop=stop, extra_tasks=standard_tasks(engine, metrics=metrics)
+            )
+            hangup_scope.cancel()
 
 
 async def run_accounts(
@@ -72,10 +93,13 @@ async def run_accounts(
     ingest_options: IngestOptions | None = None,
     companions: bool = True,
     retry_base_s: float = RETRY_BASE_S,
+    reload_from: Callable[[], Sequence[Settings]] | None = None,
+    reloads: Reloads | None = None,
+    max_accounts: int | None = None,
     task_status: trio.TaskStatus[list[AccountState]] = trio.TASK_STATUS_IGNORED,
 ) -> list[AccountState]:
-    """``run_app`` for several accounts in this one process (the module docstring), until ``stop`` is set or
-    SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed.
+    """``run_app`` for the accounts of the config file in this one process (the module docstring), until ``stop`` is
+    set or SIGINT/SIGTERM arrives (with ``handle_signals``); everything each account received is committed.
 
     The markets and credentials of every account are checked (at once) before any connects: two keys of one
     Bitstamp account are refused, and so is a start at which every account fails its check. An account that fails
@@ -83,12 +107,19 @@ async def run_accounts(
     again after a back-off from ``retry_base_s``, while the others go on (``account_supervisor.py``). An error that
     is not one account's (the database, a bug) ends the process. The services start together; the accounts' states
     (``AccountState``: its service, or why it is down) are reported in config order once every account runs or is
-    down, and returned at the end. The projector and the metrics run once for the process, beside the accounts (a
-    standby account waiting for its lease holds nothing up). ``companions`` False: the services without projector,
-    backfill, reconciliation and metrics (benchmarks). ``metrics``: one set for the process (``metrics_task``'s
-    ``services_of``)."""
-    if len(accounts) < 2:
-        raise ValueError("run_accounts is for two accounts or more: run_app runs one")
+    down (the list is kept current by reloads), and returned at the end. The projector and the metrics run once for
+    the process, beside the accounts (a standby account waiting for its lease holds nothing up). ``companions``
+    False: the services without projector, backfill, reconciliation and metrics (benchmarks). ``metrics``: one set
+    for the process (``metrics_task``'s ``services_of``).
+
+    ``reload_from``: how the accounts are read again (``load_accounts`` with the start's flags); each request of
+    ``reloads`` (SIGHUP with ``handle_signals``; a test's ``reloads.request()``) applies the file as it is then
+    (``_reload``); one listing more than ``max_accounts`` is refused. Without it a SIGHUP is logged as having nothing
+    to reload."""
+    if not accounts:
+        raise ValueError("run_accounts needs one account or more")
+    if reload_from is not None and reloads is None:
+        reloads = Reloads()
     states = [AccountState(index, settings) for index, settings in enumerate(accounts, 1)]
     await _check_at_start(states, metrics)
     stop = trio.Event() if stop is None else stop
@@ -102,6 +133,7 @@ async def run_accounts(
     process = Services.starting(accounts[0], stop, event_log, combiner)
     reported = 0
     all_reported = trio.Event()
+    reloading = trio.CancelScope()
 
     def running_services() -> list[Services]:
         return [state.services for state in states if state.services is not None]
@@ -113,9 +145,9 @@ async def run_accounts(
             state.user = None
             raise ConfigError(same)
 
-    async def launch(state: AccountState) -> None:
-        """Supervise account ``state`` (a standby's start waits for its lease: the others go on meanwhile)."""
-        nonlocal reported
+    async def supervise(state: AccountState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise account ``state`` until its own stop (a standby's start waits for its lease: the others go on
+        meanwhile); ``state.ended`` once it returned, its writer drained."""
 
         async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
             """One start of the account's service. Its recovery task is made here, at each start: its creation time
@@ -124,7 +156,7 @@ async def run_accounts(
             return await run_tracker(
                 state.settings,
                 event_log,
-                stop=stop,
+                stop=state.stop,
                 handle_signals=False,
                 ingest_options=ingest_options,
                 extra_tasks=[recovery_task()] if companions else [],
@@ -133,20 +165,53 @@ async def run_accounts(
                 task_status=task_status,
             )
 
-        with account_context(str(state.index)):  # the service's tasks and threads inherit it
-            backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
-            await running.start(
-                partial(supervise_account, state, check, service, stop, metrics=metrics, backoff=backoff)
-            )
+        if stop.is_set():  # started by a reload the process's stop overtook
+            state.stop.set()
+        try:
+            with account_context(state):  # the service's tasks and threads inherit it (read at each line)
+                backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
+                await supervise_account(
+                    state, check, service, state.stop, metrics=metrics, backoff=backoff, task_status=task_status
+                )
+        finally:
+            state.ended.set()
+
+    async def launch(state: AccountState) -> None:
+        nonlocal reported
+        await running.start(supervise, state)
         reported += 1
-        if reported == len(states):
+        if reported == len(accounts):
             all_reported.set()
 
-    with open_file_lock(event_log):  # SQLite: one lock on the file for every account this process writes
+    async def stop_all() -> None:
+        """The process's stop is every account's (a reload under way is abandoned: the accounts it stopped are
+        draining, the ones it had not started yet never start)."""
+        await stop.wait()
+        reloading.cancel()
+        for state in states:
+            state.stop.set()
+
+    async def reloader() -> None:
+        assert reload_from is not None and reloads is not None
+        with reloading:
+            while True:
+                await reloads.next()
+                await _reload(states, partial(_read_again, reload_from, max_accounts), reloads, check, start, metrics)
+
+    def start(state: AccountState) -> trio.Event:
+        """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
+        meanwhile must not cancel its service's start), the event set once it runs or is down."""
+        status = Reported()
+        running.start_soon(partial(supervise, state, task_status=status))
+        return status.event
+
+    with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
         async with trio.open_nursery() as nursery:
-            signals = trio.CancelScope()
+            signals, hangup_scope = trio.CancelScope(), trio.CancelScope()
             if handle_signals:
+                assert hangups is not None
                 await nursery.start(watch_signals, stop, signals)
+                await nursery.start(watch_hangups, hangups, stop, reloads, hangup_scope)
             if companions:
                 once = [projector_task(engine)]
                 if metrics is not None:
@@ -154,21 +219,102 @@ async def run_accounts(
                 for starter in once:
                     await nursery.start(restart_on_db_outage, starter, process)
             async with trio.open_nursery() as running:
+                running.start_soon(stop_all)
                 for state in states:
                     running.start_soon(launch, state)
                 await all_reported.wait()
+                if reload_from is not None:
+                    running.start_soon(reloader)
                 task_status.started(states)
             signals.cancel()  # the projector and the metrics end at the stop by themselves
+            hangup_scope.cancel()
     for state in states:
         if state.down is not None:
             log.warning("%s was not tracked at the stop: %s", state.label, state.down)
     return states
 
 
+def _hangup_receiver(handle_signals: bool) -> AbstractContextManager[AsyncIterator[int] | None]:
+    """SIGHUP caught for the whole run (its default would end the process), when this run handles signals."""
+    return trio.open_signal_receiver(signal.SIGHUP) if handle_signals else nullcontext()
+
+
+async def _reload(
+    states: list[AccountState],
+    read_again: Callable[[Sequence[Settings]], Awaitable[tuple[tuple[Settings, ...], AccountsDiff]]],
+    reloads: Reloads,
+    check: Callable[[AccountState], Awaitable[None]],
+    start: Callable[[AccountState], trio.Event],
+    metrics: Metrics | None,
+) -> None:
+    """One reload: the config read again off the event loop, exactly as at the start; what changed
+    (``diff_accounts``) applied to ``states`` (the accounts running, in file order: kept so). Removed and restarted
+    accounts are stopped, each one's writer drained, before any new one starts (a rotated key of one Bitstamp account
+    must not meet its old key); unchanged ones run on, taking their new place as label; new ones are checked, as at
+    the start (a failure, or a key of an account already tracked, makes one down: its supervisor tries it again
+    after a back-off), then started (``start``). Anything wrong with the new file: one ERROR line, nothing changed.
+    """
+    refused = None
+    try:
+        new, diff = await read_again([state.settings for state in states])
+    except Exception as error:  # a file that fails to load in any way (bad TOML, a secret file gone...): never a crash
+        refused = f"config not reloaded: {first_line(error)}; kept the running config"
+    if refused is not None:
+        log.error("%s", refused)
+        reloads.finished(refused)
+        return
+    at = {state.index: state for state in states}
+    going = [at[place] for place in diff.stopping]
+    kept = [at[old] for old, _ in diff.unchanged]
+    states[:] = kept  # the process's stop meanwhile stops what runs; the going ones are stopping already
+    for state in going:
+        state.stop.set()
+    for state in going:
+        await state.ended.wait()  # its writer committed everything it received
+    for state in going:
+        state.forget_metrics(metrics)
+    moves = [(at[old], new_place) for old, new_place in diff.unchanged if old != new_place]
+    for state, _ in moves:
+        state.forget_metrics(metrics)  # all first: one's old number may be another's new one
+    for state, place in moves:
+        state.move_to(place, metrics)
+    fresh = [AccountState(place, new[place - 1]) for place in diff.starting]
+    states[:] = sorted([*kept, *fresh], key=lambda state: state.index)
+    await _check_new(fresh, check, metrics)
+    reported = [start(state) for state in fresh]  # at once
+    outcome = diff.summary()
+    log.info("%s", outcome)  # applied: what follows only waits
+    for event in reported:
+        await event.wait()
+    reloads.finished(outcome)
+
+
+async def _read_again(
+    reload_from: Callable[[], Sequence[Settings]], max_accounts: int | None, running: Sequence[Settings]
+) -> tuple[tuple[Settings, ...], AccountsDiff]:
+    """The accounts read again (in a thread: the file and the secret files are read) and what changed from
+    ``running``; the loader's or the diff's error raised."""
+    new = tuple(await trio.to_thread.run_sync(reload_from))
+    diff = diff_accounts(running, new, max_accounts=max_accounts)  # first: a file without [[accounts]] says so
+    for one in new:
+        one.require_credentials()
+    return new, diff
+
+
+class Reported:
+    """A task status for a task started with ``start_soon``: ``event`` is set at its ``started``."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def started(self, value: object = None) -> None:
+        self.event.set()
+
+
 async def _check(state: AccountState) -> None:
     """Account ``state``'s markets and credentials: one call to the markets list, one token call (which tells
     ``state.user``)."""
-    with account_context(str(state.index)):
+    with account_context(state):
         await check_markets(state.settings)
         state.user = await account_of(state.settings)
 
@@ -197,3 +343,24 @@ async def _check_at_start(states: Sequence[AccountState], metrics: Metrics | Non
         raise ConfigError(same)
     if len(failed) == len(states):
         raise failed[min(failed)]
+
+
+async def _check_new(
+    fresh: Sequence[AccountState], check: Callable[[AccountState], Awaitable[None]], metrics: Metrics | None
+) -> None:
+    """The check of accounts a reload adds or restarts, at once: one that fails it on an error of its own is down (its
+    supervisor waits a back-off, then checks it again); an error that is not one account's ends the process, as at
+    the start."""
+
+    async def one(state: AccountState) -> None:
+        try:
+            await check(state)
+        except BaseException as error:
+            if not account_only(error):
+                name_account(error, state.label)
+                raise
+            state.mark_down(error, metrics)
+
+    async with trio.open_nursery() as nursery:
+        for state in fresh:
+            nursery.start_soon(one, state)
