@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_lease import poll
 
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.store.engine import open_engine
@@ -114,6 +115,9 @@ async def run_child_through_burst(tmp_path: Path) -> tuple[FakeExchange, list[st
                 with trio.fail_after(30):
                     await fx.wait_subscribed(fx.private_channels())
                 cmdline = await trio.Path(f"/proc/{process.pid}/cmdline").read_bytes()
+                # SIGHUP to a run of the environment's account: nothing to reload, one warning, and it goes on.
+                process.send_signal(signal.SIGHUP)
+                await poll("the SIGHUP's warning", lambda: "nothing to reload" in log_path.read_text())
                 fx.set_rate(4000)
                 with trio.fail_after(30):
                     await written.wait_count(2000)
@@ -154,6 +158,7 @@ async def test_sigint_during_burst_loses_nothing_and_leaks_nothing(tmp_path: Pat
     # Secrets: not in argv, the child's log (at DEBUG), the database file or its dump.
     log_text = (tmp_path / "child.log").read_text()
     assert "subscribed 15 channels" in log_text
+    assert log_text.count("received SIGHUP: nothing to reload") == 1
     dump = "\n".join(sqlite3.connect(db_path).iterdump())
     raw = db_path.read_bytes()
     secrets = [API_KEY, API_SECRET, *tokens.split("\n")]
