@@ -209,7 +209,7 @@ def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer
         text(
             "SELECT l.classid::bigint, l.objid::bigint, l.pid, a.application_name"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid IS NOT NULL"
         )
     ).all()
     holders: dict[str, tuple[int | None, int]] = {}
