@@ -10,8 +10,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from array import array
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -26,6 +31,7 @@ from tracker.bitstamp.frames import entry_from_frame
 from tracker.domain.log import NewEntry
 from tracker.errors import StoreError
 from tracker.progress import Progress
+from tracker.store import child_processes as children
 from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -273,6 +279,29 @@ def test_a_failing_worker_is_a_store_error(tmp_path: Path) -> None:
     spec = WorkerSpec(0, str(tmp_path / "missing.db"), str(tmp_path / "s.0"), Plan(10, ("btcusd",), frozenset()), 10)
     with pytest.raises(StoreError, match=r"a rebuild worker failed: StoreError: the SQLite database .*missing\.db"):
         build_parts([spec])
+
+
+@pytest.mark.timeout(30)
+def test_results_come_back_before_the_workers_exit() -> None:
+    """``collect`` returns once every worker sent ``done`` (the rebuild's swap need not wait for their interpreters'
+    teardown); ``stop`` then reaps them, killing one that is still at it. The child here never exits by itself: it
+    blocks on its stdin, which stays open until ``stop``."""
+    child = (
+        "import os, sys\n"
+        "from multiprocessing.connection import Connection\n"
+        "Connection(os.dup(sys.stdout.fileno()), readable=False).send(('done', 42))\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    pipe = Connection(os.dup(process.stdout.fileno()), writable=False)
+    process.stdout.close()
+    try:
+        assert children.collect([process], [pipe], lambda _, __: False, died="died", failed="failed") == [42]
+        assert process.poll() is None  # still running: not waited for
+    finally:
+        children.stop([process], [pipe])
+    assert process.returncode == -signal.SIGKILL
 
 
 def test_interrupt_stops_the_workers_and_keeps_the_live_tables(engine: Engine, tmp_path: Path) -> None:

@@ -46,7 +46,11 @@ def collect(
 ) -> list[Any]:
     """Every worker's ``done`` result, in worker order. ``handle(index, message)`` takes the other messages (True:
     handled). A worker that dies raises ``StoreError(died)`` (``{code}``: its exit code); an ``error`` message or one
-    ``handle`` refuses raises ``StoreError(f"{failed}: {text}")``."""
+    ``handle`` refuses raises ``StoreError(f"{failed}: {text}")``.
+
+    Returns as soon as every worker has sent ``done``, without waiting for them to exit: a worker's work is over
+    then (its files closed), and its interpreter's teardown (freeing a heap of ~100 MB: 0.1-0.3 s) would hold up
+    the caller (the rebuild's swap). The caller's ``stop`` reaps them (and kills one still tearing down)."""
     results: dict[int, Any] = {}
     pending = {pipe: index for index, pipe in enumerate(pipes)}
     while pending:
@@ -63,8 +67,6 @@ def collect(
                 del pending[ready]
             elif not handle(index, message):
                 raise StoreError(f"{failed}: {message[1]}")
-    for process in processes:
-        process.wait()
     return [results[index] for index in range(len(processes))]
 
 
