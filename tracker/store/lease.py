@@ -249,13 +249,19 @@ def file_writer(path: Path) -> Writer:
         table = Path("/proc/locks").read_text()
     except OSError:
         return Writer(pid if pid is not None and _alive(pid) else None)
-    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}"
     for line in table.splitlines():
-        fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (a blocked waiter's line has "->" after the number)
-        if "FLOCK" in fields and where in fields and "->" not in fields:
-            holder = fields[fields.index(where) - 1]
-            return Writer(int(holder) if holder.isdigit() else pid)
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields or len(fields) < 6:
+            continue
+        holder, (on, _, inode) = fields[4], fields[5].rpartition(":")
+        if inode != str(stat.st_ino) or not holder.isdigit():
+            continue
+        # The device as the kernel names it can differ from stat's on a stacked filesystem (overlayfs): the same inode
+        # with the pid the holder wrote is the lock too.
+        if on == device or int(holder) == pid:
+            return Writer(int(holder))
     return Writer(None)
 
 
