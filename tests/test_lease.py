@@ -37,7 +37,7 @@ from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.lease import WriteGate, hold_account_lease
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
-from tracker.store.lease import LeaseLost, PgLease, Writer, file_lock_for, lease_key, lease_writers
+from tracker.store.lease import LeaseLost, PgLease, Writer, file_lock_for, file_writer, lease_key, lease_writers
 from tracker.store.migrate import upgrade
 from tracker.store.status import read_status
 
@@ -484,6 +484,32 @@ def test_status_names_the_sqlite_files_writer_until_it_is_killed(sqlite_url: str
             holder.kill()
             holder.wait()
         engine.dispose()
+
+
+def test_file_writer_reads_the_kernels_lock_table(tmp_path: Path) -> None:
+    """The ``/proc/locks`` lines ``file_writer`` takes for the lock: a FLOCK on the lock file's inode, on its device,
+    or on another device name (a stacked filesystem) when the pid is the one the holder wrote; not a waiter's line,
+    not another inode, not a POSIX lock."""
+    database = tmp_path / "t.db"
+    lock_file = tmp_path / "t.db.lock"
+    lock_file.write_text("4242\n")
+    stat = lock_file.stat()
+    here = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    elsewhere = f"00:99:{stat.st_ino}"
+    table = tmp_path / "locks"
+
+    def writer(*lines: str) -> Writer:
+        table.write_text("".join(line + "\n" for line in lines))
+        return file_writer(database, locks=table)
+
+    assert writer(f"1: FLOCK  ADVISORY  WRITE 4242 {here} 0 EOF") == Writer(4242)
+    assert writer(f"1: FLOCK  ADVISORY  WRITE 777 {here} 0 EOF") == Writer(777)  # the kernel's word over the file's
+    assert writer(f"1: FLOCK  ADVISORY  WRITE 4242 {elsewhere} 0 EOF") == Writer(4242)
+    assert writer(f"1: FLOCK  ADVISORY  WRITE 777 {elsewhere} 0 EOF") == Writer(None)
+    assert writer(f"1: -> FLOCK  ADVISORY  WRITE 777 {here} 0 EOF") == Writer(None)
+    assert writer(f"1: POSIX  ADVISORY  WRITE 4242 {here} 0 EOF") == Writer(None)
+    assert writer(f"1: FLOCK  ADVISORY  WRITE 4242 {here[:-1]}9999 0 EOF") == Writer(None)
+    assert writer() == Writer(None)  # killed: the pid stays in the file, the kernel holds no lock
 
 
 _HOLD_LOCK = """

@@ -234,7 +234,7 @@ def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer
     return out
 
 
-def file_writer(path: Path) -> Writer:
+def file_writer(path: Path, *, locks: Path = Path("/proc/locks")) -> Writer:
     """Who holds the SQLite file's writer lock now (``SqliteFileLock``). The holder writes its pid in the lock file
     and empties it at its stop; after a ``kill -9`` the pid stays but the kernel has dropped the lock, so the lock
     itself is looked up in ``/proc/locks`` (Linux); elsewhere, whether that pid is still a process."""
@@ -246,7 +246,7 @@ def file_writer(path: Path) -> Writer:
         return Writer(None)
     pid = int(written) if written.isdigit() else None
     try:
-        table = Path("/proc/locks").read_text()
+        table = locks.read_text()
     except OSError:
         return Writer(pid if pid is not None and _alive(pid) else None)
     device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}"
