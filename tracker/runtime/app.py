@@ -323,22 +323,10 @@ async def _check_at_start(states: Sequence[AccountState], metrics: Metrics | Non
     """Every account's check, at once, before anything connects. An account that fails it on an error of its own
     is marked down (its supervisor tries again later); two keys of one account, or every account failing, end the
     start with the error (the first account's, named)."""
-    failed: dict[int, BaseException] = {}
-
-    async def one(state: AccountState) -> None:
-        try:
-            await _check(state)
-        except BaseException as error:
-            if not account_only(error):
-                name_account(error, state.label)
-                raise
-            state.mark_down(error, metrics)
-            name_account(error, state.label)  # for the error of a start at which every account failed
-            failed[state.index] = error
-
-    async with trio.open_nursery() as nursery:
-        for state in states:
-            nursery.start_soon(one, state)
+    failed = await _check_each(states, _check, metrics)
+    for state in states:
+        if state.index in failed:
+            name_account(failed[state.index], state.label)  # for the error of a start at which every account failed
     if (same := same_accounts([state.user for state in states])) is not None:
         raise ConfigError(same)
     if len(failed) == len(states):
@@ -351,6 +339,15 @@ async def _check_new(
     """The check of accounts a reload adds or restarts, at once: one that fails it on an error of its own is down (its
     supervisor waits a back-off, then checks it again); an error that is not one account's ends the process, as at
     the start."""
+    await _check_each(fresh, check, metrics)
+
+
+async def _check_each(
+    states: Sequence[AccountState], check: Callable[[AccountState], Awaitable[None]], metrics: Metrics | None
+) -> dict[int, BaseException]:
+    """``check`` every account of ``states`` at once. One that fails on an error of its own is marked down; the
+    errors are returned by the account's place. An error that is not one account's is raised, named."""
+    failed: dict[int, BaseException] = {}
 
     async def one(state: AccountState) -> None:
         try:
@@ -360,7 +357,9 @@ async def _check_new(
                 name_account(error, state.label)
                 raise
             state.mark_down(error, metrics)
+            failed[state.index] = error
 
     async with trio.open_nursery() as nursery:
-        for state in fresh:
+        for state in states:
             nursery.start_soon(one, state)
+    return failed
