@@ -256,9 +256,11 @@ async def test_one_process_tracks_every_account_exactly(db_url: str) -> None:
         # Every account's commits (the writers' last ones, after the stop, may come after the task's last round).
         commits = [sum(s.writer_stats.latency_counts) for s in services]
         assert max(commits) < _total(metrics, "tracker_commit_latency_seconds_count") <= sum(commits)
-        # The accounts' live appends went through one combiner (on either backend).
+        # The accounts' live appends went through one combiner (on either backend). How many batches the writers made
+        # of the 80 frames depends on the machine's load (a loaded writer takes more frames a batch): at least one
+        # each.
         [combiner] = {id(s.combiner): s.combiner for s in services}.values()
-        assert combiner is not None and combiner.stats.batches > 10
+        assert combiner is not None and combiner.stats.batches >= len(fakes) and combiner.stats.appends >= 1
     finally:
         engine.dispose()
 
