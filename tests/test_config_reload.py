@@ -6,6 +6,7 @@
 - the same through ``load_accounts`` from files on disk, as ``tracker run`` reads them again.
 - ``Reloads``: requests coalesced; ``watch_hangups``: SIGHUP a request, ignored (one line) while stopping, a warning
   when there is nothing to reload.
+- ``same_accounts``: two keys of one Bitstamp account named by their places in the file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import trio.testing
 
 from tracker.config import Secret, Settings, load_accounts
 from tracker.runtime.config_reload import AccountsDiff, Reloads, RestartNeeded, diff_accounts, watch_hangups
+from tracker.runtime.preflight import same_accounts
 from tracker.subaccount_keys import SubaccountKey
 
 pytestmark = pytest.mark.timeout(30)
@@ -194,3 +196,16 @@ def test_more_accounts_than_the_pool_was_sized_for_need_a_restart() -> None:
     assert diff_accounts(old, new, max_accounts=3) == AccountsDiff(unchanged=((1, 1),), added=(2, 3))
     with pytest.raises(RestartNeeded, match=r"^the config file lists 3 accounts, more than the 2 .*restart tracker"):
         diff_accounts(old, new, max_accounts=2)
+
+
+def test_two_keys_of_one_account_are_named_by_their_places_in_the_file() -> None:
+    """During a reload the accounts running are not every place of the file (a removed one has gone, the added ones
+    are not there yet): the error names each key's own place, not its position among them."""
+    assert same_accounts([(1, "u1"), (2, "u2"), (3, None)]) is None
+    assert same_accounts([(2, "u7"), (4, "u9"), (5, "u7")]) == (
+        "accounts 2 and 5 of [[accounts]] have keys of one Bitstamp account (user u7): list each account once"
+    )
+    # in whatever order the running accounts are listed, the earlier place comes first
+    assert same_accounts([(5, "u7"), (3, "u8"), (2, "u7")]) == (
+        "accounts 2 and 5 of [[accounts]] have keys of one Bitstamp account (user u7): list each account once"
+    )

@@ -141,7 +141,7 @@ async def run_accounts(
     async def check(state: AccountState) -> None:
         """An account's check before it starts again: the one at the start (``_check_at_start``), for one."""
         await _check(state)
-        if (same := same_accounts([other.user for other in states])) is not None:
+        if (same := same_accounts((other.index, other.user) for other in states)) is not None:
             state.user = None
             raise ConfigError(same)
 
@@ -327,7 +327,7 @@ async def _check_at_start(states: Sequence[AccountState], metrics: Metrics | Non
     for state in states:
         if state.index in failed:
             name_account(failed[state.index], state.label)  # for the error of a start at which every account failed
-    if (same := same_accounts([state.user for state in states])) is not None:
+    if (same := same_accounts((state.index, state.user) for state in states)) is not None:
         raise ConfigError(same)
     if len(failed) == len(states):
         raise failed[min(failed)]

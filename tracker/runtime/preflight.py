@@ -7,7 +7,7 @@ checked against the public ``markets/`` list first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tracker.config import ConfigError, Settings
@@ -52,11 +52,12 @@ async def account_of(settings: Settings) -> str:
         return (await client.websockets_token()).user_id
 
 
-def same_accounts(users: Sequence[str | None]) -> str | None:
-    """The error for config entries (numbered from 1) whose keys belong to one Bitstamp account, else None (None: an
-    entry whose account is not known)."""
+def same_accounts(users: Iterable[tuple[int, str | None]]) -> str | None:
+    """The error for config entries whose keys belong to one Bitstamp account, else None. ``users``: each entry's
+    place in the file (from 1) and its account (None: not known). The places are the entries' own, not their
+    positions in ``users``: during a reload the accounts running are not every place of the file."""
     first: dict[str, int] = {}
-    for number, user in enumerate(users, 1):
+    for number, user in sorted(users, key=lambda pair: pair[0]):
         if user is None:
             continue
         if (earlier := first.setdefault(user, number)) != number:
