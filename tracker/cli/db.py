@@ -1,21 +1,29 @@
-"""``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py).
+"""``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py);
+``tracker db copy``: the log moved into another database (``tracker/store/log_copy.py``).
 
 A downgrade that would drop a non-empty event log is refused; ``--drop-log`` allows it after tracker has written a
 backup and printed its path (``tracker/store/backup.py``).
+
+``copy --to URL`` (or ``TRACKER_COPY_TO_URL``): the target is migrated, the event log and quarantine copied into it
+row for row and checked, then its projections rebuilt, so it is ready for ``tracker run``. A password in ``--to``
+is refused (it would show in the process list): libpq reads ``PGPASSWORD`` and ``~/.pgpass``, or the environment
+variable may hold the whole URL.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tracker.cli import add_common_flags
-from tracker.config import load_settings
+from tracker.cli import add_common_flags, open_database
+from tracker.config import ConfigError, check_db_url, load_settings
 from tracker.errors import StoreError
 
 T = TypeVar("T")
+COPY_TO_ENV = "TRACKER_COPY_TO_URL"
 
 
 def register(subparsers: Any) -> None:
@@ -47,6 +55,19 @@ def register(subparsers: Any) -> None:
     current = sub.add_parser("current", help="print the database's schema revision and the newest one")
     add_common_flags(current)
     current.set_defaults(func=cmd_current)
+    copy = sub.add_parser(
+        "copy",
+        help="copy the event log, row for row, into another empty database (e.g. from SQLite to PostgreSQL), check"
+        " it, and rebuild the projections there",
+    )
+    add_common_flags(copy)
+    copy.add_argument(
+        "--to",
+        metavar="URL",
+        help=f"the target database (env {COPY_TO_ENV}); migrated first; it must hold no log yet. No password here:"
+        " put it in PGPASSWORD or ~/.pgpass",
+    )
+    copy.set_defaults(func=cmd_copy)
 
 
 def _revision(text: str) -> str:
@@ -108,3 +129,71 @@ def cmd_current(args: argparse.Namespace) -> int:
     state = "up to date" if have == need else "run `tracker db upgrade`"
     print(f"revision {have or 'none'} (newest {need}): {state}")
     return 0 if have == need else 1
+
+
+def _copy_target(args: argparse.Namespace) -> str:
+    from sqlalchemy.engine import make_url
+
+    if args.to is not None:
+        url = check_db_url(args.to, "--to")
+        if make_url(url).password is not None:
+            raise ConfigError(
+                "--to holds a password, which would show in the process list: put it in PGPASSWORD or ~/.pgpass,"
+                f" or give the whole URL in {COPY_TO_ENV}"
+            )
+        return url
+    if (from_env := os.environ.get(COPY_TO_ENV)) is not None:
+        return check_db_url(from_env, COPY_TO_ENV)
+    raise ConfigError(f"name the database to copy into: --to URL (or {COPY_TO_ENV})")
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from tracker.cli.rebuild import format_result
+    from tracker.progress import Progress
+    from tracker.store import migrate
+    from tracker.store.engine import display_url, open_engine
+    from tracker.store.event_log import EventLog
+    from tracker.store.log_copy import copy_log
+    from tracker.store.projections import BatchResult
+    from tracker.store.rebuild import rebuild
+
+    target_url = _copy_target(args)
+    source = open_database(load_settings(flags={"db_url": args.db_url}))
+    try:
+        migrate.check_schema(source)  # before the target is made: a refused copy leaves nothing behind
+        _migrate("upgrade", target_url, "head")
+        target = open_engine(target_url)
+        try:
+            progress = Progress("copying", total=EventLog(source).head())
+            try:
+                copied = copy_log(source, target, on_progress=lambda rows: progress.advance(rows - progress.done))
+            finally:
+                progress.close()
+            print(
+                f"copied {copied.events:,} events and {copied.quarantined:,} quarantined frames from"
+                f" {display_url(source.url)} to {display_url(target.url)} in {copied.seconds:.1f} s"
+            )
+            if copied.events:
+                print(
+                    f"the copy verifies: seq 1..{copied.head} intact, head {copied.head}:{copied.head_hash}, the"
+                    " source's head"
+                )
+            progress = Progress("rebuilding", total=copied.events)
+
+            def advance(batch: BatchResult) -> None:
+                progress.advance(batch.events)
+
+            try:
+                built = rebuild(target, on_batch=advance, on_restart=progress.restart)
+            finally:
+                progress.close()
+            print("target: " + format_result(built.events, built.checkpoint, built.rows, built.seconds, built.workers))
+        finally:
+            target.dispose()
+    finally:
+        source.dispose()
+    print(
+        "next: run tracker with --db-url (or TRACKER_DB_URL) naming the target; the source is untouched, keep it"
+        " until you are satisfied"
+    )
+    return 0

@@ -297,6 +297,13 @@ def _fit(row: dict[str, Any], postgres: bool) -> dict[str, Any]:
     return row
 
 
+def fit_quarantine_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A quarantine row (every column, by name) made to fit PostgreSQL, as this module's writer stores it there: an
+    over-long or NUL-bearing short column NULL, a raw text with NUL JSON-quoted and the reason saying so
+    (``tracker db copy`` from SQLite, which keeps both as they are). Changes ``row`` and returns it."""
+    return _fit(row, postgres=True)
+
+
 def _conflict_row(entry: NewEntry, existing_seq: int, existing_payload: str) -> dict[str, Any]:
     return {
         "kind": "conflict",

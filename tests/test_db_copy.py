@@ -1,0 +1,215 @@
+"""``tracker db copy`` (``tracker/store/log_copy.py``): the truth copied row for row into another database.
+
+- Every direction between the backends: every column of every event log and quarantine row equal, the same head
+  anchor, the projections rebuilt on the target equal to the source's, and appends to the copy continue its chain
+  (the quarantine's ids too, on PostgreSQL: its sequence is moved past the copied ids).
+- A quarantined raw text with NUL (SQLite keeps it) arrives JSON-quoted on PostgreSQL, said in its reason.
+- Refused with one line, nothing written: a target holding a log, the same database twice, a source or target a
+  ``tracker run`` writes (SQLite lock, PostgreSQL lease), a source whose chain is broken, a source not migrated.
+- The command: its output, the projections ready, a password on the command line refused, exit codes.
+
+Rules: local databases only; no sleeps; bounded by pytest-timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PG_ADMIN_URL, pg_url_for_schema
+from sqlalchemy import Engine, select, text
+from store_helpers import T0, entry, tampering
+from test_projection_store import fake_entries
+
+from tracker.cli import main
+from tracker.domain.log import QuarantineItem
+from tracker.errors import StoreError
+from tracker.store import migrate
+from tracker.store.engine import open_engine
+from tracker.store.event_log import EventLog
+from tracker.store.lease import PgLease, SqliteFileLock
+from tracker.store.log_copy import copy_log
+from tracker.store.projections import ProjectionStore
+from tracker.store.rebuild import rebuild
+from tracker.store.schema import event_log, quarantine
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _engine(url: str) -> Engine:
+    migrate.upgrade(url)
+    return open_engine(url)
+
+
+@pytest.fixture
+def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
+    """(source, target) on the backends ``request.param`` names, e.g. ``("sqlite", "postgresql")``."""
+    urls: list[str] = []
+    for place, backend in enumerate(request.param):
+        if backend == "sqlite":
+            urls.append(f"sqlite:///{tmp_path / f'db{place}.db'}")
+        elif not urls or urls[0].startswith("sqlite"):
+            urls.append(str(request.getfixturevalue("pg_url")))
+        else:  # a second PostgreSQL database: another schema of this run's database
+            database = request.getfixturevalue("pg_database")
+            schema = f"t_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database, autocommit=True) as conn:
+                conn.execute(f'CREATE SCHEMA "{schema}"')
+            urls.append(pg_url_for_schema(database, schema))
+    made = [_engine(url) for url in urls]
+    try:
+        yield made[0], made[1]
+    finally:
+        for engine in made:
+            engine.dispose()
+
+
+DIRECTIONS = [
+    pytest.param(("sqlite", "postgresql"), id="sqlite-to-postgresql", marks=pytest.mark.postgres),
+    pytest.param(("postgresql", "sqlite"), id="postgresql-to-sqlite", marks=pytest.mark.postgres),
+    pytest.param(("sqlite", "sqlite"), id="sqlite-to-sqlite"),
+    pytest.param(("postgresql", "postgresql"), id="postgresql-to-postgresql", marks=pytest.mark.postgres),
+]
+
+
+def _fill(engine: Engine) -> None:
+    """Two accounts' model frames in a few appends, and two quarantined frames."""
+    log = EventLog(engine)
+    entries = fake_entries(11, 300) + fake_entries(12, 200, account="acc2")
+    for start in range(0, len(entries), 700):
+        log.append(entries[start : start + 700])
+    log.append([], [QuarantineItem("malformed", "not JSON", "{", T0, account="acc", channel="private-x")])
+    log.append([], [QuarantineItem("unknown", "no such event", '{"event":"x"}', T0, account="acc2")])
+
+
+def _rows(engine: Engine, table: Any, order: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(select(table).order_by(order))]
+
+
+@pytest.mark.parametrize("engines", DIRECTIONS, indirect=True)
+def test_every_row_arrives_and_the_copy_goes_on_as_the_same_log(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    _fill(source)
+    seen: list[int] = []
+    result = copy_log(source, target, page=400, on_progress=seen.append)
+    source_log, target_log = EventLog(source), EventLog(target)
+    assert (result.events, result.quarantined) == (source_log.head(), 2)
+    assert seen == sorted(seen) and seen[-1] == result.events and len(seen) > 2  # pages of 400
+    assert target_log.head_anchor() == source_log.head_anchor()
+    assert str(target_log.head_anchor()) == f"{result.head}:{result.head_hash}"
+    assert _rows(target, event_log, event_log.c.seq) == _rows(source, event_log, event_log.c.seq)
+    assert _rows(target, quarantine, quarantine.c.id) == _rows(source, quarantine, quarantine.c.id)
+
+    rebuild(source, parallel=False)
+    rebuild(target, parallel=False)
+    assert ProjectionStore(target).all_rows() == ProjectionStore(source).all_rows()
+
+    # The copy is the log itself, not a new one: an append continues its chain, and a quarantined frame gets a new id.
+    appended = target_log.append([entry(1)], [QuarantineItem("malformed", "not JSON", "[", T0)])
+    assert appended.appended == (result.head + 1,)
+    assert len(_rows(target, quarantine, quarantine.c.id)) == 3
+    main(["verify", "--db-url", target.url.render_as_string(hide_password=False)])
+
+
+@pytest.mark.postgres
+def test_a_raw_text_with_nul_arrives_json_quoted_on_postgresql(sqlite_url: str, pg_url: str) -> None:
+    source, target = _engine(sqlite_url), _engine(pg_url)
+    try:
+        EventLog(source).append([entry(1)], [QuarantineItem("malformed", "not JSON", "a\x00b", T0, channel="c\x00")])
+        copy_log(source, target)
+        [row] = _rows(target, quarantine, quarantine.c.id)
+        stored = dict(zip([c.name for c in quarantine.columns], row, strict=True))
+        assert json.loads(stored["raw"]) == "a\x00b" and stored["channel"] is None
+        assert stored["reason"].startswith("not JSON (raw text kept JSON-quoted: it contains NUL")
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+@pytest.mark.parametrize("engines", [DIRECTIONS[0], DIRECTIONS[2]], indirect=True)
+def test_a_target_holding_a_log_is_refused_and_left_as_it_was(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    _fill(source)
+    EventLog(target).append([entry(1), entry(2)])
+    before = _rows(target, event_log, event_log.c.seq)
+    with pytest.raises(StoreError, match=r"already holds a log \(2 events, 0 quarantined\): copy into an empty"):
+        copy_log(source, target)
+    assert _rows(target, event_log, event_log.c.seq) == before
+
+
+def test_the_same_database_twice_is_refused(sqlite_url: str, tmp_path: Path) -> None:
+    source = _engine(sqlite_url)
+    again = open_engine(f"sqlite:///{tmp_path}/./tracker.db")
+    try:
+        with pytest.raises(StoreError, match=r"^the source and the target are the same database"):
+            copy_log(source, again)
+    finally:
+        source.dispose()
+        again.dispose()
+
+
+@pytest.mark.parametrize("engines", [DIRECTIONS[2]], indirect=True)
+def test_a_sqlite_file_a_tracker_run_writes_is_refused(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    _fill(source)
+    for role, engine in (("source", source), ("target", target)):
+        path = Path(str(engine.url.database))
+        lock = SqliteFileLock(path)
+        lock.acquire()  # as tracker run holds it
+        try:
+            with pytest.raises(StoreError, match=rf"^a tracker run is writing to the {role}, {path.name} \(pid \d+\)"):
+                copy_log(source, target)
+        finally:
+            lock.release()
+    assert EventLog(target).head() == 0
+    copy_log(source, target)  # once nobody writes
+    assert EventLog(target).head() == EventLog(source).head()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_log_whose_writer_lease_is_held_is_refused(pg_url: str, sqlite_url: str) -> None:
+    source, target = _engine(pg_url), _engine(sqlite_url)
+    try:
+        _fill(source)
+        lease = PgLease(source, "acc2")
+        assert lease.try_acquire()
+        try:
+            with pytest.raises(StoreError, match=r"^account acc2's writer lease on the source is held by "):
+                copy_log(source, target)
+        finally:
+            lease.release()
+        assert EventLog(target).head() == 0
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+@pytest.mark.parametrize("engines", [DIRECTIONS[0], DIRECTIONS[1]], indirect=True)
+def test_a_source_whose_chain_is_broken_is_not_copied(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    _fill(source)
+    with tampering(source.url.render_as_string(hide_password=False)) as conn:
+        conn.execute(text("UPDATE event_log SET payload = payload || ' ' WHERE seq = 7"))
+    with pytest.raises(StoreError, match=r"^the source's hash chain fails at seq 7 \(content does not match"):
+        copy_log(source, target)
+    assert EventLog(target).head() == 0
+
+
+def test_a_source_not_migrated_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    old = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate.upgrade(old, "0008")
+    source, target = open_engine(old), _engine(sqlite_url)
+    try:
+        not_migrated = r"is not migrated \(at revision 0008_pg_append_function, need .*\): run `tracker db upgrade`"
+        with pytest.raises(StoreError, match=not_migrated):
+            copy_log(source, target)
+    finally:
+        source.dispose()
+        target.dispose()
+
