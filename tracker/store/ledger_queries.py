@@ -170,6 +170,19 @@ def _run(engine: Engine, query: Select[Any]) -> LedgerReport:
         return LedgerReport(tuple(result.keys()), [tuple(row) for row in result])
 
 
+# Each report's order is total, so that it reads the same on either backend: in the ledger, a log entry's amounts
+# before its fee, so that each currency's ``balance_after`` runs down the page in the fold's order; then each view's
+# key; NULLs first on both backends (they put them at opposite ends unless told).
+_ORDER: Final[dict[str, tuple[str, ...]]] = {
+    "ledger": ("seq", "entry_id", "leg", "currency"),
+    "transfers": ("occurred_at", "entry_seq", "request_seq", "crypto_seq", "account", "currency", "direction"),
+    "settlements": ("occurred_at", "account", "position_id", "transaction_id", "ccy", "kind"),
+    "self-trades": ("occurred_at", "account", "market", "buy_order_id", "sell_order_id"),
+    "liquidations": ("occurred_at", "account", "position_id", "event", "alert_type"),
+}
+_NOT_NULL: Final = frozenset({"seq", "entry_id", "leg", "account"})
+
+
 def read_ledger_report(engine: Engine, kind: str, where: LedgerFilter) -> LedgerReport:
     """One of ``LEDGER_REPORTS``, filtered. ``where.trade_account_id`` filters the trade account (both sides of a
     self trade); a view without one, and a time filter on a view without time, is ``ReportUnavailable``."""
@@ -182,7 +195,7 @@ def read_ledger_report(engine: Engine, kind: str, where: LedgerFilter) -> Ledger
                 " (tracker discrepancies --status filters it)"
             )
         view = VIEWS["v_discrepancies"]
-        query = select(view).order_by(view.c.opened_seq, view.c.id)
+        query = select(view).order_by(view.c.opened_seq, view.c.account, view.c.id)
         if where.account is not None:
             query = query.where(view.c.account == where.account)
         if where.trade_account_id is not None:  # the ledger's discrepancies name their trade account
@@ -206,7 +219,7 @@ def read_ledger_report(engine: Engine, kind: str, where: LedgerFilter) -> Ledger
         else:
             raise ReportUnavailable(f"report {kind}: {names[kind]} has no trade_account_id column, so --account"
                                     " cannot filter it: drop --account")  # fmt: skip
-    order = [view.c.seq] if kind == "ledger" else [view.c.occurred_at]
+    order = [view.c[name] if name in _NOT_NULL else view.c[name].nulls_first() for name in _ORDER[kind]]
     return _run(engine, select(view).where(*conditions).order_by(*order))
 
 

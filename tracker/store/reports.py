@@ -4,6 +4,9 @@ Times: ``since`` is inclusive and ``until`` exclusive (both aware UTC). The fee 
 (``YYYY-MM-DD`` text) by the days the range touches; positions have no time of their own and are kept when one of
 their fills was executed in the range. ``account`` is the Bitstamp account, ``trade_account_id`` the trade account
 (every view carries it; NULL where unknown, which no filter matches).
+
+Each report's order is total (ties broken by the view's key, NULLs first), so a report reads the same, row for
+row, on either backend (they put NULLs at opposite ends unless told).
 """
 
 from __future__ import annotations
@@ -49,15 +52,15 @@ def _query(kind: ReportKind, where: ReportFilter) -> Select[Any]:
             conditions.append(view.c.day >= _day(where.since))
         if where.until is not None:  # the last day that has a moment before `until`
             conditions.append(view.c.day <= _day(where.until - timedelta(microseconds=1)))
-        order = [view.c.day, view.c.market, view.c.account]
+        order = [view.c.day, view.c.market, view.c.account, view.c.trade_account_id.nulls_first()]
     elif kind == "fills":
         view = fills
         conditions += _time_range(view.c.executed_at, where)
-        order = [view.c.executed_at, view.c.trade_id]
+        order = [view.c.executed_at.nulls_first(), view.c.trade_id, view.c.account]
     elif kind == "orders":
         view = VIEWS["v_orders"]
         conditions += _time_range(view.c.created_at, where)
-        order = [view.c.created_at, view.c.order_id]
+        order = [view.c.created_at.nulls_first(), view.c.order_id, view.c.account]
     else:
         view = VIEWS["v_positions"]
         if where.since is not None or where.until is not None:
