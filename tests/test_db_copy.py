@@ -18,6 +18,7 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.lease import PgLease, SqliteFileLock
-from tracker.store.log_copy import copy_log
+from tracker.store.log_copy import copy_log, merge_log
 from tracker.store.projections import ProjectionStore
 from tracker.store.rebuild import rebuild
 from tracker.store.schema import event_log, quarantine
@@ -264,3 +265,95 @@ def test_the_command_then_every_report_reads_the_same_on_both(
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert rows == sorted(rows, key=lambda row: (int(row["seq"]), row["entry_id"], row["leg"], row["currency"]))
     assert any(row["leg"] == "fee" for row in rows)
+
+
+# -- --merge: a log appended to a database that holds another -------------------------------------------------------
+
+
+@pytest.mark.parametrize("engines", [DIRECTIONS[0], DIRECTIONS[2], DIRECTIONS[1]], indirect=True)
+def test_a_merge_appends_the_source_renumbered_and_records_where_it_came_from(
+    engines: tuple[Engine, Engine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, target = engines
+    source_log, target_log = EventLog(source), EventLog(target)
+    target_log.append(fake_entries(21, 200))  # account "acc"
+    target_log.append([], [QuarantineItem("malformed", "not JSON", "]", T0)])
+    source_log.append(fake_entries(22, 200, account="acc2") + fake_entries(23, 100, account="acc3"))
+    source_log.append([entry(1, account="acc2", key="k")])
+    source_log.append([entry(2, account="acc2", key="k")])  # the same key, another payload: a conflict
+    before, anchor = target_log.head_anchor(), source_log.head_anchor()
+    kept = _rows(target, event_log, event_log.c.seq)
+    at = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+
+    result = merge_log(source, target, page=300, clock=lambda: at)
+
+    assert (result.offset, result.events, result.quarantined) == (before.seq, anchor.seq, 1)
+    assert result.source == anchor and result.accounts == ("acc2", "acc3")
+    assert result.markers == (before.seq + anchor.seq + 1, before.seq + anchor.seq + 2)
+    assert target_log.head_anchor() == result.target and result.target.seq == result.markers[-1]
+    assert main(["verify", "--db-url", target.url.render_as_string(hide_password=False)]) == 0
+    theirs = _rows(source, event_log, event_log.c.seq)
+    ours = _rows(target, event_log, event_log.c.seq)
+    assert ours[: before.seq] == kept
+    columns = [c.name for c in event_log.columns]
+    moved = [dict(zip(columns, row, strict=True)) for row in ours[before.seq : before.seq + anchor.seq]]
+    for old, new in zip(theirs, moved, strict=True):
+        old = dict(zip(columns, old, strict=True))
+        assert new["seq"] == old["seq"] + before.seq
+        assert {k: v for k, v in new.items() if k not in ("seq", "prev_hash", "hash")} == {
+            k: v for k, v in old.items() if k not in ("seq", "prev_hash", "hash")
+        }
+    markers = [dict(zip(columns, row, strict=True)) for row in ours[before.seq + anchor.seq :]]
+    assert [(m["account"], m["source"], m["event"], m["received_at"]) for m in markers] == [
+        ("acc2", "tracker", "log_merged", at),
+        ("acc3", "tracker", "log_merged", at),
+    ]
+    data = json.loads(markers[0]["payload"])["data"]
+    assert data["source_anchor"] == str(anchor) and data["source_entries"] == anchor.seq
+    assert (data["first_seq"], data["last_seq"]) == (before.seq + 1, before.seq + anchor.seq)
+    assert data["entries"] == sum(1 for row in theirs if row[1] == "acc2")
+    [_, conflict] = _rows(target, quarantine, quarantine.c.id)
+    named = dict(zip([c.name for c in quarantine.columns], conflict, strict=True))
+    assert named["kind"] == "conflict"
+    assert named["existing_seq"] == before.seq + anchor.seq  # the source's last seq, moved
+
+    # Each merged account's reports on the target are its reports on the source.
+    url_of = {engine: engine.url.render_as_string(hide_password=False) for engine in (source, target)}
+    for engine in (source, target):
+        assert main(["rebuild", "--db-url", url_of[engine]]) == 0
+    capsys.readouterr()
+    outputs = []
+    for engine in (source, target):
+        for kind in ("fills", "orders", "positions", "fees", "settlements"):
+            for user in ("acc2", "acc3"):
+                assert main(["report", kind, "--db-url", url_of[engine], "--user", user, "--format", "csv"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") > 100
+    assert target_log.append([entry(99, account="acc2")]).appended == (result.target.seq + 1,)  # the chain goes on
+
+
+@pytest.mark.parametrize("engines", [DIRECTIONS[0], DIRECTIONS[2]], indirect=True)
+def test_a_merge_of_an_account_the_target_tracks_is_refused(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    EventLog(target).append(fake_entries(21, 50) + fake_entries(22, 50, account="acc2"))
+    EventLog(source).append(fake_entries(23, 50, account="acc2") + fake_entries(24, 50, account="acc4"))
+    before = _rows(target, event_log, event_log.c.seq)
+    with pytest.raises(StoreError, match=r"^account acc2 is in both logs: a log is merged only into a database that"):
+        merge_log(source, target)
+    assert _rows(target, event_log, event_log.c.seq) == before
+
+
+@pytest.mark.postgres
+def test_the_merge_command(sqlite_url: str, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for url, account in ((sqlite_url, "acc2"), (pg_url, "acc")):
+        engine = _engine(url)
+        EventLog(engine).append(fake_entries(25, 100, account=account))
+        engine.dispose()
+    assert main(["db", "copy", "--db-url", sqlite_url, "--to", pg_url]) != 0
+    assert "already holds a log (" in capsys.readouterr().err
+    assert main(["db", "copy", "--merge", "--db-url", sqlite_url, "--to", pg_url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("merged ") and "(account acc2)" in out[0]
+    assert out[1].startswith("the merge verifies: the target's seq 1..")
+    assert out[2].startswith("the source's head ") and " is recorded in the log: log_merged at seq " in out[2]
+    assert out[3].startswith("target: rebuilt ")

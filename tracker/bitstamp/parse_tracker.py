@@ -24,7 +24,7 @@ from tracker.domain.log import Parseable
 LIFECYCLE_EVENTS: Final = frozenset(
     {te.CONNECTED, te.SUBSCRIBED, te.SUBSCRIBE_FAILED, te.WS_ERROR, te.RECONNECT_REQUESTED, te.CLOSED, te.STALLED,
      te.RECONCILED, te.CHANNEL_REFUSED, te.WALK_FAILED, te.ENDPOINT_UNAVAILABLE, te.BACKFILL_PROGRESS,
-     te.CHAIN_MARKET_WIDE}
+     te.CHAIN_MARKET_WIDE, te.LOG_MERGED}
 )  # fmt: skip
 
 

@@ -16,11 +16,14 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracker.cli import add_common_flags, open_database
 from tracker.config import ConfigError, check_db_url, load_settings
 from tracker.errors import StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 T = TypeVar("T")
 COPY_TO_ENV = "TRACKER_COPY_TO_URL"
@@ -66,6 +69,12 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help=f"the target database (env {COPY_TO_ENV}); migrated first; it must hold no log yet. No password here:"
         " put it in PGPASSWORD or ~/.pgpass",
+    )
+    copy.add_argument(
+        "--merge",
+        action="store_true",
+        help="the target holds a log already: append this log's accounts to it, renumbered and relinked, with the"
+        " source's head recorded (none of its accounts may be in the target)",
     )
     copy.set_defaults(func=cmd_copy)
 
@@ -151,9 +160,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     from tracker.cli.rebuild import format_result
     from tracker.progress import Progress
     from tracker.store import migrate
-    from tracker.store.engine import display_url, open_engine
+    from tracker.store.engine import open_engine
     from tracker.store.event_log import EventLog
-    from tracker.store.log_copy import copy_log
     from tracker.store.projections import BatchResult
     from tracker.store.rebuild import rebuild
 
@@ -164,21 +172,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
         _migrate("upgrade", target_url, "head")
         target = open_engine(target_url)
         try:
-            progress = Progress("copying", total=EventLog(source).head())
-            try:
-                copied = copy_log(source, target, on_progress=lambda rows: progress.advance(rows - progress.done))
-            finally:
-                progress.close()
-            print(
-                f"copied {copied.events:,} events and {copied.quarantined:,} quarantined frames from"
-                f" {display_url(source.url)} to {display_url(target.url)} in {copied.seconds:.1f} s"
-            )
-            if copied.events:
-                print(
-                    f"the copy verifies: seq 1..{copied.head} intact, head {copied.head}:{copied.head_hash}, the"
-                    " source's head"
-                )
-            progress = Progress("rebuilding", total=copied.events)
+            for line in _copy_lines(source, target, merge=args.merge, total=EventLog(source).head()):
+                print(line, flush=True)
+            progress = Progress("rebuilding", total=EventLog(target).head())
 
             def advance(batch: BatchResult) -> None:
                 progress.advance(batch.events)
@@ -197,3 +193,46 @@ def cmd_copy(args: argparse.Namespace) -> int:
         " until you are satisfied"
     )
     return 0
+
+
+def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> list[str]:
+    """The copy or the merge (with a progress line once rows move: the source's walk comes first), and what to say."""
+    from tracker.progress import Progress
+    from tracker.store.engine import display_url
+    from tracker.store.log_copy import copy_log, merge_log
+
+    shown: list[Progress] = []
+
+    def advance(rows: int) -> None:
+        if not shown:
+            shown.append(Progress("merging" if merge else "copying", total=total))
+        shown[0].advance(rows - shown[0].done)
+
+    try:
+        if not merge:
+            copied = copy_log(source, target, on_progress=advance)
+        else:
+            merged = merge_log(source, target, on_progress=advance)
+    finally:
+        for progress in shown:
+            progress.close()
+    where = f"from {display_url(source.url)} to {display_url(target.url)}"
+    if not merge:
+        lines = [f"copied {copied.events:,} events and {copied.quarantined:,} quarantined frames {where}"
+                 f" in {copied.seconds:.1f} s"]  # fmt: skip
+        if copied.events:
+            lines.append(
+                f"the copy verifies: seq 1..{copied.head} intact, head {copied.head}:{copied.head_hash}, the source's"
+                " head"
+            )
+        return lines
+    accounts = ", ".join(merged.accounts) or "none"
+    first, last = merged.offset + 1, merged.offset + merged.events
+    return [
+        f"merged {merged.events:,} events (account {accounts}) and {merged.quarantined:,} quarantined frames {where}"
+        f" in {merged.seconds:.1f} s",
+        f"the merge verifies: the target's seq 1..{merged.target.seq} intact; its seq {first}..{last} are the"
+        f" source's 1..{merged.events}, renumbered and relinked, every other column equal",
+        f"the source's head {merged.source} is recorded in the log: log_merged at seq"
+        f" {', '.join(str(seq) for seq in merged.markers)}",
+    ]

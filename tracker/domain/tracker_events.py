@@ -33,6 +33,9 @@ DISCREPANCY: Final = "discrepancy"
 DISCREPANCY_RESOLVED: Final = "discrepancy_resolved"
 DISCREPANCY_ACKNOWLEDGED: Final = "discrepancy_acknowledged"  # by a person: who, why (tracker discrepancies ack)
 RECONCILED: Final = "reconciled"
+# Another database's log merged into this one (tracker db copy --merge): its rows renumbered and rehashed, the
+# source's head anchor recorded in one such entry per account it brought.
+LOG_MERGED: Final = "log_merged"
 # A row of the user's Bitstamp statement (tracker import-statement; export/statement_match.py makes the entry). Not
 # made by ``tracker_entry``: its payload is the row itself (header -> cell), not ``{"event", "channel", "data"}``.
 STATEMENT_ROW: Final = "statement_row"
@@ -57,6 +60,7 @@ TRACKER_EVENTS: Final = frozenset(
         DISCREPANCY_RESOLVED,
         DISCREPANCY_ACKNOWLEDGED,
         RECONCILED,
+        LOG_MERGED,
     }
 )
 

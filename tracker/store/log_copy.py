@@ -20,6 +20,18 @@ The steps, each refusing with one line before anything is written:
 5. The target's chain is walked after the commit: intact, as many rows, the same head hash as the source's. Every
    column but the links is in each row's hash, so this proves every row arrived exactly.
 
+``merge_log`` (``tracker db copy --merge``) is for a target that already holds a log, e.g. several accounts tracked
+into SQLite files of their own, then brought into one PostgreSQL database. Then the rows cannot keep their positions:
+they are appended after the target's head, each ``seq`` moved by the target's head (``offset``) and its links
+computed again on the target's chain, every other column as it was. Steps 1-3 are the same; then, in one target
+transaction under its lock (a ``tracker run`` on it waits meanwhile): no account of the source may be in the
+target already (one account's two logs would interleave its events), the rows appended, the quarantine rows with new
+ids (a conflict's ``existing_seq`` moved by the offset), and one ``log_merged`` tracker entry per account brought,
+recording the source and its head anchor, so that the merged rows can be traced back to the log they came from
+(which stays the original evidence: its own anchors hold on it, not on the target). After the commit the target's
+whole chain is walked, and every merged row is compared with its source row, column for column but ``seq`` and
+the links.
+
 One conversion, on PostgreSQL only: a quarantined raw text holding NUL (which PostgreSQL text cannot hold; SQLite
 keeps it) is stored JSON-quoted with a note in its reason, as tracker's own writer does on PostgreSQL
 (``event_log._fit``). The quarantine is outside the chain; event log rows never hold NUL on any backend (such an
@@ -29,14 +41,18 @@ entry is quarantined instead).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select, text
+from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, text
 
-from tracker.domain.chain import GENESIS
+from tracker.domain import tracker_events as te
+from tracker.domain.chain import CANONICAL_COLUMNS, GENESIS, Anchor, link_hash
+from tracker.domain.log import LogEntry, NewEntry
 from tracker.errors import StoreError
 from tracker.store.chain_walk import Walked, walk_chain
 from tracker.store.engine import display_url, sqlite_path, writer
@@ -48,6 +64,7 @@ from tracker.store.schema import event_log, quarantine
 PAGE: Final = 10_000  # rows read and written at a time
 
 Progress = Callable[[int], None]  # rows copied so far
+Transform = Callable[[Row[Any]], tuple[Any, ...]]  # a source row -> the target's values, in the written columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +76,68 @@ class CopyResult:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    events: int  # source rows appended
+    quarantined: int
+    source: Anchor  # the source's head, recorded in each ``log_merged`` entry
+    offset: int  # the source's seq s is the target's offset + s
+    markers: tuple[int, ...]  # the seqs of the ``log_merged`` entries, one per account, after the merged rows
+    accounts: tuple[str, ...]
+    target: Anchor  # the target's head after the merge
+    seconds: float
+
+
 def copy_log(source: Engine, target: Engine, *, page: int = PAGE, on_progress: Progress | None = None) -> CopyResult:
     """Copy ``source``'s event log and quarantine into ``target`` (migrated, holding neither yet), as the module
     docstring says; ``StoreError`` with one line when it cannot be done, nothing written then."""
     started = time.monotonic()
+    with _checked(source, target) as head:
+        events, quarantined = _copy(source, target, head, page, on_progress)
+    problem = _differs(walk_chain(target), events, head.hash)
+    if problem is not None:
+        raise StoreError(
+            f"the copy at {display_url(target.url)} does not verify ({problem}); the source is untouched:"
+            " drop the target's database and report this"
+        )
+    return CopyResult(events, quarantined, head.seq, head.hash, time.monotonic() - started)
+
+
+def merge_log(
+    source: Engine,
+    target: Engine,
+    *,
+    page: int = PAGE,
+    on_progress: Progress | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> MergeResult:
+    """Append ``source``'s event log and quarantine to ``target``'s (migrated; none of its accounts there yet),
+    renumbered and relinked, with a ``log_merged`` entry per account (the module docstring); ``StoreError`` with one
+    line when it cannot be done, nothing written then."""
+    started = time.monotonic()
+    with _checked(source, target, merge=True) as head:
+        result = _merge(source, target, head, page, on_progress, clock)
+    walked = walk_chain(target)
+    problem = _differs(walked, result.target.seq, result.target.hash) or _merged_differ(source, target, result, page)
+    if problem is not None:
+        raise StoreError(
+            f"the merge into {display_url(target.url)} does not verify ({problem}); the source is untouched:"
+            " report this"
+        )
+    return MergeResult(**{**_fields(result), "seconds": time.monotonic() - started})
+
+
+def _fields(result: MergeResult) -> dict[str, Any]:
+    return {field.name: getattr(result, field.name) for field in fields(result)}
+
+
+@contextmanager
+def _checked(source: Engine, target: Engine, *, merge: bool = False) -> Iterator[Anchor]:
+    """Steps 1-3: the source's head, walked and intact, while nobody else writes the source (nor a SQLite target)."""
     _refuse_same(source, target)
     check_schema(source)
     check_schema(target)
-    with _no_other_writer(source, "source"), _no_other_writer(target, "target"):
+    with _no_other_writer(source, "source"), _no_other_writer(target, "target", merge=merge):
         walked = walk_chain(source)
         if walked.unreadable is not None:
             raise StoreError(f"the source database cannot be read: {walked.unreadable}; nothing copied")
@@ -76,28 +147,20 @@ def copy_log(source: Engine, target: Engine, *, page: int = PAGE, on_progress: P
                 f"the source's hash chain fails at seq {broken.seq} ({broken.reason}): nothing copied;"
                 " `tracker verify` on the source says more"
             )
-        head, head_hash = walked.walker.head, walked.walker.head_hash
-        events, quarantined = _copy(source, target, (head, head_hash), page, on_progress)
-    problem = _differs(walk_chain(target), events, head_hash)
-    if problem is not None:
-        raise StoreError(
-            f"the copy at {display_url(target.url)} does not verify ({problem}); the source is untouched:"
-            " drop the target's database and report this"
-        )
-    return CopyResult(events, quarantined, head, head_hash, time.monotonic() - started)
+        yield Anchor(walked.walker.head, walked.walker.head_hash)
 
 
-def _differs(walked: Walked, events: int, head_hash: str) -> str | None:
-    """How the target's walk differs from the source's (step 5), or None."""
+def _differs(walked: Walked, rows: int, head_hash: str) -> str | None:
+    """How a walk of the target differs from what it must give (``rows`` intact up to ``head_hash``), or None."""
     if walked.unreadable is not None:
         return walked.unreadable
     broken = walked.walker.finish()
     if broken is not None:
         return f"its chain fails at seq {broken.seq}: {broken.reason}"
-    if walked.walker.count != events:
-        return f"{walked.walker.count} rows, the source has {events}"
+    if walked.walker.count != rows:
+        return f"{walked.walker.count} rows, {rows} expected"
     if walked.walker.head_hash != head_hash:
-        return f"head hash {walked.walker.head_hash[:16]}…, the source's is {head_hash[:16]}…"
+        return f"head hash {walked.walker.head_hash[:16]}…, {head_hash[:16]}… expected"
     return None
 
 
@@ -112,8 +175,9 @@ def _refuse_same(source: Engine, target: Engine) -> None:
 
 
 @contextmanager
-def _no_other_writer(engine: Engine, role: str) -> Iterator[None]:
-    """No ``tracker run`` writes ``engine``'s log while the copy runs (see step 2)."""
+def _no_other_writer(engine: Engine, role: str, *, merge: bool = False) -> Iterator[None]:
+    """No ``tracker run`` writes ``engine``'s log while the copy runs (see step 2). A merge's PostgreSQL target may
+    have one: its appends wait for the merge's lock."""
     path = sqlite_path(engine.url)
     if path is not None:
         lock = SqliteFileLock(path)
@@ -130,10 +194,9 @@ def _no_other_writer(engine: Engine, role: str) -> Iterator[None]:
         finally:
             lock.release()
         return
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and not (merge and role == "target"):
         with engine.connect() as conn:
-            accounts = [row[0] for row in conn.execute(select(event_log.c.account).distinct())]
-            writers = lease_writers(conn, accounts)
+            writers = lease_writers(conn, _accounts(conn))
         for account, held in sorted(writers.items()):
             if held.backend_pid is not None:
                 who = f"tracker run pid {held.pid}" if held.pid is not None else f"session {held.backend_pid}"
@@ -143,15 +206,36 @@ def _no_other_writer(engine: Engine, role: str) -> Iterator[None]:
     yield
 
 
-def _copy(
-    source: Engine, target: Engine, head: tuple[int, str], page: int, on_progress: Progress | None
-) -> tuple[int, int]:
-    """Step 4: (event log rows, quarantine rows) copied, in one target transaction."""
+def _accounts(conn: Connection) -> list[str]:
+    return [str(row[0]) for row in conn.execute(select(event_log.c.account).distinct().order_by(event_log.c.account))]
+
+
+@contextmanager
+def _both(source: Engine, target: Engine, head: Anchor) -> Iterator[tuple[Connection, Connection]]:
+    """(source, target) connections in one transaction each, the target's tables locked against appends, the source's
+    against writers (PostgreSQL), and the source's head still the walked one."""
     with writer(target).connect() as out, out.begin(), source.connect() as into, into.begin():
         if out.dialect.name == "postgresql":
             out.execute(text("LOCK TABLE event_log, quarantine IN EXCLUSIVE MODE"))
         if into.dialect.name == "postgresql":
             into.execute(text("LOCK TABLE event_log, quarantine IN SHARE MODE"))
+        now = _head_of(into)
+        if now != head:
+            raise StoreError(
+                f"the source's head moved while it was checked (seq {head.seq} -> {now.seq}): something writes to it;"
+                " stop it and copy again"
+            )
+        yield into, out
+
+
+def _head_of(conn: Connection) -> Anchor:
+    last = conn.execute(select(event_log.c.seq, event_log.c.hash).order_by(event_log.c.seq.desc()).limit(1)).first()
+    return Anchor(0, GENESIS) if last is None else Anchor(int(last[0]), str(last[1]))
+
+
+def _copy(source: Engine, target: Engine, head: Anchor, page: int, on_progress: Progress | None) -> tuple[int, int]:
+    """Step 4: (event log rows, quarantine rows) copied, in one target transaction."""
+    with _both(source, target, head) as (into, out):
         held = {
             name: int(out.execute(select(func.count()).select_from(table)).scalar_one())
             for name, table in (("event_log", event_log), ("quarantine", quarantine))
@@ -159,23 +243,130 @@ def _copy(
         if any(held.values()):
             raise StoreError(
                 f"the target at {display_url(target.url)} already holds a log ({held['event_log']} events,"
-                f" {held['quarantine']} quarantined): copy into an empty database (two logs are never merged)"
-            )
-        last = into.execute(select(event_log.c.seq, event_log.c.hash).order_by(event_log.c.seq.desc()).limit(1)).first()
-        now = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
-        if now != head:
-            raise StoreError(
-                f"the source's head moved while it was checked (seq {head[0]} -> {now[0]}): something writes to it;"
-                " stop it and copy again"
+                f" {held['quarantine']} quarantined): copy into an empty database, or add --merge to append this"
+                " log's accounts to it, renumbered"
             )
         events = _rows(into, out, event_log, event_log.c.seq, page, on_progress)
-        quarantined = _rows(into, out, quarantine, quarantine.c.id, page, None, fit=out.dialect.name == "postgresql")
+        fit = _fit if out.dialect.name == "postgresql" else None
+        quarantined = _rows(into, out, quarantine, quarantine.c.id, page, None, fit)
         if quarantined and out.dialect.name == "postgresql":
-            # the ids were copied: the column's sequence goes on after them
-            out.execute(
-                text("SELECT setval(pg_get_serial_sequence('quarantine', 'id'), (SELECT max(id) FROM quarantine))")
-            )
+            _quarantine_ids_after_the_copied(out)
     return events, quarantined
+
+
+def _quarantine_ids_after_the_copied(out: Connection) -> None:
+    """The quarantine ids were copied: its column's sequence goes on after them (PostgreSQL)."""
+    out.execute(text("SELECT setval(pg_get_serial_sequence('quarantine', 'id'), (SELECT max(id) FROM quarantine))"))
+
+
+def _fit(row: Row[Any]) -> tuple[Any, ...]:
+    return tuple(fit_quarantine_row(dict(zip(_QUARANTINE_ALL, row, strict=True))).values())
+
+
+_LOG_COLUMNS: Final = tuple(column.name for column in event_log.columns)
+_QUARANTINE_ALL: Final = tuple(column.name for column in quarantine.columns)
+_QUARANTINE_COLUMNS: Final = tuple(name for name in _QUARANTINE_ALL if name != "id")
+
+
+class _Relink:
+    """The merge's event log rows: ``seq`` moved by ``offset``, the links computed on the target's chain from
+    ``prev``; every other column as stored."""
+
+    def __init__(self, offset: int, prev: str) -> None:
+        self.offset = offset
+        self.prev = prev
+        self.seq = offset
+
+    def __call__(self, row: Row[Any]) -> tuple[Any, ...]:
+        return self.append(LogEntry(**dict(zip(_LOG_COLUMNS, row, strict=True))), self.offset + int(row.seq))
+
+    def append(self, entry: LogEntry | NewEntry, seq: int) -> tuple[Any, ...]:
+        if seq != self.seq + 1:
+            raise StoreError(f"the source's seq {seq - self.offset} does not follow {self.seq - self.offset}")
+        link = link_hash(self.prev, seq, entry)
+        values = {name: getattr(entry, name, None) for name in _LOG_COLUMNS}
+        values |= {"seq": seq, "prev_hash": self.prev, "hash": link}
+        self.prev, self.seq = link, seq
+        return tuple(values[name] for name in _LOG_COLUMNS)
+
+
+def _merge(
+    source: Engine,
+    target: Engine,
+    head: Anchor,
+    page: int,
+    on_progress: Progress | None,
+    clock: Callable[[], datetime],
+) -> MergeResult:
+    """Step 4 of a merge, in one target transaction (the module docstring)."""
+    with _both(source, target, head) as (into, out):
+        brought, there = _accounts(into), set(_accounts(out))
+        if shared := [account for account in brought if account in there]:
+            raise StoreError(
+                f"account {', '.join(shared)} is in both logs: a log is merged only into a database that does not"
+                " track its accounts yet (one account's two logs would interleave its events)"
+            )
+        start = _head_of(out)
+        relink = _Relink(start.seq, start.hash)
+        events = _rows(into, out, event_log, event_log.c.seq, page, on_progress, relink)
+
+        def requarantine(row: Row[Any]) -> tuple[Any, ...]:
+            values = dict(zip(_QUARANTINE_ALL, row, strict=True))
+            del values["id"]
+            if values["existing_seq"] is not None:
+                values["existing_seq"] += start.seq
+            if out.dialect.name == "postgresql":
+                fit_quarantine_row(values)
+            return tuple(values[name] for name in _QUARANTINE_COLUMNS)
+
+        quarantined = _rows(into, out, quarantine, quarantine.c.id, page, None, requarantine, _QUARANTINE_COLUMNS)
+        per_account = select(event_log.c.account, func.count()).group_by(event_log.c.account)
+        counts: dict[str, int] = {str(account): int(n) for account, n in into.execute(per_account)}
+        now = clock()
+        markers = []
+        for account in brought:
+            data: dict[str, object] = {
+                "source": display_url(source.url),
+                "source_anchor": str(head),
+                "source_entries": head.seq,
+                "entries": int(counts[account]),
+                "first_seq": start.seq + 1,
+                "last_seq": start.seq + head.seq,
+            }
+            marker = te.tracker_entry(
+                account=account, event=te.LOG_MERGED, data=data, received_at=now, uid=f"log_merged:{uuid.uuid4()}"
+            )
+            markers.append(relink.append(marker, relink.seq + 1))
+        _write(out, event_log, _LOG_COLUMNS, markers)
+    return MergeResult(
+        events,
+        quarantined,
+        head,
+        start.seq,
+        tuple(row[0] for row in markers),
+        tuple(brought),
+        Anchor(relink.seq, relink.prev),
+        0.0,
+    )
+
+
+def _merged_differ(source: Engine, target: Engine, result: MergeResult, page: int) -> str | None:
+    """Whether a merged row differs from its source row in a column but ``seq`` and the links (the first, named)."""
+    columns = [event_log.c[name] for name in CANONICAL_COLUMNS]
+    after = 0
+    with source.connect() as into, target.connect() as out:
+        while after < result.source.seq:
+            query = select(*columns).where(event_log.c.seq > after).order_by(event_log.c.seq).limit(page)
+            theirs = into.execute(query).all()
+            moved = select(*columns).where(event_log.c.seq > result.offset + after).order_by(event_log.c.seq)
+            ours = out.execute(moved.limit(len(theirs))).all()
+            for one, other in zip(theirs, ours, strict=True):
+                if tuple(one)[1:] != tuple(other)[1:] or other[0] != result.offset + one[0]:
+                    return f"the source's seq {one[0]} is not the same row at seq {result.offset + one[0]}"
+            if not theirs:
+                return f"the source ends at seq {after}, before its head {result.source.seq}"
+            after = int(theirs[-1][0])
+    return None
 
 
 def _rows(
@@ -185,17 +376,16 @@ def _rows(
     order: Any,
     page: int,
     on_progress: Progress | None,
-    *,
-    fit: bool = False,
+    transform: Transform | None = None,
+    columns: Sequence[str] | None = None,
 ) -> int:
-    """Every row of ``table`` from ``into`` to ``out``, in ``order``, ``page`` rows at a time; the count."""
-    names = [column.name for column in table.columns]
+    """Every row of ``table`` from ``into`` to ``out``, in ``order``, ``page`` rows at a time, each as ``transform``
+    makes it (values of ``columns``: the table's, by default); the count."""
+    names = list(columns or (column.name for column in table.columns))
     copied = 0
     result = into.execution_options(yield_per=page).execute(select(table).order_by(order))
     for part in result.partitions():
-        rows: Sequence[tuple[Any, ...]] = [tuple(row) for row in part]
-        if fit:
-            rows = [tuple(fit_quarantine_row(dict(zip(names, row, strict=True))).values()) for row in rows]
+        rows = [tuple(row) for row in part] if transform is None else [transform(row) for row in part]
         _write(out, table, names, rows)
         copied += len(rows)
         if on_progress is not None:
@@ -203,7 +393,9 @@ def _rows(
     return copied
 
 
-def _write(out: Connection, table: Table, names: list[str], rows: Sequence[tuple[Any, ...]]) -> None:
+def _write(out: Connection, table: Table, names: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
     if out.dialect.name == "postgresql":
         # COPY: one stream for the page (psycopg adapts each value by its Python type, as a parameter would be)
         raw: Any = out.connection.driver_connection  # psycopg's
