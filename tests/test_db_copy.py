@@ -6,7 +6,12 @@
 - A quarantined raw text with NUL (SQLite keeps it) arrives JSON-quoted on PostgreSQL, said in its reason.
 - Refused with one line, nothing written: a target holding a log, the same database twice, a source or target a
   ``tracker run`` writes (SQLite lock, PostgreSQL lease), a source whose chain is broken, a source not migrated.
-- The command: its output, the projections ready, a password on the command line refused, exit codes.
+- The command: its output, the projections ready, a password on the command line refused, exit codes; after it,
+  every report and export byte for byte the same on both backends.
+- ``--merge``: the source appended renumbered and relinked, every other column kept, a ``log_merged`` entry per
+  account with the source's anchor, a conflict's ``existing_seq`` moved, each merged account's reports the same as on
+  the source, the chain going on; a source account the target tracks refused.
+- The check after the commit is real: a row changed on its way (simulated) fails it, named by its seq.
 
 Rules: local databases only; no sleeps; bounded by pytest-timeout.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,7 +39,7 @@ from test_projection_store import fake_entries
 from tracker.cli import main
 from tracker.domain.log import QuarantineItem
 from tracker.errors import StoreError
-from tracker.store import migrate
+from tracker.store import log_copy, migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.lease import PgLease, SqliteFileLock
@@ -357,3 +363,31 @@ def test_the_merge_command(sqlite_url: str, pg_url: str, capsys: pytest.CaptureF
     assert out[1].startswith("the merge verifies: the target's seq 1..")
     assert out[2].startswith("the source's head ") and " is recorded in the log: log_merged at seq " in out[2]
     assert out[3].startswith("target: rebuilt ")
+
+
+@pytest.mark.parametrize("engines", [DIRECTIONS[2], DIRECTIONS[0]], indirect=True)
+@pytest.mark.parametrize("merge", [False, True], ids=["copy", "merge"])
+def test_a_row_that_arrives_changed_fails_the_check_after(
+    engines: tuple[Engine, Engine], merge: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check after the commit is real: a row whose payload the writing changed (simulated) is named."""
+    source, target = engines
+    _fill(source)
+    if merge:
+        EventLog(target).append(fake_entries(21, 20, account="other"))
+    write = log_copy._write
+    changed = []
+
+    def changing(out: Any, table: Any, names: Any, rows: Any) -> None:
+        if table is event_log and not changed:
+            at = list(names).index("payload")
+            rows = [(*rows[0][:at], rows[0][at] + " ", *rows[0][at + 1 :]), *rows[1:]]
+            changed.append(rows[0][0])
+        write(out, table, names, rows)
+
+    monkeypatch.setattr(log_copy, "_write", changing)
+    with pytest.raises(StoreError) as refused:
+        (merge_log if merge else copy_log)(source, target)
+    what = "merge into" if merge else "copy at"
+    assert re.match(rf"^the {what} .* does not verify \(its chain fails at seq {changed[0]}: content does not match",
+                    str(refused.value)), refused.value  # fmt: skip
