@@ -350,7 +350,7 @@ def test_a_merge_of_an_account_the_target_tracks_is_refused(engines: tuple[Engin
 
 
 @pytest.mark.postgres
-def test_the_merge_command(sqlite_url: str, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_merge_command(sqlite_url: str, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for url, account in ((sqlite_url, "acc2"), (pg_url, "acc")):
         engine = _engine(url)
         EventLog(engine).append(fake_entries(25, 100, account=account))
@@ -363,6 +363,15 @@ def test_the_merge_command(sqlite_url: str, pg_url: str, capsys: pytest.CaptureF
     assert out[1].startswith("the merge verifies: the target's seq 1..")
     assert out[2].startswith("the source's head ") and " is recorded in the log: log_merged at seq " in out[2]
     assert out[3].startswith("target: rebuilt ")
+
+    # The audit report names the merge, whatever its period: which seqs came from where, and the source's anchor.
+    report = tmp_path / "audit.html"
+    assert main(["audit", "--db-url", pg_url, "--out", str(report), "--until", "2026-01-01"]) == 0
+    page = report.read_text()
+    anchor = out[2].split()[3]
+    assert "Logs merged into this one" in page and anchor in page and "sqlite:///" in page
+    assert main(["audit", "--db-url", pg_url, "--out", str(report), "--user", "acc"]) == 0
+    assert "Logs merged into this one" not in report.read_text()  # account acc came from no merge
 
 
 @pytest.mark.parametrize("engines", [DIRECTIONS[2], DIRECTIONS[0]], indirect=True)

@@ -21,7 +21,7 @@ from typing import Final
 from tracker.audit import charts
 from tracker.audit.cells import cell_text, decimal_of, moment_of
 from tracker.audit.coverage import UNRECOVERABLE, Gap, failures, gaps, live_intervals
-from tracker.audit.model import AuditData, Balances, Cell, Integrity, Query, Table
+from tracker.audit.model import AuditData, Balances, Cell, Integrity, Query, Table, TrackerEntry
 from tracker.domain import tracker_events as te
 
 SECTIONS: Final = (
@@ -122,6 +122,27 @@ def integrity_html(result: Integrity) -> str:
         "<p>Head anchor to record elsewhere (<code>tracker verify --expect-anchor SEQ:HASH</code> later proves the log "
         f'was neither rewritten nor cut short up to it):</p><p class=anchor data-figure="anchor">'
         f"{result.head_seq}:{_e(result.head_hash)}</p>"
+    )
+
+
+def merged_html(merged: Sequence[TrackerEntry]) -> str:
+    """The logs merged into this one (``tracker db copy --merge``): their rows were renumbered and relinked here, so
+    their own anchors hold on the source, which stays the original evidence."""
+    if not merged:
+        return ""
+    rows = "".join(
+        f"<tr><td>{entry.seq}</td><td>{_e(_time(entry.received_at))}</td><td>{_e(entry.data.get('account', ''))}</td>"
+        f"<td>{_e(entry.data.get('first_seq'))}..{_e(entry.data.get('last_seq'))}</td>"
+        f"<td>{_e(entry.data.get('entries'))}</td><td>{_e(entry.data.get('source'))}</td>"
+        f"<td class=anchor>{_e(entry.data.get('source_anchor'))}</td></tr>"
+        for entry in merged
+    )
+    return (
+        "<h3>Logs merged into this one</h3><p class=note>Rows appended from another database by <code>tracker db copy"
+        " --merge</code>: every column kept but <code>seq</code> and the links, which were computed again on this"
+        " chain. The source's head anchor holds on the source database, which stays the original evidence.</p>"
+        "<table><tr><th>seq</th><th>merged at</th><th>account</th><th>seqs of its source's rows</th>"
+        f"<th>this account's entries</th><th>source</th><th>source's head anchor</th></tr>{rows}</table>"
     )
 
 
@@ -364,7 +385,7 @@ def render(data: AuditData) -> str:
     """The whole document."""
     nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title in SECTIONS)
     bodies = {
-        "integrity": integrity_html(data.integrity),
+        "integrity": integrity_html(data.integrity) + merged_html(data.merged),
         "coverage": coverage_html(data),
         "activity": activity_html(data),
         "balances": balances_html(data.balances),

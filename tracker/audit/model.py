@@ -143,3 +143,6 @@ class AuditData:
     balances: Balances
     discrepancies: Discrepancies
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per section (for the limits note)
+    # ``log_merged`` entries of the period's account, whatever their time (tracker db copy --merge): which seqs came
+    # from another log, renumbered, and that log's head anchor.
+    merged: tuple[TrackerEntry, ...] = ()

@@ -77,6 +77,7 @@ def read_audit(engine: Engine, period: Period) -> AuditData:
         seconds["integrity"] = 0.0  # (its place in the timings' order; set below)
         started = time.perf_counter()
         entries, tracker_query = q.tracker_entries(engine, period)
+        merged = q.merged_logs(engine, period)
         timed("coverage", started)
         started = time.perf_counter()
         activity = q.activity(engine, period)
@@ -100,6 +101,7 @@ def read_audit(engine: Engine, period: Period) -> AuditData:
         balances=balances,
         discrepancies=discrepancies,
         seconds=seconds,
+        merged=merged,
     )
 
 

@@ -234,6 +234,22 @@ def tracker_entries(engine: Engine, period: Period) -> tuple[tuple[TrackerEntry,
     return entries, query
 
 
+def merged_logs(engine: Engine, period: Period) -> tuple[TrackerEntry, ...]:
+    """The ``log_merged`` entries of the period's account (of every account without one), at any time: a merge
+    renumbered rows of any period, so the integrity section lists them all."""
+    t = event_log
+    statement = (
+        select(t.c.seq, t.c.event, t.c.connection_id, t.c.received_at, t.c.payload)
+        .where(t.c.source == "tracker", t.c.event == te.LOG_MERGED, *_account(t.c.account, period))
+        .order_by(t.c.seq)
+    )
+    with engine.connect() as conn:
+        return tuple(
+            TrackerEntry(seq, event, connection_id or "", received_at, te.entry_data(payload))
+            for seq, event, connection_id, received_at, payload in conn.execute(statement)
+        )
+
+
 # -- activity --------------------------------------------------------------------------------------------------------
 
 

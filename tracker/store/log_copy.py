@@ -318,6 +318,7 @@ def _merge(
         markers = []
         for account in brought:
             data: dict[str, object] = {
+                "account": account,
                 "source": display_url(source.url),
                 "source_anchor": str(head),
                 "source_entries": head.seq,
