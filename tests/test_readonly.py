@@ -1,5 +1,6 @@
-"""Auditing a read-only copy (issue 14): ``status``, ``report``, ``verify`` and ``config show`` work on a SQLite file
-in a directory the user cannot write, with and without a ``-wal`` file beside it, and see the commits in the WAL.
+"""Auditing a read-only copy (issue 14): ``status``, ``report``, ``verify``, ``config show`` and ``db copy`` (from
+it) work on a SQLite file in a directory the user cannot write, with and without a ``-wal`` file beside it, and see
+the commits in the WAL.
 
 Rules: the real command in a subprocess; as ``nobody`` when we are root (root ignores file modes; the approach of
 tests/test_errors_cli.py, whose fixtures are reused), else on a chmod'ed directory; an absolute timeout; no sleeps.
@@ -93,6 +94,13 @@ def test_read_only_commands_on_a_read_only_directory(
         assert report.returncode == 0, report.stderr
         config = run(unprivileged, open_dir, "config", "show", "--db-url", url)
         assert config.returncode == 0, config.stderr
+        # and its log moved elsewhere: the source's lock cannot be taken there (nor by a tracker run)
+        out = open_dir / "out"
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        moved = run(unprivileged, open_dir, "db", "copy", "--db-url", url, "--to", f"sqlite:///{out}/moved.db")
+        assert moved.returncode == 0, moved.stderr
+        assert moved.stdout.startswith(f"copied {events} events and 0 quarantined frames from ")
         if not companions:
             assert "reading the file as immutable" in result.stderr
         elif companions == ("-wal",):

@@ -181,6 +181,15 @@ def _no_other_writer(engine: Engine, role: str, *, merge: bool = False) -> Itera
             raise StoreError(
                 f"a tracker run is writing to the {role}, {path.name}{who}: stop it before copying"
             ) from None
+        except OSError as error:  # a source in a directory this user cannot write (a backup, a read-only mount)
+            if role != "source":
+                raise StoreError(f"cannot lock the {role}, {path}: {error.strerror}") from None
+            if (holder := file_writer(path).pid) is not None:
+                raise StoreError(
+                    f"a tracker run is writing to the source, {path.name} (pid {holder}): stop it"
+                ) from None
+            yield  # nobody holds the lock, and this user cannot take it: nor can a tracker run of this user start
+            return
         try:
             yield
         finally:
