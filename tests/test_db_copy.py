@@ -400,3 +400,20 @@ def test_a_row_that_arrives_changed_fails_the_check_after(
     what = "merge into" if merge else "copy at"
     assert re.match(rf"^the {what} .* does not verify \(its chain fails at seq {changed[0]}: content does not match",
                     str(refused.value)), refused.value  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_a_password_goes_in_the_environment_and_is_never_shown(
+    sqlite_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = _engine(sqlite_url)
+    EventLog(engine).append([entry(1), entry(2)])
+    engine.dispose()
+    with_password = pg_url.replace("postgres@", "postgres:s3cret-pw@", 1)  # trust auth: the server does not ask
+    assert main(["db", "copy", "--db-url", sqlite_url, "--to", with_password]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("tracker: error: --to holds a password, which would show in the process list")
+    monkeypatch.setenv("TRACKER_COPY_TO_URL", with_password)
+    assert main(["db", "copy", "--db-url", sqlite_url]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("copied 2 events") and "s3cret" not in out + err
