@@ -28,11 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from conftest import PG_ADMIN_URL, pg_url_for_schema
 from ledger_helpers import sample_ledger
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from store_helpers import T0, entry, tampering
 from test_projection_store import fake_entries
 
@@ -65,18 +63,28 @@ def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[En
             urls.append(f"sqlite:///{tmp_path / f'db{place}.db'}")
         elif not urls or urls[0].startswith("sqlite"):
             urls.append(str(request.getfixturevalue("pg_url")))
-        else:  # a second PostgreSQL database: another schema of this run's database
-            database = request.getfixturevalue("pg_database")
-            schema = f"t_{uuid.uuid4().hex[:12]}"
-            with psycopg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database, autocommit=True) as conn:
-                conn.execute(f'CREATE SCHEMA "{schema}"')
-            urls.append(pg_url_for_schema(database, schema))
+        else:  # a second PostgreSQL database: another schema of the first one's database
+            urls.append(_another_schema(urls[0]))
     made = [_engine(url) for url in urls]
     try:
         yield made[0], made[1]
     finally:
         for engine in made:
             engine.dispose()
+
+
+def _another_schema(url: str) -> str:
+    """``url`` (a PostgreSQL test URL, ``search_path`` set to its own schema) with a new schema of its own."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    finally:
+        engine.dispose()
+    other, found = re.subn(r"search_path%3D[^&]+", f"search_path%3D{schema}", url)
+    assert found == 1, url
+    return other
 
 
 DIRECTIONS = [
