@@ -42,6 +42,7 @@ from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.lease import PgLease, SqliteFileLock
 from tracker.store.log_copy import copy_log, merge_log
+from tracker.store.log_queries import run_start
 from tracker.store.projections import ProjectionStore
 from tracker.store.rebuild import rebuild
 from tracker.store.schema import event_log, quarantine
@@ -297,7 +298,7 @@ def test_a_merge_appends_the_source_renumbered_and_records_where_it_came_from(
     source_log.append([entry(2, account="acc2", key="k")])  # the same key, another payload: a conflict
     before, anchor = target_log.head_anchor(), source_log.head_anchor()
     kept = _rows(target, event_log, event_log.c.seq)
-    at = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)  # after the logged entries, before this run
 
     result = merge_log(source, target, page=300, clock=lambda: at)
 
@@ -330,6 +331,12 @@ def test_a_merge_appends_the_source_renumbered_and_records_where_it_came_from(
     named = dict(zip([c.name for c in quarantine.columns], conflict, strict=True))
     assert named["kind"] == "conflict"
     assert named["existing_seq"] == before.seq + anchor.seq  # the source's last seq, moved
+
+    # A later tracker run of a merged account: the window it was not running starts at its last entry, not at the
+    # merge (the log_merged entry is no run's).
+    last = max(i for i, row in enumerate(theirs) if row[1] == "acc2")
+    assert run_start(target_log, "acc2", datetime.now(UTC)) == (before.seq + theirs[last][0], theirs[last][12])
+    assert columns[12] == "received_at"
 
     # Each merged account's reports on the target are its reports on the source.
     url_of = {engine: engine.url.render_as_string(hide_password=False) for engine in (source, target)}

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
+from tracker.domain import tracker_events as te
 from tracker.domain.log import LogEntry
 from tracker.store.event_log import LOG_FIELDS, EventLog
 from tracker.store.schema import event_log as event_log_table
@@ -60,12 +61,15 @@ def signals_after(event_log: EventLog, account: str, after: int, limit: int = SI
 
 def run_start(event_log: EventLog, account: str, started_at: datetime) -> tuple[int, datetime | None]:
     """(seq before this run's first entry, received_at of the previous run's last entry), scanning back from the
-    head: entries of this run have ``received_at >= started_at``."""
+    head: entries of this run have ``received_at >= started_at``. A ``log_merged`` entry is no run's: it was written
+    when the account's log was merged into this database (``tracker db copy --merge``), after its last run ended,
+    and the window tracker was not running starts at that run's last entry, not at the merge."""
     t = event_log_table
     hi: int | None = None
+    merged = (t.c.source == "tracker") & (t.c.event == te.LOG_MERGED)
     with event_log.engine.connect() as conn:
         while True:
-            query = select(t.c.seq, t.c.received_at).where(t.c.account == account)
+            query = select(t.c.seq, t.c.received_at).where(t.c.account == account, ~merged)
             if hi is not None:
                 query = query.where(t.c.seq < hi)
             rows = list(conn.execute(query.order_by(t.c.seq.desc()).limit(500)))
