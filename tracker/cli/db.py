@@ -114,10 +114,27 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_known_revision(revision: str) -> None:
+    """A revision id that names no migration is refused as unknown before anything reads the database: the
+    downgrade itself cannot tell the steps to an unknown target, so it assumes the worst and would answer, about a
+    typo, that the downgrade drops the event log. Symbolic and relative targets (``base``, ``head``, ``-1``,
+    ``0005+1``, ``x@head``) are left to Alembic, which resolves them against the database's revision."""
+    if revision in ("base", "head", "heads") or any(mark in revision for mark in "+-@"):
+        return
+    from alembic.script import ScriptDirectory
+
+    from tracker.store import migrate
+
+    _migrate(
+        "downgrade", "", revision, lambda: ScriptDirectory.from_config(migrate.alembic_config()).get_revisions(revision)
+    )
+
+
 def cmd_downgrade(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
     url = _url(args)
+    _require_known_revision(args.revision)
     backup = _migrate(
         "downgrade",
         url,
