@@ -290,12 +290,13 @@ def test_status_after_the_demo_points_at_the_demo_database(tmp_path: Path) -> No
     """Issue 14.5: after `tracker demo`, `tracker status` told the user to run `tracker db upgrade` (an empty
     tracker.db) instead of naming the tracker-demo.db the demo wrote."""
     upgrade(f"sqlite:///{tmp_path / 'tracker-demo.db'}")
-    result = tracker("status", cwd=tmp_path, env=clean_env())
-    assert result.returncode == 2
-    assert one_line(result.stderr) == (
-        "the SQLite database tracker.db (the default database) does not exist, but tracker-demo.db beside it does"
-        " (written by `tracker demo`): pass --db-url sqlite:///tracker-demo.db"
-    )
+    for command in ("status", "verify", "audit"):  # verify said "run `tracker db upgrade` (or check TRACKER_DB_URL)"
+        result = tracker(command, cwd=tmp_path, env=clean_env())
+        assert result.returncode == 2, command
+        assert one_line(result.stderr) == (
+            "the SQLite database tracker.db (the default database) does not exist, but tracker-demo.db beside it does"
+            " (written by `tracker demo`): pass --db-url sqlite:///tracker-demo.db"
+        ), command
     assert not (tmp_path / "tracker.db").exists()
     result = tracker("status", "--db-url", "sqlite:///tracker-demo.db", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr
