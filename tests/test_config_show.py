@@ -80,6 +80,23 @@ def test_password_in_the_database_url_is_hidden(tmp_path: Path) -> None:
     assert "hunter22" not in result.stdout
 
 
+def test_the_flags_of_tracker_run_are_shown_as_flags(tmp_path: Path) -> None:
+    # config show took only --db-url and --markets: what `tracker run --api-url ...` would use could not be shown.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env.update(BITSTAMP_API_URL="https://env.example/api/v2/")
+    flags = ("--api-url", "http://10.1.2.3/api/v2/", "--ws-url", "ws://10.1.2.3", "--metrics-port", "9100")
+    refused = show(tmp_path, env, *flags)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("tracker: error: --api-url uses unencrypted http:// to a non-loopback host")
+    result = show(tmp_path, env, *flags, "--insecure", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows["BITSTAMP_API_URL"] == {"value": "http://10.1.2.3/api/v2/", "from": "flag", "source": "--api-url"}
+    assert rows["BITSTAMP_WS_URL"] == {"value": "ws://10.1.2.3", "from": "flag", "source": "--ws-url"}
+    assert rows["TRACKER_METRICS_PORT"] == {"value": "9100", "from": "flag", "source": "--metrics-port"}
+    assert rows["insecure"] == {"value": "True", "from": "flag", "source": "--insecure"}
+
+
 def test_a_secret_named_by_the_environment_is_labelled_with_its_file(tmp_path: Path) -> None:
     """Issue 14.6: a secret read from BITSTAMP_API_SECRET_FILE was labelled "(env)"; it comes from the file."""
     secret_file = tmp_path / "secret"
