@@ -176,10 +176,15 @@ def open_database(settings: Settings, *, write: bool = False) -> Engine:
     try:
         return open_engine(settings.db_url, write=write)
     except StoreError as exc:
-        label = settings.label("db_url")
-        if label == "TRACKER_DB_URL" or "TRACKER_DB_URL" not in str(exc):
-            raise
-        raise StoreError(str(exc).replace("TRACKER_DB_URL", label)) from exc
+        raise named_db_url_source(settings.label("db_url"), exc) from exc
+
+
+def named_db_url_source(label: str, exc: StoreError) -> StoreError:
+    """``exc`` with its "check TRACKER_DB_URL" naming where the URL really came from (``label``: ``--db-url``,
+    ``tracker.toml: db_url``, ``--to``); ``exc`` itself when that is the variable or the message names none."""
+    if label == "TRACKER_DB_URL" or "TRACKER_DB_URL" not in str(exc):
+        return exc
+    return StoreError(str(exc).replace("TRACKER_DB_URL", label))
 
 
 def build_parser() -> TrackerArgumentParser:
