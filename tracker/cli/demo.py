@@ -148,6 +148,19 @@ def format_balances(rows: list[tuple[Any, ...]]) -> str:
     return title + format_table(BALANCE_COLUMNS, display_rows(BALANCE_COLUMNS, rows))
 
 
+def _path_of(url: str) -> str:
+    """``: use --db PATH`` with the file a ``sqlite:///PATH`` URL names; else what the demo writes."""
+    from sqlalchemy.exc import ArgumentError
+
+    from tracker.store.engine import sqlite_path
+
+    try:
+        path = sqlite_path(url)
+    except ArgumentError:
+        path = None
+    return f": use --db {path}" if path is not None else " (the demo writes SQLite only)"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -162,6 +175,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tracker.store.reports import ReportFilter, read_report
 
     db = str(args.db)
+    if "://" in db:  # a --db-url habit: the demo takes the SQLite file's path
+        raise StoreError(f"--db {db} is a URL, but --db takes the path of a SQLite file{_path_of(db)}")
     path = Path(db)
     if path.is_dir() or not (path.parent if str(path.parent) else Path()).is_dir():
         what = "is a directory" if path.is_dir() else f"is in {path.parent}, which does not exist"
