@@ -17,7 +17,7 @@ from typing import Any
 
 from tracker.bitstamp.ledger_channels import is_trade_account_id
 from tracker.cli import add_common_flags, open_database
-from tracker.cli.report import parse_moment, parse_until, refuse_unknown_accounts
+from tracker.cli.report import parse_moment, parse_until, refuse_an_empty_window, refuse_unknown_accounts
 from tracker.config import load_settings
 from tracker.errors import TrackerError
 from tracker.export.formats import FORMATS
@@ -54,6 +54,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--account {args.account}: not a trade account id (0 the main account, else a sub-account's number);"
             " the Bitstamp account is --user"
         )
+    refuse_an_empty_window(args.since, args.until)
     engine = open_database(settings)
     try:
         check_schema(engine)

@@ -216,6 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"--account {args.account}: not a trade account id (0 the main account, else a sub-account's number);"
             " the Bitstamp account is --user"
         )
+    refuse_an_empty_window(args.since, args.until)
     engine = open_database(settings)
     try:
         check_schema(engine)
@@ -239,6 +240,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         engine.dispose()
     sys.stdout.write(FORMATTERS[args.format](columns, rows))
     return 0
+
+
+def refuse_an_empty_window(since: datetime | None, until: datetime | None) -> None:
+    """``--until`` not after ``--since`` selects nothing: an error, as for ``tracker audit``, not an empty output."""
+    if since is not None and until is not None and until <= since:
+        raise TrackerError(
+            "--until is not after --since: the window is empty (--since is inclusive, --until exclusive; a bare"
+            " --until date includes that day)"
+        )
 
 
 def refuse_unknown_accounts(engine: Any, *, user: str | None, account: str | None) -> None:
