@@ -130,6 +130,19 @@ def test_an_unknown_user_or_a_user_id_as_account_is_an_error_not_an_empty_output
     assert capsys.readouterr().out.count("\n") == 1  # the header
 
 
+def test_discrepancies_of_a_kind_none_has_name_the_kinds_there_are(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `tracker discrepancies --kind <typo>` said only "no open discrepancies": the all-clear a typo must not give.
+    _prepared(db_url)
+    assert main(["discrepancies", "--db-url", db_url, "--kind", "negativ_balance"]) == 0
+    assert capsys.readouterr().out == (
+        "no open discrepancies of kind 'negativ_balance' (kinds in this database: negative_balance)\n"
+    )
+    assert main(["discrepancies", "--db-url", db_url, "--kind", "negative_balance", "--status", "all"]) == 0
+    assert "negative_balance on " in capsys.readouterr().out
+
+
 def test_every_ledger_kind_reads(db_url: str) -> None:
     _prepared(db_url)
     engine = open_engine(db_url)
