@@ -267,6 +267,7 @@ def test_hostile_arguments_never_show_a_traceback(sandbox: Path, command: Comman
         (["demo", "--duration", "0"], "--duration: must be more than 0 seconds, got 0"),
         (["fake-exchange", "--http-port", "70000"], "--http-port: must be between 0 (any free port) and 65535"),
         (["report", "fees", "--until", "9999-12-3x"], "--until: not a date or datetime: '9999-12-3x'"),
+        (["reconcile", "--max-status-checks", "-5"], "--max-status-checks: must be 0 or more, got -5"),
         # A URL given to --db (a --db-url habit) was "in sqlite:, which does not exist".
         (
             ["demo", "--db", "sqlite:///x.db"],

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     add_common_flags(parser)
     parser.add_argument("--status", choices=STATUS_CHOICES, default="open", help="which ones (default: open)")
     parser.add_argument("--kind", help="only this kind, e.g. order_fills_mismatch")
-    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     parser.set_defaults(func=cmd_list)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     ack = actions.add_parser("ack", help="acknowledge an open discrepancy: recorded in the log with your note")
