@@ -78,6 +78,13 @@ def test_password_in_the_database_url_is_hidden(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["TRACKER_DB_URL"]["value"] == "postgresql://tracker:***@db.example/tracker"
     assert "hunter22" not in result.stdout
+    # The exchange's URLs too (they were shown as given).
+    env.update(BITSTAMP_API_URL="https://u:hunter22@api.example/api/v2/", BITSTAMP_WS_URL="wss://u:hunter22@ws.example")
+    result = show(tmp_path, env, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["BITSTAMP_API_URL"]["value"] == "https://u:***@api.example/api/v2/"
+    assert json.loads(result.stdout)["BITSTAMP_WS_URL"]["value"] == "wss://u:***@ws.example"
+    assert "hunter22" not in result.stdout
 
 
 def test_the_flags_of_tracker_run_are_shown_as_flags(tmp_path: Path) -> None:
