@@ -78,6 +78,30 @@ def test_password_in_the_database_url_is_hidden(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["TRACKER_DB_URL"]["value"] == "postgresql://tracker:***@db.example/tracker"
     assert "hunter22" not in result.stdout
+    # The exchange's URLs too (they were shown as given).
+    env.update(BITSTAMP_API_URL="https://u:hunter22@api.example/api/v2/", BITSTAMP_WS_URL="wss://u:hunter22@ws.example")
+    result = show(tmp_path, env, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["BITSTAMP_API_URL"]["value"] == "https://u:***@api.example/api/v2/"
+    assert json.loads(result.stdout)["BITSTAMP_WS_URL"]["value"] == "wss://u:***@ws.example"
+    assert "hunter22" not in result.stdout
+
+
+def test_the_flags_of_tracker_run_are_shown_as_flags(tmp_path: Path) -> None:
+    # config show took only --db-url and --markets: what `tracker run --api-url ...` would use could not be shown.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env.update(BITSTAMP_API_URL="https://env.example/api/v2/")
+    flags = ("--api-url", "http://10.1.2.3/api/v2/", "--ws-url", "ws://10.1.2.3", "--metrics-port", "9100")
+    refused = show(tmp_path, env, *flags)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("tracker: error: --api-url uses unencrypted http:// to a non-loopback host")
+    result = show(tmp_path, env, *flags, "--insecure", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows["BITSTAMP_API_URL"] == {"value": "http://10.1.2.3/api/v2/", "from": "flag", "source": "--api-url"}
+    assert rows["BITSTAMP_WS_URL"] == {"value": "ws://10.1.2.3", "from": "flag", "source": "--ws-url"}
+    assert rows["TRACKER_METRICS_PORT"] == {"value": "9100", "from": "flag", "source": "--metrics-port"}
+    assert rows["insecure"] == {"value": "True", "from": "flag", "source": "--insecure"}
 
 
 def test_a_secret_named_by_the_environment_is_labelled_with_its_file(tmp_path: Path) -> None:

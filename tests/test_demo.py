@@ -26,6 +26,8 @@ SUMMARY = re.compile(
     r"  this run: [\d,]+ events logged \(seq (\d+)\.\.(\d+)\), [\d,]+ fills, \d+ reconnects, \d+ of \d+ gaps filled"
     r" by backfill\n"
     r"  verify: ok, ([\d,]+) events intact \(hash chain from seq 1\)\n"
+    r"  discrepancies: (?:none unresolved|[\d,]+ unresolved"
+    r" \(`tracker discrepancies --db-url sqlite:///.+` lists them\))\n"
     r"  database: (.+) \(run `tracker demo` again to continue it\)\n\Z"
 )
 
@@ -88,7 +90,11 @@ def test_demo_twice_continues_the_database(tmp_path: Path, capsys: pytest.Captur
         with engine.connect() as conn:
             statuses = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT status FROM v_balance_checks")}
             accounts = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT trade_account_id FROM v_balances")}
+            unresolved = conn.exec_driver_sql("SELECT count(*) FROM v_discrepancies WHERE status = 'open'").scalar()
         assert statuses == {"agrees"} and accounts == {"0", "1001", "1002"}
+        # The summary says what the view says about unresolved discrepancies (it said nothing of them before).
+        said = f"  discrepancies: {unresolved:,} unresolved (" if unresolved else "  discrepancies: none unresolved\n"
+        assert said in out2, out2
     finally:
         engine.dispose()
     assert main(["verify", "--db-url", f"sqlite:///{db}"]) == 0

@@ -86,6 +86,29 @@ async def test_doctor_cli_exit_codes_and_a_report_without_secrets(tmp_path: Path
         assert "Traceback" not in done.stderr.decode()
 
 
+async def test_an_unreachable_exchange_and_a_password_in_its_url(tmp_path: Path) -> None:
+    # Nothing answered: the clock line said "the exchange sent no Date header"; and a password in BITSTAMP_API_URL was
+    # printed in the header, in every probe's error line and in --out.
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env.update(
+        BITSTAMP_API_URL=f"http://proxyuser:hunter22@127.0.0.1:{port}/api/v2/",
+        BITSTAMP_WS_URL=f"ws://127.0.0.1:{port}",
+        BITSTAMP_API_KEY="abcdefghijkl",
+        BITSTAMP_API_SECRET="abcdefghijklmnop",
+    )
+    out = tmp_path / "doctor.json"
+    command = [sys.executable, "-m", "tracker", "doctor", "--markets", "btcusd", "--listen", "0", "--out", str(out)]
+    done = await trio.run_process(command, env=env, cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False)
+    stdout = done.stdout.decode()
+    assert done.returncode == 1, done.stderr.decode()[-2000:]
+    assert "clock     unknown: no REST call was answered (see REST below)" in stdout
+    assert "hunter22" not in stdout + done.stderr.decode() + out.read_text(encoding="utf-8")
+    assert f"http://proxyuser:***@127.0.0.1:{port}/api/v2/" in stdout
+
+
 def test_field_tally_says_known_unknown_and_missing() -> None:
     tally = FieldTally("rest:user_transactions")
     tally.add({"id": 1, "datetime": "2026-01-01 00:00:00", "type": "2", "btc": "0.1", "usd": "-10", "btc_usd": "100"})

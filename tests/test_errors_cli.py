@@ -245,13 +245,24 @@ def test_database_url_wrong(tmp_path: Path) -> None:
 def test_database_unreachable(tmp_path: Path) -> None:
     port = closed_port()
     url = f"postgresql://tracker:hunter22@127.0.0.1:{port}/tracker"
-    result = tracker("status", "--db-url", url, cwd=tmp_path, env=clean_env())
+    # `db` said "check TRACKER_DB_URL" for a URL given as --db-url.
+    for command in ("status", "db upgrade", "db current", "db downgrade 0001"):
+        result = tracker(*command.split(), "--db-url", url, cwd=tmp_path, env=clean_env())
+        assert result.returncode == 2, command
+        assert one_line(result.stderr) == (
+            f"cannot connect to the database at postgresql+psycopg://tracker@127.0.0.1:{port}/tracker: connection"
+            " refused; check --db-url"  # the URL came from the flag, so the message names the flag (issue 14.5)
+        ), command
+        assert "hunter22" not in result.stderr
+    # The copy's target names its own source too (it said "check TRACKER_DB_URL").
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    upgrade(source)
+    target = f"postgresql://tracker@127.0.0.1:{port}/tracker"
+    result = tracker("db", "copy", "--db-url", source, "--to", target, cwd=tmp_path, env=clean_env())
     assert result.returncode == 2
-    assert one_line(result.stderr) == (
-        f"cannot connect to the database at postgresql+psycopg://tracker@127.0.0.1:{port}/tracker: connection refused;"
-        " check --db-url"  # the URL came from the flag, so the message names the flag (issue 14.5)
-    )
-    assert "hunter22" not in result.stderr
+    assert one_line(result.stderr).endswith(": connection refused; check --to")
+    result = tracker("db", "copy", "--db-url", source, cwd=tmp_path, env=clean_env(TRACKER_COPY_TO_URL=target))
+    assert one_line(result.stderr).endswith(": connection refused; check TRACKER_COPY_TO_URL")
 
 
 def test_schema_not_migrated(tmp_path: Path) -> None:
@@ -290,12 +301,13 @@ def test_status_after_the_demo_points_at_the_demo_database(tmp_path: Path) -> No
     """Issue 14.5: after `tracker demo`, `tracker status` told the user to run `tracker db upgrade` (an empty
     tracker.db) instead of naming the tracker-demo.db the demo wrote."""
     upgrade(f"sqlite:///{tmp_path / 'tracker-demo.db'}")
-    result = tracker("status", cwd=tmp_path, env=clean_env())
-    assert result.returncode == 2
-    assert one_line(result.stderr) == (
-        "the SQLite database tracker.db (the default database) does not exist, but tracker-demo.db beside it does"
-        " (written by `tracker demo`): pass --db-url sqlite:///tracker-demo.db"
-    )
+    for command in ("status", "verify", "audit"):  # verify said "run `tracker db upgrade` (or check TRACKER_DB_URL)"
+        result = tracker(command, cwd=tmp_path, env=clean_env())
+        assert result.returncode == 2, command
+        assert one_line(result.stderr) == (
+            "the SQLite database tracker.db (the default database) does not exist, but tracker-demo.db beside it does"
+            " (written by `tracker demo`): pass --db-url sqlite:///tracker-demo.db"
+        ), command
     assert not (tmp_path / "tracker.db").exists()
     result = tracker("status", "--db-url", "sqlite:///tracker-demo.db", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr

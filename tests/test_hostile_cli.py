@@ -267,6 +267,28 @@ def test_hostile_arguments_never_show_a_traceback(sandbox: Path, command: Comman
         (["demo", "--duration", "0"], "--duration: must be more than 0 seconds, got 0"),
         (["fake-exchange", "--http-port", "70000"], "--http-port: must be between 0 (any free port) and 65535"),
         (["report", "fees", "--until", "9999-12-3x"], "--until: not a date or datetime: '9999-12-3x'"),
+        (["reconcile", "--max-status-checks", "-5"], "--max-status-checks: must be 0 or more, got -5"),
+        # A URL given to --db (a --db-url habit) was "in sqlite:, which does not exist".
+        (
+            ["demo", "--db", "sqlite:///x.db"],
+            "--db sqlite:///x.db is a URL, but --db takes the path of a SQLite file: use --db x.db\n",
+        ),
+        (
+            ["demo", "--db", "postgresql://u@127.0.0.1/x"],
+            "--db postgresql://u@127.0.0.1/x is a URL, but --db takes the path of a SQLite file (the demo writes"
+            " SQLite only)\n",
+        ),
+        # An argument no parser took names the command's help (it was `tracker --help`) and the option meant.
+        (
+            ["status", "--formt", "json"],
+            "unrecognized arguments: --formt json (did you mean --format?) (see `tracker status --help`)",
+        ),
+        (
+            ["db", "downgrade", "base", "--drop-logs"],
+            "unrecognized arguments: --drop-logs (did you mean --drop-log?) (see `tracker db downgrade --help`)",
+        ),
+        (["report", "fees", "extra"], "unrecognized arguments: extra (see `tracker report --help`)\n"),
+        (["--bogus", "status"], "unrecognized arguments: --bogus (see `tracker status --help`)\n"),
     ],
 )
 def test_issue_14_messages(sandbox: Path, argv: list[str], message: str) -> None:

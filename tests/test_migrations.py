@@ -184,6 +184,19 @@ def test_downgrade_refuses_to_drop_a_non_empty_log(db_url: str, capsys: pytest.C
     assert _row_count(db_url) == 5
 
 
+def test_downgrade_to_an_unknown_revision_says_so(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A typo'd revision was answered "refusing to downgrade ... that drops the event log" on a non-empty log.
+    _with_events(db_url)
+    assert main(["db", "downgrade", "0009_log_digest_index", "--db-url", db_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("tracker: error: Can't locate revision identified by '0009_log_digest_index' (revisions: ")
+    assert "event log" not in err
+    assert migrate.current(db_url) == migrate.head_revision()
+    assert main(["db", "downgrade", "0009", "--db-url", db_url]) == 0  # a revision's prefix names it
+    assert migrate.current(db_url) == "0009_log_indexes"
+
+
 def test_drop_log_writes_a_backup_first(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _with_events(db_url)
     backup = tmp_path / ("backup.db" if db_url.startswith("sqlite") else "backup.jsonl")

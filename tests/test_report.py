@@ -182,6 +182,18 @@ def test_an_unknown_market_is_an_error_listing_the_known_ones(
     assert err == "tracker: error: --market BTCUSD: this database has no market 'btcusd' (known: btcusd-perp)\n"
 
 
+def test_an_empty_window_is_an_error_as_for_audit(positions_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # report and export printed an empty table or file for --until before --since; audit already refused it.
+    for command in (["report", "fills"], ["export", "--format", "koinly"]):
+        argv = [*command, "--db-url", positions_url, "--since", "2026-12-08", "--until", "2026-12-01"]
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith("tracker: error: --until is not after --since: the window is empty")
+    # A bare --until date includes that day: the same day for both is a one-day window.
+    assert main(["report", "fills", "--db-url", positions_url, "--since", "2026-11-29", "--until", "2026-11-29"]) == 0
+
+
 def test_the_table_shows_the_markets_decimals_and_the_machines_the_exact_value(
     positions_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -111,6 +111,38 @@ def test_report_kinds_over_the_older_views(db_url: str, capsys: pytest.CaptureFi
     assert main(["report", "fills", "--db-url", db_url, "--user", "314159", "--format", "csv"]) == 0  # the user id
 
 
+def test_an_unknown_user_or_a_user_id_as_account_is_an_error_not_an_empty_output(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both printed an empty report or an empty CSV (exit 0), which reads as "no activity" for a typo'd id.
+    _prepared(db_url)
+    for command in (["report", "ledger"], ["report", "fees"], ["export", "--format", "koinly"]):
+        assert main([*command, "--db-url", db_url, "--user", "271828"]) == 2
+        assert capsys.readouterr().err == (
+            "tracker: error: --user 271828: this database has no Bitstamp account '271828' (known: 314159)\n"
+        )
+    assert main(["export", "--format", "koinly", "--db-url", db_url, "--account", "314159"]) == 2
+    assert "--account is the trade account (0 the main one); use --user 314159" in capsys.readouterr().err
+    assert main(["export", "--format", "koinly", "--db-url", db_url, "--account", "acc"]) == 2
+    assert "--account acc: not a trade account id" in capsys.readouterr().err
+    # A known account with nothing in the window is still an empty output.
+    assert main(["export", "--format", "koinly", "--db-url", db_url, "--user", "314159", "--since", "2099-01-01"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # the header
+
+
+def test_discrepancies_of_a_kind_none_has_name_the_kinds_there_are(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `tracker discrepancies --kind <typo>` said only "no open discrepancies": the all-clear a typo must not give.
+    _prepared(db_url)
+    assert main(["discrepancies", "--db-url", db_url, "--kind", "negativ_balance"]) == 0
+    assert capsys.readouterr().out == (
+        "no open discrepancies of kind 'negativ_balance' (kinds in this database: negative_balance)\n"
+    )
+    assert main(["discrepancies", "--db-url", db_url, "--kind", "negative_balance", "--status", "all"]) == 0
+    assert "negative_balance on " in capsys.readouterr().out
+
+
 def test_every_ledger_kind_reads(db_url: str) -> None:
     _prepared(db_url)
     engine = open_engine(db_url)

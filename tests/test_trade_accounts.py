@@ -192,8 +192,8 @@ def test_report_account_is_the_trade_account_on_every_kind(sqlite_url: str, caps
     assert [r["sell_order_id"] for r in _csv(capsys.readouterr().out)] == ["o8"]
     assert main(["report", "fills", *base, "--user", USER]) == 0
     assert len(_csv(capsys.readouterr().out)) == 6
-    assert main(["report", "fills", *base, "--user", "someone else"]) == 0
-    assert _csv(capsys.readouterr().out) == []
+    assert main(["report", "fills", *base, "--user", "someone else"]) == 2  # an unknown user id: not an empty report
+    assert "this database has no Bitstamp account 'someone else'" in capsys.readouterr().err
 
 
 def test_report_account_refuses_what_is_not_a_trade_account(

@@ -630,7 +630,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             shown = "(none: the main account only)"
         elif isinstance(value, tuple):
             shown = ",".join(value)
-        elif f.name == "db_url":
+        elif f.name in ("db_url", "api_url", "ws_url"):
             shown = hide_password(value)
         else:
             shown = str(value)

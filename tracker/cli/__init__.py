@@ -12,6 +12,7 @@ exchange errors, 3 credentials the exchange rejects, 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -175,10 +176,15 @@ def open_database(settings: Settings, *, write: bool = False) -> Engine:
     try:
         return open_engine(settings.db_url, write=write)
     except StoreError as exc:
-        label = settings.label("db_url")
-        if label == "TRACKER_DB_URL" or "TRACKER_DB_URL" not in str(exc):
-            raise
-        raise StoreError(str(exc).replace("TRACKER_DB_URL", label)) from exc
+        raise named_db_url_source(settings.label("db_url"), exc) from exc
+
+
+def named_db_url_source(label: str, exc: StoreError) -> StoreError:
+    """``exc`` with its "check TRACKER_DB_URL" naming where the URL really came from (``label``: ``--db-url``,
+    ``tracker.toml: db_url``, ``--to``); ``exc`` itself when that is the variable or the message names none."""
+    if label == "TRACKER_DB_URL" or "TRACKER_DB_URL" not in str(exc):
+        return exc
+    return StoreError(str(exc).replace("TRACKER_DB_URL", label))
 
 
 def build_parser() -> TrackerArgumentParser:
@@ -201,10 +207,29 @@ def build_parser() -> TrackerArgumentParser:
     return parser
 
 
+def unrecognized(parser: TrackerArgumentParser, args: argparse.Namespace, extras: Sequence[str]) -> NoReturn:
+    """Arguments no parser took, as the usage error of the command they were given to (its ``--help`` lists what it
+    takes: the top-level one does not), with the closest option when one is near (``--formt``: ``--format``)."""
+    func = getattr(args, "func", None)
+    owner = next((p for p in parser.commands if func is not None and p.get_default("func") is func), parser)
+    actions = owner.arguments if isinstance(owner, CommandParser) else []
+    options = [option for action in actions for option in action.option_strings]
+    near = [
+        match
+        for extra in extras
+        if extra.startswith("-")
+        for match in difflib.get_close_matches(extra.split("=")[0], options, n=1, cutoff=0.8)
+    ]
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+    owner.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            unrecognized(parser, args, extras)
     except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else 0
     from tracker.logs import setup_logging

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tracker.cli import add_common_flags, open_database
-from tracker.config import ConfigError, check_db_url, load_settings
+from tracker.cli import add_common_flags, named_db_url_source, open_database
+from tracker.config import ConfigError, Settings, check_db_url, load_settings
 from tracker.errors import StoreError
 
 if TYPE_CHECKING:
@@ -85,43 +85,62 @@ def _revision(text: str) -> str:
     return text
 
 
-def _migrate(action: str, url: str, revision: str, call: Callable[[], T] | None = None) -> T | None:
-    """Run the migration (``call``, else ``migrate.<action>(url, revision)``); Alembic's own errors (an unknown
-    revision) are one line too."""
+def _migrate(source: str | None, call: Callable[[], T]) -> T:
+    """Run ``call`` (a migration or a look-up): Alembic's own errors (an unknown revision) are one line too, and a
+    database error names ``source``, where the URL came from (``--db-url``, ``tracker.toml: db_url``, ``--to``), not
+    always TRACKER_DB_URL."""
     from alembic.util import CommandError
 
     from tracker.store import migrate
 
     try:
-        if call is not None:
-            return call()
-        getattr(migrate, action)(url, revision)
-        return None
+        return call()
     except CommandError as exc:
         raise StoreError(f"{exc} (revisions: base .. {migrate.head_revision()}, or head)") from None
+    except StoreError as exc:
+        named = exc if source is None else named_db_url_source(source, exc)
+        if named is exc:
+            raise
+        raise named from exc
 
 
-def _url(args: argparse.Namespace) -> str:
-    return load_settings(flags={"db_url": args.db_url}).db_url
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(flags={"db_url": args.db_url})
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
-    url = _url(args)
-    _migrate("upgrade", url, args.revision)
-    print(f"database at revision {migrate.current(url) or 'none'} (newest {migrate.head_revision()})")
+    settings = _settings(args)
+    source = settings.label("db_url")
+    _migrate(source, lambda: migrate.upgrade(settings.db_url, args.revision))
+    have = _migrate(source, lambda: migrate.current(settings.db_url))
+    print(f"database at revision {have or 'none'} (newest {migrate.head_revision()})")
     return 0
+
+
+def _require_known_revision(revision: str) -> None:
+    """A revision id that names no migration is refused as unknown before anything reads the database: the
+    downgrade itself cannot tell the steps to an unknown target, so it assumes the worst and would answer, about a
+    typo, that the downgrade drops the event log. Symbolic and relative targets (``base``, ``head``, ``-1``,
+    ``0005+1``, ``x@head``) are left to Alembic, which resolves them against the database's revision."""
+    if revision in ("base", "head", "heads") or any(mark in revision for mark in "+-@"):
+        return
+    from alembic.script import ScriptDirectory
+
+    from tracker.store import migrate
+
+    _migrate(None, lambda: ScriptDirectory.from_config(migrate.alembic_config()).get_revisions(revision))
 
 
 def cmd_downgrade(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
-    url = _url(args)
+    settings = _settings(args)
+    url = settings.db_url
+    _require_known_revision(args.revision)
     backup = _migrate(
-        "downgrade",
-        url,
-        args.revision,
+        settings.label("db_url"),
         lambda: migrate.downgrade(url, args.revision, drop_log=args.drop_log, backup_to=args.backup),
     )
     if backup is not None:
@@ -133,7 +152,8 @@ def cmd_downgrade(args: argparse.Namespace) -> int:
 def cmd_current(args: argparse.Namespace) -> int:
     from tracker.store import migrate
 
-    have = migrate.current(_url(args))
+    settings = _settings(args)
+    have = _migrate(settings.label("db_url"), lambda: migrate.current(settings.db_url))
     need = migrate.head_revision()
     state = "up to date" if have == need else "run `tracker db upgrade`"
     print(f"revision {have or 'none'} (newest {need}): {state}")
@@ -169,7 +189,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     source = open_database(load_settings(flags={"db_url": args.db_url}))
     try:
         migrate.check_schema(source)  # before the target is made: a refused copy leaves nothing behind
-        _migrate("upgrade", target_url, "head")
+        _migrate("--to" if args.to is not None else COPY_TO_ENV, lambda: migrate.upgrade(target_url, "head"))
         target = open_engine(target_url)
         try:
             for line in _copy_lines(source, target, merge=args.merge, total=EventLog(source).head()):

@@ -1,6 +1,7 @@
 """``tracker demo``: zero configuration. The fake exchange on free loopback ports, the tracker against it into
 ``./tracker-demo.db`` for ``--duration`` seconds with a few faults, a live progress line, then the fee report, the open
-orders, three SQL queries to try and a summary (last, so the output ends with it). A second run continues the file.
+orders, the balances beside the exchange's, four SQL queries to try and a summary (last, so the output ends with it:
+the hash-chain check and the discrepancies left unresolved). A second run continues the file.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def sql_examples(db: str) -> list[str]:
     ]
 
 
-def format_summary(result: Any, db: str) -> str:
+def format_summary(result: Any, db: str, open_discrepancies: int = 0) -> str:
     c = result.counts
     lines = [
         f"demo done: {result.seconds:.1f} s against the fake exchange (seed {result.seed}, account {result.account})",
@@ -117,6 +118,14 @@ def format_summary(result: Any, db: str) -> str:
         lines.append(f"  verify: ok, {result.verified:,} events intact (hash chain from seq 1)")
     else:
         lines.append(f"  verify: BROKEN at {result.broken}")
+    if open_discrepancies:
+        # An unresolved discrepancy is what an auditor reads first: it is not left for `tracker status` to reveal.
+        lines.append(
+            f"  discrepancies: {open_discrepancies:,} unresolved"
+            f" (`tracker discrepancies --db-url {shlex.quote(f'sqlite:///{db}')}` lists them)"
+        )
+    else:
+        lines.append("  discrepancies: none unresolved")
     lines.append(f"  database: {db} (run `tracker demo` again to continue it)")
     return "\n".join(lines)
 
@@ -139,11 +148,24 @@ def format_balances(rows: list[tuple[Any, ...]]) -> str:
     return title + format_table(BALANCE_COLUMNS, display_rows(BALANCE_COLUMNS, rows))
 
 
+def _path_of(url: str) -> str:
+    """``: use --db PATH`` with the file a ``sqlite:///PATH`` URL names; else what the demo writes."""
+    from sqlalchemy.exc import ArgumentError
+
+    from tracker.store.engine import sqlite_path
+
+    try:
+        path = sqlite_path(url)
+    except ArgumentError:
+        path = None
+    return f": use --db {path}" if path is not None else " (the demo writes SQLite only)"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
     import trio
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from tracker.runtime.demo import DEFAULT_RATE, run_demo
     from tracker.store import migrate
@@ -153,6 +175,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tracker.store.reports import ReportFilter, read_report
 
     db = str(args.db)
+    if "://" in db:  # a --db-url habit: the demo takes the SQLite file's path
+        raise StoreError(f"--db {db} is a URL, but --db takes the path of a SQLite file{_path_of(db)}")
     path = Path(db)
     if path.is_dir() or not (path.parent if str(path.parent) else Path()).is_dir():
         what = "is a directory" if path.is_dir() else f"is in {path.parent}, which does not exist"
@@ -186,6 +210,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         query = select(*(orders.c[name] for name in columns)).where(orders.c.status == "open")
         with engine.connect() as conn:
             open_rows = [tuple(row) for row in conn.execute(query.order_by(orders.c.created_at.desc()))]
+            found = VIEWS["v_discrepancies"]
+            unresolved = conn.execute(select(func.count()).select_from(found).where(found.c.status == "open")).scalar()
         balances = balance_summary(engine, result.account) if result.account is not None else []
     finally:
         engine.dispose()
@@ -194,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     audit = Path(db).with_name("tracker-demo-audit.html")
     write_audit(url, audit)
     out.write(f"Audit report (open it in a browser; `tracker audit` makes one of any database): {audit}\n")
-    print_report(out, db, result, fees.columns, fees.rows, columns, open_rows, balances)
+    print_report(out, db, result, fees.columns, fees.rows, columns, open_rows, balances, int(unresolved or 0))
     return 0 if result.verified is not None else 1
 
 
@@ -207,6 +233,7 @@ def print_report(
     order_columns: tuple[str, ...],
     open_rows: list[tuple[Any, ...]],
     balances: list[tuple[Any, ...]] = (),  # type: ignore[assignment]
+    open_discrepancies: int = 0,
 ) -> None:
     out.write("\nFees per day and market (v_fees_daily):\n")
     out.write(format_table(fee_columns, display_rows(fee_columns, fee_rows)))
@@ -221,5 +248,5 @@ def print_report(
         out.write(f"  {example}\n")
     if shutil.which("sqlite3") is None:
         out.write("  (the sqlite3 command is not installed here: e.g. `apt install sqlite3`, or any SQLite browser)\n")
-    out.write("\n" + format_summary(result, db) + "\n")
+    out.write("\n" + format_summary(result, db, open_discrepancies) + "\n")
     out.flush()

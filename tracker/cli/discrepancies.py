@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     add_common_flags(parser)
     parser.add_argument("--status", choices=STATUS_CHOICES, default="open", help="which ones (default: open)")
     parser.add_argument("--kind", help="only this kind, e.g. order_fills_mismatch")
-    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     parser.set_defaults(func=cmd_list)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     ack = actions.add_parser("ack", help="acknowledge an open discrepancy: recorded in the log with your note")
@@ -51,9 +51,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         check_schema(engine)
         statuses = STATUSES if args.status == "all" else (args.status,)
         rows = list_discrepancies(engine, statuses=statuses, kind=args.kind)
+        # A --kind that matches nothing says which kinds there are: a typo reads otherwise as "all clear".
+        kinds = sorted({d["kind"] for d in list_discrepancies(engine, statuses=STATUSES)}) if not rows else []
     finally:
         engine.dispose()
-    print(format_rows(rows, args.format, args.status))
+    print(format_rows(rows, args.format, args.status, kind=args.kind, kinds_here=kinds))
     return 0
 
 
@@ -85,12 +87,24 @@ def _user() -> str:
         return "unknown"
 
 
-def format_rows(rows: Sequence[dict[str, Any]], fmt: str, status: str) -> str:
-    """The list as a table for people or JSON for machines (pure)."""
+def format_rows(
+    rows: Sequence[dict[str, Any]],
+    fmt: str,
+    status: str,
+    *,
+    kind: str | None = None,
+    kinds_here: Sequence[str] = (),
+) -> str:
+    """The list as a table for people or JSON for machines (pure). An empty list for a ``kind`` names the kinds the
+    database has (``kinds_here``, any status)."""
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
     if not rows:
-        return f"no {'' if status == 'all' else status + ' '}discrepancies"
+        text = f"no {'' if status == 'all' else status + ' '}discrepancies"
+        if kind is None:
+            return text
+        here = ", ".join(kinds_here) if kinds_here else "none"
+        return f"{text} of kind {kind!r} (kinds in this database: {here})"
     lines = []
     for d in rows:
         head = f"{d['id']}  [{d['status']}]  {d['kind']} on {d['entity']}"

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tracker.cli import add_common_flags, finite_number
+from tracker.config import hide_password
 
 AMOUNT = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
@@ -80,8 +82,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         report = trio.run(main)
         if len(accounts) > 1:
             print(f"{'' if number == 1 else chr(10)}== account {number} of [[accounts]]")
-        print(format_report(report.as_data()))
-        reports.append(redact_report(report.as_data(), secrets=(key, secret), amounts=args.redact_amounts, scrub=scrub))
+        # A password in a URL is echoed by the probes' error lines: shown as u:***@, on screen and in --out.
+        hide = partial(without_url_passwords, urls=(one.api_url, one.ws_url))
+        print(hide(format_report(report.as_data())))
+        reports.append(
+            redact_report(
+                report.as_data(),
+                secrets=(key, secret),
+                amounts=args.redact_amounts,
+                scrub=_then(scrub, hide),
+            )
+        )
         can_run = can_run and report.can_run
     if args.out is not None:
         data: Any = reports[0] if len(reports) == 1 else reports  # several accounts: a list, in the file's order
@@ -116,11 +127,26 @@ def redact_report(
     return walk(data, False)
 
 
+def _then(first: Callable[[str], str], second: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: second(first(text))
+
+
+def without_url_passwords(text: str, urls: Sequence[str]) -> str:
+    """``text`` with each of ``urls`` that holds a password shown as ``hide_password`` shows it (``u:***@``)."""
+    for url in urls:
+        text = text.replace(url, hide_password(url))
+    return text
+
+
 def format_report(data: dict[str, Any]) -> str:
     """The report as lines (pure)."""
-    lines = [f"tracker doctor: {data['api_url']} and {data['ws_url']}, {data['checked_at']}"]
+    lines = [
+        f"tracker doctor: {hide_password(data['api_url'])} and {hide_password(data['ws_url'])}, {data['checked_at']}"
+    ]
     skew = data.get("clock_skew_s")
-    if skew is None:
+    if skew is None and not any(p["ok"] for p in data["probes"] if p["name"].startswith("rest:")):
+        lines.append("clock     unknown: no REST call was answered (see REST below)")
+    elif skew is None:
         lines.append("clock     unknown: the exchange sent no Date header")
     else:
         verdict = "ok" if abs(skew) <= 150 else "TOO FAR (API0017 beyond 150 s: sync the clock)"

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tracker.bitstamp.ledger_channels import is_trade_account_id
 from tracker.cli import add_common_flags, open_database
-from tracker.cli.report import parse_moment, parse_until
+from tracker.cli.report import parse_moment, parse_until, refuse_an_empty_window, refuse_unknown_accounts
 from tracker.config import load_settings
 from tracker.errors import TrackerError
 from tracker.export.formats import FORMATS
@@ -48,10 +49,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tracker.store.migrate import check_schema
 
     settings = load_settings(flags={"db_url": args.db_url})
+    if args.account is not None and not is_trade_account_id(args.account):
+        raise TrackerError(
+            f"--account {args.account}: not a trade account id (0 the main account, else a sub-account's number);"
+            " the Bitstamp account is --user"
+        )
+    refuse_an_empty_window(args.since, args.until)
     engine = open_database(settings)
     try:
         check_schema(engine)
         legs = read_legs(engine, LedgerFilter(args.user, args.account, args.since, args.until))
+        if not legs:
+            refuse_unknown_accounts(engine, user=args.user, account=args.account)
     finally:
         engine.dispose()
     entries = group_entries(legs)

@@ -39,9 +39,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="behave like the real exchange may, repeatable (docs/fake.md): derivatives-refused, derivatives-flaky, "
-        "unsigned, error-200, get-query-bare, market-wide-chain, liquidations-untimed, settlement-ms, "
-        "refuse-channel=NAME, all",
+        help=mode_help(),
     )
     parser.add_argument("--truth-out", type=Path, help="write the ground truth JSON here on exit")
     parser.add_argument(
@@ -50,6 +48,15 @@ def register(subparsers: Any) -> None:
         help="issue each sub-account its own API key and print BITSTAMP_SUBACCOUNT_<N>_API_KEY/_API_SECRET too",
     )
     parser.set_defaults(func=cmd_fake_exchange)
+
+
+def mode_help() -> str:
+    """Every mode by name, from the list ``--mode`` accepts (``tracker.fake.modes``): the help cannot miss one."""
+    from tracker.fake.modes import ALL, FLAG_NAMES, NOT_IN_ALL, REFUSE_CHANNEL
+
+    names = ", ".join((*FLAG_NAMES, f"{REFUSE_CHANNEL}=NAME"))
+    left_out = " or ".join(sorted(NOT_IN_ALL))
+    return f"behave like the real exchange may, repeatable (docs/fake.md): {names}, {ALL} (every mode but {left_out})"
 
 
 def port(text: str) -> int:

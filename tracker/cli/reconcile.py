@@ -30,10 +30,26 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--insecure", action="store_true", default=None, help="allow plain http:// to non-loopback hosts"
     )
-    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     parser.add_argument("--incremental", action="store_true", help="only the window since the previous reconciliation")
-    parser.add_argument("--max-status-checks", type=int, default=200, help="order_status/ calls at most (200)")
+    parser.add_argument(
+        "--max-status-checks",
+        type=_count,
+        default=200,
+        help="order_status/ calls at most (default: 200; 0: none)",
+    )
     parser.set_defaults(func=cmd_reconcile)
+
+
+def _count(text: str) -> int:
+    """A number of calls: a whole number, 0 or more (a negative one was taken, and meant nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

@@ -216,6 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"--account {args.account}: not a trade account id (0 the main account, else a sub-account's number);"
             " the Bitstamp account is --user"
         )
+    refuse_an_empty_window(args.since, args.until)
     engine = open_database(settings)
     try:
         check_schema(engine)
@@ -233,20 +234,42 @@ def cmd_report(args: argparse.Namespace) -> int:
             columns, rows = report.columns, report.rows
             if args.format == "table":
                 rows = display_rows(columns, rows)
-        if args.account is not None and not rows:
-            _refuse_a_user_id_as_account(engine, args.account)
+        if not rows:
+            refuse_unknown_accounts(engine, user=args.user, account=args.account)
     finally:
         engine.dispose()
     sys.stdout.write(FORMATTERS[args.format](columns, rows))
     return 0
 
 
-def _refuse_a_user_id_as_account(engine: Any, account: str) -> None:
-    """``--account`` was the Bitstamp account for fees, fills, orders and positions before every view carried the
-    trade account: an empty report for an ``--account`` that is a Bitstamp account of this database says so."""
+def refuse_an_empty_window(since: datetime | None, until: datetime | None) -> None:
+    """``--until`` not after ``--since`` selects nothing: an error, as for ``tracker audit``, not an empty output."""
+    if since is not None and until is not None and until <= since:
+        raise TrackerError(
+            "--until is not after --since: the window is empty (--since is inclusive, --until exclusive; a bare"
+            " --until date includes that day)"
+        )
+
+
+def refuse_unknown_accounts(engine: Any, *, user: str | None, account: str | None) -> None:
+    """An empty result that is a mistake, not "nothing there yet", is an error (``report`` and ``export``):
+
+    - a ``--user`` this database has never seen (a typo'd user id would print an empty report, like an unknown
+      ``--market``, indistinguishable from an account with no activity);
+    - an ``--account`` that is a Bitstamp account of this database: ``--account`` was the Bitstamp account for fees,
+      fills, orders and positions before every view carried the trade account.
+    """
     from tracker.store.reports import bitstamp_accounts
 
-    if account in bitstamp_accounts(engine):
+    if user is None and account is None:
+        return
+    known = bitstamp_accounts(engine)
+    if user is not None and user not in known:
+        raise TrackerError(
+            f"--user {user}: this database has no Bitstamp account {user!r}"
+            f" (known: {', '.join(known) if known else 'none yet'})"
+        )
+    if account is not None and account in known:
         raise TrackerError(
             f"--account {account} names no trade account here but is a Bitstamp account (user id) of this database:"
             f" --account is the trade account (0 the main one); use --user {account}"

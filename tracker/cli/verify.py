@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.exc import DatabaseError
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, open_database
 from tracker.config import ConfigError, load_settings
 from tracker.domain.chain import Anchor, Break, ChainWalker
 from tracker.store.errors import first_line, is_damage
@@ -97,7 +97,6 @@ def format_integrity_ok(report: IntegrityReport) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from tracker.store.chain_walk import start_walk
-    from tracker.store.engine import open_engine
     from tracker.store.errors import DatabaseDamaged
     from tracker.store.integrity import check_integrity
     from tracker.store.migrate import check_schema
@@ -108,7 +107,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError(f"--expect-anchor: {exc}") from None
     settings = load_settings(flags={"db_url": args.db_url})
     try:
-        engine = open_engine(settings.db_url, write=False)
+        # As every reading command: a missing SQLite file says so (and names tracker-demo.db beside it), and an
+        # error about the URL names where it came from (--db-url, TRACKER_DB_URL or tracker.toml).
+        engine = open_database(settings)
     except DatabaseDamaged as damaged:
         print(f"BROKEN: {damaged}")
         return 1
