@@ -120,15 +120,21 @@ async def test_an_unavailable_endpoint_is_given_up_and_a_failing_walk_retried_al
     assert completed[-1]["skipped"].keys() == later.skipped.keys()
 
 
-def test_chain_breaks_walk_only_their_market_and_source() -> None:
+def test_chain_breaks_walk_only_their_market_and_source_and_the_markets_fills() -> None:
     breaks = [
         ChainBreak("acc", "btcusd", "orderbook", "e1", "e0", "e2"),
         ChainBreak("acc", "ethusd", "", "e1", "e0", "e2"),  # source unknown: both sources of that market
+        ChainBreak("acc", "btcusd-perp", "stop_order", "e1", "e0", "e2"),
     ]
     assert break_walks(breaks) == {
         "account_order_data:btcusd:orderbook",
+        "user_transactions:btcusd",
         "account_order_data:ethusd:orderbook",
         "account_order_data:ethusd:stop_order",
+        "user_transactions:ethusd",
+        "account_order_data:btcusd-perp:stop_order",
+        "trade_history:btcusd-perp",  # a perp fill is learned with its position first
+        "user_transactions:btcusd-perp",
     }
 
 

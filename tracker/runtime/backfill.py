@@ -521,11 +521,18 @@ BREAK_WALK_SPACING_S: Final = 1.0  # chain-break walks are coalesced: the next o
 
 
 def break_walks(breaks: Iterable[ChainBreak]) -> set[str]:
-    """The walks that cover chain breaks: only each break's market and order source (both sources when unknown)."""
+    """The walks that cover chain breaks: each break's market, its order source's events (both sources when unknown)
+    and the market's fills (``trade_history`` for a perp, then ``user_transactions``). A break means frames of the
+    connection were lost while it stayed up (no window was logged), and whatever withheld the order events withheld
+    that market's ``my_trades`` frames too, which carry no chain of their own to show it: without these walks the
+    fills stayed missing until the next full walk (a reconnect, the periodic reconciliation)."""
     keys: set[str] = set()
     for brk in breaks:
         sources = (brk.order_source,) if brk.order_source in ORDER_SOURCES else ORDER_SOURCES
         keys.update(f"account_order_data:{brk.market}:{source}" for source in sources)
+        if brk.market.endswith("-perp"):
+            keys.add(f"trade_history:{brk.market}")
+        keys.add(f"user_transactions:{brk.market}")
     return keys
 
 
