@@ -201,6 +201,22 @@ async def test_unreachable_exchange(tmp_path: Path, db: str) -> None:
         assert time.monotonic() - started < 20, command
 
 
+async def test_a_password_in_the_exchange_urls_is_never_shown(tmp_path: Path, db: str) -> None:
+    """A proxy's credentials in ``BITSTAMP_API_URL`` (or the websocket's): the error names the URL without them."""
+    port = closed_port()
+    env = clean_env(
+        TRACKER_DB_URL=db,
+        BITSTAMP_API_URL=f"http://proxyuser:pr0xy-pw@127.0.0.1:{port}/api/v2/",
+        BITSTAMP_WS_URL="ws://proxyuser:pr0xy-pw@127.0.0.1:1",
+        BITSTAMP_API_KEY="abcdefgh",
+        BITSTAMP_API_SECRET="s3cretvalue",
+    )
+    result = await atracker("run", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(f"cannot reach the exchange at http://proxyuser:***@127.0.0.1:{port}/")
+    assert b"pr0xy-pw" not in result.stderr + result.stdout
+
+
 async def test_unknown_market(tmp_path: Path, db: str) -> None:
     async with open_fake_exchange(markets=MARKETS.split(",")) as fx:
         result = await atracker("run", cwd=tmp_path, env=fake_env(fx, db, TRACKER_MARKETS="btcusd,foousd"))

@@ -51,8 +51,9 @@ FORBIDDEN = {
     "errors": EVERYTHING - {"errors"},
     "logs": EVERYTHING - {"logs"},
     "progress": EVERYTHING - {"progress"},
-    # Settings sit beside runtime: validating a database URL reads it by the store's (SQLAlchemy's) rules.
-    "config": EVERYTHING - {"config", "errors", "store", "subaccount_keys"},
+    # Settings sit beside runtime: validating a database URL reads it by the store's (SQLAlchemy's) rules; what may be
+    # shown of a URL is the logs' rule (``hide_password``, a leaf), as the exchange's messages use it too.
+    "config": EVERYTHING - {"config", "errors", "store", "subaccount_keys", "logs"},
     "subaccount_keys": EVERYTHING - {"subaccount_keys", "config", "errors"},
     "metrics": EVERYTHING - {"metrics", "errors"},
 }

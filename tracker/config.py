@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tracker.errors import TrackerError
+from tracker.logs import hide_password
 
 if TYPE_CHECKING:
     from tracker.subaccount_keys import SubaccountKey
@@ -600,19 +601,6 @@ def check_transport(settings: Settings) -> None:
             raise ConfigError(
                 f"{label} uses unencrypted {plain}:// to a non-loopback host; use {plain}s:// or pass --insecure"
             )
-
-
-def hide_password(url: str) -> str:
-    """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``: URLs are printed, passwords never."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "(a URL that cannot be shown)"
-    if password is None:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def describe(settings: Settings) -> list[tuple[str, str, str]]:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
+from urllib.parse import urlsplit
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -26,6 +27,19 @@ def redact(value: str | None) -> None:
     if value and len(value) >= 4:
         with _lock:
             _secrets.add(value)
+
+
+def hide_password(url: str) -> str:
+    """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``: URLs are printed, passwords never."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(a URL that cannot be shown)"
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def scrub(text: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.cli import add_common_flags, finite_number
-from tracker.config import hide_password
+from tracker.logs import hide_password
 
 AMOUNT = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 

@@ -13,8 +13,9 @@ from decimal import Decimal
 from typing import Any
 
 from tracker.cli import add_common_flags, open_database
-from tracker.config import hide_password, load_settings
+from tracker.config import load_settings
 from tracker.domain.money import format_decimal
+from tracker.logs import hide_password
 
 
 def register(subparsers: Any) -> None:

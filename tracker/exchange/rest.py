@@ -45,7 +45,7 @@ from tracker.exchange.errors import (
     ServerError,
     disposition,
 )
-from tracker.logs import redact
+from tracker.logs import hide_password, redact
 
 log = logging.getLogger("tracker.exchange")
 
@@ -268,7 +268,7 @@ class BitstampClient:
             )
         except httpx.TransportError as exc:
             raise ExchangeUnreachable(
-                f"cannot reach the exchange at {self._base}: {type(exc).__name__}"
+                f"cannot reach the exchange at {hide_password(self._base)}: {type(exc).__name__}"
                 f"{': ' + str(exc) if str(exc) else ''}; check BITSTAMP_API_URL and your network"
             ) from exc
         return self._parse(response, path)

@@ -23,6 +23,7 @@ from trio_websocket import (
 )
 
 from tracker.errors import ExchangeError
+from tracker.logs import hide_password
 
 MAX_CLIENT_FRAME_BYTES = 511  # strictly under 512
 # What one socket read may take (trio-websocket's default is 4 KiB, about 7 of our frames). When frames arrive faster
@@ -99,8 +100,8 @@ async def open_ws(
         ws = await cm.__aenter__()
     except (HandshakeError, ConnectionRejected, ConnectionTimeout, OSError, trio.BrokenResourceError) as exc:
         raise WsUnreachable(
-            f"cannot open the websocket at {url}: {type(exc).__name__}{': ' + str(exc) if str(exc) else ''}; "
-            "check BITSTAMP_WS_URL and your network"
+            f"cannot open the websocket at {hide_password(url)}: {type(exc).__name__}"
+            f"{': ' + str(exc) if str(exc) else ''}; check BITSTAMP_WS_URL and your network"
         ) from exc
     try:
         yield WsConnection(ws)
