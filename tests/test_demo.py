@@ -126,3 +126,25 @@ def test_demo_refuses_a_database_of_another_account(tmp_path: Path, capsys: pyte
         f"tracker: error: {db} holds account 271828, not the demo's: the demo writes fake activity only into its own"
         " database; pick another --db"
     )
+
+
+def test_a_second_demo_on_a_file_being_written_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not tracker run's message (which offers PostgreSQL's hot standby): the demo's own, naming the holder."""
+    import os
+
+    from tracker.store.lease import SqliteFileLock
+
+    db = tmp_path / "tracker-demo.db"
+    lock = SqliteFileLock(db)
+    lock.acquire()  # as a running demo holds it
+    try:
+        assert main(["demo", "--duration", "1", "--db", str(db)]) == 2
+    finally:
+        lock.release()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tracker: error: another tracker process (pid {os.getpid()}) is writing to tracker-demo.db: wait for it to"
+        " end, or give the demo another file: --db other-demo.db"
+    )
+    assert not db.exists()  # nothing made meanwhile

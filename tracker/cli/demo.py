@@ -171,6 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tracker.store import migrate
     from tracker.store.demo_queries import balance_summary
     from tracker.store.engine import open_engine
+    from tracker.store.lease import file_writer
     from tracker.store.projection_schema import VIEWS
     from tracker.store.reports import ReportFilter, read_report
 
@@ -182,6 +183,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         what = "is a directory" if path.is_dir() else f"is in {path.parent}, which does not exist"
         raise StoreError(f"--db {db} {what}: name a SQLite file in an existing directory")
     url = f"sqlite:///{path}"
+    if (holder := file_writer(path).pid) is not None:  # (tracker run's own message would offer PostgreSQL)
+        raise StoreError(
+            f"another tracker process (pid {holder}) is writing to {path.name}: wait for it to end, or give the demo"
+            " another file: --db other-demo.db"
+        )
     if not args.verbose:
         # The progress line and the fault notes tell the story; log lines would break the line. -v shows them.
         logging.getLogger("tracker").setLevel(logging.WARNING)
