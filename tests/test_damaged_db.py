@@ -100,7 +100,19 @@ def test_verify_on_a_file_that_is_no_database_is_broken(sqlite_url: str, capsys:
     damage(path, 1, size=100)  # the header
     assert main(["verify", "--db-url", sqlite_url]) == 1
     assert capsys.readouterr().out == (
-        f"BROKEN: the database at {sqlite_url} is damaged (file is not a database): restore it from a backup\n"
+        f"BROKEN: {path} is not a SQLite database, or its header is damaged (file is not a database): check the path"
+        " (--db-url); if it is your database, restore it from a backup\n"
+    )
+
+
+def test_a_file_that_is_no_database_says_check_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV given as the database: not only "restore it from a backup", which is the wrong advice for a wrong path."""
+    path = tmp_path / "fills.csv"
+    path.write_text("trade_id,amount\n1,0.1\n")
+    assert main(["status", "--db-url", f"sqlite:///{path}"]) == 2
+    assert capsys.readouterr().err == (
+        f"tracker: error: {path} is not a SQLite database, or its header is damaged (file is not a database): check"
+        " the path (--db-url); if it is your database, restore it from a backup\n"
     )
 
 

@@ -181,10 +181,11 @@ def open_database(settings: Settings, *, write: bool = False) -> Engine:
 
 def named_db_url_source(label: str, exc: StoreError) -> StoreError:
     """``exc`` with its "check TRACKER_DB_URL" naming where the URL really came from (``label``: ``--db-url``,
-    ``tracker.toml: db_url``, ``--to``); ``exc`` itself when that is the variable or the message names none."""
+    ``tracker.toml: db_url``, ``--to``); ``exc`` itself when that is the variable or the message names none. Of the
+    same type (a ``DatabaseDamaged`` stays one: ``tracker verify`` reports it as BROKEN)."""
     if label == "TRACKER_DB_URL" or "TRACKER_DB_URL" not in str(exc):
         return exc
-    return StoreError(str(exc).replace("TRACKER_DB_URL", label))
+    return type(exc)(str(exc).replace("TRACKER_DB_URL", label))
 
 
 def build_parser() -> TrackerArgumentParser:

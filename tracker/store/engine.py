@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from sqlalchemy import Engine as Engine  # re-exported: the database handle the other layers pass around, opaque
@@ -214,6 +214,11 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
             pass
     except exc.DBAPIError as error:
         engine.dispose()
+        if is_damage(error) and path is not None and not _sqlite_header(path):
+            raise DatabaseDamaged(
+                f"{path} is not a SQLite database, or its header is damaged ({first_line(error)}): check the path"
+                " (TRACKER_DB_URL); if it is your database, restore it from a backup"
+            ) from None
         if is_damage(error):
             raise DatabaseDamaged(
                 f"the database at {display_url(parsed)} is damaged ({first_line(error)}): restore it from a backup"
@@ -222,6 +227,20 @@ def open_engine(url: str | URL, *, write: bool = True, sqlite_synchronous: str =
             f"cannot connect to the database at {display_url(parsed)}: {_reason(error, parsed)}; check TRACKER_DB_URL"
         ) from None
     return engine
+
+
+SQLITE_HEADER: Final = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _sqlite_header(path: Path) -> bool:
+    """Whether ``path`` starts as a SQLite database does (a damaged one still does; a CSV or a log file does not). An
+    empty file is a new database, which SQLite makes its own."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return True  # unreadable: the error is SQLite's to tell
+    return head in (b"", SQLITE_HEADER)
 
 
 def writer(engine: Engine) -> Engine:
