@@ -112,9 +112,35 @@ _decode_trade: Final = msgspec.json.Decoder(_TradeFrame).decode
 _int_digits: Final = sys.get_int_max_str_digits
 
 
+# No text of this length or less is too long for either test: the digit limit is 0 (none) or at least the
+# threshold (``sys.set_int_max_str_digits`` refuses less), and frames are ~180-630 characters, so the usual one is
+# passed without the call and its ``sys`` lookup (18,847 calls over the 20k-event model log).
+SHORT: Final = min(LONGEST, sys.int_info.str_digits_check_threshold)
+
+
 def _short_enough(payload: str) -> bool:
     limit = _int_digits()  # (0: no limit) read each time: a program may change it
     return len(payload) <= LONGEST and (limit == 0 or len(payload) <= limit)
+
+
+CHANNELS_KEPT: Final = 1024  # as channel_of's cache
+
+
+class _ChannelNames(dict[str, str]):
+    """``channel_of(text).name`` by the channel's text, answered by the dict's own lookup (C) where ``channel_of``
+    is a call through its ``lru_cache`` wrapper (which hashes an argument tuple) for every entry. A text it has not
+    seen is parsed once (a bad one raises ``ValueError``: the entry goes to the reference); at ``CHANNELS_KEPT``
+    texts it forgets them all (channels are few: a log of a handful of markets has a handful)."""
+
+    def __missing__(self, text: str) -> str:
+        name = channel_of(text).name
+        if len(self) >= CHANNELS_KEPT:
+            self.clear()
+        self[text] = name
+        return name
+
+
+_channel_names: Final = _ChannelNames()
 
 
 def _id(text: str | None, token: int | str | None) -> str | None:
@@ -142,13 +168,19 @@ def order_event(entry: Parseable) -> OrderEvent:
     """``parse_ws.order_event`` of a ``my_orders`` entry, or raises (one of ``TYPED_FAILURES``)."""
     kind = ORDER_KINDS[entry.event]  # (KeyError: not an order event)
     payload = entry.payload
-    if not _short_enough(payload) or channel_of(entry.channel).name != "my_orders":
+    if (len(payload) > SHORT and not _short_enough(payload)) or _channel_names[entry.channel] != "my_orders":
         raise Fallback
     frame = _decode_order(payload)
     d = frame.data
-    order_id = _id(d.id_str, d.id)
-    if order_id is None:
-        raise Fallback  # parse_ws: Bad("missing id"), Unknown
+    # ``_id(d.id_str, d.id)`` and the frame's ``trade_account_id`` in their usual cases written out (an ``id_str``
+    # text; an int), ``_id`` for the rest: an order event made ~3 ``_id`` calls
+    text = d.id_str
+    order_id = text.strip() if text is not None else None
+    if not order_id:
+        order_id = _id(None, d.id)
+        if order_id is None:
+            raise Fallback  # parse_ws: Bad("missing id"), Unknown
+    account_token = frame.trade_account_id
     code = d.order_type
     side: Side | None = "buy" if code == 0 else "sell" if code == 1 else None
     price = decimal_of(d.price_str)
@@ -178,7 +210,9 @@ def order_event(entry: Parseable) -> OrderEvent:
         frame.order_source or None,  # order_source
         _micro(d.microtimestamp),  # occurred_at
         entry.received_at,  # received_at
-        _id(None, frame.trade_account_id) or _id(None, d.trade_account_id),  # trade_account_id
+        str(account_token)
+        if type(account_token) is int
+        else _id(None, account_token) or _id(None, d.trade_account_id),  # trade_account_id
         d.is_liquidation,  # is_liquidation
         d.reduce_only,  # reduce_only
         None if stop_price is None else decimal_of(stop_price),  # stop_price
@@ -188,10 +222,13 @@ def order_event(entry: Parseable) -> OrderEvent:
 def fill(entry: Parseable) -> Fill:
     """``parse_ws._fill`` of a ``my_trades`` ``trade`` entry, or raises (one of ``TYPED_FAILURES``)."""
     payload = entry.payload
-    if not _short_enough(payload) or channel_of(entry.channel).name != "my_trades":
+    if (len(payload) > SHORT and not _short_enough(payload)) or _channel_names[entry.channel] != "my_trades":
         raise Fallback
     d = _decode_trade(payload).data
-    trade_id = _id(d.id_str, d.id)
+    text = d.id_str  # _id(d.id_str, d.id), its usual case written out (as in order_event)
+    trade_id = text.strip() if text is not None else None
+    if not trade_id:
+        trade_id = _id(None, d.id)
     side = d.side.strip().lower()
     if trade_id is None or (side != "buy" and side != "sell"):
         raise Fallback  # parse_ws: Bad, Unknown
