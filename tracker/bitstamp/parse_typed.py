@@ -13,8 +13,8 @@ per field. One order frame: orjson 2.7 µs, msgspec into these structs 1.2 µs.
 How the fields are typed: each is the type it has on the wire in the usual case, and the reading below is
 ``parse_ws``'s for that type only. Any other type (a float where text belongs, an id given as a string where an int
 is declared, a ``*_str`` twin missing where the reading would go on to the number) fails msgspec's validation, or
-raises ``Fallback`` here, and the reference reads the entry. Money stays text until ``decimal_of`` (the same reader,
-the same remembered values); never a float.
+raises ``Fallback`` here, and the reference reads the entry. Money stays text until ``DECIMALS[text]``
+(``decimal_of``'s own memo and reader for a text, the same remembered values, without its call); never a float.
 
 Two things msgspec accepts that Python's ``json`` (the exact decoder) refuses, and so are kept away from it by the
 length of the text: an integer of more digits than ``sys.get_int_max_str_digits()`` (``int()`` refuses it), and
@@ -30,7 +30,7 @@ from typing import Final
 
 import msgspec
 
-from tracker.bitstamp.parse_fields import NeedExact, channel_of, decimal_of
+from tracker.bitstamp.parse_fields import DECIMALS, NeedExact, channel_of
 from tracker.bitstamp.parse_ws import MARKET_PLACEHOLDER_BUY_PRICE, MARKET_SUBTYPES, ORDER_KINDS
 from tracker.domain.events import Fill, OrderEvent, Side
 from tracker.domain.log import Parseable
@@ -183,7 +183,7 @@ def order_event(entry: Parseable) -> OrderEvent:
     account_token = frame.trade_account_id
     code = d.order_type
     side: Side | None = "buy" if code == 0 else "sell" if code == 1 else None
-    price = decimal_of(d.price_str)
+    price = DECIMALS[d.price_str]
     placeholder = price == 0 or price == MARKET_PLACEHOLDER_BUY_PRICE
     amount_traded = d.amount_traded
     amount_at_create = d.amount_at_create
@@ -197,9 +197,9 @@ def order_event(entry: Parseable) -> OrderEvent:
         order_id,  # order_id
         entry.market or _channel_market(entry),  # market
         side,  # side
-        decimal_of(d.amount_str),  # amount_remaining
-        None if amount_traded is None else decimal_of(amount_traded),  # amount_traded
-        None if amount_at_create is None else decimal_of(amount_at_create),  # amount_at_create
+        DECIMALS[d.amount_str],  # amount_remaining
+        None if amount_traded is None else DECIMALS[amount_traded],  # amount_traded
+        None if amount_at_create is None else DECIMALS[amount_at_create],  # amount_at_create
         None if placeholder else price,  # price
         placeholder,  # price_is_placeholder
         placeholder or d.order_subtype in MARKET_SUBTYPES,  # is_market
@@ -215,7 +215,7 @@ def order_event(entry: Parseable) -> OrderEvent:
         else _id(None, account_token) or _id(None, d.trade_account_id),  # trade_account_id
         d.is_liquidation,  # is_liquidation
         d.reduce_only,  # reduce_only
-        None if stop_price is None else decimal_of(stop_price),  # stop_price
+        None if stop_price is None else DECIMALS[stop_price],  # stop_price
     )
 
 
@@ -246,9 +246,9 @@ def fill(entry: Parseable) -> Fill:
         _id(d.order_id_str, d.order_id),  # order_id
         entry.market or _channel_market(entry),  # market
         "buy" if side == "buy" else "sell",  # side
-        decimal_of(amount),  # amount
-        decimal_of(price),  # price
-        decimal_of(fee),  # fee
+        DECIMALS[amount],  # amount
+        DECIMALS[price],  # price
+        DECIMALS[fee],  # fee
         entry.received_at if micro is None else _micro(micro),  # executed_at
         _id(None, d.position_id),  # position_id
         d.is_liquidation is True,  # is_liquidation
