@@ -188,6 +188,11 @@ def order_event(entry: Parseable) -> OrderEvent:
     amount_traded = d.amount_traded
     amount_at_create = d.amount_at_create
     stop_price = d.stop_price
+    micro = d.microtimestamp  # _micro's usual case written out (a call an event fewer)
+    occurred_at = (
+        _EPOCH + _ONE_US * int(micro) if len(micro) < 19 and micro.isascii() and micro.isdigit() else _micro(micro)
+    )
+    orig_text, orig_token = d.orig_order_id_str, d.orig_order_id  # (usually neither: no _id call)
     # Positional, in field order, as parse_ws makes it.
     return OrderEvent(
         entry.seq,  # seq
@@ -204,11 +209,11 @@ def order_event(entry: Parseable) -> OrderEvent:
         placeholder,  # price_is_placeholder
         placeholder or d.order_subtype in MARKET_SUBTYPES,  # is_market
         d.client_order_id or None,  # client_order_id
-        _id(d.orig_order_id_str, d.orig_order_id),  # orig_order_id
+        None if orig_text is None and orig_token is None else _id(orig_text, orig_token),  # orig_order_id
         frame.event_id or None,  # event_id
         frame.pre_event_id or None,  # pre_event_id
         frame.order_source or None,  # order_source
-        _micro(d.microtimestamp),  # occurred_at
+        occurred_at,  # occurred_at
         entry.received_at,  # received_at
         str(account_token)
         if type(account_token) is int
@@ -238,21 +243,31 @@ def fill(entry: Parseable) -> Fill:
     if amount is None or price is None or fee is None:
         raise Fallback  # parse_ws: Bad("missing ..."), Unknown
     micro = d.microtimestamp
+    if micro is None:
+        executed_at = entry.received_at
+    elif len(micro) < 19 and micro.isascii() and micro.isdigit():  # _micro's usual case written out
+        executed_at = _EPOCH + _ONE_US * int(micro)
+    else:
+        executed_at = _micro(micro)
+    # the usual ids without an _id call each: an int order id without its text, an int trade account
+    order_text, order_token = d.order_id_str, d.order_id
+    order_id = str(order_token) if order_text is None and type(order_token) is int else _id(order_text, order_token)
+    account_token = d.trade_account_id
     return Fill(
         entry.seq,  # seq
         entry.account,  # account
         entry.source,  # source
         trade_id,  # trade_id
-        _id(d.order_id_str, d.order_id),  # order_id
+        order_id,  # order_id
         entry.market or _channel_market(entry),  # market
         "buy" if side == "buy" else "sell",  # side
         DECIMALS[amount],  # amount
         DECIMALS[price],  # price
         DECIMALS[fee],  # fee
-        entry.received_at if micro is None else _micro(micro),  # executed_at
+        executed_at,  # executed_at
         _id(None, d.position_id),  # position_id
         d.is_liquidation is True,  # is_liquidation
-        _id(None, d.trade_account_id),  # trade_account_id
+        str(account_token) if type(account_token) is int else _id(None, account_token),  # trade_account_id
         d.trade_type or None,  # trade_type
         d.client_order_id or None,  # client_order_id
     )
