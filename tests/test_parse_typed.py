@@ -9,6 +9,7 @@ Python's ``json`` refuses (too many digits, too deep), which must not reach msgs
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -17,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NOW, to_log
 
-from tracker.bitstamp import parse
+from tracker.bitstamp import parse, parse_typed
 from tracker.bitstamp.parse import _parse, parse_entry
-from tracker.bitstamp.parse_typed import TYPED_FAILURES, fill, order_event
+from tracker.bitstamp.parse_typed import SHORT, TYPED_FAILURES, fill, order_event
 from tracker.bitstamp.parse_ws import ORDER_KINDS
 from tracker.bitstamp.wire import loads_exact
 from tracker.domain.events import DomainEvent, Fill, OrderEvent
@@ -178,3 +179,40 @@ def test_events_are_the_domain_types() -> None:
     order = next(m for m in HOT if m["event"] != "trade")
     assert isinstance(_typed(_entry(trade)), Fill)
     assert isinstance(_typed(_entry(order)), OrderEvent)
+
+
+def test_texts_up_to_short_need_no_digit_limit_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SHORT``: no digit limit a program may set is below it, so a text that long passes without asking; a longer
+    one is held to the limit of the moment (the lowest there is: it steps aside)."""
+    assert SHORT <= parse_typed.LONGEST and sys.int_info.str_digits_check_threshold >= SHORT
+    with pytest.raises(ValueError):
+        sys.set_int_max_str_digits(SHORT - 1)  # (not 0, which is "no limit")
+    before = sys.get_int_max_str_digits()
+    for message in (next(m for m in HOT if m["event"] == "trade"), next(m for m in HOT if m["event"] != "trade")):
+        text = json.dumps(message)
+        assert len(text) <= SHORT
+        sys.set_int_max_str_digits(SHORT)
+        try:
+            assert _typed(_entry(message)) is not None
+            padded = text + " " * (SHORT + 1 - len(text))
+            assert _typed(_entry(message, payload=padded)) is None  # longer than the limit: the reference reads it
+            sys.set_int_max_str_digits(0)
+            assert _typed(_entry(message, payload=padded)) is not None
+        finally:
+            sys.set_int_max_str_digits(before)
+
+
+def test_channel_names_are_remembered_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_ChannelNames`` answers ``channel_of(text).name``; a bad channel raises (the entry steps aside) and is not
+    kept; at ``CHANNELS_KEPT`` texts it starts again."""
+    names = parse_typed._ChannelNames()
+    assert names["private-my_orders_btcusd-314159"] == "my_orders"
+    assert names["private-my_trades_ethusd-perp-1"] == "my_trades"
+    with pytest.raises(ValueError):
+        names["private-my_orders_btcusd"]  # (no user id)
+    assert list(names) == ["private-my_orders_btcusd-314159", "private-my_trades_ethusd-perp-1"]
+    monkeypatch.setattr(parse_typed, "CHANNELS_KEPT", 3)
+    names["private-my_orders_ethusd-1"]
+    assert len(names) == 3
+    assert names["private-my_orders_ltcusd-1"] == "my_orders"
+    assert list(names) == ["private-my_orders_ltcusd-1"]

@@ -7,6 +7,7 @@ in exponent form, non-UTC offsets) that take the slow branch.
 
 from __future__ import annotations
 
+import sqlite3
 import types
 import typing
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tracker.domain import rows as row_module
 from tracker.domain.rows import TABLES, row_key
 from tracker.store.engine import writer
-from tracker.store.projection_codec import FIELDS, RowUpserts, converters, encoder
+from tracker.store.projection_codec import FIELDS, RowUpserts, bind_none_directly, converters, encoder
 from tracker.store.projection_prefetch import RowByKey
 from tracker.store.projection_schema import PROJECTION_TABLES
 from tracker.store.projections import ProjectionStore
@@ -174,3 +175,19 @@ def test_many_row_statements_stay_within_sqlite_parameter_limit() -> None:
         assert multi.statement.replace(
             ", ".join(["(" + ", ".join("?" * len(table.columns)) + ")"] * multi.rows), "X"
         ) == (upserts.statements[name].replace("(" + ", ".join("?" * len(table.columns)) + ")", "X"))
+
+
+def test_none_binds_as_null_through_the_registered_adapter() -> None:
+    """``bind_none_directly`` (a SQLite ``RowUpserts`` calls it): ``None`` is found in the driver's adapter table and
+    binds the NULL it bound before, alone and in an ``executemany``; the other values' binding is untouched."""
+    RowUpserts(PROJECTION_TABLES, DIALECTS["sqlite"])
+    bind_none_directly()  # (twice: idempotent)
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    with sqlite3.connect(":memory:") as raw:
+        assert raw.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone() == (1, "null")
+        raw.execute("CREATE TABLE t (a, b)")
+        raw.executemany("INSERT INTO t VALUES (?, ?)", [(None, 1), ("x", None), (None, None)])
+        assert raw.execute("SELECT typeof(a), typeof(b) FROM t ORDER BY rowid").fetchall() == [
+            ("null", "integer"), ("text", "null"), ("null", "null")
+        ]  # fmt: skip
+        assert raw.execute("SELECT ?, ?, ?", (1, 1.5, "s")).fetchone() == (1, 1.5, "s")

@@ -13,8 +13,8 @@ per field. One order frame: orjson 2.7 µs, msgspec into these structs 1.2 µs.
 How the fields are typed: each is the type it has on the wire in the usual case, and the reading below is
 ``parse_ws``'s for that type only. Any other type (a float where text belongs, an id given as a string where an int
 is declared, a ``*_str`` twin missing where the reading would go on to the number) fails msgspec's validation, or
-raises ``Fallback`` here, and the reference reads the entry. Money stays text until ``decimal_of`` (the same reader,
-the same remembered values); never a float.
+raises ``Fallback`` here, and the reference reads the entry. Money stays text until ``DECIMALS[text]``
+(``decimal_of``'s own memo and reader for a text, the same remembered values, without its call); never a float.
 
 Two things msgspec accepts that Python's ``json`` (the exact decoder) refuses, and so are kept away from it by the
 length of the text: an integer of more digits than ``sys.get_int_max_str_digits()`` (``int()`` refuses it), and
@@ -30,7 +30,7 @@ from typing import Final
 
 import msgspec
 
-from tracker.bitstamp.parse_fields import NeedExact, channel_of, decimal_of
+from tracker.bitstamp.parse_fields import DECIMALS, NeedExact, channel_of
 from tracker.bitstamp.parse_ws import MARKET_PLACEHOLDER_BUY_PRICE, MARKET_SUBTYPES, ORDER_KINDS
 from tracker.domain.events import Fill, OrderEvent, Side
 from tracker.domain.log import Parseable
@@ -112,9 +112,35 @@ _decode_trade: Final = msgspec.json.Decoder(_TradeFrame).decode
 _int_digits: Final = sys.get_int_max_str_digits
 
 
+# No text of this length or less is too long for either test: the digit limit is 0 (none) or at least the
+# threshold (``sys.set_int_max_str_digits`` refuses less), and frames are ~180-630 characters, so the usual one is
+# passed without the call and its ``sys`` lookup (18,847 calls over the 20k-event model log).
+SHORT: Final = min(LONGEST, sys.int_info.str_digits_check_threshold)
+
+
 def _short_enough(payload: str) -> bool:
     limit = _int_digits()  # (0: no limit) read each time: a program may change it
     return len(payload) <= LONGEST and (limit == 0 or len(payload) <= limit)
+
+
+CHANNELS_KEPT: Final = 1024  # as channel_of's cache
+
+
+class _ChannelNames(dict[str, str]):
+    """``channel_of(text).name`` by the channel's text, answered by the dict's own lookup (C) where ``channel_of``
+    is a call through its ``lru_cache`` wrapper (which hashes an argument tuple) for every entry. A text it has not
+    seen is parsed once (a bad one raises ``ValueError``: the entry goes to the reference); at ``CHANNELS_KEPT``
+    texts it forgets them all (channels are few: a log of a handful of markets has a handful)."""
+
+    def __missing__(self, text: str) -> str:
+        name = channel_of(text).name
+        if len(self) >= CHANNELS_KEPT:
+            self.clear()
+        self[text] = name
+        return name
+
+
+_channel_names: Final = _ChannelNames()
 
 
 def _id(text: str | None, token: int | str | None) -> str | None:
@@ -142,20 +168,31 @@ def order_event(entry: Parseable) -> OrderEvent:
     """``parse_ws.order_event`` of a ``my_orders`` entry, or raises (one of ``TYPED_FAILURES``)."""
     kind = ORDER_KINDS[entry.event]  # (KeyError: not an order event)
     payload = entry.payload
-    if not _short_enough(payload) or channel_of(entry.channel).name != "my_orders":
+    if (len(payload) > SHORT and not _short_enough(payload)) or _channel_names[entry.channel] != "my_orders":
         raise Fallback
     frame = _decode_order(payload)
     d = frame.data
-    order_id = _id(d.id_str, d.id)
-    if order_id is None:
-        raise Fallback  # parse_ws: Bad("missing id"), Unknown
+    # ``_id(d.id_str, d.id)`` and the frame's ``trade_account_id`` in their usual cases written out (an ``id_str``
+    # text; an int), ``_id`` for the rest: an order event made ~3 ``_id`` calls
+    text = d.id_str
+    order_id = text.strip() if text is not None else None
+    if not order_id:
+        order_id = _id(None, d.id)
+        if order_id is None:
+            raise Fallback  # parse_ws: Bad("missing id"), Unknown
+    account_token = frame.trade_account_id
     code = d.order_type
     side: Side | None = "buy" if code == 0 else "sell" if code == 1 else None
-    price = decimal_of(d.price_str)
+    price = DECIMALS[d.price_str]
     placeholder = price == 0 or price == MARKET_PLACEHOLDER_BUY_PRICE
     amount_traded = d.amount_traded
     amount_at_create = d.amount_at_create
     stop_price = d.stop_price
+    micro = d.microtimestamp  # _micro's usual case written out (a call an event fewer)
+    occurred_at = (
+        _EPOCH + _ONE_US * int(micro) if len(micro) < 19 and micro.isascii() and micro.isdigit() else _micro(micro)
+    )
+    orig_text, orig_token = d.orig_order_id_str, d.orig_order_id  # (usually neither: no _id call)
     # Positional, in field order, as parse_ws makes it.
     return OrderEvent(
         entry.seq,  # seq
@@ -165,33 +202,38 @@ def order_event(entry: Parseable) -> OrderEvent:
         order_id,  # order_id
         entry.market or _channel_market(entry),  # market
         side,  # side
-        decimal_of(d.amount_str),  # amount_remaining
-        None if amount_traded is None else decimal_of(amount_traded),  # amount_traded
-        None if amount_at_create is None else decimal_of(amount_at_create),  # amount_at_create
+        DECIMALS[d.amount_str],  # amount_remaining
+        None if amount_traded is None else DECIMALS[amount_traded],  # amount_traded
+        None if amount_at_create is None else DECIMALS[amount_at_create],  # amount_at_create
         None if placeholder else price,  # price
         placeholder,  # price_is_placeholder
         placeholder or d.order_subtype in MARKET_SUBTYPES,  # is_market
         d.client_order_id or None,  # client_order_id
-        _id(d.orig_order_id_str, d.orig_order_id),  # orig_order_id
+        None if orig_text is None and orig_token is None else _id(orig_text, orig_token),  # orig_order_id
         frame.event_id or None,  # event_id
         frame.pre_event_id or None,  # pre_event_id
         frame.order_source or None,  # order_source
-        _micro(d.microtimestamp),  # occurred_at
+        occurred_at,  # occurred_at
         entry.received_at,  # received_at
-        _id(None, frame.trade_account_id) or _id(None, d.trade_account_id),  # trade_account_id
+        str(account_token)
+        if type(account_token) is int
+        else _id(None, account_token) or _id(None, d.trade_account_id),  # trade_account_id
         d.is_liquidation,  # is_liquidation
         d.reduce_only,  # reduce_only
-        None if stop_price is None else decimal_of(stop_price),  # stop_price
+        None if stop_price is None else DECIMALS[stop_price],  # stop_price
     )
 
 
 def fill(entry: Parseable) -> Fill:
     """``parse_ws._fill`` of a ``my_trades`` ``trade`` entry, or raises (one of ``TYPED_FAILURES``)."""
     payload = entry.payload
-    if not _short_enough(payload) or channel_of(entry.channel).name != "my_trades":
+    if (len(payload) > SHORT and not _short_enough(payload)) or _channel_names[entry.channel] != "my_trades":
         raise Fallback
     d = _decode_trade(payload).data
-    trade_id = _id(d.id_str, d.id)
+    text = d.id_str  # _id(d.id_str, d.id), its usual case written out (as in order_event)
+    trade_id = text.strip() if text is not None else None
+    if not trade_id:
+        trade_id = _id(None, d.id)
     side = d.side.strip().lower()
     if trade_id is None or (side != "buy" and side != "sell"):
         raise Fallback  # parse_ws: Bad, Unknown
@@ -201,21 +243,31 @@ def fill(entry: Parseable) -> Fill:
     if amount is None or price is None or fee is None:
         raise Fallback  # parse_ws: Bad("missing ..."), Unknown
     micro = d.microtimestamp
+    if micro is None:
+        executed_at = entry.received_at
+    elif len(micro) < 19 and micro.isascii() and micro.isdigit():  # _micro's usual case written out
+        executed_at = _EPOCH + _ONE_US * int(micro)
+    else:
+        executed_at = _micro(micro)
+    # the usual ids without an _id call each: an int order id without its text, an int trade account
+    order_text, order_token = d.order_id_str, d.order_id
+    order_id = str(order_token) if order_text is None and type(order_token) is int else _id(order_text, order_token)
+    account_token = d.trade_account_id
     return Fill(
         entry.seq,  # seq
         entry.account,  # account
         entry.source,  # source
         trade_id,  # trade_id
-        _id(d.order_id_str, d.order_id),  # order_id
+        order_id,  # order_id
         entry.market or _channel_market(entry),  # market
         "buy" if side == "buy" else "sell",  # side
-        decimal_of(amount),  # amount
-        decimal_of(price),  # price
-        decimal_of(fee),  # fee
-        entry.received_at if micro is None else _micro(micro),  # executed_at
+        DECIMALS[amount],  # amount
+        DECIMALS[price],  # price
+        DECIMALS[fee],  # fee
+        executed_at,  # executed_at
         _id(None, d.position_id),  # position_id
         d.is_liquidation is True,  # is_liquidation
-        _id(None, d.trade_account_id),  # trade_account_id
+        str(account_token) if type(account_token) is int else _id(None, account_token),  # trade_account_id
         d.trade_type or None,  # trade_type
         d.client_order_id or None,  # client_order_id
     )

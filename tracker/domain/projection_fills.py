@@ -12,7 +12,7 @@ from tracker.domain.events import Fill, SelfTrade
 from tracker.domain.money import format_decimal
 from tracker.domain.projection_orders import order_link, put_order_link, recompute_order
 from tracker.domain.projection_positions import apply_position_fill, learn_position_account
-from tracker.domain.projection_state import ProjectionState, count, open_discrepancy, unix_us
+from tracker.domain.projection_state import ZERO, ProjectionState, count, open_discrepancy, unix_us
 from tracker.domain.rows import FeesDailyRow, FillRow, OrderLinkRow, SelfTradeRow
 
 
@@ -84,7 +84,9 @@ def apply_fill(state: ProjectionState, event: Fill) -> None:
         event.client_order_id,  # client_order_id
     )
     state.dirty["fills"].add(key)
-    _add_fee_day(state, event)
+    # its fee day (written out here: a call a fill fewer)
+    day = event.executed_at.date().isoformat()
+    _fee_day(state, account, event.trade_account_id, day, event.market, event.amount, event.price, event.fee, 1)
     if event.order_id is not None:
         _add_order_fill(state, account, event.order_id, event.amount, event.seq)
     if event.position_id is not None:
@@ -160,10 +162,14 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
 
 
 def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount: Decimal, seq: int) -> None:
-    link = order_link(state, account, order_id)
-    put_order_link(
-        state,
-        OrderLinkRow(
+    # order_link and put_order_link written out (two calls a fill fewer); a new link is order_link's empty row plus
+    # this fill, summed as there (ZERO + amount, not amount: the sum's exponent is the row's, "-0" becomes "0")
+    key = (account, order_id)
+    link = state.order_links.get(key)
+    if link is None:
+        link = OrderLinkRow(account, order_id, 1, ZERO + amount, ZERO, None, None)
+    else:
+        link = OrderLinkRow(
             link.account,
             link.order_id,
             link.fills_count + 1,
@@ -171,14 +177,10 @@ def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount:
             link.self_trade_offset,
             link.replaced_by,
             link.mismatch_id,
-        ),
-    )
+        )
+    state.order_links[key] = link
+    state.dirty["order_links"].add(key)
     recompute_order(state, account, order_id, seq)
-
-
-def _add_fee_day(state: ProjectionState, event: Fill) -> None:
-    day = event.executed_at.date().isoformat()
-    _fee_day(state, event.account, event.trade_account_id, day, event.market, event.amount, event.price, event.fee, 1)
 
 
 def _move_fee_day(state: ProjectionState, old: FillRow, trade_account_id: str) -> None:

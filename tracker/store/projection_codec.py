@@ -17,6 +17,7 @@ bind processors, including the values that take the slow branch (decimals in exp
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -117,6 +118,24 @@ SQLITE_BOOL: Final = Inline(
 
 
 Converter = Callable[[Any], Any] | Inline | None
+
+
+def bind_none_directly() -> None:
+    """Have ``sqlite3`` bind ``None`` through a registered adapter that returns it, so it binds NULL as before.
+
+    The driver binds an exact ``int``, ``float``, ``str`` or ``bytearray`` directly; any other value, ``None``
+    included, goes to its adapter lookup first: no adapter registered for ``NoneType``, it asks the protocol type
+    for ``__adapt__``, which raises (and formats) an ``AttributeError`` before it falls back to the value itself:
+    ~1,250 machine instructions a NULL (callgrind), and a rebuild binds ~3.5 an event (an order's empty optional
+    columns, a stream's ``last_break_seq``). With an adapter registered the lookup finds it and calls it: ``{}.get``,
+    a C function that returns ``None`` for ``None`` (a Python function would be a frame per NULL). The value bound
+    is the same ``None`` either way, so the same NULL is stored; the adapter table is the module's (every ``sqlite3``
+    connection of the process), where it changes nothing but this speed. ``None`` is not one of the types whose
+    adapters switch the driver's fast path off (``int``, ``float``, ``str``, ``bytearray``). Idempotent."""
+    sqlite3.register_adapter(type(None), _NONE_TO_NONE)
+
+
+_NONE_TO_NONE: Final[Callable[[None], None]] = dict[None, None]().get  # (C) None -> None
 
 
 def converters(table: Table, dialect_name: str) -> tuple[Converter, ...]:
@@ -258,6 +277,7 @@ class RowUpserts:
         if dialect.name == "postgresql":
             self.arrays = {name: ArrayUpsert(table, self.statements[name], dialect) for name, table in tables.items()}
         elif dialect.name == "sqlite":
+            bind_none_directly()
             self.multi = {
                 name: MultiRowUpsert(self.statements[name], len(table.columns), rows_per_statement)
                 for name, table in tables.items()

@@ -159,7 +159,7 @@ class LazyTable(dict[Key, Row | None]):
 
     def __missing__(self, key: Key) -> Row | None:
         row = self.load(self, key)
-        dict.__setitem__(self, key, row)
+        self[key] = row  # (the dict's own item assignment: not overridden here)
         return row
 
     def __contains__(self, key: object) -> bool:
