@@ -16,7 +16,7 @@ import difflib
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -129,6 +129,21 @@ def finite_number(text: str, what: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite
         raise argparse.ArgumentTypeError(f"not a number of {what}: {text!r}")
     return value
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number, ``minimum`` or more (each refusal says which)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from tracker.cli.run import add_run_flags, run_flags
 from tracker.config import ENV_NAMES, Settings, describe, describe_source, load_accounts, load_settings, mask
 
 
@@ -13,30 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     actions = parser.add_subparsers(dest="config_action", metavar="ACTION")
     actions.required = True
     show = actions.add_parser("show", help="print every setting, its value and where it came from")
-    # The flags `tracker run` takes, so that what a run with them would use can be shown first.
-    show.add_argument("--db-url", dest="db_url", help="SQLAlchemy database URL (env TRACKER_DB_URL)")
-    show.add_argument("--markets", help="comma-separated market symbols (env TRACKER_MARKETS; default: discover)")
-    show.add_argument("--api-url", dest="api_url", help="Bitstamp HTTP API base URL (env BITSTAMP_API_URL)")
-    show.add_argument("--ws-url", dest="ws_url", help="Bitstamp WebSocket URL (env BITSTAMP_WS_URL)")
-    show.add_argument(
-        "--metrics-port", dest="metrics_port", type=int, help="metrics port (env TRACKER_METRICS_PORT; 0: any free)"
-    )
-    show.add_argument(
-        "--insecure", action="store_true", default=None, help="allow plain http:// and ws:// to non-loopback hosts"
-    )
+    add_run_flags(show)  # what a run with these flags would use, shown first
     show.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     show.set_defaults(func=show_config)
 
 
 def show_config(args: argparse.Namespace) -> int:
-    flags = {
-        "db_url": args.db_url,
-        "markets": args.markets,
-        "api_url": args.api_url,
-        "ws_url": args.ws_url,
-        "metrics_port": args.metrics_port,
-        "insecure": args.insecure,
-    }
+    flags = run_flags(args)
     settings = load_settings(flags)  # logs the secret file's warning
     rows = describe(settings)
     # ``from`` is the kind of origin (a contract); ``source`` adds which flag, variable or file exactly.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tracker.cli import add_common_flags, open_database
+from tracker.cli import add_common_flags, open_database, whole_number
 from tracker.config import load_settings
 
 
@@ -17,18 +17,10 @@ def register(subparsers: Any) -> None:
         "rebuild", help="rebuild the projection (proj_* tables behind the v_* views) from the event log"
     )
     add_common_flags(parser)
-    parser.add_argument("--batch", type=_positive, default=5000, help="log entries per transaction (default: 5000)")
+    parser.add_argument(
+        "--batch", type=whole_number(1), default=5000, help="log entries per transaction (default: 5000)"
+    )
     parser.set_defaults(func=cmd_rebuild)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def format_result(events: int, checkpoint: int, rows: dict[str, int], seconds: float, workers: int = 1) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from tracker.cli import add_common_flags
+from tracker.cli import add_common_flags, whole_number
 from tracker.domain.rows import DiscrepancyRow
 
 
@@ -34,22 +34,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--incremental", action="store_true", help="only the window since the previous reconciliation")
     parser.add_argument(
         "--max-status-checks",
-        type=_count,
+        type=whole_number(0),
         default=200,
         help="order_status/ calls at most (default: 200; 0: none)",
     )
     parser.set_defaults(func=cmd_reconcile)
-
-
-def _count(text: str) -> int:
-    """A number of calls: a whole number, 0 or more (a negative one was taken, and meant nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

@@ -41,6 +41,12 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run", help="track the account live: every private frame into the event log (Ctrl-C stops cleanly)"
     )
+    add_run_flags(parser)
+    parser.set_defaults(func=cmd_run)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``tracker run`` (``tracker config show`` takes them too, to show what such a run would use)."""
     add_common_flags(parser)
     parser.add_argument("--markets", help="comma-separated market symbols (env TRACKER_MARKETS; default: discover)")
     parser.add_argument("--api-url", dest="api_url", help="Bitstamp HTTP API base URL (env BITSTAMP_API_URL)")
@@ -54,7 +60,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--insecure", action="store_true", default=None, help="allow plain http:// and ws:// to non-loopback hosts"
     )
-    parser.set_defaults(func=cmd_run)
+
+
+def run_flags(args: argparse.Namespace) -> dict[str, object]:
+    """``add_run_flags``' values, as ``load_settings``/``load_accounts`` take them (None: not given)."""
+    return {
+        name: getattr(args, name) for name in ("db_url", "markets", "api_url", "ws_url", "metrics_port", "insecure")
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -65,14 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tracker.store.engine import open_engine
     from tracker.store.migrate import check_schema
 
-    flags = {
-        "db_url": args.db_url,
-        "markets": args.markets,
-        "api_url": args.api_url,
-        "ws_url": args.ws_url,
-        "metrics_port": args.metrics_port,
-        "insecure": args.insecure,
-    }
+    flags = run_flags(args)
     accounts = load_accounts(flags=flags)
     for one in accounts:
         one.require_credentials()
