@@ -133,7 +133,7 @@ def test_every_row_arrives_and_the_copy_goes_on_as_the_same_log(engines: tuple[E
     appended = target_log.append([entry(1)], [QuarantineItem("malformed", "not JSON", "[", T0)])
     assert appended.appended == (result.head + 1,)
     assert len(_rows(target, quarantine, quarantine.c.id)) == 3
-    main(["verify", "--db-url", target.url.render_as_string(hide_password=False)])
+    assert main(["verify", "--db-url", target.url.render_as_string(hide_password=False)]) == 0
 
 
 @pytest.mark.postgres
