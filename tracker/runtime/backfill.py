@@ -269,11 +269,11 @@ class Backfiller:
             done, self.completed = self.completed, trio.Event()
             done.set()
             log.info(
-                "backfill (%s): %d gap(s) filled, %d new facts from %d requests in %.2f s%s",
+                "backfill (%s): %d gap(s) filled, %s new facts from %s requests in %.2f s%s",
                 reason,
                 len(report.gap_ids),
-                sum(report.found.values()),
-                sum(report.requests.values()),
+                f"{sum(report.found.values()):,}",  # grouped, as the progress lines write their counts
+                f"{sum(report.requests.values()):,}",
                 report.duration_s,
                 f"; errors: {report.errors}" if report.errors else "",
             )
