@@ -136,19 +136,15 @@ def test_every_row_arrives_and_the_copy_goes_on_as_the_same_log(engines: tuple[E
     assert main(["verify", "--db-url", target.url.render_as_string(hide_password=False)]) == 0
 
 
-@pytest.mark.postgres
-def test_a_raw_text_with_nul_arrives_json_quoted_on_postgresql(sqlite_url: str, pg_url: str) -> None:
-    source, target = _engine(sqlite_url), _engine(pg_url)
-    try:
-        EventLog(source).append([entry(1)], [QuarantineItem("malformed", "not JSON", "a\x00b", T0, channel="c\x00")])
-        copy_log(source, target)
-        [row] = _rows(target, quarantine, quarantine.c.id)
-        stored = dict(zip([c.name for c in quarantine.columns], row, strict=True))
-        assert json.loads(stored["raw"]) == "a\x00b" and stored["channel"] is None
-        assert stored["reason"].startswith("not JSON (raw text kept JSON-quoted: it contains NUL")
-    finally:
-        source.dispose()
-        target.dispose()
+@pytest.mark.parametrize("engines", [DIRECTIONS[0]], indirect=True)
+def test_a_raw_text_with_nul_arrives_json_quoted_on_postgresql(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    EventLog(source).append([entry(1)], [QuarantineItem("malformed", "not JSON", "a\x00b", T0, channel="c\x00")])
+    copy_log(source, target)
+    [row] = _rows(target, quarantine, quarantine.c.id)
+    stored = dict(zip([c.name for c in quarantine.columns], row, strict=True))
+    assert json.loads(stored["raw"]) == "a\x00b" and stored["channel"] is None
+    assert stored["reason"].startswith("not JSON (raw text kept JSON-quoted: it contains NUL")
 
 
 @pytest.mark.parametrize("engines", [DIRECTIONS[0], DIRECTIONS[2]], indirect=True)
@@ -191,22 +187,18 @@ def test_a_sqlite_file_a_tracker_run_writes_is_refused(engines: tuple[Engine, En
     assert EventLog(target).head() == EventLog(source).head()
 
 
-@pytest.mark.postgres
-def test_a_postgresql_log_whose_writer_lease_is_held_is_refused(pg_url: str, sqlite_url: str) -> None:
-    source, target = _engine(pg_url), _engine(sqlite_url)
+@pytest.mark.parametrize("engines", [DIRECTIONS[1]], indirect=True)
+def test_a_postgresql_log_whose_writer_lease_is_held_is_refused(engines: tuple[Engine, Engine]) -> None:
+    source, target = engines
+    _fill(source)
+    lease = PgLease(source, "acc2")
+    assert lease.try_acquire()
     try:
-        _fill(source)
-        lease = PgLease(source, "acc2")
-        assert lease.try_acquire()
-        try:
-            with pytest.raises(StoreError, match=r"^account acc2's writer lease on the source is held by "):
-                copy_log(source, target)
-        finally:
-            lease.release()
-        assert EventLog(target).head() == 0
+        with pytest.raises(StoreError, match=r"^account acc2's writer lease on the source is held by "):
+            copy_log(source, target)
     finally:
-        source.dispose()
-        target.dispose()
+        lease.release()
+    assert EventLog(target).head() == 0
 
 
 @pytest.mark.parametrize("engines", [DIRECTIONS[0], DIRECTIONS[1]], indirect=True)
