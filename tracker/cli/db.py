@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -215,29 +216,34 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> list[str]:
-    """The copy or the merge (with a progress line once rows move: the source's walk comes first), and what to say."""
+@contextmanager
+def _rows_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress line that appears once rows move (the source's walk comes first), closed at the end."""
     from tracker.progress import Progress
-    from tracker.store.engine import display_url
-    from tracker.store.log_copy import copy_log, merge_log
 
     shown: list[Progress] = []
 
     def advance(rows: int) -> None:
         if not shown:
-            shown.append(Progress("merging" if merge else "copying", total=total))
+            shown.append(Progress(label, total=total))
         shown[0].advance(rows - shown[0].done)
 
     try:
-        if not merge:
-            copied = copy_log(source, target, on_progress=advance)
-        else:
-            merged = merge_log(source, target, on_progress=advance)
+        yield advance
     finally:
         for progress in shown:
             progress.close()
+
+
+def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> list[str]:
+    """The copy or the merge, and what to say of it."""
+    from tracker.store.engine import display_url
+    from tracker.store.log_copy import copy_log, merge_log
+
     where = f"from {display_url(source.url)} to {display_url(target.url)}"
     if not merge:
+        with _rows_progress("copying", total) as advance:
+            copied = copy_log(source, target, on_progress=advance)
         lines = [f"copied {copied.events:,} events and {copied.quarantined:,} quarantined frames {where}"
                  f" in {copied.seconds:.1f} s"]  # fmt: skip
         if copied.events:
@@ -246,6 +252,8 @@ def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> l
                 " head"
             )
         return lines
+    with _rows_progress("merging", total) as advance:
+        merged = merge_log(source, target, on_progress=advance)
     accounts = ", ".join(merged.accounts) or "none"
     first, last = merged.offset + 1, merged.offset + merged.events
     return [
