@@ -59,7 +59,7 @@ def test_precedence_origins_and_masking(tmp_path: Path) -> None:
     }  # env over file
     assert rows["BITSTAMP_API_URL"] == {"value": "https://www.bitstamp.net/api/v2/", "from": "default"}
     assert rows["BITSTAMP_API_KEY"] == {"value": "keyA…***", "from": "env", "source": "BITSTAMP_API_KEY"}
-    assert rows["BITSTAMP_API_SECRET"] == {"value": "secr…***", "from": "file", "source": str(secret_file)}
+    assert rows["BITSTAMP_API_SECRET"] == {"value": "***", "from": "file", "source": str(secret_file)}
 
     table = show(tmp_path, env)
     assert table.returncode == 0, table.stderr

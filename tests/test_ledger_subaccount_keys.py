@@ -54,7 +54,7 @@ def test_a_subaccount_key_and_secret_from_the_environment() -> None:
     assert settings.subaccount_key("1001") is not None and settings.subaccount_key("1002") is None
     shown = {name: (value, origin) for name, value, origin in describe(settings)}
     assert shown["BITSTAMP_SUBACCOUNT_1001_API_KEY"] == ("subK…***", "env")
-    assert shown["BITSTAMP_SUBACCOUNT_1001_API_SECRET"] == ("subS…***", "env")
+    assert shown["BITSTAMP_SUBACCOUNT_1001_API_SECRET"] == ("***", "env")
     for text_ in (repr(settings), str(settings), repr(settings.subaccount_keys), str(describe(settings))):
         assert KEY not in text_ and SECRET not in text_
 

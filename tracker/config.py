@@ -87,12 +87,18 @@ class Secret:
 
 
 def mask(value: str | None) -> str:
-    """How a secret is shown to people: enough to tell keys apart, never enough to use one."""
+    """How an API key is shown to people: enough to tell keys apart, never enough to use one."""
     if not value:
         return "(not set)"
     if len(value) <= 8:
         return "***"
     return value[:4] + "…" + "***"
+
+
+def mask_secret(value: str | None) -> str:
+    """How an API secret is shown to people: whether it is set, not one of its characters (a key's first four tell
+    keys apart; a secret's would only narrow a guess)."""
+    return "***" if value else "(not set)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,7 +617,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             continue
         value = getattr(settings, f.name)
         if isinstance(value, Secret):
-            shown = mask(value.reveal())
+            shown = (mask_secret if f.name == "api_secret" else mask)(value.reveal())
         elif value is None:
             shown = "(not set)" if f.name not in ("markets",) else "(discovered from the API)"
         elif f.name == "subaccounts" and not value:

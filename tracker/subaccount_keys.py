@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracker.config import ConfigError, Secret, mask, read_secret_file
+from tracker.config import ConfigError, Secret, mask, mask_secret, read_secret_file
 
 KEY_FIELDS = ("api_key", "api_secret_file")
 
@@ -182,5 +182,6 @@ def describe_keys(keys: tuple[SubaccountKey, ...], origins: Mapping[str, str]) -
     for k in keys:
         for what, value in (("API_KEY", k.api_key), ("API_SECRET", k.api_secret)):
             name = env_name(k.ident, what)
-            rows.append((name, mask(value.reveal()), origins.get(name, "env")))
+            shown = (mask_secret if what == "API_SECRET" else mask)(value.reveal())
+            rows.append((name, shown, origins.get(name, "env")))
     return rows

@@ -6,7 +6,16 @@ import argparse
 import json
 
 from tracker.cli.run import add_run_flags, run_flags
-from tracker.config import ENV_NAMES, Settings, describe, describe_source, load_accounts, load_settings, mask
+from tracker.config import (
+    ENV_NAMES,
+    Settings,
+    describe,
+    describe_source,
+    load_accounts,
+    load_settings,
+    mask,
+    mask_secret,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,7 +66,7 @@ def _account_rows(one: Settings, shared: Settings) -> list[tuple[str, str, str, 
         if name in ("api_url", "ws_url", "markets") and value == getattr(shared, name):
             continue  # the shared value, shown above
         if name in ("api_key", "api_secret"):
-            shown = mask(value.reveal() if value else None) if name == "api_key" else "***"
+            shown = (mask if name == "api_key" else mask_secret)(value.reveal() if value else None)
         elif isinstance(value, tuple):
             shown = ",".join(value) or "(none: the main account only)"
         else:
