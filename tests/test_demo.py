@@ -27,7 +27,8 @@ SUMMARY = re.compile(
     r" by backfill\n"
     r"  verify: ok, ([\d,]+) events intact \(hash chain from seq 1\)\n"
     r"  discrepancies: (?:none unresolved|[\d,]+ unresolved"
-    r" \(`tracker discrepancies --db-url sqlite:///.+` lists them\))\n"
+    r" \((?:[\d,]+ of them likely self trades whose frames were missed; )?"
+    r"`tracker discrepancies --db-url sqlite:///.+` lists them\))\n"
     r"  database: (.+) \(run `tracker demo` again to continue it\)\n\Z"
 )
 

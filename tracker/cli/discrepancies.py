@@ -1,7 +1,10 @@
 """``tracker discrepancies``: what disagrees, readable and current; ``tracker discrepancies ack ID --note TEXT``.
 
 The list shows each discrepancy's kind, what it is about, its current detail (exact decimals, never an exponent),
-since when (the log seq that opened it) and, once acknowledged, the note and who wrote it. ``--status`` chooses
+since when (the log seq that opened it) and, once acknowledged, the note and who wrote it. An
+``order_fills_mismatch`` that the order's logged events explain as a self trade whose frame was never logged gets a
+``likely:`` line (JSON: ``hint``; ``domain/self_trade_hint.py``): a hint for the person checking it, not a
+resolution. ``--status`` chooses
 ``open`` (the default), ``acknowledged``, ``resolved`` or ``all``.
 
 ``ack`` records an acknowledgement in the log (who, when, why): the discrepancy stays in ``v_discrepancies`` with
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracker.cli import add_common_flags, open_database
@@ -42,7 +45,8 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from tracker.store.discrepancy_queries import STATUSES, list_discrepancies
+    from tracker.domain.self_trade_hint import describe
+    from tracker.store.discrepancy_queries import STATUSES, list_discrepancies, missed_self_trades
     from tracker.store.migrate import check_schema
 
     settings = load_settings(flags={"db_url": args.db_url})
@@ -51,11 +55,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         check_schema(engine)
         statuses = STATUSES if args.status == "all" else (args.status,)
         rows = list_discrepancies(engine, statuses=statuses, kind=args.kind)
+        hints = {ident: describe(hint) for ident, hint in missed_self_trades(engine, rows).items()}
         # A --kind that matches nothing says which kinds there are: a typo reads otherwise as "all clear".
         kinds = sorted({d["kind"] for d in list_discrepancies(engine, statuses=STATUSES)}) if not rows else []
     finally:
         engine.dispose()
-    print(format_rows(rows, args.format, args.status, kind=args.kind, kinds_here=kinds))
+    print(format_rows(rows, args.format, args.status, kind=args.kind, kinds_here=kinds, hints=hints))
     return 0
 
 
@@ -94,11 +99,13 @@ def format_rows(
     *,
     kind: str | None = None,
     kinds_here: Sequence[str] = (),
+    hints: Mapping[str, str] | None = None,
 ) -> str:
     """The list as a table for people or JSON for machines (pure). An empty list for a ``kind`` names the kinds the
-    database has (``kinds_here``, any status)."""
+    database has (``kinds_here``, any status). ``hints``: by discrepancy id, a ``likely:`` line (JSON: ``hint``)."""
+    hints = hints or {}
     if fmt == "json":
-        return json.dumps(rows, indent=2, default=str)
+        return json.dumps([{**d, "hint": hints.get(d["id"])} for d in rows], indent=2, default=str)
     if not rows:
         text = f"no {'' if status == 'all' else status + ' '}discrepancies"
         if kind is None:
@@ -110,6 +117,8 @@ def format_rows(
         head = f"{d['id']}  [{d['status']}]  {d['kind']} on {d['entity']}"
         lines.append(head)
         lines.append(f"    {d['detail']}")
+        if d["id"] in hints:
+            lines.append(f"    likely: {hints[d['id']]}")
         since = f"    opened at log seq {d['opened_seq']}"
         if d.get("resolved_seq") is not None:
             since += f", resolved at seq {d['resolved_seq']}"
