@@ -404,3 +404,30 @@ def test_secret_never_in_an_error(tmp_path: Path, db: str) -> None:
     result = tracker("run", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert DEMO_API_SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("argv", [["config", "show"], ["discrepancies", "--format", "json"]])
+def test_a_reader_gone_is_a_quiet_exit_141_not_a_traceback(tmp_path: Path, argv: list[str]) -> None:
+    """``tracker ... | head``: the reader closes the pipe while tracker writes. Before, a ``BrokenPipeError``
+    traceback (or Python's "Exception ignored ... BrokenPipeError" at exit). Now nothing on stderr and 141 (128 +
+    SIGPIPE), as the shell's own tools. The reader is closed before tracker starts, so its first write fails: no
+    race with a real ``head``."""
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    upgrade(url)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tracker", *argv, "--db-url", url],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""

@@ -15,10 +15,13 @@ import argparse
 import difflib
 import importlib
 import logging
+import os
+import select
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from tracker.errors import StoreError, TrackerError
 
@@ -253,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbose=args.verbose, fmt=args.log_format)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is then caught below
     except TrackerError as exc:
         sys.stderr.write(error_line(exc))
         return exc.exit_code
@@ -267,7 +271,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return first.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not _reader_gone(sys.stdout):
+            raise  # a pipe of ours elsewhere (a socket, a child): a bug or a failure, with its traceback
+        return _quiet_broken_pipe()
     return int(code or 0)
+
+
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether ``stream`` is a pipe whose reader has closed it (``tracker report ... | head``): the kernel reports
+    an error condition on the write end then."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(flags & select.POLLERR for _, flags in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (captured output), or a closed one
+        return False
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output left (``| head``): stop as quietly as the shell's own tools do, exit 141 (128 +
+    SIGPIPE). Standard output is pointed at /dev/null first, so the interpreter's flush at exit does not fail again
+    with a second message (Python's documented recipe, docs.python.org "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _first_leaf(group: BaseExceptionGroup[TrackerError]) -> TrackerError:
