@@ -12,6 +12,7 @@ import json
 import random
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -22,6 +23,7 @@ from sqlalchemy import Engine
 from tests.pipeline import NOW, order_frame
 from tracker.bitstamp.frames import entry_from_frame
 from tracker.cli import main
+from tracker.cli.audit import write_audit
 from tracker.domain.events import OrderEvent, OrderEventKind
 from tracker.domain.log import NewEntry
 from tracker.domain.self_trade_hint import describe, missed_self_trade, untraded_drops
@@ -250,3 +252,20 @@ def test_tracker_discrepancies_gives_the_hint_to_the_self_trades_only(
         blocks = out.split("order_fills_mismatch:")
         likely = {block.split(":", 1)[0]: "    likely: a self trade" in block for block in blocks[1:]}
         assert likely == {"101": True, "102": True, "103": False}, out
+
+
+def test_the_audit_report_gives_the_hint_apart_from_the_view(
+    migrated_engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    log = EventLog(migrated_engine)
+    entries = [entry_from_frame(text, account="314159", received_at=NOW, connection_id="c") for text in frames()]
+    log.append([entry for entry in entries if isinstance(entry, NewEntry)])
+    ProjectionStore(migrated_engine).catch_up(log)
+    ids = {row["entity"]: row["id"] for row in list_discrepancies(migrated_engine)}
+    write_audit(db_url, tmp_path / "audit.html")
+    page = (tmp_path / "audit.html").read_text(encoding="utf-8")
+    _, hints = page.split("Likely causes, read by tracker from the orders' own logged events", 1)
+    hints = hints.split("</ul>", 1)[0]
+    assert f"<code>{ids['order:101']}</code>: a self trade" in hints
+    assert f"<code>{ids['order:102']}</code>: a self trade" in hints
+    assert ids["order:103"] not in hints

@@ -21,7 +21,7 @@ from typing import Final
 from tracker.audit import charts
 from tracker.audit.cells import cell_text, decimal_of, moment_of
 from tracker.audit.coverage import UNRECOVERABLE, Gap, failures, gaps, live_intervals
-from tracker.audit.model import AuditData, Balances, Cell, Integrity, Query, Table, TrackerEntry
+from tracker.audit.model import AuditData, Balances, Cell, Discrepancies, Integrity, Query, Table, TrackerEntry
 from tracker.domain import tracker_events as te
 
 SECTIONS: Final = (
@@ -334,7 +334,19 @@ def discrepancies_html(data: AuditData) -> str:
     return (
         "<p>Every status <code>v_discrepancies</code> has; the evidence of each is its log seqs (opened_seq, "
         f"resolved_seq): <code>SELECT * FROM event_log WHERE seq = N</code> shows the frame.</p>"
-        f"{table_html(d.by_status, 'Per status')}{table_html(d.rows, 'Each discrepancy' + extra)}"
+        f"{table_html(d.by_status, 'Per status')}{table_html(d.rows, 'Each discrepancy' + extra)}{_hints_html(d)}"
+    )
+
+
+def _hints_html(d: Discrepancies) -> str:
+    """What the orders' own logged events say about some of the discrepancies: computed by tracker from the log (as
+    ``tracker discrepancies`` shows it), not a column of the view, so said apart from the table and its SQL."""
+    if not d.hints:
+        return ""
+    items = "".join(f"<li><code>{escape(ident)}</code>: {escape(text)}</li>" for ident, text in d.hints)
+    return (
+        "<p>Likely causes, read by tracker from the orders' own logged events (not in <code>v_discrepancies</code>;"
+        f" <code>tracker discrepancies</code> shows them too):</p><ul>{items}</ul>"
     )
 
 

@@ -127,6 +127,8 @@ class Balances:
 class Discrepancies:
     by_status: Table  # status, count
     rows: Table  # every column v_discrepancies has (note, acknowledged_at, ... when present)
+    # (id, text) of the rows the orders' logged events explain (domain/self_trade_hint.py): not in the view
+    hints: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,9 @@ from tracker.audit.model import (
 )
 from tracker.domain import tracker_events as te
 from tracker.domain.chain import ChainWalker
+from tracker.domain.self_trade_hint import describe
 from tracker.store.chain_walk import Walked, start_walk
+from tracker.store.discrepancy_queries import missed_self_trades
 from tracker.store.integrity import check_integrity
 from tracker.store.projection_schema import VIEWS, Money
 from tracker.store.schema import UtcDateTime, event_log
@@ -437,7 +439,10 @@ def discrepancies(engine: Engine, period: Period, span: LogSpan) -> Discrepancie
             .group_by(view.c.status).order_by(view.c.status),
         )  # fmt: skip
         rows = _table(conn, select(view).where(*where).order_by(view.c.status, view.c.opened_seq), limit=LIST_LIMIT)
-    return Discrepancies(by_status, rows)
+    listed = [dict(zip(rows.columns, row, strict=True)) for row in rows.rows]
+    found = missed_self_trades(engine, listed)
+    hints = tuple((str(row["id"]), describe(found[str(row["id"])])) for row in listed if str(row["id"]) in found)
+    return Discrepancies(by_status, rows, hints)
 
 
 __all__: Sequence[str] = (
