@@ -17,8 +17,13 @@ Everything here is read from the log and the projection store only, in one read 
 
 A database only knows what was logged: if ``run`` was killed, the last state stays as it was. Ages help judge that.
 What is not logged but asked of the database's locks: who writes now. SQLite: which process holds the file's writer
-lock; PostgreSQL: per account, which process holds its writer lease and which wait for it as standbys. An account a
-running ``tracker run`` has given up as down (``[[accounts]]``) holds no lease: no writer, whatever the log says.
+lock; PostgreSQL: per account, which process holds its writer lease and which wait for it as standbys.
+
+And what a running process says of itself, trusted while its lock says it runs: the accounts it has given up as down
+(``[[accounts]]``), each with the reason it logged, since when and its next try (``accounts_down.py``, which says why
+that is not in the log). On SQLite the rows of the pid that holds the file's lock; on PostgreSQL those of processes
+holding their own lock, except for an account whose lease another process holds (it is tracked there). A down
+account also holds no lease on PostgreSQL: no writer, whatever the log says.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from sqlalchemy import Connection, Engine, func, select
 from tracker.bitstamp.ledger_channels import split_ledger_channel
 from tracker.bitstamp.ledger_entries import REST_BALANCES, REST_LEDGER_ROW
 from tracker.domain import tracker_events as te
+from tracker.store.accounts_down import AccountDown, process_lock_name, read_down
 from tracker.store.engine import sqlite_path
 from tracker.store.lease import Writer, file_writer, lease_writers
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
@@ -136,6 +142,7 @@ class AccountStatus:
     entries: int  # its websocket entries
     last_at: datetime | None  # the newest one's receive time
     writer: Writer | None = None  # PostgreSQL: who holds its writer lease now (SQLite: ``Status.writer``)
+    down: AccountDown | None = None  # a running ``tracker run`` has given it up as down: why, since when
 
 
 @dataclass
@@ -159,6 +166,9 @@ class Status:
     ledger: list[LedgerStatus] = field(default_factory=list)  # per account and trade account, "0" first
     accounts: list[AccountStatus] = field(default_factory=list)  # per Bitstamp account with a channel or connection
     writer: Writer | None = None  # SQLite: who holds the file's writer lock now (PostgreSQL: per account)
+    # The accounts a running ``tracker run`` has given up as down (``[[accounts]]``), by its process and their places
+    # in its file; one whose user is known is also under its ``accounts`` line.
+    down: list[AccountDown] = field(default_factory=list)
 
     @property
     def projection_lag(self) -> int | None:
@@ -354,12 +364,40 @@ def read_status(engine: Engine) -> Status:
         status.ledger = _ledger(conn)
         status.degraded += _ledger_degraded(conn)
         status.accounts = accounts_of(status.channels, status.connections)
+        down = read_down(conn)
+        known = {a.account for a in status.accounts}
+        status.accounts += [_never_logged(user) for user in sorted({d.user for d in down if d.user} - known)]
         if conn.dialect.name == "postgresql":
             writers = lease_writers(conn, [a.account for a in status.accounts])
             status.accounts = [replace(a, writer=writers[a.account]) for a in status.accounts]
+            status.down = _live_on_postgresql(conn, down, writers)
     if (path := sqlite_path(engine.url)) is not None:
         status.writer = file_writer(path)
+        status.down = [d for d in down if status.writer.pid is not None and d.pid == status.writer.pid]
+    down_of = {d.user: d for d in status.down if d.user}
+    status.accounts = [
+        replace(a, down=down_of.get(a.account))
+        for a in status.accounts
+        if a.account in down_of or a.account in known  # an account no entry names shows while it is down only
+    ]
     return status
+
+
+def _never_logged(user: str) -> AccountStatus:
+    return AccountStatus(account=user, live_connections=0, channels=0, subscribed=0, entries=0, last_at=None)
+
+
+def _live_on_postgresql(conn: Connection, down: list[AccountDown], writers: dict[str, Writer]) -> list[AccountDown]:
+    """The rows of processes that still hold their own lock (``process_lock_name``: a killed one's is gone), but
+    not for an account whose writer lease some process holds: that one tracks it."""
+    processes = lease_writers(conn, [process_lock_name(p) for p in {d.process for d in down}])
+    alive = {name.removeprefix("process:") for name, w in processes.items() if held(w)}
+    return [d for d in down if d.process in alive and not (d.user and d.user in writers and held(writers[d.user]))]
+
+
+def held(writer: Writer) -> bool:
+    """Whether someone holds the lock ``writer`` describes."""
+    return writer.pid is not None or writer.backend_pid is not None
 
 
 def accounts_of(channels: list[ChannelStatus], live: list[ConnectionStatus]) -> list[AccountStatus]:
