@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -99,7 +100,12 @@ class AccountState:
     user: str | None = None  # the Bitstamp account its key belongs to, once a token call said so
     services: Services | None = None  # its newest service (a failed one stays until the next one starts)
     down: str | None = None  # why it is not running; None while it runs or starts
+    down_since: datetime | None = None  # the first failure of this spell down (wall clock)
+    retry_at: datetime | None = None  # while down: when it is tried next (wall clock), once the back-off is drawn
+    tracked_user: str | None = None  # the user it ran for last (``user`` is forgotten at a failure)
     failures: int = 0
+    # Called at every up or down (and retry time): the process's record of its accounts down (``down_board.py``).
+    on_change: Callable[[], None] | None = None
     changed: trio.Event = field(default_factory=trio.Event)  # set (and replaced) at every up or down
     stop: trio.Event = field(default_factory=trio.Event)  # this account's own: the process's stop, or its removal
     ended: trio.Event = field(default_factory=trio.Event)  # set once its supervisor returned (its writer drained)
@@ -134,23 +140,35 @@ class AccountState:
     def _changed(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        if self.on_change is not None:
+            self.on_change()
 
     def mark_up(self, services: Services, metrics: Metrics | None) -> None:
         if self.down is not None:
             log.info("%s is tracked again (user %s)", self.label, self.user)
         self.services, self.down = services, None
+        self.down_since = self.retry_at = None
+        self.tracked_user = self.user
         services.config_index = self.index
         if metrics is not None:
             metrics.account_up.labels(account=str(self.index)).set(1)
         self._changed()
 
     def mark_down(self, error: BaseException, metrics: Metrics | None) -> None:
+        if self.down is None:
+            self.down_since = datetime.now(UTC)
         self.down = reason_of(error)
+        self.retry_at = None  # drawn by the supervisor next
         self.failures += 1
         if metrics is not None:
             metrics.account_up.labels(account=str(self.index)).set(0)
             metrics.account_connections.labels(account=str(self.index)).set(0)
             metrics.account_failures.labels(account=str(self.index)).inc()
+        self._changed()
+
+    def retry_in(self, delay: float) -> None:
+        """It is down and tried again ``delay`` seconds from now (``tracker status`` says when)."""
+        self.retry_at = datetime.now(UTC) + timedelta(seconds=delay)
         self._changed()
 
 
@@ -182,6 +200,7 @@ async def supervise_account(
                 state.down,
                 delay,
             )
+            state.retry_in(delay)
             report.started()
             with trio.move_on_after(delay):
                 await stop.wait()

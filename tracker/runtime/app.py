@@ -44,6 +44,7 @@ from tracker.runtime.account_supervisor import (
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
 from tracker.runtime.config_reload import AccountsDiff, Reloads, diff_accounts, watch_hangups
+from tracker.runtime.down_board import open_down_board
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
@@ -167,6 +168,7 @@ async def run_accounts(
 
         if stop.is_set():  # started by a reload the process's stop overtook
             state.stop.set()
+        state.on_change = board.notify
         try:
             with account_context(state):  # the service's tasks and threads inherit it (read at each line)
                 backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
@@ -197,6 +199,7 @@ async def run_accounts(
             while True:
                 await reloads.next()
                 await _reload(states, partial(_read_again, reload_from, max_accounts), reloads, check, start, metrics)
+                board.notify()  # removed and moved accounts
 
     def start(state: AccountState) -> trio.Event:
         """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
@@ -206,7 +209,8 @@ async def run_accounts(
         return status.event
 
     with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
-        async with trio.open_nursery() as nursery:
+        # The accounts down, for `tracker status` (down_board.py): under the file's lock, which tells status it is ours.
+        async with open_down_board(engine, lambda: states) as board, trio.open_nursery() as nursery:
             signals, hangup_scope = trio.CancelScope(), trio.CancelScope()
             if handle_signals:
                 assert hangups is not None
