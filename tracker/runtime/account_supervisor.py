@@ -3,10 +3,11 @@
 An account whose service ends on an error of its own (``ACCOUNT_ONLY``: the exchange refused its key or could not be
 reached at its URL, one of its markets is unknown, another process took its writer lease) is marked down, logged at
 ERROR with the reason, and started again after a back-off (``RETRY_BASE_S`` doubling to ``RETRY_CAP_S``, jittered),
-while every other account goes on. Started again means from the start: its credentials and markets are checked anew,
-its service (connections, writer, lease, backfill) is a new one, and backfill fills from the log what the account
-missed while it was down. Before it ends, the failed service's writer commits what it had received
-(``run_tracker``).
+while every other account goes on (``tracker status`` shows it down, why, since when and its next try: the state's
+``down``, ``down_since``, ``retry_at``, written by ``down_board.py``). Started again means from the start: its
+credentials and markets are checked anew, its service (connections, writer, lease, backfill) is a new one, and
+backfill fills from the log what the account missed while it was down. Before it ends, the failed service's writer
+commits what it had received (``run_tracker``).
 
 What is not one account's still ends the process, as it ends a process of one account: the database damaged, or
 failing in a way that is not the outage the tasks ride out themselves; a bug (an exception tracker does not know).

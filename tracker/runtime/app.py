@@ -11,7 +11,8 @@ exactly as a process of its own would run it; one projector for the database; on
 account's (each account has a stop of its own besides); their live appends combined (``append_combiner.py``: one lock
 turn and one commit for all the accounts' frames instead of one per frame). Log lines carry ``account=N``, the
 account's place in the config file. One account's failure is its own: it is down and tried again later while the
-others go on (``account_supervisor.py``).
+others go on (``account_supervisor.py``); which accounts are down, why and until when is kept for ``tracker status``
+while the process runs (``down_board.py``).
 
 SIGHUP reloads the config file (``config_reload.py`` says what changed, ``_reload`` applies it): removed and changed
 accounts are stopped, their writers drained, before added and changed ones are checked and started; unchanged ones
