@@ -6,10 +6,12 @@ from the accounts' states (``tracker/store/accounts_down.py`` says why a table a
 tells a live process's rows from a dead one's). Changes that come while a write is under way are folded into the
 next write: the rows follow the states, never a queue of past ones.
 
-On SQLite the caller holds the file's writer lock before the board opens (status trusts the rows of that lock's pid).
-On PostgreSQL the board holds a lock of its own (``process_lock_name``), taken before its first row and again if its
-connection was lost. At the end (the process's stop, every account's writer drained) its rows are deleted, then the
-lock released; after a ``kill -9`` the rows stay, but their lock is gone with the process.
+On SQLite the caller holds the file's writer lock before the board opens (status trusts the rows of that lock's pid);
+the first write, at the start, deletes a dead process's rows (its pid might be this one's again). On PostgreSQL the
+board holds a lock of its own (``process_lock_name``), taken before its first row (a process with nothing down never
+takes it) and again if its connection was lost. At the end (the process's stop, every account's writer drained) its
+rows are deleted, then the lock released; after a ``kill -9`` the rows stay, but their lock is gone with the process
+(on PostgreSQL they stay until someone deletes them: a few rows per killed run, never shown).
 
 A failure to record is never the accounts' failure: a database outage is logged and the write tried again after
 ``RETRY_S`` (the writers ride the outage out themselves); anything else is a bug and ends the run.
@@ -65,6 +67,7 @@ class DownBoard:
         self.sole_writer = engine.dialect.name == "sqlite"
         self.lock = None if self.sole_writer else PgLease(engine, process_lock_name(self.process))
         self._dirty = trio.Event()
+        self._wrote = False  # a row was ever written (SQLite: the first write clears a dead process's rows)
         self.written = trio.Event()  # set (and replaced) after each write: tests wait on it
 
     def notify(self) -> None:
@@ -72,9 +75,13 @@ class DownBoard:
         self._dirty.set()
 
     def _write(self, down: Sequence[AccountDown]) -> None:
-        if self.lock is not None and not self.lock.check():
-            self.lock.try_acquire()  # the process's own name: nobody else ever holds it
+        if self.lock is not None:
+            if not down and not self._wrote:
+                return  # PostgreSQL, nothing down yet: no row, no lock, no connection for it
+            if not self.lock.check():
+                self.lock.try_acquire()  # the process's own name: nobody else ever holds it
         replace_own(self.engine, self.process, os.getpid(), down, datetime.now(UTC), sole_writer=self.sole_writer)
+        self._wrote = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Write the rows now and after every change, until cancelled; started once the first write is done (or
@@ -100,6 +107,8 @@ class DownBoard:
 
     def clear(self) -> None:
         """Delete this process's rows (its stop), then release its lock."""
+        if not self._wrote:
+            return
         try:
             replace_own(self.engine, self.process, os.getpid(), (), datetime.now(UTC), sole_writer=False)
         finally:
