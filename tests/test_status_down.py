@@ -22,12 +22,16 @@ from typing import Any
 
 import pytest
 import trio
+from test_accounts_cli import KEYS, child_env, write_config
+from test_accounts_cli import MARKETS as CLI_MARKETS
 from test_accounts_process import start_accounts
 from test_lease import poll
 from test_status import MARKETS, _has_ws_entries, status, wait_committed
 
 from tracker.cli.status import describe_down
+from tracker.config import load_accounts
 from tracker.fake.server import open_fake_exchange
+from tracker.runtime.config_reload import Reloads
 from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -125,6 +129,61 @@ async def test_status_names_the_account_down_in_a_running_process_and_its_return
     assert "  710052  1 live connection, " in text
     assert text.count("DOWN since") == 1
     assert accounts_of(back)["710051"]["down"] is None and accounts_of(back)["710051"]["live_connections"] == 1
+
+
+async def test_a_key_refused_at_the_start_is_down_with_no_user_until_a_reload_removes_it(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Account 1's key is refused at the process's start: it never said which Bitstamp user it is, so no entry of the
+    log can name it; status names it by its place in the file (user not known) while account 2 runs. The file
+    edited to remove it and reloaded: status no longer names it (and the kept account, now account 1, is up)."""
+    upgrade(db_url)
+    engine = open_engine(db_url)
+    try:
+        async with (
+            open_fake_exchange(
+                seed=21, markets=CLI_MARKETS, user_id=710081, api_key=KEYS[0][0], api_secret=KEYS[0][1]
+            ) as one,
+            open_fake_exchange(
+                seed=22, markets=CLI_MARKETS, user_id=710082, api_key=KEYS[1][0], api_secret=KEYS[1][1]
+            ) as two,
+        ):
+            one.revoke_key()
+            config = write_config(tmp_path, (one, two), (KEYS[0][1], KEYS[1][1]))
+            env = child_env(config, db_url)
+            reloads, stop = Reloads(), trio.Event()
+            async with trio.open_nursery() as nursery:
+                first, second = await start_accounts(
+                    nursery, load_accounts(env=env), engine, stop, companions=False,
+                    reload_from=partial(load_accounts, env=env), reloads=reloads, retry_base_s=600,
+                )  # fmt: skip
+                assert first.down is not None and second.down is None
+                await two.wait_subscribed(two.private_channels())
+                data = await poll(
+                    "status says account 1 is down",
+                    lambda: (d := status_data(capsys, url=db_url))["down"] and d["down"][0]["retry_at"] and d,
+                    interval=0.1,
+                )
+                text = await trio.to_thread.run_sync(status, capsys, db_url)
+                write_config(tmp_path, (two,), (KEYS[1][1],))
+                reloads.request()
+                with trio.fail_after(30):
+                    await reloads.wait_finished(1)
+                after = await poll(
+                    "status no longer names the removed account",
+                    lambda: (d := status_data(capsys, url=db_url))["down"] == [] and d,
+                    interval=0.1,
+                )
+                stop.set()
+    finally:
+        engine.dispose()
+    (down,) = data["down"]
+    assert (down["place"], down["account"], down["failures"]) == (1, None, 1)
+    assert down["reason"].startswith("API key not found: check its api_key"), down
+    assert [a["account"] for a in data["accounts"]] == ["710082"] and data["accounts"][0]["down"] is None
+    assert "  account 1 of [[accounts]] in tracker run pid " in text
+    assert " (user not known: its key never said): down since " in text and "; next try in " in text
+    assert [(a["account"], a["down"]) for a in after["accounts"]] == [("710082", None)]
 
 
 # A process that records one account down as ``tracker run`` does (its board under the SQLite file's lock), says
