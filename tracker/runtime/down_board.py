@@ -68,7 +68,6 @@ class DownBoard:
         self.lock = None if self.sole_writer else PgLease(engine, process_lock_name(self.process))
         self._dirty = trio.Event()
         self._wrote = False  # a row was ever written (SQLite: the first write clears a dead process's rows)
-        self.written = trio.Event()  # set (and replaced) after each write: tests wait on it
 
     def notify(self) -> None:
         """The accounts' states changed: write them (soon, off the event loop)."""
@@ -102,8 +101,6 @@ class DownBoard:
                 self._dirty.set()
                 continue
             report.started()
-            self.written.set()
-            self.written = trio.Event()
 
     def clear(self) -> None:
         """Delete this process's rows (its stop), then release its lock."""

@@ -390,12 +390,12 @@ def _never_logged(user: str) -> AccountStatus:
 def _live_on_postgresql(conn: Connection, down: list[AccountDown], writers: dict[str, Writer]) -> list[AccountDown]:
     """The rows of processes that still hold their own lock (``process_lock_name``: a killed one's is gone), but
     not for an account whose writer lease some process holds: that one tracks it."""
-    processes = lease_writers(conn, [process_lock_name(p) for p in {d.process for d in down}])
-    alive = {name.removeprefix("process:") for name, w in processes.items() if held(w)}
-    return [d for d in down if d.process in alive and not (d.user and d.user in writers and held(writers[d.user]))]
+    names = {process_lock_name(d.process): d.process for d in down}
+    alive = {names[name] for name, writer in lease_writers(conn, names).items() if _held(writer)}
+    return [d for d in down if d.process in alive and not (d.user and d.user in writers and _held(writers[d.user]))]
 
 
-def held(writer: Writer) -> bool:
+def _held(writer: Writer) -> bool:
     """Whether someone holds the lock ``writer`` describes."""
     return writer.pid is not None or writer.backend_pid is not None
 
