@@ -28,7 +28,7 @@ from test_accounts_process import start_accounts
 from test_lease import poll
 from test_status import MARKETS, _has_ws_entries, status, wait_committed
 
-from tracker.cli.status import describe_down
+from tracker.cli.status import describe_back, describe_down
 from tracker.config import load_accounts
 from tracker.fake.server import open_fake_exchange
 from tracker.runtime.config_reload import Reloads
@@ -108,6 +108,7 @@ async def test_status_names_the_account_down_in_a_running_process_and_its_return
                     lambda: (d := status_data(capsys, url))["down"] == [] and d,
                     interval=0.1,
                 )
+                back_text = await trio.to_thread.run_sync(status, capsys, url)
                 stop.set()
     finally:
         engine.dispose()
@@ -129,6 +130,14 @@ async def test_status_names_the_account_down_in_a_running_process_and_its_return
     assert "  710052  1 live connection, " in text
     assert text.count("DOWN since") == 1
     assert accounts_of(back)["710051"]["down"] is None and accounts_of(back)["710051"]["live_connections"] == 1
+    (again,) = back["tracked_again"]
+    assert (again["place"], again["account"], again["down_since"]) == (1, "710051", down["since"])
+    assert again["reason"].startswith("API key not found") and again["back_at"] > again["down_since"]
+    assert again["failures"] >= 2
+    assert "tracked again (after a spell down in this run):\n" in back_text
+    assert f"  account 1 of [[accounts]] in tracker run pid {os.getpid()} (user 710051): tracked again since " in (
+        back_text
+    )
 
 
 async def test_a_key_refused_at_the_start_is_down_with_no_user_until_a_reload_removes_it(
@@ -184,6 +193,7 @@ async def test_a_key_refused_at_the_start_is_down_with_no_user_until_a_reload_re
     assert "  account 1 of [[accounts]] in tracker run pid " in text
     assert " (user not known: its key never said): down since " in text and "; next try in " in text
     assert [(a["account"], a["down"]) for a in after["accounts"]] == [("710082", None)]
+    assert after["tracked_again"] == []  # removed, not back
 
 
 # A process that records one account down as ``tracker run`` does (its board under the SQLite file's lock), says
@@ -285,3 +295,7 @@ def test_describe_down_says_when_it_is_tried_next() -> None:
         "(user 9): down since 0 s ago (1 failure): x; being tried again (since 2 s ago)"
     )
     assert describe_down(AccountDown(3, "9", "x", now, 1, None, 77), now).endswith("; next try not drawn yet")
+    back = AccountDown(1, "9", "x", now - timedelta(minutes=9), 2, None, 77, back_at=now - timedelta(minutes=6))
+    assert describe_back(back, now) == (
+        "account 1 of [[accounts]] in tracker run pid 77 (user 9): tracked again since 6 min ago, after 3.0 min down: x"
+    )

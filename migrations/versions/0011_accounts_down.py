@@ -38,11 +38,17 @@ def upgrade() -> None:
             nullable=True,
             comment="the Bitstamp account it tracked last; NULL: its key never said",
         ),
-        sa.Column("reason", sa.Text(), nullable=False, comment="the one line the process logged"),
+        sa.Column("reason", sa.Text(), nullable=False, comment="why, as the process logged it"),
         sa.Column("since", sa.DateTime(timezone=True), nullable=False, comment="the first failure of this spell down"),
-        sa.Column("failures", sa.Integer(), nullable=False, comment="failures in this process, the account's life"),
+        sa.Column("failures", sa.Integer(), nullable=False, comment="its failures in this process"),
         sa.Column(
             "retry_at", sa.DateTime(timezone=True), nullable=True, comment="when it is tried next; NULL: not known yet"
+        ),
+        sa.Column(
+            "back_at",
+            sa.DateTime(timezone=True),
+            nullable=True,
+            comment="when it was tracked again; NULL while it is down",
         ),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("process", "place", name=op.f("pk_accounts_down")),

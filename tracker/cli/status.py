@@ -63,6 +63,28 @@ def describe_down(down: Any, now: datetime) -> str:
     )
 
 
+def describe_back(back: Any, now: datetime) -> str:
+    """One account tracked again after a spell down, in words (the line under ``tracked again:``)."""
+    user = f"user {back.user}" if back.user else "user not known"
+    minutes = (back.back_at - back.since).total_seconds() / 60
+    return (
+        f"account {back.place} of [[accounts]] in tracker run pid {back.pid} ({user}): tracked again since"
+        f" {format_age(back.back_at, now)}, after {minutes:.1f} min down: {back.reason}"
+    )
+
+
+def _back_json(back: Any) -> dict[str, Any]:
+    return {
+        "place": back.place,
+        "account": back.user,
+        "pid": back.pid,
+        "reason": back.reason,
+        "down_since": _iso(back.since),
+        "back_at": _iso(back.back_at),
+        "failures": back.failures,
+    }
+
+
 def _down_json(down: Any, now: datetime) -> dict[str, Any] | None:
     if down is None:
         return None
@@ -158,6 +180,7 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
         ],
         "writer": _writer_json(status.writer),
         "down": [_down_json(d, now) for d in status.down],
+        "tracked_again": [_back_json(d) for d in status.tracked_again],
         "ledger": [
             {
                 "account": a.account,
@@ -263,6 +286,9 @@ def format_status(status: Any, now: datetime, where: str) -> str:
         n = len(status.down)
         lines.append(f"down: {n} account{'' if n == 1 else 's'} of [[accounts]] not tracked (tried again by the run)")
         lines += [f"  {describe_down(d, now)}" for d in status.down]
+    if status.tracked_again:
+        lines.append("tracked again (after a spell down in this run):")
+        lines += [f"  {describe_back(d, now)}" for d in status.tracked_again]
     several = len(status.accounts) > 1  # then per account at a glance, and each channel line names its account
     if several:
         lines.append(f"accounts: {len(status.accounts)} in this log")

@@ -3,10 +3,11 @@
 An account whose service ends on an error of its own (``ACCOUNT_ONLY``: the exchange refused its key or could not be
 reached at its URL, one of its markets is unknown, another process took its writer lease) is marked down, logged at
 ERROR with the reason, and started again after a back-off (``RETRY_BASE_S`` doubling to ``RETRY_CAP_S``, jittered),
-while every other account goes on (``tracker status`` shows it down, why, since when and its next try: the state's
-``down``, ``down_since``, ``retry_at``, written by ``down_board.py``). Started again means from the start: its
-credentials and markets are checked anew, its service (connections, writer, lease, backfill) is a new one, and
-backfill fills from the log what the account missed while it was down. Before it ends, the failed service's writer
+while every other account goes on (``tracker status`` shows it down, why, since when and its next try, then since
+when it is tracked again: the state's ``down``, ``down_since``, ``retry_at``, ``back_at``, written by
+``down_board.py``). Started again means from the start: its credentials and markets are checked anew, its service
+(connections, writer, lease, backfill) is a new one, and backfill fills from the log what the account missed while
+it was down. Before it ends, the failed service's writer
 commits what it had received (``run_tracker``).
 
 What is not one account's still ends the process, as it ends a process of one account: the database damaged, or
@@ -101,8 +102,10 @@ class AccountState:
     user: str | None = None  # the Bitstamp account its key belongs to, once a token call said so
     services: Services | None = None  # its newest service (a failed one stays until the next one starts)
     down: str | None = None  # why it is not running; None while it runs or starts
-    down_since: datetime | None = None  # the first failure of this spell down (wall clock)
+    down_since: datetime | None = None  # the first failure of its newest spell down (wall clock), kept once back
     retry_at: datetime | None = None  # while down: when it is tried next (wall clock), once the back-off is drawn
+    back_at: datetime | None = None  # when its newest spell down ended (tracked again); None while down or never down
+    was_down: str | None = None  # once back: why it was down (the spell's last reason)
     tracked_user: str | None = None  # the user it ran for last (``user`` is forgotten at a failure)
     failures: int = 0
     # Called at every up or down (and retry time): the process's record of its accounts down (``down_board.py``).
@@ -147,8 +150,9 @@ class AccountState:
     def mark_up(self, services: Services, metrics: Metrics | None) -> None:
         if self.down is not None:
             log.info("%s is tracked again (user %s)", self.label, self.user)
-        self.services, self.down = services, None
-        self.down_since = self.retry_at = None
+        if self.down is not None:
+            self.back_at, self.was_down = datetime.now(UTC), self.down
+        self.services, self.down, self.retry_at = services, None, None
         self.tracked_user = self.user
         services.config_index = self.index
         if metrics is not None:
@@ -157,7 +161,7 @@ class AccountState:
 
     def mark_down(self, error: BaseException, metrics: Metrics | None) -> None:
         if self.down is None:
-            self.down_since = datetime.now(UTC)
+            self.down_since, self.back_at, self.was_down = datetime.now(UTC), None, None
         self.down = reason_of(error)
         self.retry_at = None  # drawn by the supervisor next
         self.failures += 1

@@ -42,18 +42,20 @@ RETRY_S = 2.0
 
 
 def down_of(states: Sequence[AccountState]) -> list[AccountDown]:
-    """The rows that say which of ``states`` are down, why, since when and when they are tried next."""
+    """The rows that say which of ``states`` are down, why, since when and when they are tried next; and which are
+    tracked again since when, after which spell down."""
     return [
         AccountDown(
             place=state.index,
             user=state.user or state.tracked_user,
-            reason=state.down,
+            reason=reason,
             since=state.down_since or datetime.now(UTC),
             failures=state.failures,
             retry_at=state.retry_at,
+            back_at=None if state.down is not None else state.back_at,
         )
         for state in states
-        if state.down is not None
+        if (reason := state.down or state.was_down) is not None
     ]
 
 

@@ -2,8 +2,10 @@
 
 A process of several accounts marks one down when its service ends on an error of its own, logs why at ERROR and
 tries it again after a back-off (``tracker/runtime/account_supervisor.py``). Its rows here say the same: per account
-(its place in the file) why, since when, how many failures, and when it is tried next. The process replaces its rows
-at every change (``replace_own``) and deletes them at its stop; ``tracker status`` reads them (``live_down``).
+(its place in the file) why, since when, how many failures, and when it is tried next; once it is tracked again,
+since when (``back_at``), with its last spell down, until it goes down again or the process stops. The process
+replaces its rows at every change (``replace_own``) and deletes them at its stop; ``tracker status`` reads them
+(``read_down``) and keeps those of live processes (``tracker/store/status.py``).
 
 Why a table of runtime state and not ``account_down``/``account_up`` entries in the event log:
 
@@ -45,7 +47,7 @@ from tracker.store.runtime_schema import accounts_down
 
 @dataclass(frozen=True, slots=True)
 class AccountDown:
-    """One account a process has given up as down, and when it tries it again."""
+    """One account a process has given up as down, and when it tries it again; or, once back, its last spell down."""
 
     place: int  # its place in [[accounts]] (``account N of [[accounts]]``), from 1
     user: str | None  # the Bitstamp account it tracked last; None: its key never said
@@ -55,6 +57,7 @@ class AccountDown:
     retry_at: datetime | None  # None: not known yet
     pid: int = 0  # the process that says so
     process: str = ""  # its token (``replace_own``)
+    back_at: datetime | None = None  # tracked again since (then ``reason`` is why it was down); None: down now
 
 
 def process_lock_name(process: str) -> str:
@@ -84,6 +87,7 @@ def replace_own(
                         "since": one.since,
                         "failures": one.failures,
                         "retry_at": one.retry_at,
+                        "back_at": one.back_at,
                         "updated_at": now,
                     }
                     for one in down
@@ -98,7 +102,15 @@ def read_down(conn: Connection) -> list[AccountDown]:
     rows = conn.execute(select(t).order_by(t.c.pid, t.c.process, t.c.place)).mappings()
     return [
         AccountDown(
-            r["place"], r["user_id"], r["reason"], r["since"], r["failures"], r["retry_at"], r["pid"], r["process"]
+            r["place"],
+            r["user_id"],
+            r["reason"],
+            r["since"],
+            r["failures"],
+            r["retry_at"],
+            r["pid"],
+            r["process"],
+            r["back_at"],
         )
         for r in rows
     ]

@@ -169,6 +169,8 @@ class Status:
     # The accounts a running ``tracker run`` has given up as down (``[[accounts]]``), by its process and their places
     # in its file; one whose user is known is also under its ``accounts`` line.
     down: list[AccountDown] = field(default_factory=list)
+    # Those it tracks again after a spell down (``back_at``): since when, and why it was down.
+    tracked_again: list[AccountDown] = field(default_factory=list)
 
     @property
     def projection_lag(self) -> int | None:
@@ -364,16 +366,21 @@ def read_status(engine: Engine) -> Status:
         status.ledger = _ledger(conn)
         status.degraded += _ledger_degraded(conn)
         status.accounts = accounts_of(status.channels, status.connections)
-        down = read_down(conn)
+        rows = read_down(conn)
         known = {a.account for a in status.accounts}
-        status.accounts += [_never_logged(user) for user in sorted({d.user for d in down if d.user} - known)]
+        down_users = {d.user for d in rows if d.user and d.back_at is None}
+        status.accounts += [_never_logged(user) for user in sorted(down_users - known)]
         if conn.dialect.name == "postgresql":
             writers = lease_writers(conn, [a.account for a in status.accounts])
             status.accounts = [replace(a, writer=writers[a.account]) for a in status.accounts]
-            status.down = _live_on_postgresql(conn, down, writers)
+            rows = _live_on_postgresql(conn, rows, writers)
     if (path := sqlite_path(engine.url)) is not None:
         status.writer = file_writer(path)
-        status.down = [d for d in down if status.writer.pid is not None and d.pid == status.writer.pid]
+        rows = [d for d in rows if status.writer.pid is not None and d.pid == status.writer.pid]
+    elif engine.dialect.name != "postgresql":
+        rows = []  # an in-memory database: no process to trust
+    status.down = [d for d in rows if d.back_at is None]
+    status.tracked_again = [d for d in rows if d.back_at is not None]
     down_of = {d.user: d for d in status.down if d.user}
     status.accounts = [
         replace(a, down=down_of.get(a.account))
@@ -388,11 +395,17 @@ def _never_logged(user: str) -> AccountStatus:
 
 
 def _live_on_postgresql(conn: Connection, down: list[AccountDown], writers: dict[str, Writer]) -> list[AccountDown]:
-    """The rows of processes that still hold their own lock (``process_lock_name``: a killed one's is gone), but
-    not for an account whose writer lease some process holds: that one tracks it."""
+    """The rows of processes that still hold their own lock (``process_lock_name``: a killed one's is gone), but no
+    "down" for an account whose writer lease some process holds: that one tracks it."""
     names = {process_lock_name(d.process): d.process for d in down}
     alive = {names[name] for name, writer in lease_writers(conn, names).items() if _held(writer)}
-    return [d for d in down if d.process in alive and not (d.user and d.user in writers and _held(writers[d.user]))]
+    return [d for d in down if d.process in alive and not _tracked_elsewhere(d, writers)]
+
+
+def _tracked_elsewhere(row: AccountDown, writers: dict[str, Writer]) -> bool:
+    """A "down" row of an account whose lease a process holds (another one: this one gave it up)."""
+    lease = writers.get(row.user) if row.user is not None and row.back_at is None else None
+    return lease is not None and _held(lease)
 
 
 def _held(writer: Writer) -> bool:
