@@ -35,7 +35,7 @@ from tracker.runtime.config_reload import Reloads
 from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
-from tracker.store.lease import PgLease
+from tracker.store.lease import PgLease, file_lock_for
 from tracker.store.migrate import upgrade
 from tracker.store.status import read_status
 
@@ -258,6 +258,30 @@ async def test_a_killed_processs_accounts_down_are_not_shown(db_url: str, tmp_pa
         assert after.accounts == []
         with engine.connect() as conn:  # the row is still there: only its lock tells it is stale
             assert conn.exec_driver_sql("SELECT count(*) FROM accounts_down").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_dead_processs_row_with_the_lock_holders_pid_is_not_shown(sqlite_url: str) -> None:
+    """SQLite: a process killed with an account down left its row; a new ``tracker run`` with the same pid (a
+    restarted container's tracker is pid 1 again) holds the file's lock now and has nothing down. The row is older
+    than the lock's taking: not shown. A row the holder writes after taking it is."""
+    upgrade(sqlite_url)
+    engine = open_engine(sqlite_url)
+    lock = file_lock_for(engine)
+    assert lock is not None
+    try:
+        before = datetime.now(UTC) - timedelta(seconds=5)  # the dead process's last write
+        row = AccountDown(1, "710091", "API key not found: check its api_key", before, 1, before + timedelta(60))
+        replace_own(engine, "dead", os.getpid(), [row], before, sole_writer=False)
+        lock.acquire()  # the new process, with the dead one's pid
+        try:
+            assert read_status(engine).down == [] and read_status(engine).accounts == []
+            replace_own(engine, "new", os.getpid(), [row], datetime.now(UTC), sole_writer=False)
+            assert [(d.process, d.user) for d in read_status(engine).down] == [("new", "710091")]
+        finally:
+            lock.release()
+        assert read_status(engine).down == []  # nobody holds the lock
     finally:
         engine.dispose()
 

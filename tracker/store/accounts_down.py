@@ -26,8 +26,9 @@ audit sees the account untracked from the one to the other.
 
 Trusted only while its process holds its lock, so a dead process's rows are never shown as current:
 
-- SQLite: the file's writer lock (one ``tracker run`` per file: ``file_writer``) held by the row's pid. The holder
-  deletes every other process's rows when it starts: a dead one's.
+- SQLite: the file's writer lock (one ``tracker run`` per file: ``file_writer``) held by the row's pid, and the row
+  written since that lock was taken (``file_lock_taken_at``: a dead process's rows are older, whatever its pid was).
+  A multi-account run also deletes every other process's rows when it starts: a dead one's.
 - PostgreSQL (processes share a database): each process holds an advisory lock of its own (``process_lock_name``)
   while it has rows here, on a connection of its own; ``kill -9`` ends the session, and the lock with it. A row is
   also not shown for an account whose writer lease another process holds (it tracks that account).
@@ -58,6 +59,7 @@ class AccountDown:
     pid: int = 0  # the process that says so
     process: str = ""  # its token (``replace_own``)
     back_at: datetime | None = None  # tracked again since (then ``reason`` is why it was down); None: down now
+    updated_at: datetime | None = None  # when the process last wrote its rows
 
 
 def process_lock_name(process: str) -> str:
@@ -111,6 +113,7 @@ def read_down(conn: Connection) -> list[AccountDown]:
             r["pid"],
             r["process"],
             r["back_at"],
+            r["updated_at"],
         )
         for r in rows
     ]

@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, exc, text
@@ -263,6 +264,18 @@ def file_writer(path: Path, *, locks: Path = Path("/proc/locks")) -> Writer:
         if on == device or int(holder) == pid:
             return Writer(int(holder))
     return Writer(None)
+
+
+def file_lock_taken_at(path: Path) -> datetime | None:
+    """When the SQLite file's writer lock was last taken: its holder writes its pid in the lock file on taking it
+    and nothing writes it while held, so the file's modification time (None: no lock file). Tells a holder's own
+    records from a dead process's that had the same pid (a restarted container's tracker is often pid 1 again): those
+    are older. The kernel stamps files with a coarse clock, never ahead of the writer's own later ``now()``."""
+    try:
+        mtime_ns = path.with_name(path.name + ".lock").stat().st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return datetime.fromtimestamp(mtime_ns / 1e9, UTC)
 
 
 def _alive(pid: int) -> bool:

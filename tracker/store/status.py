@@ -21,9 +21,10 @@ lock; PostgreSQL: per account, which process holds its writer lease and which wa
 
 And what a running process says of itself, trusted while its lock says it runs: the accounts it has given up as down
 (``[[accounts]]``), each with the reason it logged, since when and its next try (``accounts_down.py``, which says why
-that is not in the log). On SQLite the rows of the pid that holds the file's lock; on PostgreSQL those of processes
-holding their own lock, except for an account whose lease another process holds (it is tracked there). A down
-account also holds no lease on PostgreSQL: no writer, whatever the log says.
+that is not in the log), and those it tracks again after a spell down. On SQLite the rows the pid that holds the
+file's lock wrote since it took it; on PostgreSQL those of processes holding their own lock, except a "down" for an
+account whose lease another process holds (it is tracked there). A down account also holds no lease on PostgreSQL:
+no writer, whatever the log says.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tracker.bitstamp.ledger_entries import REST_BALANCES, REST_LEDGER_ROW
 from tracker.domain import tracker_events as te
 from tracker.store.accounts_down import AccountDown, process_lock_name, read_down
 from tracker.store.engine import sqlite_path
-from tracker.store.lease import Writer, file_writer, lease_writers
+from tracker.store.lease import Writer, file_lock_taken_at, file_writer, lease_writers
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
 from tracker.store.schema import event_log, quarantine
 
@@ -376,7 +377,8 @@ def read_status(engine: Engine) -> Status:
             rows = _live_on_postgresql(conn, rows, writers)
     if (path := sqlite_path(engine.url)) is not None:
         status.writer = file_writer(path)
-        rows = [d for d in rows if status.writer.pid is not None and d.pid == status.writer.pid]
+        taken_at = file_lock_taken_at(path)
+        rows = [d for d in rows if _written_by_holder(d, status.writer, taken_at)]
     elif engine.dialect.name != "postgresql":
         rows = []  # an in-memory database: no process to trust
     status.down = [d for d in rows if d.back_at is None]
@@ -388,6 +390,18 @@ def read_status(engine: Engine) -> Status:
         if a.account in down_of or a.account in known  # an account no entry names shows while it is down only
     ]
     return status
+
+
+def _written_by_holder(row: AccountDown, holder: Writer, taken_at: datetime | None) -> bool:
+    """SQLite: ``row`` is the word of the process that holds the file's lock now: its pid, written since it took
+    the lock (a dead process of the same pid wrote before)."""
+    return (
+        holder.pid is not None
+        and row.pid == holder.pid
+        and taken_at is not None
+        and row.updated_at is not None
+        and row.updated_at >= taken_at
+    )
 
 
 def _never_logged(user: str) -> AccountStatus:
