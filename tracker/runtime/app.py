@@ -154,14 +154,16 @@ async def run_accounts(
         async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
             """One start of the account's service. Its recovery task is made here, at each start: its creation time
             splits this run's log entries from the previous run's (a failed one's), so the start-up backfill walks
-            from that run's last entry (``recovery_task``)."""
+            from that run's last entry (``recovery_task``); and a start after a spell down has the reason logged
+            in the start-up gap's detail, written under the account's writer (and lease), its user known again:
+            the log says why the account was not tracked, not only that."""
             return await run_tracker(
                 state.settings,
                 event_log,
                 stop=state.stop,
                 handle_signals=False,
                 ingest_options=ingest_options,
-                extra_tasks=[recovery_task()] if companions else [],
+                extra_tasks=[recovery_task(down=state.down)] if companions else [],
                 combiner=combiner,
                 file_lock=False,
                 task_status=task_status,

@@ -20,9 +20,12 @@ Why a table of runtime state and not ``account_down``/``account_up`` entries in 
 - Whether the process that said "down" still runs is not in any row: after a ``kill -9`` its last word stays. Either
   design needs a lock to tell; a table lets the live process replace and delete its words.
 
-The window itself is in the log already: the failed service's connections are logged ``closed`` with the error as
-their reason, and the next start's backfill logs the start-up gap ("tracker was not running") and fills it, so the
-audit sees the account untracked from the one to the other.
+What the auditor needs is in the log all the same, written when it can be written right: the failed service's
+connections are logged ``closed`` with the error as their reason (by its own writer, before it ends), and when the
+account is back its start-up backfill logs the gap from its last entry, with why it was down as the gap's detail
+(``account down in this run: <reason>``), under the account's own writer and lease, its user known again; then
+fills it. So the audit shows the window the account was not tracked in, and why, and the log never says "down" of
+an account another process was tracking, nor of one whose key never said who it is.
 
 Trusted only while its process holds its lock, so a dead process's rows are never shown as current:
 
