@@ -43,10 +43,12 @@ def lease_key(account: str) -> int:
 
 
 # The holder's session as pg_locks shows it: a bigint advisory key is split into classid (high 32 bits) and objid
-# (low 32 bits), with objsubid 1.
+# (low 32 bits), with objsubid 1. pg_locks and pg_stat_activity show the whole server; an advisory lock is one
+# database's (the same key in another database is another lock, another tracker's), so both are narrowed to this one.
+_THIS_DATABASE = "(SELECT oid FROM pg_database WHERE datname = current_database())"
 _HOLDER = text(
     "SELECT a.pid, a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    f" WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = {_THIS_DATABASE}"
     " AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid) LIMIT 1"
 )
 
@@ -203,14 +205,16 @@ _TRACKER_SESSION = re.compile(r"^tracker run pid (\d+) account (\S+)$")  # ``PgL
 
 def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer]:
     """Per account, who holds its lease now and which ``tracker run`` sessions wait for it (their lease connections
-    are named by ``PgLease.label``). Read from ``pg_locks`` and ``pg_stat_activity`` in one query each: a holder
-    whose session name another role cannot read (``pg_stat_activity`` hides it) shows with its backend pid only."""
+    are named by ``PgLease.label``). Read from ``pg_locks`` and ``pg_stat_activity`` in one query each, this
+    database's only: a holder whose session name another role cannot read (``pg_stat_activity`` hides it) shows with
+    its backend pid only."""
     wanted = {lease_key(account) & 0xFFFF_FFFF_FFFF_FFFF: account for account in accounts}
     held = conn.execute(
         text(
             "SELECT l.classid::bigint, l.objid::bigint, l.pid, a.application_name"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid IS NOT NULL"
+            f" AND l.database = {_THIS_DATABASE}"
         )
     ).all()
     holders: dict[str, tuple[int | None, int]] = {}
@@ -222,7 +226,10 @@ def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer
     waiting: dict[str, list[int]] = {}
     holder_backends = {backend for _, backend in holders.values()}
     sessions = conn.execute(
-        text("SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE 'tracker run pid %'")
+        text(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE 'tracker run pid %'"
+            " AND datname = current_database()"
+        )
     ).all()
     for backend, name in sessions:
         found = _TRACKER_SESSION.match(name or "")
