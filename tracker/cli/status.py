@@ -1,7 +1,9 @@
 """``tracker status``: the tracker's state as the database records it (works while ``tracker run`` runs, or not).
 
 Per channel the last entry and its age, the connections' state, projection lag, open and closed gaps, unresolved
-discrepancies and the quarantine. ``--format json`` for machines. Read-only: it never creates or migrates anything.
+discrepancies and the quarantine; who writes, and the accounts a running ``tracker run`` has given up as down (why,
+since when, next try) or tracks again after a spell down. ``--format json`` for machines. Read-only: it never creates or
+migrates anything.
 """
 
 from __future__ import annotations
