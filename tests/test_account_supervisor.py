@@ -170,6 +170,36 @@ async def test_a_failing_account_is_down_then_started_again_after_a_growing_back
     assert lines[3] == "account 2 of [[accounts]] is tracked again (user 4242)"
 
 
+async def test_what_tracker_status_is_told_of_a_spell_down(autojump_clock: trio.testing.MockClock) -> None:
+    """At every change the state says what ``tracker status`` shows (``down_board.py``): down since the spell's
+    first failure (not the newest), the next try once drawn, the user it tracked last (``user`` is forgotten at a
+    failure); once it runs again, since when and why it was down."""
+    stop = trio.Event()
+    refused = AuthError(REFUSED, code="API0005", status=403)
+    script = Script(stop, [(None, refused), (refused, None), (None, None)])
+    state = _state()
+    state.user = "4242"
+    seen: list[tuple[bool, object, bool, bool, str | None, str | None]] = []
+
+    def snapshot() -> None:
+        at = (state.down is not None, state.down_since, state.retry_at is not None, state.back_at is not None)
+        seen.append((*at, state.was_down, state.tracked_user))
+
+    state.on_change = snapshot
+    await _supervise(script, state, Metrics())
+    first_since = seen[1][1]
+    assert first_since is not None
+    reason = "signature rejected: check its api_secret_file"
+    assert [(down, since == first_since, *rest) for down, since, *rest in seen] == [
+        (False, False, False, False, None, "4242"),  # up (the first start)
+        (True, True, False, False, None, "4242"),  # down: the next try not drawn yet
+        (True, True, True, False, None, "4242"),  # its next try drawn
+        (True, True, False, False, None, "4242"),  # that try's check refused: down since the same moment
+        (True, True, True, False, None, "4242"),
+        (False, True, False, True, reason, "4242"),  # up again: back since now, after the spell from first_since
+    ]
+
+
 async def test_a_long_healthy_run_starts_the_back_off_afresh(autojump_clock: trio.testing.MockClock) -> None:
     stop = trio.Event()
     lost = LeaseLost("another tracker run took over account 4242: stopping")

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from conftest import PG_ADMIN_URL
 from sqlalchemy import Engine, text
 from test_backfill_e2e import no_self_trades
 
@@ -549,6 +550,28 @@ def test_status_names_each_accounts_lease_holder_and_standbys(pg_url: str) -> No
         for lease in (holder, standby, other):
             lease.release()
         engine.dispose()
+
+
+def test_a_lease_in_another_database_is_not_this_ones_writer(pg_url: str) -> None:
+    """An advisory lock is one database's: a ``tracker run`` writing account 4201 into another database of the same
+    server (holder and standby there) is neither the writer nor a standby of 4201 here; the lease here is still free.
+    (``pg_locks`` and ``pg_stat_activity`` list the whole server.)"""
+    upgrade(pg_url)
+    engine = open_engine(pg_url)
+    elsewhere = open_engine(PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    there, waiting = PgLease(elsewhere, "4201"), PgLease(elsewhere, "4201")
+    here = PgLease(engine, "4201")
+    try:
+        assert there.try_acquire() and not waiting.try_acquire()
+        with engine.connect() as conn:
+            assert lease_writers(conn, ["4201"]) == {"4201": Writer(None)}
+        assert here.holder() is None  # what a standby here would name: nobody
+        assert here.try_acquire()
+    finally:
+        for lease in (here, there, waiting):
+            lease.release()
+        engine.dispose()
+        elsewhere.dispose()
 
 
 def test_sqlite_lock_is_a_file_beside_the_database_and_refuses_a_second_holder(sqlite_url: str) -> None:

@@ -1,7 +1,9 @@
 """``tracker status``: the tracker's state as the database records it (works while ``tracker run`` runs, or not).
 
 Per channel the last entry and its age, the connections' state, projection lag, open and closed gaps, unresolved
-discrepancies and the quarantine. ``--format json`` for machines. Read-only: it never creates or migrates anything.
+discrepancies and the quarantine; who writes, and the accounts a running ``tracker run`` has given up as down (why,
+since when, next try) or tracks again after a spell down. ``--format json`` for machines. Read-only: it never creates or
+migrates anything.
 """
 
 from __future__ import annotations
@@ -38,6 +40,66 @@ def format_age(moment: datetime | None, now: datetime) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h ago"
     return f"{seconds / 86400:.1f} d ago"
+
+
+def format_until(moment: datetime, now: datetime) -> str:
+    """When ``moment`` comes, from ``now``: ``in 40 s``; one already past: ``due 3 s ago``."""
+    if moment <= now:
+        return "due " + format_age(moment, now)
+    return "in " + format_age(now, moment).removesuffix(" ago")
+
+
+def describe_down(down: Any, now: datetime) -> str:
+    """One account a running ``tracker run`` has given up as down, in words (the line under ``down:``)."""
+    user = f"user {down.user}" if down.user else "user not known: its key never said"
+    if down.retry_at is None:
+        retry = "next try not drawn yet"
+    elif down.retry_at <= now:
+        retry = f"being tried again (since {format_age(down.retry_at, now)})"
+    else:
+        retry = f"next try {format_until(down.retry_at, now)}"
+    failures = f"{down.failures} failure{'' if down.failures == 1 else 's'}"
+    return (
+        f"account {down.place} of [[accounts]] in tracker run pid {down.pid} ({user}): down since"
+        f" {format_age(down.since, now)} ({failures}): {down.reason}; {retry}"
+    )
+
+
+def describe_back(back: Any, now: datetime) -> str:
+    """One account tracked again after a spell down, in words (the line under ``tracked again:``)."""
+    user = f"user {back.user}" if back.user else "user not known"
+    minutes = (back.back_at - back.since).total_seconds() / 60
+    return (
+        f"account {back.place} of [[accounts]] in tracker run pid {back.pid} ({user}): tracked again since"
+        f" {format_age(back.back_at, now)}, after {minutes:.1f} min down: {back.reason}"
+    )
+
+
+def _back_json(back: Any) -> dict[str, Any]:
+    return {
+        "place": back.place,
+        "account": back.user,
+        "pid": back.pid,
+        "reason": back.reason,
+        "down_since": _iso(back.since),
+        "back_at": _iso(back.back_at),
+        "failures": back.failures,
+    }
+
+
+def _down_json(down: Any, now: datetime) -> dict[str, Any] | None:
+    if down is None:
+        return None
+    return {
+        "place": down.place,
+        "account": down.user,
+        "pid": down.pid,
+        "reason": down.reason,
+        "since": _iso(down.since),
+        "failures": down.failures,
+        "retry_at": _iso(down.retry_at),
+        "retry_in_s": None if down.retry_at is None else round((down.retry_at - now).total_seconds(), 3),
+    }
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -114,10 +176,13 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
                 "last_at": _iso(a.last_at),
                 "age_s": age(a.last_at),
                 "writer": _writer_json(a.writer),
+                "down": _down_json(a.down, now),
             }
             for a in status.accounts
         ],
         "writer": _writer_json(status.writer),
+        "down": [_down_json(d, now) for d in status.down],
+        "tracked_again": [_back_json(d) for d in status.tracked_again],
         "ledger": [
             {
                 "account": a.account,
@@ -219,6 +284,13 @@ def format_status(status: Any, now: datetime, where: str) -> str:
         lines.append("  (no live connection logged: `tracker run` is not running, or has not connected yet)")
     if status.writer is not None:
         lines.append("writer: " + describe_writer(status.writer, "the file's writer lock"))
+    if status.down:
+        n = len(status.down)
+        lines.append(f"down: {n} account{'' if n == 1 else 's'} of [[accounts]] not tracked (tried again by the run)")
+        lines += [f"  {describe_down(d, now)}" for d in status.down]
+    if status.tracked_again:
+        lines.append("tracked again (after a spell down in this run):")
+        lines += [f"  {describe_back(d, now)}" for d in status.tracked_again]
     several = len(status.accounts) > 1  # then per account at a glance, and each channel line names its account
     if several:
         lines.append(f"accounts: {len(status.accounts)} in this log")
@@ -226,7 +298,10 @@ def format_status(status: Any, now: datetime, where: str) -> str:
             last = f"last entry {format_age(a.last_at, now)}" if a.last_at is not None else "no entry yet"
             live = f"{a.live_connections} live connection{'' if a.live_connections == 1 else 's'}"
             writer = f"; writer: {describe_writer(a.writer, 'its writer lease')}" if a.writer is not None else ""
-            lines.append(f"  {a.account}  {live}, {a.subscribed} of {a.channels} channels subscribed, {last}{writer}")
+            down = f"; DOWN since {format_age(a.down.since, now)} (see down:)" if a.down is not None else ""
+            lines.append(
+                f"  {a.account}  {live}, {a.subscribed} of {a.channels} channels subscribed, {last}{writer}{down}"
+            )
     elif status.accounts and status.accounts[0].writer is not None:
         a = status.accounts[0]
         lines.append(f"writer (account {a.account}): {describe_writer(a.writer, 'its writer lease')}")

@@ -3,10 +3,12 @@
 An account whose service ends on an error of its own (``ACCOUNT_ONLY``: the exchange refused its key or could not be
 reached at its URL, one of its markets is unknown, another process took its writer lease) is marked down, logged at
 ERROR with the reason, and started again after a back-off (``RETRY_BASE_S`` doubling to ``RETRY_CAP_S``, jittered),
-while every other account goes on. Started again means from the start: its credentials and markets are checked anew,
-its service (connections, writer, lease, backfill) is a new one, and backfill fills from the log what the account
-missed while it was down. Before it ends, the failed service's writer commits what it had received
-(``run_tracker``).
+while every other account goes on (``tracker status`` shows it down, why, since when and its next try, then since
+when it is tracked again: the state's ``down``, ``down_since``, ``retry_at``, ``back_at``, written by
+``down_board.py``). Started again means from the start: its credentials and markets are checked anew, its service
+(connections, writer, lease, backfill) is a new one, and backfill fills from the log what the account missed while
+it was down. Before it ends, the failed service's writer
+commits what it had received (``run_tracker``).
 
 What is not one account's still ends the process, as it ends a process of one account: the database damaged, or
 failing in a way that is not the outage the tasks ride out themselves; a bug (an exception tracker does not know).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -99,7 +102,14 @@ class AccountState:
     user: str | None = None  # the Bitstamp account its key belongs to, once a token call said so
     services: Services | None = None  # its newest service (a failed one stays until the next one starts)
     down: str | None = None  # why it is not running; None while it runs or starts
+    down_since: datetime | None = None  # the first failure of its newest spell down (wall clock), kept once back
+    retry_at: datetime | None = None  # while down: when it is tried next (wall clock), once the back-off is drawn
+    back_at: datetime | None = None  # when its newest spell down ended (tracked again); None while down or never down
+    was_down: str | None = None  # once back: why it was down (the spell's last reason)
+    tracked_user: str | None = None  # the user it ran for last (``user`` is forgotten at a failure)
     failures: int = 0
+    # Called at every up or down (and retry time): the process's record of its accounts down (``down_board.py``).
+    on_change: Callable[[], None] | None = None
     changed: trio.Event = field(default_factory=trio.Event)  # set (and replaced) at every up or down
     stop: trio.Event = field(default_factory=trio.Event)  # this account's own: the process's stop, or its removal
     ended: trio.Event = field(default_factory=trio.Event)  # set once its supervisor returned (its writer drained)
@@ -134,23 +144,36 @@ class AccountState:
     def _changed(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        if self.on_change is not None:
+            self.on_change()
 
     def mark_up(self, services: Services, metrics: Metrics | None) -> None:
         if self.down is not None:
             log.info("%s is tracked again (user %s)", self.label, self.user)
-        self.services, self.down = services, None
+        if self.down is not None:
+            self.back_at, self.was_down = datetime.now(UTC), self.down
+        self.services, self.down, self.retry_at = services, None, None
+        self.tracked_user = self.user
         services.config_index = self.index
         if metrics is not None:
             metrics.account_up.labels(account=str(self.index)).set(1)
         self._changed()
 
     def mark_down(self, error: BaseException, metrics: Metrics | None) -> None:
+        if self.down is None:
+            self.down_since, self.back_at, self.was_down = datetime.now(UTC), None, None
         self.down = reason_of(error)
+        self.retry_at = None  # drawn by the supervisor next
         self.failures += 1
         if metrics is not None:
             metrics.account_up.labels(account=str(self.index)).set(0)
             metrics.account_connections.labels(account=str(self.index)).set(0)
             metrics.account_failures.labels(account=str(self.index)).inc()
+        self._changed()
+
+    def retry_in(self, delay: float) -> None:
+        """It is down and tried again ``delay`` seconds from now (``tracker status`` says when)."""
+        self.retry_at = datetime.now(UTC) + timedelta(seconds=delay)
         self._changed()
 
 
@@ -182,6 +205,7 @@ async def supervise_account(
                 state.down,
                 delay,
             )
+            state.retry_in(delay)
             report.started()
             with trio.move_on_after(delay):
                 await stop.wait()

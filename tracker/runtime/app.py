@@ -11,7 +11,8 @@ exactly as a process of its own would run it; one projector for the database; on
 account's (each account has a stop of its own besides); their live appends combined (``append_combiner.py``: one lock
 turn and one commit for all the accounts' frames instead of one per frame). Log lines carry ``account=N``, the
 account's place in the config file. One account's failure is its own: it is down and tried again later while the
-others go on (``account_supervisor.py``).
+others go on (``account_supervisor.py``); which accounts are down, why and until when is kept for ``tracker status``
+while the process runs (``down_board.py``).
 
 SIGHUP reloads the config file (``config_reload.py`` says what changed, ``_reload`` applies it): removed and changed
 accounts are stopped, their writers drained, before added and changed ones are checked and started; unchanged ones
@@ -44,6 +45,7 @@ from tracker.runtime.account_supervisor import (
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
 from tracker.runtime.config_reload import AccountsDiff, Reloads, diff_accounts, watch_hangups
+from tracker.runtime.down_board import open_down_board
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
@@ -152,14 +154,16 @@ async def run_accounts(
         async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
             """One start of the account's service. Its recovery task is made here, at each start: its creation time
             splits this run's log entries from the previous run's (a failed one's), so the start-up backfill walks
-            from that run's last entry (``recovery_task``)."""
+            from that run's last entry (``recovery_task``); and a start after a spell down has the reason logged
+            in the start-up gap's detail, written under the account's writer (and lease), its user known again:
+            the log says why the account was not tracked, not only that."""
             return await run_tracker(
                 state.settings,
                 event_log,
                 stop=state.stop,
                 handle_signals=False,
                 ingest_options=ingest_options,
-                extra_tasks=[recovery_task()] if companions else [],
+                extra_tasks=[recovery_task(down=state.down)] if companions else [],
                 combiner=combiner,
                 file_lock=False,
                 task_status=task_status,
@@ -167,6 +171,7 @@ async def run_accounts(
 
         if stop.is_set():  # started by a reload the process's stop overtook
             state.stop.set()
+        state.on_change = board.notify
         try:
             with account_context(state):  # the service's tasks and threads inherit it (read at each line)
                 backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
@@ -197,6 +202,7 @@ async def run_accounts(
             while True:
                 await reloads.next()
                 await _reload(states, partial(_read_again, reload_from, max_accounts), reloads, check, start, metrics)
+                board.notify()  # removed and moved accounts
 
     def start(state: AccountState) -> trio.Event:
         """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
@@ -206,7 +212,8 @@ async def run_accounts(
         return status.event
 
     with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
-        async with trio.open_nursery() as nursery:
+        # The accounts down, for `tracker status` (down_board.py): under the file's lock, which tells status it is ours.
+        async with open_down_board(engine, lambda: states) as board, trio.open_nursery() as nursery:
             signals, hangup_scope = trio.CancelScope(), trio.CancelScope()
             if handle_signals:
                 assert hangups is not None

@@ -543,17 +543,21 @@ async def watch_and_backfill(
     committed: Callable[[], trio.Event] | None = None,
     started_at: datetime,
     poll_s: float = 1.0,
+    down: str | None = None,
     task_status: trio.TaskStatus[GapWatch] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Tail the log's signal entries from this run's start and backfill: every walk after each subscription (start-up
     and every reconnect); only the broken market and source after chain breaks (coalesced: at most one such walk per
-    ``BREAK_WALK_SPACING_S``); a failed walk alone when its retry is due (``WalkHealth``). Returns when ``stop``."""
+    ``BREAK_WALK_SPACING_S``); a failed walk alone when its retry is due (``WalkHealth``). Returns when ``stop``.
+    ``down``: why the account was not tracked before this start (a process of several accounts gave it up as down):
+    the start-up gap says so instead of "tracker was not running"."""
     sink = backfiller.sink
     account = backfiller.account
     watch = GapWatch(account)
     after, previous_last = await sink.run_start(account, started_at)
     channels = channels_for(backfiller.markets, account, extras=True)  # as ingest subscribes them (by default)
-    watch.coverage.start_up(channels, previous_last, "tracker was not running" if previous_last else "first start")
+    not_running = f"account down in this run: {down}" if down else "tracker was not running"
+    watch.coverage.start_up(channels, previous_last, not_running if previous_last else "first start")
     task_status.started(watch)
     pending: list[ChainBreak] = []
     last_break_walk = -math.inf

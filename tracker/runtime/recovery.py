@@ -125,6 +125,7 @@ def recovery_task(
     reconcile_interval_s: float | None = None,
     backfill_options: BackfillOptions | None = None,
     limiter: RateLimiter | None = None,
+    down: str | None = None,
 ) -> TaskStarter:
     """An ``extra_tasks`` starter for ``run_tracker``: the backfill watcher and the periodic reconciler.
 
@@ -134,6 +135,7 @@ def recovery_task(
     appends, and exposes the ``Backfiller``, ``Reconciler`` and ``LedgerCapture`` as ``services.backfiller`` /
     ``services.reconciler`` / ``services.ledger``.
     ``reconcile_interval_s`` defaults to ``settings.reconcile_interval_s`` (0 or less: no periodic runs).
+    ``down``: why the account was down before this start (``run_accounts``), for the start-up gap's detail.
     """
     since = started_at or utc_now()
 
@@ -168,6 +170,7 @@ def recovery_task(
                         # A standby's run starts when it takes the lease: what the old holder logged until then is
                         # the previous run's, so the start-up window starts at the holder's last entry.
                         started_at=services.lease_acquired_at or since,
+                        down=down,
                     )
                 )
                 await nursery.start(

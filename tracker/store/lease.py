@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, exc, text
@@ -42,10 +43,12 @@ def lease_key(account: str) -> int:
 
 
 # The holder's session as pg_locks shows it: a bigint advisory key is split into classid (high 32 bits) and objid
-# (low 32 bits), with objsubid 1.
+# (low 32 bits), with objsubid 1. pg_locks and pg_stat_activity show the whole server; an advisory lock is one
+# database's (the same key in another database is another lock, another tracker's), so both are narrowed to this one.
+_THIS_DATABASE = "(SELECT oid FROM pg_database WHERE datname = current_database())"
 _HOLDER = text(
     "SELECT a.pid, a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    f" WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = {_THIS_DATABASE}"
     " AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid) LIMIT 1"
 )
 
@@ -202,14 +205,16 @@ _TRACKER_SESSION = re.compile(r"^tracker run pid (\d+) account (\S+)$")  # ``PgL
 
 def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer]:
     """Per account, who holds its lease now and which ``tracker run`` sessions wait for it (their lease connections
-    are named by ``PgLease.label``). Read from ``pg_locks`` and ``pg_stat_activity`` in one query each: a holder
-    whose session name another role cannot read (``pg_stat_activity`` hides it) shows with its backend pid only."""
+    are named by ``PgLease.label``). Read from ``pg_locks`` and ``pg_stat_activity`` in one query each, this
+    database's only: a holder whose session name another role cannot read (``pg_stat_activity`` hides it) shows with
+    its backend pid only."""
     wanted = {lease_key(account) & 0xFFFF_FFFF_FFFF_FFFF: account for account in accounts}
     held = conn.execute(
         text(
             "SELECT l.classid::bigint, l.objid::bigint, l.pid, a.application_name"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid IS NOT NULL"
+            f" AND l.database = {_THIS_DATABASE}"
         )
     ).all()
     holders: dict[str, tuple[int | None, int]] = {}
@@ -221,7 +226,10 @@ def lease_writers(conn: Connection, accounts: Iterable[str]) -> dict[str, Writer
     waiting: dict[str, list[int]] = {}
     holder_backends = {backend for _, backend in holders.values()}
     sessions = conn.execute(
-        text("SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE 'tracker run pid %'")
+        text(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE 'tracker run pid %'"
+            " AND datname = current_database()"
+        )
     ).all()
     for backend, name in sessions:
         found = _TRACKER_SESSION.match(name or "")
@@ -263,6 +271,18 @@ def file_writer(path: Path, *, locks: Path = Path("/proc/locks")) -> Writer:
         if on == device or int(holder) == pid:
             return Writer(int(holder))
     return Writer(None)
+
+
+def file_lock_taken_at(path: Path) -> datetime | None:
+    """When the SQLite file's writer lock was last taken: its holder writes its pid in the lock file on taking it
+    and nothing writes it while held, so the file's modification time (None: no lock file). Tells a holder's own
+    records from a dead process's that had the same pid (a restarted container's tracker is often pid 1 again): those
+    are older. The kernel stamps files with a coarse clock, never ahead of the writer's own later ``now()``."""
+    try:
+        mtime_ns = path.with_name(path.name + ".lock").stat().st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return datetime.fromtimestamp(mtime_ns / 1e9, UTC)
 
 
 def _alive(pid: int) -> bool:

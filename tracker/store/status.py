@@ -17,8 +17,14 @@ Everything here is read from the log and the projection store only, in one read 
 
 A database only knows what was logged: if ``run`` was killed, the last state stays as it was. Ages help judge that.
 What is not logged but asked of the database's locks: who writes now. SQLite: which process holds the file's writer
-lock; PostgreSQL: per account, which process holds its writer lease and which wait for it as standbys. An account a
-running ``tracker run`` has given up as down (``[[accounts]]``) holds no lease: no writer, whatever the log says.
+lock; PostgreSQL: per account, which process holds its writer lease and which wait for it as standbys.
+
+And what a running process says of itself, trusted while its lock says it runs: the accounts it has given up as down
+(``[[accounts]]``), each with the reason it logged, since when and its next try (``accounts_down.py``, which says why
+that is not in the log), and those it tracks again after a spell down. On SQLite the rows the pid that holds the
+file's lock wrote since it took it; on PostgreSQL those of processes holding their own lock, except a "down" for an
+account whose lease another process holds (it is tracked there). A down account also holds no lease on PostgreSQL:
+no writer, whatever the log says.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from sqlalchemy import Connection, Engine, func, select
 from tracker.bitstamp.ledger_channels import split_ledger_channel
 from tracker.bitstamp.ledger_entries import REST_BALANCES, REST_LEDGER_ROW
 from tracker.domain import tracker_events as te
+from tracker.store.accounts_down import AccountDown, process_lock_name, read_down
 from tracker.store.engine import sqlite_path
-from tracker.store.lease import Writer, file_writer, lease_writers
+from tracker.store.lease import Writer, file_lock_taken_at, file_writer, lease_writers
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
 from tracker.store.schema import event_log, quarantine
 
@@ -136,6 +143,7 @@ class AccountStatus:
     entries: int  # its websocket entries
     last_at: datetime | None  # the newest one's receive time
     writer: Writer | None = None  # PostgreSQL: who holds its writer lease now (SQLite: ``Status.writer``)
+    down: AccountDown | None = None  # a running ``tracker run`` has given it up as down: why, since when
 
 
 @dataclass
@@ -159,6 +167,11 @@ class Status:
     ledger: list[LedgerStatus] = field(default_factory=list)  # per account and trade account, "0" first
     accounts: list[AccountStatus] = field(default_factory=list)  # per Bitstamp account with a channel or connection
     writer: Writer | None = None  # SQLite: who holds the file's writer lock now (PostgreSQL: per account)
+    # The accounts a running ``tracker run`` has given up as down (``[[accounts]]``), by its process and their places
+    # in its file; one whose user is known is also under its ``accounts`` line.
+    down: list[AccountDown] = field(default_factory=list)
+    # Those it tracks again after a spell down (``back_at``): since when, and why it was down.
+    tracked_again: list[AccountDown] = field(default_factory=list)
 
     @property
     def projection_lag(self) -> int | None:
@@ -354,12 +367,64 @@ def read_status(engine: Engine) -> Status:
         status.ledger = _ledger(conn)
         status.degraded += _ledger_degraded(conn)
         status.accounts = accounts_of(status.channels, status.connections)
+        rows = read_down(conn)
+        known = {a.account for a in status.accounts}
+        down_users = {d.user for d in rows if d.user and d.back_at is None}
+        status.accounts += [_never_logged(user) for user in sorted(down_users - known)]
         if conn.dialect.name == "postgresql":
             writers = lease_writers(conn, [a.account for a in status.accounts])
             status.accounts = [replace(a, writer=writers[a.account]) for a in status.accounts]
+            rows = _live_on_postgresql(conn, rows, writers)
     if (path := sqlite_path(engine.url)) is not None:
         status.writer = file_writer(path)
+        taken_at = file_lock_taken_at(path)
+        rows = [d for d in rows if _written_by_holder(d, status.writer, taken_at)]
+    elif engine.dialect.name != "postgresql":
+        rows = []  # an in-memory database: no process to trust
+    status.down = [d for d in rows if d.back_at is None]
+    status.tracked_again = [d for d in rows if d.back_at is not None]
+    down_of = {d.user: d for d in status.down if d.user}
+    status.accounts = [
+        replace(a, down=down_of.get(a.account))
+        for a in status.accounts
+        if a.account in down_of or a.account in known  # an account no entry names shows while it is down only
+    ]
     return status
+
+
+def _written_by_holder(row: AccountDown, holder: Writer, taken_at: datetime | None) -> bool:
+    """SQLite: ``row`` is the word of the process that holds the file's lock now: its pid, written since it took
+    the lock (a dead process of the same pid wrote before)."""
+    return (
+        holder.pid is not None
+        and row.pid == holder.pid
+        and taken_at is not None
+        and row.updated_at is not None
+        and row.updated_at >= taken_at
+    )
+
+
+def _never_logged(user: str) -> AccountStatus:
+    return AccountStatus(account=user, live_connections=0, channels=0, subscribed=0, entries=0, last_at=None)
+
+
+def _live_on_postgresql(conn: Connection, down: list[AccountDown], writers: dict[str, Writer]) -> list[AccountDown]:
+    """The rows of processes that still hold their own lock (``process_lock_name``: a killed one's is gone), but no
+    "down" for an account whose writer lease some process holds: that one tracks it."""
+    names = {process_lock_name(d.process): d.process for d in down}
+    alive = {names[name] for name, writer in lease_writers(conn, names).items() if _held(writer)}
+    return [d for d in down if d.process in alive and not _tracked_elsewhere(d, writers)]
+
+
+def _tracked_elsewhere(row: AccountDown, writers: dict[str, Writer]) -> bool:
+    """A "down" row of an account whose lease a process holds (another one: this one gave it up)."""
+    lease = writers.get(row.user) if row.user is not None and row.back_at is None else None
+    return lease is not None and _held(lease)
+
+
+def _held(writer: Writer) -> bool:
+    """Whether someone holds the lock ``writer`` describes."""
+    return writer.pid is not None or writer.backend_pid is not None
 
 
 def accounts_of(channels: list[ChannelStatus], live: list[ConnectionStatus]) -> list[AccountStatus]:
