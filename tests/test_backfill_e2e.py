@@ -36,6 +36,7 @@ import trio
 from msgspec.structs import replace
 
 from tracker.config import Settings
+from tracker.domain.gaps import MARKET_WIDE_AFTER
 from tracker.domain.money import format_decimal
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime import backfill
@@ -292,6 +293,48 @@ async def test_frames_withheld_while_the_connection_stays_up_are_backfilled_by_t
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
     done = tracker_events(sqlite_url, "backfill_completed")
     assert sum(d["found"].get("user_transactions", 0) for d in done[1:-1]) > 0, done  # the breaks' walks found fills
+
+
+async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: str) -> None:
+    """Delivery withheld again and again with the connection up: each pause breaks the per-account chains once, and
+    then they link again. Found by the soak (a fault every ~3 s): three such breaks in a market taught tracker that its
+    chain runs market-wide, so the breaks of every later pause were no longer walked and their fills stayed missing
+    until the next full walk (here there is none: the last pause's wait times out without the fix)."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=13, markets=MARKETS) as fx, tracker_running(fx, sqlite_url) as tracker:
+        await fx.wait_subscribed(fx.private_channels())
+        await tracker.backfiller.wait_runs(1)  # the start-up backfill
+        await wait_logged(tracker, await fx.generate(150))
+        log: EventLog = tracker.services.log
+        store = ProjectionStore(log.engine)
+
+        async def pause_and_resume() -> set[int]:
+            """Withhold 100 frames, then deliver 100 more (the streams link again after the break): the withheld
+            fills."""
+            fx.pause_delivery()
+            with no_self_trades(fx):
+                withheld = await fx.generate(100)
+            fx.resume_delivery()
+            await wait_logged(tracker, await fx.generate(100))
+            return {json.loads(e.text)["data"]["id"] for e in withheld if json.loads(e.text)["event"] == "trade"}
+
+        async def wait_backfilled(wanted: set[int]) -> None:
+            assert wanted, "the window had fills"
+            with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
+                while not wanted <= {int(fill.trade_id) for fill in store.all_rows()["fills"]}:
+                    await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+                    store.catch_up(log)
+
+        # Pauses in quick succession (their breaks come with no other tracker entry in between), then one more once
+        # their walks are done: without the fix the first ones taught "market-wide", and the last one's break was
+        # ignored.
+        wanted: set[int] = set()
+        for _ in range(MARKET_WIDE_AFTER + 2):
+            wanted |= await pause_and_resume()
+        await wait_backfilled(wanted)
+        await wait_backfilled(await pause_and_resume())
+    assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
+    assert not tracker_events(sqlite_url, "chain_market_wide")
 
 
 def ws_payloads(db_url: str) -> set[str]:

@@ -3,8 +3,8 @@
 - an endpoint the account may not use (API5506 from the derivatives endpoints) is marked unavailable until restart and
   skipped by later backfills, the other walks complete;
 - a transient failure (API5502, "try again later") is a ``walk_failed`` entry and that walk alone is retried when due;
-- chain breaks walk only their market and order source; a chain that breaks while the connection stays up is learned
-  as market-wide (its breaks stop triggering walks).
+- chain breaks walk only their market and order source; a chain that breaks event after event while the connection
+  stays up is learned as market-wide (its breaks stop triggering walks); one that breaks now and then does not.
 
 Rules: no network (``httpx.MockTransport``), ``autojump_clock`` for everything timed, an absolute timeout on each test.
 """
@@ -154,6 +154,25 @@ def test_breaks_while_the_connection_stays_up_teach_a_market_wide_chain() -> Non
     assert len(breaks) == MARKET_WIDE_AFTER  # reported until learned, then not any more
     assert watch.take_learned() == ["btcusd"] and watch.take_learned() == []
     assert watch.market_wide == {"btcusd"}
+
+
+def test_breaks_of_frames_withheld_now_and_then_never_teach_a_market_wide_chain() -> None:
+    """Found by the soak (a fault every ~3 s): frames withheld with the connection up, pause after pause, break a
+    per-account chain once each and then it links again. Counted in total, three such breaks taught the chain to be
+    market-wide and the breaks of later pauses were no longer walked (their fills missing until the next full walk)."""
+    watch = GapWatch("acc")
+    watch.feed(LifecycleSignal(te.SUBSCRIBED, "c1", NOW, ("private-my_orders_btcusd-acc",)))
+    watch.feed(_order(1, None))
+    seq = 1
+    for _ in range(MARKET_WIDE_AFTER + 3):
+        seq += 2  # one event withheld: the next names it
+        watch.feed(_order(seq, f"e{seq - 1}"))
+        for _ in range(5):  # then the stream links again
+            seq += 1
+            watch.feed(_order(seq, f"e{seq - 1}"))
+    _, breaks, _ = watch.take()
+    assert len(breaks) == MARKET_WIDE_AFTER + 3  # every pause's break reported (and walked)
+    assert watch.market_wide == set() and watch.take_learned() == []
 
 
 def test_breaks_across_a_reconnect_are_not_evidence_of_a_market_wide_chain() -> None:

@@ -308,7 +308,7 @@ class LifecycleSignal:
 GapSignal = OrderChainSignal | LifecycleSignal
 
 
-MARKET_WIDE_AFTER: Final = 3  # breaks with the connection up, in one market, before its chain is judged market-wide
+MARKET_WIDE_AFTER: Final = 3  # breaks in a row with the connection up, in one market: its chain is market-wide
 
 
 @dataclass
@@ -320,8 +320,16 @@ class GapWatch:
     (docs/bitstamp.md §2.1); if the private one does too, our stream's ``pre_event_id`` names events we never see and
     nearly every event looks like a break. A break between two events with no lifecycle change in between (the
     connection never dropped, stalled or was replaced) cannot be a transport loss; after ``MARKET_WIDE_AFTER`` of
-    them in a market, its chain is taken as market-wide (``market_wide``, reported once through ``take_learned``) and
-    its breaks are no longer reported: the connection windows cover that stream, as for every other channel."""
+    them in a row in a market, its chain is taken as market-wide (``market_wide``, reported once through
+    ``take_learned``) and its breaks are no longer reported: the connection windows cover that stream, as for every
+    other channel.
+
+    *In a row*: an event that links to the one before (or any event that is no break) starts the count again. A
+    market-wide chain breaks on nearly every event of a busy market, while frames withheld with the connection up
+    (the server pausing delivery, then going on) break a per-account chain once and then link again. Counting breaks
+    in total, three such pauses in a run taught a per-account chain to be market-wide, and the fills withheld by
+    every later pause stayed missing until the next full walk (the periodic reconciliation): found by the soak with
+    a fault every ~3 s."""
 
     account: str
     coverage: CoverageTracker = field(default_factory=CoverageTracker)
@@ -361,7 +369,10 @@ class GapWatch:
         brk = self.chain.observe(
             signal.account, market, signal.order_source, signal.event_id, signal.pre_event_id, signal.seq
         )
-        if brk is None or market in self.market_wide:
+        if brk is None:
+            self._connected_breaks.pop(market, None)  # linked (or a duplicate, or a stream's first): not in a row
+            return
+        if market in self.market_wide:
             return
         if quiet:
             self._connected_breaks[market] = self._connected_breaks.get(market, 0) + 1
