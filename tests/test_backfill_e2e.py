@@ -42,6 +42,7 @@ from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime import backfill
 from tracker.runtime.backfill import Backfiller
 from tracker.runtime.ingest import IngestOptions
+from tracker.runtime.preflight import check_markets
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.engine import open_engine
@@ -410,3 +411,20 @@ async def test_backfill_backs_off_when_the_exchange_rate_limits(sqlite_url: str)
             assert not report.errors
             assert tracker.backfiller.api.stats.rate_limited >= 2
         assert_equals_truth(fx, sqlite_url)
+
+
+async def test_start_up_waits_out_a_rate_limit(db_url: str) -> None:
+    """The calls the run cannot start without (the markets check, the account's token: for the PostgreSQL lease, then
+    for ingest) answered HTTP 429 / 400.002 a few times: the start backs off and goes on. Found by ``bench/soak.py
+    --kill-every``: a tracker restarted during the fake's 429 fault ended at once with exit 2 ("rate limited by the
+    exchange on markets/ (400.002): backing off"), so a supervisor's restart in a busy moment could not start."""
+    upgrade(db_url)
+    async with open_fake_exchange(seed=3, markets=MARKETS) as fx:
+        fx.reject_next_requests(2)
+        await check_markets(settings_for(fx, db_url))
+        assert fx.http.faults.reject_next == 0  # both answered before the list came
+        fx.reject_next_requests(2)
+        async with tracker_running(fx, db_url) as tracker:
+            await fx.wait_subscribed(fx.private_channels())
+            await tracker.backfiller.wait_runs(1)
+        assert fx.http.faults.reject_next == 0
