@@ -36,7 +36,7 @@ import trio
 from msgspec.structs import replace
 
 from tracker.config import Settings
-from tracker.domain.gaps import MARKET_WIDE_AFTER
+from tracker.domain.gaps import MARKET_WIDE_AFTER, Window
 from tracker.domain.money import format_decimal
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime import backfill
@@ -47,6 +47,7 @@ from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
+from tracker.store.log_queries import unclosed_gaps
 from tracker.store.migrate import upgrade
 from tracker.store.projections import ProjectionStore
 
@@ -336,6 +337,34 @@ async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: 
         await wait_backfilled(await pause_and_resume())
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
     assert not tracker_events(sqlite_url, "chain_market_wide")
+
+
+async def test_gaps_a_walk_cut_short_left_open_are_closed_by_the_next_runs_first_full_walk(db_url: str) -> None:
+    """A kill -9 during a backfill leaves its ``gap_detected`` entries without a ``backfill_completed``. The next run's
+    first full walk starts from the same cursors (the last completed backfill's), so it covers them and lists them as
+    filled; before, they stayed open for ever (``tracker status``: open gaps; found by ``bench/soak.py
+    --kill-every``). A walk of a chain break's keys only does not cover them and leaves them be."""
+    upgrade(db_url)
+    window = Window(None, datetime.now(UTC), "closed", ("private-my_orders_btcusd-1",), "killed mid-walk")
+    async with open_fake_exchange(seed=4, markets=MARKETS) as fx:
+        async with tracker_running(fx, db_url) as tracker:
+            await tracker.backfiller.wait_runs(1)
+            # what a walk killed half-way leaves: its gap recorded, never completed
+            cut_short = await tracker.backfiller.record_gaps([window], [], "subscribed")
+            partial_walk = await tracker.backfiller.run("chain_break", only={"user_transactions:btcusd"})
+            assert not set(cut_short) & set(partial_walk.gap_ids)
+            account = tracker.services.account
+        log = EventLog(open_engine(db_url))
+        try:
+            assert unclosed_gaps(log, account) == cut_short
+            async with tracker_running(fx, db_url) as tracker:
+                first = await tracker.backfiller.wait_runs(1)
+                assert first is not None and set(cut_short) <= set(first.gap_ids)
+                second = await tracker.backfiller.run("test")
+                assert not set(cut_short) & set(second.gap_ids)  # adopted once
+            assert unclosed_gaps(log, account) == []
+        finally:
+            log.engine.dispose()
 
 
 def ws_payloads(db_url: str) -> set[str]:

@@ -131,6 +131,7 @@ class Backfiller:
         self.runs = 0
         self.last_report: BackfillReport | None = None
         self.completed = trio.Event()  # replaced after each run: wait on it for the next one
+        self.adopted_unclosed = False  # the first full walk closes the gaps earlier runs left open (``run``)
         self.health = WalkHealth(rng=rng)
         self.order_checks = OrderChecks(
             api,
@@ -246,13 +247,23 @@ class Backfiller:
         keys (a chain break's market and source, or the walks due for a retry). Walks marked unavailable are skipped.
 
         Memory is bounded by a page, not by the walk: each page is appended as it arrives and only counters, cursors
-        and the keys of the last page (``forget_passed``) are kept."""
+        and the keys of the last page (``forget_passed``) are kept.
+
+        The first full walk of this backfiller (``only`` None) also lists, as filled, the gaps an earlier backfill
+        recorded and never completed (a ``kill -9`` mid-walk, a task ended by a database outage): it starts from the
+        cursors of the last completed backfill, which that cut-short walk started from too, so it covers their
+        windows and breaks. Without this they stayed open for ever (``tracker status``: "gaps: 7 open") although
+        nothing was missing (found by ``bench/soak.py --kill-every``). Under ``lock`` no other walk is under way, so
+        every gap still open then was left by a walk that ended."""
         async with self.lock:
             started = trio.current_time()
+            adopted: list[str] = []
+            if only is None and not self.adopted_unclosed:
+                adopted = await self.sink.unclosed_gaps(self.account)
             gap_ids = await self.record_gaps(windows, breaks, reason)
             cursors = await self._cursors()
             before = self.api.stats.requests.copy()
-            report = BackfillReport(reason, gap_ids, cursors=cursors)
+            report = BackfillReport(reason, adopted + gap_ids, cursors=cursors)
             wanted = None if only is None else set(only)
             for key, walk in self._walks(report, user_transactions_from, check_orders, fill_pages):
                 if wanted is not None and key not in wanted:
@@ -264,14 +275,16 @@ class Backfiller:
             report.requests = self.api.stats.requests - before
             report.duration_s = trio.current_time() - started
             await self.sink.append([self.entry(te.BACKFILL_COMPLETED, report.as_data())])
+            self.adopted_unclosed = self.adopted_unclosed or only is None
             self.runs += 1
             self.last_report = report
             done, self.completed = self.completed, trio.Event()
             done.set()
             log.info(
-                "backfill (%s): %d gap(s) filled, %s new facts from %s requests in %.2f s%s",
+                "backfill (%s): %d gap(s) filled%s, %s new facts from %s requests in %.2f s%s",
                 reason,
                 len(report.gap_ids),
+                f" ({len(adopted)} left open by an earlier walk that did not finish)" if adopted else "",
                 f"{sum(report.found.values()):,}",  # grouped, as the progress lines write their counts
                 f"{sum(report.requests.values()):,}",
                 report.duration_s,
