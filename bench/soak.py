@@ -4,6 +4,7 @@ memory flat.
 
     .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--fault-every 10] [--seed 1] [--db-url URL]
                                    [--modes all | --modes unsigned,error-200,refuse-channel=my_trades_btcusd ...]
+                                   [--kill-every 20]
 
 The fake runs in this process (its ground truth is at hand at the end); the tracker is ``python -m tracker run`` on a
 fresh database (a SQLite file in a temporary directory by default), so its RSS (``/proc/PID/status``: VmRSS, and
@@ -25,6 +26,14 @@ the refused channel being ``my_token_settlements``). A refused channel is left o
 of the final burst (its frames can reach the tracker only over REST). At the end the REST requests the tracker made
 are printed per endpoint, with the share of the exchange's budget of 10,000 requests per 10 minutes they used: in the
 busiest 10 minutes of the run, and at the run's mean rate (the one that matters for a run shorter than 10 minutes).
+
+``--kill-every S``: besides the faults, the tracker itself is killed with SIGKILL (kill -9) every ``S * U(0.5, 1.5)``
+seconds, at whatever it is doing (appending a batch, projecting, backfilling, reconciling, mid-way through a
+reconnect), and the same command is started again on the same database after ``U(0, 2)`` seconds (the exchange's
+activity goes on meanwhile: the restart must backfill it). The kill moments come from their own ``random.Random`` (the
+seed's fault sequence is the same with and without kills). The end is the same: the last tracker catches up, exits
+on SIGINT, and the views equal the truth. The RSS figures are then those of several processes (the growth means
+nothing); tests/test_crash_recovery.py kills at chosen phases without faults, this mixes both.
 
 Self trades are switched off: no REST endpoint reports self-trade-prevention offsets, so a ``self_trade`` frame
 withheld by a fault cannot be recovered by any tracker (see tests/test_backfill_e2e.py). Periodic reconciliation runs
@@ -86,6 +95,7 @@ class SoakReport:
     quarantined: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     exit_code: int | None = None
+    kills: int = 0  # kill -9 of the tracker, each followed by a restart (--kill-every)
     rss_first_mb: float = 0.0  # right after subscribing, before load
     rss_start_mb: float = 0.0  # after the warm-up (caches and buffers filled)
     rss_end_mb: float = 0.0
@@ -132,7 +142,8 @@ class SoakReport:
             f"soak: {self.seconds / 60:.1f} min at {self.rate:.0f} frames/s: "
             f"{self.frames_generated:,} frames generated, "
             f"{self.log_entries:,} log entries ({self.ws_entries:,} ws), {self.quarantined} quarantined; "
-            f"{sum(self.faults.values())} faults ({faults}); truth: {self.fills:,} fills, {self.orders:,} orders; "
+            f"{sum(self.faults.values())} faults ({faults}); {self.kills} kill -9; "
+            f"truth: {self.fills:,} fills, {self.orders:,} orders; "
             f"lost {self.lost}, doubled {self.doubled}, wrong {self.wrong}; "
             f"tracker RSS: {self.rss_first_mb:.1f} MB idle, "
             f"{self.rss_start_mb:.1f} MB after warm-up, {self.rss_end_mb:.1f} MB at the end "
@@ -198,6 +209,60 @@ async def run_faults(fx: FakeExchange, rng: random.Random, every: float, counts:
         kind = rng.choice(FAULTS)
         counts[kind] += 1
         await apply_fault(fx, kind, rng)
+
+
+# --- kill -9 ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """The tracker child of the moment: ``--kill-every`` replaces it (kill -9, then the same command again)."""
+
+    env: dict[str, str]
+    log_path: Path
+    proc: trio.Process | None = None
+    restarting: bool = False  # between the kill and the new process: not a failure, no RSS to sample
+    kills: int = 0
+
+    @property
+    def current(self) -> trio.Process:
+        assert self.proc is not None, "the tracker was never started"
+        return self.proc
+
+    async def start(self, banner: str = "") -> trio.Process:
+        with self.log_path.open("ab") as out:
+            if banner:
+                out.write(f"\n=== {banner}\n".encode())
+                out.flush()
+            self.proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "tracker", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self.proc
+
+    def died(self) -> int | None:
+        """The exit code of a tracker that ended on its own (None while it runs, or while being restarted)."""
+        return None if self.restarting else self.current.returncode
+
+    async def kill_and_restart(self, rng: random.Random) -> None:
+        """kill -9, then the same command again. Shielded: the end of the soak never finds a tracker half-replaced."""
+        proc = self.current
+        if proc.returncode is not None:
+            raise RuntimeError(f"tracker exited with {proc.returncode} before kill -9")
+        self.restarting = True
+        with trio.CancelScope(shield=True):
+            proc.send_signal(signal.SIGKILL)
+            with trio.fail_after(10):
+                await proc.wait()
+            self.kills += 1
+            await trio.sleep(rng.uniform(0, 2))  # the exchange goes on meanwhile: a window to backfill
+            await self.start(f"restart after kill -9 #{self.kills}")
+        self.restarting = False
+
+
+async def run_kills(child: Child, rng: random.Random, every: float) -> None:
+    while True:
+        await trio.sleep(every * rng.uniform(0.5, 1.5))
+        await child.kill_and_restart(rng)
 
 
 # --- REST requests ---------------------------------------------------------------------------------------------------
@@ -389,9 +454,11 @@ async def soak(
     warm_up: float | None = None,
     say: Callable[[str], None] = print,
     modes: Modes | None = None,
+    kill_every: float | None = None,
 ) -> SoakReport:
     """Run the soak (see the module docstring). ``warm_up``: seconds before the "start" RSS sample; by default past
-    the first reconciliation (it walks the whole history once: a one-time peak) and at most half the run."""
+    the first reconciliation (it walks the whole history once: a one-time peak) and at most half the run.
+    ``kill_every``: mean seconds between two kill -9 of the tracker (each followed by a restart); None: never."""
     upgrade(db_url)
     engine = open_engine(db_url)
     modes = modes if modes is not None else Modes()
@@ -419,13 +486,8 @@ async def soak(
 
             fx.hub.deliver = counting  # type: ignore[method-assign]
             proc_started = trio.current_time()
-            with log_path.open("ab") as out:
-                proc = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "tracker", "run"],
-                    env=child_env(fx, db_url, reconcile_every),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            child = Child(child_env(fx, db_url, reconcile_every), log_path)
+            proc = await child.start()
             try:
                 with trio.fail_after(60):
                     await fx.wait_subscribed(channels)
@@ -435,20 +497,28 @@ async def soak(
                 fx.set_rate(rate)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run_faults, fx, rng, fault_every, counts)
+                    if kill_every:
+                        # its own generator: the seed's faults are the same with and without kills
+                        nursery.start_soon(run_kills, child, random.Random(f"kill-{seed}"), kill_every)
                     next_sample = started + warm_up
                     while (now := trio.current_time()) < started + duration:
                         await trio.sleep_until(min(started + duration, now + sample_every))
-                        if proc.returncode is not None:
-                            raise RuntimeError(f"tracker exited with {proc.returncode} during the soak")
-                        rss, peak = rss_mb(proc.pid)
+                        if (code := child.died()) is not None:
+                            raise RuntimeError(f"tracker exited with {code} during the soak")
+                        if child.restarting:
+                            continue
+                        rss, peak = rss_mb(child.current.pid)
                         report.rss_samples_mb.append(round(rss, 1))
                         if not report.rss_start_mb and trio.current_time() >= next_sample:
                             report.rss_start_mb = rss
                         say(
                             f"  {trio.current_time() - started:6.0f} s: RSS {rss:.1f} MB (peak {peak:.1f}), "
                             f"{len(fx.model.state.fills) - generated_before:,} fills so far, faults {dict(counts)}"
+                            + (f", kill -9 {child.kills}" if kill_every else "")
                         )
                     nursery.cancel_scope.cancel()
+                proc = child.current
+                report.kills = child.kills
                 fx.set_rate(None)
                 fx.unstall()
                 fx.resume_delivery()
@@ -469,9 +539,9 @@ async def soak(
                     report.exit_code = await proc.wait()
                 report.rest_seconds = trio.current_time() - proc_started
             finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+                if child.current.returncode is None:
+                    child.current.kill()
+                    await child.current.wait()
             truth = fx.truth()
             report.frames_generated = frames[0]
             report.rest_requests = dict(rest.endpoints)
@@ -500,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fake-exchange modes, comma-separated or repeated: all, or e.g. unsigned,error-200,settlement-ms,"
         "refuse-channel=my_trades_btcusd (tracker/fake/modes.py)",
     )
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        metavar="S",
+        help="also kill -9 the tracker every ~S seconds and start it again (default: never)",
+    )
     args = parser.parse_args(argv)
     try:
         modes = Modes.parse(args.modes)
@@ -520,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                 workdir=Path(tmp),
                 reconcile_every=args.reconcile_every,
                 modes=modes,
+                kill_every=args.kill_every,
             )
         )
         print(report.summary())
