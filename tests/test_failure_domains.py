@@ -175,6 +175,27 @@ def test_breaks_of_frames_withheld_now_and_then_never_teach_a_market_wide_chain(
     assert watch.market_wide == set() and watch.take_learned() == []
 
 
+def test_frames_of_two_connections_interleaved_are_no_breaks_and_teach_nothing() -> None:
+    """Make-before-break: the old connection drains its queue (older events) while the new one delivers newer ones,
+    so the log holds e.g. e5 (new), e3 (old), e6 (new), e4 (old). Each names an event that was logged, only not the
+    last: nothing is missing. Judged against the last event alone these were quiet breaks in a row and the market was
+    learned market-wide (found by the soak with reconciliation off: the breaks of later losses were then ignored and
+    their fills lost until the next full walk)."""
+    watch = GapWatch("acc")
+    watch.feed(LifecycleSignal(te.SUBSCRIBED, "old", NOW, ("private-my_orders_btcusd-acc",)))
+    for seq in range(1, 3):
+        watch.feed(_order(seq, f"e{seq - 1}" if seq > 1 else None))
+    watch.feed(LifecycleSignal(te.RECONNECT_REQUESTED, "old", NOW))
+    watch.feed(LifecycleSignal(te.SUBSCRIBED, "new", NOW, ("private-my_orders_btcusd-acc",)))
+    watch.take()
+    # new: e5 (its e4 not logged yet: a real break, once); then old and new alternate, every pre already logged
+    for seq, pre in [(5, "e4"), (3, "e2"), (6, "e5"), (4, "e3"), (7, "e6"), (8, "e7"), (9, "e8")]:
+        watch.feed(_order(seq, pre))
+    _, breaks, _ = watch.take()
+    assert [b.event_id for b in breaks] == ["e5"]
+    assert watch.market_wide == set() and watch.take_learned() == []
+
+
 def test_breaks_across_a_reconnect_are_not_evidence_of_a_market_wide_chain() -> None:
     watch = GapWatch("acc")
     at = NOW
