@@ -297,6 +297,36 @@ async def test_frames_withheld_while_the_connection_stays_up_are_backfilled_by_t
     assert sum(d["found"].get("user_transactions", 0) for d in done[1:-1]) > 0, done  # the breaks' walks found fills
 
 
+async def test_settlements_withheld_while_the_connection_stays_up_are_backfilled_by_the_chain_break_walks(
+    sqlite_url: str,
+) -> None:
+    """``my_settlements`` frames withheld with the connection up: like ``my_trades`` they carry no chain, so only the
+    perp market's chain break reveals them; its walks now include ``position_settlement_transactions``. Found by the
+    soak with reconciliation off: such settlements were missing (their positions' realised PnL wrong) until the next
+    full walk."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=14, markets=MARKETS) as fx, tracker_running(fx, sqlite_url) as tracker:
+        await fx.wait_subscribed(fx.private_channels())
+        await tracker.backfiller.wait_runs(1)  # the start-up backfill
+        await wait_logged(tracker, await fx.generate(150))
+        fx.pause_delivery()
+        with no_self_trades(fx):
+            withheld = await fx.generate(400)
+        fx.resume_delivery()
+        await wait_logged(tracker, await fx.generate(150))  # later events of the same streams: the breaks show
+        wanted = {
+            str(json.loads(e.text)["data"]["tnx_id"]) for e in withheld if json.loads(e.text)["event"] == "settlement"
+        }
+        assert wanted, "the window had settlements"
+        log: EventLog = tracker.services.log
+        store = ProjectionStore(log.engine)
+        with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
+            while not wanted <= {row.transaction_id for row in store.all_rows()["settlements"]}:
+                await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+                store.catch_up(log)
+    assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
+
+
 async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: str) -> None:
     """Delivery withheld again and again with the connection up: each pause breaks the per-account chains once, and
     then they link again. Found by the soak (a fault every ~3 s): three such breaks in a market taught tracker that its

@@ -134,6 +134,7 @@ def test_chain_breaks_walk_only_their_market_and_source_and_the_markets_fills() 
         "user_transactions:ethusd",
         "account_order_data:btcusd-perp:stop_order",
         "trade_history:btcusd-perp",  # a perp fill is learned with its position first
+        "position_settlement_transactions",  # my_settlements frames carry no chain: withheld with the orders'
         "user_transactions:btcusd-perp",
     }
 

@@ -538,13 +538,17 @@ def break_walks(breaks: Iterable[ChainBreak]) -> set[str]:
     and the market's fills (``trade_history`` for a perp, then ``user_transactions``). A break means frames of the
     connection were lost while it stayed up (no window was logged), and whatever withheld the order events withheld
     that market's ``my_trades`` frames too, which carry no chain of their own to show it: without these walks the
-    fills stayed missing until the next full walk (a reconnect, the periodic reconciliation)."""
+    fills stayed missing until the next full walk (a reconnect, the periodic reconciliation). For a perp market the
+    settlements too (``position_settlement_transactions``): its ``my_settlements`` frames have no chain either, and
+    one withheld with the connection up was missing (its position's realised PnL wrong) until the next full walk
+    (found by ``bench/soak.py`` with reconciliation off)."""
     keys: set[str] = set()
     for brk in breaks:
         sources = (brk.order_source,) if brk.order_source in ORDER_SOURCES else ORDER_SOURCES
         keys.update(f"account_order_data:{brk.market}:{source}" for source in sources)
         if brk.market.endswith("-perp"):
             keys.add(f"trade_history:{brk.market}")
+            keys.add("position_settlement_transactions")
         keys.add(f"user_transactions:{brk.market}")
     return keys
 
