@@ -327,6 +327,35 @@ async def test_settlements_withheld_while_the_connection_stays_up_are_backfilled
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
 
 
+async def test_stop_orders_withheld_while_the_connection_stays_up_are_backfilled_by_the_chain_break_walks(
+    sqlite_url: str,
+) -> None:
+    """Every order of a window withheld with the connection up is back after the breaks' walks alone, stop orders
+    too. The fake's chain runs over both order sources of a market, so a break shown by an orderbook event may hide
+    stop-order events: walking the break's own source alone left those orders missing until the next full walk
+    (found by the soak with reconciliation off)."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=15, markets=MARKETS) as fx, tracker_running(fx, sqlite_url) as tracker:
+        await fx.wait_subscribed(fx.private_channels())
+        await tracker.backfiller.wait_runs(1)  # the start-up backfill
+        await wait_logged(tracker, await fx.generate(150))
+        fx.pause_delivery()
+        with no_self_trades(fx):
+            withheld = await fx.generate(400)
+        fx.resume_delivery()
+        await wait_logged(tracker, await fx.generate(300))  # later events of the same streams: the breaks show
+        frames = [json.loads(e.text) for e in withheld if "my_orders" in e.channel]
+        wanted = {str(f["data"]["id"]) for f in frames if f.get("order_source") == "stop_order"}
+        assert wanted, "the window had stop-order events"
+        log: EventLog = tracker.services.log
+        store = ProjectionStore(log.engine)
+        with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
+            while not wanted <= {row.order_id for row in store.all_rows()["orders"]}:
+                await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+                store.catch_up(log)
+    assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
+
+
 async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: str) -> None:
     """Delivery withheld again and again with the connection up: each pause breaks the per-account chains once, and
     then they link again. Found by the soak (a fault every ~3 s): three such breaks in a market taught tracker that its

@@ -120,18 +120,20 @@ async def test_an_unavailable_endpoint_is_given_up_and_a_failing_walk_retried_al
     assert completed[-1]["skipped"].keys() == later.skipped.keys()
 
 
-def test_chain_breaks_walk_only_their_market_and_source_and_the_markets_fills() -> None:
+def test_chain_breaks_walk_only_their_market_both_its_sources_and_its_fills() -> None:
     breaks = [
         ChainBreak("acc", "btcusd", "orderbook", "e1", "e0", "e2"),
-        ChainBreak("acc", "ethusd", "", "e1", "e0", "e2"),  # source unknown: both sources of that market
+        ChainBreak("acc", "ethusd", "", "e1", "e0", "e2"),  # source unknown
         ChainBreak("acc", "btcusd-perp", "stop_order", "e1", "e0", "e2"),
     ]
     assert break_walks(breaks) == {
         "account_order_data:btcusd:orderbook",
+        "account_order_data:btcusd:stop_order",  # the chain may run over both sources: either may have missed events
         "user_transactions:btcusd",
         "account_order_data:ethusd:orderbook",
         "account_order_data:ethusd:stop_order",
         "user_transactions:ethusd",
+        "account_order_data:btcusd-perp:orderbook",
         "account_order_data:btcusd-perp:stop_order",
         "trade_history:btcusd-perp",  # a perp fill is learned with its position first
         "position_settlement_transactions",  # my_settlements frames carry no chain: withheld with the orders'
