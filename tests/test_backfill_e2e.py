@@ -36,15 +36,18 @@ import trio
 from msgspec.structs import replace
 
 from tracker.config import Settings
+from tracker.domain.gaps import MARKET_WIDE_AFTER, Window
 from tracker.domain.money import format_decimal
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime import backfill
 from tracker.runtime.backfill import Backfiller
 from tracker.runtime.ingest import IngestOptions
+from tracker.runtime.preflight import check_markets
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import Services, run_tracker
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
+from tracker.store.log_queries import unclosed_gaps
 from tracker.store.migrate import upgrade
 from tracker.store.projections import ProjectionStore
 
@@ -294,6 +297,135 @@ async def test_frames_withheld_while_the_connection_stays_up_are_backfilled_by_t
     assert sum(d["found"].get("user_transactions", 0) for d in done[1:-1]) > 0, done  # the breaks' walks found fills
 
 
+async def test_settlements_withheld_while_the_connection_stays_up_are_backfilled_by_the_chain_break_walks(
+    sqlite_url: str,
+) -> None:
+    """``my_settlements`` frames withheld with the connection up: like ``my_trades`` they carry no chain, so only the
+    perp market's chain break reveals them; its walks now include ``position_settlement_transactions``. Found by the
+    soak with reconciliation off: such settlements were missing (their positions' realised PnL wrong) until the next
+    full walk."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=14, markets=MARKETS) as fx, tracker_running(fx, sqlite_url) as tracker:
+        await fx.wait_subscribed(fx.private_channels())
+        await tracker.backfiller.wait_runs(1)  # the start-up backfill
+        await wait_logged(tracker, await fx.generate(150))
+        fx.pause_delivery()
+        with no_self_trades(fx):
+            withheld = await fx.generate(400)
+        fx.resume_delivery()
+        await wait_logged(tracker, await fx.generate(150))  # later events of the same streams: the breaks show
+        wanted = {
+            str(json.loads(e.text)["data"]["tnx_id"]) for e in withheld if json.loads(e.text)["event"] == "settlement"
+        }
+        assert wanted, "the window had settlements"
+        log: EventLog = tracker.services.log
+        store = ProjectionStore(log.engine)
+        with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
+            while not wanted <= {row.transaction_id for row in store.all_rows()["settlements"]}:
+                await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+                store.catch_up(log)
+    assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
+
+
+async def test_stop_orders_withheld_while_the_connection_stays_up_are_backfilled_by_the_chain_break_walks(
+    sqlite_url: str,
+) -> None:
+    """Every order of a window withheld with the connection up is back after the breaks' walks alone, stop orders
+    too. The fake's chain runs over both order sources of a market, so a break shown by an orderbook event may hide
+    stop-order events: walking the break's own source alone left those orders missing until the next full walk
+    (found by the soak with reconciliation off)."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=15, markets=MARKETS) as fx, tracker_running(fx, sqlite_url) as tracker:
+        await fx.wait_subscribed(fx.private_channels())
+        await tracker.backfiller.wait_runs(1)  # the start-up backfill
+        await wait_logged(tracker, await fx.generate(150))
+        fx.pause_delivery()
+        with no_self_trades(fx):
+            withheld = await fx.generate(400)
+        fx.resume_delivery()
+        await wait_logged(tracker, await fx.generate(300))  # later events of the same streams: the breaks show
+        frames = [json.loads(e.text) for e in withheld if "my_orders" in e.channel]
+        wanted = {str(f["data"]["id"]) for f in frames if f.get("order_source") == "stop_order"}
+        assert wanted, "the window had stop-order events"
+        log: EventLog = tracker.services.log
+        store = ProjectionStore(log.engine)
+        with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
+            while not wanted <= {row.order_id for row in store.all_rows()["orders"]}:
+                await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+                store.catch_up(log)
+    assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
+
+
+async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: str) -> None:
+    """Delivery withheld again and again with the connection up: each pause breaks the per-account chains once, and
+    then they link again. Found by the soak (a fault every ~3 s): three such breaks in a market taught tracker that its
+    chain runs market-wide, so the breaks of every later pause were no longer walked and their fills stayed missing
+    until the next full walk (here there is none: the last pause's wait times out without the fix)."""
+    upgrade(sqlite_url)
+    async with open_fake_exchange(seed=13, markets=MARKETS) as fx, tracker_running(fx, sqlite_url) as tracker:
+        await fx.wait_subscribed(fx.private_channels())
+        await tracker.backfiller.wait_runs(1)  # the start-up backfill
+        await wait_logged(tracker, await fx.generate(150))
+        log: EventLog = tracker.services.log
+        store = ProjectionStore(log.engine)
+
+        async def pause_and_resume() -> set[int]:
+            """Withhold 100 frames, then deliver 100 more (the streams link again after the break): the withheld
+            fills."""
+            fx.pause_delivery()
+            with no_self_trades(fx):
+                withheld = await fx.generate(100)
+            fx.resume_delivery()
+            await wait_logged(tracker, await fx.generate(100))
+            return {json.loads(e.text)["data"]["id"] for e in withheld if json.loads(e.text)["event"] == "trade"}
+
+        async def wait_backfilled(wanted: set[int]) -> None:
+            assert wanted, "the window had fills"
+            with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
+                while not wanted <= {int(fill.trade_id) for fill in store.all_rows()["fills"]}:
+                    await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+                    store.catch_up(log)
+
+        # Pauses in quick succession (their breaks come with no other tracker entry in between), then one more once
+        # their walks are done: without the fix the first ones taught "market-wide", and the last one's break was
+        # ignored.
+        wanted: set[int] = set()
+        for _ in range(MARKET_WIDE_AFTER + 2):
+            wanted |= await pause_and_resume()
+        await wait_backfilled(wanted)
+        await wait_backfilled(await pause_and_resume())
+    assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
+    assert not tracker_events(sqlite_url, "chain_market_wide")
+
+
+async def test_gaps_a_walk_cut_short_left_open_are_closed_by_the_next_runs_first_full_walk(db_url: str) -> None:
+    """A kill -9 during a backfill leaves its ``gap_detected`` entries without a ``backfill_completed``. The next run's
+    first full walk starts from the same cursors (the last completed backfill's), so it covers them and lists them as
+    filled; before, they stayed open for ever (``tracker status``: open gaps; found by ``bench/soak.py
+    --kill-every``). A walk of a chain break's keys only does not cover them and leaves them be."""
+    upgrade(db_url)
+    window = Window(None, datetime.now(UTC), "closed", ("private-my_orders_btcusd-1",), "killed mid-walk")
+    async with open_fake_exchange(seed=4, markets=MARKETS) as fx:
+        async with tracker_running(fx, db_url) as tracker:
+            await tracker.backfiller.wait_runs(1)
+            # what a walk killed half-way leaves: its gap recorded, never completed
+            cut_short = await tracker.backfiller.record_gaps([window], [], "subscribed")
+            partial_walk = await tracker.backfiller.run("chain_break", only={"user_transactions:btcusd"})
+            assert not set(cut_short) & set(partial_walk.gap_ids)
+            account = tracker.services.account
+        log = EventLog(open_engine(db_url))
+        try:
+            assert unclosed_gaps(log, account) == cut_short
+            async with tracker_running(fx, db_url) as tracker:
+                first = await tracker.backfiller.wait_runs(1)
+                assert first is not None and set(cut_short) <= set(first.gap_ids)
+                second = await tracker.backfiller.run("test")
+                assert not set(cut_short) & set(second.gap_ids)  # adopted once
+            assert unclosed_gaps(log, account) == []
+        finally:
+            log.engine.dispose()
+
+
 def ws_payloads(db_url: str) -> set[str]:
     engine = open_engine(db_url)
     try:
@@ -367,3 +499,20 @@ async def test_backfill_backs_off_when_the_exchange_rate_limits(sqlite_url: str)
             assert not report.errors
             assert tracker.backfiller.api.stats.rate_limited >= 2
         assert_equals_truth(fx, sqlite_url)
+
+
+async def test_start_up_waits_out_a_rate_limit(db_url: str) -> None:
+    """The calls the run cannot start without (the markets check, the account's token: for the PostgreSQL lease, then
+    for ingest) answered HTTP 429 / 400.002 a few times: the start backs off and goes on. Found by ``bench/soak.py
+    --kill-every``: a tracker restarted during the fake's 429 fault ended at once with exit 2 ("rate limited by the
+    exchange on markets/ (400.002): backing off"), so a supervisor's restart in a busy moment could not start."""
+    upgrade(db_url)
+    async with open_fake_exchange(seed=3, markets=MARKETS) as fx:
+        fx.reject_next_requests(2)
+        await check_markets(settings_for(fx, db_url))
+        assert fx.http.faults.reject_next == 0  # both answered before the list came
+        fx.reject_next_requests(2)
+        async with tracker_running(fx, db_url) as tracker:
+            await fx.wait_subscribed(fx.private_channels())
+            await tracker.backfiller.wait_runs(1)
+        assert fx.http.faults.reject_next == 0

@@ -129,6 +129,11 @@ class MemorySink:
     async def entries_about(self, account: str, trade_ids: list[str], event_ids: list[str]) -> list[Any]:
         return []  # nothing logged from the websocket here: every REST row is new
 
+    async def unclosed_gaps(self, account: str) -> list[str]:
+        data = [(e.event, json.loads(e.payload)["data"]) for e in self.entries if e.source == "tracker"]
+        closed = {g for event, d in data if event == "backfill_completed" for g in d["gap_ids"]}
+        return [d["gap_id"] for event, d in data if event == "gap_detected" and d["gap_id"] not in closed]
+
     async def latest(self, account: str, channel: str, event: str) -> dict[str, Any] | None:
         for entry in reversed(self.entries):
             if entry.channel == channel and entry.event == event:

@@ -16,6 +16,7 @@ Three independent pieces, all incremental folds or pure functions over plain val
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -308,7 +309,24 @@ class LifecycleSignal:
 GapSignal = OrderChainSignal | LifecycleSignal
 
 
-MARKET_WIDE_AFTER: Final = 3  # breaks with the connection up, in one market, before its chain is judged market-wide
+MARKET_WIDE_AFTER: Final = 3  # breaks in a row with the connection up, in one market: its chain is market-wide
+RECENT_EVENT_IDS: Final = 1024  # event ids remembered per market: a pre_event_id among them is no break
+
+
+@dataclass
+class _Recent:
+    """The last ``RECENT_EVENT_IDS`` event ids of a market (bounded: a deque for the order, a set to look up)."""
+
+    order: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_EVENT_IDS))
+    ids: set[str] = field(default_factory=set)
+
+    def add(self, event_id: str) -> None:
+        if event_id in self.ids:
+            return
+        if len(self.order) == self.order.maxlen:
+            self.ids.discard(self.order[0])
+        self.order.append(event_id)
+        self.ids.add(event_id)
 
 
 @dataclass
@@ -320,8 +338,23 @@ class GapWatch:
     (docs/bitstamp.md §2.1); if the private one does too, our stream's ``pre_event_id`` names events we never see and
     nearly every event looks like a break. A break between two events with no lifecycle change in between (the
     connection never dropped, stalled or was replaced) cannot be a transport loss; after ``MARKET_WIDE_AFTER`` of
-    them in a market, its chain is taken as market-wide (``market_wide``, reported once through ``take_learned``) and
-    its breaks are no longer reported: the connection windows cover that stream, as for every other channel."""
+    them in a row in a market, its chain is taken as market-wide (``market_wide``, reported once through
+    ``take_learned``) and its breaks are no longer reported: the connection windows cover that stream, as for every
+    other channel.
+
+    *In a row*: an event that links to the one before (or any event that is no break) starts the count again. A
+    market-wide chain breaks on nearly every event of a busy market, while frames withheld with the connection up
+    (the server pausing delivery, then going on) break a per-account chain once and then link again. Counting breaks
+    in total, three such pauses in a run taught a per-account chain to be market-wide, and the fills withheld by
+    every later pause stayed missing until the next full walk (the periodic reconciliation): found by the soak with
+    a fault every ~3 s.
+
+    *A pre_event_id already seen is no break.* While two connections deliver the same streams (make-before-break:
+    the old one drains its queue while the new one is subscribed), their frames interleave in the log: an older event
+    after a newer one, then a newer one again. Each names an event that was logged, only not the last one, so nothing
+    is missing between them; judged against the last event alone they were three quiet breaks in a row, the market
+    was learned market-wide and the breaks of every later loss in it were ignored (fills lost until the next full
+    walk; found by the soak with reconciliation off). Such an event is treated as linked."""
 
     account: str
     coverage: CoverageTracker = field(default_factory=CoverageTracker)
@@ -333,6 +366,7 @@ class GapWatch:
     lifecycle_changes: int = 0
     _lifecycle_at: dict[str, int] = field(default_factory=dict)  # market -> lifecycle_changes at its last event
     _connected_breaks: dict[str, int] = field(default_factory=dict)
+    _recent: dict[str, _Recent] = field(default_factory=dict)  # market -> its recently logged event ids
     _learned: list[str] = field(default_factory=list)
 
     def feed(self, signal: GapSignal) -> None:
@@ -361,7 +395,14 @@ class GapWatch:
         brk = self.chain.observe(
             signal.account, market, signal.order_source, signal.event_id, signal.pre_event_id, signal.seq
         )
-        if brk is None or market in self.market_wide:
+        recent = self._recent.setdefault(market, _Recent())
+        if brk is not None and brk.pre_event_id in recent.ids:
+            brk = None  # it follows an event that was logged, only not last: frames of two connections interleaved
+        recent.add(signal.event_id)
+        if brk is None:
+            self._connected_breaks.pop(market, None)  # linked (or a duplicate, or a stream's first): not in a row
+            return
+        if market in self.market_wide:
             return
         if quiet:
             self._connected_breaks[market] = self._connected_breaks.get(market, 0) + 1

@@ -131,6 +131,7 @@ class Backfiller:
         self.runs = 0
         self.last_report: BackfillReport | None = None
         self.completed = trio.Event()  # replaced after each run: wait on it for the next one
+        self.adopted_unclosed = False  # the first full walk closes the gaps earlier runs left open (``run``)
         self.health = WalkHealth(rng=rng)
         self.order_checks = OrderChecks(
             api,
@@ -246,13 +247,23 @@ class Backfiller:
         keys (a chain break's market and source, or the walks due for a retry). Walks marked unavailable are skipped.
 
         Memory is bounded by a page, not by the walk: each page is appended as it arrives and only counters, cursors
-        and the keys of the last page (``forget_passed``) are kept."""
+        and the keys of the last page (``forget_passed``) are kept.
+
+        The first full walk of this backfiller (``only`` None) also lists, as filled, the gaps an earlier backfill
+        recorded and never completed (a ``kill -9`` mid-walk, a task ended by a database outage): it starts from the
+        cursors of the last completed backfill, which that cut-short walk started from too, so it covers their
+        windows and breaks. Without this they stayed open for ever (``tracker status``: "gaps: 7 open") although
+        nothing was missing (found by ``bench/soak.py --kill-every``). Under ``lock`` no other walk is under way, so
+        every gap still open then was left by a walk that ended."""
         async with self.lock:
             started = trio.current_time()
+            adopted: list[str] = []
+            if only is None and not self.adopted_unclosed:
+                adopted = await self.sink.unclosed_gaps(self.account)
             gap_ids = await self.record_gaps(windows, breaks, reason)
             cursors = await self._cursors()
             before = self.api.stats.requests.copy()
-            report = BackfillReport(reason, gap_ids, cursors=cursors)
+            report = BackfillReport(reason, adopted + gap_ids, cursors=cursors)
             wanted = None if only is None else set(only)
             for key, walk in self._walks(report, user_transactions_from, check_orders, fill_pages):
                 if wanted is not None and key not in wanted:
@@ -264,14 +275,16 @@ class Backfiller:
             report.requests = self.api.stats.requests - before
             report.duration_s = trio.current_time() - started
             await self.sink.append([self.entry(te.BACKFILL_COMPLETED, report.as_data())])
+            self.adopted_unclosed = self.adopted_unclosed or only is None
             self.runs += 1
             self.last_report = report
             done, self.completed = self.completed, trio.Event()
             done.set()
             log.info(
-                "backfill (%s): %d gap(s) filled, %s new facts from %s requests in %.2f s%s",
+                "backfill (%s): %d gap(s) filled%s, %s new facts from %s requests in %.2f s%s",
                 reason,
                 len(report.gap_ids),
+                f" ({len(adopted)} left open by an earlier walk that did not finish)" if adopted else "",
                 f"{sum(report.found.values()):,}",  # grouped, as the progress lines write their counts
                 f"{sum(report.requests.values()):,}",
                 report.duration_s,
@@ -521,17 +534,26 @@ BREAK_WALK_SPACING_S: Final = 1.0  # chain-break walks are coalesced: the next o
 
 
 def break_walks(breaks: Iterable[ChainBreak]) -> set[str]:
-    """The walks that cover chain breaks: each break's market, its order source's events (both sources when unknown)
-    and the market's fills (``trade_history`` for a perp, then ``user_transactions``). A break means frames of the
+    """The walks that cover chain breaks: each break's market, the events of both its order sources, and the market's
+    fills (``trade_history`` for a perp, then ``user_transactions``). A break means frames of the
     connection were lost while it stayed up (no window was logged), and whatever withheld the order events withheld
     that market's ``my_trades`` frames too, which carry no chain of their own to show it: without these walks the
-    fills stayed missing until the next full walk (a reconnect, the periodic reconciliation)."""
+    fills stayed missing until the next full walk (a reconnect, the periodic reconciliation). For a perp market the
+    settlements too (``position_settlement_transactions``): its ``my_settlements`` frames have no chain either, and
+    one withheld with the connection up was missing (its position's realised PnL wrong) until the next full walk
+    (found by ``bench/soak.py`` with reconciliation off).
+
+    Both sources, whatever the source of the event that showed the break: the chain's scope is undocumented (per
+    market or per market and source, docs/bitstamp.md §2.1), and where it runs over the market the missed events may
+    be the other source's (stop orders withheld, then an orderbook event naming the last of them). Walking the
+    break's own source alone left those orders missing until the next full walk (found by the soak with
+    reconciliation off: 26 perp orders lost)."""
     keys: set[str] = set()
     for brk in breaks:
-        sources = (brk.order_source,) if brk.order_source in ORDER_SOURCES else ORDER_SOURCES
-        keys.update(f"account_order_data:{brk.market}:{source}" for source in sources)
+        keys.update(f"account_order_data:{brk.market}:{source}" for source in ORDER_SOURCES)
         if brk.market.endswith("-perp"):
             keys.add(f"trade_history:{brk.market}")
+            keys.add("position_settlement_transactions")
         keys.add(f"user_transactions:{brk.market}")
     return keys
 

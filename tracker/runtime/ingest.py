@@ -51,6 +51,7 @@ from tracker.runtime.connection import (
     default_connector,
     uuid4_hex,
 )
+from tracker.runtime.polite_api import call_at_start
 from tracker.runtime.tokens import TokenSource
 from tracker.runtime.writer import Item
 
@@ -160,9 +161,9 @@ async def discover_markets(client: BitstampClient) -> tuple[str, ...]:
     from tracker.exchange.errors import ApiError
 
     try:
-        rows = await client.my_markets()
+        rows = await call_at_start("my_markets/", client.my_markets)
     except ApiError:
-        rows = await client.markets()
+        rows = await call_at_start("markets/", client.markets)
     symbols = [str(row.get("market_symbol") or row.get("url_symbol") or "") for row in rows if isinstance(row, dict)]
     return tuple(s.lower() for s in symbols if s)
 
@@ -187,7 +188,7 @@ async def run_ingest(
     options = options or IngestOptions()
     async with writer:
         tokens = TokenSource(client.websockets_token)
-        first, _ = await tokens.get()
+        first, _ = await call_at_start("websockets_token/", tokens.get)
         account = first.user_id
         symbols = tuple(markets) if markets else await discover_markets(client)
         channels = channels_for(symbols, account, extras=options.extra_channels)

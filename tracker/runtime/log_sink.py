@@ -45,6 +45,9 @@ class LogSink:
             partial(log_queries.entries_about, self.log, account, trade_ids=trade_ids, event_ids=event_ids)
         )
 
+    async def unclosed_gaps(self, account: str) -> list[str]:
+        return await trio.to_thread.run_sync(log_queries.unclosed_gaps, self.log, account)
+
     async def run_start(self, account: str, started_at: datetime) -> tuple[int, datetime | None]:
         return await trio.to_thread.run_sync(log_queries.run_start, self.log, account, started_at)
 

@@ -116,3 +116,37 @@ class PoliteApi:
             self.stats.retries += 1
             log.info("%s: %s; retrying in %.1f s", endpoint, failure, delay)
             await trio.sleep(delay)
+
+
+START_ATTEMPTS = 8  # bounded: an exchange that keeps refusing still ends the start with its error
+
+
+async def call_at_start(
+    what: str,
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = START_ATTEMPTS,
+    backoff: Backoff | None = None,
+) -> T:
+    """One call the run cannot start without (the markets check, the account's token, market discovery), retried
+    with back-off on a rate limit (``Retry-After`` honoured) and on a 5xx: both say "later", not "wrong". Raised
+    before this, a rate limit at start-up ended ``tracker run`` (exit 2) with "rate limited ...: backing off", which
+    it did not do: a restart inside a busy 10 minutes (a supervisor's restart after a crash) could not start at all
+    (found by ``bench/soak.py --kill-every``). An unreachable exchange or refused credentials are raised at once, as
+    before: a wrong ``api_url`` or key is one error line, not minutes of retries."""
+    backoff = backoff or Backoff()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await fn()
+        except RateLimited as exc:
+            delay = exc.retry_after if exc.retry_after is not None else backoff.next_delay()
+            failure: Exception = exc
+        except ServerError as exc:
+            delay = backoff.next_delay()
+            failure = exc
+        if attempt >= attempts:
+            raise failure
+        log.info("%s at start: %s; retrying in %.1f s", what, failure, delay)
+        await trio.sleep(delay)

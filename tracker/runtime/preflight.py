@@ -12,6 +12,7 @@ from typing import Any
 
 from tracker.config import ConfigError, Settings
 from tracker.exchange.rest import BitstampClient
+from tracker.runtime.polite_api import call_at_start
 
 
 def unknown_markets(wanted: Sequence[str], rows: Sequence[Any]) -> tuple[list[str], list[str]]:
@@ -31,7 +32,7 @@ async def check_markets(settings: Settings, client: BitstampClient | None = None
     own = client is None
     client = client or BitstampClient(settings.api_url, key, secret)
     try:
-        rows = await client.markets()
+        rows = await call_at_start("markets/", client.markets)
     finally:
         if own:
             await client.aclose()
@@ -49,7 +50,7 @@ async def account_of(settings: Settings) -> str:
     a wrong secret is an ``AuthError`` saying so)."""
     key, secret = settings.require_credentials()
     async with BitstampClient(settings.api_url, key, secret) as client:
-        return (await client.websockets_token()).user_id
+        return (await call_at_start("websockets_token/", client.websockets_token)).user_id
 
 
 def same_accounts(users: Iterable[tuple[int, str | None]]) -> str | None:

@@ -43,6 +43,7 @@ from tracker.runtime.db_retry import Outage
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.loop_append import LoopAppend, loop_append
+from tracker.runtime.polite_api import call_at_start
 from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
@@ -236,7 +237,8 @@ async def run_tracker(
                         lease = None
                         if engine.dialect.name == "postgresql":
                             # The account is known only from a token; the lease is taken before anything subscribes.
-                            lease = account_lease_for(engine, (await client.websockets_token()).user_id)
+                            token = await call_at_start("websockets_token/", client.websockets_token)
+                            lease = account_lease_for(engine, token.user_id)
                         if lease is not None:
                             acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
                             services.lease_acquired_at = acquired_at

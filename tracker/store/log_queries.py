@@ -81,6 +81,33 @@ def run_start(event_log: EventLog, account: str, started_at: datetime) -> tuple[
             hi = rows[-1][0]
 
 
+def unclosed_gaps(event_log: EventLog, account: str) -> list[str]:
+    """The ids of the account's ``gap_detected`` entries that no ``backfill_completed`` lists, oldest first: gaps whose
+    backfill was cut short (the process killed, the task ended by a database outage). One scan of both kinds of
+    entries (as ``tracker status`` does), read once per run."""
+    t = event_log_table
+    query = (
+        select(t.c.event, t.c.payload)
+        .where(
+            t.c.account == account,
+            t.c.source == "tracker",
+            t.c.event.in_((te.GAP_DETECTED, te.BACKFILL_COMPLETED)),
+        )
+        .order_by(t.c.seq)
+    )
+    detected: list[str] = []
+    closed: set[str] = set()
+    with event_log.engine.connect() as conn:
+        for event, payload in conn.execute(query):
+            data = te.entry_data(payload)
+            if event == te.GAP_DETECTED:
+                if isinstance(gap_id := data.get("gap_id"), str):
+                    detected.append(gap_id)
+            elif isinstance(ids := data.get("gap_ids"), list):
+                closed.update(str(g) for g in ids)
+    return [gap_id for gap_id in detected if gap_id not in closed]
+
+
 def entries_about(
     event_log: EventLog, account: str, *, trade_ids: Iterable[str] = (), event_ids: Iterable[str] = ()
 ) -> list[LogEntry]:
