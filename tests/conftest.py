@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from store_helpers import open_log
+from store_helpers import PG_ADMIN_URL, open_log
 
 from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 
-PG_ADMIN_URL = os.environ.get("TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

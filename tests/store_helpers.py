@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,9 @@ from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
+# The shared test server's admin URL (conftest.py makes the per-worker databases through it). Here, not in
+# conftest.py: ``from conftest import`` may find tests/fake/conftest.py first in a whole run.
+PG_ADMIN_URL = os.environ.get("TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 APPEND_ONLY_TRIGGERS = ("event_log_no_update", "event_log_no_delete")
 

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from conftest import PG_ADMIN_URL
 from sqlalchemy import Engine, text
+from store_helpers import PG_ADMIN_URL
 from test_backfill_e2e import no_self_trades
 
 from tracker.domain.money import format_decimal
