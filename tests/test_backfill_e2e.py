@@ -126,6 +126,31 @@ def no_self_trades(fx: FakeExchange) -> Iterator[None]:
 # --- comparison with the fake's truth -------------------------------------------------------------------------------
 
 
+async def withhold(fx: FakeExchange, tracker: Tracker, count: int, *, after: int = 150) -> list[Any]:
+    """``count`` events withheld with the connection up (no self trades: their frames have no REST source), then
+    ``after`` more delivered and logged: the later events of the same streams show the breaks. The withheld events."""
+    fx.pause_delivery()
+    with no_self_trades(fx):
+        withheld = await fx.generate(count)
+    fx.resume_delivery()
+    await wait_logged(tracker, await fx.generate(after))
+    return list(withheld)
+
+
+async def until_walked(tracker: Tracker, done: Callable[[], bool]) -> None:
+    """Backfill after backfill, until ``done()`` (within 30 s). The caller starts no walk: only the breaks' walks can
+    make it true."""
+    with trio.fail_after(30):
+        while not done():
+            await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+
+
+def withheld_ids(withheld: list[Any], event: str, field: str = "id") -> set[Any]:
+    """The ``data[field]`` of the withheld frames of ``event``."""
+    frames = [json.loads(e.text) for e in withheld]
+    return {frame["data"][field] for frame in frames if frame["event"] == event}
+
+
 def _d(value: Decimal | str | None) -> str | None:
     return None if value is None else format_decimal(Decimal(value))
 
@@ -271,12 +296,7 @@ async def test_frames_withheld_while_the_connection_stays_up_are_backfilled_by_t
             await fx.wait_subscribed(fx.private_channels())
             await tracker.backfiller.wait_runs(1)  # the start-up backfill
             await wait_logged(tracker, await fx.generate(150))
-            fx.pause_delivery()
-            with no_self_trades(fx):
-                withheld = await fx.generate(150)
-            fx.resume_delivery()
-            await wait_logged(tracker, await fx.generate(150))  # later events of the same streams: the breaks show
-            wanted = {json.loads(e.text)["data"]["id"] for e in withheld if json.loads(e.text)["event"] == "trade"}
+            wanted = withheld_ids(await withhold(fx, tracker, 150), "trade")
             assert wanted, "the window had fills"
             log: EventLog = tracker.services.log
             store = ProjectionStore(log.engine)
@@ -285,9 +305,7 @@ async def test_frames_withheld_while_the_connection_stays_up_are_backfilled_by_t
                 store.catch_up(log)
                 return {int(fill.trade_id) for fill in store.all_rows()["fills"]}
 
-            with trio.fail_after(30):  # no further walk is started by this test: only the breaks' walks can fill it
-                while not wanted <= fills():
-                    await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
+            await until_walked(tracker, lambda: wanted <= fills())
             # Orders of a stream with no event after the window show no break: a full walk settles them (as the
             # periodic reconciliation's does); the fills were all back before it.
             await tracker.backfiller.run("test")
@@ -309,21 +327,16 @@ async def test_settlements_withheld_while_the_connection_stays_up_are_backfilled
         await fx.wait_subscribed(fx.private_channels())
         await tracker.backfiller.wait_runs(1)  # the start-up backfill
         await wait_logged(tracker, await fx.generate(150))
-        fx.pause_delivery()
-        with no_self_trades(fx):
-            withheld = await fx.generate(400)
-        fx.resume_delivery()
-        await wait_logged(tracker, await fx.generate(150))  # later events of the same streams: the breaks show
-        wanted = {
-            str(json.loads(e.text)["data"]["tnx_id"]) for e in withheld if json.loads(e.text)["event"] == "settlement"
-        }
+        wanted = {str(tnx) for tnx in withheld_ids(await withhold(fx, tracker, 400), "settlement", "tnx_id")}
         assert wanted, "the window had settlements"
         log: EventLog = tracker.services.log
         store = ProjectionStore(log.engine)
-        with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
-            while not wanted <= {row.transaction_id for row in store.all_rows()["settlements"]}:
-                await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
-                store.catch_up(log)
+
+        def settlements() -> set[str]:
+            store.catch_up(log)
+            return {row.transaction_id for row in store.all_rows()["settlements"]}
+
+        await until_walked(tracker, lambda: wanted <= settlements())
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
 
 
@@ -339,20 +352,18 @@ async def test_stop_orders_withheld_while_the_connection_stays_up_are_backfilled
         await fx.wait_subscribed(fx.private_channels())
         await tracker.backfiller.wait_runs(1)  # the start-up backfill
         await wait_logged(tracker, await fx.generate(150))
-        fx.pause_delivery()
-        with no_self_trades(fx):
-            withheld = await fx.generate(400)
-        fx.resume_delivery()
-        await wait_logged(tracker, await fx.generate(300))  # later events of the same streams: the breaks show
+        withheld = await withhold(fx, tracker, 400, after=300)
         frames = [json.loads(e.text) for e in withheld if "my_orders" in e.channel]
         wanted = {str(f["data"]["id"]) for f in frames if f.get("order_source") == "stop_order"}
         assert wanted, "the window had stop-order events"
         log: EventLog = tracker.services.log
         store = ProjectionStore(log.engine)
-        with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
-            while not wanted <= {row.order_id for row in store.all_rows()["orders"]}:
-                await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
-                store.catch_up(log)
+
+        def orders() -> set[str]:
+            store.catch_up(log)
+            return {row.order_id for row in store.all_rows()["orders"]}
+
+        await until_walked(tracker, lambda: wanted <= orders())
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
 
 
@@ -372,19 +383,15 @@ async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: 
         async def pause_and_resume() -> set[int]:
             """Withhold 100 frames, then deliver 100 more (the streams link again after the break): the withheld
             fills."""
-            fx.pause_delivery()
-            with no_self_trades(fx):
-                withheld = await fx.generate(100)
-            fx.resume_delivery()
-            await wait_logged(tracker, await fx.generate(100))
-            return {json.loads(e.text)["data"]["id"] for e in withheld if json.loads(e.text)["event"] == "trade"}
+            return withheld_ids(await withhold(fx, tracker, 100, after=100), "trade")
+
+        def fills() -> set[int]:
+            store.catch_up(log)
+            return {int(fill.trade_id) for fill in store.all_rows()["fills"]}
 
         async def wait_backfilled(wanted: set[int]) -> None:
             assert wanted, "the window had fills"
-            with trio.fail_after(30):  # no walk is started by this test: only the breaks' walks can fill it
-                while not wanted <= {int(fill.trade_id) for fill in store.all_rows()["fills"]}:
-                    await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
-                    store.catch_up(log)
+            await until_walked(tracker, lambda: wanted <= fills())
 
         # Pauses in quick succession (their breaks come with no other tracker entry in between), then one more once
         # their walks are done: without the fix the first ones taught "market-wide", and the last one's break was
