@@ -7,8 +7,7 @@ while every other account goes on (``tracker status`` shows it down, why, since 
 when it is tracked again: the state's ``down``, ``down_since``, ``retry_at``, ``back_at``, written by
 ``down_board.py``). Started again means from the start: its credentials and markets are checked anew, its service
 (connections, writer, lease, backfill) is a new one, and backfill fills from the log what the account missed while
-it was down. Before it ends, the failed service's writer
-commits what it had received (``run_tracker``).
+it was down. Before it ends, the failed service's writer commits what it had received (``run_tracker``).
 
 What is not one account's still ends the process, as it ends a process of one account: the database damaged, or
 failing in a way that is not the outage the tasks ride out themselves; a bug (an exception tracker does not know).
