@@ -41,7 +41,9 @@ within 60 s (everything it received committed), else the soak fails; then it is 
 ``--pg-outage-every S``: the database is a private PostgreSQL server (tests/pg_server.py: initdb in a temporary
 directory on a free port, never the shared one), stopped (``pg_ctl -m fast``: clients disconnected) for U(1, 8) s every
 ``S * U(0.5, 1.5)`` seconds (its own ``random.Random``; counted as the fault ``db-outage``). A ``--term-every`` stop
-that falls in an outage must still exit 0 (the writer holds what it received until the server is back).
+that falls in an outage must still exit 0 (the writer holds what it received until the server is back). A restart
+that falls in one is refused (exit 2, "cannot connect to the database"): started again after 1 s, as systemd's
+``Restart=on-failure`` would.
 ``--sqlite-lock-every S``: on SQLite, the same outages as another connection's ``BEGIN EXCLUSIVE`` on the file. They
 are shorter than the tracker's 30 s ``busy_timeout``: its writer waits inside SQLite (back-pressure), it never meets
 "database is locked" (tests/test_db_faults.py takes that path, with a short timeout).
@@ -123,6 +125,7 @@ class SoakReport:
     exit_code: int | None = None
     kills: int = 0  # kill -9 of the tracker, each followed by a restart (--kill-every)
     terms: int = 0  # SIGTERM/SIGINT of the tracker, each exiting 0, then a restart (--term-every)
+    refused_starts: int = 0  # restarts that fell in a database outage: refused (exit 2), started again
     rss_first_mb: float = 0.0  # right after subscribing, before load
     rss_start_mb: float = 0.0  # after the warm-up (caches and buffers filled)
     rss_end_mb: float = 0.0
@@ -173,6 +176,7 @@ class SoakReport:
             f"{self.frames_generated:,} frames generated, "
             f"{self.log_entries:,} log entries ({self.ws_entries:,} ws), {self.quarantined} quarantined; "
             f"{sum(self.faults.values())} faults ({faults}); {self.kills} kill -9; {self.terms} SIGTERM; "
+            f"{self.refused_starts} starts refused by the database; "
             f"truth: {self.fills:,} fills, {self.orders:,} orders, {self.settlements:,} settlements, "
             f"{self.positions:,} positions; "
             f"lost {self.lost}, doubled {self.doubled}, wrong {self.wrong}; "
@@ -255,6 +259,7 @@ class Child:
     restarting: bool = False  # between the kill and the new process: not a failure, no RSS to sample
     kills: int = 0
     terms: int = 0
+    refused: int = 0  # starts refused because the database was out of reach (restart_if_db_refused)
 
     @property
     def current(self) -> trio.Process:
@@ -277,9 +282,10 @@ class Child:
 
     async def kill_and_restart(self, rng: random.Random) -> None:
         """kill -9, then the same command again. Shielded: the end of the soak never finds a tracker half-replaced."""
+        while (code := self.current.returncode) is not None:  # a restart refused meanwhile: as the main loop does
+            if not await self.restart_if_db_refused(code):
+                raise RuntimeError(f"tracker exited with {code} before kill -9")
         proc = self.current
-        if proc.returncode is not None:
-            raise RuntimeError(f"tracker exited with {proc.returncode} before kill -9")
         self.restarting = True
         with trio.CancelScope(shield=True):
             proc.send_signal(signal.SIGKILL)
@@ -293,9 +299,10 @@ class Child:
     async def term_and_restart(self, rng: random.Random, within: float = 60) -> None:
         """SIGTERM (or SIGINT), an exit code 0 within ``within`` seconds (everything received committed), then the same
         command again. Shielded like ``kill_and_restart``."""
+        while (code := self.current.returncode) is not None:  # a restart refused meanwhile: as the main loop does
+            if not await self.restart_if_db_refused(code):
+                raise RuntimeError(f"tracker exited with {code} before SIGTERM")
         proc = self.current
-        if proc.returncode is not None:
-            raise RuntimeError(f"tracker exited with {proc.returncode} before SIGTERM")
         self.restarting = True
         with trio.CancelScope(shield=True):
             proc.send_signal(rng.choice((signal.SIGTERM, signal.SIGINT)))
@@ -307,6 +314,20 @@ class Child:
             await trio.sleep(rng.uniform(0, 2))
             await self.start(f"restart after SIGTERM/SIGINT #{self.terms}")
         self.restarting = False
+
+    async def restart_if_db_refused(self, code: int) -> bool:
+        """A restart that fell in a database outage: ``tracker run`` refuses to start (exit 2, "cannot connect to the
+        database"), and its supervisor (systemd's ``Restart=on-failure``) starts it again: so does the soak, after
+        1 s. Nothing was received by that process, so nothing is lost; anything else is a failure (False)."""
+        if code != 2 or "cannot connect to the database" not in self.log_path.read_text(errors="replace")[-2000:]:
+            return False
+        self.restarting = True
+        with trio.CancelScope(shield=True):
+            self.refused += 1
+            await trio.sleep(1)
+            await self.start(f"restart after a start-up refused by the database #{self.refused}")
+        self.restarting = False
+        return True
 
 
 async def run_kills(child: Child, rng: random.Random, every: float, *, term: bool = False) -> None:
@@ -674,7 +695,7 @@ async def soak(
                     next_sample = started + warm_up
                     while (now := trio.current_time()) < started + duration:
                         await trio.sleep_until(min(started + duration, now + sample_every))
-                        if (code := child.died()) is not None:
+                        if (code := child.died()) is not None and not await child.restart_if_db_refused(code):
                             raise RuntimeError(f"tracker exited with {code} during the soak")
                         if child.restarting:
                             continue
@@ -690,7 +711,7 @@ async def soak(
                         )
                     nursery.cancel_scope.cancel()
                 proc = child.current
-                report.kills, report.terms = child.kills, child.terms
+                report.kills, report.terms, report.refused_starts = child.kills, child.terms, child.refused
                 fx.set_rate(None)
                 fx.unstall()
                 fx.resume_delivery()
