@@ -4,7 +4,8 @@ memory flat.
 
     .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--fault-every 10] [--seed 1] [--db-url URL]
                                    [--modes all | --modes unsigned,error-200,refuse-channel=my_trades_btcusd ...]
-                                   [--kill-every 20]
+                                   [--kill-every 20] [--term-every 20]
+                                   [--pg-outage-every 30 | --sqlite-lock-every 30]
 
 The fake runs in this process (its ground truth is at hand at the end); the tracker is ``python -m tracker run`` on a
 fresh database (a SQLite file in a temporary directory by default), so its RSS (``/proc/PID/status``: VmRSS, and
@@ -35,6 +36,18 @@ seed's fault sequence is the same with and without kills). The end is the same: 
 on SIGINT, and the views equal the truth. The RSS figures are then those of several processes (the growth means
 nothing); tests/test_crash_recovery.py kills at chosen phases without faults, this mixes both.
 
+``--term-every S``: the same with SIGTERM or SIGINT (drawn at random) instead of kill -9: the tracker must exit 0
+within 60 s (everything it received committed), else the soak fails; then it is started again.
+``--pg-outage-every S``: the database is a private PostgreSQL server (tests/pg_server.py: initdb in a temporary
+directory on a free port, never the shared one), stopped (``pg_ctl -m fast``: clients disconnected) for U(1, 8) s every
+``S * U(0.5, 1.5)`` seconds (its own ``random.Random``; counted as the fault ``db-outage``). A ``--term-every`` stop
+that falls in an outage must still exit 0 (the writer holds what it received until the server is back). A restart
+that falls in one is refused (exit 2, "cannot connect to the database"): started again after 1 s, as systemd's
+``Restart=on-failure`` would.
+``--sqlite-lock-every S``: on SQLite, the same outages as another connection's ``BEGIN EXCLUSIVE`` on the file. They
+are shorter than the tracker's 30 s ``busy_timeout``: its writer waits inside SQLite (back-pressure), it never meets
+"database is locked" (tests/test_db_faults.py takes that path, with a short timeout).
+
 Self trades are switched off: no REST endpoint reports self-trade-prevention offsets, so a ``self_trade`` frame
 withheld by a fault cannot be recovered by any tracker (see tests/test_backfill_e2e.py). Periodic reconciliation runs
 every ``--reconcile-every`` seconds (default 60), as it would in production (every 300 s by default there).
@@ -58,10 +71,12 @@ tracker's exit, what it committed after its stop is projected here (as its next 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -70,6 +85,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +124,8 @@ class SoakReport:
     faults: dict[str, int] = field(default_factory=dict)
     exit_code: int | None = None
     kills: int = 0  # kill -9 of the tracker, each followed by a restart (--kill-every)
+    terms: int = 0  # SIGTERM/SIGINT of the tracker, each exiting 0, then a restart (--term-every)
+    refused_starts: int = 0  # restarts that fell in a database outage: refused (exit 2), started again
     rss_first_mb: float = 0.0  # right after subscribing, before load
     rss_start_mb: float = 0.0  # after the warm-up (caches and buffers filled)
     rss_end_mb: float = 0.0
@@ -157,7 +175,8 @@ class SoakReport:
             f"soak: {self.seconds / 60:.1f} min at {self.rate:.0f} frames/s: "
             f"{self.frames_generated:,} frames generated, "
             f"{self.log_entries:,} log entries ({self.ws_entries:,} ws), {self.quarantined} quarantined; "
-            f"{sum(self.faults.values())} faults ({faults}); {self.kills} kill -9; "
+            f"{sum(self.faults.values())} faults ({faults}); {self.kills} kill -9; {self.terms} SIGTERM; "
+            f"{self.refused_starts} starts refused by the database; "
             f"truth: {self.fills:,} fills, {self.orders:,} orders, {self.settlements:,} settlements, "
             f"{self.positions:,} positions; "
             f"lost {self.lost}, doubled {self.doubled}, wrong {self.wrong}; "
@@ -239,6 +258,8 @@ class Child:
     proc: trio.Process | None = None
     restarting: bool = False  # between the kill and the new process: not a failure, no RSS to sample
     kills: int = 0
+    terms: int = 0
+    refused: int = 0  # starts refused because the database was out of reach (restart_if_db_refused)
 
     @property
     def current(self) -> trio.Process:
@@ -261,9 +282,10 @@ class Child:
 
     async def kill_and_restart(self, rng: random.Random) -> None:
         """kill -9, then the same command again. Shielded: the end of the soak never finds a tracker half-replaced."""
+        while (code := self.current.returncode) is not None:  # a restart refused meanwhile: as the main loop does
+            if not await self.restart_if_db_refused(code):
+                raise RuntimeError(f"tracker exited with {code} before kill -9")
         proc = self.current
-        if proc.returncode is not None:
-            raise RuntimeError(f"tracker exited with {proc.returncode} before kill -9")
         self.restarting = True
         with trio.CancelScope(shield=True):
             proc.send_signal(signal.SIGKILL)
@@ -274,11 +296,80 @@ class Child:
             await self.start(f"restart after kill -9 #{self.kills}")
         self.restarting = False
 
+    async def term_and_restart(self, rng: random.Random, within: float = 60) -> None:
+        """SIGTERM (or SIGINT), an exit code 0 within ``within`` seconds (everything received committed), then the same
+        command again. Shielded like ``kill_and_restart``."""
+        while (code := self.current.returncode) is not None:  # a restart refused meanwhile: as the main loop does
+            if not await self.restart_if_db_refused(code):
+                raise RuntimeError(f"tracker exited with {code} before SIGTERM")
+        proc = self.current
+        self.restarting = True
+        with trio.CancelScope(shield=True):
+            proc.send_signal(rng.choice((signal.SIGTERM, signal.SIGINT)))
+            with trio.fail_after(within):
+                code = await proc.wait()
+            if code != 0:
+                raise RuntimeError(f"tracker exited with {code} on SIGTERM/SIGINT #{self.terms + 1}")
+            self.terms += 1
+            await trio.sleep(rng.uniform(0, 2))
+            await self.start(f"restart after SIGTERM/SIGINT #{self.terms}")
+        self.restarting = False
 
-async def run_kills(child: Child, rng: random.Random, every: float) -> None:
+    async def restart_if_db_refused(self, code: int) -> bool:
+        """A restart that fell in a database outage: ``tracker run`` refuses to start (exit 2, "cannot connect to the
+        database"), and its supervisor (systemd's ``Restart=on-failure``) starts it again: so does the soak, after
+        1 s. Nothing was received by that process, so nothing is lost; anything else is a failure (False)."""
+        if code != 2 or "cannot connect to the database" not in self.log_path.read_text(errors="replace")[-2000:]:
+            return False
+        self.restarting = True
+        with trio.CancelScope(shield=True):
+            self.refused += 1
+            await trio.sleep(1)
+            await self.start(f"restart after a start-up refused by the database #{self.refused}")
+        self.restarting = False
+        return True
+
+
+async def run_kills(child: Child, rng: random.Random, every: float, *, term: bool = False) -> None:
     while True:
         await trio.sleep(every * rng.uniform(0.5, 1.5))
-        await child.kill_and_restart(rng)
+        if term:
+            await child.term_and_restart(rng)
+        else:
+            await child.kill_and_restart(rng)
+
+
+async def run_db_outages(
+    stop: Callable[[], None], start: Callable[[], None], rng: random.Random, every: float, counts: Counter[str]
+) -> None:
+    """The database out of reach (``stop``: the server stopped, or the SQLite file locked) for U(1, 8) s every
+    ``every * U(0.5, 1.5)`` s."""
+    while True:
+        await trio.sleep(every * rng.uniform(0.5, 1.5))
+        with trio.CancelScope(shield=True):  # never leave the server down
+            await trio.to_thread.run_sync(stop)
+            counts["db-outage"] += 1
+            await trio.sleep(rng.uniform(1, 8))
+            await trio.to_thread.run_sync(start)
+
+
+@dataclass
+class SqliteLocker:
+    """``--sqlite-lock-every``: another connection takes the file's exclusive lock (``BEGIN EXCLUSIVE``: no other
+    writer until it ends; WAL readers go on), what a backup tool or a careless ``sqlite3`` shell does."""
+
+    path: Path
+    conn: sqlite3.Connection | None = None
+
+    def lock(self) -> None:
+        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def unlock(self) -> None:
+        assert self.conn is not None
+        self.conn.rollback()
+        self.conn.close()
+        self.conn = None
 
 
 # --- REST requests ---------------------------------------------------------------------------------------------------
@@ -546,6 +637,8 @@ async def soak(
     say: Callable[[str], None] = print,
     modes: Modes | None = None,
     kill_every: float | None = None,
+    term_every: float | None = None,
+    db_outage: tuple[Callable[[], None], Callable[[], None], float] | None = None,
 ) -> SoakReport:
     """Run the soak (see the module docstring). ``warm_up``: seconds before the "start" RSS sample; by default past
     the first reconciliation (it walks the whole history once: a one-time peak) and at most half the run.
@@ -591,10 +684,18 @@ async def soak(
                     if kill_every:
                         # its own generator: the seed's faults are the same with and without kills
                         nursery.start_soon(run_kills, child, random.Random(f"kill-{seed}"), kill_every)
+                    if term_every:
+                        nursery.start_soon(
+                            partial(run_kills, term=True), child, random.Random(f"term-{seed}"), term_every
+                        )
+                    if db_outage:
+                        nursery.start_soon(
+                            run_db_outages, *db_outage[:2], random.Random(f"db-{seed}"), db_outage[2], counts
+                        )
                     next_sample = started + warm_up
                     while (now := trio.current_time()) < started + duration:
                         await trio.sleep_until(min(started + duration, now + sample_every))
-                        if (code := child.died()) is not None:
+                        if (code := child.died()) is not None and not await child.restart_if_db_refused(code):
                             raise RuntimeError(f"tracker exited with {code} during the soak")
                         if child.restarting:
                             continue
@@ -606,10 +707,11 @@ async def soak(
                             f"  {trio.current_time() - started:6.0f} s: RSS {rss:.1f} MB (peak {peak:.1f}), "
                             f"{len(fx.model.state.fills) - generated_before:,} fills so far, faults {dict(counts)}"
                             + (f", kill -9 {child.kills}" if kill_every else "")
+                            + (f", SIGTERM {child.terms}" if term_every else "")
                         )
                     nursery.cancel_scope.cancel()
                 proc = child.current
-                report.kills = child.kills
+                report.kills, report.terms, report.refused_starts = child.kills, child.terms, child.refused
                 fx.set_rate(None)
                 fx.unstall()
                 fx.resume_delivery()
@@ -670,15 +772,44 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="also kill -9 the tracker every ~S seconds and start it again (default: never)",
     )
+    parser.add_argument(
+        "--term-every",
+        type=float,
+        metavar="S",
+        help="also stop the tracker with SIGTERM or SIGINT every ~S seconds (exit 0 expected) and start it again",
+    )
+    parser.add_argument(
+        "--pg-outage-every",
+        type=float,
+        metavar="S",
+        help="run a private PostgreSQL server (tests/pg_server.py) and stop it for 1-8 s every ~S seconds",
+    )
+    parser.add_argument(
+        "--sqlite-lock-every",
+        type=float,
+        metavar="S",
+        help="SQLite: hold the file's exclusive lock from another connection for 1-8 s every ~S seconds",
+    )
     args = parser.parse_args(argv)
     try:
         modes = Modes.parse(args.modes)
     except ValueError as exc:
         parser.error(str(exc))
-    with tempfile.TemporaryDirectory(prefix="tracker-soak-") as temp:
+    with tempfile.TemporaryDirectory(prefix="tracker-soak-") as temp, contextlib.ExitStack() as stack:
         tmp = args.workdir or Path(temp)
         tmp.mkdir(parents=True, exist_ok=True)
         db_url = args.db_url or f"sqlite:///{Path(tmp) / 'soak.db'}"
+        db_outage = None
+        if args.pg_outage_every:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from pg_server import pg_server
+
+            server = stack.enter_context(pg_server())
+            db_url = server.url
+            db_outage = (server.stop, server.start, args.pg_outage_every)
+        elif args.sqlite_lock_every:
+            locker = SqliteLocker(Path(db_url.removeprefix("sqlite:///")))
+            db_outage = (locker.lock, locker.unlock, args.sqlite_lock_every)
         t0 = time.perf_counter()
         report = trio.run(
             lambda: soak(
@@ -691,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
                 reconcile_every=args.reconcile_every,
                 modes=modes,
                 kill_every=args.kill_every,
+                term_every=args.term_every,
+                db_outage=db_outage,
             )
         )
         print(report.summary())
