@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 
 import pytest
 import trio
+from sqlalchemy import Engine
 from test_accounts_process import start_accounts
 
 from tracker.cli import main
 from tracker.domain import tracker_events as te
-from tracker.fake.server import open_fake_exchange
+from tracker.fake.server import FakeExchange, open_fake_exchange
+from tracker.runtime.account_supervisor import AccountState
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.projector import run_projector
 from tracker.runtime.service import Services, run_tracker
@@ -234,6 +237,46 @@ def test_status_keeps_each_accounts_ledger_apart(tmp_path: Path, capsys: pytest.
     assert [(a["account"], a["trade_account_id"], a["rows"]) for a in data["ledger"]] == [("1", "0", 2), ("22", "0", 1)]
 
 
+@asynccontextmanager
+async def two_accounts_running(
+    url: str,
+    engine: Engine,
+    *,
+    seeds: tuple[int, int],
+    users: tuple[int, int],
+    key: str,
+    retry_base_s: float,
+    frames: int = 5,
+) -> AsyncIterator[tuple[FakeExchange, FakeExchange, AccountState, AccountState]]:
+    """Two fake exchanges (``seeds``, ``users``, API keys ``<key>one`` and ``<key>two``) and one process tracking
+    both (``start_accounts``), each account's first ``frames`` frames committed. Yields (exchange 1, exchange 2,
+    account 1's state, account 2's); the process stops when the block ends."""
+    async with (
+        open_fake_exchange(seed=seeds[0], markets=MARKETS, user_id=users[0], api_key=f"{key}one") as one,
+        open_fake_exchange(seed=seeds[1], markets=MARKETS, user_id=users[1], api_key=f"{key}two") as two,
+    ):
+        stop = trio.Event()
+        log = EventLog(engine)
+        async with trio.open_nursery() as nursery:
+            first, second = await start_accounts(
+                nursery,
+                [fx.settings(url, markets=MARKETS, subaccounts=()) for fx in (one, two)],
+                engine,
+                stop,
+                companions=False,
+                retry_base_s=retry_base_s,
+            )
+            try:
+                for fx in (one, two):
+                    await fx.wait_subscribed(fx.private_channels())
+                    await fx.generate(frames)
+                for state, fx in ((first, one), (second, two)):
+                    await wait_committed(state.services, partial(_has_ws_entries, log, str(fx.user_id)))
+                yield one, two, first, second
+            finally:
+                stop.set()
+
+
 async def test_status_shows_each_account_of_a_several_accounts_run(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -245,33 +288,17 @@ async def test_status_shows_each_account_of_a_several_accounts_run(
     upgrade(url)
     engine = open_engine(url)
     try:
-        async with (
-            open_fake_exchange(seed=3, markets=MARKETS, user_id=710041, api_key="keystatusone") as one,
-            open_fake_exchange(seed=4, markets=MARKETS, user_id=710042, api_key="keystatustwo") as two,
-        ):
-            stop = trio.Event()
-            log = EventLog(engine)
-            async with trio.open_nursery() as nursery:
-                first, second = await start_accounts(
-                    nursery,
-                    [fx.settings(url, markets=MARKETS, subaccounts=()) for fx in (one, two)],
-                    engine,
-                    stop,
-                    companions=False,
-                    retry_base_s=600,  # it stays down while the test looks
-                )
-                for fx in (one, two):
-                    await fx.wait_subscribed(fx.private_channels())
-                    await fx.generate(5)
-                for state, fx in ((first, one), (second, two)):
-                    await wait_committed(state.services, partial(_has_ws_entries, log, str(fx.user_id)))
-                one.revoke_key()
-                await one.drop_connections()
-                while first.down is None:
-                    await first.changed.wait()
-                data = await status_json(capsys, url)
-                text = await trio.to_thread.run_sync(partial(status, capsys, url))
-                stop.set()
+        # the first one stays down while the test looks
+        async with two_accounts_running(
+            url, engine, seeds=(3, 4), users=(710041, 710042), key="keystatus", retry_base_s=600
+        ) as running:
+            one, two, first, _ = running
+            one.revoke_key()
+            await one.drop_connections()
+            while first.down is None:
+                await first.changed.wait()
+            data = await status_json(capsys, url)
+            text = await trio.to_thread.run_sync(partial(status, capsys, url))
     finally:
         engine.dispose()
     accounts = {a["account"]: a for a in data["accounts"]}

@@ -26,7 +26,7 @@ from test_accounts_cli import KEYS, child_env, write_config
 from test_accounts_cli import MARKETS as CLI_MARKETS
 from test_accounts_process import start_accounts
 from test_lease import poll
-from test_status import MARKETS, _has_ws_entries, status, wait_committed
+from test_status import status, two_accounts_running
 
 from tracker.cli.status import describe_back, describe_down
 from tracker.config import load_accounts
@@ -34,7 +34,6 @@ from tracker.fake.server import open_fake_exchange
 from tracker.runtime.config_reload import Reloads
 from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own
 from tracker.store.engine import open_engine
-from tracker.store.event_log import EventLog
 from tracker.store.lease import PgLease, file_lock_for
 from tracker.store.migrate import upgrade
 from tracker.store.status import read_status
@@ -62,54 +61,37 @@ async def test_status_names_the_account_down_in_a_running_process_and_its_return
     upgrade(url)
     engine = open_engine(url)
     try:
-        async with (
-            open_fake_exchange(seed=5, markets=MARKETS, user_id=710051, api_key="keydownone") as one,
-            open_fake_exchange(seed=6, markets=MARKETS, user_id=710052, api_key="keydowntwo") as two,
-        ):
-            stop = trio.Event()
-            log = EventLog(engine)
-            async with trio.open_nursery() as nursery:
-                first, second = await start_accounts(
-                    nursery,
-                    [fx.settings(url, markets=MARKETS, subaccounts=()) for fx in (one, two)],
-                    engine,
-                    stop,
-                    companions=False,
-                    retry_base_s=1.0,  # tried again (and refused again) while the test looks
-                )
-                for fx in (one, two):
-                    await fx.wait_subscribed(fx.private_channels())
-                    await fx.generate(3)
-                for state, fx in ((first, one), (second, two)):
-                    await wait_committed(state.services, partial(_has_ws_entries, log, str(fx.user_id)))
-                running = await trio.to_thread.run_sync(status_data, capsys, url)
-                assert running["down"] == [] and all(a["down"] is None for a in running["accounts"])
+        # retry_base_s 1: tried again (and refused again) while the test looks
+        async with two_accounts_running(
+            url, engine, seeds=(5, 6), users=(710051, 710052), key="keydown", retry_base_s=1.0, frames=3
+        ) as (one, _, first, _):
+            running = await trio.to_thread.run_sync(status_data, capsys, url)
+            assert running["down"] == [] and all(a["down"] is None for a in running["accounts"])
 
-                one.revoke_key()
-                await one.drop_connections()
-                while first.down is None:
-                    await first.changed.wait()
-                while first.failures < 2:  # its next try refused too: still down, since the first failure
-                    await first.changed.wait()
-                data = await poll(
-                    "status says account 1 is down after two failures",
-                    lambda: (d := status_data(capsys, url))["down"] and d["down"][0]["failures"] >= 2 and d,
-                    interval=0.1,
-                )
-                text = await trio.to_thread.run_sync(status, capsys, url)
-                since = first.down_since
+            one.revoke_key()
+            await one.drop_connections()
+            while first.down is None:
+                await first.changed.wait()
+            while first.failures < 2:  # its next try refused too: still down, since the first failure
+                await first.changed.wait()
+            data = await poll(
+                "status says account 1 is down after two failures",
+                lambda: (d := status_data(capsys, url))["down"] and d["down"][0]["failures"] >= 2 and d,
+                interval=0.1,
+            )
+            text = await trio.to_thread.run_sync(status, capsys, url)
+            since = first.down_since
 
-                one.restore_key()
-                while first.down is not None:
-                    await first.changed.wait()
-                await one.wait_subscribed(one.private_channels())
-                back = await poll(
-                    "status no longer says account 1 is down",
-                    lambda: (d := status_data(capsys, url))["down"] == [] and d,
-                    interval=0.1,
-                )
-                back_text = await trio.to_thread.run_sync(status, capsys, url)
-                stop.set()
+            one.restore_key()
+            while first.down is not None:
+                await first.changed.wait()
+            await one.wait_subscribed(one.private_channels())
+            back = await poll(
+                "status no longer says account 1 is down",
+                lambda: (d := status_data(capsys, url))["down"] == [] and d,
+                interval=0.1,
+            )
+            back_text = await trio.to_thread.run_sync(status, capsys, url)
     finally:
         engine.dispose()
     (down,) = data["down"]
