@@ -137,18 +137,26 @@ async def withhold(fx: FakeExchange, tracker: Tracker, count: int, *, after: int
     return list(withheld)
 
 
-async def until_walked(tracker: Tracker, done: Callable[[], bool]) -> None:
-    """Backfill after backfill, until ``done()`` (within 30 s). The caller starts no walk: only the breaks' walks can
-    make it true."""
+async def until_projected(tracker: Tracker, table: str, column: str, wanted: set[str]) -> None:
+    """Backfill after backfill, until every one of ``wanted`` is the ``column`` of a projected ``table`` row (within
+    30 s). The caller starts no walk: only the breaks' walks can bring them."""
+    assert wanted, f"the window had nothing for {table}"
+    log: EventLog = tracker.services.log
+    store = ProjectionStore(log.engine)
+
+    def projected() -> set[str]:
+        store.catch_up(log)
+        return {str(getattr(row, column)) for row in store.all_rows()[table]}
+
     with trio.fail_after(30):
-        while not done():
+        while not wanted <= projected():
             await tracker.backfiller.wait_runs(tracker.backfiller.runs + 1)
 
 
-def withheld_ids(withheld: list[Any], event: str, field: str = "id") -> set[Any]:
-    """The ``data[field]`` of the withheld frames of ``event``."""
+def withheld_ids(withheld: list[Any], event: str, field: str = "id") -> set[str]:
+    """The ``data[field]`` of the withheld frames of ``event``, as text (the projected rows' ids are text)."""
     frames = [json.loads(e.text) for e in withheld]
-    return {frame["data"][field] for frame in frames if frame["event"] == event}
+    return {str(frame["data"][field]) for frame in frames if frame["event"] == event}
 
 
 def _d(value: Decimal | str | None) -> str | None:
@@ -297,15 +305,7 @@ async def test_frames_withheld_while_the_connection_stays_up_are_backfilled_by_t
             await tracker.backfiller.wait_runs(1)  # the start-up backfill
             await wait_logged(tracker, await fx.generate(150))
             wanted = withheld_ids(await withhold(fx, tracker, 150), "trade")
-            assert wanted, "the window had fills"
-            log: EventLog = tracker.services.log
-            store = ProjectionStore(log.engine)
-
-            def fills() -> set[int]:
-                store.catch_up(log)
-                return {int(fill.trade_id) for fill in store.all_rows()["fills"]}
-
-            await until_walked(tracker, lambda: wanted <= fills())
+            await until_projected(tracker, "fills", "trade_id", wanted)
             # Orders of a stream with no event after the window show no break: a full walk settles them (as the
             # periodic reconciliation's does); the fills were all back before it.
             await tracker.backfiller.run("test")
@@ -327,16 +327,8 @@ async def test_settlements_withheld_while_the_connection_stays_up_are_backfilled
         await fx.wait_subscribed(fx.private_channels())
         await tracker.backfiller.wait_runs(1)  # the start-up backfill
         await wait_logged(tracker, await fx.generate(150))
-        wanted = {str(tnx) for tnx in withheld_ids(await withhold(fx, tracker, 400), "settlement", "tnx_id")}
-        assert wanted, "the window had settlements"
-        log: EventLog = tracker.services.log
-        store = ProjectionStore(log.engine)
-
-        def settlements() -> set[str]:
-            store.catch_up(log)
-            return {row.transaction_id for row in store.all_rows()["settlements"]}
-
-        await until_walked(tracker, lambda: wanted <= settlements())
+        wanted = withheld_ids(await withhold(fx, tracker, 400), "settlement", "tnx_id")
+        await until_projected(tracker, "settlements", "transaction_id", wanted)
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
 
 
@@ -355,15 +347,7 @@ async def test_stop_orders_withheld_while_the_connection_stays_up_are_backfilled
         withheld = await withhold(fx, tracker, 400, after=300)
         frames = [json.loads(e.text) for e in withheld if "my_orders" in e.channel]
         wanted = {str(f["data"]["id"]) for f in frames if f.get("order_source") == "stop_order"}
-        assert wanted, "the window had stop-order events"
-        log: EventLog = tracker.services.log
-        store = ProjectionStore(log.engine)
-
-        def orders() -> set[str]:
-            store.catch_up(log)
-            return {row.order_id for row in store.all_rows()["orders"]}
-
-        await until_walked(tracker, lambda: wanted <= orders())
+        await until_projected(tracker, "orders", "order_id", wanted)
     assert not tracker_events(sqlite_url, "reconnect_requested")  # the connection stayed up
 
 
@@ -377,26 +361,19 @@ async def test_frames_withheld_pause_after_pause_are_all_backfilled(sqlite_url: 
         await fx.wait_subscribed(fx.private_channels())
         await tracker.backfiller.wait_runs(1)  # the start-up backfill
         await wait_logged(tracker, await fx.generate(150))
-        log: EventLog = tracker.services.log
-        store = ProjectionStore(log.engine)
 
-        async def pause_and_resume() -> set[int]:
+        async def pause_and_resume() -> set[str]:
             """Withhold 100 frames, then deliver 100 more (the streams link again after the break): the withheld
             fills."""
             return withheld_ids(await withhold(fx, tracker, 100, after=100), "trade")
 
-        def fills() -> set[int]:
-            store.catch_up(log)
-            return {int(fill.trade_id) for fill in store.all_rows()["fills"]}
-
-        async def wait_backfilled(wanted: set[int]) -> None:
-            assert wanted, "the window had fills"
-            await until_walked(tracker, lambda: wanted <= fills())
+        async def wait_backfilled(wanted: set[str]) -> None:
+            await until_projected(tracker, "fills", "trade_id", wanted)
 
         # Pauses in quick succession (their breaks come with no other tracker entry in between), then one more once
         # their walks are done: without the fix the first ones taught "market-wide", and the last one's break was
         # ignored.
-        wanted: set[int] = set()
+        wanted: set[str] = set()
         for _ in range(MARKET_WIDE_AFTER + 2):
             wanted |= await pause_and_resume()
         await wait_backfilled(wanted)
