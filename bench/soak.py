@@ -260,6 +260,9 @@ class Child:
     kills: int = 0
     terms: int = 0
     refused: int = 0  # starts refused because the database was out of reach (restart_if_db_refused)
+    # One replacement at a time: --kill-every and --term-every run as two tasks, and a SIGTERM sent while a kill -9's
+    # restart was under way found the killed process (exit -9) and failed the soak.
+    replacing: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def current(self) -> trio.Process:
@@ -280,12 +283,18 @@ class Child:
         """The exit code of a tracker that ended on its own (None while it runs, or while being restarted)."""
         return None if self.restarting else self.current.returncode
 
+    async def running(self, before: str) -> trio.Process:
+        """The tracker of the moment, running: one whose restart was refused meanwhile (a database outage) is started
+        again, as the main loop does; one that ended otherwise fails the soak (``before``: what was to be sent).
+        Called under ``replacing``."""
+        while (code := self.current.returncode) is not None:
+            if not await self.restart_if_db_refused(code):
+                raise RuntimeError(f"tracker exited with {code} before {before}")
+        return self.current
+
     async def kill_and_restart(self, rng: random.Random) -> None:
         """kill -9, then the same command again. Shielded: the end of the soak never finds a tracker half-replaced."""
-        while (code := self.current.returncode) is not None:  # a restart refused meanwhile: as the main loop does
-            if not await self.restart_if_db_refused(code):
-                raise RuntimeError(f"tracker exited with {code} before kill -9")
-        proc = self.current
+        proc = await self.running("kill -9")
         self.restarting = True
         with trio.CancelScope(shield=True):
             proc.send_signal(signal.SIGKILL)
@@ -299,10 +308,7 @@ class Child:
     async def term_and_restart(self, rng: random.Random, within: float = 60) -> None:
         """SIGTERM (or SIGINT), an exit code 0 within ``within`` seconds (everything received committed), then the same
         command again. Shielded like ``kill_and_restart``."""
-        while (code := self.current.returncode) is not None:  # a restart refused meanwhile: as the main loop does
-            if not await self.restart_if_db_refused(code):
-                raise RuntimeError(f"tracker exited with {code} before SIGTERM")
-        proc = self.current
+        proc = await self.running("SIGTERM")
         self.restarting = True
         with trio.CancelScope(shield=True):
             proc.send_signal(rng.choice((signal.SIGTERM, signal.SIGINT)))
@@ -333,10 +339,11 @@ class Child:
 async def run_kills(child: Child, rng: random.Random, every: float, *, term: bool = False) -> None:
     while True:
         await trio.sleep(every * rng.uniform(0.5, 1.5))
-        if term:
-            await child.term_and_restart(rng)
-        else:
-            await child.kill_and_restart(rng)
+        async with child.replacing:  # not while the other task replaces it
+            if term:
+                await child.term_and_restart(rng)
+            else:
+                await child.kill_and_restart(rng)
 
 
 async def run_db_outages(
