@@ -150,11 +150,12 @@ async def test_a_key_refused_at_the_start_is_down_with_no_user_until_a_reload_re
                 )  # fmt: skip
                 assert first.down is not None and second.down is None
                 await two.wait_subscribed(two.private_channels())
-                data = await poll(
-                    "status says account 1 is down",
-                    lambda: (d := status_data(capsys, url=db_url))["down"] and d["down"][0]["retry_at"] and d,
+                data = await poll(  # account 2's first frames reach the log a moment after it subscribed
+                    "status says account 1 is down and account 2 has written",
+                    lambda: (d := status_data(capsys, url=db_url))["down"] and d["down"][0]["retry_at"]
+                    and d["accounts"] and d,
                     interval=0.1,
-                )
+                )  # fmt: skip
                 text = await trio.to_thread.run_sync(status, capsys, db_url)
                 write_config(tmp_path, (two,), (KEYS[1][1],))
                 reloads.request()
