@@ -20,8 +20,10 @@ import pytest
 import trio
 from test_backfill_e2e import MARKETS, settings_for, tracker_events, tracker_running, wait_logged
 
+from tracker.domain import tracker_events as te
+from tracker.domain.reconcile import first_wait
 from tracker.fake.server import FakeExchange, open_fake_exchange
-from tracker.runtime.reconciler import ReconcileOptions, ReconcileResult
+from tracker.runtime.reconciler import RECONCILE_CHANNEL, ReconcileOptions, ReconcileResult
 from tracker.runtime.recovery import reconcile_once
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
@@ -163,3 +165,40 @@ async def test_periodic_reconciliation_under_live_activity_reports_nothing(sqlit
     assert len(runs) >= 4
     assert [r["opened"] for r in runs] == [[] for _ in runs], runs
     assert sum(r["checked"] for r in runs) > 0
+
+
+async def test_the_periodic_clock_counts_across_restarts(db_url: str) -> None:
+    """A tracker restarted more often than the interval must still reconcile: the first periodic run of a process is
+    one interval after the last ``reconciled`` entry in the log, whichever process wrote it. Last reconciled two hours
+    ago with a one-hour interval: the run comes at once. Just reconciled: the next is a whole interval away."""
+    upgrade(db_url)
+    async with open_fake_exchange(seed=9, markets=MARKETS) as fx:
+        account = str(fx.user_id)
+        engine = open_engine(db_url)
+        try:
+            old = te.tracker_entry(
+                account=account,
+                event=te.RECONCILED,
+                data={},
+                received_at=datetime.now(UTC) - timedelta(hours=2),
+                uid="reconciled-long-ago",
+                channel=RECONCILE_CHANNEL,
+            )
+            EventLog(engine).append([old])
+        finally:
+            engine.dispose()
+        async with tracker_running(fx, db_url, reconcile_interval_s=3600) as tracker:
+            reconciler = tracker.services.reconciler
+            assert reconciler is not None
+            with trio.fail_after(60):
+                await reconciler.wait_runs(1)
+            assert await reconciler.first_wait(3600) > 3590  # its own entry is the last one now
+    assert len(tracker_events(db_url, "reconciled")) == 2
+
+
+def test_first_wait_is_the_rest_of_the_interval() -> None:
+    now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    assert first_wait(300, None, now) == 300
+    assert first_wait(300, now - timedelta(seconds=120), now) == 180
+    assert first_wait(300, now - timedelta(days=3), now) == 0
+    assert first_wait(300, now + timedelta(hours=1), now) == 300  # a clock set back: never more than one interval

@@ -109,6 +109,15 @@ class Balance:
     reserved: Decimal
 
 
+def first_wait(interval_s: float, last: datetime | None, now: datetime) -> float:
+    """Seconds until a new process's first periodic reconciliation: one interval after the last one (or after the
+    account's log began), counted across restarts, so a tracker restarted more often than the interval still
+    reconciles; never more than one interval (a clock set back), never less than 0."""
+    if last is None:
+        return interval_s
+    return min(interval_s, max(0.0, interval_s - (now - last).total_seconds()))
+
+
 def _trade_number(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isdigit() else None
 

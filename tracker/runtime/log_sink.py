@@ -37,6 +37,9 @@ class LogSink:
     async def latest(self, account: str, channel: str, event: str) -> dict[str, Any] | None:
         return await trio.to_thread.run_sync(log_queries.latest_tracker_data, self.log, account, channel, event)
 
+    async def last_reconciled_at(self, account: str, channel: str) -> datetime | None:
+        return await trio.to_thread.run_sync(log_queries.last_reconciled_at, self.log, account, channel)
+
     async def signals_after(self, account: str, after: int) -> list[LogEntry]:
         return await trio.to_thread.run_sync(log_queries.signals_after, self.log, account, after)
 

@@ -47,6 +47,7 @@ from tracker.domain.reconcile import (
     Finding,
     OrderAudit,
     diff_balances,
+    first_wait,
     plan,
 )
 from tracker.domain.rows import DiscrepancyRow, FillRow, OrderRow
@@ -223,10 +224,16 @@ class Reconciler:
         self.options = options or ReconcileOptions()
         self.wall = wall or backfiller.wall
         self.runs = 0
+        self.ran = trio.Event()  # replaced after each run: wait on it (wait_runs) for the next one
 
     @property
     def account(self) -> str:
         return self.backfiller.account
+
+    async def wait_runs(self, n: int) -> None:
+        """Wait until at least ``n`` runs of this reconciler have completed (tests)."""
+        while self.runs < n:
+            await self.ran.wait()
 
     def _entry(self, event: str, data: dict[str, Any]) -> NewEntry:
         return te.tracker_entry(
@@ -246,6 +253,12 @@ class Reconciler:
         if full or not isinstance(cursors, dict):
             return dict.fromkeys(markets, 0), 0
         return {m: int(cursors.get(m, 0)) for m in markets}, int(previous.get("checkpoint", 0))
+
+    async def first_wait(self, interval_s: float) -> float:
+        """Seconds until this process's first periodic run (``domain.reconcile.first_wait``: the interval counted from
+        the last ``reconciled`` entry in the log, whichever process wrote it)."""
+        last = await self.backfiller.sink.last_reconciled_at(self.account, RECONCILE_CHANNEL)
+        return first_wait(interval_s, last, self.backfiller.wall())
 
     def status_budget(self, interval_s: float) -> int:
         """order_status/ calls one periodic run may make: its share of the request budget (at least 10)."""
@@ -302,6 +315,8 @@ class Reconciler:
         await self.reader.catch_up()
         unresolved = await self.reader.discrepancies(self.account)
         self.runs += 1
+        done, self.ran = self.ran, trio.Event()
+        done.set()
         log.info(
             "reconciled: %d checked, %d new discrepancies, %d resolved, %d unresolved",
             diff.n_checked,
@@ -364,11 +379,15 @@ async def run_periodic(
     stop: trio.Event,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Reconcile every ``interval_s`` (first run after one interval: start-up already backfills) until ``stop``."""
+    """Reconcile every ``interval_s`` until ``stop``. The first run comes one interval after the last reconciliation
+    in the log (or after the account's log began: start-up already backfills), so restarts do not postpone it for
+    ever; when that is past, at once (its backfill waits for the start-up one's lock)."""
     task_status.started()
+    wait = await reconciler.first_wait(interval_s)
     while True:
-        with trio.move_on_after(interval_s):
+        with trio.move_on_after(wait):
             await stop.wait()
+        wait = interval_s
         if stop.is_set():
             return
         try:

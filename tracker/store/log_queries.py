@@ -42,6 +42,22 @@ def latest_tracker_data(event_log: EventLog, account: str, channel: str, event: 
     return data if isinstance(data, dict) else None
 
 
+def last_reconciled_at(event_log: EventLog, account: str, channel: str) -> datetime | None:
+    """When the account was last reconciled (the newest ``reconciled`` entry's ``received_at``), else when its log
+    began (its first entry's), else None: the periodic reconciliation's clock survives restarts."""
+    t = event_log_table
+    newest = (
+        select(t.c.received_at)
+        .where(t.c.account == account, t.c.source == "tracker", t.c.channel == channel, t.c.event == te.RECONCILED)
+        .order_by(t.c.seq.desc())
+        .limit(1)
+    )
+    first = select(t.c.received_at).where(t.c.account == account).order_by(t.c.seq).limit(1)
+    with event_log.engine.connect() as conn:
+        at = conn.execute(newest).scalar_one_or_none()
+        return at if at is not None else conn.execute(first).scalar_one_or_none()
+
+
 def signals_after(event_log: EventLog, account: str, after: int, limit: int = SIGNAL_PAGE) -> list[LogEntry]:
     """Entries that can reveal a gap: tracker lifecycle entries and ws entries with an event_id (my_orders)."""
     t = event_log_table
