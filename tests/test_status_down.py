@@ -32,7 +32,7 @@ from tracker.cli.status import describe_back, describe_down
 from tracker.config import load_accounts
 from tracker.fake.server import open_fake_exchange
 from tracker.runtime.config_reload import Reloads
-from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own
+from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own, sweep_dead
 from tracker.store.engine import open_engine
 from tracker.store.lease import PgLease, file_lock_for
 from tracker.store.migrate import upgrade
@@ -288,6 +288,28 @@ def test_an_account_another_process_tracks_is_not_shown_down(pg_url: str) -> Non
     finally:
         lease.release()
         process_lock.release()
+        engine.dispose()
+
+
+def test_the_next_process_deletes_the_rows_of_dead_ones_on_postgresql(pg_url: str) -> None:
+    """PostgreSQL: rows of a process whose lock is gone (killed) are deleted by the next process's first write; a
+    live process's rows (its lock held) and the writer's own stay."""
+    upgrade(pg_url)
+    engine = open_engine(pg_url)
+    live_lock = PgLease(engine, process_lock_name("live"))
+    try:
+        assert live_lock.try_acquire()
+        now = datetime.now(UTC)
+        row = AccountDown(1, "710101", "API key not found: check its api_key", now, 1, now + timedelta(60))
+        for process in ("dead-1", "dead-2", "live", "own"):
+            replace_own(engine, process, 4242, [row], now, sole_writer=False)
+        assert sweep_dead(engine, "own") == 2
+        with engine.connect() as conn:
+            left = conn.exec_driver_sql("SELECT process FROM accounts_down ORDER BY process").scalars().all()
+        assert left == ["live", "own"]
+        assert sweep_dead(engine, "own") == 0
+    finally:
+        live_lock.release()
         engine.dispose()
 
 

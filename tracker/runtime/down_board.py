@@ -11,7 +11,8 @@ the first write, at the start, deletes a dead process's rows (its pid might be t
 board holds a lock of its own (``process_lock_name``), taken before its first row (a process with nothing down never
 takes it) and again if its connection was lost. At the end (the process's stop, every account's writer drained) its
 rows are deleted, then the lock released; after a ``kill -9`` the rows stay, but their lock is gone with the process
-(on PostgreSQL they stay until someone deletes them: a few rows per killed run, never shown).
+(on PostgreSQL they stay, never shown, until the next multi-account process's first write deletes them:
+``sweep_dead``).
 
 A failure to record is never the accounts' failure: a database outage is logged and the write tried again after
 ``RETRY_S`` (the writers ride the outage out themselves); anything else is a bug and ends the run.
@@ -31,7 +32,7 @@ import trio
 
 from tracker.runtime.account_supervisor import AccountState
 from tracker.runtime.service import StartedOnce
-from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own
+from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own, sweep_dead
 from tracker.store.engine import Engine
 from tracker.store.errors import first_line, is_transient
 from tracker.store.lease import PgLease
@@ -81,6 +82,10 @@ class DownBoard:
                 return  # PostgreSQL, nothing down yet: no row, no lock, no connection for it
             if not self.lock.check():
                 self.lock.try_acquire()  # the process's own name: nobody else ever holds it
+            if not self._wrote:
+                swept = sweep_dead(self.engine, self.process)
+                if swept:
+                    log.info("accounts down: %d rows of processes that ended without clearing them deleted", swept)
         replace_own(self.engine, self.process, os.getpid(), down, datetime.now(UTC), sole_writer=self.sole_writer)
         self._wrote = True
 

@@ -34,7 +34,8 @@ Trusted only while its process holds its lock, so a dead process's rows are neve
   A multi-account run also deletes every other process's rows when it starts: a dead one's.
 - PostgreSQL (processes share a database): each process holds an advisory lock of its own (``process_lock_name``)
   while it has rows here, on a connection of its own; ``kill -9`` ends the session, and the lock with it. A row is
-  also not shown for an account whose writer lease another process holds (it tracks that account).
+  also not shown for an account whose writer lease another process holds (it tracks that account). The next process
+  that writes rows deletes those whose lock is gone first (``sweep_dead``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from tracker.store.errors import translate_db_errors
+from tracker.store.lease import lease_writers
 from tracker.store.runtime_schema import accounts_down
 
 
@@ -98,6 +100,22 @@ def replace_own(
                     for one in down
                 ],
             )
+
+
+def sweep_dead(engine: Engine, own: str) -> int:
+    """PostgreSQL: delete the rows of processes that no longer hold their lock (a ``kill -9``'s: its session ended,
+    and its lock with it), all but process ``own``'s; how many went. A live process takes its lock before it writes
+    a row and deletes its rows before it lets the lock go, so a row read here whose lock is free is a dead one's.
+    ``tracker status`` never shows such rows: this only keeps the table from growing by a few rows per killed run."""
+    t = accounts_down
+    with translate_db_errors(), engine.begin() as conn:
+        processes = set(conn.execute(select(t.c.process).distinct()).scalars()) - {own}
+        names = {process_lock_name(p): p for p in processes}
+        held = lease_writers(conn, names)
+        dead = [names[name] for name, writer in held.items() if writer.pid is None and writer.backend_pid is None]
+        if not dead:
+            return 0
+        return conn.execute(delete(t).where(t.c.process.in_(dead))).rowcount
 
 
 def read_down(conn: Connection) -> list[AccountDown]:
