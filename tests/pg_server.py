@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -37,10 +38,30 @@ def available() -> str | None:
     return None
 
 
+def _ephemeral_low(ranges: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port of the kernel's ephemeral range (Linux's default where it cannot be read)."""
+    try:
+        return int(ranges.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range. The server binds it after initdb (seconds later) and
+    again at each restart (after an outage of seconds): a port of the ephemeral range, as port 0 gave before, can be
+    handed out meanwhile to any other socket (a fake exchange's port 0 or a client's connection, in any xdist worker),
+    and the server's start then fails (address in use). Below the range only an explicit bind takes a port."""
+    high = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, high - 10_000), high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: another one
+        return port
+    raise RuntimeError(f"no free loopback port below {high}")
 
 
 @dataclass

@@ -90,18 +90,22 @@ async def test_an_unreachable_exchange_and_a_password_in_its_url(tmp_path: Path)
     # Nothing answered: the clock line said "the exchange sent no Date header"; and a password in BITSTAMP_API_URL was
     # printed in the header, in every probe's error line and in --out.
     with trio.socket.socket() as sock:
+        # Bound, never listening, until the doctor is done: a connection to it is refused, and no other test (an
+        # xdist worker's server on port 0) can take the port meanwhile.
         await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again below: nothing listens there
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
-    env.update(
-        BITSTAMP_API_URL=f"http://proxyuser:hunter22@127.0.0.1:{port}/api/v2/",
-        BITSTAMP_WS_URL=f"ws://127.0.0.1:{port}",
-        BITSTAMP_API_KEY="abcdefghijkl",
-        BITSTAMP_API_SECRET="abcdefghijklmnop",
-    )
-    out = tmp_path / "doctor.json"
-    command = [sys.executable, "-m", "tracker", "doctor", "--markets", "btcusd", "--listen", "0", "--out", str(out)]
-    done = await trio.run_process(command, env=env, cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False)
+        port = sock.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+        env.update(
+            BITSTAMP_API_URL=f"http://proxyuser:hunter22@127.0.0.1:{port}/api/v2/",
+            BITSTAMP_WS_URL=f"ws://127.0.0.1:{port}",
+            BITSTAMP_API_KEY="abcdefghijkl",
+            BITSTAMP_API_SECRET="abcdefghijklmnop",
+        )
+        out = tmp_path / "doctor.json"
+        command = [sys.executable, "-m", "tracker", "doctor", "--markets", "btcusd", "--listen", "0", "--out", str(out)]
+        done = await trio.run_process(
+            command, env=env, cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
+        )
     stdout = done.stdout.decode()
     assert done.returncode == 1, done.stderr.decode()[-2000:]
     assert "clock     unknown: no REST call was answered (see REST below)" in stdout

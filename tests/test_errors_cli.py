@@ -76,10 +76,13 @@ def one_line(stderr: str | bytes) -> str:
     return lines[0].removeprefix("tracker: error: ")
 
 
-def closed_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on, for the whole test: bound (never listening) until the test ends, so no
+    other test (an xdist worker's server on port 0) can take it meanwhile; a connection to it is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -182,8 +185,8 @@ async def test_api0017_clock_skew_is_resynced(tmp_path: Path, db: str) -> None:
     assert "tracker: error" not in stderr
 
 
-async def test_unreachable_exchange(tmp_path: Path, db: str) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/api/v2/"
+async def test_unreachable_exchange(tmp_path: Path, db: str, closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/api/v2/"
     env = clean_env(
         TRACKER_DB_URL=db,
         BITSTAMP_API_URL=url,
@@ -201,9 +204,9 @@ async def test_unreachable_exchange(tmp_path: Path, db: str) -> None:
         assert time.monotonic() - started < 20, command
 
 
-async def test_a_password_in_the_exchange_urls_is_never_shown(tmp_path: Path, db: str) -> None:
+async def test_a_password_in_the_exchange_urls_is_never_shown(tmp_path: Path, db: str, closed_port: int) -> None:
     """A proxy's credentials in ``BITSTAMP_API_URL`` (or the websocket's): the error names the URL without them."""
-    port = closed_port()
+    port = closed_port
     env = clean_env(
         TRACKER_DB_URL=db,
         BITSTAMP_API_URL=f"http://proxyuser:pr0xy-pw@127.0.0.1:{port}/api/v2/",
@@ -258,8 +261,8 @@ def test_database_url_wrong(tmp_path: Path) -> None:
     )
 
 
-def test_database_unreachable(tmp_path: Path) -> None:
-    port = closed_port()
+def test_database_unreachable(tmp_path: Path, closed_port: int) -> None:
+    port = closed_port
     url = f"postgresql://tracker:hunter22@127.0.0.1:{port}/tracker"
     # `db` said "check TRACKER_DB_URL" for a URL given as --db-url.
     for command in ("status", "db upgrade", "db current", "db downgrade 0001"):

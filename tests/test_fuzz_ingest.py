@@ -43,6 +43,11 @@ from tracker.store.event_log import EventLog
 from tracker.store.migrate import upgrade
 from tracker.store.schema import event_log, quarantine
 
+# Hypothesis runs its examples on the CPU, with no wait that could hang: the bound is only against a hang, and far
+# above the default 120 s, which test_arbitrary_json_never_raises came within 2.2 times of (53.7 s with three workers
+# and a CPU hog on this 2-core machine; 44.5 s without the hog).
+pytestmark = pytest.mark.timeout(300)
+
 PARSER_EXAMPLES = 5000  # per parser test (three of them)
 INGEST_EXAMPLES = 300  # batches of up to 12 frames through the receive loop, writer and store (per backend)
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

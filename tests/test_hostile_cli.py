@@ -184,17 +184,17 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (root / "dir").mkdir()
     upgrade(f"sqlite:///{root / 'tracker.db'}")
     (root / "statement.csv").write_text(STATEMENT, encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, socket.socket() as sock:
         mp.chdir(root)
         for name in list(os.environ):
             if name.startswith(("BITSTAMP_", "TRACKER_")):
                 mp.delenv(name)
         mp.setenv("BITSTAMP_API_KEY", FAKE_KEY)
         mp.setenv("BITSTAMP_API_SECRET", FAKE_SECRET)
-        # An unreachable loopback exchange, in case anything got past the replacements below.
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            closed = sock.getsockname()[1]
+        # An unreachable loopback exchange, in case anything got past the replacements below: bound, never listening,
+        # for the whole test (no other xdist worker's server can take the port meanwhile).
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
         mp.setenv("BITSTAMP_API_URL", f"http://127.0.0.1:{closed}/api/v2/")
         mp.setenv("BITSTAMP_WS_URL", f"ws://127.0.0.1:{closed}")
 

@@ -155,7 +155,9 @@ async def test_request_reconnect_make_before_break(sqlite_url: str) -> None:
     async with tracker_running(sqlite_url) as run:
         await run.fx.wait_subscribed(run.fx.private_channels())
         await run.fx.generate(50)
-        await run.fx.request_reconnect(close_after=5.0)
+        # The fake closes the old connection itself after close_after: a bound for a failure only (the tracker closes
+        # it once the new one is subscribed), long enough for a loaded machine's token call, connect and subscribes.
+        await run.fx.request_reconnect(close_after=15.0)
         for _ in range(20):
             await run.fx.generate(5)
             await trio.lowlevel.checkpoint()
@@ -243,7 +245,9 @@ async def test_burst_on_postgresql(pg_url: str) -> None:
     async with tracker_running(pg_url) as run:
         await run.fx.wait_subscribed(run.fx.private_channels())
         await run.fx.generate(300)
-        await run.fx.request_reconnect(close_after=2.0)
+        # (the fake's own close of the old connection drops what its queue still holds: 10 s, so the tracker's
+        # make-before-break comes first on a loaded machine too)
+        await run.fx.request_reconnect(close_after=10.0)
         await run.fx.generate(100)
         await run.wait_lifecycle("subscribed", 2)
 

@@ -88,8 +88,13 @@ async def test_the_writer_appends_on_the_loop_and_the_thread_alike(pg_log: Event
             )
         )
         async with send:
-            for item in items:
+            for n, item in enumerate(items, 1):
                 await send.send((item, trio.current_time()))
+                # The first item committed (the thread's append, which keeps a connection), then the 19 after it, before
+                # the quarantine item is sent: a first append slower than the sends (a loaded machine) took every item
+                # after it into one batch with the quarantine item, all in the thread, and none went on the loop.
+                if n in (1, 20):
+                    await stats.wait_items(n)
                 await trio.sleep(0.001)  # small batches, as at a low rate
     assert (stats.items, stats.appended, stats.duplicates, stats.quarantined) == (42, 40, 1, 1)
     assert loop_batches and sum(loop_batches) < 42  # most on the loop; the first and the quarantine's in the thread

