@@ -27,9 +27,8 @@ Extra tasks (projector, backfill, reconciler) plug in through ``extra_tasks``: e
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import Awaitable, Sequence
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +39,7 @@ from tracker.config import Settings
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.db_retry import Outage
+from tracker.runtime.early_signals import STOP_SIGNALS, EarlySignals, StartUpStopped, signal_name
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.loop_append import LoopAppend, loop_append
@@ -59,6 +59,8 @@ if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
 log = logging.getLogger("tracker.service")
 
 WRITER_BUFFER = 4096
+# After a stop: how long ingest may take to close.
+STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -107,18 +109,64 @@ class TaskStarter(Protocol):
     def __call__(self, services: Services, *, task_status: trio.TaskStatus[Any] = ...) -> Awaitable[None]: ...
 
 
-async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Turn SIGINT/SIGTERM into ``stop``. Later signals are absorbed (the grace deadline bounds the shutdown), so a
-    second Ctrl-C cannot abort a commit half-way."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+class StopSignals:
+    """SIGINT/SIGTERM for a whole run (``open_stop_signals``). The first sets ``stop``; one that comes during a
+    ``start_up`` block (nothing received yet) abandons the block, which raises ``StartUpStopped``. Later signals are
+    absorbed, one log line each: a second Ctrl-C cannot abort a commit half-way (``stop_grace`` bounds ingest's
+    close; the module docstring)."""
+
+    def __init__(self, stop: trio.Event, received: int | None = None) -> None:
+        self.stop = stop
+        self.received = received  # the first stop signal (one the start recorded before trio ran, too)
+        self._start_ups: set[trio.CancelScope] = set()
+        if received is not None:
+            stop.set()
+
+    async def watch(
+        self, signals: AsyncIterator[int], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         async for signum in signals:
-            name = signal.Signals(signum).name
-            if stop.is_set():
+            name = signal_name(signum)
+            if self.received is not None or self.stop.is_set():
                 log.info("received %s again: already stopping", name)
-            else:
+                continue
+            self.received = signum
+            self.stop.set()
+            for scope in self._start_ups:
+                scope.cancel()  # its StartUpStopped is the line that says so
+            if not self._start_ups:
                 log.info("received %s: stopping (committing everything received)", name)
-                stop.set()
+
+    @contextmanager
+    def start_up(self, phase: str) -> Iterator[None]:
+        """A part of the start-up before anything is received (``phase``: what it does, for the line): a stop signal
+        (before it, or during it) abandons it with ``StartUpStopped``."""
+        scope = trio.CancelScope()
+        if self.received is not None:
+            scope.cancel()
+        self._start_ups.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._start_ups.discard(scope)
+        if self.received is not None:
+            raise StartUpStopped(signal_name(self.received), phase)
+
+
+@asynccontextmanager
+async def open_stop_signals(stop: trio.Event, early: EarlySignals | None = None) -> AsyncIterator[StopSignals]:
+    """SIGINT/SIGTERM as ``stop`` for the block (``StopSignals``); ``early``: the signals the process recorded before
+    trio ran (``early_signals.py``), one of which counts as received here."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        handler = StopSignals(stop, early.received if early is not None else None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(handler.watch, signals)
+            try:
+                yield handler
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner | None) -> LoopAppend | None:
@@ -132,14 +180,19 @@ def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner 
 async def watch_signals(
     stop: trio.Event, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """``_stop_on_signals`` until ``scope`` is cancelled (when the run is over)."""
-    with scope:
-        await _stop_on_signals(stop, task_status=task_status)
+    """SIGINT/SIGTERM as ``stop`` (``StopSignals``) until ``scope`` is cancelled (when the run is over)."""
+    with scope, trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        await StopSignals(stop).watch(signals, task_status=task_status)
 
 
 async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
     await stop.wait()
     scope.deadline = trio.current_time() + grace
+
+
+async def _cancel_at_stop(stop: trio.Event, scope: trio.CancelScope) -> None:
+    await stop.wait()
+    scope.cancel()
 
 
 class StartedOnce:
@@ -187,7 +240,7 @@ async def run_tracker(
     client: BitstampClient | None = None,
     ingest_options: IngestOptions | None = None,
     extra_tasks: Sequence[TaskStarter] = (),
-    stop_grace: float = 10.0,
+    stop_grace: float = STOP_GRACE_S,
     combiner: AppendCombiner | None = None,
     file_lock: bool = True,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
@@ -237,12 +290,16 @@ async def run_tracker(
                         lease = None
                         if engine.dialect.name == "postgresql":
                             # The account is known only from a token; the lease is taken before anything subscribes.
-                            token = await call_at_start("websockets_token/", client.websockets_token)
-                            lease = account_lease_for(engine, token.user_id)
+                            # A stop meanwhile abandons the call (nothing is received yet), as it ends a standby's wait.
+                            with trio.CancelScope() as asking:
+                                producers.start_soon(_cancel_at_stop, stop, asking)
+                                token = await call_at_start("websockets_token/", client.websockets_token)
+                                lease = account_lease_for(engine, token.user_id)
                         if lease is not None:
                             acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
                             services.lease_acquired_at = acquired_at
-                        if lease is None or services.lease_acquired_at is not None:  # None: stopped as a standby
+                        # Not when stopped first: as a standby (no lease), or before the token or lease was had.
+                        if not stop.is_set() and (lease is None or services.lease_acquired_at is not None):
                             producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
                             ingest_ctx = await producers.start(
                                 lambda task_status: run_ingest(
