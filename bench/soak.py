@@ -41,7 +41,9 @@ within 60 s (everything it received committed), else the soak fails; then it is 
 ``--pg-outage-every S``: the database is a private PostgreSQL server (tests/pg_server.py: initdb in a temporary
 directory on a free port, never the shared one), stopped (``pg_ctl -m fast``: clients disconnected) for U(1, 8) s every
 ``S * U(0.5, 1.5)`` seconds (its own ``random.Random``; counted as the fault ``db-outage``). A ``--term-every`` stop
-that falls in an outage must still exit 0 (the writer holds what it received until the server is back). A restart
+that falls in an outage must still exit 0: the outages are shorter than the stop's 10 s grace, in which the writer
+keeps what it received and commits it once the server is back (a longer one would end the run with exit 2 and the
+frames not committed counted, runtime/writer.py). A restart
 that falls in one is refused (exit 2, "cannot connect to the database"): started again after 1 s, as systemd's
 ``Restart=on-failure`` would.
 ``--sqlite-lock-every S``: on SQLite, the same outages as another connection's ``BEGIN EXCLUSIVE`` on the file. They

@@ -59,9 +59,11 @@ from tracker.runtime.service import (
     StopSignals,
     TaskStarter,
     open_stop_signals,
+    require_committed,
     restart_on_db_outage,
     run_tracker,
 )
+from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.errors import first_line
 from tracker.store.event_log import EventLog
@@ -91,8 +93,8 @@ async def run_app(
     on.
 
     SIGINT/SIGTERM are this run's from its first line (``early``: those the process recorded before trio ran): one
-    before the service subscribes abandons the start-up (``StartUpStopped``); after, it is the service's lossless
-    stop."""
+    before the service subscribes abandons the start-up (``StartUpStopped``); after, it is the service's lossless stop.
+    A stop whose writer gave frames up in a database outage ends with ``NotCommitted`` (``require_committed``)."""
     stop = trio.Event()
     async with open_stop_signals(stop, early) as signals:
         with trio.open_signal_receiver(signal.SIGHUP) as hangups:
@@ -101,7 +103,7 @@ async def run_app(
             async with trio.open_nursery() as nursery:
                 hangup_scope = trio.CancelScope()
                 await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
-                await run_tracker(
+                services = await run_tracker(
                     settings,
                     EventLog(engine),
                     stop=stop,
@@ -110,6 +112,7 @@ async def run_app(
                     stop_grace=stop_grace,
                 )
                 hangup_scope.cancel()
+    require_committed([services.writer_stats], stop_grace)
 
 
 async def run_accounts(
@@ -150,7 +153,8 @@ async def run_accounts(
 
     With ``handle_signals`` the stop signals are this run's from its first line (``early``: those the process
     recorded before trio ran): one during the accounts' check abandons the start (``StartUpStopped``), nothing having
-    been received."""
+    been received. A stop at which a writer gave frames up in a database outage ends with ``NotCommitted`` once every
+    account has stopped (``require_committed``)."""
     if not accounts:
         raise ValueError("run_accounts needs one account or more")
     stop = trio.Event() if stop is None else stop
@@ -160,6 +164,7 @@ async def run_accounts(
         states = [AccountState(index, settings) for index, settings in enumerate(accounts, 1)]
         with signals.start_up("checking the accounts' markets and keys") if signals is not None else nullcontext():
             await _check_at_start(states, metrics)
+        writers: list[WriterStats] = []  # of every service that ran, for require_committed at the end
         combiner = AppendCombiner(EventLog(engine))
         # One event log for every account: their appends go one at a time through the log's lock anyway, and each
         # EventLog keeps a connection of its own. (The combiner's is apart: its turns must not wait for the accounts'
@@ -217,6 +222,8 @@ async def run_accounts(
                         state, check, service, state.stop, metrics=metrics, backoff=backoff, task_status=task_status
                     )
             finally:
+                if state.services is not None:
+                    writers.append(state.services.writer_stats)
                 state.ended.set()
 
         async def launch(state: AccountState) -> None:
@@ -275,6 +282,7 @@ async def run_accounts(
         for state in states:
             if state.down is not None:
                 log.warning("%s was not tracked at the stop: %s", state.label, state.down)
+        require_committed(writers, stop_grace)
         return states
 
 

@@ -27,7 +27,7 @@ Extra tasks (projector, backfill, reconciler) plug in through ``extra_tasks``: e
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from tracker.config import Settings
+from tracker.errors import StoreError
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.db_retry import Outage
@@ -48,7 +49,7 @@ from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
 from tracker.store.integrity import unsaved_path
-from tracker.store.lease import account_lease_for
+from tracker.store.lease import LeaseLost, account_lease_for
 
 if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
     from tracker.runtime.backfill import Backfiller
@@ -59,7 +60,7 @@ if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
 log = logging.getLogger("tracker.service")
 
 WRITER_BUFFER = 4096
-# After a stop: how long ingest may take to close.
+# After a stop: how long ingest may take to close, and a writer in a database outage keeps trying (writer.py).
 STOP_GRACE_S = 10.0
 
 
@@ -112,8 +113,8 @@ class TaskStarter(Protocol):
 class StopSignals:
     """SIGINT/SIGTERM for a whole run (``open_stop_signals``). The first sets ``stop``; one that comes during a
     ``start_up`` block (nothing received yet) abandons the block, which raises ``StartUpStopped``. Later signals are
-    absorbed, one log line each: a second Ctrl-C cannot abort a commit half-way (``stop_grace`` bounds ingest's
-    close; the module docstring)."""
+    absorbed, one log line each: a second Ctrl-C cannot abort a commit half-way, and the stop is bounded anyway
+    (``stop_grace``: ingest's close, then the writer's last tries in a database outage; the module docstring)."""
 
     def __init__(self, stop: trio.Event, received: int | None = None) -> None:
         self.stop = stop
@@ -185,14 +186,52 @@ async def watch_signals(
         await StopSignals(stop).watch(signals, task_status=task_status)
 
 
-async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
-    await stop.wait()
-    scope.deadline = trio.current_time() + grace
-
-
 async def _cancel_at_stop(stop: trio.Event, scope: trio.CancelScope) -> None:
     await stop.wait()
     scope.cancel()
+
+
+GAVE_UP = "stopping: the database did not answer within the stop's grace"
+
+
+async def _give_up_after(give_up: trio.Event, gate: WriteGate, writer_done: trio.Event, grace: float) -> None:
+    """Started at the stop: ``grace`` seconds later, a writer still at work gives up at its next failed try
+    (``give_up``; writer.py). One waiting for the lease (its connection lost in the outage: the gate closed, the lease
+    task trying to take it again until the writer is done) is woken to do so: the gate is failed, now or when it
+    closes later."""
+    with trio.move_on_after(grace):
+        await writer_done.wait()
+    if writer_done.is_set():
+        return
+    give_up.set()
+    while not writer_done.is_set():
+        if not gate.is_open and gate.lost is None:
+            gate.fail(GAVE_UP)
+        with trio.move_on_after(0.25):  # the gate is the threads' (threading.Event): polled, as wait_open polls it
+            await writer_done.wait()
+
+
+class NotCommitted(StoreError):
+    """The stop's grace ran out in a database outage: frames received were not committed (``require_committed``)."""
+
+
+def require_committed(stats: Iterable[WriterStats], grace: float) -> None:
+    """Raise ``NotCommitted``, one line, when a writer gave up frames at the stop (``WriterStats.not_committed``).
+
+    The line says what the next run does about them, and that is true: its start-up backfill walks every REST source
+    from the cursors of the last walk this log recorded (backfill.py), which came before any frame of this run that
+    was not committed, so every fill, order and settlement among them is fetched again; self-trade and liquidation
+    alerts have no REST source (docs/bitstamp.md), the side file is their only copy."""
+    gave_up = [one for one in stats if one.not_committed]
+    if not gave_up:
+        return
+    count = sum(one.not_committed for one in gave_up)
+    files = ", ".join(sorted({str(one.unsaved) for one in gave_up if one.unsaved is not None}))
+    raise NotCommitted(
+        f"stopped with the database unavailable for the stop's {grace:g} s grace: {count} received frame(s) not"
+        f" committed (saved in {files}); the next `tracker run` recovers them from the exchange's REST API in its"
+        " start-up backfill (all but self-trade and liquidation alerts, which REST does not report)"
+    )
 
 
 class StartedOnce:
@@ -261,6 +300,18 @@ async def run_tracker(
     engine = event_log.engine
     gate = WriteGate()
     writer_done = trio.Event()
+    give_up = trio.Event()  # the stop's grace is over: the writer's next failed try is its last
+
+    def retry_if(error: BaseException) -> bool:
+        """A database outage; or, once the writer gives up, the lease it was waiting for (``_give_up_after_stop``)."""
+        return is_transient(error) or (isinstance(error, LeaseLost) and gate.lost == GAVE_UP)
+
+    async def at_stop() -> None:
+        """The stop's grace: then ingest's close is cancelled (frames read still handed over), and a writer still
+        failing gives up (``_give_up_after``, outside the producers: the writer outlives them)."""
+        await stop.wait()
+        producers.cancel_scope.deadline = trio.current_time() + stop_grace
+        nursery.start_soon(_give_up_after, give_up, gate, writer_done, stop_grace)
 
     async def write() -> None:
         try:
@@ -269,7 +320,8 @@ async def run_tracker(
                 receive,
                 stats=services.writer_stats,
                 limiter=services.db_limiter,
-                retry_if=is_transient,
+                retry_if=retry_if,
+                give_up=give_up,
                 spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
                 loop_append=_loop_append(event_log, gate, combiner),
             )
@@ -300,7 +352,7 @@ async def run_tracker(
                             services.lease_acquired_at = acquired_at
                         # Not when stopped first: as a standby (no lease), or before the token or lease was had.
                         if not stop.is_set() and (lease is None or services.lease_acquired_at is not None):
-                            producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
+                            producers.start_soon(at_stop)
                             ingest_ctx = await producers.start(
                                 lambda task_status: run_ingest(
                                     client,
@@ -332,10 +384,11 @@ async def run_tracker(
                 await client.aclose()
     stats = services.writer_stats
     log.info(
-        "stopped: %d frames committed (%d duplicates, %d quarantined) in %d batches",
+        "stopped: %d frames committed (%d duplicates, %d quarantined) in %d batches%s",
         stats.items,
         stats.duplicates,
         stats.quarantined,
         stats.batches,
+        f"; {stats.not_committed} not committed (the database did not answer)" if stats.not_committed else "",
     )
     return services
