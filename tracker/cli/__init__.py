@@ -6,8 +6,8 @@ sets ``func`` to a callable ``(args) -> int`` (the exit code). Add a new command
 Every failure a user can cause ends as ONE line on stderr, ``tracker: error: <what is wrong and what to do>``: usage
 errors too (``TrackerArgumentParser.error``), not argparse's usage block. Exit codes: 0 success, 1 "the answer is
 no" (verify found a break, reconcile found discrepancies, db current is behind), 2 usage, configuration, database and
-exchange errors, 3 credentials the exchange rejects, 130 Ctrl-C. ``tracker run`` and ``tracker demo`` stop cleanly on
-SIGINT and SIGTERM from the process's first moment (``stops_cleanly``; runtime/early_signals.py): exit 0.
+exchange errors, 3 credentials the exchange rejects, 130 Ctrl-C. ``tracker run`` stops cleanly on SIGINT and SIGTERM
+from the process's first moment (``stops_cleanly``; runtime/early_signals.py): exit 0.
 """
 
 from __future__ import annotations
