@@ -6,7 +6,8 @@ sets ``func`` to a callable ``(args) -> int`` (the exit code). Add a new command
 Every failure a user can cause ends as ONE line on stderr, ``tracker: error: <what is wrong and what to do>``: usage
 errors too (``TrackerArgumentParser.error``), not argparse's usage block. Exit codes: 0 success, 1 "the answer is
 no" (verify found a break, reconcile found discrepancies, db current is behind), 2 usage, configuration, database and
-exchange errors, 3 credentials the exchange rejects, 130 Ctrl-C.
+exchange errors, 3 credentials the exchange rejects, 130 Ctrl-C. ``tracker run`` stops cleanly on SIGINT and SIGTERM
+from the process's first moment (``stops_cleanly``; runtime/early_signals.py): exit 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from tracker.errors import StoreError, TrackerError
+from tracker.runtime.early_signals import EarlySignals
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -244,6 +246,17 @@ def unrecognized(parser: TrackerArgumentParser, args: argparse.Namespace, extras
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First: a SIGTERM or SIGINT while the commands are imported must not kill a starting `tracker run`. A command
+    # with a clean stop of its own (``stops_cleanly``) takes them over (``args.early_signals``); the others get the
+    # defaults back, and a signal recorded meanwhile is delivered again (runtime/early_signals.py).
+    early = EarlySignals.install()
+    try:
+        return _main(argv, early)
+    finally:
+        early.restore()
+
+
+def _main(argv: Sequence[str] | None, early: EarlySignals) -> int:
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
@@ -254,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tracker.logs import setup_logging
 
     setup_logging(verbose=args.verbose, fmt=args.log_format)
+    args.early_signals = early
     try:
+        if not getattr(args, "stops_cleanly", False):
+            early.release()  # a SIGINT recorded meanwhile: KeyboardInterrupt here (130)
         code = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is then caught below
     except TrackerError as exc:

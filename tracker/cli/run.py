@@ -6,7 +6,11 @@ or changed are started, stopped or restarted, the others untouched (``runtime/co
 by the environment and flags has nothing to reload: SIGHUP logs a warning.
 
 Settings come from flags > environment > config file. The API secret is only ever read from the environment or a
-file (never argv). Exit code 0 after a clean stop: everything received has been committed.
+file (never argv). Exit code 0 after a clean stop: everything received has been committed. SIGINT and SIGTERM stop it
+cleanly from its first moment: during the start-up (before anything is received) with one line, ``stopped during
+start-up: SIGTERM while checking the database; nothing was received, nothing written``, and exit 0. A stop in a
+database outage keeps trying to commit for 10 s, then ends with one error line (exit 2) counting the frames not
+committed: they are in a side file, and the next run's start-up backfill fetches them again (``runtime/writer.py``).
 
 A SQLite file that fails ``PRAGMA quick_check`` is refused before anything connects (one error line: restore from a
 backup, ``tracker verify`` for details). A damaged page met while running stops the run with one such line too; the
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
     from tracker.errors import TrackerError
     from tracker.metrics import Metrics
+    from tracker.runtime.early_signals import EarlySignals
 
 from tracker.cli import add_common_flags, require_existing_database
 
@@ -42,7 +47,7 @@ def register(subparsers: Any) -> None:
         "run", help="track the account live: every private frame into the event log (Ctrl-C stops cleanly)"
     )
     add_run_flags(parser)
-    parser.set_defaults(func=cmd_run)
+    parser.set_defaults(func=cmd_run, stops_cleanly=True)
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +75,27 @@ def run_flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The run, a stop signal at any moment of it a clean stop: during the start-up (the synchronous checks here,
+    then the markets and keys, ``runtime/app.py``) it abandons the start-up, nothing written, with one line and exit
+    0; after, it is the service's lossless stop (``runtime/early_signals.py`` says how the two meet)."""
+    from tracker.runtime.early_signals import EarlySignals, start_up_stopped
+
+    early = getattr(args, "early_signals", None) or EarlySignals.install()  # installed by tracker.cli.main
+    try:
+        return _run(args, early)
+    except BaseException as error:
+        stopped = start_up_stopped(error)
+        if stopped is None:
+            raise
+        log.info("%s", stopped)
+        return 0
+    finally:
+        if getattr(args, "early_signals", None) is None:
+            early.restore()
+
+
+def _run(args: argparse.Namespace, early: EarlySignals) -> int:
+    early.starting("reading the configuration")
     import trio
 
     from tracker.config import load_accounts
@@ -82,14 +108,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     for one in accounts:
         one.require_credentials()
     settings = accounts[0]  # what they share: the database, the metrics port
+    early.starting("checking the database")
     require_existing_database(settings)  # never leave an empty SQLite file behind
     engine = open_engine(settings.db_url, accounts=len(accounts) + (RELOAD_SPARE if settings.accounts_in_file else 0))
     try:
         check_schema(engine)
         refuse_damaged(engine)
+        early.starting("starting the metrics server")
         metrics = start_metrics(settings.metrics_port) if settings.metrics_port is not None else None
         started = time.time()
-        main: Callable[[], Awaitable[object]] = partial(run_app, settings, engine, metrics=metrics)
+        main: Callable[[], Awaitable[object]] = partial(run_app, settings, engine, metrics=metrics, early=early)
         if settings.accounts_in_file:  # SIGHUP reloads the file: read again as now, with the same flags
             count = f"{len(accounts)} account" + ("s" if len(accounts) > 1 else "")
             log.info("tracking %s in this process (the config file's [[accounts]])", count)
@@ -97,7 +125,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             # PostgreSQL: each account holds a connection for its lease; the pool has room for RELOAD_SPARE more
             # accounts than the start's (opened only when used), and a reload listing more needs a restart.
             spare = len(accounts) + RELOAD_SPARE if engine.dialect.name == "postgresql" else None
-            main = partial(run_accounts, accounts, engine, metrics=metrics, reload_from=reload_from, max_accounts=spare)
+            main = partial(
+                run_accounts,
+                accounts,
+                engine,
+                metrics=metrics,
+                reload_from=reload_from,
+                max_accounts=spare,
+                early=early,
+            )
+        early.hand_over()  # trio's receiver takes the signals at the run's first line (run_app, run_accounts)
         try:
             trio.run(main)
         except BaseException as error:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from functools import partial
 
 import trio
@@ -46,13 +46,24 @@ from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
 from tracker.runtime.config_reload import AccountsDiff, Reloads, diff_accounts, watch_hangups
 from tracker.runtime.down_board import open_down_board
+from tracker.runtime.early_signals import EarlySignals
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.lease import open_file_lock
 from tracker.runtime.metrics_task import metrics_task
 from tracker.runtime.preflight import account_of, check_markets, same_accounts
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
-from tracker.runtime.service import Services, TaskStarter, restart_on_db_outage, run_tracker, watch_signals
+from tracker.runtime.service import (
+    STOP_GRACE_S,
+    Services,
+    StopSignals,
+    TaskStarter,
+    open_stop_signals,
+    require_committed,
+    restart_on_db_outage,
+    run_tracker,
+)
+from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.errors import first_line
 from tracker.store.event_log import EventLog
@@ -69,20 +80,39 @@ def standard_tasks(engine: Engine, *, metrics: Metrics | None = None) -> list[Ta
     return tasks
 
 
-async def run_app(settings: Settings, engine: Engine, *, metrics: Metrics | None = None) -> None:
+async def run_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    metrics: Metrics | None = None,
+    early: EarlySignals | None = None,
+    stop_grace: float = STOP_GRACE_S,
+) -> None:
     """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed). A
     SIGHUP has nothing to reload (the account is the environment's and the flags'): one WARNING line, and it goes
-    on."""
+    on.
+
+    SIGINT/SIGTERM are this run's from its first line (``early``: those the process recorded before trio ran): one
+    before the service subscribes abandons the start-up (``StartUpStopped``); after, it is the service's lossless stop.
+    A stop whose writer gave frames up in a database outage ends with ``NotCommitted`` (``require_committed``)."""
     stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
-        await check_markets(settings)
-        async with trio.open_nursery() as nursery:
-            hangup_scope = trio.CancelScope()
-            await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
-            await run_tracker(
-                settings, EventLog(engine), stop=stop, extra_tasks=standard_tasks(engine, metrics=metrics)
-            )
-            hangup_scope.cancel()
+    async with open_stop_signals(stop, early) as signals:
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            with signals.start_up("checking the markets"):
+                await check_markets(settings)
+            async with trio.open_nursery() as nursery:
+                hangup_scope = trio.CancelScope()
+                await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
+                services = await run_tracker(
+                    settings,
+                    EventLog(engine),
+                    stop=stop,
+                    handle_signals=False,
+                    extra_tasks=standard_tasks(engine, metrics=metrics),
+                    stop_grace=stop_grace,
+                )
+                hangup_scope.cancel()
+    require_committed([services.writer_stats], stop_grace)
 
 
 async def run_accounts(
@@ -98,6 +128,8 @@ async def run_accounts(
     reload_from: Callable[[], Sequence[Settings]] | None = None,
     reloads: Reloads | None = None,
     max_accounts: int | None = None,
+    early: EarlySignals | None = None,
+    stop_grace: float = STOP_GRACE_S,
     task_status: trio.TaskStatus[list[AccountState]] = trio.TASK_STATUS_IGNORED,
 ) -> list[AccountState]:
     """``run_app`` for the accounts of the config file in this one process (the module docstring), until ``stop`` is
@@ -117,128 +149,148 @@ async def run_accounts(
     ``reload_from``: how the accounts are read again (``load_accounts`` with the start's flags); each request of
     ``reloads`` (SIGHUP with ``handle_signals``; a test's ``reloads.request()``) applies the file as it is then
     (``_reload``); one listing more than ``max_accounts`` is refused. Without it a SIGHUP is logged as having nothing
-    to reload."""
+    to reload.
+
+    With ``handle_signals`` the stop signals are this run's from its first line (``early``: those the process
+    recorded before trio ran): one during the accounts' check abandons the start (``StartUpStopped``), nothing having
+    been received. A stop at which a writer gave frames up in a database outage ends with ``NotCommitted`` once every
+    account has stopped (``require_committed``)."""
     if not accounts:
         raise ValueError("run_accounts needs one account or more")
-    if reload_from is not None and reloads is None:
-        reloads = Reloads()
-    states = [AccountState(index, settings) for index, settings in enumerate(accounts, 1)]
-    await _check_at_start(states, metrics)
     stop = trio.Event() if stop is None else stop
-    combiner = AppendCombiner(EventLog(engine))
-    # One event log for every account: their appends go one at a time through the log's lock anyway, and each
-    # EventLog keeps a connection of its own. (The combiner's is apart: its turns must not wait for the accounts'
-    # own thread appends, a backfill's say, on that connection.)
-    event_log = EventLog(engine)
-    # What the process runs once, beside the accounts (the projector, the metrics): under a service of its own, not
-    # an account's, so that they run whether or not a given account is a standby waiting for its lease.
-    process = Services.starting(accounts[0], stop, event_log, combiner)
-    reported = 0
-    all_reported = trio.Event()
-    reloading = trio.CancelScope()
+    async with _stop_signals(handle_signals, stop, early) as signals:
+        if reload_from is not None and reloads is None:
+            reloads = Reloads()
+        states = [AccountState(index, settings) for index, settings in enumerate(accounts, 1)]
+        with signals.start_up("checking the accounts' markets and keys") if signals is not None else nullcontext():
+            await _check_at_start(states, metrics)
+        writers: list[WriterStats] = []  # of every service that ran, for require_committed at the end
+        combiner = AppendCombiner(EventLog(engine))
+        # One event log for every account: their appends go one at a time through the log's lock anyway, and each
+        # EventLog keeps a connection of its own. (The combiner's is apart: its turns must not wait for the accounts'
+        # own thread appends, a backfill's say, on that connection.)
+        event_log = EventLog(engine)
+        # What the process runs once, beside the accounts (the projector, the metrics): under a service of its own, not
+        # an account's, so that they run whether or not a given account is a standby waiting for its lease.
+        process = Services.starting(accounts[0], stop, event_log, combiner)
+        reported = 0
+        all_reported = trio.Event()
+        reloading = trio.CancelScope()
 
-    def running_services() -> list[Services]:
-        return [state.services for state in states if state.services is not None]
+        def running_services() -> list[Services]:
+            return [state.services for state in states if state.services is not None]
 
-    async def check(state: AccountState) -> None:
-        """An account's check before it starts again: the one at the start (``_check_at_start``), for one."""
-        await _check(state)
-        if (same := same_accounts((other.index, other.user) for other in states)) is not None:
-            state.user = None
-            raise ConfigError(same)
+        async def check(state: AccountState) -> None:
+            """An account's check before it starts again: the one at the start (``_check_at_start``), for one."""
+            await _check(state)
+            if (same := same_accounts((other.index, other.user) for other in states)) is not None:
+                state.user = None
+                raise ConfigError(same)
 
-    async def supervise(state: AccountState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Supervise account ``state`` until its own stop (a standby's start waits for its lease: the others go on
-        meanwhile); ``state.ended`` once it returned, its writer drained."""
+        async def supervise(
+            state: AccountState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            """Supervise account ``state`` until its own stop (a standby's start waits for its lease: the others go on
+            meanwhile); ``state.ended`` once it returned, its writer drained."""
 
-        async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
-            """One start of the account's service. Its recovery task is made here, at each start: its creation time
-            splits this run's log entries from the previous run's (a failed one's), so the start-up backfill walks
-            from that run's last entry (``recovery_task``); and a start after a spell down has the reason logged
-            in the start-up gap's detail, written under the account's writer (and lease), its user known again:
-            the log says why the account was not tracked, not only that."""
-            return await run_tracker(
-                state.settings,
-                event_log,
-                stop=state.stop,
-                handle_signals=False,
-                ingest_options=ingest_options,
-                extra_tasks=[recovery_task(down=state.down)] if companions else [],
-                combiner=combiner,
-                file_lock=False,
-                task_status=task_status,
-            )
-
-        if stop.is_set():  # started by a reload the process's stop overtook
-            state.stop.set()
-        state.on_change = board.notify
-        try:
-            with account_context(state):  # the service's tasks and threads inherit it (read at each line)
-                backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
-                await supervise_account(
-                    state, check, service, state.stop, metrics=metrics, backoff=backoff, task_status=task_status
+            async def service(*, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> Services:
+                """One start of the account's service. Its recovery task is made here, at each start: its creation time
+                splits this run's log entries from the previous run's (a failed one's), so the start-up backfill walks
+                from that run's last entry (``recovery_task``); and a start after a spell down has the reason logged
+                in the start-up gap's detail, written under the account's writer (and lease), its user known again:
+                the log says why the account was not tracked, not only that."""
+                return await run_tracker(
+                    state.settings,
+                    event_log,
+                    stop=state.stop,
+                    handle_signals=False,
+                    ingest_options=ingest_options,
+                    extra_tasks=[recovery_task(down=state.down)] if companions else [],
+                    stop_grace=stop_grace,
+                    combiner=combiner,
+                    file_lock=False,
+                    task_status=task_status,
                 )
-        finally:
-            state.ended.set()
 
-    async def launch(state: AccountState) -> None:
-        nonlocal reported
-        await running.start(supervise, state)
-        reported += 1
-        if reported == len(accounts):
-            all_reported.set()
+            if stop.is_set():  # started by a reload the process's stop overtook
+                state.stop.set()
+            state.on_change = board.notify
+            try:
+                with account_context(state):  # the service's tasks and threads inherit it (read at each line)
+                    backoff = Backoff(base=retry_base_s, cap=max(RETRY_CAP_S, retry_base_s))
+                    await supervise_account(
+                        state, check, service, state.stop, metrics=metrics, backoff=backoff, task_status=task_status
+                    )
+            finally:
+                if state.services is not None:
+                    writers.append(state.services.writer_stats)
+                state.ended.set()
 
-    async def stop_all() -> None:
-        """The process's stop is every account's (a reload under way is abandoned: the accounts it stopped are
-        draining, the ones it had not started yet never start)."""
-        await stop.wait()
-        reloading.cancel()
+        async def launch(state: AccountState) -> None:
+            nonlocal reported
+            await running.start(supervise, state)
+            reported += 1
+            if reported == len(accounts):
+                all_reported.set()
+
+        async def stop_all() -> None:
+            """The process's stop is every account's (a reload under way is abandoned: the accounts it stopped are
+            draining, the ones it had not started yet never start)."""
+            await stop.wait()
+            reloading.cancel()
+            for state in states:
+                state.stop.set()
+
+        async def reloader() -> None:
+            assert reload_from is not None and reloads is not None
+            with reloading:
+                while True:
+                    await reloads.next()
+                    read_again = partial(_read_again, reload_from, max_accounts)
+                    await _reload(states, read_again, reloads, check, start, metrics)
+                    board.notify()  # removed and moved accounts
+
+        def start(state: AccountState) -> trio.Event:
+            """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
+            meanwhile must not cancel its service's start), the event set once it runs or is down."""
+            status = Reported()
+            running.start_soon(partial(supervise, state, task_status=status))
+            return status.event
+
+        # SQLite: one lock for every account. The accounts down, for `tracker status` (down_board.py): under the
+        # file's lock, which tells status it is ours.
+        with open_file_lock(event_log), _hangup_receiver(signals is not None) as hangups:
+            async with open_down_board(engine, lambda: states) as board, trio.open_nursery() as nursery:
+                hangup_scope = trio.CancelScope()
+                if hangups is not None:
+                    await nursery.start(watch_hangups, hangups, stop, reloads, hangup_scope)
+                if companions:
+                    once = [projector_task(engine)]
+                    if metrics is not None:
+                        once.append(metrics_task(metrics, engine, services_of=running_services))
+                    for starter in once:
+                        await nursery.start(restart_on_db_outage, starter, process)
+                async with trio.open_nursery() as running:
+                    running.start_soon(stop_all)
+                    for state in states:
+                        running.start_soon(launch, state)
+                    await all_reported.wait()
+                    if reload_from is not None:
+                        running.start_soon(reloader)
+                    task_status.started(states)
+                hangup_scope.cancel()  # the projector and the metrics end at the stop by themselves
         for state in states:
-            state.stop.set()
+            if state.down is not None:
+                log.warning("%s was not tracked at the stop: %s", state.label, state.down)
+        require_committed(writers, stop_grace)
+        return states
 
-    async def reloader() -> None:
-        assert reload_from is not None and reloads is not None
-        with reloading:
-            while True:
-                await reloads.next()
-                await _reload(states, partial(_read_again, reload_from, max_accounts), reloads, check, start, metrics)
-                board.notify()  # removed and moved accounts
 
-    def start(state: AccountState) -> trio.Event:
-        """Account ``state``'s supervisor started by a reload: in ``running`` from the first moment (a stop
-        meanwhile must not cancel its service's start), the event set once it runs or is down."""
-        status = Reported()
-        running.start_soon(partial(supervise, state, task_status=status))
-        return status.event
-
-    with open_file_lock(event_log), _hangup_receiver(handle_signals) as hangups:  # SQLite: one lock for every account
-        # The accounts down, for `tracker status` (down_board.py): under the file's lock, which tells status it is ours.
-        async with open_down_board(engine, lambda: states) as board, trio.open_nursery() as nursery:
-            signals, hangup_scope = trio.CancelScope(), trio.CancelScope()
-            if handle_signals:
-                assert hangups is not None
-                await nursery.start(watch_signals, stop, signals)
-                await nursery.start(watch_hangups, hangups, stop, reloads, hangup_scope)
-            if companions:
-                once = [projector_task(engine)]
-                if metrics is not None:
-                    once.append(metrics_task(metrics, engine, services_of=running_services))
-                for starter in once:
-                    await nursery.start(restart_on_db_outage, starter, process)
-            async with trio.open_nursery() as running:
-                running.start_soon(stop_all)
-                for state in states:
-                    running.start_soon(launch, state)
-                await all_reported.wait()
-                if reload_from is not None:
-                    running.start_soon(reloader)
-                task_status.started(states)
-            signals.cancel()  # the projector and the metrics end at the stop by themselves
-            hangup_scope.cancel()
-    for state in states:
-        if state.down is not None:
-            log.warning("%s was not tracked at the stop: %s", state.label, state.down)
-    return states
+def _stop_signals(
+    handle_signals: bool, stop: trio.Event, early: EarlySignals | None
+) -> AbstractAsyncContextManager[StopSignals | None]:
+    """SIGINT/SIGTERM as ``stop`` for the whole run (``open_stop_signals``), when this run handles signals."""
+    return open_stop_signals(stop, early) if handle_signals else nullcontext()
 
 
 def _hangup_receiver(handle_signals: bool) -> AbstractContextManager[AsyncIterator[int] | None]:

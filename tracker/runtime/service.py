@@ -27,9 +27,8 @@ Extra tasks (projector, backfill, reconciler) plug in through ``extra_tasks``: e
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import Awaitable, Sequence
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,9 +36,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from tracker.config import Settings
+from tracker.errors import StoreError
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.db_retry import Outage
+from tracker.runtime.early_signals import STOP_SIGNALS, EarlySignals, StartUpStopped, signal_name
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.loop_append import LoopAppend, loop_append
@@ -48,7 +49,7 @@ from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
 from tracker.store.integrity import unsaved_path
-from tracker.store.lease import account_lease_for
+from tracker.store.lease import LeaseLost, account_lease_for
 
 if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
     from tracker.runtime.backfill import Backfiller
@@ -59,6 +60,8 @@ if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
 log = logging.getLogger("tracker.service")
 
 WRITER_BUFFER = 4096
+# After a stop: how long ingest may take to close, and a writer in a database outage keeps trying (writer.py).
+STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -107,18 +110,64 @@ class TaskStarter(Protocol):
     def __call__(self, services: Services, *, task_status: trio.TaskStatus[Any] = ...) -> Awaitable[None]: ...
 
 
-async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Turn SIGINT/SIGTERM into ``stop``. Later signals are absorbed (the grace deadline bounds the shutdown), so a
-    second Ctrl-C cannot abort a commit half-way."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+class StopSignals:
+    """SIGINT/SIGTERM for a whole run (``open_stop_signals``). The first sets ``stop``; one that comes during a
+    ``start_up`` block (nothing received yet) abandons the block, which raises ``StartUpStopped``. Later signals are
+    absorbed, one log line each: a second Ctrl-C cannot abort a commit half-way, and the stop is bounded anyway
+    (``stop_grace``: ingest's close, then the writer's last tries in a database outage; the module docstring)."""
+
+    def __init__(self, stop: trio.Event, received: int | None = None) -> None:
+        self.stop = stop
+        self.received = received  # the first stop signal (one the start recorded before trio ran, too)
+        self._start_ups: set[trio.CancelScope] = set()
+        if received is not None:
+            stop.set()
+
+    async def watch(
+        self, signals: AsyncIterator[int], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         async for signum in signals:
-            name = signal.Signals(signum).name
-            if stop.is_set():
+            name = signal_name(signum)
+            if self.received is not None or self.stop.is_set():
                 log.info("received %s again: already stopping", name)
-            else:
+                continue
+            self.received = signum
+            self.stop.set()
+            for scope in self._start_ups:
+                scope.cancel()  # its StartUpStopped is the line that says so
+            if not self._start_ups:
                 log.info("received %s: stopping (committing everything received)", name)
-                stop.set()
+
+    @contextmanager
+    def start_up(self, phase: str) -> Iterator[None]:
+        """A part of the start-up before anything is received (``phase``: what it does, for the line): a stop signal
+        (before it, or during it) abandons it with ``StartUpStopped``."""
+        scope = trio.CancelScope()
+        if self.received is not None:
+            scope.cancel()
+        self._start_ups.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._start_ups.discard(scope)
+        if self.received is not None:
+            raise StartUpStopped(signal_name(self.received), phase)
+
+
+@asynccontextmanager
+async def open_stop_signals(stop: trio.Event, early: EarlySignals | None = None) -> AsyncIterator[StopSignals]:
+    """SIGINT/SIGTERM as ``stop`` for the block (``StopSignals``); ``early``: the signals the process recorded before
+    trio ran (``early_signals.py``), one of which counts as received here."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        handler = StopSignals(stop, early.received if early is not None else None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(handler.watch, signals)
+            try:
+                yield handler
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner | None) -> LoopAppend | None:
@@ -132,14 +181,57 @@ def _loop_append(event_log: EventLog, gate: WriteGate, combiner: AppendCombiner 
 async def watch_signals(
     stop: trio.Event, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """``_stop_on_signals`` until ``scope`` is cancelled (when the run is over)."""
-    with scope:
-        await _stop_on_signals(stop, task_status=task_status)
+    """SIGINT/SIGTERM as ``stop`` (``StopSignals``) until ``scope`` is cancelled (when the run is over)."""
+    with scope, trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        await StopSignals(stop).watch(signals, task_status=task_status)
 
 
-async def _deadline_after_stop(stop: trio.Event, scope: trio.CancelScope, grace: float) -> None:
+async def _cancel_at_stop(stop: trio.Event, scope: trio.CancelScope) -> None:
     await stop.wait()
-    scope.deadline = trio.current_time() + grace
+    scope.cancel()
+
+
+GAVE_UP = "stopping: the database did not answer within the stop's grace"
+
+
+async def _give_up_after(give_up: trio.Event, gate: WriteGate, writer_done: trio.Event, grace: float) -> None:
+    """Started at the stop: ``grace`` seconds later, a writer still at work gives up at its next failed try
+    (``give_up``; writer.py). One waiting for the lease (its connection lost in the outage: the gate closed, the lease
+    task trying to take it again until the writer is done) is woken to do so: the gate is failed, now or when it
+    closes later."""
+    with trio.move_on_after(grace):
+        await writer_done.wait()
+    if writer_done.is_set():
+        return
+    give_up.set()
+    while not writer_done.is_set():
+        if not gate.is_open and gate.lost is None:
+            gate.fail(GAVE_UP)
+        with trio.move_on_after(0.25):  # the gate is the threads' (threading.Event): polled, as wait_open polls it
+            await writer_done.wait()
+
+
+class NotCommitted(StoreError):
+    """The stop's grace ran out in a database outage: frames received were not committed (``require_committed``)."""
+
+
+def require_committed(stats: Iterable[WriterStats], grace: float) -> None:
+    """Raise ``NotCommitted``, one line, when a writer gave up frames at the stop (``WriterStats.not_committed``).
+
+    The line says what the next run does about them, and that is true: its start-up backfill walks every REST source
+    from the cursors of the last walk this log recorded (backfill.py), which came before any frame of this run that
+    was not committed, so every fill, order and settlement among them is fetched again; self-trade and liquidation
+    alerts have no REST source (docs/bitstamp.md), the side file is their only copy."""
+    gave_up = [one for one in stats if one.not_committed]
+    if not gave_up:
+        return
+    count = sum(one.not_committed for one in gave_up)
+    files = ", ".join(sorted({str(one.unsaved) for one in gave_up if one.unsaved is not None}))
+    raise NotCommitted(
+        f"stopped with the database unavailable for the stop's {grace:g} s grace: {count} received frame(s) not"
+        f" committed (saved in {files}); the next `tracker run` recovers them from the exchange's REST API in its"
+        " start-up backfill (all but self-trade and liquidation alerts, which REST does not report)"
+    )
 
 
 class StartedOnce:
@@ -187,7 +279,7 @@ async def run_tracker(
     client: BitstampClient | None = None,
     ingest_options: IngestOptions | None = None,
     extra_tasks: Sequence[TaskStarter] = (),
-    stop_grace: float = 10.0,
+    stop_grace: float = STOP_GRACE_S,
     combiner: AppendCombiner | None = None,
     file_lock: bool = True,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
@@ -208,6 +300,18 @@ async def run_tracker(
     engine = event_log.engine
     gate = WriteGate()
     writer_done = trio.Event()
+    give_up = trio.Event()  # the stop's grace is over: the writer's next failed try is its last
+
+    def retry_if(error: BaseException) -> bool:
+        """A database outage; or, once the writer gives up, the lease it was waiting for (``_give_up_after_stop``)."""
+        return is_transient(error) or (isinstance(error, LeaseLost) and gate.lost == GAVE_UP)
+
+    async def at_stop() -> None:
+        """The stop's grace: then ingest's close is cancelled (frames read still handed over), and a writer still
+        failing gives up (``_give_up_after``, outside the producers: the writer outlives them)."""
+        await stop.wait()
+        producers.cancel_scope.deadline = trio.current_time() + stop_grace
+        nursery.start_soon(_give_up_after, give_up, gate, writer_done, stop_grace)
 
     async def write() -> None:
         try:
@@ -216,7 +320,8 @@ async def run_tracker(
                 receive,
                 stats=services.writer_stats,
                 limiter=services.db_limiter,
-                retry_if=is_transient,
+                retry_if=retry_if,
+                give_up=give_up,
                 spill_to=lambda: unsaved_path(engine),  # frames the database cannot take: beside it (writer.py)
                 loop_append=_loop_append(event_log, gate, combiner),
             )
@@ -237,13 +342,17 @@ async def run_tracker(
                         lease = None
                         if engine.dialect.name == "postgresql":
                             # The account is known only from a token; the lease is taken before anything subscribes.
-                            token = await call_at_start("websockets_token/", client.websockets_token)
-                            lease = account_lease_for(engine, token.user_id)
+                            # A stop meanwhile abandons the call (nothing is received yet), as it ends a standby's wait.
+                            with trio.CancelScope() as asking:
+                                producers.start_soon(_cancel_at_stop, stop, asking)
+                                token = await call_at_start("websockets_token/", client.websockets_token)
+                                lease = account_lease_for(engine, token.user_id)
                         if lease is not None:
                             acquired_at = await nursery.start(hold_account_lease, lease, gate, stop, writer_done)
                             services.lease_acquired_at = acquired_at
-                        if lease is None or services.lease_acquired_at is not None:  # None: stopped as a standby
-                            producers.start_soon(_deadline_after_stop, stop, producers.cancel_scope, stop_grace)
+                        # Not when stopped first: as a standby (no lease), or before the token or lease was had.
+                        if not stop.is_set() and (lease is None or services.lease_acquired_at is not None):
+                            producers.start_soon(at_stop)
                             ingest_ctx = await producers.start(
                                 lambda task_status: run_ingest(
                                     client,
@@ -275,10 +384,11 @@ async def run_tracker(
                 await client.aclose()
     stats = services.writer_stats
     log.info(
-        "stopped: %d frames committed (%d duplicates, %d quarantined) in %d batches",
+        "stopped: %d frames committed (%d duplicates, %d quarantined) in %d batches%s",
         stats.items,
         stats.duplicates,
         stats.quarantined,
         stats.batches,
+        f"; {stats.not_committed} not committed (the database did not answer)" if stats.not_committed else "",
     )
     return services

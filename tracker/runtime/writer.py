@@ -16,6 +16,12 @@
   database is back. The append is idempotent (dedup keys), so a commit whose outcome was lost is harmless to repeat.
   Meanwhile the channel keeps taking frames up to its bound, then back-pressure holds the producers: nothing is
   dropped and memory stays bounded.
+- A stop in a database outage is bounded: once ``give_up`` is set (the service sets it ``stop_grace`` seconds after
+  the stop, ``run_tracker``), the next failed try is the last (a commit under way is still never abandoned: on SQLite
+  one waiting for the file's lock waits out its busy timeout first). What the writer holds then, and what the
+  producers hand in until they are all gone, is not committed: it is counted (``WriterStats.not_committed``) and
+  written to the side file (``spill``), and the writer returns. The run then ends with one error line saying so
+  (``service.require_committed``): the next run's start-up backfill fetches those frames from the exchange again.
 - A damaged database (``tracker.store.errors.is_damage``: SQLite "database disk image is malformed", PostgreSQL
   ``XX001``/``XX002``) is not retried: the batch in hand and everything still buffered are written to a side file
   (``spill``, JSON lines, beside the database: ``spill_to``) and ``DatabaseDamaged`` names it, so the run stops with
@@ -75,6 +81,8 @@ class WriterStats:
     quarantined: int = 0
     batches: int = 0
     retries: int = 0  # failed appends retried (database unavailable or busy)
+    not_committed: int = 0  # items given up at a stop in a database outage (``give_up``), saved in ``unsaved``
+    unsaved: Path | None = None
     max_batch_seen: int = 0
     first_received: float | None = None  # trio time of the first item committed
     last_commit: float | None = None  # trio time of the newest commit
@@ -113,12 +121,14 @@ async def run_writer(
     retry_if: Callable[[BaseException], bool] | None = None,
     spill_to: Callable[[], Path] | None = None,
     loop_append: LoopAppendFn | None = None,
+    give_up: trio.Event | None = None,
     task_status: trio.TaskStatus[WriterStats] = trio.TASK_STATUS_IGNORED,
 ) -> WriterStats:
-    """Run until every sender of ``receive`` is closed and everything sent has been committed.
+    """Run until every sender of ``receive`` is closed and everything sent has been committed (or, after
+    ``give_up``, counted and spilled: the module docstring).
 
-    ``spill_to`` names the side file for frames that cannot be committed (a damaged database, or the run failing
-    elsewhere while frames wait); without it a damaged database still spills, into ``unsaved_path(None)``.
+    ``spill_to`` names the side file for frames that cannot be committed (a damaged database, the run failing
+    elsewhere while frames wait, or given up at a stop); without it they still spill, into ``unsaved_path(None)``.
     ``loop_append`` is tried first for a batch without quarantine items (see ``LoopAppendFn``)."""
     stats = stats if stats is not None else WriterStats()
     limiter = limiter if limiter is not None else trio.CapacityLimiter(1)
@@ -129,8 +139,11 @@ async def run_writer(
         try:
             while True:
                 batch = []
-                await _write_batch(appender, receive, batch, stats, retry_if, max_batch, max_delay)
+                await _write_batch(appender, receive, batch, stats, retry_if, max_batch, max_delay, give_up)
         except trio.EndOfChannel:
+            return stats
+        except _GaveUp as gave_up:
+            await _give_up(receive, batch, stats, spill_to or partial(unsaved_path, None), gave_up)
             return stats
         except trio.Cancelled:
             # The run is failing elsewhere (the writer is never cancelled in a clean stop): keep what waits here.
@@ -158,6 +171,7 @@ async def _write_batch(
     retry_if: Callable[[BaseException], bool] | None,
     max_batch: int,
     max_delay: float,
+    give_up: trio.Event | None = None,
 ) -> None:
     """Take one batch into ``batch`` (the caller's list, so a failure can still see it) and commit it; raises
     ``EndOfChannel`` when every sender is gone and nothing is left."""
@@ -171,7 +185,36 @@ async def _write_batch(
                 except trio.EndOfChannel:
                     break
                 _take_ready(receive, batch, max_batch)
-    await _commit(appender, batch, stats, retry_if)
+    await _commit(appender, batch, stats, retry_if, give_up)
+
+
+class _GaveUp(Exception):
+    """The database did not take a batch before ``give_up``: the writer stops trying (``run_writer``)."""
+
+
+async def _give_up(
+    receive: trio.MemoryReceiveChannel[Item],
+    batch: list[Item],
+    stats: WriterStats,
+    spill_to: Callable[[], Path],
+    gave_up: _GaveUp,
+) -> None:
+    """Count and spill the batch in hand and everything the producers hand in until they are all gone (their own
+    grace is over too: they are closing), then log it in one line. Spilled even if the run is cancelled meanwhile."""
+    held = list(batch)
+    try:
+        async for item in receive:
+            held.append(item)
+    finally:
+        if held:
+            stats.not_committed += len(held)
+            stats.unsaved = spill(held, stats.unsaved or spill_to().absolute())  # the line names it: from anywhere
+            log.error(
+                "gave up at the stop: the database did not answer (%s); %d frame(s) not committed, saved in %s",
+                first_line(gave_up.__cause__ or gave_up),
+                len(held),
+                stats.unsaved,
+            )
 
 
 def _take_all(receive: trio.MemoryReceiveChannel[Item], batch: list[Item]) -> list[Item]:
@@ -230,6 +273,7 @@ async def _commit(
     batch: list[Item],
     stats: WriterStats,
     retry_if: Callable[[BaseException], bool] | None = None,
+    give_up: trio.Event | None = None,
 ) -> None:
     entries = [item for item, _ in batch if isinstance(item, NewEntry)]
     quarantine = [item for item, _ in batch if isinstance(item, QuarantineItem)]
@@ -242,11 +286,19 @@ async def _commit(
         except Exception as error:
             if is_damage(error) or retry_if is None or not retry_if(error):
                 raise  # a damaged page does not heal by waiting: run_writer spills and stops
+            if give_up is not None and give_up.is_set():
+                raise _GaveUp from error
             stats.retries += 1
             delay = outage.failed(error, f"{len(batch)} item(s)")
             # Not shielded: the writer is never cancelled in a normal stop, only when the run is failing anyway;
             # then a retry must not keep the process alive forever (the next run's backfill covers the batch).
-            await trio.sleep(delay)
+            if give_up is None:
+                await trio.sleep(delay)
+                continue
+            with trio.move_on_after(delay):
+                await give_up.wait()
+            if give_up.is_set():
+                raise _GaveUp from error
     outage.over(f"{len(batch)} item(s) committed")
     now = trio.current_time()
     if stats.first_received is None:
