@@ -344,6 +344,10 @@ async def test_one_accounts_failure_is_its_own(db_url: str) -> None:
                     await fx.wait_subscribed(fx.private_channels())
                 assert _up(metrics) == {"1": 1.0, "2": 1.0}
                 failed = first.services
+                # Its first start's backfill done (its gap, "first start", in the log) before its key goes: a service
+                # that ends sooner has no such gap, and its next one walks from nothing all the same.
+                assert failed is not None and failed.backfiller is not None
+                await failed.backfiller.wait_runs(1)
                 one.revoke_key()
                 await one.drop_connections()
                 while first.down is None:
