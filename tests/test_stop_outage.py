@@ -38,6 +38,7 @@ from test_ingest_e2e import FAST, record_deliveries
 from test_ingest_process import record_written
 from test_lease import poll
 
+from tracker.cli import main
 from tracker.fake.server import open_fake_exchange
 from tracker.runtime.service import NotCommitted, require_committed, run_tracker
 from tracker.store import engine as engine_module
@@ -50,8 +51,9 @@ pytestmark = pytest.mark.timeout(180)
 MARKETS = ("btcusd", "ethusd", "btcusd-perp")
 NOT_COMMITTED = re.compile(
     r"tracker: error: stopped with the database unavailable for the stop's 10 s grace: (\d+) received frame\(s\) not"
-    r" committed \(saved in (\S+)\); the next `tracker run` recovers them from the exchange's REST API in its start-up"
-    r" backfill \(all but self-trade and liquidation alerts, which REST does not report\)"
+    r" committed \(saved in (\S+?): `tracker db import-unsaved <file>` appends them once the database is back\); the"
+    r" next `tracker run` also recovers them from the exchange's REST API in its start-up backfill \(all but"
+    r" self-trade and liquidation alerts, which REST does not report\)"
 )
 
 
@@ -185,3 +187,11 @@ async def test_a_stop_with_the_sqlite_file_locked_gives_up_after_the_grace(
     line = rf"^stopped with the database unavailable for the stop's 1 s grace: {stats.not_committed} received frame"
     with pytest.raises(NotCommitted, match=line):
         require_committed([stats], 1.0)
+    # The file unlocked: the side file's frames appended, self trades included (no REST source has them), once each.
+    assert main(["db", "import-unsaved", "--db-url", sqlite_url, str(stats.unsaved)]) == 0
+    engine = open_engine(sqlite_url)
+    try:
+        after = [row for page in EventLog(engine).iter_after(0) for row in page if row.source == "ws"]
+    finally:
+        engine.dispose()
+    assert sorted(row.payload for row in after) == sorted(set(delivered))

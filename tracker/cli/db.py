@@ -1,5 +1,6 @@
 """``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py);
-``tracker db copy``: the log moved into another database (``tracker/store/log_copy.py``).
+``tracker db copy``: the log moved into another database (``tracker/store/log_copy.py``); ``tracker db
+import-unsaved``: the frames a run saved in a side file appended to the log (``runtime/writer.py``: ``spill``).
 
 A downgrade that would drop a non-empty event log is refused; ``--drop-log`` allows it after tracker has written a
 backup and printed its path (``tracker/store/backup.py``).
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracker.cli import add_common_flags, named_db_url_source, open_database
 from tracker.config import ConfigError, Settings, check_db_url, load_settings
+from tracker.domain.log import NewEntry, QuarantineItem
 from tracker.errors import StoreError
 
 if TYPE_CHECKING:
@@ -78,6 +80,14 @@ def register(subparsers: Any) -> None:
         " source's head recorded (none of its accounts may be in the target)",
     )
     copy.set_defaults(func=cmd_copy)
+    unsaved = sub.add_parser(
+        "import-unsaved",
+        help="append the frames a run saved in a side file (<db>.unsaved-<time>.jsonl) when the database could not"
+        " take them; frames the log holds already are skipped; the file is renamed <file>.imported after",
+    )
+    add_common_flags(unsaved)
+    unsaved.add_argument("files", nargs="+", type=Path, metavar="FILE", help="side files, as the run's line named them")
+    unsaved.set_defaults(func=cmd_import_unsaved)
 
 
 def _revision(text: str) -> str:
@@ -264,3 +274,51 @@ def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> l
         f"the source's head {merged.source} is recorded in the log: log_merged at seq"
         f" {', '.join(str(seq) for seq in merged.markers)}",
     ]
+
+
+IMPORT_BATCH = 500  # entries per append transaction
+
+
+def cmd_import_unsaved(args: argparse.Namespace) -> int:
+    """Each file read whole first (a line ``spill`` did not write refuses that file, nothing appended from it), then
+    appended in batches through the log's own append: an entry whose dedup key the log holds (committed after all,
+    or fetched again by a backfill) is skipped, so a file imported twice adds nothing twice but its quarantined
+    frames; the file is renamed ``<file>.imported`` once every batch is in (kept: the record of what was received)."""
+    from tracker.runtime.writer import UnsavedFileError, load_spilled
+    from tracker.store import migrate
+    from tracker.store.event_log import EventLog
+
+    loaded = []
+    for path in args.files:
+        if path.name.endswith(".imported"):
+            raise ConfigError(f"{path} was imported already (its frames are in the log); rename it to import again")
+        try:
+            loaded.append((path, load_spilled(path)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except UnsavedFileError as exc:
+            raise ConfigError(f"{exc}: nothing imported; the file is as it was") from None
+    engine = open_database(_settings(args), write=True)
+    try:
+        migrate.check_schema(engine)
+        log = EventLog(engine)
+        for path, items in loaded:
+            appended = duplicates = conflicts = quarantined = 0
+            for start in range(0, len(items), IMPORT_BATCH):
+                chunk = items[start : start + IMPORT_BATCH]
+                result = log.append(
+                    [i for i in chunk if isinstance(i, NewEntry)], [i for i in chunk if isinstance(i, QuarantineItem)]
+                )
+                appended += len(result.appended)
+                duplicates += result.duplicates
+                conflicts += result.conflicts
+                quarantined += result.quarantined
+            done = path.with_name(path.name + ".imported")
+            path.rename(done)
+            print(
+                f"{path}: {len(items)} frame(s): {appended} appended, {duplicates} in the log already,"
+                f" {quarantined} quarantined ({conflicts} conflicting with the log); renamed {done.name}"
+            )
+    finally:
+        engine.dispose()
+    return 0

@@ -221,7 +221,7 @@ def require_committed(stats: Iterable[WriterStats], grace: float) -> None:
     The line says what the next run does about them, and that is true: its start-up backfill walks every REST source
     from the cursors of the last walk this log recorded (backfill.py), which came before any frame of this run that
     was not committed, so every fill, order and settlement among them is fetched again; self-trade and liquidation
-    alerts have no REST source (docs/bitstamp.md), the side file is their only copy."""
+    alerts have no REST source (docs/bitstamp.md): ``tracker db import-unsaved`` appends them from the side file."""
     gave_up = [one for one in stats if one.not_committed]
     if not gave_up:
         return
@@ -229,8 +229,9 @@ def require_committed(stats: Iterable[WriterStats], grace: float) -> None:
     files = ", ".join(sorted({str(one.unsaved) for one in gave_up if one.unsaved is not None}))
     raise NotCommitted(
         f"stopped with the database unavailable for the stop's {grace:g} s grace: {count} received frame(s) not"
-        f" committed (saved in {files}); the next `tracker run` recovers them from the exchange's REST API in its"
-        " start-up backfill (all but self-trade and liquidation alerts, which REST does not report)"
+        f" committed (saved in {files}: `tracker db import-unsaved <file>` appends them once the database is back);"
+        " the next `tracker run` also recovers them from the exchange's REST API in its start-up backfill (all but"
+        " self-trade and liquidation alerts, which REST does not report)"
     )
 
 

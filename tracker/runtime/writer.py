@@ -229,8 +229,9 @@ def _take_all(receive: trio.MemoryReceiveChannel[Item], batch: list[Item]) -> li
 
 
 def spill(held: Sequence[Item], path: Path) -> Path:
-    """Append ``held`` to ``path`` as JSON lines (``{"kind": "entry"|"quarantine", ...fields}``; the frame's text
-    byte for byte, times in ISO 8601) and fsync it: the only copy of frames the database could not take."""
+    """Append ``held`` to ``path`` as JSON lines (an entry ``{"kind": "entry", ...fields}``, a quarantined frame its
+    fields, ``kind`` its quarantine kind; the frame's text byte for byte, times in ISO 8601) and fsync it: the only
+    copy of frames the database could not take (``load_spilled`` reads them back)."""
     with path.open("a", encoding="utf-8") as out:
         for item, _received in held:
             kind = "entry" if isinstance(item, NewEntry) else "quarantine"
@@ -239,6 +240,42 @@ def spill(held: Sequence[Item], path: Path) -> Path:
         out.flush()
         os.fsync(out.fileno())
     return path
+
+
+class UnsavedFileError(ValueError):
+    """A side file's line that ``spill`` did not write (edited, cut short): which line, and why."""
+
+
+def load_spilled(path: Path) -> list[NewEntry | QuarantineItem]:
+    """The frames ``spill`` wrote to ``path``, in their order, as it held them: ``tracker db import-unsaved``. A line
+    it did not write raises ``UnsavedFileError`` naming it (nothing is taken from a file that is not whole); a last
+    line without its newline is one a crash cut short, and is refused the same way."""
+    items: list[NewEntry | QuarantineItem] = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                items.append(_spilled_item(line))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise UnsavedFileError(f"{path} line {number}: not a frame tracker saved ({exc})") from None
+    return items
+
+
+def _spilled_item(line: str) -> NewEntry | QuarantineItem:
+    if not line.endswith("\n"):
+        raise ValueError("cut short (no newline at its end)")
+    fields = json.loads(line)
+    if not isinstance(fields, dict):
+        raise TypeError("not a JSON object")
+    fields["received_at"] = datetime.fromisoformat(fields["received_at"])
+    if fields["received_at"].tzinfo is None:
+        raise ValueError("received_at has no time zone")
+    # A quarantined frame's own ``kind`` (malformed, ...) took the place of "quarantine" in every file spill has
+    # written: it is the one with ``raw``; an entry's is "entry", with its ``dedup_key``.
+    if "raw" in fields:
+        return QuarantineItem(**fields)
+    if fields.pop("kind", None) == "entry":
+        return NewEntry(**fields)
+    raise ValueError("neither an entry nor a quarantined frame")
 
 
 def _take_ready(receive: trio.MemoryReceiveChannel[Item], batch: list[Item], max_batch: int) -> None:
