@@ -69,11 +69,14 @@ def child_env(config: Path, db_url: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def tracker_child(argv: list[str], env: dict[str, str], log_path: Path) -> AsyncIterator[trio.Process]:
-    """``python -m tracker *argv`` with its output in ``log_path``; killed on the way out if it still runs."""
+async def tracker_child(
+    argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> AsyncIterator[trio.Process]:
+    """``python -m tracker *argv`` (in ``cwd``) with its output in ``log_path``; killed on the way out if it still
+    runs."""
     with log_path.open("wb") as log_file:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tracker", *argv], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "tracker", *argv], env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT
         )
         try:
             yield process

@@ -22,15 +22,13 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+from test_accounts_cli import tracker_child
 from test_backfill_e2e import assert_equals_truth, no_self_trades
 from test_crash_recovery import Probe, ws_payloads
 from test_db_faults import own_pg  # noqa: F401 (a fixture)
@@ -65,20 +63,9 @@ def spilled_ws(path: Path) -> list[str]:
     return [str(row["payload"]) for row in spilled(path) if row["kind"] == "entry" and row["source"] == "ws"]
 
 
-@asynccontextmanager
-async def tracker_run(env: dict[str, str], cwd: Path, log_path: Path) -> AsyncIterator[trio.Process]:
-    """``python -m tracker run`` in ``cwd`` (where a PostgreSQL run's side file goes), output in ``log_path``;
-    killed on the way out if it still runs."""
-    with log_path.open("wb") as out:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tracker", "run"], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+def tracker_run(env: dict[str, str], cwd: Path, log_path: Path) -> AbstractAsyncContextManager[trio.Process]:
+    """``python -m tracker run`` in ``cwd`` (where a PostgreSQL run's side file goes), output in ``log_path``."""
+    return tracker_child(["run"], env, log_path, cwd)
 
 
 @pytest.mark.postgres

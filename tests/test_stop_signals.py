@@ -75,6 +75,18 @@ def base_env(**values: str) -> dict[str, str]:
     return env
 
 
+def one_account_env(hole: Unanswered, db_url: str) -> dict[str, str]:
+    """The environment's one account, its exchange the port that never answers."""
+    return base_env(
+        BITSTAMP_API_KEY=KEYS[0][0],
+        BITSTAMP_API_SECRET=KEYS[0][1],
+        BITSTAMP_API_URL=hole.api_url,
+        BITSTAMP_WS_URL=hole.ws_url,
+        TRACKER_MARKETS="btcusd",
+        TRACKER_DB_URL=db_url,
+    )
+
+
 async def stopped_while_reached(hole: Unanswered, env: dict[str, str], log_path: Path, signums: tuple[int, ...]) -> str:
     """Start ``tracker run``, send ``signums`` once it has connected to ``hole``; its exit code must be 0 within
     15 s. Its output."""
@@ -110,14 +122,7 @@ def event_log_rows(db_path: Path) -> int:
 async def test_a_stop_while_the_database_is_checked_is_clean(tmp_path: Path, signums: tuple[int, ...]) -> None:
     """Before trio runs: the database check (a PostgreSQL URL whose server never answers)."""
     async with unanswered() as hole:
-        env = base_env(
-            BITSTAMP_API_KEY=KEYS[0][0],
-            BITSTAMP_API_SECRET=KEYS[0][1],
-            BITSTAMP_API_URL=hole.api_url,
-            BITSTAMP_WS_URL=hole.ws_url,
-            TRACKER_MARKETS="btcusd",
-            TRACKER_DB_URL=f"postgresql+psycopg://tracker@127.0.0.1:{hole.port}/tracker",
-        )
+        env = one_account_env(hole, f"postgresql+psycopg://tracker@127.0.0.1:{hole.port}/tracker")
         output = await stopped_while_reached(hole, env, tmp_path / "child.log", signums)
     assert_stopped_during_start_up(output, signums, "checking the database")
 
@@ -128,14 +133,7 @@ async def test_a_stop_while_the_markets_are_checked_is_clean(tmp_path: Path, sig
     db_path = tmp_path / "tracker.db"
     upgrade(f"sqlite:///{db_path}")
     async with unanswered() as hole:
-        env = base_env(
-            BITSTAMP_API_KEY=KEYS[0][0],
-            BITSTAMP_API_SECRET=KEYS[0][1],
-            BITSTAMP_API_URL=hole.api_url,
-            BITSTAMP_WS_URL=hole.ws_url,
-            TRACKER_MARKETS="btcusd",
-            TRACKER_DB_URL=f"sqlite:///{db_path}",
-        )
+        env = one_account_env(hole, f"sqlite:///{db_path}")
         output = await stopped_while_reached(hole, env, tmp_path / "child.log", signums)
     assert_stopped_during_start_up(output, signums, "checking the markets")
     assert event_log_rows(db_path) == 0
