@@ -21,7 +21,9 @@
   one waiting for the file's lock waits out its busy timeout first). What the writer holds then, and what the
   producers hand in until they are all gone, is not committed: it is counted (``WriterStats.not_committed``) and
   written to the side file (``spill``), and the writer returns. The run then ends with one error line saying so
-  (``service.require_committed``): the next run's start-up backfill fetches those frames from the exchange again.
+  (``service.require_committed``): the next run's start-up backfill fetches those frames from the exchange again,
+  and ``tracker db import-unsaved`` appends them from the side file (``load_spilled``), self-trade and liquidation
+  alerts included.
 - A damaged database (``tracker.store.errors.is_damage``: SQLite "database disk image is malformed", PostgreSQL
   ``XX001``/``XX002``) is not retried: the batch in hand and everything still buffered are written to a side file
   (``spill``, JSON lines, beside the database: ``spill_to``) and ``DatabaseDamaged`` names it, so the run stops with
