@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from store_helpers import PG_ADMIN_URL, open_log
+from store_helpers import PG_ADMIN_URL, open_log, upgrade_fresh
 
-from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 
@@ -97,8 +96,8 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def migrated_engine(db_url: str) -> Iterator[Engine]:
     """Tracker's engine on ``db_url``'s database, migrated to the head revision (so on each backend)."""
+    upgrade_fresh(db_url)  # SQLite: a copy of a file this process migrated once (store_helpers.py)
     engine = open_engine(db_url)
-    migrate.upgrade(engine)
     try:
         yield engine
     finally:
