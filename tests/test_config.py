@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,40 @@ def test_subaccounts_refused_from_file(tmp_path: Path, toml: str) -> None:
 def test_ledger_interval_must_be_positive(value: str) -> None:
     with pytest.raises(ConfigError, match="TRACKER_LEDGER_INTERVAL must be a"):
         load_settings(env={"TRACKER_LEDGER_INTERVAL": value})
+
+
+# --- the stop's grace (runtime/service.py) --------------------------------------------------------------------------
+
+
+def test_stop_grace(tmp_path: Path) -> None:
+    default = load_settings(env={})
+    assert (default.stop_grace_s, default.origins["stop_grace_s"]) == (10.0, "default")
+    from_env = load_settings(env={"TRACKER_STOP_GRACE": " 1.5 "})
+    assert (from_env.stop_grace_s, from_env.origins["stop_grace_s"]) == (1.5, "env")
+    assert load_settings(env={"TRACKER_STOP_GRACE": "0"}).stop_grace_s == 0.0  # no wait: give up at once
+    path = _toml(tmp_path, "[tracker]\nstop_grace_s = 3\n")
+    assert load_settings(env={}, config_file=path).stop_grace_s == 3.0
+    assert load_settings(env={"TRACKER_STOP_GRACE": "2"}, config_file=path).stop_grace_s == 2.0  # env over file
+    assert ("TRACKER_STOP_GRACE", "10.0", "default") in describe(default)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("-1", "a number of seconds, 0 or more, got '-1'"),
+        ("nan", "a number of seconds, 0 or more, got 'nan'"),
+        ("inf", "a number of seconds, 0 or more, got 'inf'"),
+        ("soon", "a number of seconds, got 'soon'"),
+    ],
+)
+def test_stop_grace_refused_in_one_line(value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"TRACKER_STOP_GRACE": value})
+    assert str(caught.value) == f"TRACKER_STOP_GRACE must be {says}"
+
+
+@pytest.mark.parametrize("toml", ["stop_grace_s = -0.5\n", 'stop_grace_s = "x"\n', "stop_grace_s = true\n"])
+def test_stop_grace_refused_from_file(tmp_path: Path, toml: str) -> None:
+    path = _toml(tmp_path, toml)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: stop_grace_s must be a number of seconds"):
+        load_settings(env={}, config_file=path)

@@ -89,6 +89,9 @@ def test_what_the_process_set_up_once_refuses_the_reload() -> None:
     both = [_account("ka", db_url=url, metrics_port=9100), _account("kc", db_url=url, metrics_port=9100)]
     with pytest.raises(RestartNeeded, match=r"^TRACKER_DB_URL and TRACKER_METRICS_PORT changed, and are settings"):
         diff_accounts(old, both)
+    graced = [_account("ka", stop_grace_s=2.0), _account("kb", stop_grace_s=2.0)]
+    with pytest.raises(RestartNeeded, match=r"^TRACKER_STOP_GRACE changed, and is a setting the process set up once"):
+        diff_accounts(old, graced)  # run_accounts' stop grace is the process's (app.py)
     with pytest.raises(RestartNeeded, match=r"no longer lists \[\[accounts\]\].*restart tracker to change it"):
         diff_accounts(old, [_account("ka", accounts_in_file=0)])
 

@@ -116,6 +116,9 @@ class Settings:
     subaccount_keys: tuple[SubaccountKey, ...] = ()
     ledger_interval_s: float = 5.0  # the ledger walk runs at least this often (issue 15: current within 10 s)
     metrics_port: int | None = None
+    # After SIGINT/SIGTERM: how long ingest may take to close and a writer in a database outage keeps trying before
+    # it saves what it holds to a side file (runtime/service.py, runtime/writer.py). 0: no grace.
+    stop_grace_s: float = 10.0
     insecure: bool = False
     # Where each value came from ("default", "env", "file", "flag"), for `tracker config show`.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -162,6 +165,7 @@ ENV_NAMES: dict[str, str] = {
     "subaccounts": "TRACKER_SUBACCOUNTS",
     "ledger_interval_s": "TRACKER_LEDGER_INTERVAL",
     "metrics_port": "TRACKER_METRICS_PORT",
+    "stop_grace_s": "TRACKER_STOP_GRACE",
 }
 SECRET_FILE_ENV = "BITSTAMP_API_SECRET_FILE"
 CONFIG_FILE_ENV = "TRACKER_CONFIG"
@@ -278,6 +282,15 @@ def _coerce(name: str, value: object, label: str) -> object:
             raise ConfigError(f"{label} must be a number of seconds, got {value!r}") from None
         if not math.isfinite(seconds) or seconds <= 0:
             raise ConfigError(f"{label} must be a positive number of seconds, got {value!r}")
+        return seconds
+    if name == "stop_grace_s":
+        try:
+            # TOML's true is no number of seconds (float(True) would say 1): NaN, refused below as a number is.
+            seconds = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label} must be a number of seconds, got {value!r}") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ConfigError(f"{label} must be a number of seconds, 0 or more, got {value!r}")
         return seconds
     if name == "metrics_port":
         try:

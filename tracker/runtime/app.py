@@ -54,7 +54,6 @@ from tracker.runtime.preflight import account_of, check_markets, same_accounts
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
 from tracker.runtime.service import (
-    STOP_GRACE_S,
     Services,
     StopSignals,
     TaskStarter,
@@ -86,7 +85,7 @@ async def run_app(
     *,
     metrics: Metrics | None = None,
     early: EarlySignals | None = None,
-    stop_grace: float = STOP_GRACE_S,
+    stop_grace: float | None = None,
 ) -> None:
     """Check the configured markets against the exchange, then run until SIGINT/SIGTERM (everything committed). A
     SIGHUP has nothing to reload (the account is the environment's and the flags'): one WARNING line, and it goes
@@ -94,7 +93,9 @@ async def run_app(
 
     SIGINT/SIGTERM are this run's from its first line (``early``: those the process recorded before trio ran): one
     before the service subscribes abandons the start-up (``StartUpStopped``); after, it is the service's lossless stop.
-    A stop whose writer gave frames up in a database outage ends with ``NotCommitted`` (``require_committed``)."""
+    A stop whose writer gave frames up in a database outage ends with ``NotCommitted`` (``require_committed``).
+    ``stop_grace``: ``settings.stop_grace_s`` unless given (``run_tracker``)."""
+    grace = settings.stop_grace_s if stop_grace is None else stop_grace
     stop = trio.Event()
     async with open_stop_signals(stop, early) as signals:
         with trio.open_signal_receiver(signal.SIGHUP) as hangups:
@@ -109,10 +110,10 @@ async def run_app(
                     stop=stop,
                     handle_signals=False,
                     extra_tasks=standard_tasks(engine, metrics=metrics),
-                    stop_grace=stop_grace,
+                    stop_grace=grace,
                 )
                 hangup_scope.cancel()
-    require_committed([services.writer_stats], stop_grace)
+    require_committed([services.writer_stats], grace)
 
 
 async def run_accounts(
@@ -129,7 +130,7 @@ async def run_accounts(
     reloads: Reloads | None = None,
     max_accounts: int | None = None,
     early: EarlySignals | None = None,
-    stop_grace: float = STOP_GRACE_S,
+    stop_grace: float | None = None,
     task_status: trio.TaskStatus[list[AccountState]] = trio.TASK_STATUS_IGNORED,
 ) -> list[AccountState]:
     """``run_app`` for the accounts of the config file in this one process (the module docstring), until ``stop`` is
@@ -154,9 +155,11 @@ async def run_accounts(
     With ``handle_signals`` the stop signals are this run's from its first line (``early``: those the process
     recorded before trio ran): one during the accounts' check abandons the start (``StartUpStopped``), nothing having
     been received. A stop at which a writer gave frames up in a database outage ends with ``NotCommitted`` once every
-    account has stopped (``require_committed``)."""
+    account has stopped (``require_committed``). ``stop_grace``: the accounts' shared ``stop_grace_s`` unless given
+    (a setting of the process: a reload that changes it is refused, ``config_reload.RESTART_ONLY``)."""
     if not accounts:
         raise ValueError("run_accounts needs one account or more")
+    grace = accounts[0].stop_grace_s if stop_grace is None else stop_grace
     stop = trio.Event() if stop is None else stop
     async with _stop_signals(handle_signals, stop, early) as signals:
         if reload_from is not None and reloads is None:
@@ -206,7 +209,7 @@ async def run_accounts(
                     handle_signals=False,
                     ingest_options=ingest_options,
                     extra_tasks=[recovery_task(down=state.down)] if companions else [],
-                    stop_grace=stop_grace,
+                    stop_grace=grace,
                     combiner=combiner,
                     file_lock=False,
                     task_status=task_status,
@@ -282,7 +285,7 @@ async def run_accounts(
         for state in states:
             if state.down is not None:
                 log.warning("%s was not tracked at the stop: %s", state.label, state.down)
-        require_committed(writers, stop_grace)
+        require_committed(writers, grace)
         return states
 
 

@@ -9,8 +9,8 @@ again (``config.load_accounts``, exactly as at the start: the same flags, enviro
 - a key no longer listed: stopped; a new key: started (checked first, as at the start).
 
 What the process set up once cannot change without a restart: ``RESTART_ONLY`` (the database, the metrics server's
-port). A change there refuses the whole reload (``RestartNeeded``), as does a file that no longer lists
-``[[accounts]]``, or one listing more accounts than the database pool was sized for (``max_accounts``).
+port, the stop's grace). A change there refuses the whole reload (``RestartNeeded``), as does a file that no longer
+lists ``[[accounts]]``, or one listing more accounts than the database pool was sized for (``max_accounts``).
 ``diff_accounts`` is pure (no I/O): ``app.run_accounts`` applies what it finds.
 
 Requests (``Reloads``) are coalesced: any number of SIGHUPs while a reload is applied make one more reload after it.
@@ -31,7 +31,7 @@ log = logging.getLogger("tracker.service")
 
 # Settings the process uses once, at its start, outside the accounts: changing them needs a restart. (The log
 # format and verbosity are flags, read again unchanged; everything else a Settings holds is an account's.)
-RESTART_ONLY: tuple[str, ...] = ("db_url", "metrics_port")
+RESTART_ONLY: tuple[str, ...] = ("db_url", "metrics_port", "stop_grace_s")
 
 
 class RestartNeeded(ConfigError):

@@ -60,8 +60,6 @@ if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
 log = logging.getLogger("tracker.service")
 
 WRITER_BUFFER = 4096
-# After a stop: how long ingest may take to close, and a writer in a database outage keeps trying (writer.py).
-STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -280,7 +278,7 @@ async def run_tracker(
     client: BitstampClient | None = None,
     ingest_options: IngestOptions | None = None,
     extra_tasks: Sequence[TaskStarter] = (),
-    stop_grace: float = STOP_GRACE_S,
+    stop_grace: float | None = None,
     combiner: AppendCombiner | None = None,
     file_lock: bool = True,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
@@ -291,9 +289,13 @@ async def run_tracker(
     file lock, the nursery, the producers' nursery and the writer's channel is what orders the shutdown, and pieces
     of it in other functions would hide that order behind calls.
 
+    ``stop_grace``: after a stop, how long ingest may take to close and a writer in a database outage keeps trying
+    (the module docstring); ``settings.stop_grace_s`` (``TRACKER_STOP_GRACE``) unless given.
+
     ``combiner``: the live appends of this and other accounts' writers in this process go through it
     (``run_accounts``); ``file_lock`` False: the caller holds the SQLite file's lock for every account it runs."""
     stop = trio.Event() if stop is None else stop
+    grace = settings.stop_grace_s if stop_grace is None else stop_grace
     api_key, api_secret = settings.require_credentials()
     own_client = client is None
     client = client or BitstampClient(settings.api_url, api_key, api_secret)
@@ -311,8 +313,8 @@ async def run_tracker(
         """The stop's grace: then ingest's close is cancelled (frames read still handed over), and a writer still
         failing gives up (``_give_up_after``, outside the producers: the writer outlives them)."""
         await stop.wait()
-        producers.cancel_scope.deadline = trio.current_time() + stop_grace
-        nursery.start_soon(_give_up_after, give_up, gate, writer_done, stop_grace)
+        producers.cancel_scope.deadline = trio.current_time() + grace
+        nursery.start_soon(_give_up_after, give_up, gate, writer_done, grace)
 
     async def write() -> None:
         try:
@@ -374,7 +376,7 @@ async def run_tracker(
                     # The run fails (a refused key, a bug; not a stop): the producers are gone and the channel is
                     # closed, so the writer commits what it holds and returns, as at a stop. Bounded: a writer that
                     # cannot commit (the database gone too) is cancelled with the run and spills (writer.py).
-                    with trio.move_on_after(stop_grace) as drain:
+                    with trio.move_on_after(grace) as drain:
                         drain.shield = True
                         await writer_done.wait()
                     raise
