@@ -9,8 +9,10 @@ Settings come from flags > environment > config file. The API secret is only eve
 file (never argv). Exit code 0 after a clean stop: everything received has been committed. SIGINT and SIGTERM stop it
 cleanly from its first moment: during the start-up (before anything is received) with one line, ``stopped during
 start-up: SIGTERM while checking the database; nothing was received, nothing written``, and exit 0. A stop in a
-database outage keeps trying to commit for 10 s, then ends with one error line (exit 2) counting the frames not
-committed: they are in a side file, and the next run's start-up backfill fetches them again (``runtime/writer.py``).
+database outage keeps trying to commit for the stop's grace (``TRACKER_STOP_GRACE``, 10 s), then ends with one error
+line (exit 2) counting the frames not committed: they are in a side file, which ``tracker db import-unsaved FILE``
+appends once the database is back, and the next run's start-up backfill fetches them again from REST (all but self-trade
+and liquidation alerts; ``runtime/writer.py``).
 
 A SQLite file that fails ``PRAGMA quick_check`` is refused before anything connects (one error line: restore from a
 backup, ``tracker verify`` for details). A damaged page met while running stops the run with one such line too; the
