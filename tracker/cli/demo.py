@@ -13,11 +13,14 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tracker.cli import DEMO_DB, finite_number
 from tracker.cli.report import display_rows, format_table
 from tracker.errors import StoreError
+
+if TYPE_CHECKING:
+    from tracker.runtime.early_signals import EarlySignals
 
 DEFAULT_DB = DEMO_DB
 MAX_DURATION_S = 24 * 3600
@@ -34,7 +37,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, help="seed of the fake's activity (default: the log head, new each run)")
     parser.add_argument("--rate", type=_rate, default=None, help="frames per second from the fake (default: 20)")
     parser.add_argument("--no-faults", dest="faults", action="store_false", help="no reconnect, drop or pause")
-    parser.set_defaults(func=cmd_demo)
+    parser.set_defaults(func=cmd_demo, stops_cleanly=True)
 
 
 def _seconds(text: str) -> float:
@@ -166,6 +169,18 @@ def _path_of(url: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo, a stop signal at any moment of it a clean stop: while the database is prepared (recorded, the
+    migration finished, then the start abandoned), or the fake exchange starts, one line and exit 0, nothing received;
+    once the tracker runs, the demo ends early with everything received committed, and reports as usual."""
+    from tracker.runtime.early_signals import stopping_cleanly
+
+    def report(stopped: BaseException) -> None:
+        sys.stderr.write(f"{stopped}\n")
+
+    return stopping_cleanly(args, partial(_demo, args), report)
+
+
+def _demo(args: argparse.Namespace, early: EarlySignals) -> int:
     import logging
 
     import trio
@@ -196,7 +211,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The progress line and the fault notes tell the story; log lines would break the line. -v shows them.
         logging.getLogger("tracker").setLevel(logging.WARNING)
-    migrate.upgrade(url)
+    migrate.upgrade(url)  # a stop signal meanwhile is recorded only: a migration is never cut short
+    early.starting("preparing the demo database")  # ... and abandons the demo here, the migration done
+    early.hand_over()  # from here, the demo's own stop (run_demo), or recorded only once it has returned
     engine = open_engine(url)
     out = sys.stdout
     line = ProgressLine(sys.stderr)
@@ -212,6 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 on_progress=lambda counts: line.show(format_counts(counts, time.monotonic() - started, args.duration)),
                 note=line.note,
                 faults=args.faults,
+                early=early,
             )
         )
         line.clear()

@@ -80,20 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The run, a stop signal at any moment of it a clean stop: during the start-up (the synchronous checks here,
     then the markets and keys, ``runtime/app.py``) it abandons the start-up, nothing written, with one line and exit
     0; after, it is the service's lossless stop (``runtime/early_signals.py`` says how the two meet)."""
-    from tracker.runtime.early_signals import EarlySignals, start_up_stopped
+    from tracker.runtime.early_signals import stopping_cleanly
 
-    early = getattr(args, "early_signals", None) or EarlySignals.install()  # installed by tracker.cli.main
-    try:
-        return _run(args, early)
-    except BaseException as error:
-        stopped = start_up_stopped(error)
-        if stopped is None:
-            raise
-        log.info("%s", stopped)
-        return 0
-    finally:
-        if getattr(args, "early_signals", None) is None:
-            early.restore()
+    return stopping_cleanly(args, partial(_run, args), lambda stopped: log.info("%s", stopped))
 
 
 def _run(args: argparse.Namespace, early: EarlySignals) -> int:

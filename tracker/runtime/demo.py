@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -27,10 +28,11 @@ from tracker.config import Secret, Settings
 from tracker.domain.chain import ChainWalker
 from tracker.errors import TrackerError
 from tracker.fake.server import DEMO_USER_ID, FakeExchange, open_fake_exchange
+from tracker.runtime.early_signals import EarlySignals, signal_name
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.projector import projector_task
 from tracker.runtime.recovery import recovery_task
-from tracker.runtime.service import Services, run_tracker
+from tracker.runtime.service import Services, StopSignals, open_stop_signals, run_tracker
 from tracker.store.demo_queries import LogBaseline, log_baseline, run_counts
 from tracker.store.engine import Engine
 from tracker.store.event_log import EventLog
@@ -159,8 +161,35 @@ async def run_demo(
     note: Callable[[str], None] | None = None,
     progress_interval: float = 0.5,
     faults: bool = True,
+    handle_signals: bool = True,
+    early: EarlySignals | None = None,
 ) -> DemoResult:
     """Run the fake and the tracker for ``duration`` seconds (or until SIGINT/SIGTERM), then project and verify.
+
+    With ``handle_signals`` (``early``: those the process recorded before trio ran) the first stop signal ends the
+    demo: before the tracker starts (while the fake does), with ``StartUpStopped``, nothing received; after, early,
+    the settle and the ledger's check as at the end of ``duration``, then the service's lossless stop, the projection
+    and the verification. Later signals are absorbed (``service.StopSignals``)."""
+    ended = trio.Event()  # the demo's run is over: not yet the service's stop (the settle and the ledger's check first)
+    async with open_stop_signals(ended, early) if handle_signals else nullcontext() as signals:
+        return await _run_demo(
+            engine, ended, signals, duration, rate, seed, on_progress, note, progress_interval, faults
+        )
+
+
+async def _run_demo(
+    engine: Engine,
+    ended: trio.Event,
+    signals: StopSignals | None,
+    duration: float,
+    rate: float,
+    seed: int | None,
+    on_progress: Callable[[DemoCounts], None] | None,
+    note: Callable[[str], None] | None,
+    progress_interval: float,
+    faults: bool,
+) -> DemoResult:
+    """``run_demo`` under its stop signals.
 
     One piece on purpose (~85 lines): the demo's story in order (baseline, fake, tracker, faults, progress, settle,
     project, verify), each step a call already; split further it would only pass its ten locals around."""
@@ -178,7 +207,8 @@ async def run_demo(
     started = time.monotonic()
     services: Services | None = None
     async with open_fake_exchange(seed=seed, markets=DEMO_MARKETS) as fx:
-        _continue_ids(fx, base)
+        with signals.start_up("starting the fake exchange") if signals is not None else nullcontext():
+            _continue_ids(fx, base)
         settings = Settings(
             db_url=str(engine.url),
             api_key=Secret(fx.api_key),
@@ -197,6 +227,7 @@ async def run_demo(
                     settings,
                     event_log,
                     stop=stop,
+                    handle_signals=False,  # the demo's own (run_demo)
                     ingest_options=DEMO_OPTIONS,
                     # The projector beside ingest; backfill at start-up and after each reconnect (no periodic
                     # reconciliation: the run is short).
@@ -216,8 +247,10 @@ async def run_demo(
 
                     side.start_soon(show)
                 with trio.move_on_after(duration):
-                    await stop.wait()
+                    await ended.wait()
                 side.cancel_scope.cancel()
+            if signals is not None and signals.received is not None:
+                say(f"{signal_name(signals.received)}: the demo ends early, everything received is committed")
             fx.set_rate(None)
             fx.resume_delivery()
             assert services is not None

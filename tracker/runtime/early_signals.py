@@ -24,6 +24,7 @@ the interpreter's own start.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
 from collections.abc import Callable
@@ -109,3 +110,24 @@ def start_up_stopped(error: BaseException) -> StartUpStopped | None:
     found = leaves(error)
     stopped = [leaf for leaf in found if isinstance(leaf, StartUpStopped)]
     return stopped[0] if stopped and len(stopped) == len(found) else None
+
+
+def stopping_cleanly(
+    args: argparse.Namespace, body: Callable[[EarlySignals], int], report: Callable[[StartUpStopped], None]
+) -> int:
+    """A command with a clean stop of its own (``stops_cleanly``: ``tracker run``, ``tracker demo``): ``body`` with
+    the process's ``EarlySignals`` (``tracker.cli.main``'s, else installed here and restored after); a start-up a
+    stop signal abandoned (``StartUpStopped``, a nursery's group of them too) is ``report``-ed, and exits 0."""
+    given: EarlySignals | None = getattr(args, "early_signals", None)
+    early = given or EarlySignals.install()
+    try:
+        return body(early)
+    except BaseException as error:
+        stopped = start_up_stopped(error)
+        if stopped is None:
+            raise
+        report(stopped)
+        return 0
+    finally:
+        if given is None:
+            early.restore()
