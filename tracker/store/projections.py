@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 from tracker.bitstamp.parse import parse_entry
 from tracker.domain.events import DomainEvent
 from tracker.domain.log import Parseable
-from tracker.domain.projection import apply
+from tracker.domain.projection import apply, refold_positions
 from tracker.domain.rows import TABLES, Row
 from tracker.store.engine import writer
 from tracker.store.event_log import EventLog
@@ -186,6 +186,7 @@ class ProjectionStore:
                 if event.seq > state.checkpoint:
                     apply(state, event)
                     folded += 1
+            refold_positions(state)  # the batch's end (reads through ``conn``: PositionFillsReader)
             misses = batch.misses
         if not folded:
             return BatchResult(0, expected, 0, misses)
