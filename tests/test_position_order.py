@@ -6,6 +6,8 @@ id ascending), not the order tracker learned them in (docs/semantics.md, Positio
    batch of its own, so the position's fills are read back from the database, and by ``tracker rebuild``).
 2. Property: any arrival order of a position's fills, split into any batches, gives the row of the fold in exchange
    order.
+3. Two projectors at once: a batch overtaken by another projector's commit before its end reads the position's
+   fills as of its own checkpoint (one snapshot), and its write is refused; it used to raise on PostgreSQL.
 
 Rules: local databases only (``db_url``: SQLite and PostgreSQL); no sleeps.
 """
@@ -282,3 +284,36 @@ def test_exchange_key_is_numeric_order_for_canonical_ids() -> None:
     assert sorted(reversed(ids), key=exchange_key) == ids
     check: Callable[[str], tuple[int, str]] = exchange_key
     assert check("7") < check("12")
+
+
+# --- 3. two projectors at once ------------------------------------------------------------------------------------
+
+
+def test_an_overtaken_batch_is_refused_not_crashed(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two projectors over one log (``tracker run``'s projector and the reconciler's ``catch_up``): A folds a batch
+    with a late fill (its position waits for ``refold_positions``), and before A's batch ends B projects the log
+    further (a later fill of the same position) and commits. A's batch must read the position's fills as of its
+    checkpoint, as every other row it read: then its write is refused (the checkpoint moved) and B's rows stay.
+    Read after B's commit (PostgreSQL's default READ COMMITTED: each statement its own snapshot), they held B's
+    later fill, which A's row did not: ``refold_positions`` raised (the kill -9 test's crash of the merged 0012)."""
+    later = ws_fill((40, "sell", "1", "130"))
+    log = EventLog(engine)
+    log.append([ws_fill(FLIP[0]), ws_fill(FLIP[2]), rest_fill(FLIP[1]), later])
+    events = log.read_records_after(0, 10)
+    first, overtaker = ProjectionStore(engine), ProjectionStore(engine)
+    real_refold = refold_positions
+    overtaken: list[int] = []
+
+    def refold_after_the_other_commits(state: ProjectionState) -> None:
+        if not overtaken:  # A's batch end (B's own passes straight through)
+            overtaken.append(state.checkpoint)  # (the batch's own: its last event's seq)
+            assert overtaker.project(events) is not None
+        real_refold(state)
+
+    monkeypatch.setattr("tracker.store.projections.refold_positions", refold_after_the_other_commits)
+    assert first.project(events[:3]) is None  # refused: B moved the checkpoint
+    assert overtaken == [events[2].seq]
+    monkeypatch.undo()
+    want = _position(fold(events_of([ws_fill(f) for f in [*FLIP, (40, "sell", "1", "130")]])).to_rows(), "p1")
+    assert first.load_checkpoint() == events[-1].seq
+    assert _position(first.all_rows(), "p1") == want
