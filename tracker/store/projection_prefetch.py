@@ -179,7 +179,9 @@ class PositionFillsReader:
     state holds them. The stored ones (one query, served by the index on (account, position_id), bounded by the
     position's fills) join the batch's ``fills`` table where it does not know their key yet (from there on they
     are read rows: in ``touched``, in the next batch's cache); then every fill of the position in that table is the
-    answer, the batch's own rows (new, or enriched with this position id) included."""
+    answer, the batch's own rows (new, or enriched with this position id) included. Its query runs on the batch's
+    connection, in the batch's one snapshot (``projections``), so the stored fills are those of the batch's
+    checkpoint, as every other row it read: not another projector's, committed meanwhile."""
 
     __slots__ = ("conn", "fills", "statement")
 
