@@ -67,9 +67,7 @@ it only as a ``user_transactions`` row of type 60: its balance is right, its ``v
 position left ``closed`` instead of ``liquidated`` because its ``liquidation_concluded`` alert was withheld. With the
 mode ``derivatives-refused`` (in ``all``) every derivatives endpoint is refused while the fake's websocket still trades
 perps: a withheld settlement has no REST source and a fill learned from ``user_transactions`` no position, so missing
-settlements and positions and differing positions are printed as known limits too. One open bug is printed the same
-way: a position's entry price (and a flat position's side) is folded in log order, so a fill learned late (from REST,
-after later fills arrived live) yields another entry price than the exchange's order. After the tracker's exit, what
+settlements and positions and differing positions are printed as known limits too. After the tracker's exit, what
 it committed after its stop is projected here (as its next run would) before the views are read.
 """
 
@@ -591,12 +589,10 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
         + problem("settlements lost", missing_settlements - premiums - blind_settlements)
         + problem("positions lost", want_positions.keys() - positions.keys() - blind_positions)
     )
-    # A position is "liquidated" only by its liquidation_concluded alert: one withheld leaves it "closed". And an open
-    # bug: a position's entry price (and a flat one's side) is folded in log order, so a fill learned late (from REST,
-    # after later fills came live) gives another entry price than the exchange's order does. Differences in those
-    # fields alone are shown, not counted.
+    # A position is "liquidated" only by its liquidation_concluded alert: one withheld leaves it "closed". Differences
+    # in that field alone are shown, not counted. (A position's entry price and flat side follow the exchange's order
+    # of its fills since migration 0012: a difference there is counted.)
     unliquidated: set[str] = set()
-    late_fill_order: set[str] = set()
     blind: set[str] = set()
     for k in positions.keys() & want_positions.keys():
         mine, want = positions[k], want_positions[k]
@@ -604,21 +600,13 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
         if (mine[2], want[2]) == ("closed", "liquidated"):
             differ.discard(2)
             unliquidated.add(k)
-        late = differ & {3} | (differ & {0} if mine[1] == "0" else set())
-        if differ and differ <= late:
-            late_fill_order.add(k)
-        elif differ and perp_blind:
+        if differ and perp_blind:
             blind.add(k)
-        elif differ:
-            unliquidated.discard(k)  # counted as wrong below
+        if differ:
+            unliquidated.discard(k)  # counted as wrong below (or, perps blind, shown as such)
     limit("positions closed, not liquidated (their liquidation_concluded alert withheld)", unliquidated)
-    limit(
-        "open bug: positions whose entry price (or flat side) follows the log's order, not the fills' (a fill learned"
-        " late)",
-        [(k, positions[k], want_positions[k]) for k in late_fill_order],
-    )
     limit("positions that differ while derivatives endpoints are refused (no REST source)", blind)
-    known = unliquidated | late_fill_order | blind
+    known = unliquidated | blind
     doubled_days = [k for k, v in days.items() if k in want_days and v[0] > want_days[k][0]]
     report.doubled = (
         problem("dedup keys twice in the log", range(int(total) - int(keys)))

@@ -28,8 +28,8 @@ from test_projection import domain_events
 
 from tracker.domain.events import DomainEvent
 from tracker.domain.log import NewEntry
-from tracker.domain.projection import ProjectionState, apply, fold
-from tracker.domain.rows import TABLES, Row
+from tracker.domain.projection import ProjectionState, apply, fold, refold_positions
+from tracker.domain.rows import TABLES, FillRow, Row
 from tracker.fake.model import AccountModel
 
 DOMAIN = Path(__file__).resolve().parents[1] / "tracker" / "domain"
@@ -159,16 +159,29 @@ class StoredTable:
         raise TypeError("the fold asked whether a state table is empty")
 
 
+def position_fills(fills: StoredTable) -> Callable[[str, str], list[FillRow]]:
+    """A ``PositionFills`` over a ``StoredTable`` of fills: the stored ones with the batch's in their place (what the
+    store's index query and ``PositionFillsReader`` give)."""
+
+    def read(account: str, position_id: str) -> list[FillRow]:
+        rows = {**fills.stored, **fills.memory}.values()
+        return [r for r in rows if isinstance(r, FillRow) and r.account == account and r.position_id == position_id]
+
+    return read
+
+
 def fold_in_batches(events: Sequence[DomainEvent], size: int) -> dict[str, dict[Any, Row]]:
-    """As the store folds: per batch a fresh state on ``StoredTable``s, then its dirty rows "written"."""
+    """As the store folds: per batch a fresh state on ``StoredTable``s, the batch's end (``refold_positions``), then
+    its dirty rows "written"."""
     stored: dict[str, dict[Any, Row]] = {name: {} for name in TABLES}
     checkpoint = 0
     for start in range(0, len(events), size):
         tables = {name: StoredTable(stored[name]) for name in TABLES}
-        state = ProjectionState(tables=tables)
+        state = ProjectionState(tables=tables, position_fills=position_fills(tables["fills"]))
         state.checkpoint = checkpoint
         for event in events[start : start + size]:
             apply(state, event)
+        refold_positions(state)
         for name, keys in state.dirty.items():
             for key in keys:
                 stored[name][key] = tables[name].memory[key]

@@ -7,11 +7,18 @@ transaction as ``state.checkpoint`` and then calls ``state.clear_dirty()``. Noth
 
 Idempotence: an event with ``seq <= checkpoint`` is ignored, so re-applying a batch after a crash is harmless.
 
+Batches: after the last ``apply`` of a batch (before its rows are written), ``refold_positions(state)`` completes
+the positions a fill learned out of exchange order left waiting (``projection_positions``: a position's entry price
+is the fold of its fills in the exchange's order, not the log's). ``fold`` does it at its end. A state between two
+``apply`` calls may so hold a waiting position; a written one never does.
+
 The read rule: the fold touches a state table ONLY through ``table.get(key)``, ``key in table`` and
 ``table[key] = row``. It never iterates a table, never takes its ``len``, never reads ``table[key]``, never
-deletes. So what an event does depends only on the rows it names by key, and a store may hand the fold tables that
-hold just the rows it prefetched for a batch and load any other row on ``get`` / ``in`` (``ProjectionState(tables=
-...)``, ``StateTable``; ``tracker.store.projection_prefetch``). The parallel rebuild leans on the same rule: two
+deletes. Its one read not by key is ``state.position_fills`` (the fills of one position, at a batch's end:
+``refold_positions``), which a store serves by an index and counts as reads of those fills. So what an event does
+depends only on the rows it names (by key, or as a position's fills), and a store may hand the fold tables that hold
+just the rows it prefetched for a batch and load any other row on ``get`` / ``in`` (``ProjectionState(tables=...)``,
+``StateTable``; ``tracker.store.projection_prefetch``). The parallel rebuild leans on the same rule: two
 groups of events that touch no common key fold the same apart as together. ``StateTable`` makes the type checker
 hold the fold to it, and ``tests/test_projection_read_rule.py`` checks it twice: over the source (an AST walk of the
 folding modules) and at run time (the fold over a real event sequence with tables that have nothing but the three
@@ -77,7 +84,7 @@ from tracker.domain.projection_ledger import (
     apply_withdrawal_request,
 )
 from tracker.domain.projection_orders import ALL_SOURCES, CLOSED, EVENT_ID_LENGTH, apply_order, confirm_by_order_status
-from tracker.domain.projection_positions import apply_liquidation, apply_settlement
+from tracker.domain.projection_positions import apply_liquidation, apply_settlement, refold_positions
 from tracker.domain.projection_state import (
     ZERO,
     ProjectionState,
@@ -98,6 +105,7 @@ __all__ = [
     "StateTable",
     "apply",
     "fold",
+    "refold_positions",
     "unix_us",
 ]
 
@@ -161,8 +169,9 @@ def apply(state: ProjectionState, event: DomainEvent) -> ProjectionState:
 
 
 def fold(events: Iterable[DomainEvent], state: ProjectionState | None = None) -> ProjectionState:
-    """Apply every event in order to ``state`` (a fresh one by default)."""
+    """Apply every event in order to ``state`` (a fresh one by default), then end the batch (``refold_positions``)."""
     result = ProjectionState() if state is None else state
     for event in events:
         result = apply(result, event)
+    refold_positions(result)
     return result

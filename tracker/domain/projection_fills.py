@@ -100,6 +100,7 @@ def apply_fill(state: ProjectionState, event: Fill) -> None:
             event.price,
             event.fee,
             event.trade_account_id,
+            event.trade_id,
         )
 
 
@@ -155,8 +156,9 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
         _add_order_fill(state, old.account, order_id, old.amount, event.seq)
     if old.position_id is None and position_id is not None:
         apply_position_fill(
-            state, old.account, position_id, old.market, old.side, old.amount, old.price, old.fee, account_id
-        )
+            state, old.account, position_id, old.market, old.side, old.amount, old.price, old.fee, account_id,
+            old.trade_id,
+        )  # fmt: skip
     elif position_id is not None and old.trade_account_id is None and account_id is not None:
         learn_position_account(state, old.account, position_id, account_id)
 

@@ -64,10 +64,22 @@ class StateTable(Protocol[K, R]):
     def __setitem__(self, key: K, value: R, /) -> None: ...
 
 
+class PositionFills(Protocol):
+    """The fills of one position (every ``FillRow`` of ``account`` whose ``position_id`` is ``position_id``, as the
+    state holds them now: the stored ones and the batch's own), in any order. The fold's one read that is not by a
+    row's key: ``refold_positions`` (``projection_positions``) asks it for a position whose fills arrived out of
+    exchange order, once per batch. A store answers it with an indexed query plus the batch's rows in memory, and
+    must count the fills it returns as read (the parallel rebuild's ``touched``)."""
+
+    def __call__(self, account: str, position_id: str, /) -> Iterable[FillRow]: ...
+
+
 class ProjectionState:
     """All projection state: one table per row type (key → row), the checkpoint and the dirty keys per table.
 
     ``tables``: the store's own ``StateTable`` per name in ``TABLES`` (all of them); by default empty dicts.
+    ``position_fills``: the store's ``PositionFills`` over those tables; by default a scan of ``fills`` (which must
+    then be a mapping: an in-memory state).
     """
 
     __slots__ = (
@@ -86,6 +98,7 @@ class ProjectionState:
         "liquidations",
         "order_links",
         "orders",
+        "position_fills",
         "positions",
         "self_trades",
         "settlements",
@@ -93,7 +106,9 @@ class ProjectionState:
         "withdrawal_requests",
     )
 
-    def __init__(self, tables: Mapping[str, StateTable[Any, Any]] | None = None) -> None:
+    def __init__(
+        self, tables: Mapping[str, StateTable[Any, Any]] | None = None, position_fills: PositionFills | None = None
+    ) -> None:
         if tables is None:
             tables = {name: {} for name in TABLES}
         elif tables.keys() != TABLES.keys():
@@ -118,6 +133,16 @@ class ProjectionState:
         self.crypto_transactions: StateTable[tuple[str, int], CryptoTransactionRow] = tables["crypto_transactions"]
         self.withdrawal_requests: StateTable[tuple[str, str, str], WithdrawalRequestRow] = tables["withdrawal_requests"]
         self.dirty: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
+        self.position_fills: PositionFills = self._scan_position_fills if position_fills is None else position_fills
+
+    def _scan_position_fills(self, account: str, position_id: str) -> list[FillRow]:
+        """The default ``PositionFills``: every fill of an in-memory state looked at (tests and small folds)."""
+        fills = self.rows_of("fills")
+        return [
+            row
+            for row in fills.values()
+            if isinstance(row, FillRow) and row.position_id == position_id and row.account == account
+        ]
 
     def table(self, name: str) -> StateTable[Any, Any]:
         if name not in TABLES:

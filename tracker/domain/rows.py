@@ -189,6 +189,10 @@ class PositionRow(msgspec.Struct, frozen=True, gc=False):
     liquidation_state: str  # "" | "liquidating" | "liquidated"
     # Public again (v_positions, last column): first-learned from the position's fills and liquidation alerts.
     trade_account_id: str | None
+    # Hidden (since 0012): the newest fill folded, in exchange order (``projection_positions.exchange_later``). None
+    # with ``first_side`` set: entry_cost, entry_qty and first_side wait for ``refold_positions`` (a fill arrived
+    # older than the newest folded one, or a row from before 0012).
+    last_trade_id: str | None
 
 
 class DiscrepancyRow(msgspec.Struct, frozen=True, gc=False):

@@ -108,7 +108,12 @@ def row_columns(row_type: type) -> list[Column[Any]]:
 
 
 def _projection_tables(target: MetaData, prefix: str) -> dict[str, Table]:
-    return {name: Table(prefix + name, target, *row_columns(row_type)) for name, row_type in TABLES.items()}
+    tables = {name: Table(prefix + name, target, *row_columns(row_type)) for name, row_type in TABLES.items()}
+    # The fills of one position, for the fold's ``PositionFills`` (a position's fills folded again in exchange order
+    # when one arrives late: ``projection_prefetch.PositionFillsReader``), on the shadow tables of a rebuild too.
+    fills = tables["fills"]
+    Index(f"ix_{prefix}fills_account_position_id", fills.c.account, fills.c.position_id)
+    return tables
 
 
 PROJECTION_TABLES: Final[dict[str, Table]] = _projection_tables(metadata, PREFIX)
