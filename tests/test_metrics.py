@@ -47,6 +47,7 @@ NAMES = (
     "tracker_balance_snapshots",
     "tracker_balance_snapshot_races",
     "tracker_ledger_walk_seconds",
+    "tracker_task_failures",
 )
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE_EVERY_S = 0.2

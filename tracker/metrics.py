@@ -20,6 +20,7 @@ Names (a public contract, like the CLI and the views):
 | tracker_balance_snapshots_total | counter | | account_balances/ snapshots appended (consistent cut) |
 | tracker_balance_snapshot_races_total | counter | | snapshots given up after three raced movements |
 | tracker_ledger_walk_seconds | histogram | | duration of one ledger walk (one trade account, cursor to head) |
+| tracker_task_failures_total | counter | task | an extra task's bugs: restarted, ingest went on (supervise.py) |
 | tracker_build_info | gauge (info) | version, python, sqlalchemy, trio | always 1; the labels say what runs |
 
 docs/metrics.md explains each one and what to alert on. Counters export no ``_created`` series (a second series per
@@ -114,6 +115,12 @@ class Metrics:
         )
         self.account_connections = Gauge(
             "tracker_account_connections", "Open websocket connections of the account", ["account"], registry=r
+        )
+        self.task_failures = Counter(
+            "tracker_task_failures",
+            "Times an extra task (projector, recovery, metrics) failed on a bug and was started again",
+            ["task"],
+            registry=r,
         )
         self.build = Info("tracker_build", "The tracker version and the versions it runs on", registry=r)
         self.build.info(build_info())

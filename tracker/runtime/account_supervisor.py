@@ -32,7 +32,8 @@ from tracker.config import ConfigError, Settings
 from tracker.errors import ExchangeError, TrackerError, leaves
 from tracker.metrics import Metrics
 from tracker.runtime.backoff import Backoff
-from tracker.runtime.service import Services, StartedOnce
+from tracker.runtime.service import Services
+from tracker.runtime.supervise import StartedOnce
 from tracker.store.errors import first_line
 from tracker.store.lease import LeaseLost
 

@@ -59,9 +59,9 @@ from tracker.runtime.service import (
     TaskStarter,
     open_stop_signals,
     require_committed,
-    restart_on_db_outage,
     run_tracker,
 )
+from tracker.runtime.supervise import supervise_task
 from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.errors import first_line
@@ -272,7 +272,7 @@ async def run_accounts(
                     if metrics is not None:
                         once.append(metrics_task(metrics, engine, services_of=running_services))
                     for starter in once:
-                        await nursery.start(restart_on_db_outage, starter, process)
+                        await nursery.start(supervise_task, starter, process)
                 async with trio.open_nursery() as running:
                     running.start_soon(stop_all)
                     for state in states:

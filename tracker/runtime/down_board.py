@@ -31,7 +31,7 @@ from typing import NoReturn
 import trio
 
 from tracker.runtime.account_supervisor import AccountState
-from tracker.runtime.service import StartedOnce
+from tracker.runtime.supervise import StartedOnce
 from tracker.store.accounts_down import AccountDown, process_lock_name, replace_own, sweep_dead
 from tracker.store.engine import Engine
 from tracker.store.errors import first_line, is_transient

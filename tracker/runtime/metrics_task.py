@@ -57,6 +57,7 @@ class _Cursor:
     ledger_rows: dict[str, int] = field(default_factory=dict)
     snapshots: int = 0
     races: int = 0
+    task_failures: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +164,8 @@ def _apply(metrics: Metrics, delta: _Delta) -> None:
 
 
 def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> None:
-    """What only the running service knows: duplicates, commit latencies, the ledger capture's counts (open
-    connections: ``_apply_connections``)."""
+    """What only the running service knows: duplicates, commit latencies, the ledger capture's counts, its extra
+    tasks' contained failures (open connections: ``_apply_connections``)."""
     writer = services.writer_stats
     if writer.duplicates > cursor.duplicates:
         metrics.duplicates.inc(writer.duplicates - cursor.duplicates)
@@ -178,6 +179,10 @@ def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> Non
         cursor.latencies = observed
     if services.ledger is not None:
         _apply_ledger(metrics, services.ledger.stats, cursor)
+    for task, failures in list(services.task_failures.items()):
+        if failures > cursor.task_failures.get(task, 0):
+            metrics.task_failures.labels(task=task).inc(failures - cursor.task_failures.get(task, 0))
+            cursor.task_failures[task] = failures
 
 
 def _apply_ledger(metrics: Metrics, stats: LedgerStats, cursor: _Cursor) -> None:

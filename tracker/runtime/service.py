@@ -10,7 +10,7 @@ Shutdown order is what makes "everything received is committed" true:
 If ingest has not finished ``stop_grace`` seconds after the stop, its scope is cancelled (frames already read are
 still handed to the writer: those sends are shielded), and the writer drains as above.
 
-A run that fails (a refused key on a reconnect's token call, a bug in a task) ends the same way before the error goes
+A run that fails (a refused key on a reconnect's token call, a bug in ingest) ends the same way before the error goes
 on: the producers are gone, so the writer commits what it was handed and returns (within ``stop_grace``; a writer
 that cannot commit in that time, the database gone too, is cancelled and spills to the side file, ``writer.py``).
 
@@ -21,15 +21,18 @@ standby and goes on (subscribe, backfill) when it gets it. The writer appends on
 is released after the writer's last commit.
 
 Extra tasks (projector, backfill, reconciler) plug in through ``extra_tasks``: each is called as
-``await nursery.start(task, services)`` and must honour ``services.stop`` or be cancelled at shutdown.
+``await nursery.start(task, services)`` and must honour ``services.stop`` or be cancelled at shutdown. Each runs under
+``supervise.supervise_task``: a database outage or a bug in one of them never ends the run (it is started again;
+live ingest goes on); a ``TrackerError`` from one does.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,12 +42,12 @@ from tracker.config import Settings
 from tracker.errors import StoreError
 from tracker.exchange.rest import BitstampClient
 from tracker.runtime.append_combiner import AppendCombiner
-from tracker.runtime.db_retry import Outage
 from tracker.runtime.early_signals import STOP_SIGNALS, EarlySignals, StartUpStopped, signal_name
 from tracker.runtime.ingest import IngestOptions, IngestStats, run_ingest
 from tracker.runtime.lease import WriteGate, hold_account_lease, open_file_lock
 from tracker.runtime.loop_append import LoopAppend, loop_append
 from tracker.runtime.polite_api import call_at_start
+from tracker.runtime.supervise import supervise_task
 from tracker.runtime.writer import Item, WriterStats, run_writer
 from tracker.store.errors import is_transient
 from tracker.store.event_log import EventLog
@@ -82,6 +85,8 @@ class Services:
     ledger: LedgerCapture | None = None
     combiner: AppendCombiner | None = None  # several accounts in one process (run_accounts)
     config_index: int | None = None  # and the account's place in the config file (metrics' ``account`` label)
+    # Extra tasks' failures that did not stop the run, per task (supervise.py; the tracker_task_failures metric).
+    task_failures: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def starting(
@@ -233,42 +238,6 @@ def require_committed(stats: Iterable[WriterStats], grace: float) -> None:
     )
 
 
-class StartedOnce:
-    """A task status that passes on the first ``started`` only (a restarted task reports started again)."""
-
-    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self, value: Any = None) -> None:
-        if not self.done:
-            self.done = True
-            self.inner.started(value)
-
-
-async def restart_on_db_outage(
-    starter: TaskStarter, services: Services, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run an extra task (projector, backfill, reconciler, metrics); if it ends on a lost database connection only, log
-    it and start it again once the pause is over, instead of ending the run (the writer holds frames meanwhile). Each
-    of them starts from what is committed, so a restart repeats no work that matters."""
-    status = StartedOnce(task_status)
-    outage = Outage(getattr(starter, "__qualname__", "a task").split(".")[0], base_s=0.5, cap_s=5.0, log_every=1)
-    while True:
-        try:
-            await starter(services, task_status=status)
-            return
-        except BaseException as error:
-            if not is_transient(error):
-                raise
-            delay = outage.failed(error)
-        with trio.move_on_after(delay):
-            await services.stop.wait()
-        if services.stop.is_set():
-            status.started()
-            return
-
-
 async def run_tracker(
     settings: Settings,
     event_log: EventLog,
@@ -370,7 +339,7 @@ async def run_tracker(
                             )
                             services.account = ingest_ctx.account
                             for starter in extra_tasks:
-                                await producers.start(restart_on_db_outage, starter, services)
+                                await producers.start(supervise_task, starter, services)
                         task_status.started(services)
                 except BaseException:
                     # The run fails (a refused key, a bug; not a stop): the producers are gone and the channel is
