@@ -44,6 +44,20 @@ async def until(what: str, condition: Callable[[], bool], proc: trio.Process, er
             await trio.sleep(0.005)  # another process's progress: nothing to wait on
 
 
+async def stop_when(proc: trio.Process, err: Path, what: str, ready: Callable[[], bool], *signums: int) -> int:
+    """Send ``signums`` once ``ready`` holds; the child's exit code (killed if it outlives the test)."""
+    try:
+        await until(what, ready, proc, err)
+        for signum in signums:
+            proc.send_signal(signum)
+        with trio.fail_after(60):
+            return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def text_of(path: Path) -> str:
     return path.read_text()
 
@@ -71,15 +85,7 @@ def logged(db: Path) -> int:
 async def test_a_stop_signal_while_the_demo_starts_is_one_line_and_exit_0(tmp_path: Path, signum: int) -> None:
     db, out, err = tmp_path / "demo.db", tmp_path / "out.txt", tmp_path / "err.txt"
     proc = await demo_child(db, out, err)
-    try:
-        await until("catching SIGTERM", lambda: catches_sigterm(proc.pid), proc, err)
-        proc.send_signal(signum)
-        with trio.fail_after(60):
-            code = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    code = await stop_when(proc, err, "catching SIGTERM", lambda: catches_sigterm(proc.pid), signum)
     text = err.read_text()
     assert code == 0, text
     name = signal.Signals(signum).name
@@ -93,16 +99,8 @@ async def test_a_stop_signal_during_the_demo_ends_it_early_with_its_report(tmp_p
     db, out, err = tmp_path / "demo.db", tmp_path / "out.txt", tmp_path / "err.txt"
     proc = await demo_child(db, out, err)
     started = time.monotonic()
-    try:
-        await until("logging 20 frames", lambda: logged(db) >= 20, proc, err)
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGTERM)  # a second one while it stops: absorbed
-        with trio.fail_after(60):
-            code = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    # A second signal while it stops: absorbed.
+    code = await stop_when(proc, err, "logging 20 frames", lambda: logged(db) >= 20, signal.SIGINT, signal.SIGTERM)
     text, report = err.read_text(), out.read_text()
     assert code == 0, text
     assert time.monotonic() - started < DURATION_S
