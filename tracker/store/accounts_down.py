@@ -44,11 +44,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, select
 
-from tracker.store.errors import translate_db_errors
-from tracker.store.lease import lease_writers
+from tracker.store.process_rows import process_lock_name, replace_process_rows, sweep_dead_rows
 from tracker.store.runtime_schema import accounts_down
+
+__all__ = ["AccountDown", "process_lock_name", "read_down", "replace_own", "sweep_dead"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,55 +68,33 @@ class AccountDown:
     updated_at: datetime | None = None  # when the process last wrote its rows
 
 
-def process_lock_name(process: str) -> str:
-    """The name whose writer lease (``PgLease``, ``lease_writers``) is a process's own on PostgreSQL: held while it
-    lives, so its rows here are its current word."""
-    return f"process:{process}"
-
-
 def replace_own(
     engine: Engine, process: str, pid: int, down: Sequence[AccountDown], now: datetime, *, sole_writer: bool
 ) -> None:
     """Make process ``process``'s rows exactly ``down``, in one transaction. ``sole_writer`` (SQLite, whose file lock
     this process holds): every other process's rows go too, for no other one runs."""
-    t = accounts_down
-    with translate_db_errors(), engine.begin() as conn:
-        conn.execute(delete(t) if sole_writer else delete(t).where(t.c.process == process))
-        if down:
-            conn.execute(
-                insert(t),
-                [
-                    {
-                        "process": process,
-                        "place": one.place,
-                        "pid": pid,
-                        "user_id": one.user,
-                        "reason": one.reason,
-                        "since": one.since,
-                        "failures": one.failures,
-                        "retry_at": one.retry_at,
-                        "back_at": one.back_at,
-                        "updated_at": now,
-                    }
-                    for one in down
-                ],
-            )
+    rows = [
+        {
+            "process": process,
+            "place": one.place,
+            "pid": pid,
+            "user_id": one.user,
+            "reason": one.reason,
+            "since": one.since,
+            "failures": one.failures,
+            "retry_at": one.retry_at,
+            "back_at": one.back_at,
+            "updated_at": now,
+        }
+        for one in down
+    ]
+    replace_process_rows(engine, accounts_down, process, rows, sole_writer=sole_writer)
 
 
 def sweep_dead(engine: Engine, own: str) -> int:
-    """PostgreSQL: delete the rows of processes that no longer hold their lock (a ``kill -9``'s: its session ended,
-    and its lock with it), all but process ``own``'s; how many went. A live process takes its lock before it writes
-    a row and deletes its rows before it lets the lock go, so a row read here whose lock is free is a dead one's.
-    ``tracker status`` never shows such rows: this only keeps the table from growing by a few rows per killed run."""
-    t = accounts_down
-    with translate_db_errors(), engine.begin() as conn:
-        processes = set(conn.execute(select(t.c.process).distinct()).scalars()) - {own}
-        names = {process_lock_name(p): p for p in processes}
-        held = lease_writers(conn, names)
-        dead = [names[name] for name, writer in held.items() if writer.pid is None and writer.backend_pid is None]
-        if not dead:
-            return 0
-        return conn.execute(delete(t).where(t.c.process.in_(dead))).rowcount
+    """PostgreSQL: delete the rows of processes that no longer hold their lock, all but ``own``'s; how many went
+    (``process_rows.sweep_dead_rows``)."""
+    return sweep_dead_rows(engine, accounts_down, own)
 
 
 def read_down(conn: Connection) -> list[AccountDown]:
