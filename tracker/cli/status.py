@@ -2,8 +2,8 @@
 
 Per channel the last entry and its age, the connections' state, projection lag, open and closed gaps, unresolved
 discrepancies and the quarantine; who writes, and the accounts a running ``tracker run`` has given up as down (why,
-since when, next try) or tracks again after a spell down. ``--format json`` for machines. Read-only: it never creates or
-migrates anything.
+since when, next try) or tracks again after a spell down, and the tasks beside ingest it started again after a bug.
+``--format json`` for machines. Read-only: it never creates or migrates anything.
 """
 
 from __future__ import annotations
@@ -73,6 +73,35 @@ def describe_back(back: Any, now: datetime) -> str:
         f"account {back.place} of [[accounts]] in tracker run pid {back.pid} ({user}): tracked again since"
         f" {format_age(back.back_at, now)}, after {minutes:.1f} min down: {back.reason}"
     )
+
+
+def describe_task_failure(failure: Any, now: datetime) -> str:
+    """One task a running ``tracker run`` started again after a bug, in words (the line under ``task failures:``)."""
+    whose = f"account {failure.account}" if failure.account else "the process's own"
+    times = f"{failure.failures} time{'' if failure.failures == 1 else 's'}"
+    since = f" since {format_age(failure.first_at, now)}" if failure.failures > 1 else ""
+    if failure.restart_at <= now:
+        restart = f"started again {format_age(failure.restart_at, now)}"
+    else:
+        restart = f"starts again {format_until(failure.restart_at, now)}"
+    return (
+        f"{failure.task} ({whose}) in tracker run pid {failure.pid}: failed {times}{since}, last"
+        f" {format_age(failure.last_at, now)}: {failure.error}; {restart}"
+    )
+
+
+def _task_failure_json(failure: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "task": failure.task,
+        "account": failure.account or None,
+        "pid": failure.pid,
+        "failures": failure.failures,
+        "first_at": _iso(failure.first_at),
+        "last_at": _iso(failure.last_at),
+        "error": failure.error,
+        "restart_at": _iso(failure.restart_at),
+        "restart_in_s": round((failure.restart_at - now).total_seconds(), 3),
+    }
 
 
 def _back_json(back: Any) -> dict[str, Any]:
@@ -183,6 +212,7 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
         "writer": _writer_json(status.writer),
         "down": [_down_json(d, now) for d in status.down],
         "tracked_again": [_back_json(d) for d in status.tracked_again],
+        "task_failures": [_task_failure_json(f, now) for f in status.task_failures],
         "ledger": [
             {
                 "account": a.account,
@@ -291,6 +321,13 @@ def format_status(status: Any, now: datetime, where: str) -> str:
     if status.tracked_again:
         lines.append("tracked again (after a spell down in this run):")
         lines += [f"  {describe_back(d, now)}" for d in status.tracked_again]
+    if status.task_failures:
+        n = len(status.task_failures)
+        lines.append(
+            f"task failures: {n} task{'' if n == 1 else 's'} beside ingest started again after a bug in this run"
+            " (ingest goes on; the run's log has the traceback)"
+        )
+        lines += [f"  {describe_task_failure(f, now)}" for f in status.task_failures]
     several = len(status.accounts) > 1  # then per account at a glance, and each channel line names its account
     if several:
         lines.append(f"accounts: {len(status.accounts)} in this log")

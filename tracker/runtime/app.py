@@ -62,6 +62,7 @@ from tracker.runtime.service import (
     run_tracker,
 )
 from tracker.runtime.supervise import supervise_task
+from tracker.runtime.task_board import open_task_board
 from tracker.runtime.writer import WriterStats
 from tracker.store.engine import Engine
 from tracker.store.errors import first_line
@@ -101,18 +102,24 @@ async def run_app(
         with trio.open_signal_receiver(signal.SIGHUP) as hangups:
             with signals.start_up("checking the markets"):
                 await check_markets(settings)
-            async with trio.open_nursery() as nursery:
-                hangup_scope = trio.CancelScope()
-                await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
-                services = await run_tracker(
-                    settings,
-                    EventLog(engine),
-                    stop=stop,
-                    handle_signals=False,
-                    extra_tasks=standard_tasks(engine, metrics=metrics),
-                    stop_grace=grace,
-                )
-                hangup_scope.cancel()
+            event_log = EventLog(engine)
+            # The task failures, for `tracker status` (task_board.py): under the SQLite file's lock, which tells
+            # status they are ours.
+            with open_file_lock(event_log):
+                async with open_task_board(engine) as board, trio.open_nursery() as nursery:
+                    hangup_scope = trio.CancelScope()
+                    await nursery.start(watch_hangups, hangups, stop, None, hangup_scope)
+                    services = await run_tracker(
+                        settings,
+                        event_log,
+                        stop=stop,
+                        handle_signals=False,
+                        extra_tasks=standard_tasks(engine, metrics=metrics),
+                        stop_grace=grace,
+                        file_lock=False,
+                        task_board=board,
+                    )
+                    hangup_scope.cancel()
     require_committed([services.writer_stats], grace)
 
 
@@ -212,6 +219,7 @@ async def run_accounts(
                     stop_grace=grace,
                     combiner=combiner,
                     file_lock=False,
+                    task_board=process.task_board,
                     task_status=task_status,
                 )
 
@@ -263,7 +271,12 @@ async def run_accounts(
         # SQLite: one lock for every account. The accounts down, for `tracker status` (down_board.py): under the
         # file's lock, which tells status it is ours.
         with open_file_lock(event_log), _hangup_receiver(signals is not None) as hangups:
-            async with open_down_board(engine, lambda: states) as board, trio.open_nursery() as nursery:
+            async with (
+                open_down_board(engine, lambda: states) as board,
+                open_task_board(engine) as task_board,
+                trio.open_nursery() as nursery,
+            ):
+                process.task_board = task_board
                 hangup_scope = trio.CancelScope()
                 if hangups is not None:
                     await nursery.start(watch_hangups, hangups, stop, reloads, hangup_scope)

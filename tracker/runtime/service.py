@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # the tasks' modules import this one for ``Services``
     from tracker.runtime.ledger_capture import LedgerCapture
     from tracker.runtime.projector import ProjectorStatus
     from tracker.runtime.reconciler import Reconciler
+    from tracker.runtime.task_board import TaskBoard
 
 log = logging.getLogger("tracker.service")
 
@@ -87,6 +88,8 @@ class Services:
     config_index: int | None = None  # and the account's place in the config file (metrics' ``account`` label)
     # Extra tasks' failures that did not stop the run, per task (supervise.py; the tracker_task_failures metric).
     task_failures: Counter[str] = field(default_factory=Counter)
+    # Where they are recorded for tracker status (task_board.py): the process's, given by run_app or run_accounts.
+    task_board: TaskBoard | None = None
 
     @classmethod
     def starting(
@@ -250,6 +253,7 @@ async def run_tracker(
     stop_grace: float | None = None,
     combiner: AppendCombiner | None = None,
     file_lock: bool = True,
+    task_board: TaskBoard | None = None,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
 ) -> Services:
     """Run until ``stop`` is set (or a signal arrives); returns the services with final stats. Exit is clean.
@@ -262,13 +266,16 @@ async def run_tracker(
     (the module docstring); ``settings.stop_grace_s`` (``TRACKER_STOP_GRACE``) unless given.
 
     ``combiner``: the live appends of this and other accounts' writers in this process go through it
-    (``run_accounts``); ``file_lock`` False: the caller holds the SQLite file's lock for every account it runs."""
+    (``run_accounts``); ``file_lock`` False: the caller holds the SQLite file's lock for every account it runs.
+    ``task_board``: where the extra tasks' contained failures are recorded for ``tracker status`` (the process's:
+    ``task_board.py``)."""
     stop = trio.Event() if stop is None else stop
     grace = settings.stop_grace_s if stop_grace is None else stop_grace
     api_key, api_secret = settings.require_credentials()
     own_client = client is None
     client = client or BitstampClient(settings.api_url, api_key, api_secret)
     services = Services.starting(settings, stop, event_log, combiner)
+    services.task_board = task_board
     engine = event_log.engine
     gate = WriteGate()
     writer_done = trio.Event()

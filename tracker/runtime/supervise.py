@@ -10,7 +10,8 @@ What ends an extra task, and what the supervisor (``supervise_task``) does then:
   minutes), with one ERROR line and its traceback the first time, one line each time after. Meanwhile ingest and the
   writer go on, so every frame received is still committed: what waits is what the task derives (the projection's
   lag grows, a backfill or a reconciliation comes later). The failures are counted per task
-  (``Services.task_failures``, the ``tracker_task_failures`` metric). Before, such a bug ended ``tracker run``, and
+  (``Services.task_failures``, the ``tracker_task_failures`` metric) and shown by ``tracker status`` while the process
+  runs (``Services.task_board``: ``task_board.py``). Before, such a bug ended ``tracker run``, and
   under a supervisor that restarts it, the run went round a crash loop that kept ingest down most of the time.
 - **A ``TrackerError``** (the exchange refused the key, a damaged database) is a deliberate stop with its one-line
   message: the run ends, as it does when ingest meets it. So does anything that is not an ``Exception`` (a
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from tracker.domain.timeutil import utc_now
 from tracker.errors import TrackerError, leaves
 from tracker.runtime.db_retry import Outage
 from tracker.store.errors import first_line, is_transient
@@ -84,6 +86,8 @@ class Bugs:
         self.failures += 1
         self.services.task_failures[self.name] += 1
         delay = min(BUG_RESTART_BASE_S * 2.0 ** (self.failures - 1), BUG_RESTART_CAP_S)
+        if self.services.task_board is not None:  # for tracker status (task_board.py)
+            self.services.task_board.failed(self.services.account, self.name, describe(error), delay, utc_now())
         if self.failures == 1:
             log.error(
                 "%s failed: %s; live ingest goes on (every frame received is still committed), the task starts again"

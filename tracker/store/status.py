@@ -21,7 +21,8 @@ lock; PostgreSQL: per account, which process holds its writer lease and which wa
 
 And what a running process says of itself, trusted while its lock says it runs: the accounts it has given up as down
 (``[[accounts]]``), each with the reason it logged, since when and its next try (``accounts_down.py``, which says why
-that is not in the log), and those it tracks again after a spell down. On SQLite the rows the pid that holds the
+that is not in the log), and those it tracks again after a spell down; the tasks beside ingest it started again after
+a bug, with how often and the last error (``task_failures.py``). On SQLite the rows the pid that holds the
 file's lock wrote since it took it; on PostgreSQL those of processes holding their own lock, except a "down" for an
 account whose lease another process holds (it is tracked there). A down account also holds no lease on PostgreSQL:
 no writer, whatever the log says.
@@ -39,11 +40,13 @@ from sqlalchemy import Connection, Engine, func, select
 from tracker.bitstamp.ledger_channels import split_ledger_channel
 from tracker.bitstamp.ledger_entries import REST_BALANCES, REST_LEDGER_ROW
 from tracker.domain import tracker_events as te
-from tracker.store.accounts_down import AccountDown, process_lock_name, read_down
+from tracker.store.accounts_down import AccountDown, read_down
 from tracker.store.engine import sqlite_path
 from tracker.store.lease import Writer, file_lock_taken_at, file_writer, lease_writers
+from tracker.store.process_rows import held, live_processes
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
 from tracker.store.schema import event_log, quarantine
+from tracker.store.task_failures import TaskFailure, read_failures
 
 LIFECYCLE: tuple[str, ...] = (
     te.CONNECTED,
@@ -172,6 +175,8 @@ class Status:
     down: list[AccountDown] = field(default_factory=list)
     # Those it tracks again after a spell down (``back_at``): since when, and why it was down.
     tracked_again: list[AccountDown] = field(default_factory=list)
+    # The tasks beside ingest a running ``tracker run`` started again after a bug: how often, the last error.
+    task_failures: list[TaskFailure] = field(default_factory=list)
 
     @property
     def projection_lag(self) -> int | None:
@@ -368,6 +373,7 @@ def read_status(engine: Engine) -> Status:
         status.degraded += _ledger_degraded(conn)
         status.accounts = accounts_of(status.channels, status.connections)
         rows = read_down(conn)
+        failures = read_failures(conn)
         known = {a.account for a in status.accounts}
         down_users = {d.user for d in rows if d.user and d.back_at is None}
         status.accounts += [_never_logged(user) for user in sorted(down_users - known)]
@@ -375,12 +381,16 @@ def read_status(engine: Engine) -> Status:
             writers = lease_writers(conn, [a.account for a in status.accounts])
             status.accounts = [replace(a, writer=writers[a.account]) for a in status.accounts]
             rows = _live_on_postgresql(conn, rows, writers)
+            alive = live_processes(conn, {f.process for f in failures})
+            failures = [f for f in failures if f.process in alive]
     if (path := sqlite_path(engine.url)) is not None:
         status.writer = file_writer(path)
         taken_at = file_lock_taken_at(path)
         rows = [d for d in rows if _written_by_holder(d, status.writer, taken_at)]
+        failures = [f for f in failures if _written_by_holder(f, status.writer, taken_at)]
     elif engine.dialect.name != "postgresql":
-        rows = []  # an in-memory database: no process to trust
+        rows, failures = [], []  # an in-memory database: no process to trust
+    status.task_failures = failures
     status.down = [d for d in rows if d.back_at is None]
     status.tracked_again = [d for d in rows if d.back_at is not None]
     down_of = {d.user: d for d in status.down if d.user}
@@ -392,7 +402,7 @@ def read_status(engine: Engine) -> Status:
     return status
 
 
-def _written_by_holder(row: AccountDown, holder: Writer, taken_at: datetime | None) -> bool:
+def _written_by_holder(row: AccountDown | TaskFailure, holder: Writer, taken_at: datetime | None) -> bool:
     """SQLite: ``row`` is the word of the process that holds the file's lock now: its pid, written since it took
     the lock (a dead process of the same pid wrote before)."""
     return (
@@ -411,20 +421,14 @@ def _never_logged(user: str) -> AccountStatus:
 def _live_on_postgresql(conn: Connection, down: list[AccountDown], writers: dict[str, Writer]) -> list[AccountDown]:
     """The rows of processes that still hold their own lock (``process_lock_name``: a killed one's is gone), but no
     "down" for an account whose writer lease some process holds: that one tracks it."""
-    names = {process_lock_name(d.process): d.process for d in down}
-    alive = {names[name] for name, writer in lease_writers(conn, names).items() if _held(writer)}
+    alive = live_processes(conn, {d.process for d in down})
     return [d for d in down if d.process in alive and not _tracked_elsewhere(d, writers)]
 
 
 def _tracked_elsewhere(row: AccountDown, writers: dict[str, Writer]) -> bool:
     """A "down" row of an account whose lease a process holds (another one: this one gave it up)."""
     lease = writers.get(row.user) if row.user is not None and row.back_at is None else None
-    return lease is not None and _held(lease)
-
-
-def _held(writer: Writer) -> bool:
-    """Whether someone holds the lock ``writer`` describes."""
-    return writer.pid is not None or writer.backend_pid is not None
+    return lease is not None and held(lease)
 
 
 def accounts_of(channels: list[ChannelStatus], live: list[ConnectionStatus]) -> list[AccountStatus]:
