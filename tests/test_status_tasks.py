@@ -228,19 +228,20 @@ def test_a_dead_processs_task_failures_are_not_shown_and_are_swept(pg_url: str) 
 
 
 async def test_task_board_counts_per_task_and_keeps_the_first_failure(sqlite_url: str) -> None:
-    redact("sekretsekret")
+    redact("sekretsekret")  # (process-wide: another test's secrets are scrubbed too, so the filler is none)
     upgrade(sqlite_url)
     engine = open_engine(sqlite_url)
     try:
         board = TaskBoard(engine)
         t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
         board.failed("7", "projector_task", "KeyError: 'a'", 5.0, t0)
-        board.failed("7", "projector_task", "ValueError: sekretsekret " + "x" * 900, 10.0, t0 + timedelta(seconds=6))
+        long_error = "ValueError: sekretsekret " + "\u00b7" * 900
+        board.failed("7", "projector_task", long_error, 10.0, t0 + timedelta(seconds=6))
         board.failed(None, "metrics_task", "OSError: b", 5.0, t0)
         projector = board.failures[("7", "projector_task")]
         assert (projector.failures, projector.first_at, projector.last_at) == (2, t0, t0 + timedelta(seconds=6))
         assert projector.restart_at == t0 + timedelta(seconds=16)
-        assert projector.error.startswith("ValueError: *** xxx") and len(projector.error) == ERROR_CHARS
+        assert projector.error == "ValueError: *** " + "\u00b7" * (ERROR_CHARS - 17) + "…"
         assert board.failures[("", "metrics_task")].failures == 1
     finally:
         engine.dispose()
