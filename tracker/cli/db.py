@@ -1,6 +1,7 @@
 """``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py);
 ``tracker db copy``: the log moved into another database (``tracker/store/log_copy.py``); ``tracker db
-import-unsaved``: the frames a run saved in a side file appended to the log (``runtime/writer.py``: ``spill``).
+import-unsaved``: the frames a run saved in a side file appended to the log (``runtime/writer.py``: ``spill``);
+``tracker db backup``: a SQLite database copied while ``tracker run`` writes it, verified (``store/online_backup.py``).
 
 A downgrade that would drop a non-empty event log is refused; ``--drop-log`` allows it after tracker has written a
 backup and printed its path (``tracker/store/backup.py``).
@@ -80,6 +81,14 @@ def register(subparsers: Any) -> None:
         " source's head recorded (none of its accounts may be in the target)",
     )
     copy.set_defaults(func=cmd_copy)
+    backup = sub.add_parser(
+        "backup",
+        help="copy a SQLite database to PATH while tracker run goes on writing it, and prove the copy equals the log"
+        " (its chain walked, its head the database's row); PostgreSQL: use pg_dump",
+    )
+    add_common_flags(backup)
+    backup.add_argument("path", type=Path, metavar="PATH", help="the backup file to write (must not exist)")
+    backup.set_defaults(func=cmd_backup)
     unsaved = sub.add_parser(
         "import-unsaved",
         help="append the frames a run saved in a side file (<db>.unsaved-<time>.jsonl) when the database could not"
@@ -274,6 +283,27 @@ def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> l
         f"the source's head {merged.source} is recorded in the log: log_merged at seq"
         f" {', '.join(str(seq) for seq in merged.markers)}",
     ]
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from tracker.store import migrate
+    from tracker.store.online_backup import back_up_sqlite
+
+    engine = open_database(load_settings(flags={"db_url": args.db_url}))
+    try:
+        migrate.check_schema(engine)
+        done = back_up_sqlite(engine, args.path)
+    finally:
+        engine.dispose()
+    print(
+        f"backup written to {done.path}: {done.events:,} events and {done.quarantined:,} quarantined frames,"
+        f" {done.size / 1e6:.1f} MB, in {done.seconds:.1f} s"
+    )
+    if done.events:
+        seq = done.head.seq
+        print(f"the backup verifies: seq 1..{seq} intact, head {done.head}, the same as the database's row {seq}")
+    print(f"check it again at any time: tracker verify --db-url sqlite:///{done.path} --expect-anchor {done.head}")
+    return 0
 
 
 IMPORT_BATCH = 500  # entries per append transaction

@@ -1,0 +1,138 @@
+"""``tracker db backup PATH`` through the real CLI: a SQLite database copied while ``tracker run`` writes it is the
+log as of one commit, proven (its chain walked, its head the database's row), one file, readable by ``tracker
+verify``; a log that does not verify, a destination that exists and PostgreSQL are refused with one line, and nothing
+is left behind.
+
+Rules: the fake exchange on loopback port 0 for the live run; local databases only; the backup runs off the trio
+thread, as another process would; no sleep as synchronisation.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import trio
+from sqlalchemy import update
+from store_helpers import entry, open_log, tampering
+from test_ingest_e2e import tracker_running
+
+from tracker.cli import main
+from tracker.store.schema import event_log
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def backup(url: str, path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["db", "backup", str(path), "--db-url", url])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def chain_of(path: Path, until: int | None = None) -> list[tuple[int, str]]:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT seq, hash FROM event_log WHERE seq <= ? ORDER BY seq", (until or 2**62,))
+        return [(int(seq), str(hash_)) for seq, hash_ in rows]
+
+
+async def test_a_backup_taken_while_tracker_run_writes_is_the_log_as_of_one_commit(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = Path(sqlite_url.removeprefix("sqlite:///"))
+    path = backups(tmp_path) / "tracker-backup.db"
+    async with tracker_running(sqlite_url) as run:
+        await run.fx.wait_subscribed(run.fx.private_channels())
+        await run.fx.generate(200)
+        await run.wait_all_delivered_committed()
+        run.fx.set_rate(400)  # the run goes on receiving and committing while the backup is taken
+        await run.wait_committed(lambda: len(run.ws_payloads()) > 250)
+        code, out = await trio.to_thread.run_sync(backup, sqlite_url, path, capsys)
+        await run.wait_committed(lambda: run.log.head() > head_of(out))  # and after it
+        run.fx.set_rate(None)
+        assert run.services.writer_stats.retries == 0  # no append ever met a lock the backup held
+    assert code == 0, out
+    head = head_of(out)
+    lines = out.splitlines()
+    assert lines[0].startswith(f"backup written to {path}: {head:,} events and 0 quarantined frames, ")
+    anchor = lines[1].split(" head ")[1].split(",")[0]
+    assert (
+        lines[1] == f"the backup verifies: seq 1..{head} intact, head {anchor}, the same as the database's row {head}"
+    )
+    assert lines[2] == f"check it again at any time: tracker verify --db-url sqlite:///{path} --expect-anchor {anchor}"
+    # Row for row the database's first `head` rows; one file, nothing left beside it.
+    assert chain_of(path) == chain_of(source, head)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert main(["verify", "--db-url", f"sqlite:///{path}", "--expect-anchor", anchor]) == 0
+    capsys.readouterr()
+
+
+def backups(tmp_path: Path) -> Path:
+    """A directory of its own for the backups (the database lives in ``tmp_path``)."""
+    path = tmp_path / "backups"
+    path.mkdir()
+    return path
+
+
+def head_of(out: str) -> int:
+    """The backup's head seq, from its first line (``backup written to P: N events ...``)."""
+    return int(out.split(": ", 1)[1].split(" events", 1)[0].replace(",", ""))
+
+
+def test_a_log_that_does_not_verify_is_not_backed_up(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_log(sqlite_url) as log:
+        log.append([entry(i) for i in range(1, 7)])
+    with tampering(sqlite_url) as conn:
+        conn.execute(update(event_log).where(event_log.c.seq == 3).values(payload="{}"))
+    path = backups(tmp_path) / "backup.db"
+    code, out = backup(sqlite_url, path, capsys)
+    assert code == 2
+    assert out == (
+        "tracker: error: no backup written, the log does not verify: the chain fails at seq 3: content does not match"
+        " its hash (the row was altered or moved); tracker verify on the database says more\n"
+    )
+    assert out.count("\n") == 1
+    assert list(path.parent.iterdir()) == []  # neither the backup nor its partial copy
+
+
+def test_a_destination_that_exists_is_never_overwritten_and_a_partial_one_never_kept(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_log(sqlite_url) as log:
+        log.append([entry(i) for i in range(1, 4)])
+    path = backups(tmp_path) / "backup.db"
+    path.write_bytes(b"someone's file")
+    code, out = backup(sqlite_url, path, capsys)
+    assert (code, out) == (
+        2,
+        f"tracker: error: {path} exists already: choose another path (a backup never overwrites a file)\n",
+    )
+    assert path.read_bytes() == b"someone's file"
+    path.unlink()
+    Path(f"{path}.partial").write_bytes(b"an interrupted backup's copy")
+    code, out = backup(sqlite_url, path, capsys)
+    assert code == 0, out
+    assert sorted(p.name for p in path.parent.iterdir()) == ["backup.db"]
+    assert [seq for seq, _ in chain_of(path)] == [1, 2, 3]
+    code, out = backup(sqlite_url, tmp_path / "missing" / "backup.db", capsys)
+    assert code == 2 and f"the directory {tmp_path / 'missing'} does not exist" in out
+
+
+def test_postgresql_is_refused_with_what_to_use_instead(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_log(pg_url):
+        pass
+    code, out = backup(pg_url, backups(tmp_path) / "backup.db", capsys)
+    assert code == 2
+    assert out == (
+        "tracker: error: tracker db backup copies a SQLite database; back PostgreSQL up with its own tools (pg_dump"
+        " -Fc -f tracker.dump DBNAME), or stop tracker run and tracker db copy the log into a SQLite file\n"
+    )
+    assert list((tmp_path / "backups").iterdir()) == []
