@@ -1,7 +1,7 @@
 """``tracker db backup PATH`` through the real CLI: a SQLite database copied while ``tracker run`` writes it is the
 log as of one commit, proven (its chain walked, its head the database's row), one file, readable by ``tracker
-verify``; a log that does not verify, a destination that exists and PostgreSQL are refused with one line, and nothing
-is left behind.
+verify``; a PostgreSQL log's copy (a SQLite file, projections rebuilt) likewise; a log that does not verify and a
+destination that exists are refused with one line, and nothing is left behind.
 
 Rules: the fake exchange on loopback port 0 for the live run; local databases only; the backup runs off the trio
 thread, as another process would; no sleep as synchronisation.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from sqlalchemy import update
+from sqlalchemy import select, update
 from store_helpers import entry, open_log, tampering
 from test_ingest_e2e import tracker_running
 
@@ -124,15 +124,57 @@ def test_a_destination_that_exists_is_never_overwritten_and_a_partial_one_never_
     assert code == 2 and f"the directory {tmp_path / 'missing'} does not exist" in out
 
 
-def test_postgresql_is_refused_with_what_to_use_instead(
+async def test_a_postgresql_log_is_backed_up_into_a_sqlite_file_while_tracker_run_writes_it(
     pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with open_log(pg_url):
-        pass
-    code, out = backup(pg_url, backups(tmp_path) / "backup.db", capsys)
-    assert code == 2
-    assert out == (
-        "tracker: error: tracker db backup copies a SQLite database; back PostgreSQL up with its own tools (pg_dump"
-        " -Fc -f tracker.dump DBNAME), or stop tracker run and tracker db copy the log into a SQLite file\n"
+    """The log as of the walk's start, row for row the server's, in a SQLite file with its projections rebuilt to
+    that head; the run goes on meanwhile, never waiting for a lock."""
+    path = backups(tmp_path) / "from-postgresql.db"
+    async with tracker_running(pg_url) as run:
+        await run.fx.wait_subscribed(run.fx.private_channels())
+        await run.fx.generate(200)
+        await run.wait_all_delivered_committed()
+        run.fx.set_rate(400)
+        code, out = await trio.to_thread.run_sync(backup, pg_url, path, capsys)
+        assert code == 0, out
+        await run.wait_committed(lambda: run.log.head() > head_of(out))  # the run went on
+        run.fx.set_rate(None)
+        assert run.services.writer_stats.retries == 0
+        head = head_of(out)
+        with run.log.engine.connect() as conn:
+            server = [
+                (int(seq), str(hash_))
+                for seq, hash_ in conn.execute(
+                    select(event_log.c.seq, event_log.c.hash).where(event_log.c.seq <= head).order_by(event_log.c.seq)
+                )
+            ]
+    assert chain_of(path) == server
+    lines = out.splitlines()
+    assert lines[2] == (
+        "it is a SQLite file of the log as of then, its projections rebuilt (the server's own backup is pg_dump)"
     )
-    assert list((tmp_path / "backups").iterdir()) == []
+    anchor = lines[1].split(" head ")[1].split(",")[0]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert conn.execute("SELECT seq FROM projector_checkpoint").fetchall() == [(head,)]
+        assert conn.execute("SELECT count(*) FROM v_fills").fetchone()[0] > 0
+    assert main(["verify", "--db-url", f"sqlite:///{path}", "--expect-anchor", anchor]) == 0
+    capsys.readouterr()
+
+
+def test_a_postgresql_log_that_does_not_verify_is_not_backed_up(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_log(pg_url) as log:
+        log.append([entry(i) for i in range(1, 7)])
+    with tampering(pg_url) as conn:
+        conn.execute(update(event_log).where(event_log.c.seq == 3).values(payload="{}"))
+    path = backups(tmp_path) / "backup.db"
+    code, out = backup(pg_url, path, capsys)
+    assert out == (
+        "tracker: error: the source's hash chain fails at seq 3 (content does not match its hash (the row was altered"
+        " or moved)): nothing copied; `tracker verify` on the source says more\n"
+    )
+    assert code == 2
+    assert list(path.parent.iterdir()) == []

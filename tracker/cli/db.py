@@ -1,7 +1,8 @@
 """``tracker db upgrade|downgrade|current``: schema migrations (Alembic's command API, the shared migrations/env.py);
 ``tracker db copy``: the log moved into another database (``tracker/store/log_copy.py``); ``tracker db
 import-unsaved``: the frames a run saved in a side file appended to the log (``runtime/writer.py``: ``spill``);
-``tracker db backup``: a SQLite database copied while ``tracker run`` writes it, verified (``store/online_backup.py``).
+``tracker db backup``: the database copied into a SQLite file while ``tracker run`` writes it, verified
+(``store/online_backup.py``).
 
 A downgrade that would drop a non-empty event log is refused; ``--drop-log`` allows it after tracker has written a
 backup and printed its path (``tracker/store/backup.py``).
@@ -83,8 +84,9 @@ def register(subparsers: Any) -> None:
     copy.set_defaults(func=cmd_copy)
     backup = sub.add_parser(
         "backup",
-        help="copy a SQLite database to PATH while tracker run goes on writing it, and prove the copy equals the log"
-        " (its chain walked, its head the database's row); PostgreSQL: use pg_dump",
+        help="copy the database to the SQLite file PATH while tracker run goes on writing it, and prove the copy"
+        " equals the log (its chain walked, its head the database's row); a PostgreSQL log's copy has its"
+        " projections rebuilt",
     )
     add_common_flags(backup)
     backup.add_argument("path", type=Path, metavar="PATH", help="the backup file to write (must not exist)")
@@ -286,13 +288,30 @@ def _copy_lines(source: Engine, target: Engine, *, merge: bool, total: int) -> l
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from tracker.progress import Progress
     from tracker.store import migrate
-    from tracker.store.online_backup import back_up_sqlite
+    from tracker.store.event_log import EventLog
+    from tracker.store.online_backup import back_up
+    from tracker.store.projections import BatchResult
+    from tracker.store.rebuild import rebuild
+
+    def rebuilding(copy: Engine) -> None:
+        """The copy's projections (a PostgreSQL log's SQLite copy), with a progress line."""
+        progress = Progress("rebuilding the copy's projections", total=EventLog(copy).head())
+
+        def advance(batch: BatchResult) -> None:
+            progress.advance(batch.events)
+
+        try:
+            rebuild(copy, on_batch=advance, on_restart=progress.restart)
+        finally:
+            progress.close()
 
     engine = open_database(load_settings(flags={"db_url": args.db_url}))
     try:
         migrate.check_schema(engine)
-        done = back_up_sqlite(engine, args.path)
+        done = back_up(engine, args.path, rebuilding=rebuilding)
+        postgresql = engine.dialect.name == "postgresql"
     finally:
         engine.dispose()
     print(
@@ -302,6 +321,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if done.events:
         seq = done.head.seq
         print(f"the backup verifies: seq 1..{seq} intact, head {done.head}, the same as the database's row {seq}")
+    if postgresql:
+        print("it is a SQLite file of the log as of then, its projections rebuilt (the server's own backup is pg_dump)")
     print(f"check it again at any time: tracker verify --db-url sqlite:///{done.path} --expect-anchor {done.head}")
     return 0
 

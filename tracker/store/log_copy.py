@@ -33,6 +33,11 @@ recording the source and its head anchor, so that the merged rows can be traced 
 whole chain is walked, and every merged row is compared with its source row, column for column but ``seq`` and
 the links.
 
+``snapshot_log`` (``tracker db backup`` of a PostgreSQL log, into a new SQLite file) copies while ``tracker run``
+goes on appending to the source: no lock and no writer check on the source, only the rows up to the head the walk
+of step 3 started from (they are all visible and never change: the log is append-only and its rows become visible
+in seq order), and the quarantined frames up to the last one there when the copy starts; steps 4 and 5 as for a copy.
+
 One conversion, on PostgreSQL only: a quarantined raw text holding NUL (which PostgreSQL text cannot hold; SQLite
 keeps it) is stored JSON-quoted with a note in its reason, as tracker's own writer does on PostgreSQL
 (``event_log._fit``). The quarantine is outside the chain; event log rows never hold NUL on any backend (such an
@@ -127,6 +132,40 @@ def merge_log(
     return replace(result, seconds=time.monotonic() - started)
 
 
+def snapshot_log(
+    source: Engine, target: Engine, *, page: int = PAGE, on_progress: Progress | None = None
+) -> CopyResult:
+    """Copy ``source``'s event log as of now (its head when the walk starts) and its quarantine into ``target``
+    (migrated, holding neither yet) while ``tracker run`` goes on appending to the source (``tracker db backup`` of a
+    PostgreSQL log). No lock on the source: the log is append-only and its rows become visible in seq order (the
+    gapless seq, docs/storage.md), so every row up to the walked head is there and never changes; the rows appended
+    meanwhile are left out, and so are the quarantined frames after the last one seen when the copy starts. Steps 3-5
+    of the module docstring otherwise: the source's chain walked first, the rows in one target transaction, the
+    target's chain walked after, its row at the head seq the source's head hash."""
+    started = time.monotonic()
+    _refuse_same(source, target)
+    check_schema(source)
+    check_schema(target)
+    with _no_other_writer(target, "target"):
+        head = _walked_head(source)
+        with writer(target).connect() as out, out.begin(), source.connect() as into, into.begin():
+            _require_empty(out, target)
+            last_held = into.execute(select(func.coalesce(func.max(quarantine.c.id), 0))).scalar_one()
+            events = _rows(into, out, event_log, event_log.c.seq, page, on_progress, upto=head.seq)
+            fit = _fit if out.dialect.name == "postgresql" else None
+            quarantined = _rows(into, out, quarantine, quarantine.c.id, page, None, fit, upto=int(last_held))
+            if quarantined and out.dialect.name == "postgresql":
+                _quarantine_ids_after_the_copied(out)
+    problem = _differs(walk_chain(target, head))
+    if problem is None and events != head.seq:
+        problem = f"{events} rows copied for seq 1..{head.seq}"
+    if problem is not None:
+        raise StoreError(
+            f"the copy at {display_url(target.url)} does not verify ({problem}); the source is untouched: report this"
+        )
+    return CopyResult(events, quarantined, head.seq, head.hash, time.monotonic() - started)
+
+
 @contextmanager
 def _checked(source: Engine, target: Engine, *, merge: bool = False) -> Iterator[Anchor]:
     """Steps 1-3: the source's head, walked and intact, while nobody else writes the source (nor a SQLite target)."""
@@ -134,16 +173,21 @@ def _checked(source: Engine, target: Engine, *, merge: bool = False) -> Iterator
     check_schema(source)
     check_schema(target)
     with _no_other_writer(source, "source"), _no_other_writer(target, "target", merge=merge):
-        walked = walk_chain(source)
-        if walked.unreadable is not None:
-            raise StoreError(f"the source database cannot be read: {walked.unreadable}; nothing copied")
-        broken = walked.walker.finish()
-        if broken is not None:
-            raise StoreError(
-                f"the source's hash chain fails at seq {broken.seq} ({broken.reason}): nothing copied;"
-                " `tracker verify` on the source says more"
-            )
-        yield Anchor(walked.walker.head, walked.walker.head_hash)
+        yield _walked_head(source)
+
+
+def _walked_head(source: Engine) -> Anchor:
+    """Step 3: the source's head, its chain walked from seq 1 and intact; one line when it is not."""
+    walked = walk_chain(source)
+    if walked.unreadable is not None:
+        raise StoreError(f"the source database cannot be read: {walked.unreadable}; nothing copied")
+    broken = walked.walker.finish()
+    if broken is not None:
+        raise StoreError(
+            f"the source's hash chain fails at seq {broken.seq} ({broken.reason}): nothing copied;"
+            " `tracker verify` on the source says more"
+        )
+    return Anchor(walked.walker.head, walked.walker.head_hash)
 
 
 def _differs(walked: Walked) -> str | None:
@@ -237,22 +281,26 @@ def _head_of(conn: Connection) -> Anchor:
 def _copy(source: Engine, target: Engine, head: Anchor, page: int, on_progress: Progress | None) -> tuple[int, int]:
     """Step 4: (event log rows, quarantine rows) copied, in one target transaction."""
     with _both(source, target, head) as (into, out):
-        held = {
-            name: int(out.execute(select(func.count()).select_from(table)).scalar_one())
-            for name, table in (("event_log", event_log), ("quarantine", quarantine))
-        }
-        if any(held.values()):
-            raise StoreError(
-                f"the target at {display_url(target.url)} already holds a log ({held['event_log']} events,"
-                f" {held['quarantine']} quarantined): copy into an empty database, or add --merge to append this"
-                " log's accounts to it, renumbered"
-            )
+        _require_empty(out, target)
         events = _rows(into, out, event_log, event_log.c.seq, page, on_progress)
         fit = _fit if out.dialect.name == "postgresql" else None
         quarantined = _rows(into, out, quarantine, quarantine.c.id, page, None, fit)
         if quarantined and out.dialect.name == "postgresql":
             _quarantine_ids_after_the_copied(out)
     return events, quarantined
+
+
+def _require_empty(out: Connection, target: Engine) -> None:
+    held = {
+        name: int(out.execute(select(func.count()).select_from(table)).scalar_one())
+        for name, table in (("event_log", event_log), ("quarantine", quarantine))
+    }
+    if any(held.values()):
+        raise StoreError(
+            f"the target at {display_url(target.url)} already holds a log ({held['event_log']} events,"
+            f" {held['quarantine']} quarantined): copy into an empty database, or add --merge to append this"
+            " log's accounts to it, renumbered"
+        )
 
 
 def _quarantine_ids_after_the_copied(out: Connection) -> None:
@@ -380,12 +428,18 @@ def _rows(
     on_progress: Progress | None,
     transform: Transform | None = None,
     columns: Sequence[str] | None = None,
+    *,
+    upto: int | None = None,
 ) -> int:
     """Every row of ``table`` from ``into`` to ``out``, in ``order``, ``page`` rows at a time, each as ``transform``
-    makes it (values of ``columns``: the table's, by default); the count."""
+    makes it (values of ``columns``: the table's, by default); the count. ``upto``: only the rows whose ``order``
+    is at most that."""
     names = list(columns or (column.name for column in table.columns))
     copied = 0
-    result = into.execution_options(yield_per=page).execute(select(table).order_by(order))
+    query = select(table).order_by(order)
+    if upto is not None:
+        query = query.where(order <= upto)
+    result = into.execution_options(yield_per=page).execute(query)
     for part in result.partitions():
         rows = [tuple(row) for row in part] if transform is None else [transform(row) for row in part]
         _write(out, table, names, rows)
