@@ -83,21 +83,27 @@ def head_of(out: str) -> int:
     return int(out.split(": ", 1)[1].split(" events", 1)[0].replace(",", ""))
 
 
+# What a log that does not verify is refused with: the copy's check (SQLite), the source's walk (PostgreSQL: as `tracker
+# db copy` says it).
+NOT_VERIFIED = {
+    "sqlite": "no backup written, the log does not verify: the chain fails at seq 3: content does not match its hash"
+    " (the row was altered or moved); tracker verify on the database says more",
+    "postgresql": "the source's hash chain fails at seq 3 (content does not match its hash (the row was altered or"
+    " moved)): nothing copied; `tracker verify` on the source says more",
+}
+
+
 def test_a_log_that_does_not_verify_is_not_backed_up(
-    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with open_log(sqlite_url) as log:
+    with open_log(db_url) as log:
         log.append([entry(i) for i in range(1, 7)])
-    with tampering(sqlite_url) as conn:
+    with tampering(db_url) as conn:
         conn.execute(update(event_log).where(event_log.c.seq == 3).values(payload="{}"))
+        dialect = conn.dialect.name
     path = backups(tmp_path) / "backup.db"
-    code, out = backup(sqlite_url, path, capsys)
-    assert code == 2
-    assert out == (
-        "tracker: error: no backup written, the log does not verify: the chain fails at seq 3: content does not match"
-        " its hash (the row was altered or moved); tracker verify on the database says more\n"
-    )
-    assert out.count("\n") == 1
+    code, out = backup(db_url, path, capsys)
+    assert (code, out) == (2, f"tracker: error: {NOT_VERIFIED[dialect]}\n")
     assert list(path.parent.iterdir()) == []  # neither the backup nor its partial copy
 
 
@@ -161,20 +167,3 @@ async def test_a_postgresql_log_is_backed_up_into_a_sqlite_file_while_tracker_ru
         assert conn.execute("SELECT count(*) FROM v_fills").fetchone()[0] > 0
     assert main(["verify", "--db-url", f"sqlite:///{path}", "--expect-anchor", anchor]) == 0
     capsys.readouterr()
-
-
-def test_a_postgresql_log_that_does_not_verify_is_not_backed_up(
-    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with open_log(pg_url) as log:
-        log.append([entry(i) for i in range(1, 7)])
-    with tampering(pg_url) as conn:
-        conn.execute(update(event_log).where(event_log.c.seq == 3).values(payload="{}"))
-    path = backups(tmp_path) / "backup.db"
-    code, out = backup(pg_url, path, capsys)
-    assert out == (
-        "tracker: error: the source's hash chain fails at seq 3 (content does not match its hash (the row was altered"
-        " or moved)): nothing copied; `tracker verify` on the source says more\n"
-    )
-    assert code == 2
-    assert list(path.parent.iterdir()) == []

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from test_accounts_process import start_accounts
 from test_ingest_e2e import record_deliveries
 from test_ingest_process import child_env, record_written
@@ -184,7 +186,11 @@ async def test_the_projector_of_a_several_accounts_run_is_the_processs_own(
 
                 def failed_twice() -> list[TaskFailure]:
                     shown = read_status(engine).task_failures
-                    return shown if shown and shown[0].failures >= 2 else []
+                    projector = [f for f in shown if f.task == "projector_task" and f.failures >= 2]
+                    # The accounts' reconcilers project too (their catch-up): each one's recovery task is its own.
+                    others = {(f.task, f.account) for f in shown if f.task != "projector_task"}
+                    assert others <= {("recovery_task", "710201"), ("recovery_task", "710202")}, others
+                    return projector
 
                 [failure] = await poll("the process's projector shown failing twice", failed_twice)
                 assert (failure.account, failure.task, failure.error) == (
@@ -276,6 +282,51 @@ async def test_a_board_that_fails_on_a_bug_logs_it_and_writes_at_the_next_change
         assert written[0] == ["second"]
         assert "task failures not recorded for tracker status (a bug in tracker" in caplog.text
         assert "ValueError: a bug in the board" in caplog.text
+    finally:
+        engine.dispose()
+
+
+async def test_a_board_deletes_its_rows_only_after_its_last_write(sqlite_url: str) -> None:
+    """A write under way in its thread when the block ends is not abandoned: the deletion comes after it, or the
+    rows of a stopped process would stay (a multi-account test saw it once: three rows after the stop)."""
+    upgrade(sqlite_url)
+    engine = open_engine(sqlite_url)
+    calls: list[tuple[str, bool]] = []  # (what, whether the late write was still under way)
+    writing, release, cleared = threading.Event(), threading.Event(), threading.Event()
+
+    def replace(
+        engine: Engine, process: str, pid: int, rows: Sequence[str], now: datetime, *, sole_writer: bool
+    ) -> None:
+        if list(rows) == ["late"]:
+            writing.set()
+            release.wait(10)
+            calls.append(("late", False))
+            writing.clear()
+        elif not rows and calls:
+            calls.append(("clear", writing.is_set()))
+            cleared.set()
+
+    state: list[str] = []
+    board = ProcessBoard(engine, "task failures", lambda: state, replace, lambda engine, own: 0, fatal=False)
+    leaving = trio.Event()
+
+    async def release_once_the_stop_waits() -> None:
+        await leaving.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        # A deletion that does not wait for the write would come now, in its own thread.
+        await trio.to_thread.run_sync(cleared.wait, 1.0)
+        release.set()
+
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(release_once_the_stop_waits)
+                async with open_board(board):
+                    state = ["late"]
+                    board.notify()
+                    await trio.to_thread.run_sync(writing.wait)
+                    leaving.set()
+        assert calls == [("late", False), ("clear", False)]
     finally:
         engine.dispose()
 

@@ -140,17 +140,21 @@ class ProcessBoard(Generic[Row]):
 @asynccontextmanager
 async def open_board(board: ProcessBoard[Row]) -> AsyncIterator[ProcessBoard[Row]]:
     """``board`` writing until the block ends; then this process's rows deleted (a database that fails that is
-    logged: the rows' lock ends with the process anyway)."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(board.run)
-        try:
-            yield board
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True):
-                try:
-                    await trio.to_thread.run_sync(board.clear)
-                except Exception as error:
-                    if not is_transient(error):
-                        raise
-                    log.warning("%s not cleared: %s (their lock ended with the run)", board.what, first_line(error))
+    logged: the rows' lock ends with the process anyway). The deletion waits for the writing task to end: a write
+    under way in its thread is not abandoned by the cancellation, and one that committed after the deletion would
+    leave the rows of a stopped process behind."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(board.run)
+            try:
+                yield board
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(board.clear)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("%s not cleared: %s (their lock ended with the run)", board.what, first_line(error))

@@ -17,7 +17,7 @@ process's lock (``tracker status``: the same rule as for ``accounts_down``, ``pr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, select
@@ -48,21 +48,7 @@ def replace_own_failures(
     engine: Engine, process: str, pid: int, failures: Sequence[TaskFailure], now: datetime, *, sole_writer: bool
 ) -> None:
     """Make process ``process``'s rows exactly ``failures``, in one transaction (``replace_process_rows``)."""
-    rows = [
-        {
-            "process": process,
-            "account": one.account,
-            "task": one.task,
-            "pid": pid,
-            "failures": one.failures,
-            "first_at": one.first_at,
-            "last_at": one.last_at,
-            "error": one.error,
-            "restart_at": one.restart_at,
-            "updated_at": now,
-        }
-        for one in failures
-    ]
+    rows = [{**asdict(one), "process": process, "pid": pid, "updated_at": now} for one in failures]
     replace_process_rows(engine, task_failures, process, rows, sole_writer=sole_writer)
 
 
