@@ -77,7 +77,7 @@ def back_up(engine: Engine, destination: Path, *, rebuilding: Rebuilding | None 
             _copy(source, partial)
             anchor, events, held = _verify(engine, partial)
         else:
-            anchor, events, held = _snapshot(engine, partial, rebuilding or (lambda copy: rebuild(copy)))
+            anchor, events, held = _snapshot(engine, partial, rebuilding or rebuild)
         _single_file(partial)  # tracker's engine opened it in WAL mode
         os.link(partial, destination)  # no-clobber: fails if the destination appeared meanwhile
     except FileExistsError:
