@@ -20,6 +20,8 @@ from store_helpers import entry, open_log, tampering
 from test_ingest_e2e import tracker_running
 
 from tracker.cli import main
+from tracker.store import online_backup
+from tracker.store.lease import file_lock_for
 from tracker.store.schema import event_log
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,6 +83,37 @@ def backups(tmp_path: Path) -> Path:
 def head_of(out: str) -> int:
     """The backup's head seq, from its first line (``backup written to P: N events ...``)."""
     return int(out.split(": ", 1)[1].split(" events", 1)[0].replace(",", ""))
+
+
+def test_a_paced_copy_is_one_snapshot_while_another_connection_commits_between_its_steps(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy goes in steps, and a writer commits between every two of them (here: in the pause a live run's
+    lock asks for); the copy is still the log as of its first step, and it verifies: SQLite did not restart it, nor
+    mix two snapshots."""
+    with open_log(sqlite_url) as log:
+        log.append([entry(i) for i in range(1, 401)])
+        before = log.head()
+        appended: list[int] = []
+
+        def commit_between_steps(_seconds: float) -> None:  # the pause after each step (a live run writes)
+            log.append([entry(1000 + len(appended))])
+            appended.append(log.head())
+
+        monkeypatch.setattr(online_backup, "STEP_PAGES", 2)
+        monkeypatch.setattr(online_backup.time, "sleep", commit_between_steps)
+        lock = file_lock_for(log.engine)
+        assert lock is not None
+        lock.acquire()  # a tracker run holds the writer lock: the copy is paced
+        try:
+            path = backups(tmp_path) / "paced.db"
+            code, out = backup(sqlite_url, path, capsys)
+        finally:
+            lock.release()
+        assert code == 0, out
+        assert len(appended) > 10  # commits between the steps, the log growing meanwhile
+        assert head_of(out) == before == 400
+        assert chain_of(path) == chain_of(Path(sqlite_url.removeprefix("sqlite:///")), before)
 
 
 # What a log that does not verify is refused with: the copy's check (SQLite), the source's walk (PostgreSQL: as `tracker
