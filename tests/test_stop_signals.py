@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -151,3 +152,36 @@ async def test_a_stop_while_the_accounts_are_checked_is_clean(tmp_path: Path, si
         output = await stopped_while_reached(hole, env, tmp_path / "child.log", signums)
     assert_stopped_during_start_up(output, signums, "checking the accounts' markets and keys")
     assert event_log_rows(db_path) == 0
+
+
+# A stop signal that comes once the command is over, as the process ends (the second of SIGTERM then SIGINT when the
+# first was taken at the very end of the start-up): sent by the child itself, after `main` returned.
+LATE_SIGNAL = """
+import os, signal, sys
+from tracker.cli import main
+
+code = main(["run"], exiting=True)  # no credentials: one error line (as the process's entry, tracker.cli.run, calls it)
+print(code, flush=True)
+os.kill(os.getpid(), signal.{name})  # delivered here, at once, as the process is about to end
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+async def test_a_stop_signal_as_the_process_ends_is_absorbed(tmp_path: Path, name: str) -> None:
+    """The process's entry keeps the stop signals to its exit: a signal after the command ended leaves its exit code
+    as it was, where the defaults would end it by the signal (SIGINT: exit -2 after a KeyboardInterrupt; SIGTERM:
+    -15)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env["TRACKER_DB_URL"] = f"sqlite:///{tmp_path / 'tracker.db'}"
+    result = await trio.run_process(
+        [sys.executable, "-c", LATE_SIGNAL.format(name=name)],
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == int(result.stdout) != 0, stderr  # the command's own code
+    assert stderr.startswith("tracker: error: "), stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr

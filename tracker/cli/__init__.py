@@ -245,7 +245,8 @@ def unrecognized(parser: TrackerArgumentParser, args: argparse.Namespace, extras
     owner.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """The command line's command, its exit code. ``exiting``: the process ends right after (``run``)."""
     # First: a SIGTERM or SIGINT while the commands are imported must not kill a starting `tracker run`. A command
     # with a clean stop of its own (``stops_cleanly``) takes them over (``args.early_signals``); the others get the
     # defaults back, and a signal recorded meanwhile is delivered again (runtime/early_signals.py).
@@ -253,7 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv, early)
     finally:
-        early.restore()
+        # The process's own entry keeps them to its exit: a stop signal after a clean stop (the second of SIGTERM
+        # then SIGINT, a double Ctrl-C) is absorbed as during the stop, where the defaults would make a clean exit
+        # a death by SIGINT (-2) or a KeyboardInterrupt. In a caller's process (tests) they are given back.
+        if exiting:
+            early.hand_over()  # record only: nothing is starting up any more
+        else:
+            early.restore()
 
 
 def _main(argv: Sequence[str] | None, early: EarlySignals) -> int:
@@ -321,4 +328,4 @@ def _first_leaf(group: BaseExceptionGroup[TrackerError]) -> TrackerError:
 
 
 def run() -> None:
-    sys.exit(main())
+    sys.exit(main(exiting=True))
