@@ -13,8 +13,8 @@ How, and why it is safe to run beside a live tracker:
   ``fsync`` back: its p99 receive→commit at 1,000 frames/s went from 2.4 ms to 184 ms while backups ran back to
   back (``bench/backup.py``). So the copy goes in steps of ``STEP_PAGES`` pages, each flushed to disk before the
   next, and, while a ``tracker run`` holds the file's writer lock, with a pause of ``STEP_PAUSE_S`` after each
-  (about 80 MB/s on this machine; the chain walk of the copy then uses one core, not two): p99 9.0-12.6 ms with
-  backups back to back, 3.1-4.9 ms without. With no run writing, it goes as fast as it can.
+  (about 80 MB/s on this machine; the chain walk of the copy then uses one core, not two): p99 9.0-16.1 ms with
+  backups back to back, 3.2-4.9 ms without. With no run writing, it goes as fast as it can.
 - **PostgreSQL**: the log as of now copied into a new SQLite file (``log_copy.snapshot_log``: no lock on the source,
   the rows up to the head its walk started from, which never change), then the projections rebuilt in it
   (``rebuild``): a file any ``tracker`` command and the ``sqlite3`` shell open, for an auditor or a second site. It
