@@ -8,6 +8,9 @@ liquidation state), so every change is one new ``PositionRow`` made by ``_put_po
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
+
+import msgspec
 
 from tracker.domain.events import LiquidationAlert, Settlement, Side
 from tracker.domain.projection_state import ZERO, ProjectionState, count, unix_us
@@ -92,6 +95,26 @@ def _put_position(
 # folded), so no tie is left for arrival order to break.
 
 
+def _put_changed(state: ProjectionState, old: PositionRow, **changes: Any) -> None:
+    """``old`` with ``changes`` (fold fields by name: ``realised_pnl=...``), its derived columns made again
+    (``_put_position``). For the paths that change a field or two; a fill's, the hot one, passes every field itself."""
+    new = msgspec.structs.replace(old, **changes)
+    _put_position(
+        state,
+        old,
+        market=new.market,
+        fees=new.fees,
+        realised_pnl=new.realised_pnl,
+        net_size=new.net_size,
+        first_side=new.first_side,
+        entry_cost=new.entry_cost,
+        entry_qty=new.entry_qty,
+        liquidation_state=new.liquidation_state,
+        trade_account_id=new.trade_account_id,
+        last_trade_id=new.last_trade_id,
+    )
+
+
 def exchange_key(trade_id: str) -> tuple[int, str]:
     """A fill's place in exchange order (see above): numeric order of canonical decimal ids."""
     return (len(trade_id), trade_id)
@@ -171,20 +194,9 @@ def refold_positions(state: ProjectionState) -> None:
                 f"position {old.account}/{old.position_id}: its {len(fills)} fills sum to {net}, its row to"
                 f" {old.net_size} (PositionFills missed some)"
             )
-        _put_position(
-            state,
-            old,
-            market=old.market,
-            fees=old.fees,
-            realised_pnl=old.realised_pnl,
-            net_size=old.net_size,
-            first_side="long" if fills[0].side == "buy" else "short",
-            entry_cost=entry_cost,
-            entry_qty=entry_qty,
-            liquidation_state=old.liquidation_state,
-            trade_account_id=old.trade_account_id,
-            last_trade_id=fills[-1].trade_id,
-        )
+        first_side = "long" if fills[0].side == "buy" else "short"
+        last = fills[-1].trade_id
+        _put_changed(state, old, first_side=first_side, entry_cost=entry_cost, entry_qty=entry_qty, last_trade_id=last)
 
 
 def learn_position_account(state: ProjectionState, account: str, position_id: str, trade_account_id: str) -> None:
@@ -192,20 +204,7 @@ def learn_position_account(state: ProjectionState, account: str, position_id: st
     old = _position_row(state, account, position_id)
     if old.trade_account_id is not None:
         return
-    _put_position(
-        state,
-        old,
-        market=old.market,
-        fees=old.fees,
-        realised_pnl=old.realised_pnl,
-        net_size=old.net_size,
-        first_side=old.first_side,
-        entry_cost=old.entry_cost,
-        entry_qty=old.entry_qty,
-        liquidation_state=old.liquidation_state,
-        trade_account_id=trade_account_id,
-        last_trade_id=old.last_trade_id,
-    )
+    _put_changed(state, old, trade_account_id=trade_account_id)
 
 
 def apply_settlement(state: ProjectionState, event: Settlement) -> None:
@@ -237,20 +236,7 @@ def apply_settlement(state: ProjectionState, event: Settlement) -> None:
     state.dirty["settlements"].add(key)
     if event.kind == "settlement" and event.position_id is not None:
         old = _position_row(state, event.account, event.position_id)
-        _put_position(
-            state,
-            old,
-            market=old.market,
-            fees=old.fees,
-            realised_pnl=old.realised_pnl + event.amount,
-            net_size=old.net_size,
-            first_side=old.first_side,
-            entry_cost=old.entry_cost,
-            entry_qty=old.entry_qty,
-            liquidation_state=old.liquidation_state,
-            trade_account_id=old.trade_account_id,
-            last_trade_id=old.last_trade_id,
-        )
+        _put_changed(state, old, realised_pnl=old.realised_pnl + event.amount)
 
 
 def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
@@ -282,17 +268,4 @@ def apply_liquidation(state: ProjectionState, event: LiquidationAlert) -> None:
     account_id = old.trade_account_id if old.trade_account_id is not None else event.trade_account_id
     changed = liquidation_state != old.liquidation_state or account_id != old.trade_account_id
     if changed or (event.account, event.position_id) not in state.positions:
-        _put_position(
-            state,
-            old,
-            market=old.market,
-            fees=old.fees,
-            realised_pnl=old.realised_pnl,
-            net_size=old.net_size,
-            first_side=old.first_side,
-            entry_cost=old.entry_cost,
-            entry_qty=old.entry_qty,
-            liquidation_state=liquidation_state,
-            trade_account_id=account_id,
-            last_trade_id=old.last_trade_id,
-        )
+        _put_changed(state, old, liquidation_state=liquidation_state, trade_account_id=account_id)
