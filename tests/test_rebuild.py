@@ -19,9 +19,9 @@ from tracker.errors import StoreError
 from tracker.store import migrate
 from tracker.store.engine import open_engine, sqlite_path, writer
 from tracker.store.event_log import EventLog
-from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS
+from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS, shadow_tables
 from tracker.store.projections import ProjectionStore
-from tracker.store.rebuild import SCRATCH_SUFFIX, rebuild
+from tracker.store.rebuild import SCRATCH_SUFFIX, _indexes_to_remake, rebuild
 
 
 @pytest.fixture
@@ -101,6 +101,33 @@ def test_rebuild_keeps_the_live_tables_indexes(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def test_the_swap_remakes_only_the_indexes_the_shadow_lacks(tmp_path: Path) -> None:
+    """SQLite: a live index like one of the shadow's (the fills' (account, position_id)) is kept and filled by the
+    transfer; the others, and one a user added that the shadow has no like of (here partial), are made again, and
+    every one is there after a rebuild."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'tracker.db'}")
+    migrate.upgrade(engine)
+    EventLog(engine).append(fake_entries(5, 300))
+    _, shadow = shadow_tables("rebuild_")
+    with writer(engine).begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX ix_mine ON proj_fills (account, position_id) WHERE position_id IS NOT NULL")
+        remade = {name: sorted(index for index, _ in _indexes_to_remake(conn, PROJECTION_TABLES[name], table))
+                  for name, table in shadow.items()}  # fmt: skip
+    assert remade["fills"] == ["ix_mine", "ix_proj_fills_account_executed_at", "ix_proj_fills_account_order_id"]
+    assert remade["orders"] == ["ix_proj_orders_account_created_at"]
+    before = _live_indexes(engine)
+    rebuild(engine, batch=100)
+    assert _live_indexes(engine) == before
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+        assert (
+            conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'ix_mine'")
+            .scalar_one()
+            .endswith("WHERE position_id IS NOT NULL")
+        )
+    engine.dispose()
 
 
 def test_failed_rebuild_leaves_live_tables_and_no_shadows(engine: Engine) -> None:

@@ -171,6 +171,8 @@ def _refill(conn: Connection, live: Table, shadow: Table, schemas: Sequence[str 
     has the primary key (and the fills' (account, position_id) index, which the fold reads by: ``projection_schema``)
     but not the live table's other indexes, so these are dropped first and made again after
     (from their stored SQL, unchanged; one sort instead of an insert per row): 200k events' tables ~0.38 -> ~0.29 s.
+    An index the shadow has too is kept (``_indexes_to_remake``): the transfer copies it with the rows, where
+    making it again sorted the whole table (the two-process swap of 1M events: ~0.2 s of ~3 s, docs/storage.md).
     Same rows either way; readers see the old table or the new one (one transaction).
     """
     if [c.name for c in live.columns] != [c.name for c in shadow.columns]:
@@ -182,10 +184,7 @@ def _refill(conn: Connection, live: Table, shadow: Table, schemas: Sequence[str 
         columns = [column.name for column in live.columns]
         conn.execute(insert(live).from_select(columns, select(*(shadow.c[c] for c in columns))))
         return
-    indexes = conn.exec_driver_sql(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
-        (live.name,),
-    ).all()  # not the primary key's (sql IS NULL: it is the table's own)
+    indexes = _indexes_to_remake(conn, live, shadow)
     for index, _ in indexes:
         conn.exec_driver_sql(f'DROP INDEX "{index}"')
     conn.execute(delete(live))
@@ -203,6 +202,29 @@ def _refill(conn: Connection, live: Table, shadow: Table, schemas: Sequence[str 
             conn.exec_driver_sql(f'INSERT INTO "{live.name}" SELECT * FROM {source}')
     for _, sql in indexes:
         conn.exec_driver_sql(sql)
+
+
+def _indexes_to_remake(conn: Connection, live: Table, shadow: Table) -> list[tuple[str, str]]:
+    """(name, stored SQL) of ``live``'s secondary indexes that ``shadow`` has no index like (the same columns in the
+    same order, both plain: not unique, not partial): ``_refill`` drops them and makes them again after. The others
+    stay, and SQLite's transfer fills them from the shadow's (it transfers only when the source has an index like
+    each of the destination's; when it does not, the rows go one by one, the same rows)."""
+    shadow_like = {
+        tuple(column.name for column in index.columns)
+        for index in shadow.indexes
+        if not index.unique and index.dialect_options["sqlite"]["where"] is None
+    }
+    remake: list[tuple[str, str]] = []
+    for _, name, unique, origin, partial in conn.exec_driver_sql(f'PRAGMA index_list("{live.name}")').all():
+        if origin != "c":  # the primary key's own index ("pk") or a UNIQUE constraint's ("u")
+            continue
+        sql = conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+        ).scalar_one()
+        columns = tuple(str(row[2]) for row in conn.exec_driver_sql(f'PRAGMA index_info("{name}")').all())
+        if unique or partial or columns not in shadow_like:
+            remake.append((str(name), str(sql)))
+    return remake
 
 
 @dataclass(frozen=True, slots=True)
