@@ -77,8 +77,9 @@ T = TypeVar("T")
 class Probe:
     """Read-only queries on the tracker's database from this process (in a worker thread)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, temporary: Path) -> None:
         self.engine = engine
+        self.temporary = temporary  # the children's TMPDIR: a rebuild on PostgreSQL makes its scratch file there
 
     def _scalar(self, sql: str, **params: Any) -> Any:
         with self.engine.connect() as conn:
@@ -96,28 +97,29 @@ class Probe:
 
     def rebuilding_since(self, started: datetime) -> bool:
         """A rebuild begun at or after ``started`` has folded a batch and not swapped yet: its shadow checkpoint row
-        exists, written since ``started`` (not a row a rebuild killed earlier left behind). On SQLite the shadow is
-        the scratch file beside the database, removed after the swap."""
-        query = "SELECT updated_at FROM projector_checkpoint WHERE name = 'rebuild'"
-        scratch = sqlite_path(self.engine.url)
-        if scratch is None:
-            value = self._scalar(query)
-        else:
-            path = scratch.with_name(scratch.name + SCRATCH_SUFFIX)
-            try:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            except sqlite3.OperationalError:  # not there (yet, or any more)
-                return False
-            try:
-                row = conn.execute(query).fetchone()
-            except sqlite3.DatabaseError:  # being made, or half-made by a killed rebuild (locked, or even "malformed":
-                return False  # the scratch file has no journal on disk, by design; the next rebuild replaces it)
-            finally:
-                conn.close()
-            value = None if row is None else row[0]
-        if value is None:
+        exists, written since ``started`` (not a row a rebuild killed earlier left behind). The shadow is a scratch
+        file, removed after the swap: beside a SQLite database, or in a directory of the children's TMPDIR for
+        PostgreSQL (one a killed rebuild left there is removed by the next rebuild)."""
+        database = sqlite_path(self.engine.url)
+        if database is not None:
+            return self._rebuilding_in(database.with_name(database.name + SCRATCH_SUFFIX), started)
+        return any(self._rebuilding_in(path, started) for path in self.temporary.glob("tracker-rebuild-*/shadow.db"))
+
+    @staticmethod
+    def _rebuilding_in(path: Path, started: datetime) -> bool:
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        except sqlite3.OperationalError:  # not there (yet, or any more)
             return False
-        stamp = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        try:
+            row = conn.execute("SELECT updated_at FROM projector_checkpoint WHERE name = 'rebuild'").fetchone()
+        except sqlite3.DatabaseError:  # being made, or half-made by a killed rebuild (locked, or even "malformed":
+            return False  # the scratch file has no journal on disk, by design; the next rebuild replaces it)
+        finally:
+            conn.close()
+        if row is None:
+            return False
+        stamp = datetime.fromisoformat(row[0])
         return stamp.replace(tzinfo=UTC) >= started if stamp.tzinfo is None else stamp >= started
 
     def gaps_after(self, seq: int) -> tuple[set[str], set[str]]:
@@ -177,13 +179,16 @@ class Children:
     fx: FakeExchange
     db_url: str
     log_path: Path
+    temporary: Path  # the children's TMPDIR
     kills: dict[str, int] = field(default_factory=dict)
     mid: dict[str, int] = field(default_factory=dict)  # kills that provably landed inside the phase
     finished: dict[str, int] = field(default_factory=dict)  # children that finished before the kill arrived
 
     def env(self) -> dict[str, str]:
         # no periodic reconciliation in the way
-        return self.fx.tracker_env(os.environ, TRACKER_DB_URL=self.db_url, TRACKER_RECONCILE_INTERVAL="3600")
+        return self.fx.tracker_env(
+            os.environ, TRACKER_DB_URL=self.db_url, TRACKER_RECONCILE_INTERVAL="3600", TMPDIR=str(self.temporary)
+        )
 
     async def start(self, *args: str) -> trio.Process:
         with self.log_path.open("ab") as out:
@@ -327,10 +332,12 @@ async def crash_and_check(db_url: str, tmp_path: Path) -> None:
     phases = list(PHASES)
     rng.shuffle(phases)
     engine = open_engine(db_url)
-    probe = Probe(engine)
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    probe = Probe(engine, temporary)
     try:
         async with open_fake_exchange(seed=CRASH_SEED % 1000, markets=MARKETS) as fx:
-            ch = Children(fx, db_url, tmp_path / "children.log")
+            ch = Children(fx, db_url, tmp_path / "children.log", temporary)
             with no_self_trades(fx):
                 fx.set_rate(RATE)
                 for i, phase in enumerate(phases):
@@ -383,6 +390,7 @@ async def crash_and_check(db_url: str, tmp_path: Path) -> None:
         assert code == 0, out
         assert dump_projection(engine) == before
         assert "rebuild" not in assert_no_half_written_batch(engine)
+        assert list(temporary.iterdir()) == []  # the killed rebuilds' scratch directories too (PostgreSQL)
     finally:
         engine.dispose()
 

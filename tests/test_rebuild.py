@@ -6,7 +6,10 @@ Rules: local databases only (``db_url``: SQLite and PostgreSQL); no sleeps.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from tracker.store.engine import open_engine, sqlite_path, writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS, shadow_tables
 from tracker.store.projections import ProjectionStore
-from tracker.store.rebuild import SCRATCH_SUFFIX, _indexes_to_remake, rebuild
+from tracker.store.rebuild import SCRATCH_SUFFIX, _indexes_to_remake, _temporary_directory, rebuild
 
 
 @pytest.fixture
@@ -35,22 +38,35 @@ def engine(db_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory (``tempfile``'s): a PostgreSQL rebuild's scratch file goes there, one per test."""
+    directory = tmp_path / "temporary"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
 def _scratch(engine: Engine) -> Path | None:
-    """The scratch database a rebuild of a SQLite file builds in (``None`` on PostgreSQL)."""
+    """The scratch database a rebuild builds in: beside a SQLite file; for PostgreSQL in a directory of its own in
+    the temporary directory, while the rebuild runs (``None`` when there is none)."""
     path = sqlite_path(engine.url)
-    return None if path is None else path.with_name(path.name + SCRATCH_SUFFIX)
+    if path is not None:
+        return path.with_name(path.name + SCRATCH_SUFFIX)
+    found = sorted(Path(tempfile.gettempdir()).glob("tracker-rebuild-*/shadow.db"))
+    assert len(found) <= 1
+    return found[0] if found else None
 
 
 def _shadow_tables(engine: Engine) -> list[str]:
-    """The shadow tables there are now: in the scratch file on SQLite, beside the live tables on PostgreSQL."""
+    """The shadow tables there are now: in the scratch file (SQLite and PostgreSQL alike), never beside the live
+    tables."""
+    assert not [name for name in inspect(engine).get_table_names() if name.startswith("rebuild_")]
     scratch = _scratch(engine)
-    names = inspect(engine).get_table_names()
-    assert not [name for name in names if name.startswith("rebuild_")] or scratch is None  # never in the log's file
-    if scratch is not None:
-        if not scratch.exists():
-            return []
-        with sqlite3.connect(f"file:{scratch}?mode=ro", uri=True) as conn:
-            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if scratch is None or not scratch.exists():
+        return []
+    with sqlite3.connect(f"file:{scratch}?mode=ro", uri=True) as conn:
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return [name for name in names if name.startswith("rebuild_")]
 
 
@@ -130,6 +146,34 @@ def test_the_swap_remakes_only_the_indexes_the_shadow_lacks(tmp_path: Path) -> N
     engine.dispose()
 
 
+def test_a_temporary_scratch_directory_is_locked_and_a_killed_rebuilds_is_removed(temporary: Path) -> None:
+    """PostgreSQL's scratch directories: the next rebuild removes one whose lock nobody holds (its rebuild was
+    killed), never one a running rebuild holds, nor one without a lock file yet; its own goes when it ends."""
+    for name in ("tracker-rebuild-killed", "tracker-rebuild-running", "tracker-rebuild-new", "someone-elses"):
+        (temporary / name).mkdir()
+        (temporary / name / "shadow.db").write_bytes(b"half a scratch file")
+    (temporary / "tracker-rebuild-killed" / "lock").touch()
+    (temporary / "tracker-rebuild-running" / "lock").touch()
+    (temporary / "someone-elses" / "lock").touch()
+    running = os.open(temporary / "tracker-rebuild-running" / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(running, fcntl.LOCK_EX)
+        with _temporary_directory() as directory:
+            assert sorted(path.name for path in temporary.iterdir()) == sorted(
+                [directory.name, "someone-elses", "tracker-rebuild-new", "tracker-rebuild-running"]
+            )
+            assert directory.parent == temporary and directory.name.startswith("tracker-rebuild-")
+            probe = os.open(directory / "lock", os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(probe)
+        assert not directory.exists()
+    finally:
+        os.close(running)
+
+
 def test_failed_rebuild_leaves_live_tables_and_no_shadows(engine: Engine) -> None:
     store = ProjectionStore(engine)
     store.catch_up(EventLog(engine))
@@ -142,6 +186,7 @@ def test_failed_rebuild_leaves_live_tables_and_no_shadows(engine: Engine) -> Non
         rebuild(engine, before_swap=fail)
     assert store.all_rows() == before
     assert _shadow_tables(engine) == []
+    assert list(Path(tempfile.gettempdir()).iterdir()) == []
     assert store.load_checkpoint() == EventLog(engine).head()
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from array import array
 from collections.abc import Iterator
 from functools import partial
@@ -108,6 +109,33 @@ def test_parallel_equals_one_process_and_incremental(engine: Engine, tmp_path: P
     assert parallel["positions"] and parallel["settlements"] and parallel["liquidations"]  # entries without market
 
 
+def test_parallel_equals_one_process_and_incremental_on_both_backends(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on the database itself, PostgreSQL included: there the workers read the log from the server, fold
+    into scratch files in a temporary directory of their own, and the swap sends the rows with ``COPY``."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    engine = open_engine(db_url)
+    try:
+        migrate.upgrade(engine)
+        EventLog(engine).append(fake_entries(21, 500))
+        store = ProjectionStore(engine)
+        store.catch_up(EventLog(engine), batch=97)
+        incremental = store.all_rows()
+        batches: list[BatchResult] = []
+        parallel = rebuild(engine, batch=113, parallel=True, on_batch=batches.append)
+        assert parallel.workers == 2
+        assert parallel.checkpoint == EventLog(engine).head() == store.load_checkpoint()
+        assert parallel.events == sum(b.events for b in batches) == EventLog(engine).head()
+        assert store.all_rows() == incremental
+        assert incremental["positions"] and incremental["settlements"] and incremental["liquidations"]
+        assert rebuild(engine, batch=113, parallel=False).workers == 1
+        assert store.all_rows() == incremental
+        assert [p for p in tmp_path.iterdir() if p.name.startswith("tracker-rebuild-")] == []
+    finally:
+        engine.dispose()
+
+
 def test_ledger_entries_fold_in_group_0_and_the_parts_stay_independent(tmp_path: Path) -> None:
     """Ledger entries have no market and no position: they fold with group 0, and their tables' keys are touched by
     ledger events only, so the proof holds and the parallel rebuild equals one process and the incremental one."""
@@ -184,8 +212,9 @@ def test_shared_rows_fall_back_to_one_process(tmp_path: Path, caplog: pytest.Log
         engine.dispose()
 
 
-def test_counters_of_both_groups_are_merged(tmp_path: Path) -> None:
-    """Both groups count unknown events: the merged counter is the sum, its last_seq the later one."""
+def test_counters_of_both_groups_are_merged(db_url: str) -> None:
+    """Both groups count unknown events: the merged counter is the sum, its last_seq the later one (on PostgreSQL
+    the swap merges the two scratch files' counters itself, before its ``COPY``)."""
     markets = ["btcusd", "ethusd", "btcusd-perp", "ethusd-perp"] * 3
     unknown = _entries(
         [
@@ -193,9 +222,12 @@ def test_counters_of_both_groups_are_merged(tmp_path: Path) -> None:
             for i, m in enumerate(markets)
         ]
     )
-    engine = _open(tmp_path / "tracker.db", fake_entries(7, 60) + unknown)
+    engine = open_engine(db_url)
     try:
-        one, _ = _rows_by(engine, tmp_path / "one.db", "one")
+        migrate.upgrade(engine)
+        EventLog(engine).append(fake_entries(7, 60) + unknown)
+        assert rebuild(engine, parallel=False).workers == 1
+        one = ProjectionStore(engine).all_rows()
         assert rebuild(engine, parallel=True).workers == 2
         rows = ProjectionStore(engine).all_rows()
         assert rows == one
@@ -303,7 +335,8 @@ def test_workers_get_no_secrets_and_one_hash_seed() -> None:
 
 
 def test_a_failing_worker_is_a_store_error(tmp_path: Path) -> None:
-    spec = WorkerSpec(0, str(tmp_path / "missing.db"), str(tmp_path / "s.0"), Plan(10, ("btcusd",), frozenset()), 10)
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    spec = WorkerSpec(0, missing, str(tmp_path / "s.0"), Plan(10, ("btcusd",), frozenset()), 10)
     with pytest.raises(StoreError, match=r"a rebuild worker failed: StoreError: the SQLite database .*missing\.db"):
         build_parts([spec])
 

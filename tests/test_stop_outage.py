@@ -80,7 +80,7 @@ async def test_a_stop_in_a_postgres_outage_ends_after_the_grace_and_the_next_run
 ) -> None:
     upgrade(own_pg.url)
     engine = open_engine(own_pg.url)
-    probe = Probe(engine)
+    probe = Probe(engine, tmp_path)  # (no rebuild here: the directory for its scratch files is not looked at)
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     try:
         async with open_fake_exchange(seed=11, markets=MARKETS) as fx:

@@ -993,11 +993,9 @@ class EventLog:
     def read_records_of_markets(
         self, seq: int, limit: int, until: int, markets: Sequence[str], *, other_markets: bool = False
     ) -> list[tuple[LogRecord, str | None]]:
-        """``read_records_after`` for a part of the log (``tracker rebuild`` in parallel, SQLite): entries with ``seq``
-        in (``seq``, ``until``] whose market is one of ``markets`` (with ``other_markets``: is not one of them) or
-        who have none, each with its ``position_id`` (an entry without a market goes with its position's)."""
-        if self._postgres:
-            raise NotImplementedError("read_records_of_markets is for SQLite")
+        """``read_records_after`` for a part of the log (``tracker rebuild`` in parallel): entries with ``seq`` in
+        (``seq``, ``until``] whose market is one of ``markets`` (with ``other_markets``: is not one of them) or who
+        have none, each with its ``position_id`` (an entry without a market goes with its position's)."""
         query = DriverQuery(_records_of_markets(markets, other_markets=other_markets), self.engine.dialect)
         with self.engine.connect() as conn:
             cursor = conn.connection.cursor()

@@ -1,5 +1,5 @@
-"""``tracker rebuild`` on two cores (SQLite): two worker processes fold two groups of markets apart, when that is
-provably the same as folding the whole log in order.
+"""``tracker rebuild`` on two cores (SQLite and PostgreSQL): two worker processes fold two groups of markets apart,
+when that is provably the same as folding the whole log in order.
 
 Why: the fold is pure Python, ~35 µs of CPU per event end to end on one core; a 1M-event log is half a minute. A
 second process is the only way to use the second core (threads share one interpreter lock). Events cannot be sent
@@ -12,7 +12,8 @@ between processes for less than it costs to parse them, so each worker reads and
    goes with its position's group: group 1 if its position has entries in group 1's markets (``Plan.positions``),
    else group 0.
 2. Each worker (``run_worker``, a child process) folds its group's entries up to ``until``, in seq order, into its
-   own scratch file (``<db>.rebuild.<part>``) with a fresh ``ProjectionStore``, and reports after each batch the
+   own SQLite scratch file (``<db>.rebuild.<part>``, or for PostgreSQL ``part<part>.db`` in the rebuild's temporary
+   directory) with a fresh ``ProjectionStore``, and reports after each batch the
    hashes of the row keys its fold read or wrote for the first time, per table.
 3. The proof (``KeyLedger``, checked batch by batch as the reports come): the fold of an event reads and writes only
    rows it names by key, so when the two groups touched no common key in any table, folding them apart and putting
@@ -39,6 +40,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
+
+from sqlalchemy import text
 
 from tracker.bitstamp.channels import parse_channel
 from tracker.domain.rows import TABLES
@@ -98,10 +101,12 @@ def plan_until(engine: Any, until: int, *, samples: int = PLAN_SAMPLES, span: in
                 counts[market] = counts.get(market, 0) + int(n)
         if len(counts) < 2:
             return None
-        pairs = conn.exec_driver_sql(
-            "SELECT DISTINCT position_id, market FROM event_log"
-            " WHERE seq <= ? AND position_id IS NOT NULL AND market IS NOT NULL AND market != ''",
-            (until,),
+        pairs = conn.execute(
+            text(
+                "SELECT DISTINCT position_id, market FROM event_log"
+                " WHERE seq <= :until AND position_id IS NOT NULL AND market IS NOT NULL AND market != ''"
+            ),
+            {"until": until},
         ).all()
     markets_of: dict[str, set[str]] = {}
     for position, market in pairs:
@@ -141,16 +146,16 @@ def _channel_counts(conn: Any, until: int, samples: int, span: int) -> list[tupl
     if until <= 4 * samples * span:
         return [
             (str(channel), int(n))
-            for channel, n in conn.exec_driver_sql(
-                "SELECT channel, count(*) FROM event_log WHERE seq <= ? GROUP BY channel", (until,)
+            for channel, n in conn.execute(
+                text("SELECT channel, count(*) FROM event_log WHERE seq <= :until GROUP BY channel"), {"until": until}
             )
         ]
     totals: dict[str, int] = {}
     step = until // samples
     for first in range(1, samples * step, step):
-        for channel, n in conn.exec_driver_sql(
-            "SELECT channel, count(*) FROM event_log WHERE seq BETWEEN ? AND ? GROUP BY channel",
-            (first, min(first + span - 1, until)),
+        for channel, n in conn.execute(
+            text("SELECT channel, count(*) FROM event_log WHERE seq BETWEEN :first AND :last GROUP BY channel"),
+            {"first": first, "last": min(first + span - 1, until)},
         ):
             totals[str(channel)] = totals.get(str(channel), 0) + int(n)
     return list(totals.items())
@@ -174,7 +179,7 @@ def _split(counts: Mapping[str, int]) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     part: int  # 0 or 1
-    database: str  # the log's SQLite file
+    database: str  # the log's database URL, password included (the spec goes by the worker's stdin: see below)
     scratch: str  # the worker's own scratch file (made anew)
     plan: Plan
     batch: int
@@ -216,7 +221,7 @@ def run_worker(spec: WorkerSpec, out: Connection) -> None:
 
 def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], parent: int) -> PartResult:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-    log_engine = open_engine(f"sqlite:///{spec.database}", write=False)
+    log_engine = open_engine(spec.database, write=False)
     build = open_scratch(Path(spec.scratch))
     try:
         metadata, shadow = shadow_tables(SHADOW_PREFIX)
@@ -250,7 +255,9 @@ def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], paren
         log_engine.dispose()
 
 
-# What a worker is given no need of: the API credentials and a database URL (it may hold a password).
+# What a worker is given no need of: the API credentials, and the database URL (it may hold a password), which its
+# spec carries on its stdin instead, where no other user can read it (an environment is in /proc to its owner, and
+# argv to everyone).
 NOT_FOR_WORKERS: Final = ("BITSTAMP_API_KEY", "BITSTAMP_API_SECRET", "BITSTAMP_API_SECRET_FILE", "TRACKER_DB_URL")
 
 
