@@ -199,7 +199,7 @@ def _remove(scratch: Path) -> None:
 def _attached(conn: Connection, files: Mapping[str, Path]) -> Iterator[None]:
     """``files`` (schema name -> scratch file) attached to ``conn`` meanwhile (outside any transaction: SQLite
     refuses ``ATTACH`` inside one, so on the driver's connection, which issues no ``BEGIN`` of its own). No files
-    (the shadow is beside the live tables, as on PostgreSQL): nothing to do."""
+    (an in-memory SQLite database, whose shadow is beside the live tables): nothing to do."""
     if not files:
         yield
         return
