@@ -32,7 +32,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -445,12 +445,18 @@ def _swap(engine: Engine, files: Mapping[str, Path], shadow: Mapping[str, Table]
     are attached; into PostgreSQL their rows are sent with ``COPY`` (``_copy_into_postgres``)."""
     schemas: list[str | None] = list(files) or [None]
     copy_in = bool(files) and engine.dialect.name == "postgresql"
-    with writer(engine).connect() as conn, nullcontext() if copy_in else _attached(conn, files), conn.begin():
+    with (
+        writer(engine).connect() as conn,
+        _read_only(files.values()) if copy_in else _attached(conn, files) as sources,
+        conn.begin(),
+    ):
         lock_checkpoint(conn, CHECKPOINT_NAME)  # a live projector's write waits for us, then sees the new seq
+        if copy_in:  # the scratch files' times are UTC text without an offset (see _copy_into_postgres)
+            conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
         rows: dict[str, int] = {}
         for name, live in PROJECTION_TABLES.items():
-            if copy_in:
-                _copy_into_postgres(conn, live, shadow[name], list(files.values()))
+            if sources:
+                _copy_into_postgres(conn, live, shadow[name], sources)
             else:
                 _refill(conn, live, shadow[name], schemas)
             rows[name] = int(conn.execute(select(func.count()).select_from(live)).scalar_one())
@@ -472,39 +478,46 @@ def _swap(engine: Engine, files: Mapping[str, Path], shadow: Mapping[str, Table]
 COPY_PAGE: Final = 5_000  # rows read from a scratch file at a time
 
 
-def _copy_into_postgres(conn: Connection, live: Table, shadow: Table, files: Sequence[Path]) -> None:
-    """Replace ``live``'s rows (PostgreSQL, in the caller's transaction) with those of ``shadow`` in the SQLite
-    scratch ``files``, sent with ``COPY ... FROM STDIN`` as the scratch file holds them: money as its exact decimal
-    text (PostgreSQL's ``numeric`` reads it digit for digit), times as UTC text without an offset (read as UTC: the
-    transaction's ``TimeZone`` is set so), booleans as 0/1 (``boolean`` reads ``'0'``/``'1'``). With more than one
-    file the rows are put together as ``_refill`` does: disjoint but ``counters``, merged by sum and max.
-    A test rebuilds on PostgreSQL and compares every row with the incremental projection."""
-    if [c.name for c in live.columns] != [c.name for c in shadow.columns]:
-        raise RuntimeError(f"{shadow.name} does not have {live.name}'s columns")
-    raw = _driver_connection(conn)
-    conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
-    conn.execute(delete(live))
-    columns = ", ".join(f'"{column.name}"' for column in live.columns)
-    sources = [sqlite3.connect(f"file:{path}?mode=ro", uri=True) for path in files]
+@contextmanager
+def _read_only(files: Iterable[Path]) -> Iterator[list[sqlite3.Connection]]:
+    """The scratch ``files`` opened read-only, one connection each, for the whole swap."""
+    sources: list[sqlite3.Connection] = []
     try:
-        with raw.cursor() as cursor, cursor.copy(f'COPY "{live.name}" ({columns}) FROM STDIN') as copy:
-            write = copy.write_row
-            if len(sources) > 1 and live.name == PROJECTION_TABLES[MERGED].name:
-                if [c.name for c in live.columns] != ["account", "name", "value", "last_seq"]:
-                    raise RuntimeError(f"{live.name}: unexpected columns for the merge")
-                merged: dict[tuple[str, str], tuple[int, int]] = {}
-                for source in sources:
-                    for account, name, value, last_seq in source.execute(f'SELECT {columns} FROM "{shadow.name}"'):
-                        before = merged.get((account, name), (0, 0))
-                        merged[account, name] = (before[0] + value, max(before[1], last_seq))
-                for (account, name), (value, last_seq) in merged.items():
-                    write((account, name, value, last_seq))
-                return
-            for source in sources:
-                found = source.execute(f'SELECT {columns} FROM "{shadow.name}"')
-                while page := found.fetchmany(COPY_PAGE):
-                    for row in page:
-                        write(row)
+        for path in files:
+            sources.append(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
+        yield sources
     finally:
         for source in sources:
             source.close()
+
+
+def _copy_into_postgres(conn: Connection, live: Table, shadow: Table, sources: Sequence[sqlite3.Connection]) -> None:
+    """Replace ``live``'s rows (PostgreSQL, in the caller's transaction) with those of ``shadow`` in the SQLite
+    scratch files open as ``sources``, sent with ``COPY ... FROM STDIN`` as a scratch file holds them: money as its
+    exact decimal text (PostgreSQL's ``numeric`` reads it digit for digit), times as UTC text without an offset (read
+    as UTC: ``_swap`` sets the transaction's ``TimeZone`` so), booleans as 0/1 (``boolean`` reads ``'0'``/``'1'``).
+    With more than one file the rows are put together as ``_refill`` does: disjoint but ``counters``, merged by sum
+    and max. Tests rebuild on PostgreSQL (its sessions far from UTC) and compare every row with the incremental
+    projection."""
+    if [c.name for c in live.columns] != [c.name for c in shadow.columns]:
+        raise RuntimeError(f"{shadow.name} does not have {live.name}'s columns")
+    conn.execute(delete(live))
+    columns = ", ".join(f'"{column.name}"' for column in live.columns)
+    with _driver_connection(conn).cursor() as cursor, cursor.copy(f'COPY "{live.name}" ({columns}) FROM STDIN') as copy:
+        write = copy.write_row
+        if len(sources) > 1 and live.name == PROJECTION_TABLES[MERGED].name:
+            if [c.name for c in live.columns] != ["account", "name", "value", "last_seq"]:
+                raise RuntimeError(f"{live.name}: unexpected columns for the merge")
+            merged: dict[tuple[str, str], tuple[int, int]] = {}
+            for source in sources:
+                for account, name, value, last_seq in source.execute(f'SELECT {columns} FROM "{shadow.name}"'):
+                    before = merged.get((account, name), (0, 0))
+                    merged[account, name] = (before[0] + value, max(before[1], last_seq))
+            for (account, name), (value, last_seq) in merged.items():
+                write((account, name, value, last_seq))
+            return
+        for source in sources:
+            found = source.execute(f'SELECT {columns} FROM "{shadow.name}"')
+            while page := found.fetchmany(COPY_PAGE):
+                for row in page:
+                    write(row)
