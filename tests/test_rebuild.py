@@ -6,6 +6,7 @@ Rules: local databases only (``db_url``: SQLite and PostgreSQL); no sleeps.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -14,17 +15,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, select, update
+from sqlalchemy import Engine, event, inspect, select, update
 from test_projection_store import fake_entries
 
 from tracker.cli import main
 from tracker.errors import StoreError
 from tracker.store import migrate
-from tracker.store.engine import open_engine, sqlite_path, writer
+from tracker.store import rebuild as rebuild_module
+from tracker.store.engine import open_engine, open_scratch, sqlite_path, writer
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS, shadow_tables
 from tracker.store.projections import ProjectionStore
-from tracker.store.rebuild import SCRATCH_SUFFIX, _indexes_to_remake, _temporary_directory, rebuild
+from tracker.store.rebuild import (
+    SCRATCH_SUFFIX,
+    _indexes_to_remake,
+    _out_of_space,
+    _temporary_directory,
+    rebuild,
+)
 
 
 @pytest.fixture
@@ -172,6 +180,37 @@ def test_a_temporary_scratch_directory_is_locked_and_a_killed_rebuilds_is_remove
         assert not directory.exists()
     finally:
         os.close(running)
+
+
+def test_a_full_disk_for_the_scratch_files_is_one_line_and_changes_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scratch file fills its disk (here: SQLite's page limit, which fails the same way, ``SQLITE_FULL``): a
+    ``StoreError`` that says where and what to do (on PostgreSQL: ``TMPDIR``), the live projection as it was, and
+    no scratch file left."""
+    store = ProjectionStore(engine)
+    store.catch_up(EventLog(engine))
+    before = store.all_rows()
+
+    def small_scratch(path: Path) -> Engine:
+        scratch = open_scratch(path)
+        event.listen(scratch, "connect", lambda dbapi, _: dbapi.execute("PRAGMA max_page_count = 12"))
+        return scratch
+
+    monkeypatch.setattr(rebuild_module, "open_scratch", small_scratch)
+    with pytest.raises(StoreError, match="ran out of disk space for its scratch files in") as raised:
+        rebuild(engine, batch=50, parallel=False)
+    assert "the projection is unchanged" in str(raised.value)
+    assert ("TMPDIR" in str(raised.value)) == (engine.dialect.name == "postgresql")
+    assert store.all_rows() == before
+    assert _shadow_tables(engine) == []
+
+
+def test_what_counts_as_a_full_disk() -> None:
+    assert _out_of_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert _out_of_space(StoreError("a rebuild worker failed: OperationalError: database or disk is full"))
+    assert not _out_of_space(OSError(errno.EACCES, "Permission denied"))
+    assert not _out_of_space(StoreError("a rebuild worker failed: ValueError: bad"))
 
 
 def test_failed_rebuild_leaves_live_tables_and_no_shadows(engine: Engine) -> None:

@@ -24,6 +24,7 @@ its next write sees that and it reloads from the new checkpoint (see ``projectio
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import logging
@@ -173,6 +174,41 @@ def _temporary_directory() -> Iterator[Path]:
             os.close(fd)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+SQLITE_FULL: Final = 13  # SQLite's "database or disk is full"
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) is a full disk: ``ENOSPC``, SQLite's ``SQLITE_FULL``, or a worker's
+    report of either (it arrives as text: ``rebuild_parallel.run_worker``)."""
+    for cause in (error, getattr(error, "orig", None), error.__cause__):
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return True
+        if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == SQLITE_FULL:
+            return True
+    return isinstance(error, StoreError) and "database or disk is full" in str(error)
+
+
+@contextmanager
+def _scratch_space(scratch: Path | None) -> Iterator[None]:
+    """A full disk while the fold writes the scratch files (``scratch``: one of them; ``None``: the shadow is beside
+    the live tables) is one line that says where and what to do; the live projection is untouched then."""
+    try:
+        yield
+    except Exception as error:
+        if scratch is None or not _out_of_space(error):
+            raise
+        where = scratch.parent
+        fix = (
+            "free space there, or set TMPDIR to a directory on a disk with more room"
+            if where.name.startswith(TEMPORARY_PREFIX)
+            else "free space on that disk"
+        )
+        raise StoreError(
+            f"tracker rebuild ran out of disk space for its scratch files in {where}: {fix} (a rebuild needs about"
+            " twice the projection tables' size, ~200 MB per 1M events); the projection is unchanged"
+        ) from error
 
 
 @contextmanager
@@ -363,7 +399,7 @@ def _rebuild_in_one(
 
     with _build_target(engine) as target:
         build = target.engine
-        with writer(build).begin() as conn:
+        with _scratch_space(target.scratch), writer(build).begin() as conn:
             shadow_metadata.drop_all(conn)
             shadow_metadata.create_all(conn)
             if target.scratch is not None:
@@ -371,7 +407,8 @@ def _rebuild_in_one(
             conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == SHADOW_CHECKPOINT))
         try:
             builder = ProjectionStore(build, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT, fresh=True)
-            builder.catch_up(EventLog(engine), batch=batch, on_batch=count)
+            with _scratch_space(target.scratch):
+                builder.catch_up(EventLog(engine), batch=batch, on_batch=count)
             checkpoint = builder.load_checkpoint()  # what the shadow holds (nobody else writes it)
             if before_swap is not None:
                 before_swap()
@@ -405,7 +442,8 @@ def _rebuild_in_parts(
         database = f"sqlite:///{path}" if path is not None else engine.url.render_as_string(hide_password=False)
         specs = [WorkerSpec(part, database, str(scratch), plan, batch) for part, scratch in enumerate(scratches)]
         try:
-            parts = workers.run(specs, on_batch, KeyLedger())
+            with _scratch_space(scratches[0]):
+                parts = workers.run(specs, on_batch, KeyLedger())
         except SharedRows as shared:
             log.warning(
                 "rebuild: the two groups of markets share rows (%s), so they cannot be folded apart; folding the"
