@@ -167,6 +167,33 @@ sys.exit(code)
 """
 
 
+ENTRY_AT_EXIT = """
+import signal, sys
+from tracker.cli import run
+
+sys.argv = ["tracker", "run"]  # no credentials: one error line
+try:
+    run()
+except SystemExit as exit:
+    ignored = [signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)]
+    print(exit.code, ignored, flush=True)
+"""
+
+
+async def test_the_process_entry_ignores_stop_signals_through_the_interpreters_end(tmp_path: Path) -> None:
+    """After the command, ``tracker.cli.run`` leaves SIGINT and SIGTERM ignored, not recorded: the interpreter's
+    finalization gives a recording (Python) handler back to the default action, and a signal in that moment ended a
+    clean exit 0 by SIGINT (-2); an ignored one stays ignored through it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITSTAMP_", "TRACKER_"))}
+    env["TRACKER_DB_URL"] = f"sqlite:///{tmp_path / 'tracker.db'}"
+    result = await trio.run_process(
+        [sys.executable, "-c", ENTRY_AT_EXIT], env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
+    code, ignored = result.stdout.decode().split(" ", 1)
+    assert int(code) != 0, result.stderr.decode()  # the command's own error code
+    assert ignored.strip() == "[True, True]"
+
+
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 async def test_a_stop_signal_as_the_process_ends_is_absorbed(tmp_path: Path, name: str) -> None:
     """The process's entry keeps the stop signals to its exit: a signal after the command ended leaves its exit code

@@ -328,4 +328,11 @@ def _first_leaf(group: BaseExceptionGroup[TrackerError]) -> TrackerError:
 
 
 def run() -> None:
-    sys.exit(main(exiting=True))
+    code = main(exiting=True)
+    # The command is over: a stop signal now is absorbed. Ignored, not left recording: the interpreter's own
+    # finalization (CPython's _PySignal_Fini) gives a Python-level handler back to the signal's default action, so a
+    # SIGINT in the very last moment still ended a clean exit 0 as -2 (fresh-clone CI, test_stop_signals "SIGTERM
+    # then SIGINT", after 80e5c90); an ignored signal stays ignored through it.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)

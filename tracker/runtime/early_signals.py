@@ -17,8 +17,9 @@ The whole life of a stop signal in ``tracker run`` (``tracker demo`` alike):
 The command prints ``StartUpStopped`` as its one line (``stopped during start-up: SIGTERM while checking the
 database``) and exits 0. A second signal while stopping is absorbed: it neither kills the process nor interrupts the
 clean-up of the first (``service.py`` says what it does once the service runs). So is one after the command ended:
-the process's entry (``tracker.cli.run``) leaves the handlers recording to its exit, so that a clean exit is never
-turned into a death by the signal's default action in its last moment.
+the process's entry (``tracker.cli.run``) leaves the handlers recording until the command returns, then ignores the
+stop signals to its exit, so that a clean exit is never turned into a death by the signal's default action in its
+last moment (the interpreter's finalization gives a recording handler back to the default; an ignored one stays).
 
 Standard library only: it is imported before anything heavy, so that the unprotected moment of a starting process is
 the interpreter's own start.
