@@ -7,6 +7,9 @@
   connection) makes appends fail with "database is locked" once ``busy_timeout`` runs out (shortened here to 50 ms so
   the retry path runs), and the writer retries the same batch until the lock is gone: every delivered frame is in the
   log once.
+- SQLite: the database's disk fills up (SQLite's page limit, ``PRAGMA max_page_count``, fails the same way:
+  ``SQLITE_FULL``): appends, the projector's writes included, fail and are retried with what they hold, the log line
+  says the disk is full and to free space, and once there is room again every delivered frame is in the log once.
 - The writer's retry rule itself: transient errors (lost connection, locked) are retried with the same batch;
   anything else (a constraint violation, a bug) still crashes loudly.
 
@@ -17,6 +20,7 @@ cross-process waits poll the database under a deadline.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -27,7 +31,7 @@ import pytest
 import trio
 import trio.testing
 from pg_server import available, pg_server
-from sqlalchemy import exc
+from sqlalchemy import Engine, event, exc
 from test_ingest_e2e import tracker_running
 from test_ingest_process import child_env, record_written
 from test_lease import poll
@@ -162,6 +166,57 @@ async def test_sqlite_long_reader_and_exclusive_lock_lose_nothing(
             other.close()
     # tracker_running has checked: every delivered frame is in the log, once.
     assert stats.retries >= 3
+
+
+class _DiskFull:
+    """While ``full``, every SQLite statement of every engine runs with the file capped at its present size (``PRAGMA
+    max_page_count``): whatever needs a new page fails with ``SQLITE_FULL``, as on a full disk. Set per statement,
+    on the connection that runs it (the pragma is per connection), so it also reaches connections already pooled."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, sqlite3.Connection):
+            return
+        if self.full:
+            pages = raw.execute("PRAGMA page_count").fetchone()[0]
+            raw.execute(f"PRAGMA max_page_count = {int(pages)}")
+        else:
+            raw.execute("PRAGMA max_page_count = 4294967294")
+
+
+async def test_sqlite_full_disk_loses_nothing_and_says_so(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tracker.service")
+    disk = _DiskFull()
+    event.listen(Engine, "before_cursor_execute", disk)
+    try:
+        async with tracker_running(sqlite_url, markets=MARKETS) as run:
+            await run.fx.wait_subscribed(run.fx.private_channels())
+            stats = run.services.writer_stats
+            run.fx.set_rate(300)
+            with trio.fail_after(20):
+                await run.wait_committed(lambda: stats.items >= 100)
+            disk.full = True
+            delivered = len(run.delivered)
+            await poll(
+                "appends refused on the full disk while frames keep arriving",
+                lambda: stats.retries >= 3 and len(run.delivered) >= delivered + 300,
+                within=30,
+            )
+            held = stats.items
+            disk.full = False
+            with trio.fail_after(20):
+                await run.wait_committed(lambda: stats.items > held)
+            run.fx.set_rate(None)
+    finally:
+        event.remove(Engine, "before_cursor_execute", disk)
+    # tracker_running has checked: every delivered frame is in the log, once.
+    lines = [r.getMessage() for r in caplog.records if "disk is full" in r.getMessage()]
+    assert lines and all("free space on it" in line and "retrying" in line for line in lines), lines
+    assert lines[0].startswith("writer: the database's disk is full (OperationalError: database or disk is full)")
+    assert any("database back after" in r.getMessage() for r in caplog.records)
 
 
 # --- the retry rule --------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, event, inspect, select, update
+from sqlalchemy import Engine, event, exc, inspect, select, update
 from test_projection_store import fake_entries
 
 from tracker.cli import main
@@ -23,13 +24,13 @@ from tracker.errors import StoreError
 from tracker.store import migrate
 from tracker.store import rebuild as rebuild_module
 from tracker.store.engine import open_engine, open_scratch, sqlite_path, writer
+from tracker.store.errors import is_disk_full, why_unavailable
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import PROJECTION_TABLES, VIEWS, shadow_tables
 from tracker.store.projections import ProjectionStore
 from tracker.store.rebuild import (
     SCRATCH_SUFFIX,
     _indexes_to_remake,
-    _out_of_space,
     _temporary_directory,
     rebuild,
 )
@@ -206,11 +207,64 @@ def test_a_full_disk_for_the_scratch_files_is_one_line_and_changes_nothing(
     assert _shadow_tables(engine) == []
 
 
+def test_a_full_disk_in_the_swap_is_one_line_and_changes_nothing(sqlite_url: str) -> None:
+    """The live database's own disk fills up while the swap writes the new projection into it (SQLite's page limit
+    on the live file, set once the shadow is complete; it fails as a full disk does, ``SQLITE_FULL``): one line that
+    says where and what to do, the swap rolled back (the live projection and checkpoint as they were), no scratch
+    file left. The live projection holds half the log, so the swap needs pages the file does not have."""
+    engine = open_engine(sqlite_url)
+    try:
+        migrate.upgrade(engine)
+        entries = fake_entries(11, 600)
+        EventLog(engine).append(entries[: len(entries) // 2])
+        store = ProjectionStore(engine)
+        store.catch_up(EventLog(engine))
+        before, checkpoint = store.all_rows(), store.load_checkpoint()
+        EventLog(engine).append(entries[len(entries) // 2 :])
+
+        def fill_the_disk() -> None:
+            engine.dispose()  # the swap's connection is a new one, capped at the file's size
+            event.listen(engine, "connect", lambda dbapi, _: dbapi.execute(
+                f"PRAGMA max_page_count = {dbapi.execute('PRAGMA page_count').fetchone()[0]}"))  # fmt: skip
+
+        with pytest.raises(StoreError, match="ran out of disk space writing the new projection") as raised:
+            rebuild(engine, batch=50, parallel=False, before_swap=fill_the_disk)
+        message = str(raised.value)
+        assert f"free space on the disk of {sqlite_path(sqlite_url)}" in message
+        assert message.endswith("the projection is unchanged") and "\n" not in message
+    finally:
+        engine.dispose()
+    engine = open_engine(sqlite_url)  # without the cap
+    try:
+        store = ProjectionStore(engine)
+        assert store.all_rows() == before and store.load_checkpoint() == checkpoint
+        assert _shadow_tables(engine) == []
+        rebuild(engine, batch=50, parallel=False)  # with room again, it goes through
+        assert store.load_checkpoint() == EventLog(engine).head()
+    finally:
+        engine.dispose()
+
+
 def test_what_counts_as_a_full_disk() -> None:
-    assert _out_of_space(OSError(errno.ENOSPC, "No space left on device"))
-    assert _out_of_space(StoreError("a rebuild worker failed: OperationalError: database or disk is full"))
-    assert not _out_of_space(OSError(errno.EACCES, "Permission denied"))
-    assert not _out_of_space(StoreError("a rebuild worker failed: ValueError: bad"))
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = 13  # type: ignore[attr-defined]  # as the sqlite3 module sets it (SQLITE_FULL)
+    assert is_disk_full(full)
+    assert is_disk_full(exc.OperationalError("INSERT", {}, full))
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(StoreError("a rebuild worker failed: OperationalError: database or disk is full"))
+    pg_full = psycopg.errors.DiskFull('could not extend file "base/16384/16397": No space left on device')
+    assert is_disk_full(exc.OperationalError("INSERT", {}, pg_full))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(StoreError("a rebuild worker failed: ValueError: bad"))
+    assert not is_disk_full(exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked")))
+    assert not is_disk_full(exc.OperationalError("INSERT", {}, psycopg.errors.AdminShutdown("terminating")))
+    # what a task that waits an outage out logs (tracker.runtime.db_retry): what to do, for a full disk
+    assert why_unavailable(exc.OperationalError("INSERT", {}, full)) == (
+        "the database's disk is full (OperationalError: database or disk is full): free space on it"
+    )
+    assert why_unavailable(exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))) == (
+        "database unavailable (OperationalError: database is locked)"
+    )
 
 
 def test_failed_rebuild_leaves_live_tables_and_no_shadows(engine: Engine) -> None:

@@ -1,10 +1,10 @@
 """Riding out a database outage: the one policy every long-running task uses while the database is unavailable.
 
 A task that meets a transient database failure (``tracker.store.errors.is_transient``: the connection lost or refused,
-SQLite locked past its busy timeout) keeps what it holds, waits, and tries again; anything else is raised. The first
-failure of an outage and every ``log_every``-th after it are logged (one line each, never parameters or passwords),
-and so is the recovery. Used by the writer (its batch held), the lease (polling for the lock), and the service (a
-restarted projector, backfill or reconciler).
+SQLite locked past its busy timeout, the database's disk full) keeps what it holds, waits, and tries again; anything
+else is raised. The first failure of an outage and every ``log_every``-th after it are logged (one line each, never
+parameters or passwords; a full disk says to free space), and so is the recovery. Used by the writer (its batch
+held), the lease (polling for the lock), and the service (a restarted projector, backfill or reconciler).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tracker.store.errors import describe_db_error
+from tracker.store.errors import why_unavailable
 
 log = logging.getLogger("tracker.service")
 
@@ -33,10 +33,10 @@ class Outage:
         self.failures += 1
         if self.failures == 1 or self.failures % self.log_every == 0:
             log.warning(
-                "%s: database unavailable (%s)%s; retrying (attempt %d)",
+                "%s: %s%s; retrying (attempt %d)",
                 self.what,
-                describe_db_error(error),
-                f": {holding} held" if holding else "",
+                why_unavailable(error),
+                f"; {holding} held" if holding else "",
                 self.failures,
             )
         return min(self.base_s * 2.0 ** (self.failures - 1), self.cap_s)

@@ -24,7 +24,6 @@ its next write sees that and it reloads from the new checkpoint (see ``projectio
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import gc
 import logging
@@ -43,7 +42,8 @@ from typing import Final
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
 
 from tracker.errors import StoreError
-from tracker.store.engine import open_scratch, sqlite_path, writer
+from tracker.store.engine import display_url, open_scratch, sqlite_path, writer
+from tracker.store.errors import is_disk_full
 from tracker.store.event_log import EventLog, _driver_connection
 from tracker.store.projection_codec import upsert
 from tracker.store.projection_schema import (
@@ -176,20 +176,6 @@ def _temporary_directory() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-SQLITE_FULL: Final = 13  # SQLite's "database or disk is full"
-
-
-def _out_of_space(error: BaseException) -> bool:
-    """Whether ``error`` (or what it wraps) is a full disk: ``ENOSPC``, SQLite's ``SQLITE_FULL``, or a worker's
-    report of either (it arrives as text: ``rebuild_parallel.run_worker``)."""
-    for cause in (error, getattr(error, "orig", None), error.__cause__):
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-            return True
-        if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == SQLITE_FULL:
-            return True
-    return isinstance(error, StoreError) and "database or disk is full" in str(error)
-
-
 @contextmanager
 def _scratch_space(scratch: Path | None) -> Iterator[None]:
     """A full disk while the fold writes the scratch files (``scratch``: one of them; ``None``: the shadow is beside
@@ -197,7 +183,7 @@ def _scratch_space(scratch: Path | None) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if scratch is None or not _out_of_space(error):
+        if scratch is None or not is_disk_full(error):
             raise
         where = scratch.parent
         fix = (
@@ -480,7 +466,25 @@ def _part_scratches(path: Path | None) -> Iterator[list[Path]]:
 def _swap(engine: Engine, files: Mapping[str, Path], shadow: Mapping[str, Table], checkpoint: int) -> dict[str, int]:
     """The live tables := the shadow tables (in ``files``, SQLite scratch files, under their schema names; empty:
     beside the live ones), and the live checkpoint := ``checkpoint``, in one write transaction. On SQLite the files
-    are attached; into PostgreSQL their rows are sent with ``COPY`` (``_copy_into_postgres``)."""
+    are attached; into PostgreSQL their rows are sent with ``COPY`` (``_copy_into_postgres``).
+
+    A full disk meanwhile (the live database's: SQLite's file, or the PostgreSQL server's) rolls the transaction
+    back and is one line: the live projection is as it was."""
+    try:
+        return _swap_in(engine, files, shadow, checkpoint)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        path = sqlite_path(engine.url)
+        where = f"the disk of {path}" if path else f"the PostgreSQL server's disk ({display_url(engine.url)})"
+        raise StoreError(
+            f"tracker rebuild ran out of disk space writing the new projection into the database: free space on"
+            f" {where} (the swap writes the projection tables again, about their size once more) and run it again;"
+            " the projection is unchanged"
+        ) from error
+
+
+def _swap_in(engine: Engine, files: Mapping[str, Path], shadow: Mapping[str, Table], checkpoint: int) -> dict[str, int]:
     schemas: list[str | None] = list(files) or [None]
     copy_in = bool(files) and engine.dialect.name == "postgresql"
     with (
