@@ -25,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ import trio
 import trio.testing
 from pg_server import available, pg_server
 from sqlalchemy import Engine, event, exc
-from test_ingest_e2e import tracker_running
+from test_ingest_e2e import Run, tracker_running
 from test_ingest_process import child_env, record_written
 from test_lease import poll
 
@@ -125,6 +126,21 @@ async def test_postgres_restart_mid_run_loses_nothing(own_pg, tmp_path: Path) ->
         engine.dispose()
 
 
+async def _refused_until(
+    run: Run, what: str, block: Callable[[], Awaitable[object]], unblock: Callable[[], Awaitable[object]]
+) -> None:
+    """``block()`` the database, wait for ``what``: three appends refused while 300 more frames arrived, then
+    ``unblock()`` it and wait for the writer's next commit."""
+    stats = run.services.writer_stats
+    await block()
+    delivered = len(run.delivered)
+    await poll(what, lambda: stats.retries >= 3 and len(run.delivered) >= delivered + 300, within=30)
+    held = stats.items
+    await unblock()
+    with trio.fail_after(20):
+        await run.wait_committed(lambda: stats.items > held)
+
+
 # --- SQLite: a long reader, then a long writer ------------------------------------------------------------------------
 
 
@@ -150,17 +166,12 @@ async def test_sqlite_long_reader_and_exclusive_lock_lose_nothing(
             assert stats.retries == 0
 
             # A long write lock: appends fail (locked) and are retried until it is released.
-            await trio.to_thread.run_sync(other.execute, "BEGIN EXCLUSIVE")
-            delivered = len(run.delivered)
-            await poll(
+            await _refused_until(
+                run,
                 "appends refused while frames keep arriving",
-                lambda: stats.retries >= 3 and len(run.delivered) >= delivered + 300,
-                within=20,
+                lambda: trio.to_thread.run_sync(other.execute, "BEGIN EXCLUSIVE"),
+                lambda: trio.to_thread.run_sync(other.execute, "COMMIT"),
             )
-            held = stats.items
-            await trio.to_thread.run_sync(other.execute, "COMMIT")
-            with trio.fail_after(20):
-                await run.wait_committed(lambda: stats.items > held)
             run.fx.set_rate(None)
         finally:
             other.close()
@@ -174,6 +185,12 @@ class _DiskFull:
     on the connection that runs it (the pragma is per connection), so it also reaches connections already pooled."""
 
     def __init__(self) -> None:
+        self.full = False
+
+    async def fill(self) -> None:
+        self.full = True
+
+    async def free(self) -> None:
         self.full = False
 
     def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
@@ -198,17 +215,9 @@ async def test_sqlite_full_disk_loses_nothing_and_says_so(sqlite_url: str, caplo
             run.fx.set_rate(300)
             with trio.fail_after(20):
                 await run.wait_committed(lambda: stats.items >= 100)
-            disk.full = True
-            delivered = len(run.delivered)
-            await poll(
-                "appends refused on the full disk while frames keep arriving",
-                lambda: stats.retries >= 3 and len(run.delivered) >= delivered + 300,
-                within=30,
+            await _refused_until(
+                run, "appends refused on the full disk while frames keep arriving", disk.fill, disk.free
             )
-            held = stats.items
-            disk.full = False
-            with trio.fail_after(20):
-                await run.wait_committed(lambda: stats.items > held)
             run.fx.set_rate(None)
     finally:
         event.remove(Engine, "before_cursor_execute", disk)
