@@ -9,6 +9,7 @@ read until it shows the expected values: the updater publishes once a second, an
 from __future__ import annotations
 
 import ast
+import os
 import re
 import threading
 import time
@@ -48,6 +49,7 @@ NAMES = (
     "tracker_balance_snapshot_races",
     "tracker_ledger_walk_seconds",
     "tracker_task_failures",
+    "tracker_database_bytes",
 )
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE_EVERY_S = 0.2
@@ -110,6 +112,11 @@ async def test_metrics_endpoint_of_a_real_run(tmp_path: Path) -> None:
     assert value(s, "tracker_log_head") > 0
     assert ("tracker_projection_lag_events", ()) in s
     assert ("tracker_discrepancies_open", ()) in s
+    # the database's size and its disk's free space (store/space.py; test_status.py checks the figures themselves)
+    assert value(s, "tracker_database_bytes") > 0
+    directory, free = _disk_of(tmp_path)
+    assert [dict(labels) for (name, labels) in s if name == "tracker_disk_free_bytes"] == [{"path": directory}]
+    assert abs(value(s, "tracker_disk_free_bytes", path=directory) - free) < 1 << 30
     kinds = {dict(labels).get("channel_kind") for (name, labels) in s if name == "tracker_frames_ingested_total"}
     assert kinds <= {"my_orders", "my_trades", "live_trades", "my_settlements", "my_liquidations"}
     # Issue 14.9: the per-channel "last event" gauge, build info, and no _created series.
@@ -126,6 +133,12 @@ async def test_metrics_endpoint_of_a_real_run(tmp_path: Path) -> None:
     assert "_created" not in text
 
 
+def _disk_of(path: Path) -> tuple[str, int]:
+    """The directory as the gauge's label names it, and its disk's free space now (``statvfs``)."""
+    disk = os.statvfs(path)
+    return str(path.resolve()), disk.f_bavail * disk.f_frsize
+
+
 def test_every_exported_metric_is_documented() -> None:
     """docs/metrics.md names every metric the endpoint exports (tracker_frames_duplicate_total was missing)."""
     from prometheus_client import generate_latest
@@ -134,6 +147,7 @@ def test_every_exported_metric_is_documented() -> None:
 
     metrics = Metrics()
     metrics.channel_last_event.labels(channel="private-my_orders_btcusd-1").set(1)
+    metrics.disk_free_bytes.labels(path="/var/lib/tracker").set(1)  # a labelled gauge exports once it has a value
     text = generate_latest(metrics.registry).decode()
     exported = {family.name for family in text_string_to_metric_families(text)}
     assert exported >= set(NAMES)

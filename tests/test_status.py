@@ -21,15 +21,17 @@ from sqlalchemy import Engine
 from test_accounts_process import start_accounts
 
 from tracker.cli import main
+from tracker.cli.status import describe_space
 from tracker.domain import tracker_events as te
 from tracker.fake.server import FakeExchange, open_fake_exchange
 from tracker.runtime.account_supervisor import AccountState
 from tracker.runtime.ingest import IngestOptions
 from tracker.runtime.projector import run_projector
 from tracker.runtime.service import Services, run_tracker
-from tracker.store.engine import open_engine
+from tracker.store.engine import open_engine, sqlite_path
 from tracker.store.event_log import EventLog
 from tracker.store.migrate import upgrade
+from tracker.store.space import Space, format_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,12 +159,58 @@ async def test_status_of_a_live_run_and_after_it(db_url: str, capsys: pytest.Cap
     assert "gaps: 1 open, 1 closed (filled by backfill)" in text
     assert "quarantine: 1 frame (malformed 1)" in text
     assert "projection: checkpoint seq" in text
+    await trio.to_thread.run_sync(_assert_storage, after["storage"], url)
+    assert text.count("\nstorage: database ") == 1
+    if url.startswith("sqlite"):
+        assert f"; disk {format_bytes(after['storage']['disk_free_bytes'])} free of" in text
+    else:
+        assert "; the server's disk is not visible from here: watch its free space on the server" in text
     if url.startswith("sqlite"):
         assert after["writer"]["pid"] is None
         assert "writer: none (no tracker run holds the file's writer lock)" in text
     else:
         assert after["writer"] is None and after["accounts"][0]["writer"]["pid"] is None
         assert f"writer (account {account}): none (no tracker run holds its writer lease)" in text
+
+
+def _assert_storage(storage: dict[str, Any], url: str) -> None:
+    """``status --format json``'s ``storage`` of a database nothing writes: SQLite as ``os.stat`` and ``os.statvfs``
+    tell it (the free space within 64 MiB: other tests write meanwhile), PostgreSQL as the server tells it."""
+    path = sqlite_path(url)
+    if path is None:
+        engine = open_engine(url)
+        try:
+            with engine.connect() as conn:
+                size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
+        finally:
+            engine.dispose()
+        assert storage == {"database_bytes": size, "disk_free_bytes": None, "disk_total_bytes": None, "low": False}
+        return
+    wal = path.with_name(path.name + "-wal")
+    disk = os.statvfs(path.parent)
+    assert storage["database_bytes"] == path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    assert storage["disk_total_bytes"] == disk.f_blocks * disk.f_frsize
+    assert abs(storage["disk_free_bytes"] - disk.f_bavail * disk.f_frsize) < 64 << 20
+    assert storage["low"] == Space(0, storage["disk_free_bytes"], storage["disk_total_bytes"]).low
+
+
+def test_the_storage_line_warns_when_the_disk_is_low() -> None:
+    gib = 1 << 30
+    assert describe_space(Space(None, None, None)) is None  # an in-memory database
+    roomy = Space(3 * gib // 2, 60 * gib, 100 * gib, "/data")
+    assert describe_space(roomy) == "storage: database 1.5 GiB; disk 60.0 GiB free of 100.0 GiB (60 %)"
+    for low in (Space(gib, gib - 1, 100 * gib), Space(gib, 4 * gib, 100 * gib)):  # under 1 GiB; under 5 %
+        assert low.low
+        line = describe_space(low)
+        assert line is not None and "; LOW: free space on it (when it is full, appends stop:" in line
+    assert not Space(gib, 6 * gib, 100 * gib).low
+    assert [format_bytes(n) for n in (0, 1023, 1024, 5 * (1 << 20) + (1 << 19), 2 << 40)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "5.5 MiB",
+        "2.0 TiB",
+    ]
 
 
 def test_status_of_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

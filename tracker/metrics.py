@@ -82,6 +82,15 @@ class Metrics:
         )
         self.backfilled = Counter("tracker_backfilled_events", "Facts appended from REST", ["endpoint"], registry=r)
         self.discrepancies_open = Gauge("tracker_discrepancies_open", "Unresolved discrepancies", registry=r)
+        self.database_bytes = Gauge(
+            "tracker_database_bytes", "Size of the database (SQLite: file and WAL; PostgreSQL: all of it)", registry=r
+        )
+        self.disk_free_bytes = Gauge(
+            "tracker_disk_free_bytes",
+            "Free space of the disk the SQLite database is on (no series on PostgreSQL: watch the server's)",
+            ["path"],
+            registry=r,
+        )
         self.channel_last_event = Gauge(
             "tracker_channel_last_event_timestamp_seconds",
             "Receive time (Unix seconds) of the newest entry logged on each websocket channel",

@@ -1,8 +1,9 @@
 """``tracker status``: the tracker's state as the database records it (works while ``tracker run`` runs, or not).
 
 Per channel the last entry and its age, the connections' state, projection lag, open and closed gaps, unresolved
-discrepancies and the quarantine; who writes, and the accounts a running ``tracker run`` has given up as down (why,
-since when, next try) or tracks again after a spell down, and the tasks beside ingest it started again after a bug.
+discrepancies and the quarantine; the database's size and its disk's free space (``store/space.py``); who writes,
+and the accounts a running ``tracker run`` has given up as down (why, since when, next try) or tracks again after a
+spell down, and the tasks beside ingest it started again after a bug.
 ``--format json`` for machines. Read-only: it never creates or migrates anything.
 """
 
@@ -244,6 +245,12 @@ def status_json(status: Any, now: datetime) -> dict[str, Any]:
             "unresolved": status.discrepancies_open,
             "latest": [{k: _plain(v) for k, v in d.items()} for d in status.discrepancies],
         },
+        "storage": {
+            "database_bytes": status.space.database_bytes,
+            "disk_free_bytes": status.space.disk_free_bytes,
+            "disk_total_bytes": status.space.disk_total_bytes,
+            "low": status.space.low,
+        },
         "quarantine": {
             "by_kind": status.quarantine_by_kind,
             "total": sum(status.quarantine_by_kind.values()),
@@ -269,6 +276,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format_decimal(value)  # str() would print 1E-8
     return str(value)
+
+
+def describe_space(space: Any) -> str | None:
+    """The ``storage:`` line: the database's size and its disk's free space, and a warning when that is low (``None``:
+    an in-memory database)."""
+    from tracker.store.space import format_bytes
+
+    if space.database_bytes is None:
+        return None
+    line = f"storage: database {format_bytes(space.database_bytes)}"
+    if space.disk_free_bytes is None or space.disk_total_bytes is None:
+        return line + "; the server's disk is not visible from here: watch its free space on the server"
+    free, total = space.disk_free_bytes, space.disk_total_bytes
+    share = 100 * free / total if total else 0.0
+    line += f"; disk {format_bytes(free)} free of {format_bytes(total)} ({share:.0f} %)"
+    if space.low:
+        line += (
+            "; LOW: free space on it (when it is full, appends stop: tracker run holds what it receives and retries"
+            " until there is room)"
+        )
+    return line
 
 
 def describe_writer(writer: Any, lock: str) -> str:
@@ -304,6 +332,8 @@ def format_status(status: Any, now: datetime, where: str) -> str:
             f"projection: checkpoint seq {status.checkpoint}, lag {status.projection_lag} events"
             f" (updated {format_age(status.checkpoint_at, now)})"
         )
+    if (storage := describe_space(status.space)) is not None:
+        lines.append(storage)
     lines.append(f"connections: {len(status.connections)} live, {status.closed_connections} closed")
     for c in status.connections:
         lines.append(f"  {c.connection_id}  {c.state}, {c.channels} channels (since {format_age(c.since, now)})")

@@ -13,7 +13,8 @@ on the quarantine's ``id``, so each round reads only what is new):
   given up after raced movements, walk durations);
 - gauges: the log head, projection lag (head minus the projector's checkpoint), unresolved discrepancies, and per
   websocket channel the receive time of its newest entry (``tracker_channel_last_event_timestamp_seconds``; set from
-  the whole log at the start, so it is right from the first scrape).
+  the whole log at the start, so it is right from the first scrape), and the database's size and its disk's free
+  space (``store/space.py``: ``tracker_database_bytes``, ``tracker_disk_free_bytes{path}``, SQLite only).
 
 The SQL lives in ``store/metrics_queries.py``; this module only turns its raw facts into labels and values.
 
@@ -28,7 +29,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 
@@ -41,6 +42,7 @@ from tracker.runtime.ledger_walk import LedgerStats
 from tracker.runtime.service import Services, TaskStarter
 from tracker.store.engine import Engine
 from tracker.store.metrics_queries import MetricsRead, last_event_per_channel, read_metrics, start_cursors
+from tracker.store.space import Space, read_space
 
 log = logging.getLogger("tracker.metrics")
 
@@ -72,6 +74,7 @@ class _Delta:
     checkpoint: int
     discrepancies_open: int
     last_event: dict[str, datetime]  # ws channel -> receive time of its newest entry in this round
+    space: Space | None = None  # the database's size and its disk's free space now
 
 
 def channel_kind(channel: str) -> str:
@@ -86,7 +89,7 @@ def _read(engine: Engine, cursor: _Cursor) -> _Delta:
         engine, after_seq=cursor.seq, after_quarantine_id=cursor.quarantine_id, tracker_events=COUNTED_EVENTS
     )
     cursor.seq, cursor.quarantine_id = read.head, read.last_quarantine_id
-    return delta_of(read)
+    return replace(delta_of(read), space=read_space(engine))
 
 
 def delta_of(read: MetricsRead) -> _Delta:
@@ -161,6 +164,11 @@ def _apply(metrics: Metrics, delta: _Delta) -> None:
     metrics.projection_lag.set(max(delta.head - delta.checkpoint, 0))
     metrics.discrepancies_open.set(delta.discrepancies_open)
     set_last_events(metrics, delta.last_event)
+    if (space := delta.space) is not None:
+        if space.database_bytes is not None:
+            metrics.database_bytes.set(space.database_bytes)
+        if space.disk_free_bytes is not None and space.disk_path is not None:
+            metrics.disk_free_bytes.labels(path=space.disk_path).set(space.disk_free_bytes)
 
 
 def _apply_service(metrics: Metrics, services: Services, cursor: _Cursor) -> None:

@@ -46,6 +46,7 @@ from tracker.store.lease import Writer, file_lock_taken_at, file_writer, lease_w
 from tracker.store.process_rows import held, live_processes
 from tracker.store.projection_schema import CHECKPOINT_NAME, VIEWS, projector_checkpoint
 from tracker.store.schema import event_log, quarantine
+from tracker.store.space import Space, read_space
 from tracker.store.task_failures import TaskFailure, read_failures
 
 LIFECYCLE: tuple[str, ...] = (
@@ -177,6 +178,8 @@ class Status:
     tracked_again: list[AccountDown] = field(default_factory=list)
     # The tasks beside ingest a running ``tracker run`` started again after a bug: how often, the last error.
     task_failures: list[TaskFailure] = field(default_factory=list)
+    # The database's size and its disk's free space (``space.py``; read after the snapshot, outside it).
+    space: Space = field(default_factory=lambda: Space(None, None, None))
 
     @property
     def projection_lag(self) -> int | None:
@@ -391,6 +394,7 @@ def read_status(engine: Engine) -> Status:
     elif engine.dialect.name != "postgresql":
         rows, failures = [], []  # an in-memory database: no process to trust
     status.task_failures = failures
+    status.space = read_space(engine)
     status.down = [d for d in rows if d.back_at is None]
     status.tracked_again = [d for d in rows if d.back_at is not None]
     down_of = {d.user: d for d in status.down if d.user}
