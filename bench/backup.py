@@ -10,8 +10,14 @@ it does to a live run's receive→commit latency.
    alone, what ``sqlite3 db ".backup f"`` does). Ratio = tracker / baseline.
 3. Beside a live run: ``bench/ingest.py``'s tracker pipeline (``run_tracker`` in a child process; the fake exchange in
    this one) offered ``--rate`` frames/s for ``--duration`` s, into a copy of that database, twice: without a backup,
-   then with backups taken one after another the whole time (this process, a worker thread). p50/p99 receive→commit
-   of each, and how many backups were taken.
+   then with ``tracker db backup`` run one after another the whole time, each a process of its own as a user runs
+   it (a backup in a thread of this process would take the GIL from the fake exchange serving the run). p50/p99
+   receive→commit of each, and how many backups were taken.
+4. With ``--pg-url ADMIN_URL``: the same log copied into a throwaway PostgreSQL database (``bench/rebuild.py``'s
+   ``pg_throwaway``, dropped afterwards), its projections rebuilt, then step 3 against it: the live run appending to
+   the server while ``tracker db backup`` copies the log out into a SQLite file, checks it and rebuilds its
+   projections there. Each live measurement is a new account of the fake exchange: the database keeps the last
+   one's entries, and the same account's frames again would all be duplicates, after a start-up backfill.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import trio
 
 from tracker.store.engine import open_engine
@@ -35,7 +42,7 @@ from tracker.store.rebuild import rebuild
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import fmt_ms, measure  # bench/ is not a package: the sibling scripts' helpers
-from rebuild import made, model_frames
+from rebuild import copy_log_to_pg, made, model_frames, pg_throwaway
 
 
 def database(keep: Path | None, events: int, tmp: Path) -> Path:
@@ -60,8 +67,9 @@ def _checkpoint(path: Path) -> int | None:
     return None if row is None else int(row[0])
 
 
-def time_tracker(source: Path, out: Path) -> float:
-    engine = open_engine(f"sqlite:///{source}")
+def time_tracker(source: Path | str, out: Path) -> float:
+    """``tracker db backup`` of ``source`` (a SQLite file, or a database URL) into ``out``, timed; ``out`` removed."""
+    engine = open_engine(source if isinstance(source, str) else f"sqlite:///{source}")
     try:
         started = time.perf_counter()
         back_up(engine, out)
@@ -89,21 +97,49 @@ async def live(path: Path, tmp: Path, rate: float, duration: float, *, backups: 
     # dirty in the page cache, is a ~150 ms stall of the bench's own making (a live database has no such backlog).
     with copy.open("rb+") as written:
         os.fsync(written.fileno())
+    try:
+        return await beside_backups(f"sqlite:///{copy}", tmp, rate, duration, backups=backups)
+    finally:
+        copy.unlink()
+
+
+async def beside_backups(
+    url: str, tmp: Path, rate: float, duration: float, *, backups: bool, seed: int = 11
+) -> tuple[dict[str, Any], int]:
+    """The tracker pipeline into ``url`` at ``rate`` for ``duration`` s (the fake account ``seed``), with or without
+    ``tracker db backup`` of it run back to back meanwhile, each in a process of its own; (its result, the backups
+    started). The backup under way when the measurement ends is killed (its partial file removed)."""
     taken = 0
+    out = tmp / "live-backup.db"
 
     async def keep_backing_up() -> None:
         nonlocal taken
         while True:
-            await trio.to_thread.run_sync(time_tracker, copy, tmp / "live-backup.db")
+            _remove_backups(tmp)
             taken += 1
+            await trio.run_process(
+                [sys.executable, "-m", "tracker", "db", "backup", str(out), "--db-url", url],
+                capture_stdout=True,
+                capture_stderr=True,
+            )
 
     async with trio.open_nursery() as nursery:
         if backups:
             nursery.start_soon(keep_backing_up)
-        result = await measure("tracker", f"sqlite:///{copy}", rate, duration)
+        result = await measure("tracker", url, rate, duration, seed=seed)
         nursery.cancel_scope.cancel()
-    copy.unlink()
+    _remove_backups(tmp)
     return result, taken
+
+
+def _remove_backups(tmp: Path) -> None:
+    """The last backup, and what a killed one left (``.partial``, its journal)."""
+    for leftover in tmp.glob("live-backup.db*"):
+        leftover.unlink()
+
+
+def print_live(label: str, result: dict[str, Any], taken: int) -> None:
+    print(f"{label:<28} {result['ws']:>7} {fmt_ms(result['p50']):>7} {fmt_ms(result['p99']):>7} {taken:>8}")
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -120,11 +156,36 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{'tracker db backup (copy, chain walk, check)':<48} {tracker:>7.2f} {size / 1e6 / tracker:>7.0f}"
               f" {tracker / baseline:>6.2f}")  # fmt: skip
         print(f"\nlive run at {args.rate:.0f} frames/s for {args.duration:.0f} s into a copy of it:")
-        print(f"{'':<28} {'frames':>7} {'p50 ms':>7} {'p99 ms':>7} {'backups':>8}")
-        for backups in (False, True):
+        print(f"{'':<28} {'frames':>7} {'p50 ms':>7} {'p99 ms':>7} {'backups':>8} (started)")
+        for backups in (False, True, False, True):
             result, taken = await live(path, tmp, args.rate, args.duration, backups=backups)
-            label = "with backups beside it" if backups else "alone"
-            print(f"{label:<28} {result['ws']:>7} {fmt_ms(result['p50']):>7} {fmt_ms(result['p99']):>7} {taken:>8}")
+            print_live("with backups beside it" if backups else "alone", result, taken)
+        if args.pg_url:
+            await postgresql(args, path, tmp)
+
+
+async def postgresql(args: argparse.Namespace, path: Path, tmp: Path) -> None:
+    """Step 4: the log in a throwaway PostgreSQL database, a live run appending to it, with and without backups."""
+    with pg_throwaway(args.pg_url) as plain:
+        url = plain.replace("postgresql://", "postgresql+psycopg://", 1)
+        copy_log_to_pg(path, plain)
+        engine = open_engine(url)
+        try:
+            rebuild(engine)
+        finally:
+            engine.dispose()
+        alone = time_tracker(url, tmp / "pg.db")
+        # What a server that has been running is like: the copied rows' hint bits set and the dirty pages written out
+        # (else the first measurement waits behind autovacuum and the checkpoint of the copy: p99 85 ms once).
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+            conn.execute("CHECKPOINT")
+        print(f"\nPostgreSQL: tracker db backup of that log alone: {alone:.2f} s (copy, chain walk, check, rebuild)")
+        print(f"live run at {args.rate:.0f} frames/s for {args.duration:.0f} s into that database:")
+        print(f"{'':<28} {'frames':>7} {'p50 ms':>7} {'p99 ms':>7} {'backups':>8} (started)")
+        for seed, backups in enumerate((False, True, False, True), start=101):
+            result, taken = await beside_backups(url, tmp, args.rate, args.duration, backups=backups, seed=seed)
+            print_live("with backups beside it" if backups else "alone", result, taken)
 
 
 def main() -> None:
@@ -133,6 +194,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the model database here and reuse it")
     parser.add_argument("--rate", type=float, default=1000.0, help="frames/s offered to the live run")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load per live measurement")
+    parser.add_argument(
+        "--pg-url",
+        metavar="ADMIN_URL",
+        help="also on PostgreSQL: a throwaway database made through this admin URL (e.g."
+        " postgresql://postgres@127.0.0.1:5432/postgres), dropped afterwards",
+    )
     trio.run(main_async, parser.parse_args())
 
 

@@ -338,10 +338,12 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- parent
 
 
-async def measure(kind: str, db_url: str, rate: float, duration: float) -> dict[str, Any]:
+async def measure(kind: str, db_url: str, rate: float, duration: float, *, seed: int = 11) -> dict[str, Any]:
+    """``seed``: the fake account's; a second measurement into the same database needs another, or its frames are
+    the first one's again (all duplicates) and the run starts with a backfill of the account."""
     from tracker.fake.server import open_fake_exchange
 
-    async with open_fake_exchange(seed=11, markets=MARKETS) as fx:
+    async with open_fake_exchange(seed=seed, markets=MARKETS) as fx:
         env = fx.tracker_env(os.environ)
         target = db_url if kind == "tracker" else db_url.removeprefix("sqlite:///").replace("+psycopg", "", 1)
         # Made before the child starts: the making blocks this process, which serves the child's token request.
