@@ -17,7 +17,8 @@ it does to a live run's receive→commit latency.
    ``pg_throwaway``, dropped afterwards), its projections rebuilt, then step 3 against it: the live run appending to
    the server while ``tracker db backup`` copies the log out into a SQLite file, checks it and rebuilds its
    projections there. Each live measurement is a new account of the fake exchange: the database keeps the last
-   one's entries, and the same account's frames again would all be duplicates, after a start-up backfill.
+   one's entries, and the same account's frames again would be duplicates and conflicts (the fake stamps a frame
+   with its send time), which take the slow path.
 """
 
 from __future__ import annotations

@@ -339,8 +339,9 @@ async def child_baseline(db_path: str) -> dict[str, Any]:
 
 
 async def measure(kind: str, db_url: str, rate: float, duration: float, *, seed: int = 11) -> dict[str, Any]:
-    """``seed``: the fake account's; a second measurement into the same database needs another, or its frames are
-    the first one's again (all duplicates) and the run starts with a backfill of the account."""
+    """``seed``: the fake account's; a second measurement into the same database needs another, or its frames carry
+    the first one's ids again: duplicates, and conflicts where the fake's send time differs, which take the slow
+    path (docs/storage.md, "Backups beside a live run")."""
     from tracker.fake.server import open_fake_exchange
 
     async with open_fake_exchange(seed=seed, markets=MARKETS) as fx:
