@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, create_engine, text
 
@@ -24,6 +25,16 @@ T0 = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
 PG_ADMIN_URL = os.environ.get("TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 APPEND_ONLY_TRIGGERS = ("event_log_no_update", "event_log_no_delete")
+
+
+def rows_of(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """``sql``'s rows, read through an engine of its own (opened and disposed here)."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql).all()]
+    finally:
+        engine.dispose()
 
 
 def entry(i: int, *, payload: str | None = None, key: str | None = None, account: str = "1001") -> NewEntry:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 from sqlalchemy import Engine
+from store_helpers import rows_of
 from test_accounts_process import start_accounts
 
 from tracker.cli import main
@@ -178,12 +179,7 @@ def _assert_storage(storage: dict[str, Any], url: str) -> None:
     tell it (the free space within 64 MiB: other tests write meanwhile), PostgreSQL as the server tells it."""
     path = sqlite_path(url)
     if path is None:
-        engine = open_engine(url)
-        try:
-            with engine.connect() as conn:
-                size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
-        finally:
-            engine.dispose()
+        [(size,)] = rows_of(url, "SELECT pg_database_size(current_database())")
         # within a MiB: autovacuum may add a table's free-space or visibility map between the two reads
         assert abs(storage["database_bytes"] - size) < 1 << 20
         assert {k: v for k, v in storage.items() if k != "database_bytes"} == {

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from store_helpers import rows_of
 
 from tracker.cli import main
 from tracker.domain.events import DomainEvent, Fill, LiquidationAlert, SelfTrade, Settlement
@@ -157,13 +158,8 @@ def test_migration_0007_moves_existing_rows(db_url: str) -> None:
     computed again from the fills, per trade account, and the positions take their fills' account."""
     _projected(db_url)
     migrate.downgrade(db_url, "0006_ledger")
-    engine = open_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            old = conn.exec_driver_sql("SELECT day, market, fills FROM v_fees_daily").all()
-    finally:
-        engine.dispose()
-    assert sorted(tuple(r) for r in old) == [
+    old = rows_of(db_url, "SELECT day, market, fills FROM v_fees_daily")
+    assert sorted(old) == [
         ("2026-11-20", "btcusd", 3), ("2026-11-20", "btcusd-perp", 1), ("2026-11-21", "btcusd-perp", 2)
     ]  # fmt: skip
     migrate.upgrade(db_url)
