@@ -281,21 +281,16 @@ def _plain(value: Any) -> Any:
 def describe_space(space: Any) -> str | None:
     """The ``storage:`` line: the database's size and its disk's free space, and a warning when that is low (``None``:
     an in-memory database)."""
-    from tracker.store.space import format_bytes
+    from tracker.store.space import LOW_ADVICE, format_bytes
 
     if space.database_bytes is None:
         return None
     line = f"storage: database {format_bytes(space.database_bytes)}"
-    if space.disk_free_bytes is None or space.disk_total_bytes is None:
+    if (disk := space.disk()) is None:
         return line + "; the server's disk is not visible from here: watch its free space on the server"
-    free, total = space.disk_free_bytes, space.disk_total_bytes
-    share = 100 * free / total if total else 0.0
-    line += f"; disk {format_bytes(free)} free of {format_bytes(total)} ({share:.0f} %)"
+    line += f"; disk {disk}"
     if space.low:
-        line += (
-            "; LOW: free space on it (when it is full, appends stop: tracker run holds what it receives and retries"
-            " until there is room)"
-        )
+        line += f"; LOW: {LOW_ADVICE}"
     return line
 
 

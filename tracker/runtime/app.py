@@ -45,6 +45,7 @@ from tracker.runtime.account_supervisor import (
 from tracker.runtime.append_combiner import AppendCombiner
 from tracker.runtime.backoff import Backoff
 from tracker.runtime.config_reload import AccountsDiff, Reloads, diff_accounts, watch_hangups
+from tracker.runtime.disk_watch import disk_watch
 from tracker.runtime.down_board import open_down_board
 from tracker.runtime.early_signals import EarlySignals
 from tracker.runtime.ingest import IngestOptions
@@ -74,7 +75,7 @@ log = logging.getLogger("tracker.service")
 def standard_tasks(engine: Engine, *, metrics: Metrics | None = None) -> list[TaskStarter]:
     """The ``extra_tasks`` of a normal run. Build them just before ``run_tracker``: the recovery task's creation time
     splits this run's log entries from the previous run's, and metrics count from then on."""
-    tasks: list[TaskStarter] = [projector_task(engine), recovery_task()]
+    tasks: list[TaskStarter] = [projector_task(engine), recovery_task(), disk_watch(engine)]
     if metrics is not None:
         tasks.append(metrics_task(metrics, engine))
     return tasks
@@ -281,7 +282,7 @@ async def run_accounts(
                 if hangups is not None:
                     await nursery.start(watch_hangups, hangups, stop, reloads, hangup_scope)
                 if companions:
-                    once = [projector_task(engine)]
+                    once = [projector_task(engine), disk_watch(engine)]
                     if metrics is not None:
                         once.append(metrics_task(metrics, engine, services_of=running_services))
                     for starter in once:

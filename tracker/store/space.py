@@ -24,6 +24,10 @@ from tracker.store.engine import sqlite_path
 
 LOW_FREE_BYTES: Final = 1 << 30  # less than 1 GiB free is low, whatever the disk's size
 LOW_FREE_FRACTION: Final = 0.05  # and so is less than 5 % of the disk
+LOW_ADVICE: Final = (
+    "free space on it (when it is full, appends stop: tracker run holds what it receives and retries until there is"
+    " room)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,14 @@ class Space:
     disk_free_bytes: int | None  # None: not visible from here (PostgreSQL, in-memory)
     disk_total_bytes: int | None
     disk_path: str | None = None  # the directory whose disk that is (SQLite: the database file's)
+
+    def disk(self) -> str | None:
+        """``73.5 GiB free of 252.0 GiB (29 %)``, or ``None`` when the disk is not visible from here."""
+        free, total = self.disk_free_bytes, self.disk_total_bytes
+        if free is None or total is None:
+            return None
+        share = 100 * free / total if total else 0.0
+        return f"{format_bytes(free)} free of {format_bytes(total)} ({share:.0f} %)"
 
     @property
     def low(self) -> bool:
