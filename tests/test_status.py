@@ -193,7 +193,8 @@ def _assert_storage(storage: dict[str, Any], url: str) -> None:
     assert storage["database_bytes"] == path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     assert storage["disk_total_bytes"] == disk.f_blocks * disk.f_frsize
     assert abs(storage["disk_free_bytes"] - disk.f_bavail * disk.f_frsize) < 64 << 20
-    assert storage["low"] == Space(0, storage["disk_free_bytes"], storage["disk_total_bytes"]).low
+    figures = (storage["database_bytes"], storage["disk_free_bytes"], storage["disk_total_bytes"])
+    assert storage["low"] == Space(*figures).low
 
 
 def test_the_storage_line_warns_when_the_disk_is_low() -> None:
@@ -201,11 +202,12 @@ def test_the_storage_line_warns_when_the_disk_is_low() -> None:
     assert describe_space(Space(None, None, None)) is None  # an in-memory database
     roomy = Space(3 * gib // 2, 60 * gib, 100 * gib, "/data")
     assert describe_space(roomy) == "storage: database 1.5 GiB; disk 60.0 GiB free of 100.0 GiB (60 %)"
-    for low in (Space(gib, gib - 1, 100 * gib), Space(gib, 4 * gib, 100 * gib)):  # under 1 GiB; under 5 %
+    for low in (Space(gib, gib - 1, 100 * gib), Space(5 * gib, 4 * gib, 100 * gib)):  # under 1 GiB; the database
         assert low.low
         line = describe_space(low)
         assert line is not None and "; LOW: free space on it (when it is full, appends stop:" in line
     assert not Space(gib, 6 * gib, 100 * gib).low
+    assert not Space(gib, 40 * gib, 900 * gib).low  # 4 % of a big disk, but room for 40 such databases
     assert [format_bytes(n) for n in (0, 1023, 1024, 5 * (1 << 20) + (1 << 19), 2 << 40)] == [
         "0 B",
         "1023 B",

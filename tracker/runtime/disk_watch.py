@@ -1,6 +1,7 @@
 """The database's disk, watched while ``tracker run`` runs: one WARNING when its free space falls below the low mark
-(``store/space.py``: under 1 GiB or 5 % of the disk), one INFO when it is above it again. The full disk itself is the
-writer's retry line (``db_retry``), and ``tracker status`` and the metrics show the same figures any time.
+(``store/space.py``: under 1 GiB, or under the database's own size), one INFO when it is above it again. The full
+disk itself is the writer's retry line (``db_retry``), and ``tracker status`` and the metrics show the same figures
+any time.
 
 SQLite only: a PostgreSQL server's disk is not visible from a client (watch it on the server), so there the task reads
 nothing and waits for the stop.

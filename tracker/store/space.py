@@ -22,8 +22,9 @@ from sqlalchemy import Engine, text
 
 from tracker.store.engine import sqlite_path
 
-LOW_FREE_BYTES: Final = 1 << 30  # less than 1 GiB free is low, whatever the disk's size
-LOW_FREE_FRACTION: Final = 0.05  # and so is less than 5 % of the disk
+# Low: less than 1 GiB free, or less than the database's own size (a VACUUM needs that much again, and a rebuild or a
+# backup on the same disk about as much). Not a share of the disk: 40 GiB free of 900 is no alarm for a 1 GiB log.
+LOW_FREE_BYTES: Final = 1 << 30
 LOW_ADVICE: Final = (
     "free space on it (when it is full, appends stop: tracker run holds what it receives and retries until there is"
     " room)"
@@ -47,10 +48,10 @@ class Space:
 
     @property
     def low(self) -> bool:
-        """Less than 1 GiB or 5 % of the disk free (unknown: not low)."""
-        if self.disk_free_bytes is None or self.disk_total_bytes is None:
+        """Less than 1 GiB free, or less than the database's size (unknown: not low)."""
+        if self.disk_free_bytes is None:
             return False
-        return self.disk_free_bytes < LOW_FREE_BYTES or self.disk_free_bytes < self.disk_total_bytes * LOW_FREE_FRACTION
+        return self.disk_free_bytes < max(LOW_FREE_BYTES, self.database_bytes or 0)
 
 
 def read_space(engine: Engine) -> Space:
