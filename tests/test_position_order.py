@@ -269,7 +269,7 @@ def test_any_arrival_order_through_the_store(
     engine: Engine, case: tuple[list[Fill], list[NewEntry], list[int]]
 ) -> None:
     """The same on each backend's store (``ProjectionStore.project_events`` batch by batch): the late fills' batches
-    read their position's fills back with ``PositionFillsReader``."""
+    read their position's fills back with ``FillsReader``."""
     fills, entries, sizes = case
     with writer(engine).begin() as conn:
         ProjectionStore(engine).clear(conn)

@@ -161,7 +161,7 @@ class StoredTable:
 
 def position_fills(fills: StoredTable) -> Callable[[str, str], list[FillRow]]:
     """A ``PositionFills`` over a ``StoredTable`` of fills: the stored ones with the batch's in their place (what the
-    store's index query and ``PositionFillsReader`` give)."""
+    store's index query and ``FillsReader`` give)."""
 
     def read(account: str, position_id: str) -> list[FillRow]:
         rows = {**fills.stored, **fills.memory}.values()

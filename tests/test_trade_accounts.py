@@ -1,7 +1,9 @@
 """Every view carries ``trade_account_id`` (issue 15, item 3): the fees per trade account (a fill's account learned
 later moves its figures), positions first-learned from fills and liquidation alerts, settlements from their
 position, self trades when both sides agree; migration 0007 moving existing rows; ``tracker report --account`` the
-trade account and ``--user`` the Bitstamp account on every kind.
+trade account and ``--user`` the Bitstamp account on every kind. A fill whose source names no trade account (REST)
+takes its order's, whichever comes first, in one batch or across batches, on both backends, rebuilt or
+incremental; migration 0014 moves existing rows.
 
 Rules: local databases only; no network.
 """
@@ -10,19 +12,25 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
-from sqlalchemy import select
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, text
 from store_helpers import rows_of
+from test_fresh_store import fresh_store
 
 from tracker.cli import main
-from tracker.domain.events import DomainEvent, Fill, LiquidationAlert, SelfTrade, Settlement
-from tracker.domain.projection import fold
+from tracker.domain.events import DomainEvent, Fill, LiquidationAlert, OrderEvent, SelfTrade, Settlement
+from tracker.domain.projection import ProjectionState, fold
+from tracker.domain.rows import FeesDailyRow, FillRow
 from tracker.store import migrate
-from tracker.store.engine import open_engine
+from tracker.store.engine import open_engine, writer
 from tracker.store.projection_schema import VIEWS
 from tracker.store.projections import ProjectionStore
 
@@ -113,6 +121,169 @@ def test_a_position_learns_its_account_when_a_fill_is_enriched() -> None:
     assert fees == {"": 0, "4": 1}
 
 
+def _order(
+    seq: int, order_id: str, tai: str | None, *, event_id: str | None = None, kind: str = "created"
+) -> OrderEvent:
+    return OrderEvent(
+        seq=seq, account=USER, source="ws", kind=kind, order_id=order_id, market="btcusd", side="buy",
+        amount_remaining=Decimal("1"), amount_traded=None, amount_at_create=Decimal("1"), price=Decimal("100"),
+        price_is_placeholder=False, is_market=False, client_order_id=None, orig_order_id=None, event_id=event_id,
+        pre_event_id=None, order_source=None, occurred_at=DAY1, received_at=DAY1, trade_account_id=tai,
+    )  # type: ignore[arg-type]  # fmt: skip
+
+
+def _rest(seq: int, trade_id: str, order_id: str, **kwargs: Any) -> Fill:
+    fill = _fill(seq, trade_id, None, source="rest", **kwargs)
+    return msgspec.structs.replace(fill, order_id=order_id)
+
+
+def _fees_of(state: ProjectionState) -> dict[str, tuple[int, Decimal, Decimal]]:
+    """trade account ("" = unknown) -> fills, volume, fees of the one day and market these tests use."""
+    return {k[1]: (r.fills, r.volume, r.fees) for k, r in state.rows_of("fees_daily").items()}
+
+
+def test_a_rest_fill_takes_the_trade_account_its_order_named_before() -> None:
+    state = fold([_order(1, "o1", "7"), _rest(2, "t1", "o1", amount="0.1", fee="0.05")])
+    assert state.rows_of("fills")[(USER, "t1")].trade_account_id == "7"
+    assert _fees_of(state) == {"7": (1, Decimal("10"), Decimal("0.05"))}  # never counted as unknown
+
+
+def test_rest_fills_take_the_trade_account_their_order_names_later_and_their_fees_move() -> None:
+    events = [
+        _rest(1, "t1", "o1", amount="0.1", fee="0.05", position="p1"),
+        _rest(2, "t2", "o1", amount="0.2", fee="0.1"),
+        _rest(3, "t3", "o2", amount="0.3", fee="0.2"),  # another order, which never names its account
+        _fill(4, "t4", "3", amount="0.4", fee="0.3"),  # its own frame named one: kept (first-learned)
+        _order(5, "o1", None),  # an event without the account: nothing moves yet
+        _order(6, "o1", "7", kind="changed"),
+        _order(7, "o1", "9", kind="changed"),  # first-learned: the order stays 7, and so do its fills
+    ]
+    events[3] = msgspec.structs.replace(events[3], order_id="o1")
+    state = fold(events)
+    fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
+    assert fills == {"t1": "7", "t2": "7", "t3": None, "t4": "3"}
+    assert state.rows_of("orders")[(USER, "o1")].trade_account_id == "7"
+    assert _fees_of(state) == {
+        "": (1, Decimal("30"), Decimal("0.2")),  # t3 stays unknown; t1 and t2 moved out
+        "7": (2, Decimal("30"), Decimal("0.15")),
+        "3": (1, Decimal("40"), Decimal("0.3")),
+    }
+    assert state.rows_of("positions")[(USER, "p1")].trade_account_id == "7"  # learned with its fill
+
+
+def test_a_stale_order_event_that_names_the_account_moves_the_fills_too() -> None:
+    """A replay of an older event (REST ``account_order_data/`` after a gap) is the first to name the account."""
+    later, earlier = "0001" + "a" * 32, "0000" + "a" * 32  # MarketEventIDs: text order is time order
+    state = fold(
+        [
+            _order(1, "o1", None, event_id=later, kind="changed"),
+            _rest(2, "t1", "o1"),
+            _order(3, "o1", "5", event_id=earlier),
+        ]
+    )
+    assert state.rows_of("fills")[(USER, "t1")].trade_account_id == "5"
+    assert _fees_of(state)["5"][0] == 1
+
+
+def _account_events() -> list[DomainEvent]:
+    """REST fills before and after their orders name an account, some in one batch of 3, some across batches."""
+    return [
+        _rest(1, "t1", "o1", position="p1"),
+        _rest(2, "t2", "o2"),
+        _order(3, "o2", "4"),  # same batch as its fill
+        _rest(4, "t3", "o3"),
+        _rest(5, "t4", "o1", position="p1"),
+        _order(6, "o3", "6"),
+        _order(7, "o1", "7"),  # two batches after its first fill
+        _rest(8, "t5", "o1"),  # after: takes it at once
+        _rest(9, "t6", "o9"),  # no order: unknown
+    ]
+
+
+def _through_stores(engine: Engine, events: Sequence[DomainEvent], sizes: Sequence[int]) -> None:
+    """``events`` in batches of ``sizes`` (cycled) through an ordinary store and through a fresh one (the rebuild's:
+    shadow tables, rows it never wrote not queried, on SQLite every row looked up lazily): both equal the fold in
+    one go."""
+    want = fold(events).to_rows()
+    ordinary, fresh = ProjectionStore(engine), fresh_store(engine, "tai")
+    with writer(engine).begin() as conn:
+        ordinary.clear(conn)
+        fresh.clear(conn)  # its checkpoint row (a hypothesis example before may have moved it)
+    fresh = ProjectionStore(engine, tables=fresh.tables, checkpoint_name="tai", fresh=True)
+    for store in (ordinary, fresh):
+        start, turn = 0, 0
+        while start < len(events):
+            size = sizes[turn % len(sizes)]
+            store.project_events(list(events[start : start + size]))
+            start, turn = start + size, turn + 1
+        assert store.all_rows() == want
+
+
+def test_fills_take_their_orders_account_across_batches_on_both_backends(migrated_engine: Engine) -> None:
+    """The store reads an order's stored fills back by the (account, order_id) index (the shadow tables have it
+    too) when the order learns its account in a later batch."""
+    events = _account_events()
+    _through_stores(migrated_engine, events, [3])
+    state = fold(events)
+    fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
+    assert fills == {"t1": "7", "t2": "4", "t3": "6", "t4": "7", "t5": "7", "t6": None}
+    assert {k: v[0] for k, v in _fees_of(state).items()} == {"": 1, "4": 1, "6": 1, "7": 3}
+    assert state.rows_of("positions")[(USER, "p1")].trade_account_id == "7"
+
+
+def test_the_prefetch_predicts_the_fee_row_of_a_fill_that_takes_its_orders_account(migrated_engine: Engine) -> None:
+    """No query a row for a REST fill after its order (the order in an earlier batch, or in the same one): on
+    PostgreSQL each would be a round trip, and a backfill brings thousands."""
+    store = ProjectionStore(migrated_engine)
+    batches = [[_order(1, "o1", "7")], [_rest(2, "t1", "o1"), _order(3, "o2", "4"), _rest(4, "t2", "o2")]]
+    misses = 0
+    for batch in batches:
+        result = store.project_events(list(batch))
+        assert result is not None
+        misses += result.misses
+    assert {k: v[0] for k, v in _fees_of(fold([e for b in batches for e in b])).items()} == {"7": 1, "4": 1}
+    assert misses == 0
+
+
+TAIS = st.none() | st.sampled_from(["0", "7"])
+
+
+@st.composite
+def orders_and_fills(draw: st.DrawFn) -> list[DomainEvent]:
+    """Orders and fills of three orders in any order, each naming a trade account or not; fills with a position."""
+    events: list[DomainEvent] = []
+    for seq in range(1, draw(st.integers(1, 25)) + 1):
+        order_id = draw(st.sampled_from(["o1", "o2", "o3"]))
+        if draw(st.booleans()):
+            kind = draw(st.sampled_from(["created", "changed"]))
+            events.append(_order(seq, order_id, draw(TAIS), kind=kind))
+        else:
+            fill = _fill(seq, draw(st.sampled_from(["t1", "t2", "t3", "t4", "t5"])), draw(TAIS),
+                         source=draw(st.sampled_from(["ws", "rest"])), position=draw(st.none() | st.just("p1")),
+                         at=draw(st.sampled_from([DAY1, DAY2])))  # fmt: skip
+            events.append(msgspec.structs.replace(fill, order_id=order_id))
+    return events
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=orders_and_fills(), sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4))
+def test_any_order_of_orders_and_fills_projects_as_the_fold(
+    migrated_engine: Engine, events: list[DomainEvent], sizes: list[int]
+) -> None:
+    """Whatever comes first and however the batches fall: the stores give the fold's rows, and no fill of an order
+    that named an account is left without one (first-learned: a fill's own account stays)."""
+    _through_stores(migrated_engine, events, sizes)
+    state = fold(events)
+    orders = state.rows_of("orders")
+    for fill in state.rows_of("fills").values():
+        assert isinstance(fill, FillRow)
+        order = orders.get((USER, fill.order_id))
+        if fill.trade_account_id is None:
+            assert order is None or getattr(order, "trade_account_id", None) is None, fill
+    fees = sum(r.fills for r in state.rows_of("fees_daily").values() if isinstance(r, FeesDailyRow))
+    assert fees == len(state.rows_of("fills"))
+
+
 def _projected(url: str) -> None:
     engine = open_engine(url)
     try:
@@ -166,6 +337,34 @@ def test_migration_0007_moves_existing_rows(db_url: str) -> None:
     assert _fees(db_url) == FEES
     # Backfilled from the earliest fill naming one (the fold's first-learned 5 came from an alert before it).
     assert _view(db_url, "v_positions", "position_id", "trade_account_id") == [("p1", "7"), ("p2", "6")]
+
+
+def test_migration_0014_gives_existing_fills_their_orders_account(db_url: str) -> None:
+    """A projection made before 0014: REST fills left unknown although their order named an account later (the
+    update below puts the order's account where the older fold had it). Down to 0013 and up again: the rows are
+    the new fold's, row for row (fills, fees per trade account, the position)."""
+    before = [
+        _rest(1, "t1", "o1", position="p1", amount="0.1", fee="0.05"),
+        _rest(2, "t2", "o1", amount="0.2", price="101", fee="0.1"),
+        _rest(3, "t3", "o9", amount="0.3", fee="0.2"),  # no order: stays unknown
+        _order(4, "o1", None),
+    ]
+    now = [*before[:3], _order(4, "o1", "7")]
+    engine = open_engine(db_url)
+    try:
+        migrate.upgrade(engine)
+        ProjectionStore(engine).project_events(before)
+        with writer(engine).begin() as conn:
+            conn.execute(text("UPDATE proj_orders SET trade_account_id = '7' WHERE order_id = 'o1'"))
+        migrate.downgrade(db_url, "0013_task_failures")
+        migrate.upgrade(db_url)
+        rows = ProjectionStore(engine).all_rows()
+    finally:
+        engine.dispose()
+    want = fold(now).to_rows()
+    for name in ("fills", "fees_daily", "positions", "orders"):
+        assert rows[name] == want[name], name
+    assert {r.trade_account_id: r.fills for r in rows["fees_daily"] if isinstance(r, FeesDailyRow)} == {"": 1, "7": 2}
 
 
 def _csv(text: str) -> list[dict[str, str]]:

@@ -14,8 +14,9 @@ is the fold of its fills in the exchange's order, not the log's). ``fold`` does 
 
 The read rule: the fold touches a state table ONLY through ``table.get(key)``, ``key in table`` and
 ``table[key] = row``. It never iterates a table, never takes its ``len``, never reads ``table[key]``, never
-deletes. Its one read not by key is ``state.position_fills`` (the fills of one position, at a batch's end:
-``refold_positions``), which a store serves by an index and counts as reads of those fills. So what an event does
+deletes. Its reads not by key are ``state.position_fills`` (the fills of one position, at a batch's end:
+``refold_positions``) and ``state.order_fills`` (the fills of one order that learns its trade account after them:
+``learn_order_account``), which a store serves by an index and counts as reads of those fills. So what an event does
 depends only on the rows it names (by key, or as a position's fills), and a store may hand the fold tables that hold
 just the rows it prefetched for a batch and load any other row on ``get`` / ``in`` (``ProjectionState(tables=...)``,
 ``StateTable``; ``tracker.store.projection_prefetch``). The parallel rebuild leans on the same rule: two
@@ -76,7 +77,7 @@ from tracker.domain.events import (
     Unknown,
     WithdrawalRequest,
 )
-from tracker.domain.projection_fills import apply_fill, apply_self_trade
+from tracker.domain.projection_fills import apply_fill, apply_self_trade, learn_order_account
 from tracker.domain.projection_ledger import (
     apply_balance_snapshot,
     apply_crypto_transaction,
@@ -120,7 +121,9 @@ def apply(state: ProjectionState, event: DomainEvent) -> ProjectionState:
         return state
     match event:
         case OrderEvent():
-            apply_order(state, event)
+            learned = apply_order(state, event)
+            if learned is not None:  # fills of the order were folded before it named its trade account
+                learn_order_account(state, event.account, event.order_id, learned)
         case Fill():
             apply_fill(state, event)
         case SelfTrade():

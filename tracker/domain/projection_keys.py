@@ -41,8 +41,8 @@ from tracker.domain.events import (
     WithdrawalRequest,
 )
 from tracker.domain.projection_orders import ALL_SOURCES
-from tracker.domain.projection_state import unix_us
-from tracker.domain.rows import TABLES, BalanceRow, LedgerAccountRow, OrderLinkRow
+from tracker.domain.projection_state import StateTable, unix_us
+from tracker.domain.rows import TABLES, BalanceRow, LedgerAccountRow, OrderLinkRow, OrderRow
 
 Keys = dict[str, set[tuple[Any, ...]]]  # table name -> row keys
 
@@ -171,3 +171,24 @@ def discrepancy_keys_of_balances(balances: Iterable[BalanceRow]) -> set[tuple[An
 def discrepancy_keys_of_links(links: Iterable[OrderLinkRow]) -> set[tuple[Any, ...]]:
     """The open ``order_fills_mismatch`` discrepancies the loaded link rows point at (the fold may resolve them)."""
     return {(link.account, link.mismatch_id) for link in links if link.mismatch_id is not None}
+
+
+def fee_keys_of_order_accounts(events: Iterable[DomainEvent], orders: StateTable[Any, Any]) -> set[tuple[Any, ...]]:
+    """The fee rows of the batch's fills that take their order's trade account (``projection_fills``: a fill that
+    names none): the account the loaded order row names, or an order event of the batch (more than the fold will
+    touch is harmless; fewer is a query each)."""
+    named: dict[tuple[str, str], set[str]] = {}
+    for event in events:
+        if isinstance(event, OrderEvent) and event.trade_account_id is not None:
+            named.setdefault((event.account, event.order_id), set()).add(event.trade_account_id)
+    keys: set[tuple[Any, ...]] = set()
+    for event in events:
+        if isinstance(event, Fill) and event.trade_account_id is None and event.order_id is not None:
+            order_key = (event.account, event.order_id)
+            accounts = set(named.get(order_key, ()))
+            order = orders.get(order_key)
+            if isinstance(order, OrderRow) and order.trade_account_id is not None:
+                accounts.add(order.trade_account_id)
+            day, market = event.executed_at.date().isoformat(), event.market or ""
+            keys.update((event.account, account, day, market) for account in accounts)
+    return keys

@@ -194,8 +194,10 @@ def _status_of(event: OrderEvent) -> OrderStatus:
             assert_never(event.kind)
 
 
-def apply_order(state: ProjectionState, event: OrderEvent) -> None:
+def apply_order(state: ProjectionState, event: OrderEvent) -> str | None:
     """Fold one order event into its ``orders`` row (and the chain, the link of a replaced order, the cross-check).
+    Returns the trade account the order learned from this event when fills of it were folded before (the caller
+    hands it to them: ``projection_fills.learn_order_account``), else ``None``.
 
     One piece on purpose (~95 lines): the first event of an order and a later one each set the same eleven values
     that the one ``OrderRow`` below is made of; split, they would travel as an eleven-field tuple through a call per
@@ -212,14 +214,14 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         and f" {event_id} " in f" {old.seen_event_ids} "
     ):
         count(state, account, "order_event_replayed", event.seq)
-        return
+        return None
     if event.source == "ws" and event_id is not None:
         _follow_chain(state, event, event_id)
     if old is not None and event_id is not None and _is_stale(event_id, old.seen_event_ids):
-        _apply_stale_order_event(state, old, event, event_id)
+        learned = _apply_stale_order_event(state, old, event, event_id)
         # e.g. a restart heard the replacement's later events live before the backfill brought its order_replaced
         _link_replacement(state, event)
-        return
+        return learned
     at_create = event.amount_at_create
     link = state.order_links.get(key)
     if old is None:
@@ -304,6 +306,15 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> None:
         _link_replacement(state, event)
     if status in CLOSED:
         _cross_check(state, order, link, event.seq)
+    return _learned_account(old, order, link)
+
+
+def _learned_account(old: OrderRow | None, new: OrderRow, link: OrderLinkRow | None) -> str | None:
+    """``new``'s trade account when this event taught it and fills of the order were folded before (``link``
+    counts them), else ``None`` (the usual case: the order's first event names its account, before any fill)."""
+    if new.trade_account_id is None or link is None or link.fills_count == 0:
+        return None
+    return new.trade_account_id if old is None or old.trade_account_id is None else None
 
 
 def _wire_fields(
@@ -357,9 +368,9 @@ def _is_stale(event_id: str, seen_event_ids: str) -> bool:
     return any(len(seen) == EVENT_ID_LENGTH and seen > event_id for seen in seen_event_ids.split(" "))
 
 
-def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: OrderEvent, event_id: str) -> None:
-    """A late-arriving older event fills in what is still unknown (amount, price, client id, side) but does not move
-    the order's status or remaining amount back."""
+def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: OrderEvent, event_id: str) -> str | None:
+    """A late-arriving older event fills in what is still unknown (amount, price, client id, side, trade account) but
+    does not move the order's status or remaining amount back. Returns as ``apply_order`` does."""
     amount = old.amount
     if amount == 0 and event.amount_at_create is not None and event.amount_at_create != 0:
         amount = event.amount_at_create
@@ -394,6 +405,7 @@ def _apply_stale_order_event(state: ProjectionState, old: OrderRow, event: Order
     state.dirty["orders"].add(key)
     count(state, old.account, "order_event_stale", event.seq)
     _cross_check(state, order, link, event.seq)
+    return _learned_account(old, order, link)
 
 
 def _follow_chain(state: ProjectionState, event: OrderEvent, event_id: str) -> None:

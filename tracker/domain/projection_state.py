@@ -74,12 +74,22 @@ class PositionFills(Protocol):
     def __call__(self, account: str, position_id: str, /) -> Iterable[FillRow]: ...
 
 
+class OrderFills(Protocol):
+    """The fills of one order (every ``FillRow`` of ``account`` whose ``order_id`` is ``order_id``, as the state
+    holds them now: the stored ones and the batch's own), in any order. Asked only when an order learns its trade
+    account after fills of it were folded (``projection_fills.learn_order_account``: rare, REST fills before their
+    order's events). A store answers it as ``PositionFills``: an indexed query plus the batch's rows, counted as
+    read."""
+
+    def __call__(self, account: str, order_id: str, /) -> Iterable[FillRow]: ...
+
+
 class ProjectionState:
     """All projection state: one table per row type (key → row), the checkpoint and the dirty keys per table.
 
     ``tables``: the store's own ``StateTable`` per name in ``TABLES`` (all of them); by default empty dicts.
-    ``position_fills``: the store's ``PositionFills`` over those tables; by default a scan of ``fills`` (which must
-    then be a mapping: an in-memory state).
+    ``position_fills``, ``order_fills``: the store's ``PositionFills`` and ``OrderFills`` over those tables; by
+    default a scan of ``fills`` (which must then be a mapping: an in-memory state).
     """
 
     __slots__ = (
@@ -96,6 +106,7 @@ class ProjectionState:
         "ledger_entries",
         "ledger_legs",
         "liquidations",
+        "order_fills",
         "order_links",
         "orders",
         "position_fills",
@@ -107,7 +118,10 @@ class ProjectionState:
     )
 
     def __init__(
-        self, tables: Mapping[str, StateTable[Any, Any]] | None = None, position_fills: PositionFills | None = None
+        self,
+        tables: Mapping[str, StateTable[Any, Any]] | None = None,
+        position_fills: PositionFills | None = None,
+        order_fills: OrderFills | None = None,
     ) -> None:
         if tables is None:
             tables = {name: {} for name in TABLES}
@@ -134,6 +148,7 @@ class ProjectionState:
         self.withdrawal_requests: StateTable[tuple[str, str, str], WithdrawalRequestRow] = tables["withdrawal_requests"]
         self.dirty: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
         self.position_fills: PositionFills = self._scan_position_fills if position_fills is None else position_fills
+        self.order_fills: OrderFills = self._scan_order_fills if order_fills is None else order_fills
 
     def _scan_position_fills(self, account: str, position_id: str) -> list[FillRow]:
         """The default ``PositionFills``: every fill of an in-memory state looked at (tests and small folds)."""
@@ -142,6 +157,15 @@ class ProjectionState:
             row
             for row in fills.values()
             if isinstance(row, FillRow) and row.position_id == position_id and row.account == account
+        ]
+
+    def _scan_order_fills(self, account: str, order_id: str) -> list[FillRow]:
+        """The default ``OrderFills``: every fill of an in-memory state looked at (tests and small folds)."""
+        fills = self.rows_of("fills")
+        return [
+            row
+            for row in fills.values()
+            if isinstance(row, FillRow) and row.order_id == order_id and row.account == account
         ]
 
     def table(self, name: str) -> StateTable[Any, Any]:

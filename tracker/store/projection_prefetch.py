@@ -31,10 +31,11 @@ or seen at the next ``load``) and the store queries as an ordinary one does.
 ``touched`` (the parallel rebuild's proof that its parts are independent): per table, ``hash(key)`` of every row
 key the fold read or wrote, from the ``LazyTable``'s keys (every key it asked for) and the dirty ones.
 
-The fold's one read not by key, a position's fills (``PositionFills``: only for a position a fill reached out of
-exchange order, once a batch), is ``PositionFillsReader``: one query by the index on (account, position_id), the
-rows it finds put in the batch's ``fills`` table (so they count as read, and the batch's own rows stay in their
-place), then the fills of the position that table holds.
+The fold's two reads not by key, a position's fills (``PositionFills``: only for a position a fill reached out of
+exchange order, once a batch) and an order's fills (``OrderFills``: only when an order learns its trade account
+after some of its fills), are ``FillsReader``: one query by the index on (account, position_id) or (account,
+order_id), the rows it finds put in the batch's ``fills`` table (so they count as read, and the batch's own rows
+stay in their place), then the fills of the position or order that table holds.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from tracker.domain.projection_keys import (
     balance_keys_of_accounts,
     discrepancy_keys_of_balances,
     discrepancy_keys_of_links,
+    fee_keys_of_order_accounts,
     keys_for,
 )
 from tracker.domain.rows import TABLES, BalanceRow, FillRow, LedgerAccountRow, OrderLinkRow, Row
@@ -174,38 +176,43 @@ class LazyTable(dict[Key, Row | None]):
 _UNKNOWN: Final = object()  # "the previous batch did not know this key" (``None`` is "it knew: no row")
 
 
-class PositionFillsReader:
-    """A batch's ``PositionFills`` (``tracker.domain.projection_state``): the fills of one position as the batch's
-    state holds them. The stored ones (one query, served by the index on (account, position_id), bounded by the
-    position's fills) join the batch's ``fills`` table where it does not know their key yet (from there on they
-    are read rows: in ``touched``, in the next batch's cache); then every fill of the position in that table is the
-    answer, the batch's own rows (new, or enriched with this position id) included. Its query runs on the batch's
-    connection, in the batch's one snapshot (``projections``), so the stored fills are those of the batch's
-    checkpoint, as every other row it read: not another projector's, committed meanwhile."""
+class FillsReader:
+    """A batch's ``PositionFills`` or ``OrderFills`` (``tracker.domain.projection_state``): the fills of one position
+    (``column`` ``position_id``) or one order (``order_id``) as the batch's state holds them. The stored ones (one
+    query, served by the index on (account, ``column``), bounded by that position's or order's fills) join the
+    batch's ``fills`` table where it does not know their key yet (from there on they are read rows: in ``touched``,
+    in the next batch's cache); then every fill of the position or order in that table is the answer, the batch's
+    own rows (new, or enriched with this id) included. Its query runs on the batch's connection, in the batch's one
+    snapshot (``projections``), so the stored fills are those of the batch's checkpoint, as every other row it read:
+    not another projector's, committed meanwhile."""
 
-    __slots__ = ("conn", "fills", "statement")
+    __slots__ = ("column", "conn", "fills", "statement")
 
-    def __init__(self, conn: Connection, statement: Any, fills: LazyTable) -> None:
+    def __init__(self, conn: Connection, statement: Any, fills: LazyTable, column: str) -> None:
         self.conn = conn
         self.statement = statement
         self.fills = fills
+        self.column = column
 
-    def __call__(self, account: str, position_id: str) -> list[FillRow]:
-        fills = self.fills
-        for values in self.conn.execute(self.statement, {"account": account, "position_id": position_id}):
+    def __call__(self, account: str, value: str) -> list[FillRow]:
+        fills, column = self.fills, self.column
+        for values in self.conn.execute(self.statement, {"account": account, "value": value}):
             key = (values.account, values.trade_id)
             if not dict.__contains__(fills, key):
                 dict.__setitem__(fills, key, FillRow(*values))  # (no lazy load: the row is known now)
         return [
             row
             for row in dict.values(fills)
-            if isinstance(row, FillRow) and row.position_id == position_id and row.account == account
+            if isinstance(row, FillRow) and getattr(row, column) == value and row.account == account
         ]
 
 
-def position_fills_statement(table: Table) -> Any:
-    """The query ``PositionFillsReader`` runs (built once per store)."""
-    return select(table).where(table.c.account == bindparam("account"), table.c.position_id == bindparam("position_id"))
+FILLS_BY: Final = ("position_id", "order_id")  # the columns a ``FillsReader`` reads fills by (each has its index)
+
+
+def fills_statement(table: Table, column: str) -> Any:
+    """The query a ``FillsReader`` by ``column`` runs (built once per store)."""
+    return select(table).where(table.c.account == bindparam("account"), table.c[column] == bindparam("value"))
 
 
 class WrittenKeys:
@@ -308,7 +315,7 @@ class Prefetcher:
         self._cache: dict[str, LazyTable] | None = None  # the last committed batch's tables
         self._cache_checkpoint = -1
         self._by_key = {name: RowByKey(table, name) for name, table in tables.items()}
-        self._position_fills = position_fills_statement(tables["fills"])
+        self._fills_by = {column: fills_statement(tables["fills"], column) for column in FILLS_BY}
 
     @property
     def skips_unwritten(self) -> bool:
@@ -327,9 +334,7 @@ class Prefetcher:
         if self._written is not None and self.lazy:
             written = self._written
             lazy = {name: LazyTable(self.lazy_loader(conn, name, written, cache)) for name in TABLES}
-            state = ProjectionState(
-                tables=lazy, position_fills=PositionFillsReader(conn, self._position_fills, lazy["fills"])
-            )
+            state = self._state(conn, lazy)
             state.checkpoint = checkpoint
             return Batch(state, lazy)
         keys = keys_for(events)
@@ -344,11 +349,20 @@ class Prefetcher:
         extra = discrepancy_keys_of_links(row for row in links if isinstance(row, OrderLinkRow))
         extra |= discrepancy_keys_of_balances(row for row in tables["balances"].values() if isinstance(row, BalanceRow))
         self._fill(conn, tables["discrepancies"], "discrepancies", extra, cache)
-        state = ProjectionState(
-            tables=tables, position_fills=PositionFillsReader(conn, self._position_fills, tables["fills"])
-        )
+        fees = fee_keys_of_order_accounts(events, tables["orders"])  # REST fills taking their order's trade account
+        self._fill(conn, tables["fees_daily"], "fees_daily", fees, cache)
+        state = self._state(conn, tables)
         state.checkpoint = checkpoint
         return Batch(state, tables)
+
+    def _state(self, conn: Connection, tables: Mapping[str, LazyTable]) -> ProjectionState:
+        """A state over ``tables`` whose fills of a position or an order are read through ``conn``."""
+        fills, statements = tables["fills"], self._fills_by
+        return ProjectionState(
+            tables=tables,
+            position_fills=FillsReader(conn, statements["position_id"], fills, "position_id"),
+            order_fills=FillsReader(conn, statements["order_id"], fills, "order_id"),
+        )
 
     def _fill(
         self, conn: Connection, table: LazyTable, name: str, wanted: set[Key], cache: dict[str, LazyTable] | None

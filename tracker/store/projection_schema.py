@@ -110,9 +110,15 @@ def row_columns(row_type: type) -> list[Column[Any]]:
 def _projection_tables(target: MetaData, prefix: str) -> dict[str, Table]:
     tables = {name: Table(prefix + name, target, *row_columns(row_type)) for name, row_type in TABLES.items()}
     # The fills of one position, for the fold's ``PositionFills`` (a position's fills folded again in exchange order
-    # when one arrives late: ``projection_prefetch.PositionFillsReader``), on the shadow tables of a rebuild too.
+    # when one arrives late: ``projection_prefetch.FillsReader``), on the shadow tables of a rebuild too.
     fills = tables["fills"]
     Index(f"ix_{prefix}fills_account_position_id", fills.c.account, fills.c.position_id)
+    if prefix != PREFIX:
+        # The fills of one order, for the fold's ``OrderFills`` (an order that learns its trade account after its
+        # fills: ``projection_fills.learn_order_account``). The live tables have this index already (below:
+        # ix_proj_fills_account_order_id, migration 0002); the swap keeps it and transfers the shadow's
+        # (``rebuild._refill``).
+        Index(f"ix_{prefix}fills_account_order_id", fills.c.account, fills.c.order_id)
     return tables
 
 

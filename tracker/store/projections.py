@@ -12,8 +12,8 @@ both the rows and the checkpoint as they were; the fold also ignores events at o
 
 Reads happen before the write transaction (short write lock: the event log's appender shares it on SQLite), all
 in ONE read transaction that sees one snapshot, from the checkpoint on: the rows the fold reads, the ones it loads on
-a miss and a position's fills (``PositionFillsReader``) are the tables as they were at that checkpoint, however far
-another projector (the reconciler's ``catch_up`` beside ``tracker run``'s projector) commits meanwhile. Its commit
+a miss and a position's or an order's fills (``FillsReader``) are the tables as they were at that checkpoint, however
+far another projector (the reconciler's ``catch_up`` beside ``tracker run``'s projector) commits meanwhile. Its commit
 is then seen by the write's checkpoint check, which writes nothing; the fold's own consistency checks (a position's
 fills against its row: ``refold_positions``) never meet a mix of two checkpoints. SQLite: a deferred ``BEGIN``
 (``engine.py``) in WAL mode reads one snapshot from the first statement on. PostgreSQL: REPEATABLE READ
@@ -205,7 +205,7 @@ class ProjectionStore:
                 if event.seq > state.checkpoint:
                     apply(state, event)
                     folded += 1
-            refold_positions(state)  # the batch's end (reads through ``conn``: PositionFillsReader)
+            refold_positions(state)  # the batch's end (reads through ``conn``: FillsReader)
             misses = batch.misses
         if not folded:
             return BatchResult(0, expected, 0, misses)
