@@ -505,6 +505,13 @@ def balance_gaps(engine: Engine, books: dict[tuple[str, str], Decimal]) -> dict[
     }
 
 
+# A fill takes its order's trade account when its source names none (REST): docs/semantics.md, Fees per day.
+FILLS_WITHOUT_THEIR_ORDERS_ACCOUNT = (
+    "SELECT f.trade_id FROM v_fills f JOIN v_orders o ON o.account = f.account AND o.order_id = f.order_id"
+    " WHERE f.trade_account_id IS NULL AND o.trade_account_id IS NOT NULL"
+)
+
+
 def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport) -> None:
     with engine.connect() as conn:
         fills = {
@@ -538,6 +545,7 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
         ).all()
         unchecked = conn.execute(text("SELECT count(*) FROM v_balance_checks WHERE status = 'agrees'")).scalar_one()
         report.quarantined = int(conn.execute(text("SELECT count(*) FROM quarantine")).scalar_one())
+        unknown_accounts = [str(r[0]) for r in conn.execute(text(FILLS_WITHOUT_THEIR_ORDERS_ACCOUNT))]
     report.log_entries, report.ws_entries = int(total), int(ws_total)
     want_fills = {f["trade_id"]: (_d(f["amount"]), _d(f["price"]), _d(f["fee"])) for f in truth["fills"]}
     want_orders = {o["order_id"]: (o["status"], _d(o["amount_remaining"])) for o in truth["orders"]}
@@ -647,6 +655,7 @@ def compare_with_truth(engine: Engine, truth: dict[str, Any], report: SoakReport
         + problem("balances that differ from the fake's", sorted(balance_gaps(engine, fake_balances(truth)).items()))
         + problem("balance snapshots that differ from the ledger", [c for c in checks if Decimal(str(c[3])) != 0])
         + problem("no balance snapshot agreed", [] if unchecked else ["v_balance_checks"])
+        + problem("fills without the trade account their order names", unknown_accounts)
     )
 
 
