@@ -390,7 +390,10 @@ async def crash_and_check(db_url: str, tmp_path: Path) -> None:
         assert code == 0, out
         assert dump_projection(engine) == before
         assert "rebuild" not in assert_no_half_written_batch(engine)
-        assert list(temporary.iterdir()) == []  # the killed rebuilds' scratch directories too (PostgreSQL)
+        # The killed rebuilds' scratch directories too (PostgreSQL). Not SQLite's own temporary files (``etilqs_*``,
+        # a sort's or a statement journal's): SQLite unlinks each right after creating it, so a kill -9 between the
+        # two (microseconds, seen once in a CI run) leaves one, as it would of any program using SQLite; not ours.
+        assert [path for path in temporary.iterdir() if not path.name.startswith("etilqs_")] == []
     finally:
         engine.dispose()
 

@@ -384,6 +384,30 @@ def test_interrupt_stops_the_workers_and_keeps_the_live_tables(engine: Engine, t
     assert rebuild(engine, parallel=True).workers == 2  # the lock was released
 
 
+def test_the_workers_are_stopped_before_their_scratch_files_are_removed(engine: Engine, tmp_path: Path) -> None:
+    """Stopped after the removal, a worker still starting (interrupted at the other's first batch) could make its
+    scratch file after it and leave it behind. Workers that make their files and are interrupted: when they are
+    stopped, the files are still there; after, none is."""
+    plan = make_plan(engine, min_entries=1)
+    assert plan is not None
+    scratches = [tmp_path / f"tracker.db{SCRATCH_SUFFIX}.{part}" for part in range(2)]
+    seen_at_close: list[bool] = []
+
+    class Interrupted:
+        def run(self, *_: object) -> None:
+            for scratch in scratches:
+                scratch.write_bytes(b"")  # as the workers' scratch files are made
+            raise KeyboardInterrupt
+
+        def close(self) -> None:
+            seen_at_close.append(all(scratch.exists() for scratch in scratches))
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild_module._rebuild_in_parts(engine, tmp_path / "tracker.db", plan, Interrupted(), 50, None, None)  # type: ignore[arg-type]
+    assert seen_at_close[:1] == [True]
+    assert _leftovers(tmp_path) == []
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 10_000),

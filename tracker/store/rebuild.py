@@ -437,6 +437,10 @@ def _rebuild_in_parts(
                 shared,
             )
             return None
+        finally:
+            # Every worker stopped before ``_part_scratches`` removes their files: stopped later, one still starting
+            # (an interrupt at the other's first batch) could make its file after the removal, and leave it.
+            workers.close()
         if before_swap is not None:
             before_swap()
         _, shadow = shadow_tables(SHADOW_PREFIX)
