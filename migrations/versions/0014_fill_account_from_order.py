@@ -61,6 +61,8 @@ INSERT_FEES = sa.text(
 )
 
 
+# _decimal, _day and _money as 0007 has them: a migration keeps its own helpers, so that it never changes when
+# another one does.
 def _decimal(value: object) -> Decimal:
     if isinstance(value, Decimal):
         return value

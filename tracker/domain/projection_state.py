@@ -151,21 +151,20 @@ class ProjectionState:
         self.order_fills: OrderFills = self._scan_order_fills if order_fills is None else order_fills
 
     def _scan_position_fills(self, account: str, position_id: str) -> list[FillRow]:
-        """The default ``PositionFills``: every fill of an in-memory state looked at (tests and small folds)."""
-        fills = self.rows_of("fills")
-        return [
-            row
-            for row in fills.values()
-            if isinstance(row, FillRow) and row.position_id == position_id and row.account == account
-        ]
+        """The default ``PositionFills`` (``_scan_fills``)."""
+        return self._scan_fills("position_id", account, position_id)
 
     def _scan_order_fills(self, account: str, order_id: str) -> list[FillRow]:
-        """The default ``OrderFills``: every fill of an in-memory state looked at (tests and small folds)."""
-        fills = self.rows_of("fills")
+        """The default ``OrderFills`` (``_scan_fills``)."""
+        return self._scan_fills("order_id", account, order_id)
+
+    def _scan_fills(self, column: str, account: str, value: str) -> list[FillRow]:
+        """Every fill of an in-memory state looked at (tests and small folds): those of ``account`` whose ``column``
+        is ``value``."""
         return [
             row
-            for row in fills.values()
-            if isinstance(row, FillRow) and row.order_id == order_id and row.account == account
+            for row in self.rows_of("fills").values()
+            if isinstance(row, FillRow) and getattr(row, column) == value and row.account == account
         ]
 
     def table(self, name: str) -> StateTable[Any, Any]:
