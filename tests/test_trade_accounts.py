@@ -232,8 +232,8 @@ def test_fills_take_their_orders_account_across_batches_on_both_backends(migrate
 
 
 def test_the_prefetch_predicts_the_fee_row_of_a_fill_that_takes_its_orders_account(migrated_engine: Engine) -> None:
-    """No query a row for a REST fill after its order (the order in an earlier batch, or in the same one): on
-    PostgreSQL each would be a round trip, and a backfill brings thousands."""
+    """No row is queried on demand for a REST fill after its order (the order in an earlier batch, or in the same
+    one): its fee row is predicted. On PostgreSQL each query would be a round trip, and a backfill brings thousands."""
     store = ProjectionStore(migrated_engine)
     batches = [[_order(1, "o1", "7")], [_rest(2, "t1", "o1"), _order(3, "o2", "4"), _rest(4, "t2", "o2")]]
     misses = 0
