@@ -1,7 +1,7 @@
 """Rebuild throughput and the fee query, against a raw read-and-``json.loads`` baseline (SQLite, and PostgreSQL).
 
     .venv/bin/python bench/rebuild.py [--events N] [--fills N] [--skip-fills] [--runs N] [--keep DIR] [--dir DIR]
-                                      [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
+                                      [--pg-url postgresql://postgres@127.0.0.1:5432/postgres] [--contention]
 
 1. Generates a log of ``--events`` (default 1,000,000) private frames from the fake exchange's model (orders, fills,
    self trades, settlements, liquidations: every case) into a fresh SQLite database (through ``EventLog.append``, so
@@ -19,6 +19,10 @@
 4. ``--pg-url`` (an admin URL): creates a throwaway database ``tracker_bench_<hex>``, copies the first log into it
    (``COPY``, row for row), times the same baseline over psycopg and ``tracker rebuild`` on it (two worker processes
    reading the log from the server, as on SQLite, and in one process), and drops the database.
+
+5. ``--contention``: each half of the two-process rebuild's fold alone, then both at once (each in a process of its
+   own), ``--runs`` rounds: each half's CPU seconds alone and beside the other, and their ratio. What the two
+   workers cost each other on this machine bounds the two-process rebuild whatever its serial parts cost.
 
 The ratio column is the step's wall time per event over its backend's baseline's, in the same run.
 Targets (issue 16): rebuild <= 2.5 x the baseline with two processes, <= 4 x in one; peak RSS <= 300 MB; the fee
@@ -52,8 +56,14 @@ from tracker.store import migrate
 from tracker.store.engine import open_engine
 from tracker.store.event_log import EventLog
 from tracker.store.projection_schema import VIEWS
+from tracker.store.projections import BATCH
 from tracker.store.rebuild import rebuild
-from tracker.store.rebuild_parallel import peak_rss_mb  # VmHWM: ru_maxrss carries over a parent's peak
+from tracker.store.rebuild_parallel import (
+    WorkerSpec,
+    fold_part,
+    make_plan,
+    peak_rss_mb,  # VmHWM: ru_maxrss carries over a parent's peak
+)
 from tracker.store.schema import event_log
 
 MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp")
@@ -201,6 +211,59 @@ def step_rebuild_one(path: Path) -> dict[str, float]:
     return step_rebuild(path, parallel=False)
 
 
+def step_half(path: Path, part: int) -> dict[str, float]:
+    """One half of the two-process rebuild's fold (``rebuild_parallel.fold_part``: the worker's read, fold and
+    scratch file) in this process; its plan is made first and not timed."""
+    url = f"sqlite:///{path}"
+    engine = open_engine(url)
+    try:
+        plan = make_plan(engine)
+    finally:
+        engine.dispose()
+    if plan is None:
+        raise SystemExit(f"{path}: the log cannot be split in two (too short, or one group of markets)")
+    with tempfile.TemporaryDirectory() as scratch:
+        started, cpu = time.perf_counter(), time.process_time()
+        result = fold_part(WorkerSpec(part, url, str(Path(scratch) / "part.db"), plan, BATCH))
+        return {"events": result.events, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu,
+                "rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+def halves_side_by_side(path: Path) -> list[dict[str, float]]:
+    """Both halves at once, each in a process of its own (as the parallel rebuild runs its workers)."""
+    running = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--step", f"half-{part}", str(path)], stdout=subprocess.PIPE, text=True
+        )
+        for part in range(2)
+    ]
+    results = []
+    for process in running:
+        out, _ = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"a half's process failed (exit code {process.returncode})")
+        results.append(dict(json.loads(out.strip().splitlines()[-1])))
+    return results
+
+
+def contention(path: Path, rounds: int) -> None:
+    """Print each half's CPU seconds alone and beside the other, ``rounds`` times: what the two workers cost each
+    other on this machine (shared caches, memory bandwidth, the host), the bound of the two-process rebuild that
+    no change to its serial parts moves (docs/storage.md, stop 34)."""
+    print("\ntwo halves of the fold (rebuild_parallel.fold_part), CPU s: alone -> side by side")
+    for _ in range(rounds):
+        alone = [child(f"half-{part}", path) for part in range(2)]
+        together = halves_side_by_side(path)
+        print(
+            "  "
+            + "; ".join(
+                f"half {part}: {a['cpu']:.2f} -> {b['cpu']:.2f} ({b['cpu'] / a['cpu']:.2f} x)"
+                for part, (a, b) in enumerate(zip(alone, together, strict=True))
+            ),
+            flush=True,
+        )
+
+
 # -- PostgreSQL (--pg-url): the same log copied into a throwaway database -----------------------------------------
 
 
@@ -267,6 +330,8 @@ STEPS: dict[str, Callable[[Path], dict[str, float]]] = {
     "rebuild-one": step_rebuild_one,
     "baseline": step_baseline,
     "fees": step_fees,
+    "half-0": lambda path: step_half(path, 0),
+    "half-1": lambda path: step_half(path, 1),
 }
 PG_STEPS: dict[str, Callable[[str], dict[str, float]]] = {
     "pg-rebuild": step_pg_rebuild,
@@ -307,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         " (e.g. postgresql://postgres@127.0.0.1:5432/postgres), the model log copied into it, dropped afterwards",
     )
     parser.add_argument("--skip-fills", action="store_true", help="no fills log, no fee query")
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="also fold each half of the two-process rebuild alone, then both at once, --runs times: what the two"
+        " workers cost each other on this machine",
+    )
     parser.add_argument("--step", nargs=2, metavar=("STEP", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
@@ -341,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(("tracker rebuild, PostgreSQL (model log)", best_of(args.runs, "pg-rebuild", url), pg_base))
                 one = best_of(args.runs, "pg-rebuild-one", url)
                 rows.append(("tracker rebuild, PostgreSQL, one process", one, pg_base))
+        if args.contention:
+            contention(mixed, args.runs)
         size = mixed.stat().st_size / 2**20
     print(f"\nlog: {n:,} events, {size:,.0f} MiB on disk (SQLite)")
     # Wall seconds are what the target is about; CPU seconds (this process only) say how much of the wall time

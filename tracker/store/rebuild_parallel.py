@@ -219,6 +219,12 @@ def run_worker(spec: WorkerSpec, out: Connection) -> None:
         send(("done", result))
 
 
+def fold_part(spec: WorkerSpec) -> PartResult:
+    """One part's fold in this process, as a worker does it, its batches' reports dropped (``bench/rebuild.py
+    --contention`` times a part alone and beside the other)."""
+    return _build_part(spec, lambda _: None, os.getppid())
+
+
 def _build_part(spec: WorkerSpec, send: Callable[[tuple[Any, ...]], None], parent: int) -> PartResult:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     log_engine = open_engine(spec.database, write=False)
