@@ -159,13 +159,13 @@ class StoredTable:
         raise TypeError("the fold asked whether a state table is empty")
 
 
-def position_fills(fills: StoredTable) -> Callable[[str, str], list[FillRow]]:
-    """A ``PositionFills`` over a ``StoredTable`` of fills: the stored ones with the batch's in their place (what the
-    store's index query and ``FillsReader`` give)."""
+def fills_by(fills: StoredTable, column: str) -> Callable[[str, str], list[FillRow]]:
+    """A ``PositionFills`` (``column`` "position_id") or an ``OrderFills`` ("order_id") over a ``StoredTable`` of
+    fills: the stored ones with the batch's in their place (what the store's index query and ``FillsReader`` give)."""
 
-    def read(account: str, position_id: str) -> list[FillRow]:
+    def read(account: str, value: str) -> list[FillRow]:
         rows = {**fills.stored, **fills.memory}.values()
-        return [r for r in rows if isinstance(r, FillRow) and r.account == account and r.position_id == position_id]
+        return [r for r in rows if isinstance(r, FillRow) and r.account == account and getattr(r, column) == value]
 
     return read
 
@@ -177,7 +177,11 @@ def fold_in_batches(events: Sequence[DomainEvent], size: int) -> dict[str, dict[
     checkpoint = 0
     for start in range(0, len(events), size):
         tables = {name: StoredTable(stored[name]) for name in TABLES}
-        state = ProjectionState(tables=tables, position_fills=position_fills(tables["fills"]))
+        state = ProjectionState(
+            tables=tables,
+            position_fills=fills_by(tables["fills"], "position_id"),
+            order_fills=fills_by(tables["fills"], "order_id"),
+        )
         state.checkpoint = checkpoint
         for event in events[start : start + size]:
             apply(state, event)

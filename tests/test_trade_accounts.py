@@ -3,7 +3,7 @@ later moves its figures), positions first-learned from fills and liquidation ale
 position, self trades when both sides agree; migration 0007 moving existing rows; ``tracker report --account`` the
 trade account and ``--user`` the Bitstamp account on every kind. A fill whose source names no trade account (REST)
 takes its order's, whichever comes first, in one batch or across batches, on both backends, rebuilt or
-incremental; migration 0014 moves existing rows.
+incremental; migration 0014 moves existing rows. An order whose events name none takes its fills'; migration 0015.
 
 Rules: local databases only; no network.
 """
@@ -153,12 +153,12 @@ def test_rest_fills_take_the_trade_account_their_order_names_later_and_their_fee
         _rest(1, "t1", "o1", amount="0.1", fee="0.05", position="p1"),
         _rest(2, "t2", "o1", amount="0.2", fee="0.1"),
         _rest(3, "t3", "o2", amount="0.3", fee="0.2"),  # another order, which never names its account
-        _fill(4, "t4", "3", amount="0.4", fee="0.3"),  # its own frame named one: kept (first-learned)
-        _order(5, "o1", None),  # an event without the account: nothing moves yet
-        _order(6, "o1", "7", kind="changed"),
+        _order(4, "o1", None),  # an event without the account: nothing moves yet
+        _order(5, "o1", "7", kind="changed"),
+        _fill(6, "t4", "3", amount="0.4", fee="0.3"),  # its own frame named one: kept (first-learned), order too
         _order(7, "o1", "9", kind="changed"),  # first-learned: the order stays 7, and so do its fills
     ]
-    events[3] = msgspec.structs.replace(events[3], order_id="o1")
+    events[5] = msgspec.structs.replace(events[5], order_id="o1")
     state = fold(events)
     fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
     assert fills == {"t1": "7", "t2": "7", "t3": None, "t4": "3"}
@@ -183,6 +183,82 @@ def test_a_stale_order_event_that_names_the_account_moves_the_fills_too() -> Non
     )
     assert state.rows_of("fills")[(USER, "t1")].trade_account_id == "5"
     assert _fees_of(state)["5"][0] == 1
+
+
+def _order_fill(seq: int, trade_id: str, order_id: str, tai: str | None, **kwargs: Any) -> Fill:
+    """A ``my_trades`` fill of ``order_id``."""
+    return msgspec.structs.replace(_fill(seq, trade_id, tai, **kwargs), order_id=order_id)
+
+
+def test_an_order_whose_events_name_no_account_takes_the_one_its_fill_names() -> None:
+    """Order frames from before Bitstamp added ``trade_account_id`` name none; the order's ``my_trades`` frame does:
+    the order takes it, and its REST fill folded before follows (its fee day moves)."""
+    state = fold(
+        [
+            _rest(1, "t1", "o1", amount="0.1", fee="0.05", position="p1"),
+            _order(2, "o1", None),
+            _order_fill(3, "t2", "o1", "7", amount="0.2", fee="0.1"),
+            _order(4, "o1", "9", kind="changed"),  # first-learned: the order stays 7
+            _order_fill(5, "t3", "o1", "8"),  # a fill's own account is its own; the order stays 7
+        ]
+    )
+    assert state.rows_of("orders")[(USER, "o1")].trade_account_id == "7"
+    fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
+    assert fills == {"t1": "7", "t2": "7", "t3": "8"}
+    assert _fees_of(state) == {
+        "": (0, Decimal("0"), Decimal("0")),  # t1 moved out
+        "7": (2, Decimal("30"), Decimal("0.15")),
+        "8": (1, Decimal("50"), Decimal("0.25")),
+    }
+    assert state.rows_of("positions")[(USER, "p1")].trade_account_id == "7"
+
+
+def test_an_order_first_seen_after_its_fills_takes_the_earliest_account_they_name() -> None:
+    state = fold(
+        [
+            _rest(1, "t1", "o1"),
+            _order_fill(2, "t2", "o1", "5"),
+            _order_fill(3, "t3", "o1", "6"),
+            _order(4, "o1", None),
+        ]
+    )
+    assert state.rows_of("orders")[(USER, "o1")].trade_account_id == "5"
+    fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
+    assert fills == {"t1": "5", "t2": "5", "t3": "6"}
+    assert {k: v[0] for k, v in _fees_of(state).items()} == {"": 0, "5": 2, "6": 1}
+
+
+def test_a_fill_seen_again_with_its_account_teaches_its_order() -> None:
+    """REST first (no account), then its ``my_trades`` frame (a reconnect's replay) names one: the fill, its order
+    and the order's other REST fill take it."""
+    state = fold([_rest(1, "t1", "o1"), _order(2, "o1", None), _rest(3, "t2", "o1"), _order_fill(4, "t1", "o1", "4")])
+    assert state.rows_of("orders")[(USER, "o1")].trade_account_id == "4"
+    fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
+    assert fills == {"t1": "4", "t2": "4"}
+    assert {k: v[0] for k, v in _fees_of(state).items()} == {"": 0, "4": 2}
+
+
+def _teaching_events() -> list[DomainEvent]:
+    """Orders that name no account and fills that do, before and after, in one batch of 2 or across batches."""
+    return [
+        _rest(1, "t1", "o1", position="p1"),
+        _order(2, "o1", None),
+        _order_fill(3, "t2", "o2", "4"),
+        _rest(4, "t3", "o2"),
+        _order(5, "o2", None),  # two batches after its fill named 4
+        _order_fill(6, "t4", "o1", "7"),  # teaches o1, whose REST fill t1 is two batches back
+        _rest(7, "t5", "o1"),
+    ]
+
+
+def test_orders_take_their_fills_account_across_batches_on_both_backends(migrated_engine: Engine) -> None:
+    events = _teaching_events()
+    _through_stores(migrated_engine, events, [2])
+    state = fold(events)
+    assert {k[1]: r.trade_account_id for k, r in state.rows_of("orders").items()} == {"o1": "7", "o2": "4"}
+    fills = {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()}
+    assert fills == {"t1": "7", "t2": "4", "t3": "4", "t4": "7", "t5": "7"}
+    assert state.rows_of("positions")[(USER, "p1")].trade_account_id == "7"
 
 
 def _account_events() -> list[DomainEvent]:
@@ -245,6 +321,25 @@ def test_the_prefetch_predicts_the_fee_row_of_a_fill_that_takes_its_orders_accou
     assert misses == 0
 
 
+def test_the_prefetch_predicts_the_fee_row_of_a_fill_that_moves_with_its_order(migrated_engine: Engine) -> None:
+    """A REST fill and, in the same batch, a fill of its order on another day that names the account the order's
+    events did not: the REST fill's fee row moves to that account's row on its own day, which is predicted."""
+    store = ProjectionStore(migrated_engine)
+    batches = [[_order(1, "o1", None)], [_rest(2, "t1", "o1"), _order_fill(3, "t2", "o1", "7", at=DAY2)]]
+    misses = 0
+    for batch in batches:
+        result = store.project_events(list(batch))
+        assert result is not None
+        misses += result.misses
+    state = fold([e for b in batches for e in b])
+    assert {(k[1], k[2]): r.fills for k, r in state.rows_of("fees_daily").items()} == {
+        ("", "2026-11-20"): 0,
+        ("7", "2026-11-20"): 1,
+        ("7", "2026-11-21"): 1,
+    }
+    assert misses == 0
+
+
 TAIS = st.none() | st.sampled_from(["0", "7"])
 
 
@@ -270,8 +365,9 @@ def orders_and_fills(draw: st.DrawFn) -> list[DomainEvent]:
 def test_any_order_of_orders_and_fills_projects_as_the_fold(
     migrated_engine: Engine, events: list[DomainEvent], sizes: list[int]
 ) -> None:
-    """Whatever comes first and however the batches fall: the stores give the fold's rows, and no fill of an order
-    that named an account is left without one (first-learned: a fill's own account stays)."""
+    """Whatever comes first and however the batches fall: the stores give the fold's rows, no fill of an order
+    that named an account is left without one (first-learned: a fill's own account stays), and no order of a fill
+    that named one either."""
     _through_stores(migrated_engine, events, sizes)
     state = fold(events)
     orders = state.rows_of("orders")
@@ -282,6 +378,9 @@ def test_any_order_of_orders_and_fills_projects_as_the_fold(
             assert order is None or getattr(order, "trade_account_id", None) is None, fill
     fees = sum(r.fills for r in state.rows_of("fees_daily").values() if isinstance(r, FeesDailyRow))
     assert fees == len(state.rows_of("fills"))
+    named = {(USER, f.order_id) for f in state.rows_of("fills").values() if getattr(f, "trade_account_id", None)}
+    for key in named & set(orders):  # and the other way: an order with a fill that names an account has one
+        assert getattr(orders[key], "trade_account_id", None) is not None, key
 
 
 def _projected(url: str) -> None:
@@ -365,6 +464,40 @@ def test_migration_0014_gives_existing_fills_their_orders_account(db_url: str) -
     for name in ("fills", "fees_daily", "positions", "orders"):
         assert rows[name] == want[name], name
     assert {r.trade_account_id: r.fills for r in rows["fees_daily"] if isinstance(r, FeesDailyRow)} == {"": 1, "7": 2}
+
+
+def test_migration_0015_gives_existing_orders_their_fills_account(db_url: str) -> None:
+    """A projection made before 0015: an order whose events named no account left without the one its fill named,
+    and its REST fills unknown (the fill is projected under another order first, then moved to it by an update, as
+    the older fold left it). Down to 0014 and up again: the rows are the new fold's, row for row."""
+    now = [
+        _rest(1, "t1", "o1", position="p1", amount="0.1", fee="0.05"),
+        _rest(2, "t2", "o1", amount="0.2", price="101", fee="0.1"),
+        _order_fill(3, "t3", "o1", "7"),
+        _order(4, "o1", None),
+        _rest(5, "t4", "o8", amount="0.3", fee="0.2"),  # no order: stays unknown
+        _order(6, "o2", None),  # no fills: stays without one
+    ]
+    before = [*now[:2], msgspec.structs.replace(now[2], order_id="o9"), *now[3:]]
+    engine = open_engine(db_url)
+    try:
+        migrate.upgrade(engine)
+        ProjectionStore(engine).project_events(before)
+        with writer(engine).begin() as conn:
+            conn.execute(text("UPDATE proj_fills SET order_id = 'o1' WHERE trade_id = 't3'"))
+        assert rows_of(db_url, "SELECT order_id FROM proj_orders WHERE trade_account_id IS NULL ORDER BY 1") == [
+            ("o1",),
+            ("o2",),
+        ]
+        migrate.downgrade(db_url, "0014_fill_account_from_order")
+        migrate.upgrade(db_url)
+        rows = ProjectionStore(engine).all_rows()
+    finally:
+        engine.dispose()
+    want = fold(now).to_rows()
+    for name in ("fills", "fees_daily", "positions", "orders"):
+        assert rows[name] == want[name], name
+    assert {r.trade_account_id: r.fills for r in rows["fees_daily"] if isinstance(r, FeesDailyRow)} == {"": 1, "7": 3}
 
 
 def _csv(text: str) -> list[dict[str, str]]:

@@ -16,10 +16,11 @@ The read rule: the fold touches a state table ONLY through ``table.get(key)``, `
 ``table[key] = row``. It never iterates a table, never takes its ``len``, never reads ``table[key]``, never
 deletes. Its reads not by key are ``state.position_fills`` (the fills of one position, at a batch's end:
 ``refold_positions``) and ``state.order_fills`` (the fills of one order that learns its trade account after them:
-``learn_order_account``), which a store serves by an index and counts as reads of those fills. So what an event does
-depends only on the rows it names (by key, or as a position's fills), and a store may hand the fold tables that hold
-just the rows it prefetched for a batch and load any other row on ``get`` / ``in`` (``ProjectionState(tables=...)``,
-``StateTable``; ``tracker.store.projection_prefetch``). The parallel rebuild leans on the same rule: two
+``learn_order_account``, or that named none and looks for one in its fills), which a store serves by an index and
+counts as reads of those fills. So what an event does depends only on the rows it names (by key, or as a position's
+or an order's fills), and a store may hand the fold tables that hold just the rows it prefetched for a batch and load
+any other row on ``get`` / ``in`` (``ProjectionState(tables=...)``, ``StateTable``;
+``tracker.store.projection_prefetch``). The parallel rebuild leans on the same rule: two
 groups of events that touch no common key fold the same apart as together. ``StateTable`` makes the type checker
 hold the fold to it, and ``tests/test_projection_read_rule.py`` checks it twice: over the source (an AST walk of the
 folding modules) and at run time (the fold over a real event sequence with tables that have nothing but the three

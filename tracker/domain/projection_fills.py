@@ -8,6 +8,11 @@ A fill's trade account: the one its source names (a ``my_trades`` frame does; RE
 ``trade_history/`` rows do not), else its order's (an order event names it: an order and its fills are in one trade
 account), whichever of the two is learned first; a fill folded before its order's trade account was known takes it
 when the order learns it (``learn_order_account``), and its fee day moves to that account's row.
+
+The other way too: an order whose events named no trade account (order frames from before Bitstamp added the field
+name none: the 2022-2023 captures in PROTOCOL.md; its ``my_trades`` frames may) takes the one a fill of it names
+(``_teach_order``), and its other fills without one follow. So an order and its fills end in one trade account
+whichever names it, and first: the first one learned in log order wins, as everywhere in the fold.
 """
 
 from __future__ import annotations
@@ -113,12 +118,27 @@ def apply_fill(state: ProjectionState, event: Fill) -> None:
             trade_account_id,
             event.trade_id,
         )
+    if event.trade_account_id is not None and event.order_id is not None:
+        _teach_order(state, account, event.order_id, event.trade_account_id)
 
 
 def _order_account(state: ProjectionState, account: str, order_id: str) -> str | None:
     """The trade account an order's events named (``None``: no order row yet, or none named one)."""
     order = state.orders.get((account, order_id))
     return None if order is None else order.trade_account_id
+
+
+def _teach_order(state: ProjectionState, account: str, order_id: str, trade_account_id: str) -> None:
+    """A fill named ``trade_account_id``: its order takes it when the order's events named none (first-learned: an
+    order that has one keeps it), and the order's other fills without one follow (``learn_order_account``). No order
+    row yet: the order takes it from its fills when its first event comes (``projection_orders.apply_order``)."""
+    key = (account, order_id)
+    order = state.orders.get(key)
+    if order is None or order.trade_account_id is not None:  # the usual case: its events named it
+        return
+    state.orders[key] = msgspec.structs.replace(order, trade_account_id=trade_account_id)
+    state.dirty["orders"].add(key)
+    learn_order_account(state, account, order_id, trade_account_id)
 
 
 def learn_order_account(state: ProjectionState, account: str, order_id: str, trade_account_id: str) -> None:
@@ -196,6 +216,8 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
         )  # fmt: skip
     elif position_id is not None and old.trade_account_id is None and account_id is not None:
         learn_position_account(state, old.account, position_id, account_id)
+    if old.trade_account_id is None and account_id is not None and order_id is not None:
+        _teach_order(state, old.account, order_id, account_id)  # (nothing to do when it came from the order)
 
 
 def _add_order_fill(state: ProjectionState, account: str, order_id: str, amount: Decimal, seq: int) -> None:

@@ -175,11 +175,12 @@ def discrepancy_keys_of_links(links: Iterable[OrderLinkRow]) -> set[tuple[Any, .
 
 def fee_keys_of_order_accounts(events: Iterable[DomainEvent], orders: StateTable[Any, Any]) -> set[tuple[Any, ...]]:
     """The fee rows of the batch's fills that take their order's trade account (``projection_fills``: a fill that
-    names none): the account the loaded order row names, or an order event of the batch (more than the fold will
-    touch is harmless; fewer is a query each)."""
+    names none): the account the loaded order row names, or an order event of the batch, or a fill of the batch
+    that names one (it teaches an order whose events name none) (more than the fold will touch is harmless; fewer is
+    a query each)."""
     named: dict[tuple[str, str], set[str]] = {}
     for event in events:
-        if isinstance(event, OrderEvent) and event.trade_account_id is not None:
+        if isinstance(event, OrderEvent | Fill) and event.trade_account_id is not None and event.order_id is not None:
             named.setdefault((event.account, event.order_id), set()).add(event.trade_account_id)
     keys: set[tuple[Any, ...]] = set()
     for event in events:

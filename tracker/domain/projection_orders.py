@@ -267,6 +267,8 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> str | None:
         reduce_only = old.reduce_only if old.reduce_only is not None else event.reduce_only
         stop_price = old.stop_price if old.stop_price is not None else event.stop_price
         creation_seen = event.kind in CREATION_EVENTS or bool(old.creation_seen)  # order-independent: an OR
+    if trade_account_id is None and link is not None and link.fills_count:  # old frames name none: its fills may
+        trade_account_id = _account_of_fills(state, account, event.order_id)
     remaining = amount if placeholder else event.amount_remaining
     offset = ZERO if link is None else link.self_trade_offset
     status: OrderStatus = (
@@ -307,6 +309,14 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> str | None:
     if status in CLOSED:
         _cross_check(state, order, link, event.seq)
     return _learned_account(old, order, link)
+
+
+def _account_of_fills(state: ProjectionState, account: str, order_id: str) -> str | None:
+    """For an order whose events named no trade account: the one its earliest fill (by log seq) named, ``None`` when
+    none of its fills names one. (A fill folded while the order had a row taught it at once: ``projection_fills``;
+    these are fills folded before the order's first event.)"""
+    named = [fill for fill in state.order_fills(account, order_id) if fill.trade_account_id is not None]
+    return min(named, key=lambda fill: (fill.seq, fill.trade_id)).trade_account_id if named else None
 
 
 def _learned_account(old: OrderRow | None, new: OrderRow, link: OrderLinkRow | None) -> str | None:
