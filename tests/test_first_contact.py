@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from store_helpers import rows_of
 from test_backfill_e2e import MARKETS, assert_equals_truth, tracker_events, tracker_running, wait_logged
 
 from tracker.domain import tracker_events as te
@@ -32,6 +33,7 @@ MODES = [
     "get-query-bare",
     "market-wide-chain",
     "liquidations-untimed",
+    "orders-without-trade-account",
     "settlement-ms",
     f"refuse-channel={REFUSED}",
 ]
@@ -74,6 +76,13 @@ def _walks(db_url: str, event: str) -> dict[str, dict[str, Any]]:
     return {d["walk"]: d for d in tracker_events(db_url, event) if not str(d["walk"]).startswith(LEDGER_WALKS)}
 
 
+# (trade account, whether it has fills, orders): the orders by their trade account and whether they have fills
+ORDER_ACCOUNTS = (
+    "SELECT o.trade_account_id, EXISTS (SELECT 1 FROM v_fills f WHERE f.account = o.account AND f.order_id ="
+    " o.order_id), count(*) FROM v_orders o GROUP BY 1, 2"
+)
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_each_mode_alone_loses_and_doubles_nothing(mode: str, sqlite_url: str) -> None:
     await _run([mode], sqlite_url)
@@ -95,6 +104,12 @@ async def test_each_mode_alone_loses_and_doubles_nothing(mode: str, sqlite_url: 
         breaks = [d for d in completed if d["reason"] == "chain_break"]
         assert len(breaks) <= MARKET_WIDE_AFTER * len(MARKETS)  # learned, not a walk per event
         assert degraded.get("chain_market_wide")  # logged once per market, shown by status
+    elif mode == "orders-without-trade-account":
+        # Each order takes the trade account its fills' my_trades frames name; one without fills has none.
+        assert not unavailable and "endpoint_unavailable" not in degraded
+        orders = rows_of(sqlite_url, ORDER_ACCOUNTS)
+        assert {(tai, has_fills) for tai, has_fills, _ in orders} == {("0", 1), (None, 0)}, orders
+        assert rows_of(sqlite_url, "SELECT count(*) FROM v_fills WHERE trade_account_id IS NULL") == [(0,)]
     elif mode.startswith("refuse-channel"):
         refused = tracker_events(sqlite_url, te.CHANNEL_REFUSED)
         assert refused and all(REFUSED in d["channel"] for d in refused)

@@ -207,9 +207,7 @@ class AccountModel:
         if extra:
             data.update(extra)
         source = o.source
-        self.state.order_events[(m.symbol, source)].append(
-            (eid, {"event": event, "event_id": eid, "order_source": source, "trade_account_id": 0, "data": data})
-        )
+        record: dict[str, Any] = {"event": event, "event_id": eid, "order_source": source, "trade_account_id": 0}
         channel = self.channel("my_orders", m)
         frame = {
             "data": data,
@@ -220,6 +218,9 @@ class AccountModel:
             "pre_event_id": pre,
             "order_source": source,
         }
+        if self.modes.orders_without_trade_account:  # no field at all, in the frame, its data and the REST replay
+            del data["trade_account_id"], record["trade_account_id"], frame["trade_account_id"]
+        self.state.order_events[(m.symbol, source)].append((eid, {**record, "data": data}))
         return self._put(channel, frame, event)
 
     def _fill(self, o: Order, want: Decimal, price: Decimal, *, maker: bool = True) -> tuple[Decimal, Emission]:

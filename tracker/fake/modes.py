@@ -9,6 +9,8 @@ error-200                ``order_status/`` and ``open_orders/`` answer their err
 get-query-bare           a signed GET's query is checked in the string to sign without its leading ``?``
 market-wide-chain        ``pre_event_id`` runs over other users' (unseen) events of the market: every one is a break
 liquidations-untimed     my_liquidations alerts carry no ``microtimestamp``
+orders-without-trade-account  my_orders frames and ``account_order_data/`` events carry no ``trade_account_id`` (as the
+                         2022-2023 captures); the ``my_trades`` frames still do
 settlement-ms            ``position_settlement_transactions/`` rows carry ``settlement_time`` in milliseconds
 subaccount-header-ignored  ``X-Auth-Subaccount-Id`` is ignored: every request is answered for the main account
 refuse-channel=NAME      subscribing NAME (``my_token_settlements``, ``my_trades_btcusd`` or the full channel name)
@@ -35,6 +37,7 @@ FLAG_NAMES: Final = (
     "get-query-bare",
     "market-wide-chain",
     "liquidations-untimed",
+    "orders-without-trade-account",
     "settlement-ms",
     "subaccount-header-ignored",
 )
@@ -60,6 +63,7 @@ class Modes:
     get_query_bare: bool = False
     market_wide_chain: bool = False
     liquidations_untimed: bool = False
+    orders_without_trade_account: bool = False
     settlement_ms: bool = False
     subaccount_header_ignored: bool = False
     refuse_channels: frozenset[str] = frozenset()
