@@ -118,8 +118,10 @@ def apply_fill(state: ProjectionState, event: Fill) -> None:
             trade_account_id,
             event.trade_id,
         )
-    if event.trade_account_id is not None and event.order_id is not None:
-        _teach_order(state, account, event.order_id, event.trade_account_id)
+    if event.trade_account_id is not None and event.order_id is not None:  # (the test written out: a call a fill fewer)
+        order = state.orders.get((account, event.order_id))
+        if order is not None and order.trade_account_id is None:
+            _teach_order(state, account, event.order_id, event.trade_account_id)
 
 
 def _order_account(state: ProjectionState, account: str, order_id: str) -> str | None:
