@@ -238,6 +238,14 @@ def test_a_fill_seen_again_with_its_account_teaches_its_order() -> None:
     assert {k: v[0] for k, v in _fees_of(state).items()} == {"": 0, "4": 2}
 
 
+def test_a_fill_that_learns_its_order_later_teaches_it_its_account() -> None:
+    """A fill that named its account but no order (first seen so), then its order from another source."""
+    unordered = msgspec.structs.replace(_fill(1, "t1", "4"), order_id=None)
+    state = fold([unordered, _order(2, "o1", None), _rest(3, "t1", "o1"), _rest(4, "t2", "o1")])
+    assert state.rows_of("orders")[(USER, "o1")].trade_account_id == "4"
+    assert {k[1]: r.trade_account_id for k, r in state.rows_of("fills").items()} == {"t1": "4", "t2": "4"}
+
+
 def _teaching_events() -> list[DomainEvent]:
     """Orders that name no account and fills that do, before and after, in one batch of 2 or across batches."""
     return [

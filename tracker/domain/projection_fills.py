@@ -10,7 +10,7 @@ account), whichever of the two is learned first; a fill folded before its order'
 when the order learns it (``learn_order_account``), and its fee day moves to that account's row.
 
 The other way too: an order whose events named no trade account (order frames from before Bitstamp added the field
-name none: the 2022-2023 captures in PROTOCOL.md; its ``my_trades`` frames may) takes the one a fill of it names
+name none: the 2022-2023 captures, docs/bitstamp.md §2.1; its ``my_trades`` frames may) takes the one a fill of it names
 (``_teach_order``), and its other fills without one follow. So an order and its fills end in one trade account
 whichever names it, and first: the first one learned in log order wins, as everywhere in the fold.
 """
@@ -218,7 +218,7 @@ def _enrich_fill(state: ProjectionState, old: FillRow, event: Fill) -> None:
         )  # fmt: skip
     elif position_id is not None and old.trade_account_id is None and account_id is not None:
         learn_position_account(state, old.account, position_id, account_id)
-    if old.trade_account_id is None and account_id is not None and order_id is not None:
+    if account_id is not None and order_id is not None:  # its account, or its order, learned now
         _teach_order(state, old.account, order_id, account_id)  # (nothing to do when it came from the order)
 
 

@@ -180,7 +180,7 @@ def fee_keys_of_order_accounts(events: Iterable[DomainEvent], orders: StateTable
     a query each)."""
     named: dict[tuple[str, str], set[str]] = {}
     for event in events:
-        if isinstance(event, OrderEvent | Fill) and event.trade_account_id is not None and event.order_id is not None:
+        if isinstance(event, (OrderEvent, Fill)) and event.trade_account_id is not None and event.order_id is not None:
             named.setdefault((event.account, event.order_id), set()).add(event.trade_account_id)
     keys: set[tuple[Any, ...]] = set()
     for event in events:
