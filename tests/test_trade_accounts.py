@@ -28,7 +28,7 @@ from test_fresh_store import fresh_store
 from tracker.cli import main
 from tracker.domain.events import DomainEvent, Fill, LiquidationAlert, OrderEvent, SelfTrade, Settlement
 from tracker.domain.projection import ProjectionState, fold
-from tracker.domain.rows import FeesDailyRow, FillRow
+from tracker.domain.rows import FeesDailyRow, FillRow, OrderRow
 from tracker.store import migrate
 from tracker.store.engine import open_engine, writer
 from tracker.store.projection_schema import VIEWS
@@ -457,13 +457,24 @@ def test_migration_0014_gives_existing_fills_their_orders_account(db_url: str) -
         _order(4, "o1", None),
     ]
     now = [*before[:3], _order(4, "o1", "7")]
+    update = "UPDATE proj_orders SET trade_account_id = '7' WHERE order_id = 'o1'"
+    rows = _migrated_again(db_url, before, update, "0013_task_failures", now)
+    assert {r.trade_account_id: r.fills for r in rows["fees_daily"] if isinstance(r, FeesDailyRow)} == {"": 1, "7": 2}
+
+
+def _migrated_again(
+    db_url: str, before: Sequence[DomainEvent], update: str, down_to: str, now: Sequence[DomainEvent]
+) -> dict[str, list[Any]]:
+    """``before`` projected, ``update`` run (what the older fold left), down to ``down_to`` and up again: the rows
+    of every projection table, checked against the new fold of ``now`` (fills, fees per trade account, positions,
+    orders), row for row."""
     engine = open_engine(db_url)
     try:
         migrate.upgrade(engine)
-        ProjectionStore(engine).project_events(before)
+        ProjectionStore(engine).project_events(list(before))
         with writer(engine).begin() as conn:
-            conn.execute(text("UPDATE proj_orders SET trade_account_id = '7' WHERE order_id = 'o1'"))
-        migrate.downgrade(db_url, "0013_task_failures")
+            conn.execute(text(update))
+        migrate.downgrade(db_url, down_to)
         migrate.upgrade(db_url)
         rows = ProjectionStore(engine).all_rows()
     finally:
@@ -471,7 +482,7 @@ def test_migration_0014_gives_existing_fills_their_orders_account(db_url: str) -
     want = fold(now).to_rows()
     for name in ("fills", "fees_daily", "positions", "orders"):
         assert rows[name] == want[name], name
-    assert {r.trade_account_id: r.fills for r in rows["fees_daily"] if isinstance(r, FeesDailyRow)} == {"": 1, "7": 2}
+    return rows
 
 
 def test_migration_0015_gives_existing_orders_their_fills_account(db_url: str) -> None:
@@ -487,25 +498,13 @@ def test_migration_0015_gives_existing_orders_their_fills_account(db_url: str) -
         _order(6, "o2", None),  # no fills: stays without one
     ]
     before = [*now[:2], msgspec.structs.replace(now[2], order_id="o9"), *now[3:]]
-    engine = open_engine(db_url)
-    try:
-        migrate.upgrade(engine)
-        ProjectionStore(engine).project_events(before)
-        with writer(engine).begin() as conn:
-            conn.execute(text("UPDATE proj_fills SET order_id = 'o1' WHERE trade_id = 't3'"))
-        assert rows_of(db_url, "SELECT order_id FROM proj_orders WHERE trade_account_id IS NULL ORDER BY 1") == [
-            ("o1",),
-            ("o2",),
-        ]
-        migrate.downgrade(db_url, "0014_fill_account_from_order")
-        migrate.upgrade(db_url)
-        rows = ProjectionStore(engine).all_rows()
-    finally:
-        engine.dispose()
-    want = fold(now).to_rows()
-    for name in ("fills", "fees_daily", "positions", "orders"):
-        assert rows[name] == want[name], name
+    update = "UPDATE proj_fills SET order_id = 'o1' WHERE trade_id = 't3'"
+    rows = _migrated_again(db_url, before, update, "0014_fill_account_from_order", now)
     assert {r.trade_account_id: r.fills for r in rows["fees_daily"] if isinstance(r, FeesDailyRow)} == {"": 1, "7": 3}
+    assert {r.order_id: r.trade_account_id for r in rows["orders"] if isinstance(r, OrderRow)} == {
+        "o1": "7",
+        "o2": None,
+    }
 
 
 def _csv(text: str) -> list[dict[str, str]]:
