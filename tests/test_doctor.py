@@ -57,8 +57,29 @@ async def test_doctor_probes_every_endpoint_and_channel_of_the_fake() -> None:
     assert signed["rest:withdrawal-requests"] is True and signed["rest:crypto-transactions"] is True
     orders = next(p for p in report.probes if p.name == f"ws:private-my_orders_btcusd-{fx.user_id}")
     assert orders.fields is not None and orders.fields.samples > 0 and not orders.fields.missing
+    assert not any(p.fields.absent for p in report.probes if p.fields is not None)  # every field tracker leans on
     text = format_report(report.as_data())
     assert "verdict: tracker can run on this account" in text
+    assert "absent:" not in text
+
+
+async def test_doctor_says_which_field_tracker_leans_on_no_frame_carried() -> None:
+    """Order frames without ``trade_account_id`` (the fake's mode, as the 2022-2023 captures): the my_orders lines
+    say so, with what tracker does instead; the my_trades lines, whose frames carry it, do not."""
+    async with (
+        open_fake_exchange(seed=5, markets=MARKETS, rate=50, modes=["orders-without-trade-account"]) as fx,
+        BitstampClient(fx.api_url, fx.api_key, fx.api_secret) as client,
+    ):
+        report = await run_doctor(client, api_url=fx.api_url, ws_url=fx.ws_url, markets=MARKETS, listen_s=1.0)
+    absent: dict[str, set[str]] = {}
+    for probe in report.probes:
+        if probe.fields is not None and probe.fields.samples:
+            absent.setdefault(probe.kind, set()).update(name for name, _ in probe.fields.absent)
+    assert absent["ws:my_orders"] == {"trade_account_id"}
+    assert absent["ws:my_trades"] == set()
+    assert report.can_run
+    text = format_report(report.as_data())
+    assert "absent: trade_account_id in every frame: an order takes the trade account its fills name" in text
 
 
 async def test_doctor_cli_exit_codes_and_a_report_without_secrets(tmp_path: Path) -> None:
@@ -111,6 +132,18 @@ async def test_an_unreachable_exchange_and_a_password_in_its_url(tmp_path: Path)
     assert "clock     unknown: no REST call was answered (see REST below)" in stdout
     assert "hunter22" not in stdout + done.stderr.decode() + out.read_text(encoding="utf-8")
     assert f"http://proxyuser:***@127.0.0.1:{port}/api/v2/" in stdout
+
+
+def test_field_tally_says_which_leaned_on_fields_no_frame_carried() -> None:
+    tally = FieldTally("ws:my_orders")
+    assert tally.report().absent == ()  # no frame: nothing to say
+    tally.add({"id": 1, "amount": "1"})
+    assert [name for name, _ in tally.report().absent] == ["trade_account_id", "pre_event_id"]
+    tally.envelope.update({"(envelope) trade_account_id", "(envelope) pre_event_id"})  # as _observe_frame records
+    assert tally.report().absent == ()
+    trades = FieldTally("ws:my_trades")
+    trades.add({"id": 1, "amount": "1", "price": "2", "trade_account_id": 0})
+    assert trades.report().absent == ()
 
 
 def test_field_tally_says_known_unknown_and_missing() -> None:

@@ -108,6 +108,31 @@ CATALOG: Final[dict[str, Expected]] = {
     ),
 }
 
+# Optional fields tracker leans on for a feature: when frames of a kind came and none carried one, ``tracker doctor``
+# says so, with what tracker does without it (``FieldReport.absent``). Each: the names that count (a field in
+# ``data``, or ``(envelope) name`` beside it), the one shown, and the consequence (docs/bitstamp.md §2.1, §2.2).
+LEANED_ON: Final[dict[str, tuple[tuple[frozenset[str], str, str], ...]]] = {
+    "ws:my_orders": (
+        (
+            frozenset({"trade_account_id", "(envelope) trade_account_id"}),
+            "trade_account_id",
+            "an order takes the trade account its fills name (docs/semantics.md, Orders)",
+        ),
+        (
+            frozenset({"(envelope) pre_event_id"}),
+            "pre_event_id",
+            "no order chain: frames lost while connected are found by the periodic reconciliation only",
+        ),
+    ),
+    "ws:my_trades": (
+        (
+            frozenset({"trade_account_id", "(envelope) trade_account_id"}),
+            "trade_account_id",
+            "a fill takes its order's trade account, else counts as unknown in v_fees_daily",
+        ),
+    ),
+}
+
 _CURRENCY: Final = re.compile(r"[a-z0-9]{2,12}")
 _PAIR_RATE: Final = re.compile(r"[a-z0-9]{2,12}_[a-z0-9]{2,12}")
 
@@ -118,6 +143,7 @@ class FieldReport:
     unknown: tuple[str, ...]
     missing: tuple[str, ...]
     samples: int = 0  # rows or frames looked at
+    absent: tuple[tuple[str, str], ...] = ()  # (field, what tracker does without it): ``LEANED_ON`` none carried
 
     def as_data(self) -> dict[str, object]:
         return {
@@ -125,17 +151,20 @@ class FieldReport:
             "unknown": list(self.unknown),
             "missing": list(self.missing),
             "samples": self.samples,
+            "absent": [{"field": name, "meaning": meaning} for name, meaning in self.absent],
         }
 
 
 @dataclass
 class FieldTally:
-    """Fields seen over several rows of one kind (``missing``: a required field some row lacked)."""
+    """Fields seen over several rows of one kind (``missing``: a required field some row lacked; ``envelope``: the
+    frames' known top-level keys, as ``(envelope) name``, which count for ``LEANED_ON`` only)."""
 
     kind: str
     seen: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
     samples: int = 0
+    envelope: set[str] = field(default_factory=set)
 
     def add(self, row: Mapping[str, object]) -> None:
         expected = CATALOG.get(self.kind)
@@ -152,8 +181,14 @@ class FieldTally:
     def report(self) -> FieldReport:
         expected = CATALOG.get(self.kind, Expected(frozenset()))
         known = {name for name in self.seen if name in expected.known or _dynamic(expected, name)}
+        present = self.seen | self.envelope
+        absent = tuple(
+            (shown, meaning)
+            for names, shown, meaning in LEANED_ON.get(self.kind, ())
+            if self.samples and not names & present
+        )
         return FieldReport(
-            tuple(sorted(known)), tuple(sorted(self.seen - known)), tuple(sorted(self.missing)), self.samples
+            tuple(sorted(known)), tuple(sorted(self.seen - known)), tuple(sorted(self.missing)), self.samples, absent
         )
 
 

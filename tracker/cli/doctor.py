@@ -1,13 +1,13 @@
 """``tracker doctor``: read-only, with the user's real key: what the exchange answers for everything tracker relies on.
 
 One line per endpoint and channel: answered or not, the status or code and what tracker does about it, whether the
-answer was signed, and the fields known / unknown / missing against what tracker parses. ``--out FILE`` writes the
-same as JSON for a bug report, with the key, the secret and the token removed (``--redact-amounts`` also replaces
-every number in the sample rows). Exit 0 when tracker can run on this account, 1 when it cannot (the essential probes:
-the token, ``user_transactions/``, the order and trade channels; the clock within 150 s). With the config file's
-``[[accounts]]`` (and no key in the environment): every listed account in turn, one report each (``--out``: a JSON
-list of them), exit 0 when tracker can run on all.
-"""
+answer was signed, and the fields known / unknown / missing against what tracker parses; under it, an optional field
+tracker leans on that no frame carried (``field_catalog.LEANED_ON``). ``--out FILE`` writes the same as JSON for a bug
+report, with the key, the secret and the token removed (``--redact-amounts`` also replaces every number in the sample
+rows). Exit 0 when tracker can run on this account, 1 when it cannot (the essential probes: the token,
+``user_transactions/``, the order and trade channels; the clock within 150 s). With the config file's ``[[accounts]]``
+(and no key in the environment): every listed account in turn, one report each (``--out``: a JSON list of them), exit 0
+when tracker can run on all."""
 
 from __future__ import annotations
 
@@ -191,4 +191,7 @@ def _probe_line(probe: dict[str, Any]) -> str:
         if fields["missing"]:
             text += f", MISSING: {', '.join(fields['missing'])}"
         parts.append(text)
-    return "  ".join(parts)
+    line = "  ".join(parts)
+    for absent in (fields or {}).get("absent", ()):  # (an older report's JSON has none)
+        line += f"\n        absent: {absent['field']} in every frame: {absent['meaning']}"
+    return line

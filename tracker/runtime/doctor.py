@@ -312,6 +312,7 @@ def _observe_frame(frame: object, tallies: dict[str, FieldTally]) -> None:
         tally.add(data)
     envelope_extra = set(message) - ENVELOPE.known
     tally.seen.update(f"(envelope) {name}" for name in envelope_extra)
+    tally.envelope.update(f"(envelope) {name}" for name in set(message) & ENVELOPE.known)
 
 
 async def run_doctor(
