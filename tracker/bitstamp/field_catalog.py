@@ -121,7 +121,7 @@ LEANED_ON: Final[dict[str, tuple[tuple[frozenset[str], str, str], ...]]] = {
         (
             frozenset({"(envelope) pre_event_id"}),
             "pre_event_id",
-            "no order chain: frames lost while connected are found by the periodic reconciliation only",
+            "no order chain: frames withheld while the connection stays up are found by the periodic reconciliation",
         ),
     ),
     "ws:my_trades": (
