@@ -267,7 +267,8 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> str | None:
         reduce_only = old.reduce_only if old.reduce_only is not None else event.reduce_only
         stop_price = old.stop_price if old.stop_price is not None else event.stop_price
         creation_seen = event.kind in CREATION_EVENTS or bool(old.creation_seen)  # order-independent: an OR
-    if trade_account_id is None and link is not None and link.fills_count:  # old frames name none: its fills may
+    if trade_account_id is None and old is None and link is not None and link.fills_count:
+        # Old frames name none; fills of it folded before may (a later one teaches the order itself: projection_fills)
         trade_account_id = _account_of_fills(state, account, event.order_id)
     remaining = amount if placeholder else event.amount_remaining
     offset = ZERO if link is None else link.self_trade_offset
@@ -312,9 +313,10 @@ def apply_order(state: ProjectionState, event: OrderEvent) -> str | None:
 
 
 def _account_of_fills(state: ProjectionState, account: str, order_id: str) -> str | None:
-    """For an order whose events named no trade account: the one its earliest fill (by log seq) named, ``None`` when
-    none of its fills names one. (A fill folded while the order had a row taught it at once: ``projection_fills``;
-    these are fills folded before the order's first event.)"""
+    """For an order's first event, which names no trade account: the one its earliest fill (by log seq) named,
+    ``None`` when none of its fills names one. Asked once per order: a fill folded while the order has a row teaches
+    it at once (``projection_fills``), so an order without one never has a fill that names one (migration 0015 made
+    rows from before so)."""
     named = [fill for fill in state.order_fills(account, order_id) if fill.trade_account_id is not None]
     return min(named, key=lambda fill: (fill.seq, fill.trade_id)).trade_account_id if named else None
 
