@@ -207,7 +207,9 @@ async def sample_waits(db_url: str, duration: float, waits: collections.Counter[
             await trio.sleep(0.02)
 
 
-def fresh_schema(database: str) -> str:
+def fresh_schema(database: str, made: list[str]) -> str:
+    """A new migrated schema ``bench_*`` in ``database``, its name appended to ``made`` (dropped at the end when the
+    database is one named with ``--pg-url``)."""
     import psycopg
 
     from tracker.store import migrate
@@ -215,6 +217,7 @@ def fresh_schema(database: str) -> str:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+    made.append(schema)
     base = database.replace("postgresql://", "postgresql+psycopg://", 1)
     url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
     migrate.upgrade(url)
@@ -257,6 +260,7 @@ async def parent(args: argparse.Namespace) -> None:
         f"{'pipeline':<9}{'accounts':>8} {'offered/acct':>12} {'aggregate/s':>12} {'p50 med ms':>10} "
         f"{'p99 med ms':>10} {'p99 worst':>10} {'batches':>8} {'frames':>7} {'span s':>6} {'CPU us/ev':>9}"
     )
+    made: list[str] = []
     try:
         runs = [("tracker", rate, accounts, 1) for rate in (args.rate, math.inf) for accounts in (1, args.accounts)]
         if args.per_process > 1:
@@ -267,7 +271,7 @@ async def parent(args: argparse.Namespace) -> None:
             wanted = set(args.only.split(","))
             runs = [run for run in runs if _run_name(*run) in wanted]
         for kind, rate, accounts, per_process in runs:
-            target = fresh_sqlite(args.sqlite) if args.sqlite else fresh_schema(database)
+            target = fresh_sqlite(args.sqlite) if args.sqlite else fresh_schema(database, made)
             r = await measure(accounts, rate, args.duration, target, kind, per_process)
             label = kind if per_process == 1 else f"{kind}/{per_process}"
             offered = "max" if math.isinf(rate) else f"{rate:.0f}"
@@ -282,6 +286,10 @@ async def parent(args: argparse.Namespace) -> None:
             busy, cores = r["busy"]
             print(f"{'':>17} machine busy {busy:.0%} of {cores:.0f} cores; PostgreSQL backends: {top}", flush=True)
     finally:
+        if given and made:  # the user's database: the measurements' schemas go, the rest stays as it was
+            with psycopg.connect(database, autocommit=True) as conn:
+                for schema in made:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         if name:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -436,7 +436,9 @@ async def offer(fx: Any, rate: float, duration: float, frames: list[Any]) -> int
     return min(sent, len(frames))
 
 
-def fresh_db(kind: str, backend: str, tmp: Path, pg_url: str | None) -> str:
+def fresh_db(kind: str, backend: str, tmp: Path, pg_url: str | None, made: list[str] | None = None) -> str:
+    """A new migrated database for one measurement: a SQLite file in ``tmp``, or a schema ``bench_*`` in ``pg_url``'s
+    database (its name appended to ``made``, for ``drop_schemas`` at the end)."""
     from tracker.store import migrate
 
     if backend == "sqlite":
@@ -450,10 +452,21 @@ def fresh_db(kind: str, backend: str, tmp: Path, pg_url: str | None) -> str:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+    if made is not None:
+        made.append(schema)
     base = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
     url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
     migrate.upgrade(url)
     return url
+
+
+def drop_schemas(pg_url: str, schemas: list[str]) -> None:
+    """The measurements' schemas dropped (a database named with ``--pg-url`` is the user's: it is left as it was)."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def pg_database(explicit: str | None) -> tuple[str | None, str | None]:
@@ -484,12 +497,13 @@ async def parent(args: argparse.Namespace) -> None:
     targets += [("baseline", "postgresql"), ("tracker", "postgresql")] if pg_url else []
     header = f"{'offered':>8} {'pipeline':<20} {'sustained/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'batches':>8}"
     print(header + f" {'ratio':>6} {'CPU us/ev':>9} {'server us/ev':>12}")
+    made: list[str] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for rate in rates:
                 base_rate: float | None = None
                 for kind, backend in targets:
-                    db_url = fresh_db(kind, backend, Path(tmp), pg_url)
+                    db_url = fresh_db(kind, backend, Path(tmp), pg_url, made)
                     r = await measure(kind, db_url, rate, args.duration)
                     sustained = r["ws"] / r["span"] if r["span"] > 0 else 0.0
                     if kind == "baseline":
@@ -504,6 +518,8 @@ async def parent(args: argparse.Namespace) -> None:
                         flush=True,
                     )
     finally:
+        if pg_url and not throwaway:
+            drop_schemas(pg_url, made)
         if throwaway:
             import psycopg
 
