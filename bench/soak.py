@@ -186,7 +186,8 @@ class SoakReport:
             f"truth: {self.fills:,} fills, {self.orders:,} orders, {self.settlements:,} settlements, "
             f"{self.positions:,} positions; "
             f"lost {self.lost}, doubled {self.doubled}, wrong {self.wrong}; "
-            f"tracker RSS: {self.rss_first_mb:.1f} MB idle, "
+            + ("tracker RSS" if not self.kills + self.terms else "tracker RSS (several processes, see --kill-every)")
+            + f": {self.rss_first_mb:.1f} MB idle, "
             f"{self.rss_start_mb:.1f} MB after warm-up, {self.rss_end_mb:.1f} MB at the end "
             f"({self.rss_growth_mb:+.1f} MB), peak {self.rss_peak_mb:.1f} MB; exit code {self.exit_code}"
             + (f"; modes: {', '.join(self.modes)}" if self.modes else "")
@@ -272,6 +273,9 @@ async def catching_stop_signals(proc: trio.Process, within: float = 10.0) -> Non
             await trio.sleep(0.005)  # another process starting: nothing to wait on
 
 
+SETTLED_S = 10.0  # a restarted tracker's age before its RSS counts as the warm-up sample (start-up, first backfill)
+
+
 @dataclass
 class Child:
     """The tracker child of the moment: ``--kill-every`` replaces it (kill -9, then the same command again)."""
@@ -280,6 +284,7 @@ class Child:
     log_path: Path
     proc: trio.Process | None = None
     restarting: bool = False  # between the kill and the new process: not a failure, no RSS to sample
+    started_at: float = 0.0  # trio time of the current process's start
     kills: int = 0
     terms: int = 0
     refused: int = 0  # starts refused because the database was out of reach (restart_if_db_refused)
@@ -300,6 +305,7 @@ class Child:
             self.proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "tracker", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
+        self.started_at = trio.current_time()
         return self.proc
 
     def died(self) -> int | None:
@@ -756,7 +762,10 @@ async def soak(
                             continue
                         rss, peak = rss_mb(child.current.pid)
                         report.rss_samples_mb.append(round(rss, 1))
-                        if not report.rss_start_mb and trio.current_time() >= next_sample:
+                        # (not from a process started a moment ago, after a kill: a PostgreSQL soak's warm-up
+                        # sample once caught one still loading the interpreter, 1.2 MB)
+                        now = trio.current_time()
+                        if not report.rss_start_mb and now >= next_sample and now - child.started_at >= SETTLED_S:
                             report.rss_start_mb = rss
                         say(
                             f"  {trio.current_time() - started:6.0f} s: RSS {rss:.1f} MB (peak {peak:.1f}), "
