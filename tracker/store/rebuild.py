@@ -16,7 +16,9 @@ On a log of 100,000 entries or more over two markets or more (a SQLite file, or 
 worker processes, one per group of markets, each reading its part of the log and folding it into its own scratch
 file, and step 3 puts the two parts together; when the parts are not provably independent the log is folded again
 in one process (``rebuild_parallel.py``). Such a rebuild folds the log up to the head it saw when it started (the
-live projector does the rest).
+live projector does the rest). A log folded in one process (one market, parts that share rows) of that size is read
+and parsed meanwhile by a child process that sends the events on (``rebuild_reader.py``), up to the head it saw; the
+fold reads the rest itself, and all of it when the child fails.
 
 A live projector (``tracker run``) may keep writing the live tables meanwhile; the swap moves the checkpoint under it,
 its next write sees that and it reloads from the new checkpoint (see ``projections.py``).
@@ -33,7 +35,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +70,7 @@ from tracker.store.rebuild_parallel import (
     log_head,
     plan_until,
 )
+from tracker.store.rebuild_reader import ReaderFailed, ReaderSpec, read_parsed
 
 log = logging.getLogger("tracker.rebuild")
 
@@ -326,6 +329,7 @@ def rebuild(
     before_swap: Callable[[], None] | None = None,
     parallel: bool | None = None,
     on_restart: Callable[[], None] | None = None,
+    reader: bool | None = None,
 ) -> RebuildResult:
     """Rebuild every projection table from the event log and swap the result in (see the module docstring).
 
@@ -333,6 +337,10 @@ def rebuild(
     has two markets or more (``rebuild_parallel.py``); ``True`` whenever it can (tests); ``False`` never. When the
     parts turn out not to be independent, the log is folded again in one process, and ``on_restart`` is called
     first (the batches ``on_batch`` was told of so far count for nothing: a progress line starts again).
+
+    ``reader``: in the one-process fold, whether a child process reads and parses the log meanwhile
+    (``rebuild_reader.py``): ``None`` (the default) on a SQLite file or PostgreSQL whose log is large enough, ``True``
+    whenever it can (tests), ``False`` never.
 
     ``before_swap`` is a test seam: called after the shadow is complete, before the swap transaction.
     """
@@ -364,7 +372,7 @@ def rebuild(
                         worker_cpu_seconds=sum(part.cpu_seconds for part in parts),
                         worker_peak_rss_mb=max(part.peak_rss_mb for part in parts),
                     )
-        events, checkpoint, rows = _rebuild_in_one(engine, batch, on_batch, before_swap)
+        events, checkpoint, rows = _rebuild_in_one(engine, batch, on_batch, before_swap, reader)
     return RebuildResult(events, checkpoint, rows, time.monotonic() - started)
 
 
@@ -373,6 +381,7 @@ def _rebuild_in_one(
     batch: int,
     on_batch: Callable[[BatchResult], None] | None,
     before_swap: Callable[[], None] | None,
+    reader: bool | None = None,
 ) -> tuple[int, int, dict[str, int]]:
     shadow_metadata, shadow = shadow_tables(SHADOW_PREFIX)
     events = 0
@@ -394,7 +403,13 @@ def _rebuild_in_one(
         try:
             builder = ProjectionStore(build, tables=shadow, checkpoint_name=SHADOW_CHECKPOINT, fresh=True)
             with _scratch_space(target.scratch):
-                builder.catch_up(EventLog(engine), batch=batch, on_batch=count)
+                if reader is not False and (target.scratch is not None or engine.dialect.name == "postgresql"):
+                    until = log_head(engine, min_entries=1 if reader else READER_MIN_ENTRIES)
+                    if until is not None:
+                        path = sqlite_path(engine.url)
+                        database = f"sqlite:///{path}" if path else engine.url.render_as_string(hide_password=False)
+                        _fold_read_ahead(builder, ReaderSpec(database, 0, until, batch), count)
+                builder.catch_up(EventLog(engine), batch=batch, on_batch=count)  # the rest (all, without a reader)
             checkpoint = builder.load_checkpoint()  # what the shadow holds (nobody else writes it)
             if before_swap is not None:
                 before_swap()
@@ -411,6 +426,25 @@ def _rebuild_in_one(
                     conn.execute(delete(projector_checkpoint).where(projector_checkpoint.c.name == SHADOW_CHECKPOINT))
             raise
     return events, checkpoint, rows
+
+
+READER_MIN_ENTRIES: Final = PARALLEL_MIN_ENTRIES  # below this the reader costs more than it saves (~0.5 s to start)
+
+
+def _fold_read_ahead(builder: ProjectionStore, spec: ReaderSpec, count: Callable[[BatchResult], None]) -> None:
+    """Fold the events a reader process reads and parses (``rebuild_reader.py``) into ``builder``, a fresh store at
+    checkpoint ``spec.after``. When the reader fails, or the store's checkpoint moved (nothing else writes a scratch
+    file: never seen), this stops, and the caller's ``catch_up`` goes on from the store's checkpoint."""
+    try:
+        with closing(read_parsed(spec)) as batches:  # the child stopped however this ends (an interrupt included)
+            for events in batches:
+                result = builder.project_events(events)
+                if result is None:
+                    log.warning("rebuild: the shadow's checkpoint moved; reading the log in this process instead")
+                    return
+                count(result)
+    except ReaderFailed as failure:
+        log.warning("rebuild: %s; reading the rest of the log in this process instead", failure)
 
 
 def _rebuild_in_parts(

@@ -3,7 +3,9 @@ when that is provably the same as folding the whole log in order.
 
 Why: the fold is pure Python, ~35 µs of CPU per event end to end on one core; a 1M-event log is half a minute. A
 second process is the only way to use the second core (threads share one interpreter lock). Events cannot be sent
-between processes for less than it costs to parse them, so each worker reads and parses its own part of the log.
+between processes for less than it costs to parse them (encoding and decoding together cost about what parsing does:
+``rebuild_reader.py``, which sends them all the same when the log cannot be split), so each worker reads and parses its
+own part of the log.
 
 1. Plan (``log_head``, then ``plan_until`` while the workers start): the head ``until``; entries per market
    (sampled on a long log: the counts only balance the loads); the
