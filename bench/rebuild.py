@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import secrets
 import sqlite3
 import subprocess
@@ -140,19 +141,25 @@ def made(path: Path, frames: Callable[[], Iterator[str]], what: str) -> int:
 # -- child steps (one process each) -----------------------------------------------------------------------------
 
 
-def timed_rebuild(url: str, parallel: bool | None = None) -> dict[str, float]:
+def timed_rebuild(url: str, parallel: bool | None = None, reader: bool | None = False) -> dict[str, float]:
+    """One rebuild. ``reader``: as ``rebuild``'s (the one-process fold's reading-and-parsing child); ``False`` by
+    default, so that "one process" is one process."""
     engine = open_engine(url)
     cpu = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        result = rebuild(engine, parallel=parallel)
+        result = rebuild(engine, parallel=parallel, reader=reader)
     finally:
         engine.dispose()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the workers' CPU comes in the result (they may not be reaped yet); the reader's from its reaped process
+    reader_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime if result.workers == 1 else 0.0
     return {
         "events": result.events,
         "seconds": result.seconds,
-        "cpu": time.process_time() - cpu + result.worker_cpu_seconds,  # the workers' too (parallel rebuild)
+        "cpu": time.process_time() - cpu + result.worker_cpu_seconds + reader_cpu,
         "rss_mb": max(peak_rss_mb(), result.worker_peak_rss_mb),  # the largest process's
-        "workers": result.workers,
+        "workers": result.workers + (1 if reader_cpu else 0),
     }
 
 
@@ -209,6 +216,11 @@ def step_fees(path: Path) -> dict[str, float]:
 
 def step_rebuild_one(path: Path) -> dict[str, float]:
     return step_rebuild(path, parallel=False)
+
+
+def step_rebuild_reader(path: Path) -> dict[str, float]:
+    """The fold in one process, the log read and parsed by a child (``rebuild_reader.py``): a one-market log's."""
+    return timed_rebuild(f"sqlite:///{path}", parallel=False, reader=True)
 
 
 def step_half(path: Path, part: int) -> dict[str, float]:
@@ -314,6 +326,10 @@ def step_pg_rebuild(url: str) -> dict[str, float]:
     return timed_rebuild(url)
 
 
+def step_pg_rebuild_reader(url: str) -> dict[str, float]:
+    return timed_rebuild(url, parallel=False, reader=True)
+
+
 def step_pg_rebuild_one(url: str) -> dict[str, float]:
     return timed_rebuild(url, parallel=False)
 
@@ -328,6 +344,7 @@ def step_pg_baseline(url: str) -> dict[str, float]:
 STEPS: dict[str, Callable[[Path], dict[str, float]]] = {
     "rebuild": step_rebuild,
     "rebuild-one": step_rebuild_one,
+    "rebuild-reader": step_rebuild_reader,
     "baseline": step_baseline,
     "fees": step_fees,
     "half-0": lambda path: step_half(path, 0),
@@ -336,6 +353,7 @@ STEPS: dict[str, Callable[[Path], dict[str, float]]] = {
 PG_STEPS: dict[str, Callable[[str], dict[str, float]]] = {
     "pg-rebuild": step_pg_rebuild,
     "pg-rebuild-one": step_pg_rebuild_one,
+    "pg-rebuild-reader": step_pg_rebuild_reader,
     "pg-baseline": step_pg_baseline,
 }
 
@@ -392,10 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             made(fills, lambda: fill_frames(args.fills), "fill")
         base = best_of(args.runs, "baseline", mixed)
         built_one = best_of(args.runs, "rebuild-one", mixed)
+        built_reader = best_of(args.runs, "rebuild-reader", mixed)
         built = best_of(args.runs, "rebuild", mixed)
         rows = [
             ("baseline: sqlite3 read + json.loads", base, base),
             ("tracker rebuild, one process (model log)", built_one, base),
+            ("tracker rebuild, one fold + reader", built_reader, base),
             ("tracker rebuild (model log)", built, base),
         ]
         fees: dict[str, float] | None = None
@@ -412,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(("tracker rebuild, PostgreSQL (model log)", best_of(args.runs, "pg-rebuild", url), pg_base))
                 one = best_of(args.runs, "pg-rebuild-one", url)
                 rows.append(("tracker rebuild, PostgreSQL, one process", one, pg_base))
+                reading = best_of(args.runs, "pg-rebuild-reader", url)
+                rows.append(("tracker rebuild, PostgreSQL, one fold + reader", reading, pg_base))
         if args.contention:
             contention(mixed, args.runs)
         size = mixed.stat().st_size / 2**20
