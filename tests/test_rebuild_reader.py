@@ -127,6 +127,21 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
+    """Every child process started meanwhile (``child_processes.spawn`` watched)."""
+    started: list[subprocess.Popen[bytes]] = []
+    spawn = child_processes.spawn
+
+    def watched(module: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Connection]:
+        process, pipe = spawn(module, env)
+        started.append(process)
+        return process, pipe
+
+    monkeypatch.setattr(child_processes, "spawn", watched)
+    return started
+
+
+@pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every batch a reader process sent (``read_parsed`` watched)."""
     sent: list[int] = []
@@ -206,7 +221,7 @@ def test_the_reader_gets_no_secrets() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_the_reader_is_stopped_when_its_reading_stops(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_reader_is_stopped_when_its_reading_stops(sqlite_url: str, spawned: list[subprocess.Popen[bytes]]) -> None:
     engine = open_engine(sqlite_url)
     try:
         migrate.upgrade(engine)
@@ -214,21 +229,12 @@ def test_the_reader_is_stopped_when_its_reading_stops(sqlite_url: str, monkeypat
         head = EventLog(engine).head()
     finally:
         engine.dispose()
-    started: list[subprocess.Popen[bytes]] = []
-    spawn = child_processes.spawn
-
-    def watched(module: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Connection]:
-        process, pipe = spawn(module, env)
-        started.append(process)
-        return process, pipe
-
-    monkeypatch.setattr(child_processes, "spawn", watched)
     reading = read_parsed(ReaderSpec(sqlite_url, 0, head, 10))
     first = next(reading)
     assert [event.seq for event in first] == list(range(1, 11))
-    assert started[0].poll() is None  # still reading ahead (or blocked on the full pipe)
+    assert spawned[0].poll() is None  # still reading ahead (or blocked on the full pipe)
     reading.close()  # the rebuild stopped reading: an interrupt, a failure, the end
-    assert started[0].poll() is not None
+    assert spawned[0].poll() is not None
 
 
 def test_a_reader_that_cannot_open_the_log_fails_with_its_reason(tmp_path: Path) -> None:
@@ -239,7 +245,7 @@ def test_a_reader_that_cannot_open_the_log_fails_with_its_reason(tmp_path: Path)
 
 @pytest.mark.timeout(120)
 def test_an_interrupt_stops_the_reader_and_keeps_the_live_tables(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, spawned: list[subprocess.Popen[bytes]]
 ) -> None:
     engine = open_engine(sqlite_url)
     try:
@@ -248,21 +254,13 @@ def test_an_interrupt_stops_the_reader_and_keeps_the_live_tables(
         store = ProjectionStore(engine)
         store.catch_up(EventLog(engine))
         before = store.all_rows()
-        started: list[subprocess.Popen[bytes]] = []
-        spawn = child_processes.spawn
-
-        def watched(module: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Connection]:
-            process, pipe = spawn(module, env)
-            started.append(process)
-            return process, pipe
 
         def interrupt(_: object) -> None:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(child_processes, "spawn", watched)
         with pytest.raises(KeyboardInterrupt):
             rebuild(engine, parallel=False, reader=True, batch=50, on_batch=interrupt)
-        assert len(started) == 1 and started[0].poll() is not None  # the reader is gone
+        assert len(spawned) == 1 and spawned[0].poll() is not None  # the reader is gone
         assert store.all_rows() == before
         assert sorted(path.name for path in Path(sqlite_url.removeprefix("sqlite:///")).parent.iterdir()) == [
             "temporary",
