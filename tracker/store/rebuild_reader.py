@@ -14,8 +14,9 @@ trip to ``repr`` equality (a ``Decimal``'s exponent included) over every event t
 
 The reader is a speed trick, never a source of truth: the rebuild goes on in-process from its own checkpoint when the
 reader fails or dies (``ReaderFailed``: a warning), and after the reader's last batch (the entries appended
-meanwhile). One case that fails it on purpose: an event with an integer MessagePack cannot carry (beyond 64 bits, from
-a frame no exchange sends), which the in-process fold then takes as it is. Its spec (the database URL, which may hold a
+meanwhile). What MessagePack cannot carry fails it on purpose, and the in-process fold then takes the entry as it is:
+an integer beyond 64 bits, or a text with a lone surrogate (from a JSON escape in a frame); no exchange frame should
+have either. Its spec (the database URL, which may hold a
 password) goes by its stdin, never its arguments or environment. Every time the parser makes is aware UTC with
 ``fold`` 0; MessagePack does not carry ``fold``.
 """
