@@ -141,9 +141,9 @@ def made(path: Path, frames: Callable[[], Iterator[str]], what: str) -> int:
 # -- child steps (one process each) -----------------------------------------------------------------------------
 
 
-def timed_rebuild(url: str, parallel: bool | None = None, reader: bool | None = False) -> dict[str, float]:
-    """One rebuild. ``reader``: as ``rebuild``'s (the one-process fold's reading-and-parsing child); ``False`` by
-    default, so that "one process" is one process."""
+def timed_rebuild(url: str, parallel: bool | None = None, reader: bool | None = None) -> dict[str, float]:
+    """One rebuild, ``parallel`` and ``reader`` as ``rebuild``'s (``reader``: the one-process fold's reading-and-parsing
+    child; the "one process" steps turn it off, so that one process is one process)."""
     engine = open_engine(url)
     cpu = time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -215,7 +215,7 @@ def step_fees(path: Path) -> dict[str, float]:
 
 
 def step_rebuild_one(path: Path) -> dict[str, float]:
-    return step_rebuild(path, parallel=False)
+    return timed_rebuild(f"sqlite:///{path}", parallel=False, reader=False)
 
 
 def step_rebuild_reader(path: Path) -> dict[str, float]:
@@ -331,7 +331,7 @@ def step_pg_rebuild_reader(url: str) -> dict[str, float]:
 
 
 def step_pg_rebuild_one(url: str) -> dict[str, float]:
-    return timed_rebuild(url, parallel=False)
+    return timed_rebuild(url, parallel=False, reader=False)
 
 
 def step_pg_baseline(url: str) -> dict[str, float]:
