@@ -134,8 +134,8 @@ class SoakReport:
     refused_starts: int = 0  # restarts that fell in a database outage: refused (exit 2), started again
     rss_first_mb: float = 0.0  # right after subscribing, before load
     rss_start_mb: float = 0.0  # after the warm-up (caches and buffers filled)
-    rss_end_mb: float = 0.0
-    rss_peak_mb: float = 0.0  # VmHWM
+    rss_end_mb: float = 0.0  # at the end, from a settled tracker (see SETTLED_S)
+    rss_peak_mb: float = 0.0  # VmHWM, the highest of every tracker sampled (with kills, several processes)
     rss_samples_mb: list[float] = field(default_factory=list)
     fills: int = 0
     orders: int = 0
@@ -273,7 +273,7 @@ async def catching_stop_signals(proc: trio.Process, within: float = 10.0) -> Non
             await trio.sleep(0.005)  # another process starting: nothing to wait on
 
 
-SETTLED_S = 10.0  # a restarted tracker's age before its RSS counts as the warm-up sample (start-up, first backfill)
+SETTLED_S = 10.0  # a restarted tracker's age before its RSS counts as the warm-up or end sample (start-up, backfill)
 
 
 @dataclass
@@ -754,6 +754,7 @@ async def soak(
                             run_db_outages, *db_outage[:2], random.Random(f"db-{seed}"), db_outage[2], counts
                         )
                     next_sample = started + warm_up
+                    settled_rss = 0.0  # the last sample of a tracker at least SETTLED_S old
                     while (now := trio.current_time()) < started + duration:
                         await trio.sleep_until(min(started + duration, now + sample_every))
                         if (code := child.died()) is not None and not await child.restart_if_db_refused(code):
@@ -765,8 +766,11 @@ async def soak(
                         # (not from a process started a moment ago, after a kill: a PostgreSQL soak's warm-up
                         # sample once caught one still loading the interpreter, 1.2 MB)
                         now = trio.current_time()
-                        if not report.rss_start_mb and now >= next_sample and now - child.started_at >= SETTLED_S:
-                            report.rss_start_mb = rss
+                        report.rss_peak_mb = max(report.rss_peak_mb, peak)  # over every process sampled
+                        if now - child.started_at >= SETTLED_S:
+                            settled_rss = rss
+                            if not report.rss_start_mb and now >= next_sample:
+                                report.rss_start_mb = rss
                         say(
                             f"  {trio.current_time() - started:6.0f} s: RSS {rss:.1f} MB (peak {peak:.1f}), "
                             f"{len(fx.model.state.fills) - generated_before:,} fills so far, faults {dict(counts)}"
@@ -781,7 +785,12 @@ async def soak(
                 fx.resume_delivery()
                 report.seconds = trio.current_time() - started
                 report.faults = dict(counts)
-                report.rss_end_mb, report.rss_peak_mb = rss_mb(proc.pid)
+                end_rss, end_peak = rss_mb(proc.pid)
+                report.rss_peak_mb = max(report.rss_peak_mb, end_peak)
+                # The end sample, like the warm-up's, from a tracker that has settled: one restarted a moment ago
+                # (a kill near the end) is still loading, and its 1.5 MB once read as "-115.8 MB" of growth.
+                settled = trio.current_time() - child.started_at >= SETTLED_S
+                report.rss_end_mb = end_rss if settled or not settled_rss else settled_rss
                 # One live burst after the faults: every order stream goes on, so a frame a fault withheld shows as
                 # a chain break if nothing else noticed it; then wait for the tracker to settle.
                 await fx.wait_subscribed(channels)
