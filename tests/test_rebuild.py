@@ -12,6 +12,7 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -36,24 +37,37 @@ from tracker.store.rebuild import (
 )
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = open_engine(db_url)
-    migrate.upgrade(engine)
-    EventLog(engine).append(fake_entries(11, 600))
+@contextmanager
+def seeded_log(url: str) -> Iterator[Engine]:
+    """A migrated database at ``url`` whose log holds ``fake_entries(11, 600)``; disposed after (the rebuild tests'
+    log: ``tests/test_rebuild_reader.py`` uses it too)."""
+    engine = open_engine(url)
     try:
+        migrate.upgrade(engine)
+        EventLog(engine).append(fake_entries(11, 600))
         yield engine
     finally:
         engine.dispose()
 
 
-@pytest.fixture(autouse=True)
-def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary directory (``tempfile``'s): a PostgreSQL rebuild's scratch file goes there, one per test."""
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory of the test's own as ``tempfile``'s: a PostgreSQL rebuild's scratch file goes there."""
     directory = tmp_path / "temporary"
     directory.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
     return directory
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    with seeded_log(db_url) as engine:
+        yield engine
+
+
+@pytest.fixture(autouse=True)
+def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory (``tempfile``'s): a PostgreSQL rebuild's scratch file goes there, one per test."""
+    return private_tempdir(tmp_path, monkeypatch)
 
 
 def _scratch(engine: Engine) -> Path | None:

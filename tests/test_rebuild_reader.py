@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import tempfile
 import typing
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, update
 from test_projection_store import fake_entries
+from test_rebuild import private_tempdir, seeded_log
 
 from tracker.bitstamp.parse import parse_entry
 from tracker.store import child_processes, migrate
@@ -109,21 +109,13 @@ def test_any_events_come_back_as_they_were(events: list[Any]) -> None:
 @pytest.fixture(autouse=True)
 def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The temporary directory (``tempfile``'s): a PostgreSQL rebuild's scratch file goes there, one per test."""
-    directory = tmp_path / "temporary"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
+    return private_tempdir(tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    engine = open_engine(db_url)
-    migrate.upgrade(engine)
-    EventLog(engine).append(fake_entries(11, 600))
-    try:
+    with seeded_log(db_url) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
@@ -176,15 +168,10 @@ def test_a_rebuild_with_the_reader_equals_the_incremental_projection(engine: Eng
 def test_a_failing_reader_is_a_warning_and_the_rebuild_goes_on(
     sqlite_url: str, batches: list[int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = open_engine(sqlite_url)
-    try:
-        migrate.upgrade(engine)
-        EventLog(engine).append(fake_entries(11, 600))
+    with seeded_log(sqlite_url) as engine:
         monkeypatch.setattr(rebuild_module, "ReaderSpec", lambda *fields: ReaderSpec(*fields, fail_after=3))
         with caplog.at_level(logging.WARNING, logger="tracker.rebuild"):
             incremental, rebuilt = _tampered_then_rebuilt(engine, parallel=False, reader=True, batch=100)
-    finally:
-        engine.dispose()
     assert rebuilt == incremental
     assert batches == [100, 100, 100]
     assert "the reader process failed: RuntimeError: failing after 3 batches" in caplog.text
