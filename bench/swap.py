@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     state = args.state or args.log.with_name(args.log.name + ".swap-state")
-    if not (state / "log.db").exists():
+    if not all((state / name).exists() for name in ["log.db", *(f"part{part}.db" for part in range(PARTS))]):
         keep_state(args.log, state)
     totals: list[float] = []
     commits: list[float] = []
