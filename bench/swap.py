@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,14 @@ def keep_state(log: Path, state: Path) -> None:
     state.mkdir(parents=True, exist_ok=True)
 
     def copy_aside() -> None:
-        with sqlite3.connect(log) as conn:  # the log's WAL into its file, so that the file alone is the state
+        parts = [log.with_name(f"{log.name}.rebuild.{part}") for part in range(PARTS)]
+        if not all(part.exists() for part in parts):  # the parts shared rows: the rebuild went back to one process
+            raise SystemExit(f"{log}: the rebuild folded in one process, not two (see its warning); nothing kept")
+        with closing(sqlite3.connect(log)) as conn:  # the log's WAL into its file, so that the file alone is the state
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         shutil.copy(log, state / "log.db")
-        for part in range(PARTS):
-            shutil.copy(log.with_name(f"{log.name}.rebuild.{part}"), state / f"part{part}.db")
+        for part, path in enumerate(parts):
+            shutil.copy(path, state / f"part{part}.db")
         raise _Kept
 
     started = time.perf_counter()
@@ -79,7 +83,7 @@ def timed_swap(state: Path, work: Path) -> tuple[float, float, list[tuple[str, f
     for name in ["log.db", *(f"part{part}.db" for part in range(PARTS))]:
         shutil.copy(state / name, work / name)
     os.sync()
-    with sqlite3.connect(work / "log.db") as conn:
+    with closing(sqlite3.connect(work / "log.db")) as conn:
         until = int(conn.execute("SELECT max(seq) FROM event_log").fetchone()[0])
     engine = open_engine(f"sqlite:///{work / 'log.db'}")
     _, shadow = shadow_tables(SHADOW_PREFIX)
